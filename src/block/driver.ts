@@ -1,0 +1,215 @@
+/**
+ * The BlockDriver contract, the driver registry and format probing.
+ *
+ * A driver is a plain object, like QEMU's static `BlockDriver` tables: a name,
+ * a kind, capability flags and callbacks. Per-node state lives in
+ * `BlockNode.opaque`, which `open` fills in. Every optional callback has a
+ * fallback in the core (src/block/io.ts, src/block/status.ts), so a driver
+ * implements only what its format really does.
+ *
+ * Callers of these callbacks are the core's request functions, never user
+ * code; the guarantees written on each member are what the core checks before
+ * it calls.
+ */
+import type { BlockNode } from './node.js';
+import type { ImageInfoSpecific, SnapshotInfo } from './info.js';
+
+export type DriverKind = 'format' | 'protocol' | 'filter';
+
+/** Flags on a write request. */
+export interface WriteFlags {
+  /** Force unit access: the data must be stable when the call returns. */
+  fua?: boolean;
+  /** With pwriteZeroes: the driver may deallocate instead of writing zeros. */
+  mayUnmap?: boolean;
+  /** With pwriteZeroes: fail with ENOTSUP rather than writing explicit zeros. */
+  noFallback?: boolean;
+  /** With pwritev: store the data compressed (qcow2 `-c`). */
+  compressed?: boolean;
+}
+
+/** Options given to `open`: driver-specific keys plus the generic ones below. */
+export interface OpenOptions {
+  /** Open for reading only; writes fail with EPERM/EROFS. */
+  readOnly?: boolean;
+  /** Driver-specific options (`offset`, `size` for raw; `l2-cache-size` for qcow2; …). */
+  [key: string]: unknown;
+}
+
+/** One answer of `blockStatus`: the status flags hold for `pnum` bytes from the offset asked. */
+export interface BlockStatus {
+  /** BDRV_BLOCK_* flags, see status.ts. */
+  status: number;
+  /** Number of bytes the answer holds for (> 0 unless at end of file). */
+  pnum: number;
+  /** With BDRV_BLOCK_OFFSET_VALID: the offset in `file` where the data lives. */
+  map?: number;
+  /** With BDRV_BLOCK_OFFSET_VALID: the node holding the data at `map`. */
+  file?: BlockNode;
+}
+
+export interface CheckResult {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  corruptionsFixed: number;
+  leaksFixed: number;
+  imageEndOffset?: number;
+  totalClusters?: number;
+  allocatedClusters?: number;
+  fragmentedClusters?: number;
+  compressedClusters?: number;
+  /** Human-readable lines, as qemu-img prints them before the summary. */
+  messages: string[];
+}
+
+export interface BlockDriver {
+  readonly name: string;
+  readonly kind: DriverKind;
+
+  /** The format keeps a backing file (qcow2 does, raw does not). */
+  readonly supportsBacking?: boolean;
+  /** Protocol drivers: `open` takes a filename rather than a `file` child. */
+  readonly protocolName?: string;
+
+  /**
+   * How sure the driver is that `head` (the first bytes of the image, at most
+   * 2 KiB, possibly fewer for a short file) is in its format: 0 (not mine) to
+   * 100. Never throws.
+   */
+  probe?(head: Uint8Array, filename: string): number;
+
+  /**
+   * Opens `bs`. For format and filter drivers `bs.file` is already attached;
+   * for protocol drivers `bs.filename` names the storage. Sets `bs.opaque`,
+   * `bs.totalBytes`, and `bs.limits` when they differ from the defaults, and
+   * for formats with a backing file `bs.backingFile` / `bs.backingFormat`.
+   * The core opens and attaches the backing child after `open` returns.
+   */
+  open(bs: BlockNode, options: OpenOptions): Promise<void>;
+
+  /** Releases the node's resources. Called once; no request is in flight. */
+  close?(bs: BlockNode): Promise<void>;
+
+  /**
+   * Reads `bytes` bytes at `offset` into `buf` (buf.length === bytes).
+   * Guarantees: offset and bytes are multiples of `bs.limits.requestAlignment`;
+   * bytes <= limits.maxTransfer; the range may extend past `totalBytes` only
+   * for protocol drivers whose length is not a multiple of the alignment, in
+   * which case the driver zero-fills the tail.
+   */
+  preadv(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array): Promise<void>;
+
+  /**
+   * Writes `buf` (buf.length === bytes) at `offset`. Same alignment and size
+   * guarantees as preadv; the range is inside totalBytes for format drivers;
+   * protocol drivers grow the file when writing past its end.
+   */
+  pwritev?(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags): Promise<void>;
+
+  /**
+   * Makes the range read as zeros. Offset and bytes are aligned to
+   * `limits.pwriteZeroesAlignment` (or requestAlignment). Throws ENOTSUP when
+   * it cannot do better than writing a buffer of zeros; the core then does that.
+   */
+  pwriteZeroes?(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags): Promise<void>;
+
+  /** Hints that the range is no longer needed. Advisory: may do nothing. */
+  pdiscard?(bs: BlockNode, offset: number, bytes: number): Promise<void>;
+
+  /** Makes every completed write stable. The core flushes children afterwards. */
+  flush?(bs: BlockNode): Promise<void>;
+
+  /** Changes the node's size; `exact` forbids rounding up. */
+  truncate?(bs: BlockNode, offset: number, exact: boolean, prealloc: PreallocMode): Promise<void>;
+
+  /** Current length in bytes; the core uses `bs.totalBytes` when absent. */
+  getLength?(bs: BlockNode): Promise<number>;
+
+  /** Bytes the node takes in its storage ("disk size"), or undefined if unknown. */
+  getAllocatedFileSize?(bs: BlockNode): Promise<number | undefined>;
+
+  /**
+   * Block status of [offset, offset + bytes). Guarantees: offset <
+   * totalBytes, bytes > 0, the range is inside totalBytes, offset aligned to
+   * requestAlignment. May answer for fewer bytes (pnum) but never zero.
+   * `wantZero` asks for the precise zero/data distinction (map, convert); without it
+   * the driver may answer about allocation only (faster).
+   */
+  blockStatus?(bs: BlockNode, wantZero: boolean, offset: number, bytes: number): Promise<BlockStatus>;
+
+  /** Format-specific facts for `info` (qemu-img's "format-specific"). */
+  getInfo?(bs: BlockNode): ImageInfoSpecific | undefined;
+
+  /** Cluster size, dirty flag, and other generic facts (qemu-img's BlockDriverInfo). */
+  getDriverInfo?(bs: BlockNode): DriverInfo;
+
+  /** Internal snapshots, as `qemu-img snapshot -l` lists them. */
+  listSnapshots?(bs: BlockNode): SnapshotInfo[];
+  createSnapshot?(bs: BlockNode, sn: { name: string; vmStateSize?: number; dateSec?: number; dateNsec?: number; vmClockNsec?: number; icount?: number }): Promise<void>;
+  applySnapshot?(bs: BlockNode, idOrName: string): Promise<void>;
+  deleteSnapshot?(bs: BlockNode, id: string | undefined, name: string | undefined): Promise<void>;
+
+  /** Consistency check (and repair when `fix` is given), as `qemu-img check`. */
+  check?(bs: BlockNode, fix: { leaks: boolean; errors: boolean }): Promise<CheckResult>;
+
+  /** Rewrites the backing file name and format in the image's metadata. */
+  changeBackingFile?(bs: BlockNode, backingFile: string | null, backingFormat: string | null): Promise<void>;
+}
+
+export type PreallocMode = 'off' | 'metadata' | 'falloc' | 'full';
+
+export interface DriverInfo {
+  clusterSize?: number;
+  isDirty?: boolean;
+  vmStateOffset?: number;
+}
+
+// ---------------------------------------------------------------- registry
+
+const drivers = new Map<string, BlockDriver>();
+
+/** Registers a driver under its name (and protocol name). Later registrations replace earlier ones. */
+export function registerDriver(drv: BlockDriver): void {
+  drivers.set(drv.name, drv);
+}
+
+export function findDriver(name: string): BlockDriver | undefined {
+  return drivers.get(name);
+}
+
+export function listDrivers(kind?: DriverKind): BlockDriver[] {
+  return [...drivers.values()].filter((d) => kind === undefined || d.kind === kind);
+}
+
+/** Bytes of an image's head that probing looks at (as QEMU's BLOCK_PROBE_BUF_SIZE). */
+export const PROBE_BUF_SIZE = 2048;
+
+/**
+ * Picks the format driver with the highest probe score. Raw scores 1 and is
+ * the fallback; `guessed` tells the caller the answer is only a fallback, so it
+ * can warn and restrict writes to the first sector, as QEMU does.
+ */
+export function probeFormat(head: Uint8Array, filename: string): { driver: BlockDriver; guessed: boolean } {
+  let best: BlockDriver | undefined;
+  let bestScore = 0;
+  for (const drv of drivers.values()) {
+    if (drv.kind !== 'format' || !drv.probe) continue;
+    let score = 0;
+    try {
+      score = drv.probe(head, filename);
+    } catch {
+      score = 0;
+    }
+    if (score > bestScore) {
+      best = drv;
+      bestScore = score;
+    }
+  }
+  const raw = drivers.get('raw');
+  if (!best || best === raw) {
+    if (!raw) throw new Error('raw driver is not registered');
+    return { driver: raw, guessed: true };
+  }
+  return { driver: best, guessed: false };
+}

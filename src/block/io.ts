@@ -1,0 +1,297 @@
+/**
+ * The request path: every read, write, write-zeroes, discard, flush and
+ * truncate on a node goes through these functions (QEMU's block/io.c).
+ *
+ * They turn what a caller asks into what a driver accepts: requests are
+ * aligned to `limits.requestAlignment` by read-modify-write, split at
+ * `limits.maxTransfer`, checked against the node's size and read-only state,
+ * and overlapping read-modify-write cycles are serialised (tracked requests),
+ * so two unaligned writes to the same block never lose each other's bytes.
+ * Successful writes are reported to the node's dirty bitmaps.
+ */
+import { BlockError, hex } from './errors.js';
+import type { WriteFlags, PreallocMode } from './driver.js';
+import type { BlockNode } from './node.js';
+import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
+
+/** Largest bounce buffer used when a driver has no pwriteZeroes (1 MiB, as QEMU's fallback). */
+const MAX_ZERO_BOUNCE = 1024 * 1024;
+
+function checkRange(bs: BlockNode, offset: number, bytes: number, what: string): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
+    throw new BlockError('EINVAL', `${bs.filename}: invalid ${what} request at offset ${offset}, ${bytes} bytes`);
+  }
+  if (bs.closed) throw new BlockError('EINVAL', `${bs.filename}: ${what} on a closed node`);
+}
+
+function checkInside(bs: BlockNode, offset: number, bytes: number, what: string): void {
+  if (bs.driver.kind !== 'protocol' && offset + bytes > bs.totalBytes) {
+    throw new BlockError(
+      'EINVAL',
+      `${bs.filename}: ${what} at ${hex(offset)} (+${bytes} bytes) is past the end of the image (${bs.totalBytes} bytes)`,
+    );
+  }
+}
+
+function checkWritable(bs: BlockNode, what: string): void {
+  if (bs.readOnly) throw new BlockError('EPERM', `${bs.filename}: ${what} refused: the image is opened read-only`);
+}
+
+// ------------------------------------------------------------ tracked requests
+
+interface Tracked {
+  start: number;
+  end: number;
+  done: Promise<void>;
+}
+
+const tracked = new WeakMap<BlockNode, Set<Tracked>>();
+
+/**
+ * Runs `fn` as a serialising request over [start, end): it first waits for
+ * every overlapping serialising request, then blocks new ones until it ends.
+ */
+async function serialised<T>(bs: BlockNode, start: number, end: number, fn: () => Promise<T>): Promise<T> {
+  let set = tracked.get(bs);
+  if (!set) tracked.set(bs, (set = new Set()));
+  for (;;) {
+    const overlap = [...set].find((t) => t.start < end && start < t.end);
+    if (!overlap) break;
+    await overlap.done;
+  }
+  let release!: () => void;
+  const me: Tracked = { start, end, done: new Promise<void>((r) => (release = r)) };
+  set.add(me);
+  try {
+    return await fn();
+  } finally {
+    set.delete(me);
+    release();
+  }
+}
+
+// ------------------------------------------------------------------ reads
+
+async function readAligned(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  const max = bs.limits.maxTransfer;
+  for (let done = 0; done < bytes; ) {
+    const n = Math.min(bytes - done, max);
+    await bs.driver.preadv(bs, offset + done, n, buf.subarray(done, done + n));
+    done += n;
+  }
+}
+
+/**
+ * Reads `bytes` bytes at `offset` of `bs` into `buf` (at least `bytes` long).
+ * Any alignment; the range must lie inside the node (protocol nodes may be read
+ * past their end and read zeros there).
+ */
+export async function bdrvPread(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  checkRange(bs, offset, bytes, 'read');
+  checkInside(bs, offset, bytes, 'read');
+  if (bytes === 0) return;
+  if (buf.length < bytes) throw new BlockError('EINVAL', `${bs.filename}: read buffer shorter than the request`);
+  const align = bs.limits.requestAlignment;
+  const start = offset - (offset % align);
+  const end = offset + bytes;
+  const alignedEnd = Math.ceil(end / align) * align;
+  if (start === offset && alignedEnd === end) return readAligned(bs, offset, bytes, buf.subarray(0, bytes));
+
+  // Head and tail blocks go through a bounce buffer; the aligned middle lands in place.
+  const bounce = allocBuffer(align);
+  try {
+    let pos = offset;
+    if (offset !== start) {
+      await readAligned(bs, start, align, bounce);
+      const n = Math.min(start + align, end) - offset;
+      buf.set(bounce.subarray(offset - start, offset - start + n), 0);
+      pos += n;
+    }
+    const midEnd = end - (end % align);
+    if (midEnd > pos) {
+      await readAligned(bs, pos, midEnd - pos, buf.subarray(pos - offset, midEnd - offset));
+      pos = midEnd;
+    }
+    if (pos < end) {
+      await readAligned(bs, pos, align, bounce);
+      buf.set(bounce.subarray(0, end - pos), pos - offset);
+    }
+  } finally {
+    freeBuffer(bounce);
+  }
+}
+
+/**
+ * For format drivers: reads the range from the node's backing child, with
+ * zeros where there is no backing node or the backing node is shorter (QEMU
+ * reads past a short backing file as zeros).
+ */
+export async function readBacking(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  const backing = bs.cowNode();
+  const have = backing ? Math.max(0, Math.min(bytes, backing.totalBytes - offset)) : 0;
+  if (have > 0) await bdrvPread(backing!, offset, have, buf);
+  if (have < bytes) buf.fill(0, have, bytes);
+}
+
+// ----------------------------------------------------------------- writes
+
+async function writeAligned(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags): Promise<void> {
+  const drv = bs.driver;
+  if (!drv.pwritev) throw new BlockError('ENOTSUP', `${bs.filename}: the ${drv.name} driver cannot write`);
+  const max = bs.limits.maxTransfer;
+  for (let done = 0; done < bytes; ) {
+    const n = Math.min(bytes - done, max);
+    await drv.pwritev(bs, offset + done, n, buf.subarray(done, done + n), flags);
+    done += n;
+  }
+}
+
+/**
+ * Writes `bytes` bytes of `buf` at `offset`. Any alignment: partial blocks are
+ * read, merged and written back while overlapping requests wait.
+ */
+export async function bdrvPwrite(
+  bs: BlockNode,
+  offset: number,
+  bytes: number,
+  buf: Uint8Array,
+  flags: WriteFlags = {},
+): Promise<void> {
+  checkRange(bs, offset, bytes, 'write');
+  checkWritable(bs, 'write');
+  checkInside(bs, offset, bytes, 'write');
+  if (bytes === 0) return;
+  if (buf.length < bytes) throw new BlockError('EINVAL', `${bs.filename}: write buffer shorter than the request`);
+  const data = buf.subarray(0, bytes);
+
+  if (bs.detectZeroes !== 'off' && !flags.compressed && bufferIsZero(data)) {
+    return bdrvPwriteZeroes(bs, offset, bytes, { ...flags, mayUnmap: bs.detectZeroes === 'unmap' });
+  }
+
+  const align = bs.limits.requestAlignment;
+  const start = offset - (offset % align);
+  const end = offset + bytes;
+  const alignedEnd = Math.ceil(end / align) * align;
+  if (start === offset && alignedEnd === end) {
+    await writeAligned(bs, offset, bytes, data, flags);
+  } else {
+    await serialised(bs, start, alignedEnd, async () => {
+      const len = alignedEnd - start;
+      const bounce = allocBuffer(len);
+      try {
+        // Only the head and tail blocks need their old contents.
+        await readAligned(bs, start, align, bounce.subarray(0, align));
+        if (alignedEnd - align > start) await readAligned(bs, alignedEnd - align, align, bounce.subarray(len - align, len));
+        bounce.set(data, offset - start);
+        await writeAligned(bs, start, len, bounce, flags);
+      } finally {
+        freeBuffer(bounce);
+      }
+    });
+  }
+  bs.dirtyBitmaps?.markDirty(offset, bytes);
+}
+
+/**
+ * Makes [offset, offset + bytes) read as zeros. Uses the driver's
+ * pwriteZeroes on the aligned part and explicit zeros elsewhere (or where the
+ * driver says ENOTSUP, unless `noFallback`).
+ */
+export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags = {}): Promise<void> {
+  checkRange(bs, offset, bytes, 'write-zeroes');
+  checkWritable(bs, 'write-zeroes');
+  checkInside(bs, offset, bytes, 'write-zeroes');
+  if (bytes === 0) return;
+  const drv = bs.driver;
+  const align = Math.max(bs.limits.pwriteZeroesAlignment ?? 1, bs.limits.requestAlignment);
+  const end = offset + bytes;
+  const headEnd = Math.min(end, Math.ceil(offset / align) * align);
+  const tailStart = Math.max(headEnd, end - (end % align));
+
+  const writeZeroBuffer = async (o: number, n: number): Promise<void> => {
+    const chunk = Math.min(n, MAX_ZERO_BOUNCE);
+    const zeros = allocBuffer(chunk);
+    zeros.fill(0);
+    try {
+      for (let done = 0; done < n; ) {
+        const k = Math.min(n - done, chunk);
+        await bdrvPwriteNoDetect(bs, o + done, k, zeros, flags);
+        done += k;
+      }
+    } finally {
+      freeBuffer(zeros);
+    }
+  };
+
+  if (headEnd > offset) await writeZeroBuffer(offset, headEnd - offset);
+  if (tailStart > headEnd) {
+    let done = false;
+    if (drv.pwriteZeroes) {
+      try {
+        const max = bs.limits.maxTransfer;
+        for (let o = headEnd; o < tailStart; ) {
+          const n = Math.min(tailStart - o, Math.max(max - (max % align), align));
+          await drv.pwriteZeroes(bs, o, n, flags);
+          o += n;
+        }
+        done = true;
+      } catch (e) {
+        if (!(e instanceof BlockError && e.code === 'ENOTSUP') || flags.noFallback) throw e;
+      }
+    } else if (flags.noFallback) {
+      throw new BlockError('ENOTSUP', `${bs.filename}: the ${drv.name} driver cannot write zeros efficiently`);
+    }
+    if (!done) await writeZeroBuffer(headEnd, tailStart - headEnd);
+  }
+  if (end > tailStart) await writeZeroBuffer(tailStart, end - tailStart);
+  bs.dirtyBitmaps?.markDirty(offset, bytes);
+}
+
+/** A write that skips zero detection (used by the write-zeroes fallback itself). */
+async function bdrvPwriteNoDetect(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags): Promise<void> {
+  const saved = bs.detectZeroes;
+  if (saved === 'off') return bdrvPwrite(bs, offset, bytes, buf, flags);
+  bs.detectZeroes = 'off';
+  try {
+    await bdrvPwrite(bs, offset, bytes, buf, flags);
+  } finally {
+    bs.detectZeroes = saved;
+  }
+}
+
+/** Discards the range where the driver can; a hint, so unsupported means "done". */
+export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number): Promise<void> {
+  checkRange(bs, offset, bytes, 'discard');
+  checkWritable(bs, 'discard');
+  checkInside(bs, offset, bytes, 'discard');
+  if (bytes === 0 || !bs.driver.pdiscard) return;
+  const align = Math.max(bs.limits.pdiscardAlignment ?? 1, bs.limits.requestAlignment);
+  const start = Math.ceil(offset / align) * align;
+  const end = Math.min(offset + bytes, bs.totalBytes);
+  // A discard may cover the image's last, partial block.
+  const alignedEnd = end === bs.totalBytes && bs.driver.kind !== 'protocol' ? end : end - (end % align);
+  if (alignedEnd > start) await bs.driver.pdiscard(bs, start, alignedEnd - start);
+  bs.dirtyBitmaps?.markDirty(offset, bytes);
+}
+
+/** Flushes the node, then the children it writes to (file, data file). */
+export async function bdrvFlush(bs: BlockNode): Promise<void> {
+  if (bs.closed) return;
+  if (!bs.readOnly && bs.driver.flush) await bs.driver.flush(bs);
+  if (bs.file && !bs.file.node.readOnly) await bdrvFlush(bs.file.node);
+  if (bs.dataFile && !bs.dataFile.node.readOnly) await bdrvFlush(bs.dataFile.node);
+}
+
+/** Changes the node's size (QEMU's bdrv_co_truncate). */
+export async function bdrvTruncate(bs: BlockNode, size: number, exact = false, prealloc: PreallocMode = 'off'): Promise<void> {
+  checkRange(bs, size, 0, 'truncate');
+  checkWritable(bs, 'truncate');
+  if (!bs.driver.truncate) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} driver cannot resize images`);
+  await bs.driver.truncate(bs, size, exact, prealloc);
+}
+
+/** Current length of the node in bytes. */
+export async function bdrvGetLength(bs: BlockNode): Promise<number> {
+  if (bs.driver.getLength) bs.totalBytes = await bs.driver.getLength(bs);
+  return bs.totalBytes;
+}

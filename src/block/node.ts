@@ -1,0 +1,116 @@
+/**
+ * BlockNode: one node of the block graph (QEMU's BlockDriverState).
+ *
+ * A node has a driver, the driver's private state (`opaque`), a size, request
+ * limits and up to three children: `file` (where a format's bytes live),
+ * `backing` (the image below it in a chain) and `dataFile` (qcow2's external
+ * data file). Nodes are created by src/block/open.ts; the request functions
+ * that drivers and users call live in src/block/io.ts.
+ */
+import type { BlockDriver } from './driver.js';
+import { BdrvChild, type ChildRole, PERM_CONSISTENT_READ, PERM_WRITE } from './child.js';
+
+export interface BlockLimits {
+  /** Every request reaching the driver is aligned to this (bytes, a power of two). */
+  requestAlignment: number;
+  /** Largest request the driver takes at once (bytes, a multiple of requestAlignment). */
+  maxTransfer: number;
+  /** Alignment that write-zeroes needs to deallocate (defaults to requestAlignment). */
+  pwriteZeroesAlignment?: number;
+  /** Alignment discards need to take effect (defaults to requestAlignment). */
+  pdiscardAlignment?: number;
+}
+
+/** What the write path tells about every write that lands (dirty bitmaps implement it). */
+export interface WriteObserver {
+  /** Called after a write, write-zeroes or discard of [offset, offset + bytes) succeeded. */
+  markDirty(offset: number, bytes: number): void;
+}
+
+export const DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024;
+
+let nodeCounter = 0;
+
+export class BlockNode {
+  /** Unique name in the graph (QEMU's node-name); generated as "#blockN" unless given. */
+  readonly nodeName: string;
+  readonly driver: BlockDriver;
+  /** Name of the image as the user (or a backing-file reference) gave it. */
+  readonly filename: string;
+  /** Driver-private state, set by `driver.open`. */
+  opaque: unknown = undefined;
+  /** Virtual size in bytes. */
+  totalBytes = 0;
+  readOnly: boolean;
+  limits: BlockLimits = { requestAlignment: 1, maxTransfer: DEFAULT_MAX_TRANSFER };
+
+  file: BdrvChild | null = null;
+  backing: BdrvChild | null = null;
+  dataFile: BdrvChild | null = null;
+
+  /** Backing file name exactly as stored in the image (formats with backing only). */
+  backingFile: string | null = null;
+  /** Backing format as stored in the image, if it names one. */
+  backingFormat: string | null = null;
+  /** backingFile resolved against this image's location (QEMU's full-backing-filename). */
+  fullBackingFilename: string | null = null;
+
+  /** Set when raw was chosen only because no other format matched: writes to the first sector are refused. */
+  probedAsRaw = false;
+  /** QEMU's detect-zeroes: writes of all-zero data become write-zeroes (with unmap: may deallocate). */
+  detectZeroes: 'off' | 'on' | 'unmap' = 'off';
+  /** Dirty bitmaps recording writes to this node (src/block/dirty-bitmap.ts). */
+  dirtyBitmaps: WriteObserver | null = null;
+  /** Parent edges pointing at this node (for the graph views). */
+  readonly parents: BdrvChild[] = [];
+  /** Options the node was opened with (driver-specific keys included). */
+  readonly options: Record<string, unknown>;
+  closed = false;
+
+  constructor(driver: BlockDriver, filename: string, options: Record<string, unknown> = {}, nodeName?: string) {
+    this.driver = driver;
+    this.filename = filename;
+    this.options = options;
+    this.readOnly = options.readOnly === true;
+    this.nodeName = nodeName ?? `#block${++nodeCounter}`;
+  }
+
+  /** The driver's private state, typed by the caller (each driver knows its own). */
+  state<T>(): T {
+    return this.opaque as T;
+  }
+
+  /** Attaches `child` under `role`; the graph keeps both directions. */
+  attach(child: BlockNode, role: ChildRole, name: string = role): BdrvChild {
+    const perm = PERM_CONSISTENT_READ | (this.readOnly || role === 'backing' ? 0 : PERM_WRITE);
+    const edge = new BdrvChild(this, name, role, child, perm);
+    child.parents.push(edge);
+    if (role === 'file') this.file = edge;
+    else if (role === 'backing') this.backing = edge;
+    else this.dataFile = edge;
+    return edge;
+  }
+
+  /** Removes the edge for `role` (the child node is not closed). */
+  detach(role: ChildRole): BlockNode | null {
+    const edge = role === 'file' ? this.file : role === 'backing' ? this.backing : this.dataFile;
+    if (!edge) return null;
+    const i = edge.node.parents.indexOf(edge);
+    if (i >= 0) edge.node.parents.splice(i, 1);
+    if (role === 'file') this.file = null;
+    else if (role === 'backing') this.backing = null;
+    else this.dataFile = null;
+    return edge.node;
+  }
+
+  /** The node below this one in a backing chain (QEMU's bdrv_cow_bs): backing for formats, file for filters. */
+  cowNode(): BlockNode | null {
+    if (this.driver.kind === 'filter') return this.file?.node ?? null;
+    return this.backing?.node ?? null;
+  }
+
+  /** The format node's own storage child: file for formats and filters, nothing for protocols. */
+  fileNode(): BlockNode | null {
+    return this.file?.node ?? null;
+  }
+}

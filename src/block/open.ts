@@ -1,0 +1,207 @@
+/**
+ * Opening images: storage → protocol node → format node → backing chain.
+ *
+ * Where bytes come from is a `Storage` (the Node file system, OPFS, IndexedDB,
+ * an HTTP origin, memory): it opens protocol nodes by name and resolves the
+ * names images store for each other (backing files, data files) inside its own
+ * namespace, so a name inside an image never reaches outside it.
+ *
+ * The format is probed from the first bytes unless given; raw is only a
+ * fallback, and a guessed raw image gets QEMU's warning and may not have its
+ * first sector overwritten with another format's header. Backing chains are
+ * opened to any depth, with a loop check and a depth limit, so a malicious
+ * chain cannot hang or exhaust memory.
+ */
+import { BlockError, describeCode, fromHostError } from './errors.js';
+import { findDriver, probeFormat, PROBE_BUF_SIZE, type OpenOptions } from './driver.js';
+import { BlockNode } from './node.js';
+import { bdrvFlush, bdrvPread } from './io.js';
+import type { ChildRole } from './child.js';
+
+export interface Storage {
+  /** Short name for messages and info (`file`, `opfs`, `idb`, `http`, `memory`, `blob`). */
+  readonly name: string;
+  /** Opens the protocol node for `filename`. Throws ENOENT for a missing file. */
+  openProtocol(filename: string, options: { readOnly: boolean; create?: boolean }): Promise<BlockNode>;
+  /** Creates (or truncates to zero) the file `filename`. */
+  createFile?(filename: string): Promise<void>;
+  /** Removes a file, where the storage can. */
+  removeFile?(filename: string): Promise<void>;
+  /**
+   * Resolves a reference stored inside the image `from` (a backing file
+   * name) to a name in this storage. Relative references are relative to the
+   * directory of `from`, as QEMU's path_combine.
+   */
+  resolve(from: string, reference: string): string;
+}
+
+/** How a node was opened; kept on the node so drivers can open sibling files (data files). */
+export interface OpenContext {
+  storage: Storage;
+  /** Receives warnings (raw guessed, …) as QEMU prints them. */
+  warn: (message: string) => void;
+}
+
+export interface OpenImageOptions {
+  /** Format name (`qcow2`, `raw`); probed when absent. */
+  format?: string;
+  readOnly?: boolean;
+  /** Open the backing chain (default true). qemu-img's -U / no-backing cases turn it off. */
+  backing?: boolean;
+  /** Driver options for the format node (raw's offset/size, qcow2's l2-cache-size, …). */
+  driverOptions?: Record<string, unknown>;
+  /** Receives warnings; by default they are dropped. */
+  warn?: (message: string) => void;
+  /** Node name for the top node. */
+  nodeName?: string;
+}
+
+/** Deepest backing chain we open (QEMU has no limit; a bound keeps a crafted chain from exhausting memory). */
+export const MAX_BACKING_DEPTH = 1000;
+
+const contexts = new WeakMap<BlockNode, OpenContext>();
+
+export function openContext(bs: BlockNode): OpenContext | undefined {
+  return contexts.get(bs);
+}
+
+/** Joins a relative reference to the directory of `from`, as QEMU's path_combine (no normalisation beyond that). */
+export function pathCombine(from: string, reference: string): string {
+  if (reference === '' || reference.startsWith('/') || /^[a-z][a-z0-9+.-]*:/i.test(reference)) return reference;
+  const slash = from.lastIndexOf('/');
+  return slash < 0 ? reference : from.slice(0, slash + 1) + reference;
+}
+
+async function openProtocol(storage: Storage, filename: string, readOnly: boolean): Promise<BlockNode> {
+  try {
+    return await storage.openProtocol(filename, { readOnly });
+  } catch (e) {
+    if (e instanceof BlockError) throw e;
+    throw fromHostError(e, `Could not open '${filename}'`);
+  }
+}
+
+/** Opens `filename` with its format driver (probed unless given), and its backing chain. */
+export async function openImage(storage: Storage, filename: string, options: OpenImageOptions = {}): Promise<BlockNode> {
+  const ctx: OpenContext = { storage, warn: options.warn ?? (() => {}) };
+  return openChain(ctx, filename, options, [filename]);
+}
+
+async function openChain(ctx: OpenContext, filename: string, options: OpenImageOptions, chain: string[]): Promise<BlockNode> {
+  const readOnly = options.readOnly ?? false;
+  const proto = await openProtocol(ctx.storage, filename, readOnly);
+  let bs: BlockNode | undefined;
+  try {
+    bs = await openFormatOn(ctx, proto, filename, options);
+    if (bs.driver.supportsBacking && bs.backingFile && options.backing !== false) {
+      await openBacking(ctx, bs, chain);
+    }
+    return bs;
+  } catch (e) {
+    if (bs) await closeNode(bs);
+    else await closeNode(proto);
+    throw e;
+  }
+}
+
+/** Puts a format node on top of an already open protocol node (probing the format unless given). */
+export async function openFormatOn(
+  ctx: OpenContext,
+  proto: BlockNode,
+  filename: string,
+  options: OpenImageOptions,
+): Promise<BlockNode> {
+  const readOnly = options.readOnly ?? false;
+  let driverName = options.format;
+  let guessed = false;
+  if (!driverName) {
+    const n = Math.min(PROBE_BUF_SIZE, proto.totalBytes);
+    const head = new Uint8Array(n);
+    await bdrvPread(proto, 0, n, head);
+    const probed = probeFormat(head, filename);
+    driverName = probed.driver.name;
+    guessed = probed.guessed;
+  }
+  const drv = findDriver(driverName);
+  if (!drv || drv.kind === 'protocol') {
+    throw new BlockError('EINVAL', `Unknown driver '${driverName}'`);
+  }
+  if (guessed) {
+    ctx.warn(
+      `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+        `         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n` +
+        `         Specify the 'raw' format explicitly to remove the restrictions.`,
+    );
+  }
+  const opts: OpenOptions = { ...(options.driverOptions ?? {}), readOnly };
+  const bs = new BlockNode(drv, filename, opts, options.nodeName);
+  bs.probedAsRaw = guessed;
+  contexts.set(bs, ctx);
+  bs.attach(proto, 'file');
+  await drv.open(bs, opts);
+  return bs;
+}
+
+async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Promise<void> {
+  const ref = bs.backingFile!;
+  const resolved = ctx.storage.resolve(bs.filename, ref);
+  bs.fullBackingFilename = resolved;
+  if (chain.includes(resolved)) {
+    throw new BlockError(
+      'ELOOP',
+      `${chain[0]}: backing chain loop: ${[...chain, resolved].map((n) => `'${n}'`).join(' -> ')}`,
+    );
+  }
+  if (chain.length >= MAX_BACKING_DEPTH) {
+    throw new BlockError('ELOOP', `${chain[0]}: backing chain deeper than ${MAX_BACKING_DEPTH} images at '${resolved}'`);
+  }
+  let backing: BlockNode;
+  try {
+    backing = await openChain(ctx, resolved, { format: bs.backingFormat ?? undefined, readOnly: true }, [...chain, resolved]);
+  } catch (e) {
+    if (e instanceof BlockError && e.code === 'ELOOP') throw e;
+    const why = e instanceof BlockError ? e.message : describeCode(fromHostError(e, '').code);
+    throw new BlockError(
+      e instanceof BlockError ? e.code : 'EIO',
+      `${bs.filename}: Could not open backing file: ${why}`,
+      { cause: e },
+    );
+  }
+  bs.attach(backing, 'backing');
+}
+
+/**
+ * Opens a file that `bs` refers to (an external data file) through the same
+ * storage, as a protocol node attached under `role`.
+ */
+export async function openFileChild(bs: BlockNode, reference: string, role: ChildRole): Promise<BlockNode> {
+  const ctx = contexts.get(bs);
+  if (!ctx) throw new BlockError('EINVAL', `${bs.filename}: no storage to open '${reference}' from`);
+  const resolved = ctx.storage.resolve(bs.filename, reference);
+  const node = await openProtocol(ctx.storage, resolved, bs.readOnly);
+  bs.attach(node, role);
+  return node;
+}
+
+/** Closes `bs` and every child no other parent still uses. */
+export async function closeNode(bs: BlockNode): Promise<void> {
+  if (bs.closed) return;
+  if (bs.parents.length > 0) return;
+  try {
+    if (!bs.readOnly) await bdrvFlush(bs);
+    bs.closed = true;
+    await bs.driver.close?.(bs);
+  } finally {
+    for (const role of ['backing', 'dataFile', 'file'] as const) {
+      const child = role === 'backing' ? bs.detach('backing') : role === 'dataFile' ? bs.detach('data-file') : bs.detach('file');
+      if (child) await closeNode(child);
+    }
+  }
+}
+
+/** The chain from `top` down: [top, backing, backing's backing, …]. */
+export function backingChain(top: BlockNode): BlockNode[] {
+  const out: BlockNode[] = [];
+  for (let p: BlockNode | null = top; p; p = p.backing?.node ?? null) out.push(p);
+  return out;
+}

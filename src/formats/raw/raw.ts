@@ -1,0 +1,96 @@
+/**
+ * The `raw` format: the guest sees the file's bytes, optionally a window of
+ * them (`offset`, `size` options, as QEMU's raw driver).
+ *
+ * Raw is the probing fallback. When it was only guessed, a write that would
+ * make block 0 look like another format is refused, as QEMU does, so a guest
+ * cannot turn its disk into, say, a qcow2 header pointing at host files.
+ */
+import { BlockError, hex } from '../../block/errors.js';
+import { probeFormat, registerDriver, type BlockDriver, PROBE_BUF_SIZE } from '../../block/driver.js';
+import type { BlockNode } from '../../block/node.js';
+import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../../block/io.js';
+import { BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RAW } from '../../block/status.js';
+
+interface RawState {
+  offset: number;
+  /** Fixed window size, or undefined to follow the file's length. */
+  size: number | undefined;
+}
+
+function st(bs: BlockNode): RawState {
+  return bs.state<RawState>();
+}
+
+function file(bs: BlockNode): BlockNode {
+  return bs.file!.node;
+}
+
+function toInt(v: unknown, what: string, bs: BlockNode): number | undefined {
+  if (v === undefined) return undefined;
+  const n = typeof v === 'string' ? Number(v) : (v as number);
+  if (!Number.isSafeInteger(n) || n < 0) throw new BlockError('EINVAL', `${bs.filename}: raw option '${what}' must be a non-negative integer`);
+  return n;
+}
+
+async function refreshSize(bs: BlockNode): Promise<number> {
+  const s = st(bs);
+  const len = await bdrvGetLength(file(bs));
+  if (s.size !== undefined) return s.size;
+  return Math.max(0, len - s.offset);
+}
+
+export const rawDriver: BlockDriver = {
+  name: 'raw',
+  kind: 'format',
+  probe: () => 1,
+  async open(bs, options) {
+    const offset = toInt(options.offset, 'offset', bs) ?? 0;
+    const size = toInt(options.size, 'size', bs);
+    const flen = file(bs).totalBytes;
+    if (offset > flen) throw new BlockError('EINVAL', `${bs.filename}: raw offset ${offset} is past the end of the file (${flen} bytes)`);
+    if (size !== undefined && offset + size > flen) {
+      throw new BlockError('EINVAL', `${bs.filename}: raw window ${hex(offset)}+${size} is past the end of the file (${flen} bytes)`);
+    }
+    bs.opaque = { offset, size } satisfies RawState;
+    bs.totalBytes = size ?? flen - offset;
+    bs.limits = { ...file(bs).limits };
+  },
+  async preadv(bs, offset, bytes, buf) {
+    await bdrvPread(file(bs), offset + st(bs).offset, bytes, buf);
+  },
+  async pwritev(bs, offset, bytes, buf, flags) {
+    if (bs.probedAsRaw && offset < PROBE_BUF_SIZE && bytes > 0) {
+      const head = new Uint8Array(Math.min(PROBE_BUF_SIZE, bs.totalBytes));
+      await bdrvPread(bs, 0, head.length, head);
+      head.set(buf.subarray(0, Math.min(bytes, head.length - offset)), offset);
+      if (probeFormat(head, bs.filename).driver.name !== 'raw') {
+        throw new BlockError('EPERM', `${bs.filename}: write to block 0 refused: the image was probed as raw and the write would make it look like another format`);
+      }
+    }
+    await bdrvPwrite(file(bs), offset + st(bs).offset, bytes, buf, flags);
+  },
+  async pwriteZeroes(bs, offset, bytes, flags) {
+    await bdrvPwriteZeroes(file(bs), offset + st(bs).offset, bytes, flags);
+  },
+  async pdiscard(bs, offset, bytes) {
+    await bdrvPdiscard(file(bs), offset + st(bs).offset, bytes);
+  },
+  async truncate(bs, size, exact, prealloc) {
+    const s = st(bs);
+    if (s.size !== undefined) throw new BlockError('ENOTSUP', `${bs.filename}: cannot resize a raw image opened with a fixed 'size'`);
+    await bdrvTruncate(file(bs), s.offset + size, exact, prealloc);
+    bs.totalBytes = size;
+  },
+  async getLength(bs) {
+    return refreshSize(bs);
+  },
+  async getAllocatedFileSize(bs) {
+    return file(bs).driver.getAllocatedFileSize?.(file(bs));
+  },
+  async blockStatus(bs, _wantZero, offset, bytes) {
+    return { status: BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID, pnum: bytes, map: offset + st(bs).offset, file: file(bs) };
+  },
+};
+
+registerDriver(rawDriver);
