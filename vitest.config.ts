@@ -1,7 +1,25 @@
 import { defineConfig } from 'vitest/config';
+import { playwright } from '@vitest/browser-playwright';
+
+// Debian's Chromium, started the way this workplace's closed network needs
+// (no background networking, no component updates).
+const chromium = playwright({
+  launchOptions: {
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: [
+      '--no-sandbox',
+      '--headless',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+    ],
+  },
+});
 
 // One config, several projects: Node unit tests, qemu-img differential tests,
-// and (as they land) real-browser tests and app end-to-end tests.
+// real-browser tests, and (as they land) app end-to-end tests.
 export default defineConfig({
   test: {
     projects: [
@@ -20,6 +38,22 @@ export default defineConfig({
           globalSetup: ['test/interop/global-setup.ts'],
           testTimeout: 120_000,
           hookTimeout: 120_000,
+        },
+      },
+      {
+        test: {
+          name: 'browser',
+          include: ['test/browser/**/*.test.ts'],
+          // Node side: makes interop images with qemu-img and serves them over HTTP (with Range) to the page.
+          globalSetup: ['test/browser/global-setup.ts'],
+          testTimeout: 60_000,
+          browser: {
+            enabled: true,
+            headless: true,
+            provider: chromium,
+            instances: [{ browser: 'chromium' }],
+            screenshotFailures: false,
+          },
         },
       },
     ],

@@ -69,6 +69,8 @@ export interface BlockDriver {
 
   /** The format keeps a backing file (qcow2 does, raw does not). */
   readonly supportsBacking?: boolean;
+  /** pwritev accepts `{ compressed: true }` (qcow2); elsewhere such writes fail with ENOTSUP, as in QEMU. */
+  readonly supportsCompressedWrites?: boolean;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
 

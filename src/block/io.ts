@@ -25,7 +25,8 @@ function checkRange(bs: BlockNode, offset: number, bytes: number, what: string):
 }
 
 function checkInside(bs: BlockNode, offset: number, bytes: number, what: string): void {
-  if (bs.driver.kind !== 'protocol' && offset + bytes > bs.totalBytes) {
+  // Only formats have a fixed size; filters pass requests (and file growth) through to their protocol node.
+  if (bs.driver.kind === 'format' && offset + bytes > bs.totalBytes) {
     throw new BlockError(
       'EINVAL',
       `${bs.filename}: ${what} at ${hex(offset)} (+${bytes} bytes) is past the end of the image (${bs.totalBytes} bytes)`,
@@ -162,6 +163,9 @@ export async function bdrvPwrite(
   checkInside(bs, offset, bytes, 'write');
   if (bytes === 0) return;
   if (buf.length < bytes) throw new BlockError('EINVAL', `${bs.filename}: write buffer shorter than the request`);
+  if (flags.compressed && !bs.driver.supportsCompressedWrites) {
+    throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} driver does not support compressed writes`);
+  }
   const data = buf.subarray(0, bytes);
 
   if (bs.detectZeroes !== 'off' && !flags.compressed && bufferIsZero(data)) {

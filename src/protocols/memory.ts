@@ -95,7 +95,17 @@ export class MemoryStorage implements Storage {
     this.files.delete(filename);
   }
   resolve(from: string, reference: string): string {
-    return pathCombine(from, reference);
+    // Names are map keys, not paths a file system would resolve: collapse '.' and '..' so
+    // "sub/../base.qcow2" finds "base.qcow2" (a backing reference "../base.qcow2" from "sub/top.qcow2").
+    const combined = pathCombine(from, reference);
+    if (!/(^|\/)\.\.?(\/|$)/.test(combined)) return combined;
+    const out: string[] = [];
+    for (const part of combined.split('/')) {
+      if (part === '.') continue;
+      if (part === '..' && out.length > 0 && out[out.length - 1] !== '..' && out[out.length - 1] !== '') out.pop();
+      else out.push(part);
+    }
+    return out.join('/');
   }
   /** Puts `bytes` under `filename` (copied). */
   put(filename: string, bytes: Uint8Array): void {

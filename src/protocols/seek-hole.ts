@@ -1,18 +1,45 @@
 /**
  * SEEK_DATA / SEEK_HOLE for the file protocol.
  *
- * Node's fs has no lseek, so holes in host files are invisible to it. Until a
- * native helper is available these return undefined ("unknown"), and the file
- * protocol reports every byte as data, which is always correct, only less
- * precise than QEMU's file-posix.
+ * Node's fs has no lseek, so holes in host files are invisible to it. A tiny
+ * optional N-API addon (native/seek.c, built by node-gyp into
+ * native/build/Release/seek.node) provides the two calls. When it is absent or
+ * the host file system does not support them, these return undefined
+ * ("unknown") and the file protocol reports every byte as data, which is
+ * always correct, only less precise than QEMU's file-posix.
  */
+import { createRequire } from 'node:module';
+
+interface SeekAddon {
+  seekData(fd: number, offset: number): number;
+  seekHole(fd: number, offset: number): number;
+}
+
+function loadAddon(): SeekAddon | undefined {
+  if (process.env.BLOCKTAB_NO_NATIVE) return undefined;
+  try {
+    // Same relative path from src/protocols (tests) and dist/protocols (the build).
+    return createRequire(import.meta.url)('../../native/build/Release/seek.node') as SeekAddon;
+  } catch {
+    return undefined;
+  }
+}
+
+const addon = loadAddon();
 
 /** Offset of the next data at or after `offset`, -1 if none before EOF, undefined if unknown. */
-export function seekData(_fd: number, _offset: number): number | undefined {
-  return undefined;
+export function seekData(fd: number, offset: number): number | undefined {
+  if (!addon) return undefined;
+  const r = addon.seekData(fd, offset);
+  return r === -2 ? undefined : r;
 }
 
 /** Offset of the next hole at or after `offset` (EOF counts as a hole), undefined if unknown. */
-export function seekHole(_fd: number, _offset: number): number | undefined {
-  return undefined;
+export function seekHole(fd: number, offset: number): number | undefined {
+  if (!addon) return undefined;
+  const r = addon.seekHole(fd, offset);
+  return r < 0 ? undefined : r;
 }
+
+/** Whether hole detection is available (for tests and `--version` style reports). */
+export const seekHoleSupported = addon !== undefined;

@@ -1,0 +1,8 @@
+{
+  "targets": [
+    {
+      "target_name": "seek",
+      "sources": ["seek.c"]
+    }
+  ]
+}

@@ -1,0 +1,52 @@
+/*
+ * lseek(SEEK_DATA / SEEK_HOLE) for blocktab's file protocol.
+ *
+ * Node's fs has no lseek, so without this tiny addon holes in host files look
+ * like data. It exports two functions taking (fd, offset) and returning the
+ * resulting offset, -1 when lseek fails with ENXIO (no more data past offset),
+ * or -2 for any other failure (the file system does not support it), which
+ * the TypeScript side treats as "unknown".
+ *
+ * Offsets travel as doubles: they are below 2^53, which JS numbers hold exactly.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <unistd.h>
+#include <node_api.h>
+
+static napi_value do_seek(napi_env env, napi_callback_info info, int whence) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd = -1;
+  double off = 0;
+  napi_value result;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_double(env, argv[1], &off) != napi_ok) {
+    napi_create_double(env, -2, &result);
+    return result;
+  }
+  off_t r = lseek(fd, (off_t)off, whence);
+  double out = r >= 0 ? (double)r : (errno == ENXIO ? -1 : -2);
+  napi_create_double(env, out, &result);
+  return result;
+}
+
+static napi_value seek_data(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_DATA);
+}
+
+static napi_value seek_hole(napi_env env, napi_callback_info info) {
+  return do_seek(env, info, SEEK_HOLE);
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
+    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, 2, props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

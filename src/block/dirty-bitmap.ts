@@ -1,0 +1,306 @@
+/**
+ * Dirty bitmaps on nodes (QEMU's block/dirty-bitmap.c and the
+ * block-dirty-bitmap-* QMP commands).
+ *
+ * A node's bitmaps live in a DirtyBitmapList installed as `bs.dirtyBitmaps`;
+ * io.ts reports every successful write, write-zeroes and discard to it and
+ * each enabled bitmap records the range. A bitmap is an HBitmap over the
+ * node's bytes (src/wasm/hbitmap.ts): its bits live in the wasm arena when
+ * the module is loaded and has room, otherwise in JS typed arrays — same
+ * semantics, so callers never need initWasm.
+ *
+ * State flags follow QEMU: disabled bitmaps ignore writes (but can be
+ * cleared and merged into); busy bitmaps belong to an operation (a backup
+ * job) and refuse user commands; readonly ones (loaded from a read-only
+ * image) refuse changes; inconsistent ones (a persistent bitmap whose image
+ * was not closed cleanly) can only be removed.
+ */
+import { BlockError } from './errors.js';
+import type { BlockNode, WriteObserver } from './node.js';
+import { HBitmap, type DirtyArea } from '../wasm/hbitmap.js';
+
+/** QEMU's BDRV_BITMAP_MAX_NAME_SIZE. */
+export const BITMAP_MAX_NAME_SIZE = 1023;
+export const BITMAP_MIN_GRANULARITY = 512;
+export const BITMAP_MAX_GRANULARITY = 2 ** 31;
+
+/** The user-visible facts about a bitmap, as QEMU's BlockDirtyInfo (query-block "dirty-bitmaps"). */
+export interface DirtyBitmapInfo {
+  name: string;
+  count: number;
+  granularity: number;
+  recording: boolean;
+  busy: boolean;
+  persistent: boolean;
+  inconsistent?: boolean;
+}
+
+export class BdrvDirtyBitmap {
+  name: string;
+  readonly bitmap: HBitmap;
+  disabled = false;
+  busy = false;
+  persistent = false;
+  readonly = false;
+  inconsistent = false;
+
+  constructor(name: string, size: number, granularity: number) {
+    this.name = name;
+    this.bitmap = new HBitmap(size, Math.log2(granularity));
+  }
+
+  /** Bytes per bit. */
+  get granularity(): number {
+    return 2 ** this.bitmap.granularity;
+  }
+  /** Bytes covered (the node's size). */
+  get size(): number {
+    return this.bitmap.size;
+  }
+  get enabled(): boolean {
+    return !this.disabled;
+  }
+  /** Dirty bytes (dirty chunks × granularity), as QEMU's bdrv_get_dirty_count. */
+  count(): number {
+    return this.bitmap.count();
+  }
+  /** Whether the chunk holding `offset` is dirty. */
+  get(offset: number): boolean {
+    return this.bitmap.get(offset);
+  }
+  /** Dirty extents in [start, end), merged where chunks touch and clipped to the node's size. */
+  dirtyExtents(start = 0, end = this.size): Generator<DirtyArea> {
+    return this.bitmap.dirtyAreas(start, end);
+  }
+  /** QEMU's bdrv_dirty_bitmap_next_dirty_area. */
+  nextDirtyArea(start: number, end: number, maxBytes = Infinity): DirtyArea | null {
+    return this.bitmap.nextDirtyArea(start, end, maxBytes);
+  }
+  nextDirty(start: number, bytes = Infinity): number {
+    return this.bitmap.nextDirty(start, bytes);
+  }
+  nextZero(start: number, bytes = Infinity): number {
+    return this.bitmap.nextZero(start, bytes);
+  }
+  info(): DirtyBitmapInfo {
+    const info: DirtyBitmapInfo = {
+      name: this.name,
+      count: this.count(),
+      granularity: this.granularity,
+      recording: !this.disabled,
+      busy: this.busy,
+      persistent: this.persistent,
+    };
+    if (this.inconsistent) info.inconsistent = true;
+    return info;
+  }
+}
+
+/** The WriteObserver installed on a node that has bitmaps. */
+export class DirtyBitmapList implements WriteObserver {
+  readonly bs: BlockNode;
+  /** Newest first, as QEMU lists them. */
+  readonly bitmaps: BdrvDirtyBitmap[] = [];
+  /** An observer that was on the node before us keeps being told. */
+  private readonly chained: WriteObserver | null;
+
+  constructor(bs: BlockNode, chained: WriteObserver | null) {
+    this.bs = bs;
+    this.chained = chained;
+  }
+
+  markDirty(offset: number, bytes: number): void {
+    this.chained?.markDirty(offset, bytes);
+    if (bytes <= 0) return;
+    for (const bm of this.bitmaps) {
+      if (bm.disabled) continue;
+      // A protocol node grows when written past its end; its bitmaps follow, as QEMU's write_req_finish does.
+      if (offset + bytes > bm.size && this.bs.totalBytes > bm.size) bm.bitmap.truncate(this.bs.totalBytes);
+      const end = Math.min(offset + bytes, bm.size);
+      if (end > offset) bm.bitmap.set(offset, end - offset);
+    }
+  }
+}
+
+function listOf(bs: BlockNode): DirtyBitmapList {
+  if (bs.dirtyBitmaps instanceof DirtyBitmapList) return bs.dirtyBitmaps;
+  const list = new DirtyBitmapList(bs, bs.dirtyBitmaps);
+  bs.dirtyBitmaps = list;
+  return list;
+}
+
+function bitmapsOf(bs: BlockNode): BdrvDirtyBitmap[] {
+  return bs.dirtyBitmaps instanceof DirtyBitmapList ? bs.dirtyBitmaps.bitmaps : [];
+}
+
+const CHECK_BUSY = 1;
+const CHECK_RO = 2;
+const CHECK_INCONSISTENT = 4;
+/** QEMU's BDRV_BITMAP_DEFAULT: what a command that changes the bits must check. */
+const CHECK_DEFAULT = CHECK_BUSY | CHECK_RO | CHECK_INCONSISTENT;
+/** QEMU's BDRV_BITMAP_ALLOW_RO: commands that only change flags. */
+const CHECK_ALLOW_RO = CHECK_BUSY | CHECK_INCONSISTENT;
+
+/** QEMU's bdrv_dirty_bitmap_check, with its messages. */
+export function checkDirtyBitmap(bm: BdrvDirtyBitmap, flags: number = CHECK_DEFAULT): void {
+  if (flags & CHECK_BUSY && bm.busy) {
+    throw new BlockError('EBUSY', `Bitmap '${bm.name}' is currently in use by another operation and cannot be used`);
+  }
+  if (flags & CHECK_RO && bm.readonly) {
+    throw new BlockError('EPERM', `Bitmap '${bm.name}' is readonly and cannot be modified`);
+  }
+  if (flags & CHECK_INCONSISTENT && bm.inconsistent) {
+    throw new BlockError('EINVAL', `Bitmap '${bm.name}' is inconsistent and cannot be used`);
+  }
+}
+
+/**
+ * The granularity a bitmap gets when none is given (QEMU's
+ * bdrv_get_default_bitmap_granularity): the node's cluster size clamped to
+ * 4 KiB..64 KiB, or 64 KiB when the node has no cluster size.
+ */
+export function defaultBitmapGranularity(bs: BlockNode): number {
+  let cluster = 0;
+  try {
+    cluster = bs.driver.getDriverInfo?.(bs)?.clusterSize ?? 0;
+  } catch {
+    cluster = 0; // bdrv_get_info failing means "no cluster size"
+  }
+  return cluster > 0 ? Math.min(65536, Math.max(4096, cluster)) : 65536;
+}
+
+/** Optional driver hooks for persistent bitmaps (qcow2 implements them). */
+interface PersistentBitmapDriver {
+  /** Throws when `name` cannot be stored in the image (QEMU's bdrv_co_can_store_new_dirty_bitmap). */
+  canStoreNewDirtyBitmap?(bs: BlockNode, name: string, granularity: number): void;
+  /** Removes the stored copy, if any. */
+  removePersistentDirtyBitmap?(bs: BlockNode, name: string): Promise<void>;
+}
+
+export interface AddDirtyBitmapOptions {
+  /** Bytes per bit: a power of two, 512 .. 2^31. Default: defaultBitmapGranularity(bs). */
+  granularity?: number;
+  /** Store the bitmap in the image when it closes (needs a driver that can). */
+  persistent?: boolean;
+  /** Create it disabled (not recording writes). */
+  disabled?: boolean;
+}
+
+/** Looks up a bitmap by name (QEMU's bdrv_find_dirty_bitmap). */
+export function findDirtyBitmap(bs: BlockNode, name: string): BdrvDirtyBitmap | undefined {
+  return bitmapsOf(bs).find((b) => b.name === name);
+}
+
+/** Like findDirtyBitmap but a missing bitmap is an error (QEMU's block_dirty_bitmap_lookup). */
+export function lookupDirtyBitmap(bs: BlockNode, name: string): BdrvDirtyBitmap {
+  const bm = findDirtyBitmap(bs, name);
+  if (!bm) throw new BlockError('ENOENT', `Dirty bitmap '${name}' not found`);
+  return bm;
+}
+
+/** The node's bitmaps, newest first. */
+export function listDirtyBitmaps(bs: BlockNode): BdrvDirtyBitmap[] {
+  return [...bitmapsOf(bs)];
+}
+
+/** block-dirty-bitmap-add. */
+export function addDirtyBitmap(bs: BlockNode, name: string, opts: AddDirtyBitmapOptions = {}): BdrvDirtyBitmap {
+  if (!name) throw new BlockError('EINVAL', 'Bitmap name cannot be empty');
+  let granularity: number;
+  if (opts.granularity !== undefined) {
+    granularity = opts.granularity;
+    const pow2 = Number.isInteger(granularity) && granularity > 0 && 2 ** Math.round(Math.log2(granularity)) === granularity;
+    if (!pow2 || granularity < BITMAP_MIN_GRANULARITY) {
+      throw new BlockError('EINVAL', 'Granularity must be power of 2 and at least 512');
+    }
+    if (granularity > BITMAP_MAX_GRANULARITY) {
+      throw new BlockError('EINVAL', `Granularity must be at most ${BITMAP_MAX_GRANULARITY}`);
+    }
+  } else {
+    granularity = defaultBitmapGranularity(bs);
+  }
+  if (findDirtyBitmap(bs, name)) throw new BlockError('EEXIST', `Bitmap already exists: ${name}`);
+  if (name.length > BITMAP_MAX_NAME_SIZE) throw new BlockError('EINVAL', `Bitmap name too long: ${name}`);
+  if (opts.persistent) {
+    const drv = bs.driver as PersistentBitmapDriver;
+    if (!drv.canStoreNewDirtyBitmap) {
+      throw new BlockError('ENOTSUP', `Can't store persistent bitmaps to ${bs.nodeName}`);
+    }
+    drv.canStoreNewDirtyBitmap(bs, name, granularity);
+  }
+  const bm = new BdrvDirtyBitmap(name, bs.totalBytes, granularity);
+  bm.disabled = opts.disabled === true;
+  bm.persistent = opts.persistent === true;
+  listOf(bs).bitmaps.unshift(bm);
+  return bm;
+}
+
+/** block-dirty-bitmap-remove: also deletes a persistent bitmap's stored copy. */
+export async function removeDirtyBitmap(bs: BlockNode, name: string): Promise<void> {
+  const bm = lookupDirtyBitmap(bs, name);
+  checkDirtyBitmap(bm, CHECK_BUSY | CHECK_RO);
+  if (bm.persistent) await (bs.driver as PersistentBitmapDriver).removePersistentDirtyBitmap?.(bs, name);
+  releaseDirtyBitmap(bs, bm);
+}
+
+/** Drops a bitmap from its node and frees its memory (QEMU's bdrv_release_dirty_bitmap). */
+export function releaseDirtyBitmap(bs: BlockNode, bm: BdrvDirtyBitmap): void {
+  const list = bitmapsOf(bs);
+  const i = list.indexOf(bm);
+  if (i >= 0) list.splice(i, 1);
+  bm.bitmap.free();
+}
+
+/** Releases every bitmap of a node that is closing (stored copies are kept). */
+export function releaseNamedDirtyBitmaps(bs: BlockNode): void {
+  for (const bm of listDirtyBitmaps(bs)) releaseDirtyBitmap(bs, bm);
+}
+
+/** block-dirty-bitmap-clear. */
+export function clearDirtyBitmap(bs: BlockNode, name: string): void {
+  const bm = lookupDirtyBitmap(bs, name);
+  checkDirtyBitmap(bm, CHECK_DEFAULT);
+  bm.bitmap.resetAll();
+}
+
+/** block-dirty-bitmap-enable. */
+export function enableDirtyBitmap(bs: BlockNode, name: string): void {
+  const bm = lookupDirtyBitmap(bs, name);
+  checkDirtyBitmap(bm, CHECK_ALLOW_RO);
+  bm.disabled = false;
+}
+
+/** block-dirty-bitmap-disable. */
+export function disableDirtyBitmap(bs: BlockNode, name: string): void {
+  const bm = lookupDirtyBitmap(bs, name);
+  checkDirtyBitmap(bm, CHECK_ALLOW_RO);
+  bm.disabled = true;
+}
+
+/** A merge source: a bitmap of the same node by name, or of another node. */
+export type MergeSource = string | { node: BlockNode; name: string };
+
+/**
+ * block-dirty-bitmap-merge: target |= every source. All sources are checked
+ * before the target changes, so a failed merge leaves the target as it was.
+ */
+export function mergeDirtyBitmaps(bs: BlockNode, target: string, sources: MergeSource[]): void {
+  const dst = lookupDirtyBitmap(bs, target);
+  checkDirtyBitmap(dst, CHECK_DEFAULT);
+  const srcs = sources.map((s) => (typeof s === 'string' ? lookupDirtyBitmap(bs, s) : lookupDirtyBitmap(s.node, s.name)));
+  for (const src of srcs) {
+    checkDirtyBitmap(src, CHECK_ALLOW_RO);
+    if (src.size !== dst.size) {
+      throw new BlockError(
+        'EINVAL',
+        `Bitmaps are of different sizes (destination size is ${dst.size}, source size is ${src.size}) and can't be merged`,
+      );
+    }
+  }
+  for (const src of srcs) dst.bitmap.merge(src.bitmap);
+}
+
+/** Resizes every bitmap of the node with it (QEMU's bdrv_dirty_bitmap_truncate); call after a successful truncate. */
+export function truncateDirtyBitmaps(bs: BlockNode, size: number): void {
+  for (const bm of bitmapsOf(bs)) bm.bitmap.truncate(size);
+}

@@ -1,0 +1,69 @@
+/**
+ * Command-line parsing in qemu-img's dialect on top of Node's util.parseArgs:
+ * short options with values (`-f qcow2`, `-fqcow2`), long options with `=`
+ * (`--output=json`), options after positionals (getopt permutes them), and
+ * `--` to end options. Errors become a UsageError the top level prints as one
+ * line.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+export class UsageError extends Error {}
+
+export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+
+export interface Parsed {
+  values: Record<string, string | boolean | string[] | undefined>;
+  positionals: string[];
+}
+
+export function parseCommand(cmd: string, args: string[], options: OptionSpec): Parsed {
+  try {
+    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
+    return { values: values as Parsed['values'], positionals };
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      const m = /Unknown option '([^']+)'/.exec(err.message ?? '');
+      throw new UsageError(`${cmd}: invalid option -- '${(m?.[1] ?? '?').replace(/^-+/, '')}'`);
+    }
+    if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      const m = /Option '([^']+)/.exec(err.message ?? '');
+      throw new UsageError(`${cmd}: option requires an argument -- '${(m?.[1] ?? '?').replace(/^-+/, '').replace(/,.*$/, '')}'`);
+    }
+    throw new UsageError(`${cmd}: ${err.message ?? String(e)}`);
+  }
+}
+
+/** Last value of a string option given once or more (qemu-img: the last one wins). */
+export function str(p: Parsed, name: string): string | undefined {
+  const v = p.values[name];
+  if (Array.isArray(v)) return v[v.length - 1];
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function flag(p: Parsed, name: string): boolean {
+  return p.values[name] === true;
+}
+
+/**
+ * qemu-img's cvtnum / qemu_strtosz: a size in bytes with an optional binary
+ * suffix (B, K, M, G, T, P, E; case-insensitive), fractions allowed with a suffix.
+ */
+export function parseSize(what: string, text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)$/i.exec(text);
+  if (!m) throw new UsageError(`Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
+  const units = 'bkmgtpe';
+  const shift = m[2] ? units.indexOf(m[2].toLowerCase()) * 10 : 0;
+  const n = Number(m[1]) * 2 ** shift;
+  if (!Number.isSafeInteger(Math.floor(n)) || (!m[2] && m[1]!.includes('.'))) {
+    throw new UsageError(`Invalid ${what} specified. Must be less than 8 EiB!`);
+  }
+  return Math.floor(n);
+}
+
+/** `--output=human|json` */
+export function outputFormat(p: Parsed): 'human' | 'json' {
+  const o = str(p, 'output') ?? 'human';
+  if (o !== 'human' && o !== 'json') throw new UsageError(`--output must be used with human or json as argument.`);
+  return o;
+}

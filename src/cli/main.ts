@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+/**
+ * `blocktab`: qemu-img's subcommands (and `blocktab io` for qemu-io's) over
+ * blocktab's engine. Everything that can fail is caught here: a failure is one
+ * line `blocktab: <message>` on stderr and qemu-img's exit code, never a stack
+ * trace.
+ */
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { isBlockError } from '../block/errors.js';
+import { UsageError } from './args.js';
+
+/** Where commands write; tests and the top level pass process streams. */
+export interface Output {
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+}
+
+/** A failure with a specific exit code (compare's 2/3/4). */
+export class CliError extends Error {
+  constructor(
+    readonly exitCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+type Command = (args: string[], out: Output) => Promise<number>;
+
+const commands: Record<string, () => Promise<Command>> = {
+  info: () => import('./info.js').then((m) => m.runInfo),
+  map: () => import('./map.js').then((m) => m.runMap),
+  convert: () => import('./convert.js').then((m) => m.runConvert),
+  compare: () => import('./compare.js').then((m) => m.runCompare),
+};
+
+const HELP = `usage: blocktab [--version] [--help] command [command options]
+blocktab: QEMU's block layer in TypeScript; speaks qemu-img's (and qemu-io's) language.
+
+Command syntax:
+  info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename
+  map [-f fmt] [--output=human|json] [--start-offset=offset] [--max-length=len] [-U] filename
+  convert [-f fmt] [-O output_fmt] [-p] [-q] [-n] [-S sparse_size] [-U] filename [filename2 [...]] output_filename
+  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
+  io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
+
+Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
+Supported formats: raw qcow2
+`;
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    return pkg.version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Runs one command line (without the program name) and returns the exit code. */
+export async function main(argv: string[], out: Output): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === undefined) throw new UsageError('Not enough arguments');
+    if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
+      out.stdout(HELP);
+      return 0;
+    }
+    if (cmd === '--version' || cmd === '-V') {
+      out.stdout(`blocktab version ${version()} (qemu-img 7.2 compatible)\n`);
+      return 0;
+    }
+    if (cmd === 'io') {
+      // Written by the qemu-io helper; the path is a variable so this file builds before it exists.
+      const ioModule = './qemu-io/main.js';
+      const m = (await import(ioModule)) as { runIo: (args: string[]) => Promise<number> };
+      return await m.runIo(rest);
+    }
+    const load = commands[cmd];
+    if (!load) throw new UsageError(`Command not found: ${cmd}`);
+    if (rest.includes('--help') || rest.includes('-h')) {
+      out.stdout(HELP);
+      return 0;
+    }
+    return await (await load())(rest, out);
+  } catch (e) {
+    const code = e instanceof CliError ? e.exitCode : 1;
+    const msg = e instanceof Error ? e.message : String(e);
+    // Only our own errors are expected; anything else still gets one line, marked as internal.
+    const known = e instanceof CliError || e instanceof UsageError || isBlockError(e);
+    out.stderr(`blocktab: ${known ? msg : `internal error: ${msg}`}`.split('\n')[0] + '\n');
+    return code;
+  }
+}
+
+function isEntry(): boolean {
+  try {
+    return process.argv[1] !== undefined && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+  } catch {
+    return false;
+  }
+}
+
+if (isEntry()) {
+  const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s) };
+  main(process.argv.slice(2), out).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e: unknown) => {
+      process.stderr.write(`blocktab: internal error: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exitCode = 1;
+    },
+  );
+}

@@ -1,0 +1,96 @@
+/**
+ * Compressed clusters: the L2 descriptor and the two codecs.
+ *
+ * Descriptor (docs/interop/qcow2.txt), with x = 62 - (cluster_bits - 8):
+ *   bits 0 .. x-1   host offset of the compressed data (byte granular)
+ *   bits x .. 61    additional 512-byte sectors used, beyond the first
+ * The sector count rounds up, so the bytes read usually run into the next
+ * compressed cluster: both codecs must stop at the end of their own stream and
+ * ignore what follows (QEMU accepts "output full" as success for the same reason).
+ *
+ * zlib here is RAW deflate (no zlib header); zstd is one or more frames.
+ */
+import { inflateRaw } from 'pako';
+import { decompress as zstdDecompress } from 'fzstd';
+import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
+
+export const QCOW2_COMPRESSED_SECTOR_SIZE = 512;
+
+export interface CompressedDescriptor {
+  /** Host offset of the first compressed byte. */
+  coffset: number;
+  /** Bytes to read (may run past the stream's end, see above). */
+  csize: number;
+}
+
+/** Decodes the descriptor from the entry's two big-endian 32-bit halves. */
+export function parseCompressedDescriptor(hi: number, lo: number, clusterBits: number): CompressedDescriptor {
+  const csizeShift = 62 - (clusterBits - 8);
+  const hiOffsetBits = csizeShift - 32;
+  const csizeMask = (1 << (clusterBits - 8)) - 1;
+  const coffset = (hi & ((1 << hiOffsetBits) - 1)) * 0x100000000 + (lo >>> 0);
+  const nbCsectors = ((hi >>> hiOffsetBits) & csizeMask) + 1;
+  const csize = nbCsectors * QCOW2_COMPRESSED_SECTOR_SIZE - (coffset % QCOW2_COMPRESSED_SECTOR_SIZE);
+  return { coffset, csize };
+}
+
+/** Length of the zstd frame at the start of `b` (magic, header, blocks, checksum), or -1 if it is not one. */
+function zstdFrameLength(b: Uint8Array): number {
+  if (b.length < 4) return -1;
+  const magic = (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
+  if (magic >>> 4 === 0x184d2a5) {
+    // Skippable frame: 4-byte little-endian length follows.
+    if (b.length < 8) return -1;
+    return 8 + ((b[4]! | (b[5]! << 8) | (b[6]! << 16) | (b[7]! << 24)) >>> 0);
+  }
+  if (magic !== 0xfd2fb528 || b.length < 5) return -1;
+  const fhd = b[4]!;
+  const single = (fhd >> 5) & 1;
+  const fcsFlag = fhd >> 6;
+  const dictFlag = fhd & 3;
+  const checksum = (fhd >> 2) & 1;
+  let p = 5 + (single ? 0 : 1) + [0, 1, 2, 4][dictFlag]! + [single, 2, 4, 8][fcsFlag]!;
+  for (;;) {
+    if (p + 3 > b.length) return -1;
+    const bh = b[p]! | (b[p + 1]! << 8) | (b[p + 2]! << 16);
+    const last = bh & 1;
+    const type = (bh >> 1) & 3;
+    const size = bh >>> 3;
+    if (type === 3) return -1;
+    p += 3 + (type === 1 ? 1 : size);
+    if (last) break;
+  }
+  p += checksum ? 4 : 0;
+  return p <= b.length ? p : -1;
+}
+
+/**
+ * Decompresses one cluster from `input` into `out` (exactly one cluster).
+ * Returns false when the data is not a valid stream or yields fewer bytes.
+ */
+export function decompressCluster(compressionType: number, input: Uint8Array, out: Uint8Array): boolean {
+  try {
+    if (compressionType === QCOW2_COMPRESSION_TYPE_ZSTD) {
+      let filled = 0;
+      let rest = input;
+      while (filled < out.length) {
+        const n = zstdFrameLength(rest);
+        if (n < 0) return false;
+        const frame = rest.subarray(0, n);
+        rest = rest.subarray(n);
+        if ((frame[0]! & 0xf0) === 0x50 && frame[3] === 0x18) continue; // skippable
+        const got = zstdDecompress(frame);
+        const k = Math.min(got.length, out.length - filled);
+        out.set(got.subarray(0, k), filled);
+        filled += k;
+      }
+      return true;
+    }
+    const got = inflateRaw(input);
+    if (!(got instanceof Uint8Array) || got.length < out.length) return false;
+    out.set(got.subarray(0, out.length));
+    return true;
+  } catch {
+    return false;
+  }
+}

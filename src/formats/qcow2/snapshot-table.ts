@@ -1,0 +1,154 @@
+/**
+ * The internal snapshot table: parse (now) and serialize (for the snapshot
+ * code later), in one place.
+ *
+ * Entry layout (big-endian, each entry padded to 8 bytes):
+ *   0  l1_table_offset  u64      24 vm_clock_nsec   u64
+ *   8  l1_size          u32      32 vm_state_size   u32
+ *  12  id_str_size      u16      36 extra_data_size u32
+ *  14  name_size        u16      40 extra data: vm_state_size_large u64,
+ *  16  date_sec         u32                     disk_size u64, icount u64
+ *  20  date_nsec        u32      then id_str, name, padding
+ */
+import { BlockError, hex } from '../../block/errors.js';
+import { bdrvPread } from '../../block/io.js';
+import type { SnapshotInfo } from '../../block/info.js';
+import { be, type Qcow2Header } from './header.js';
+import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
+import type { BlockNode } from '../../block/node.js';
+
+/** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA. */
+export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
+
+export interface Qcow2Snapshot {
+  l1TableOffset: number;
+  l1Size: number;
+  idStr: string;
+  name: string;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: number;
+  /** VM state size (vm_state_size_large when the extra data has it). */
+  vmStateSize: number;
+  /** Virtual disk size at snapshot time (the image's current size when the entry predates the field). */
+  diskSize: number;
+  /** Instruction count, or undefined when not recorded (-1 on disk / absent). */
+  icount: number | undefined;
+  /** Extra data beyond the three known fields, kept verbatim. */
+  extraDataTail: Uint8Array;
+  /** extra_data_size as found (serialize writes at least 24). */
+  extraDataSize: number;
+}
+
+const dec = new TextDecoder();
+const enc = new TextEncoder();
+
+/**
+ * Reads and checks the table of `h` from `file`. Every size is bounded by
+ * QEMU's limits before anything is allocated from it.
+ */
+export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string): Promise<Qcow2Snapshot[]> {
+  const out: Qcow2Snapshot[] = [];
+  const clusterSize = 2 ** h.clusterBits;
+  const fileSize = file.totalBytes;
+  let pos = h.snapshotsOffset;
+  const head = new Uint8Array(SNAPSHOT_HEADER_SIZE);
+  for (let i = 0; i < h.nbSnapshots; i++) {
+    const at = pos;
+    const fail = (msg: string, code: 'EINVAL' | 'EFBIG' = 'EINVAL'): never => {
+      throw new BlockError(code, `${image}: snapshot table entry ${i} at ${hex(at)}: ${msg}`);
+    };
+    if (pos + SNAPSHOT_HEADER_SIZE - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
+    if (pos + SNAPSHOT_HEADER_SIZE > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
+    await bdrvPread(file, pos, SNAPSHOT_HEADER_SIZE, head);
+    const idSize = be.u16(head, 12);
+    const nameSize = be.u16(head, 14);
+    const extraSize = be.u32(head, 36);
+    if (extraSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) fail(`Too much extra metadata in snapshot table entry (${extraSize} bytes)`, 'EFBIG');
+    const bodyBytes = extraSize + idSize + nameSize;
+    const entryEnd = pos + SNAPSHOT_HEADER_SIZE + bodyBytes;
+    if (entryEnd - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
+    if (entryEnd > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
+    const body = new Uint8Array(bodyBytes);
+    await bdrvPread(file, pos + SNAPSHOT_HEADER_SIZE, bodyBytes, body);
+
+    const vmState32 = be.u32(head, 32);
+    const sn: Qcow2Snapshot = {
+      l1TableOffset: be.u64(head, 0),
+      l1Size: be.u32(head, 8),
+      idStr: dec.decode(body.subarray(extraSize, extraSize + idSize)),
+      name: dec.decode(body.subarray(extraSize + idSize, bodyBytes)),
+      dateSec: be.u32(head, 16),
+      dateNsec: be.u32(head, 20),
+      vmClockNsec: be.u64(head, 24),
+      vmStateSize: extraSize >= 8 ? be.u64(body, 0) : vmState32,
+      diskSize: extraSize >= 16 ? be.u64(body, 8) : h.size,
+      icount: undefined,
+      extraDataTail: body.slice(Math.min(extraSize, 24), extraSize),
+      extraDataSize: extraSize,
+    };
+    if (extraSize >= 24) {
+      const hi = be.u32(body, 16);
+      const lo = be.u32(body, 20);
+      sn.icount = hi === 0xffffffff && lo === 0xffffffff ? undefined : be.u64(body, 16);
+    }
+    if (sn.l1TableOffset % clusterSize !== 0) fail(`Snapshot L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`);
+    if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail(`Snapshot L1 table too large (${sn.l1Size} entries)`, 'EFBIG');
+    if (sn.l1TableOffset + sn.l1Size * 8 > fileSize) fail(`Snapshot L1 table at ${hex(sn.l1TableOffset)} extends beyond the end of the file`);
+    out.push(sn);
+    pos = entryEnd + ((8 - (entryEnd % 8)) % 8);
+  }
+  return out;
+}
+
+/** Serializes the table (entries padded to 8 bytes), as the snapshot code will write it. */
+export function serializeSnapshotTable(list: Qcow2Snapshot[]): Uint8Array {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for (const sn of list) {
+    const id = enc.encode(sn.idStr);
+    const name = enc.encode(sn.name);
+    const extra = Math.max(24, sn.extraDataSize, 24 + sn.extraDataTail.length);
+    const len = SNAPSHOT_HEADER_SIZE + extra + id.length + name.length;
+    const b = new Uint8Array(len + ((8 - (len % 8)) % 8));
+    be.put64(b, 0, sn.l1TableOffset);
+    be.put32(b, 8, sn.l1Size);
+    be.put16(b, 12, id.length);
+    be.put16(b, 14, name.length);
+    be.put32(b, 16, sn.dateSec);
+    be.put32(b, 20, sn.dateNsec);
+    be.put64(b, 24, sn.vmClockNsec);
+    be.put32(b, 32, sn.vmStateSize > 0xffffffff ? 0 : sn.vmStateSize);
+    be.put32(b, 36, extra);
+    be.put64(b, 40, sn.vmStateSize);
+    be.put64(b, 48, sn.diskSize);
+    if (sn.icount === undefined) b.fill(0xff, 56, 64);
+    else be.put64(b, 56, sn.icount);
+    b.set(sn.extraDataTail, 64);
+    b.set(id, SNAPSHOT_HEADER_SIZE + extra);
+    b.set(name, SNAPSHOT_HEADER_SIZE + extra + id.length);
+    parts.push(b);
+    total += b.length;
+  }
+  const out = new Uint8Array(total);
+  let p = 0;
+  for (const b of parts) {
+    out.set(b, p);
+    p += b.length;
+  }
+  return out;
+}
+
+/** The generic SnapshotInfo (qemu-img snapshot -l / info) of a table entry. */
+export function snapshotInfo(sn: Qcow2Snapshot): SnapshotInfo {
+  return {
+    id: sn.idStr,
+    name: sn.name,
+    vmStateSize: sn.vmStateSize,
+    dateSec: sn.dateSec,
+    dateNsec: sn.dateNsec,
+    vmClockNsec: sn.vmClockNsec,
+    icount: sn.icount,
+    diskSize: sn.diskSize,
+  };
+}

@@ -1,0 +1,135 @@
+/**
+ * qemu-img info as a function: the facts about one image, shaped and keyed as
+ * QEMU's QAPI ImageInfo, so the CLI and the web app print the same thing and
+ * `--output=json` is a straight serialisation (src/img/qobject.ts).
+ */
+import type { BlockNode } from '../block/node.js';
+import { pathCombine } from '../block/open.js';
+import type { QDict } from './qobject.js';
+
+/** QAPI SnapshotInfo (keys in schema order). */
+export interface SnapshotInfoQapi extends QDict {
+  id: string;
+  name: string;
+  'vm-state-size': number;
+  'date-sec': number;
+  'date-nsec': number;
+  'vm-clock-sec': number;
+  'vm-clock-nsec': number;
+  icount?: number;
+}
+
+/** QAPI ImageInfo (keys in schema order, which decides QDict order on collisions). */
+export interface ImageInfo extends QDict {
+  filename: string;
+  format: string;
+  'dirty-flag'?: boolean;
+  'actual-size'?: number;
+  'virtual-size': number;
+  'cluster-size'?: number;
+  encrypted?: boolean;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  snapshots?: SnapshotInfoQapi[];
+  'format-specific'?: QDict;
+}
+
+/**
+ * Bytes `bs` takes in its storage (QEMU 7.2's bdrv_get_allocated_file_size):
+ * the driver's answer, else its file child's (an external data file is not
+ * counted, as in qemu-img 7.2); undefined when nobody knows.
+ */
+export async function allocatedFileSize(bs: BlockNode): Promise<number | undefined> {
+  if (bs.driver.getAllocatedFileSize) return bs.driver.getAllocatedFileSize(bs);
+  if (bs.driver.kind === 'protocol' || !bs.file) return undefined;
+  return allocatedFileSize(bs.file.node);
+}
+
+/** Information about `bs` alone (its backing chain is not visited). */
+export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
+  const drv = bs.driver;
+  const dinfo = drv.getDriverInfo?.(bs);
+  const info: ImageInfo = {
+    filename: bs.filename,
+    format: drv.name,
+    'dirty-flag': dinfo?.isDirty ?? false,
+    'actual-size': await allocatedFileSize(bs),
+    'virtual-size': bs.totalBytes,
+    'cluster-size': dinfo?.clusterSize ? dinfo.clusterSize : undefined,
+  };
+  if (bs.backingFile) {
+    info['backing-filename'] = bs.backingFile;
+    info['full-backing-filename'] = bs.fullBackingFilename ?? pathCombine(bs.filename, bs.backingFile);
+    if (bs.backingFormat) info['backing-filename-format'] = bs.backingFormat;
+  }
+  const snaps = drv.listSnapshots?.(bs) ?? [];
+  if (snaps.length > 0) {
+    info.snapshots = snaps.map((sn) => ({
+      id: sn.id,
+      name: sn.name,
+      'vm-state-size': sn.vmStateSize,
+      'date-sec': sn.dateSec,
+      'date-nsec': sn.dateNsec,
+      'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
+      'vm-clock-nsec': sn.vmClockNsec % 1e9,
+      icount: sn.icount,
+    }));
+  }
+  const spec = drv.getInfo?.(bs);
+  if (spec) info['format-specific'] = { type: spec.type, data: spec.data as QDict };
+  return info;
+}
+
+/**
+ * QEMU's size_to_str: binary units, three significant digits ("977 KiB",
+ * "1.5 MiB", "0 B"), switching unit once the number reaches 1000.
+ */
+export function sizeToStr(val: number): string {
+  const suffixes = ['', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi', 'Ei'];
+  const x = val / (1000 / 1024);
+  // frexp's exponent: floor(log2(x)) + 1 (0 for 0).
+  const exp = x === 0 ? 0 : Math.floor(Math.log2(x)) + 1;
+  const i = Math.trunc((exp - 1) / 10);
+  const div = 2 ** (i * 10);
+  return `${formatG3(val / div)} ${suffixes[i]}B`;
+}
+
+/**
+ * printf("%0.3g"): three significant digits, trailing zeros dropped, exponent
+ * form from 1e3. Rounds as glibc does, to nearest with ties to even on the
+ * exact binary value (980.5 KiB prints as "980"), so the digits come from the
+ * exact decimal expansion rather than toPrecision's ties-away rounding.
+ */
+function formatG3(v: number): string {
+  if (v === 0) return '0';
+  const m = /^(\d+)(?:\.(\d*))?$/.exec(v.toFixed(60 - Math.max(0, Math.floor(Math.log10(v)))).replace(/^0+(?=\d)/, ''));
+  if (!m) return v.toPrecision(3);
+  const intPart = m[1]!;
+  const all = (intPart === '0' ? '' : intPart) + (m[2] ?? '');
+  // Exponent of the first significant digit.
+  const lead = all.search(/[1-9]/);
+  let exp = intPart === '0' ? -(lead + 1) : intPart.length - 1;
+  const sig = all.slice(lead);
+  let digits = Number(sig.slice(0, 3).padEnd(3, '0'));
+  const rest = sig.slice(3);
+  const first = rest.charCodeAt(0) - 48;
+  const beyond = /[1-9]/.test(rest.slice(1));
+  if (first > 5 || (first === 5 && (beyond || digits % 2 === 1))) digits++;
+  if (digits === 1000) {
+    digits = 100;
+    exp++;
+  }
+  const d = String(digits);
+  if (exp < -4 || exp >= 3) {
+    const mant = (d[0]! + '.' + d.slice(1)).replace(/0+$/, '').replace(/\.$/, '');
+    return `${mant}e${exp < 0 ? '-' : '+'}${String(Math.abs(exp)).padStart(2, '0')}`;
+  }
+  // Fixed notation with 3 significant digits.
+  let text: string;
+  if (exp >= 2) text = d;
+  else if (exp >= 0) text = d.slice(0, exp + 1) + '.' + d.slice(exp + 1);
+  else text = '0.' + '0'.repeat(-exp - 1) + d;
+  if (text.includes('.')) text = text.replace(/0+$/, '').replace(/\.$/, '');
+  return text;
+}
