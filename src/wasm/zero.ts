@@ -2,13 +2,13 @@
  * Zero detection (QEMU's buffer_is_zero) on any Uint8Array.
  *
  * A view into wasm memory is scanned in place by the SIMD kernel. Any other
- * buffer has two choices, both measured in bench/wasm-kernels.bench.mjs:
- * the JS word loop (bufferIsZeroReference, ~1/3 the kernel's speed on large
- * buffers) or staging through the 960 KiB scratch area (a memcpy, then the
- * kernel: the copy costs about what the scan saves). Staging wins for large
- * zero buffers since TypedArray.set is a memcpy; short buffers and the head
- * of every buffer are tested in JS so non-zero data, the common case, exits
- * before anything is copied.
+ * buffer is either tested by the JS word loop (bufferIsZeroReference) or
+ * staged through the 960 KiB scratch area and scanned there. Staging costs a
+ * memcpy, but into a cache-resident area, so on large buffers it still runs
+ * at 2-3x the JS loop (bench/wasm-kernels.bench.mjs: ~20-38 GB/s vs ~9-12
+ * GB/s at 64 MiB); below 16 KiB the JS loop wins because there is little to
+ * amortise. The first 256 bytes are always tested in JS first, so non-zero
+ * data (the common case) returns before anything is copied.
  */
 import { bufferIsZeroReference } from '../block/buffers.js';
 import { SCRATCH_BASE, SCRATCH_BYTES, wasmState } from './module.js';
