@@ -13,4 +13,6 @@ export * from './block/backend.js';
 export * from './block/open.js';
 export * from './block/info.js';
 export * from './block/buffers.js';
+export * from './block/dirty-bitmap.js';
+export { initWasm, wasmReady, type InitWasmOptions } from './wasm/index.js';
 export { MemoryStorage, MemoryFile } from './protocols/memory.js';

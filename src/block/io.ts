@@ -13,6 +13,7 @@ import { BlockError, hex } from './errors.js';
 import type { WriteFlags, PreallocMode } from './driver.js';
 import type { BlockNode } from './node.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
+import { truncateDirtyBitmaps } from './dirty-bitmap.js';
 
 /** Largest bounce buffer used when a driver has no pwriteZeroes (1 MiB, as QEMU's fallback). */
 const MAX_ZERO_BOUNCE = 1024 * 1024;
@@ -292,6 +293,7 @@ export async function bdrvTruncate(bs: BlockNode, size: number, exact = false, p
   checkWritable(bs, 'truncate');
   if (!bs.driver.truncate) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} driver cannot resize images`);
   await bs.driver.truncate(bs, size, exact, prealloc);
+  truncateDirtyBitmaps(bs, size);
 }
 
 /** Current length of the node in bytes. */

@@ -17,6 +17,7 @@ import { findDriver, probeFormat, PROBE_BUF_SIZE, type OpenOptions } from './dri
 import { BlockNode } from './node.js';
 import { bdrvFlush, bdrvPread } from './io.js';
 import type { ChildRole } from './child.js';
+import { releaseNamedDirtyBitmaps } from './dirty-bitmap.js';
 
 export interface Storage {
   /** Short name for messages and info (`file`, `opfs`, `idb`, `http`, `memory`, `blob`). */
@@ -191,6 +192,7 @@ export async function closeNode(bs: BlockNode): Promise<void> {
     if (!bs.readOnly) await bdrvFlush(bs);
     bs.closed = true;
     await bs.driver.close?.(bs);
+    releaseNamedDirtyBitmaps(bs);
   } finally {
     for (const role of ['backing', 'dataFile', 'file'] as const) {
       const child = role === 'backing' ? bs.detach('backing') : role === 'dataFile' ? bs.detach('data-file') : bs.detach('file');

@@ -9,6 +9,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { UsageError } from './args.js';
+import { initWasm } from '../wasm/index.js';
 
 /** Where commands write; tests and the top level pass process streams. */
 export interface Output {
@@ -58,6 +59,19 @@ function version(): string {
   }
 }
 
+/**
+ * Loads the WebAssembly kernels (zero detection, L2 scan, bitmaps) and the
+ * arena that I/O buffers come from. Everything has a JS fallback, so a
+ * missing build/blocktab.wasm costs speed, not correctness; say so once.
+ */
+async function loadKernels(): Promise<void> {
+  try {
+    await initWasm();
+  } catch (e) {
+    if (process.env.BLOCKTAB_DEBUG) process.stderr.write(`blocktab: note: wasm kernels not loaded (${String(e)}); using JS fallbacks\n`);
+  }
+}
+
 /** Runs one command line (without the program name) and returns the exit code. */
 export async function main(argv: string[], out: Output): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -72,6 +86,7 @@ export async function main(argv: string[], out: Output): Promise<number> {
       return 0;
     }
     if (cmd === 'io') {
+      await loadKernels();
       // Written by the qemu-io helper; the path is a variable so this file builds before it exists.
       const ioModule = './qemu-io/main.js';
       const m = (await import(ioModule)) as { runIo: (args: string[]) => Promise<number> };
@@ -79,6 +94,7 @@ export async function main(argv: string[], out: Output): Promise<number> {
     }
     const load = commands[cmd];
     if (!load) throw new UsageError(`Command not found: ${cmd}`);
+    await loadKernels();
     if (rest.includes('--help') || rest.includes('-h')) {
       out.stdout(HELP);
       return 0;

@@ -17,7 +17,6 @@ import {
   l2Copied,
   l2EntryKind,
   l2HostOffset,
-  l2ScanRun,
   L2_COMPRESSED,
   L2_MIXED,
   L2_NORMAL,
@@ -26,6 +25,8 @@ import {
   L2_ZERO_ALLOC,
   L2_ZERO_PLAIN,
 } from './l2-scan.js';
+// The SIMD kernel answers runs (same semantics as l2-scan.ts's l2ScanRun, which it falls back to before initWasm).
+import { wasmL2ScanRun as l2ScanRun } from '../../wasm/l2-scan.js';
 import { parseCompressedDescriptor, type CompressedDescriptor } from './compressed.js';
 import { l1Offset, type Qcow2State } from './state.js';
 

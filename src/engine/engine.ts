@@ -1,0 +1,540 @@
+/**
+ * The Engine: one block graph, its named nodes and devices, and QMP-style
+ * commands over them (QEMU's monitor, without a VM). Environment-neutral: the
+ * storages it opens images from are given to the constructor (OPFS, IndexedDB,
+ * HTTP, blobs and memory in a browser worker; the file system and memory in
+ * Node), so the same Engine runs behind the worker boundary and in-process.
+ *
+ * Two ways in:
+ * - `execute(command, args)` with QEMU's command and argument names and reply
+ *   shapes; failures are QmpErrors ({ class, desc } plus a BlockError code).
+ *   Commands live in a table (src/engine/commands/) — one entry per command.
+ * - typed methods for what QMP does not cover: open/close/read/write for the
+ *   app, and the qemu-img operations (info, map, convert, compare, measure).
+ *
+ * Ownership follows QEMU's reference counts: nodes added by the user
+ * (blockdev-add, open) are "monitor-owned" and stay until deleted; nodes
+ * created implicitly for them (a nested `file`, a backing chain opened from
+ * the image's header) belong to their parent and go when it goes.
+ */
+import { BlockError } from '../block/errors.js';
+import type { BlockNode } from '../block/node.js';
+import type { BdrvChild } from '../block/child.js';
+import { BlockBackend } from '../block/backend.js';
+import { bdrvFlush, bdrvPwrite } from '../block/io.js';
+import { closeNode, openImage, type Storage } from '../block/open.js';
+import { releaseNamedDirtyBitmaps } from '../block/dirty-bitmap.js';
+import { imageInfo } from '../img/info.js';
+import { mapExtents, type MapEntry, type MapOptions } from '../img/map.js';
+import { convert, convertTotalBytes, createRawTarget, type ConvertOptions, type ProgressFn } from '../img/convert.js';
+import { compareImages, type CompareOptions, type CompareResult } from '../img/compare.js';
+import { collectDataRanges, measureQcow2, measureRaw, type MeasureResult, type Qcow2MeasureOptions } from '../img/measure.js';
+import { checkArgs } from './qapi-args.js';
+import { QmpError, toQmpError, genericError } from './qmp-error.js';
+import { qmpCommands, type QmpCommand } from './commands/index.js';
+import { imageInfoTree, type QmpImageInfo } from './query.js';
+
+/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
+const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+/** QEMU keeps node names in a 32-byte array. */
+const MAX_NODE_NAME = 31;
+/** Largest single read()/write() through the typed API (a request this size is one allocation). */
+export const DEFAULT_MAX_IO_BYTES = 256 * 1024 * 1024;
+
+/** A QMP event, as QEMU sends it. */
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+  timestamp: { seconds: number; microseconds: number };
+}
+export type EventListener = (event: QmpEvent) => void;
+
+export interface EngineOptions {
+  /** Storages by name; the name is also the protocol driver name in blockdev-add (`{ driver: 'opfs', filename }`). */
+  storages: Record<string, Storage>;
+  /** Receives warnings (probing guessed raw, …). */
+  warn?: (message: string) => void;
+  /** Largest read()/write() request in bytes (default 256 MiB). */
+  maxIoBytes?: number;
+}
+
+/**
+ * An image for the typed operations: the name of a node or device already in
+ * the graph, or a file in one of the storages (opened read-only for the
+ * operation and closed after it; the format is probed unless given).
+ */
+export type ImageRef = string | { storage: string; filename: string; format?: string };
+
+export interface EngineOpenOptions {
+  /** Format driver; probed from the first bytes when absent (not QMP behaviour: blockdev-add requires it). */
+  format?: string;
+  readOnly?: boolean;
+  /** Node name of the top node; generated ("#blockN") when absent. */
+  nodeName?: string;
+  /** Also create a named device (BlockBackend) on the node: it shows in query-block and query-blockstats. */
+  device?: string;
+  /** Open the backing chain named in the image (default true). */
+  backing?: boolean;
+  /** Format driver options (raw's offset/size, qcow2's l2-cache-size, …). */
+  driverOptions?: Record<string, unknown>;
+}
+
+/** Target of convert: an existing writable node/device, or a new file in a storage. */
+export type ConvertTarget = string | { storage: string; filename: string; format?: string };
+
+export interface EngineMeasureOptions extends Qcow2MeasureOptions {
+  /** Output format: 'qcow2' (default) or 'raw'. */
+  format?: 'qcow2' | 'raw';
+  /** Measure what this image holds instead of a bare `size`. */
+  image?: ImageRef;
+}
+
+/** Byte accounting of the I/O the engine does on one node or device (QEMU's BlockAcctStats, in part). */
+export class IoTarget {
+  wrHighestOffset = 0;
+  invalidRdOperations = 0;
+  invalidWrOperations = 0;
+  constructor(readonly backend: BlockBackend) {}
+}
+
+export class Engine {
+  readonly storages: ReadonlyMap<string, Storage>;
+  /** The command table; `registerCommand` adds to it. */
+  readonly commands: Map<string, QmpCommand>;
+  readonly maxIoBytes: number;
+  private readonly warn: (message: string) => void;
+
+  /** Every node in the graph by node-name, in the order they were added (as QEMU's graph_bdrv_states). */
+  private readonly nodes = new Map<string, BlockNode>();
+  private readonly names = new Map<BlockNode, string>();
+  private readonly monitorOwned = new Set<BlockNode>();
+  private readonly nodeStorages = new Map<BlockNode, Storage>();
+  /** Named devices (BlockBackends), as QEMU's -drive/-device ids. */
+  private readonly devices = new Map<string, IoTarget>();
+  /** Anonymous backends for I/O addressed to a node-name (like qemu-io on a node); not "users" of the node. */
+  private readonly nodeIo = new Map<BlockNode, IoTarget>();
+  private readonly listeners = new Set<EventListener>();
+
+  constructor(options: EngineOptions) {
+    this.storages = new Map(Object.entries(options.storages));
+    this.warn = options.warn ?? (() => {});
+    this.maxIoBytes = options.maxIoBytes ?? DEFAULT_MAX_IO_BYTES;
+    this.commands = new Map(Object.entries(qmpCommands));
+  }
+
+  // ------------------------------------------------------------------ QMP
+
+  /**
+   * Runs a QMP command and returns its `return` payload (`{}` for commands
+   * that return nothing). Throws a QmpError: CommandNotFound for an unknown
+   * command, GenericError for bad arguments and failures, DeviceNotFound when
+   * a named node or device does not exist.
+   */
+  async execute(command: string, args?: unknown): Promise<unknown> {
+    const cmd = this.commands.get(command);
+    if (!cmd) throw new QmpError('CommandNotFound', `The command ${command} has not been found`);
+    try {
+      const checked = checkArgs(cmd.args, args, '', cmd.openArgs === true);
+      const ret = await cmd.run(this, checked);
+      return ret === undefined ? {} : ret;
+    } catch (e) {
+      throw toQmpError(e);
+    }
+  }
+
+  /** Adds (or replaces) a command in this engine's table. */
+  registerCommand(name: string, command: QmpCommand): void {
+    this.commands.set(name, command);
+  }
+
+  /** Subscribes to QMP events; returns the function that unsubscribes. */
+  onEvent(listener: EventListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  emit(event: string, data: Record<string, unknown>): void {
+    const ms = Date.now();
+    const ev: QmpEvent = { event, data, timestamp: { seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 } };
+    for (const l of this.listeners) {
+      try {
+        l(ev);
+      } catch {
+        // A listener's failure is its own business; the engine keeps going.
+      }
+    }
+  }
+
+  // ------------------------------------------------------- graph registry
+  // Used by the command handlers (src/engine/commands/); not QMP.
+
+  storage(name: string): Storage | undefined {
+    return this.storages.get(name);
+  }
+
+  /** The storage a node's bytes come from (inherited from its file child for format nodes). */
+  storageOf(bs: BlockNode): Storage | undefined {
+    for (let n: BlockNode | null = bs; n; n = n.file?.node ?? null) {
+      const s = this.nodeStorages.get(n);
+      if (s) return s;
+    }
+    return undefined;
+  }
+
+  /** The node-name of a node in the graph. */
+  nameOf(bs: BlockNode): string {
+    return this.names.get(bs) ?? bs.nodeName;
+  }
+
+  /** Every node, in the order added. */
+  allNodes(): BlockNode[] {
+    return [...this.nodes.values()];
+  }
+
+  findNode(nodeName: string): BlockNode | undefined {
+    return this.nodes.get(nodeName);
+  }
+
+  deviceNames(): string[] {
+    return [...this.devices.keys()];
+  }
+
+  device(name: string): IoTarget | undefined {
+    return this.devices.get(name);
+  }
+
+  /** The I/O accounting for a node addressed by node-name, if any I/O went to it. */
+  nodeIoTarget(bs: BlockNode): IoTarget | undefined {
+    return this.nodeIo.get(bs);
+  }
+
+  /** The device whose root is `bs`, if any (QEMU's bdrv_has_blk). */
+  deviceOf(bs: BlockNode): string | undefined {
+    for (const [name, d] of this.devices) if (d.backend.root === bs) return name;
+    return undefined;
+  }
+
+  isMonitorOwned(bs: BlockNode): boolean {
+    return this.monitorOwned.has(bs);
+  }
+
+  /**
+   * QEMU's bdrv_lookup_bs: a device name or a node-name. A miss is
+   * DeviceNotFound (QEMU 7.2 replies GenericError for node lookups; the class
+   * lets clients tell "no such node" from other failures without parsing text).
+   */
+  lookup(name: string, what: 'device-or-node' | 'node' = 'device-or-node', message?: string): BlockNode {
+    const dev = what === 'device-or-node' ? this.devices.get(name) : undefined;
+    if (dev) return dev.backend.root;
+    const bs = this.nodes.get(name);
+    if (bs) return bs;
+    throw new QmpError(
+      'DeviceNotFound',
+      message ?? (what === 'node' ? `Cannot find node ${name}` : `Cannot find device=${name} nor node_name=${name}`),
+    );
+  }
+
+  /** Checks a user-chosen node-name as QEMU's bdrv_assign_node_name does. */
+  checkNewNodeName(name: string): void {
+    if (!NAME_RE.test(name)) throw genericError(`Invalid node-name: '${name}'`);
+    if (this.devices.has(name)) throw genericError(`node-name=${name} is conflicting with a device id`);
+    if (this.nodes.has(name)) throw genericError(`Duplicate nodes with node-name='${name}'`);
+    if (name.length > MAX_NODE_NAME) throw genericError('Node name too long');
+  }
+
+  /**
+   * Puts a freshly opened node and every child it has that the graph does
+   * not know yet into the registry. `name` renames the top node (protocol
+   * nodes are created before their name is known); `owned` makes it
+   * monitor-owned.
+   */
+  adopt(bs: BlockNode, storage: Storage | undefined, opts: { name?: string; owned?: boolean } = {}): void {
+    const visit = (n: BlockNode, name?: string) => {
+      if (this.names.has(n)) return;
+      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
+      const nn = name ?? n.nodeName;
+      this.nodes.set(nn, n);
+      this.names.set(n, nn);
+      if (n.backing) visit(n.backing.node);
+    };
+    visit(bs, opts.name);
+    if (storage && !this.nodeStorages.has(bs)) this.nodeStorages.set(bs, storage);
+    if (opts.owned) this.monitorOwned.add(bs);
+  }
+
+  /**
+   * Closes `bs` (no parent may use it) and every child only it used; nodes
+   * the monitor owns stay, as QEMU's references keep them. Drops what closed
+   * from the registry.
+   */
+  async closeTree(bs: BlockNode): Promise<void> {
+    const all: BlockNode[] = [];
+    const walk = (n: BlockNode) => {
+      if (all.includes(n)) return;
+      all.push(n);
+      for (const c of [n.file, n.backing, n.dataFile]) if (c) walk(c.node);
+    };
+    walk(bs);
+    // The monitor's reference: a pinned node has a parent while its user closes, so closeNode leaves it open.
+    const pin = {} as BdrvChild;
+    const pinned = all.filter((n) => n !== bs && this.monitorOwned.has(n));
+    for (const n of pinned) n.parents.push(pin);
+    try {
+      await closeNode(bs);
+    } finally {
+      for (const n of pinned) n.parents.splice(n.parents.indexOf(pin), 1);
+      for (const n of all) {
+        if (!n.closed) continue;
+        releaseNamedDirtyBitmaps(n);
+        const name = this.names.get(n);
+        if (name !== undefined) this.nodes.delete(name);
+        this.names.delete(n);
+        this.monitorOwned.delete(n);
+        this.nodeStorages.delete(n);
+        this.nodeIo.delete(n);
+      }
+    }
+  }
+
+  // ------------------------------------------------------ the app's API
+
+  /**
+   * Opens `filename` from a storage as a new monitor-owned node (format
+   * probed unless given) and returns its node-name. With `device`, also a
+   * named device on it.
+   */
+  async open(storageName: string, filename: string, opts: EngineOpenOptions = {}): Promise<string> {
+    const storage = this.requireStorage(storageName);
+    if (opts.nodeName !== undefined) this.checkNewNodeName(opts.nodeName);
+    if (opts.device !== undefined) this.checkNewDeviceName(opts.device);
+    const bs = await openImage(storage, filename, {
+      format: opts.format,
+      readOnly: opts.readOnly ?? false,
+      backing: opts.backing,
+      driverOptions: opts.driverOptions,
+      nodeName: opts.nodeName,
+      warn: this.warn,
+    });
+    this.adopt(bs, storage, { owned: true });
+    if (opts.device !== undefined) this.devices.set(opts.device, new IoTarget(new BlockBackend(bs, { name: opts.device })));
+    return this.nameOf(bs);
+  }
+
+  /** Removes a device (and then its node, if the monitor owns it and nothing else uses it) or deletes a node. */
+  async close(name: string): Promise<void> {
+    const dev = this.devices.get(name);
+    if (dev) {
+      this.devices.delete(name);
+      const root = dev.backend.root;
+      if (this.monitorOwned.has(root) && root.parents.length === 0 && !this.deviceOf(root)) await this.closeTree(root);
+      return;
+    }
+    await this.execute('blockdev-del', { 'node-name': name });
+  }
+
+  /** Closes everything (flushing writable nodes). */
+  async dispose(): Promise<void> {
+    this.devices.clear();
+    for (const bs of [...this.nodes.values()].reverse()) {
+      if (!bs.closed && bs.parents.length === 0) await this.closeTree(bs);
+    }
+  }
+
+  /**
+   * Reads `bytes` bytes at `offset` of a device or node into a fresh buffer
+   * (never a view of the wasm arena, so the worker can transfer it).
+   */
+  async read(name: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> {
+    const io = this.ioTarget(name);
+    this.checkIo(io, offset, bytes, 'read');
+    const buf = new Uint8Array(bytes);
+    try {
+      await io.backend.read(offset, bytes, buf);
+    } catch (e) {
+      this.ioError(io, 'read', e);
+      throw e;
+    }
+    return buf;
+  }
+
+  /** Writes `data` at `offset` of a device or node. */
+  async write(name: string, offset: number, data: Uint8Array): Promise<void> {
+    const io = this.ioTarget(name);
+    this.checkIo(io, offset, data.length, 'write');
+    try {
+      await io.backend.write(offset, data.length, data);
+    } catch (e) {
+      this.ioError(io, 'write', e);
+      throw e;
+    }
+    io.wrHighestOffset = Math.max(io.wrHighestOffset, offset + data.length);
+  }
+
+  async flush(name: string): Promise<void> {
+    await this.ioTarget(name).backend.flush();
+  }
+
+  /** Virtual size of a device or node in bytes. */
+  size(name: string): number {
+    return this.lookup(name).totalBytes;
+  }
+
+  /** Creates (or truncates) `filename` in a storage and fills it with `data`. */
+  async importFile(storageName: string, filename: string, data: Uint8Array): Promise<void> {
+    const storage = this.requireStorage(storageName);
+    if (!storage.createFile) throw new BlockError('EROFS', `Could not create '${filename}': the ${storage.name} storage cannot create files`);
+    await storage.createFile(filename);
+    const bs = await storage.openProtocol(filename, { readOnly: false });
+    try {
+      if (data.length > 0) await bdrvPwrite(bs, 0, data.length, data);
+      await bdrvFlush(bs);
+    } finally {
+      await closeNode(bs);
+    }
+  }
+
+  async removeFile(storageName: string, filename: string): Promise<void> {
+    const storage = this.requireStorage(storageName);
+    if (!storage.removeFile) throw new BlockError('EROFS', `Could not remove '${filename}': the ${storage.name} storage cannot remove files`);
+    await storage.removeFile(filename);
+  }
+
+  // -------------------------------------------------- qemu-img operations
+
+  /** qemu-img info: QAPI ImageInfo; with `backingChain`, each backing image nested as `backing-image`. */
+  async info(image: ImageRef, opts: { backingChain?: boolean } = {}): Promise<QmpImageInfo> {
+    return this.withImage(image, async (bs) => (await imageInfoTree(bs, opts.backingChain !== true)).info);
+  }
+
+  /** qemu-img map --output=json: the merged extents. */
+  async map(image: ImageRef, opts: MapOptions = {}): Promise<MapEntry[]> {
+    return this.withImage(image, async (bs) => {
+      const out: MapEntry[] = [];
+      for await (const e of mapExtents(bs, opts)) {
+        const entry: MapEntry = { ...e };
+        if (entry.offset === undefined) delete entry.offset;
+        if (entry.filename === undefined) delete entry.filename;
+        out.push(entry);
+      }
+      return out;
+    });
+  }
+
+  /**
+   * qemu-img convert: copies the sources' guest view (concatenated) into the
+   * target. A new target file is created raw (qcow2 creation comes with the
+   * write path); an existing node must be writable and large enough.
+   */
+  async convert(sources: ImageRef[], target: ConvertTarget, opts: ConvertOptions = {}, onProgress?: ProgressFn): Promise<{ bytes: number }> {
+    if (sources.length === 0) throw new BlockError('EINVAL', 'convert needs at least one source image');
+    const opened: BlockNode[] = [];
+    const temps: BlockNode[] = [];
+    try {
+      for (const s of sources) {
+        const { bs, temporary } = await this.resolveImage(s);
+        opened.push(bs);
+        if (temporary) temps.push(bs);
+      }
+      const total = convertTotalBytes(opened);
+      if (typeof target === 'string') {
+        await convert(opened, this.lookup(target), opts, onProgress);
+        return { bytes: total };
+      }
+      const format = target.format ?? 'raw';
+      if (format !== 'raw') throw new BlockError('ENOTSUP', `${target.filename}: creating ${format} images is not supported yet`);
+      const out = await createRawTarget(this.requireStorage(target.storage), target.filename, total);
+      try {
+        await convert(opened, out, { targetHasZeroInit: true, ...opts }, onProgress);
+      } finally {
+        await closeNode(out);
+      }
+      return { bytes: total };
+    } finally {
+      for (const bs of temps) await closeNode(bs);
+    }
+  }
+
+  /** qemu-img compare. */
+  async compare(a: ImageRef, b: ImageRef, opts: CompareOptions = {}, onProgress?: ProgressFn): Promise<CompareResult> {
+    return this.withImage(a, (bsA) => this.withImage(b, (bsB) => compareImages(bsA, bsB, opts, onProgress)));
+  }
+
+  /** qemu-img measure: for a new image of `size` bytes, or for what `image` holds. */
+  async measure(opts: EngineMeasureOptions): Promise<MeasureResult> {
+    const { image, format = 'qcow2', ...rest } = opts;
+    if (!image) return format === 'raw' ? measureRaw(rest) : measureQcow2(rest);
+    return this.withImage(image, async (bs) => {
+      if (format === 'raw') return measureRaw(rest, { size: bs.totalBytes });
+      return measureQcow2(rest, { size: bs.totalBytes, dataRanges: await collectDataRanges(bs) });
+    });
+  }
+
+  // ------------------------------------------------------------- helpers
+
+  private requireStorage(name: string): Storage {
+    const s = this.storages.get(name);
+    if (!s) throw new BlockError('ENOENT', `No storage named '${name}' (have: ${[...this.storages.keys()].join(', ') || 'none'})`);
+    return s;
+  }
+
+  private checkNewDeviceName(name: string): void {
+    if (!NAME_RE.test(name)) throw genericError(`Invalid device name: '${name}'`);
+    if (this.devices.has(name)) throw genericError(`Duplicate device name '${name}'`);
+    if (this.nodes.has(name)) throw genericError(`Device name '${name}' conflicts with an existing node name`);
+  }
+
+  private ioTarget(name: string): IoTarget {
+    const dev = this.devices.get(name);
+    if (dev) return dev;
+    const bs = this.lookup(name);
+    let io = this.nodeIo.get(bs);
+    if (!io) this.nodeIo.set(bs, (io = new IoTarget(new BlockBackend(bs))));
+    return io;
+  }
+
+  private checkIo(io: IoTarget, offset: number, bytes: number, what: 'read' | 'write'): void {
+    const size = io.backend.root.totalBytes;
+    const label = io.backend.name || this.nameOf(io.backend.root);
+    let problem: BlockError | undefined;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
+      problem = new BlockError('EINVAL', `${label}: invalid ${what} request (offset ${offset}, ${bytes} bytes)`);
+    } else if (bytes > this.maxIoBytes) {
+      problem = new BlockError('EINVAL', `${label}: ${what} of ${bytes} bytes is larger than the ${this.maxIoBytes}-byte limit per request`);
+    } else if (offset + bytes > size) {
+      problem = new BlockError('EIO', `${label}: ${what} at offset ${offset} (+${bytes} bytes) is past the end of the device (${size} bytes)`);
+    }
+    if (!problem) return;
+    if (what === 'read') io.invalidRdOperations++;
+    else io.invalidWrOperations++;
+    throw problem;
+  }
+
+  /** QEMU's BLOCK_IO_ERROR: a request that reached the block layer failed. */
+  private ioError(io: IoTarget, operation: 'read' | 'write', e: unknown): void {
+    const code = e instanceof BlockError ? e.code : 'EIO';
+    this.emit('BLOCK_IO_ERROR', {
+      device: io.backend.name,
+      'node-name': this.nameOf(io.backend.root),
+      operation,
+      action: 'report',
+      nospace: code === 'ENOSPC',
+      reason: e instanceof Error ? e.message : String(e),
+    });
+  }
+
+  /** The node for `ref`, and whether it was opened just for this call. */
+  private async resolveImage(ref: ImageRef): Promise<{ bs: BlockNode; temporary: boolean }> {
+    if (typeof ref === 'string') return { bs: this.lookup(ref), temporary: false };
+    const bs = await openImage(this.requireStorage(ref.storage), ref.filename, { format: ref.format, readOnly: true, warn: this.warn });
+    return { bs, temporary: true };
+  }
+
+  private async withImage<T>(ref: ImageRef, fn: (bs: BlockNode) => Promise<T>): Promise<T> {
+    const { bs, temporary } = await this.resolveImage(ref);
+    try {
+      return await fn(bs);
+    } finally {
+      if (temporary) await closeNode(bs);
+    }
+  }
+}
