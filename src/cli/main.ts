@@ -34,6 +34,8 @@ const commands: Record<string, () => Promise<Command>> = {
   map: () => import('./map.js').then((m) => m.runMap),
   convert: () => import('./convert.js').then((m) => m.runConvert),
   compare: () => import('./compare.js').then((m) => m.runCompare),
+  create: () => import('./create.js').then((m) => m.runCreate),
+  check: () => import('./check.js').then((m) => m.runCheck),
 };
 
 const HELP = `usage: blocktab [--version] [--help] command [command options]
@@ -44,6 +46,8 @@ Command syntax:
   map [-f fmt] [--output=human|json] [--start-offset=offset] [--max-length=len] [-U] filename
   convert [-f fmt] [-O output_fmt] [-p] [-q] [-n] [-S sparse_size] [-U] filename [filename2 [...]] output_filename
   compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
+  create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]
+  check [-f fmt] [--output=human|json] [-r leaks|all] [-q] [-U] filename
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.

@@ -17,6 +17,7 @@
  * created implicitly for them (a nested `file`, a backing chain opened from
  * the image's header) belong to their parent and go when it goes.
  */
+import '../drivers.js';
 import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import type { BdrvChild } from '../block/child.js';

@@ -10,7 +10,7 @@
  *
  * zlib here is RAW deflate (no zlib header); zstd is one or more frames.
  */
-import { inflateRaw } from 'pako';
+import { deflateRaw, inflateRaw } from 'pako';
 import { decompress as zstdDecompress } from 'fzstd';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
 
@@ -93,4 +93,39 @@ export function decompressCluster(compressionType: number, input: Uint8Array, ou
   } catch {
     return false;
   }
+}
+
+// ------------------------------------------------------------- compressing
+
+type ZstdModule = { init(): Promise<void>; compress(buf: Uint8Array, level?: number): Uint8Array };
+let zstdReady: Promise<ZstdModule> | undefined;
+
+/** Loads the zstd encoder (wasm) on the first compressed write of a zstd image. */
+function loadZstd(): Promise<ZstdModule> {
+  zstdReady ??= (async () => {
+    const spec = '@bokuweb/zstd-wasm';
+    const mod = (await import(spec)) as Partial<ZstdModule> & { default?: ZstdModule };
+    const z = (mod.compress ? mod : mod.default) as ZstdModule;
+    await z.init();
+    return z;
+  })();
+  return zstdReady;
+}
+
+/**
+ * Compresses one cluster as QEMU's qcow2_co_compress does: zlib as raw
+ * deflate with a 4 KiB window (QEMU inflates with windowBits -12, so a larger
+ * window would make clusters it cannot read), zstd as one frame. Returns null
+ * when the result would not be smaller than `limit` bytes (QEMU then writes
+ * the cluster uncompressed).
+ */
+export async function compressCluster(compressionType: number, input: Uint8Array, limit: number): Promise<Uint8Array | null> {
+  let out: Uint8Array;
+  if (compressionType === QCOW2_COMPRESSION_TYPE_ZSTD) {
+    const z = await loadZstd();
+    out = z.compress(input, 3);
+  } else {
+    out = deflateRaw(input, { windowBits: 12, level: 6, memLevel: 9 });
+  }
+  return out.length <= limit ? out : null;
 }

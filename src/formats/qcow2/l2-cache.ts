@@ -85,6 +85,19 @@ export class L2Cache {
     if (this.slices.size > this.capacity) this.evict();
   }
 
+  /** True when some slice holds changes not yet written. */
+  hasDirty(): boolean {
+    for (const s of this.slices.values()) if (s.dirty) return true;
+    return false;
+  }
+
+  /** Lays the cached slices of the table at `tableOffset` over `into` (one whole table). */
+  async copyCached(tableOffset: number, into: Uint8Array): Promise<void> {
+    for (const [k, s] of this.slices) {
+      if (k >= tableOffset && k < tableOffset + into.length) into.set(s.data, k - tableOffset);
+    }
+  }
+
   /** Drops the slices of [offset, offset + bytes) (a freed or rewritten L2 table). */
   invalidate(offset: number, bytes: number): void {
     for (const [k, s] of this.slices) {

@@ -52,12 +52,16 @@ import {
 } from './header.js';
 import { sizeToL1, validateHeader } from './validate.js';
 import { L2Cache } from './l2-cache.js';
-import { makeSliceLoader, mapRun, type MapRun } from './cluster-map.js';
-import { decompressCluster, QCOW2_COMPRESSED_SECTOR_SIZE } from './compressed.js';
+import { makeSliceLoader, mapRun } from './cluster-map.js';
 import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
-import type { Qcow2State } from './state.js';
+import { newRwState, type Qcow2State } from './state.js';
+import { qcow2Read } from './read.js';
+import { dropRefcountCache } from './refcount.js';
+import { flushMetadata } from './l1.js';
+import { clearDirtyBit, withLock } from './metadata.js';
+import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed } from './write.js';
 import {
   L2_COMPRESSED,
   L2_NORMAL,
@@ -106,40 +110,35 @@ export function l2CacheGeometry(
   return { entrySize, slices: Math.max(2, Math.floor(size / entrySize)) };
 }
 
-async function readCompressed(bs: BlockNode, s: Qcow2State, offset: number, run: MapRun, out: Uint8Array): Promise<void> {
-  const { coffset, csize } = run.compressed!;
-  const node = s.dataFile;
-  const fileSize = node.totalBytes;
-  // The descriptor counts whole sectors, so the last cluster of a file may end inside its final sector.
-  const sectorEnd = Math.ceil(fileSize / QCOW2_COMPRESSED_SECTOR_SIZE) * QCOW2_COMPRESSED_SECTOR_SIZE;
-  if (coffset >= fileSize || coffset + csize > sectorEnd) {
+/**
+ * A dirty image (lazy refcounts, not closed cleanly) opened read/write is
+ * repaired first, as QEMU's qcow2_do_open does, with check.ts when it exists.
+ */
+async function repairDirty(bs: BlockNode, s: Qcow2State): Promise<void> {
+  let mod: { checkImage?: (bs: BlockNode, opts: { fix: { leaks: boolean; errors: boolean } }) => Promise<unknown> } | undefined;
+  try {
+    const spec = './check.js';
+    mod = await import(spec);
+  } catch {
+    mod = undefined;
+  }
+  if (!mod?.checkImage) {
     throw new BlockError(
-      'ECORRUPT',
-      `${s.image}: compressed cluster for guest offset ${hex(offset)} at host offset ${hex(coffset)} (${csize} bytes) extends beyond the end of the file (${fileSize} bytes)`,
+      'ENOTSUP',
+      `${s.image}: the image is dirty (dirty bit in incompatible_features at 0x48: lazy refcounts and not closed cleanly); it must be repaired before it is opened read/write (qemu-img check -r all)`,
     );
   }
-  const input = allocBuffer(csize);
-  const cluster = allocBuffer(s.clusterSize);
-  try {
-    await bdrvPread(node, coffset, csize, input);
-    if (!decompressCluster(s.header.compressionType, input, cluster)) {
-      throw new BlockError(
-        'EIO',
-        `${s.image}: could not decompress the ${s.header.compressionType === QCOW2_COMPRESSION_TYPE_ZSTD ? 'zstd' : 'zlib'} cluster for guest offset ${hex(offset)} at host offset ${hex(coffset)} (${csize} bytes)`,
-      );
-    }
-    const inCluster = offset % s.clusterSize;
-    out.set(cluster.subarray(inCluster, inCluster + run.bytes));
-  } finally {
-    freeBuffer(input);
-    freeBuffer(cluster);
-  }
+  await mod.checkImage(bs, { fix: { leaks: true, errors: true } });
+  dropRefcountCache(s);
+  s.l2Cache.clear();
+  await clearDirtyBit(s);
 }
 
 export const qcow2Driver: BlockDriver = {
   name: 'qcow2',
   kind: 'format',
   supportsBacking: true,
+  supportsCompressedWrites: true,
 
   probe(head) {
     if (head.length < 8) return 0;
@@ -196,6 +195,7 @@ export const qcow2Driver: BlockDriver = {
       snapshots: [],
       bitmaps: [],
       metadataPreallocation: undefined,
+      rw: newRwState(clusterSize),
     };
     s.l2Cache = new L2Cache(geo.entrySize, geo.slices, makeSliceLoader(s));
 
@@ -213,40 +213,65 @@ export const qcow2Driver: BlockDriver = {
 
     bs.opaque = s;
     bs.totalBytes = h.size;
-    bs.limits = { ...bs.limits, requestAlignment: 1, pwriteZeroesAlignment: s.subclusterSize, pdiscardAlignment: clusterSize };
+    // Write-zeroes takes any range: like QEMU's qcow2_co_pwrite_zeroes the driver turns a partial
+    // subcluster into a zero subcluster when the rest of it already reads as zeros.
+    bs.limits = { ...bs.limits, requestAlignment: 1, pdiscardAlignment: clusterSize };
     bs.backingFile = h.backingFile;
     bs.backingFormat = findExtension(h, QCOW2_EXT_MAGIC_BACKING_FORMAT)?.backingFormat ?? null;
+
+    if (!bs.readOnly && h.incompatibleFeatures & QCOW2_INCOMPAT_DIRTY) await repairDirty(bs, s);
   },
 
   async close(bs) {
-    bs.state<Qcow2State>().l2Cache.clear();
+    const s = bs.state<Qcow2State>();
+    s.l2Cache.clear();
+    dropRefcountCache(s);
+  },
+
+  async pwritev(bs, offset, bytes, buf, flags) {
+    const s = bs.state<Qcow2State>();
+    await withLock(s, async () => {
+      await prepareWrite(s);
+      if (flags.compressed) await qcow2WriteCompressed(bs, s, offset, bytes, buf);
+      else await qcow2Write(bs, s, offset, bytes, buf);
+      await afterWrite(s, flags);
+    });
+  },
+
+  async pwriteZeroes(bs, offset, bytes, flags) {
+    const s = bs.state<Qcow2State>();
+    await withLock(s, async () => {
+      await prepareWrite(s);
+      await qcow2PwriteZeroes(bs, s, offset, bytes, flags.mayUnmap === true);
+      await afterWrite(s, flags);
+    });
+  },
+
+  async pdiscard(bs, offset, bytes) {
+    const s = bs.state<Qcow2State>();
+    await withLock(s, async () => {
+      await prepareWrite(s);
+      await qcow2DiscardRange(bs, s, offset, bytes, false);
+      await afterWrite(s);
+    });
+  },
+
+  async flush(bs) {
+    const s = bs.state<Qcow2State>();
+    await withLock(s, () => flushMetadata(s));
+  },
+
+  async truncate(bs, size, _exact, prealloc) {
+    const s = bs.state<Qcow2State>();
+    await withLock(s, async () => {
+      await prepareWrite(s);
+      await qcow2Truncate(bs, s, size, prealloc);
+      await afterWrite(s);
+    });
   },
 
   async preadv(bs, offset, bytes, buf) {
-    const s = bs.state<Qcow2State>();
-    let done = 0;
-    while (done < bytes) {
-      const off = offset + done;
-      const run = await mapRun(s, off, bytes - done);
-      const out = buf.subarray(done, done + run.bytes);
-      switch (run.type) {
-        case L2_UNALLOCATED:
-        case L2_UNALLOCATED_ALLOC:
-          await readBacking(bs, off, run.bytes, out);
-          break;
-        case L2_ZERO_PLAIN:
-        case L2_ZERO_ALLOC:
-          out.fill(0);
-          break;
-        case L2_NORMAL:
-          await bdrvPread(s.dataFile, run.host, run.bytes, out);
-          break;
-        case L2_COMPRESSED:
-          await readCompressed(bs, s, off, run, out);
-          break;
-      }
-      done += run.bytes;
-    }
+    await qcow2Read(bs, bs.state<Qcow2State>(), offset, bytes, buf);
   },
 
   async blockStatus(bs, _wantZero, offset, bytes) {

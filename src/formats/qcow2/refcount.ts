@@ -1,15 +1,49 @@
 /**
- * Reading refcounts (the read-only half; the write path adds allocation).
+ * Refcounts: reading them, and the allocation API the write path, the
+ * snapshot code and check/repair build on (QEMU's qcow2-refcount.c).
  *
  * The refcount table (refcount_table_clusters clusters of 64-bit entries)
  * points at refcount blocks, each one cluster of refcount_bits-wide entries,
  * one per host cluster. The table was bounds-checked at open (validate.ts);
  * it is loaded on first use.
+ *
+ * Entry widths: refcount_bits 1, 2 and 4 pack several entries per byte, least
+ * significant bits first; 8..64 are big-endian (64-bit values above 2^53 are
+ * not representable and are treated as corrupt).
+ *
+ * Exported allocation surface (all async; call under the node's write lock,
+ * metadata.ts withLock, when requests may run concurrently):
+ *   getRefcount(s, cluster)                  refcount of host cluster index `cluster`
+ *   updateRefcount(s, offset, bytes, delta)  adds delta to every cluster the byte range touches
+ *   allocateClusters(s, n)                   n contiguous free clusters, refcount 1; returns the host offset
+ *   allocateBytes(s, size)                   QEMU's qcow2_alloc_bytes (compressed clusters), byte offset
+ *   freeClustersDeferred(s, offset, bytes)   decrement after the tables that dropped them are stable
+ *   flushRefcounts(s)                        writes dirty refcount blocks, then flushes the file
+ *   applyDeferredFrees(s)                    (flush path) performs the deferred decrements
+ *   dropRefcountCache(s)                     forgets cached blocks (after check/repair rewrote them)
+ *
+ * Ordering guarantees (what makes a crash leak clusters at worst):
+ *  - allocateClusters/updateRefcount(+) change refcounts in the write-back
+ *    block cache only; callers must call flushRefcounts before the first
+ *    table entry that uses the clusters reaches the disk (the L2/L1 flush
+ *    in write.ts does).
+ *  - A new refcount block is written (and, when it is not self-describing,
+ *    its own refcount flushed) before the refcount table entry pointing at it.
+ *  - Refcount table growth writes the new blocks and table, flushes, then
+ *    points the header at them, flushes, then frees the old table.
+ *  - updateRefcount(-) is immediate in the cache: only use it for clusters
+ *    nothing on disk references any more. The write path uses
+ *    freeClustersDeferred instead.
+ *  - A cluster whose refcount reaches 0 becomes allocatable again
+ *    (free-cluster hint lowered); freed clusters are not discarded.
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
-import { bdrvPread } from '../../block/io.js';
-import type { Qcow2State } from './state.js';
+import { bdrvPread, bdrvPwrite } from '../../block/io.js';
+import { be } from './header.js';
+import { QCOW_MAX_REFTABLE_SIZE } from './validate.js';
+import { invalidateMetadata, markCorrupt, removeMetadata, addMetadata, syncFile } from './metadata.js';
+import type { Qcow2State, RefblockEntry } from './state.js';
 
 /** Offsets of the refcount blocks (0 = unallocated), bits 9-63 of each entry. */
 export async function loadRefcountTable(s: Qcow2State): Promise<Float64Array> {
@@ -95,4 +129,423 @@ export async function detectMetadataPreallocation(s: Qcow2State): Promise<boolea
   const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
   const endCluster = Math.ceil(fileNode.totalBytes / s.clusterSize);
   return (await countReferencedClusters(s, endCluster, threshold)) >= threshold;
+}
+
+// ------------------------------------------------------------ entry access
+
+/** Largest refcount an entry can hold (capped to what a JS number holds exactly). */
+export function refcountMax(s: Qcow2State): number {
+  return s.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** s.refcountBits - 1;
+}
+
+/** Entry `i` of a refcount block. */
+export function getRefcountEntry(block: Uint8Array, bits: number, i: number): number {
+  switch (bits) {
+    case 8:
+      return block[i]!;
+    case 16:
+      return (block[i * 2]! << 8) | block[i * 2 + 1]!;
+    case 32:
+      return be.u32(block, i * 4);
+    case 64:
+      return be.u32(block, i * 8) * 0x100000000 + be.u32(block, i * 8 + 4);
+  }
+  const bit = i * bits;
+  return (block[bit >>> 3]! >>> (bit & 7)) & ((1 << bits) - 1);
+}
+
+/** Sets entry `i` of a refcount block to `v` (0 <= v <= refcountMax). */
+export function setRefcountEntry(block: Uint8Array, bits: number, i: number, v: number): void {
+  switch (bits) {
+    case 8:
+      block[i] = v;
+      return;
+    case 16:
+      block[i * 2] = v >>> 8;
+      block[i * 2 + 1] = v;
+      return;
+    case 32:
+      be.put32(block, i * 4, v);
+      return;
+    case 64:
+      be.put64(block, i * 8, v);
+      return;
+  }
+  const bit = i * bits;
+  const mask = ((1 << bits) - 1) << (bit & 7);
+  const p = bit >>> 3;
+  block[p] = (block[p]! & ~mask) | ((v << (bit & 7)) & mask);
+}
+
+// -------------------------------------------------------- refcount cache
+
+function refError(s: Qcow2State, msg: string): BlockError {
+  return new BlockError('ECORRUPT', `${s.image}: ${msg}`);
+}
+
+/** Writes one cached refcount block back. */
+async function writeRefblock(s: Qcow2State, e: RefblockEntry): Promise<void> {
+  await bdrvPwrite(s.file, e.offset, s.clusterSize, e.data);
+  e.dirty = false;
+  s.rw.refcountsUnsynced = true;
+}
+
+async function evictRefblocks(s: Qcow2State): Promise<void> {
+  const cache = s.rw.refblocks;
+  for (const [k, e] of cache) {
+    if (cache.size <= s.rw.refblockCapacity) break;
+    // Writing a block early is always safe: increments only leak on a crash,
+    // and decrements are applied only after the tables dropping the clusters are stable.
+    if (e.dirty) await writeRefblock(s, e);
+    cache.delete(k);
+    freeBuffer(e.data);
+  }
+}
+
+/** The refcount block at `offset` (table index `index` for messages), cached. */
+async function loadRefblock(s: Qcow2State, offset: number, index: number): Promise<RefblockEntry> {
+  const cache = s.rw.refblocks;
+  const hit = cache.get(offset);
+  if (hit) {
+    cache.delete(offset);
+    cache.set(offset, hit);
+    return hit;
+  }
+  if (offset % s.clusterSize !== 0) throw refError(s, `Refblock offset ${hex(offset)} unaligned (reftable index ${hex(index)})`);
+  if (offset + s.clusterSize > s.file.totalBytes) {
+    throw refError(s, `refcount block at ${hex(offset)} (reftable index ${hex(index)}) extends beyond the end of the file`);
+  }
+  const data = allocBuffer(s.clusterSize);
+  try {
+    await bdrvPread(s.file, offset, s.clusterSize, data);
+  } catch (e) {
+    freeBuffer(data);
+    throw e;
+  }
+  // Another request may have loaded it meanwhile; keep the first copy.
+  const again = cache.get(offset);
+  if (again) {
+    freeBuffer(data);
+    return again;
+  }
+  const e: RefblockEntry = { offset, data, dirty: false };
+  cache.set(offset, e);
+  if (cache.size > s.rw.refblockCapacity) await evictRefblocks(s);
+  return e;
+}
+
+/** Puts a block just written to disk into the cache (clean). */
+function cacheNewRefblock(s: Qcow2State, offset: number, data: Uint8Array): void {
+  const old = s.rw.refblocks.get(offset);
+  if (old) freeBuffer(old.data);
+  const copy = allocBuffer(s.clusterSize);
+  copy.set(data);
+  s.rw.refblocks.set(offset, { offset, data: copy, dirty: false });
+}
+
+/**
+ * Writes every dirty refcount block and flushes the file, so refcounts (and
+ * refcount table entries) written so far are stable before whatever the
+ * caller writes next. Data writes made before the call are flushed too.
+ */
+export async function flushRefcounts(s: Qcow2State): Promise<void> {
+  for (const e of s.rw.refblocks.values()) if (e.dirty) await writeRefblock(s, e);
+  if (s.rw.refcountsUnsynced) {
+    await syncFile(s);
+    s.rw.refcountsUnsynced = false;
+  }
+}
+
+/** True when refcount changes are waiting in the cache or unflushed on disk. */
+export function refcountsPending(s: Qcow2State): boolean {
+  if (s.rw.refcountsUnsynced) return true;
+  for (const e of s.rw.refblocks.values()) if (e.dirty) return true;
+  return false;
+}
+
+/** Drops every cached refcount block (they must be clean) and the loaded table; for check/repair after rewriting them. */
+export function dropRefcountCache(s: Qcow2State): void {
+  for (const e of s.rw.refblocks.values()) freeBuffer(e.data);
+  s.rw.refblocks.clear();
+  s.refcountTable = null;
+  s.rw.freeClusterIndex = 0;
+  s.rw.freeByteOffset = 0;
+  invalidateMetadata(s);
+}
+
+// -------------------------------------------------------------- reading
+
+/** Refcount of host cluster index `cluster` (0 past the refcount table's reach). */
+export async function getRefcount(s: Qcow2State, cluster: number): Promise<number> {
+  const table = await loadRefcountTable(s);
+  const per = refblockEntries(s);
+  const i = Math.floor(cluster / per);
+  if (i >= table.length || table[i] === 0) return 0;
+  const e = await loadRefblock(s, table[i]!, i);
+  return getRefcountEntry(e.data, s.refcountBits, cluster - i * per);
+}
+
+/** Sync fast path: the refcount when its block is cached or absent, undefined when it must be loaded. */
+function refcountIfCached(s: Qcow2State, table: Float64Array, per: number, cluster: number): number | undefined {
+  const i = Math.floor(cluster / per);
+  if (i >= table.length || table[i] === 0) return 0;
+  const e = s.rw.refblocks.get(table[i]!);
+  return e ? getRefcountEntry(e.data, s.refcountBits, cluster - i * per) : undefined;
+}
+
+/**
+ * First run of `n` free clusters at or after the free-cluster hint (QEMU's
+ * alloc_clusters_noref). Changes nothing.
+ */
+async function findFreeRun(s: Qcow2State, n: number): Promise<number> {
+  const table = await loadRefcountTable(s);
+  const per = refblockEntries(s);
+  let start = s.rw.freeClusterIndex;
+  let c = start;
+  while (c - start < n) {
+    let rc = refcountIfCached(s, table, per, c);
+    if (rc === undefined) rc = await getRefcount(s, c);
+    c++;
+    if (rc !== 0) start = c;
+  }
+  return start;
+}
+
+// -------------------------------------------------------------- updating
+
+/**
+ * Adds `delta` to the refcount of every host cluster [offset, offset + bytes)
+ * touches (QEMU's update_refcount). Increments allocate missing refcount
+ * blocks (and grow the table) as needed; a decrement below 0 or an increment
+ * past refcount_bits marks the image corrupt / fails.
+ */
+export async function updateRefcount(s: Qcow2State, offset: number, bytes: number, delta: number): Promise<void> {
+  if (bytes <= 0 || delta === 0) return;
+  const per = refblockEntries(s);
+  const bits = s.refcountBits;
+  const max = refcountMax(s);
+  const first = Math.floor(offset / s.clusterSize);
+  const last = Math.floor((offset + bytes - 1) / s.clusterSize);
+  for (let c = first; c <= last; ) {
+    const i = Math.floor(c / per);
+    let table = await loadRefcountTable(s);
+    if (i >= table.length || table[i] === 0) {
+      if (delta < 0) throw await markCorrupt(s, `refcount of cluster ${hex(c * s.clusterSize)} would drop below 0 (no refcount block)`);
+      await allocRefblock(s, i);
+      table = await loadRefcountTable(s);
+    }
+    const e = await loadRefblock(s, table[i]!, i);
+    const end = Math.min(last + 1, (i + 1) * per);
+    for (; c < end; c++) {
+      const k = c - i * per;
+      const v = getRefcountEntry(e.data, bits, k) + delta;
+      if (v < 0) throw await markCorrupt(s, `refcount of cluster ${hex(c * s.clusterSize)} would drop below 0`);
+      if (v > max) throw new BlockError('EINVAL', `${s.image}: refcount of cluster ${hex(c * s.clusterSize)} would exceed ${max} (refcount_bits ${bits})`);
+      setRefcountEntry(e.data, bits, k, v);
+      if (v === 0) {
+        if (c < s.rw.freeClusterIndex) s.rw.freeClusterIndex = c;
+        if (s.rw.freeByteOffset && Math.floor(s.rw.freeByteOffset / s.clusterSize) === c) s.rw.freeByteOffset = 0;
+      }
+    }
+    e.dirty = true;
+  }
+}
+
+/**
+ * Makes sure refcount blocks exist for clusters [c, c + n); true when one had
+ * to be allocated (the caller's choice of free clusters may be stale then).
+ */
+async function ensureRefblocks(s: Qcow2State, c: number, n: number): Promise<boolean> {
+  const per = refblockEntries(s);
+  for (let i = Math.floor(c / per); i <= Math.floor((c + n - 1) / per); i++) {
+    const table = await loadRefcountTable(s);
+    if (i >= table.length || table[i] === 0) {
+      await allocRefblock(s, i);
+      return true;
+    }
+  }
+  return false;
+}
+
+/** `n` contiguous free host clusters with refcount 1; returns the first one's offset. */
+export async function allocateClusters(s: Qcow2State, n: number): Promise<number> {
+  if (!Number.isSafeInteger(n) || n < 1) throw new BlockError('EINVAL', `${s.image}: cannot allocate ${n} clusters`);
+  for (;;) {
+    const c = await findFreeRun(s, n);
+    if (await ensureRefblocks(s, c, n)) continue;
+    await updateRefcount(s, c * s.clusterSize, n * s.clusterSize, 1);
+    s.rw.freeClusterIndex = c + n;
+    return c * s.clusterSize;
+  }
+}
+
+/**
+ * `size` bytes (<= one cluster) for a compressed cluster, packed after the
+ * previous one where it fits (QEMU's qcow2_alloc_bytes). Each host cluster
+ * the range touches gets one more reference. Returns the byte offset.
+ */
+export async function allocateBytes(s: Qcow2State, size: number): Promise<number> {
+  const cs = s.clusterSize;
+  if (size <= 0 || size > cs) throw new BlockError('EINVAL', `${s.image}: cannot allocate ${size} bytes for a compressed cluster`);
+  for (;;) {
+    let offset = s.rw.freeByteOffset;
+    if (offset && (await getRefcount(s, Math.floor(offset / cs))) >= refcountMax(s)) offset = 0;
+    let freeInCluster = offset ? cs - (offset % cs) : 0;
+    if (!offset || freeInCluster < size) {
+      // A fresh cluster; when it directly follows the partly used one the data may straddle both.
+      const c = await findFreeRun(s, 1);
+      if (await ensureRefblocks(s, c, 1)) continue;
+      if (!offset || Math.ceil(offset / cs) !== c) {
+        offset = c * cs;
+        freeInCluster = cs;
+      } else {
+        freeInCluster += cs;
+      }
+      if (freeInCluster < size) continue;
+      s.rw.freeClusterIndex = Math.max(s.rw.freeClusterIndex, c + 1);
+    }
+    await updateRefcount(s, offset, size, 1);
+    s.rw.freeByteOffset = (offset + size) % cs === 0 ? 0 : offset + size;
+    return offset;
+  }
+}
+
+/** Queues a decrement for clusters a not-yet-stable table stopped referencing (see the file comment). */
+export function freeClustersDeferred(s: Qcow2State, offset: number, bytes: number, l2Table = false): void {
+  if (bytes > 0) s.rw.deferredFrees.push({ offset, bytes, l2Table });
+}
+
+/** Performs the queued decrements; the caller has made the tables that dropped them stable. */
+export async function applyDeferredFrees(s: Qcow2State): Promise<void> {
+  const list = s.rw.deferredFrees;
+  s.rw.deferredFrees = [];
+  for (const f of list) {
+    await updateRefcount(s, f.offset, f.bytes, -1);
+    if (f.l2Table && (await getRefcount(s, Math.floor(f.offset / s.clusterSize))) === 0) {
+      s.l2Cache.invalidate(f.offset, s.clusterSize);
+      removeMetadata(s, f.offset, s.clusterSize);
+    }
+  }
+}
+
+// ------------------------------------------------- refcount block allocation
+
+async function writeReftableEntry(s: Qcow2State, index: number, offset: number): Promise<void> {
+  const b = new Uint8Array(8);
+  be.put64(b, 0, offset);
+  await bdrvPwrite(s.file, s.header.refcountTableOffset + index * 8, 8, b);
+  s.rw.refcountsUnsynced = true;
+}
+
+/** Gives refcount table entry `index` a (zeroed) refcount block (QEMU's alloc_refcount_block). */
+async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
+  const table = await loadRefcountTable(s);
+  if (index >= table.length) return growRefcountTable(s, index);
+  const per = refblockEntries(s);
+  const cs = s.clusterSize;
+  const b = await findFreeRun(s, 1);
+  const block = allocBuffer(cs);
+  try {
+    block.fill(0);
+    if (Math.floor(b / per) === index) {
+      // Self-describing: the block holds its own refcount.
+      setRefcountEntry(block, s.refcountBits, b - index * per, 1);
+      await bdrvPwrite(s.file, b * cs, cs, block);
+      await syncFile(s);
+      await writeReftableEntry(s, index, b * cs);
+      table[index] = b * cs;
+      cacheNewRefblock(s, b * cs, block);
+      addMetadata(s, b * cs, cs);
+      s.rw.freeClusterIndex = Math.max(s.rw.freeClusterIndex, b + 1);
+      return;
+    }
+    const off = await allocateClusters(s, 1);
+    if (table[index] !== 0) {
+      // Allocating our own block's refcount already created this one.
+      await updateRefcount(s, off, cs, -1);
+      return;
+    }
+    await bdrvPwrite(s.file, off, cs, block);
+    // The block's own refcount and contents must be stable before the table points at it.
+    await flushRefcounts(s);
+    await syncFile(s);
+    await writeReftableEntry(s, index, off);
+    table[index] = off;
+    cacheNewRefblock(s, off, block);
+    addMetadata(s, off, cs);
+  } finally {
+    freeBuffer(block);
+  }
+}
+
+/**
+ * Grows the refcount table so entry `need` exists (QEMU's refcount-area
+ * growth): new refcount blocks for every uncovered region up to `need` and
+ * the new table are placed right after the area the old table covers, and
+ * describe themselves.
+ */
+async function growRefcountTable(s: Qcow2State, need: number): Promise<void> {
+  const table = await loadRefcountTable(s);
+  const per = refblockEntries(s);
+  const cs = s.clusterSize;
+  const oldLen = table.length;
+  const areaStart = oldLen * per;
+  let nbBlocks = need - oldLen + 1;
+  let tableClusters = 0;
+  for (;;) {
+    const entries = Math.max(need + 1, oldLen + nbBlocks, Math.ceil((oldLen * 3) / 2));
+    tableClusters = Math.ceil((entries * 8) / cs);
+    const areaEnd = areaStart + nbBlocks + tableClusters;
+    const want = Math.max(need, Math.floor((areaEnd - 1) / per)) - oldLen + 1;
+    if (want <= nbBlocks) break;
+    nbBlocks = want;
+  }
+  if (tableClusters * cs > QCOW_MAX_REFTABLE_SIZE) {
+    throw new BlockError('EFBIG', `${s.image}: refcount table would exceed ${QCOW_MAX_REFTABLE_SIZE} bytes (needs ${tableClusters} clusters)`);
+  }
+  const newEntries = (tableClusters * cs) / 8;
+  const areaEnd = areaStart + nbBlocks + tableClusters;
+
+  // New blocks: each sets refcount 1 for the area clusters it covers.
+  const blocks = allocBuffer(nbBlocks * cs);
+  const newTable = allocBuffer(tableClusters * cs);
+  try {
+    blocks.fill(0);
+    for (let c = areaStart; c < areaEnd; c++) {
+      const r = Math.floor(c / per) - oldLen;
+      setRefcountEntry(blocks.subarray(r * cs, (r + 1) * cs), s.refcountBits, c % per, 1);
+    }
+    newTable.fill(0);
+    for (let i = 0; i < oldLen; i++) be.put64(newTable, i * 8, table[i]!);
+    for (let r = 0; r < nbBlocks; r++) be.put64(newTable, (oldLen + r) * 8, (areaStart + r) * cs);
+    await bdrvPwrite(s.file, areaStart * cs, nbBlocks * cs, blocks);
+    await bdrvPwrite(s.file, (areaStart + nbBlocks) * cs, tableClusters * cs, newTable);
+    await flushRefcounts(s);
+    await syncFile(s);
+
+    // Point the header at the new table (refcount_table_offset and _clusters are adjacent).
+    const hdr = new Uint8Array(12);
+    be.put64(hdr, 0, (areaStart + nbBlocks) * cs);
+    be.put32(hdr, 8, tableClusters);
+    await bdrvPwrite(s.file, 48, 12, hdr);
+    await syncFile(s);
+
+    const oldOffset = s.header.refcountTableOffset;
+    const oldClusters = s.header.refcountTableClusters;
+    s.header.refcountTableOffset = (areaStart + nbBlocks) * cs;
+    s.header.refcountTableClusters = tableClusters;
+    const t = new Float64Array(newEntries);
+    t.set(table);
+    for (let r = 0; r < nbBlocks; r++) {
+      t[oldLen + r] = (areaStart + r) * cs;
+      cacheNewRefblock(s, (areaStart + r) * cs, blocks.subarray(r * cs, (r + 1) * cs));
+    }
+    s.refcountTable = t;
+    invalidateMetadata(s);
+    await updateRefcount(s, oldOffset, oldClusters * cs, -1);
+    if (s.rw.freeClusterIndex >= areaStart && s.rw.freeClusterIndex < areaEnd) s.rw.freeClusterIndex = areaEnd;
+  } finally {
+    freeBuffer(blocks);
+    freeBuffer(newTable);
+  }
 }

@@ -42,6 +42,69 @@ export interface Qcow2State {
   bitmaps: Qcow2BitmapEntry[];
   /** QEMU's metadata_preallocation heuristic, computed on the first block-status call. */
   metadataPreallocation: boolean | undefined;
+  /** Write-path state (refcount cache, allocation hints, ordering flags). */
+  rw: Qcow2RwState;
+}
+
+/** One cached refcount block (a whole cluster). */
+export interface RefblockEntry {
+  offset: number;
+  data: Uint8Array;
+  dirty: boolean;
+}
+
+/**
+ * What the write path keeps between requests (QEMU's free_cluster_index,
+ * free_byte_offset, refcount block cache and cache dependencies).
+ */
+export interface Qcow2RwState {
+  /** Refcount blocks by host offset, LRU in Map order (write-back, bounded by `refblockCapacity`). */
+  refblocks: Map<number, RefblockEntry>;
+  refblockCapacity: number;
+  /** No cluster below this index is free (QEMU's free_cluster_index). */
+  freeClusterIndex: number;
+  /** Where the next compressed cluster may go (QEMU's free_byte_offset), 0 = none. */
+  freeByteOffset: number;
+  /**
+   * Clusters whose last reference was removed from an L2/L1 table that is not
+   * yet stable on disk: their refcounts drop only after those tables are
+   * flushed, so a crash cannot leave a table pointing at a reused cluster.
+   */
+  deferredFrees: { offset: number; bytes: number; l2Table: boolean }[];
+  /** Refcount-side writes (blocks, table entries) not yet followed by a file flush. */
+  refcountsUnsynced: boolean;
+  /** Dirty range of the in-memory L1 table, in entries ([from, to), empty when from >= to). */
+  l1DirtyFrom: number;
+  l1DirtyTo: number;
+  /** Host cluster indexes holding metadata (overlap checks); rebuilt lazily when null. */
+  metaClusters: Set<number> | null;
+  /** Tail of the request queue: modifying requests run one at a time (QEMU's s->lock). */
+  lock: Promise<void>;
+  /** Set once an inconsistency was found: every later write fails with EIO. */
+  corrupt: boolean;
+  /** The header's dirty bit is set on disk by us (lazy refcounts). */
+  dirtyBitSet: boolean;
+  /** The header was prepared for writing (autoclear bits cleared). */
+  headerPrepared: boolean;
+}
+
+export function newRwState(clusterSize: number): Qcow2RwState {
+  return {
+    refblocks: new Map(),
+    // QEMU keeps a quarter of the L2 cache; a few MiB of refcount blocks are plenty here.
+    refblockCapacity: Math.max(4, Math.floor((4 * 1024 * 1024) / clusterSize)),
+    freeClusterIndex: 0,
+    freeByteOffset: 0,
+    deferredFrees: [],
+    refcountsUnsynced: false,
+    l1DirtyFrom: 0,
+    l1DirtyTo: 0,
+    metaClusters: null,
+    lock: Promise.resolve(),
+    corrupt: false,
+    dirtyBitSet: false,
+    headerPrepared: false,
+  };
 }
 
 /** Host offset of L2 table `index` from the active L1 table, 0 when unallocated (bits 9-55). */

@@ -1,0 +1,65 @@
+/** `blocktab check`: qemu-img check's options, output and exit codes (0, 1, 2, 3, 63). */
+import { isBlockError } from '../block/errors.js';
+import { closeNode } from '../block/open.js';
+import type { BlockNode } from '../block/node.js';
+import { checkExitCode, checkNode, humanImageCheck } from '../img/check.js';
+import { toJsonPretty } from '../img/qobject.js';
+import { CliError } from './main.js';
+import { flag, outputFormat, parseCommand, str, UsageError } from './args.js';
+import { openForCli } from './open.js';
+import type { Output } from './main.js';
+
+export async function runCheck(args: string[], out: Output): Promise<number> {
+  const p = parseCommand('check', args, {
+    format: { type: 'string', short: 'f' },
+    output: { type: 'string' },
+    repair: { type: 'string', short: 'r' },
+    quiet: { type: 'boolean', short: 'q' },
+    'force-share': { type: 'boolean', short: 'U' },
+    cache: { type: 'string', short: 'T' },
+    object: { type: 'string', multiple: true },
+    'image-opts': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (p.positionals.length !== 1) throw new UsageError(p.positionals.length ? `Unexpected argument: ${p.positionals[1]}` : 'Expecting one image file name');
+  const filename = p.positionals[0]!;
+  const fmt = outputFormat(p);
+  const quiet = flag(p, 'quiet');
+  const r = str(p, 'repair');
+  let fix = { leaks: false, errors: false };
+  if (r !== undefined) {
+    if (r === 'leaks') fix = { leaks: true, errors: false };
+    else if (r === 'all') fix = { leaks: true, errors: true };
+    else throw new UsageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${r}`);
+  }
+  const repairing = fix.leaks || fix.errors;
+  let bs: BlockNode | undefined;
+  try {
+    bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false });
+    let run;
+    try {
+      run = await checkNode(bs, filename, fix);
+    } catch (e) {
+      if (isBlockError(e) && e.code === 'ENOTSUP' && e.message === 'This image format does not support checks') throw new CliError(63, e.message);
+      // The check stopped: its messages, then qemu-img's "Check failed: <reason>".
+      const msgs = (e as { checkMessages?: string[] }).checkMessages;
+      if (msgs) {
+        for (const m of msgs) out.stderr(m + '\n');
+        throw new CliError(1, `Check failed: ${(e as Error).message}`);
+      }
+      throw e;
+    }
+    for (const m of run.messages) out.stderr(m + '\n');
+    if (run.repaired && fmt === 'human' && !quiet) {
+      out.stdout(
+        `The following inconsistencies were found and repaired:\n\n    ${run.repaired.leaks} leaked clusters\n    ${run.repaired.corruptions} corruptions\n\nDouble checking the fixed image now...\n`,
+      );
+    }
+    for (const m of run.recheckMessages) out.stderr(m + '\n');
+    if (!quiet) out.stdout(fmt === 'json' ? toJsonPretty(run.check) + '\n' : humanImageCheck(run.check));
+    if (run.check['check-errors']) throw new CliError(1, 'Check failed');
+    return checkExitCode(run.check);
+  } finally {
+    if (bs) await closeNode(bs);
+  }
+}

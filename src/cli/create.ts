@@ -1,0 +1,41 @@
+/** `blocktab create`: qemu-img create's options, output line and messages. */
+import { createImage, planCreate } from '../img/create.js';
+import { createOptionList, isHelpOption, optionsHelp, parseImageSize } from '../img/options.js';
+import { flag, parseCommand, str, UsageError } from './args.js';
+import { storage } from './open.js';
+import type { Output } from './main.js';
+
+export async function runCreate(args: string[], out: Output): Promise<number> {
+  const p = parseCommand('create', args, {
+    format: { type: 'string', short: 'f' },
+    backing: { type: 'string', short: 'b' },
+    'backing-format': { type: 'string', short: 'F' },
+    options: { type: 'string', short: 'o', multiple: true },
+    unsafe: { type: 'boolean', short: 'u' },
+    quiet: { type: 'boolean', short: 'q' },
+    object: { type: 'string', multiple: true },
+    help: { type: 'boolean', short: 'h' },
+  });
+  const format = str(p, 'format') ?? 'raw';
+  const opts = (p.values.options as string[] | undefined) ?? [];
+  if (opts.some(isHelpOption)) {
+    out.stdout(optionsHelp(createOptionList(format)));
+    return 0;
+  }
+  if (p.positionals.length < 1) throw new UsageError('Expecting image file name');
+  if (p.positionals.length > 2) throw new UsageError(`Unexpected argument: ${p.positionals[2]}`);
+  const filename = p.positionals[0]!;
+  const size = p.positionals[1] === undefined ? undefined : parseImageSize(p.positionals[1]);
+  const plan = await planCreate(storage, {
+    filename,
+    format,
+    options: opts,
+    size,
+    backingFile: str(p, 'backing'),
+    backingFormat: str(p, 'backing-format'),
+    unsafe: flag(p, 'unsafe'),
+  });
+  if (!flag(p, 'quiet')) out.stdout(plan.line + '\n');
+  await createImage(storage, plan);
+  return 0;
+}

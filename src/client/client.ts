@@ -1,0 +1,95 @@
+/**
+ * The page's side of the engine worker: a typed client over comlink. This is
+ * the only module that calls comlink's `wrap`. Every method is one message
+ * to the worker; errors arrive as BlockError/QmpError with their code and
+ * QMP class (the shared handlers in src/worker/transfer.ts).
+ *
+ * Buffers are moved, not copied. `read` returns a buffer the worker gave up.
+ * `write` and `importFile` transfer the caller's buffer: after the call the
+ * caller's ArrayBuffer is detached (byteLength 0) — all of it, also when
+ * `data` is a view of part of it. Copy first (`data.slice()`) to keep using
+ * it. (SharedArrayBuffers are shared, not moved.)
+ */
+import * as Comlink from 'comlink';
+import '../worker/transfer.js';
+import type { EngineWorkerApi, BoundaryStats } from '../worker/api.js';
+import type { ConvertTarget, EngineMeasureOptions, EngineOpenOptions, ImageRef, QmpEvent } from '../engine/engine.js';
+import type { QmpImageInfo } from '../engine/query.js';
+import type { ConvertOptions } from '../img/convert.js';
+import type { CompareOptions, CompareResult } from '../img/compare.js';
+import type { MapEntry, MapOptions } from '../img/map.js';
+import type { MeasureResult } from '../img/measure.js';
+
+export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, BoundaryStats };
+
+export interface BlocktabClient {
+  /** Resolves once the worker started; whether wasm kernels are in use and which storages exist. */
+  ready(): Promise<{ wasm: boolean; storages: string[] }>;
+  /** A QMP command with QEMU's names; resolves to its `return` payload, rejects with a QmpError. */
+  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
+  open(storage: string, filename: string, opts?: EngineOpenOptions): Promise<string>;
+  close(name: string): Promise<void>;
+  size(name: string): Promise<number>;
+  flush(name: string): Promise<void>;
+  read(name: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>>;
+  /** Detaches `data`'s buffer (see the top of this file). */
+  write(name: string, offset: number, data: Uint8Array): Promise<void>;
+  /** Creates `filename` in a storage with `data` as its content; detaches `data`'s buffer. */
+  importFile(storage: string, filename: string, data: Uint8Array): Promise<void>;
+  removeFile(storage: string, filename: string): Promise<void>;
+  /** Hands a File/Blob (or file handle) to the worker's blob storage; returns its name there. */
+  addFile(source: Blob | FileSystemFileHandle, name?: string): Promise<string>;
+  info(image: ImageRef, opts?: { backingChain?: boolean }): Promise<QmpImageInfo>;
+  map(image: ImageRef, opts?: MapOptions): Promise<MapEntry[]>;
+  measure(opts: EngineMeasureOptions): Promise<MeasureResult>;
+  convert(sources: ImageRef[], target: ConvertTarget, opts?: ConvertOptions, onProgress?: (done: number, total: number) => void): Promise<{ bytes: number }>;
+  compare(a: ImageRef, b: ImageRef, opts?: CompareOptions, onProgress?: (done: number, total: number) => void): Promise<CompareResult>;
+  /** Receives QMP events (BLOCK_IO_ERROR, …); resolves to the function that unsubscribes. */
+  onEvent(listener: (event: QmpEvent) => void): Promise<() => Promise<void>>;
+  boundaryStats(): Promise<BoundaryStats>;
+  /** The comlink proxy itself, for what this wrapper does not cover. */
+  readonly remote: Comlink.Remote<EngineWorkerApi>;
+  /** Stops the worker (open images are not flushed: close them first). */
+  terminate(): void;
+}
+
+function moved<T extends Uint8Array>(data: T): T {
+  return data.buffer instanceof ArrayBuffer ? Comlink.transfer(data, [data.buffer]) : data;
+}
+
+const maybeProxy = <F extends object>(f: F | undefined) => (f ? Comlink.proxy(f) : undefined);
+
+/** Starts the engine worker (or uses `worker`, already started from src/worker/engine-worker.ts) and wraps it. */
+export function createClient(worker?: Worker): BlocktabClient {
+  // The literal `new URL(…, import.meta.url)` form is what bundlers (vite) recognise as a worker entry.
+  const w = worker ?? new Worker(new URL('../worker/engine-worker.ts', import.meta.url), { type: 'module' });
+  const remote = Comlink.wrap<EngineWorkerApi>(w);
+  return {
+    remote,
+    ready: () => remote.ready(),
+    execute: <T>(command: string, args?: Record<string, unknown>) => remote.execute(command, args) as Promise<T>,
+    open: (storage, filename, opts) => remote.open(storage, filename, opts),
+    close: (name) => remote.close(name),
+    size: (name) => remote.size(name),
+    flush: (name) => remote.flush(name),
+    read: (name, offset, bytes) => remote.read(name, offset, bytes),
+    write: (name, offset, data) => remote.write(name, offset, moved(data)),
+    importFile: (storage, filename, data) => remote.importFile(storage, filename, moved(data)),
+    removeFile: (storage, filename) => remote.removeFile(storage, filename),
+    addFile: (source, name) => remote.addFile(source, name),
+    info: (image, opts) => remote.info(image, opts) as Promise<QmpImageInfo>,
+    map: (image, opts) => remote.map(image, opts),
+    measure: (opts) => remote.measure(opts),
+    convert: (sources, target, opts, onProgress) => remote.convert(sources, target, opts, maybeProxy(onProgress)),
+    compare: (a, b, opts, onProgress) => remote.compare(a, b, opts, maybeProxy(onProgress)) as Promise<CompareResult>,
+    async onEvent(listener) {
+      const id = await remote.subscribe(Comlink.proxy(listener));
+      return () => remote.unsubscribe(id);
+    },
+    boundaryStats: () => remote.boundaryStats(),
+    terminate: () => {
+      remote[Comlink.releaseProxy]();
+      w.terminate();
+    },
+  };
+}

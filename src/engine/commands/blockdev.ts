@@ -1,0 +1,225 @@
+/**
+ * blockdev-add and blockdev-del (QEMU's qmp_blockdev_add / qmp_blockdev_del).
+ *
+ * blockdev-add takes QAPI's BlockdevOptions: generic members (driver,
+ * node-name, read-only, detect-zeroes, cache, …) plus the members of the
+ * driver's union branch (blockdevDriverArgs). A format's `file` (and qcow2's
+ * `backing`) is either the node-name of a node already in the graph or a
+ * nested dict opened with it; nested nodes belong to their parent. Protocol
+ * drivers are the Engine's storages by name (`{ driver: 'opfs', filename }`),
+ * HTTP takes `url` as QEMU's curl drivers do. Unlike qemu-img, the format is
+ * never probed: `driver` is required, as in QEMU.
+ */
+import { BlockError } from '../../block/errors.js';
+import { findDriver } from '../../block/driver.js';
+import type { BlockNode } from '../../block/node.js';
+import { openFormatOn, openImage, type Storage } from '../../block/open.js';
+import type { Engine } from '../engine.js';
+import { checkArgs, isDict, type ArgSpec, type Args } from '../qapi-args.js';
+import { genericError, QmpError } from '../qmp-error.js';
+import type { QmpCommandTable } from './types.js';
+
+/** Members every driver takes (QAPI BlockdevOptions' base). */
+const BASE: ArgSpec = {
+  driver: 'str',
+  '*node-name': 'str',
+  '*discard': { enum: ['ignore', 'unmap'] },
+  '*cache': { struct: { '*direct': 'bool', '*no-flush': 'bool' } },
+  '*read-only': 'bool',
+  '*auto-read-only': 'bool',
+  '*force-share': 'bool',
+  '*detect-zeroes': { enum: ['off', 'on', 'unmap'] },
+};
+
+const FILENAME: ArgSpec = { filename: 'str' };
+const CURL: ArgSpec = { url: 'str', '*readahead': 'int', '*timeout': 'int', '*username': 'str', '*cookie': 'str' };
+
+/**
+ * Driver-specific members by driver (QAPI's BlockdevOptions branches). A new
+ * format adds its entry here; a format not listed gets `file` (and `backing`
+ * when it supports backing files) and nothing else.
+ */
+export const blockdevDriverArgs: Record<string, ArgSpec> = {
+  raw: { file: 'BlockdevRef', '*offset': 'int', '*size': 'int' },
+  qcow2: {
+    file: 'BlockdevRef',
+    '*backing': 'BlockdevRefOrNull',
+    '*lazy-refcounts': 'bool',
+    '*pass-discard-request': 'bool',
+    '*pass-discard-snapshot': 'bool',
+    '*pass-discard-other': 'bool',
+    '*overlap-check': 'any',
+    '*cache-size': 'int',
+    '*l2-cache-size': 'int',
+    '*l2-cache-entry-size': 'int',
+    '*refcount-cache-size': 'int',
+    '*cache-clean-interval': 'int',
+  },
+  file: { ...FILENAME, '*locking': { enum: ['auto', 'on', 'off'] }, '*aio': 'str', '*pr-manager': 'str' },
+  memory: FILENAME,
+  opfs: FILENAME,
+  idb: FILENAME,
+  blob: FILENAME,
+  http: CURL,
+  https: { ...CURL, '*sslverify': 'bool' },
+};
+
+/** QMP protocol driver names that map onto a storage of another name. */
+const STORAGE_ALIASES: Record<string, string> = { https: 'http' };
+
+/** Members that are the engine's business, not the format driver's. */
+const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BASE).map((k) => k.replace(/^\*/, '')), 'file', 'backing']);
+
+interface Inherited {
+  readOnly: boolean;
+  autoReadOnly: boolean;
+}
+
+function storageFor(engine: Engine, driver: string): Storage | undefined {
+  return engine.storage(STORAGE_ALIASES[driver] ?? driver);
+}
+
+function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
+  if (storageFor(engine, driver)) return { spec: blockdevDriverArgs[driver] ?? FILENAME, protocol: true };
+  const drv = findDriver(driver);
+  if (drv && drv.kind === 'format') {
+    const spec = blockdevDriverArgs[driver] ?? { file: 'BlockdevRef', ...(drv.supportsBacking ? { '*backing': 'BlockdevRefOrNull' } : {}) };
+    return { spec, protocol: false };
+  }
+  if (drv || blockdevDriverArgs[driver]) {
+    throw genericError(`Driver '${driver}' is not available here (storages: ${[...engine.storages.keys()].join(', ')})`, 'ENOTSUP');
+  }
+  throw genericError(`Parameter '${prefix}driver' does not accept value '${driver}'`);
+}
+
+const isRoError = (e: unknown) => e instanceof BlockError && ['EROFS', 'EACCES', 'EPERM'].includes(e.code);
+
+async function openProtocolNode(storage: Storage, filename: string, inh: Inherited): Promise<BlockNode> {
+  try {
+    return await storage.openProtocol(filename, { readOnly: inh.readOnly });
+  } catch (e) {
+    // auto-read-only: take read-only access when read-write is refused (QEMU's BDRV_O_AUTO_RDONLY).
+    if (!inh.readOnly && inh.autoReadOnly && isRoError(e)) return storage.openProtocol(filename, { readOnly: true });
+    throw e;
+  }
+}
+
+/** Opens the backing file the image names, through its storage (as openImage does for a chain). */
+async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage): Promise<void> {
+  const resolved = storage.resolve(bs.filename, bs.backingFile!);
+  bs.fullBackingFilename = resolved;
+  let backing: BlockNode;
+  try {
+    backing = await openImage(storage, resolved, { format: bs.backingFormat ?? undefined, readOnly: true });
+  } catch (e) {
+    if (e instanceof BlockError && e.code === 'ELOOP') throw e;
+    const why = e instanceof Error ? e.message : String(e);
+    throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${bs.filename}: Could not open backing file: ${why}`, { cause: e });
+  }
+  bs.attach(backing, 'backing');
+  engine.adopt(backing, storage);
+}
+
+/** Opens one BlockdevOptions dict (recursively for nested children); the node is in the registry when it returns. */
+async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inherited): Promise<BlockNode> {
+  checkArgs(BASE, args, prefix, true);
+  const driver = args.driver as string;
+  const { spec, protocol } = driverSpec(engine, driver, prefix);
+  checkArgs({ ...BASE, ...spec }, args, prefix);
+  const nodeName = args['node-name'] as string | undefined;
+  if (nodeName !== undefined) engine.checkNewNodeName(nodeName);
+  const here: Inherited = {
+    readOnly: (args['read-only'] as boolean | undefined) ?? inh.readOnly,
+    autoReadOnly: (args['auto-read-only'] as boolean | undefined) ?? inh.autoReadOnly,
+  };
+  const detectZeroes = (args['detect-zeroes'] as 'off' | 'on' | 'unmap' | undefined) ?? 'off';
+  if (detectZeroes === 'unmap' && args.discard !== 'unmap') {
+    throw genericError('setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
+  }
+
+  if (protocol) {
+    const storage = storageFor(engine, driver)!;
+    const bs = await openProtocolNode(storage, (args.filename ?? args.url) as string, here);
+    bs.detectZeroes = detectZeroes;
+    engine.adopt(bs, storage, { name: nodeName });
+    return bs;
+  }
+
+  // A format node: first its file child, referenced or opened here.
+  const fileRef = args.file as string | Args;
+  let file: BlockNode;
+  const fileIsOurs = isDict(fileRef);
+  if (typeof fileRef === 'string') {
+    file = engine.lookup(fileRef);
+    if (!here.readOnly && file.readOnly) throw genericError('Block node is read-only', 'EPERM');
+  } else {
+    file = await openBlockdev(engine, fileRef, `${prefix}file.`, here);
+  }
+  const storage = engine.storageOf(file);
+  if (!storage) throw genericError(`Node '${engine.nameOf(file)}' has no storage to open images from`);
+  const driverOptions: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(args)) if (!NOT_DRIVER_OPTIONS.has(k)) driverOptions[k] = v;
+
+  let bs: BlockNode;
+  const parentsBefore = [...file.parents];
+  try {
+    bs = await openFormatOn({ storage, warn: () => {} }, file, file.filename, {
+      format: driver,
+      readOnly: here.readOnly || (here.autoReadOnly && file.readOnly),
+      driverOptions,
+      nodeName,
+    });
+  } catch (e) {
+    // openFormatOn attached the file before the driver failed: undo the edge, and close a file opened for it.
+    file.parents.splice(0, file.parents.length, ...parentsBefore);
+    if (fileIsOurs) await engine.closeTree(file);
+    throw e;
+  }
+  try {
+    if (bs.driver.supportsBacking) {
+      const backing = args.backing as string | Args | null | undefined;
+      if (typeof backing === 'string') {
+        const b = engine.lookup(backing);
+        bs.attach(b, 'backing');
+        bs.fullBackingFilename = b.filename;
+      } else if (isDict(backing)) {
+        const b = await openBlockdev(engine, backing, `${prefix}backing.`, { readOnly: true, autoReadOnly: here.autoReadOnly });
+        bs.attach(b, 'backing');
+        bs.fullBackingFilename = b.filename;
+      } else if (backing === undefined && bs.backingFile) {
+        await openHeaderBacking(engine, bs, storage);
+      }
+    }
+  } catch (e) {
+    await engine.closeTree(bs);
+    throw e;
+  }
+  bs.detectZeroes = detectZeroes;
+  engine.adopt(bs, storage);
+  return bs;
+}
+
+export const blockdevCommands: QmpCommandTable = {
+  'blockdev-add': {
+    args: BASE,
+    openArgs: true,
+    async run(engine, args) {
+      if (typeof args['node-name'] !== 'string') throw genericError(`'node-name' must be specified for the root node`);
+      const bs = await openBlockdev(engine, args, '', { readOnly: false, autoReadOnly: false });
+      engine.adopt(bs, undefined, { owned: true });
+    },
+  },
+
+  'blockdev-del': {
+    args: { 'node-name': 'str' },
+    async run(engine, args) {
+      const name = args['node-name'] as string;
+      const bs = engine.findNode(name);
+      if (!bs) throw new QmpError('DeviceNotFound', `Failed to find node with node-name='${name}'`);
+      if (engine.deviceOf(bs) !== undefined) throw genericError(`Node ${name} is in use`, 'EBUSY');
+      if (!engine.isMonitorOwned(bs)) throw genericError(`Node ${name} is not owned by the monitor`, 'EBUSY');
+      if (bs.parents.length > 0) throw genericError(`Block device ${name} is in use`, 'EBUSY');
+      await engine.closeTree(bs);
+    },
+  },
+};

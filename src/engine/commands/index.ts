@@ -1,0 +1,21 @@
+/**
+ * The QMP command table: every command the Engine answers, by QEMU's name.
+ *
+ * Adding a command (blockdev-create, blockdev-snapshot-sync, transaction, …)
+ * is one entry: write `{ args, run }` (see types.ts) in a module under this
+ * folder and spread its table in here. Engine.execute looks commands up in
+ * this table, checks the arguments against `args` and turns failures into
+ * QMP errors; query-commands lists what is here.
+ */
+import { blockdevCommands } from './blockdev.js';
+import { queryCommands } from './query.js';
+import { dirtyBitmapCommands } from './dirty-bitmap.js';
+import type { QmpCommandTable } from './types.js';
+
+export type { QmpCommand, QmpCommandTable } from './types.js';
+
+export const qmpCommands: QmpCommandTable = {
+  ...blockdevCommands,
+  ...queryCommands,
+  ...dirtyBitmapCommands,
+};

@@ -1,0 +1,53 @@
+/** query-named-block-nodes, query-block, query-blockstats, query-commands, block_resize. */
+import { bdrvTruncate } from '../../block/io.js';
+import { truncateDirtyBitmaps } from '../../block/dirty-bitmap.js';
+import { QmpError, genericError } from '../qmp-error.js';
+import { blockDeviceInfo, blockInfo, blockStats } from '../query.js';
+import type { QmpCommandTable } from './types.js';
+
+export const queryCommands: QmpCommandTable = {
+  'query-named-block-nodes': {
+    args: { '*flat': 'bool' },
+    async run(engine, args) {
+      const flat = args.flat === true;
+      const out = [];
+      for (const bs of engine.allNodes()) out.push(await blockDeviceInfo(engine, bs, flat));
+      return out;
+    },
+  },
+
+  'query-block': {
+    args: {},
+    async run(engine) {
+      const out = [];
+      for (const name of engine.deviceNames()) out.push(await blockInfo(engine, name, engine.device(name)!));
+      return out;
+    },
+  },
+
+  'query-blockstats': {
+    args: { '*query-nodes': 'bool' },
+    run: (engine, args) => blockStats(engine, args['query-nodes'] === true),
+  },
+
+  'query-commands': {
+    args: {},
+    run: (engine) => [...engine.commands.keys()].map((name) => ({ name })),
+  },
+
+  block_resize: {
+    args: { '*device': 'str', '*node-name': 'str', size: 'int' },
+    async run(engine, args) {
+      const device = args.device as string | undefined;
+      const nodeName = args['node-name'] as string | undefined;
+      let bs = device !== undefined ? engine.device(device)?.backend.root : undefined;
+      if (!bs && nodeName !== undefined) bs = engine.findNode(nodeName);
+      if (!bs) throw new QmpError('DeviceNotFound', `Cannot find device=${device ?? ''} nor node_name=${nodeName ?? ''}`);
+      const size = args.size as number;
+      if (size < 0) throw genericError(`Parameter 'size' expects a >0 size`);
+      if (bs.readOnly) throw genericError('Block node is read-only', 'EPERM');
+      await bdrvTruncate(bs, size, false, 'off');
+      truncateDirtyBitmaps(bs, size);
+    },
+  },
+};

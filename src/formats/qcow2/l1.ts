@@ -1,0 +1,172 @@
+/**
+ * The active L1 table on the write path, and the ordered metadata flush.
+ *
+ * L1 entries change in memory (`s.l1Table`) and are written by
+ * flushMetadata after the L2 tables they point at; getL2ForWrite allocates
+ * an L2 table on demand (zeroed, or a copy of a shared one: QEMU's
+ * l2_allocate) and growL1 moves the table when it must grow
+ * (qcow2_grow_l1_table).
+ *
+ * flushMetadata is the one place that orders metadata writes (QEMU's cache
+ * dependencies):
+ *   1. dirty refcount blocks, then flush   (refcounts before the tables using them;
+ *                                          also makes earlier data writes stable)
+ *   2. dirty L2 slices, then flush         (L2 before L1)
+ *   3. dirty L1 entries, then flush
+ *   4. deferred frees: refcounts of clusters the tables above stopped using
+ *      drop only now, then those refcount blocks, then flush
+ *   5. lazy refcounts: the dirty bit is cleared last
+ * A crash anywhere leaves tables that point only at clusters with a refcount,
+ * so at worst clusters leak.
+ */
+import { BlockError, hex } from '../../block/errors.js';
+import { allocBuffer, freeBuffer } from '../../block/buffers.js';
+import { bdrvFlush, bdrvPread, bdrvPwrite } from '../../block/io.js';
+import { be } from './header.js';
+import { QCOW_MAX_L1_SIZE } from './validate.js';
+import {
+  allocateClusters,
+  applyDeferredFrees,
+  flushRefcounts,
+  freeClustersDeferred,
+  refcountsPending,
+  updateRefcount,
+} from './refcount.js';
+import { addMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, syncFile } from './metadata.js';
+import { l1Copied, l1Offset, type Qcow2State } from './state.js';
+
+/** Sets L1 entry `index` to `offset` (with COPIED) in memory and marks it dirty. */
+export function setL1Entry(s: Qcow2State, index: number, offset: number, copied: boolean): void {
+  be.put64(s.l1Table, index * 8, offset);
+  if (copied) s.l1Table[index * 8]! |= 0x80;
+  const rw = s.rw;
+  if (rw.l1DirtyFrom >= rw.l1DirtyTo) {
+    rw.l1DirtyFrom = index;
+    rw.l1DirtyTo = index + 1;
+  } else {
+    rw.l1DirtyFrom = Math.min(rw.l1DirtyFrom, index);
+    rw.l1DirtyTo = Math.max(rw.l1DirtyTo, index + 1);
+  }
+}
+
+function l2Dirty(s: Qcow2State): boolean {
+  return s.l2Cache.hasDirty();
+}
+
+/** Writes the dirty L2 slices after the refcounts they depend on. */
+async function flushL2(s: Qcow2State): Promise<void> {
+  if (!l2Dirty(s)) return;
+  await flushRefcounts(s);
+  await syncAll(s);
+  await s.l2Cache.flushDirty((offset, data) => bdrvPwrite(s.file, offset, data.length, data));
+  await syncFile(s);
+}
+
+/** Flushes the image file and the external data file (data before the tables mapping it). */
+async function syncAll(s: Qcow2State): Promise<void> {
+  if (s.dataFile !== s.file) await bdrvFlush(s.dataFile);
+  await syncFile(s);
+}
+
+async function writeL1Dirty(s: Qcow2State): Promise<void> {
+  const rw = s.rw;
+  if (rw.l1DirtyFrom >= rw.l1DirtyTo) return;
+  // Whole 512-byte sectors (64 entries), as QEMU's qcow2_write_l1_entry, clipped to the table.
+  const from = rw.l1DirtyFrom & ~63;
+  const to = Math.min(s.l1Size, (rw.l1DirtyTo + 63) & ~63);
+  await bdrvPwrite(s.file, s.header.l1TableOffset + from * 8, (to - from) * 8, s.l1Table.subarray(from * 8, to * 8));
+  rw.l1DirtyFrom = rw.l1DirtyTo = 0;
+  await syncFile(s);
+}
+
+/** Writes every cached metadata change in crash-safe order (see the file comment). */
+export async function flushMetadata(s: Qcow2State): Promise<void> {
+  const rw = s.rw;
+  const l1 = rw.l1DirtyFrom < rw.l1DirtyTo;
+  if (l2Dirty(s) || l1 || rw.deferredFrees.length || refcountsPending(s)) {
+    await flushRefcounts(s);
+    await syncAll(s);
+    await flushL2(s);
+    await writeL1Dirty(s);
+    if (rw.deferredFrees.length) {
+      await applyDeferredFrees(s);
+      await flushRefcounts(s);
+    }
+  }
+  if (rw.dirtyBitSet) await clearDirtyBit(s);
+}
+
+/**
+ * Host offset of the L2 table for L1 entry `l1Index`, allocated (or copied
+ * from a shared table) so it may be modified: its L1 entry has COPIED.
+ */
+export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<number> {
+  if (l1Index >= s.l1Size) await growL1(s, l1Index + 1, false);
+  const old = l1Offset(s, l1Index);
+  if (old && l1Copied(s, l1Index)) {
+    if (old % s.clusterSize !== 0) {
+      throw await markCorrupt(s, `L2 table offset ${hex(old)} unaligned (L1 index ${hex(l1Index)})`);
+    }
+    return old;
+  }
+  const cs = s.clusterSize;
+  const table = await allocateClusters(s, 1);
+  const buf = allocBuffer(cs);
+  try {
+    if (old) {
+      if (old % cs !== 0) throw await markCorrupt(s, `L2 table offset ${hex(old)} unaligned (L1 index ${hex(l1Index)})`);
+      // Copy-on-write of a table shared with a snapshot: its cached slices may be newer than the disk.
+      await bdrvPread(s.file, old, cs, buf);
+      await s.l2Cache.copyCached(old, buf);
+    } else {
+      buf.fill(0);
+    }
+    await bdrvPwrite(s.file, table, cs, buf);
+  } finally {
+    freeBuffer(buf);
+  }
+  addMetadata(s, table, cs);
+  setL1Entry(s, l1Index, table, true);
+  if (old) freeClustersDeferred(s, old, cs, true);
+  return table;
+}
+
+/**
+ * Grows the active L1 table to at least `minSize` entries (exactly with
+ * `exact`, else by half again as QEMU does): the new table is written
+ * elsewhere, refcounted and flushed, then the header points at it, then the
+ * old one is freed.
+ */
+export async function growL1(s: Qcow2State, minSize: number, exact: boolean): Promise<void> {
+  if (minSize <= s.l1Size) return;
+  let size = minSize;
+  if (!exact) {
+    size = Math.max(1, s.l1Size);
+    while (size < minSize) size = Math.floor((size * 3 + 1) / 2);
+  }
+  if (size > QCOW_MAX_L1_SIZE / 8) throw new BlockError('EFBIG', `${s.image}: Active L1 table too large (${size} entries, at most ${QCOW_MAX_L1_SIZE / 8})`);
+  const cs = s.clusterSize;
+  // The new table carries the in-memory entries: the L2 tables they name must be on disk first.
+  await flushL2(s);
+  const bytes = Math.ceil((size * 8) / cs) * cs;
+  const offset = await allocateClusters(s, bytes / cs);
+  const table = new Uint8Array(bytes);
+  table.set(s.l1Table);
+  await bdrvPwrite(s.file, offset, bytes, table);
+  await flushRefcounts(s);
+  await syncFile(s);
+  const hdr = new Uint8Array(12);
+  be.put32(hdr, 0, size);
+  be.put64(hdr, 4, offset);
+  await bdrvPwrite(s.file, 36, 12, hdr);
+  await syncFile(s);
+  const oldOffset = s.header.l1TableOffset;
+  const oldSize = s.l1Size;
+  s.l1Table = table.subarray(0, size * 8);
+  s.l1Size = size;
+  s.header.l1Size = size;
+  s.header.l1TableOffset = offset;
+  s.rw.l1DirtyFrom = s.rw.l1DirtyTo = 0;
+  invalidateMetadata(s);
+  if (oldSize > 0) await updateRefcount(s, oldOffset, oldSize * 8, -1);
+}

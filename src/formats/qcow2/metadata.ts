@@ -1,0 +1,152 @@
+/**
+ * Small pieces every qcow2 write module shares: the request lock, file
+ * flushes, header field updates, the corrupt and dirty bits, and the
+ * metadata overlap check (QEMU's qcow2_pre_write_overlap_check).
+ *
+ * Overlap check: before guest data (or a compressed cluster) is written to the
+ * image file, its host clusters are looked up in a set of every cluster that
+ * holds metadata (header, active L1, refcount table and blocks, active L2
+ * tables, snapshot table, inactive L1 tables). The set is built once from the
+ * tables (O(L1 + refcount table)) and kept up to date as metadata clusters
+ * are allocated and freed, so a check costs one lookup per cluster written.
+ * A hit means the refcounts say "free" for a cluster the tables use: the
+ * image is marked corrupt and the write fails, as QEMU does.
+ */
+import { BlockError, hex } from '../../block/errors.js';
+import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
+import { be, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY } from './header.js';
+import { serializeSnapshotTable } from './snapshot-table.js';
+import { l1Offset, type Qcow2State } from './state.js';
+
+/** Runs `fn` after every earlier modifying request of the node finished (QEMU's s->lock). */
+export function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
+  const prev = s.rw.lock;
+  let release!: () => void;
+  s.rw.lock = new Promise<void>((r) => (release = r));
+  return prev.then(fn).finally(release);
+}
+
+/** Makes every write to the image file so far stable (bdrv_flush of bs->file). */
+export async function syncFile(s: Qcow2State): Promise<void> {
+  await bdrvFlush(s.file);
+}
+
+/** Fails fast once the image was found inconsistent. */
+export function checkNotCorrupt(s: Qcow2State): void {
+  if (s.rw.corrupt) throw new BlockError('EIO', `${s.image}: image marked corrupt: writes are refused until it is repaired (qemu-img check -r all)`);
+}
+
+/**
+ * QEMU's qcow2_signal_corruption with fatal=true: sets the corrupt bit (v3),
+ * stops every later write and returns the error to throw.
+ */
+export async function markCorrupt(s: Qcow2State, what: string): Promise<BlockError> {
+  const first = !s.rw.corrupt;
+  s.rw.corrupt = true;
+  if (first && s.header.version === 3) {
+    s.header.incompatibleFeatures |= QCOW2_INCOMPAT_CORRUPT;
+    try {
+      await writeIncompatibleFeatures(s);
+      await syncFile(s);
+    } catch {
+      // The write that found the problem fails anyway; a failed marker write changes nothing.
+    }
+  }
+  return new BlockError('EIO', `${s.image}: Marking image as corrupt: ${what}; further writes are refused`);
+}
+
+/** Rewrites incompatible_features (offset 72) from the in-memory header. */
+export async function writeIncompatibleFeatures(s: Qcow2State): Promise<void> {
+  const b = new Uint8Array(8);
+  const v = s.header.incompatibleFeatures;
+  be.put32(b, 0, Number((v >> 32n) & 0xffffffffn));
+  be.put32(b, 4, Number(v & 0xffffffffn));
+  await bdrvPwrite(s.file, 72, 8, b);
+}
+
+/** Rewrites autoclear_features (offset 88) from the in-memory header. */
+export async function writeAutoclearFeatures(s: Qcow2State): Promise<void> {
+  const b = new Uint8Array(8);
+  const v = s.header.autoclearFeatures;
+  be.put32(b, 0, Number((v >> 32n) & 0xffffffffn));
+  be.put32(b, 4, Number(v & 0xffffffffn));
+  await bdrvPwrite(s.file, 88, 8, b);
+}
+
+/** Sets the dirty bit on disk (lazy refcounts: before the first metadata write). */
+export async function setDirtyBit(s: Qcow2State): Promise<void> {
+  if (s.rw.dirtyBitSet || s.header.version !== 3) return;
+  s.header.incompatibleFeatures |= QCOW2_INCOMPAT_DIRTY;
+  await writeIncompatibleFeatures(s);
+  await syncFile(s);
+  s.rw.dirtyBitSet = true;
+}
+
+/** Clears the dirty bit once every metadata write is stable. */
+export async function clearDirtyBit(s: Qcow2State): Promise<void> {
+  if (!(s.header.incompatibleFeatures & QCOW2_INCOMPAT_DIRTY)) return;
+  s.header.incompatibleFeatures &= ~QCOW2_INCOMPAT_DIRTY;
+  await writeIncompatibleFeatures(s);
+  await syncFile(s);
+  s.rw.dirtyBitSet = false;
+}
+
+// ------------------------------------------------------------------ overlap
+
+function addRange(set: Set<number>, s: Qcow2State, offset: number, bytes: number): void {
+  if (bytes <= 0) return;
+  const first = Math.floor(offset / s.clusterSize);
+  const last = Math.floor((offset + bytes - 1) / s.clusterSize);
+  for (let c = first; c <= last; c++) set.add(c);
+}
+
+function buildMetaClusters(s: Qcow2State): Set<number> {
+  const set = new Set<number>();
+  const h = s.header;
+  set.add(0);
+  addRange(set, s, h.l1TableOffset, s.l1Size * 8);
+  addRange(set, s, h.refcountTableOffset, h.refcountTableClusters * s.clusterSize);
+  for (const off of s.refcountTable ?? []) if (off) set.add(off / s.clusterSize);
+  for (let i = 0; i < s.l1Size; i++) {
+    const off = l1Offset(s, i);
+    if (off) set.add(Math.floor(off / s.clusterSize));
+  }
+  if (h.nbSnapshots) addRange(set, s, h.snapshotsOffset, serializeSnapshotTable(s.snapshots).length);
+  for (const sn of s.snapshots) addRange(set, s, sn.l1TableOffset, sn.l1Size * 8);
+  return set;
+}
+
+/** Records that [offset, offset + bytes) now holds metadata. */
+export function addMetadata(s: Qcow2State, offset: number, bytes: number): void {
+  if (s.rw.metaClusters) addRange(s.rw.metaClusters, s, offset, bytes);
+}
+
+/** Records that [offset, offset + bytes) no longer holds metadata. */
+export function removeMetadata(s: Qcow2State, offset: number, bytes: number): void {
+  const set = s.rw.metaClusters;
+  if (!set || bytes <= 0) return;
+  const first = Math.floor(offset / s.clusterSize);
+  const last = Math.floor((offset + bytes - 1) / s.clusterSize);
+  for (let c = first; c <= last; c++) set.delete(c);
+}
+
+/** Forgets the set (after the tables moved); the next check rebuilds it. */
+export function invalidateMetadata(s: Qcow2State): void {
+  s.rw.metaClusters = null;
+}
+
+/**
+ * Refuses a data write to the image file over metadata. `node` is where the
+ * write goes: writes to an external data file never overlap metadata.
+ */
+export async function checkDataOverlap(s: Qcow2State, offset: number, bytes: number): Promise<void> {
+  if (s.dataFile !== s.file || bytes <= 0) return;
+  const set = (s.rw.metaClusters ??= buildMetaClusters(s));
+  const first = Math.floor(offset / s.clusterSize);
+  const last = Math.floor((offset + bytes - 1) / s.clusterSize);
+  for (let c = first; c <= last; c++) {
+    if (set.has(c)) {
+      throw await markCorrupt(s, `Preventing invalid write on metadata (guest data write at host offset ${hex(offset)}, ${bytes} bytes, overlaps metadata cluster ${hex(c * s.clusterSize)})`);
+    }
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * Guest reads (QEMU's qcow2_co_preadv_part): one mapRun answer at a time,
+ * from the backing chain, zeros, the data file, or a decompressed cluster.
+ * The write path reads copy-on-write sources through the same function, so
+ * "what the guest sees now" has one definition.
+ */
+import { BlockError, hex } from '../../block/errors.js';
+import type { BlockNode } from '../../block/node.js';
+import { allocBuffer, freeBuffer } from '../../block/buffers.js';
+import { bdrvPread, readBacking } from '../../block/io.js';
+import { mapRun, type MapRun } from './cluster-map.js';
+import { decompressCluster, QCOW2_COMPRESSED_SECTOR_SIZE } from './compressed.js';
+import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
+import { L2_COMPRESSED, L2_NORMAL, L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
+import type { Qcow2State } from './state.js';
+
+async function readCompressed(s: Qcow2State, offset: number, run: MapRun, out: Uint8Array): Promise<void> {
+  const { coffset, csize } = run.compressed!;
+  const node = s.dataFile;
+  const fileSize = node.totalBytes;
+  // The descriptor counts whole sectors, so the last cluster of a file may end inside its final sector.
+  const sectorEnd = Math.ceil(fileSize / QCOW2_COMPRESSED_SECTOR_SIZE) * QCOW2_COMPRESSED_SECTOR_SIZE;
+  if (coffset >= fileSize || coffset + csize > sectorEnd) {
+    throw new BlockError(
+      'ECORRUPT',
+      `${s.image}: compressed cluster for guest offset ${hex(offset)} at host offset ${hex(coffset)} (${csize} bytes) extends beyond the end of the file (${fileSize} bytes)`,
+    );
+  }
+  const input = allocBuffer(csize);
+  const cluster = allocBuffer(s.clusterSize);
+  try {
+    await bdrvPread(node, coffset, Math.min(csize, fileSize - coffset), input);
+    if (fileSize - coffset < csize) input.fill(0, fileSize - coffset, csize);
+    if (!decompressCluster(s.header.compressionType, input, cluster)) {
+      throw new BlockError(
+        'EIO',
+        `${s.image}: could not decompress the ${s.header.compressionType === QCOW2_COMPRESSION_TYPE_ZSTD ? 'zstd' : 'zlib'} cluster for guest offset ${hex(offset)} at host offset ${hex(coffset)} (${csize} bytes)`,
+      );
+    }
+    const inCluster = offset % s.clusterSize;
+    out.set(cluster.subarray(inCluster, inCluster + run.bytes));
+  } finally {
+    freeBuffer(input);
+    freeBuffer(cluster);
+  }
+}
+
+/** Reads guest bytes [offset, offset + bytes) into `buf` (inside the virtual disk). */
+export async function qcow2Read(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes) {
+    const off = offset + done;
+    const run = await mapRun(s, off, bytes - done);
+    const out = buf.subarray(done, done + run.bytes);
+    switch (run.type) {
+      case L2_UNALLOCATED:
+      case L2_UNALLOCATED_ALLOC:
+        await readBacking(bs, off, run.bytes, out);
+        break;
+      case L2_ZERO_PLAIN:
+      case L2_ZERO_ALLOC:
+        out.fill(0);
+        break;
+      case L2_NORMAL:
+        await bdrvPread(s.dataFile, run.host, run.bytes, out);
+        break;
+      case L2_COMPRESSED:
+        await readCompressed(s, off, run, out);
+        break;
+    }
+    done += run.bytes;
+  }
+}

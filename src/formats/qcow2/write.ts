@@ -1,0 +1,635 @@
+/**
+ * The qcow2 write path: guest writes, compressed writes, write-zeroes,
+ * discard and resize (QEMU's qcow2_co_pwritev_part, qcow2_alloc_cluster_offset,
+ * qcow2_co_pwritev_compressed, qcow2_subcluster_zeroize, qcow2_cluster_discard,
+ * qcow2_co_truncate).
+ *
+ * Every request runs under the node's lock (metadata.ts withLock), one at a
+ * time, so allocation needs no in-flight bookkeeping. Per cluster run:
+ *   in place  the cluster has a host offset with COPIED (refcount 1) and every
+ *             touched subcluster is allocated: the data is written over it;
+ *   reuse     host offset with COPIED, but the L2 entry must change (a
+ *             ZERO_ALLOC cluster, or unallocated/zero subclusters): the
+ *             touched (sub)clusters are completed from what the guest reads
+ *             now and written into the same host cluster;
+ *   alloc     anything else: new contiguous clusters are allocated (refcount
+ *             1), the parts of the (sub)clusters the request does not cover
+ *             are copied from what the guest reads now (old cluster, compressed
+ *             data, backing chain or zeros), then the L2 entries point at the
+ *             new clusters with COPIED; the old clusters are freed only once
+ *             the L2 tables are stable (refcount.ts freeClustersDeferred).
+ * With extended L2 entries only the touched subclusters are completed
+ * (QEMU's calculate_l2_meta: from the first allocated subcluster of an old
+ * cluster, so no allocated subcluster is lost), and their allocation bits
+ * are set and zero bits cleared. With an external data file host offsets equal
+ * guest offsets and data clusters have no refcounts.
+ *
+ * L2 changes stay in the L2 cache until l1.ts flushMetadata writes them in
+ * order (refcounts, L2, L1, deferred frees), on flush, close, FUA, or when
+ * dirty slices exceed the cache's capacity.
+ */
+import { BlockError, hex } from '../../block/errors.js';
+import type { BlockNode } from '../../block/node.js';
+import type { WriteFlags, PreallocMode } from '../../block/driver.js';
+import { allocBuffer, freeBuffer } from '../../block/buffers.js';
+import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
+import { be, QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
+import { sizeToL1 } from './validate.js';
+import { compressCluster, parseCompressedDescriptor, QCOW2_COMPRESSED_SECTOR_SIZE } from './compressed.js';
+import { allocateBytes, allocateClusters, freeClustersDeferred } from './refcount.js';
+import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
+import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures } from './metadata.js';
+import { qcow2Read } from './read.js';
+import { mapRun } from './cluster-map.js';
+import { L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
+import { blockStatusAbove, BDRV_BLOCK_ZERO } from '../../block/status.js';
+import { l1Offset, type Qcow2State } from './state.js';
+import type { L2Slice } from './l2-cache.js';
+
+const COPIED = 0x80000000;
+const COMPRESSED = 0x40000000;
+const ALL = 0xffffffff;
+
+// ----------------------------------------------------------- L2 entries
+
+/** An L2 entry as two big-endian halves, plus the subcluster bitmap (extended L2). */
+interface Entry {
+  hi: number;
+  lo: number;
+  zero: number;
+  alloc: number;
+}
+
+function readEntry(d: Uint8Array, idx: number, ext: boolean): Entry {
+  const p = idx * (ext ? 16 : 8);
+  return {
+    hi: be.u32(d, p),
+    lo: be.u32(d, p + 4),
+    zero: ext ? be.u32(d, p + 8) : 0,
+    alloc: ext ? be.u32(d, p + 12) : 0,
+  };
+}
+
+function writeEntry(d: Uint8Array, idx: number, ext: boolean, e: Entry): void {
+  const p = idx * (ext ? 16 : 8);
+  be.put32(d, p, e.hi);
+  be.put32(d, p + 4, e.lo);
+  if (ext) {
+    be.put32(d, p + 8, e.zero);
+    be.put32(d, p + 12, e.alloc);
+  }
+}
+
+function sameEntry(a: Entry, b: Entry): boolean {
+  return a.hi === b.hi && a.lo === b.lo && a.zero === b.zero && a.alloc === b.alloc;
+}
+
+function hostOf(e: Entry): number {
+  return (e.hi & 0x00ffffff) * 0x100000000 + ((e.lo & 0xfffffe00) >>> 0);
+}
+
+function isCompressed(e: Entry): boolean {
+  return (e.hi & COMPRESSED) !== 0;
+}
+
+/** An entry naming `host` with COPIED. */
+function hostEntry(host: number): Entry {
+  return { hi: (Math.floor(host / 0x100000000) | COPIED) >>> 0, lo: (host >>> 0) & 0xfffffe00, zero: 0, alloc: 0 };
+}
+
+/** Subcluster bits [a, b) of a 32-bit bitmap. */
+function mask(a: number, b: number): number {
+  if (b <= a) return 0;
+  return b - a >= 32 ? ALL : ((((1 << (b - a)) - 1) << a) >>> 0);
+}
+
+/** Whether the entry has a host cluster (with an external data file, offset 0 counts when COPIED). */
+function hasHost(s: Qcow2State, e: Entry): boolean {
+  if (isCompressed(e)) return false;
+  return hostOf(e) !== 0 || (s.dataFile !== s.file && (e.hi & COPIED) !== 0);
+}
+
+/** Queues the release of what an old entry referenced (nothing for data-file clusters). */
+function freeOld(s: Qcow2State, e: Entry): void {
+  if (s.dataFile !== s.file) return;
+  if (isCompressed(e)) {
+    const { coffset, csize } = parseCompressedDescriptor(e.hi, e.lo, s.clusterBits);
+    const start = coffset - (coffset % QCOW2_COMPRESSED_SECTOR_SIZE);
+    freeClustersDeferred(s, start, csize + (coffset - start));
+  } else if (hostOf(e) !== 0) {
+    freeClustersDeferred(s, hostOf(e), s.clusterSize);
+  }
+}
+
+type Cls = 'inPlace' | 'reuse' | 'alloc';
+
+function classify(s: Qcow2State, e: Entry, a: number, b: number): Cls {
+  if (!hasHost(s, e) || !(e.hi & COPIED)) return 'alloc';
+  if (!s.extendedL2) return e.lo & 1 ? 'reuse' : 'inPlace';
+  const m = mask(Math.floor(a / s.subclusterSize), Math.ceil(b / s.subclusterSize));
+  return (e.alloc & m) === m ? 'inPlace' : 'reuse';
+}
+
+async function checkHostAligned(s: Qcow2State, host: number, guest: number): Promise<void> {
+  if (host % s.clusterSize !== 0) {
+    throw await markCorrupt(s, `Cluster allocation offset ${hex(host)} unaligned (guest offset ${hex(guest)})`);
+  }
+}
+
+// ---------------------------------------------------------- preparation
+
+/** Before the first change: clear autoclear bits we do not maintain, set the dirty bit for lazy refcounts. */
+export async function prepareWrite(s: Qcow2State): Promise<void> {
+  checkNotCorrupt(s);
+  const h = s.header;
+  if (!s.rw.headerPrepared) {
+    // Bits we do not keep up to date (bitmaps, unknown ones) must go before the image changes.
+    const keep = QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    if (h.version === 3 && h.autoclearFeatures & ~keep) {
+      h.autoclearFeatures &= keep;
+      await writeAutoclearFeatures(s);
+      await syncFile(s);
+    }
+    s.rw.headerPrepared = true;
+  }
+  if (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) await setDirtyBit(s);
+}
+
+/** After a request: keep the number of dirty L2 slices bounded. */
+export async function afterWrite(s: Qcow2State, flags: WriteFlags = {}): Promise<void> {
+  if (flags.fua) {
+    await flushMetadata(s);
+    if (s.dataFile !== s.file) await bdrvFlush(s.dataFile);
+    await syncFile(s);
+  } else if (s.l2Cache.size > s.l2Cache.capacity) {
+    await flushMetadata(s);
+  }
+}
+
+// ----------------------------------------------------------------- writes
+
+/** Fills `out` with guest bytes [offset, offset + out.length), zeros past the virtual disk's end. */
+async function readCurrent(bs: BlockNode, s: Qcow2State, offset: number, out: Uint8Array): Promise<void> {
+  const have = Math.max(0, Math.min(out.length, bs.totalBytes - offset));
+  if (have > 0) await qcow2Read(bs, s, offset, have, out.subarray(0, have));
+  if (have < out.length) out.fill(0, have);
+}
+
+/**
+ * Writes guest range [regionStart + head, …) of `data` into host `host` +
+ * (regionStart - clusterGuest), completing [regionStart, regionEnd) from
+ * what the guest reads now.
+ */
+async function writeCompleted(
+  bs: BlockNode,
+  s: Qcow2State,
+  regionStart: number,
+  regionEnd: number,
+  dataStart: number,
+  data: Uint8Array,
+  hostStart: number,
+): Promise<void> {
+  const head = dataStart - regionStart;
+  const tail = regionEnd - (dataStart + data.length);
+  await checkDataOverlap(s, hostStart, regionEnd - regionStart);
+  if (head === 0 && tail === 0) {
+    await bdrvPwrite(s.dataFile, hostStart, data.length, data);
+    return;
+  }
+  const len = regionEnd - regionStart;
+  const bounce = allocBuffer(len);
+  try {
+    if (head) await readCurrent(bs, s, regionStart, bounce.subarray(0, head));
+    bounce.set(data, head);
+    if (tail) await readCurrent(bs, s, dataStart + data.length, bounce.subarray(len - tail));
+    await bdrvPwrite(s.dataFile, hostStart, len, bounce);
+  } finally {
+    freeBuffer(bounce);
+  }
+}
+
+/** `n` clusters from slice index `idx0` get new host clusters; `data` lands at guest `off`. */
+async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: number, n: number, off: number, data: Uint8Array): Promise<void> {
+  const cs = s.clusterSize;
+  const ext = s.extendedL2;
+  const scs = s.subclusterSize;
+  const guest0 = off - (off % cs);
+  const first = off % cs;
+  const lastEnd = first + data.length - (n - 1) * cs;
+  const d = slice.data;
+
+  // Subcluster range each cluster materialises (whole clusters without extended L2).
+  const range = (j: number): [number, number] => {
+    if (!ext) return [0, 32];
+    const a = j === 0 ? first : 0;
+    const b = j === n - 1 ? lastEnd : cs;
+    let lo = Math.floor(a / scs);
+    let hi = Math.ceil(b / scs);
+    const old = readEntry(d, idx0 + j, ext);
+    if (isCompressed(old)) return [0, 32];
+    if (hasHost(s, old) && old.alloc) {
+      lo = Math.min(lo, 31 - Math.clz32(old.alloc & -old.alloc));
+      hi = Math.max(hi, 32 - Math.clz32(old.alloc));
+    }
+    return [lo, hi];
+  };
+  const r0 = range(0);
+  const rn = n === 1 ? r0 : range(n - 1);
+  const regionStart = guest0 + (ext ? r0[0] * scs : 0);
+  const regionEnd = guest0 + (n - 1) * cs + (ext ? rn[1] * scs : cs);
+
+  const host = s.dataFile !== s.file ? guest0 : await allocateClusters(s, n);
+  await writeCompleted(bs, s, regionStart, regionEnd, off, data, host + (regionStart - guest0));
+
+  for (let j = 0; j < n; j++) {
+    const old = readEntry(d, idx0 + j, ext);
+    const e = hostEntry(host + j * cs);
+    if (ext) {
+      const [lo, hi] = j === 0 ? r0 : j === n - 1 ? rn : [0, 32];
+      const m = mask(lo, hi);
+      e.alloc = m;
+      e.zero = isCompressed(old) ? 0 : (old.zero & ~m) >>> 0;
+    }
+    writeEntry(d, idx0 + j, ext, e);
+    freeOld(s, old);
+  }
+  s.l2Cache.markDirty(slice);
+}
+
+/** Cluster `idx` keeps its host cluster (COPIED) but its entry changes. */
+async function writeReuse(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx: number, off: number, data: Uint8Array): Promise<void> {
+  const cs = s.clusterSize;
+  const ext = s.extendedL2;
+  const scs = s.subclusterSize;
+  const guest0 = off - (off % cs);
+  const e = readEntry(slice.data, idx, ext);
+  const host = hostOf(e);
+  await checkHostAligned(s, host, off);
+  let lo = 0;
+  let hi = cs;
+  if (ext) {
+    lo = Math.floor((off % cs) / scs) * scs;
+    hi = Math.ceil(((off % cs) + data.length) / scs) * scs;
+  }
+  await writeCompleted(bs, s, guest0 + lo, guest0 + hi, off, data, host + lo);
+  if (ext) {
+    const m = mask(lo / scs, hi / scs);
+    e.alloc = (e.alloc | m) >>> 0;
+    e.zero = (e.zero & ~m) >>> 0;
+  } else {
+    e.lo = (e.lo & ~1) >>> 0;
+  }
+  writeEntry(slice.data, idx, ext, e);
+  s.l2Cache.markDirty(slice);
+}
+
+/** Writes guest [offset, offset + bytes) from `buf` (the caller holds the lock). */
+export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  const cs = s.clusterSize;
+  const ext = s.extendedL2;
+  const coverage = cs * s.l2Size;
+  let done = 0;
+  while (done < bytes) {
+    const off = offset + done;
+    const remaining = bytes - done;
+    const l1Index = Math.floor(off / coverage);
+    const l2Off = await getL2ForWrite(s, l1Index);
+    const ci = Math.floor((off - l1Index * coverage) / cs);
+    const sliceIndex = Math.floor(ci / s.l2SliceSize);
+    const idx0 = ci - sliceIndex * s.l2SliceSize;
+    const first = off % cs;
+    const maxClusters = Math.min(s.l2SliceSize - idx0, Math.ceil((first + remaining) / cs));
+    const touched = (j: number): [number, number] => [j === 0 ? first : 0, Math.min(cs, first + remaining - j * cs)];
+
+    const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
+    try {
+      const d = slice.data;
+      const e0 = readEntry(d, idx0, ext);
+      const cls = classify(s, e0, ...touched(0));
+      let n = 1;
+      if (cls === 'inPlace') {
+        const h0 = hostOf(e0);
+        await checkHostAligned(s, h0, off);
+        while (n < maxClusters) {
+          const e = readEntry(d, idx0 + n, ext);
+          if (classify(s, e, ...touched(n)) !== 'inPlace' || hostOf(e) !== h0 + n * cs) break;
+          n++;
+        }
+        const len = Math.min(remaining, n * cs - first);
+        await checkDataOverlap(s, h0 + first, len);
+        await bdrvPwrite(s.dataFile, h0 + first, len, buf.subarray(done, done + len));
+        done += len;
+      } else if (cls === 'reuse') {
+        const len = Math.min(remaining, cs - first);
+        await writeReuse(bs, s, slice, idx0, off, buf.subarray(done, done + len));
+        done += len;
+      } else {
+        while (n < maxClusters && classify(s, readEntry(d, idx0 + n, ext), ...touched(n)) === 'alloc') n++;
+        const len = Math.min(remaining, n * cs - first);
+        await writeAlloc(bs, s, slice, idx0, n, off, buf.subarray(done, done + len));
+        done += len;
+      }
+    } finally {
+      s.l2Cache.release(slice);
+    }
+  }
+}
+
+// -------------------------------------------------------- compressed writes
+
+/**
+ * QEMU's qcow2_co_pwritev_compressed: whole clusters at cluster-aligned
+ * offsets (the image's last cluster may be partial), each compressed on its
+ * own; a cluster that does not shrink is written normally. Compressed data
+ * never overwrites an allocated cluster (EIO, as QEMU).
+ */
+export async function qcow2WriteCompressed(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  const cs = s.clusterSize;
+  if (s.dataFile !== s.file) throw new BlockError('ENOTSUP', `${s.image}: compressed writes are not supported with an external data file`);
+  if (offset % cs !== 0) throw new BlockError('EINVAL', `${s.image}: compressed write at ${hex(offset)} is not cluster-aligned (cluster size ${cs})`);
+  if (bytes % cs !== 0 && offset + bytes !== bs.totalBytes) {
+    throw new BlockError('EINVAL', `${s.image}: compressed write at ${hex(offset)} (+${bytes} bytes) must cover whole clusters (cluster size ${cs})`);
+  }
+  const cluster = allocBuffer(cs);
+  try {
+    for (let done = 0; done < bytes; done += cs) {
+      const off = offset + done;
+      const len = Math.min(cs, bytes - done);
+      let input = buf.subarray(done, done + len);
+      if (len < cs) {
+        cluster.fill(0);
+        cluster.set(input);
+        input = cluster;
+      }
+      const packed = await compressCluster(s.header.compressionType, input, cs - 1);
+      if (!packed) {
+        await qcow2Write(bs, s, off, len, buf.subarray(done, done + len));
+        continue;
+      }
+      await writeOneCompressed(s, off, packed);
+    }
+  } finally {
+    freeBuffer(cluster);
+  }
+}
+
+async function writeOneCompressed(s: Qcow2State, off: number, packed: Uint8Array): Promise<void> {
+  const cs = s.clusterSize;
+  const ext = s.extendedL2;
+  const coverage = cs * s.l2Size;
+  const l1Index = Math.floor(off / coverage);
+  const l2Off = await getL2ForWrite(s, l1Index);
+  const ci = Math.floor((off - l1Index * coverage) / cs);
+  const sliceIndex = Math.floor(ci / s.l2SliceSize);
+  const idx = ci - sliceIndex * s.l2SliceSize;
+  const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
+  try {
+    const old = readEntry(slice.data, idx, ext);
+    if ((old.hi & 0x00ffffff) !== 0 || (old.lo & 0xfffffe00) !== 0) {
+      throw new BlockError('EIO', `${s.image}: compressed write at guest offset ${hex(off)}: the cluster is already allocated (compressed data cannot overwrite it)`);
+    }
+    const coffset = await allocateBytes(s, packed.length);
+    await checkDataOverlap(s, coffset, packed.length);
+    await bdrvPwrite(s.file, coffset, packed.length, packed);
+    // Descriptor: offset in the low bits, additional 512-byte sectors above csize_shift.
+    const sectors = Math.floor((coffset + packed.length - 1) / 512) - Math.floor(coffset / 512);
+    const v = (1n << 62n) | (BigInt(sectors) << BigInt(62 - (s.clusterBits - 8))) | BigInt(coffset);
+    writeEntry(slice.data, idx, ext, { hi: Number(v >> 32n), lo: Number(v & 0xffffffffn), zero: 0, alloc: 0 });
+    s.l2Cache.markDirty(slice);
+  } finally {
+    s.l2Cache.release(slice);
+  }
+}
+
+// ------------------------------------------------- zeroes, discard, truncate
+
+type EntryFn = (d: Uint8Array, idx: number, a: number, b: number, guest: number) => Promise<boolean>;
+
+/**
+ * Calls `fn` for each cluster of [offset, offset + bytes) with its slice,
+ * index and the touched byte range [a, b) in the cluster; marks the slice
+ * dirty when fn says it changed the entry. L2 tables that are unallocated
+ * are skipped unless `needTables` (then they are allocated).
+ */
+async function modifyEntries(s: Qcow2State, offset: number, bytes: number, needTables: boolean, fn: EntryFn): Promise<void> {
+  const cs = s.clusterSize;
+  const coverage = cs * s.l2Size;
+  const sliceBytes = s.l2SliceSize * cs;
+  const end = offset + bytes;
+  let pos = offset;
+  while (pos < end) {
+    const l1Index = Math.floor(pos / coverage);
+    const tableStart = l1Index * coverage;
+    const tableEnd = Math.min(end, tableStart + coverage);
+    if (!needTables && (l1Index >= s.l1Size || l1Offset(s, l1Index) === 0)) {
+      pos = tableEnd;
+      continue;
+    }
+    const l2Off = await getL2ForWrite(s, l1Index);
+    const sliceIndex = Math.floor((pos - tableStart) / sliceBytes);
+    const sliceStart = tableStart + sliceIndex * sliceBytes;
+    const sliceEnd = Math.min(tableEnd, sliceStart + sliceBytes);
+    const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
+    try {
+      for (let g = pos; g < sliceEnd; ) {
+        const cStart = g - (g % cs);
+        const a = g - cStart;
+        const b = Math.min(cs, sliceEnd - cStart);
+        if (await fn(slice.data, (cStart - sliceStart) / cs, a, b, cStart)) s.l2Cache.markDirty(slice);
+        g = cStart + b;
+      }
+    } finally {
+      s.l2Cache.release(slice);
+    }
+    pos = sliceEnd;
+  }
+}
+
+/**
+ * QEMU's qcow2_subcluster_zeroize for a (sub)cluster-aligned range (the
+ * image's end may cut the last cluster): zero flags on v3 (deallocating with
+ * `mayUnmap`, always for compressed clusters); on v2 the range is discarded
+ * when there is no backing file, else ENOTSUP (the core writes zeros).
+ */
+export async function qcow2ZeroRange(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, mayUnmap: boolean): Promise<void> {
+  if (s.dataFileRaw) throw new BlockError('ENOTSUP', `${s.image}: zero clusters are not used with a raw external data file`);
+  if (s.header.version < 3) {
+    if (bs.cowNode()) throw new BlockError('ENOTSUP', `${s.image}: compat 0.10 images have no zero clusters`);
+    return qcow2DiscardRange(bs, s, offset, bytes, false);
+  }
+  const cs = s.clusterSize;
+  const ext = s.extendedL2;
+  const scs = s.subclusterSize;
+  await modifyEntries(s, offset, bytes, bs.cowNode() !== null, async (d, idx, a, b, guest) => {
+    const e = readEntry(d, idx, ext);
+    const full = a === 0 && (b === cs || guest + b >= bs.totalBytes);
+    if (!full) {
+      if (!ext || isCompressed(e)) throw new BlockError('ENOTSUP', `${s.image}: cannot zero part of the cluster at ${hex(guest)} without writing it`);
+      const m = mask(Math.floor(a / scs), Math.ceil(b / scs));
+      const n: Entry = { ...e, zero: (e.zero | m) >>> 0, alloc: (e.alloc & ~m) >>> 0 };
+      if (sameEntry(n, e)) return false;
+      writeEntry(d, idx, ext, n);
+      return true;
+    }
+    const allocated = isCompressed(e) || hasHost(s, e);
+    const unmap = isCompressed(e) || (mayUnmap && allocated);
+    const n: Entry = unmap ? { hi: 0, lo: 0, zero: 0, alloc: 0 } : { ...e };
+    if (ext) {
+      n.zero = ALL;
+      n.alloc = 0;
+    } else {
+      n.lo = (n.lo | 1) >>> 0;
+    }
+    if (sameEntry(n, e)) return false;
+    writeEntry(d, idx, ext, n);
+    if (unmap) freeOld(s, e);
+    return true;
+  });
+}
+
+/**
+ * QEMU's qcow2_cluster_discard over whole clusters (the image's last one may
+ * be partial). Without `full`, discarded clusters read as zeros on v3 (so a
+ * backing file does not show through); on v2 they become unallocated, and
+ * nothing happens when a backing file would show through. With
+ * `full` (shrinking) the entries are simply cleared.
+ */
+export async function qcow2DiscardRange(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, full: boolean): Promise<void> {
+  const ext = s.extendedL2;
+  const backing = bs.cowNode() !== null;
+  // A compat 0.10 image cannot hide its backing file without writing data: QEMU 7.2 leaves it alone.
+  if (!full && backing && s.header.version < 3) return;
+  await modifyEntries(s, offset, bytes, backing && !full, async (d, idx) => {
+    const e = readEntry(d, idx, ext);
+    const allocated = isCompressed(e) || hasHost(s, e);
+    let n: Entry = { ...e };
+    if (full) {
+      n = { hi: 0, lo: 0, zero: 0, alloc: 0 };
+    } else if (backing || allocated) {
+      if (ext) n = { hi: 0, lo: 0, zero: ALL, alloc: 0 };
+      else n = { hi: 0, lo: s.header.version >= 3 ? 1 : 0, zero: 0, alloc: 0 };
+    }
+    if (sameEntry(n, e)) return false;
+    writeEntry(d, idx, ext, n);
+    if (allocated) freeOld(s, e);
+    return true;
+  });
+}
+
+/** QEMU's is_zero: block status of the chain says ZERO for the whole range. */
+async function readsAsZero(bs: BlockNode, offset: number, bytes: number): Promise<boolean> {
+  const end = Math.min(offset + bytes, bs.totalBytes);
+  for (let o = offset; o < end; ) {
+    const st = await blockStatusAbove(bs, null, false, o, end - o);
+    if (!(st.status & BDRV_BLOCK_ZERO) || st.pnum <= 0) return false;
+    o += st.pnum;
+  }
+  return true;
+}
+
+/**
+ * The driver's write-zeroes (QEMU's qcow2_co_pwrite_zeroes plus the generic
+ * layer's head/tail split): the subcluster-aligned middle becomes zero
+ * clusters; a partial subcluster at either end becomes a zero subcluster
+ * when the rest of it already reads as zeros and it holds no data, and is
+ * written with explicit zeros otherwise.
+ */
+export async function qcow2PwriteZeroes(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, mayUnmap: boolean): Promise<void> {
+  const scs = s.subclusterSize;
+  const end = offset + bytes;
+  const headEnd = Math.min(end, Math.ceil(offset / scs) * scs);
+  const tailStart = end >= bs.totalBytes ? end : Math.max(headEnd, end - (end % scs));
+  const partial = async (a: number, b: number): Promise<void> => {
+    const start = a - (a % scs);
+    const stop = Math.min(start + scs, bs.totalBytes);
+    if ((await readsAsZero(bs, start, a - start)) && (await readsAsZero(bs, b, stop - b))) {
+      const run = await mapRun(s, start, stop - start);
+      const t = run.type;
+      if (run.bytes >= stop - start && (t === L2_UNALLOCATED || t === L2_UNALLOCATED_ALLOC || t === L2_ZERO_PLAIN || t === L2_ZERO_ALLOC)) {
+        try {
+          await qcow2ZeroRange(bs, s, start, stop - start, mayUnmap);
+          return;
+        } catch (e) {
+          if (!(e instanceof BlockError && e.code === 'ENOTSUP')) throw e;
+        }
+      }
+    }
+    await writeZeroBuffer(bs, s, a, b - a);
+  };
+  if (headEnd > offset) await partial(offset, headEnd);
+  if (tailStart > headEnd) await qcow2ZeroRange(bs, s, headEnd, tailStart - headEnd, mayUnmap);
+  if (end > tailStart) await partial(tailStart, end);
+}
+
+/** Explicit zeros over guest [offset, offset + bytes). */
+async function writeZeroBuffer(bs: BlockNode, s: Qcow2State, offset: number, bytes: number): Promise<void> {
+  const chunk = Math.min(bytes, 1024 * 1024);
+  const zeros = allocBuffer(chunk);
+  zeros.fill(0);
+  try {
+    for (let done = 0; done < bytes; done += chunk) {
+      const n = Math.min(chunk, bytes - done);
+      await qcow2Write(bs, s, offset + done, n, zeros.subarray(0, n));
+    }
+  } finally {
+    freeBuffer(zeros);
+  }
+}
+
+/** Makes guest [start, end) read as zeros: zero clusters where aligned (v3), explicit zeros elsewhere. */
+async function zeroFill(bs: BlockNode, s: Qcow2State, start: number, end: number): Promise<void> {
+  const scs = s.subclusterSize;
+  const alignedStart = Math.min(end, Math.ceil(start / scs) * scs);
+  const alignedEnd = end >= bs.totalBytes ? end : Math.max(alignedStart, end - (end % scs));
+  if (alignedStart > start) await writeZeroBuffer(bs, s, start, alignedStart - start);
+  if (alignedEnd > alignedStart) {
+    if (s.header.version >= 3 && !s.dataFileRaw) await qcow2ZeroRange(bs, s, alignedStart, alignedEnd - alignedStart, false);
+    else await writeZeroBuffer(bs, s, alignedStart, alignedEnd - alignedStart);
+  }
+  if (end > alignedEnd) await writeZeroBuffer(bs, s, alignedEnd, end - alignedEnd);
+}
+
+async function writeHeaderSize(s: Qcow2State, size: number): Promise<void> {
+  const b = new Uint8Array(8);
+  be.put64(b, 0, size);
+  await bdrvPwrite(s.file, 24, 8, b);
+  await syncFile(s);
+  s.header.size = size;
+}
+
+/**
+ * QEMU's qcow2_co_truncate with preallocation off. Growing grows the L1
+ * table, then the header's size; when a backing file would show through the
+ * new area it is zeroed (QEMU's BDRV_REQ_ZERO_WRITE from bdrv_co_truncate).
+ * Shrinking clears and frees the clusters past the new end and the L2 tables
+ * past the new L1 size, then writes the size.
+ */
+export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, prealloc: PreallocMode): Promise<void> {
+  if (prealloc !== 'off') throw new BlockError('ENOTSUP', `${s.image}: Preallocation mode '${prealloc}' is not supported when resizing qcow2 images`);
+  if (size % 512 !== 0) throw new BlockError('EINVAL', `${s.image}: The new size must be a multiple of 512`);
+  if (s.snapshots.length) throw new BlockError('ENOTSUP', `${s.image}: Can't resize an image which has snapshots`);
+  const cs = s.clusterSize;
+  const old = s.header.size;
+  if (size === old) return;
+  if (size > old) {
+    await growL1(s, sizeToL1(s.header, size), true);
+    await writeHeaderSize(s, size);
+    bs.totalBytes = size;
+    const backing = bs.cowNode();
+    if (backing && backing.totalBytes > old) await zeroFill(bs, s, old, Math.min(size, backing.totalBytes));
+    return;
+  }
+  if (s.bitmaps.length) throw new BlockError('ENOTSUP', `${s.image}: Can't shrink an image with persistent dirty bitmaps`);
+  const start = Math.ceil(size / cs) * cs;
+  if (start < old) await qcow2DiscardRange(bs, s, start, old - start, true);
+  const keep = sizeToL1(s.header, size);
+  for (let i = keep; i < s.l1Size; i++) {
+    const off = l1Offset(s, i);
+    if (!off) continue;
+    setL1Entry(s, i, 0, false);
+    freeClustersDeferred(s, off, cs, true);
+  }
+  await flushMetadata(s);
+  await writeHeaderSize(s, size);
+  bs.totalBytes = size;
+}

@@ -1,0 +1,139 @@
+/**
+ * What the engine worker exposes: the Engine's QMP entry and typed methods,
+ * shaped for a message boundary.
+ *
+ * - Buffers move, never copy: read results are fresh ArrayBuffers handed over
+ *   with comlink.transfer; writes arrive in buffers the page transferred.
+ * - Callbacks (progress, events) are comlink proxies from the page. Progress
+ *   is throttled (every report would be a message) but the last one, done ===
+ *   total, always goes, and it has been delivered before the call returns.
+ * - Errors cross as BlockError/QmpError (transfer.ts).
+ */
+import * as Comlink from 'comlink';
+import type { Engine, EngineMeasureOptions, EngineOpenOptions, ImageRef, ConvertTarget, QmpEvent } from '../engine/engine.js';
+import type { ConvertOptions } from '../img/convert.js';
+import type { CompareOptions } from '../img/compare.js';
+import type { MapOptions } from '../img/map.js';
+import './transfer.js';
+
+/** Shortest gap between two progress messages. */
+const PROGRESS_INTERVAL_MS = 50;
+
+export type ProgressCallback = (done: number, total: number) => void | Promise<void>;
+export type EventCallback = (event: QmpEvent) => void | Promise<void>;
+
+export interface WorkerApiOptions {
+  /** Adds a user-supplied file (a File/Blob or a file handle) to the blob storage; returns its name there. */
+  addFile?: (source: Blob | FileSystemFileHandle, name?: string) => string;
+  /** Resolves when start-up (the wasm module) finished; says whether wasm is in use. */
+  ready?: Promise<{ wasm: boolean }>;
+}
+
+/** Counters that show the data path uses transfers (tests and diagnostics). */
+export interface BoundaryStats {
+  transferredReads: number;
+  transferredBytes: number;
+  /** Whether the buffer of the last read was detached after it was sent (null before any read). */
+  lastReadDetached: boolean | null;
+}
+
+function throttled(cb: ProgressCallback | undefined): { report?: (done: number, total: number) => void; settle: () => Promise<void> } {
+  if (!cb) return { settle: async () => {} };
+  let last = 0;
+  let pending: Promise<unknown> = Promise.resolve();
+  const report = (done: number, total: number) => {
+    const now = Date.now();
+    if (done !== 0 && done < total && now - last < PROGRESS_INTERVAL_MS) return;
+    last = now;
+    // The page's callback failing must not fail the operation.
+    pending = Promise.resolve(cb(done, total)).catch(() => {});
+  };
+  return {
+    report,
+    settle: async () => {
+      await pending;
+      (cb as Partial<Comlink.ProxyMethods>)[Comlink.releaseProxy]?.();
+    },
+  };
+}
+
+export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) {
+  const stats = { transferredReads: 0, transferredBytes: 0 };
+  let lastRead: ArrayBuffer | null = null;
+  const subscriptions = new Map<number, () => void>();
+  let nextSubscription = 0;
+
+  return {
+    ready: async (): Promise<{ wasm: boolean; storages: string[] }> => ({
+      ...((await options.ready) ?? { wasm: false }),
+      storages: [...engine.storages.keys()],
+    }),
+
+    execute: (command: string, args?: Record<string, unknown>): Promise<unknown> => engine.execute(command, args),
+
+    open: (storage: string, filename: string, opts?: EngineOpenOptions): Promise<string> => engine.open(storage, filename, opts),
+    close: (name: string): Promise<void> => engine.close(name),
+    size: async (name: string): Promise<number> => engine.size(name),
+    flush: (name: string): Promise<void> => engine.flush(name),
+
+    /** A fresh buffer, transferred: the worker keeps no copy. */
+    async read(name: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> {
+      const buf = await engine.read(name, offset, bytes);
+      stats.transferredReads++;
+      stats.transferredBytes += buf.byteLength;
+      lastRead = buf.buffer;
+      return Comlink.transfer(buf, [buf.buffer]);
+    },
+    /** `data` arrived by transfer from the page. */
+    write: (name: string, offset: number, data: Uint8Array): Promise<void> => engine.write(name, offset, data),
+
+    importFile: (storage: string, filename: string, data: Uint8Array): Promise<void> => engine.importFile(storage, filename, data),
+    removeFile: (storage: string, filename: string): Promise<void> => engine.removeFile(storage, filename),
+    async addFile(source: Blob | FileSystemFileHandle, name?: string): Promise<string> {
+      if (!options.addFile) throw new Error('this worker has no blob storage');
+      return options.addFile(source, name);
+    },
+
+    info: (image: ImageRef, opts?: { backingChain?: boolean }) => engine.info(image, opts),
+    map: (image: ImageRef, opts?: MapOptions) => engine.map(image, opts),
+    measure: (opts: EngineMeasureOptions) => engine.measure(opts),
+    async convert(sources: ImageRef[], target: ConvertTarget, opts?: ConvertOptions, onProgress?: ProgressCallback) {
+      const p = throttled(onProgress);
+      try {
+        return await engine.convert(sources, target, opts, p.report);
+      } finally {
+        await p.settle();
+      }
+    },
+    async compare(a: ImageRef, b: ImageRef, opts?: CompareOptions, onProgress?: ProgressCallback) {
+      const p = throttled(onProgress);
+      try {
+        return await engine.compare(a, b, opts, p.report);
+      } finally {
+        await p.settle();
+      }
+    },
+
+    /** Sends every QMP event to `listener` (a comlink proxy) until unsubscribe(id). */
+    subscribe(listener: EventCallback): number {
+      const id = ++nextSubscription;
+      const off = engine.onEvent((e) => void Promise.resolve(listener(e)).catch(() => {}));
+      subscriptions.set(id, () => {
+        off();
+        (listener as Partial<Comlink.ProxyMethods>)[Comlink.releaseProxy]?.();
+      });
+      return id;
+    },
+    unsubscribe(id: number): void {
+      subscriptions.get(id)?.();
+      subscriptions.delete(id);
+    },
+
+    boundaryStats(): BoundaryStats {
+      // A transferred ArrayBuffer is detached on this side: its byteLength reads 0.
+      return { ...stats, lastReadDetached: lastRead === null ? null : lastRead.byteLength === 0 };
+    },
+  };
+}
+
+export type EngineWorkerApi = ReturnType<typeof createWorkerApi>;

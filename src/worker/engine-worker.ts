@@ -1,0 +1,58 @@
+/**
+ * The dedicated worker that runs blocktab's engine for a page. It owns the
+ * browser storages — OPFS (its synchronous access handles exist only in
+ * workers), IndexedDB, HTTP, files the page hands over, memory — loads the
+ * wasm kernels, and exposes the worker API (api.ts) with comlink. This is the
+ * only module that calls comlink's `expose`.
+ *
+ * Storage names (the `driver` of protocol nodes in blockdev-add):
+ *   opfs    the origin private file system (when the browser has it)
+ *   idb     IndexedDB (database "blocktab")
+ *   local   opfs, or idb where OPFS is missing: the app's persistent default
+ *   http    images on web servers, by URL
+ *   blob    files the page passed with addFile (read-only Files, or writable handles)
+ *   memory  scratch images that live as long as the worker
+ */
+import * as Comlink from 'comlink';
+import '../browser.js';
+import { Engine } from '../engine/engine.js';
+import type { Storage } from '../block/open.js';
+import { OpfsStorage } from '../protocols/opfs.js';
+import { IdbStorage } from '../protocols/idb.js';
+import { HttpStorage } from '../protocols/http.js';
+import { BlobStorage } from '../protocols/blob.js';
+import { MemoryStorage } from '../protocols/memory.js';
+import { initWasm } from '../wasm/index.js';
+import { createWorkerApi } from './api.js';
+
+/**
+ * The wasm buffer arena's size here: bounce and convert buffers are a few MiB
+ * each, so 64 MiB holds many requests in flight without reserving the
+ * default 256 MiB of address space in every tab.
+ */
+const WORKER_ARENA_BYTES = 64 * 1024 * 1024;
+
+const hasOpfs = typeof navigator !== 'undefined' && typeof navigator.storage?.getDirectory === 'function';
+const idb = new IdbStorage('blocktab');
+const blob = new BlobStorage();
+const storages: Record<string, Storage> = {
+  idb,
+  http: new HttpStorage(),
+  blob,
+  memory: new MemoryStorage(),
+};
+if (hasOpfs) storages.opfs = new OpfsStorage();
+storages.local = storages.opfs ?? idb;
+
+const engine = new Engine({ storages, warn: (m) => console.warn(m) });
+
+const ready = initWasm({ arenaBytes: WORKER_ARENA_BYTES }).then(
+  () => ({ wasm: true }),
+  (e: unknown) => {
+    // Everything has a JS fallback; a missing module only costs speed.
+    console.warn(`blocktab: wasm kernels not loaded, using the JS fallbacks: ${e instanceof Error ? e.message : String(e)}`);
+    return { wasm: false };
+  },
+);
+
+Comlink.expose(createWorkerApi(engine, { ready, addFile: (source, name) => blob.add(source, name) }));
