@@ -42,6 +42,17 @@ export default defineConfig({
       },
       {
         test: {
+          // The built app in Debian's Chromium, driven by Playwright from Node.
+          name: 'e2e',
+          include: ['test/e2e/**/*.test.ts'],
+          environment: 'node',
+          testTimeout: 180_000,
+          hookTimeout: 180_000,
+          fileParallelism: false,
+        },
+      },
+      {
+        test: {
           name: 'browser',
           include: ['test/browser/**/*.test.ts'],
           // Node side: makes interop images with qemu-img and serves them over HTTP (with Range) to the page.

@@ -56,18 +56,23 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
   try {
     if (req.size !== undefined) setOption(list, values, 'size', String(req.size));
     parseOptions(list, req.options ?? [], values);
-    if (req.backingFile !== undefined) setOption(list, values, 'backing_file', req.backingFile);
-    if (req.backingFormat !== undefined) setOption(list, values, 'backing_fmt', req.backingFormat);
   } catch (e) {
     throw prefixed(filename, e);
+  }
+  const supports = (name: string) => list.some((d) => d.name === name);
+  if (req.backingFile !== undefined) {
+    if (!supports('backing_file')) throw new BlockError('EINVAL', `${filename}: Backing file not supported for file format '${format}'`);
+    setOption(list, values, 'backing_file', req.backingFile);
+  }
+  if (req.backingFormat !== undefined) {
+    if (!supports('backing_fmt')) throw new BlockError('EINVAL', `${filename}: Backing file format not supported for file format '${format}'`);
+    setOption(list, values, 'backing_fmt', req.backingFormat);
   }
   const backingFile = values.get('backing_file');
   const backingFmt = values.get('backing_fmt');
   const fail = (msg: string): never => {
     throw new BlockError('EINVAL', `${filename}: ${msg}`);
   };
-  if (backingFile !== undefined && !list.some((d) => d.name === 'backing_file')) fail(`Backing file not supported for file format '${format}'`);
-  if (format !== 'qcow2' && (backingFile !== undefined || req.backingFile !== undefined)) fail(`Backing file not supported for file format '${format}'`);
 
   let size = values.has('size') ? Number(values.get('size')) : -1;
   if (backingFile !== undefined) {

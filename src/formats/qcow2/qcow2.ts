@@ -1,6 +1,6 @@
 /**
- * The qcow2 format driver (read path): open with QEMU's checks, reads through
- * the L1/L2 tables, block status, info and snapshot listing.
+ * The qcow2 format driver: open with QEMU's checks, reads through the L1/L2
+ * tables, writes (write.ts), block status, info and snapshot listing.
  *
  * Module map (src/formats/qcow2/):
  *   header.ts           parse/serialize the header and its extensions
@@ -9,7 +9,11 @@
  *   l2-scan.ts          L2 entry classification and run finding (wasm twin in asm/)
  *   cluster-map.ts      guest offset → run of one subcluster type / contiguous host range
  *   compressed.ts       compressed descriptors, zlib (raw deflate) and zstd
- *   refcount.ts         refcount table/blocks (read side), metadata-preallocation heuristic
+ *   refcount.ts         refcount table/blocks, refcount cache, cluster allocation API
+ *   read.ts             guest reads (also the copy-on-write source of the write path)
+ *   write.ts            writes, compressed writes, write-zeroes, discard, resize
+ *   l1.ts               L2 allocation / L1 growth, the ordered metadata flush
+ *   metadata.ts         request lock, header fields, dirty/corrupt bits, overlap checks
  *   snapshot-table.ts   internal snapshot table
  *   bitmap-directory.ts persistent bitmap directory (for info)
  *
