@@ -282,7 +282,7 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
 /** Flushes the node, then the children it writes to (file, data file). */
 export async function bdrvFlush(bs: BlockNode): Promise<void> {
   if (bs.closed) return;
-  if (!bs.readOnly && bs.driver.flush) await bs.driver.flush(bs);
+  if (!bs.readOnly && bs.driver.flush && !(bs.noFlush && bs.driver.kind === 'protocol')) await bs.driver.flush(bs);
   if (bs.file && !bs.file.node.readOnly) await bdrvFlush(bs.file.node);
   if (bs.dataFile && !bs.dataFile.node.readOnly) await bdrvFlush(bs.dataFile.node);
 }

@@ -59,6 +59,11 @@ export class BlockNode {
   probedAsRaw = false;
   /** QEMU's detect-zeroes: writes of all-zero data become write-zeroes (with unmap: may deallocate). */
   detectZeroes: 'off' | 'on' | 'unmap' = 'off';
+  /**
+   * QEMU's BDRV_O_NO_FLUSH (cache=unsafe, qemu-img convert's default): flushes
+   * stop short of the storage (format drivers still write their cached metadata).
+   */
+  noFlush = false;
   /** Dirty bitmaps recording writes to this node (src/block/dirty-bitmap.ts). */
   dirtyBitmaps: WriteObserver | null = null;
   /** Parent edges pointing at this node (for the graph views). */

@@ -1,51 +1,108 @@
-/** `blocktab convert`: qemu-img convert to raw (other output formats come with the write path). */
-import { convert, convertTotalBytes, createRawTarget } from '../img/convert.js';
+/**
+ * `blocktab convert`: qemu-img convert's options, checks (in qemu-img's
+ * order, with its messages) and progress output. The copy itself and the
+ * target creation live in img/convert.ts.
+ */
+import { convert, convertTotalBytes, createConvertTarget, MAX_BUFFER, type ConvertOptions } from '../img/convert.js';
+import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, qemuStrtosz } from '../img/options.js';
 import { closeNode } from '../block/open.js';
 import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import { flag, parseCommand, parseSize, str, UsageError } from './args.js';
+import { flag, parseCommand, str, UsageError } from './args.js';
 import { openForCli, storage } from './open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
 
-const SUPPORTED_OUTPUT = ['raw'];
+/** qemu-img's MAX_COROUTINES for -m. */
+const MAX_COROUTINES = 16;
+const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
+
+/** cvtnum("buffer size for sparse output") and img_convert's -S range check. */
+function parseSparse(text: string): number {
+  const v = qemuStrtosz(text);
+  if (v === undefined) {
+    throw new UsageError(
+      'Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',
+    );
+  }
+  if (v % 512n !== 0n || v > BigInt(MAX_BUFFER)) {
+    throw new UsageError(
+      `Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to ${MAX_BUFFER}. Select 0 to disable sparse detection (fully allocates output).`,
+    );
+  }
+  return Number(v);
+}
+
+/**
+ * qemu-img convert's default cache mode is 'unsafe': flushes stop at the host's
+ * page cache and the data reaches the disk when the kernel writes it back.
+ * fdatasync on close would cost seconds per GiB that qemu-img never pays.
+ */
+function noFlush(target: BlockNode, cache: string): void {
+  if (cache !== 'unsafe') return;
+  const visit = (n: BlockNode | undefined): void => {
+    if (!n) return;
+    n.noFlush = true;
+    visit(n.file?.node);
+    visit(n.dataFile?.node);
+  };
+  visit(target);
+}
 
 export async function runConvert(args: string[], out: Output): Promise<number> {
   const p = parseCommand('convert', args, {
     format: { type: 'string', short: 'f' },
     'output-format': { type: 'string', short: 'O' },
-    progress: { type: 'boolean', short: 'p' },
+    options: { type: 'string', short: 'o', multiple: true },
+    'backing-file': { type: 'string', short: 'B' },
+    'backing-format': { type: 'string', short: 'F' },
+    compress: { type: 'boolean', short: 'c' },
     sparse: { type: 'string', short: 'S' },
     'no-create': { type: 'boolean', short: 'n' },
+    progress: { type: 'boolean', short: 'p' },
     quiet: { type: 'boolean', short: 'q' },
-    options: { type: 'string', short: 'o', multiple: true },
     cache: { type: 'string', short: 't' },
     'source-cache': { type: 'string', short: 'T' },
     'force-share': { type: 'boolean', short: 'U' },
     parallel: { type: 'string', short: 'm' },
     'out-of-order': { type: 'boolean', short: 'W' },
-    compress: { type: 'boolean', short: 'c' },
+    'copy-range': { type: 'boolean', short: 'C' },
+    'target-is-zero': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
-  if (p.positionals.length < 2) throw new UsageError('Must specify image file name');
-  const outFmt = str(p, 'output-format') ?? 'raw';
-  if (!SUPPORTED_OUTPUT.includes(outFmt)) {
-    throw new BlockError('ENOTSUP', `convert: output format '${outFmt}' is not supported yet (supported: ${SUPPORTED_OUTPUT.join(', ')})`);
-  }
-  if (flag(p, 'compress')) throw new BlockError('ENOTSUP', `convert: compression (-c) is not supported for output format '${outFmt}'`);
-  const opts = p.values.options as string[] | undefined;
-  if (opts?.length) throw new BlockError('ENOTSUP', `convert: creation options (-o ${opts.join(',')}) are not supported for output format '${outFmt}'`);
-  let minSparse = 4096;
   const sparseText = str(p, 'sparse');
-  if (sparseText !== undefined) {
-    minSparse = parseSize('buffer size for sparse output', sparseText);
-    if (minSparse % 512 !== 0 || minSparse > 16 * 1024 * 1024 * 512) {
-      throw new UsageError('Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 8589934592 bytes.');
+  const minSparse = sparseText === undefined ? 4096 : parseSparse(sparseText);
+  const parallel = str(p, 'parallel');
+  if (parallel !== undefined) {
+    // -m only sets how many requests qemu-img keeps in flight; the copy here is sequential.
+    const m = /^\s*(0x[0-9a-f]+|\d+)$/i.test(parallel) ? Number(parallel) : NaN;
+    if (!(m >= 1 && m <= MAX_COROUTINES)) {
+      throw new UsageError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
     }
   }
-  const showProgress = flag(p, 'progress') && !flag(p, 'quiet');
+  const compressed = flag(p, 'compress');
   const noCreate = flag(p, 'no-create');
-  const dst = p.positionals[p.positionals.length - 1]!;
+  const copyRange = flag(p, 'copy-range');
+  const targetIsZero = flag(p, 'target-is-zero');
+  const opts = (p.values.options as string[] | undefined) ?? [];
+  if (copyRange && compressed) throw new UsageError('Cannot enable copy offloading when -c is used');
+  if (copyRange && sparseText !== undefined) throw new UsageError('Cannot enable copy offloading when -S is used');
+  if (noCreate && opts.length) throw new UsageError('-o has no effect when skipping image creation');
+  if (targetIsZero && !noCreate) throw new UsageError('--target-is-zero requires use of -n flag');
+
+  const outFmt = str(p, 'output-format') ?? 'raw';
+  const dst = p.positionals.length >= 2 ? p.positionals[p.positionals.length - 1] : undefined;
+  if (opts.some(isHelpOption)) {
+    out.stdout(dst !== undefined ? optionsHelp(createOptionList(outFmt)) : optionsHelp(formatCreateOptions(outFmt), outFmt));
+    return 0;
+  }
+  if (dst === undefined) throw new UsageError('Must specify image file name');
+  const srcCache = str(p, 'source-cache') ?? 'writeback';
+  if (!CACHE_MODES.includes(srcCache)) throw new BlockError('EINVAL', `Invalid source cache option: ${srcCache}`);
+  const cache = str(p, 'cache') ?? 'unsafe';
+  const backingFile = str(p, 'backing-file');
+  const backingFormat = str(p, 'backing-format');
+  const showProgress = flag(p, 'progress') && !flag(p, 'quiet');
   const srcNames = p.positionals.slice(0, -1);
 
   const sources: BlockNode[] = [];
@@ -53,27 +110,36 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   try {
     for (const name of srcNames) sources.push(await openForCli(name, { format: str(p, 'format') }));
     const total = convertTotalBytes(sources);
-    if (noCreate) {
-      target = await openForCli(dst, { format: outFmt, readOnly: false });
-    } else {
-      try {
-        target = await createRawTarget(storage, dst, total);
-      } catch (e) {
-        throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${dst}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
-      }
-    }
     const progress = new Progress(showProgress, out.stdout);
-    await convert(sources, target, { minSparse, targetHasZeroInit: !noCreate }, (done, t) => progress.set(t ? (100 * done) / t : 100));
+    progress.set(0);
+    let copyOpts: ConvertOptions;
+    if (noCreate) {
+      if (!CACHE_MODES.includes(cache)) throw new BlockError('EINVAL', `Invalid cache option: ${cache}`);
+      target = await openForCli(dst, { format: outFmt, readOnly: false });
+      noFlush(target, cache);
+      copyOpts = { compressed, targetHasBacking: backingFile !== undefined, targetHasZeroInit: targetIsZero };
+    } else {
+      const made = await createConvertTarget(storage, {
+        filename: dst,
+        format: outFmt,
+        options: opts,
+        backingFile,
+        backingFormat,
+        compressed,
+        sourceCount: sources.length,
+        size: total,
+      });
+      target = made.target;
+      noFlush(target, cache);
+      // qemu-img parses the cache mode only once the target exists.
+      if (!CACHE_MODES.includes(cache)) throw new BlockError('EINVAL', `Invalid cache option: ${cache}`);
+      copyOpts = made.options;
+    }
+    await convert(sources, target, { ...copyOpts, minSparse }, (done, t) => progress.set((100 * done) / t));
     progress.set(100);
     progress.end();
   } finally {
     if (target) {
-      // qemu-img convert's default cache mode is 'unsafe': flushes are ignored and
-      // the data reaches the disk when the kernel writes it back. Closing with
-      // fdatasync would cost seconds per GiB that qemu-img never pays.
-      if ((str(p, 'cache') ?? 'unsafe') === 'unsafe') {
-        for (let n: BlockNode | null = target; n; n = n.file?.node ?? null) n.readOnly = true;
-      }
       await closeNode(target);
     }
     for (const s of sources) await closeNode(s);

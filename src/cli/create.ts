@@ -1,6 +1,6 @@
 /** `blocktab create`: qemu-img create's options, output line and messages. */
 import { createImage, planCreate } from '../img/create.js';
-import { createOptionList, isHelpOption, optionsHelp, parseImageSize } from '../img/options.js';
+import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, parseImageSize } from '../img/options.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
 import { storage } from './open.js';
 import type { Output } from './main.js';
@@ -19,7 +19,7 @@ export async function runCreate(args: string[], out: Output): Promise<number> {
   const format = str(p, 'format') ?? 'raw';
   const opts = (p.values.options as string[] | undefined) ?? [];
   if (opts.some(isHelpOption)) {
-    out.stdout(optionsHelp(createOptionList(format)));
+    out.stdout(p.positionals.length ? optionsHelp(createOptionList(format)) : optionsHelp(formatCreateOptions(format), format));
     return 0;
   }
   if (p.positionals.length < 1) throw new UsageError('Expecting image file name');

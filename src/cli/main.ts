@@ -36,6 +36,12 @@ const commands: Record<string, () => Promise<Command>> = {
   compare: () => import('./compare.js').then((m) => m.runCompare),
   create: () => import('./create.js').then((m) => m.runCreate),
   check: () => import('./check.js').then((m) => m.runCheck),
+  snapshot: () => import('./snapshot.js').then((m) => m.runSnapshot),
+  rebase: () => import('./rebase.js').then((m) => m.runRebase),
+  commit: () => import('./commit.js').then((m) => m.runCommit),
+  measure: () => import('./measure.js').then((m) => m.runMeasure),
+  resize: () => import('./resize.js').then((m) => m.runResize),
+  amend: () => import('./amend.js').then((m) => m.runAmend),
 };
 
 const HELP = `usage: blocktab [--version] [--help] command [command options]
@@ -48,6 +54,12 @@ Command syntax:
   compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
   create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]
   check [-f fmt] [--output=human|json] [-r leaks|all] [-q] [-U] filename
+  measure [--output=human|json] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]
+  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
+  amend [-f fmt] [-q] -o options filename
+  snapshot [-f fmt] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename
+  rebase [-f fmt] [-F backing_fmt] [-p] [-q] [-u] [-U] -b backing_file filename
+  commit [-f fmt] [-b base] [-d] [-p] [-q] filename
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.

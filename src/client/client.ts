@@ -12,7 +12,7 @@
  */
 import * as Comlink from 'comlink';
 import '../worker/transfer.js';
-import type { EngineWorkerApi, BoundaryStats } from '../worker/api.js';
+import type { EngineWorkerApi, BoundaryStats, StoredFile } from '../worker/api.js';
 import type { ConvertTarget, EngineMeasureOptions, EngineOpenOptions, ImageRef, QmpEvent } from '../engine/engine.js';
 import type { QmpImageInfo } from '../engine/query.js';
 import type { ConvertOptions } from '../img/convert.js';
@@ -20,7 +20,12 @@ import type { CompareOptions, CompareResult } from '../img/compare.js';
 import type { MapEntry, MapOptions } from '../img/map.js';
 import type { MeasureResult } from '../img/measure.js';
 
-export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, BoundaryStats };
+export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, BoundaryStats, StoredFile };
+
+/** Lets the caller stop a running operation: the operation rejects with a BlockError, code ECANCELED. */
+export interface CancelToken {
+  cancel(): Promise<void>;
+}
 
 export interface BlocktabClient {
   /** Resolves once the worker started; whether wasm kernels are in use and which storages exist. */
@@ -42,7 +47,16 @@ export interface BlocktabClient {
   info(image: ImageRef, opts?: { backingChain?: boolean }): Promise<QmpImageInfo>;
   map(image: ImageRef, opts?: MapOptions): Promise<MapEntry[]>;
   measure(opts: EngineMeasureOptions): Promise<MeasureResult>;
-  convert(sources: ImageRef[], target: ConvertTarget, opts?: ConvertOptions, onProgress?: (done: number, total: number) => void): Promise<{ bytes: number }>;
+  /** With `cancel`, `cancel.token` receives a CancelToken that stops this conversion in the worker. */
+  convert(
+    sources: ImageRef[],
+    target: ConvertTarget,
+    opts?: ConvertOptions,
+    onProgress?: (done: number, total: number) => void,
+    cancel?: { token?: CancelToken },
+  ): Promise<{ bytes: number }>;
+  /** The files of a persistent storage ('local', 'opfs', 'idb') with their lengths. */
+  listFiles(storage: string): Promise<StoredFile[]>;
   compare(a: ImageRef, b: ImageRef, opts?: CompareOptions, onProgress?: (done: number, total: number) => void): Promise<CompareResult>;
   /** Receives QMP events (BLOCK_IO_ERROR, …); resolves to the function that unsubscribes. */
   onEvent(listener: (event: QmpEvent) => void): Promise<() => Promise<void>>;
@@ -56,6 +70,9 @@ export interface BlocktabClient {
 function moved<T extends Uint8Array>(data: T): T {
   return data.buffer instanceof ArrayBuffer ? Comlink.transfer(data, [data.buffer]) : data;
 }
+
+/** Ids of cancellable jobs, unique per page. */
+let nextJob = 0;
 
 const maybeProxy = <F extends object>(f: F | undefined) => (f ? Comlink.proxy(f) : undefined);
 
@@ -80,7 +97,15 @@ export function createClient(worker?: Worker): BlocktabClient {
     info: (image, opts) => remote.info(image, opts) as Promise<QmpImageInfo>,
     map: (image, opts) => remote.map(image, opts),
     measure: (opts) => remote.measure(opts),
-    convert: (sources, target, opts, onProgress) => remote.convert(sources, target, opts, maybeProxy(onProgress)),
+    convert(sources, target, opts, onProgress, cancel) {
+      let jobId: number | undefined;
+      if (cancel) {
+        const id = (jobId = ++nextJob);
+        cancel.token = { cancel: () => remote.cancel(id) };
+      }
+      return remote.convert(sources, target, opts, maybeProxy(onProgress), jobId);
+    },
+    listFiles: (storage) => remote.listFiles(storage),
     compare: (a, b, opts, onProgress) => remote.compare(a, b, opts, maybeProxy(onProgress)) as Promise<CompareResult>,
     async onEvent(listener) {
       const id = await remote.subscribe(Comlink.proxy(listener));

@@ -27,7 +27,7 @@ import { closeNode, openImage, type Storage } from '../block/open.js';
 import { releaseNamedDirtyBitmaps } from '../block/dirty-bitmap.js';
 import { imageInfo } from '../img/info.js';
 import { mapExtents, type MapEntry, type MapOptions } from '../img/map.js';
-import { convert, convertTotalBytes, createRawTarget, type ConvertOptions, type ProgressFn } from '../img/convert.js';
+import { convert, convertTotalBytes, createConvertTarget, type ConvertOptions, type ProgressFn } from '../img/convert.js';
 import { compareImages, type CompareOptions, type CompareResult } from '../img/compare.js';
 import { collectDataRanges, measureQcow2, measureRaw, type MeasureResult, type Qcow2MeasureOptions } from '../img/measure.js';
 import { checkArgs } from './qapi-args.js';
@@ -81,7 +81,9 @@ export interface EngineOpenOptions {
 }
 
 /** Target of convert: an existing writable node/device, or a new file in a storage. */
-export type ConvertTarget = string | { storage: string; filename: string; format?: string };
+export type ConvertTarget =
+  | string
+  | { storage: string; filename: string; format?: string; options?: string[]; backingFile?: string; backingFormat?: string };
 
 export interface EngineMeasureOptions extends Qcow2MeasureOptions {
   /** Output format: 'qcow2' (default) or 'raw'. */
@@ -423,8 +425,8 @@ export class Engine {
 
   /**
    * qemu-img convert: copies the sources' guest view (concatenated) into the
-   * target. A new target file is created raw (qcow2 creation comes with the
-   * write path); an existing node must be writable and large enough.
+   * target. A new target file is created in `format` (raw or qcow2) with
+   * qemu-img's -o options and -B/-F; an existing node must be writable and large enough.
    */
   async convert(sources: ImageRef[], target: ConvertTarget, opts: ConvertOptions = {}, onProgress?: ProgressFn): Promise<{ bytes: number }> {
     if (sources.length === 0) throw new BlockError('EINVAL', 'convert needs at least one source image');
@@ -441,13 +443,16 @@ export class Engine {
         await convert(opened, this.lookup(target), opts, onProgress);
         return { bytes: total };
       }
-      const format = target.format ?? 'raw';
-      if (format !== 'raw') throw new BlockError('ENOTSUP', `${target.filename}: creating ${format} images is not supported yet`);
-      const out = await createRawTarget(this.requireStorage(target.storage), target.filename, total);
+      const made = await createConvertTarget(this.requireStorage(target.storage), {
+        ...target,
+        compressed: opts.compressed,
+        sourceCount: opened.length,
+        size: total,
+      });
       try {
-        await convert(opened, out, { targetHasZeroInit: true, ...opts }, onProgress);
+        await convert(opened, made.target, { ...made.options, ...opts }, onProgress);
       } finally {
-        await closeNode(out);
+        await closeNode(made.target);
       }
       return { bytes: total };
     } finally {

@@ -1,32 +1,60 @@
 /**
  * qemu-img convert as a function: copies the guest view of one or more
- * source images (concatenated) into an open target node.
+ * source images (concatenated) into a target node, with qemu-img's choices
+ * of what to read and what to write (qemu-img.c's convert_iteration_sectors
+ * and convert_co_write):
  *
- * Ranges the chain reports as zero are never read; with a zero-initialised
- * target (a freshly created file) they are not written either, so they stay
- * holes. Data is read in large requests and each `minSparse` block of it that
- * is all zeros is skipped the same way (qemu-img's -S), so a zero-filled but
- * allocated source still becomes sparse.
+ *   - The sources' block status splits the copy into DATA, ZERO and BACKING
+ *     runs. With a target backing file (-B), only the top image of each
+ *     source is asked: what it does not hold comes from the target's backing
+ *     file, so it is not copied (BACKING).
+ *   - ZERO runs are never read; on a target that reads as zeros (a new image
+ *     without backing file) they are not written either, elsewhere they become
+ *     write-zeroes that may unmap.
+ *   - DATA is read in large requests and every `minSparse` block of it that is
+ *     all zeros is treated as ZERO (-S). minSparse 0 writes every byte as
+ *     data, zeros included, so the target ends up fully allocated.
+ *   - Compressed targets (-c) are written one cluster at a time: a run
+ *     shorter than a cluster is widened to the whole cluster and read as data,
+ *     and a cluster that is all zeros is not written compressed.
+ *
+ * `createConvertTarget` is the part of img_convert that checks the option
+ * combinations and creates the target through img/create.ts.
  */
-import { BlockError } from '../block/errors.js';
+import { BlockError, type BlockErrorCode } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
-import { BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
+import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
+import { createImage, planCreate } from './create.js';
+import { createOptionList, optBool, parseOptions, setOption } from './options.js';
 
 export interface ConvertOptions {
   /**
    * Bytes of consecutive zeros that become a hole (qemu-img -S, default 4 KiB);
-   * 0 writes every byte, and zeros are written explicitly.
+   * 0 writes every byte, zeros and unallocated ranges included.
    */
   minSparse?: number;
   /**
-   * The target reads as zeros before the copy (a new file), so zero ranges
-   * need no write. Ignored when minSparse is 0, as in qemu-img.
+   * The target reads as zeros before the copy (a new image without backing
+   * file), so zero ranges need no write. Ignored when minSparse is 0 or the
+   * target has a backing file, as in qemu-img.
    */
   targetHasZeroInit?: boolean;
-  /** Size of each read request (default 2 MiB). */
+  /** Write compressed clusters (-c). The target driver must support it. */
+  compressed?: boolean;
+  /**
+   * The target has a backing file (-B): ranges a source's top image does
+   * not hold are left unallocated in the target instead of being copied.
+   */
+  targetHasBacking?: boolean;
+  /**
+   * Length of the new target's backing file, when known: zeros past it need
+   * no write, since the target reads zeros there anyway.
+   */
+  targetBackingBytes?: number;
+  /** Size of each read request (default 2 MiB, at least the target's discard granularity). */
   bufferSize?: number;
 }
 
@@ -34,7 +62,9 @@ export interface ConvertOptions {
 export type ProgressFn = (done: number, total: number) => void;
 
 const DEFAULT_BUFFER = 2 * 1024 * 1024;
-/** Largest range asked about in one block-status call (as qemu-img map). */
+/** qemu-img's MAX_BUF_SECTORS: the largest read buffer and -S value. */
+export const MAX_BUFFER = 16 * 1024 * 1024;
+/** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
 const STATUS_CHUNK = 1 << 30;
 
 /** Sum of the sources' virtual sizes: the target's size. */
@@ -42,58 +72,274 @@ export function convertTotalBytes(sources: BlockNode[]): number {
   return sources.reduce((n, s) => n + s.totalBytes, 0);
 }
 
-/** Creates `filename` as an empty raw file of `size` bytes and opens it for writing. */
-export async function createRawTarget(storage: Storage, filename: string, size: number): Promise<BlockNode> {
-  if (!storage.createFile) throw new BlockError('ENOTSUP', `${filename}: ${storage.name} storage cannot create files`);
-  await storage.createFile(filename);
-  const bs = await openImage(storage, filename, { format: 'raw' });
-  await bdrvTruncate(bs, size, true);
-  return bs;
+// ------------------------------------------------------------ target creation
+
+export interface ConvertTargetRequest {
+  filename: string;
+  /** -O (default raw). */
+  format?: string;
+  /** -o strings, in order. */
+  options?: string[];
+  /** -B and -F. */
+  backingFile?: string;
+  backingFormat?: string;
+  /** -c. */
+  compressed?: boolean;
+  /** Number of source images (a backing file makes no sense with several). */
+  sourceCount: number;
+  /** Sum of the sources' sizes. */
+  size: number;
 }
 
-export async function convert(
-  sources: BlockNode[],
-  target: BlockNode,
-  opts: ConvertOptions = {},
-  onProgress?: ProgressFn,
-): Promise<void> {
-  const minSparse = opts.minSparse ?? 4096;
-  const zeroInit = minSparse > 0 && opts.targetHasZeroInit === true;
-  const bufSize = Math.max(opts.bufferSize ?? DEFAULT_BUFFER, minSparse);
-  const total = convertTotalBytes(sources);
-  if (target.totalBytes < total) {
-    throw new BlockError('EINVAL', `${target.filename}: output file is smaller than input file`);
+export interface ConvertTarget {
+  target: BlockNode;
+  /** Options for `convert` that follow from how the target was made. */
+  options: Pick<ConvertOptions, 'targetHasZeroInit' | 'targetHasBacking' | 'targetBackingBytes' | 'compressed'>;
+}
+
+const fail = (msg: string, code: BlockErrorCode = 'EINVAL'): never => {
+  throw new BlockError(code, msg);
+};
+
+/**
+ * img_convert's checks and bdrv_create: parses -o against the output format,
+ * applies -B/-F, refuses the combinations qemu-img refuses (with its
+ * messages), creates the image and opens it read/write with its backing chain.
+ */
+export async function createConvertTarget(storage: Storage, req: ConvertTargetRequest): Promise<ConvertTarget> {
+  const { filename, size } = req;
+  const format = req.format ?? 'raw';
+  // Option errors come without the file name, as qemu-img's qemu_opts_do_parse.
+  const list = createOptionList(format);
+  const values = parseOptions(list, req.options ?? []);
+  const supports = (name: string) => list.some((d) => d.name === name);
+  if (req.backingFile !== undefined && !supports('backing_file')) fail(`Backing file not supported for file format '${format}'`);
+  if (req.backingFormat !== undefined && !supports('backing_fmt')) fail(`Backing file format not supported for file format '${format}'`);
+  // -B and -F are set after -o, so they win.
+  if (req.backingFile !== undefined) setOption(list, values, 'backing_file', req.backingFile);
+  if (req.backingFormat !== undefined) setOption(list, values, 'backing_fmt', req.backingFormat);
+  const backingFile = values.get('backing_file');
+  if (req.sourceCount > 1 && backingFile !== undefined) {
+    fail('Having a backing file for the target makes no sense when concatenating multiple input images');
   }
+  if (backingFile !== undefined && values.get('backing_fmt') === undefined) fail('Use of backing file requires explicit backing format');
+  if (req.compressed) {
+    if (format === 'raw') fail('Compression not supported for this file format', 'ENOTSUP');
+    if ((values.has('encryption') && optBool(values, 'encryption')) || values.has('encrypt.format')) {
+      fail('Compression and encryption not supported at the same time', 'ENOTSUP');
+    }
+    const prealloc = values.get('preallocation');
+    if (prealloc !== undefined && prealloc !== 'off') fail('Compression and preallocation not supported at the same time', 'ENOTSUP');
+  }
+  const converting = `${filename}: error while converting ${format}: `;
+  if (backingFile === undefined && values.get('backing_fmt') !== undefined) {
+    fail(`${converting}Backing format cannot be used without backing file`);
+  }
+
+  // bdrv_create: no "Formatting" line, the backing file is not opened until the target is.
+  const plan = await planCreate(storage, {
+    filename,
+    format,
+    options: req.options,
+    size,
+    backingFile: req.backingFile,
+    backingFormat: req.backingFormat,
+    unsafe: true,
+  }).catch((e: unknown) => {
+    throw renameCreateError(e, filename, converting);
+  });
+  // img_convert sets the size after parsing -o: the sources' total always wins.
+  setOption(plan.list, plan.values, 'size', String(size));
+  plan.size = size;
+  await createImage(storage, plan).catch((e: unknown) => {
+    throw renameCreateError(e, filename, converting);
+  });
+
+  let target: BlockNode;
+  try {
+    target = await openImage(storage, filename, { format, readOnly: false });
+  } catch (e) {
+    let why = e instanceof Error ? e.message : String(e);
+    if (why.startsWith(`${filename}: `)) why = why.slice(filename.length + 2);
+    throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `Could not open '${filename}': ${why}`, { cause: e });
+  }
+  const hasBacking = backingFile !== undefined;
+  return {
+    target,
+    options: {
+      compressed: req.compressed,
+      targetHasBacking: hasBacking,
+      // qcow2 and raw files read as zeros when new (bdrv_has_zero_init), unless a backing file shows through.
+      targetHasZeroInit: !hasBacking,
+      targetBackingBytes: target.cowNode()?.totalBytes,
+    },
+  };
+}
+
+/** createImage's "NAME: why" becomes qemu-img convert's "NAME: error while converting FMT: why". */
+function renameCreateError(e: unknown, filename: string, converting: string): BlockError {
+  const msg = e instanceof Error ? e.message : String(e);
+  const why = msg.startsWith(`${filename}: `) ? msg.slice(filename.length + 2) : msg;
+  return new BlockError(e instanceof BlockError ? e.code : 'EIO', converting + why, { cause: e });
+}
+
+// -------------------------------------------------------------------- the copy
+
+const enum Kind {
+  Data,
+  Zero,
+  /** Left unallocated: the target's backing file shows through. */
+  Backing,
+}
+
+/** The concatenated sources as one address space. */
+class Sources {
+  readonly starts: number[] = [];
+  readonly total: number;
+
+  constructor(readonly nodes: BlockNode[]) {
+    let base = 0;
+    for (const s of nodes) {
+      this.starts.push(base);
+      base += s.totalBytes;
+    }
+    this.total = base;
+  }
+
+  /** Index of the source that holds `pos` (pos < total). */
+  part(pos: number): number {
+    let i = this.nodes.length - 1;
+    while (this.starts[i]! > pos || (this.nodes[i]!.totalBytes === 0 && i > 0)) i--;
+    return i;
+  }
+
+  /** Reads [pos, pos + n) across source boundaries. */
+  async read(pos: number, n: number, buf: Uint8Array): Promise<void> {
+    for (let done = 0; done < n; ) {
+      const i = this.part(pos + done);
+      const off = pos + done - this.starts[i]!;
+      const k = Math.min(n - done, this.nodes[i]!.totalBytes - off);
+      await bdrvPread(this.nodes[i]!, off, k, buf.subarray(done, done + k));
+      done += k;
+    }
+  }
+}
+
+/** What the chain says about the run at `pos`: its kind and end. */
+async function runAt(src: Sources, pos: number, withBacking: boolean, backingBytes: number): Promise<{ kind: Kind; end: number }> {
+  const i = src.part(pos);
+  const node = src.nodes[i]!;
+  const off = pos - src.starts[i]!;
+  let n = Math.min(STATUS_CHUNK, node.totalBytes - off);
+  // Past the target backing file's end zeros are handled differently: split there.
+  const postBackingZero = backingBytes >= 0 && pos >= backingBytes;
+  if (backingBytes >= 0 && pos < backingBytes) n = Math.min(n, backingBytes - pos);
+  const base = withBacking ? node.cowNode() : null;
+  const st = await blockStatusAbove(node, base, true, off, n);
+  const pnum = st.pnum > 0 ? st.pnum : n;
+  let kind: Kind;
+  if (st.status & BDRV_BLOCK_ZERO) kind = postBackingZero ? Kind.Backing : Kind.Zero;
+  else if (st.status & BDRV_BLOCK_DATA) kind = Kind.Data;
+  else kind = withBacking ? Kind.Backing : Kind.Data;
+  return { kind, end: pos + pnum };
+}
+
+/** One step of the copy: [pos, pos + bytes) of kind `kind`. */
+interface Step {
+  kind: Kind;
+  bytes: number;
+}
+
+/** Walks the sources' runs the way convert_iteration_sectors cuts them. */
+class Planner {
+  private statusEnd = 0;
+  private kind = Kind.Data;
+
+  constructor(
+    private readonly src: Sources,
+    private readonly withBacking: boolean,
+    private readonly backingBytes: number,
+    private readonly bufSize: number,
+    private readonly clusterSize: number,
+  ) {}
+
+  async next(pos: number): Promise<Step> {
+    if (this.statusEnd <= pos) {
+      const r = await runAt(this.src, pos, this.withBacking, this.backingBytes);
+      this.kind = r.kind;
+      this.statusEnd = r.end;
+    }
+    let n = this.statusEnd - pos;
+    let kind = this.kind;
+    if (kind === Kind.Data) n = Math.min(n, this.bufSize);
+    const cs = this.clusterSize;
+    if (cs > 0) {
+      // Compressed clusters are written whole: a shorter run is copied as the whole cluster.
+      if (n < cs) {
+        n = Math.min(cs, this.src.total - pos);
+        kind = Kind.Data;
+      } else {
+        n -= n % cs;
+      }
+    }
+    return { kind, bytes: n };
+  }
+}
+
+export async function convert(sources: BlockNode[], target: BlockNode, opts: ConvertOptions = {}, onProgress?: ProgressFn): Promise<void> {
+  const minSparse = opts.minSparse ?? 4096;
+  const withBacking = opts.targetHasBacking === true;
+  const zeroInit = minSparse > 0 && !withBacking && opts.targetHasZeroInit === true;
+  const compressed = opts.compressed === true;
+  const src = new Sources(sources);
+  const total = src.total;
+  if (target.totalBytes < total) throw new BlockError('EINVAL', 'output file is smaller than input file');
+  if (compressed && !target.driver.supportsCompressedWrites) throw new BlockError('ENOTSUP', 'Compression not supported for this file format');
+
+  // qemu-img grows its buffer to the target's discard granularity (a qcow2 cluster), up to 16 MiB.
+  let bufSize = Math.min(MAX_BUFFER, Math.max(opts.bufferSize ?? DEFAULT_BUFFER, target.limits.pdiscardAlignment ?? 0, minSparse));
+  let clusterSize = 0;
+  if (compressed) {
+    clusterSize = target.driver.getDriverInfo?.(target).clusterSize ?? 0;
+    if (clusterSize <= 0 || clusterSize > bufSize) throw new BlockError('EINVAL', 'invalid cluster size');
+    bufSize = clusterSize;
+  }
+  const backingBytes = withBacking && opts.targetBackingBytes !== undefined ? opts.targetBackingBytes : -1;
   const buf = allocBuffer(bufSize);
-  let base = 0;
+  const flags = compressed ? { compressed: true } : {};
   try {
     onProgress?.(0, total);
-    for (const src of sources) {
-      const size = src.totalBytes;
-      for (let pos = 0; pos < size; ) {
-        const st = await blockStatusAbove(src, null, true, pos, Math.min(STATUS_CHUNK, size - pos));
-        const extent = st.pnum > 0 ? st.pnum : size - pos;
-        if (st.status & BDRV_BLOCK_ZERO) {
-          if (!zeroInit) await bdrvPwriteZeroes(target, base + pos, extent, { mayUnmap: minSparse > 0 });
-          pos += extent;
-          onProgress?.(base + pos, total);
-          continue;
-        }
-        for (let done = 0; done < extent; ) {
-          const n = Math.min(bufSize, extent - done);
-          const view = buf.subarray(0, n);
-          await bdrvPread(src, pos + done, n, view);
-          await writeSparse(target, base + pos + done, view, minSparse, zeroInit);
-          done += n;
-          onProgress?.(base + pos + done, total);
-        }
-        pos += extent;
+    const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
+    for (let pos = 0; pos < total; ) {
+      const step = await planner.next(pos);
+      let { kind, bytes: n } = step;
+      if (minSparse === 0 && kind === Kind.Zero) n = Math.min(n, bufSize);
+      if (kind === Kind.Data) {
+        const view = buf.subarray(0, n);
+        await src.read(pos, n, view);
+        if (minSparse === 0) await bdrvPwrite(target, pos, n, view, flags);
+        else if (!compressed) await writeSparse(target, pos, view, minSparse, zeroInit);
+        else if (!bufferIsZero(view)) await bdrvPwrite(target, pos, n, view, flags);
+        else kind = Kind.Zero;
+      } else if (kind === Kind.Zero && minSparse === 0) {
+        // -S 0: zeros are written as data, so the target is fully allocated.
+        const view = buf.subarray(0, n);
+        view.fill(0);
+        await bdrvPwrite(target, pos, n, view, flags);
+        kind = Kind.Backing;
       }
-      base += size;
+      if (kind === Kind.Zero && !zeroInit) await writeZeroes(target, pos, n);
+      pos += n;
+      onProgress?.(pos, total);
     }
   } finally {
     freeBuffer(buf);
   }
+}
+
+/** Zeroes with unmap (qemu-img opens the target with discard=unmap when -S is not 0). */
+async function writeZeroes(target: BlockNode, offset: number, bytes: number): Promise<void> {
+  await bdrvPwriteZeroes(target, offset, bytes, { mayUnmap: true });
 }
 
 /**
@@ -101,17 +347,13 @@ export async function convert(
  * every all-zero block of `minSparse` bytes, aligned to guest offsets.
  */
 async function writeSparse(target: BlockNode, offset: number, data: Uint8Array, minSparse: number, zeroInit: boolean): Promise<void> {
-  if (minSparse === 0) {
-    await bdrvPwrite(target, offset, data.length, data);
-    return;
-  }
   // Runs of same-kind blocks become one request each.
   let runStart = 0;
   let runZero: boolean | undefined;
   const flush = async (end: number) => {
     if (runZero === undefined || end === runStart) return;
     if (!runZero) await bdrvPwrite(target, offset + runStart, end - runStart, data.subarray(runStart, end));
-    else if (!zeroInit) await bdrvPwriteZeroes(target, offset + runStart, end - runStart, { mayUnmap: true });
+    else if (!zeroInit) await writeZeroes(target, offset + runStart, end - runStart);
   };
   for (let i = 0; i < data.length; ) {
     const blockEnd = Math.min(data.length, i + minSparse - ((offset + i) % minSparse));

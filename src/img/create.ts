@@ -78,20 +78,24 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
   if (backingFile !== undefined) {
     if (backingFile === filename) fail('Error: Trying to create an image with the same filename as the backing file');
     if (backingFile === '') fail('Expected backing file name, got empty string');
-    if (backingFmt === undefined) fail('Backing file specified without backing format');
+    if (backingFmt === undefined && req.unsafe) fail('Backing file specified without backing format');
     if (!req.unsafe) {
       let bs: BlockNode | undefined;
       try {
         bs = await openImage(storage, storage.resolve(filename, backingFile), { format: backingFmt, readOnly: true, backing: false });
+      } catch (e) {
+        const why = e instanceof Error ? e.message : String(e);
+        throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${filename}: ${why}\nCould not open backing image.`, { cause: e });
+      }
+      try {
+        // qemu-img 7.2 probes the format to name it, then refuses: the format must be given.
+        if (backingFmt === undefined) fail(`Backing file specified without backing format\nDetected format of ${bs.driver.name}.`);
         if (size === -1) {
           size = bs.totalBytes;
           setOption(list, values, 'size', String(size));
         }
-      } catch (e) {
-        const why = e instanceof Error ? e.message : String(e);
-        throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${filename}: ${why}\nCould not open backing image.`, { cause: e });
       } finally {
-        if (bs) await closeNode(bs);
+        await closeNode(bs);
       }
     }
   }

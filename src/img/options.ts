@@ -98,16 +98,19 @@ export const FILE_CREATE_OPTS: readonly OptionDesc[] = [
   { name: 'extent_size_hint', type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
 ];
 
-/** raw's own list is the protocol's (raw_create_opts repeats size/preallocation). */
-export const RAW_CREATE_OPTS: readonly OptionDesc[] = [
-  { name: 'size', type: 'size', help: 'Virtual disk size' },
-  { name: 'preallocation', type: 'str', help: 'Preallocation mode (allowed values: off, falloc, full)' },
-];
+/** raw's own list: only the size (preallocation comes from the protocol's). */
+export const RAW_CREATE_OPTS: readonly OptionDesc[] = [{ name: 'size', type: 'size', help: 'Virtual disk size' }];
 
 /** QEMU 7.2's qcow2_amend_opts (QCOW_COMMON_OPTIONS plus encryption updates). */
-export const QCOW2_AMEND_OPTS: readonly OptionDesc[] = QCOW2_CREATE_OPTS.filter((o) =>
-  ['size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits'].includes(o.name),
-);
+export const QCOW2_AMEND_OPTS: readonly OptionDesc[] = [
+  ...QCOW2_CREATE_OPTS.filter((o) =>
+    ['size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits', 'encrypt.iter-time'].includes(o.name),
+  ),
+  { name: 'encrypt.keyslot', type: 'num', help: 'Select a single keyslot to modify explicitly' },
+  { name: 'encrypt.new-secret', type: 'str', help: 'New secret to set in the matching keyslots. Empty string to erase' },
+  { name: 'encrypt.old-secret', type: 'str', help: 'Select all keyslots that match this password' },
+  { name: 'encrypt.state', type: 'str', help: 'Select new state of affected keyslots (active/inactive)' },
+];
 
 /** qemu_opts_append: the first descriptor of each name wins. */
 export function appendOptionLists(...lists: ReadonlyArray<readonly OptionDesc[]>): OptionDesc[] {
@@ -116,18 +119,29 @@ export function appendOptionLists(...lists: ReadonlyArray<readonly OptionDesc[]>
   return out;
 }
 
-export function createOptionList(format: string): OptionDesc[] {
-  if (format === 'qcow2') return appendOptionLists(QCOW2_CREATE_OPTS, FILE_CREATE_OPTS);
-  if (format === 'raw') return appendOptionLists(RAW_CREATE_OPTS, FILE_CREATE_OPTS);
+/** The format's own create options (what `-o help` lists without a file name). */
+export function formatCreateOptions(format: string): readonly OptionDesc[] {
+  if (format === 'qcow2') return QCOW2_CREATE_OPTS;
+  if (format === 'raw') return RAW_CREATE_OPTS;
   throw new BlockError('EINVAL', `Unknown file format '${format}'`);
+}
+
+/** The format's options followed by the file protocol's (what create parses against). */
+export function createOptionList(format: string): OptionDesc[] {
+  return appendOptionLists(formatCreateOptions(format), FILE_CREATE_OPTS);
 }
 
 const TYPE_NAMES: Record<OptionType, string> = { str: 'str', bool: 'bool (on/off)', num: 'num', size: 'size' };
 
-/** qemu_opts_print_help: "Supported options:" and the list sorted by name. */
-export function optionsHelp(list: readonly OptionDesc[]): string {
+/**
+ * qemu-img's `-o help`: with a file name the merged list ("Supported
+ * options:"), without one the format's own list and a note on the protocol.
+ */
+export function optionsHelp(list: readonly OptionDesc[], formatOnly?: string): string {
   const sorted = [...list].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  return 'Supported options:\n' + sorted.map((d) => `  ${`${d.name}=<${TYPE_NAMES[d.type]}>`.padEnd(22)} - ${d.help}\n`).join('');
+  const lines = sorted.map((d) => `  ${`${d.name}=<${TYPE_NAMES[d.type]}>`.padEnd(22)} - ${d.help}\n`).join('');
+  if (formatOnly === undefined) return 'Supported options:\n' + lines;
+  return `Supported ${formatOnly} options:\n${lines}\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n`;
 }
 
 // ------------------------------------------------------------------- parsing

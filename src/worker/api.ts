@@ -14,6 +14,7 @@ import type { Engine, EngineMeasureOptions, EngineOpenOptions, ImageRef, Convert
 import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions } from '../img/compare.js';
 import type { MapOptions } from '../img/map.js';
+import { BlockError } from '../block/errors.js';
 import './transfer.js';
 
 /** Shortest gap between two progress messages. */
@@ -27,6 +28,15 @@ export interface WorkerApiOptions {
   addFile?: (source: Blob | FileSystemFileHandle, name?: string) => string;
   /** Resolves when start-up (the wasm module) finished; says whether wasm is in use. */
   ready?: Promise<{ wasm: boolean }>;
+  /** Lists the files of a persistent storage (the app's library), with their lengths in bytes. */
+  listFiles?: (storage: string) => Promise<StoredFile[]>;
+}
+
+/** A file in one of the worker's storages. */
+export interface StoredFile {
+  name: string;
+  /** Length in bytes. */
+  size: number;
 }
 
 /** Counters that show the data path uses transfers (tests and diagnostics). */
@@ -62,6 +72,23 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
   let lastRead: ArrayBuffer | null = null;
   const subscriptions = new Map<number, () => void>();
   let nextSubscription = 0;
+  // Cancellable jobs by the id the page chose: cancel(id) marks the job, and its
+  // next progress report throws ECANCELED out of the operation's loop.
+  const running = new Set<number>();
+  const cancelled = new Set<number>();
+  const cancellable = (jobId: number | undefined, report?: (done: number, total: number) => void) => {
+    if (jobId === undefined) return report;
+    running.add(jobId);
+    return (done: number, total: number) => {
+      if (cancelled.has(jobId)) throw new BlockError('ECANCELED', `cancelled by the user after ${done} of ${total} bytes`);
+      report?.(done, total);
+    };
+  };
+  const finished = (jobId: number | undefined) => {
+    if (jobId === undefined) return;
+    running.delete(jobId);
+    cancelled.delete(jobId);
+  };
 
   return {
     ready: async (): Promise<{ wasm: boolean; storages: string[] }> => ({
@@ -97,13 +124,29 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     info: (image: ImageRef, opts?: { backingChain?: boolean }) => engine.info(image, opts),
     map: (image: ImageRef, opts?: MapOptions) => engine.map(image, opts),
     measure: (opts: EngineMeasureOptions) => engine.measure(opts),
-    async convert(sources: ImageRef[], target: ConvertTarget, opts?: ConvertOptions, onProgress?: ProgressCallback) {
+    /**
+     * `jobId` (chosen by the page) makes the conversion cancellable with
+     * cancel(jobId). The check runs at each progress step of the copy loop, so
+     * it takes effect as soon as the worker handles the cancel message (the
+     * loop yields to it whenever a storage does real asynchronous I/O).
+     */
+    async convert(sources: ImageRef[], target: ConvertTarget, opts?: ConvertOptions, onProgress?: ProgressCallback, jobId?: number) {
       const p = throttled(onProgress);
       try {
-        return await engine.convert(sources, target, opts, p.report);
+        return await engine.convert(sources, target, opts, cancellable(jobId, p.report));
       } finally {
+        finished(jobId);
         await p.settle();
       }
+    },
+    /** Stops the running job `jobId` (convert); it rejects with ECANCELED. A job that already ended is left alone. */
+    cancel(jobId: number): void {
+      if (running.has(jobId)) cancelled.add(jobId);
+    },
+    /** The files of `storage` ('local', 'opfs', 'idb'), for the app's library. */
+    async listFiles(storage: string): Promise<StoredFile[]> {
+      if (!options.listFiles) throw new BlockError('ENOTSUP', 'this worker cannot list its storages');
+      return options.listFiles(storage);
     },
     async compare(a: ImageRef, b: ImageRef, opts?: CompareOptions, onProgress?: ProgressCallback) {
       const p = throttled(onProgress);

@@ -16,14 +16,15 @@
 import * as Comlink from 'comlink';
 import '../browser.js';
 import { Engine } from '../engine/engine.js';
-import type { Storage } from '../block/open.js';
+import { closeNode, type Storage } from '../block/open.js';
+import { BlockError } from '../block/errors.js';
 import { OpfsStorage } from '../protocols/opfs.js';
 import { IdbStorage } from '../protocols/idb.js';
 import { HttpStorage } from '../protocols/http.js';
 import { BlobStorage } from '../protocols/blob.js';
 import { MemoryStorage } from '../protocols/memory.js';
 import { initWasm } from '../wasm/index.js';
-import { createWorkerApi } from './api.js';
+import { createWorkerApi, type StoredFile } from './api.js';
 
 /**
  * The wasm buffer arena's size here: bounce and convert buffers are a few MiB
@@ -55,4 +56,30 @@ const ready = initWasm({ arenaBytes: WORKER_ARENA_BYTES }).then(
   },
 );
 
-Comlink.expose(createWorkerApi(engine, { ready, addFile: (source, name) => blob.add(source, name) }));
+/** Every file below an OPFS directory, with slash-separated names. */
+async function listOpfs(dir: FileSystemDirectoryHandle, prefix = ''): Promise<StoredFile[]> {
+  const out: StoredFile[] = [];
+  // `values()` is missing from TypeScript's DOM typings but present in every browser with OPFS.
+  for await (const h of (dir as unknown as { values(): AsyncIterable<FileSystemHandle> }).values()) {
+    if (h.kind === 'directory') out.push(...(await listOpfs(h as FileSystemDirectoryHandle, `${prefix}${h.name}/`)));
+    else out.push({ name: prefix + h.name, size: (await (h as FileSystemFileHandle).getFile()).size });
+  }
+  return out;
+}
+
+async function listFiles(storage: string): Promise<StoredFile[]> {
+  const s = storages[storage];
+  if (s instanceof OpfsStorage) return listOpfs(await navigator.storage.getDirectory());
+  if (s instanceof IdbStorage) {
+    const out: StoredFile[] = [];
+    for (const name of await s.list()) {
+      const bs = await s.openProtocol(name, { readOnly: true });
+      out.push({ name, size: bs.totalBytes });
+      await closeNode(bs);
+    }
+    return out;
+  }
+  throw new BlockError('ENOTSUP', `the ${storage} storage has no list of files`);
+}
+
+Comlink.expose(createWorkerApi(engine, { ready, addFile: (source, name) => blob.add(source, name), listFiles }));

@@ -33,6 +33,7 @@ import { getRefcountEntry, setRefcountEntry, dropRefcountCache } from './refcoun
 import { MAX_COUNTED_CLUSTERS, maxRefcount, writeRefcountStructure } from './repair-refcounts.js';
 import { QCOW_MAX_L1_SIZE } from './validate.js';
 import { flushMetadata } from './l1.js';
+import { writeIncompatibleFeatures } from './metadata.js';
 import type { Qcow2State } from './state.js';
 
 /**
@@ -130,7 +131,11 @@ class DiskRefcounts {
   private blocks = new Map<number, Uint8Array>();
   readonly perBlock: number;
 
-  constructor(private readonly s: Qcow2State) {
+  constructor(
+    private readonly s: Qcow2State,
+    /** Where messages go (the check's message list, in order). */
+    private readonly out: { messages: string[] },
+  ) {
     this.perBlock = (s.clusterSize * 8) / s.refcountBits;
   }
 
@@ -169,8 +174,33 @@ class DiskRefcounts {
     if (i >= this.table.length) return 0;
     const off = this.table[i]!;
     if (off === 0) return 0;
-    if (off % this.s.clusterSize !== 0) throw new BlockError('EIO', 'Input/output error');
+    if (off % this.s.clusterSize !== 0) {
+      await this.signalCorruption(`Refblock offset ${hex(off)} unaligned (reftable index: ${i === 0 ? '0' : hex(i)})`);
+      throw new BlockError('EIO', 'Input/output error');
+    }
     return getRefcountEntry(await this.block(off), this.s.refcountBits, k - i * this.perBlock);
+  }
+
+  private signalled = false;
+
+  /**
+   * qcow2_signal_corruption (fatal): on a writable image the corrupt bit is
+   * set (v3); a read-only one only says so. Once per check, as QEMU
+   * suppresses repeats.
+   */
+  private async signalCorruption(what: string): Promise<void> {
+    if (this.signalled) return;
+    this.signalled = true;
+    const s = this.s;
+    if (s.file.readOnly) {
+      this.out.messages.push(`qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`);
+      return;
+    }
+    this.out.messages.push(`qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
+    if (s.header.version === 3) {
+      s.header.incompatibleFeatures |= QCOW2_INCOMPAT_CORRUPT;
+      await writeIncompatible(s);
+    }
   }
 
   /** Sets the refcount of cluster `k` (its block exists) and writes the block. */
@@ -313,7 +343,7 @@ async function checkL2(c: Ctx, l2Offset: number, flags: number, active: boolean)
       case 'unallocated':
         if (bmLo !== 0) {
           res.corruptions++;
-          res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation bitmap');
+          res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation map');
         }
         break;
     }
@@ -588,6 +618,12 @@ function lastUsed(a: Uint32Array): number {
   return -1;
 }
 
+/** Rewrites incompatible_features from the in-memory header and flushes. */
+async function writeIncompatible(s: Qcow2State): Promise<void> {
+  await writeIncompatibleFeatures(s);
+  await bdrvFlush(s.file);
+}
+
 /** qcow2_check_refcounts */
 async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Promise<Res> {
   let res = newRes();
@@ -600,7 +636,8 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
   }
   res.totalClusters = Math.ceil(s.header.size / cs);
   const hasDataFile = (s.header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) !== 0n;
-  const disk = new DiskRefcounts(s);
+  const msgSink = { messages: res.messages };
+  const disk = new DiskRefcounts(s, msgSink);
   await disk.load();
   let c: Ctx = { bs, s, res, counts: new Counts(nbClusters), fix, hasDataFile };
   let rebuild = await calculateRefcounts(c, disk);
@@ -619,12 +656,14 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
     // Count again: the new refcount structures are referenced by the header now.
     const again = newRes();
     c = { ...c, res: again, counts: new Counts(Math.ceil(s.file.totalBytes / cs)) };
+    msgSink.messages = again.messages;
     await calculateRefcounts(c, disk);
     // Clusters the old structures used are leaked now; QEMU frees them here and does not count them as fixed.
     const cmp2 = await compareRefcounts(c, disk, { leaks: fix.leaks, errors: false }, c.counts.n);
     if (cmp2.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
     highest = cmp2.highest;
     res.messages.push(...again.messages);
+    msgSink.messages = res.messages;
     res.corruptions = again.corruptions;
     res.leaks = again.leaks;
     res.checkErrors += again.checkErrors;
@@ -640,6 +679,7 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
     if (res.leaks || res.corruptions) {
       const messages = res.messages;
       res = { ...preCompare, messages };
+      msgSink.messages = messages;
       c.res = res;
       cmp = await compareRefcounts(c, disk, fix, nbClusters);
       highest = cmp.highest;
@@ -676,11 +716,7 @@ export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promis
     const bits = QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT;
     if (h.version === 3 && h.incompatibleFeatures & bits) {
       h.incompatibleFeatures &= ~bits;
-      const b = new Uint8Array(8);
-      be.put32(b, 0, Number((h.incompatibleFeatures >> 32n) & 0xffffffffn));
-      be.put32(b, 4, Number(h.incompatibleFeatures & 0xffffffffn));
-      await bdrvPwrite(s.file, 72, 8, b);
-      await bdrvFlush(s.file);
+      await writeIncompatible(s);
     }
     s.rw.corrupt = false;
     s.rw.dirtyBitSet = false;

@@ -59,6 +59,8 @@ import { L2Cache } from './l2-cache.js';
 import { makeSliceLoader, mapRun } from './cluster-map.js';
 import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
+import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot } from './snapshot.js';
+import { qcow2ChangeBackingFile } from './change-backing.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
@@ -302,15 +304,9 @@ export const qcow2Driver: BlockDriver = {
   },
 
   async getAllocatedFileSize(bs) {
-    // QEMU sums the storage children (image file and external data file).
-    const s = bs.state<Qcow2State>();
-    let total = 0;
-    for (const node of s.dataFile === s.file ? [s.file] : [s.file, s.dataFile]) {
-      const n = await node.driver.getAllocatedFileSize?.(node);
-      if (n === undefined) return undefined;
-      total += n;
-    }
-    return total;
+    // qemu-img 7.2 reports the image file alone (newer QEMU adds the external data file).
+    const file = bs.state<Qcow2State>().file;
+    return file.driver.getAllocatedFileSize?.(file);
   },
 
   getInfo(bs): ImageInfoSpecific {
@@ -353,6 +349,20 @@ export const qcow2Driver: BlockDriver = {
 
   listSnapshots(bs) {
     return bs.state<Qcow2State>().snapshots.map(snapshotInfo);
+  },
+
+  // Internal snapshots and backing-file changes live in snapshot.ts and change-backing.ts.
+  async createSnapshot(bs, sn) {
+    await qcow2CreateSnapshot(bs, bs.state<Qcow2State>(), sn);
+  },
+  async applySnapshot(bs, idOrName) {
+    await qcow2ApplySnapshot(bs, bs.state<Qcow2State>(), idOrName);
+  },
+  async deleteSnapshot(bs, id, name) {
+    await qcow2DeleteSnapshot(bs, bs.state<Qcow2State>(), id, name);
+  },
+  changeBackingFile(bs, backingFile, backingFormat) {
+    return qcow2ChangeBackingFile(bs, bs.state<Qcow2State>(), backingFile, backingFormat);
   },
 };
 

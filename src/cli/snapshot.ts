@@ -1,0 +1,57 @@
+/** `blocktab snapshot`: qemu-img snapshot's options (-l, -c, -a, -d), listing and messages. */
+import { closeNode } from '../block/open.js';
+import { imgSnapshot, listSnapshots } from '../img/snapshot.js';
+import { parseCommand, str, UsageError } from './args.js';
+import { openForCli } from './open.js';
+import { snapshotHeader, snapshotLine } from './info.js';
+import type { Output } from './main.js';
+
+export async function runSnapshot(args: string[], out: Output): Promise<number> {
+  const p = parseCommand('snapshot', args, {
+    format: { type: 'string', short: 'f' },
+    list: { type: 'boolean', short: 'l' },
+    create: { type: 'string', short: 'c' },
+    apply: { type: 'string', short: 'a' },
+    delete: { type: 'string', short: 'd' },
+    // qemu-img prints nothing but the list and errors; -q changes nothing it prints.
+    quiet: { type: 'boolean', short: 'q' },
+    'force-share': { type: 'boolean', short: 'U' },
+    'image-opts': { type: 'boolean' },
+    object: { type: 'string', multiple: true },
+    help: { type: 'boolean', short: 'h' },
+  });
+  const actions = (['list', 'create', 'apply', 'delete'] as const).filter((k) => p.values[k] !== undefined && p.values[k] !== false);
+  if (actions.length > 1) throw new UsageError("Cannot mix '-l', '-a', '-c', '-d'");
+  if (p.positionals.length !== 1) throw new UsageError(p.positionals.length ? `Unexpected argument: ${p.positionals[1]}` : 'Expecting one image file name');
+  const filename = p.positionals[0]!;
+  const action = actions[0] ?? 'list';
+  const readOnly = action === 'list';
+  const bs = await openForCli(filename, { format: str(p, 'format'), readOnly, backing: false });
+  try {
+    if (action === 'list') {
+      const list = listSnapshots(bs);
+      if (list.length) {
+        let s = 'Snapshot list:\n' + snapshotHeader() + '\n';
+        for (const sn of list) {
+          s +=
+            snapshotLine({
+              id: sn.id,
+              name: sn.name,
+              'vm-state-size': sn.vmStateSize,
+              'date-sec': sn.dateSec,
+              'date-nsec': sn.dateNsec,
+              'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
+              'vm-clock-nsec': sn.vmClockNsec % 1e9,
+              icount: sn.icount,
+            }) + '\n';
+        }
+        out.stdout(s);
+      }
+      return 0;
+    }
+    await imgSnapshot(bs, action, str(p, action)!);
+    return 0;
+  } finally {
+    await closeNode(bs);
+  }
+}

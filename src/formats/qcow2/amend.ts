@@ -1,0 +1,228 @@
+/**
+ * qemu-img amend for qcow2 (QEMU's qcow2_amend_options), on an opened,
+ * writable node: compat upgrade (0.10 → 1.1) and downgrade (1.1 → 0.10, zero
+ * clusters expanded as qcow2_expand_zero_clusters), lazy_refcounts on/off,
+ * refcount_bits (qcow2_change_refcount_order) and size.
+ *
+ * Steps run in QEMU's order: upgrade, refcount width, lazy refcounts, size,
+ * downgrade last (it may fail on features v2 cannot express). Every step
+ * leaves a valid image: new refcount structures are written past the end of
+ * the file and flushed before one header write switches to them; zero
+ * clusters get their data (and refcounts) before the L2 entries change.
+ */
+import { BlockError } from '../../block/errors.js';
+import type { BlockNode } from '../../block/node.js';
+import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
+import {
+  be,
+  QCOW2_COMPAT_LAZY_REFCOUNTS,
+  QCOW2_COMPRESSION_TYPE_ZLIB,
+  QCOW2_EXT_MAGIC_BITMAPS,
+  QCOW2_EXT_MAGIC_FEATURE_TABLE,
+  QCOW2_INCOMPAT_COMPRESSION,
+  QCOW2_INCOMPAT_DATA_FILE,
+  QEMU_FEATURE_TABLE,
+  serializeHeader,
+  V3_HEADER_LENGTH,
+} from './header.js';
+import { allocateClusters, dropRefcountCache, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
+import { flushMetadata } from './l1.js';
+import { checkImage } from './check.js';
+import { MAX_COUNTED_CLUSTERS, writeRefcountStructure } from './repair-refcounts.js';
+import type { Qcow2State } from './state.js';
+
+export interface Qcow2AmendOptions {
+  version?: 2 | 3;
+  lazyRefcounts?: boolean;
+  refcountBits?: number;
+  size?: number;
+}
+
+const TWO32 = 0x100000000;
+
+function fail(msg: string, code: 'EINVAL' | 'ENOTSUP' = 'EINVAL'): never {
+  throw new BlockError(code, msg);
+}
+
+/** Rewrites the whole header cluster from `s.header` (one write, as qcow2_update_header). */
+async function updateHeader(s: Qcow2State): Promise<void> {
+  const b = serializeHeader(s.header);
+  await bdrvPwrite(s.file, 0, b.length, b);
+  await bdrvFlush(s.file);
+}
+
+async function upgrade(s: Qcow2State): Promise<void> {
+  const h = s.header;
+  h.version = 3;
+  h.headerLength = V3_HEADER_LENGTH;
+  h.headerTail = new Uint8Array(V3_HEADER_LENGTH - 105);
+  h.compressionType = QCOW2_COMPRESSION_TYPE_ZLIB;
+  if (s.clusterSize >= 8192 && !h.extensions.some((e) => e.type === QCOW2_EXT_MAGIC_FEATURE_TABLE)) {
+    h.extensions.push({ type: QCOW2_EXT_MAGIC_FEATURE_TABLE, features: [...QEMU_FEATURE_TABLE] });
+  }
+  await updateHeader(s);
+}
+
+/** qcow2_change_refcount_order: new structures of the new width past the end of the file, then the header. */
+async function changeRefcountOrder(s: Qcow2State, order: number): Promise<void> {
+  const cs = s.clusterSize;
+  const nb = Math.ceil(s.file.totalBytes / cs);
+  if (nb > MAX_COUNTED_CLUSTERS) fail(`${s.image}: too many clusters (${nb}) to change the refcount width`, 'ENOTSUP');
+  const counts = new Uint32Array(nb);
+  const max = order >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << order) - 1;
+  for (let c = 0; c < nb; c++) {
+    const v = await getRefcount(s, c);
+    if (v > max) fail(`Cannot decrease refcount entry width to ${1 << order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${v}`);
+    counts[c] = v;
+  }
+  // The old structures are unreferenced once the header points at the new ones.
+  const oldTable = s.header.refcountTableOffset / cs;
+  for (let c = oldTable; c < oldTable + s.header.refcountTableClusters; c++) if (c < nb) counts[c] = 0;
+  const table = s.refcountTable ?? new Float64Array(0);
+  for (const off of table) if (off && off / cs < nb) counts[off / cs] = 0;
+  const rs = await writeRefcountStructure(s.file, counts, cs, order, nb);
+  await bdrvFlush(s.file);
+  s.header.refcountOrder = order;
+  s.header.refcountTableOffset = rs.tableOffset;
+  s.header.refcountTableClusters = rs.tableClusters;
+  await updateHeader(s);
+  s.refcountBits = 1 << order;
+  dropRefcountCache(s);
+}
+
+/** qcow2_expand_zero_clusters over every L1 table (active and snapshots). */
+async function expandZeroClusters(bs: BlockNode, s: Qcow2State): Promise<void> {
+  const cs = s.clusterSize;
+  const l1s: Array<{ offset: number; size: number }> = [{ offset: s.header.l1TableOffset, size: s.l1Size }];
+  for (const sn of s.snapshots) l1s.push({ offset: sn.l1TableOffset, size: sn.l1Size });
+  const seen = new Set<number>();
+  const zeros = new Uint8Array(cs);
+  const l2 = new Uint8Array(cs);
+  for (const { offset, size } of l1s) {
+    const l1 = new Uint8Array(size * 8);
+    await bdrvPread(s.file, offset, l1.length, l1);
+    for (let i = 0; i < size; i++) {
+      const l2Off = (be.u32(l1, i * 8) & 0x00ffffff) * TWO32 + ((be.u32(l1, i * 8 + 4) & 0xfffffe00) >>> 0);
+      if (!l2Off || seen.has(l2Off)) continue;
+      seen.add(l2Off);
+      await bdrvPread(s.file, l2Off, cs, l2);
+      let dirty = false;
+      for (let j = 0; j < s.l2Size; j++) {
+        const hi = be.u32(l2, j * 8);
+        const lo = be.u32(l2, j * 8 + 4);
+        if (hi & 0x40000000 || !(lo & 1)) continue; // compressed, or no zero flag
+        const host = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+        let target: number;
+        if (!host) {
+          if (!bs.backing) {
+            // Not backed: an unallocated cluster reads as zeros too.
+            be.put32(l2, j * 8, 0);
+            be.put32(l2, j * 8 + 4, 0);
+            dirty = true;
+            continue;
+          }
+          target = await allocateClusters(s, 1);
+        } else if ((await getRefcount(s, host / cs)) === 1) {
+          target = host;
+        } else {
+          // Shared with another entry that may hold data: a cluster of its own.
+          target = await allocateClusters(s, 1);
+          await updateRefcount(s, host, cs, -1);
+        }
+        await flushRefcounts(s);
+        await bdrvPwrite(s.file, target, cs, zeros);
+        be.put32(l2, j * 8, 0x80000000 + Math.floor(target / TWO32));
+        be.put32(l2, j * 8 + 4, target >>> 0);
+        dirty = true;
+      }
+      if (dirty) {
+        await flushRefcounts(s);
+        await bdrvPwrite(s.file, l2Off, cs, l2);
+        s.l2Cache.invalidate(l2Off, cs);
+      }
+    }
+  }
+  await bdrvFlush(s.file);
+}
+
+/** qcow2_downgrade */
+async function downgrade(bs: BlockNode, s: Qcow2State): Promise<void> {
+  const h = s.header;
+  if (h.refcountOrder !== 4) fail('compat=0.10 requires refcount_bits=16', 'ENOTSUP');
+  if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
+  const other = h.incompatibleFeatures & ~QCOW2_INCOMPAT_COMPRESSION;
+  if (other) fail(`Cannot downgrade an image with incompatible features 0x${other.toString(16)} set`, 'ENOTSUP');
+  if (s.bitmaps.length || h.extensions.some((e) => e.type === QCOW2_EXT_MAGIC_BITMAPS)) {
+    fail(`${s.image}: cannot downgrade an image with persistent bitmaps (blocktab does not convert them)`, 'ENOTSUP');
+  }
+  if (h.compressionType !== QCOW2_COMPRESSION_TYPE_ZLIB && (await hasCompressedClusters(s))) {
+    fail(`Cannot downgrade an image with incompatible features 0x${QCOW2_INCOMPAT_COMPRESSION.toString(16)} set`, 'ENOTSUP');
+  }
+  await expandZeroClusters(bs, s);
+  h.compatibleFeatures = 0n;
+  h.autoclearFeatures = 0n;
+  h.incompatibleFeatures = 0n;
+  h.compressionType = QCOW2_COMPRESSION_TYPE_ZLIB;
+  h.version = 2;
+  h.headerLength = 72;
+  h.headerTail = new Uint8Array(0);
+  h.extensions = h.extensions.filter((e) => e.type !== QCOW2_EXT_MAGIC_FEATURE_TABLE);
+  await updateHeader(s);
+}
+
+async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
+  const cs = s.clusterSize;
+  const l2 = new Uint8Array(cs);
+  const l1s = [{ offset: s.header.l1TableOffset, size: s.l1Size }, ...s.snapshots.map((sn) => ({ offset: sn.l1TableOffset, size: sn.l1Size }))];
+  for (const { offset, size } of l1s) {
+    const l1 = new Uint8Array(size * 8);
+    await bdrvPread(s.file, offset, l1.length, l1);
+    for (let i = 0; i < size; i++) {
+      const l2Off = (be.u32(l1, i * 8) & 0x00ffffff) * TWO32 + ((be.u32(l1, i * 8 + 4) & 0xfffffe00) >>> 0);
+      if (!l2Off) continue;
+      await bdrvPread(s.file, l2Off, cs, l2);
+      for (let j = 0; j < s.l2Size; j++) if (be.u32(l2, j * s.l2EntryBytes) & 0x40000000) return true;
+    }
+  }
+  return false;
+}
+
+/** Applies `o` to the opened qcow2 node `bs` (read-write). Messages are QEMU's. */
+export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions): Promise<void> {
+  const s = bs.state<Qcow2State>();
+  if (bs.readOnly) fail(`${s.image}: cannot amend an image opened read-only`, 'EINVAL');
+  const h = s.header;
+  const oldVersion = h.version;
+  const newVersion = o.version ?? oldVersion;
+  const lazy = o.lazyRefcounts ?? (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n;
+  // Option checks first, in QEMU's order.
+  let newOrder = h.refcountOrder;
+  if (o.refcountBits !== undefined) {
+    const order = Math.log2(o.refcountBits);
+    if (!Number.isInteger(order) || o.refcountBits > 64 || o.refcountBits < 1) fail('Refcount width must be a power of two and may not exceed 64 bits');
+    newOrder = order;
+  }
+  if (newVersion < 3 && newOrder !== 4) {
+    fail('Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
+  }
+  const hadLazy = (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n;
+  // Only a change is checked: a downgrade drops lazy refcounts with the other compatible features.
+  if (lazy && !hadLazy && newVersion < 3) fail('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
+
+  await flushMetadata(s);
+  if (newVersion > oldVersion) await upgrade(s);
+  if (newOrder !== h.refcountOrder) await changeRefcountOrder(s, newOrder);
+  if (lazy !== hadLazy) {
+    if (!lazy) {
+      // Refcounts must be exact before they stop being lazy (qcow2_mark_clean repairs a dirty image).
+      await checkImage(bs, { fix: { leaks: true, errors: true } });
+      h.compatibleFeatures &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
+    } else {
+      h.compatibleFeatures |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+    }
+    await updateHeader(s);
+  }
+  if (o.size !== undefined && o.size !== bs.totalBytes) await bdrvTruncate(bs, o.size, false, 'off');
+  if (newVersion < oldVersion) await downgrade(bs, s);
+  await flushMetadata(s);
+}

@@ -1,0 +1,51 @@
+/**
+ * The commit job (QEMU's block/commit.c, as qemu-img commit runs it): data
+ * allocated in the layers above `base` is copied into `base`, then the top
+ * image is emptied (QEMU's bdrv_make_empty) unless the caller keeps it.
+ * Base is written through a writable node of the base image (`baseWritable`),
+ * which must be the same image as `base` in top's chain.
+ */
+import { BlockError } from '../block/errors.js';
+import { bdrvFlush, bdrvTruncate } from '../block/io.js';
+import type { BlockNode } from '../block/node.js';
+import { isAllocatedAbove } from '../block/status.js';
+import { qcow2State, qcow2Driver } from '../formats/qcow2/qcow2.js';
+import { withLock } from '../formats/qcow2/metadata.js';
+import { flushMetadata } from '../formats/qcow2/l1.js';
+import { prepareWrite, qcow2DiscardRange } from '../formats/qcow2/write.js';
+import { copyAllocated } from './copy-range.js';
+import type { Job } from './job.js';
+
+export interface CommitOptions {
+  /** The base image as it sits in top's chain (the copy stops there). */
+  base: BlockNode;
+  /** A writable node on the base image. */
+  baseWritable: BlockNode;
+  /** Keep the top image's data (qemu-img commit -d). */
+  keepTop?: boolean;
+}
+
+export async function runCommit(job: Job, top: BlockNode, o: CommitOptions): Promise<void> {
+  if (o.baseWritable.readOnly) throw new BlockError('EPERM', `${o.baseWritable.filename}: the base image is read-only`);
+  const size = top.totalBytes;
+  // QEMU grows a smaller base to the top's size before copying.
+  if (o.baseWritable.totalBytes < size) await bdrvTruncate(o.baseWritable, size, false, 'off');
+  await copyAllocated(job, size, (off, n) => isAllocatedAbove(top, o.base, false, off, n), top, o.baseWritable);
+  await bdrvFlush(o.baseWritable);
+  if (!o.keepTop) await makeEmpty(top);
+}
+
+/**
+ * QEMU's bdrv_make_empty: every cluster of the image is dropped so reads
+ * fall through to the backing file (qcow2: a full discard of the whole disk).
+ */
+export async function makeEmpty(bs: BlockNode): Promise<void> {
+  if (bs.driver !== qcow2Driver) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} format cannot be emptied`);
+  const s = qcow2State(bs);
+  await withLock(s, async () => {
+    await prepareWrite(s);
+    if (bs.totalBytes > 0) await qcow2DiscardRange(bs, s, 0, bs.totalBytes, true);
+    await flushMetadata(s);
+  });
+  await bdrvFlush(bs);
+}

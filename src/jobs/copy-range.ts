@@ -1,0 +1,40 @@
+/**
+ * The copy loop stream and commit share (QEMU's commit_run / stream_run
+ * bodies): walk [0, size) in chunks, ask which ranges `allocatedIn` says must
+ * move, read them from `from` and write them to `to`, reporting each chunk to
+ * the job.
+ */
+import { allocBuffer, freeBuffer } from '../block/buffers.js';
+import { bdrvPread, bdrvPwrite } from '../block/io.js';
+import type { BlockNode } from '../block/node.js';
+import type { Job } from './job.js';
+
+/** QEMU's COMMIT_BUFFER_SIZE / STREAM_CHUNK. */
+export const JOB_CHUNK = 512 * 1024;
+
+export async function copyAllocated(
+  job: Job,
+  size: number,
+  allocatedIn: (offset: number, bytes: number) => Promise<{ allocated: boolean; pnum: number }>,
+  from: BlockNode,
+  to: BlockNode,
+): Promise<void> {
+  job.total = size;
+  const buf = allocBuffer(Math.min(JOB_CHUNK, Math.max(size, 1)));
+  try {
+    for (let offset = 0; offset < size; ) {
+      const want = Math.min(JOB_CHUNK, size - offset);
+      const { allocated, pnum } = await allocatedIn(offset, want);
+      const n = Math.max(1, Math.min(pnum, want));
+      if (allocated) {
+        const chunk = buf.subarray(0, n);
+        await bdrvPread(from, offset, n, chunk);
+        await bdrvPwrite(to, offset, n, chunk);
+      }
+      offset += n;
+      await job.step(n);
+    }
+  } finally {
+    freeBuffer(buf);
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * The convert section: qemu-img convert from the open image to a new raw
+ * image (qcow2 targets come with the engine's qcow2 writer), saved as a
+ * download, into a file the user picks, or into the library. The copy runs in
+ * the worker with progress and a real Cancel (see jobs.ts).
+ */
+import type { BlocktabClient } from '../client/index.js';
+import { showError, showInfo } from './alerts.js';
+import { byId, h } from './dom.js';
+import { baseName, formatSize } from './format.js';
+import { runJob } from './jobs.js';
+import { downloadFile, saveFilePicker } from './save.js';
+import type { ImageSession } from './session.js';
+
+type Dest = 'download' | 'file' | 'library';
+
+let scratch = 0;
+
+export class ConvertPanel {
+  private session: ImageSession | null = null;
+  private readonly form = byId<HTMLFormElement>('convert-form');
+  private readonly format = byId<HTMLSelectElement>('convert-format');
+  private readonly sparse = byId<HTMLSelectElement>('convert-sparse');
+  private readonly dest = byId<HTMLSelectElement>('convert-dest');
+  private readonly name = byId<HTMLInputElement>('convert-name');
+  private readonly result = byId('convert-result');
+
+  constructor(
+    private readonly client: BlocktabClient,
+    private readonly hasLibrary: boolean,
+    private readonly onLibraryChanged: () => void,
+  ) {
+    const options: [Dest, string][] = [['download', 'a download']];
+    if (saveFilePicker()) options.push(['file', 'a file I choose…']);
+    if (hasLibrary) options.push(['library', 'the library (this browser)']);
+    this.dest.replaceChildren(...options.map(([v, label]) => h('option', { value: v }, label)));
+    this.form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      void this.run();
+    });
+    this.format.addEventListener('change', () => this.suggestName());
+  }
+
+  setSession(s: ImageSession | null): void {
+    this.session = s;
+    this.result.textContent = '';
+    this.suggestName();
+  }
+
+  private suggestName(): void {
+    if (!this.session) return;
+    const stem = baseName(this.session.label).replace(/\.(qcow2|img|raw|iso|bin)$/i, '');
+    this.name.value = `${stem}.${this.format.value === 'raw' ? 'raw' : this.format.value}`;
+  }
+
+  private async run(): Promise<void> {
+    const s = this.session;
+    if (!s) return;
+    const dest = this.dest.value as Dest;
+    const format = this.format.value;
+    const filename = this.name.value.trim();
+    const minSparse = Number(this.sparse.value);
+    this.result.textContent = '';
+    // The picker needs the click's user activation, so it comes before any await.
+    let handle: FileSystemFileHandle | undefined;
+    try {
+      if (dest === 'file') handle = await saveFilePicker()!({ suggestedName: filename });
+    } catch (e) {
+      if ((e as { name?: string }).name !== 'AbortError') showError(`Could not choose where to save ${filename}`, e);
+      return;
+    }
+    const started = performance.now();
+    try {
+      const bytes = await runJob(`Converting ${s.label} to ${format}`, async (job) => {
+        if (dest === 'library') {
+          return (await this.client.convert([s.node], { storage: 'local', filename, format }, { minSparse }, job.progress, job.cancel)).bytes;
+        }
+        if (dest === 'file') return this.convertIntoHandle(s, handle!, format, minSparse, job);
+        // A download: convert into worker memory, then stream it out.
+        const tmp = `convert-${++scratch}/${filename}`;
+        try {
+          const { bytes } = await this.client.convert([s.node], { storage: 'memory', filename: tmp, format }, { minSparse }, job.progress, job.cancel);
+          await downloadFile(this.client, 'memory', tmp, filename, job.progress, job.signal);
+          return bytes;
+        } finally {
+          await this.client.removeFile('memory', tmp).catch(() => {});
+        }
+      });
+      const secs = ((performance.now() - started) / 1000).toFixed(1);
+      const where = dest === 'library' ? 'into the library' : dest === 'file' ? `into ${handle!.name}` : 'as a download';
+      this.result.textContent = `Converted ${s.label} to ${format} (${formatSize(bytes)}) ${where} in ${secs} s.`;
+      this.result.dataset.done = String(Date.now());
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ECANCELED') {
+        if (dest === 'library') await this.client.removeFile('local', filename).catch(() => {});
+        showInfo(`Conversion of ${s.label} cancelled`, dest === 'file' ? `${handle?.name} may hold a partial copy.` : 'Nothing was saved.');
+        this.result.textContent = 'Cancelled.';
+      } else {
+        showError(`Could not convert ${s.label}`, e);
+      }
+    } finally {
+      if (dest === 'library') this.onLibraryChanged();
+    }
+  }
+
+  /** Writes straight into the picked file: it becomes a writable blob-storage node, grown to size, then the target. */
+  private async convertIntoHandle(
+    s: ImageSession,
+    handle: FileSystemFileHandle,
+    format: string,
+    minSparse: number,
+    job: Parameters<Parameters<typeof runJob>[1]>[0],
+  ): Promise<number> {
+    if (format !== 'raw') throw Object.assign(new Error(`saving ${format} into a picked file is not supported yet`), { code: 'ENOTSUP' });
+    const name = await this.client.addFile(handle, `save-${++scratch}/${handle.name}`);
+    const node = await this.client.open('blob', name, { format: 'raw' });
+    try {
+      const size = s.info['virtual-size'];
+      // Emptied, then grown: the picked file reads as zeros, so holes need no writes.
+      await this.client.execute('block_resize', { 'node-name': node, size: 0 });
+      await this.client.execute('block_resize', { 'node-name': node, size });
+      return (await this.client.convert([s.node], node, { minSparse, targetHasZeroInit: true }, job.progress, job.cancel)).bytes;
+    } finally {
+      await this.client.close(node);
+    }
+  }
+}
