@@ -5,6 +5,7 @@
  * `--` to end options. Errors become a UsageError the top level prints as one
  * line.
  */
+import { qemuStrtosz } from '../img/options.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 export class UsageError extends Error {}
@@ -50,15 +51,12 @@ export function flag(p: Parsed, name: string): boolean {
  * suffix (B, K, M, G, T, P, E; case-insensitive), fractions allowed with a suffix.
  */
 export function parseSize(what: string, text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([bkmgtpe]?)$/i.exec(text);
-  if (!m) throw new UsageError(`Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
-  const units = 'bkmgtpe';
-  const shift = m[2] ? units.indexOf(m[2].toLowerCase()) * 10 : 0;
-  const n = Number(m[1]) * 2 ** shift;
-  if (!Number.isSafeInteger(Math.floor(n)) || (!m[2] && m[1]!.includes('.'))) {
-    throw new UsageError(`Invalid ${what} specified. Must be less than 8 EiB!`);
+  const v = qemuStrtosz(text);
+  if (v === undefined) {
+    throw new UsageError(`Invalid ${what} specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.`);
   }
-  return Math.floor(n);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError(`Invalid ${what} specified. Must be less than 8 EiB!`);
+  return Number(v);
 }
 
 /** `--output=human|json` */

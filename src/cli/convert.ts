@@ -89,6 +89,9 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   if (copyRange && sparseText !== undefined) throw new UsageError('Cannot enable copy offloading when -S is used');
   if (noCreate && opts.length) throw new UsageError('-o has no effect when skipping image creation');
   if (targetIsZero && !noCreate) throw new UsageError('--target-is-zero requires use of -n flag');
+  if (targetIsZero && str(p, 'backing-file') !== undefined) {
+    throw new UsageError('Cannot use --target-is-zero when the destination image has a backing file');
+  }
 
   const outFmt = str(p, 'output-format') ?? 'raw';
   const dst = p.positionals.length >= 2 ? p.positionals[p.positionals.length - 1] : undefined;

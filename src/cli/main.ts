@@ -50,7 +50,7 @@ blocktab: QEMU's block layer in TypeScript; speaks qemu-img's (and qemu-io's) la
 Command syntax:
   info [-f fmt] [--output=human|json] [--backing-chain] [-U] filename
   map [-f fmt] [--output=human|json] [--start-offset=offset] [--max-length=len] [-U] filename
-  convert [-f fmt] [-O output_fmt] [-p] [-q] [-n] [-S sparse_size] [-U] filename [filename2 [...]] output_filename
+  convert [-c] [-f fmt] [-O output_fmt] [-o options] [-B backing_file [-F backing_fmt]] [-n] [-p] [-q] [-S sparse_size] [-m num_coroutines] [-W] [-U] filename [filename2 [...]] output_filename
   compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
   create [-q] [-f fmt] [-b backing_file -F backing_fmt] [-u] [-o options] filename [size]
   check [-f fmt] [--output=human|json] [-r leaks|all] [-q] [-U] filename
@@ -103,9 +103,7 @@ export async function main(argv: string[], out: Output): Promise<number> {
     }
     if (cmd === 'io') {
       await loadKernels();
-      // Written by the qemu-io helper; the path is a variable so this file builds before it exists.
-      const ioModule = './qemu-io/main.js';
-      const m = (await import(ioModule)) as { runIo: (args: string[]) => Promise<number> };
+      const m = await import('./qemu-io/main.js');
       return await m.runIo(rest);
     }
     const load = commands[cmd];

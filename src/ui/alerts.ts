@@ -11,7 +11,7 @@ const HEADLINES: Record<string, string> = {
   ECORRUPT: 'The image is corrupt',
   ENOENT: 'File not found',
   ENOTSUP: 'Not supported',
-  EINVAL: 'Invalid request',
+  EINVAL: 'Invalid image or value',
   EIO: 'Read or write failed',
   EPERM: 'Not allowed',
   EACCES: 'Permission denied',

@@ -211,6 +211,7 @@ export class AllocMap {
       li.dataset.bytes = String(totals[k]);
       li.querySelector('.amount')!.textContent = totals[k] ? ` ${formatSize(totals[k]!)}` : '';
     }
+    if (this.hover < 0) this.describe(this.focus);
     this.canvas.dataset.state = this.complete ? 'complete' : this.chunks.some((c) => c.state === 'failed') ? 'failed' : 'loading';
   }
 
@@ -323,7 +324,7 @@ export class AllocMap {
     });
   }
 
-  /** Sums, per cell and kind, the bytes the extents in view cover; then colours each cell by its largest kind. */
+  /** Sums, per cell and kind, the bytes the extents in view cover; then picks each cell's colour. */
   private classify(): void {
     const cells = this.cells;
     if (this.acc.length < cells * KIND_COUNT) this.acc = new Float64Array(cells * KIND_COUNT);
@@ -352,16 +353,18 @@ export class AllocMap {
       for (let i = upperBound(ch.ends!, vs); i < ch.starts.length && ch.starts[i]! < ve; i++) add(ch.starts[i]!, ch.ends![i]!, ch.kinds![i]!);
     }
     for (let c = 0; c < cells; c++) {
-      let best = Kind.Loading;
+      // A cell shows the largest kind of content it holds, however little: a
+      // 1 MiB write in a 512 MiB cell must stay visible. Then zero, then the
+      // larger of unallocated and not-read-yet.
+      const base = c * KIND_COUNT;
+      let best = -1;
       let bestBytes = 0;
-      // Any real content beats "not read yet" and "unallocated" ties; data-like kinds win ties.
-      for (let k = KIND_COUNT - 1; k >= 0; k--) {
-        const v = this.acc[c * KIND_COUNT + k]!;
-        if (v > bestBytes) {
-          bestBytes = v;
-          best = k;
-        }
+      for (let k = Kind.Compressed; k < KIND_COUNT; k++) {
+        if (this.acc[base + k]! > bestBytes) [best, bestBytes] = [k, this.acc[base + k]!];
       }
+      if (this.acc[base + Kind.Data]! > 0 && this.acc[base + Kind.Data]! >= bestBytes) best = Kind.Data;
+      if (best < 0 && this.acc[base + Kind.Zero]! > 0) best = Kind.Zero;
+      if (best < 0) best = this.acc[base + Kind.Loading]! > this.acc[base + Kind.Unallocated]! ? Kind.Loading : Kind.Unallocated;
       this.cellKinds[c] = best;
     }
   }
@@ -424,7 +427,8 @@ export class AllocMap {
     const parts: string[] = [];
     for (let k = 0; k < KIND_COUNT; k++) {
       const v = this.acc[cell * KIND_COUNT + k]!;
-      if (v > 0) parts.push(`${kindName(k)} ${Math.round((v / (b - a)) * 100)}%`);
+      const pct = (v / (b - a)) * 100;
+      if (v > 0) parts.push(`${kindName(k)} ${pct < 1 ? '<1' : Math.round(pct)}%`);
     }
     this.status.textContent = `${hexOffset(a)}–${hexOffset(b)} (${formatSize(b - a)}): ${parts.join(', ')}`;
   }

@@ -68,7 +68,7 @@ function renderChain(s: ImageSession): void {
   if (last['backing-filename'] && !last['backing-image']) {
     items.push(h('li', {}, h('div', { class: 'layer' }, h('strong', {}, last['backing-filename']), 'not opened')));
   }
-  if (s.layers.length === 1 && items.length === 1) items.push(h('li', {}, h('span', { class: 'muted' }, 'no backing file')));
+  if (items.length === 1) items.push(h('li', { class: 'no-backing' }, h('span', { class: 'muted' }, 'no backing file')));
   byId('chain').replaceChildren(...items);
 }
 

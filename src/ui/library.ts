@@ -17,6 +17,8 @@ export const LIBRARY = 'local';
 
 export interface LibraryCallbacks {
   open(filename: string): void;
+  /** Closes the shown image if it uses `filename` (an open file cannot be removed). */
+  release(filename: string): Promise<void>;
 }
 
 export class Library {
@@ -155,6 +157,7 @@ export class Library {
 
   private async remove(name: string): Promise<void> {
     try {
+      await this.cb.release(name);
       await this.client.removeFile(LIBRARY, name);
     } catch (e) {
       showError(`Could not delete ${name}`, e);

@@ -43,6 +43,10 @@ class App {
     if (storages.includes(LIBRARY)) {
       this.library = new Library(client, storages.includes('opfs') ? 'OPFS' : 'IndexedDB', {
         open: (name) => void this.open(LIBRARY, name, name),
+        release: async (name) => {
+          const s = this.session;
+          if (s?.storage === LIBRARY && s.layers.some((l) => l.filename === name)) await this.closeImage();
+        },
       });
       void this.library.refresh();
     } else {
@@ -73,6 +77,21 @@ class App {
     } finally {
       if (ticket === this.opening) document.body.dataset.state = 'idle';
     }
+  }
+
+  /** Closes the shown image and goes back to the empty state. */
+  async closeImage(): Promise<void> {
+    const s = this.session;
+    if (!s) return;
+    this.session = null;
+    this.opening++;
+    this.map.load(null);
+    this.hex.setSession(null);
+    this.convert.setSession(null);
+    byId('image-view').hidden = true;
+    byId('empty-state').hidden = false;
+    byId<HTMLButtonElement>('import-current').disabled = true;
+    await this.client.close(s.node).catch(() => {});
   }
 
   private show(s: ImageSession): void {

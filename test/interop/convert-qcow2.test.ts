@@ -13,6 +13,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { blocktab, qemuImg, qemuImgRun, qemuIo, seededBytes, tmpDir } from '../helpers/qemu.js';
+import { FileStorage } from '../../src/node.js';
+import { Engine } from '../../src/engine/index.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -229,5 +231,34 @@ describe('convert -p', () => {
     expect(lines(r.stdout)[0]).toBe('(0.00/100%)');
     expect(lines(r.stdout).at(-1)).toBe(lines(q.stdout).at(-1));
     expect(r.stdout.endsWith('\n')).toBe(true);
+  });
+});
+
+describe('Engine.convert creates qcow2 targets', () => {
+  it('with -o options and -c, equal to qemu-img convert', async () => {
+    const engine = new Engine({ storages: { file: new FileStorage() } });
+    const out = at('engine.qcow2');
+    const seen: number[] = [];
+    await engine.convert(
+      [{ storage: 'file', filename: at('mixed.qcow2') }],
+      { storage: 'file', filename: out, format: 'qcow2', options: ['cluster_size=16k,refcount_bits=8'] },
+      { compressed: true },
+      (done) => seen.push(done),
+    );
+    await engine.dispose();
+    qemuImg(['convert', '-c', '-O', 'qcow2', '-o', 'cluster_size=16k,refcount_bits=8', at('mixed.qcow2'), at('engine-theirs.qcow2')]);
+    expect(qemuImgRun(['check', out]).status).toBe(0);
+    expect(qemuImgRun(['compare', at('mixed.qcow2'), out]).stdout).toBe('Images are identical.\n');
+    expect(allocationMap(out)).toEqual(allocationMap(at('engine-theirs.qcow2')));
+    expect(info(out)['format-specific']).toEqual(info(at('engine-theirs.qcow2'))['format-specific']);
+    expect(seen.at(-1)).toBe(4 * MiB + 7680);
+  });
+
+  it('refuses -c for a raw target with qemu-img\'s message', async () => {
+    const engine = new Engine({ storages: { file: new FileStorage() } });
+    await expect(
+      engine.convert([{ storage: 'file', filename: at('small.raw'), format: 'raw' }], { storage: 'file', filename: at('engine.raw') }, { compressed: true }),
+    ).rejects.toMatchObject({ message: 'Compression not supported for this file format' });
+    await engine.dispose();
   });
 });

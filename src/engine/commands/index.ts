@@ -10,6 +10,9 @@
 import { blockdevCommands } from './blockdev.js';
 import { queryCommands } from './query.js';
 import { dirtyBitmapCommands } from './dirty-bitmap.js';
+import { snapshotCommands } from './snapshot.js';
+import { transactionCommands } from './transaction.js';
+import { jobCommands } from './jobs.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -18,4 +21,7 @@ export const qmpCommands: QmpCommandTable = {
   ...blockdevCommands,
   ...queryCommands,
   ...dirtyBitmapCommands,
+  ...snapshotCommands,
+  ...transactionCommands,
+  ...jobCommands,
 };

@@ -6,12 +6,18 @@
  */
 import type { Engine } from '../engine.js';
 import type { ArgSpec, Args } from '../qapi-args.js';
+import type { TransactionAction } from '../../block/transaction.js';
 
 export interface QmpCommand {
   args: ArgSpec;
   /** Members beyond `args` are checked by the handler itself (blockdev-add's driver-specific members). */
   openArgs?: boolean;
   run(engine: Engine, args: Args): Promise<unknown> | unknown;
+  /**
+   * For commands that may be `transaction` actions: the action with its
+   * prepare/commit/abort (args already checked against `args`).
+   */
+  transaction?(engine: Engine, args: Args): TransactionAction;
 }
 
 export type QmpCommandTable = Record<string, QmpCommand>;

@@ -251,7 +251,7 @@ function incRefcounts(c: Ctx, offset: number, size: number): void {
 }
 
 /** check_refcounts_l2 */
-async function checkL2(c: Ctx, l2Offset: number, flags: number, active: boolean): Promise<void> {
+async function checkL2(c: Ctx, l2Offset: number, flags: number): Promise<void> {
   const { s, res } = c;
   const eb = s.l2EntryBytes;
   const table = new Uint8Array(s.clusterSize);
@@ -351,12 +351,11 @@ async function checkL2(c: Ctx, l2Offset: number, flags: number, active: boolean)
   if (dirty) {
     await bdrvPwrite(s.file, l2Offset, s.clusterSize, table);
     s.l2Cache.invalidate(l2Offset, s.clusterSize);
-    void active;
   }
 }
 
 /** check_refcounts_l1 */
-async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number, active: boolean): Promise<void> {
+async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number): Promise<void> {
   if (!l1Size) return;
   const { s, res } = c;
   incRefcounts(c, l1Offset, l1Size * 8);
@@ -376,7 +375,7 @@ async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number, 
       res.messages.push(`ERROR l2_offset=${l2.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
       res.corruptions++;
     }
-    await checkL2(c, l2, flags, active);
+    await checkL2(c, l2, flags);
   }
 }
 
@@ -466,7 +465,7 @@ async function checkRefblocks(c: Ctx, disk: DiskRefcounts): Promise<boolean> {
 async function calculateRefcounts(c: Ctx, disk: DiskRefcounts): Promise<boolean> {
   const { s, res } = c;
   incRefcounts(c, 0, s.clusterSize);
-  await checkL1(c, s.header.l1TableOffset, s.header.l1Size, CHECK_FRAG_INFO, true);
+  await checkL1(c, s.header.l1TableOffset, s.header.l1Size, CHECK_FRAG_INFO);
   if (c.hasDataFile && s.snapshots.length) {
     res.messages.push(`ERROR ${s.snapshots.length} snapshots in image with data file`);
     res.corruptions++;
@@ -482,7 +481,7 @@ async function calculateRefcounts(c: Ctx, disk: DiskRefcounts): Promise<boolean>
       res.corruptions++;
       continue;
     }
-    await checkL1(c, sn.l1TableOffset, sn.l1Size, 0, false);
+    await checkL1(c, sn.l1TableOffset, sn.l1Size, 0);
   }
   incRefcounts(c, s.header.snapshotsOffset, snapshotsSize(s));
   incRefcounts(c, s.header.refcountTableOffset, s.header.refcountTableClusters * s.clusterSize);

@@ -103,8 +103,8 @@ let zstdReady: Promise<ZstdModule> | undefined;
 /** Loads the zstd encoder (wasm) on the first compressed write of a zstd image. */
 function loadZstd(): Promise<ZstdModule> {
   zstdReady ??= (async () => {
-    const spec = '@bokuweb/zstd-wasm';
-    const mod = (await import(spec)) as Partial<ZstdModule> & { default?: ZstdModule };
+    // A literal specifier so vite bundles the web build (and its zstd.wasm) into the worker.
+    const mod = (await import('@bokuweb/zstd-wasm')) as unknown as Partial<ZstdModule> & { default?: ZstdModule };
     const z = (mod.compress ? mod : mod.default) as ZstdModule;
     await z.init();
     return z;

@@ -121,19 +121,8 @@ export function l2CacheGeometry(
  * repaired first, as QEMU's qcow2_do_open does, with check.ts when it exists.
  */
 async function repairDirty(bs: BlockNode, s: Qcow2State): Promise<void> {
-  let mod: { checkImage?: (bs: BlockNode, opts: { fix: { leaks: boolean; errors: boolean } }) => Promise<unknown> } | undefined;
-  try {
-    const spec = './check.js';
-    mod = await import(spec);
-  } catch {
-    mod = undefined;
-  }
-  if (!mod?.checkImage) {
-    throw new BlockError(
-      'ENOTSUP',
-      `${s.image}: the image is dirty (dirty bit in incompatible_features at 0x48: lazy refcounts and not closed cleanly); it must be repaired before it is opened read/write (qemu-img check -r all)`,
-    );
-  }
+  // Loaded on demand: check.ts is large and only a dirty image needs it at open.
+  const mod = await import('./check.js');
   await mod.checkImage(bs, { fix: { leaks: true, errors: true } });
   dropRefcountCache(s);
   s.l2Cache.clear();
@@ -308,6 +297,8 @@ export const qcow2Driver: BlockDriver = {
     const file = bs.state<Qcow2State>().file;
     return file.driver.getAllocatedFileSize?.(file);
   },
+
+  check: (bs, fix) => import('./check.js').then((m) => m.checkImage(bs, { fix })),
 
   getInfo(bs): ImageInfoSpecific {
     const s = bs.state<Qcow2State>();

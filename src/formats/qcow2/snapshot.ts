@@ -5,11 +5,8 @@
  * number of (L1 table, L2 entry) paths reaching it, and COPIED is set on an
  * active L1/L2 entry exactly when that refcount is 1.
  *
- * Crash safety. QEMU creates a snapshot by bumping refcounts and clearing
- * COPIED in the active tables in place; a crash between the refcount write
- * and the L2 write leaves "refcount 2 with COPIED set", which qemu-img check
- * counts as corruption. We avoid that window for create and apply by never
- * touching the tables the header currently points at:
+ * Crash safety. QEMU bumps refcounts and clears COPIED in the active tables
+ * in place. We never modify the tables the header currently points at:
  *   create  the old active L1 (with its L2 tables) becomes the snapshot's L1
  *           as it is; the new active L1 points at private copies of those L2
  *           tables with COPIED cleared on data entries (their data now has two
@@ -19,14 +16,17 @@
  *   apply   the new active L1 points at private copies of the snapshot's L2
  *           tables (data +1, COPIED cleared), then one header write switches
  *           size and the L1 (bytes 24..47), then the old active's references
- *           are dropped.
- * A crash before the header write leaks what was allocated; after it, only
- * leaks remain too. Delete cannot avoid a window: once the snapshot is gone
- * from the table, a data cluster's refcount drops 2 → 1 (one write) and the
- * active L2 entry gains COPIED (another write). We drop refcounts first, so a
- * crash in between leaves "refcount 1, COPIED clear": qemu-img check reports
- * it (QEMU's own delete has the same window), but the state is safe — a
- * later write copies the cluster instead of overwriting it in place.
+ *           are dropped. A crash anywhere leaves at worst leaked clusters.
+ * Create and delete cannot avoid one window, because a data cluster's
+ * refcount (in a refcount block) and the COPIED flag of its active L2 entry
+ * (in an L2 table or behind the header switch) must change together and
+ * live in different sectors. Create bumps refcounts before the switch, so a
+ * crash in between leaves "refcount 2, COPIED set" on the still-active old
+ * tables; delete drops refcounts before setting COPIED, leaving "refcount 1,
+ * COPIED clear". qemu-img check reports both as OFLAG_COPIED errors (QEMU's
+ * own create and delete have the same windows), and both are safe: no
+ * snapshot references the cluster in the first case, and in the second a
+ * later write merely copies the cluster instead of overwriting it in place.
  *
  * Cost of the copies: one cluster per allocated L2 table (QEMU rewrites the
  * same tables in place, so the I/O is the same; the file holds the extra

@@ -607,7 +607,8 @@ async function writeHeaderSize(s: Qcow2State, size: number): Promise<void> {
 export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, prealloc: PreallocMode): Promise<void> {
   if (prealloc !== 'off') throw new BlockError('ENOTSUP', `${s.image}: Preallocation mode '${prealloc}' is not supported when resizing qcow2 images`);
   if (size % 512 !== 0) throw new BlockError('EINVAL', `${s.image}: The new size must be a multiple of 512`);
-  if (s.snapshots.length) throw new BlockError('ENOTSUP', `${s.image}: Can't resize an image which has snapshots`);
+  // v3 snapshots record their own disk size, so the active image may change size under them (as QEMU >= 5.0).
+  if (s.snapshots.length && s.header.version < 3) throw new BlockError('ENOTSUP', `${s.image}: Can't resize a v2 image which has snapshots`);
   const cs = s.clusterSize;
   const old = s.header.size;
   if (size === old) return;

@@ -1,0 +1,76 @@
+// Helpers shared by the benchmarks: run blocktab's CLI main() in a child and
+// qemu-img as a process, time both, keep the best of a few runs, print
+// `BENCH {json}` lines. Everything runs in a scratch directory `dir`.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const MiB = 1024 * 1024;
+const mainUrl = pathToFileURL(path.join(root, 'dist/cli/main.js')).href;
+
+/** A fresh scratch directory for one bench file. */
+export function scratchDir() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'blocktab-bench-'));
+}
+
+export function bench(line) {
+  console.log('BENCH ' + JSON.stringify(line));
+}
+
+/** Runs blocktab's main() in a child; returns wall ms and the child's peak RSS in bytes. */
+export function runBlocktab(dir, args) {
+  const code = `
+    const { main } = await import(${JSON.stringify(mainUrl)});
+    const out = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s) };
+    const rc = await main(${JSON.stringify(args)}, out);
+    process.stderr.write('MAXRSS ' + process.resourceUsage().maxRSS + '\\n');
+    process.exitCode = rc;`;
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), '--input-type=module', '-e', code], {
+    cwd: dir,
+    encoding: 'utf8',
+    maxBuffer: 1 << 30,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const ms = performance.now() - t0;
+  if (r.status !== 0) throw new Error(`blocktab ${args.join(' ')} failed: ${r.stderr}`);
+  const kb = Number(/MAXRSS (\d+)/.exec(r.stderr)?.[1] ?? NaN);
+  return { ms, rss: kb * 1024 };
+}
+
+/** Runs qemu-img; returns wall ms. */
+export function runQemu(dir, args) {
+  const t0 = performance.now();
+  const r = spawnSync('qemu-img', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', maxBuffer: 1 << 30 });
+  const ms = performance.now() - t0;
+  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed: ${r.stderr}`);
+  return ms;
+}
+
+/** Best of `n` runs (less noise from the shared machine); fn returns ms or { ms, … }. */
+export function best(n, fn) {
+  let b;
+  const msOf = (r) => (typeof r === 'number' ? r : r.ms);
+  for (let i = 0; i < n; i++) {
+    const r = fn();
+    if (!b || msOf(r) < msOf(b)) b = r;
+  }
+  return b;
+}
+
+/** Writes `mib` MiB of random bytes to `fd` at the current position. */
+export function writeRandom(fd, mib) {
+  const chunk = Buffer.alloc(16 * MiB);
+  for (let i = 0; i < mib / 16; i++) {
+    for (let o = 0; o < chunk.length; o += 65536) chunk.set(crypto.getRandomValues(new Uint8Array(65536)), o);
+    fs.writeSync(fd, chunk);
+  }
+}
+
+/** The `BENCH` line comparing a blocktab run with qemu-img's. */
+export function ratioLine(name, b, q, aim = '<=1.5x qemu-img') {
+  return { name, value: Math.round(b.ms), unit: 'ms', baseline: Math.round(q), ratio: +(b.ms / q).toFixed(2), aim };
+}
