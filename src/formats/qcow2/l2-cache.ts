@@ -27,6 +27,13 @@ export type SliceLoader = (offset: number, into: Uint8Array) => Promise<void>;
 export class L2Cache {
   private readonly slices = new Map<number, L2Slice>();
   private readonly loading = new Map<number, Promise<L2Slice>>();
+  /**
+   * Buffers of evicted slices, reused by the next load. Recycling (rather
+   * than free + alloc) keeps the cache on the same pages of the arena: a
+   * streaming scan over a large image otherwise walks the allocator across
+   * fresh pages and the process's resident memory grows well past the cache size.
+   */
+  private readonly spare: Uint8Array[] = [];
 
   /**
    * @param entrySize bytes per slice (a power of two, at most one cluster)
@@ -115,10 +122,11 @@ export class L2Cache {
       this.slices.delete(k);
       freeBuffer(s.data);
     }
+    for (const b of this.spare.splice(0)) freeBuffer(b);
   }
 
   private async fill(offset: number): Promise<L2Slice> {
-    const data = allocBuffer(this.entrySize);
+    const data = this.spare.pop() ?? allocBuffer(this.entrySize);
     try {
       await this.load(offset, data);
     } catch (e) {
@@ -139,7 +147,8 @@ export class L2Cache {
       if (this.slices.size <= this.capacity) break;
       if (s.pins > 0 || s.dirty) continue;
       this.slices.delete(k);
-      freeBuffer(s.data);
+      if (this.spare.length < 4) this.spare.push(s.data);
+      else freeBuffer(s.data);
     }
   }
 }
