@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { UsageError } from './args.js';
 import { initWasm } from '../wasm/index.js';
+import '../node.js'; // Node's drivers and C zlib for compressed writes
 
 /** Where commands write; tests and the top level pass process streams. */
 export interface Output {

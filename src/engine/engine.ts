@@ -22,7 +22,7 @@ import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import type { BdrvChild } from '../block/child.js';
 import { BlockBackend } from '../block/backend.js';
-import { bdrvFlush, bdrvPwrite } from '../block/io.js';
+import { bdrvFlush, bdrvGetLength, bdrvPwrite, bdrvTruncate } from '../block/io.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
 import { releaseNamedDirtyBitmaps } from '../block/dirty-bitmap.js';
 import { imageInfo } from '../img/info.js';
@@ -34,6 +34,18 @@ import { checkArgs } from './qapi-args.js';
 import { QmpError, toQmpError, genericError } from './qmp-error.js';
 import { qmpCommands, type QmpCommand } from './commands/index.js';
 import { imageInfoTree, type QmpImageInfo } from './query.js';
+import { createImage, planCreate } from '../img/create.js';
+import { checkNode, type ImageCheck } from '../img/check.js';
+import { imgSnapshot, listSnapshots } from '../img/snapshot.js';
+import type { SnapshotInfoQapi } from '../img/info.js';
+import type { SnapshotInfo } from '../block/info.js';
+import { rebaseImage } from '../img/rebase.js';
+import { commitImage, findBackingImage } from '../img/commit.js';
+import { amendImage, parseAmendOptions } from '../img/amend.js';
+import { Job } from '../jobs/job.js';
+import { runCommit } from '../jobs/commit.js';
+import { overlayOf, reopenWritable } from './commands/commit.js';
+import type { PreallocMode } from '../block/driver.js';
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
@@ -90,6 +102,54 @@ export interface EngineMeasureOptions extends Qcow2MeasureOptions {
   format?: 'qcow2' | 'raw';
   /** Measure what this image holds instead of a bare `size`. */
   image?: ImageRef;
+}
+
+export interface EngineCreateOptions {
+  /** qemu-img's -o options: "name=value" strings, or a record of them. */
+  options?: string[] | Record<string, string | number | boolean>;
+  /** -b and -F. */
+  backingFile?: string;
+  backingFormat?: string;
+  /** -u: do not open the backing file (its format must be given). */
+  unsafe?: boolean;
+}
+
+export interface EngineCreateResult {
+  filename: string;
+  format: string;
+  /** Virtual size in bytes. */
+  size: number;
+  /** qemu-img's "Formatting '…', fmt=… size=…" line. */
+  line: string;
+}
+
+/** qemu-img snapshot's actions: -l, -c NAME, -a NAME, -d NAME. */
+export type SnapshotOp = { list: true } | { create: string } | { apply: string } | { delete: string };
+
+/** -o values as qemu-img's option strings (a comma in a value is doubled, as QemuOpts wants). */
+function optionStrings(o: string[] | Record<string, string | number | boolean> | undefined): string[] | undefined {
+  if (o === undefined || Array.isArray(o)) return o;
+  return Object.entries(o).map(([k, v]) => `${k}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v).replaceAll(',', ',,')}`);
+}
+
+/** QAPI SnapshotInfo, as qemu-img info lists it. */
+function snapshotInfoQapi(sn: SnapshotInfo): SnapshotInfoQapi {
+  return {
+    id: sn.id,
+    name: sn.name,
+    'vm-state-size': sn.vmStateSize,
+    'date-sec': sn.dateSec,
+    'date-nsec': sn.dateNsec,
+    'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
+    'vm-clock-nsec': sn.vmClockNsec % 1e9,
+    icount: sn.icount,
+  };
+}
+
+/** Drops absent (undefined) members, so replies look the same after structured clone and JSON. */
+function present<T extends object>(o: T): T {
+  for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
+  return o;
 }
 
 /** Byte accounting of the I/O the engine does on one node or device (QEMU's BlockAcctStats, in part). */
@@ -475,6 +535,154 @@ export class Engine {
     });
   }
 
+  // ------------------------------------- qemu-img operations that write
+
+  /**
+   * qemu-img create: a new image `filename` in a storage. `opts.options` are
+   * qemu-img's -o options ("cluster_size=4k" strings, or a record such as
+   * `{ cluster_size: 4096, lazy_refcounts: true }`); `size` in bytes may be
+   * left out when a backing file gives it. Returns what the "Formatting"
+   * line says.
+   */
+  async create(storage: string, filename: string, format: string, size?: number, opts: EngineCreateOptions = {}): Promise<EngineCreateResult> {
+    const st = this.requireStorage(storage);
+    const plan = await planCreate(st, {
+      filename,
+      format,
+      size,
+      options: optionStrings(opts.options),
+      backingFile: opts.backingFile,
+      backingFormat: opts.backingFormat,
+      unsafe: opts.unsafe,
+    });
+    await createImage(st, plan);
+    return { filename, format, size: plan.size, line: plan.line };
+  }
+
+  /**
+   * qemu-img check --output=json: QAPI ImageCheck. `repair` ('leaks' | 'all')
+   * repairs and reports the second check with the fixed counts, as qemu-img
+   * -r; a file is then opened read-write, a node must be writable.
+   */
+  async check(image: ImageRef, opts: { repair?: 'leaks' | 'all' } = {}): Promise<ImageCheck> {
+    const fix = { leaks: opts.repair !== undefined, errors: opts.repair === 'all' };
+    return this.withImage(image, async (bs) => present((await checkNode(bs, typeof image === 'string' ? bs.filename : image.filename, fix)).check), {
+      writable: fix.leaks,
+    });
+  }
+
+  /**
+   * qemu-img snapshot -l / -c / -a / -d on a file or an open node (a node
+   * must be writable for all but list). Returns the snapshot list after the
+   * operation, shaped as qemu-img info's `snapshots` (QAPI SnapshotInfo).
+   */
+  async snapshot(image: ImageRef, op: SnapshotOp): Promise<SnapshotInfoQapi[]> {
+    const list = (bs: BlockNode) => listSnapshots(bs).map((sn) => present(snapshotInfoQapi(sn)));
+    if ('list' in op) return this.withImage(image, async (bs) => list(bs));
+    const [action, name] = 'create' in op ? (['create', op.create] as const) : 'apply' in op ? (['apply', op.apply] as const) : (['delete', op.delete] as const);
+    return this.withImage(
+      image,
+      async (bs) => {
+        await imgSnapshot(bs, action, name);
+        return list(bs);
+      },
+      { writable: true },
+    );
+  }
+
+  /** Reverts an open, writable node to internal snapshot `name` (id or name); QEMU has no QMP command for this. */
+  async snapshotApply(node: string, name: string): Promise<void> {
+    await this.snapshot(node, { apply: name });
+  }
+
+  /**
+   * qemu-img rebase on an image file (not open in the engine: the chain
+   * changes under it). `backing` '' removes the backing file; `unsafe` only
+   * rewrites the header.
+   */
+  async rebase(image: ImageRef, backing: string, opts: { backingFormat?: string; unsafe?: boolean } = {}, onProgress?: ProgressFn): Promise<void> {
+    if (typeof image === 'string') {
+      throw new BlockError('EBUSY', `${image}: rebase works on an image file, not an open node (block-stream changes the chain of an open node)`);
+    }
+    await rebaseImage(this.requireStorage(image.storage), { filename: image.filename, format: image.format, backing, ...opts, onProgress });
+  }
+
+  /**
+   * qemu-img commit: what the image holds above `base` (default: its backing
+   * file) goes into base; the image is then emptied unless `drop` (-d) or
+   * `base` (-b implies -d). On an open, writable node the node stays the
+   * active layer (the base is reopened read-write for the copy).
+   */
+  async commit(image: ImageRef, opts: { base?: string; drop?: boolean } = {}, onProgress?: ProgressFn): Promise<void> {
+    if (typeof image !== 'string') {
+      await commitImage(this.requireStorage(image.storage), { filename: image.filename, format: image.format, ...opts, onProgress });
+      return;
+    }
+    const top = this.lookup(image);
+    if (top.readOnly) throw new BlockError('EROFS', `${image}: the node is read-only`);
+    let base = top.cowNode();
+    if (!base) throw new BlockError('EINVAL', `${image}: Image does not have a backing file`);
+    if (opts.base !== undefined) {
+      const st = this.storageOf(top);
+      const found = st && findBackingImage(st, top, opts.base);
+      if (!found) throw new BlockError('ENOENT', `Did not find '${opts.base}' in the backing chain of '${image}'`);
+      base = found;
+    }
+    const w = await reopenWritable(this, base, overlayOf(top, base)!);
+    const job = new Job('commit', 'commit', (j) => onProgress?.(j.current, j.total));
+    try {
+      await job.start((j) => runCommit(j, top, { base: w.node, baseWritable: w.node, keepTop: opts.drop === true || opts.base !== undefined }));
+    } finally {
+      await w.release();
+    }
+    onProgress?.(job.total, job.total);
+  }
+
+  /**
+   * qemu-img resize: `size` in bytes, or relative with `relative: true`
+   * (qemu-img's +SIZE / -SIZE). Shrinking needs `shrink`. A node (QEMU's
+   * block_resize) must be writable; a file is opened read-write without its
+   * backing chain.
+   */
+  async resize(image: ImageRef, size: number, opts: { relative?: boolean; shrink?: boolean; preallocation?: PreallocMode } = {}): Promise<{ size: number }> {
+    return this.withImage(
+      image,
+      async (bs) => {
+        const current = await bdrvGetLength(bs);
+        const total = opts.relative ? current + size : size;
+        if (!Number.isSafeInteger(total) || total <= 0) throw new BlockError('EINVAL', 'New image size must be positive');
+        if (total < current && !opts.shrink) {
+          throw new BlockError('EINVAL', 'Use the --shrink option to perform a shrink operation (shrinking deletes all data beyond the new end)');
+        }
+        await bdrvTruncate(bs, total, false, opts.preallocation ?? 'off');
+        return { size: bs.totalBytes };
+      },
+      { writable: true },
+    );
+  }
+
+  /** qemu-img amend -o: options as strings ("compat=0.10") or a record; qcow2 only. */
+  async amend(image: ImageRef, options: string[] | Record<string, string | number | boolean>): Promise<void> {
+    await this.withImage(image, async (bs) => amendImage(bs, parseAmendOptions(bs.driver.name, optionStrings(options) ?? [])), { writable: true, backing: true });
+  }
+
+  /** Writes zeros at `offset` of a device or node (qemu-io's write -z; `unmap` lets the format deallocate). */
+  async writeZeroes(name: string, offset: number, bytes: number, opts: { unmap?: boolean } = {}): Promise<void> {
+    const io = this.ioTarget(name);
+    try {
+      await io.backend.writeZeroes(offset, bytes, { mayUnmap: opts.unmap === true });
+    } catch (e) {
+      this.ioError(io, 'write', e);
+      throw e;
+    }
+    io.wrHighestOffset = Math.max(io.wrHighestOffset, offset + bytes);
+  }
+
+  /** Discards `bytes` at `offset` of a device or node (qemu-io's discard). */
+  async discard(name: string, offset: number, bytes: number): Promise<void> {
+    await this.ioTarget(name).backend.discard(offset, bytes);
+  }
+
   // ------------------------------------------------------------- helpers
 
   private requireStorage(name: string): Storage {
@@ -528,15 +736,29 @@ export class Engine {
     });
   }
 
-  /** The node for `ref`, and whether it was opened just for this call. */
-  private async resolveImage(ref: ImageRef): Promise<{ bs: BlockNode; temporary: boolean }> {
-    if (typeof ref === 'string') return { bs: this.lookup(ref), temporary: false };
-    const bs = await openImage(this.requireStorage(ref.storage), ref.filename, { format: ref.format, readOnly: true, warn: this.warn });
+  /**
+   * The node for `ref`, and whether it was opened just for this call. With
+   * `writable`, a file is opened read-write (without its backing chain unless
+   * `backing`) and a node must be writable.
+   */
+  private async resolveImage(ref: ImageRef, rw?: { writable: boolean; backing?: boolean }): Promise<{ bs: BlockNode; temporary: boolean }> {
+    if (typeof ref === 'string') {
+      const bs = this.lookup(ref);
+      if (rw?.writable && bs.readOnly) throw new BlockError('EROFS', `${ref}: the node is read-only`);
+      return { bs, temporary: false };
+    }
+    const writable = rw?.writable === true;
+    const bs = await openImage(this.requireStorage(ref.storage), ref.filename, {
+      format: ref.format,
+      readOnly: !writable,
+      backing: writable ? rw?.backing === true : undefined,
+      warn: this.warn,
+    });
     return { bs, temporary: true };
   }
 
-  private async withImage<T>(ref: ImageRef, fn: (bs: BlockNode) => Promise<T>): Promise<T> {
-    const { bs, temporary } = await this.resolveImage(ref);
+  private async withImage<T>(ref: ImageRef, fn: (bs: BlockNode) => Promise<T>, rw?: { writable: boolean; backing?: boolean }): Promise<T> {
+    const { bs, temporary } = await this.resolveImage(ref, rw);
     try {
       return await fn(bs);
     } finally {

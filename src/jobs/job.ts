@@ -8,7 +8,7 @@
 import { BlockError } from '../block/errors.js';
 
 export type JobStatus = 'created' | 'running' | 'paused' | 'ready' | 'concluded' | 'null';
-export type JobType = 'commit' | 'stream';
+export type JobType = 'commit' | 'stream' | 'create';
 
 export interface JobInfo {
   id: string;

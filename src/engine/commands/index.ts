@@ -13,6 +13,8 @@ import { dirtyBitmapCommands } from './dirty-bitmap.js';
 import { snapshotCommands } from './snapshot.js';
 import { transactionCommands } from './transaction.js';
 import { jobCommands } from './jobs.js';
+import { createCommands } from './create.js';
+import { commitCommands } from './commit.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -24,4 +26,6 @@ export const qmpCommands: QmpCommandTable = {
   ...snapshotCommands,
   ...transactionCommands,
   ...jobCommands,
+  ...createCommands,
+  ...commitCommands,
 };

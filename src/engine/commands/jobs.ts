@@ -6,7 +6,7 @@
  * the end.
  */
 import type { BlockNode } from '../../block/node.js';
-import { Job } from '../../jobs/job.js';
+import { Job, type JobType } from '../../jobs/job.js';
 import { runStream } from '../../jobs/stream.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
@@ -16,6 +16,8 @@ interface Running {
   job: Job;
   device: string;
   done: Promise<void>;
+  /** A block job (listed by query-block-jobs, BLOCK_JOB_* events); blockdev-create's job is not. */
+  blockJob: boolean;
 }
 
 const registry = new WeakMap<Engine, Map<string, Running>>();
@@ -31,9 +33,53 @@ function find(engine: Engine, id: string): Running {
   return r;
 }
 
-/** Waits for a job started by block-stream (for callers of the typed API and tests). */
+/** Waits for a job started by block-stream, block-commit or blockdev-create (for callers of the typed API and tests). */
 export function jobDone(engine: Engine, id: string): Promise<void> {
   return find(engine, id).done;
+}
+
+export interface StartJobOptions {
+  id: string;
+  type: JobType;
+  /** What query-block-jobs calls `device` (the job id for named jobs, as QEMU). */
+  device: string;
+  /** Block jobs send BLOCK_JOB_COMPLETED/_CANCELLED and show in query-block-jobs. */
+  blockJob: boolean;
+  /** QEMU's auto-dismiss: the job goes away once concluded (else job-dismiss does it). */
+  autoDismiss: boolean;
+  body: (job: Job) => Promise<void>;
+}
+
+/**
+ * Registers and starts a job; the QMP reply comes at once and the outcome
+ * arrives through JOB_STATUS_CHANGE (and, for block jobs, BLOCK_JOB_COMPLETED
+ * or BLOCK_JOB_CANCELLED with the error) and query-jobs. Returns the job.
+ */
+export function startJob(engine: Engine, o: StartJobOptions): Job {
+  if (jobsOf(engine).has(o.id)) throw genericError(`Job ID '${o.id}' already in use`);
+  const emit = (j: Job) => engine.emit('JOB_STATUS_CHANGE', { id: j.id, status: j.status });
+  const job = new Job(o.id, o.type, emit);
+  const done = job.start(o.body).finally(() => {
+    if (o.blockJob) {
+      const cancelled = job.error?.code === 'ECANCELED';
+      engine.emit(cancelled ? 'BLOCK_JOB_CANCELLED' : 'BLOCK_JOB_COMPLETED', {
+        type: o.type,
+        device: o.device,
+        len: job.total,
+        offset: job.current,
+        speed: 0,
+        ...(job.error && !cancelled ? { error: job.error.message } : {}),
+      });
+    }
+    if (o.autoDismiss) {
+      job.dismiss();
+      jobsOf(engine).delete(o.id);
+    }
+  });
+  // Failures surface through the events and query-jobs, not as an unhandled rejection.
+  done.catch(() => {});
+  jobsOf(engine).set(o.id, { job, device: o.device, done: done.catch(() => {}), blockJob: o.blockJob });
+  return job;
 }
 
 export const jobCommands: QmpCommandTable = {
@@ -43,7 +89,6 @@ export const jobCommands: QmpCommandTable = {
       const device = args.device as string;
       const top = engine.lookup(device);
       const id = (args['job-id'] as string | undefined) ?? device;
-      if (jobsOf(engine).has(id)) throw genericError(`Job ID '${id}' already in use`);
       if (args.base !== undefined && args['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be specified at the same time");
       let base: BlockNode | null = null;
       if (args['base-node'] !== undefined) base = engine.lookup(args['base-node'] as string, 'node');
@@ -52,38 +97,24 @@ export const jobCommands: QmpCommandTable = {
         if (!base) throw genericError(`Can't find '${args.base as string}' in the backing chain`);
       }
       if (top.readOnly) throw genericError(`Device '${device}' is read only`, 'EROFS');
-      const emit = (j: Job) => engine.emit('JOB_STATUS_CHANGE', { id: j.id, status: j.status });
-      const job = new Job(id, 'stream', emit);
       const below = top.cowNode();
-      const done = job
-        .start((j) => runStream(j, top, { base, backingFile: args['backing-file'] as string | undefined, closeIntermediates: false }))
-        .then(async () => {
+      startJob(engine, {
+        id,
+        type: 'stream',
+        device: id,
+        blockJob: true,
+        autoDismiss: args['auto-dismiss'] !== false,
+        body: async (j) => {
+          await runStream(j, top, { base, backingFile: args['backing-file'] as string | undefined, closeIntermediates: false });
           if (below && below !== base && below.parents.length === 0) await engine.closeTree(below);
-        })
-        .finally(() => {
-          const cancelled = job.error?.code === 'ECANCELED';
-          engine.emit(cancelled ? 'BLOCK_JOB_CANCELLED' : 'BLOCK_JOB_COMPLETED', {
-            type: 'stream',
-            device: id,
-            len: job.total,
-            offset: job.current,
-            speed: 0,
-            ...(job.error && !cancelled ? { error: job.error.message } : {}),
-          });
-          if (args['auto-dismiss'] !== false) {
-            job.dismiss();
-            jobsOf(engine).delete(id);
-          }
-        });
-      // The QMP reply comes now; failures surface through the event and query-block-jobs.
-      done.catch(() => {});
-      jobsOf(engine).set(id, { job, device, done: done.catch(() => {}) });
+        },
+      });
     },
   },
   'query-block-jobs': {
     args: {},
     run(engine) {
-      return [...jobsOf(engine).values()].map(({ job, device }) => ({
+      return [...jobsOf(engine).values()].filter((r) => r.blockJob).map(({ job, device }) => ({
         type: job.type,
         device,
         len: job.total,
@@ -124,6 +155,46 @@ export const jobCommands: QmpCommandTable = {
       if (r.job.status !== 'concluded') throw genericError(`Job '${r.job.id}' in state '${r.job.status}' cannot accept command verb 'dismiss'`);
       r.job.dismiss();
       jobsOf(engine).delete(args.id as string);
+    },
+  },
+  'query-jobs': {
+    args: {},
+    run: (engine) => [...jobsOf(engine).values()].map(({ job }) => job.info()),
+  },
+  'job-cancel': {
+    args: { id: 'str' },
+    run(engine, args) {
+      find(engine, args.id as string).job.cancel();
+    },
+  },
+  /**
+   * Accepted and ignored: jobs here copy as fast as the storage allows (QEMU's
+   * rate limit exists to spare a running guest's I/O, and there is no guest).
+   */
+  'block-job-set-speed': {
+    args: { device: 'str', speed: 'int' },
+    run(engine, args) {
+      find(engine, args.device as string);
+      if ((args.speed as number) < 0) throw genericError("Parameter 'speed' expects a non-negative value");
+    },
+  },
+  /**
+   * No job here ever reaches 'ready' (there is no mirror, and an active
+   * commit is refused by block-commit), so completing is always refused with
+   * QEMU's message for a job in another state.
+   */
+  'job-complete': {
+    args: { id: 'str' },
+    run(engine, args) {
+      const r = find(engine, args.id as string);
+      throw genericError(`Job '${r.job.id}' in state '${r.job.status}' cannot accept command verb 'complete'`);
+    },
+  },
+  'block-job-complete': {
+    args: { device: 'str' },
+    run(engine, args) {
+      const r = find(engine, args.device as string);
+      throw genericError(`Job '${r.job.id}' in state '${r.job.status}' cannot accept command verb 'complete'`);
     },
   },
 };

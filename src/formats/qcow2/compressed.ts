@@ -97,6 +97,21 @@ export function decompressCluster(compressionType: number, input: Uint8Array, ou
 
 // ------------------------------------------------------------- compressing
 
+/** Raw deflate with a 4 KiB window, level 6, memLevel 9 (QEMU's settings). */
+export type DeflateRaw4k = (input: Uint8Array) => Uint8Array;
+
+const pakoDeflateRaw4k: DeflateRaw4k = (input) => deflateRaw(input, { windowBits: 12, level: 6, memLevel: 9 });
+let deflateRawImpl: DeflateRaw4k = pakoDeflateRaw4k;
+
+/**
+ * Swaps in a faster deflate with the same settings (src/node.ts installs
+ * Node's C zlib, ~5x pako on 64 KiB clusters). Browsers keep pako: their
+ * CompressionStream cannot set the 4 KiB window QEMU needs.
+ */
+export function installDeflateRaw4k(fn: DeflateRaw4k | null): void {
+  deflateRawImpl = fn ?? pakoDeflateRaw4k;
+}
+
 type ZstdModule = { init(): Promise<void>; compress(buf: Uint8Array, level?: number): Uint8Array };
 let zstdReady: Promise<ZstdModule> | undefined;
 
@@ -125,7 +140,7 @@ export async function compressCluster(compressionType: number, input: Uint8Array
     const z = await loadZstd();
     out = z.compress(input, 3);
   } else {
-    out = deflateRaw(input, { windowBits: 12, level: 6, memLevel: 9 });
+    out = deflateRawImpl(input);
   }
   return out.length <= limit ? out : null;
 }

@@ -1,0 +1,179 @@
+/**
+ * block-commit (QEMU's qmp_block_commit) for a layer below the active one:
+ * the data of `top` and the layers between it and `base` is copied into
+ * `base` by the commit job, then the overlay of `top` names `base` as its
+ * backing file and the committed layers leave the graph.
+ *
+ * An active commit (top is the device's root) in QEMU goes on mirroring the
+ * guest's writes until job-complete pivots the device onto base; without a
+ * guest that is the typed `Engine.commit` (qemu-img commit: the top stays and
+ * is emptied), so block-commit refuses it with a message that says so.
+ *
+ * Base is opened read-only in the chain. QEMU reopens it read-write for the
+ * job; `reopenWritable` does the same here: a node whose file was opened
+ * read-write (an external snapshot made it read-only) is switched in place,
+ * any other is closed and opened again read-write under the same node-name —
+ * OPFS lets no writer in while a reader holds the file, so a second
+ * read-write open beside the read-only one would fail, and two qcow2 states
+ * on one file would not see each other's metadata.
+ */
+import { bdrvFlush } from '../../block/io.js';
+import type { BlockNode } from '../../block/node.js';
+import { openImage } from '../../block/open.js';
+import { runCommit } from '../../jobs/commit.js';
+import type { Job } from '../../jobs/job.js';
+import type { Engine } from '../engine.js';
+import { genericError, QmpError } from '../qmp-error.js';
+import { startJob } from './jobs.js';
+import type { QmpCommandTable } from './types.js';
+
+/** The node in `top`'s chain whose backing is `bs` (QEMU's bdrv_find_overlay). */
+export function overlayOf(top: BlockNode, bs: BlockNode): BlockNode | undefined {
+  for (let n: BlockNode | null = top; n; n = n.cowNode()) if (n.cowNode() === bs) return n;
+  return undefined;
+}
+
+/** A chain member of `top` (below it) by node-name, by file name, or by the name an overlay stores for it (bdrv_find_backing_image). */
+function findInChain(engine: Engine, top: BlockNode, name: string): BlockNode | undefined {
+  for (let n: BlockNode | null = top; n; n = n.cowNode()) {
+    const b = n.cowNode();
+    if (b && (n.backingFile === name || b.filename === name || engine.nameOf(b) === name)) return b;
+  }
+  return undefined;
+}
+
+/**
+ * Makes `base` writable for a commit; `release` flushes it and makes it
+ * read-only again. Returns the node to write through (a fresh node under the
+ * same name when it had to be opened again).
+ */
+export async function reopenWritable(engine: Engine, base: BlockNode, overlay: BlockNode): Promise<{ node: BlockNode; release(): Promise<void> }> {
+  const flipBack = (node: BlockNode, was: boolean) => async () => {
+    try {
+      await bdrvFlush(node);
+    } finally {
+      node.readOnly = was;
+    }
+  };
+  if (!base.readOnly) return { node: base, release: async () => bdrvFlush(base) };
+  const file = base.file?.node;
+  if (file && !file.readOnly && (!base.dataFile || !base.dataFile.node.readOnly)) {
+    base.readOnly = false;
+    return { node: base, release: flipBack(base, true) };
+  }
+  const name = engine.nameOf(base);
+  if (engine.isMonitorOwned(base) || base.parents.length !== 1 || engine.deviceOf(base) !== undefined) {
+    throw genericError(`Block node '${name}' is in use elsewhere and cannot be reopened read-write for the commit`, 'EBUSY');
+  }
+  const storage = engine.storageOf(base);
+  if (!storage) throw genericError(`Node '${name}' has no storage to reopen it from`);
+  const { filename } = base;
+  const format = base.driver.name;
+  overlay.detach('backing');
+  await engine.closeTree(base);
+  const put = (n: BlockNode) => {
+    overlay.attach(n, 'backing');
+    engine.adopt(n, storage, { name });
+  };
+  let fresh: BlockNode;
+  try {
+    fresh = await openImage(storage, filename, { format, readOnly: false });
+  } catch (e) {
+    put(await openImage(storage, filename, { format, readOnly: true }));
+    throw e;
+  }
+  put(fresh);
+  return { node: fresh, release: flipBack(fresh, true) };
+}
+
+/** The commit of the layers from `top` down to (not including) `base` into `base`, then the chain drops them. */
+async function commitIntermediate(engine: Engine, job: Job, overlay: BlockNode, top: BlockNode, base: BlockNode, backingFile: string | undefined): Promise<void> {
+  const w = await reopenWritable(engine, base, overlayOf(top, base)!);
+  try {
+    await runCommit(job, top, { base: w.node, baseWritable: w.node, keepTop: true });
+  } finally {
+    await w.release();
+  }
+  base = w.node;
+  // Data is stable in base; now the header, then the graph (a crash in between leaves the longer, still valid chain).
+  await overlay.driver.changeBackingFile!(overlay, backingFile ?? base.filename, base.driver.name);
+  const lowest = overlayOf(top, base)!;
+  overlay.detach('backing');
+  lowest.detach('backing');
+  overlay.attach(base, 'backing');
+  overlay.fullBackingFilename = base.filename;
+  if (top.parents.length === 0 && !engine.isMonitorOwned(top)) await engine.closeTree(top);
+}
+
+export const commitCommands: QmpCommandTable = {
+  'block-commit': {
+    args: {
+      '*job-id': 'str',
+      device: 'str',
+      '*base-node': 'str',
+      '*base': 'str',
+      '*top-node': 'str',
+      '*top': 'str',
+      '*backing-file': 'str',
+      '*backing-mask-protocol': 'bool',
+      '*speed': 'int',
+      '*on-error': { enum: ['report', 'ignore', 'enospc', 'stop', 'auto'] },
+      '*filter-node-name': 'str',
+      '*auto-finalize': 'bool',
+      '*auto-dismiss': 'bool',
+    },
+    run(engine, args) {
+      const device = args.device as string;
+      let root: BlockNode;
+      try {
+        root = engine.lookup(device);
+      } catch {
+        throw new QmpError('DeviceNotFound', `Device '${device}' not found`);
+      }
+      if (args.top !== undefined && args['top-node'] !== undefined) throw genericError("'top' and 'top-node' cannot be specified at the same time");
+      if (args.base !== undefined && args['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be specified at the same time");
+      let top: BlockNode | undefined = root;
+      if (args['top-node'] !== undefined) {
+        top = engine.lookup(args['top-node'] as string, 'node');
+        if (top !== root && !overlayOf(root, top)) throw genericError(`'${args['top-node'] as string}' is not in this backing file chain`);
+      } else if (args.top !== undefined && args.top !== root.filename) {
+        top = findInChain(engine, root, args.top as string);
+        if (!top) throw genericError(`Top image file ${args.top as string} not found`);
+      }
+      let base: BlockNode | undefined;
+      if (args['base-node'] !== undefined) {
+        base = engine.lookup(args['base-node'] as string, 'node');
+        if (!overlayOf(top, base) && base !== top) throw genericError(`'${args['base-node'] as string}' is not in this backing file chain`);
+      } else if (args.base !== undefined) {
+        base = findInChain(engine, top, args.base as string);
+        if (!base) throw genericError(`Base '${args.base as string}' not found`);
+      } else {
+        base = top;
+        while (base.cowNode()) base = base.cowNode()!;
+      }
+      if (top === base) throw genericError('cannot commit an image into itself');
+      if (top === root) {
+        if (args['backing-file'] !== undefined) throw genericError("'backing-file' specified, but 'top' is the active layer");
+        throw genericError(
+          `Committing the active layer of '${device}' needs job-complete to pivot onto the base, which blocktab does not implement; ` +
+            "commit a lower layer with 'top-node', or use the engine's typed commit (qemu-img commit: the top image stays and is emptied)",
+          'ENOTSUP',
+        );
+      }
+      const overlay = overlayOf(root, top)!;
+      if (overlay.readOnly) throw genericError(`Block node '${engine.nameOf(overlay)}' is read-only: cannot change its backing file`, 'EROFS');
+      if (!overlay.driver.changeBackingFile) throw genericError(`The ${overlay.driver.name} format of '${engine.nameOf(overlay)}' cannot change its backing file`, 'ENOTSUP');
+      const id = (args['job-id'] as string | undefined) ?? device;
+      const t = top;
+      const b = base;
+      startJob(engine, {
+        id,
+        type: 'commit',
+        device: id,
+        blockJob: true,
+        autoDismiss: args['auto-dismiss'] !== false,
+        body: (job) => commitIntermediate(engine, job, overlay, t, b, args['backing-file'] as string | undefined),
+      });
+    },
+  },
+};
