@@ -13,14 +13,17 @@
 import * as Comlink from 'comlink';
 import '../worker/transfer.js';
 import type { EngineWorkerApi, BoundaryStats, StoredFile } from '../worker/api.js';
-import type { ConvertTarget, EngineMeasureOptions, EngineOpenOptions, ImageRef, QmpEvent } from '../engine/engine.js';
+import type { ConvertTarget, EngineCreateOptions, EngineCreateResult, EngineMeasureOptions, EngineOpenOptions, ImageRef, QmpEvent, SnapshotOp } from '../engine/engine.js';
+import type { ImageCheck } from '../img/check.js';
+import type { SnapshotInfoQapi } from '../img/info.js';
+import type { PreallocMode } from '../block/driver.js';
 import type { QmpImageInfo } from '../engine/query.js';
 import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions, CompareResult } from '../img/compare.js';
 import type { MapEntry, MapOptions } from '../img/map.js';
 import type { MeasureResult } from '../img/measure.js';
 
-export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, BoundaryStats, StoredFile };
+export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, EngineCreateOptions, EngineCreateResult, SnapshotOp, ImageCheck, SnapshotInfoQapi, BoundaryStats, StoredFile };
 
 /** Lets the caller stop a running operation: the operation rejects with a BlockError, code ECANCELED. */
 export interface CancelToken {
@@ -39,6 +42,9 @@ export interface BlocktabClient {
   read(name: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>>;
   /** Detaches `data`'s buffer (see the top of this file). */
   write(name: string, offset: number, data: Uint8Array): Promise<void>;
+  /** Writes zeros (`unmap`: the format may deallocate instead). */
+  writeZeroes(name: string, offset: number, bytes: number, opts?: { unmap?: boolean }): Promise<void>;
+  discard(name: string, offset: number, bytes: number): Promise<void>;
   /** Creates `filename` in a storage with `data` as its content; detaches `data`'s buffer. */
   importFile(storage: string, filename: string, data: Uint8Array): Promise<void>;
   removeFile(storage: string, filename: string): Promise<void>;
@@ -58,6 +64,22 @@ export interface BlocktabClient {
   /** The files of a persistent storage ('local', 'opfs', 'idb') with their lengths. */
   listFiles(storage: string): Promise<StoredFile[]>;
   compare(a: ImageRef, b: ImageRef, opts?: CompareOptions, onProgress?: (done: number, total: number) => void): Promise<CompareResult>;
+  /** qemu-img create (-o options as strings or a record; -b/-F/-u). */
+  create(storage: string, filename: string, format: string, size?: number, opts?: EngineCreateOptions): Promise<EngineCreateResult>;
+  /** qemu-img check --output=json (ImageCheck); `repair` as -r. */
+  check(image: ImageRef, opts?: { repair?: 'leaks' | 'all' }): Promise<ImageCheck>;
+  /** qemu-img snapshot -l/-c/-a/-d; resolves to the snapshot list afterwards (QAPI SnapshotInfo). */
+  snapshot(image: ImageRef, op: SnapshotOp): Promise<SnapshotInfoQapi[]>;
+  /** Reverts an open writable node to an internal snapshot. */
+  snapshotApply(node: string, name: string): Promise<void>;
+  /** qemu-img rebase of an image file ('' removes the backing file). */
+  rebase(image: ImageRef, backing: string, opts?: { backingFormat?: string; unsafe?: boolean }, onProgress?: (done: number, total: number) => void): Promise<void>;
+  /** qemu-img commit of a file or of an open writable node (-b base, -d drop). */
+  commit(image: ImageRef, opts?: { base?: string; drop?: boolean }, onProgress?: (done: number, total: number) => void): Promise<void>;
+  /** qemu-img resize (relative: +/-SIZE); resolves to the new size. */
+  resize(image: ImageRef, size: number, opts?: { relative?: boolean; shrink?: boolean; preallocation?: PreallocMode }): Promise<{ size: number }>;
+  /** qemu-img amend -o. */
+  amend(image: ImageRef, options: string[] | Record<string, string | number | boolean>): Promise<void>;
   /** Receives QMP events (BLOCK_IO_ERROR, …); resolves to the function that unsubscribes. */
   onEvent(listener: (event: QmpEvent) => void): Promise<() => Promise<void>>;
   boundaryStats(): Promise<BoundaryStats>;
@@ -91,6 +113,8 @@ export function createClient(worker?: Worker): BlocktabClient {
     flush: (name) => remote.flush(name),
     read: (name, offset, bytes) => remote.read(name, offset, bytes),
     write: (name, offset, data) => remote.write(name, offset, moved(data)),
+    writeZeroes: (name, offset, bytes, opts) => remote.writeZeroes(name, offset, bytes, opts),
+    discard: (name, offset, bytes) => remote.discard(name, offset, bytes),
     importFile: (storage, filename, data) => remote.importFile(storage, filename, moved(data)),
     removeFile: (storage, filename) => remote.removeFile(storage, filename),
     addFile: (source, name) => remote.addFile(source, name),
@@ -107,6 +131,14 @@ export function createClient(worker?: Worker): BlocktabClient {
     },
     listFiles: (storage) => remote.listFiles(storage),
     compare: (a, b, opts, onProgress) => remote.compare(a, b, opts, maybeProxy(onProgress)) as Promise<CompareResult>,
+    create: (storage, filename, format, size, opts) => remote.create(storage, filename, format, size, opts),
+    check: (image, opts) => remote.check(image, opts) as Promise<ImageCheck>,
+    snapshot: (image, op) => remote.snapshot(image, op) as Promise<SnapshotInfoQapi[]>,
+    snapshotApply: (node, name) => remote.snapshotApply(node, name),
+    rebase: (image, backing, opts, onProgress) => remote.rebase(image, backing, opts, maybeProxy(onProgress)),
+    commit: (image, opts, onProgress) => remote.commit(image, opts, maybeProxy(onProgress)),
+    resize: (image, size, opts) => remote.resize(image, size, opts),
+    amend: (image, options) => remote.amend(image, options),
     async onEvent(listener) {
       const id = await remote.subscribe(Comlink.proxy(listener));
       return () => remote.unsubscribe(id);

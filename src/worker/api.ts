@@ -10,7 +10,8 @@
  * - Errors cross as BlockError/QmpError (transfer.ts).
  */
 import * as Comlink from 'comlink';
-import type { Engine, EngineMeasureOptions, EngineOpenOptions, ImageRef, ConvertTarget, QmpEvent } from '../engine/engine.js';
+import type { Engine, EngineCreateOptions, EngineMeasureOptions, EngineOpenOptions, ImageRef, ConvertTarget, QmpEvent, SnapshotOp } from '../engine/engine.js';
+import type { PreallocMode } from '../block/driver.js';
 import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions } from '../img/compare.js';
 import type { MapOptions } from '../img/map.js';
@@ -114,6 +115,9 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     /** `data` arrived by transfer from the page. */
     write: (name: string, offset: number, data: Uint8Array): Promise<void> => engine.write(name, offset, data),
 
+    writeZeroes: (name: string, offset: number, bytes: number, opts?: { unmap?: boolean }): Promise<void> => engine.writeZeroes(name, offset, bytes, opts),
+    discard: (name: string, offset: number, bytes: number): Promise<void> => engine.discard(name, offset, bytes),
+
     importFile: (storage: string, filename: string, data: Uint8Array): Promise<void> => engine.importFile(storage, filename, data),
     removeFile: (storage: string, filename: string): Promise<void> => engine.removeFile(storage, filename),
     async addFile(source: Blob | FileSystemFileHandle, name?: string): Promise<string> {
@@ -156,6 +160,29 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
         await p.settle();
       }
     },
+
+    create: (storage: string, filename: string, format: string, size?: number, opts?: EngineCreateOptions) => engine.create(storage, filename, format, size, opts),
+    check: (image: ImageRef, opts?: { repair?: 'leaks' | 'all' }) => engine.check(image, opts),
+    snapshot: (image: ImageRef, op: SnapshotOp) => engine.snapshot(image, op),
+    snapshotApply: (node: string, name: string): Promise<void> => engine.snapshotApply(node, name),
+    async rebase(image: ImageRef, backing: string, opts?: { backingFormat?: string; unsafe?: boolean }, onProgress?: ProgressCallback): Promise<void> {
+      const p = throttled(onProgress);
+      try {
+        await engine.rebase(image, backing, opts, p.report);
+      } finally {
+        await p.settle();
+      }
+    },
+    async commit(image: ImageRef, opts?: { base?: string; drop?: boolean }, onProgress?: ProgressCallback): Promise<void> {
+      const p = throttled(onProgress);
+      try {
+        await engine.commit(image, opts, p.report);
+      } finally {
+        await p.settle();
+      }
+    },
+    resize: (image: ImageRef, size: number, opts?: { relative?: boolean; shrink?: boolean; preallocation?: PreallocMode }) => engine.resize(image, size, opts),
+    amend: (image: ImageRef, options: string[] | Record<string, string | number | boolean>): Promise<void> => engine.amend(image, options),
 
     /** Sends every QMP event to `listener` (a comlink proxy) until unsubscribe(id). */
     subscribe(listener: EventCallback): number {
