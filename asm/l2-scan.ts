@@ -2,13 +2,21 @@
 // qcow2 L2 entries and count a run of alike entries. Semantics are exactly
 // the TS reference's (tested against it); see that file for the entry layout.
 //
-// Fast path: a run is mostly entries that equal the previous entry plus one
-// cluster (allocated runs) or equal it outright (unallocated/zero/compressed
-// runs). Whole-entry equality with that prediction implies same kind, same
-// COPIED flag and contiguity, so SIMD compares predicted and actual entries
-// two at a time (one at a time for 16-byte extended entries). The first entry
-// that is not predicted exactly is judged by the scalar rules, which may still
-// accept it (e.g. different reserved bits), and the fast path resumes from it.
+// One rule decides every entry after the first. Let M be the bits that fix
+// the kind (compressed; offset and zero flag unless compressed; COPIED when
+// matched). Then entry & M must equal the first entry & M, plus one cluster
+// per step for the kinds with a host offset; an extended entry's bitmap must
+// also equal the first one's (but a compressed cluster's bitmap holds no
+// kind). For cluster sizes 512 B..2^55 B that rule is exactly the
+// reference's kind + COPIED + contiguity test, so the SIMD loop and the
+// scalar tail both apply it and either may end the run.
+//
+// The SIMD loop tests eight standard (or four extended) entries per branch:
+// byte-swap each 64-bit lane with one pshufb (i8x16.swizzle with a constant
+// in-range mask; V8 lowers the equivalent i8x16.shuffle to six instructions),
+// XOR with the expected entries, OR the differences together, mask, test.
+// Runs without a host offset compare raw big-endian bytes against the
+// pre-swapped expected entry and need no swap at all.
 
 const L2_UNALLOCATED: i32 = 0;
 const L2_ZERO_PLAIN: i32 = 1;
@@ -21,6 +29,7 @@ const L2_MIXED: i32 = 6;
 /** Bits 9-55: host cluster offset of a standard cluster. */
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED_BIT: u64 = 1 << 62;
+const COPIED_BIT: u64 = 1 << 63;
 
 // @ts-ignore: decorator
 @inline function be64(p: usize): u64 {
@@ -28,10 +37,17 @@ const COMPRESSED_BIT: u64 = 1 << 62;
 }
 
 // @ts-ignore: decorator
-@inline function be64x2(p: usize): v128 {
-  // Byte-swap each 64-bit lane of an unaligned 16-byte load.
-  const v = v128.load(p);
-  return i8x16.shuffle(v, v, 7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8);
+@inline function be64x2(v: v128): v128 {
+  return i8x16.swizzle(v, i8x16(7, 6, 5, 4, 3, 2, 1, 0, 15, 14, 13, 12, 11, 10, 9, 8));
+}
+
+// @ts-ignore: decorator
+@inline function differs4(p: usize, w1: v128, w2: v128, w3: v128, w4: v128): v128 {
+  // Bits where four byte-swapped vectors at p differ from the expected ones.
+  return v128.or(
+    v128.or(v128.xor(be64x2(v128.load(p)), w1), v128.xor(be64x2(v128.load(p, 16)), w2)),
+    v128.or(v128.xor(be64x2(v128.load(p, 32)), w3), v128.xor(be64x2(v128.load(p, 48)), w4)),
+  );
 }
 
 function entryKind(e: u64, bitmap: u64, extended: bool): i32 {
@@ -65,60 +81,88 @@ export function l2ScanRun(ptr: usize, start: i32, end: i32, extended: bool, clus
   const kind = entryKind(e0, bm0, extended);
   if (kind == L2_MIXED) return 1;
   const contiguous = kind == L2_NORMAL || kind == L2_ZERO_ALLOC || kind == L2_UNALLOCATED_ALLOC;
-  const clusterSize: u64 = (<u64>1) << clusterBits;
-  const delta: u64 = contiguous ? clusterSize : 0;
-  const copied = e0 >> 63;
-  // Predicting "previous + one cluster" on whole entries is only exact while
-  // the offset cannot carry out of bits 9-55; near that limit use the rules alone.
-  const fast = !contiguous || (e0 & OFFSET_MASK) + <u64>(end - start) * clusterSize <= OFFSET_MASK;
+  // Offsets are multiples of 512 below 2^56: with a cluster size outside
+  // that range no offset can follow another one, as in the reference.
+  if (contiguous && (clusterBits < 9 || clusterBits > 55)) return 1;
+  let m: u64 = kind == L2_COMPRESSED ? COMPRESSED_BIT : COMPRESSED_BIT | OFFSET_MASK | (extended ? 0 : 1);
+  if (matchCopied) m |= COPIED_BIT;
+  const bmMask: u64 = extended && kind != L2_COMPRESSED ? ~(<u64>0) : 0;
+  const bmWant = bm0 & bmMask;
+  const delta: u64 = contiguous ? (<u64>1) << clusterBits : 0;
+  let x = (e0 & m) + delta; // what entry i & m must be
 
-  let prev = e0; // last accepted entry
   let i = start + 1;
   while (i < end) {
-    if (fast) {
-      if (!extended) {
-        let want = i64x2(prev + delta, prev + 2 * delta);
-        const step = i64x2.splat(2 * delta);
-        const step2 = i64x2.splat(4 * delta);
-        const step3 = i64x2.splat(6 * delta);
-        const step4 = i64x2.splat(8 * delta);
-        let p = ptr + (<usize>i << 3);
-        // Eight entries per test while they last, then two.
-        while (i + 8 <= end) {
-          const h0 = v128.and(i64x2.eq(be64x2(p), want), i64x2.eq(be64x2(p + 16), i64x2.add(want, step)));
-          const h1 = v128.and(i64x2.eq(be64x2(p + 32), i64x2.add(want, step2)), i64x2.eq(be64x2(p + 48), i64x2.add(want, step3)));
-          if (v128.any_true(v128.not(v128.and(h0, h1)))) break;
-          want = i64x2.add(want, step4);
-          i += 8;
-          p += 64;
-        }
-        while (i + 2 <= end && i64x2.all_true(i64x2.eq(be64x2(p), want))) {
-          want = i64x2.add(want, step);
-          i += 2;
-          p += 16;
-        }
-        prev = i64x2.extract_lane(want, 0) - delta;
-      } else {
-        let want = i64x2(prev + delta, bm0);
-        const step = i64x2(delta, 0);
-        let p = ptr + (<usize>i << 4);
-        while (i < end && i64x2.all_true(i64x2.eq(be64x2(p), want))) {
-          want = i64x2.add(want, step);
-          i++;
-          p += 16;
-        }
-        prev = i64x2.extract_lane(want, 0) - delta;
-      }
-      if (i >= end) break;
+    // Expected entries are exact only while x + k * delta stays inside the
+    // offset field (XOR-then-mask would let a carry out of bit 55 vanish), so
+    // the SIMD loop stops where the offset would overflow; near it the scalar
+    // rule takes over and ends the run.
+    let segEnd = end;
+    if (contiguous) {
+      const room: u64 = x & ~m ? 1 : ((OFFSET_MASK - (x & OFFSET_MASK)) >> clusterBits) + 1;
+      if (<u64>(end - i) > room) segEnd = i + <i32>room;
     }
-    // Scalar rules for the entry the prediction missed.
-    const p = ptr + (<usize>i << shift);
-    const e = be64(p);
-    if (entryKind(e, extended ? be64(p + 8) : 0, extended) != kind) break;
-    if (matchCopied && e >> 63 != copied) break;
-    if (contiguous && (e & OFFSET_MASK) != (prev & OFFSET_MASK) + clusterSize) break;
-    prev = e;
-    i++;
+    let p = ptr + (<usize>i << shift);
+    const i0 = i;
+    if (!contiguous) {
+      // Constant expected entry: compare the raw big-endian bytes.
+      const want = extended ? i64x2(bswap<u64>(x), bswap<u64>(bmWant)) : i64x2.splat(bswap<u64>(x));
+      const mask = extended ? i64x2(bswap<u64>(m), bswap<u64>(bmMask)) : i64x2.splat(bswap<u64>(m));
+      const per = extended ? 4 : 8;
+      while (i + per <= segEnd) {
+        const d = v128.or(
+          v128.or(v128.xor(v128.load(p), want), v128.xor(v128.load(p, 16), want)),
+          v128.or(v128.xor(v128.load(p, 32), want), v128.xor(v128.load(p, 48), want)),
+        );
+        if (v128.any_true(v128.and(d, mask))) break;
+        i += per;
+        p += 64;
+      }
+    } else if (!extended) {
+      // Two entries per vector; the expected entries advance by 8 clusters.
+      let w1 = i64x2(x, x + delta);
+      let w2 = i64x2.add(w1, i64x2.splat(2 * delta));
+      let w3 = i64x2.add(w1, i64x2.splat(4 * delta));
+      let w4 = i64x2.add(w1, i64x2.splat(6 * delta));
+      const step = i64x2.splat(8 * delta);
+      const mask = i64x2.splat(m);
+      while (i + 8 <= segEnd) {
+        if (v128.any_true(v128.and(differs4(p, w1, w2, w3, w4), mask))) break;
+        w1 = i64x2.add(w1, step);
+        w2 = i64x2.add(w2, step);
+        w3 = i64x2.add(w3, step);
+        w4 = i64x2.add(w4, step);
+        i += 8;
+        p += 64;
+      }
+    } else {
+      // One [entry, bitmap] per vector; only the entry lane advances.
+      let w1 = i64x2(x, bmWant);
+      let w2 = i64x2(x + delta, bmWant);
+      let w3 = i64x2(x + 2 * delta, bmWant);
+      let w4 = i64x2(x + 3 * delta, bmWant);
+      const step = i64x2(4 * delta, 0);
+      const mask = i64x2(m, bmMask);
+      while (i + 4 <= segEnd) {
+        if (v128.any_true(v128.and(differs4(p, w1, w2, w3, w4), mask))) break;
+        w1 = i64x2.add(w1, step);
+        w2 = i64x2.add(w2, step);
+        w3 = i64x2.add(w3, step);
+        w4 = i64x2.add(w4, step);
+        i += 4;
+        p += 64;
+      }
+    }
+    x += <u64>(i - i0) * delta;
+    // The scalar rule: the rest of the segment, or up to the entry the SIMD
+    // test stopped on (under one vector group away either way).
+    while (i < segEnd) {
+      const q = ptr + (<usize>i << shift);
+      if ((be64(q) & m) != x) return i - start;
+      if (extended && (be64(q + 8) & bmMask) != bmWant) return i - start;
+      x += delta;
+      i++;
+    }
   }
   return i - start;
 }

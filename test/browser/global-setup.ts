@@ -11,6 +11,7 @@ import type { TestProject } from 'vitest/node';
 import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { startRangeServer } from './range-server.js';
 import { conformanceFiles, CONFORMANCE_DIR, type InteropImage, type StorageServerInfo } from './fixtures.js';
+import { startWorkloadServer } from './workload-server.js';
 
 const MiB = 1024 * 1024;
 
@@ -69,5 +70,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
     remoteOverlay: { name: 'remote/overlay.qcow2', format: 'qcow2', needs: [], ...overlayHash },
   };
   project.provide('storageServer', info);
-  return () => server.close();
+  // The workload tests' endpoint: qemu-img check / qemu-io replay / qemu-img compare of images the page sends.
+  const workload = await startWorkloadServer();
+  project.provide('workloadServer', workload.url);
+  return async () => {
+    await workload.close();
+    await server.close();
+  };
 }

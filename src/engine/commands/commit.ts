@@ -19,7 +19,7 @@
  */
 import { bdrvFlush } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
-import { openImage } from '../../block/open.js';
+import { openContext, openImage } from '../../block/open.js';
 import { runCommit } from '../../jobs/commit.js';
 import type { Job } from '../../jobs/job.js';
 import type { Engine } from '../engine.js';
@@ -65,7 +65,7 @@ export async function reopenWritable(engine: Engine, base: BlockNode, overlay: B
   if (engine.isMonitorOwned(base) || base.parents.length !== 1 || engine.deviceOf(base) !== undefined) {
     throw genericError(`Block node '${name}' is in use elsewhere and cannot be reopened read-write for the commit`, 'EBUSY');
   }
-  const storage = engine.storageOf(base);
+  const storage = engine.storageOf(base) ?? openContext(base)?.storage ?? engine.storageOf(overlay);
   if (!storage) throw genericError(`Node '${name}' has no storage to reopen it from`);
   const { filename } = base;
   const format = base.driver.name;
@@ -143,7 +143,7 @@ export const commitCommands: QmpCommandTable = {
       let base: BlockNode | undefined;
       if (args['base-node'] !== undefined) {
         base = engine.lookup(args['base-node'] as string, 'node');
-        if (!overlayOf(top, base) && base !== top) throw genericError(`'${args['base-node'] as string}' is not in this backing file chain`);
+        if (base !== top && !overlayOf(top, base)) throw genericError(`'${args['base-node'] as string}' is not in this backing file chain`);
       } else if (args.base !== undefined) {
         base = findInChain(engine, top, args.base as string);
         if (!base) throw genericError(`Base '${args.base as string}' not found`);

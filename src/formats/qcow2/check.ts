@@ -13,9 +13,15 @@
  *
  * The messages and the counting rules are QEMU's, so `qemu-img check` and
  * `blocktab check` agree on the numbers and the exit code. Memory is one
- * 32-bit counter per host cluster of the file (bounded, see
- * MAX_COUNTED_CLUSTERS); metadata is read straight from the file, as QEMU's
- * check does, after the node's caches were written back.
+ * counter per host cluster of the file, as wide as the image's refcounts
+ * (bounded, see MAX_COUNTED_CLUSTERS); metadata is read straight from the
+ * file, as QEMU's check does, after the node's caches were written back.
+ *
+ * Speed: each L2 table and each refcount block is read once per pass and
+ * walked in a synchronous loop (no await per cluster). The COPIED check of
+ * the active L2 tables is computed in the counting pass while each table is
+ * in memory and reused at its place in the output when the check wrote
+ * nothing in between (otherwise the tables are read again, as QEMU does).
  *
  * Repairs (fix.leaks: refcounts lowered; fix.errors: refcounts raised,
  * COPIED flags corrected, broken structures rebuilt) keep the image valid
@@ -99,22 +105,47 @@ function entryOffset(hi: number, lo: number): number {
 }
 
 /**
+ * Where the check's messages go (swapped for the recount after a rebuild),
+ * and how many writes it made so far: a finding computed from bytes read
+ * earlier is only reused while no write came in between.
+ */
+interface CheckLog {
+  messages: string[];
+  writes: number;
+}
+
+type CountArray = Uint8Array | Uint16Array | Uint32Array;
+
+/**
  * In-memory reference counts, one per host cluster (QEMU's refcount "imrt").
  * `n` is QEMU's nb_clusters: the file's clusters, raised to cover every
- * cluster a reference touched; storage grows by doubling underneath.
+ * cluster a reference touched.
+ *
+ * The counters are as wide as the image's refcounts (8 bits for
+ * refcount_bits <= 8, 16 for 16, 32 for 32 and 64) and that is exact: a count
+ * never passes `max`, because one more reference to a cluster at the
+ * maximum is reported as an overflow and not counted, as QEMU's
+ * qcow2_inc_refcounts_imrt does with its refcount_bits-wide table. With the
+ * default 16 bits a 1 TiB image costs 32 MiB. The array is sized once from
+ * the file, with one cluster to spare: a reference may end at most inside
+ * the cluster past the end of the file (incRefcounts).
  */
 class Counts {
-  a: Uint32Array;
+  a: CountArray;
   n: number;
-  constructor(n: number) {
+  /** Largest count (the refcount width's maximum, at most 2^32 - 1). */
+  readonly max: number;
+  constructor(n: number, refcountOrder: number) {
     this.n = n;
-    this.a = new Uint32Array(Math.max(n, 1));
+    this.max = Math.min(maxRefcount(refcountOrder), 0xffffffff);
+    this.a = newCountArray(this.max, n + 1);
   }
   grow(n: number): void {
     if (n > MAX_COUNTED_CLUSTERS) throw new BlockError('EFBIG', `refcount array for ${n} clusters is too large to check (at most ${MAX_COUNTED_CLUSTERS})`);
     if (n > this.n) this.n = n;
     if (n <= this.a.length) return;
-    const b = new Uint32Array(Math.max(n, Math.min(MAX_COUNTED_CLUSTERS, this.a.length * 2)));
+    // Only a repair that extends the file (a refcount block outside it) gets here.
+    const b = newCountArray(this.max, n + 1);
     b.set(this.a);
     this.a = b;
   }
@@ -123,18 +154,23 @@ class Counts {
   }
 }
 
-/** The refcounts stored on disk, read through a small cache; repairs write through it. */
+function newCountArray(max: number, length: number): CountArray {
+  return max <= 0xff ? new Uint8Array(length) : max <= 0xffff ? new Uint16Array(length) : new Uint32Array(length);
+}
+
+/** The refcounts stored on disk: the table, and the blocks read through a small cache that repairs write through. */
 class DiskRefcounts {
   table: Float64Array = new Float64Array(0);
   /** Raw table entries, for the reserved-bit check. */
   rawLow: Uint32Array = new Uint32Array(0);
+  /** Some table entry points at an unaligned block (looking a cluster up there signals corruption). */
+  hasUnaligned = false;
   private blocks = new Map<number, Uint8Array>();
   readonly perBlock: number;
 
   constructor(
     private readonly s: Qcow2State,
-    /** Where messages go (the check's message list, in order). */
-    private readonly out: { messages: string[] },
+    private readonly log: CheckLog,
   ) {
     this.perBlock = (s.clusterSize * 8) / s.refcountBits;
   }
@@ -148,24 +184,48 @@ class DiskRefcounts {
     const n = bytes / 8;
     this.table = new Float64Array(n);
     this.rawLow = new Uint32Array(n);
+    this.hasUnaligned = false;
     for (let i = 0; i < n; i++) {
       const hi = be.u32(raw, i * 8);
       const lo = be.u32(raw, i * 8 + 4);
       this.table[i] = hi * TWO32 + ((lo & 0xfffffe00) >>> 0);
       this.rawLow[i] = lo;
+      if (this.table[i]! % s.clusterSize !== 0) this.hasUnaligned = true;
     }
     this.blocks.clear();
   }
 
-  private async block(offset: number): Promise<Uint8Array> {
+  /**
+   * The refcount block at aligned `offset`, cached; past the end of the file
+   * reads as zeros, as QEMU's do. The returned bytes stay valid until the
+   * next call (an evicted block's buffer is reused: a pass over a large
+   * image then allocates 64 blocks, not one per refcount block).
+   */
+  async block(offset: number): Promise<Uint8Array> {
     let b = this.blocks.get(offset);
     if (b) return b;
-    if (this.blocks.size >= 64) this.blocks.delete(this.blocks.keys().next().value as number);
-    b = new Uint8Array(this.s.clusterSize);
-    // Past the end of the file reads as zeros, as QEMU's do.
+    if (this.blocks.size >= 64) {
+      const oldest = this.blocks.keys().next().value as number;
+      b = this.blocks.get(oldest);
+      this.blocks.delete(oldest);
+    }
+    b ??= new Uint8Array(this.s.clusterSize);
     await bdrvPread(this.s.file, offset, this.s.clusterSize, b);
     this.blocks.set(offset, b);
     return b;
+  }
+
+  /**
+   * Block `i` of the table when no I/O is needed: null when there is none
+   * (its clusters' refcounts are 0), undefined when get() must be asked
+   * (not cached, or unaligned).
+   */
+  cachedBlock(i: number): Uint8Array | null | undefined {
+    if (i >= this.table.length) return null;
+    const off = this.table[i]!;
+    if (off === 0) return null;
+    // Unaligned blocks never enter the cache.
+    return this.blocks.get(off);
   }
 
   /** Refcount of cluster `k`; throws for an unaligned refcount block (QEMU's qcow2_get_refcount -EIO). */
@@ -174,11 +234,14 @@ class DiskRefcounts {
     if (i >= this.table.length) return 0;
     const off = this.table[i]!;
     if (off === 0) return 0;
-    if (off % this.s.clusterSize !== 0) {
-      await this.signalCorruption(`Refblock offset ${hex(off)} unaligned (reftable index: ${i === 0 ? '0' : hex(i)})`);
-      throw new BlockError('EIO', 'Input/output error');
-    }
+    if (off % this.s.clusterSize !== 0) throw await this.unaligned(i);
     return getRefcountEntry(await this.block(off), this.s.refcountBits, k - i * this.perBlock);
+  }
+
+  /** Looking up a cluster of unaligned block `i`: corruption signalled, the error to fail with. */
+  async unaligned(i: number): Promise<BlockError> {
+    await this.signalCorruption(`Refblock offset ${hex(this.table[i]!)} unaligned (reftable index: ${i === 0 ? '0' : hex(i)})`);
+    return new BlockError('EIO', 'Input/output error');
   }
 
   private signalled = false;
@@ -193,25 +256,36 @@ class DiskRefcounts {
     this.signalled = true;
     const s = this.s;
     if (s.file.readOnly) {
-      this.out.messages.push(`qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`);
+      this.log.messages.push(`qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`);
       return;
     }
-    this.out.messages.push(`qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
+    this.log.messages.push(`qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
     if (s.header.version === 3) {
       s.header.incompatibleFeatures |= QCOW2_INCOMPAT_CORRUPT;
+      this.log.writes++;
       await writeIncompatible(s);
     }
   }
+}
 
-  /** Sets the refcount of cluster `k` (its block exists) and writes the block. */
-  async set(k: number, v: number): Promise<void> {
-    const i = Math.floor(k / this.perBlock);
-    const off = i < this.table.length ? this.table[i]! : 0;
-    if (off === 0 || off % this.s.clusterSize !== 0) throw new BlockError('EIO', 'Input/output error');
-    const b = await this.block(off);
-    setRefcountEntry(b, this.s.refcountBits, k - i * this.perBlock, v);
-    await bdrvPwrite(this.s.file, off, this.s.clusterSize, b);
-  }
+/** An active L2 entry whose COPIED flag disagrees with its refcount (check_oflag_copied). */
+interface CopiedFinding {
+  /** Index in the L2 table. */
+  j: number;
+  hi: number;
+  lo: number;
+  refcount: number;
+}
+
+/**
+ * check_oflag_copied's L2 half, computed while the counting pass has each
+ * active L2 table in memory: per L1 index, the entries it would report.
+ * Valid while the check wrote nothing since the pass started (`writes`), as
+ * then the tables and refcounts it would read later are the same bytes.
+ */
+interface CopiedPass {
+  writes: number;
+  findings: Map<number, CopiedFinding[]>;
 }
 
 interface Ctx {
@@ -221,6 +295,9 @@ interface Ctx {
   counts: Counts;
   fix: CheckFix;
   hasDataFile: boolean;
+  disk: DiskRefcounts;
+  log: CheckLog;
+  copiedPass?: CopiedPass;
 }
 
 /** qcow2_inc_refcounts_imrt: one more reference to every cluster [offset, offset + size) touches. */
@@ -236,131 +313,264 @@ function incRefcounts(c: Ctx, offset: number, size: number): void {
   const cs = s.clusterSize;
   const first = Math.floor(offset / cs);
   const last = Math.floor((offset + size - 1) / cs);
-  const max = Math.min(maxRefcount(s.header.refcountOrder), 0xffffffff);
   counts.grow(last + 1);
+  const a = counts.a;
+  const max = counts.max;
   for (let k = first; k <= last; k++) {
-    const v = counts.a[k]!;
+    const v = a[k]!;
     if (v >= max) {
       res.messages.push(`ERROR: overflow cluster offset=${hex(k * cs)}`);
       res.messages.push('Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing');
       res.corruptions++;
       continue;
     }
-    counts.a[k] = v + 1;
+    a[k] = v + 1;
   }
 }
 
-/** check_refcounts_l2 */
-async function checkL2(c: Ctx, l2Offset: number, flags: number): Promise<void> {
-  const { s, res } = c;
-  const eb = s.l2EntryBytes;
-  const table = new Uint8Array(s.clusterSize);
-  await bdrvPread(s.file, l2Offset, s.clusterSize, table);
-  let nextContiguous = 0;
-  let dirty = false;
-  for (let i = 0; i < s.l2Size; i++) {
-    const p = i * eb;
-    let hi = be.u32(table, p);
-    const lo = be.u32(table, p + 4);
-    const bmHi = s.extendedL2 ? be.u32(table, p + 8) : 0;
-    const bmLo = s.extendedL2 ? be.u32(table, p + 12) : 0;
-    const compressed = (hi & 0x40000000) !== 0;
-    const offset = entryOffset(hi, lo);
-    let type: 'compressed' | 'zeroPlain' | 'zeroAlloc' | 'normal' | 'unallocated';
-    if (compressed) type = 'compressed';
-    else if (lo & 1 && !s.extendedL2) type = offset ? 'zeroAlloc' : 'zeroPlain';
-    else if (!offset) type = c.hasDataFile && hi & 0x80000000 ? 'normal' : 'unallocated';
-    else type = 'normal';
+const L2_COMPRESSED = 0;
+const L2_ZERO_PLAIN = 1;
+const L2_ZERO_ALLOC = 2;
+const L2_NORMAL = 3;
+const L2_UNALLOCATED = 4;
 
-    if (type !== 'compressed' && (hi & 0x3f000000 || lo & 0x1fe)) {
-      res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
-      res.corruptions++;
-    }
-    switch (type) {
-      case 'compressed': {
-        const d = parseCompressedDescriptor(hi & 0x3fffffff, lo, s.clusterBits);
-        if (hi & 0x80000000) {
-          res.messages.push(`ERROR: coffset=${hex(d.coffset)}: copied flag must never be set for compressed clusters`);
-          hi &= 0x7fffffff;
-          res.corruptions++;
-        }
-        if (c.hasDataFile) {
-          res.messages.push(`ERROR compressed cluster ${i} with data file, entry=${hex(hi * TWO32 + (lo >>> 0))}`);
-          res.corruptions++;
-          break;
-        }
-        if (bmHi || bmLo) {
-          res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=${hex(hi * TWO32 + (lo >>> 0))}`);
-          res.corruptions++;
-          break;
-        }
-        incRefcounts(c, d.coffset, d.csize);
-        if (flags & CHECK_FRAG_INFO) {
-          res.allocatedClusters++;
-          res.compressedClusters++;
-          res.fragmentedClusters++;
-        }
-        break;
-      }
-      case 'zeroAlloc':
-      case 'normal': {
-        if ((bmHi & bmLo) !== 0) {
-          res.corruptions++;
-          res.messages.push(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
-        }
-        if (offset % s.clusterSize !== 0) {
-          res.corruptions++;
-          const containsData = s.extendedL2 ? bmLo !== 0 : !(lo & 1);
-          if (!containsData) {
-            res.messages.push(`${c.fix.errors ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
-            if (c.fix.errors) {
-              // fix_l2_entry_by_zero: the entry becomes a plain zero cluster.
-              be.put32(table, p, 0);
-              be.put32(table, p + 4, s.extendedL2 ? 0 : 1);
-              if (s.extendedL2) {
-                be.put32(table, p + 8, 0xffffffff);
-                be.put32(table, p + 12, 0);
-              }
-              dirty = true;
-              res.corruptions--;
-              res.corruptionsFixed++;
-              continue;
-            }
-          } else {
-            res.messages.push(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
-          }
-        }
-        if (flags & CHECK_FRAG_INFO) {
-          res.allocatedClusters++;
-          if (nextContiguous && offset !== nextContiguous) res.fragmentedClusters++;
-          nextContiguous = offset + s.clusterSize;
-        }
-        if (!c.hasDataFile) incRefcounts(c, offset, s.clusterSize);
-        break;
-      }
-      case 'zeroPlain':
-        break;
-      case 'unallocated':
-        if (bmLo !== 0) {
-          res.corruptions++;
-          res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation map');
-        }
-        break;
-    }
-  }
-  if (dirty) {
+/** check_refcounts_l2: reads the table at `l2Offset` into `table` and counts it. */
+async function checkL2(c: Ctx, l2Offset: number, flags: number, table: Uint8Array): Promise<void> {
+  const { s } = c;
+  await bdrvPread(s.file, l2Offset, s.clusterSize, table);
+  if (countL2(c, table, flags)) {
+    c.log.writes++;
     await bdrvPwrite(s.file, l2Offset, s.clusterSize, table);
     s.l2Cache.invalidate(l2Offset, s.clusterSize);
   }
 }
 
-/** check_refcounts_l1 */
+/**
+ * check_refcounts_l2's walk over a table in memory, synchronous: each
+ * entry is checked and its clusters counted. Returns whether entries were
+ * repaired in `table` (it must be written back).
+ */
+function countL2(c: Ctx, table: Uint8Array, flags: number): boolean {
+  const { s, res, counts } = c;
+  const ext = s.extendedL2;
+  const eb = s.l2EntryBytes;
+  const cs = s.clusterSize;
+  const fileLen = s.file.totalBytes;
+  const max = counts.max;
+  const frag = (flags & CHECK_FRAG_INFO) !== 0;
+  const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  // The common entry, a normal cluster: no flag but COPIED, no reserved bit, cluster aligned.
+  const plainMask = ext ? (cs - 1) & ~1 : cs - 1;
+  const cb = s.clusterBits;
+  const clustersPer4G = 2 ** (32 - cb);
+  let a = counts.a;
+  let nextContiguous = 0;
+  let dirty = false;
+  let allocated = 0;
+  let fragmented = 0;
+  let compressedClusters = 0;
+  for (let i = 0; i < s.l2Size; i++) {
+    const p = i * eb;
+    let hi = dv.getUint32(p);
+    const lo = dv.getUint32(p + 4);
+    const bmHi = ext ? dv.getUint32(p + 8) : 0;
+    const bmLo = ext ? dv.getUint32(p + 12) : 0;
+    // Unallocated with an empty allocation bitmap: nothing to count or report.
+    if ((hi | lo | bmLo) === 0) continue;
+    if ((hi & 0x7f000000) === 0 && (lo & plainMask) === 0 && ((hi & 0x00ffffff) !== 0 || lo > 1) && (bmHi & bmLo) === 0) {
+      // The general path below, for this case, in integer arithmetic.
+      const offset = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+      if (frag) {
+        allocated++;
+        if (nextContiguous && offset !== nextContiguous) fragmented++;
+        nextContiguous = offset + cs;
+      }
+      if (c.hasDataFile) continue;
+      if (offset < fileLen) {
+        const k = (hi & 0x00ffffff) * clustersPer4G + (lo >>> cb);
+        const v = a[k]!;
+        if (v < max) {
+          a[k] = v + 1;
+          continue;
+        }
+      }
+      incRefcounts(c, offset, cs);
+      a = counts.a;
+      continue;
+    }
+    const compressed = (hi & 0x40000000) !== 0;
+    const offset = entryOffset(hi, lo);
+    let type: number;
+    if (compressed) type = L2_COMPRESSED;
+    else if (lo & 1 && !ext) type = offset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
+    else if (!offset) type = c.hasDataFile && hi & 0x80000000 ? L2_NORMAL : L2_UNALLOCATED;
+    else type = L2_NORMAL;
+
+    if (type !== L2_COMPRESSED && (hi & 0x3f000000 || lo & 0x1fe)) {
+      res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
+      res.corruptions++;
+    }
+    if (type === L2_NORMAL || type === L2_ZERO_ALLOC) {
+      if ((bmHi & bmLo) !== 0) {
+        res.corruptions++;
+        res.messages.push(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+      }
+      if (offset % cs !== 0) {
+        res.corruptions++;
+        const containsData = ext ? bmLo !== 0 : !(lo & 1);
+        if (!containsData) {
+          res.messages.push(`${c.fix.errors ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+          if (c.fix.errors) {
+            // fix_l2_entry_by_zero: the entry becomes a plain zero cluster.
+            be.put32(table, p, 0);
+            be.put32(table, p + 4, ext ? 0 : 1);
+            if (ext) {
+              be.put32(table, p + 8, 0xffffffff);
+              be.put32(table, p + 12, 0);
+            }
+            dirty = true;
+            res.corruptions--;
+            res.corruptionsFixed++;
+            continue;
+          }
+        } else {
+          res.messages.push(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+        }
+      }
+      if (frag) {
+        allocated++;
+        if (nextContiguous && offset !== nextContiguous) fragmented++;
+        nextContiguous = offset + cs;
+      }
+      if (c.hasDataFile) continue;
+      incRefcounts(c, offset, cs);
+      a = counts.a;
+    } else if (type === L2_COMPRESSED) {
+      const d = parseCompressedDescriptor(hi & 0x3fffffff, lo, s.clusterBits);
+      if (hi & 0x80000000) {
+        res.messages.push(`ERROR: coffset=${hex(d.coffset)}: copied flag must never be set for compressed clusters`);
+        hi &= 0x7fffffff;
+        res.corruptions++;
+      }
+      if (c.hasDataFile) {
+        res.messages.push(`ERROR compressed cluster ${i} with data file, entry=${hex(hi * TWO32 + (lo >>> 0))}`);
+        res.corruptions++;
+        continue;
+      }
+      if (bmHi || bmLo) {
+        res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=${hex(hi * TWO32 + (lo >>> 0))}`);
+        res.corruptions++;
+        continue;
+      }
+      incRefcounts(c, d.coffset, d.csize);
+      a = counts.a;
+      if (frag) {
+        allocated++;
+        compressedClusters++;
+        fragmented++;
+      }
+    } else if (type === L2_UNALLOCATED && bmLo !== 0) {
+      res.corruptions++;
+      res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation map');
+    }
+  }
+  res.allocatedClusters += allocated;
+  res.fragmentedClusters += fragmented;
+  res.compressedClusters += compressedClusters;
+  return dirty;
+}
+
+/**
+ * check_oflag_copied's test for one L2 table in memory: the entries whose
+ * COPIED flag is not (refcount == 1), in table order. Synchronous over the
+ * cached refcount blocks; only an entry whose block is not cached waits for
+ * a read. An entry whose refcount cannot be read is skipped, as QEMU does.
+ */
+async function copiedFindings(c: Ctx, table: Uint8Array): Promise<CopiedFinding[]> {
+  const out: CopiedFinding[] = [];
+  const { s } = c;
+  let retried = -1;
+  for (let j = 0; j < s.l2Size; ) {
+    const stop = scanCopied(c, table, j, out);
+    if (stop >= s.l2Size) break;
+    // Nothing awaits between reading the block and the next scan, so it is still cached then.
+    if (stop === retried) throw new BlockError('EIO', `${s.image}: refcount block cache lost a block it just read`);
+    const off = entryOffset(be.u32(table, stop * s.l2EntryBytes), be.u32(table, stop * s.l2EntryBytes + 4));
+    try {
+      await c.disk.get(Math.floor(off / s.clusterSize));
+    } catch {
+      j = stop + 1;
+      continue;
+    }
+    retried = j = stop;
+  }
+  return out;
+}
+
+/** copiedFindings' synchronous part, from entry `from`; returns where it stopped (an uncached block) or l2Size. */
+function scanCopied(c: Ctx, table: Uint8Array, from: number, out: CopiedFinding[]): number {
+  const { s, disk } = c;
+  const eb = s.l2EntryBytes;
+  const n = s.l2Size;
+  const bits = s.refcountBits;
+  const per = disk.perBlock;
+  const cb = s.clusterBits;
+  const clustersPer4G = 2 ** (32 - cb);
+  const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  // Clusters [first, first + per) have their refcounts in `blk` (null: no block, all 0).
+  let first = -1;
+  let blk: Uint8Array | null = null;
+  for (let j = from; j < n; j++) {
+    const p = j * eb;
+    const hi = dv.getUint32(p);
+    const lo = dv.getUint32(p + 4);
+    if ((hi | lo) === 0 || hi & 0x40000000) continue; // unallocated, compressed
+    const offHi = hi & 0x00ffffff;
+    const offLo = (lo & 0xfffffe00) >>> 0;
+    if (offHi === 0 && offLo === 0) {
+      const zeroFlag = !s.extendedL2 && (lo & 1) !== 0;
+      if (!(c.hasDataFile && hi & 0x80000000 && !zeroFlag)) continue;
+    }
+    let refcount = 1;
+    if (!c.hasDataFile) {
+      const k = offHi * clustersPer4G + (offLo >>> cb);
+      if (first < 0 || k < first || k >= first + per) {
+        const i = Math.floor(k / per);
+        const b = disk.cachedBlock(i);
+        if (b === undefined) return j;
+        first = i * per;
+        blk = b;
+      }
+      refcount = blk ? getRefcountEntry(blk, bits, k - first) : 0;
+    }
+    if ((refcount === 1) !== ((hi & 0x80000000) !== 0)) out.push({ j, hi, lo, refcount });
+  }
+  return n;
+}
+
+/**
+ * The active L1 table as read by the counting pass may stand in for the
+ * node's in-memory one (which check_oflag_copied walks) only when they are
+ * the same bytes; and the pass may look refcounts up only when doing so
+ * cannot signal corruption out of QEMU's order (no unaligned refcount block).
+ */
+function startCopiedPass(c: Ctx, l1: Uint8Array, l1Size: number): CopiedPass | undefined {
+  const { s } = c;
+  if (c.disk.hasUnaligned || s.l1Size !== l1Size || s.l1Table.length < l1.length) return undefined;
+  for (let i = 0; i < l1.length; i++) if (s.l1Table[i] !== l1[i]) return undefined;
+  return { writes: c.log.writes, findings: new Map() };
+}
+
+/** check_refcounts_l1 (the active table also gathers its COPIED findings while each L2 table is in memory). */
 async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number): Promise<void> {
   if (!l1Size) return;
   const { s, res } = c;
   incRefcounts(c, l1Offset, l1Size * 8);
   const l1 = new Uint8Array(l1Size * 8);
   await bdrvPread(s.file, l1Offset, l1.length, l1);
+  const pass = flags & CHECK_FRAG_INFO ? startCopiedPass(c, l1, l1Size) : undefined;
+  if (pass) c.copiedPass = pass;
+  const table = new Uint8Array(s.clusterSize);
   for (let i = 0; i < l1Size; i++) {
     const hi = be.u32(l1, i * 8);
     const lo = be.u32(l1, i * 8 + 4);
@@ -375,7 +585,11 @@ async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number):
       res.messages.push(`ERROR l2_offset=${l2.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
       res.corruptions++;
     }
-    await checkL2(c, l2, flags);
+    await checkL2(c, l2, flags, table);
+    if (pass && l2 && pass.writes === c.log.writes) {
+      const found = await copiedFindings(c, table);
+      if (found.length) pass.findings.set(i, found);
+    }
   }
 }
 
@@ -411,8 +625,8 @@ async function countBitmaps(c: Ctx): Promise<void> {
 }
 
 /** check_refblocks: every refcount block referenced once, inside the file, aligned. */
-async function checkRefblocks(c: Ctx, disk: DiskRefcounts): Promise<boolean> {
-  const { s, res, fix } = c;
+async function checkRefblocks(c: Ctx): Promise<boolean> {
+  const { s, res, fix, disk } = c;
   let rebuild = false;
   const cs = s.clusterSize;
   for (let i = 0; i < disk.table.length; i++) {
@@ -440,6 +654,7 @@ async function checkRefblocks(c: Ctx, disk: DiskRefcounts): Promise<boolean> {
           res.messages.push('ERROR could not resize image: Invalid argument');
           continue;
         }
+        c.log.writes++;
         await bdrvTruncate(s.file, offset + cs);
         c.counts.grow(Math.ceil(s.file.totalBytes / cs));
         res.corruptions--;
@@ -462,8 +677,9 @@ async function checkRefblocks(c: Ctx, disk: DiskRefcounts): Promise<boolean> {
 }
 
 /** calculate_refcounts: the references, counted. Returns whether a rebuild is needed. */
-async function calculateRefcounts(c: Ctx, disk: DiskRefcounts): Promise<boolean> {
+async function calculateRefcounts(c: Ctx): Promise<boolean> {
   const { s, res } = c;
+  c.copiedPass = undefined;
   incRefcounts(c, 0, s.clusterSize);
   await checkL1(c, s.header.l1TableOffset, s.header.l1Size, CHECK_FRAG_INFO);
   if (c.hasDataFile && s.snapshots.length) {
@@ -486,54 +702,80 @@ async function calculateRefcounts(c: Ctx, disk: DiskRefcounts): Promise<boolean>
   incRefcounts(c, s.header.snapshotsOffset, snapshotsSize(s));
   incRefcounts(c, s.header.refcountTableOffset, s.header.refcountTableClusters * s.clusterSize);
   await countBitmaps(c);
-  return checkRefblocks(c, disk);
+  return checkRefblocks(c);
 }
 
-/** compare_refcounts: stored vs counted, fixing what `fix` allows. Returns [rebuild, highest cluster]. */
-async function compareRefcounts(c: Ctx, disk: DiskRefcounts, fix: CheckFix, nbClusters: number): Promise<{ rebuild: boolean; highest: number }> {
-  const { res } = c;
+/**
+ * compare_refcounts: stored vs counted, fixing what `fix` allows. Walks the
+ * refcount table block by block: each stored block is read once and its
+ * entries compared with the counts in a synchronous loop; a block's repairs
+ * are written once after its loop. Returns whether a rebuild is needed and
+ * the highest cluster in use.
+ */
+async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Promise<{ rebuild: boolean; highest: number }> {
+  const { s, res, disk } = c;
+  const a = c.counts.a;
+  const per = disk.perBlock;
+  const bits = s.refcountBits;
+  const limit = maxRefcount(s.header.refcountOrder);
   let rebuild = false;
   let highest = 0;
   const n = Math.max(nbClusters, 0);
-  for (let i = 0; i < n; i++) {
-    let stored: number;
-    try {
-      stored = await disk.get(i);
-    } catch (e) {
-      res.messages.push(`Can't get refcount for cluster ${i}: ${e instanceof Error ? e.message : String(e)}`);
-      res.checkErrors++;
+  for (let i = 0, base = 0; base < n; i++, base += per) {
+    const end = Math.min(base + per, n);
+    const off = i < disk.table.length ? disk.table[i]! : 0;
+    if (off % s.clusterSize !== 0) {
+      const e = await disk.unaligned(i);
+      for (let k = base; k < end; k++) res.messages.push(`Can't get refcount for cluster ${k}: ${e.message}`);
+      res.checkErrors += end - base;
       continue;
     }
-    const counted = c.counts.get(i);
-    if (stored > 0 || counted > 0) highest = i;
-    if (stored === counted) continue;
-    let fixedCounter: 'leaksFixed' | 'corruptionsFixed' | undefined;
-    if (stored === 0) rebuild = true;
-    else if (stored > counted && fix.leaks) fixedCounter = 'leaksFixed';
-    else if (stored < counted && fix.errors) fixedCounter = 'corruptionsFixed';
-    res.messages.push(`${fixedCounter ? 'Repairing' : stored < counted ? 'ERROR' : 'Leaked'} cluster ${i} refcount=${stored} reference=${counted}`);
-    if (fixedCounter) {
-      try {
-        if (counted > maxRefcount(c.s.header.refcountOrder)) throw new BlockError('EINVAL', 'refcount overflow');
-        await disk.set(i, counted);
-        res[fixedCounter]++;
+    const blk = off === 0 ? null : await disk.block(off);
+    let leaksFixed = 0;
+    let corruptionsFixed = 0;
+    for (let k = base; k < end; k++) {
+      const stored = blk ? getRefcountEntry(blk, bits, k - base) : 0;
+      const counted = k < a.length ? a[k]! : 0;
+      if (stored === counted) {
+        if (stored > 0) highest = k;
         continue;
+      }
+      highest = k;
+      if (stored === 0) rebuild = true;
+      const repairing = stored !== 0 && (stored > counted ? fix.leaks : fix.errors);
+      res.messages.push(`${repairing ? 'Repairing' : stored < counted ? 'ERROR' : 'Leaked'} cluster ${k} refcount=${stored} reference=${counted}`);
+      // A count above the width's maximum cannot be stored (then it counts as not fixed).
+      if (repairing && counted <= limit) {
+        // A non-zero stored refcount means the block exists: set it there.
+        setRefcountEntry(blk!, bits, k - base, counted);
+        if (stored > counted) leaksFixed++;
+        else corruptionsFixed++;
+      } else if (stored < counted) res.corruptions++;
+      else res.leaks++;
+    }
+    if (leaksFixed || corruptionsFixed) {
+      c.log.writes++;
+      try {
+        await bdrvPwrite(s.file, off, s.clusterSize, blk!);
+        res.leaksFixed += leaksFixed;
+        res.corruptionsFixed += corruptionsFixed;
       } catch {
-        // Counted below as not fixed.
+        // Not written: the repairs of this block count as not fixed.
+        res.leaks += leaksFixed;
+        res.corruptions += corruptionsFixed;
       }
     }
-    if (stored < counted) res.corruptions++;
-    else res.leaks++;
   }
   return { rebuild, highest };
 }
 
 /** check_oflag_copied: COPIED exactly where the refcount is 1 (active L1 and its L2 tables). */
-async function checkOflagCopied(c: Ctx, disk: DiskRefcounts, fix: CheckFix): Promise<void> {
-  const { s, res } = c;
+async function checkOflagCopied(c: Ctx, fix: CheckFix): Promise<void> {
+  const { s, res, disk } = c;
   const repair = fix.errors ? true : fix.leaks ? !res.checkErrors && !res.corruptions && !res.leaks : false;
   const eb = s.l2EntryBytes;
   const table = new Uint8Array(s.clusterSize);
+  const pass = c.copiedPass;
   for (let i = 0; i < s.l1Size; i++) {
     const hi = be.u32(s.l1Table, i * 8);
     const lo = be.u32(s.l1Table, i * 8 + 4);
@@ -550,44 +792,34 @@ async function checkOflagCopied(c: Ctx, disk: DiskRefcounts, fix: CheckFix): Pro
       res.messages.push(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${rc}`);
       if (repair) {
         be.put32(s.l1Table, i * 8, rc === 1 ? (hi | 0x80000000) >>> 0 : hi & 0x7fffffff);
+        c.log.writes++;
         await bdrvPwrite(s.file, s.header.l1TableOffset + i * 8, 8, s.l1Table.subarray(i * 8, i * 8 + 8));
         res.corruptions--;
         res.corruptionsFixed++;
       }
     }
-    await bdrvPread(s.file, l2, s.clusterSize, table);
-    let dirty = 0;
-    for (let j = 0; j < s.l2Size; j++) {
-      const ehi = be.u32(table, j * eb);
-      const elo = be.u32(table, j * eb + 4);
-      const off = entryOffset(ehi, elo);
-      if (ehi & 0x40000000) continue; // compressed
-      const zeroFlag = !s.extendedL2 && elo & 1;
-      const normal = off !== 0 || (c.hasDataFile && (ehi & 0x80000000) !== 0 && !zeroFlag);
-      if (!normal) continue;
-      let erc: number;
-      if (c.hasDataFile) erc = 1;
-      else {
-        try {
-          erc = await disk.get(Math.floor(off / s.clusterSize));
-        } catch {
-          continue;
-        }
-      }
-      if ((erc === 1) !== ((ehi & 0x80000000) !== 0)) {
-        res.corruptions++;
-        res.messages.push(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(ehi, elo)} refcount=${erc}`);
-        if (repair) {
-          be.put32(table, j * eb, erc === 1 ? (ehi | 0x80000000) >>> 0 : ehi & 0x7fffffff);
-          dirty++;
-        }
-      }
+    let found: CopiedFinding[];
+    let read = false;
+    if (pass && pass.writes === c.log.writes) {
+      found = pass.findings.get(i) ?? [];
+    } else {
+      await bdrvPread(s.file, l2, s.clusterSize, table);
+      read = true;
+      found = await copiedFindings(c, table);
     }
-    if (dirty) {
+    if (!found.length) continue;
+    if (repair && !read) await bdrvPread(s.file, l2, s.clusterSize, table);
+    for (const f of found) {
+      res.corruptions++;
+      res.messages.push(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(f.hi, f.lo)} refcount=${f.refcount}`);
+      if (repair) be.put32(table, f.j * eb, f.refcount === 1 ? (f.hi | 0x80000000) >>> 0 : f.hi & 0x7fffffff);
+    }
+    if (repair) {
+      c.log.writes++;
       await bdrvPwrite(s.file, l2, s.clusterSize, table);
       s.l2Cache.invalidate(l2, s.clusterSize);
-      res.corruptions -= dirty;
-      res.corruptionsFixed += dirty;
+      res.corruptions -= found.length;
+      res.corruptionsFixed += found.length;
     }
   }
 }
@@ -612,7 +844,7 @@ async function rebuildRefcounts(c: Ctx): Promise<void> {
   s.header.refcountTableClusters = rs.tableClusters;
 }
 
-function lastUsed(a: Uint32Array): number {
+function lastUsed(a: CountArray): number {
   for (let i = a.length - 1; i >= 0; i--) if (a[i] !== 0) return i;
   return -1;
 }
@@ -635,34 +867,36 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
   }
   res.totalClusters = Math.ceil(s.header.size / cs);
   const hasDataFile = (s.header.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) !== 0n;
-  const msgSink = { messages: res.messages };
-  const disk = new DiskRefcounts(s, msgSink);
+  const log: CheckLog = { messages: res.messages, writes: 0 };
+  const disk = new DiskRefcounts(s, log);
   await disk.load();
-  let c: Ctx = { bs, s, res, counts: new Counts(nbClusters), fix, hasDataFile };
-  let rebuild = await calculateRefcounts(c, disk);
+  const order = s.header.refcountOrder;
+  let c: Ctx = { bs, s, res, counts: new Counts(nbClusters, order), fix, hasDataFile, disk, log };
+  let rebuild = await calculateRefcounts(c);
   nbClusters = c.counts.n;
   const preCompare: Res = { ...res, messages: [] };
   const noFix = { leaks: false, errors: false };
-  let cmp = await compareRefcounts(c, disk, noFix, nbClusters);
+  let cmp = await compareRefcounts(c, noFix, nbClusters);
   rebuild ||= cmp.rebuild;
   let highest = cmp.highest;
 
   if (rebuild && fix.errors) {
     const old = { corruptions: res.corruptions, leaks: res.leaks };
     res.messages.push('Rebuilding refcount structure');
+    log.writes++;
     await rebuildRefcounts(c);
     await disk.load();
     // Count again: the new refcount structures are referenced by the header now.
     const again = newRes();
-    c = { ...c, res: again, counts: new Counts(Math.ceil(s.file.totalBytes / cs)) };
-    msgSink.messages = again.messages;
-    await calculateRefcounts(c, disk);
+    c = { ...c, res: again, counts: new Counts(Math.ceil(s.file.totalBytes / cs), order) };
+    log.messages = again.messages;
+    await calculateRefcounts(c);
     // Clusters the old structures used are leaked now; QEMU frees them here and does not count them as fixed.
-    const cmp2 = await compareRefcounts(c, disk, { leaks: fix.leaks, errors: false }, c.counts.n);
+    const cmp2 = await compareRefcounts(c, { leaks: fix.leaks, errors: false }, c.counts.n);
     if (cmp2.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
     highest = cmp2.highest;
     res.messages.push(...again.messages);
-    msgSink.messages = res.messages;
+    log.messages = res.messages;
     res.corruptions = again.corruptions;
     res.leaks = again.leaks;
     res.checkErrors += again.checkErrors;
@@ -678,13 +912,13 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
     if (res.leaks || res.corruptions) {
       const messages = res.messages;
       res = { ...preCompare, messages };
-      msgSink.messages = messages;
+      log.messages = messages;
       c.res = res;
-      cmp = await compareRefcounts(c, disk, fix, nbClusters);
+      cmp = await compareRefcounts(c, fix, nbClusters);
       highest = cmp.highest;
     }
   }
-  await checkOflagCopied(c, disk, fix);
+  await checkOflagCopied(c, fix);
   res.imageEndOffset = (highest + 1) * cs;
   return res;
 }

@@ -20,7 +20,7 @@ import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { be } from './header.js';
 import { setRefcountEntry } from './refcount.js';
 
-/** Largest number of host clusters we count in memory (one 32-bit counter each: 512 MiB). */
+/** Largest number of host clusters we count in memory (one counter each, at most 32 bits wide: 512 MiB). */
 export const MAX_COUNTED_CLUSTERS = 2 ** 27;
 
 /** Largest refcount a width can hold (capped to what a JS number holds exactly). */
@@ -56,7 +56,7 @@ export async function writeRefcountStructure(
   const perTableCluster = clusterSize / 8;
   if (counts.length > MAX_COUNTED_CLUSTERS) throw new BlockError('EFBIG', `${file.filename}: refcount structure for ${counts.length} clusters is too large`);
   let arr = new Uint32Array(Math.max(counts.length, from));
-  if (counts instanceof Uint32Array || counts instanceof Uint8Array) arr.set(counts);
+  if (counts instanceof Uint32Array || counts instanceof Uint16Array || counts instanceof Uint8Array) arr.set(counts);
   else for (let i = 0; i < counts.length; i++) arr[i] = counts[i]!;
   const ensure = (n: number): void => {
     if (n <= arr.length) return;
