@@ -13,7 +13,8 @@
 //
 // The SIMD loop tests eight standard (or four extended) entries per branch:
 // byte-swap each 64-bit lane with one pshufb (i8x16.swizzle with a constant
-// in-range mask; V8 lowers the equivalent i8x16.shuffle to six instructions),
+// in-range mask; V8 on x64 lowers the equivalent i8x16.shuffle to six
+// instructions, enough to make the swap the bulk of the loop),
 // XOR with the expected entries, OR the differences together, mask, test.
 // Runs without a host offset compare raw big-endian bytes against the
 // pre-swapped expected entry and need no swap at all.
@@ -154,8 +155,9 @@ export function l2ScanRun(ptr: usize, start: i32, end: i32, extended: bool, clus
       }
     }
     x += <u64>(i - i0) * delta;
-    // The scalar rule: the rest of the segment, or up to the entry the SIMD
-    // test stopped on (under one vector group away either way).
+    // The scalar rule finishes the segment: either less than one group of
+    // entries is left, or the group the SIMD test rejected holds the entry
+    // that ends the run.
     while (i < segEnd) {
       const q = ptr + (<usize>i << shift);
       if ((be64(q) & m) != x) return i - start;

@@ -11,7 +11,7 @@ beforeAll(async () => {
 const OFFSET_MASK = 0x00ff_ffff_ffff_fe00n;
 
 /** One way an entry may differ from "previous + one cluster". */
-type Perturb = 'none' | 'copied' | 'kind' | 'gap' | 'reserved' | 'zero-bit' | 'compressed' | 'bitmap';
+type Perturb = 'none' | 'copied' | 'kind' | 'gap' | 'reserved' | 'zero-bit' | 'compressed' | 'bitmap' | 'offset-bit';
 
 interface SliceSpec {
   extended: boolean;
@@ -39,7 +39,9 @@ function buildSlice(spec: SliceSpec): Uint8Array {
         case 'copied': e ^= 1n << 63n; break;
         case 'kind': e = BigInt(p.salt & 1); break;
         case 'gap': offset += cs * BigInt(1 + (p.salt % 3)); e = spec.baseHi | (offset & OFFSET_MASK); break;
-        case 'reserved': e ^= 1n << BigInt(1 + (p.salt % 8)); break;
+        // Reserved bits 1-8 and 56-61: no effect on kind or contiguity.
+        case 'reserved': e ^= 1n << BigInt([1, 2, 3, 4, 5, 6, 7, 8, 56, 57, 58, 59, 60, 61][p.salt % 14]!); break;
+        case 'offset-bit': e ^= 1n << BigInt(9 + (p.salt % 47)); break;
         case 'zero-bit': e ^= 1n; break;
         case 'compressed': e |= 1n << 62n; break;
         case 'bitmap': bm ^= 1n << BigInt(p.salt % 64); break;
@@ -65,7 +67,7 @@ const specArb: fc.Arbitrary<SliceSpec> = fc
     perturb: fc.array(
       fc.record({
         at: fc.nat(),
-        how: fc.constantFrom<Perturb>('none', 'copied', 'kind', 'gap', 'reserved', 'zero-bit', 'compressed', 'bitmap'),
+        how: fc.constantFrom<Perturb>('none', 'copied', 'kind', 'gap', 'reserved', 'zero-bit', 'compressed', 'bitmap', 'offset-bit'),
         salt: fc.nat(),
       }),
       { maxLength: 6 },
@@ -146,5 +148,54 @@ describe('wasm L2 scan against src/formats/qcow2/l2-scan.ts', () => {
     const { view, block } = inWasm(data, 0);
     expect(wasmL2ScanRun(view, 0, 8, false, 16, false)).toBe(want);
     freeBuffer(block);
+  });
+
+  it('ends offset-carrying runs after one entry when the cluster size cannot fit the offset field', () => {
+    // qcow2 only has 2^9..2^21-byte clusters; outside 9..55 bits no offset can follow another.
+    for (const extended of [false, true]) {
+      for (const [baseHi, bitmap] of [[0n, 0xffffffffn], [1n, 0xffffffff00000000n], [0n, 0n]] as const) {
+        for (const clusterBits of [0, 1, 8, 56, 60]) {
+          const data = buildSlice({ extended, clusterBits, entries: 40, baseHi, baseOffset: 1n << 30n, bitmap, perturb: [] });
+          const { view, block } = inWasm(data, 3);
+          for (const start of [0, 5]) {
+            const want = l2ScanRun(data, start, 40, extended, clusterBits, false);
+            expect(wasmL2ScanRun(view, start, 40, extended, clusterBits, false), `cb ${clusterBits} ext ${extended}`).toBe(want);
+          }
+          freeBuffer(block);
+        }
+      }
+    }
+  });
+
+  it('follows long runs of every kind and breaks them at any lane of the vector loop', () => {
+    // 4096 entries: the SIMD loop does almost all of the work; one perturbed
+    // entry at each position mod 16 must end the run exactly there (or not at all).
+    const kinds: { extended: boolean; baseHi: bigint; baseOffset: bigint; bitmap: bigint }[] = [
+      { extended: false, baseHi: 1n << 63n, baseOffset: 0xfff0_0000n, bitmap: 0n }, // normal, crossing 4 GiB
+      { extended: false, baseHi: 1n, baseOffset: 1n << 40n, bitmap: 0n }, // zero-alloc
+      { extended: false, baseHi: 0n, baseOffset: 0n, bitmap: 0n }, // unallocated
+      { extended: false, baseHi: 1n, baseOffset: 0n, bitmap: 0n }, // zero, no offset
+      { extended: false, baseHi: 1n << 62n, baseOffset: 1n << 20n, bitmap: 0n }, // compressed
+      { extended: true, baseHi: 0n, baseOffset: 0xfff0_0000n, bitmap: 0xffffffffn }, // normal
+      { extended: true, baseHi: 0n, baseOffset: 1n << 20n, bitmap: 0n }, // unallocated-alloc
+      { extended: true, baseHi: 0n, baseOffset: 0n, bitmap: 0xffffffff00000000n }, // zero
+      { extended: true, baseHi: 1n << 62n, baseOffset: 1n << 20n, bitmap: 0x1234n }, // compressed
+    ];
+    const hows: Perturb[] = ['copied', 'kind', 'gap', 'reserved', 'zero-bit', 'compressed', 'bitmap', 'offset-bit'];
+    const entries = 4096;
+    for (const k of kinds) {
+      for (const how of hows) {
+        for (let lane = 0; lane < 16; lane++) {
+          const at = 2000 + lane;
+          const data = buildSlice({ ...k, clusterBits: 16, entries, perturb: [{ at, how, salt: lane * 7 + 3 }] });
+          const { view, block } = inWasm(data, lane & 7);
+          for (const matchCopied of [false, true]) {
+            const want = l2ScanRun(data, 0, entries, k.extended, 16, matchCopied);
+            expect(wasmL2ScanRun(view, 0, entries, k.extended, 16, matchCopied), `${how} at ${at}`).toBe(want);
+          }
+          freeBuffer(block);
+        }
+      }
+    }
   });
 });
