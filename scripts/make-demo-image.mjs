@@ -1,169 +1,108 @@
 #!/usr/bin/env node
 /**
- * Builds the web app's demo image at build time: public/demo/demo.qcow2, a
- * 64 MiB qcow2 (v3, 64 KiB clusters) that shows every kind of cluster the
- * allocation map draws — data with recognisable text patterns, zero
- * clusters, unallocated ranges and compressed clusters — plus
- * public/demo/demo-overlay.qcow2, a small overlay backed by it (so the map
- * shows a backing layer).
+ * Builds the web app's demo images at build time with blocktab's own engine
+ * (the compiled library in dist/, so run `npm run build:ts` first):
  *
- * Why a tiny writer of its own: users never need qemu-img, and until
- * blocktab's qcow2 writer is wired into a script this is ~100 lines of plain
- * layout (one L1 entry, one L2 table, one refcount block). The layout is
- * fixed and small, so refcounts are simply "1 for every cluster written".
+ *   public/demo/demo.qcow2          64 MiB qcow2 v3, 64 KiB clusters: data with
+ *                                   readable text, zero clusters, compressed
+ *                                   clusters, unallocated gaps, and two internal
+ *                                   snapshots, "installed" and "configured",
+ *                                   whose contents differ from each other and
+ *                                   from the current state
+ *   public/demo/demo-overlay.qcow2  an overlay backed by it (the map shows a
+ *                                   backing layer)
+ *
+ * The story the data tells: an OS is "installed" (clusters 0–7 and the tail),
+ * then "configured" (clusters 8–11 written, a range zeroed), then used
+ * (clusters 2–3 rewritten, more data). Applying a snapshot in the app shows
+ * the difference in the map and the hex view.
  *
  * Usage: node scripts/make-demo-image.mjs [outdir]   (default public/demo)
  */
-import { deflateRawSync } from 'node:zlib';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const outDir = resolve(process.argv[2] ?? join(root, 'public/demo'));
-
-const CLUSTER_BITS = 16;
-const CLUSTER = 1 << CLUSTER_BITS;
-const COPIED = 1n << 63n;
-const COMPRESSED = 1n << 62n;
-const ZERO = 1n;
-
-/** Text repeated over a cluster, one line per 64 bytes, so the hex view shows readable ASCII. */
-function textCluster(label, guestOffset) {
-  const buf = Buffer.alloc(CLUSTER);
-  for (let off = 0; off < CLUSTER; off += 64) {
-    const line = `${label} @${(guestOffset + off).toString(16).padStart(8, '0')} `.padEnd(63, '.') + '\n';
-    buf.write(line, off, 'latin1');
-  }
-  return buf;
+const dist = join(root, 'dist');
+if (!existsSync(join(dist, 'node.js')) || !existsSync(join(dist, 'engine/engine.js'))) {
+  console.error('make-demo-image: the compiled library is missing (dist/node.js); run `npm run build:ts` first');
+  process.exit(1);
 }
-
-/** A byte ramp (00 01 02 … ff) mixed with the cluster index: visibly "binary" data. */
-function rampCluster(index) {
-  const buf = Buffer.alloc(CLUSTER);
-  for (let i = 0; i < CLUSTER; i++) buf[i] = (i + index * 7) & 0xff;
-  return buf;
-}
-
-/**
- * Writes one qcow2 image. `clusters` maps guest cluster index to
- * { kind: 'data' | 'zero' | 'compressed', bytes? }. Unlisted clusters stay
- * unallocated (they read from the backing file, or as zeros without one).
- */
-function qcow2Image({ virtualSize, clusters, backingFile }) {
-  const l2Entries = CLUSTER / 8;
-  const l1Size = Math.ceil(virtualSize / (l2Entries * CLUSTER));
-  if (l1Size > 1) throw new Error('demo writer keeps to one L2 table');
-  // Host layout: header | L1 | refcount table | refcount block | L2 | data…
-  const L1_OFF = 1 * CLUSTER;
-  const RT_OFF = 2 * CLUSTER;
-  const RB_OFF = 3 * CLUSTER;
-  const L2_OFF = 4 * CLUSTER;
-  const chunks = [];
-  let next = 5 * CLUSTER;
-  const l2 = Buffer.alloc(CLUSTER);
-  // Compressed clusters are packed back to back into shared host clusters, as QEMU does.
-  let packOff = -1;
-  let packEnd = 0;
-  // Refcount of each host cluster: metadata and data clusters have one user; a
-  // host cluster holding compressed data has one per compressed cluster in it.
-  const refs = new Map([0, 1, 2, 3, 4].map((c) => [c, 1]));
-  const ref = (hostOffset) => refs.set(Math.floor(hostOffset / CLUSTER), (refs.get(Math.floor(hostOffset / CLUSTER)) ?? 0) + 1);
-  for (const [index, c] of [...clusters.entries()].sort((a, b) => a[0] - b[0])) {
-    let entry;
-    if (c.kind === 'zero') {
-      entry = ZERO;
-    } else if (c.kind === 'data') {
-      entry = BigInt(next) | COPIED;
-      chunks.push([next, c.bytes]);
-      ref(next);
-      next += CLUSTER;
-    } else {
-      // QEMU compresses with raw deflate and a 4 KiB window (windowBits -12).
-      const z = deflateRawSync(c.bytes, { windowBits: 12, level: 9 });
-      if (z.length >= CLUSTER) throw new Error('pattern does not compress');
-      if (packOff < 0 || packEnd + z.length > Math.ceil((packOff + 1) / CLUSTER) * CLUSTER) {
-        packOff = next;
-        packEnd = next;
-        next += CLUSTER;
-      }
-      const host = packEnd;
-      chunks.push([host, z]);
-      packEnd += z.length;
-      ref(host);
-      if (Math.floor((packEnd - 1) / CLUSTER) !== Math.floor(host / CLUSTER)) ref(packEnd - 1);
-      // Bits 0..x-1: host offset; x..61: additional 512-byte sectors (x = 62 - (cluster_bits - 8)).
-      const x = BigInt(62 - (CLUSTER_BITS - 8));
-      const nbSectors = BigInt(Math.floor((host + z.length - 1) / 512) - Math.floor(host / 512));
-      entry = COMPRESSED | (nbSectors << x) | BigInt(host);
-    }
-    l2.writeBigUInt64BE(entry, index * 8);
-  }
-  const fileSize = next;
-
-  const header = Buffer.alloc(CLUSTER);
-  header.writeUInt32BE(0x514649fb, 0); // magic "QFI\xfb"
-  header.writeUInt32BE(3, 4); // version
-  header.writeUInt32BE(CLUSTER_BITS, 20);
-  header.writeBigUInt64BE(BigInt(virtualSize), 24);
-  header.writeUInt32BE(0, 32); // crypt_method
-  header.writeUInt32BE(l1Size, 36);
-  header.writeBigUInt64BE(BigInt(L1_OFF), 40);
-  header.writeBigUInt64BE(BigInt(RT_OFF), 48);
-  header.writeUInt32BE(1, 56); // refcount_table_clusters
-  header.writeUInt32BE(0, 60); // nb_snapshots
-  header.writeBigUInt64BE(0n, 64); // snapshots_offset
-  header.writeUInt32BE(4, 96); // refcount_order: 16-bit refcounts
-  header.writeUInt32BE(104, 100); // header_length
-  // Header extensions start at 104; a zero type ends the list.
-  let ext = 104;
-  header.writeUInt32BE(0, ext);
-  header.writeUInt32BE(0, ext + 4);
-  ext += 8;
-  if (backingFile) {
-    const name = Buffer.from(backingFile, 'utf8');
-    header.writeBigUInt64BE(BigInt(ext), 8);
-    header.writeUInt32BE(name.length, 16);
-    name.copy(header, ext);
-  }
-
-  const l1 = Buffer.alloc(8);
-  l1.writeBigUInt64BE(BigInt(L2_OFF) | COPIED, 0);
-  const rt = Buffer.alloc(8);
-  rt.writeBigUInt64BE(BigInt(RB_OFF), 0);
-  const rb = Buffer.alloc(CLUSTER);
-  for (const [hc, n] of refs) rb.writeUInt16BE(n, hc * 2);
-
-  const img = Buffer.alloc(fileSize);
-  header.copy(img, 0);
-  l1.copy(img, L1_OFF);
-  rt.copy(img, RT_OFF);
-  rb.copy(img, RB_OFF);
-  l2.copy(img, L2_OFF);
-  for (const [off, bytes] of chunks) bytes.copy(img, off);
-  return img;
-}
+const lib = await import(pathToFileURL(join(dist, 'node.js')).href);
+const { Engine } = await import(pathToFileURL(join(dist, 'engine/engine.js')).href);
 
 const MiB = 1024 * 1024;
-const base = new Map();
-const put = (index, kind, bytes) => base.set(index, { kind, bytes });
-put(0, 'data', textCluster('blocktab demo image: cluster 0 (data)', 0));
-for (let i = 1; i < 8; i++) put(i, 'data', textCluster(`blocktab demo: data cluster ${i}`, i * CLUSTER));
-for (let i = 16; i < 32; i++) put(i, 'zero');
-for (let i = 32; i < 36; i++) put(i, 'compressed', textCluster(`compressed cluster ${i}`, i * CLUSTER));
-for (let i = 64; i < 96; i += 2) {
-  put(i, 'data', rampCluster(i));
-  put(i + 1, 'zero');
+const CLUSTER = 64 * 1024;
+
+/** Text repeated over `clusters` clusters, one 64-byte line each, so the hex view shows readable ASCII. */
+function text(label, firstCluster, clusters = 1) {
+  const buf = new Uint8Array(clusters * CLUSTER);
+  const enc = new TextEncoder();
+  for (let off = 0; off < buf.length; off += 64) {
+    const guest = firstCluster * CLUSTER + off;
+    const line = `${label} @${guest.toString(16).padStart(8, '0')} `.padEnd(63, '.') + '\n';
+    buf.set(enc.encode(line), off);
+  }
+  return buf;
 }
-for (let i = 256; i < 264; i++) put(i, 'compressed', textCluster(`compressed cluster ${i}`, i * CLUSTER));
-for (let i = 512; i < 576; i++) put(i, 'zero');
-for (let i = 1008; i < 1024; i++) put(i, 'data', textCluster(`blocktab demo: tail data cluster ${i}`, i * CLUSTER));
 
-const overlay = new Map();
-for (let i = 4; i < 12; i++) overlay.set(i, { kind: 'data', bytes: textCluster(`overlay wrote cluster ${i}`, i * CLUSTER) });
-for (let i = 600; i < 616; i++) overlay.set(i, { kind: 'zero' });
+/** A byte ramp mixed with the cluster index: visibly "binary" data. */
+function ramp(cluster) {
+  const buf = new Uint8Array(CLUSTER);
+  for (let i = 0; i < CLUSTER; i++) buf[i] = (i + cluster * 7) & 0xff;
+  return buf;
+}
 
+const engine = new Engine({ storages: { file: new lib.FileStorage() } });
+const base = join(outDir, 'demo.qcow2');
+const overlay = join(outDir, 'demo-overlay.qcow2');
 mkdirSync(outDir, { recursive: true });
-writeFileSync(join(outDir, 'demo.qcow2'), qcow2Image({ virtualSize: 64 * MiB, clusters: base }));
-writeFileSync(join(outDir, 'demo-overlay.qcow2'), qcow2Image({ virtualSize: 64 * MiB, clusters: overlay, backingFile: 'demo.qcow2' }));
+for (const f of [base, overlay]) rmSync(f, { force: true });
+
+await engine.create('file', base, 'qcow2', 64 * MiB, { options: { cluster_size: CLUSTER, compat: '1.1' } });
+const node = await engine.open('file', base, { format: 'qcow2' });
+const write = (cluster, data) => engine.write(node, cluster * CLUSTER, data);
+const zero = (cluster, count) => engine.writeZeroes(node, cluster * CLUSTER, count * CLUSTER);
+// Compressed clusters go through the block layer's compressed write (qemu-io write -c).
+const compress = (cluster, data) => lib.bdrvPwrite(engine.lookup(node), cluster * CLUSTER, data.length, data, { compressed: true });
+
+// "installed"
+await write(0, text('blocktab demo image: cluster 0 (installed)', 0));
+for (let i = 1; i < 8; i++) await write(i, text(`installed: data cluster ${i}`, i));
+await zero(16, 16);
+for (let i = 32; i < 36; i++) await compress(i, text(`compressed cluster ${i}`, i));
+for (let i = 64; i < 96; i += 2) {
+  await write(i, ramp(i));
+  await zero(i + 1, 1);
+}
+for (let i = 1008; i < 1024; i++) await write(i, text(`installed: tail data cluster ${i}`, i));
+await engine.snapshot(node, { create: 'installed' });
+
+// "configured": new data, a zeroed range, more compressed clusters.
+await write(8, text('configured: settings', 8, 4));
+await zero(4, 2);
+for (let i = 256; i < 264; i++) await compress(i, text(`configured: compressed cluster ${i}`, i));
+await zero(512, 64);
+await engine.snapshot(node, { create: 'configured' });
+
+// The current state: in use since "configured".
+await write(0, text('blocktab demo image: cluster 0 (current state)', 0));
+await write(2, text('current: rewritten after configured', 2, 2));
+await write(128, text('current: user data', 128, 8));
+await engine.close(node);
+
+await engine.create('file', overlay, 'qcow2', undefined, { backingFile: 'demo.qcow2', backingFormat: 'qcow2' });
+const top = await engine.open('file', overlay, { format: 'qcow2' });
+await engine.write(top, 4 * CLUSTER, text('overlay wrote this', 4, 8));
+await engine.writeZeroes(top, 600 * CLUSTER, 16 * CLUSTER);
+await engine.close(top);
+await engine.dispose();
+
+const check = await engine.check({ storage: 'file', filename: base, format: 'qcow2' });
+if (check['check-errors'] !== 0 || (check.corruptions ?? 0) !== 0 || (check.leaks ?? 0) !== 0) {
+  console.error(`make-demo-image: ${base} does not check clean: ${JSON.stringify(check)}`);
+  process.exit(1);
+}
 console.log(`demo images written to ${outDir}`);

@@ -35,7 +35,8 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
   const repairing = fix.leaks || fix.errors;
   let bs: BlockNode | undefined;
   try {
-    bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false });
+    // 'check': a repair may open an image with the corrupt bit read/write (QEMU's BDRV_O_CHECK).
+    bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false, driverOptions: repairing ? { check: true } : undefined });
     let run;
     try {
       run = await checkNode(bs, filename, fix);

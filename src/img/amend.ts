@@ -23,7 +23,7 @@ export function parseAmendOptions(format: string, texts: string[]): Qcow2AmendOp
   if (compat !== undefined) {
     if (compat === '0.10' || compat === 'v2') o.version = 2;
     else if (compat === '1.1' || compat === 'v3') o.version = 3;
-    else throw new BlockError('EINVAL', `Invalid compatibility level: '${compat}'`);
+    else throw new BlockError('EINVAL', `Unknown compatibility level ${compat}`);
   }
   if (values.has('backing_file') || values.has('backing_fmt')) {
     throw new BlockError('ENOTSUP', "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");

@@ -56,6 +56,12 @@ export interface ConvertOptions {
   targetBackingBytes?: number;
   /** Size of each read request (default 2 MiB, at least the target's discard granularity). */
   bufferSize?: number;
+  /**
+   * Stops the copy between two requests once `aborted` is true (an
+   * AbortSignal fits); convert then rejects with ECANCELED. The target keeps
+   * what was written so far.
+   */
+  signal?: { readonly aborted: boolean };
 }
 
 /** Progress callback: bytes of the target done so far, out of `total`. */
@@ -66,6 +72,16 @@ const DEFAULT_BUFFER = 2 * 1024 * 1024;
 export const MAX_BUFFER = 16 * 1024 * 1024;
 /** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
 const STATUS_CHUNK = 1 << 30;
+/**
+ * How long the copy may run without giving the event loop a turn. Storages
+ * with synchronous I/O (OPFS access handles, memory) never really await, so
+ * without this a cancel message sent to the worker would only be handled
+ * after the whole copy.
+ */
+const YIELD_INTERVAL_MS = 50;
+
+/** Resolves on a later turn of the event loop (a macrotask, so queued messages run first). */
+const nextTurn = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
 
 /** Sum of the sources' virtual sizes: the target's size. */
 export function convertTotalBytes(sources: BlockNode[]): number {
@@ -307,10 +323,19 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   const backingBytes = withBacking && opts.targetBackingBytes !== undefined ? opts.targetBackingBytes : -1;
   const buf = allocBuffer(bufSize);
   const flags = compressed ? { compressed: true } : {};
+  const signal = opts.signal;
+  let yielded = Date.now();
   try {
     onProgress?.(0, total);
     const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
     for (let pos = 0; pos < total; ) {
+      if (signal) {
+        if (Date.now() - yielded >= YIELD_INTERVAL_MS) {
+          await nextTurn();
+          yielded = Date.now();
+        }
+        if (signal.aborted) throw new BlockError('ECANCELED', `convert: cancelled after ${pos} of ${total} bytes`);
+      }
       const step = await planner.next(pos);
       let { kind, bytes: n } = step;
       if (minSparse === 0 && kind === Kind.Zero) n = Math.min(n, bufSize);

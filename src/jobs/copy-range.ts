@@ -2,10 +2,10 @@
  * The copy loop stream and commit share (QEMU's commit_run / stream_run
  * bodies): walk [0, size) in chunks, ask which ranges `allocatedIn` says must
  * move, read them from `from` and write them to `to`, reporting each chunk to
- * the job.
+ * the job. With `zeroDetect` (stream), all-zero chunks are written as zeros.
  */
-import { allocBuffer, freeBuffer } from '../block/buffers.js';
-import { bdrvPread, bdrvPwrite } from '../block/io.js';
+import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
+import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import type { Job } from './job.js';
 
@@ -18,6 +18,7 @@ export async function copyAllocated(
   allocatedIn: (offset: number, bytes: number) => Promise<{ allocated: boolean; pnum: number }>,
   from: BlockNode,
   to: BlockNode,
+  opts: { zeroDetect?: boolean } = {},
 ): Promise<void> {
   job.total = size;
   const buf = allocBuffer(Math.min(JOB_CHUNK, Math.max(size, 1)));
@@ -29,7 +30,9 @@ export async function copyAllocated(
       if (allocated) {
         const chunk = buf.subarray(0, n);
         await bdrvPread(from, offset, n, chunk);
-        await bdrvPwrite(to, offset, n, chunk);
+        // Stream copies as QEMU's copy-on-read does: an all-zero chunk becomes a zero write.
+        if (opts.zeroDetect && bufferIsZero(chunk)) await bdrvPwriteZeroes(to, offset, n);
+        else await bdrvPwrite(to, offset, n, chunk);
       }
       offset += n;
       await job.step(n);

@@ -51,6 +51,7 @@ export async function runStream(job: Job, top: BlockNode, o: StreamOptions): Pro
       },
       top,
       top,
+      { zeroDetect: true },
     );
     await bdrvFlush(top);
   }

@@ -1,14 +1,14 @@
 /**
- * The convert section: qemu-img convert from the open image to a new raw
- * image (qcow2 targets come with the engine's qcow2 writer), saved as a
- * download, into a file the user picks, or into the library. The copy runs in
- * the worker with progress and a real Cancel (see jobs.ts).
+ * The convert section: qemu-img convert from the open image to a new raw or
+ * qcow2 image (-O qcow2 -o cluster_size=…,compression_type=… [-c] -S …),
+ * saved as a download, into a file the user picks, or into the library. The
+ * copy runs in the worker with progress and a real Cancel (see jobs.ts).
  */
 import type { BlocktabClient } from '../client/index.js';
 import { showError, showInfo } from './alerts.js';
 import { byId, h } from './dom.js';
 import { baseName, formatSize } from './format.js';
-import { runJob } from './jobs.js';
+import { runJob, type JobContext } from './jobs.js';
 import { downloadFile, saveFilePicker } from './save.js';
 import type { ImageSession } from './session.js';
 
@@ -21,6 +21,9 @@ export class ConvertPanel {
   private readonly form = byId<HTMLFormElement>('convert-form');
   private readonly format = byId<HTMLSelectElement>('convert-format');
   private readonly sparse = byId<HTMLSelectElement>('convert-sparse');
+  private readonly cluster = byId<HTMLSelectElement>('convert-cluster');
+  private readonly ctype = byId<HTMLSelectElement>('convert-ctype');
+  private readonly compress = byId<HTMLInputElement>('convert-compress');
   private readonly dest = byId<HTMLSelectElement>('convert-dest');
   private readonly name = byId<HTMLInputElement>('convert-name');
   private readonly result = byId('convert-result');
@@ -38,7 +41,19 @@ export class ConvertPanel {
       ev.preventDefault();
       void this.run();
     });
-    this.format.addEventListener('change', () => this.suggestName());
+    this.format.addEventListener('change', () => {
+      const qcow2 = this.format.value === 'qcow2';
+      this.cluster.disabled = !qcow2;
+      this.compress.disabled = !qcow2;
+      this.ctype.disabled = !qcow2;
+      this.suggestName();
+    });
+  }
+
+  /** The target's -o options and -c, from the form. */
+  private targetOptions(format: string): { options?: string[]; compressed?: boolean } {
+    if (format !== 'qcow2') return {};
+    return { options: [`cluster_size=${this.cluster.value}`, `compression_type=${this.ctype.value}`], compressed: this.compress.checked };
   }
 
   setSession(s: ImageSession | null): void {
@@ -60,6 +75,8 @@ export class ConvertPanel {
     const format = this.format.value;
     const filename = this.name.value.trim();
     const minSparse = Number(this.sparse.value);
+    const { options, compressed } = this.targetOptions(format);
+    const convertOpts = { minSparse, compressed };
     this.result.textContent = '';
     // The picker needs the click's user activation, so it comes before any await.
     let handle: FileSystemFileHandle | undefined;
@@ -73,14 +90,15 @@ export class ConvertPanel {
     try {
       const bytes = await runJob(`Converting ${s.label} to ${format}`, async (job) => {
         if (dest === 'library') {
-          return (await this.client.convert([s.node], { storage: 'local', filename, format }, { minSparse }, job.progress, job.cancel)).bytes;
+          return (await this.client.convert([s.node], { storage: 'local', filename, format, options }, convertOpts, job.progress, job.cancel)).bytes;
         }
-        if (dest === 'file') return this.convertIntoHandle(s, handle!, format, minSparse, job);
-        // A download: convert into worker memory, then stream it out.
+        if (dest === 'file' && format === 'raw') return this.convertIntoHandle(s, handle!, minSparse, job);
+        // A download (or a qcow2 for a picked file): convert into worker memory, then copy it out.
         const tmp = `convert-${++scratch}/${filename}`;
         try {
-          const { bytes } = await this.client.convert([s.node], { storage: 'memory', filename: tmp, format }, { minSparse }, job.progress, job.cancel);
-          await downloadFile(this.client, 'memory', tmp, filename, job.progress, job.signal);
+          const { bytes } = await this.client.convert([s.node], { storage: 'memory', filename: tmp, format, options }, convertOpts, job.progress, job.cancel);
+          if (dest === 'file') await this.copyIntoHandle(tmp, handle!, job);
+          else await downloadFile(this.client, 'memory', tmp, filename, job.progress, job.signal);
           return bytes;
         } finally {
           await this.client.removeFile('memory', tmp).catch(() => {});
@@ -88,7 +106,8 @@ export class ConvertPanel {
       });
       const secs = ((performance.now() - started) / 1000).toFixed(1);
       const where = dest === 'library' ? 'into the library' : dest === 'file' ? `into ${handle!.name}` : 'as a download';
-      this.result.textContent = `Converted ${s.label} to ${format} (${formatSize(bytes)}) ${where} in ${secs} s.`;
+      const how = format === 'qcow2' ? `, ${this.cluster.selectedOptions[0]!.text} clusters${compressed ? `, compressed with ${this.ctype.value}` : ''}` : '';
+      this.result.textContent = `Converted ${s.label} to ${format}${how} (${formatSize(bytes)} virtual) ${where} in ${secs} s.`;
       this.result.dataset.done = String(Date.now());
     } catch (e) {
       if ((e as { code?: string }).code === 'ECANCELED') {
@@ -107,11 +126,9 @@ export class ConvertPanel {
   private async convertIntoHandle(
     s: ImageSession,
     handle: FileSystemFileHandle,
-    format: string,
     minSparse: number,
-    job: Parameters<Parameters<typeof runJob>[1]>[0],
+    job: JobContext,
   ): Promise<number> {
-    if (format !== 'raw') throw Object.assign(new Error(`saving ${format} into a picked file is not supported yet`), { code: 'ENOTSUP' });
     const name = await this.client.addFile(handle, `save-${++scratch}/${handle.name}`);
     const node = await this.client.open('blob', name, { format: 'raw' });
     try {
@@ -122,6 +139,28 @@ export class ConvertPanel {
       return (await this.client.convert([s.node], node, { minSparse, targetHasZeroInit: true }, job.progress, job.cancel)).bytes;
     } finally {
       await this.client.close(node);
+    }
+  }
+
+  /** Copies the image file `tmp` of the memory storage byte for byte into the picked file. */
+  private async copyIntoHandle(tmp: string, handle: FileSystemFileHandle, job: JobContext): Promise<void> {
+    const src = await this.client.open('memory', tmp, { format: 'raw', readOnly: true });
+    const name = await this.client.addFile(handle, `save-${++scratch}/${handle.name}`);
+    const dst = await this.client.open('blob', name, { format: 'raw' });
+    try {
+      const size = await this.client.size(src);
+      await this.client.execute('block_resize', { 'node-name': dst, size: 0 });
+      await this.client.execute('block_resize', { 'node-name': dst, size });
+      const CHUNK = 8 * 1024 * 1024;
+      for (let off = 0; off < size; off += CHUNK) {
+        if (job.signal.aborted) throw Object.assign(new Error(`saving into ${handle.name} cancelled by the user`), { code: 'ECANCELED' });
+        await this.client.write(dst, off, await this.client.read(src, off, Math.min(CHUNK, size - off)));
+        job.progress(Math.min(size, off + CHUNK), size);
+      }
+      await this.client.flush(dst);
+    } finally {
+      await this.client.close(dst);
+      await this.client.close(src);
     }
   }
 }

@@ -23,3 +23,32 @@ export function h<K extends keyof HTMLElementTagNameMap>(
   for (const c of children) if (c) el.append(c);
   return el;
 }
+
+/**
+ * A button that acts on the second click: the first one changes its label to
+ * `armedLabel` for a few seconds. A stray
+ * click never loses data, and there are no modal dialogs in this app.
+ */
+export function confirmTwice(button: HTMLButtonElement, armedLabel: string, action: () => void): void {
+  const label = button.textContent ?? '';
+  let armed: ReturnType<typeof setTimeout> | undefined;
+  const disarm = () => {
+    clearTimeout(armed);
+    armed = undefined;
+    button.textContent = label;
+    button.removeAttribute('aria-description');
+    button.classList.remove('armed');
+  };
+  button.addEventListener('click', () => {
+    if (!armed) {
+      button.textContent = armedLabel;
+      // The accessible name (aria-label) stays; the description says what the next click does.
+      button.setAttribute('aria-description', `${armedLabel} Press again to confirm.`);
+      button.classList.add('armed');
+      armed = setTimeout(disarm, 4000);
+      return;
+    }
+    disarm();
+    action();
+  });
+}

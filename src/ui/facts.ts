@@ -1,5 +1,6 @@
 /** The facts panel: qemu-img info's fields, the backing chain as a diagram, and the snapshots table. */
 import type { QmpImageInfo } from '../engine/query.js';
+import type { SnapshotInfoQapi } from '../img/info.js';
 import { byId, h } from './dom.js';
 import { baseName, formatSize, formatSizeExact } from './format.js';
 import { layerColour } from './palette.js';
@@ -39,73 +40,75 @@ export function factsOf(info: QmpImageInfo): Fact[] {
   return facts;
 }
 
-export function renderFacts(s: ImageSession): void {
+export interface FactsCallbacks {
+  /** The user picked a snapshot dot in the chain picture. */
+  onPickSnapshot(layer: number, id: string): void;
+}
+
+export function renderFacts(s: ImageSession, cb: FactsCallbacks): void {
   byId('image-title').textContent = s.label;
   byId('facts').replaceChildren(
     ...factsOf(s.info).map(([label, value, bad]) =>
       h('div', { 'data-fact': label }, h('dt', {}, label), h('dd', { class: bad ? 'flag-bad' : undefined }, value)),
     ),
   );
-  renderChain(s);
-  renderSnapshots(s.info);
+  renderChain(s, cb);
 }
 
-function renderChain(s: ImageSession): void {
-  const items = s.layers.map((layer, depth) => {
+/** When a snapshot was taken, in local time as qemu-img snapshot -l prints it ("2026-11-21 06:35:43"). */
+export function snapshotDate(sn: SnapshotInfoQapi): string {
+  const d = new Date(sn['date-sec'] * 1000);
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/**
+ * The picture of the image's history: the chain from the oldest backing file
+ * to the active image, left to right, and on each layer its internal
+ * snapshots in the order they were taken (qcow2 keeps no parent links between
+ * snapshots, so a line is all there is), ending at "now" on the active one.
+ * Layers and snapshot dots are focusable; a dot picks its row in the table.
+ */
+function renderChain(s: ImageSession, cb: FactsCallbacks): void {
+  const oldestFirst = s.layers.map((layer, depth) => ({ layer, depth })).reverse();
+  const items = oldestFirst.map(({ layer, depth }) => {
     const colour = depth === 0 ? '#1c2127' : layerColour(depth);
+    const name = baseName(layer.filename);
+    const role = depth === 0 ? (s.writable ? 'active image, writable' : 'top image, read-only') : `backing layer ${depth}`;
+    const snaps = layer.snapshots ?? [];
+    const dots: HTMLElement[] = snaps.map((sn) => {
+      const dot = h(
+        'button',
+        { type: 'button', class: 'snap-dot', 'data-snapshot': sn.name, 'aria-label': `Snapshot ${sn.name} (ID ${sn.id}) of ${name}, taken ${snapshotDate(sn)}` },
+        sn.name,
+      );
+      dot.addEventListener('click', () => cb.onPickSnapshot(depth, sn.id));
+      return dot;
+    });
+    if (depth === 0) dots.push(h('span', { class: 'snap-now', 'aria-hidden': 'true' }, h('span', { class: 'ring' }), 'now'));
+    // Short lines between the marks, so they read as one timeline.
+    const line = dots.flatMap((d, i) => (i === 0 ? [d] : [h('span', { class: 'snap-link', 'aria-hidden': 'true' }), d]));
     return h(
       'li',
       {},
       h(
         'div',
-        { class: 'layer', style: `border-color:${colour}`, 'aria-label': `${depth === 0 ? 'top image' : `backing layer ${depth}`}: ${layer.filename}` },
-        h('strong', {}, baseName(layer.filename)),
-        `${layer.format}, ${formatSize(layer['virtual-size'])}${depth === 0 ? ' · top' : ` · layer ${depth}`}`,
+        {
+          class: `layer${depth === 0 ? ' top' : ''}`,
+          style: `border-color:${colour}`,
+          tabindex: 0,
+          'aria-label': `${role}: ${layer.filename}, ${layer.format}, ${formatSize(layer['virtual-size'])}, ${snaps.length} internal snapshot${snaps.length === 1 ? '' : 's'}`,
+        },
+        h('strong', {}, name),
+        `${layer.format}, ${formatSize(layer['virtual-size'])}${depth === 0 ? (s.writable ? ' · active, writable' : ' · top, read-only') : ` · layer ${depth}`}`,
+        line.length ? h('div', { class: 'snap-line' }, ...line) : null,
       ),
     );
   });
   const last = s.layers[s.layers.length - 1]!;
   if (last['backing-filename'] && !last['backing-image']) {
-    items.push(h('li', {}, h('div', { class: 'layer' }, h('strong', {}, last['backing-filename']), 'not opened')));
+    items.unshift(h('li', {}, h('div', { class: 'layer', tabindex: 0 }, h('strong', {}, last['backing-filename']), 'not opened')));
   }
   if (items.length === 1) items.push(h('li', { class: 'no-backing' }, h('span', { class: 'muted' }, 'no backing file')));
   byId('chain').replaceChildren(...items);
-}
-
-function renderSnapshots(info: QmpImageInfo): void {
-  const snaps = info.snapshots ?? [];
-  const box = byId('snapshots');
-  if (snaps.length === 0) {
-    box.replaceChildren(h('p', { class: 'muted' }, 'none'));
-    return;
-  }
-  const clock = (sec: number, nsec: number) => {
-    const t = sec + nsec / 1e9;
-    const hh = Math.floor(t / 3600);
-    const mm = Math.floor((t % 3600) / 60);
-    const ss = (t % 60).toFixed(3).padStart(6, '0');
-    return `${String(hh).padStart(4, '0')}:${String(mm).padStart(2, '0')}:${ss}`;
-  };
-  box.replaceChildren(
-    h(
-      'table',
-      { class: 'snapshots' },
-      h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'ID'), h('th', { scope: 'col' }, 'Tag'), h('th', { scope: 'col' }, 'VM size'), h('th', { scope: 'col' }, 'Date'), h('th', { scope: 'col' }, 'VM clock'))),
-      h(
-        'tbody',
-        {},
-        ...snaps.map((sn) =>
-          h(
-            'tr',
-            {},
-            h('td', {}, sn.id),
-            h('td', {}, sn.name),
-            h('td', {}, formatSize(sn['vm-state-size'])),
-            h('td', {}, new Date(sn['date-sec'] * 1000).toLocaleString()),
-            h('td', {}, clock(sn['vm-clock-sec'], sn['vm-clock-nsec'])),
-          ),
-        ),
-      ),
-    ),
-  );
 }

@@ -59,6 +59,11 @@ export class HexView {
     this.caption.textContent = 'Click a cell of the map (or press Enter on it) to see its bytes.';
   }
 
+  /** Offset of the sector on show, or undefined when none is. */
+  current(): number | undefined {
+    return this.offset >= 0 ? this.offset : undefined;
+  }
+
   private step(dir: number): void {
     if (this.offset >= 0) void this.show(this.offset + dir * SECTOR);
   }

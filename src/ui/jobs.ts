@@ -1,7 +1,9 @@
 /**
- * The one long-running job at a time (convert, import, export), with the
- * progress bar and Cancel button of the convert section. The work runs in
- * the worker; the page only updates the bar, so it never freezes.
+ * The one long-running job at a time (convert, import, export, commit,
+ * stream), with a progress bar and Cancel button: the convert section's, or
+ * the edit section's for changes to the image. The work runs in the worker;
+ * the page only updates the bar, so it never freezes. Panels disable their
+ * start buttons on the `blocktab-job` event.
  */
 import type { CancelToken } from '../client/index.js';
 import { byId } from './dom.js';
@@ -17,18 +19,34 @@ export interface JobContext {
 
 let running = false;
 
+/** Ids of a progress area: its wrapper, <progress>, text and Cancel button. */
+export interface ProgressArea {
+  wrap: string;
+  bar: string;
+  text: string;
+  cancel: string;
+}
+
+export const CONVERT_PROGRESS: ProgressArea = { wrap: 'convert-progress-wrap', bar: 'convert-progress', text: 'convert-progress-text', cancel: 'convert-cancel' };
+export const EDIT_PROGRESS: ProgressArea = { wrap: 'edit-progress-wrap', bar: 'edit-progress', text: 'edit-progress-text', cancel: 'edit-cancel' };
+
 export function jobRunning(): boolean {
   return running;
 }
 
 /** Runs `work` with the progress UI; returns its result. Rejects with ECANCELED when the user cancelled. */
-export async function runJob<T>(label: string, work: (ctx: JobContext) => Promise<T>): Promise<T> {
+export async function runJob<T>(
+  label: string,
+  work: (ctx: JobContext) => Promise<T>,
+  area: ProgressArea = CONVERT_PROGRESS,
+  opts: { cancellable?: boolean } = {},
+): Promise<T> {
   if (running) throw Object.assign(new Error('Another job is still running; wait for it or cancel it first'), { code: 'EBUSY' });
   running = true;
-  const wrap = byId('convert-progress-wrap');
-  const bar = byId<HTMLProgressElement>('convert-progress');
-  const text = byId('convert-progress-text');
-  const cancelBtn = byId<HTMLButtonElement>('convert-cancel');
+  const wrap = byId(area.wrap);
+  const bar = byId<HTMLProgressElement>(area.bar);
+  const text = byId(area.text);
+  const cancelBtn = byId<HTMLButtonElement>(area.cancel);
   const startBtn = byId<HTMLButtonElement>('convert-start');
   const abort = new AbortController();
   const ctx: JobContext = {
@@ -49,7 +67,7 @@ export async function runJob<T>(label: string, work: (ctx: JobContext) => Promis
   wrap.hidden = false;
   bar.removeAttribute('value');
   text.textContent = `${label}…`;
-  cancelBtn.hidden = false;
+  cancelBtn.hidden = opts.cancellable === false;
   cancelBtn.disabled = false;
   startBtn.disabled = true;
   cancelBtn.addEventListener('click', onCancel);

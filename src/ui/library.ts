@@ -7,7 +7,7 @@
 import type { BlocktabClient } from '../client/index.js';
 import type { QmpImageInfo } from '../engine/query.js';
 import { describeError, showError } from './alerts.js';
-import { byId, h } from './dom.js';
+import { byId, confirmTwice, h } from './dom.js';
 import { baseName, formatSize } from './format.js';
 import { runJob } from './jobs.js';
 import { downloadFile } from './save.js';
@@ -19,6 +19,13 @@ export interface LibraryCallbacks {
   open(filename: string): void;
   /** Closes the shown image if it uses `filename` (an open file cannot be removed). */
   release(filename: string): Promise<void>;
+  /**
+   * Runs `work` with `filename` closed if the shown image has it open
+   * read-write (OPFS allows no other handle on it then), and reopens it after.
+   */
+  withReleased<T>(filename: string, work: () => Promise<T>): Promise<T>;
+  /** The facts of `filename` when the shown image holds it open (no second open needed). */
+  infoOf(filename: string): QmpImageInfo | undefined;
 }
 
 export class Library {
@@ -67,7 +74,7 @@ export class Library {
     for (const f of files) {
       let meta: (Node | string)[];
       try {
-        const info = await this.client.info({ storage: LIBRARY, filename: f.name }, { backingChain: true });
+        const info = this.cb.infoOf(f.name) ?? (await this.client.info({ storage: LIBRARY, filename: f.name }, { backingChain: true }));
         meta = [describeImage(info)];
       } catch (e) {
         meta = [h('span', { class: 'lib-error' }, describeError(e).detail)];
@@ -83,20 +90,7 @@ export class Library {
     const del = h('button', { type: 'button', 'aria-label': `Delete ${name} from the library` }, 'Delete');
     open.addEventListener('click', () => this.cb.open(name));
     save.addEventListener('click', () => void this.export(name));
-    let armed: ReturnType<typeof setTimeout> | undefined;
-    del.addEventListener('click', () => {
-      // Two clicks: a stray one must not lose an image (no modal dialogs in this app).
-      if (!armed) {
-        del.textContent = 'Really delete?';
-        armed = setTimeout(() => {
-          armed = undefined;
-          del.textContent = 'Delete';
-        }, 4000);
-        return;
-      }
-      clearTimeout(armed);
-      void this.remove(name);
-    });
+    confirmTwice(del, 'Really delete?', () => void this.remove(name));
     return h(
       'li',
       { 'data-name': name },
@@ -121,13 +115,17 @@ export class Library {
     }
   }
 
-  /** Copies the open image and its backing files into the library, byte for byte (each opened as raw). */
-  async importSession(s: ImageSession): Promise<void> {
+  /**
+   * Copies the open image and its backing files into the library, byte for
+   * byte (each opened as raw). Resolves to the top image's name there, or
+   * undefined when the copy failed (the error is shown).
+   */
+  async importSession(s: ImageSession): Promise<string | undefined> {
     const layers = s.layers.map((l) => ({ source: l.filename, target: baseName(l.filename) }));
-    await this.importFiles(s.storage, layers);
+    return (await this.importFiles(s.storage, layers)) ? layers[0]!.target : undefined;
   }
 
-  async importFiles(storage: string, files: { source: string; target: string }[]): Promise<void> {
+  async importFiles(storage: string, files: { source: string; target: string }[]): Promise<boolean> {
     try {
       await runJob(`Adding ${files.map((f) => f.target).join(', ')} to the library`, async (job) => {
         for (const f of files) {
@@ -140,8 +138,10 @@ export class Library {
           );
         }
       });
+      return true;
     } catch (e) {
       showError(`Could not add ${files.map((f) => f.target).join(', ')} to the library`, e);
+      return false;
     } finally {
       await this.refresh();
     }
@@ -149,7 +149,9 @@ export class Library {
 
   private async export(name: string): Promise<void> {
     try {
-      await runJob(`Exporting ${name}`, (job) => downloadFile(this.client, LIBRARY, name, baseName(name), job.progress, job.signal));
+      await this.cb.withReleased(name, () =>
+        runJob(`Exporting ${name}`, (job) => downloadFile(this.client, LIBRARY, name, baseName(name), job.progress, job.signal)),
+      );
     } catch (e) {
       showError(`Could not export ${name}`, e);
     }

@@ -13,7 +13,9 @@ import { baseName } from './format.js';
 import { HexView } from './hex-view.js';
 import { jobRunning } from './jobs.js';
 import { LIBRARY, Library } from './library.js';
-import { openSession, type ImageSession } from './session.js';
+import { EditPanel } from './edit-panel.js';
+import { SnapshotsPanel } from './snapshots-panel.js';
+import { openSession, refreshSession, type ImageSession } from './session.js';
 
 const VISITED_KEY = 'blocktab-visited';
 const DEMOS = { base: 'demo/demo.qcow2', overlay: 'demo/demo-overlay.qcow2' };
@@ -26,6 +28,8 @@ class App {
   private readonly map: AllocMap;
   private readonly hex: HexView;
   private readonly convert: ConvertPanel;
+  private readonly snapshots: SnapshotsPanel;
+  private readonly edit: EditPanel;
 
   constructor(
     private readonly client: BlocktabClient,
@@ -47,21 +51,108 @@ class App {
           const s = this.session;
           if (s?.storage === LIBRARY && s.layers.some((l) => l.filename === name)) await this.closeImage();
         },
+        withReleased: (name, work) => this.withReleased(name, work),
+        infoOf: (name) => {
+          const s = this.session;
+          return s?.storage === LIBRARY ? s.layers.find((l) => l.filename === name) : undefined;
+        },
       });
       void this.library.refresh();
     } else {
       byId('library-list').textContent = 'This browser has no persistent storage for a library.';
     }
     this.convert = new ConvertPanel(client, this.library !== null, () => void this.library?.refresh());
+    this.snapshots = new SnapshotsPanel(client, { changed: (what) => this.changed(what) });
+    this.edit = new EditPanel(client, this.library !== null, {
+      changed: (what, offset) => this.changed(what, offset),
+      replace: (filename, prepare) => this.replace(filename, prepare),
+      copyToLibrary: () => this.copyToLibrary(),
+      libraryFiles: async () => (await client.listFiles(LIBRARY)).map((f) => f.name),
+    });
     this.bindOpenControls();
+  }
+
+  /** The shown image changed (a write, a snapshot, a commit): re-read its facts and redraw everything. */
+  private async changed(what: string, offset?: number): Promise<void> {
+    const s = this.session;
+    if (!s) return;
+    const hexAt = offset ?? this.hex.current();
+    try {
+      await refreshSession(this.client, s);
+    } catch (e) {
+      showError(`Could not read ${s.label} again after the change`, e);
+      return;
+    }
+    if (this.session !== s) return;
+    this.render(s);
+    this.map.load(s);
+    if (hexAt !== undefined) await this.hex.show(hexAt);
+    byId('edit-result').textContent = what;
+    void this.library?.refresh();
+  }
+
+  /**
+   * Closes the shown image, runs `prepare` (which may create files next to
+   * it), and opens `filename` of the library instead. When anything fails
+   * the old image is opened again.
+   */
+  private async replace(filename: string, prepare: () => Promise<void>): Promise<boolean> {
+    const old = this.session;
+    if (!old) return false;
+    await this.closeImage();
+    try {
+      await prepare();
+    } catch (e) {
+      await this.open(old.storage, old.filename, old.label);
+      throw e;
+    }
+    const ok = await this.open(LIBRARY, filename, filename);
+    if (!ok) await this.open(old.storage, old.filename, old.label);
+    void this.library?.refresh();
+    return ok;
+  }
+
+  /** Runs `work` with library file `name` closed if the shown image holds it read-write, then reopens it. */
+  private async withReleased<T>(name: string, work: () => Promise<T>): Promise<T> {
+    const s = this.session;
+    if (!s?.writable || s.storage !== LIBRARY || s.filename !== name) return work();
+    const hexAt = this.hex.current();
+    await this.closeImage();
+    try {
+      return await work();
+    } finally {
+      if (await this.open(s.storage, s.filename, s.label)) {
+        if (hexAt !== undefined) await this.hex.show(hexAt);
+      }
+    }
+  }
+
+  /** "Copy into the library to edit": the shown image and its backing files, then the copy opens read-write. */
+  private async copyToLibrary(): Promise<void> {
+    const s = this.session;
+    if (!s || !this.library) return;
+    const name = await this.library.importSession(s);
+    if (name) await this.open(LIBRARY, name, name);
   }
 
   /** Opens `filename` of `storage` and shows it; the previous image closes once the new one is up. */
   async open(storage: string, filename: string, label: string): Promise<boolean> {
     const ticket = ++this.opening;
     document.body.dataset.state = 'opening';
+    // A read-write image holds its file's lock: close it first, the new image may need that file.
+    const held = this.session?.writable ? this.session : null;
+    if (held) {
+      await this.closeImage();
+      this.opening = ticket;
+    }
     try {
-      const s = await openSession(this.client, storage, filename, label);
+      let s: ImageSession;
+      try {
+        s = await openSession(this.client, storage, filename, label, storage === LIBRARY);
+      } catch (e) {
+        if (held) await this.open(held.storage, held.filename, held.label).catch(() => {});
+        throw e;
+      }
       if (ticket !== this.opening) {
         await this.client.close(s.node).catch(() => {});
         return false;
@@ -88,6 +179,8 @@ class App {
     this.map.load(null);
     this.hex.setSession(null);
     this.convert.setSession(null);
+    this.snapshots.setSession(null);
+    this.edit.setSession(null);
     byId('image-view').hidden = true;
     byId('empty-state').hidden = false;
     byId<HTMLButtonElement>('import-current').disabled = true;
@@ -98,11 +191,18 @@ class App {
     this.session = s;
     byId('empty-state').hidden = true;
     byId('image-view').hidden = false;
-    renderFacts(s);
+    this.render(s);
     this.hex.setSession(s);
     this.convert.setSession(s);
     this.map.load(s);
     byId<HTMLButtonElement>('import-current').disabled = !this.library || s.storage === LIBRARY || jobRunning();
+  }
+
+  /** The facts, the chain picture and the panels that follow the image's state. */
+  private render(s: ImageSession): void {
+    renderFacts(s, { onPickSnapshot: (layer, id) => (layer === 0 ? this.snapshots.focusRow(id) : undefined) });
+    this.snapshots.setSession(s);
+    this.edit.setSession(s);
   }
 
   /**

@@ -1,7 +1,13 @@
 /**
  * The image the app shows: where it lives (storage + filename, as the
- * engine's ImageRef), the engine node it is open as (read-only, for map,
- * reads and convert), and its `qemu-img info` facts with the backing chain.
+ * engine's ImageRef), the engine node it is open as, and its `qemu-img info`
+ * facts with the backing chain.
+ *
+ * Images in the library are opened read-write (snapshots, test writes,
+ * overlays, commit and stream change them); files, URLs and the demo are
+ * opened read-only. On OPFS a read-write open takes the file's exclusive
+ * lock, so whatever else wants that file (export, the library's listing)
+ * asks the app first (see main.ts).
  */
 import type { BlocktabClient } from '../client/index.js';
 import type { QmpImageInfo } from '../engine/query.js';
@@ -13,6 +19,10 @@ export interface ImageSession {
   filename: string;
   /** Node name of the open image in the worker. */
   node: string;
+  /** Opened read-write: the edit tools work on it. */
+  writable: boolean;
+  /** Why a library image is read-only anyway (another tab holds it, say). */
+  readOnlyReason?: string;
   info: QmpImageInfo;
   /** The chain, top image first. */
   layers: QmpImageInfo[];
@@ -24,14 +34,38 @@ export function chainOf(info: QmpImageInfo): QmpImageInfo[] {
   return out;
 }
 
-/** Opens an image read-only and gathers its facts; closes it again if the facts cannot be read. */
-export async function openSession(client: BlocktabClient, storage: string, filename: string, label: string): Promise<ImageSession> {
-  const node = await client.open(storage, filename, { readOnly: true });
+/**
+ * Opens an image and gathers its facts; closes it again if the facts cannot
+ * be read. With `writable`, an image that is in use elsewhere (EBUSY, EROFS)
+ * opens read-only instead, with the reason noted.
+ */
+export async function openSession(client: BlocktabClient, storage: string, filename: string, label: string, writable = false): Promise<ImageSession> {
+  let node: string;
+  let readOnlyReason: string | undefined;
+  if (writable) {
+    try {
+      node = await client.open(storage, filename, { readOnly: false });
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code !== 'EBUSY' && code !== 'EROFS' && code !== 'EACCES') throw e;
+      readOnlyReason = (e as Error).message;
+      writable = false;
+      node = await client.open(storage, filename, { readOnly: true });
+    }
+  } else {
+    node = await client.open(storage, filename, { readOnly: true });
+  }
   try {
     const info = await client.info(node, { backingChain: true });
-    return { label, storage, filename, node, info, layers: chainOf(info) };
+    return { label, storage, filename, node, writable, readOnlyReason, info, layers: chainOf(info) };
   } catch (e) {
     await client.close(node).catch(() => {});
     throw e;
   }
+}
+
+/** Re-reads the facts of an open session (after a write, a snapshot, a commit…). */
+export async function refreshSession(client: BlocktabClient, s: ImageSession): Promise<void> {
+  s.info = await client.info(s.node, { backingChain: true });
+  s.layers = chainOf(s.info);
 }

@@ -73,22 +73,18 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
   let lastRead: ArrayBuffer | null = null;
   const subscriptions = new Map<number, () => void>();
   let nextSubscription = 0;
-  // Cancellable jobs by the id the page chose: cancel(id) marks the job, and its
-  // next progress report throws ECANCELED out of the operation's loop.
-  const running = new Set<number>();
-  const cancelled = new Set<number>();
-  const cancellable = (jobId: number | undefined, report?: (done: number, total: number) => void) => {
-    if (jobId === undefined) return report;
-    running.add(jobId);
-    return (done: number, total: number) => {
-      if (cancelled.has(jobId)) throw new BlockError('ECANCELED', `cancelled by the user after ${done} of ${total} bytes`);
-      report?.(done, total);
-    };
+  // Cancellable jobs by the id the page chose: cancel(id) aborts the job's
+  // signal, which convert checks between requests (it also yields to the
+  // event loop regularly, so the cancel message is handled mid-copy).
+  const running = new Map<number, AbortController>();
+  const started = (jobId: number | undefined): AbortSignal | undefined => {
+    if (jobId === undefined) return undefined;
+    const c = new AbortController();
+    running.set(jobId, c);
+    return c.signal;
   };
   const finished = (jobId: number | undefined) => {
-    if (jobId === undefined) return;
-    running.delete(jobId);
-    cancelled.delete(jobId);
+    if (jobId !== undefined) running.delete(jobId);
   };
 
   return {
@@ -130,14 +126,13 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     measure: (opts: EngineMeasureOptions) => engine.measure(opts),
     /**
      * `jobId` (chosen by the page) makes the conversion cancellable with
-     * cancel(jobId). The check runs at each progress step of the copy loop, so
-     * it takes effect as soon as the worker handles the cancel message (the
-     * loop yields to it whenever a storage does real asynchronous I/O).
+     * cancel(jobId): it aborts the signal convert checks between requests.
      */
     async convert(sources: ImageRef[], target: ConvertTarget, opts?: ConvertOptions, onProgress?: ProgressCallback, jobId?: number) {
       const p = throttled(onProgress);
+      const signal = started(jobId);
       try {
-        return await engine.convert(sources, target, opts, cancellable(jobId, p.report));
+        return await engine.convert(sources, target, signal ? { ...opts, signal } : opts, p.report);
       } finally {
         finished(jobId);
         await p.settle();
@@ -145,7 +140,7 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     },
     /** Stops the running job `jobId` (convert); it rejects with ECANCELED. A job that already ended is left alone. */
     cancel(jobId: number): void {
-      if (running.has(jobId)) cancelled.add(jobId);
+      running.get(jobId)?.abort();
     },
     /** The files of `storage` ('local', 'opfs', 'idb'), for the app's library. */
     async listFiles(storage: string): Promise<StoredFile[]> {

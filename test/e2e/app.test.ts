@@ -8,81 +8,21 @@
  * every other image is made here with qemu-img in a temp directory.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright';
-import { build, preview, type PreviewServer } from 'vite';
-import { qemuImg, qemuIo, repoRoot, tmpDir } from '../helpers/qemu.js';
+import type { Browser } from 'playwright';
+import { qemuImg, qemuIo } from '../helpers/qemu.js';
 import { startRangeServer, type RangeServer } from '../browser/range-server.js';
+import { DEMO, DEMO_OVERLAY, fact, hexBytes, kindTotals, legendBytes, newPage as pageIn, shot, startApp, waitForMap, type App } from './harness.js';
+import type { Page } from 'playwright';
 
-const SHOTS = path.join(repoRoot, 'test-results/e2e');
-const DEMO = path.join(repoRoot, 'public/demo/demo.qcow2');
-
-let vite: PreviewServer;
+let app: App;
 let browser: Browser;
 let baseUrl: string;
 let dir: string;
 let ranges: RangeServer;
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-interface QemuMapEntry {
-  start: number;
-  length: number;
-  depth: number;
-  present: boolean;
-  zero: boolean;
-  data: boolean;
-  offset?: number;
-}
-
-/** Bytes per map kind as the app's legend counts them, computed from qemu-img map. */
-function kindTotals(file: string): Record<string, number> {
-  const map = JSON.parse(qemuImg(['map', '--output=json', file])) as QemuMapEntry[];
-  const t: Record<string, number> = { data: 0, 'compressed data': 0, zero: 0, unallocated: 0 };
-  for (const e of map) {
-    const kind = !e.present ? 'unallocated' : e.depth > 0 ? `from backing layer ${e.depth}` : !e.data ? 'zero' : e.offset === undefined ? 'compressed data' : 'data';
-    t[kind] = (t[kind] ?? 0) + e.length;
-  }
-  return t;
-}
-
-async function newPage(): Promise<{ context: BrowserContext; page: Page; errors: string[] }> {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 768 }, acceptDownloads: true });
-  const page = await context.newPage();
-  const errors: string[] = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  return { context, page, errors };
-}
-
-async function shot(page: Page, name: string, fullPage = true): Promise<void> {
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage });
-}
-
-async function fact(page: Page, label: string): Promise<string> {
-  return (await page.locator(`[data-fact="${label}"] dd`).innerText()).trim();
-}
-
-async function waitForMap(page: Page): Promise<void> {
-  await page.locator('#map-canvas[data-state="complete"]').waitFor({ timeout: 30_000 });
-}
-
-async function legendBytes(page: Page): Promise<Record<string, number>> {
-  return page.$$eval('#legend li[data-kind]', (lis) =>
-    Object.fromEntries(lis.map((li) => [li.childNodes[1]!.textContent!.trim(), Number((li as HTMLElement).dataset.bytes)])),
-  );
-}
+const newPage = () => pageIn(browser);
 
 /** Opens `files` through the file input (as the "Open files…" button does) and waits for the first fact. */
 async function openFiles(page: Page, files: string[], title: string): Promise<void> {
@@ -91,26 +31,14 @@ async function openFiles(page: Page, files: string[], title: string): Promise<vo
 }
 
 beforeAll(async () => {
-  fs.mkdirSync(SHOTS, { recursive: true });
-  execFileSync(process.execPath, [path.join(repoRoot, 'scripts/make-demo-image.mjs')], { stdio: 'ignore' });
-  dir = tmpDir('blocktab-e2e-');
-  const port = await freePort();
-  // The production build, served as `vite preview` does: what users get (worker bundle, wasm asset, public/ demo).
-  const outDir = path.join(dir, 'dist-app');
-  await build({ root: repoRoot, logLevel: 'error', build: { outDir, emptyOutDir: true } });
-  vite = await preview({ root: repoRoot, logLevel: 'error', build: { outDir }, preview: { host: '127.0.0.1', port, strictPort: true } });
-  baseUrl = `http://127.0.0.1:${port}/`;
+  app = await startApp();
+  ({ browser, baseUrl, dir } = app);
   ranges = await startRangeServer(dir);
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--headless', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-  });
 });
 
 afterAll(async () => {
-  await browser?.close();
   await ranges?.close();
-  await vite?.close();
+  await app?.close();
 });
 
 describe('the blocktab web app', () => {
@@ -136,7 +64,6 @@ describe('the blocktab web app', () => {
     // A click on the first cell shows sector 0: the same 512 bytes qemu-io reads.
     await page.locator('#map-canvas').click({ position: { x: 3, y: 3 } });
     await page.locator('#hex-caption', { hasText: 'Sector 0' }).waitFor();
-    const hexBytes = (text: string) => [...text.matchAll(/^[0-9a-f]{8}:?\s+((?:[0-9a-f]{2}\s+){15}[0-9a-f]{2})/gm)].map((m) => m[1]!.split(/\s+/).join('')).join('');
     const fromQemu = hexBytes(qemuIo(DEMO, ['read -v 0 512'], 'qcow2'));
     expect(fromQemu).toHaveLength(1024);
     expect(hexBytes(await page.locator('#hex').innerText())).toBe(fromQemu);
@@ -181,7 +108,7 @@ describe('the blocktab web app', () => {
     await page.locator('#image-title', { hasText: 'demo-overlay.qcow2' }).waitFor();
     await expect.poll(() => page.locator('#chain li').count()).toBe(2);
     await waitForMap(page);
-    const overlayFile = path.join(repoRoot, 'public/demo/demo-overlay.qcow2');
+    const overlayFile = DEMO_OVERLAY;
     const shown = await legendBytes(page);
     for (const [kind, bytes] of Object.entries(kindTotals(overlayFile))) expect(shown[kind], kind).toBe(bytes);
 

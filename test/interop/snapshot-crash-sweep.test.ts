@@ -17,64 +17,14 @@
 import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { FileStorage, openImage, closeNode } from '../../src/node.js';
-import { faultyStorage, newCounters } from '../../src/filters/fault.js';
 import { applySnapshot, createSnapshot, deleteSnapshot } from '../../src/img/snapshot.js';
 import { commitImage } from '../../src/img/commit.js';
 import { rebaseImage } from '../../src/img/rebase.js';
-import type { Storage } from '../../src/block/open.js';
-import { qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { checkNoCorruption, guest, sweep, withImage } from '../helpers/crash.js';
 
 const dir = tmpDir('sn-crash-');
 const p = (s: string) => path.join(dir, s);
-
-function guest(file: string, snapshot?: string): Buffer {
-  const out = `${file}.view.raw`;
-  qemuImg(['convert', '-U', '-f', 'qcow2', ...(snapshot ? ['-l', `snapshot.name=${snapshot}`] : []), '-O', 'raw', file, out]);
-  const b = fs.readFileSync(out);
-  fs.rmSync(out);
-  return b;
-}
-
-/** `allowCopied`: the refcount an OFLAG_COPIED data-cluster report may name (the operation's window), or none. */
-function checkNoCorruption(file: string, allowCopied: 1 | 2 | false): void {
-  const r = qemuImgRun(['check', file]);
-  const errors = (r.stdout + r.stderr).split('\n').filter((l) => l.startsWith('ERROR'));
-  const bad = errors.filter((l) => !(allowCopied && new RegExp(`^ERROR OFLAG_COPIED data cluster: .* refcount=${allowCopied}$`).test(l)));
-  expect(bad, `${file}: ${r.stdout}${r.stderr}`).toEqual([]);
-  expect(r.stdout + r.stderr).not.toMatch(/Leaked cluster.*refcount=0|references? .* beyond|Marking image as corrupt/);
-}
-
-/** Runs `op` with the power cut after write N for N = 0, 1, … until it completes; `verify` checks each result. */
-async function sweep(setup: () => string[], op: (storage: Storage, files: string[]) => Promise<void>, verify: (files: string[], completed: boolean) => void): Promise<number> {
-  const pristine = setup();
-  const saved = pristine.map((f) => fs.readFileSync(f));
-  let cuts = 0;
-  for (let n = 0; ; n++) {
-    pristine.forEach((f, i) => fs.writeFileSync(f, saved[i]!));
-    const counters = newCounters();
-    const storage = faultyStorage(new FileStorage(), { dropWritesAfter: n }, counters);
-    try {
-      await op(storage, pristine);
-    } catch {
-      // A failure after the cut is expected: what reached the disk is what is checked.
-    }
-    const completed = counters.dropped === 0;
-    verify(pristine, completed);
-    if (completed) return cuts;
-    cuts++;
-    if (n > 2000) throw new Error('sweep did not converge');
-  }
-}
-
-async function withImage(storage: Storage, file: string, fn: (bs: Awaited<ReturnType<typeof openImage>>) => Promise<void>): Promise<void> {
-  const bs = await openImage(storage, file, { format: 'qcow2' });
-  try {
-    await fn(bs);
-  } finally {
-    await closeNode(bs).catch(() => {});
-  }
-}
 
 function baseImage(name: string): string {
   const f = p(name);
@@ -87,7 +37,7 @@ function baseImage(name: string): string {
 describe('crash sweeps', () => {
   it('snapshot create', async () => {
     let before!: Buffer;
-    const cuts = await sweep(
+    const { cuts } = await sweep(
       () => {
         const f = baseImage('create.qcow2');
         before = guest(f);
@@ -108,7 +58,7 @@ describe('crash sweeps', () => {
   it('snapshot apply', async () => {
     let atSnap!: Buffer;
     let now!: Buffer;
-    const cuts = await sweep(
+    const { cuts } = await sweep(
       () => {
         const f = baseImage('apply.qcow2');
         qemuImg(['snapshot', '-c', 'old', f]);

@@ -90,7 +90,17 @@ async function changeRefcountOrder(s: Qcow2State, order: number): Promise<void> 
   dropRefcountCache(s);
 }
 
-/** qcow2_expand_zero_clusters over every L1 table (active and snapshots). */
+/**
+ * qcow2_expand_zero_clusters over every L1 table (active and snapshots).
+ *
+ * An L2 table with refcount r contributes r to each cluster it points at, so
+ * a new cluster gets refcount r (and COPIED only when r is 1). A preallocated
+ * zero cluster is zeroed in place only when that L2 table holds every
+ * reference to it; otherwise (another L2 table still reads its data) it gets
+ * a cluster of its own. Ordering for a crash: new clusters' refcounts and
+ * zeros are stable before the L2 table points at them; the old clusters'
+ * refcounts drop only after the L2 table stopped pointing at them.
+ */
 async function expandZeroClusters(bs: BlockNode, s: Qcow2State): Promise<void> {
   const cs = s.clusterSize;
   const l1s: Array<{ offset: number; size: number }> = [{ offset: s.header.l1TableOffset, size: s.l1Size }];
@@ -106,39 +116,45 @@ async function expandZeroClusters(bs: BlockNode, s: Qcow2State): Promise<void> {
       if (!l2Off || seen.has(l2Off)) continue;
       seen.add(l2Off);
       await bdrvPread(s.file, l2Off, cs, l2);
+      const l2Refcount = await getRefcount(s, l2Off / cs);
+      const copied = l2Refcount === 1 ? 0x80000000 : 0;
       let dirty = false;
+      /** Clusters this L2 table stops pointing at: their refcounts drop by l2Refcount after it is written. */
+      const released: number[] = [];
       for (let j = 0; j < s.l2Size; j++) {
         const hi = be.u32(l2, j * 8);
         const lo = be.u32(l2, j * 8 + 4);
         if (hi & 0x40000000 || !(lo & 1)) continue; // compressed, or no zero flag
         const host = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
         let target: number;
-        if (!host) {
-          if (!bs.backing) {
-            // Not backed: an unallocated cluster reads as zeros too.
-            be.put32(l2, j * 8, 0);
-            be.put32(l2, j * 8 + 4, 0);
-            dirty = true;
-            continue;
-          }
-          target = await allocateClusters(s, 1);
-        } else if ((await getRefcount(s, host / cs)) === 1) {
+        if (!host && !bs.backing) {
+          // Not backed: an unallocated cluster reads as zeros too.
+          be.put32(l2, j * 8, 0);
+          be.put32(l2, j * 8 + 4, 0);
+          dirty = true;
+          continue;
+        }
+        if (host && (await getRefcount(s, host / cs)) === l2Refcount) {
           target = host;
         } else {
-          // Shared with another entry that may hold data: a cluster of its own.
           target = await allocateClusters(s, 1);
-          await updateRefcount(s, host, cs, -1);
+          if (l2Refcount > 1) await updateRefcount(s, target, cs, l2Refcount - 1);
+          if (host) released.push(host);
         }
-        await flushRefcounts(s);
         await bdrvPwrite(s.file, target, cs, zeros);
-        be.put32(l2, j * 8, 0x80000000 + Math.floor(target / TWO32));
+        be.put32(l2, j * 8, copied + Math.floor(target / TWO32));
         be.put32(l2, j * 8 + 4, target >>> 0);
         dirty = true;
       }
-      if (dirty) {
+      if (!dirty) continue;
+      await flushRefcounts(s);
+      await bdrvFlush(s.file);
+      await bdrvPwrite(s.file, l2Off, cs, l2);
+      s.l2Cache.invalidate(l2Off, cs);
+      if (released.length) {
+        await bdrvFlush(s.file);
+        for (const host of released) await updateRefcount(s, host, cs, -l2Refcount);
         await flushRefcounts(s);
-        await bdrvPwrite(s.file, l2Off, cs, l2);
-        s.l2Cache.invalidate(l2Off, cs);
       }
     }
   }
@@ -202,7 +218,8 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions): Promise<v
     if (!Number.isInteger(order) || o.refcountBits > 64 || o.refcountBits < 1) fail('Refcount width must be a power of two and may not exceed 64 bits');
     newOrder = order;
   }
-  if (newVersion < 3 && newOrder !== 4) {
+  // Only an asked-for width is checked here; an image that already has another width fails in downgrade(), with QEMU's message there.
+  if (o.refcountBits !== undefined && newVersion < 3 && newOrder !== 4) {
     fail('Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
   }
   const hadLazy = (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n;

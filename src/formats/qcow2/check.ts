@@ -166,6 +166,8 @@ class DiskRefcounts {
   /** Some table entry points at an unaligned block (looking a cluster up there signals corruption). */
   hasUnaligned = false;
   private blocks = new Map<number, Uint8Array>();
+  /** Blocks kept: 64, fewer for large clusters (at most 8 MiB). */
+  private readonly capacity: number;
   readonly perBlock: number;
 
   constructor(
@@ -173,6 +175,7 @@ class DiskRefcounts {
     private readonly log: CheckLog,
   ) {
     this.perBlock = (s.clusterSize * 8) / s.refcountBits;
+    this.capacity = Math.min(64, Math.max(4, Math.floor((4 << 20) / s.clusterSize)));
   }
 
   async load(): Promise<void> {
@@ -199,12 +202,12 @@ class DiskRefcounts {
    * The refcount block at aligned `offset`, cached; past the end of the file
    * reads as zeros, as QEMU's do. The returned bytes stay valid until the
    * next call (an evicted block's buffer is reused: a pass over a large
-   * image then allocates 64 blocks, not one per refcount block).
+   * image then allocates `capacity` blocks, not one per refcount block).
    */
   async block(offset: number): Promise<Uint8Array> {
     let b = this.blocks.get(offset);
     if (b) return b;
-    if (this.blocks.size >= 64) {
+    if (this.blocks.size >= this.capacity) {
       const oldest = this.blocks.keys().next().value as number;
       b = this.blocks.get(oldest);
       this.blocks.delete(oldest);
@@ -705,68 +708,90 @@ async function calculateRefcounts(c: Ctx): Promise<boolean> {
   return checkRefblocks(c);
 }
 
+/** What compare_refcounts found so far; per block, the repairs made in its bytes. */
+interface Comparison {
+  rebuild: boolean;
+  highest: number;
+  leaksFixed: number;
+  corruptionsFixed: number;
+}
+
 /**
  * compare_refcounts: stored vs counted, fixing what `fix` allows. Walks the
  * refcount table block by block: each stored block is read once and its
- * entries compared with the counts in a synchronous loop; a block's repairs
- * are written once after its loop. Returns whether a rebuild is needed and
- * the highest cluster in use.
+ * entries compared with the counts in a synchronous loop (compareBlock); a
+ * block's repairs are written once after its loop. Returns whether a
+ * rebuild is needed and the highest cluster in use.
  */
 async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Promise<{ rebuild: boolean; highest: number }> {
   const { s, res, disk } = c;
-  const a = c.counts.a;
   const per = disk.perBlock;
-  const bits = s.refcountBits;
-  const limit = maxRefcount(s.header.refcountOrder);
-  let rebuild = false;
-  let highest = 0;
-  const n = Math.max(nbClusters, 0);
+  const cmp: Comparison = { rebuild: false, highest: 0, leaksFixed: 0, corruptionsFixed: 0 };
+  // nbClusters is a counts.n, which never exceeds the counter array (Counts.grow).
+  const n = Math.min(Math.max(nbClusters, 0), c.counts.a.length);
   for (let i = 0, base = 0; base < n; i++, base += per) {
     const end = Math.min(base + per, n);
     const off = i < disk.table.length ? disk.table[i]! : 0;
-    if (off % s.clusterSize !== 0) {
-      const e = await disk.unaligned(i);
-      for (let k = base; k < end; k++) res.messages.push(`Can't get refcount for cluster ${k}: ${e.message}`);
-      res.checkErrors += end - base;
-      continue;
-    }
-    const blk = off === 0 ? null : await disk.block(off);
-    let leaksFixed = 0;
-    let corruptionsFixed = 0;
-    for (let k = base; k < end; k++) {
-      const stored = blk ? getRefcountEntry(blk, bits, k - base) : 0;
-      const counted = k < a.length ? a[k]! : 0;
-      if (stored === counted) {
-        if (stored > 0) highest = k;
+    let blk: Uint8Array | null = null;
+    if (off !== 0) {
+      try {
+        if (off % s.clusterSize !== 0) throw await disk.unaligned(i);
+        blk = await disk.block(off);
+      } catch (e) {
+        // Every cluster of the block fails as QEMU's qcow2_get_refcount would.
+        const why = e instanceof Error ? e.message : String(e);
+        for (let k = base; k < end; k++) res.messages.push(`Can't get refcount for cluster ${k}: ${why}`);
+        res.checkErrors += end - base;
         continue;
       }
-      highest = k;
-      if (stored === 0) rebuild = true;
-      const repairing = stored !== 0 && (stored > counted ? fix.leaks : fix.errors);
-      res.messages.push(`${repairing ? 'Repairing' : stored < counted ? 'ERROR' : 'Leaked'} cluster ${k} refcount=${stored} reference=${counted}`);
-      // A count above the width's maximum cannot be stored (then it counts as not fixed).
-      if (repairing && counted <= limit) {
-        // A non-zero stored refcount means the block exists: set it there.
-        setRefcountEntry(blk!, bits, k - base, counted);
-        if (stored > counted) leaksFixed++;
-        else corruptionsFixed++;
-      } else if (stored < counted) res.corruptions++;
-      else res.leaks++;
     }
-    if (leaksFixed || corruptionsFixed) {
+    cmp.leaksFixed = 0;
+    cmp.corruptionsFixed = 0;
+    compareBlock(c, fix, blk, base, end, cmp);
+    if (cmp.leaksFixed || cmp.corruptionsFixed) {
       c.log.writes++;
       try {
         await bdrvPwrite(s.file, off, s.clusterSize, blk!);
-        res.leaksFixed += leaksFixed;
-        res.corruptionsFixed += corruptionsFixed;
+        res.leaksFixed += cmp.leaksFixed;
+        res.corruptionsFixed += cmp.corruptionsFixed;
       } catch {
         // Not written: the repairs of this block count as not fixed.
-        res.leaks += leaksFixed;
-        res.corruptions += corruptionsFixed;
+        res.leaks += cmp.leaksFixed;
+        res.corruptions += cmp.corruptionsFixed;
       }
     }
   }
-  return { rebuild, highest };
+  return { rebuild: cmp.rebuild, highest: cmp.highest };
+}
+
+/** compareRefcounts' loop over clusters [base, end), whose refcounts are in `blk` (null: no block, all 0). */
+function compareBlock(c: Ctx, fix: CheckFix, blk: Uint8Array | null, base: number, end: number, cmp: Comparison): void {
+  const { s, res } = c;
+  const a = c.counts.a;
+  const bits = s.refcountBits;
+  const limit = maxRefcount(s.header.refcountOrder);
+  let highest = cmp.highest;
+  for (let k = base; k < end; k++) {
+    const stored = blk ? getRefcountEntry(blk, bits, k - base) : 0;
+    const counted = a[k]!;
+    if (stored === counted) {
+      if (stored > 0) highest = k;
+      continue;
+    }
+    highest = k;
+    if (stored === 0) cmp.rebuild = true;
+    const repairing = stored !== 0 && (stored > counted ? fix.leaks : fix.errors);
+    res.messages.push(`${repairing ? 'Repairing' : stored < counted ? 'ERROR' : 'Leaked'} cluster ${k} refcount=${stored} reference=${counted}`);
+    // A count above the width's maximum cannot be stored (then it counts as not fixed).
+    if (repairing && counted <= limit) {
+      // A non-zero stored refcount means the block exists: set it there.
+      setRefcountEntry(blk!, bits, k - base, counted);
+      if (stored > counted) cmp.leaksFixed++;
+      else cmp.corruptionsFixed++;
+    } else if (stored < counted) res.corruptions++;
+    else res.leaks++;
+  }
+  cmp.highest = highest;
 }
 
 /** check_oflag_copied: COPIED exactly where the refcount is 1 (active L1 and its L2 tables). */

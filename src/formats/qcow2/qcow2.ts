@@ -155,7 +155,9 @@ export const qcow2Driver: BlockDriver = {
       await bdrvPread(file, 0, want, buf);
     }
     const h = parseHeader(buf, image);
-    validateHeader(h, image, fileSize, !bs.readOnly);
+    // qemu-img check -r opens a corrupt image read/write to repair it (QEMU's BDRV_O_CHECK): option 'check'.
+    const forCheck = options['check'] === true;
+    validateHeader(h, image, fileSize, !bs.readOnly && !forCheck);
 
     const clusterBits = h.clusterBits;
     const clusterSize = 2 ** clusterBits;
@@ -192,6 +194,8 @@ export const qcow2Driver: BlockDriver = {
       metadataPreallocation: undefined,
       rw: newRwState(clusterSize),
     };
+    // Opened for a repair: only the repair writes until it clears the bit (checkImage).
+    if (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) s.rw.corrupt = true;
     s.l2Cache = new L2Cache(geo.entrySize, geo.slices, makeSliceLoader(s));
 
     s.snapshots = await readSnapshotTable(file, h, image);
@@ -214,7 +218,8 @@ export const qcow2Driver: BlockDriver = {
     bs.backingFile = h.backingFile;
     bs.backingFormat = findExtension(h, QCOW2_EXT_MAGIC_BACKING_FORMAT)?.backingFormat ?? null;
 
-    if (!bs.readOnly && h.incompatibleFeatures & QCOW2_INCOMPAT_DIRTY) await repairDirty(bs, s);
+    // Under qemu-img check the check itself repairs (or reports) a dirty image.
+    if (!bs.readOnly && !forCheck && h.incompatibleFeatures & QCOW2_INCOMPAT_DIRTY) await repairDirty(bs, s);
   },
 
   async close(bs) {

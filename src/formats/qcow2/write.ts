@@ -601,8 +601,8 @@ async function writeHeaderSize(s: Qcow2State, size: number): Promise<void> {
  * QEMU's qcow2_co_truncate with preallocation off. Growing grows the L1
  * table, then the header's size; when a backing file would show through the
  * new area it is zeroed (QEMU's BDRV_REQ_ZERO_WRITE from bdrv_co_truncate).
- * Shrinking clears and frees the clusters past the new end and the L2 tables
- * past the new L1 size, then writes the size.
+ * Shrinking writes the size, then clears and frees the clusters past the new
+ * end and the L2 tables past the new L1 size.
  */
 export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, prealloc: PreallocMode): Promise<void> {
   if (prealloc !== 'off') throw new BlockError('ENOTSUP', `${s.image}: Preallocation mode '${prealloc}' is not supported when resizing qcow2 images`);
@@ -621,6 +621,12 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
     return;
   }
   if (s.bitmaps.length) throw new BlockError('ENOTSUP', `${s.image}: Can't shrink an image with persistent dirty bitmaps`);
+  // The size switches first (one sector write): a crash before it leaves the old disk, after it the
+  // new one with, at worst, leaked clusters past its end. Freeing first (QEMU's order) could leave the
+  // old size reading zeros where the data was.
+  await flushMetadata(s);
+  await writeHeaderSize(s, size);
+  bs.totalBytes = size;
   const start = Math.ceil(size / cs) * cs;
   if (start < old) await qcow2DiscardRange(bs, s, start, old - start, true);
   const keep = sizeToL1(s.header, size);
@@ -631,6 +637,4 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
     freeClustersDeferred(s, off, cs, true);
   }
   await flushMetadata(s);
-  await writeHeaderSize(s, size);
-  bs.totalBytes = size;
 }
