@@ -568,6 +568,8 @@ export class Engine {
     const fix = { leaks: opts.repair !== undefined, errors: opts.repair === 'all' };
     return this.withImage(image, async (bs) => present((await checkNode(bs, typeof image === 'string' ? bs.filename : image.filename, fix)).check), {
       writable: fix.leaks,
+      // A repair may open an image with the corrupt bit read/write (QEMU's BDRV_O_CHECK), as `blocktab check -r` does.
+      driverOptions: fix.leaks ? { check: true } : undefined,
     });
   }
 
@@ -741,7 +743,10 @@ export class Engine {
    * `writable`, a file is opened read-write (without its backing chain unless
    * `backing`) and a node must be writable.
    */
-  private async resolveImage(ref: ImageRef, rw?: { writable: boolean; backing?: boolean }): Promise<{ bs: BlockNode; temporary: boolean }> {
+  private async resolveImage(
+    ref: ImageRef,
+    rw?: { writable: boolean; backing?: boolean; driverOptions?: Record<string, unknown> },
+  ): Promise<{ bs: BlockNode; temporary: boolean }> {
     if (typeof ref === 'string') {
       const bs = this.lookup(ref);
       if (rw?.writable && bs.readOnly) throw new BlockError('EROFS', `${ref}: the node is read-only`);
@@ -752,12 +757,17 @@ export class Engine {
       format: ref.format,
       readOnly: !writable,
       backing: writable ? rw?.backing === true : undefined,
+      driverOptions: rw?.driverOptions,
       warn: this.warn,
     });
     return { bs, temporary: true };
   }
 
-  private async withImage<T>(ref: ImageRef, fn: (bs: BlockNode) => Promise<T>, rw?: { writable: boolean; backing?: boolean }): Promise<T> {
+  private async withImage<T>(
+    ref: ImageRef,
+    fn: (bs: BlockNode) => Promise<T>,
+    rw?: { writable: boolean; backing?: boolean; driverOptions?: Record<string, unknown> },
+  ): Promise<T> {
     const { bs, temporary } = await this.resolveImage(ref, rw);
     try {
       return await fn(bs);

@@ -88,6 +88,26 @@ describe('engine: typed qemu-img operations that write', () => {
     await e.dispose();
   });
 
+  it('check repair opens an image with the corrupt bit set (as qemu-img check -r all) and clears it', async () => {
+    const e = newEngine();
+    qemuImg(['create', '-q', '-f', 'qcow2', at('corrupt.qcow2'), '1M']);
+    qemuIo(at('corrupt.qcow2'), ['write -P 7 0 64k'], 'qcow2');
+    // Incompatible feature bit 1 (corrupt) lives in the low byte of the field at 0x48.
+    const fd = fs.openSync(at('corrupt.qcow2'), 'r+');
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, 0x4f);
+    b[0]! |= 2;
+    fs.writeSync(fd, b, 0, 1, 0x4f);
+    fs.closeSync(fd);
+    const before = qemuImgRun(['info', '--output=json', at('corrupt.qcow2')]);
+    expect((JSON.parse(before.stdout) as Record<string, any>)['format-specific'].data.corrupt).toBe(true);
+    await e.check({ storage: 'file', filename: at('corrupt.qcow2') }, { repair: 'all' });
+    const after = JSON.parse(qemuImg(['info', '--output=json', at('corrupt.qcow2')])) as Record<string, any>;
+    expect(after['format-specific'].data.corrupt).toBe(false);
+    qemuCheck(at('corrupt.qcow2'));
+    expect(qemuIo(at('corrupt.qcow2'), ['read -P 7 0 64k'], 'qcow2')).not.toMatch(/failed/);
+  });
+
   it('snapshot on a file: create s1, write, create s2, apply s1, delete s2 — same as qemu-img and qemu-io', async () => {
     const ours = at('snap.qcow2');
     const twin = at('snap-twin.qcow2');
