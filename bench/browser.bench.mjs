@@ -2,6 +2,7 @@
 // persistent profile under the temp dir so OPFS behaves as in a real
 // profile), each figure against a bare baseline measured in the same page —
 // see bench/browser/main.ts. Vite serves the page from the sources.
+// `--profile` prints where a read's time goes instead (profile-worker.ts).
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createServer } from 'vite';
@@ -30,9 +31,15 @@ try {
   });
   await page.goto(url);
   await page.waitForFunction(() => window.benchReady === true, null, { timeout: 120_000 });
-  const { lines, wasm } = await page.evaluate(() => window.runBench(), null);
-  console.log(`# wasm kernels in the worker: ${wasm}`);
-  for (const l of lines) bench(l);
+  if (process.argv.includes('--profile')) {
+    // Where a read's time goes, layer by layer (bench/browser/profile-worker.ts); prints no BENCH lines.
+    const r = await page.evaluate(() => window.runProfile(), null);
+    for (const [k, v] of Object.entries(r)) console.log(`# ${k.padEnd(36)} ${v.toFixed(2)} us`);
+  } else {
+    const { lines, wasm } = await page.evaluate(() => window.runBench(), null);
+    console.log(`# wasm kernels in the worker: ${wasm}`);
+    for (const l of lines) bench(l);
+  }
 } catch (e) {
   failed = true;
   console.error(e);

@@ -8,7 +8,7 @@
 import { spawnSync, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { bench, best, MiB, ratioLine, runBlocktab, runQemu, scratchDir, writeRandom } from './lib.mjs';
+import { bench, best, interleaved, MiB, ratioLine, runBlocktab, runQemu, scratchDir, writeRandom } from './lib.mjs';
 
 const dir = scratchDir();
 
@@ -21,10 +21,12 @@ try {
   execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', rnd, 'full.qcow2'], { cwd: dir });
   fs.rmSync(rnd);
 
-  // Warm the page cache once for both, then time each tool.
+  // Warm the page cache once, then time the two tools interleaved.
   runQemu(dir, ['convert', '-O', 'raw', 'full.qcow2', 'q.raw']);
-  const q = best(2, () => runQemu(dir, ['convert', '-O', 'raw', 'full.qcow2', 'q.raw']));
-  const b = best(2, () => runBlocktab(dir, ['convert', '-O', 'raw', 'full.qcow2', 'b.raw']));
+  const [q, b] = interleaved(3, [
+    { output: path.join(dir, 'q.raw'), run: () => runQemu(dir, ['convert', '-O', 'raw', 'full.qcow2', 'q.raw']) },
+    { output: path.join(dir, 'b.raw'), run: () => runBlocktab(dir, ['convert', '-O', 'raw', 'full.qcow2', 'b.raw']) },
+  ]);
   const same = spawnSync('cmp', ['-s', path.join(dir, 'q.raw'), path.join(dir, 'b.raw')]).status === 0;
   if (!same) throw new Error('convert outputs differ');
   fs.rmSync(path.join(dir, 'q.raw'));

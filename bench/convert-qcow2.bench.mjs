@@ -7,7 +7,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { bench, best, MiB, ratioLine, runBlocktab, runQemu, scratchDir, writeRandom } from './lib.mjs';
+import { MiB, bench, interleaved, ratioLine, runBlocktab, runQemu, scratchDir, writeRandom } from './lib.mjs';
 
 const dir = scratchDir();
 const GiB = 1024 * MiB;
@@ -32,8 +32,10 @@ try {
     const label = c.length ? ' -c' : '';
     const args = (out) => ['convert', '-f', 'raw', '-O', 'qcow2', ...c, 'src.raw', out];
     runQemu(dir, args('q.qcow2')); // warms the page cache for both
-    const q = best(2, () => runQemu(dir, args('q.qcow2')));
-    const b = best(2, () => runBlocktab(dir, args('b.qcow2')));
+    const [q, b] = interleaved(c.length ? 2 : 3, [
+      { output: path.join(dir, 'q.qcow2'), run: () => runQemu(dir, args('q.qcow2')) },
+      { output: path.join(dir, 'b.qcow2'), run: () => runBlocktab(dir, args('b.qcow2')) },
+    ]);
     verify('b.qcow2');
     bench(ratioLine(`convert raw->qcow2${label} 4 GiB (1 GiB data, 1 GiB zeros, 2 GiB hole) (wall)`, b, q));
     bench({ name: `convert raw->qcow2${label} 4 GiB (peak RSS)`, value: +(b.rss / MiB).toFixed(1), unit: 'MiB', baseline: null, ratio: null, aim: '<150 MiB' });

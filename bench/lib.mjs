@@ -74,3 +74,23 @@ export function writeRandom(fd, mib) {
 export function ratioLine(name, b, q, aim = '<=1.5x qemu-img') {
   return { name, value: Math.round(b.ms), unit: 'ms', baseline: Math.round(q), ratio: +(b.ms / q).toFixed(2), aim };
 }
+
+/**
+ * Runs each contender `n` times, interleaved (a, b, a, b, …), and keeps each
+ * one's best. Before every run the contender's output file is removed and
+ * the page cache's dirty pages are written back (`sync`, not timed), so no
+ * run pays for another's writeback of a gigabyte it just wrote.
+ */
+export function interleaved(n, contenders) {
+  const bestOf = contenders.map(() => undefined);
+  const msOf = (r) => (typeof r === 'number' ? r : r.ms);
+  for (let i = 0; i < n; i++) {
+    contenders.forEach((c, k) => {
+      if (c.output) fs.rmSync(c.output, { force: true });
+      spawnSync('sync');
+      const r = c.run();
+      if (bestOf[k] === undefined || msOf(r) < msOf(bestOf[k])) bestOf[k] = r;
+    });
+  }
+  return bestOf;
+}

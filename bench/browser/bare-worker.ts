@@ -1,7 +1,8 @@
 /**
  * The baselines of the browser bench: what a page gets from OPFS without
  * blocktab — a bare FileSystemSyncAccessHandle read loop, a bare chunked copy
- * between two files, and a bare postMessage round trip. Plain messages
+ * between two files, a bare postMessage round trip, and the same round trip
+ * carrying a small SyncAccessHandle read. Plain messages
  * (no comlink) so nothing but the platform is measured.
  */
 type SyncHandle = {
@@ -21,12 +22,33 @@ async function handle(path: string, mode: 'read-only' | 'readwrite', create = fa
   return (fh as unknown as { createSyncAccessHandle(o: { mode: string }): Promise<SyncHandle> }).createSyncAccessHandle({ mode });
 }
 
+/** The file `echo-read` reads from, opened once by `hold` (as an open image keeps its handle). */
+let held: SyncHandle | undefined;
+
 self.onmessage = async (ev: MessageEvent) => {
-  const m = ev.data as { cmd: string; file?: string; dst?: string; chunk?: number; bytes?: number; transfer?: boolean };
+  const m = ev.data as { cmd: string; file?: string; dst?: string; chunk?: number; bytes?: number; transfer?: boolean; at?: number };
   try {
     if (m.cmd === 'echo') {
       const b = new Uint8Array(m.bytes ?? 4096);
       (self as unknown as Worker).postMessage(b, [b.buffer]);
+      return;
+    }
+    if (m.cmd === 'num') {
+      // A round trip that moves no buffer (the profile's yardstick for what a transfer costs).
+      (self as unknown as Worker).postMessage(m.bytes);
+      return;
+    }
+    if (m.cmd === 'echo-read') {
+      // The same round trip, but the reply holds `bytes` bytes read from the open file at `at`: what a small read costs without blocktab.
+      const b = new Uint8Array(m.bytes ?? 4096);
+      held!.read(b, { at: m.at ?? 0 });
+      (self as unknown as Worker).postMessage(b, [b.buffer]);
+      return;
+    }
+    if (m.cmd === 'hold') {
+      held?.close();
+      held = m.file ? await handle(m.file, 'read-only') : undefined;
+      (self as unknown as Worker).postMessage({ done: 0 });
       return;
     }
     if (m.cmd === 'read') {

@@ -1,0 +1,50 @@
+/**
+ * The engine worker's API as src/worker/engine-worker.ts exposes it (OPFS
+ * only), plus probes that split a small read's round trip: the same comlink
+ * call shape doing no engine work, or no transfer. Used by the profile
+ * (`node bench/browser.bench.mjs --profile`), not by the figures.
+ */
+import * as Comlink from 'comlink';
+import '../../src/browser.js';
+import { Engine } from '../../src/engine/engine.js';
+import { OpfsStorage } from '../../src/protocols/opfs.js';
+import { initWasm } from '../../src/wasm/index.js';
+import { createWorkerApi } from '../../src/worker/api.js';
+
+const engine = new Engine({ storages: { opfs: new OpfsStorage() } });
+const ready = initWasm({ arenaBytes: 64 * 1024 * 1024 }).then(() => ({ wasm: true }));
+const api = createWorkerApi(engine, { ready });
+const probes = {
+  ...api,
+  /** comlink + a fresh transferred buffer, no engine. */
+  async freshBuffer(_name: string, _offset: number, bytes: number): Promise<Uint8Array> {
+    const b = new Uint8Array(bytes);
+    return Comlink.transfer(b, [b.buffer]);
+  },
+  /** comlink + a number, three arguments. */
+  async three(_name: string, _offset: number, bytes: number): Promise<number> {
+    return bytes;
+  },
+  /** The engine's read, its buffer copied by structured clone instead of transferred. */
+  async readCloned(name: string, offset: number, bytes: number): Promise<Uint8Array> {
+    return engine.read(name, offset, bytes);
+  },
+  /**
+   * A lean I/O channel beside comlink: reads arrive on `port` as [id, name,
+   * offset, bytes] and go back as [id, buffer] with the buffer transferred
+   * (what a client fast path for small requests would cost).
+   */
+  ioPort(port: MessagePort): void {
+    port.onmessage = async (ev: MessageEvent) => {
+      const [id, name, offset, bytes] = ev.data as [number, string, number, number];
+      try {
+        const buf = await engine.read(name, offset, bytes);
+        port.postMessage([id, buf], [buf.buffer]);
+      } catch (e) {
+        port.postMessage([id, null, e instanceof Error ? e.message : String(e)]);
+      }
+    };
+  },
+};
+export type Probes = typeof probes;
+Comlink.expose(probes);
