@@ -22,6 +22,7 @@ const chromium = playwright({
 // real-browser tests, and (as they land) app end-to-end tests.
 export default defineConfig({
   test: {
+    reporters: ['default', './test/summary-reporter.ts'],
     projects: [
       {
         test: {

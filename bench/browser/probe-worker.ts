@@ -29,22 +29,6 @@ const probes = {
   async readCloned(name: string, offset: number, bytes: number): Promise<Uint8Array> {
     return engine.read(name, offset, bytes);
   },
-  /**
-   * A lean I/O channel beside comlink: reads arrive on `port` as [id, name,
-   * offset, bytes] and go back as [id, buffer] with the buffer transferred
-   * (what a client fast path for small requests would cost).
-   */
-  ioPort(port: MessagePort): void {
-    port.onmessage = async (ev: MessageEvent) => {
-      const [id, name, offset, bytes] = ev.data as [number, string, number, number];
-      try {
-        const buf = await engine.read(name, offset, bytes);
-        port.postMessage([id, buf], [buf.buffer]);
-      } catch (e) {
-        port.postMessage([id, null, e instanceof Error ? e.message : String(e)]);
-      }
-    };
-  },
 };
 export type Probes = typeof probes;
 Comlink.expose(probes);

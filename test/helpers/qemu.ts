@@ -10,10 +10,19 @@ import { fileURLToPath } from 'node:url';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-/** A fresh temporary directory, removed at process exit. */
+const tmpDirs = new Set<string>();
+let cleanupHooked = false;
+
+/** A fresh temporary directory, removed at process exit (one exit hook for all of them). */
 export function tmpDir(prefix = 'blocktab-'): string {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  process.once('exit', () => fs.rmSync(d, { recursive: true, force: true }));
+  tmpDirs.add(d);
+  if (!cleanupHooked) {
+    cleanupHooked = true;
+    process.once('exit', () => {
+      for (const dir of tmpDirs) fs.rmSync(dir, { recursive: true, force: true });
+    });
+  }
   return d;
 }
 
