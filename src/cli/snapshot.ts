@@ -4,6 +4,7 @@ import { imgSnapshot, listSnapshots } from '../img/snapshot.js';
 import { parseCommand, str, UsageError } from './args.js';
 import { openForCli } from './open.js';
 import { snapshotHeader, snapshotLine } from './info.js';
+import { snapshotInfoQapi } from '../img/info.js';
 import type { Output } from './main.js';
 
 export async function runSnapshot(args: string[], out: Output): Promise<number> {
@@ -34,16 +35,7 @@ export async function runSnapshot(args: string[], out: Output): Promise<number> 
         let s = 'Snapshot list:\n' + snapshotHeader() + '\n';
         for (const sn of list) {
           s +=
-            snapshotLine({
-              id: sn.id,
-              name: sn.name,
-              'vm-state-size': sn.vmStateSize,
-              'date-sec': sn.dateSec,
-              'date-nsec': sn.dateNsec,
-              'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
-              'vm-clock-nsec': sn.vmClockNsec % 1e9,
-              icount: sn.icount,
-            }) + '\n';
+            snapshotLine(snapshotInfoQapi(sn)) + '\n';
         }
         out.stdout(s);
       }

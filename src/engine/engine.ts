@@ -37,8 +37,7 @@ import { imageInfoTree, type QmpImageInfo } from './query.js';
 import { createImage, planCreate } from '../img/create.js';
 import { checkNode, type ImageCheck } from '../img/check.js';
 import { imgSnapshot, listSnapshots } from '../img/snapshot.js';
-import type { SnapshotInfoQapi } from '../img/info.js';
-import type { SnapshotInfo } from '../block/info.js';
+import { snapshotInfoQapi, type SnapshotInfoQapi } from '../img/info.js';
 import { rebaseImage } from '../img/rebase.js';
 import { commitImage, findBackingImage } from '../img/commit.js';
 import { amendImage, parseAmendOptions } from '../img/amend.js';
@@ -132,19 +131,6 @@ function optionStrings(o: string[] | Record<string, string | number | boolean> |
   return Object.entries(o).map(([k, v]) => `${k}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v).replaceAll(',', ',,')}`);
 }
 
-/** QAPI SnapshotInfo, as qemu-img info lists it. */
-function snapshotInfoQapi(sn: SnapshotInfo): SnapshotInfoQapi {
-  return {
-    id: sn.id,
-    name: sn.name,
-    'vm-state-size': sn.vmStateSize,
-    'date-sec': sn.dateSec,
-    'date-nsec': sn.dateNsec,
-    'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
-    'vm-clock-nsec': sn.vmClockNsec % 1e9,
-    icount: sn.icount,
-  };
-}
 
 /** Drops absent (undefined) members, so replies look the same after structured clone and JSON. */
 function present<T extends object>(o: T): T {

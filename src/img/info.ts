@@ -6,6 +6,7 @@
 import type { BlockNode } from '../block/node.js';
 import { pathCombine } from '../block/open.js';
 import type { QDict } from './qobject.js';
+import type { SnapshotInfo } from '../block/info.js';
 
 /** QAPI SnapshotInfo (keys in schema order). */
 export interface SnapshotInfoQapi extends QDict {
@@ -17,6 +18,20 @@ export interface SnapshotInfoQapi extends QDict {
   'vm-clock-sec': number;
   'vm-clock-nsec': number;
   icount?: number;
+}
+
+/** A driver's snapshot as QAPI SnapshotInfo (qemu-img info's `snapshots`, snapshot -l, the QMP replies). */
+export function snapshotInfoQapi(sn: SnapshotInfo): SnapshotInfoQapi {
+  return {
+    id: sn.id,
+    name: sn.name,
+    'vm-state-size': sn.vmStateSize,
+    'date-sec': sn.dateSec,
+    'date-nsec': sn.dateNsec,
+    'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
+    'vm-clock-nsec': sn.vmClockNsec % 1e9,
+    ...(sn.icount === undefined ? {} : { icount: sn.icount }),
+  };
 }
 
 /** QAPI ImageInfo (keys in schema order, which decides QDict order on collisions). */
@@ -65,16 +80,7 @@ export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
   }
   const snaps = drv.listSnapshots?.(bs) ?? [];
   if (snaps.length > 0) {
-    info.snapshots = snaps.map((sn) => ({
-      id: sn.id,
-      name: sn.name,
-      'vm-state-size': sn.vmStateSize,
-      'date-sec': sn.dateSec,
-      'date-nsec': sn.dateNsec,
-      'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
-      'vm-clock-nsec': sn.vmClockNsec % 1e9,
-      icount: sn.icount,
-    }));
+    info.snapshots = snaps.map(snapshotInfoQapi);
   }
   const spec = drv.getInfo?.(bs);
   if (spec) info['format-specific'] = { type: spec.type, data: spec.data as QDict };

@@ -12,6 +12,7 @@ import { openImage } from '../../block/open.js';
 import { closeNode } from '../../block/open.js';
 import { createSnapshot, deleteSnapshot, listSnapshots } from '../../img/snapshot.js';
 import { createImage, planCreate } from '../../img/create.js';
+import { snapshotInfoQapi } from '../../img/info.js';
 import type { Engine } from '../engine.js';
 import type { Args } from '../qapi-args.js';
 import { genericError, QmpError } from '../qmp-error.js';
@@ -136,16 +137,7 @@ export const snapshotCommands: QmpCommandTable = {
       } catch (e) {
         throw e instanceof BlockError ? e : genericError(String(e));
       }
-      return {
-        id: sn.id,
-        name: sn.name,
-        'vm-state-size': sn.vmStateSize,
-        'date-sec': sn.dateSec,
-        'date-nsec': sn.dateNsec,
-        'vm-clock-sec': Math.floor(sn.vmClockNsec / 1e9),
-        'vm-clock-nsec': sn.vmClockNsec % 1e9,
-        ...(sn.icount === undefined ? {} : { icount: sn.icount }),
-      };
+      return snapshotInfoQapi(sn);
     },
   },
 };
