@@ -169,6 +169,20 @@ describe('engine worker: buffers, bitmaps, progress, events', () => {
     expect(after.lastReadDetached).toBe(true);
   });
 
+  it('reads on the read channel keep their BlockError (code, message) and many in flight resolve to the right requests', async () => {
+    const past = await rejection(client.read('http-raw', 2 ** 40, 512));
+    expect(past).toBeInstanceOf(BlockError);
+    expect(['EIO', 'EINVAL']).toContain((past as BlockError).code);
+    expect((past as BlockError).message).toMatch(/past the end/);
+    const missing = await rejection(client.read('no-such-node', 0, 512));
+    expect(missing).toBeInstanceOf(BlockError);
+    expect((missing as BlockError).code).toBe('ENOENT');
+    // Concurrent reads of different ranges: each answer must be its own range.
+    const whole = await client.read('http-raw', 0, 64 * 1024);
+    const parts = await Promise.all(Array.from({ length: 16 }, (_, i) => client.read('http-raw', i * 4096, 4096)));
+    parts.forEach((p, i) => expect(p).toEqual(whole.subarray(i * 4096, (i + 1) * 4096)));
+  });
+
   it("a write transfers the caller's buffer (detached afterwards) and the data lands", async () => {
     await client.importFile('memory', 'w.img', new Uint8Array(1 << 20));
     await client.execute('blockdev-add', { driver: 'raw', 'node-name': 'mem-w', file: { driver: 'memory', filename: 'w.img' } });
