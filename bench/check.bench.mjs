@@ -11,10 +11,9 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { bench, best, MiB, ratioLine, root, runBlocktab, runQemu, scratchDir, writeRandom } from './lib.mjs';
+import { bench, best, MiB, ratioLine, root, runBlocktab, runQemu, scratchDir, writeMixedRaw } from './lib.mjs';
 
 const dir = scratchDir();
-const GiB = 1024 * MiB;
 
 /** Both tools must report the same thing (the last three lines of human output). */
 function sameReport(image) {
@@ -34,12 +33,7 @@ function measure(name, image) {
 
 try {
   const src = path.join(dir, 'src.raw');
-  const fd = fs.openSync(src, 'w');
-  writeRandom(fd, 1024);
-  const zeros = Buffer.alloc(16 * MiB);
-  for (let i = 0; i < 64; i++) fs.writeSync(fd, zeros);
-  fs.ftruncateSync(fd, 4 * GiB);
-  fs.closeSync(fd);
+  writeMixedRaw(src);
   execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', 'src.raw', 'data.qcow2'], { cwd: dir });
   fs.rmSync(src);
   measure('4 GiB qcow2 with 1 GiB data', 'data.qcow2');

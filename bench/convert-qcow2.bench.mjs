@@ -7,10 +7,9 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MiB, bench, interleaved, ratioLine, runBlocktab, runQemu, scratchDir, writeRandom } from './lib.mjs';
+import { MiB, bench, interleaved, ratioLine, runBlocktab, runQemu, scratchDir, writeMixedRaw } from './lib.mjs';
 
 const dir = scratchDir();
-const GiB = 1024 * MiB;
 
 function verify(out) {
   const c = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', 'src.raw', out], { cwd: dir, encoding: 'utf8' });
@@ -21,12 +20,7 @@ function verify(out) {
 
 try {
   const src = path.join(dir, 'src.raw');
-  const fd = fs.openSync(src, 'w');
-  writeRandom(fd, 1024);
-  const zeros = Buffer.alloc(16 * MiB);
-  for (let i = 0; i < 64; i++) fs.writeSync(fd, zeros);
-  fs.ftruncateSync(fd, 4 * GiB);
-  fs.closeSync(fd);
+  writeMixedRaw(src);
 
   for (const c of [[], ['-c']]) {
     const label = c.length ? ' -c' : '';

@@ -70,6 +70,16 @@ export function writeRandom(fd, mib) {
   }
 }
 
+/** The 4 GiB raw of the write-path benches: 1 GiB random data, 1 GiB of written zeros, 2 GiB hole. */
+export function writeMixedRaw(file) {
+  const fd = fs.openSync(file, 'w');
+  writeRandom(fd, 1024);
+  const zeros = Buffer.alloc(16 * MiB);
+  for (let i = 0; i < 64; i++) fs.writeSync(fd, zeros);
+  fs.ftruncateSync(fd, 4096 * MiB);
+  fs.closeSync(fd);
+}
+
 /** The `BENCH` line comparing a blocktab run with qemu-img's. */
 export function ratioLine(name, b, q, aim = '<=1.5x qemu-img') {
   return { name, value: Math.round(b.ms), unit: 'ms', baseline: Math.round(q), ratio: +(b.ms / q).toFixed(2), aim };

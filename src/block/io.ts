@@ -152,12 +152,23 @@ async function writeAligned(bs: BlockNode, offset: number, bytes: number, buf: U
  * Writes `bytes` bytes of `buf` at `offset`. Any alignment: partial blocks are
  * read, merged and written back while overlapping requests wait.
  */
-export async function bdrvPwrite(
+export function bdrvPwrite(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags = {}): Promise<void> {
+  return pwrite(bs, offset, bytes, buf, flags, bs.detectZeroes);
+}
+
+/**
+ * The write path proper. `detectZeroes` is passed in rather than read from
+ * the node so the write-zeroes fallback can write its zero buffer without
+ * being turned back into write-zeroes, and without touching the node's
+ * setting that concurrent requests read.
+ */
+async function pwrite(
   bs: BlockNode,
   offset: number,
   bytes: number,
   buf: Uint8Array,
-  flags: WriteFlags = {},
+  flags: WriteFlags,
+  detectZeroes: BlockNode['detectZeroes'],
 ): Promise<void> {
   checkRange(bs, offset, bytes, 'write');
   checkWritable(bs, 'write');
@@ -169,8 +180,8 @@ export async function bdrvPwrite(
   }
   const data = buf.subarray(0, bytes);
 
-  if (bs.detectZeroes !== 'off' && !flags.compressed && bufferIsZero(data)) {
-    return bdrvPwriteZeroes(bs, offset, bytes, { ...flags, mayUnmap: bs.detectZeroes === 'unmap' });
+  if (detectZeroes !== 'off' && !flags.compressed && bufferIsZero(data)) {
+    return bdrvPwriteZeroes(bs, offset, bytes, { ...flags, mayUnmap: detectZeroes === 'unmap' });
   }
 
   const align = bs.limits.requestAlignment;
@@ -220,7 +231,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
     try {
       for (let done = 0; done < n; ) {
         const k = Math.min(n - done, chunk);
-        await bdrvPwriteNoDetect(bs, o + done, k, zeros, flags);
+        await pwrite(bs, o + done, k, zeros, flags, 'off');
         done += k;
       }
     } finally {
@@ -250,18 +261,6 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
   }
   if (end > tailStart) await writeZeroBuffer(tailStart, end - tailStart);
   bs.dirtyBitmaps?.markDirty(offset, bytes);
-}
-
-/** A write that skips zero detection (used by the write-zeroes fallback itself). */
-async function bdrvPwriteNoDetect(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags): Promise<void> {
-  const saved = bs.detectZeroes;
-  if (saved === 'off') return bdrvPwrite(bs, offset, bytes, buf, flags);
-  bs.detectZeroes = 'off';
-  try {
-    await bdrvPwrite(bs, offset, bytes, buf, flags);
-  } finally {
-    bs.detectZeroes = saved;
-  }
 }
 
 /** Discards the range where the driver can; a hint, so unsupported means "done". */

@@ -184,8 +184,12 @@ export async function openFileChild(bs: BlockNode, reference: string, role: Chil
   return node;
 }
 
-/** Closes `bs` and every child no other parent still uses. */
-export async function closeNode(bs: BlockNode): Promise<void> {
+/**
+ * Closes `bs` and every child no other parent still uses. Children for which
+ * `keep` answers true are detached but left open (the Engine keeps nodes the
+ * user added by name until the user deletes them).
+ */
+export async function closeNode(bs: BlockNode, keep?: (child: BlockNode) => boolean): Promise<void> {
   if (bs.closed) return;
   if (bs.parents.length > 0) return;
   try {
@@ -194,9 +198,9 @@ export async function closeNode(bs: BlockNode): Promise<void> {
     await bs.driver.close?.(bs);
     releaseNamedDirtyBitmaps(bs);
   } finally {
-    for (const role of ['backing', 'dataFile', 'file'] as const) {
-      const child = role === 'backing' ? bs.detach('backing') : role === 'dataFile' ? bs.detach('data-file') : bs.detach('file');
-      if (child) await closeNode(child);
+    for (const role of ['backing', 'data-file', 'file'] as const) {
+      const child = bs.detach(role);
+      if (child && !keep?.(child)) await closeNode(child, keep);
     }
   }
 }

@@ -20,11 +20,9 @@
 import '../drivers.js';
 import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import type { BdrvChild } from '../block/child.js';
 import { BlockBackend } from '../block/backend.js';
 import { bdrvFlush, bdrvGetLength, bdrvPwrite, bdrvTruncate } from '../block/io.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
-import { releaseNamedDirtyBitmaps } from '../block/dirty-bitmap.js';
 import { imageInfo } from '../img/info.js';
 import { mapExtents, type MapEntry, type MapOptions } from '../img/map.js';
 import { convert, convertTotalBytes, createConvertTarget, type ConvertOptions, type ProgressFn } from '../img/convert.js';
@@ -324,17 +322,12 @@ export class Engine {
       for (const c of [n.file, n.backing, n.dataFile]) if (c) walk(c.node);
     };
     walk(bs);
-    // The monitor's reference: a pinned node has a parent while its user closes, so closeNode leaves it open.
-    const pin = {} as BdrvChild;
-    const pinned = all.filter((n) => n !== bs && this.monitorOwned.has(n));
-    for (const n of pinned) n.parents.push(pin);
     try {
-      await closeNode(bs);
+      // Nodes the monitor owns (added by name) stay open until blockdev-del.
+      await closeNode(bs, (child) => this.monitorOwned.has(child));
     } finally {
-      for (const n of pinned) n.parents.splice(n.parents.indexOf(pin), 1);
       for (const n of all) {
         if (!n.closed) continue;
-        releaseNamedDirtyBitmaps(n);
         const name = this.names.get(n);
         if (name !== undefined) this.nodes.delete(name);
         this.names.delete(n);

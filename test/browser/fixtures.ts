@@ -5,18 +5,9 @@
  * directory, the page rebuilds the same bytes to compare.
  */
 
-/** Deterministic pseudo-random bytes (xorshift32), the same generator as test/helpers/qemu.ts. */
-export function seededBytes(n: number, seed: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let x = seed | 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+import { seededBytes } from '../helpers/random.js';
+
+export { seededBytes };
 
 /** Files of the read-only conformance cases, by name (sizes chosen not to be multiples of any block size). */
 export function conformanceFiles(): Record<string, Uint8Array> {

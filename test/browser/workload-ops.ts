@@ -4,6 +4,7 @@
  * both sides import it). A workload is a list of operations; the seeded
  * generator makes the same list on both sides from the same numbers.
  */
+import { xorshift32 } from '../helpers/random.js';
 
 export type WorkloadOp =
   | { op: 'write'; offset: number; bytes: number; pattern: number }
@@ -38,14 +39,10 @@ export interface WorkloadRequest {
 }
 
 /** xorshift32 stream of integers below `n`. */
+/** Integers in [0, n) from the shared xorshift32 stream. */
 function rng(seed: number): (n: number) => number {
-  let x = seed | 0 || 1;
-  return (n) => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) % n;
-  };
+  const next = xorshift32(seed);
+  return (n) => next() % n;
 }
 
 /**

@@ -52,14 +52,4 @@ export function blocktab(args: string[], opts: { cwd?: string; input?: string } 
 }
 
 /** Deterministic pseudo-random bytes (xorshift32), for seeded workloads. */
-export function seededBytes(n: number, seed: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let x = seed | 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+export { seededBytes } from './random.js';

@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { qemuImg, qemuImgRun, tmpDir } from '../helpers/qemu.js';
 import { runIo } from '../../src/cli/qemu-io/main.js';
+import { rng } from '../helpers/random.js';
 
 const dir = tmpDir('qcow2-write-diff-');
 
@@ -22,15 +23,6 @@ function normalise(text: string): string {
     .join('\n');
 }
 
-function rng(seed: number): () => number {
-  let x = seed | 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 function workload(seed: number, size: number, cs: number, n: number, opts: { compressed: boolean; truncate: boolean }): string[] {
   const r = rng(seed);

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { blocktab, qemuImg, repoRoot, tmpDir } from '../helpers/qemu.js';
 import { runIo } from '../../src/cli/qemu-io/main.js';
+import { rng } from '../helpers/random.js';
 
 const dir = tmpDir('blocktab-qemu-io-');
 
@@ -60,16 +61,6 @@ async function compare(name: string, cmds: string[], opts: { size?: string; fmt?
   return { a, b, q, o };
 }
 
-/** xorshift32 */
-function rng(seed: number): () => number {
-  let x = seed | 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
 
 describe('blocktab io vs qemu-io on raw images', () => {
   it('reports reads, writes, pattern checks and hex dumps the same way', async () => {

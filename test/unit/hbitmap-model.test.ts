@@ -4,20 +4,12 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { initWasm, HBitmap } from '../../src/wasm/index.js';
+import { rng } from '../helpers/random.js';
 
 beforeAll(async () => {
   await initWasm();
 });
 
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 4294967296;
-  };
-}
 
 /** The model: one byte per chunk. */
 class Flat {

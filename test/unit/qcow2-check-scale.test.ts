@@ -10,10 +10,10 @@ import { describe, expect, it } from 'vitest';
 import { MemoryStorage } from '../../src/protocols/memory.js';
 import '../../src/drivers.js';
 import { openImage, closeNode } from '../../src/block/open.js';
-import { bdrvPread, bdrvPwrite } from '../../src/block/io.js';
+import { bdrvPwrite } from '../../src/block/io.js';
 import { createImage, planCreate } from '../../src/img/create.js';
-import { checkImage } from '../../src/formats/qcow2/check.js';
 import { seededBytes } from '../helpers/qemu.js';
+import { check, guest } from '../helpers/qcow2-check.js';
 
 const none = { leaks: false, errors: false };
 const all = { leaks: true, errors: true };
@@ -27,23 +27,6 @@ async function make(size: number, options: string[], data?: Uint8Array): Promise
     await closeNode(bs);
   }
   return st;
-}
-
-async function check(st: MemoryStorage, fix: { leaks: boolean; errors: boolean }) {
-  const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: !(fix.leaks || fix.errors) });
-  try {
-    return await checkImage(bs, { fix });
-  } finally {
-    await closeNode(bs);
-  }
-}
-
-async function guest(st: MemoryStorage): Promise<Uint8Array> {
-  const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true });
-  const out = new Uint8Array(bs.totalBytes);
-  await bdrvPread(bs, 0, out.length, out);
-  await closeNode(bs);
-  return out;
 }
 
 /** The image's bytes, a DataView on them, and the host offsets of its active L2 entries in L1/L2 order. */

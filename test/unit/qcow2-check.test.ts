@@ -6,12 +6,10 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage } from '../../src/protocols/memory.js';
 import '../../src/drivers.js';
-import { openImage, closeNode } from '../../src/block/open.js';
-import { bdrvPread } from '../../src/block/io.js';
 import { createImage, planCreate } from '../../src/img/create.js';
-import { checkImage } from '../../src/formats/qcow2/check.js';
 import { faultyStorage } from '../../src/filters/fault.js';
 import { seededBytes } from '../helpers/qemu.js';
+import { check, guest } from '../helpers/qcow2-check.js';
 
 const CS = 65536;
 /** 1 MiB, metadata preallocated: 0 header, 1 refcount table, 2 refcount block, 3 L1, 4 L2, 5..20 data. */
@@ -37,23 +35,6 @@ function poke64(st: MemoryStorage, offset: number, hi: number, lo: number): void
   new DataView(b.buffer).setUint32(offset, hi);
   new DataView(b.buffer).setUint32(offset + 4, lo);
   st.put('a.qcow2', b);
-}
-
-async function check(st: MemoryStorage | ReturnType<typeof faultyStorage>, fix: { leaks: boolean; errors: boolean }) {
-  const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: !(fix.leaks || fix.errors) });
-  try {
-    return await checkImage(bs, { fix });
-  } finally {
-    await closeNode(bs);
-  }
-}
-
-async function guest(st: MemoryStorage): Promise<Uint8Array> {
-  const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true });
-  const out = new Uint8Array(bs.totalBytes);
-  await bdrvPread(bs, 0, out.length, out);
-  await closeNode(bs);
-  return out;
 }
 
 const none = { leaks: false, errors: false };

@@ -10,21 +10,12 @@ import * as path from 'node:path';
 import { FileStorage, openImage, closeNode } from '../../src/node.js';
 import { BlockBackend } from '../../src/block/backend.js';
 import { qemuImg, qemuImgRun, tmpDir, seededBytes } from '../helpers/qemu.js';
+import { rng } from '../helpers/random.js';
 
 const dir = tmpDir('qcow2-write-');
 const st = new FileStorage();
 let seq = 0;
 
-/** xorshift PRNG for workloads. */
-function rng(seed: number): () => number {
-  let x = seed | 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x100000000;
-  };
-}
 
 interface Case {
   opts: string;

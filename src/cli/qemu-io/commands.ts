@@ -17,6 +17,7 @@ import { isAllocated } from '../../block/status.js';
 import type { BlockNode } from '../../block/node.js';
 import { cvtnum, cvtnumError, cvtstr, dumpBuffer, elapsedSince, printReport } from './format.js';
 import { getopt, type GetoptEvent } from './getopt.js';
+import { dumpHuman, type QDict } from '../../img/qobject.js';
 
 /** Where a session's output goes: `out` is qemu-io's stdout, `err` its stderr. Text includes newlines. */
 export interface IoOutput {
@@ -574,25 +575,6 @@ function driverInfo(bs: BlockNode): { clusterSize: number; vmStateOffset: number
   return undefined;
 }
 
-/** QEMU's human dump of a QAPI object: "key: value", nested objects and lists indented by four. */
-function dumpObject(value: unknown, indent: number): string {
-  const pad = ' '.repeat(indent * 4);
-  const composite = (v: unknown): boolean => typeof v === 'object' && v !== null;
-  let out = '';
-  if (Array.isArray(value)) {
-    value.forEach((v, i) => {
-      out += `${pad}[${i}]:${composite(v) ? '\n' + dumpObject(v, indent + 1) : ' ' + String(v) + '\n'}`;
-    });
-  } else if (composite(value)) {
-    for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
-      if (v === undefined) continue;
-      const key = k.replace(/-/g, ' ');
-      out += `${pad}${key}:${composite(v) ? '\n' + dumpObject(v, indent + 1) : ' ' + String(v) + '\n'}`;
-    }
-  }
-  return out;
-}
-
 const infoCmd: CmdInfo = {
   name: 'info',
   altname: 'i',
@@ -607,7 +589,7 @@ const infoCmd: CmdInfo = {
     s.out(`cluster size: ${cvtstr(di.clusterSize)}\n`);
     s.out(`vm state offset: ${cvtstr(di.vmStateOffset)}\n`);
     const spec = bs.driver.getInfo?.(bs);
-    if (spec) s.out('Format specific information:\n' + dumpObject(spec.data, 1));
+    if (spec) s.out('Format specific information:\n' + dumpHuman(spec.data as QDict, 1));
     return 0;
   },
 };
