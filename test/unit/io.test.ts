@@ -60,3 +60,48 @@ describe('request path over raw/memory', () => {
     await bdrvPwrite(bs, 0, 4, new Uint8Array([1, 2, 3, 4]));
   });
 });
+
+describe('write-zeroes fallback', () => {
+  it('a zero write that arrives while a write-zeroes fallback is in flight is still detected as zeros', async () => {
+    // A protocol whose data writes wait until the test releases them, and whose
+    // write-zeroes are recorded: detection shows as a pwriteZeroes call.
+    const { BlockNode } = await import('../../src/block/node.js');
+    const { bdrvPwriteZeroes } = await import('../../src/block/io.js');
+    const gates: (() => void)[] = [];
+    const zeroCalls: number[] = [];
+    const data = new Uint8Array(8192).fill(0xaa);
+    const drv = {
+      name: 'gated',
+      kind: 'protocol' as const,
+      async open() {},
+      async preadv(_bs: unknown, offset: number, bytes: number, buf: Uint8Array) {
+        buf.set(data.subarray(offset, offset + bytes));
+      },
+      async pwritev(_bs: unknown, offset: number, bytes: number, buf: Uint8Array) {
+        await new Promise<void>((r) => gates.push(r));
+        data.set(buf.subarray(0, bytes), offset);
+      },
+      async pwriteZeroes(_bs: unknown, offset: number, bytes: number) {
+        zeroCalls.push(offset);
+        data.fill(0, offset, offset + bytes);
+      },
+    };
+    const bs = new BlockNode(drv, 'gated.img');
+    bs.totalBytes = data.length;
+    bs.limits.requestAlignment = 512;
+    bs.detectZeroes = 'unmap';
+    // Unaligned: the fallback writes a buffer of zeros through the data path (and waits at the gate).
+    const fallback = bdrvPwriteZeroes(bs, 100, 200);
+    while (gates.length < 1) await new Promise((r) => setTimeout(r, 0));
+    const zeroWrite = bdrvPwrite(bs, 2048, 512, new Uint8Array(512));
+    for (let settled = false; !settled; ) {
+      gates.splice(0).forEach((g) => g());
+      settled = await Promise.race([Promise.all([fallback, zeroWrite]).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5))]);
+    }
+    expect(zeroCalls).toEqual([2048]);
+    expect(bs.detectZeroes).toBe('unmap');
+    expect(data.subarray(100, 300).every((x) => x === 0)).toBe(true);
+    expect(data[99]).toBe(0xaa);
+    expect(data[300]).toBe(0xaa);
+  });
+});
