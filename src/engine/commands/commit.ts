@@ -20,11 +20,10 @@
 import { bdrvFlush } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { openContext, openImage } from '../../block/open.js';
-import { runCommit } from '../../jobs/commit.js';
-import type { Job } from '../../jobs/job.js';
+import type { CommitJobOptions } from '../../jobs/commit.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
-import { startJob } from './jobs.js';
+import { checkOnError, startJob } from './jobs.js';
 import type { QmpCommandTable } from './types.js';
 
 /** The node in `top`'s chain whose backing is `bs` (QEMU's bdrv_find_overlay). */
@@ -86,23 +85,29 @@ export async function reopenWritable(engine: Engine, base: BlockNode, overlay: B
   return { node: fresh, release: flipBack(fresh, true) };
 }
 
-/** The commit of the layers from `top` down to (not including) `base` into `base`, then the chain drops them. */
-async function commitIntermediate(engine: Engine, job: Job, overlay: BlockNode, top: BlockNode, base: BlockNode, backingFile: string | undefined): Promise<void> {
-  const w = await reopenWritable(engine, base, overlayOf(top, base)!);
-  try {
-    await runCommit(job, top, { base: w.node, baseWritable: w.node, keepTop: true });
-  } finally {
-    await w.release();
-  }
-  base = w.node;
-  // Data is stable in base; now the header, then the graph (a crash in between leaves the longer, still valid chain).
-  await overlay.driver.changeBackingFile!(overlay, backingFile ?? base.filename, base.driver.name);
-  const lowest = overlayOf(top, base)!;
-  overlay.detach('backing');
-  lowest.detach('backing');
-  overlay.attach(base, 'backing');
-  overlay.fullBackingFilename = base.filename;
-  if (top.parents.length === 0 && !engine.isMonitorOwned(top)) await engine.closeTree(top);
+/**
+ * The commit job's options for the layers from `top` down to (not including)
+ * `base`: base is reopened read-write for the copy; once the job is
+ * finalized the overlay of `top` names base and the committed layers leave
+ * the graph (data first, then the header, then the graph: a crash in between
+ * leaves the longer, still valid chain).
+ */
+function intermediateCommit(engine: Engine, overlay: BlockNode, top: BlockNode, base: BlockNode, backingFile: string | undefined): CommitJobOptions {
+  return {
+    top,
+    base,
+    keepTop: true,
+    acquireBase: () => reopenWritable(engine, base, overlayOf(top, base)!),
+    async prepare(written) {
+      await overlay.driver.changeBackingFile!(overlay, backingFile ?? written.filename, written.driver.name);
+      const lowest = overlayOf(top, written)!;
+      overlay.detach('backing');
+      lowest.detach('backing');
+      overlay.attach(written, 'backing');
+      overlay.fullBackingFilename = written.filename;
+      if (top.parents.length === 0 && !engine.isMonitorOwned(top)) await engine.closeTree(top);
+    },
+  };
 }
 
 export const commitCommands: QmpCommandTable = {
@@ -163,16 +168,16 @@ export const commitCommands: QmpCommandTable = {
       const overlay = overlayOf(root, top)!;
       if (overlay.readOnly) throw genericError(`Block node '${engine.nameOf(overlay)}' is read-only: cannot change its backing file`, 'EROFS');
       if (!overlay.driver.changeBackingFile) throw genericError(`The ${overlay.driver.name} format of '${engine.nameOf(overlay)}' cannot change its backing file`, 'ENOTSUP');
+      checkOnError(args['on-error']);
       const id = (args['job-id'] as string | undefined) ?? device;
-      const t = top;
-      const b = base;
       startJob(engine, {
         id,
         type: 'commit',
         device: id,
-        blockJob: true,
-        autoDismiss: args['auto-dismiss'] !== false,
-        body: (job) => commitIntermediate(engine, job, overlay, t, b, args['backing-file'] as string | undefined),
+        speed: args.speed as number | undefined,
+        autoFinalize: args['auto-finalize'] as boolean | undefined,
+        autoDismiss: args['auto-dismiss'] as boolean | undefined,
+        options: intermediateCommit(engine, overlay, top, base, args['backing-file'] as string | undefined),
       });
     },
   },
