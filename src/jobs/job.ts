@@ -56,18 +56,19 @@ const TRANSITIONS: Readonly<Record<JobStatus, readonly JobStatus[]>> = {
   null: [],
 };
 
-const ACTIVE: readonly JobStatus[] = ['created', 'running', 'paused', 'ready', 'standby', 'waiting', 'pending'];
+/** Before the job's work is over: the states that take pause, resume and set-speed. */
+const WORKING: readonly JobStatus[] = ['created', 'running', 'paused', 'ready', 'standby', 'waiting'];
 
-/** The states in which each verb is accepted (QEMU's JobVerbTable). */
+/** The states in which each verb is accepted (QEMU 7.2's JobVerbTable, checked against qemu-system-x86_64). */
 const VERBS: Readonly<Record<JobVerb, readonly JobStatus[]>> = {
-  cancel: ACTIVE,
-  pause: ACTIVE,
-  resume: ACTIVE,
-  'set-speed': ACTIVE,
+  cancel: [...WORKING, 'pending'],
+  pause: WORKING,
+  resume: WORKING,
+  'set-speed': WORKING,
   complete: ['ready'],
   finalize: ['pending'],
   dismiss: ['concluded'],
-  change: ['running', 'paused', 'ready', 'standby', 'waiting', 'pending'],
+  change: ['running', 'paused', 'ready', 'standby', 'waiting'],
 };
 
 export function isLegalTransition(from: JobStatus, to: JobStatus): boolean {
@@ -164,6 +165,7 @@ export class Job {
   private wake: (() => void) | null = null;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private finalizeGate: (() => void) | null = null;
+  private nextDelay = 0;
   private done: Promise<void> | null = null;
 
   constructor(
@@ -338,24 +340,23 @@ export class Job {
   }
 
   /**
-   * Between chunks: waits as long as the speed limit asks (sleeping again
-   * after an early wake-up), honours pause, and throws ECANCELED once the
-   * job was cancelled (QEMU's block_job_ratelimit_sleep plus the loop's
-   * cancel check).
+   * Between chunks: sleeps as long as the speed limit asked after the last
+   * chunk moved, honours pause, and throws ECANCELED once the job was
+   * cancelled (QEMU 7.2's stream/commit loop head). A wake-up (pause and
+   * resume, a new speed) ends the sleep: the next chunk goes, then the
+   * limit is asked again.
    */
   async rateLimitSleep(): Promise<void> {
-    let delay: number;
-    do {
-      delay = this.limit.delay(0);
-      await this.sleep(delay);
-    } while (delay > 0 && !this.isCancelled);
+    const delay = this.nextDelay;
+    this.nextDelay = 0;
+    await this.sleep(delay);
     this.throwIfCancelled();
   }
 
-  /** Accounts `bytes` of progress; `moved` bytes count against the speed limit. */
+  /** Accounts `bytes` of progress; `moved` bytes count against the speed limit (the delay is slept at the next rateLimitSleep). */
   progress(bytes: number, moved = bytes): void {
     this.current += bytes;
-    if (moved > 0) this.limit.delay(moved);
+    this.nextDelay = moved > 0 ? this.limit.delay(moved) : 0;
   }
 
   /** The simple form for bodies that do not throttle: progress, then a pause point and the cancel check. */
@@ -403,8 +404,9 @@ export class Job {
 
   /** job-resume / block-job-resume. */
   userResume(): void {
-    this.checkVerb('resume');
+    // QEMU asks "was it paused" before the verb table.
     if (!this.userPausedFlag) throw new BlockError('EINVAL', "Can't resume a job that was not paused");
+    this.checkVerb('resume');
     this.userPausedFlag = false;
     this.resume();
   }

@@ -23,7 +23,7 @@ import { openContext, openImage } from '../../block/open.js';
 import type { CommitJobOptions } from '../../jobs/commit.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
-import { checkOnError, startJob } from './jobs.js';
+import { checkNotInJob, checkOnError, startJob } from './jobs.js';
 import type { QmpCommandTable } from './types.js';
 
 /** The node in `top`'s chain whose backing is `bs` (QEMU's bdrv_find_overlay). */
@@ -169,8 +169,15 @@ export const commitCommands: QmpCommandTable = {
       if (overlay.readOnly) throw genericError(`Block node '${engine.nameOf(overlay)}' is read-only: cannot change its backing file`, 'EROFS');
       if (!overlay.driver.changeBackingFile) throw genericError(`The ${overlay.driver.name} format of '${engine.nameOf(overlay)}' cannot change its backing file`, 'ENOTSUP');
       checkOnError(args['on-error']);
+      const nodes: BlockNode[] = [];
+      for (let n: BlockNode | null = top; n; n = n.cowNode()) {
+        checkNotInJob(engine, n);
+        nodes.push(n);
+        if (n === base) break;
+      }
       const id = (args['job-id'] as string | undefined) ?? device;
       startJob(engine, {
+        nodes,
         id,
         type: 'commit',
         device: id,

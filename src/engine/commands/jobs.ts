@@ -25,6 +25,8 @@ interface Running {
   device: string;
   blockJob: boolean;
   done: Promise<void>;
+  /** Nodes the job works on; other block jobs may not use them until it concluded (QEMU's op blockers). */
+  nodes: BlockNode[];
 }
 
 const registry = new WeakMap<Engine, Map<string, Running>>();
@@ -58,6 +60,19 @@ export function engineJobs(engine: Engine): Job[] {
   return [...jobsOf(engine).values()].map((r) => r.job);
 }
 
+/**
+ * QEMU's op blocker for block jobs: a node a running block job works on
+ * cannot be the subject of another one ("Node … is busy").
+ */
+export function checkNotInJob(engine: Engine, bs: BlockNode): void {
+  for (const r of jobsOf(engine).values()) {
+    if (r.job.status !== 'concluded' && r.job.status !== 'null' && r.nodes.includes(bs)) {
+      const name = engine.deviceOf(bs) ?? engine.nameOf(bs);
+      throw genericError(`Node '${name}' is busy: block device is in use by block job: ${r.job.type}`, 'EBUSY');
+    }
+  }
+}
+
 /** QEMU's id_wellformed. */
 const ID_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 
@@ -75,6 +90,8 @@ export interface StartJobOptions<O> {
   autoDismiss?: boolean;
   /** Speed limit, bytes/s. */
   speed?: number;
+  /** Nodes the job works on (blocked for other block jobs while it runs). */
+  nodes?: BlockNode[];
 }
 
 /**
@@ -100,13 +117,14 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
         if (j.status === 'null') jobsOf(engine).delete(j.id);
       },
       ready: block ? (j) => engine.emit('BLOCK_JOB_READY', blockJobData(j)) : undefined,
-      pending: block ? (j) => engine.emit('BLOCK_JOB_PENDING', { type: j.type, id: j.id }) : undefined,
+      // QEMU announces the pending state only when the user has to finalize.
+      pending: block && o.autoFinalize === false ? (j) => engine.emit('BLOCK_JOB_PENDING', { type: j.type, id: j.id }) : undefined,
       completed: block ? (j) => engine.emit('BLOCK_JOB_COMPLETED', { ...blockJobData(j), ...(j.error ? { error: j.error.message } : {}) }) : undefined,
       cancelled: block ? (j) => engine.emit('BLOCK_JOB_CANCELLED', blockJobData(j)) : undefined,
       ioError: block ? (_j, operation) => engine.emit('BLOCK_JOB_ERROR', { device: o.device, operation, action: 'report' }) : undefined,
     },
   });
-  const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve() };
+  const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [] };
   jobsOf(engine).set(o.id, entry);
   // Failures surface through the events and query-jobs, not as an unhandled rejection.
   entry.done = job.start(driver).catch(() => {});
@@ -166,8 +184,12 @@ export const jobCommands: QmpCommandTable = {
         for (let n = top.cowNode(); n; n = n.cowNode()) if (n.filename === args.base || engine.nameOf(n) === args.base) base = n;
         if (!base) throw genericError(`Can't find '${args.base as string}' in the backing chain`);
       }
+      for (let n: BlockNode | null = top; n && n !== base; n = n.cowNode()) checkNotInJob(engine, n);
       if (top.readOnly) throw genericError(`Device '${device}' is read only`, 'EROFS');
+      const nodes: BlockNode[] = [];
+      for (let n: BlockNode | null = top; n && n !== base; n = n.cowNode()) nodes.push(n);
       startJob(engine, {
+        nodes,
         id,
         type: 'stream',
         device: id,
@@ -177,7 +199,8 @@ export const jobCommands: QmpCommandTable = {
         options: {
           top,
           base,
-          backingFile: args['backing-file'] as string | undefined,
+          // QEMU writes base's filename as the node has it, unless told otherwise.
+          backingFile: (args['backing-file'] as string | undefined) ?? base?.filename,
           dropped: async (below: BlockNode) => {
             if (below.parents.length === 0) await engine.closeTree(below);
           },

@@ -1,0 +1,127 @@
+/**
+ * The job state machine against QEMU 7.2 itself: the same QMP script runs
+ * through `qemu-system-x86_64 -qmp stdio` and through Engine.execute on twin
+ * chains made by qemu-img, and the transcripts (replies, and the events each
+ * command caused, timestamps masked) must be equal — status changes, verb
+ * refusals, the pause/resume/cancel/finalize/dismiss replies, query-jobs and
+ * query-block-jobs members (offset, len, speed, busy, paused…), and the
+ * BLOCK_JOB_* events. Jobs start with speed 1 byte/s, so both sides copy one
+ * chunk and then sleep: the states in between are deterministic.
+ * Afterwards, the images the two sides left are compared with qemu-img.
+ */
+import { describe, expect, it } from 'vitest';
+import * as path from 'node:path';
+import { FileStorage } from '../../src/node.js';
+import { Engine } from '../../src/engine/index.js';
+import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { engineTranscript, haveQemuSystem, qemuTranscript, type QmpCommandLine } from '../helpers/qmp.js';
+
+/** base (4 MiB of 0x01) ← mid (0x03 at 1–2 MiB) ← top (0x02 in the first 64 KiB), twice: s* for stream, c* for commit. */
+function makeChains(dir: string): void {
+  const at = (n: string) => path.join(dir, n);
+  for (const k of ['s', 'c']) {
+    qemuImg(['create', '-f', 'qcow2', at(`${k}base.qcow2`), '4M']);
+    qemuIo(at(`${k}base.qcow2`), ['write -P 1 0 4M'], 'qcow2');
+    qemuImg(['create', '-f', 'qcow2', '-b', `${k}base.qcow2`, '-F', 'qcow2', at(`${k}mid.qcow2`)]);
+    qemuIo(at(`${k}mid.qcow2`), ['write -P 3 1M 1M'], 'qcow2');
+    qemuImg(['create', '-f', 'qcow2', '-b', `${k}mid.qcow2`, '-F', 'qcow2', at(`${k}top.qcow2`)]);
+    qemuIo(at(`${k}top.qcow2`), ['write -P 2 0 64k'], 'qcow2');
+  }
+}
+
+const add = (dir: string, name: string, backing?: string): QmpCommandLine => ({
+  execute: 'blockdev-add',
+  arguments: {
+    driver: 'qcow2',
+    'node-name': name,
+    file: { driver: 'file', filename: path.join(dir, `${name}.qcow2`) },
+    ...(backing ? { backing } : {}),
+  },
+});
+
+function script(dir: string): QmpCommandLine[] {
+  const x = (execute: string, args?: Record<string, unknown>): QmpCommandLine => (args ? { execute, arguments: args } : { execute });
+  return [
+    add(dir, 'sbase'),
+    add(dir, 'smid', 'sbase'),
+    add(dir, 'stop', 'smid'),
+    // stream mid into top, keeping base; throttled, manual finalize and dismiss
+    x('block-stream', { 'job-id': 's0', device: 'stop', 'base-node': 'sbase', speed: 1, 'auto-finalize': false, 'auto-dismiss': false }),
+    x('block-stream', { 'job-id': 's0', device: 'stop' }),
+    x('query-block-jobs'),
+    x('query-jobs'),
+    x('block-job-pause', { device: 's0' }),
+    x('block-job-pause', { device: 's0' }),
+    x('query-block-jobs'),
+    x('block-job-cancel', { device: 's0' }),
+    x('block-job-complete', { device: 's0' }),
+    x('job-complete', { id: 's0' }),
+    x('block-job-resume', { device: 's0' }),
+    x('block-job-resume', { device: 's0' }),
+    x('job-pause', { id: 's0' }),
+    x('job-resume', { id: 's0' }),
+    x('block-job-set-speed', { device: 's0', speed: -1 }),
+    x('job-finalize', { id: 's0' }),
+    x('job-dismiss', { id: 's0' }),
+    x('block-job-set-speed', { device: 's0', speed: 0 }),
+    x('query-jobs'),
+    x('query-block-jobs'),
+    x('block-job-set-speed', { device: 's0', speed: 5 }),
+    x('job-pause', { id: 's0' }),
+    x('job-resume', { id: 's0' }),
+    x('job-finalize', { id: 's0' }),
+    x('query-block-jobs'),
+    x('job-cancel', { id: 's0' }),
+    x('block-job-dismiss', { id: 's0' }),
+    x('query-jobs'),
+    // commit of the middle layer: first cancelled while throttled, then run to the end
+    add(dir, 'cbase'),
+    add(dir, 'cmid', 'cbase'),
+    add(dir, 'ctop', 'cmid'),
+    x('block-commit', { 'job-id': 'c0', device: 'ctop', 'top-node': 'cmid', 'base-node': 'cbase', speed: 1 }),
+    x('query-block-jobs'),
+    x('job-cancel', { id: 'c0' }),
+    x('query-jobs'),
+    x('block-commit', { 'job-id': 'c2', device: 'ctop', 'top-node': 'cmid', 'base-node': 'cbase', 'auto-finalize': false }),
+    x('query-block-jobs'),
+    x('job-cancel', { id: 'c2' }),
+    x('block-commit', { 'job-id': 'c1', device: 'ctop', 'top-node': 'cmid', 'base-node': 'cbase', 'auto-dismiss': false }),
+    x('query-jobs'),
+    x('job-dismiss', { id: 'c1' }),
+    // unknown jobs
+    x('block-job-cancel', { device: 'nojob' }),
+    x('job-cancel', { id: 'nojob' }),
+    x('job-dismiss', { id: 'nojob' }),
+    x('block-job-set-speed', { device: 'nojob', speed: 1 }),
+    // a create job is a job but not a block job
+    x('blockdev-create', { 'job-id': 'mk', options: { driver: 'file', filename: path.join(dir, 'new.img'), size: 0 } }),
+    x('block-job-pause', { device: 'mk' }),
+    x('query-jobs'),
+    x('job-dismiss', { id: 'mk' }),
+  ];
+}
+
+describe.runIf(haveQemuSystem())('jobs over QMP, against qemu-system-x86_64', () => {
+  it('stream, commit and create jobs: every reply and event as QEMU 7.2', async () => {
+    const qd = tmpDir('qmpjobs-q-');
+    const ed = tmpDir('qmpjobs-e-');
+    makeChains(qd);
+    makeChains(ed);
+    const theirs = await qemuTranscript(script(qd), { cwd: qd });
+    const engine = new Engine({ storages: { file: new FileStorage() } });
+    const ours = await engineTranscript(engine, script(ed));
+    await engine.dispose();
+    // Step by step, so a failure names the command.
+    for (let i = 0; i < theirs.length; i++) expect({ i, ...ours[i] }).toEqual({ i, ...theirs[i] });
+    // Both sides left the same images: top streamed onto base, cbase holding cmid's data, ctop on cbase.
+    for (const f of ['stop.qcow2', 'cbase.qcow2', 'ctop.qcow2']) {
+      expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'qcow2', path.join(qd, f), path.join(ed, f)])).toContain('Images are identical');
+    }
+    const backing = (d: string, f: string) => (JSON.parse(qemuImg(['info', '--output=json', path.join(d, f)])) as Record<string, unknown>)['backing-filename'];
+    // Both wrote base's filename as the node has it (the absolute path blockdev-add gave).
+    for (const [f, b] of [['stop.qcow2', 'sbase.qcow2'], ['ctop.qcow2', 'cbase.qcow2']] as const) {
+      expect(backing(ed, f)).toBe(path.join(ed, b));
+      expect(backing(qd, f)).toBe(path.join(qd, b));
+    }
+  });
+});
