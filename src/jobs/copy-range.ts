@@ -6,7 +6,9 @@
  * every byte), reporting each chunk to the job. Between chunks the job sleeps
  * as its speed limit asks, pauses, or stops when cancelled — after a chunk,
  * never in the middle of one. With `zeroDetect` (stream), all-zero chunks are
- * written as zeros.
+ * written as zeros; with `copyOnRead` (stream: the data is what the target
+ * already shows) the target's dirty bitmaps and written offset skip the
+ * writes, as QEMU's copy-on-read path does.
  */
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
@@ -22,7 +24,7 @@ export async function copyAllocated(
   allocatedIn: (offset: number, bytes: number) => Promise<{ allocated: boolean; pnum: number }>,
   from: BlockNode,
   to: BlockNode,
-  opts: { zeroDetect?: boolean } = {},
+  opts: { zeroDetect?: boolean; copyOnRead?: boolean } = {},
 ): Promise<void> {
   job.total = size;
   const buf = allocBuffer(Math.min(JOB_CHUNK, Math.max(size, 1)));
@@ -41,8 +43,9 @@ export async function copyAllocated(
         }
         try {
           // Stream copies as QEMU's copy-on-read does: an all-zero chunk becomes a zero write.
-          if (opts.zeroDetect && bufferIsZero(chunk)) await bdrvPwriteZeroes(to, offset, n);
-          else await bdrvPwrite(to, offset, n, chunk);
+          const flags = { copyOnRead: opts.copyOnRead };
+          if (opts.zeroDetect && bufferIsZero(chunk)) await bdrvPwriteZeroes(to, offset, n, flags);
+          else await bdrvPwrite(to, offset, n, chunk, flags);
         } catch (e) {
           throw job.ioError('write', e);
         }

@@ -59,7 +59,7 @@ export function streamDriver(top: BlockNode, o: StreamOptions): JobDriver {
           },
           top,
           top,
-          { zeroDetect: true },
+          { zeroDetect: true, copyOnRead: true },
         );
         await bdrvFlush(top);
       } else {

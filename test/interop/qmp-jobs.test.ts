@@ -9,12 +9,13 @@
  * chunk and then sleep: the states in between are deterministic.
  * Afterwards, the images the two sides left are compared with qemu-img.
  */
+/* eslint-disable @typescript-eslint/no-explicit-any */
 import { describe, expect, it } from 'vitest';
 import * as path from 'node:path';
 import { FileStorage } from '../../src/node.js';
 import { Engine } from '../../src/engine/index.js';
 import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
-import { engineTranscript, haveQemuSystem, qemuTranscript, type QmpCommandLine } from '../helpers/qmp.js';
+import { engineTranscript, haveQemuSystem, qemuTranscript, type QmpCommandLine, type QmpStep } from '../helpers/qmp.js';
 
 /** base (4 MiB of 0x01) ← mid (0x03 at 1–2 MiB) ← top (0x02 in the first 64 KiB), twice: s* for stream, c* for commit. */
 function makeChains(dir: string): void {
@@ -34,7 +35,7 @@ const add = (dir: string, name: string, backing?: string): QmpCommandLine => ({
   arguments: {
     driver: 'qcow2',
     'node-name': name,
-    file: { driver: 'file', filename: path.join(dir, `${name}.qcow2`) },
+    file: { driver: 'file', 'node-name': `${name}-file`, filename: path.join(dir, `${name}.qcow2`) },
     ...(backing ? { backing } : {}),
   },
 });
@@ -123,5 +124,48 @@ describe.runIf(haveQemuSystem())('jobs over QMP, against qemu-system-x86_64', ()
       expect(backing(ed, f)).toBe(path.join(ed, b));
       expect(backing(qd, f)).toBe(path.join(qd, b));
     }
+  });
+});
+
+/** Per node: its dirty bitmaps (query-named-block-nodes) and wr_highest_offset (query-blockstats), for the named nodes. */
+function nodeFacts(steps: QmpStep[]): Record<string, unknown> {
+  const [nodes, stats] = steps.slice(-2).map((st) => (st.reply as { return: Record<string, any>[] }).return);
+  const out: Record<string, unknown> = {};
+  for (const n of nodes!) if (!String(n['node-name']).startsWith('#')) out[`${n['node-name']}:bitmaps`] = n['dirty-bitmaps'] ?? [];
+  for (const st of stats!) if (!String(st['node-name']).startsWith('#')) out[`${st['node-name']}:wr_highest_offset`] = st.stats.wr_highest_offset;
+  return out;
+}
+
+describe.runIf(haveQemuSystem())('job writes go through the block layer, as QEMU', () => {
+  it('a bitmap on the commit base sees the committed ranges; the stream target's stays clean (copy-on-read); wr_highest_offset counts job writes', async () => {
+    const qd = tmpDir('qmpjobs-q-');
+    const ed = tmpDir('qmpjobs-e-');
+    makeChains(qd);
+    makeChains(ed);
+    const x = (execute: string, args: Record<string, unknown>): QmpCommandLine => ({ execute, arguments: args });
+    const cmds = (dir: string) => [
+      ...['c', 's'].flatMap((k) => [add(dir, `${k}base`), add(dir, `${k}mid`, `${k}base`), add(dir, `${k}top`, `${k}mid`)]),
+      x('block-dirty-bitmap-add', { node: 'cbase', name: 'committed' }),
+      x('block-dirty-bitmap-add', { node: 'stop', name: 'streamed', granularity: 4096 }),
+      x('block-commit', { 'job-id': 'c', device: 'ctop', 'top-node': 'cmid', 'base-node': 'cbase' }),
+      x('block-stream', { 'job-id': 's', device: 'stop', 'base-node': 'sbase' }),
+      x('query-named-block-nodes', { flat: true }),
+      x('query-blockstats', { 'query-nodes': true }),
+    ];
+    const theirs = await qemuTranscript(cmds(qd), { cwd: qd });
+    const engine = new Engine({ storages: { file: new FileStorage() } });
+    const ours = await engineTranscript(engine, cmds(ed));
+    await engine.dispose();
+    for (let i = 0; i < theirs.length - 2; i++) expect({ i, ...ours[i] }).toEqual({ i, ...theirs[i] });
+    const facts = nodeFacts(ours);
+    expect(facts).toEqual(nodeFacts(theirs));
+    // What the facts say, independently of QEMU: cmid's 1 MiB at 1 MiB went into cbase, marked in its bitmap.
+    // Stream copies what stop already shows (QEMU's copy-on-read): stop's bitmap stays clean and its
+    // written offset 0, while its file node counts the writes.
+    expect(facts['cbase:bitmaps']).toMatchObject([{ name: 'committed', count: 1024 * 1024 }]);
+    expect(facts['cbase:wr_highest_offset']).toBe(2 * 1024 * 1024);
+    expect(facts['stop:bitmaps']).toMatchObject([{ name: 'streamed', count: 0 }]);
+    expect(facts['stop:wr_highest_offset']).toBe(0);
+    expect(facts['stop-file:wr_highest_offset']).toBeGreaterThan(1024 * 1024);
   });
 });

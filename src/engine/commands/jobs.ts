@@ -202,7 +202,8 @@ export const jobCommands: QmpCommandTable = {
           // QEMU writes base's filename as the node has it, unless told otherwise.
           backingFile: (args['backing-file'] as string | undefined) ?? base?.filename,
           dropped: async (below: BlockNode) => {
-            if (below.parents.length === 0) await engine.closeTree(below);
+            // Nodes the monitor added stay until blockdev-del, as in QEMU.
+            if (below.parents.length === 0 && !engine.isMonitorOwned(below)) await engine.closeTree(below);
           },
         },
       });
