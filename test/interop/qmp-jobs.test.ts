@@ -137,7 +137,7 @@ function nodeFacts(steps: QmpStep[]): Record<string, unknown> {
 }
 
 describe.runIf(haveQemuSystem())('job writes go through the block layer, as QEMU', () => {
-  it('a bitmap on the commit base sees the committed ranges; the stream target's stays clean (copy-on-read); wr_highest_offset counts job writes', async () => {
+  it("a bitmap on the commit base sees the committed ranges; the stream target's one stays clean (copy-on-read); wr_highest_offset counts job writes", async () => {
     const qd = tmpDir('qmpjobs-q-');
     const ed = tmpDir('qmpjobs-e-');
     makeChains(qd);
