@@ -243,14 +243,6 @@ export class Job {
     return this.done;
   }
 
-  /** Settles when the job concluded (never rejects); undefined before start. */
-  get finished(): Promise<void> | undefined {
-    return this.done?.then(
-      () => {},
-      () => {},
-    );
-  }
-
   private async main(driver: JobDriver): Promise<void> {
     let err: BlockError | undefined;
     try {
@@ -259,8 +251,8 @@ export class Job {
     } catch (e) {
       err = asBlockError(e);
     }
+    // QEMU's job_update_rc: a cancelled job that did not fail otherwise fails with ECANCELED.
     if (!err && this.isCancelled) err = new BlockError('ECANCELED', CANCELED_MESSAGE);
-    if (err?.code === 'ECANCELED' && this.isCancelled) err = new BlockError('ECANCELED', CANCELED_MESSAGE, { cause: err });
     if (!err) {
       this.transition('waiting');
       this.transition('pending');
@@ -294,7 +286,7 @@ export class Job {
       await driver.clean?.(this);
     } finally {
       this.running = false;
-      if (err?.code === 'ECANCELED') this.events.cancelled?.(this);
+      if (this.isCancelled) this.events.cancelled?.(this);
       else this.events.completed?.(this);
       this.transition('concluded');
       if (this.autoDismiss) this.transition('null');
