@@ -103,6 +103,8 @@ export class DirtyBitmapList implements WriteObserver {
   readonly bitmaps: BdrvDirtyBitmap[] = [];
   /** An observer that was on the node before us keeps being told. */
   private readonly chained: WriteObserver | null;
+  /** Unnamed observers of the node's writes (a job tracking what changes while it runs); not bitmaps users see. */
+  readonly observers = new Set<WriteObserver>();
 
   constructor(bs: BlockNode, chained: WriteObserver | null) {
     this.bs = bs;
@@ -111,6 +113,7 @@ export class DirtyBitmapList implements WriteObserver {
 
   markDirty(offset: number, bytes: number): void {
     this.chained?.markDirty(offset, bytes);
+    for (const o of this.observers) o.markDirty(offset, bytes);
     if (bytes <= 0) return;
     for (const bm of this.bitmaps) {
       if (bm.disabled) continue;
@@ -127,6 +130,13 @@ function listOf(bs: BlockNode): DirtyBitmapList {
   const list = new DirtyBitmapList(bs, bs.dirtyBitmaps);
   bs.dirtyBitmaps = list;
   return list;
+}
+
+/** Tells `observer` about every write that lands on `bs` from now on; returns the function that stops it. */
+export function addWriteObserver(bs: BlockNode, observer: WriteObserver): () => void {
+  const list = listOf(bs);
+  list.observers.add(observer);
+  return () => list.observers.delete(observer);
 }
 
 function bitmapsOf(bs: BlockNode): BdrvDirtyBitmap[] {

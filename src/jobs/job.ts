@@ -65,7 +65,7 @@ const VERBS: Readonly<Record<JobVerb, readonly JobStatus[]>> = {
   pause: WORKING,
   resume: WORKING,
   'set-speed': WORKING,
-  complete: ['ready'],
+  complete: ['ready', 'standby'],
   finalize: ['pending'],
   dismiss: ['concluded'],
   change: ['running', 'paused', 'ready', 'standby', 'waiting'],

@@ -10,8 +10,10 @@ import { BlockError } from '../block/errors.js';
 import type { JobDriver } from './job.js';
 
 export interface JobTypeDescriptor<O = never> {
-  /** QAPI JobType: what query-jobs' `type` and BLOCK_JOB_* events' `type` say. */
+  /** The registry's key; also the QAPI JobType unless `qapiType` says otherwise. */
   type: string;
+  /** QAPI JobType (query-jobs' and BLOCK_JOB_* events' `type`) when it differs from `type` (active commit reports "commit"). */
+  qapiType?: string;
   /** Listed by query-block-jobs, sends BLOCK_JOB_* events, takes block-job-* verbs. */
   blockJob: boolean;
   /** Has QEMU's ready phase: reaches 'ready' and finishes on job-complete. */

@@ -106,7 +106,7 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
   const driver = desc.driver(o.options);
   const blockJobData = (j: Job) => ({ type: j.type, device: o.device, len: j.total, offset: j.current, speed: j.speed });
   const block = desc.blockJob;
-  const job = new Job(o.id, desc.type, {
+  const job = new Job(o.id, desc.qapiType ?? desc.type, {
     autoFinalize: o.autoFinalize,
     autoDismiss: o.autoDismiss,
     speed: o.speed,
