@@ -7,16 +7,15 @@
  * ready ends the job without the pivot, base holding a consistent copy.
  *
  * Writes to the top are tracked from the job's start by a write observer
- * (src/block/dirty-bitmap.ts) feeding a private HBitmap; a tracked range is
+ * (src/block/dirty-bitmap.ts) feeding a private, unlisted bitmap; a tracked range is
  * cleared before it is read, so a write landing during the copy marks it
  * again and is copied in a later round.
  */
 import { allocBuffer, freeBuffer } from '../block/buffers.js';
-import { addWriteObserver } from '../block/dirty-bitmap.js';
+import { addWriteObserver, BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { isAllocatedAbove } from '../block/status.js';
-import { HBitmap } from '../wasm/hbitmap.js';
 import { copyAllocated, JOB_CHUNK } from './copy-range.js';
 import type { Job, JobDriver } from './job.js';
 import { registerJobType } from './registry.js';
@@ -39,7 +38,7 @@ export interface ActiveCommitOptions {
 
 export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
   let held: { node: BlockNode; release(): Promise<void> } | undefined;
-  let tracker: HBitmap | undefined;
+  let tracker: BdrvDirtyBitmap | undefined;
   let stopTracking: (() => void) | undefined;
   let completeRequested = false;
   let pivoted = false;
@@ -51,7 +50,7 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
       for (;;) {
         const area = tracker!.nextDirtyArea(0, tracker!.size, JOB_CHUNK);
         if (!area) return;
-        tracker!.reset(area.offset, area.bytes);
+        tracker!.bitmap.reset(area.offset, area.bytes);
         job.total += area.bytes;
         const chunk = buf.subarray(0, area.bytes);
         try {
@@ -77,8 +76,8 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
       held = o.acquireBase ? await o.acquireBase() : { node: o.base, release: () => bdrvFlush(o.base) };
       const size = o.top.totalBytes;
       if (held.node.totalBytes < size) await bdrvTruncate(held.node, size, false, 'off');
-      tracker = new HBitmap(size, Math.log2(TRACK_GRANULARITY));
-      const t = tracker;
+      tracker = new BdrvDirtyBitmap('', size, TRACK_GRANULARITY);
+      const t = tracker.bitmap;
       stopTracking = addWriteObserver(o.top, {
         markDirty(offset, bytes) {
           const end = Math.min(offset + bytes, t.size);
@@ -106,7 +105,7 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
     },
     async clean() {
       stopTracking?.();
-      tracker?.free();
+      tracker?.bitmap.free();
       if (held && !pivoted) await held.release();
     },
     complete() {
