@@ -50,18 +50,26 @@ export async function qemuTranscript(cmds: QmpCommandLine[], opts: { cwd?: strin
   const settle = () => new Promise((r) => setTimeout(r, opts.settleMs ?? 200));
   await next(); // greeting
   const steps: QmpStep[] = [];
-  const send = async (c: QmpCommandLine): Promise<QmpStep> => {
-    const step: QmpStep = { cmd: c.execute, reply: { return: {} }, events: [] };
+  /** Sends one command; events that arrive before its reply go to `events`. */
+  const roundTrip = async (c: QmpCommandLine, events: QmpStep['events']): Promise<QmpStep['reply']> => {
     p.stdin.write(JSON.stringify(c) + '\n');
     for (;;) {
       const m = await next();
-      if ('event' in m) step.events.push({ event: m.event as string, data: m.data as Record<string, unknown> });
-      else {
-        step.reply = m as QmpStep['reply'];
-        break;
-      }
+      if ('event' in m) events.push({ event: m.event as string, data: m.data as Record<string, unknown> });
+      else return m as QmpStep['reply'];
     }
+  };
+  const send = async (c: QmpCommandLine): Promise<QmpStep> => {
+    const step: QmpStep = { cmd: c.execute, reply: { return: {} }, events: [] };
+    step.reply = await roundTrip(c, step.events);
+    // Settle: wait, then until no block job is busy (a loaded machine may need longer than the wait);
+    // these polls are not part of the transcript, the events they see are.
     await settle();
+    for (let i = 0; i < 50; i++) {
+      const r = (await roundTrip({ execute: 'query-block-jobs' }, step.events)) as { return?: { busy: boolean }[] };
+      if (!r.return?.some((j) => j.busy)) break;
+      await settle();
+    }
     while (queue.length) {
       const m = queue.shift()!;
       step.events.push({ event: m.event as string, data: m.data as Record<string, unknown> });
