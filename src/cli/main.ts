@@ -9,7 +9,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { UsageError } from './args.js';
-import { initWasm } from '../wasm/index.js';
+import { initWasm } from '../runtime.js';
 import '../node.js'; // Node's drivers and C zlib for compressed writes
 
 /** Where commands write; tests and the top level pass process streams. */
