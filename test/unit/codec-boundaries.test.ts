@@ -42,6 +42,19 @@ describe('src/wasm is a leaf', () => {
     expect(bad).toEqual([]);
   });
 
+  it('entry points load wasm through src/runtime.ts (which installs the buffer provider)', () => {
+    const direct: string[] = [];
+    for (const f of [...sources('src'), ...sources('bench')]) {
+      if (f.includes(`${path.sep}wasm${path.sep}`) || f.endsWith(`${path.sep}runtime.ts`)) continue;
+      const text = fs.readFileSync(f, 'utf8');
+      if (/import\s*\{[^}]*\binitWasm\b[^}]*\}\s*from\s*['"][^'"]*wasm\/(index|module)\.js['"]/.test(text)) direct.push(path.relative(repoRoot, f));
+    }
+    expect(direct).toEqual([]);
+    for (const entry of ['src/cli/main.ts', 'src/worker/engine-worker.ts', 'src/index.ts']) {
+      expect(specifiers(fs.readFileSync(path.join(repoRoot, entry), 'utf8')).map((s) => s.spec), entry).toContain(entry === 'src/index.ts' ? './runtime.js' : '../runtime.js');
+    }
+  });
+
   it('the specifier scanner sees the imports it must see', () => {
     const sample = "import { a } from '../block/errors.js';\nexport { b } from './b.js';\nimport './side.js';\nconst m = await import('../x.js');\n";
     expect(specifiers(sample).map((s) => s.spec)).toEqual(['../block/errors.js', './b.js', './side.js', '../x.js']);
