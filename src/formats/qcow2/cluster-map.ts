@@ -26,6 +26,8 @@ import {
 } from './l2-scan.js';
 import {
   entryHasOffset,
+  entryHi,
+  entryLo,
   l2AllocBitmap,
   l2Copied,
   l2HostOffset,
@@ -33,7 +35,6 @@ import {
   parseCompressedDescriptor,
   type CompressedDescriptor,
 } from './l2-entry.js';
-import { be } from './header.js';
 import { l1Offset, type Qcow2State } from './state.js';
 
 /** QEMU's QCow2SubclusterType, with the L2_* values of l2-scan.ts. */
@@ -120,7 +121,7 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
 
     if (kind === L2_COMPRESSED) {
       const p = idx * s.l2EntryBytes;
-      const compressed = parseCompressedDescriptor(be.u32(data, p), be.u32(data, p + 4), s.clusterBits);
+      const compressed = parseCompressedDescriptor(entryHi(data, p), entryLo(data, p), s.clusterBits);
       return { type: L2_COMPRESSED, bytes: Math.min(bytes, cs - inCluster), host: 0, compressed, toSliceEnd: false };
     }
 
@@ -146,7 +147,7 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
       const p = idx * 16;
       const zeroBits = l2ZeroBitmap(data, idx);
       const allocBits = l2AllocBitmap(data, idx);
-      const offsetSet = hostZeroAllocated || entryHasOffset(be.u32(data, p), be.u32(data, p + 4));
+      const offsetSet = hostZeroAllocated || entryHasOffset(entryHi(data, p), entryLo(data, p));
       if ((zeroBits & allocBits) !== 0 || (!offsetSet && allocBits !== 0)) {
         throw corrupt(s, `Invalid cluster entry found (${entryAt()}, guest offset ${hex(offset)})`);
       }
