@@ -111,7 +111,8 @@ export function entryHasOffset(hi: number, lo: number): boolean {
  * aligned: exact integer arithmetic on the halves (a hot path of check).
  */
 export function entryClusterIndex(hi: number, lo: number, clusterBits: number): number {
-  return (hi & OFFSET_MASK_HI) * 2 ** (32 - clusterBits) + (lo >>> clusterBits);
+  // clusterBits >= 9, so 1 << (32 - clusterBits) is an exact small integer.
+  return (hi & OFFSET_MASK_HI) * (1 << (32 - clusterBits)) + (lo >>> clusterBits);
 }
 
 /** `hi` of a standard entry naming `offset` (bits 9..55), with COPIED when asked. */
