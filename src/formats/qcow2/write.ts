@@ -355,7 +355,13 @@ async function writeOneCompressed(s: Qcow2State, off: number, packed: Uint8Array
     const coffset = await allocateBytes(s, packed.length);
     await checkDataOverlap(s, coffset, packed.length);
     await bdrvPwrite(s.file, coffset, packed.length, packed);
-    const { hi, lo } = encodeCompressedEntry(coffset, packed.length, s.clusterBits);
+    let e: { hi: number; lo: number };
+    try {
+      e = encodeCompressedEntry(coffset, packed.length, s.clusterBits);
+    } catch (err) {
+      throw new BlockError('EFBIG', `${s.image}: compressed cluster at host offset ${hex(coffset)} (${packed.length} bytes) cannot be described by an L2 entry with ${s.clusterSize}-byte clusters`, { cause: err });
+    }
+    const { hi, lo } = e;
     writeL2Entry(slice.data, idx, ext, { hi, lo, zero: 0, alloc: 0 });
     s.l2Cache.markDirty(slice);
   } finally {
