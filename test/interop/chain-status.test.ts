@@ -73,7 +73,7 @@ const cases: ChainCase[] = [
     base: 'cluster_size=4096',
     mid: 'cluster_size=65536',
     top: 'cluster_size=4096',
-    size: '3146240', // 3 MiB + 1 KiB
+    size: '3146752', // 3 MiB + 1 KiB
     midCmds: ['write -P 0x91 3145728 1024', 'write -P 0x92 100k 1k'],
     flipAt: 3145728 + 600,
   },
