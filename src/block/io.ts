@@ -5,18 +5,12 @@
  * They turn what a caller asks into what a driver accepts: requests are
  * aligned to `limits.requestAlignment` by read-modify-write, split at
  * `limits.maxTransfer`, checked against the node's size and read-only state,
-<<<<<<< HEAD
- * and overlapping read-modify-write cycles are serialised (tracked requests),
- * so two unaligned writes to the same block never lose each other's bytes.
- * Successful writes are reported to the node's dirty bitmaps and raise its
- * highest written offset (QEMU's bdrv_co_write_req_finish), whoever wrote:
- * a user, a device, or a job.
-=======
  * and read-modify-write cycles are serialised against every overlapping
  * request (tracked requests), so neither another unaligned write nor an
  * aligned one to the same block loses its bytes.
- * Successful writes are reported to the node's dirty bitmaps.
->>>>>>> h-gaps
+ * Successful writes are reported to the node's dirty bitmaps and raise its
+ * highest written offset (QEMU's bdrv_co_write_req_finish), whoever wrote:
+ * a user, a device, or a job.
  */
 import { BlockError, hex } from './errors.js';
 import type { WriteFlags, PreallocMode } from './driver.js';
