@@ -24,7 +24,7 @@
  * capacity costs nothing for a small working set.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { registerDriver, type BlockDriver, type DriverInfo } from '../../block/driver.js';
+import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
@@ -61,6 +61,9 @@ import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
 import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot } from './snapshot.js';
 import { qcow2ChangeBackingFile } from './change-backing.js';
+import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage } from './create-options.js';
+import { qcow2Measure } from './measure.js';
+import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
@@ -360,6 +363,12 @@ export const qcow2Driver: BlockDriver = {
   changeBackingFile(bs, backingFile, backingFormat) {
     return qcow2ChangeBackingFile(bs, bs.state<Qcow2State>(), backingFile, backingFormat);
   },
-};
 
-registerDriver(qcow2Driver);
+  // What qemu-img needs per format: create-options.ts (create, amend), measure.ts, make-empty.ts.
+  createOptions: QCOW2_CREATE_OPTS,
+  create: qcow2CreateImage,
+  measure: qcow2Measure,
+  amendOptions: QCOW2_AMEND_OPTS,
+  amend: qcow2AmendImage,
+  makeEmpty: qcow2MakeEmpty,
+};
