@@ -90,6 +90,12 @@ export interface ImageCreateRequest {
   openFile(option: string): Promise<BlockNode>;
 }
 
+/**
+ * A member type in QEMU's QAPI schema, as blockdev-add checks it: a node
+ * reference (`BlockdevRef`, a node name or nested options), `…OrNull`, an enum.
+ */
+export type QapiMemberType = 'str' | 'int' | 'bool' | 'any' | 'BlockdevRef' | 'BlockdevRefOrNull' | { enum: readonly string[] };
+
 /** qemu-img measure's answer (QAPI BlockMeasureInfo). */
 export interface MeasureResult {
   required: number;
@@ -108,6 +114,14 @@ export interface BlockDriver {
   readonly supportsCompressedWrites?: boolean;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
+
+  /**
+   * blockdev-add's members for this format (QAPI BlockdevOptions<Format>), as
+   * QAPI's JSON writes them (`'*name'` for optional ones). The engine checks
+   * them; the driver's `open` gets the values. Without it a format takes
+   * `file`, and `backing` when it supports backing files.
+   */
+  readonly blockdevOptions?: Readonly<Record<string, QapiMemberType>>;
 
   /**
    * How sure the driver is that `head` (the first bytes of the image, at most

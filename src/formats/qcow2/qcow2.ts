@@ -16,6 +16,10 @@
  *   metadata.ts         request lock, header fields, dirty/corrupt bits, overlap checks
  *   snapshot-table.ts   internal snapshot table
  *   bitmap-directory.ts persistent bitmap directory (for info)
+ *   create-options.ts   qemu-img create / amend: option tables, values → create.ts / amend.ts
+ *   measure.ts          qemu-img measure
+ *   make-empty.ts       bdrv_make_empty (commit empties its top image with it)
+ *   index.ts            the entry: registers the driver (the only file others import)
  *
  * Defaults (QEMU's, block/qcow2.c read_cache_sizes): l2-cache-entry-size is
  * min(4 KiB, cluster size); l2-cache-size is what maps the whole virtual disk
@@ -137,6 +141,21 @@ export const qcow2Driver: BlockDriver = {
   kind: 'format',
   supportsBacking: true,
   supportsCompressedWrites: true,
+  // QAPI BlockdevOptionsQcow2 (the members blockdev-add accepts).
+  blockdevOptions: {
+    file: 'BlockdevRef',
+    '*backing': 'BlockdevRefOrNull',
+    '*lazy-refcounts': 'bool',
+    '*pass-discard-request': 'bool',
+    '*pass-discard-snapshot': 'bool',
+    '*pass-discard-other': 'bool',
+    '*overlap-check': 'any',
+    '*cache-size': 'int',
+    '*l2-cache-size': 'int',
+    '*l2-cache-entry-size': 'int',
+    '*refcount-cache-size': 'int',
+    '*cache-clean-interval': 'int',
+  },
 
   probe(head) {
     if (head.length < 8) return 0;

@@ -44,6 +44,7 @@ async function refreshSize(bs: BlockNode): Promise<number> {
 export const rawDriver: BlockDriver = {
   name: 'raw',
   kind: 'format',
+  blockdevOptions: { file: 'BlockdevRef', '*offset': 'int', '*size': 'int' },
   probe: () => 1,
   async open(bs, options) {
     const offset = toInt(options.offset, 'offset', bs) ?? 0;
