@@ -68,7 +68,7 @@ export interface CheckResult {
 export interface ImageCreateRequest {
   /** The new image's name as the caller spelled it: for messages, and names the image stores are relative to it. */
   filename: string;
-  /** Virtual size in bytes: a safe integer >= 0, not rounded (the format rounds as it must). */
+  /** Virtual size in bytes, a safe integer, not rounded (the format rounds as it must); >= 0 from qemu-img, QAPI's int as given from blockdev-create. */
   size: number;
   /**
    * The creation options, parsed against the driver's `createOptions` followed

@@ -67,7 +67,7 @@ export function qcow2OptionsFromValues(values: OptionValues, size: number, origi
   if (origin === 'blockdev-create') {
     // qcow2_co_create's own checks on BlockdevCreateOptionsQcow2.
     if (values.has('encryption')) throw new BlockError('ENOTSUP', 'encrypted qcow2 images are not supported');
-    if (size % 512 !== 0) throw new BlockError('EINVAL', 'Image size must be a multiple of 512 bytes');
+    if (size < 0 || size % 512 !== 0) throw new BlockError('EINVAL', 'Image size must be a multiple of 512 bytes');
     if (values.has('backing_fmt') && !values.has('backing_file')) throw new BlockError('EINVAL', 'Backing format cannot be used without backing file');
     if (optBool(values, 'data_file_raw') === true && !values.has('data_file')) throw new BlockError('EINVAL', 'data-file-raw requires data-file');
   }
