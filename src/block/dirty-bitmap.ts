@@ -18,6 +18,20 @@
 import { BlockError } from './errors.js';
 import type { BlockNode, WriteObserver } from './node.js';
 import { HBitmap, type DirtyArea } from '../wasm/hbitmap.js';
+import { WasmError } from '../wasm/errors.js';
+
+/**
+ * Runs an HBitmap operation that user input can reach, turning the wasm
+ * layer's WasmError into a BlockError with the same code and message.
+ */
+function viaBitmap<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof WasmError) throw new BlockError(e.code, e.message, { cause: e });
+    throw e;
+  }
+}
 
 /** QEMU's BDRV_BITMAP_MAX_NAME_SIZE. */
 export const BITMAP_MAX_NAME_SIZE = 1023;
@@ -46,7 +60,7 @@ export class BdrvDirtyBitmap {
 
   constructor(name: string, size: number, granularity: number) {
     this.name = name;
-    this.bitmap = new HBitmap(size, Math.log2(granularity));
+    this.bitmap = viaBitmap(() => new HBitmap(size, Math.log2(granularity)));
   }
 
   /** Bytes per bit. */
@@ -297,10 +311,10 @@ export function mergeDirtyBitmaps(bs: BlockNode, target: string, sources: MergeS
       );
     }
   }
-  for (const src of srcs) dst.bitmap.merge(src.bitmap);
+  for (const src of srcs) viaBitmap(() => dst.bitmap.merge(src.bitmap));
 }
 
 /** Resizes every bitmap of the node with it (QEMU's bdrv_dirty_bitmap_truncate); call after a successful truncate. */
 export function truncateDirtyBitmaps(bs: BlockNode, size: number): void {
-  for (const bm of bitmapsOf(bs)) bm.bitmap.truncate(size);
+  for (const bm of bitmapsOf(bs)) viaBitmap(() => bm.bitmap.truncate(size));
 }
