@@ -356,3 +356,17 @@ export async function bdrvGetLength(bs: BlockNode): Promise<number> {
   if (bs.driver.getLength) bs.totalBytes = await bs.driver.getLength(bs);
   return bs.totalBytes;
 }
+
+/**
+ * Empties the image (QEMU's bdrv_make_empty): every cluster dropped, so the
+ * node reads through to its backing file. Like any write it is reported to
+ * the node's dirty bitmaps (the whole disk changed), then flushed.
+ */
+export async function bdrvMakeEmpty(bs: BlockNode): Promise<void> {
+  checkRange(bs, 0, bs.totalBytes, 'make-empty');
+  checkWritable(bs, 'make-empty');
+  if (!bs.driver.makeEmpty) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} format cannot be emptied`);
+  await bs.driver.makeEmpty(bs);
+  if (bs.totalBytes > 0) bs.dirtyBitmaps?.markDirty(0, bs.totalBytes);
+  await bdrvFlush(bs);
+}
