@@ -83,16 +83,16 @@ export interface GrainMarker {
   type: number;
 }
 
-function u64(dv: DataView, at: number, image: string, field: string): number {
+function u64(dv: DataView, at: number, image: string, field: string, allowAtEnd = false): number {
   const lo = dv.getUint32(at, true);
   const hi = dv.getUint32(at + 4, true);
-  if (hi === 0xffffffff && lo === 0xffffffff) return -1;
+  if (allowAtEnd && hi === 0xffffffff && lo === 0xffffffff) return VMDK4_GD_AT_END;
   if (hi >= 0x200000) throw new BlockError('EINVAL', `${image}: VMDK header field ${field} at ${hex(at)} is too large (${hex(hi)}${lo.toString(16).padStart(8, '0')})`);
   return hi * 0x100000000 + lo;
 }
 
 function putU64(dv: DataView, at: number, v: number): void {
-  if (v === -1) {
+  if (v === VMDK4_GD_AT_END) {
     dv.setUint32(at, 0xffffffff, true);
     dv.setUint32(at + 4, 0xffffffff, true);
     return;
@@ -115,7 +115,7 @@ export function parseSparseExtentHeader(buf: Uint8Array, image: string): SparseE
     descriptorSize: u64(dv, 36, image, 'descriptorSize'),
     numGTEsPerGT: dv.getUint32(44, true),
     rgdOffset: u64(dv, 48, image, 'rgdOffset'),
-    gdOffset: u64(dv, 56, image, 'gdOffset'),
+    gdOffset: u64(dv, 56, image, 'gdOffset', true),
     overHead: u64(dv, 64, image, 'overHead'),
     uncleanShutdown: dv.getUint8(72),
     compressAlgorithm: dv.getUint16(77, true),
