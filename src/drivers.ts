@@ -7,3 +7,4 @@ import './formats/raw/raw.js';
 import './formats/qcow2/qcow2.js';
 import './protocols/memory.js';
 import './formats/vmdk/vmdk.js';
+import './formats/vhdx/vhdx.js';
