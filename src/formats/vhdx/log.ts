@@ -98,11 +98,13 @@ export function serializeLogEntryHeader(h: LogEntryHeader, buf: Uint8Array, at: 
 
 export function parseLogDescriptor(buf: Uint8Array, at: number, where: string): LogDescriptor {
   const dv = new DataView(buf.buffer, buf.byteOffset + at, VHDX_LOG_DESC_SIZE);
+  const signature = dv.getUint32(0, true);
   return {
-    signature: dv.getUint32(0, true),
+    signature,
     trailingBytes: buf.slice(at + 4, at + 8),
     leadingBytes: buf.slice(at + 8, at + 16),
-    zeroLength: u64(dv, 8, `${where}: ZeroLength`),
+    // ZeroLength shares its bytes with LeadingBytes: only a zero descriptor has one.
+    zeroLength: signature === VHDX_LOG_ZERO_SIGNATURE ? u64(dv, 8, `${where}: ZeroLength`) : 0,
     fileOffset: u64(dv, 16, `${where}: FileOffset`),
     sequenceNumber: dv.getBigUint64(24, true),
   };

@@ -191,7 +191,7 @@ async function parseLog(bs: BlockNode, s: VhdxState): Promise<void> {
   if (bs.readOnly) {
     throw new BlockError(
       'EPERM',
-      `VHDX image file '${s.image}' opened read-only, but contains a log that needs to be replayed.  To replay the log, execute:\n qemu-img check -r all '${s.image}'`,
+      `VHDX image file '${s.image}' opened read-only, but contains a log that needs to be replayed\nTo replay the log, run:\nqemu-img check -r all '${s.image}'`,
     );
   }
   await replayLog(bs, s, seq);
