@@ -13,7 +13,7 @@
 import { inflate } from 'pako';
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvPread } from '../../block/io.js';
+import { bdrvPread, bdrvPwrite } from '../../block/io.js';
 import {
   MARKER_END_OF_STREAM,
   MARKER_FOOTER,
@@ -49,6 +49,11 @@ export interface VmdkExtent {
   l1TableOffset: number;
   /** Grain directory entries (sector offsets of grain tables). */
   l1Table: Uint32Array;
+  /** The redundant grain directory (byte offset 0 when there is none) and its entries. */
+  l1BackupTableOffset: number;
+  l1BackupTable: Uint32Array | null;
+  /** Next free sector for a new grain (QEMU's next_cluster_sector). */
+  nextClusterSector: number;
   /** Guest sectors one grain directory entry covers. */
   l1EntrySectors: number;
   /** Entries per grain table. */
@@ -92,6 +97,9 @@ function makeExtent(partial: Partial<VmdkExtent> & { file: BlockNode; sectors: n
     flatStartOffset: 0,
     l1TableOffset: 0,
     l1Table: new Uint32Array(0),
+    l1BackupTableOffset: 0,
+    l1BackupTable: null,
+    nextClusterSector: 0,
     l1EntrySectors: 0,
     l2Size: 0,
     type: '',
@@ -116,13 +124,24 @@ async function finishSparse(ext: VmdkExtent, l1Size: number, name: string): Prom
   if (bytes > 0 && (ext.l1TableOffset >= fileLen || ext.l1TableOffset + bytes > fileLen)) {
     throw new BlockError('EINVAL', `${name}: grain directory at ${hex(ext.l1TableOffset)} (${bytes} bytes) is beyond the end of the file (${fileLen} bytes)`);
   }
-  const raw = new Uint8Array(bytes);
-  if (bytes) await bdrvPread(ext.file, ext.l1TableOffset, bytes, raw);
-  const dv = new DataView(raw.buffer);
-  const l1 = new Uint32Array(l1Size);
-  for (let i = 0; i < l1Size; i++) l1[i] = dv.getUint32(i * 4, true);
-  ext.l1Table = l1;
+  ext.l1Table = await readDirectory(ext, ext.l1TableOffset, l1Size);
+  if (ext.l1BackupTableOffset) {
+    if (ext.l1BackupTableOffset + bytes > fileLen) {
+      throw new BlockError('EINVAL', `${name}: redundant grain directory at ${hex(ext.l1BackupTableOffset)} (${bytes} bytes) is beyond the end of the file (${fileLen} bytes)`);
+    }
+    ext.l1BackupTable = await readDirectory(ext, ext.l1BackupTableOffset, l1Size);
+  }
+  ext.nextClusterSector = Math.ceil(Math.ceil(fileLen / SECTOR_SIZE) / ext.clusterSectors) * ext.clusterSectors;
   return ext;
+}
+
+async function readDirectory(ext: VmdkExtent, at: number, entries: number): Promise<Uint32Array> {
+  const raw = new Uint8Array(entries * 4);
+  if (raw.length) await bdrvPread(ext.file, at, raw.length, raw);
+  const dv = new DataView(raw.buffer);
+  const out = new Uint32Array(entries);
+  for (let i = 0; i < entries; i++) out[i] = dv.getUint32(i * 4, true);
+  return out;
 }
 
 /** Reads the footer of a stream-optimized extent (gdOffset = GD_AT_END): marker, header, end-of-stream. */
@@ -196,13 +215,14 @@ export async function openSparseExtent(file: BlockNode, head: Uint8Array, type: 
     hasMarker: (h.flags & VMDK4_FLAG_MARKER) !== 0,
     hasZeroGrain: (h.flags & VMDK4_FLAG_ZERO_GRAIN) !== 0,
     version: h.version,
+    // The redundant directory is kept up to date by writes; reads never need it.
+    l1BackupTableOffset: h.flags & VMDK4_FLAG_RGD ? h.rgdOffset * SECTOR_SIZE : 0,
     type,
   });
-  void VMDK4_FLAG_RGD; // the redundant directory is only written, never needed to read
   return { extent: await finishSparse(ext, l1Size, name) };
 }
 
-async function loadGrainTable(ext: VmdkExtent, l2Sector: number): Promise<Uint32Array> {
+export async function loadGrainTable(ext: VmdkExtent, l2Sector: number): Promise<Uint32Array> {
   const hit = ext.l2Cache.get(l2Sector);
   if (hit) {
     ext.l2Cache.delete(l2Sector);
@@ -315,4 +335,52 @@ export async function readCompressedGrain(ext: VmdkExtent, host: number): Promis
   if (out.length > grainBytes) out = out.subarray(0, grainBytes);
   ext.lastGrain = { host, data: out };
   return out;
+}
+
+/**
+ * Where guest offset `rel` of a sparse, uncompressed extent lives for a
+ * write: the grain's host offset, allocating it (whole, with `fill` giving
+ * the bytes around the write: the parent's or zeros) when it has none. The
+ * grain is written before the grain tables point at it, so a crash leaks a
+ * grain at worst.
+ */
+export async function allocateGrain(
+  ext: VmdkExtent,
+  rel: number,
+  fill: (grainStart: number, grain: Uint8Array, zeroed: boolean) => Promise<void>,
+): Promise<number> {
+  const name = ext.file.filename;
+  const sector = Math.floor(rel / SECTOR_SIZE);
+  const l1Index = Math.floor(sector / ext.l1EntrySectors);
+  if (l1Index >= ext.l1Table.length) throw new BlockError('EIO', `${name}: sector ${sector} is beyond the grain directory (${ext.l1Table.length} entries)`);
+  const l2Sector = ext.l1Table[l1Index]!;
+  if (l2Sector === 0) throw new BlockError('ENOTSUP', `${name}: grain directory entry ${l1Index} has no grain table; allocating grain tables is not supported`);
+  const table = await loadGrainTable(ext, l2Sector);
+  const l2Index = Math.floor(sector / ext.clusterSectors) % ext.l2Size;
+  const gte = table[l2Index]!;
+  const zeroed = ext.hasZeroGrain && gte === VMDK_GTE_ZEROED;
+  if (gte !== 0 && !zeroed) return gte * SECTOR_SIZE;
+  const grainBytes = ext.clusterSectors * SECTOR_SIZE;
+  if (ext.nextClusterSector + ext.clusterSectors > 0xffffffff) throw new BlockError('ENOSPC', `${name}: no room for another grain (grain table entries are 32-bit sectors)`);
+  const newSector = ext.nextClusterSector;
+  ext.nextClusterSector += ext.clusterSectors;
+  const grain = new Uint8Array(grainBytes);
+  await fill(Math.floor(rel / grainBytes) * grainBytes, grain, zeroed);
+  await bdrvPwrite(ext.file, newSector * SECTOR_SIZE, grainBytes, grain);
+  await setGrainTableEntry(ext, l1Index, l2Sector, l2Index, newSector);
+  return newSector * SECTOR_SIZE;
+}
+
+/** Points grain table entry `l2Index` of directory entry `l1Index` at `value`, in both directories. */
+export async function setGrainTableEntry(ext: VmdkExtent, l1Index: number, l2Sector: number, l2Index: number, value: number): Promise<void> {
+  const entry = new Uint8Array(4);
+  new DataView(entry.buffer).setUint32(0, value >>> 0, true);
+  await bdrvPwrite(ext.file, l2Sector * SECTOR_SIZE + l2Index * 4, 4, entry);
+  const backup = ext.l1BackupTable?.[l1Index];
+  if (backup) {
+    await bdrvPwrite(ext.file, backup * SECTOR_SIZE + l2Index * 4, 4, entry);
+    ext.l2Cache.get(backup)?.set([value >>> 0], l2Index);
+  }
+  ext.l2Cache.get(l2Sector)?.set([value >>> 0], l2Index);
+  if (ext.lastGrain) ext.lastGrain = null;
 }

@@ -22,12 +22,13 @@
 import { BlockError } from '../../block/errors.js';
 import { registerDriver, type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvPread, readBacking } from '../../block/io.js';
+import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
 import { closeNode, openOwnedFile } from '../../block/open.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { DESCRIPTOR_FILE_CREATE_TYPES, MAX_DESCRIPTOR_BYTES, parseDescriptor, type Descriptor } from './descriptor.js';
-import { flatExtent, grainRun, openSparseExtent, readCompressedGrain, readData, type VmdkExtent } from './extent.js';
+import { allocateGrain, flatExtent, grainRun, loadGrainTable, openSparseExtent, readCompressedGrain, readData, setGrainTableEntry, type VmdkExtent } from './extent.js';
+import { VMDK_GTE_ZEROED } from './sparse-header.js';
 import { SECTOR_SIZE, VMDK3_MAGIC, VMDK4_MAGIC } from './sparse-header.js';
 
 /** Bytes of descriptor QEMU reads for CID, parentCID and parentFileNameHint. */
@@ -44,6 +45,8 @@ export interface VmdkState {
   descOffset: number;
   /** Set once the parent's CID was found to match (QEMU's cid_checked). */
   cidChecked: boolean;
+  /** Set once the first write gave the image a new CID (QEMU's cid_updated). */
+  cidUpdated: boolean;
 }
 
 function decodeText(buf: Uint8Array): string {
@@ -213,9 +216,11 @@ export const vmdkDriver: BlockDriver = {
       const meta = parseDescriptor(await readText(file, descOffset, DESC_SIZE - 1), `${image}: descriptor at 0x${descOffset.toString(16)}`);
       if (meta.cid === undefined) throw new BlockError('EINVAL', `${image}: the descriptor at 0x${descOffset.toString(16)} has no CID`);
       if (meta.parentCid === undefined) throw new BlockError('EINVAL', `${image}: the descriptor at 0x${descOffset.toString(16)} has no parentCID`);
-      const s: VmdkState = { extents, ownedFiles: owned, createType, cid: meta.cid, parentCid: meta.parentCid, descOffset, cidChecked: false };
+      const s: VmdkState = { extents, ownedFiles: owned, createType, cid: meta.cid, parentCid: meta.parentCid, descOffset, cidChecked: false, cidUpdated: false };
       bs.opaque = s;
       bs.totalBytes = end * SECTOR_SIZE;
+      const grains = extents.filter((e) => !e.flat).map((e) => e.clusterSectors * SECTOR_SIZE);
+      if (grains.length) bs.limits = { ...bs.limits, pwriteZeroesAlignment: Math.max(...grains) };
       if (meta.parentFileNameHint !== undefined) {
         bs.backingFile = meta.parentFileNameHint;
         bs.backingFormat = 'vmdk';
@@ -268,6 +273,70 @@ export const vmdkDriver: BlockDriver = {
           break;
       }
       done += n;
+    }
+  },
+
+  async pwritev(bs, offset, bytes, buf) {
+    const s = bs.state<VmdkState>();
+    await updateCid(bs, s);
+    let done = 0;
+    while (done < bytes) {
+      const off = offset + done;
+      const ext = findExtent(s, off);
+      const extStart = (ext.endSector - ext.sectors) * SECTOR_SIZE;
+      const rel = off - extStart;
+      const left = Math.min(bytes - done, ext.endSector * SECTOR_SIZE - off);
+      if (ext.compressed) throw new BlockError('ENOTSUP', `${bs.filename}: writes to a stream-optimized extent are not supported`);
+      if (ext.flat) {
+        await bdrvPwrite(ext.file, ext.flatStartOffset + rel, left, buf.subarray(done, done + left));
+        done += left;
+        continue;
+      }
+      const grainBytes = ext.clusterSectors * SECTOR_SIZE;
+      const inGrain = rel % grainBytes;
+      const n = Math.min(left, grainBytes - inGrain);
+      const data = buf.subarray(done, done + n);
+      let fresh = false;
+      const host = await allocateGrain(ext, rel, async (grainStart, grain, zeroed) => {
+        fresh = true;
+        const guest = extStart + grainStart;
+        if (bs.backing && !zeroed) {
+          checkParentCid(bs, s);
+          await readBacking(bs, guest, Math.min(grainBytes, bs.totalBytes - guest), grain);
+        }
+        grain.set(data, inGrain);
+      });
+      if (!fresh) await bdrvPwrite(ext.file, host + inGrain, n, data);
+      done += n;
+    }
+  },
+
+  async pwriteZeroes(bs, offset, bytes) {
+    // Zeroed grains (zeroed_grain=on) make whole grains read as zeros without data; anything else
+    // is written as zeros by the core, as QEMU's vmdk_pwrite_zeroes answers ENOTSUP.
+    const s = bs.state<VmdkState>();
+    const plan: { ext: VmdkExtent; l1Index: number; l2Sector: number; l2Index: number }[] = [];
+    for (let done = 0; done < bytes; ) {
+      const off = offset + done;
+      const ext = findExtent(s, off);
+      const extStart = (ext.endSector - ext.sectors) * SECTOR_SIZE;
+      const grainBytes = ext.clusterSectors * SECTOR_SIZE;
+      const rel = off - extStart;
+      const n = Math.min(grainBytes, ext.endSector * SECTOR_SIZE - off);
+      if (ext.flat || ext.compressed || !ext.hasZeroGrain || rel % grainBytes !== 0 || bytes - done < n) {
+        throw new BlockError('ENOTSUP', `${bs.filename}: cannot mark this range as zeroed grains`);
+      }
+      const sector = rel / SECTOR_SIZE;
+      const l1Index = Math.floor(sector / ext.l1EntrySectors);
+      const l2Sector = ext.l1Table[l1Index] ?? 0;
+      if (!l2Sector) throw new BlockError('ENOTSUP', `${bs.filename}: no grain table for sector ${sector}`);
+      plan.push({ ext, l1Index, l2Sector, l2Index: Math.floor(sector / ext.clusterSectors) % ext.l2Size });
+      done += n;
+    }
+    await updateCid(bs, s);
+    for (const p of plan) {
+      await loadGrainTable(p.ext, p.l2Sector);
+      await setGrainTableEntry(p.ext, p.l1Index, p.l2Sector, p.l2Index, VMDK_GTE_ZEROED);
     }
   },
 
@@ -334,6 +403,26 @@ export const vmdkDriver: BlockDriver = {
     return { clusterSize: same && !first!.flat ? first!.clusterSectors * SECTOR_SIZE : undefined, isDirty: false };
   },
 };
+
+/** The first write gives the image a new CID (QEMU's vmdk_write_cid), so children see their parent changed. */
+async function updateCid(bs: BlockNode, s: VmdkState): Promise<void> {
+  if (s.cidUpdated) return;
+  s.cidUpdated = true;
+  const file = bs.file!.node;
+  const text = await readText(file, s.descOffset, DESC_SIZE);
+  const end = text.indexOf('\0') >= 0 ? text.indexOf('\0') : text.length;
+  const body = text.slice(0, end);
+  const m = /^CID=[0-9a-fA-F]*$/m.exec(body);
+  if (!m) throw new BlockError('EINVAL', `${bs.filename}: the descriptor at 0x${s.descOffset.toString(16)} has no CID line to update`);
+  const cid = (Math.random() * 0x100000000) >>> 0;
+  const line = `CID=${cid.toString(16).padStart(8, '0')}`;
+  let next = body.slice(0, m.index) + line + body.slice(m.index + m[0].length);
+  if (next.length < body.length) next = next + '\n'.repeat(body.length - next.length);
+  const bytes = new Uint8Array(next.length);
+  for (let i = 0; i < next.length; i++) bytes[i] = next.charCodeAt(i) & 0xff;
+  await bdrvPwrite(file, s.descOffset, bytes.length, bytes);
+  s.cid = cid;
+}
 
 function checkCreateType(image: string, desc: Descriptor): string {
   const ct = desc.createType;
