@@ -77,6 +77,7 @@ import {
   PAYLOAD_BLOCK_ZERO,
   parseBatEntry,
   payloadIndex,
+  serializeBatEntry,
   SB_BLOCK_PRESENT,
   VHDX_BLOCK_SIZE_MAX,
   VHDX_BLOCK_SIZE_MIN,
@@ -108,6 +109,8 @@ export interface VhdxState {
   logReplayedOnOpen: boolean;
   /** Sector bitmap blocks read so far (differencing images), by BAT index. */
   bitmaps: Map<number, Uint8Array>;
+  /** Cleared by the first guest-visible write, which gets a new DataWriteGuid (QEMU's first_visible_write). */
+  firstVisibleWrite: boolean;
 }
 
 /** The largest BAT we hold in memory (a 64 TiB disk of 1 MiB blocks needs 512 MiB; QEMU holds it too). */
@@ -150,7 +153,7 @@ async function readHeaders(file: BlockNode, image: string): Promise<{ headers: [
 }
 
 /** Writes the non-current header as the new current one (QEMU's vhdx_update_header). */
-async function updateHeader(bs: BlockNode, s: VhdxState, logGuid: string | null): Promise<void> {
+async function updateHeader(bs: BlockNode, s: VhdxState, logGuid: string | null, newDataWriteGuid = false): Promise<void> {
   const file = bs.file!.node;
   const active = s.headers[s.currentHeader]!;
   const idx: 0 | 1 = s.currentHeader === 0 ? 1 : 0;
@@ -158,6 +161,7 @@ async function updateHeader(bs: BlockNode, s: VhdxState, logGuid: string | null)
     ...active,
     sequenceNumber: active.sequenceNumber + 1n,
     fileWriteGuid: s.sessionGuid,
+    dataWriteGuid: newDataWriteGuid ? randomGuid() : active.dataWriteGuid,
     logGuid: logGuid ?? active.logGuid,
   };
   const at = idx === 0 ? VHDX_HEADER1_OFFSET : VHDX_HEADER2_OFFSET;
@@ -168,9 +172,9 @@ async function updateHeader(bs: BlockNode, s: VhdxState, logGuid: string | null)
 }
 
 /** Both headers, as the specification asks after a change. */
-async function updateHeaders(bs: BlockNode, s: VhdxState, logGuid: string | null): Promise<void> {
-  await updateHeader(bs, s, logGuid);
-  await updateHeader(bs, s, logGuid);
+async function updateHeaders(bs: BlockNode, s: VhdxState, logGuid: string | null, newDataWriteGuid = false): Promise<void> {
+  await updateHeader(bs, s, logGuid, newDataWriteGuid);
+  await updateHeader(bs, s, logGuid, newDataWriteGuid);
 }
 
 /** QEMU's vhdx_parse_log: check the log fields; replay a pending log (read/write) or refuse (read-only). */
@@ -425,6 +429,7 @@ export const vhdxDriver: BlockDriver = {
       parentLocator: null,
       logReplayedOnOpen: false,
       bitmaps: new Map(),
+      firstVisibleWrite: true,
     };
     const h = headers[current]!;
     regionRegister(s, h.logOffset, h.logLength, 'log');
@@ -478,6 +483,48 @@ export const vhdxDriver: BlockDriver = {
         out.fill(0);
       }
       done += run.bytes;
+    }
+  },
+
+  /**
+   * Writes guest data. A block without data gets a new one at the end of the
+   * file (1 MiB aligned, zero-filled by growing the file); the data goes in
+   * first and the BAT entry after it, so a crash can only leak a block. QEMU
+   * passes BAT updates through the log; we write the 8-byte entry in place.
+   */
+  async pwritev(bs, offset, bytes, buf) {
+    const s = bs.state<VhdxState>();
+    const file = bs.file!.node;
+    if (s.params.hasParent) throw new BlockError('ENOTSUP', `${s.image}: writes to differencing VHDX images are not supported`);
+    if (s.firstVisibleWrite) {
+      s.firstVisibleWrite = false;
+      await updateHeaders(bs, s, null, true);
+    }
+    for (let done = 0; done < bytes; ) {
+      const off = offset + done;
+      const block = Math.floor(off / s.blockSize);
+      const inBlock = off - block * s.blockSize;
+      const n = Math.min(bytes - done, s.blockSize - inBlock);
+      const idx = payloadIndex(block, s.chunkRatio);
+      const e = parseBatEntry(s.bat, idx);
+      let host: number;
+      if (e.state === PAYLOAD_BLOCK_FULLY_PRESENT) {
+        host = e.fileOffset;
+      } else if (e.state === PAYLOAD_BLOCK_PARTIALLY_PRESENT) {
+        throw new BlockError('EIO', `${s.image}: BAT entry ${idx} is partially present in an image without a parent`);
+      } else {
+        host = Math.ceil(file.totalBytes / MiB) * MiB;
+        regionCheck(s, host, s.blockSize, `new block of BAT entry ${idx}`);
+        await bdrvTruncate(file, host + s.blockSize);
+        await bdrvPwrite(file, host + inBlock, n, buf.subarray(done, done + n));
+        serializeBatEntry({ state: PAYLOAD_BLOCK_FULLY_PRESENT, fileOffset: host }, s.bat, idx);
+        await bdrvFlush(file);
+        await bdrvPwrite(file, s.batOffset + idx * 8, 8, s.bat.subarray(idx * 8, idx * 8 + 8));
+        done += n;
+        continue;
+      }
+      await bdrvPwrite(file, host + inBlock, n, buf.subarray(done, done + n));
+      done += n;
     }
   },
 
