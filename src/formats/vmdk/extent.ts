@@ -32,6 +32,16 @@ import {
   type SparseExtentHeader,
 } from './sparse-header.js';
 
+/** zlib-wrapped inflate of one grain (pako by default; Node installs its C zlib, see src/node.ts). */
+export type ZlibInflate = (input: Uint8Array) => Uint8Array;
+const pakoInflate: ZlibInflate = (input) => inflate(input);
+let inflateImpl: ZlibInflate = pakoInflate;
+
+/** Swaps in a faster zlib inflate for stream-optimized grains (null restores pako). */
+export function installVmdkInflate(fn: ZlibInflate | null): void {
+  inflateImpl = fn ?? pakoInflate;
+}
+
 export interface VmdkExtent {
   file: BlockNode;
   flat: boolean;
@@ -327,7 +337,7 @@ export async function readCompressedGrain(ext: VmdkExtent, host: number): Promis
   }
   let out: Uint8Array;
   try {
-    out = inflate(data.subarray(0, dataLen));
+    out = inflateImpl(data.subarray(0, dataLen));
   } catch (e) {
     throw new BlockError('EIO', `${name}: compressed grain at ${hex(host)} does not decompress`, { cause: e });
   }
