@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FileStorage, openImage, closeNode, bdrvPwrite, bdrvPwriteZeroes } from '../../src/node.js';
 import { createVmdk, type VmdkCreateOptions } from '../../src/formats/vmdk/create.js';
-import { qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { seededBytes } from '../helpers/random.js';
 
 const st = new FileStorage();
@@ -121,4 +121,39 @@ describe('vmdk images blocktab writes, judged by qemu-img', () => {
     const map = qemuImg(['map', '--output=json', 'top.vmdk'], { cwd: dir });
     expect(map).toContain('"depth": 1');
   });
+
+  it('check agrees with qemu-img check: clean, -r (unsupported), and a grain beyond the end of the file', () => {
+    const dir = tmpDir();
+    qemuImg(['create', '-f', 'vmdk', 'c.vmdk', '4M'], { cwd: dir });
+    qemuIo('c.vmdk', ['write -P 0x21 0 256k'], 'vmdk', { cwd: dir });
+    const same = (args: string[]) => {
+      const b = blocktab(['check', ...args, 'c.vmdk'], { cwd: dir });
+      const q = qemuImgRun(['check', ...args, 'c.vmdk'], { cwd: dir });
+      expect(b.stdout).toBe(q.stdout);
+      expect(b.stderr.replace(/^blocktab: /gm, '')).toBe(q.stderr.replace(/^qemu-img: /gm, ''));
+      expect(b.status).toBe(q.status);
+      return q;
+    };
+    same([]);
+    same(['--output=json']);
+    same(['-r', 'all']);
+    // The second grain's table entry points far past the end of the file.
+    const f = path.join(dir, 'c.vmdk');
+    const fd = fs.openSync(f, 'r+');
+    const b = Buffer.alloc(4);
+    fs.readSync(fd, b, 0, 4, 56);
+    const gt = readGt(fd, b.readUInt32LE(0) * 512);
+    b.writeUInt32LE(0x7fffff00, 0);
+    fs.writeSync(fd, b, 0, 4, gt + 4);
+    fs.closeSync(fd);
+    const broken = same([]);
+    expect(broken.status).toBe(1);
+    expect(broken.stderr).toContain('ERROR: cluster offset for sector 128 points after EOF');
+  });
 });
+
+function readGt(fd: number, gd: number): number {
+  const b = Buffer.alloc(4);
+  fs.readSync(fd, b, 0, 4, gd);
+  return b.readUInt32LE(0) * 512;
+}
