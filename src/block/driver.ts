@@ -96,6 +96,19 @@ export interface ImageCreateRequest {
    * created or emptied, read-write. The caller closes it after `create`.
    */
   openFile(option: string): Promise<BlockNode>;
+  /**
+   * Creates (or empties) the further file `name`, relative to the image, and
+   * opens it read-write: files the format names itself (vmdk's extents).
+   * The caller closes it after `create`. Absent where the caller has no
+   * storage to make files in (blockdev-create).
+   */
+  createFile?(name: string): Promise<BlockNode>;
+  /**
+   * Opens the image `name`, relative to the new image (format `format`, or
+   * probed), read-only and without its backing chain: a parent the format
+   * records something of (vmdk's CID). The caller closes it after `create`.
+   */
+  openImage?(name: string, format?: string): Promise<BlockNode>;
 }
 
 /**

@@ -131,6 +131,18 @@ export async function createImage(storage: Storage, plan: CreatePlan): Promise<v
         opened.push(bs);
         return bs;
       },
+      async createFile(name) {
+        const resolved = storage.resolve(filename, name);
+        await storage.createFile!(resolved);
+        const bs = await storage.openProtocol(resolved, { readOnly: false });
+        opened.push(bs);
+        return bs;
+      },
+      async openImage(name, format) {
+        const bs = await openImage(storage, storage.resolve(filename, name), { format, readOnly: true, backing: false });
+        opened.push(bs);
+        return bs;
+      },
     });
     for (const bs of opened) await bdrvFlush(bs);
   } catch (e) {

@@ -16,7 +16,7 @@ export type { MeasureResult } from '../block/driver.js';
  * refuses to measure them, with this message rather than "Unknown file
  * format". A registered driver answers for itself (by having `measure` or not).
  */
-const QEMU_FORMATS_WITHOUT_MEASURE = ['vmdk', 'vpc', 'vhdx', 'vdi', 'qed', 'qcow', 'luks', 'parallels', 'cloop', 'dmg', 'bochs'];
+const QEMU_FORMATS_WITHOUT_MEASURE = ['vpc', 'vdi', 'qed', 'qcow', 'luks', 'parallels', 'cloop', 'dmg', 'bochs'];
 
 export interface MeasurePlan {
   driver: BlockDriver;

@@ -85,6 +85,7 @@ import {
   VHDX_MAX_SECTORS_PER_BLOCK,
 } from './bat.js';
 import { findActiveSequence, MAX_REPLAY_LOG_BYTES, VHDX_LOG_MIN_SIZE, type LogSequence } from './log.js';
+import { VHDX_CREATE_OPTS, vhdxCreateImage } from './create-options.js';
 
 export interface VhdxState {
   image: string;
@@ -400,6 +401,8 @@ export const vhdxDriver: BlockDriver = {
   name: 'vhdx',
   kind: 'format',
   supportsBacking: true,
+  createOptions: VHDX_CREATE_OPTS,
+  create: vhdxCreateImage,
 
   probe: (head) => (isVhdxSignature(head) ? 100 : 0),
 

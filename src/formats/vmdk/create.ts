@@ -9,13 +9,14 @@
  *
  * Options are qemu-img's: subformat, adapter_type (ide, lsilogic, buslogic,
  * legacyESX), hwversion, toolsversion, zeroed_grain, backing_file (a VMDK
- * whose CID becomes our parentCID). A plain function for now; it becomes the
- * driver's `create` hook when the contract has one.
+ * whose CID becomes our parentCID). create-options.ts turns qemu-img's
+ * option values into these and is the driver's `create` hook.
  */
 import { BlockError } from '../../block/errors.js';
 import type { Storage } from '../../block/open.js';
 import { openImage, closeNode, pathCombine } from '../../block/open.js';
 import { bdrvPwrite, bdrvTruncate, bdrvFlush } from '../../block/io.js';
+import type { BlockNode } from '../../block/node.js';
 import {
   SECTOR_SIZE,
   serializeSparseExtentHeader,
@@ -121,26 +122,63 @@ function ascii(s: string): Uint8Array {
   return b;
 }
 
+/** What creating a VMDK needs besides its own file: extent files beside it, and the parent's CID. */
+export interface VmdkCreateIo {
+  /** Creates the extent file `name` (relative to the image), opened read-write; the caller closes it. */
+  createExtent(name: string): Promise<BlockNode>;
+  /** Opens the backing image `name` (relative to the image) read-only; the caller closes it. */
+  openBacking(name: string): Promise<BlockNode>;
+}
+
+/** QEMU's filename_decompose: the extent name for a flat image is the base name's stem + "-flat" + its extension. */
+export function flatExtentName(filename: string): string {
+  const base = filename.slice(filename.lastIndexOf('/') + 1);
+  const dot = base.lastIndexOf('.');
+  return dot < 0 ? `${base}-flat` : `${base.slice(0, dot)}-flat${base.slice(dot)}`;
+}
+
 /** Creates a VMDK image `filename` of `size` bytes (rounded up to 512) in `storage`. */
 export async function createVmdk(storage: Storage, filename: string, size: number, opts: VmdkCreateOptions = {}): Promise<void> {
+  if (!storage.createFile) throw new BlockError('ENOTSUP', `${filename}: the ${storage.name} storage cannot create files`);
+  const opened: BlockNode[] = [];
+  try {
+    await storage.createFile(filename);
+    const file = await storage.openProtocol(filename, { readOnly: false });
+    opened.push(file);
+    await createVmdkOn(file, filename, size, opts, {
+      async createExtent(name) {
+        const path = pathCombine(filename, name);
+        await storage.createFile!(path);
+        const bs = await storage.openProtocol(path, { readOnly: false });
+        opened.push(bs);
+        return bs;
+      },
+      async openBacking(name) {
+        const bs = await openImage(storage, storage.resolve(filename, name), { readOnly: true, backing: false });
+        opened.push(bs);
+        return bs;
+      },
+    });
+  } finally {
+    for (const bs of opened.reverse()) await closeNode(bs);
+  }
+}
+
+/** Writes a new VMDK image into `file` (empty, read-write); `filename` names it in messages and extent names. */
+export async function createVmdkOn(file: BlockNode, filename: string, size: number, opts: VmdkCreateOptions, io: VmdkCreateIo): Promise<void> {
   const subformat = opts.subformat ?? 'monolithicSparse';
   const adapterType = opts.adapterType ?? 'ide';
   if (!['ide', 'lsilogic', 'buslogic', 'legacyESX'].includes(adapterType)) throw new BlockError('EINVAL', `Invalid adapter type '${adapterType}'. Allowed values: ide, buslogic, lsilogic, legacyESX`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `${filename}: invalid size ${size}`);
   size = Math.ceil(size / SECTOR_SIZE) * SECTOR_SIZE;
   if (subformat === 'monolithicSparse' && size / SECTOR_SIZE > 0xffffffff * GRANULARITY) throw new BlockError('EFBIG', `${filename}: size ${size} is too large for a sparse VMDK`);
-  if (!storage.createFile) throw new BlockError('ENOTSUP', `${filename}: the ${storage.name} storage cannot create files`);
 
   let parentCid = 0xffffffff;
   if (opts.backingFile !== undefined) {
-    const parent = await openImage(storage, storage.resolve(filename, opts.backingFile), { readOnly: true, backing: false });
-    try {
-      if (parent.driver.name !== 'vmdk') throw new BlockError('EINVAL', `${filename}: backing_file must be a vmdk image`);
-      parentCid = parent.state<{ cid: number }>().cid;
-      if (size === 0) size = parent.totalBytes;
-    } finally {
-      await closeNode(parent);
-    }
+    const parent = await io.openBacking(opts.backingFile);
+    if (parent.driver.name !== 'vmdk') throw new BlockError('EINVAL', 'backing_file must be a vmdk image');
+    parentCid = parent.state<{ cid: number }>().cid;
+    if (size === 0) size = parent.totalBytes;
   }
   const cid = (Math.random() * 0x100000000) >>> 0;
   const common = {
@@ -155,25 +193,13 @@ export async function createVmdk(storage: Storage, filename: string, size: numbe
   const base = filename.slice(filename.lastIndexOf('/') + 1);
 
   if (subformat === 'monolithicFlat') {
-    const stem = base.replace(/\.vmdk$/i, '');
-    const flatName = `${stem}-flat.vmdk`;
-    const flatPath = pathCombine(filename, flatName);
-    await storage.createFile(flatPath);
-    const flat = await storage.openProtocol(flatPath, { readOnly: false });
-    try {
-      await bdrvTruncate(flat, size);
-    } finally {
-      await closeNode(flat);
-    }
+    const flatName = flatExtentName(filename);
+    const flat = await io.createExtent(flatName);
+    await bdrvTruncate(flat, size);
+    await bdrvFlush(flat);
     const text = vmdkDescriptorText({ ...common, createType: 'monolithicFlat', extentLines: [`RW ${size / SECTOR_SIZE} FLAT "${flatName}" 0`] });
-    await storage.createFile(filename);
-    const desc = await storage.openProtocol(filename, { readOnly: false });
-    try {
-      await bdrvPwrite(desc, 0, text.length, ascii(text));
-      await bdrvFlush(desc);
-    } finally {
-      await closeNode(desc);
-    }
+    await bdrvPwrite(file, 0, text.length, ascii(text));
+    await bdrvFlush(file);
     return;
   }
 
@@ -182,18 +208,12 @@ export async function createVmdk(storage: Storage, filename: string, size: numbe
   const l = sparseLayout(size, zeroedGrain);
   const text = vmdkDescriptorText({ ...common, createType: 'monolithicSparse', extentLines: [`RW ${size / SECTOR_SIZE} SPARSE "${base}"`] });
   if (text.length > DESC_SIZE * SECTOR_SIZE) throw new BlockError('EINVAL', `${filename}: the descriptor does not fit its ${DESC_SIZE} sectors`);
-  await storage.createFile(filename);
-  const file = await storage.openProtocol(filename, { readOnly: false });
-  try {
-    await bdrvPwrite(file, 0, SECTOR_SIZE, serializeSparseExtentHeader(l.header));
-    await bdrvTruncate(file, l.header.overHead * SECTOR_SIZE);
-    const rgd = directory(l.header.rgdOffset, l.gdSectors, l.gtCount, l.gtSize);
-    await bdrvPwrite(file, l.header.rgdOffset * SECTOR_SIZE, rgd.length, rgd);
-    const gd = directory(l.header.gdOffset, l.gdSectors, l.gtCount, l.gtSize);
-    await bdrvPwrite(file, l.header.gdOffset * SECTOR_SIZE, gd.length, gd);
-    await bdrvPwrite(file, DESC_OFFSET * SECTOR_SIZE, text.length, ascii(text));
-    await bdrvFlush(file);
-  } finally {
-    await closeNode(file);
-  }
+  await bdrvPwrite(file, 0, SECTOR_SIZE, serializeSparseExtentHeader(l.header));
+  await bdrvTruncate(file, l.header.overHead * SECTOR_SIZE);
+  const rgd = directory(l.header.rgdOffset, l.gdSectors, l.gtCount, l.gtSize);
+  await bdrvPwrite(file, l.header.rgdOffset * SECTOR_SIZE, rgd.length, rgd);
+  const gd = directory(l.header.gdOffset, l.gdSectors, l.gtCount, l.gtSize);
+  await bdrvPwrite(file, l.header.gdOffset * SECTOR_SIZE, gd.length, gd);
+  await bdrvPwrite(file, DESC_OFFSET * SECTOR_SIZE, text.length, ascii(text));
+  await bdrvFlush(file);
 }

@@ -30,6 +30,7 @@ import { DESCRIPTOR_FILE_CREATE_TYPES, MAX_DESCRIPTOR_BYTES, parseDescriptor, ty
 import { allocateGrain, flatExtent, grainRun, loadGrainTable, openSparseExtent, readCompressedGrain, readData, setGrainTableEntry, type VmdkExtent } from './extent.js';
 import { VMDK_GTE_ZEROED } from './sparse-header.js';
 import { SECTOR_SIZE, VMDK3_MAGIC, VMDK4_MAGIC } from './sparse-header.js';
+import { VMDK_CREATE_OPTS, vmdkCreateImage } from './create-options.js';
 
 /** Bytes of descriptor QEMU reads for CID, parentCID and parentFileNameHint. */
 const DESC_SIZE = 20 * SECTOR_SIZE;
@@ -170,6 +171,8 @@ export const vmdkDriver: BlockDriver = {
   name: 'vmdk',
   kind: 'format',
   supportsBacking: true,
+  createOptions: VMDK_CREATE_OPTS,
+  create: vmdkCreateImage,
 
   probe: (head) => vmdkProbe(head),
 
