@@ -57,7 +57,8 @@ export function batEntries(virtualDiskSize: number, blockSize: number, ratio: nu
   const dataBlocks = Math.ceil(virtualDiskSize / blockSize);
   const bitmapBlocks = Math.ceil(dataBlocks / ratio);
   if (hasParent) return bitmapBlocks * (ratio + 1);
-  return dataBlocks + Math.floor((dataBlocks - 1) / ratio);
+  // QEMU counts in uint32: for an empty disk (dataBlocks - 1) wraps to 0xffffffff, and its images have that many entries.
+  return dataBlocks + Math.floor(((dataBlocks - 1) >>> 0) / ratio);
 }
 
 /** BAT index of payload block `block`. */

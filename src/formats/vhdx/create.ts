@@ -128,9 +128,10 @@ export async function createVhdxOn(file: BlockNode, filename: string, size: numb
   // The BAT (and the file's length), then the region tables pointing at it.
   const state = type === 'fixed' ? PAYLOAD_BLOCK_FULLY_PRESENT : opts.blockStateZero === false ? PAYLOAD_BLOCK_NOT_PRESENT : PAYLOAD_BLOCK_ZERO;
   await bdrvTruncate(file, type === 'fixed' ? dataStart + size : dataStart);
-  if (state !== PAYLOAD_BLOCK_NOT_PRESENT) {
-    const bat = new Uint8Array(entries * 8);
-    const blocks = Math.ceil(size / blockSize);
+  const blocks = Math.ceil(size / blockSize);
+  if (state !== PAYLOAD_BLOCK_NOT_PRESENT && blocks > 0) {
+    // Entries past the last payload block stay zero (NOT_PRESENT), as the truncate left them.
+    const bat = new Uint8Array((payloadIndex(blocks - 1, ratio) + 1) * 8);
     for (let b = 0; b < blocks; b++) {
       const fileOffset = state === PAYLOAD_BLOCK_FULLY_PRESENT ? roundUp(dataStart + b * blockSize, MiB) : 0;
       serializeBatEntry({ state, fileOffset }, bat, payloadIndex(b, ratio));

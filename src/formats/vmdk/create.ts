@@ -100,8 +100,8 @@ export function vmdkDescriptorText(o: {
   return (
     '# Disk DescriptorFile\n' +
     'version=1\n' +
-    `CID=${o.cid.toString(16).padStart(8, '0')}\n` +
-    `parentCID=${o.parentCid.toString(16).padStart(8, '0')}\n` +
+    `CID=${o.cid.toString(16)}\n` + // QEMU prints the CIDs unpadded (%x)
+    `parentCID=${o.parentCid.toString(16)}\n` +
     `createType="${o.createType}"\n` +
     (o.parentFileNameHint !== undefined ? `parentFileNameHint="${o.parentFileNameHint}"\n` : '') +
     '\n# Extent description\n' +
