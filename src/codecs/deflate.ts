@@ -10,7 +10,7 @@
  *
  * A leaf: this module knows bytes, not formats, and imports nothing from src/.
  */
-import { deflateRaw } from 'pako';
+import { deflate, deflateRaw } from 'pako';
 
 export type DeflateRaw4k = (input: Uint8Array) => Uint8Array;
 
@@ -25,4 +25,23 @@ export function installDeflateRaw4k(fn: DeflateRaw4k | null): void {
 /** Compresses `input` as one raw deflate stream with QEMU's settings. */
 export function deflateRaw4k(input: Uint8Array): Uint8Array {
   return impl(input);
+}
+
+/**
+ * zlib-wrapped deflate (RFC 1950) at zlib's default level: what QEMU's vmdk
+ * stores in a stream-optimized grain (zlib's compress()).
+ */
+export type DeflateZlib = (input: Uint8Array) => Uint8Array;
+
+const pakoDeflateZlib: DeflateZlib = (input) => deflate(input);
+let zlibImpl: DeflateZlib = pakoDeflateZlib;
+
+/** Swaps in another zlib deflate; null restores pako. */
+export function installDeflateZlib(fn: DeflateZlib | null): void {
+  zlibImpl = fn ?? pakoDeflateZlib;
+}
+
+/** Compresses `input` as one zlib stream. */
+export function deflateZlib(input: Uint8Array): Uint8Array {
+  return zlibImpl(input);
 }

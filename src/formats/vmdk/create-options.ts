@@ -52,7 +52,7 @@ export function vmdkOptionsFromValues(values: OptionValues): VmdkCreateOptions {
   const backingFmt = values.get('backing_fmt');
   if (backingFmt !== undefined && backingFmt !== 'vmdk') throw new BlockError('EINVAL', 'backing_file must be a vmdk image');
   const o: VmdkCreateOptions = {};
-  if (subformat === 'monolithicSparse' || subformat === 'monolithicFlat') o.subformat = subformat;
+  if (subformat === 'monolithicSparse' || subformat === 'monolithicFlat' || subformat === 'streamOptimized') o.subformat = subformat;
   else if (subformat !== undefined) throw new BlockError('ENOTSUP', `creating subformat '${subformat}' is not supported`);
   if (adapterType !== undefined) o.adapterType = adapterType as VmdkAdapterType;
   if (hwversion !== undefined) o.hwversion = hwversion;

@@ -5,6 +5,8 @@
  *   monolithicSparse: sector 0 header · sectors 1-20 descriptor · redundant
  *     grain directory and its grain tables · grain directory and its grain
  *     tables (all tables preallocated, empty) · grains from a 64 KiB boundary
+ *   streamOptimized: the same layout, version 3 with the compressed and
+ *     marker flags; the driver appends each grain compressed behind a marker
  *   monolithicFlat: a descriptor file plus NAME-flat.vmdk of the full size
  *
  * Options are qemu-img's: subformat, adapter_type (ide, lsilogic, buslogic,
@@ -23,13 +25,16 @@ import {
   VMDK4_FLAG_NL_DETECT,
   VMDK4_FLAG_RGD,
   VMDK4_FLAG_ZERO_GRAIN,
+  VMDK4_FLAG_COMPRESS,
+  VMDK4_FLAG_MARKER,
+  VMDK4_COMPRESSION_DEFLATE,
   VMDK4_MAGIC,
 } from './sparse-header.js';
 
 export type VmdkAdapterType = 'ide' | 'lsilogic' | 'buslogic' | 'legacyESX';
 
 export interface VmdkCreateOptions {
-  subformat?: 'monolithicSparse' | 'monolithicFlat';
+  subformat?: 'monolithicSparse' | 'monolithicFlat' | 'streamOptimized';
   adapterType?: VmdkAdapterType;
   hwversion?: string;
   toolsversion?: string;
@@ -44,7 +49,7 @@ const DESC_OFFSET = 1;
 const DESC_SIZE = 20;
 
 /** The sparse extent's header fields and where its tables go (vmdk_init_extent). */
-export function sparseLayout(size: number, zeroedGrain: boolean) {
+export function sparseLayout(size: number, zeroedGrain: boolean, compressed = false) {
   const capacity = size / SECTOR_SIZE;
   const grains = Math.ceil(capacity / GRANULARITY);
   const gtSize = Math.ceil((NUM_GTES_PER_GT * 4) / SECTOR_SIZE);
@@ -56,8 +61,8 @@ export function sparseLayout(size: number, zeroedGrain: boolean) {
   return {
     header: {
       magicNumber: VMDK4_MAGIC,
-      version: zeroedGrain ? 2 : 1,
-      flags: VMDK4_FLAG_RGD | VMDK4_FLAG_NL_DETECT | (zeroedGrain ? VMDK4_FLAG_ZERO_GRAIN : 0),
+      version: compressed ? 3 : zeroedGrain ? 2 : 1,
+      flags: VMDK4_FLAG_RGD | VMDK4_FLAG_NL_DETECT | (zeroedGrain ? VMDK4_FLAG_ZERO_GRAIN : 0) | (compressed ? VMDK4_FLAG_COMPRESS | VMDK4_FLAG_MARKER : 0),
       capacity,
       grainSize: GRANULARITY,
       descriptorOffset: DESC_OFFSET,
@@ -67,7 +72,7 @@ export function sparseLayout(size: number, zeroedGrain: boolean) {
       gdOffset,
       overHead: grainOffset,
       uncleanShutdown: 0,
-      compressAlgorithm: 0,
+      compressAlgorithm: compressed ? VMDK4_COMPRESSION_DEFLATE : 0,
     },
     gtSize,
     gtCount,
@@ -171,7 +176,7 @@ export async function createVmdkOn(file: BlockNode, filename: string, size: numb
   if (!['ide', 'lsilogic', 'buslogic', 'legacyESX'].includes(adapterType)) throw new BlockError('EINVAL', `Invalid adapter type '${adapterType}'. Allowed values: ide, buslogic, lsilogic, legacyESX`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `${filename}: invalid size ${size}`);
   size = Math.ceil(size / SECTOR_SIZE) * SECTOR_SIZE;
-  if (subformat === 'monolithicSparse' && size / SECTOR_SIZE > 0xffffffff * GRANULARITY) throw new BlockError('EFBIG', `${filename}: size ${size} is too large for a sparse VMDK`);
+  if (subformat !== 'monolithicFlat' && size / SECTOR_SIZE > 0xffffffff * GRANULARITY) throw new BlockError('EFBIG', `${filename}: size ${size} is too large for a sparse VMDK`);
 
   let parentCid = 0xffffffff;
   if (opts.backingFile !== undefined) {
@@ -203,10 +208,10 @@ export async function createVmdkOn(file: BlockNode, filename: string, size: numb
     return;
   }
 
-  if (subformat !== 'monolithicSparse') throw new BlockError('ENOTSUP', `${filename}: creating subformat '${subformat}' is not supported`);
+  if (subformat !== 'monolithicSparse' && subformat !== 'streamOptimized') throw new BlockError('ENOTSUP', `${filename}: creating subformat '${subformat}' is not supported`);
   const zeroedGrain = opts.zeroedGrain ?? false;
-  const l = sparseLayout(size, zeroedGrain);
-  const text = vmdkDescriptorText({ ...common, createType: 'monolithicSparse', extentLines: [`RW ${size / SECTOR_SIZE} SPARSE "${base}"`] });
+  const l = sparseLayout(size, zeroedGrain, subformat === 'streamOptimized');
+  const text = vmdkDescriptorText({ ...common, createType: subformat, extentLines: [`RW ${size / SECTOR_SIZE} SPARSE "${base}"`] });
   if (text.length > DESC_SIZE * SECTOR_SIZE) throw new BlockError('EINVAL', `${filename}: the descriptor does not fit its ${DESC_SIZE} sectors`);
   await bdrvPwrite(file, 0, SECTOR_SIZE, serializeSparseExtentHeader(l.header));
   await bdrvTruncate(file, l.header.overHead * SECTOR_SIZE);

@@ -11,6 +11,7 @@
  * extent, the structure and the offset instead of reading garbage.
  */
 import { inflateZlib } from '../../codecs/inflate.js';
+import { deflateZlib } from '../../codecs/deflate.js';
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
@@ -26,6 +27,7 @@ import {
   VMDK4_GD_AT_END,
   VMDK4_MAGIC,
   VMDK_GTE_ZEROED,
+  serializeGrainMarker,
   parseCowdHeader,
   parseGrainMarker,
   parseSparseExtentHeader,
@@ -369,6 +371,42 @@ export async function allocateGrain(
   await bdrvPwrite(ext.file, newSector * SECTOR_SIZE, grainBytes, grain);
   await setGrainTableEntry(ext, l1Index, l2Sector, l2Index, newSector);
   return newSector * SECTOR_SIZE;
+}
+
+/**
+ * Appends grain `rel / grainBytes` of a stream-optimized extent, compressed,
+ * behind a grain marker (its guest sector and compressed length), padded to a
+ * sector, and points its grain table entry at the marker. `data` is the
+ * grain's bytes from its start (zeros after it). A grain is written once, as
+ * QEMU's: an allocated one is refused.
+ */
+export async function writeCompressedGrain(ext: VmdkExtent, rel: number, data: Uint8Array): Promise<void> {
+  const name = ext.file.filename;
+  const grainBytes = ext.clusterSectors * SECTOR_SIZE;
+  const sector = Math.floor(rel / SECTOR_SIZE);
+  const l1Index = Math.floor(sector / ext.l1EntrySectors);
+  if (l1Index >= ext.l1Table.length) throw new BlockError('EIO', `${name}: sector ${sector} is beyond the grain directory (${ext.l1Table.length} entries)`);
+  const l2Sector = ext.l1Table[l1Index]!;
+  if (l2Sector === 0) throw new BlockError('ENOTSUP', `${name}: grain directory entry ${l1Index} has no grain table; allocating grain tables is not supported`);
+  const table = await loadGrainTable(ext, l2Sector);
+  const l2Index = Math.floor(sector / ext.clusterSectors) % ext.l2Size;
+  const gte = table[l2Index]!;
+  if (gte !== 0 && !(ext.hasZeroGrain && gte === VMDK_GTE_ZEROED)) {
+    throw new BlockError('EIO', `${name}: Could not write to allocated cluster for streamOptimized (grain at guest sector ${sector})`);
+  }
+  const grain = new Uint8Array(grainBytes);
+  grain.set(data.subarray(0, grainBytes));
+  const packed = deflateZlib(grain);
+  const marker = ext.hasMarker ? serializeGrainMarker({ val: Math.floor(rel / grainBytes) * ext.clusterSectors, size: packed.length, type: 0 }) : new Uint8Array(0);
+  const sectors = Math.ceil((marker.length + packed.length) / SECTOR_SIZE);
+  if (ext.nextClusterSector + sectors > 0xffffffff) throw new BlockError('ENOSPC', `${name}: no room for another grain (grain table entries are 32-bit sectors)`);
+  const out = new Uint8Array(sectors * SECTOR_SIZE);
+  out.set(marker, 0);
+  out.set(packed, marker.length);
+  const at = ext.nextClusterSector;
+  await bdrvPwrite(ext.file, at * SECTOR_SIZE, out.length, out);
+  ext.nextClusterSector = at + sectors;
+  await setGrainTableEntry(ext, l1Index, l2Sector, l2Index, at);
 }
 
 /** Points grain table entry `l2Index` of directory entry `l1Index` at `value`, in both directories. */

@@ -27,7 +27,7 @@ import { closeNode, openOwnedFile } from '../../block/open.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { DESCRIPTOR_FILE_CREATE_TYPES, MAX_DESCRIPTOR_BYTES, parseDescriptor, type Descriptor } from './descriptor.js';
-import { allocateGrain, flatExtent, grainRun, loadGrainTable, openSparseExtent, readCompressedGrain, readData, setGrainTableEntry, type VmdkExtent } from './extent.js';
+import { allocateGrain, writeCompressedGrain, flatExtent, grainRun, loadGrainTable, openSparseExtent, readCompressedGrain, readData, setGrainTableEntry, type VmdkExtent } from './extent.js';
 import { VMDK_GTE_ZEROED } from './sparse-header.js';
 import { SECTOR_SIZE, VMDK3_MAGIC, VMDK4_MAGIC } from './sparse-header.js';
 import { VMDK_CREATE_OPTS, vmdkCreateImage } from './create-options.js';
@@ -289,7 +289,23 @@ export const vmdkDriver: BlockDriver = {
       const extStart = (ext.endSector - ext.sectors) * SECTOR_SIZE;
       const rel = off - extStart;
       const left = Math.min(bytes - done, ext.endSector * SECTOR_SIZE - off);
-      if (ext.compressed) throw new BlockError('ENOTSUP', `${bs.filename}: writes to a stream-optimized extent are not supported`);
+      if (ext.compressed) {
+        // A grain is written once, compressed, as QEMU's: the part not written reads as before (zeros or the parent).
+        const grainBytes = ext.clusterSectors * SECTOR_SIZE;
+        const inGrain = rel % grainBytes;
+        const n = Math.min(left, grainBytes - inGrain);
+        const grainStart = rel - inGrain;
+        const grain = new Uint8Array(grainBytes);
+        if (bs.backing && (inGrain !== 0 || n < grainBytes)) {
+          checkParentCid(bs, s);
+          const guest = extStart + grainStart;
+          await readBacking(bs, guest, Math.min(grainBytes, bs.totalBytes - guest), grain);
+        }
+        grain.set(buf.subarray(done, done + n), inGrain);
+        await writeCompressedGrain(ext, grainStart, grain);
+        done += n;
+        continue;
+      }
       if (ext.flat) {
         await bdrvPwrite(ext.file, ext.flatStartOffset + rel, left, buf.subarray(done, done + left));
         done += left;
