@@ -123,6 +123,7 @@ describe('measure against qemu-img measure', () => {
     ['-O', 'qcow2', '-o', 'cluster_size=3000', '--size', '1G'],
     ['-O', 'qcow2', '-o', 'foo=bar', '--size', '1G'],
     ['-O', 'vmdk', '--size', '1G'],
+    ['-O', 'vhdx', '--size', '1G'],
     ['--size', '1G', '{img}'],
     [],
   ];
