@@ -6,3 +6,6 @@
 import './formats/raw/raw.js';
 import './formats/qcow2/qcow2.js';
 import './protocols/memory.js';
+import './formats/dmg/dmg.js';
+import './formats/cloop/cloop.js';
+import './formats/bochs/bochs.js';

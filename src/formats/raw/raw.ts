@@ -85,6 +85,8 @@ export const rawDriver: BlockDriver = {
   async getLength(bs) {
     return refreshSize(bs);
   },
+  // QEMU's raw_get_info answers (with nothing), so qemu-img prints a dirty-flag for raw.
+  getDriverInfo: () => ({}),
   async getAllocatedFileSize(bs) {
     return file(bs).driver.getAllocatedFileSize?.(file(bs));
   },
