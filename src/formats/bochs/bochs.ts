@@ -16,6 +16,7 @@ import { registerDriver, type BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread } from '../../block/io.js';
 import { BDRV_BLOCK_DATA } from '../../block/status.js';
+import { requireReadOnly } from '../read-only.js';
 import {
   bitmapHas,
   BOCHS_HEADER_SIZE,
@@ -57,6 +58,7 @@ export const bochsDriver: BlockDriver = {
   },
 
   async open(bs) {
+    requireReadOnly(bs, 'bochs');
     const image = bs.filename;
     const file = bs.file!.node;
     const fileSize = file.totalBytes;

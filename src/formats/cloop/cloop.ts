@@ -17,6 +17,7 @@ import type { BlockNode } from '../../block/node.js';
 import { bdrvPread } from '../../block/io.js';
 import { BDRV_BLOCK_DATA } from '../../block/status.js';
 import { ChunkCache } from '../chunk-cache.js';
+import { requireReadOnly } from '../read-only.js';
 import { inflateExact } from '../zlib-exact.js';
 import {
   CLOOP_HEAD,
@@ -64,6 +65,7 @@ export const cloopDriver: BlockDriver = {
   },
 
   async open(bs) {
+    requireReadOnly(bs, 'cloop');
     const image = bs.filename;
     const file = bs.file!.node;
     const fileSize = file.totalBytes;

@@ -101,9 +101,10 @@ export function parseBlkx(blob: Uint8Array): BlkxResource {
   return { table, chunks };
 }
 
+/** Writes the table as given (NumberOfBlockChunks included) followed by its chunks. */
 export function serializeBlkx(r: BlkxResource): Uint8Array {
   const out = new Uint8Array(BLKX_HEADER_SIZE + r.chunks.length * BLKX_CHUNK_SIZE);
-  BLKX_TABLE.serialize({ ...r.table, NumberOfBlockChunks: r.chunks.length }, out);
+  BLKX_TABLE.serialize(r.table, out);
   r.chunks.forEach((c, i) => BLKX_CHUNK.serialize(c, out, BLKX_HEADER_SIZE + i * BLKX_CHUNK_SIZE));
   return out;
 }

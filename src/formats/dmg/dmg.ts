@@ -31,6 +31,7 @@ import type { BlockNode } from '../../block/node.js';
 import { bdrvPread } from '../../block/io.js';
 import { BDRV_BLOCK_DATA } from '../../block/status.js';
 import { ChunkCache } from '../chunk-cache.js';
+import { requireReadOnly } from '../read-only.js';
 import { findKoly, KOLY, KOLY_SIZE, type KolyBlock } from './koly.js';
 import {
   BLKX_ADC,
@@ -246,6 +247,7 @@ export const dmgDriver: BlockDriver = {
   },
 
   async open(bs) {
+    requireReadOnly(bs, 'dmg');
     const image = bs.filename;
     const fileSize = bs.file!.node.totalBytes;
     const { koly, kolyOffset } = await readKoly(bs);
