@@ -4,7 +4,7 @@
  * and unallocated catalog entries, sectors absent from an extent's bitmap.
  */
 import { buildBochs } from '../helpers/readonly-images.js';
-import { mixedData, readonlyDifferential } from './readonly-formats-diff.js';
+import { mixedData, readonlyBadCli, readonlyDifferential } from './readonly-formats-diff.js';
 
 const S = 512;
 
@@ -36,4 +36,10 @@ readonlyDifferential('bochs', [
     file: 'v2-empty.bochs',
     build: () => buildBochs({ diskSize: 8 * 1024 * 1024, extentSize: 65536, data: new Uint8Array(8 * 1024 * 1024), present: () => false }),
   },
+]);
+
+readonlyBadCli('bochs', [
+  { name: 'catalog too large', file: 'cat.bochs', qemuFails: true, image: () => buildBochs({ diskSize: 65536, extentSize: 4096, data: mixedData(65536, 50), present: () => true, tamper: { header: (h) => void (h.catalog = 0x200000) } }).image },
+  { name: 'extent size not a power of two', file: 'ext.bochs', qemuFails: true, image: () => buildBochs({ diskSize: 65536, extentSize: 4096, data: mixedData(65536, 51), present: () => true, tamper: { header: (h) => void (h.extent = 5000) } }).image },
+  { name: 'catalog entry past the end of the file', file: 'eof.bochs', image: () => buildBochs({ diskSize: 65536, extentSize: 4096, data: mixedData(65536, 52), present: () => true, tamper: { catalog: (c) => void (c[0] = 999999) } }).image },
 ]);

@@ -3,7 +3,7 @@
  * them) with several block sizes, read by blocktab and by qemu-img.
  */
 import { buildCloop } from '../helpers/readonly-images.js';
-import { mixedData, readonlyDifferential } from './readonly-formats-diff.js';
+import { mixedData, readonlyBadCli, readonlyDifferential } from './readonly-formats-diff.js';
 
 readonlyDifferential('cloop', [
   { name: '512-byte blocks', file: 'b512.cloop', build: () => buildCloop({ blockSize: 512, data: mixedData(37 * 512, 21) }) },
@@ -15,4 +15,11 @@ readonlyDifferential('cloop', [
   } },
   { name: '256 KiB blocks (cloop default)', file: 'b256k.cloop', build: () => buildCloop({ blockSize: 256 * 1024, data: mixedData(3 * 256 * 1024, 24) }) },
   { name: 'no blocks', file: 'empty.cloop', build: () => buildCloop({ blockSize: 4096, data: new Uint8Array(0) }) },
+]);
+
+readonlyBadCli('cloop', [
+  { name: 'offsets going backwards', file: 'back.cloop', qemuFails: true, image: () => buildCloop({ blockSize: 4096, data: mixedData(4 * 4096, 25), tamper: { offsets: (o) => void (o[2] = o[1]! - 8) } }).image },
+  { name: 'block_size not a multiple of 512', file: 'bs.cloop', qemuFails: true, image: () => buildCloop({ blockSize: 4096, data: mixedData(4096, 26), tamper: { head: (h) => void (h.block_size = 4000) } }).image },
+  { name: 'offset table past the end of the file', file: 'table.cloop', qemuFails: true, image: () => buildCloop({ blockSize: 4096, data: mixedData(4096, 27), tamper: { head: (h) => void (h.num_blocks = 5000) } }).image },
+  { name: 'corrupt block (fails on read)', file: 'block.cloop', qemuFails: true, onRead: true, image: () => buildCloop({ blockSize: 4096, data: mixedData(3 * 4096, 28), tamper: { offsets: (o) => void (o[1] = o[1]! + 3) } }).image },
 ]);

@@ -6,7 +6,7 @@
  * Debian's qemu-img 7.2 lacks its dmg-bz2 module.
  */
 import { buildDmg } from '../helpers/readonly-images.js';
-import { mixedData, readonlyDifferential } from './readonly-formats-diff.js';
+import { mixedData, readonlyBadCli, readonlyDifferential } from './readonly-formats-diff.js';
 
 const S = 512;
 
@@ -93,4 +93,13 @@ readonlyDifferential('dmg', [
         ],
       }),
   },
+]);
+
+readonlyBadCli('dmg', [
+  { name: 'no trailer', file: 'none.dmg', qemuFails: true, image: () => mixedData(8192, 40) },
+  { name: 'chunk of more sectors than QEMU allows', file: 'big.dmg', qemuFails: true, image: () => buildDmg({ partitions: [[{ kind: 'zlib', sectors: 8, data: mixedData(8 * S, 41) }]], tamper: { blkx: (r) => void (r.chunks[0]!.SectorCount = 200000) } }).image },
+  { name: 'bad master checksum', file: 'crc.dmg', image: () => buildDmg({ partitions: [[{ kind: 'raw', sectors: 2, data: mixedData(2 * S, 42) }]], tamper: { koly: (k) => void (k.MasterChecksum[0] ^= 1) } }).image },
+  { name: 'unknown chunk type', file: 'type.dmg', image: () => buildDmg({ partitions: [[{ kind: 0x7777, sectors: 2, data: mixedData(2 * S, 43) }]] }).image },
+  { name: 'overlapping chunks', file: 'overlap.dmg', image: () => buildDmg({ partitions: [[{ kind: 'raw', sectors: 4, data: mixedData(4 * S, 44) }], [{ kind: 'raw', sectors: 4, data: mixedData(4 * S, 45) }]], tamper: { blkx: (r, p) => void (p === 1 && (r.table.SectorNumber = 2)) } }).image },
+  { name: 'lzfse chunk (ENOTSUP on read; qemu-img 7.2: EIO)', file: 'lzfse.dmg', onRead: true, image: () => buildDmg({ partitions: [[{ kind: 'lzfse', sectors: 4, data: mixedData(4 * S, 46) }]] }).image },
 ]);

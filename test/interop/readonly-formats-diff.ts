@@ -99,3 +99,40 @@ export function readonlyDifferential(format: string, cases: ReadonlyCase[]): voi
     });
   }
 }
+
+export interface BadCliCase {
+  name: string;
+  file: string;
+  image: () => Uint8Array;
+  /** qemu-img refuses it too (its exit code must then be 1 as well). */
+  qemuFails?: boolean;
+  /** The damage is in data, not metadata: info and map succeed, convert fails. */
+  onRead?: boolean;
+}
+
+/** Broken images through the CLI: exit 1 and one `blocktab: ...` line naming the image, for info, map and convert. */
+export function readonlyBadCli(format: string, cases: BadCliCase[]): void {
+  describe(`${format}: bad images through the CLI`, () => {
+    for (const c of cases) {
+      it(c.name, () => {
+        const dir = tmpDir(`${format}-bad-`);
+        fs.writeFileSync(path.join(dir, c.file), c.image());
+        for (const cmd of [['info'], ['map', '--output=json'], ['convert', '-O', 'raw']]) {
+          const args = [...cmd, '-f', format, c.file, ...(cmd[0] === 'convert' ? ['out.raw'] : [])];
+          const ours = blocktab(args, { cwd: dir });
+          if (c.onRead && cmd[0] !== 'convert') {
+            expect(ours.stderr).toBe('');
+            expect(ours.status).toBe(0);
+            continue;
+          }
+          expect(ours.status, `${cmd[0]}: ${ours.stderr}`).toBe(1);
+          const lines = ours.stderr.trimEnd().split('\n');
+          expect(lines).toHaveLength(1);
+          expect(lines[0]).toMatch(/^blocktab: /);
+          expect(lines[0]).toContain(c.file);
+          if (c.qemuFails) expect(qemuImgRun(args, { cwd: dir }).status).toBe(1);
+        }
+      });
+    }
+  });
+}
