@@ -9,3 +9,4 @@ import './protocols/memory.js';
 import './formats/dmg/dmg.js';
 import './formats/cloop/cloop.js';
 import './formats/bochs/bochs.js';
+import './formats/luks/luks.js';

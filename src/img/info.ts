@@ -73,6 +73,7 @@ export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
     'actual-size': await allocatedFileSize(bs),
     'virtual-size': bs.totalBytes,
     'cluster-size': dinfo?.clusterSize ? dinfo.clusterSize : undefined,
+    encrypted: bs.encrypted || undefined,
   };
   if (bs.backingFile) {
     info['backing-filename'] = bs.backingFile;
