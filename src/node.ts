@@ -1,8 +1,23 @@
 /** Node entry: the library plus the host file protocol and Node's C zlib for compressed writes. */
-import { deflateRawSync } from 'node:zlib';
+import { deflateRawSync, inflateSync } from 'node:zlib';
 import { installDeflateRaw4k } from './formats/qcow2/compressed.js';
+import { installInflateExact } from './formats/zlib-exact.js';
 
 installDeflateRaw4k((input) => deflateRawSync(input, { windowBits: 12, level: 6, memLevel: 9 }));
+// dmg and cloop chunks: Node's C zlib, bounded by the chunk size like the pako path.
+installInflateExact((input, out) => {
+  let got: Buffer;
+  try {
+    got = inflateSync(input, { maxOutputLength: out.length });
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if (err.code === 'ERR_BUFFER_TOO_LARGE') return `the stream inflates to more than ${out.length} bytes`;
+    return `the stream does not inflate (${err.message})`;
+  }
+  if (got.length !== out.length) return `the stream inflates to ${got.length} bytes, not ${out.length}`;
+  out.set(got);
+  return null;
+});
 
 export * from './index.js';
 export { FileStorage, fileDriver } from './protocols/file.js';

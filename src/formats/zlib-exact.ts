@@ -9,8 +9,23 @@
  */
 import { Inflate } from 'pako';
 
+/** Fills `out` exactly from one zlib stream; returns null, or why the stream was refused. */
+export type InflateExact = (input: Uint8Array, out: Uint8Array) => string | null;
+
+let impl: InflateExact = pakoInflateExact;
+
+/** Swaps in a faster inflate with the same contract (src/node.ts installs Node's C zlib). */
+export function installInflateExact(fn: InflateExact | null): void {
+  impl = fn ?? pakoInflateExact;
+}
+
 /** Why a stream was refused, or null when `out` was filled exactly. */
 export function inflateExact(input: Uint8Array, out: Uint8Array): string | null {
+  return impl(input, out);
+}
+
+/** The environment-neutral inflate (pako), stopped as soon as the output would overflow. */
+export function pakoInflateExact(input: Uint8Array, out: Uint8Array): string | null {
   let filled = 0;
   let overflow = false;
   const inf = new Inflate({ chunkSize: Math.min(Math.max(out.length, 512), 1 << 20) });
