@@ -9,6 +9,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { UsageError } from './args.js';
+import { takeObjectOptions } from './objects.js';
 import { initWasm } from '../wasm/index.js';
 import '../node.js'; // Node's drivers and C zlib for compressed writes
 
@@ -64,7 +65,7 @@ Command syntax:
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
-Supported formats: raw qcow2
+Supported formats: raw qcow2 dmg cloop bochs luks (dmg, cloop, bochs, luks: read only)
 `;
 
 function version(): string {
@@ -114,7 +115,7 @@ export async function main(argv: string[], out: Output): Promise<number> {
       out.stdout(HELP);
       return 0;
     }
-    return await (await load())(rest, out);
+    return await (await load())(takeObjectOptions(rest), out);
   } catch (e) {
     const code = e instanceof CliError ? e.exitCode : 1;
     const msg = e instanceof Error ? e.message : String(e);

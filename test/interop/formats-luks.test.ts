@@ -11,7 +11,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { BlockError, FileStorage, bdrvPread, closeNode, openImage, registerSecret } from '../../src/node.js';
 import '../../src/drivers.js';
 import { imageInfo } from '../../src/img/info.js';
-import { qemuImg, qemuImgRun, tmpDir } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgRun, tmpDir } from '../helpers/qemu.js';
 import { execFileSync } from 'node:child_process';
 
 const PASSWORD = 'correct horse battery staple';
@@ -19,9 +19,9 @@ const secret = ['--object', `secret,id=sec0,data=${PASSWORD}`];
 const opts = (file: string) => `driver=luks,key-secret=sec0,file.filename=${file}`;
 
 const cases = [
-  { name: 'aes-256-xts-plain64, sha256, 4 MiB', size: '4M', create: 'iter-time=10' },
-  { name: 'aes-256-xts-plain64, sha1, 1 MiB + 512', size: '1049088', create: 'iter-time=10,hash-alg=sha1' },
-  { name: 'aes-128-xts-plain64, sha512', size: '2M', create: 'iter-time=10,cipher-alg=aes-128,hash-alg=sha512' },
+  { name: 'aes-256-xts-plain64, sha256, 4 MiB', size: '4M', create: 'iter-time=100' },
+  { name: 'aes-256-xts-plain64, sha1, 1 MiB + 512', size: '1049088', create: 'iter-time=100,hash-alg=sha1' },
+  { name: 'aes-128-xts-plain64, sha512', size: '2M', create: 'iter-time=100,cipher-alg=aes-128,hash-alg=sha512' },
 ];
 
 for (const c of cases) {
@@ -63,6 +63,40 @@ for (const c of cases) {
       } finally {
         await closeNode(bs);
       }
+    });
+
+    it('CLI: convert and map with --object/--image-opts and json: names equal qemu-img', () => {
+      const ours = blocktab(['convert', ...secret, '--image-opts', opts('disk.luks'), '-O', 'raw', 'ours.raw'], { cwd: dir });
+      expect(ours.stderr).toBe('');
+      expect(ours.status).toBe(0);
+      expect(Buffer.compare(fs.readFileSync(path.join(dir, 'ours.raw')), fs.readFileSync(path.join(dir, 'theirs.raw')))).toBe(0);
+      const json = `json:{"driver": "luks", "key-secret": "sec0", "file": {"driver": "file", "filename": "disk.luks"}}`;
+      for (const args of [['map', '--output=json', ...secret, '--image-opts', opts('disk.luks')], ['map', '--output=json', ...secret, json]]) {
+        const a = blocktab(args, { cwd: dir });
+        const b = qemuImgRun(args, { cwd: dir });
+        expect(a.stderr).toBe('');
+        expect(a.stdout).toBe(b.stdout);
+      }
+    });
+
+    it('CLI: info without the key equals qemu-img info (header only, as BDRV_O_NO_IO)', () => {
+      const a = blocktab(['info', '--output=json', 'disk.luks'], { cwd: dir });
+      const b = qemuImgRun(['info', '--output=json', 'disk.luks'], { cwd: dir });
+      expect(a.stderr).toBe('');
+      const strip = (s: string) => s.replace(/^ {4}"actual-size": \d+,\n/m, '');
+      expect(strip(a.stdout)).toBe(strip(b.stdout));
+      const h = blocktab(['info', 'disk.luks'], { cwd: dir });
+      const hq = qemuImgRun(['info', 'disk.luks'], { cwd: dir });
+      expect(h.stdout.replace(/^disk size: .*$/m, '')).toBe(hq.stdout.replace(/^disk size: .*$/m, ''));
+    });
+
+    it('CLI: a wrong password is one line and exit 1, as qemu-img', () => {
+      const args = ['convert', '--object', 'secret,id=sec0,data=nope', '--image-opts', opts('disk.luks'), '-O', 'raw', 'x.raw'];
+      const a = blocktab(args, { cwd: dir });
+      const b = qemuImgRun(args, { cwd: dir });
+      expect(a.status).toBe(1);
+      expect(b.status).toBe(1);
+      expect(a.stderr).toBe("blocktab: Could not open 'disk.luks': Invalid password, cannot unlock any keyslot\n");
     });
 
     it('a wrong password or no key-secret: one clear error', async () => {

@@ -44,7 +44,8 @@ interface LuksState {
   header: LuksHeader;
   slots: LuksKeySlot[];
   payloadOffset: number;
-  xts: XtsPlain64;
+  /** The payload cipher, or null when opened for metadata only (no key). */
+  xts: XtsPlain64 | null;
 }
 
 function slotWhere(i: number): string {
@@ -109,11 +110,16 @@ export const luksDriver: BlockDriver = {
       if (s.iterations === 0) throw new BlockError('ECORRUPT', `${image}: luks ${slotWhere(i)} has zero iterations`);
     });
     const secretId = options['key-secret'];
-    if (typeof secretId !== 'string') throw new BlockError('EINVAL', `${image}: Parameter 'key-secret' is required for cipher`);
-    const password = lookupSecret(secretId);
-    if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
-    const masterKey = await unlock(bs, h, slots, h.hash_spec as LuksHash, password);
-    bs.opaque = { header: h, slots, payloadOffset, xts: new XtsPlain64(masterKey) } satisfies LuksState;
+    let xts: XtsPlain64 | null = null;
+    // Like QEMU, `info` (no I/O) reads the header without the key; everything else needs it.
+    if (typeof secretId !== 'string') {
+      if (!options.noIo) throw new BlockError('EINVAL', `${image}: Parameter 'key-secret' is required for cipher`);
+    } else {
+      const password = lookupSecret(secretId);
+      if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
+      xts = new XtsPlain64(await unlock(bs, h, slots, h.hash_spec as LuksHash, password));
+    }
+    bs.opaque = { header: h, slots, payloadOffset, xts } satisfies LuksState;
     bs.totalBytes = fileSize - payloadOffset;
     bs.encrypted = true;
     bs.limits = { ...bs.limits, requestAlignment: LUKS_SECTOR_SIZE };
@@ -121,6 +127,7 @@ export const luksDriver: BlockDriver = {
 
   async preadv(bs, offset, bytes, buf) {
     const s = bs.state<LuksState>();
+    if (!s.xts) throw new BlockError('EACCES', `${bs.filename}: the image was opened without its key ('key-secret')`);
     await bdrvPread(bs.file!.node, s.payloadOffset + offset, bytes, buf);
     s.xts.decrypt(buf, offset / LUKS_SECTOR_SIZE);
   },
