@@ -254,3 +254,57 @@ describe('bochs: bad input', () => {
     await closeNode(bs);
   });
 });
+
+// ------------------------------------------------------------------ luks (header checks; no key is needed to reach them)
+
+import { LUKS_HEADER, LUKS_KEY_SLOT, LUKS_KEY_SLOT_OFFSET, LUKS_MAGIC, LUKS_KEY_ENABLED, LUKS_KEY_DISABLED, type LuksHeader, type LuksKeySlot } from '../../src/formats/luks/header.js';
+import { registerSecret } from '../../src/index.js';
+
+function luksImage(tamper: (h: LuksHeader, slots: LuksKeySlot[]) => void = () => {}): Uint8Array {
+  const h: LuksHeader = {
+    magic: Uint8Array.from(LUKS_MAGIC),
+    version: 1,
+    cipher_name: 'aes',
+    cipher_mode: 'xts-plain64',
+    hash_spec: 'sha256',
+    payload_offset: 4040,
+    key_bytes: 64,
+    mk_digest: new Uint8Array(20),
+    mk_digest_salt: new Uint8Array(32),
+    mk_digest_iter: 1000,
+    uuid: '00000000-0000-0000-0000-000000000000',
+  };
+  const slots: LuksKeySlot[] = [];
+  for (let i = 0; i < 8; i++) slots.push({ active: i === 0 ? LUKS_KEY_ENABLED : LUKS_KEY_DISABLED, iterations: 1000, salt: new Uint8Array(32), key_material_offset: 8 + i * 504, stripes: 4000 });
+  tamper(h, slots);
+  const img = new Uint8Array(4040 * 512 + 65536);
+  LUKS_HEADER.serialize(h, img);
+  slots.forEach((s, i) => LUKS_KEY_SLOT.serialize(s, img, LUKS_KEY_SLOT_OFFSET + i * LUKS_KEY_SLOT.size));
+  return img;
+}
+
+async function luksOpenFails(img: Uint8Array, code: string, what: RegExp, key = true): Promise<void> {
+  registerSecret('bad-luks', 'password');
+  const name = put('luks', img);
+  const e = await openImage(st, name, { format: 'luks', readOnly: true, driverOptions: key ? { 'key-secret': 'bad-luks' } : {} }).catch((e: unknown) => e);
+  expect(e).toBeInstanceOf(BlockError);
+  expect((e as BlockError).code).toBe(code);
+  expect((e as BlockError).message).toContain(name);
+  expect((e as BlockError).message).toMatch(what);
+  expect((e as BlockError).message).not.toContain('\n');
+}
+
+describe('luks: bad input', () => {
+  it('no LUKS magic', () => luksOpenFails(luksImage((h) => void (h.magic = new Uint8Array(6))), 'EINVAL', /not in LUKS format/));
+  it('LUKS2 (version 2)', () => luksOpenFails(luksImage((h) => void (h.version = 2)), 'ENOTSUP', /LUKS version 2 is not supported/));
+  it('unsupported cipher', () => luksOpenFails(luksImage((h) => void (h.cipher_name = 'twofish')), 'ENOTSUP', /cipher twofish-xts-plain64 is not supported/));
+  it('unsupported hash', () => luksOpenFails(luksImage((h) => void (h.hash_spec = 'md5')), 'ENOTSUP', /hash md5 is not supported/));
+  it('absurd key_bytes', () => luksOpenFails(luksImage((h) => void (h.key_bytes = 0x7fffffff)), 'EINVAL', /key_bytes 2147483647/));
+  it('payload past the end of the file', () => luksOpenFails(luksImage((h) => void (h.payload_offset = 0x7fffffff)), 'ECORRUPT', /payload at 0x[0-9a-f]+ is past the end of the file/));
+  it('stripes other than 4000', () => luksOpenFails(luksImage((_h, s) => void (s[0]!.stripes = 4000000)), 'ECORRUPT', /key slot 0 at 0xd0 is corrupted \(stripes 4000000 != 4000\)/));
+  it('key material over the header', () => luksOpenFails(luksImage((_h, s) => void (s[0]!.key_material_offset = 0)), 'ECORRUPT', /key slot 0 at 0xd0 is overlapping with the LUKS header/));
+  it('key material over the payload', () => luksOpenFails(luksImage((_h, s) => void (s[0]!.key_material_offset = 4000)), 'ECORRUPT', /overlapping with the encrypted payload area/));
+  it('slot state neither enabled nor disabled', () => luksOpenFails(luksImage((_h, s) => void (s[3]!.active = 7)), 'ECORRUPT', /key slot 3 at 0x160 is corrupted/));
+  it('no key slot opens with the password', () => luksOpenFails(luksImage(), 'EPERM', /Invalid password, cannot unlock any keyslot/));
+  it('no key-secret for I/O', () => luksOpenFails(luksImage(), 'EINVAL', /Parameter 'key-secret' is required for cipher/, false));
+});
