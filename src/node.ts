@@ -2,6 +2,7 @@
 import { deflateRawSync, inflateSync } from 'node:zlib';
 import { installDeflateRaw4k } from './formats/qcow2/compressed.js';
 import { installInflateExact } from './formats/zlib-exact.js';
+import { installBzip2 } from './formats/dmg/chunk-codecs.js';
 
 installDeflateRaw4k((input) => deflateRawSync(input, { windowBits: 12, level: 6, memLevel: 9 }));
 // dmg and cloop chunks: Node's C zlib, bounded by the chunk size like the pako path.
@@ -17,6 +18,14 @@ installInflateExact((input, out) => {
   if (got.length !== out.length) return `the stream inflates to ${got.length} bytes, not ${out.length}`;
   out.set(got);
   return null;
+});
+
+// dmg bzip2 chunks: libbzip2 as wasm, loaded on the first bzip2 chunk (its loader needs node:fs).
+type Bzip2 = { decompress(src: Uint8Array, destSize: number): Uint8Array };
+let bzip2: Promise<Bzip2> | undefined;
+installBzip2(async (input, outLength) => {
+  bzip2 ??= import('@foxglove/wasm-bz2').then((m) => (m as unknown as { default: { init(): Promise<Bzip2> } }).default.init());
+  return (await bzip2).decompress(input, outLength);
 });
 
 export * from './index.js';

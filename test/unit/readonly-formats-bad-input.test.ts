@@ -5,7 +5,7 @@
  * never a crash, a hang or an allocation the format's limits do not allow.
  */
 import { describe, expect, it } from 'vitest';
-import { BlockError, MemoryStorage, openImage, bdrvPread, closeNode, type BlockNode } from '../../src/index.js';
+import { BlockError, MemoryStorage, openImage, bdrvPread, closeNode, type BlockNode } from '../../src/node.js';
 import '../../src/drivers.js';
 import { buildBochs, buildCloop, buildDmg, type BuiltImage } from '../helpers/readonly-images.js';
 import { seededBytes } from '../helpers/random.js';
@@ -258,7 +258,7 @@ describe('bochs: bad input', () => {
 // ------------------------------------------------------------------ luks (header checks; no key is needed to reach them)
 
 import { LUKS_HEADER, LUKS_KEY_SLOT, LUKS_KEY_SLOT_OFFSET, LUKS_MAGIC, LUKS_KEY_ENABLED, LUKS_KEY_DISABLED, type LuksHeader, type LuksKeySlot } from '../../src/formats/luks/header.js';
-import { registerSecret } from '../../src/index.js';
+import { registerSecret } from '../../src/node.js';
 
 function luksImage(tamper: (h: LuksHeader, slots: LuksKeySlot[]) => void = () => {}): Uint8Array {
   const h: LuksHeader = {
@@ -307,4 +307,23 @@ describe('luks: bad input', () => {
   it('slot state neither enabled nor disabled', () => luksOpenFails(luksImage((_h, s) => void (s[3]!.active = 7)), 'ECORRUPT', /key slot 3 at 0x160 is corrupted/));
   it('no key slot opens with the password', () => luksOpenFails(luksImage(), 'EPERM', /Invalid password, cannot unlock any keyslot/));
   it('no key-secret for I/O', () => luksOpenFails(luksImage(), 'EINVAL', /Parameter 'key-secret' is required for cipher/, false));
+});
+
+// ------------------------------------------------------------------ the environment-neutral inflate (browsers)
+
+import { pakoInflateExact } from '../../src/formats/zlib-exact.js';
+import { deflateSync } from 'node:zlib';
+
+describe('pakoInflateExact (the browser path for dmg and cloop chunks)', () => {
+  const data = seededBytes(4096, 60).map((b, i) => (i % 3 ? b : 0));
+  const z = new Uint8Array(deflateSync(data));
+  it('fills the buffer exactly', () => {
+    const out = new Uint8Array(4096);
+    expect(pakoInflateExact(z, out)).toBeNull();
+    expect(Buffer.compare(out, data)).toBe(0);
+  });
+  it('stops a stream that inflates past the buffer', () => expect(pakoInflateExact(new Uint8Array(deflateSync(new Uint8Array(1 << 24))), new Uint8Array(512))).toMatch(/more than 512 bytes/));
+  it('refuses a short stream', () => expect(pakoInflateExact(z, new Uint8Array(8192))).toMatch(/inflates to 4096 bytes, not 8192/));
+  it('refuses a truncated stream', () => expect(pakoInflateExact(z.subarray(0, z.length - 30), new Uint8Array(4096))).toMatch(/truncated|does not inflate/));
+  it('refuses garbage', () => expect(pakoInflateExact(seededBytes(100, 61), new Uint8Array(4096))).toMatch(/does not inflate/));
 });

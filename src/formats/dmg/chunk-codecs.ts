@@ -1,9 +1,10 @@
 /**
  * Decompressors for DMG chunk types, one registry entry per EntryType.
  *
- * zlib (UDZO) uses pako; bzip2 (UDBZ) uses @foxglove/wasm-bz2 (libbzip2
- * compiled to wasm, loaded on the first bzip2 chunk; it stops with an error
- * when a chunk would inflate past its sector count, so output is bounded).
+ * zlib (UDZO) uses inflateExact (pako, or Node's zlib); bzip2 (UDBZ) uses
+ * the decompressor the host installs (Node: libbzip2 as wasm, which stops
+ * with an error when a chunk would inflate past its sector count, so output
+ * is bounded); without one, bzip2 chunks are ENOTSUP like lzfse.
  * No maintained npm package decodes LZFSE (ULFO) or ADC (UDCO): their
  * entries have no decompressor and reads of such chunks fail with ENOTSUP.
  * (Debian's qemu-img 7.2 is built without its dmg-bz2 and dmg-lzfse modules
@@ -22,50 +23,43 @@ export interface ChunkCodec {
   decompress?(input: Uint8Array, out: Uint8Array): Promise<string | null>;
 }
 
-interface Bzip2Module {
-  decompress(src: Uint8Array, destSize: number): Uint8Array;
-}
-let bzip2: Promise<Bzip2Module> | undefined;
+/**
+ * Decompresses a bzip2 stream into at most `outLength` bytes (throws past
+ * that or on a bad stream). Installed by the host: src/node.ts installs
+ * libbzip2 compiled to wasm (@foxglove/wasm-bz2); its emscripten loader
+ * reads the .wasm with node:fs, so the browser build has none yet.
+ */
+export type Bzip2Decompress = (input: Uint8Array, outLength: number) => Promise<Uint8Array>;
 
-function loadBzip2(): Promise<Bzip2Module> {
-  bzip2 ??= (async () => {
-    const mod = (await import('@foxglove/wasm-bz2')) as unknown as { default: { init(): Promise<Bzip2Module> } };
-    return mod.default.init();
-  })();
-  return bzip2;
+let bzip2Impl: Bzip2Decompress | null = null;
+
+export function installBzip2(fn: Bzip2Decompress | null): void {
+  bzip2Impl = fn;
 }
+
+const bzip2Codec: ChunkCodec = {
+  name: 'bzip2',
+  async decompress(input, out) {
+    let got: Uint8Array;
+    try {
+      got = await bzip2Impl!(input, out.length);
+    } catch (e) {
+      return `the stream does not decompress (${(e as Error).message})`;
+    }
+    if (got.length !== out.length) return `the stream decompresses to ${got.length} bytes, not ${out.length}`;
+    out.set(got);
+    return null;
+  },
+};
 
 const codecs = new Map<number, ChunkCodec>([
   [BLKX_ZLIB, { name: 'zlib', decompress: async (input, out) => inflateExact(input, out) }],
-  [
-    BLKX_BZIP2,
-    {
-      name: 'bzip2',
-      async decompress(input, out) {
-        let bz: Bzip2Module;
-        try {
-          bz = await loadBzip2();
-        } catch (e) {
-          bzip2 = undefined;
-          return `the bzip2 decompressor could not be loaded (${(e as Error).message})`;
-        }
-        let got: Uint8Array;
-        try {
-          got = bz.decompress(input, out.length);
-        } catch (e) {
-          return `the stream does not decompress (${(e as Error).message})`;
-        }
-        if (got.length !== out.length) return `the stream decompresses to ${got.length} bytes, not ${out.length}`;
-        out.set(got);
-        return null;
-      },
-    },
-  ],
   [BLKX_LZFSE, { name: 'lzfse' }],
   [BLKX_ADC, { name: 'adc' }],
 ]);
 
 /** The codec of a compressed chunk type, or undefined for other types. */
 export function chunkCodec(entryType: number): ChunkCodec | undefined {
+  if (entryType === BLKX_BZIP2) return bzip2Impl ? bzip2Codec : { name: 'bzip2' };
   return codecs.get(entryType);
 }
