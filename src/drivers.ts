@@ -8,3 +8,7 @@ import './formats/qcow2/index.js';
 import './protocols/memory.js';
 import './formats/vmdk/index.js';
 import './formats/vhdx/index.js';
+import './formats/dmg/index.js';
+import './formats/cloop/index.js';
+import './formats/bochs/index.js';
+import './formats/luks/index.js';

@@ -41,6 +41,8 @@ export interface WriteFlags {
 export interface OpenOptions {
   /** Open for reading only; writes fail with EPERM/EROFS. */
   readOnly?: boolean;
+  /** QEMU's BDRV_O_NO_IO: the caller only asks for metadata (info), so an encrypted image may open without its key. */
+  noIo?: boolean;
   /** Driver-specific options (`offset`, `size` for raw; `l2-cache-size` for qcow2; …). */
   [key: string]: unknown;
 }

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { listDrivers } from '../block/driver.js';
 import { UsageError } from './args.js';
+import { takeObjectOptions } from './objects.js';
 import { initWasm } from '../runtime.js';
 import { invokedAs, progName } from './progname.js';
 import '../node.js'; // Node's drivers and C zlib for compressed writes
@@ -118,7 +119,7 @@ export async function main(argv: string[], out: Output): Promise<number> {
       out.stdout(HELP);
       return 0;
     }
-    return await (await load())(rest, out);
+    return await (await load())(takeObjectOptions(rest), out);
   } catch (e) {
     const code = e instanceof CliError ? e.exitCode : 1;
     const msg = e instanceof Error ? e.message : String(e);
