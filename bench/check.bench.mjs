@@ -4,21 +4,21 @@
 //    image with 1 GiB random data, 1 GiB written zeros and a 2 GiB hole),
 //  - a 1 TiB qcow2 created with preallocation=metadata (16 Mi clusters to count).
 // Wall time of each tool, the ratio, and blocktab's peak RSS. The two tools'
-// summaries must agree, so the figures compare the same work. A last line
-// gives the floor under every blocktab figure: starting Node and loading the
-// CLI (`blocktab --version`), which qemu-img, a C binary, does not pay.
+// summaries must agree, so the figures compare the same work. The floor under
+// every blocktab figure (starting Node and loading the CLI, which qemu-img, a
+// C binary, does not pay) is in startup.bench.mjs.
 // Needs `npm run build:ts` first (bench/run.mjs's npm script does it).
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { bench, best, MiB, ratioLine, root, runBlocktab, runQemu, scratchDir, writeMixedRaw } from './lib.mjs';
+import { bench, best, cliEntry, MiB, ratioLine, runBlocktab, runQemu, scratchDir, writeMixedRaw } from './lib.mjs';
 
 const dir = scratchDir();
 
 /** Both tools must report the same thing (the last three lines of human output). */
 function sameReport(image) {
   const q = spawnSync('qemu-img', ['check', image], { cwd: dir, encoding: 'utf8' });
-  const b = spawnSync(process.execPath, [path.join(root, 'dist/cli/main.js'), 'check', image], { cwd: dir, encoding: 'utf8' });
+  const b = spawnSync(process.execPath, [cliEntry, 'check', image], { cwd: dir, encoding: 'utf8' });
   if (q.stdout !== b.stdout || q.status !== b.status) throw new Error(`check reports differ for ${image}:\n${q.stdout}\n---\n${b.stdout}${b.stderr}`);
 }
 
@@ -42,8 +42,6 @@ try {
   execFileSync('qemu-img', ['create', '-f', 'qcow2', '-o', 'preallocation=metadata', 'pre.qcow2', '1T'], { cwd: dir, stdio: 'ignore' });
   measure('1 TiB preallocation=metadata', 'pre.qcow2');
 
-  const floor = best(3, () => runBlocktab(dir, ['--version']));
-  bench({ name: 'blocktab process floor (node start + CLI load)', value: Math.round(floor.ms), unit: 'ms', baseline: null, ratio: null, aim: null });
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });
 }
