@@ -1,8 +1,11 @@
 /** Node entry: the library plus the host file protocol and Node's C zlib for compressed writes. */
 import { deflateRawSync } from 'node:zlib';
 import { installDeflateRaw4k } from './formats/qcow2/compressed.js';
+import { installDeflatePool } from './codecs/deflate-pool.js';
+import { createNodeDeflatePool } from './codecs/deflate-pool-node.js';
 
 installDeflateRaw4k((input) => deflateRawSync(input, { windowBits: 12, level: 6, memLevel: 9 }));
+installDeflatePool(createNodeDeflatePool());
 
 export * from './index.js';
 export { FileStorage, fileDriver } from './protocols/file.js';

@@ -82,6 +82,8 @@ const DEFAULT_BUFFER = 2 * 1024 * 1024;
 /** qemu-img's default and largest -m. */
 export const DEFAULT_PARALLEL = 8;
 export const MAX_PARALLEL = 16;
+/** With -c, the clusters one worker reads and compresses at a time. */
+const COMPRESS_BATCH_BYTES = 1024 * 1024;
 /** qemu-img's MAX_BUF_SECTORS: the largest read buffer and -S value. */
 export const MAX_BUFFER = 16 * 1024 * 1024;
 /** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
@@ -276,6 +278,7 @@ async function runAt(src: Sources, pos: number, withBacking: boolean, backingByt
 
 /** One step of the copy: [pos, pos + bytes) of kind `kind`. */
 interface Step {
+  pos: number;
   kind: Kind;
   bytes: number;
 }
@@ -293,7 +296,7 @@ class Planner {
     private readonly clusterSize: number,
   ) {}
 
-  async next(pos: number): Promise<Step> {
+  async next(pos: number): Promise<Omit<Step, 'pos'>> {
     if (this.statusEnd <= pos) {
       const r = await runAt(this.src, pos, this.withBacking, this.backingBytes);
       this.kind = r.kind;
@@ -343,6 +346,8 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   const signal = opts.signal;
   const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
   const turns = new WriteTurns(opts.outOfOrder !== true);
+  // With -c a step is one cluster: a worker takes several at once, so compressing them is one trip to a pool.
+  const batch = compressed ? Math.max(1, Math.floor(COMPRESS_BATCH_BYTES / bufSize)) : 1;
   let yielded = Date.now();
   let nextPos = 0;
   let done = 0;
@@ -353,49 +358,73 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
    * worker at a time (qemu-img's s->lock around convert_iteration_sectors),
    * so steps are cut exactly as a sequential copy cuts them.
    */
-  const take = serialise(async (): Promise<{ pos: number; kind: Kind; bytes: number } | null> => {
-    if (failure !== undefined || nextPos >= total) return null;
-    if (signal) {
-      if (Date.now() - yielded >= YIELD_INTERVAL_MS) {
-        await nextTurn();
-        yielded = Date.now();
+  const take = serialise(async (): Promise<Step[] | null> => {
+    const steps: Step[] = [];
+    while (steps.length < batch && failure === undefined && nextPos < total) {
+      if (signal) {
+        if (Date.now() - yielded >= YIELD_INTERVAL_MS) {
+          await nextTurn();
+          yielded = Date.now();
+        }
+        if (signal.aborted) throw new BlockError('ECANCELED', `convert: cancelled after ${turns.written} of ${total} bytes`);
       }
-      if (signal.aborted) throw new BlockError('ECANCELED', `convert: cancelled after ${turns.written} of ${total} bytes`);
+      const pos = nextPos;
+      const step = await planner.next(pos);
+      let { kind, bytes: n } = step;
+      if (minSparse === 0 && kind === Kind.Zero) n = Math.min(n, bufSize);
+      nextPos = pos + n;
+      steps.push({ pos, kind, bytes: n });
     }
-    const pos = nextPos;
-    const step = await planner.next(pos);
-    let { kind, bytes: n } = step;
-    if (minSparse === 0 && kind === Kind.Zero) n = Math.min(n, bufSize);
-    nextPos = pos + n;
-    return { pos, kind, bytes: n };
+    return steps.length ? steps : null;
   });
 
-  /** One of qemu-img's convert coroutines: take a step, read it, wait for its turn, write it. */
+  /**
+   * One of qemu-img's convert coroutines: take a step (with -c, up to
+   * `batch` one-cluster steps), read it, compress it, wait for its turn,
+   * write it.
+   */
   const worker = async (): Promise<void> => {
-    const buf = allocBuffer(bufSize);
+    const buf = allocBuffer(bufSize * batch);
     try {
       for (;;) {
-        const step = await take();
-        if (!step) return;
-        const { pos, bytes: n } = step;
-        let kind = step.kind;
-        const view = buf.subarray(0, n);
-        if (kind === Kind.Data) await src.read(pos, n, view);
-        else if (kind === Kind.Zero && minSparse === 0) view.fill(0);
-        await turns.wait(pos);
-        if (kind === Kind.Data) {
-          if (minSparse === 0) await bdrvPwrite(target, pos, n, view, flags);
-          else if (!compressed) await writeSparse(target, pos, view, minSparse, zeroInit);
-          else if (!bufferIsZero(view)) await bdrvPwrite(target, pos, n, view, flags);
-          else kind = Kind.Zero;
-        } else if (kind === Kind.Zero && minSparse === 0) {
-          // -S 0: zeros are written as data, so the target is fully allocated.
-          await bdrvPwrite(target, pos, n, view, flags);
-          kind = Kind.Backing;
+        const steps = await take();
+        if (!steps) return;
+        const jobs = steps.map((st, i) => ({ ...st, view: buf.subarray(i * bufSize, i * bufSize + Math.min(st.bytes, bufSize)), packed: undefined as Uint8Array | null | undefined }));
+        for (const j of jobs) {
+          if (j.kind === Kind.Data) await src.read(j.pos, j.bytes, j.view);
+          else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
         }
-        if (kind === Kind.Zero && !zeroInit) await writeZeroes(target, pos, n);
-        turns.done(pos, n);
-        done += n;
+        // Compressed clusters are compressed before the turn, so workers (and a pool's threads) compress in parallel.
+        const compress = compressed ? target.driver.compressCluster : undefined;
+        if (compress) {
+          await Promise.all(
+            jobs.map(async (j) => {
+              const writes = j.kind === Kind.Data ? minSparse === 0 || !bufferIsZero(j.view) : minSparse === 0 && j.kind === Kind.Zero;
+              if (writes) j.packed = await compress(target, j.view);
+            }),
+          );
+        }
+        await turns.wait(jobs[0]!.pos);
+        let bytes = 0;
+        for (const j of jobs) {
+          const { pos, bytes: n, view } = j;
+          const writeFlags = j.packed === undefined ? flags : { ...flags, precompressed: j.packed };
+          let kind = j.kind;
+          if (kind === Kind.Data) {
+            if (minSparse === 0) await bdrvPwrite(target, pos, n, view, writeFlags);
+            else if (!compressed) await writeSparse(target, pos, view, minSparse, zeroInit);
+            else if (!bufferIsZero(view)) await bdrvPwrite(target, pos, n, view, writeFlags);
+            else kind = Kind.Zero;
+          } else if (kind === Kind.Zero && minSparse === 0) {
+            // -S 0: zeros are written as data, so the target is fully allocated.
+            await bdrvPwrite(target, pos, n, view, writeFlags);
+            kind = Kind.Backing;
+          }
+          if (kind === Kind.Zero && !zeroInit) await writeZeroes(target, pos, n);
+          bytes += n;
+        }
+        turns.done(jobs[0]!.pos, bytes);
+        done += bytes;
         onProgress?.(done, total);
       }
     } catch (e) {

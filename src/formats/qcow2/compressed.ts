@@ -13,6 +13,7 @@
 import { deflateRaw, inflateRaw } from 'pako';
 import { decompress as zstdDecompress } from 'fzstd';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
+import { deflatePool } from '../../codecs/deflate-pool.js';
 
 export const QCOW2_COMPRESSED_SECTOR_SIZE = 512;
 
@@ -140,7 +141,9 @@ export async function compressCluster(compressionType: number, input: Uint8Array
     const z = await loadZstd();
     out = z.compress(input, 3);
   } else {
-    out = deflateRawImpl(input);
+    // A worker pool, when one is installed, lets parallel callers use every core.
+    const pool = deflatePool();
+    out = pool ? await pool.deflateRaw4k(input) : deflateRawImpl(input);
   }
   return out.length <= limit ? out : null;
 }
