@@ -142,8 +142,9 @@ export async function compressCluster(compressionType: number, input: Uint8Array
     out = z.compress(input, 3);
   } else {
     // A worker pool, when one is installed, lets parallel callers use every core.
+    // A pool whose workers cannot start or died falls back to this thread (same codec, same bytes).
     const pool = deflatePool();
-    out = pool ? await pool.deflateRaw4k(input) : deflateRawImpl(input);
+    out = pool ? await pool.deflateRaw4k(input).catch(() => deflateRawImpl(input)) : deflateRawImpl(input);
   }
   return out.length <= limit ? out : null;
 }
