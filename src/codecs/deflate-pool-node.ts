@@ -34,7 +34,8 @@ parentPort.on('message', ({ id, inputs }) => {
 
 export function createNodeDeflatePool(workers = Math.min(MAX_WORKERS, availableParallelism())): DeflatePool {
   return createDeflatePool((events) => {
-    const w = new Worker(WORKER_SOURCE, { eval: true });
+    // execArgv: [] so a parent started with --input-type=module does not make this CommonJS source a module.
+    const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
     w.on('message', events.message);
     w.on('error', events.error);
     return {

@@ -10,7 +10,9 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { blocktab, qemuImg, qemuImgRun, seededBytes, tmpDir } from '../helpers/qemu.js';
+import { spawnSync } from 'node:child_process';
+import { pathToFileURL } from 'node:url';
+import { blocktab, cliEntry, qemuImg, qemuImgRun, seededBytes, tmpDir } from '../helpers/qemu.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -97,5 +99,15 @@ describe('convert -m / -W', () => {
     run(['convert', '-c', '-W', '-f', 'raw', '-O', 'qcow2', 'text.raw', 'cw.qcow2']);
     expect(qemuImgRun(['compare', '-f', 'raw', '-F', 'qcow2', at('text.raw'), at('cw.qcow2')]).status).toBe(0);
     clean('cw.qcow2');
+  });
+
+  it('-c from a parent started as an ES module (--input-type=module) writes the same image', () => {
+    const code = `const { main } = await import(${JSON.stringify(pathToFileURL(cliEntry).href)});
+      const out = { stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s) };
+      process.exitCode = await main(['convert', '-c', '-f', 'raw', '-O', 'qcow2', 'text.raw', 'esm.qcow2'], out);`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: dir, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(same('esm.qcow2', 'c8.qcow2')).toBe(true);
   });
 });
