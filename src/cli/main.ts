@@ -6,7 +6,6 @@
  * trace.
  */
 import { readFileSync, realpathSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { UsageError } from './args.js';
@@ -90,7 +89,7 @@ const KERNEL_COMMANDS = new Set(['convert', 'compare', 'map', 'check', 'commit',
 async function loadKernels(): Promise<void> {
   try {
     const { initWasm } = await import('../wasm/index.js');
-    await initWasm({ bytes: await readFile(new URL('../../build/blocktab.wasm', import.meta.url)) });
+    await initWasm({ bytes: readFileSync(new URL('../../build/blocktab.wasm', import.meta.url)) });
   } catch (e) {
     if (process.env.BLOCKTAB_DEBUG) process.stderr.write(`blocktab: note: wasm kernels not loaded (${String(e)}); using JS fallbacks\n`);
   }

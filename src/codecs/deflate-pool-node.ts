@@ -9,8 +9,8 @@
  * The worker's code is a string evaluated by worker_threads, not a file
  * beside this module, so the bundled CLI (dist/bin/) carries it inside.
  */
+import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
 import { createDeflatePool, type DeflatePool } from './deflate-pool.js';
 
 const MAX_WORKERS = 8;
@@ -35,6 +35,8 @@ parentPort.on('message', ({ id, inputs }) => {
 export function createNodeDeflatePool(workers = Math.min(MAX_WORKERS, availableParallelism())): DeflatePool {
   return createDeflatePool((events) => {
     // execArgv: [] so a parent started with --input-type=module does not make this CommonJS source a module.
+    // worker_threads loads on the first compressed write only: it costs start-up time every other command would pay.
+    const { Worker } = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
     const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
     w.on('message', events.message);
     w.on('error', events.error);

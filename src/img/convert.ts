@@ -501,6 +501,11 @@ async function writeZeroes(target: BlockNode, offset: number, bytes: number): Pr
  * every all-zero block of `minSparse` bytes, aligned to guest offsets.
  */
 async function writeSparse(target: BlockNode, offset: number, data: Uint8Array, minSparse: number, zeroInit: boolean): Promise<void> {
+  // A step of written zeros is common (a zero-filled region of a raw file): one scan decides it.
+  if (bufferIsZero(data)) {
+    if (!zeroInit) await writeZeroes(target, offset, data.length);
+    return;
+  }
   // Runs of same-kind blocks become one request each.
   let runStart = 0;
   let runZero: boolean | undefined;
@@ -511,7 +516,8 @@ async function writeSparse(target: BlockNode, offset: number, data: Uint8Array, 
   };
   for (let i = 0; i < data.length; ) {
     const blockEnd = Math.min(data.length, i + minSparse - ((offset + i) % minSparse));
-    const zero = bufferIsZero(data.subarray(i, blockEnd));
+    // A block whose first or last byte is set is data without a call into the zero scan (most data blocks).
+    const zero = data[i] === 0 && data[blockEnd - 1] === 0 && bufferIsZero(data.subarray(i, blockEnd));
     if (zero !== runZero) {
       await flush(i);
       runStart = i;
