@@ -3,6 +3,6 @@
  * the CLI and the worker do) before opening images. Node-only drivers (file)
  * are registered by src/node.ts.
  */
-import './formats/raw/raw.js';
-import './formats/qcow2/qcow2.js';
+import './formats/raw/index.js';
+import './formats/qcow2/index.js';
 import './protocols/memory.js';
