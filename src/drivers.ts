@@ -6,3 +6,5 @@
 import './formats/raw/index.js';
 import './formats/qcow2/index.js';
 import './protocols/memory.js';
+import './formats/vmdk/index.js';
+import './formats/vhdx/index.js';
