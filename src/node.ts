@@ -3,8 +3,11 @@ import { deflateRawSync, inflateSync } from 'node:zlib';
 import { installDeflateRaw4k } from './codecs/deflate.js';
 import { installInflateExact } from './codecs/zlib-exact.js';
 import { installBzip2 } from './codecs/bzip2.js';
+import { installDeflatePool } from './codecs/deflate-pool.js';
+import { createNodeDeflatePool } from './codecs/deflate-pool-node.js';
 
 installDeflateRaw4k((input) => deflateRawSync(input, { windowBits: 12, level: 6, memLevel: 9 }));
+installDeflatePool(createNodeDeflatePool());
 // zlib streams (dmg and cloop chunks, vmdk grains): Node's C zlib, bounded by the chunk size like the pako path.
 installInflateExact((input, out) => {
   let got: Buffer;
