@@ -5,4 +5,9 @@
  */
 import './formats/raw/raw.js';
 import './formats/qcow2/qcow2.js';
+import './formats/vdi/vdi.js';
+import './formats/vpc/vpc.js';
+import './formats/qed/qed.js';
+import './formats/qcow/qcow.js';
+import './formats/parallels/parallels.js';
 import './protocols/memory.js';

@@ -68,7 +68,8 @@ export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
   const info: ImageInfo = {
     filename: bs.filename,
     format: drv.name,
-    'dirty-flag': dinfo?.isDirty ?? false,
+    // As qemu-img: only drivers that answer bdrv_get_info (parallels does not) report a dirty flag.
+    'dirty-flag': dinfo ? (dinfo.isDirty ?? false) : undefined,
     'actual-size': await allocatedFileSize(bs),
     'virtual-size': bs.totalBytes,
     'cluster-size': dinfo?.clusterSize ? dinfo.clusterSize : undefined,

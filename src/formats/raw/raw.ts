@@ -88,6 +88,7 @@ export const rawDriver: BlockDriver = {
   async getAllocatedFileSize(bs) {
     return file(bs).driver.getAllocatedFileSize?.(file(bs));
   },
+  getDriverInfo: () => ({}),
   async blockStatus(bs, _wantZero, offset, bytes) {
     return { status: BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID, pnum: bytes, map: offset + st(bs).offset, file: file(bs) };
   },
