@@ -87,9 +87,15 @@ function clusterOffsetOk(s: QedState, offset: number): boolean {
   return offset >= s.header.headerSize * s.clusterSize && offset < s.fileSize;
 }
 
-/** QEMU's qed_check_table_offset: every cluster of the table is a valid cluster offset. */
+/**
+ * QEMU's qed_check_table_offset: the table's first and last clusters are valid
+ * cluster offsets. QEMU's overflow test (last <= first) also refuses every
+ * table of a table_size 1 image; qemu-img cannot open those, and neither do we.
+ */
 function tableOffsetOk(s: QedState, offset: number): boolean {
-  return clusterOffsetOk(s, offset) && clusterOffsetOk(s, offset + (s.header.tableSize - 1) * s.clusterSize);
+  const last = offset + (s.header.tableSize - 1) * s.clusterSize;
+  if (last <= offset) return false;
+  return clusterOffsetOk(s, offset) && clusterOffsetOk(s, last);
 }
 
 function validateHeader(image: string, h: QedHeader, fileSize: number): void {
