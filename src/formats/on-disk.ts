@@ -24,7 +24,13 @@ export function setU64le(dv: DataView, off: number, v: number): void {
   dv.setUint32(off + 4, Math.floor(v / 0x100000000), true);
 }
 
+/** Numbers at or above 2^64 (how an all-ones field parses) are written back as all ones. */
 export function setU64be(dv: DataView, off: number, v: number): void {
+  if (v >= 2 ** 64) {
+    dv.setUint32(off, 0xffffffff, false);
+    dv.setUint32(off + 4, 0xffffffff, false);
+    return;
+  }
   dv.setUint32(off, Math.floor(v / 0x100000000), false);
   dv.setUint32(off + 4, v % 0x100000000, false);
 }

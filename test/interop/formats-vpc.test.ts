@@ -10,7 +10,8 @@ const cases: FormatCase[] = [];
 for (const subformat of ['dynamic', 'fixed']) {
   for (const force of [false, true]) {
     const opts = ['-o', `subformat=${subformat}${force ? ',force_size=on' : ''}`];
-    for (const size of [MiB, 10 * MiB + 3 * 512, 130 * MiB]) {
+    // 300 MiB (sparse, dynamic) needs 63 sectors per track; 150 MiB 31; the small ones 17.
+    for (const size of [MiB, 10 * MiB + 3 * 512, subformat === 'dynamic' ? 300 * MiB : 150 * MiB]) {
       cases.push({
         name: `${subformat}${force ? ' force_size' : ''} ${size} bytes, sparse`,
         make: (d) => {
