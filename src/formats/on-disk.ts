@@ -39,12 +39,6 @@ export function view(b: Uint8Array): DataView {
   return new DataView(b.buffer, b.byteOffset, b.byteLength);
 }
 
-/** ASCII text of `b` up to the first NUL. */
-export function cString(b: Uint8Array): string {
-  const end = b.indexOf(0);
-  return String.fromCharCode(...(end < 0 ? b : b.subarray(0, end)));
-}
-
 /**
  * Reads `bytes` bytes of the structure `what` at `offset` of `file`, failing
  * with ECORRUPT (naming image, structure and offset) when it does not lie

@@ -1,5 +1,5 @@
 /**
- * `check` on vdi and qed images agrees with qemu-img check: JSON, human
+ * `check` on vdi, qed and parallels images agrees with qemu-img check: JSON, human
  * output, the format's messages on stderr and the exit code — on clean
  * images and on images patched to hold the corruptions and leaks each
  * format's check finds.
@@ -59,9 +59,44 @@ const cases: { name: string; make(d: string): string }[] = [
   { name: 'qed: data cluster offset past the end of the file', make: (d) => { const n = qed(d); poke(d, n, qedL2(d, 1), 0x40000000n, 8); return n; } },
   { name: 'qed: one cluster referenced twice', make: (d) => { const n = qed(d); poke(d, n, qedL2(d, 2), peek64(d, n, qedL2(d, 0)), 8); return n; } },
   { name: 'qed: L2 table offset past the end of the file', make: (d) => { const n = qed(d); poke(d, n, 4096 + 8, 0x40000000n, 8); return n; } },
+  ...(['1M', '64k'] as const).map((cluster) => ({
+    name: `parallels ${cluster} clusters, clean`,
+    make: (d: string) => {
+      qemuImg(['create', '-q', '-f', 'parallels', '-o', `cluster_size=${cluster}`, 'a.hdd', '8M'], { cwd: d });
+      io(d, 'a.hdd', 'parallels', ['write -P 1 0 4k', 'write -P 2 5M 4k', 'write -P 3 1M 4k']);
+      return 'a.hdd';
+    },
+  })),
+  {
+    name: 'parallels: cluster outside the image',
+    make: (d) => {
+      qemuImg(['create', '-q', '-f', 'parallels', '-o', 'cluster_size=64k', 'a.hdd', '8M'], { cwd: d });
+      io(d, 'a.hdd', 'parallels', ['write -P 1 0 4k', 'write -P 2 5M 4k']);
+      poke(d, 'a.hdd', 64 + 4 * 3, 0x100000n, 4);
+      fs.truncateSync(path.join(d, 'a.hdd'), fs.statSync(path.join(d, 'a.hdd')).size + 100000);
+      return 'a.hdd';
+    },
+  },
+  {
+    name: 'parallels: space leaked at the end',
+    make: (d) => {
+      qemuImg(['create', '-q', '-f', 'parallels', '-o', 'cluster_size=64k', 'a.hdd', '8M'], { cwd: d });
+      io(d, 'a.hdd', 'parallels', ['write -P 1 0 4k', 'write -P 2 5M 4k']);
+      fs.truncateSync(path.join(d, 'a.hdd'), fs.statSync(path.join(d, 'a.hdd')).size + 100000);
+      return 'a.hdd';
+    },
+  },
+  {
+    name: 'parallels: not closed cleanly',
+    make: (d) => {
+      qemuImg(['create', '-q', '-f', 'parallels', 'a.hdd', '4M'], { cwd: d });
+      poke(d, 'a.hdd', 44, 0x746f6e59n, 4);
+      return 'a.hdd';
+    },
+  },
 ];
 
-describe('check on vdi and qed agrees with qemu-img check', () => {
+describe('check on vdi, qed and parallels agrees with qemu-img check', () => {
   for (const c of cases) {
     it(c.name, () => {
       const dir = tmpDir('fmt-check-');

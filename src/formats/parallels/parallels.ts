@@ -13,7 +13,7 @@
  * the end of the file.
  */
 import { BlockError } from '../../block/errors.js';
-import { registerDriver, type BlockDriver } from '../../block/driver.js';
+import { registerDriver, type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
@@ -38,6 +38,8 @@ interface ParallelsState {
   /** BAT entries count in these units of sectors. */
   offMultiplier: number;
   bat: Uint32Array;
+  /** The header's inuse field says the image was not closed cleanly. */
+  headerUnclean: boolean;
 }
 
 function st(bs: BlockNode): ParallelsState {
@@ -82,7 +84,7 @@ export const parallelsDriver: BlockDriver = {
       throw bad('parallels: Image was not closed correctly; cannot be opened read/write', 'EACCES');
     }
     const bat = parseParallelsBat(await readStructure(file, image, 'parallels BAT', PARALLELS_HEADER_BYTES, h.batEntries * 4), h.batEntries);
-    bs.opaque = { image, file, tracks: h.tracks, offMultiplier, bat } satisfies ParallelsState;
+    bs.opaque = { image, file, tracks: h.tracks, offMultiplier, bat, headerUnclean: h.inuse === HEADER_INUSE_MAGIC } satisfies ParallelsState;
     bs.totalBytes = sectors * SECTOR;
     bs.limits = { ...bs.limits, requestAlignment: SECTOR };
   },
@@ -125,6 +127,62 @@ export const parallelsDriver: BlockDriver = {
     if (start < 0) return { status: 0, pnum };
     return { status: BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID, pnum, map: start * SECTOR, file: s.file };
   },
+
+  async check(bs, fix) {
+    if (fix.leaks || fix.errors) throw new BlockError('ENOTSUP', `${bs.filename}: repairing parallels images is not supported (check without -r)`);
+    return parallelsCheck(st(bs));
+  },
 };
+
+/**
+ * QEMU 7.2's parallels_co_check without repair: an unclean header and
+ * clusters starting past the end of the file are corruptions (still counted
+ * as allocated, so they move the image end), space past the last cluster is leaked (counted in clusters, reported in bytes — for an
+ * image with no cluster the end is taken as one cluster, as QEMU 7.2 does).
+ */
+function parallelsCheck(s: ParallelsState): CheckResult {
+  const r: CheckResult = {
+    corruptions: 0,
+    leaks: 0,
+    checkErrors: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
+    totalClusters: s.bat.length,
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    messages: [],
+  };
+  // QEMU's bdrv_getlength: the file's length rounded up to a sector.
+  const size = Math.ceil(s.file.totalBytes / SECTOR) * SECTOR;
+  const clusterSize = s.tracks * SECTOR;
+  if (s.headerUnclean) {
+    r.messages.push('ERROR image was not closed correctly');
+    r.corruptions++;
+  }
+  let high = 0;
+  let prev = 0;
+  for (let i = 0; i < s.bat.length; i++) {
+    const off = s.bat[i]! * s.offMultiplier * SECTOR;
+    if (off === 0) {
+      prev = 0;
+      continue;
+    }
+    // Without repair QEMU 7.2 goes on counting the cluster (allocated, image end) after reporting it.
+    if (off > size) {
+      r.messages.push(`ERROR cluster ${i} is outside image`);
+      r.corruptions++;
+    }
+    r.allocatedClusters!++;
+    if (off > high) high = off;
+    if (prev !== 0 && prev + clusterSize !== off) r.fragmentedClusters!++;
+    prev = off;
+  }
+  r.imageEndOffset = high + clusterSize;
+  if (size > r.imageEndOffset) {
+    r.messages.push(`ERROR space leaked at the end of the image ${size - r.imageEndOffset}`);
+    r.leaks += Math.ceil((size - r.imageEndOffset) / clusterSize);
+  }
+  return r;
+}
 
 registerDriver(parallelsDriver);

@@ -98,7 +98,7 @@ function tableOffsetOk(s: QedState, offset: number): boolean {
   return clusterOffsetOk(s, offset) && clusterOffsetOk(s, last);
 }
 
-function validateHeader(image: string, h: QedHeader, fileSize: number): void {
+function validateHeader(image: string, h: QedHeader): void {
   const bad = (what: string, code: 'EINVAL' | 'ENOTSUP' = 'EINVAL') => new BlockError(code, `${image}: ${what}`);
   if (h.magic !== QED_MAGIC) throw bad('Image not in QED format');
   if (h.features & ~QED_FEATURE_MASK || h.features > 0xffffffff) {
@@ -115,7 +115,6 @@ function validateHeader(image: string, h: QedHeader, fileSize: number): void {
     throw bad(`invalid QED image size ${h.imageSize} in the header (a multiple of 512 up to ${max})`);
   }
   if (h.headerSize === 0 || h.headerSize > 0xffffffff / h.clusterSize) throw bad(`invalid QED header size ${h.headerSize} clusters`);
-  void fileSize;
 }
 
 async function loadL2(s: QedState, l2Offset: number, l1Index: number): Promise<Float64Array> {
@@ -187,7 +186,7 @@ export const qedDriver: BlockDriver = {
     const file = bs.file!.node;
     const image = bs.filename;
     const header = parseQedHeader(await readStructure(file, image, 'QED header', 0, QED_HEADER_BYTES));
-    validateHeader(image, header, file.totalBytes);
+    validateHeader(image, header);
     const cs = header.clusterSize;
     const s: QedState = {
       image,
