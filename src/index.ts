@@ -14,5 +14,5 @@ export * from './block/open.js';
 export * from './block/info.js';
 export * from './block/buffers.js';
 export * from './block/dirty-bitmap.js';
-export { initWasm, wasmReady, type InitWasmOptions } from './wasm/index.js';
+export { initWasm, wasmReady, type InitWasmOptions } from './runtime.js';
 export { MemoryStorage, MemoryFile } from './protocols/memory.js';

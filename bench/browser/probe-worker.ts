@@ -8,7 +8,7 @@ import * as Comlink from 'comlink';
 import '../../src/browser.js';
 import { Engine } from '../../src/engine/engine.js';
 import { OpfsStorage } from '../../src/protocols/opfs.js';
-import { initWasm } from '../../src/wasm/index.js';
+import { initWasm } from '../../src/runtime.js';
 import { createWorkerApi } from '../../src/worker/api.js';
 
 const engine = new Engine({ storages: { opfs: new OpfsStorage() } });

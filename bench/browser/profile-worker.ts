@@ -10,7 +10,7 @@ import { OpfsStorage, opfsDriver, type SyncAccessHandle } from '../../src/protoc
 import { BlockBackend } from '../../src/block/backend.js';
 import { bdrvPread } from '../../src/block/io.js';
 import { createWorkerApi } from '../../src/worker/api.js';
-import { initWasm } from '../../src/wasm/index.js';
+import { initWasm } from '../../src/runtime.js';
 import { mapRun } from '../../src/formats/qcow2/cluster-map.js';
 import { qcow2Read } from '../../src/formats/qcow2/read.js';
 import type { Qcow2State } from '../../src/formats/qcow2/state.js';

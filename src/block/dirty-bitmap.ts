@@ -18,6 +18,20 @@
 import { BlockError } from './errors.js';
 import type { BlockNode, WriteObserver } from './node.js';
 import { HBitmap, type DirtyArea } from '../wasm/hbitmap.js';
+import { WasmError } from '../wasm/errors.js';
+
+/**
+ * Runs an HBitmap operation that user input can reach, turning the wasm
+ * layer's WasmError into a BlockError with the same code and message.
+ */
+function viaBitmap<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof WasmError) throw new BlockError(e.code, e.message, { cause: e });
+    throw e;
+  }
+}
 
 /** QEMU's BDRV_BITMAP_MAX_NAME_SIZE. */
 export const BITMAP_MAX_NAME_SIZE = 1023;
@@ -46,7 +60,7 @@ export class BdrvDirtyBitmap {
 
   constructor(name: string, size: number, granularity: number) {
     this.name = name;
-    this.bitmap = new HBitmap(size, Math.log2(granularity));
+    this.bitmap = viaBitmap(() => new HBitmap(size, Math.log2(granularity)));
   }
 
   /** Bytes per bit. */
@@ -103,6 +117,8 @@ export class DirtyBitmapList implements WriteObserver {
   readonly bitmaps: BdrvDirtyBitmap[] = [];
   /** An observer that was on the node before us keeps being told. */
   private readonly chained: WriteObserver | null;
+  /** Unnamed observers of the node's writes (a job tracking what changes while it runs); not bitmaps users see. */
+  readonly observers = new Set<WriteObserver>();
 
   constructor(bs: BlockNode, chained: WriteObserver | null) {
     this.bs = bs;
@@ -111,6 +127,7 @@ export class DirtyBitmapList implements WriteObserver {
 
   markDirty(offset: number, bytes: number): void {
     this.chained?.markDirty(offset, bytes);
+    for (const o of this.observers) o.markDirty(offset, bytes);
     if (bytes <= 0) return;
     for (const bm of this.bitmaps) {
       if (bm.disabled) continue;
@@ -127,6 +144,13 @@ function listOf(bs: BlockNode): DirtyBitmapList {
   const list = new DirtyBitmapList(bs, bs.dirtyBitmaps);
   bs.dirtyBitmaps = list;
   return list;
+}
+
+/** Tells `observer` about every write that lands on `bs` from now on; returns the function that stops it. */
+export function addWriteObserver(bs: BlockNode, observer: WriteObserver): () => void {
+  const list = listOf(bs);
+  list.observers.add(observer);
+  return () => list.observers.delete(observer);
 }
 
 function bitmapsOf(bs: BlockNode): BdrvDirtyBitmap[] {
@@ -297,10 +321,10 @@ export function mergeDirtyBitmaps(bs: BlockNode, target: string, sources: MergeS
       );
     }
   }
-  for (const src of srcs) dst.bitmap.merge(src.bitmap);
+  for (const src of srcs) viaBitmap(() => dst.bitmap.merge(src.bitmap));
 }
 
 /** Resizes every bitmap of the node with it (QEMU's bdrv_dirty_bitmap_truncate); call after a successful truncate. */
 export function truncateDirtyBitmaps(bs: BlockNode, size: number): void {
-  for (const bm of bitmapsOf(bs)) bm.bitmap.truncate(size);
+  for (const bm of bitmapsOf(bs)) viaBitmap(() => bm.bitmap.truncate(size));
 }

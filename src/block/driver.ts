@@ -26,6 +26,14 @@ export interface WriteFlags {
   noFallback?: boolean;
   /** With pwritev: store the data compressed (qcow2 `-c`). */
   compressed?: boolean;
+  /**
+   * For the request path only (never passed to a driver): the write puts
+   * data the node already shows into its own layer (copy-on-read, a stream
+   * job), so what the guest sees does not change — the node's dirty bitmaps
+   * and written-offset statistics skip it, as QEMU's copy-on-read path does.
+   * Writes the driver then makes to its children count as usual.
+   */
+  copyOnRead?: boolean;
 }
 
 /** Options given to `open`: driver-specific keys plus the generic ones below. */

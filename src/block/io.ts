@@ -7,13 +7,22 @@
  * `limits.maxTransfer`, checked against the node's size and read-only state,
  * and overlapping read-modify-write cycles are serialised (tracked requests),
  * so two unaligned writes to the same block never lose each other's bytes.
- * Successful writes are reported to the node's dirty bitmaps.
+ * Successful writes are reported to the node's dirty bitmaps and raise its
+ * highest written offset (QEMU's bdrv_co_write_req_finish), whoever wrote:
+ * a user, a device, or a job.
  */
 import { BlockError, hex } from './errors.js';
 import type { WriteFlags, PreallocMode } from './driver.js';
 import type { BlockNode } from './node.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
 import { truncateDirtyBitmaps } from './dirty-bitmap.js';
+
+/** What every write that landed tells the node: its dirty bitmaps, and the highest offset written. */
+function writeFinished(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags): void {
+  if (flags.copyOnRead) return;
+  if (offset + bytes > bs.wrHighestOffset) bs.wrHighestOffset = offset + bytes;
+  bs.dirtyBitmaps?.markDirty(offset, bytes);
+}
 
 /** Largest bounce buffer used when a driver has no pwriteZeroes (1 MiB, as QEMU's fallback). */
 const MAX_ZERO_BOUNCE = 1024 * 1024;
@@ -137,13 +146,20 @@ export async function readBacking(bs: BlockNode, offset: number, bytes: number, 
 
 // ----------------------------------------------------------------- writes
 
+/** The flags a driver sees: copyOnRead belongs to this node's request only. */
+function driverFlags(flags: WriteFlags): WriteFlags {
+  if (!flags.copyOnRead) return flags;
+  const { copyOnRead: _, ...rest } = flags;
+  return rest;
+}
+
 async function writeAligned(bs: BlockNode, offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags): Promise<void> {
   const drv = bs.driver;
   if (!drv.pwritev) throw new BlockError('ENOTSUP', `${bs.filename}: the ${drv.name} driver cannot write`);
   const max = bs.limits.maxTransfer;
   for (let done = 0; done < bytes; ) {
     const n = Math.min(bytes - done, max);
-    await drv.pwritev(bs, offset + done, n, buf.subarray(done, done + n), flags);
+    await drv.pwritev(bs, offset + done, n, buf.subarray(done, done + n), driverFlags(flags));
     done += n;
   }
 }
@@ -205,7 +221,7 @@ async function pwrite(
       }
     });
   }
-  bs.dirtyBitmaps?.markDirty(offset, bytes);
+  writeFinished(bs, offset, bytes, flags);
 }
 
 /**
@@ -247,7 +263,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
         const max = bs.limits.maxTransfer;
         for (let o = headEnd; o < tailStart; ) {
           const n = Math.min(tailStart - o, Math.max(max - (max % align), align));
-          await drv.pwriteZeroes(bs, o, n, flags);
+          await drv.pwriteZeroes(bs, o, n, driverFlags(flags));
           o += n;
         }
         done = true;
@@ -260,7 +276,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
     if (!done) await writeZeroBuffer(headEnd, tailStart - headEnd);
   }
   if (end > tailStart) await writeZeroBuffer(tailStart, end - tailStart);
-  bs.dirtyBitmaps?.markDirty(offset, bytes);
+  writeFinished(bs, offset, bytes, flags);
 }
 
 /** Discards the range where the driver can; a hint, so unsupported means "done". */
@@ -275,7 +291,7 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   // A discard may cover the image's last, partial block.
   const alignedEnd = end === bs.totalBytes && bs.driver.kind !== 'protocol' ? end : end - (end % align);
   if (alignedEnd > start) await bs.driver.pdiscard(bs, start, alignedEnd - start);
-  bs.dirtyBitmaps?.markDirty(offset, bytes);
+  writeFinished(bs, offset, bytes, {});
 }
 
 /** Flushes the node, then the children it writes to (file, data file). */

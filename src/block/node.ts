@@ -64,6 +64,8 @@ export class BlockNode {
    * stop short of the storage (format drivers still write their cached metadata).
    */
   noFlush = false;
+  /** End of the highest write, write-zeroes or discard that reached this node (QEMU's wr_highest_offset, for query-blockstats). */
+  wrHighestOffset = 0;
   /** Dirty bitmaps recording writes to this node (src/block/dirty-bitmap.ts). */
   dirtyBitmaps: WriteObserver | null = null;
   /** Parent edges pointing at this node (for the graph views). */

@@ -9,7 +9,8 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { UsageError } from './args.js';
-import { initWasm } from '../wasm/index.js';
+import { initWasm } from '../runtime.js';
+import { invokedAs, progName } from './progname.js';
 import '../node.js'; // Node's drivers and C zlib for compressed writes
 
 /** Where commands write; tests and the top level pass process streams. */
@@ -85,7 +86,7 @@ async function loadKernels(): Promise<void> {
   try {
     await initWasm();
   } catch (e) {
-    if (process.env.BLOCKTAB_DEBUG) process.stderr.write(`blocktab: note: wasm kernels not loaded (${String(e)}); using JS fallbacks\n`);
+    if (process.env.BLOCKTAB_DEBUG) process.stderr.write(`${progName()}: note: wasm kernels not loaded (${String(e)}); using JS fallbacks\n`);
   }
 }
 
@@ -120,7 +121,7 @@ export async function main(argv: string[], out: Output): Promise<number> {
     const msg = e instanceof Error ? e.message : String(e);
     // Only our own errors are expected; anything else still gets one line, marked as internal.
     const known = e instanceof CliError || e instanceof UsageError || isBlockError(e);
-    out.stderr(`blocktab: ${known ? msg : `internal error: ${msg}`}`.split('\n')[0] + '\n');
+    out.stderr(`${progName()}: ${known ? msg : `internal error: ${msg}`}`.split('\n')[0] + '\n');
     return code;
   }
 }
@@ -135,12 +136,14 @@ function isEntry(): boolean {
 
 if (isEntry()) {
   const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s) };
-  main(process.argv.slice(2), out).then(
+  // Invoked as qemu-io, the whole command line is qemu-io's.
+  const argv = invokedAs() === 'qemu-io' ? ['io', ...process.argv.slice(2)] : process.argv.slice(2);
+  main(argv, out).then(
     (code) => {
       process.exitCode = code;
     },
     (e: unknown) => {
-      process.stderr.write(`blocktab: internal error: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.stderr.write(`${progName()}: internal error: ${e instanceof Error ? e.message : String(e)}\n`);
       process.exitCode = 1;
     },
   );

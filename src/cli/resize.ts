@@ -7,6 +7,7 @@ import type { BlockNode } from '../block/node.js';
 import { qemuStrtosz } from '../img/options.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
 import { openForCli } from './open.js';
+import { progName } from './progname.js';
 import type { Output } from './main.js';
 
 export async function runResize(args: string[], out: Output): Promise<number> {
@@ -44,9 +45,9 @@ export async function runResize(args: string[], out: Output): Promise<number> {
     if (total <= 0) throw new BlockError('EINVAL', 'New image size must be positive');
     if (!Number.isSafeInteger(total)) throw new BlockError('EFBIG', `New image size ${total} is too large`);
     if (total < current && !flag(p, 'shrink')) {
-      out.stderr('blocktab: Use the --shrink option to perform a shrink operation.\n');
+      out.stderr(`${progName()}: Use the --shrink option to perform a shrink operation.\n`);
       out.stderr(
-        "blocktab: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
+        `${progName()}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n`,
       );
       return 1;
     }

@@ -9,28 +9,27 @@
  * - `execute(command, args)` with QEMU's command and argument names and reply
  *   shapes; failures are QmpErrors ({ class, desc } plus a BlockError code).
  *   Commands live in a table (src/engine/commands/) — one entry per command.
- * - typed methods for what QMP does not cover: open/close/read/write for the
- *   app, and the qemu-img operations (info, map, convert, compare, measure).
+ * - typed methods for what QMP does not cover: read/write for the app, and
+ *   the qemu-img operations (info, map, convert, compare, measure, …).
  *
- * Ownership follows QEMU's reference counts: nodes added by the user
- * (blockdev-add, open) are "monitor-owned" and stay until deleted; nodes
- * created implicitly for them (a nested `file`, a backing chain opened from
- * the image's header) belong to their parent and go when it goes.
+ * Split by concern, each layer a class the next extends (one Engine object,
+ * one public API): events.ts (the event channel) → graph.ts (named nodes
+ * and devices, lookup, open/close) → dispatch.ts (the QMP command table) →
+ * this file (the typed I/O API and the qemu-img operations).
  */
 import '../drivers.js';
 import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { BlockBackend } from '../block/backend.js';
 import { bdrvFlush, bdrvGetLength, bdrvPwrite, bdrvTruncate } from '../block/io.js';
-import { closeNode, openImage, type Storage } from '../block/open.js';
+import { closeNode, openImage } from '../block/open.js';
 import { imageInfo } from '../img/info.js';
 import { mapExtents, type MapEntry, type MapOptions } from '../img/map.js';
 import { convert, convertTotalBytes, createConvertTarget, type ConvertOptions, type ProgressFn } from '../img/convert.js';
 import { compareImages, type CompareOptions, type CompareResult } from '../img/compare.js';
 import { collectDataRanges, measureQcow2, measureRaw, type MeasureResult, type Qcow2MeasureOptions } from '../img/measure.js';
-import { checkArgs } from './qapi-args.js';
-import { QmpError, toQmpError, genericError } from './qmp-error.js';
-import { qmpCommands, type QmpCommand } from './commands/index.js';
+import { EngineDispatch } from './dispatch.js';
+import { IoTarget, type EngineGraphOptions } from './graph.js';
 import { imageInfoTree, type QmpImageInfo } from './query.js';
 import { createImage, planCreate } from '../img/create.js';
 import { checkNode, type ImageCheck } from '../img/check.js';
@@ -44,26 +43,15 @@ import { runCommit } from '../jobs/commit.js';
 import { overlayOf, reopenWritable } from './commands/commit.js';
 import type { PreallocMode } from '../block/driver.js';
 
-/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
-const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
-/** QEMU keeps node names in a 32-byte array. */
-const MAX_NODE_NAME = 31;
+// The names other modules import from here (commands, worker, client) stay here.
+export { EngineEvents, type QmpEvent, type EventListener } from './events.js';
+export { EngineGraph, IoTarget, type EngineOpenOptions, type EngineGraphOptions } from './graph.js';
+export { EngineDispatch } from './dispatch.js';
+
 /** Largest single read()/write() through the typed API (a request this size is one allocation). */
 export const DEFAULT_MAX_IO_BYTES = 256 * 1024 * 1024;
 
-/** A QMP event, as QEMU sends it. */
-export interface QmpEvent {
-  event: string;
-  data: Record<string, unknown>;
-  timestamp: { seconds: number; microseconds: number };
-}
-export type EventListener = (event: QmpEvent) => void;
-
-export interface EngineOptions {
-  /** Storages by name; the name is also the protocol driver name in blockdev-add (`{ driver: 'opfs', filename }`). */
-  storages: Record<string, Storage>;
-  /** Receives warnings (probing guessed raw, …). */
-  warn?: (message: string) => void;
+export interface EngineOptions extends EngineGraphOptions {
   /** Largest read()/write() request in bytes (default 256 MiB). */
   maxIoBytes?: number;
 }
@@ -74,20 +62,6 @@ export interface EngineOptions {
  * operation and closed after it; the format is probed unless given).
  */
 export type ImageRef = string | { storage: string; filename: string; format?: string };
-
-export interface EngineOpenOptions {
-  /** Format driver; probed from the first bytes when absent (not QMP behaviour: blockdev-add requires it). */
-  format?: string;
-  readOnly?: boolean;
-  /** Node name of the top node; generated ("#blockN") when absent. */
-  nodeName?: string;
-  /** Also create a named device (BlockBackend) on the node: it shows in query-block and query-blockstats. */
-  device?: string;
-  /** Open the backing chain named in the image (default true). */
-  backing?: boolean;
-  /** Format driver options (raw's offset/size, qcow2's l2-cache-size, …). */
-  driverOptions?: Record<string, unknown>;
-}
 
 /** Target of convert: an existing writable node/device, or a new file in a storage. */
 export type ConvertTarget =
@@ -129,258 +103,21 @@ function optionStrings(o: string[] | Record<string, string | number | boolean> |
   return Object.entries(o).map(([k, v]) => `${k}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v).replaceAll(',', ',,')}`);
 }
 
-
 /** Drops absent (undefined) members, so replies look the same after structured clone and JSON. */
 function present<T extends object>(o: T): T {
   for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
   return o;
 }
 
-/** Byte accounting of the I/O the engine does on one node or device (QEMU's BlockAcctStats, in part). */
-export class IoTarget {
-  wrHighestOffset = 0;
-  invalidRdOperations = 0;
-  invalidWrOperations = 0;
-  constructor(readonly backend: BlockBackend) {}
-}
-
-export class Engine {
-  readonly storages: ReadonlyMap<string, Storage>;
-  /** The command table; `registerCommand` adds to it. */
-  readonly commands: Map<string, QmpCommand>;
+export class Engine extends EngineDispatch {
   readonly maxIoBytes: number;
-  private readonly warn: (message: string) => void;
-
-  /** Every node in the graph by node-name, in the order they were added (as QEMU's graph_bdrv_states). */
-  private readonly nodes = new Map<string, BlockNode>();
-  private readonly names = new Map<BlockNode, string>();
-  private readonly monitorOwned = new Set<BlockNode>();
-  private readonly nodeStorages = new Map<BlockNode, Storage>();
-  /** Named devices (BlockBackends), as QEMU's -drive/-device ids. */
-  private readonly devices = new Map<string, IoTarget>();
-  /** Anonymous backends for I/O addressed to a node-name (like qemu-io on a node); not "users" of the node. */
-  private readonly nodeIo = new Map<BlockNode, IoTarget>();
-  private readonly listeners = new Set<EventListener>();
 
   constructor(options: EngineOptions) {
-    this.storages = new Map(Object.entries(options.storages));
-    this.warn = options.warn ?? (() => {});
+    super(options);
     this.maxIoBytes = options.maxIoBytes ?? DEFAULT_MAX_IO_BYTES;
-    this.commands = new Map(Object.entries(qmpCommands));
-  }
-
-  // ------------------------------------------------------------------ QMP
-
-  /**
-   * Runs a QMP command and returns its `return` payload (`{}` for commands
-   * that return nothing). Throws a QmpError: CommandNotFound for an unknown
-   * command, GenericError for bad arguments and failures, DeviceNotFound when
-   * a named node or device does not exist.
-   */
-  async execute(command: string, args?: unknown): Promise<unknown> {
-    const cmd = this.commands.get(command);
-    if (!cmd) throw new QmpError('CommandNotFound', `The command ${command} has not been found`);
-    try {
-      const checked = checkArgs(cmd.args, args, '', cmd.openArgs === true);
-      const ret = await cmd.run(this, checked);
-      return ret === undefined ? {} : ret;
-    } catch (e) {
-      throw toQmpError(e);
-    }
-  }
-
-  /** Adds (or replaces) a command in this engine's table. */
-  registerCommand(name: string, command: QmpCommand): void {
-    this.commands.set(name, command);
-  }
-
-  /** Subscribes to QMP events; returns the function that unsubscribes. */
-  onEvent(listener: EventListener): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
-  }
-
-  emit(event: string, data: Record<string, unknown>): void {
-    const ms = Date.now();
-    const ev: QmpEvent = { event, data, timestamp: { seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 } };
-    for (const l of this.listeners) {
-      try {
-        l(ev);
-      } catch {
-        // A listener's failure is its own business; the engine keeps going.
-      }
-    }
-  }
-
-  // ------------------------------------------------------- graph registry
-  // Used by the command handlers (src/engine/commands/); not QMP.
-
-  storage(name: string): Storage | undefined {
-    return this.storages.get(name);
-  }
-
-  /** The storage a node's bytes come from (inherited from its file child for format nodes). */
-  storageOf(bs: BlockNode): Storage | undefined {
-    for (let n: BlockNode | null = bs; n; n = n.file?.node ?? null) {
-      const s = this.nodeStorages.get(n);
-      if (s) return s;
-    }
-    return undefined;
-  }
-
-  /** The node-name of a node in the graph. */
-  nameOf(bs: BlockNode): string {
-    return this.names.get(bs) ?? bs.nodeName;
-  }
-
-  /** Every node, in the order added. */
-  allNodes(): BlockNode[] {
-    return [...this.nodes.values()];
-  }
-
-  findNode(nodeName: string): BlockNode | undefined {
-    return this.nodes.get(nodeName);
-  }
-
-  deviceNames(): string[] {
-    return [...this.devices.keys()];
-  }
-
-  device(name: string): IoTarget | undefined {
-    return this.devices.get(name);
-  }
-
-  /** The I/O accounting for a node addressed by node-name, if any I/O went to it. */
-  nodeIoTarget(bs: BlockNode): IoTarget | undefined {
-    return this.nodeIo.get(bs);
-  }
-
-  /** The device whose root is `bs`, if any (QEMU's bdrv_has_blk). */
-  deviceOf(bs: BlockNode): string | undefined {
-    for (const [name, d] of this.devices) if (d.backend.root === bs) return name;
-    return undefined;
-  }
-
-  isMonitorOwned(bs: BlockNode): boolean {
-    return this.monitorOwned.has(bs);
-  }
-
-  /**
-   * QEMU's bdrv_lookup_bs: a device name or a node-name. A miss is
-   * DeviceNotFound (QEMU 7.2 replies GenericError for node lookups; the class
-   * lets clients tell "no such node" from other failures without parsing text).
-   */
-  lookup(name: string, what: 'device-or-node' | 'node' = 'device-or-node', message?: string): BlockNode {
-    const dev = what === 'device-or-node' ? this.devices.get(name) : undefined;
-    if (dev) return dev.backend.root;
-    const bs = this.nodes.get(name);
-    if (bs) return bs;
-    throw new QmpError(
-      'DeviceNotFound',
-      message ?? (what === 'node' ? `Cannot find node ${name}` : `Cannot find device=${name} nor node_name=${name}`),
-    );
-  }
-
-  /** Checks a user-chosen node-name as QEMU's bdrv_assign_node_name does. */
-  checkNewNodeName(name: string): void {
-    if (!NAME_RE.test(name)) throw genericError(`Invalid node-name: '${name}'`);
-    if (this.devices.has(name)) throw genericError(`node-name=${name} is conflicting with a device id`);
-    if (this.nodes.has(name)) throw genericError(`Duplicate nodes with node-name='${name}'`);
-    if (name.length > MAX_NODE_NAME) throw genericError('Node name too long');
-  }
-
-  /**
-   * Puts a freshly opened node and every child it has that the graph does
-   * not know yet into the registry. `name` renames the top node (protocol
-   * nodes are created before their name is known); `owned` makes it
-   * monitor-owned.
-   */
-  adopt(bs: BlockNode, storage: Storage | undefined, opts: { name?: string; owned?: boolean } = {}): void {
-    const visit = (n: BlockNode, name?: string) => {
-      if (this.names.has(n)) return;
-      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
-      const nn = name ?? n.nodeName;
-      this.nodes.set(nn, n);
-      this.names.set(n, nn);
-      if (n.backing) visit(n.backing.node);
-    };
-    visit(bs, opts.name);
-    if (storage && !this.nodeStorages.has(bs)) this.nodeStorages.set(bs, storage);
-    if (opts.owned) this.monitorOwned.add(bs);
-  }
-
-  /**
-   * Closes `bs` (no parent may use it) and every child only it used; nodes
-   * the monitor owns stay, as QEMU's references keep them. Drops what closed
-   * from the registry.
-   */
-  async closeTree(bs: BlockNode): Promise<void> {
-    const all: BlockNode[] = [];
-    const walk = (n: BlockNode) => {
-      if (all.includes(n)) return;
-      all.push(n);
-      for (const c of [n.file, n.backing, n.dataFile]) if (c) walk(c.node);
-    };
-    walk(bs);
-    try {
-      // Nodes the monitor owns (added by name) stay open until blockdev-del.
-      await closeNode(bs, (child) => this.monitorOwned.has(child));
-    } finally {
-      for (const n of all) {
-        if (!n.closed) continue;
-        const name = this.names.get(n);
-        if (name !== undefined) this.nodes.delete(name);
-        this.names.delete(n);
-        this.monitorOwned.delete(n);
-        this.nodeStorages.delete(n);
-        this.nodeIo.delete(n);
-      }
-    }
   }
 
   // ------------------------------------------------------ the app's API
-
-  /**
-   * Opens `filename` from a storage as a new monitor-owned node (format
-   * probed unless given) and returns its node-name. With `device`, also a
-   * named device on it.
-   */
-  async open(storageName: string, filename: string, opts: EngineOpenOptions = {}): Promise<string> {
-    const storage = this.requireStorage(storageName);
-    if (opts.nodeName !== undefined) this.checkNewNodeName(opts.nodeName);
-    if (opts.device !== undefined) this.checkNewDeviceName(opts.device);
-    const bs = await openImage(storage, filename, {
-      format: opts.format,
-      readOnly: opts.readOnly ?? false,
-      backing: opts.backing,
-      driverOptions: opts.driverOptions,
-      nodeName: opts.nodeName,
-      warn: this.warn,
-    });
-    this.adopt(bs, storage, { owned: true });
-    if (opts.device !== undefined) this.devices.set(opts.device, new IoTarget(new BlockBackend(bs, { name: opts.device })));
-    return this.nameOf(bs);
-  }
-
-  /** Removes a device (and then its node, if the monitor owns it and nothing else uses it) or deletes a node. */
-  async close(name: string): Promise<void> {
-    const dev = this.devices.get(name);
-    if (dev) {
-      this.devices.delete(name);
-      const root = dev.backend.root;
-      if (this.monitorOwned.has(root) && root.parents.length === 0 && !this.deviceOf(root)) await this.closeTree(root);
-      return;
-    }
-    await this.execute('blockdev-del', { 'node-name': name });
-  }
-
-  /** Closes everything (flushing writable nodes). */
-  async dispose(): Promise<void> {
-    this.devices.clear();
-    for (const bs of [...this.nodes.values()].reverse()) {
-      if (!bs.closed && bs.parents.length === 0) await this.closeTree(bs);
-    }
-  }
 
   /**
    * Reads `bytes` bytes at `offset` of a device or node into a fresh buffer
@@ -665,18 +402,6 @@ export class Engine {
   }
 
   // ------------------------------------------------------------- helpers
-
-  private requireStorage(name: string): Storage {
-    const s = this.storages.get(name);
-    if (!s) throw new BlockError('ENOENT', `No storage named '${name}' (have: ${[...this.storages.keys()].join(', ') || 'none'})`);
-    return s;
-  }
-
-  private checkNewDeviceName(name: string): void {
-    if (!NAME_RE.test(name)) throw genericError(`Invalid device name: '${name}'`);
-    if (this.devices.has(name)) throw genericError(`Duplicate device name '${name}'`);
-    if (this.nodes.has(name)) throw genericError(`Device name '${name}' conflicts with an existing node name`);
-  }
 
   private ioTarget(name: string): IoTarget {
     const dev = this.devices.get(name);

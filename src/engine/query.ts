@@ -148,7 +148,7 @@ export async function blockInfo(engine: Engine, name: string, dev: IoTarget): Pr
   };
 }
 
-function deviceStats(io: IoTarget | undefined): BlockDeviceStats {
+function deviceStats(io: IoTarget | undefined, bs: BlockNode): BlockDeviceStats {
   const s = io?.backend.stats;
   return {
     rd_bytes: s?.rdBytes ?? 0,
@@ -162,7 +162,8 @@ function deviceStats(io: IoTarget | undefined): BlockDeviceStats {
     wr_total_time_ns: s?.wrTotalTimeNs ?? 0,
     flush_total_time_ns: 0,
     unmap_total_time_ns: 0,
-    wr_highest_offset: io?.wrHighestOffset ?? 0,
+    // Every write that reached the node counts, a job's included (QEMU keeps it on the node, not the backend).
+    wr_highest_offset: Math.max(bs.wrHighestOffset, io?.wrHighestOffset ?? 0),
     rd_merged: 0,
     wr_merged: 0,
     unmap_merged: 0,
@@ -186,7 +187,7 @@ function deviceStats(io: IoTarget | undefined): BlockDeviceStats {
  * device level its backing node as `backing`.
  */
 function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockStats {
-  const s: BlockStats = { 'node-name': engine.nameOf(bs), stats: deviceStats(engine.nodeIoTarget(bs)) };
+  const s: BlockStats = { 'node-name': engine.nameOf(bs), stats: deviceStats(engine.nodeIoTarget(bs), bs) };
   const primary = bs.file?.node ?? bs.dataFile?.node;
   if (primary) s.parent = nodeStats(engine, primary, deviceLevel);
   if (deviceLevel && bs.backing) s.backing = nodeStats(engine, bs.backing.node, deviceLevel);
@@ -199,6 +200,6 @@ export function blockStats(engine: Engine, queryNodes: boolean): BlockStats[] {
   return engine.deviceNames().map((name) => {
     const dev = engine.device(name)!;
     const root = nodeStats(engine, dev.backend.root, true);
-    return present({ device: name, 'node-name': root['node-name'], stats: deviceStats(dev), parent: root.parent, backing: root.backing });
+    return present({ device: name, 'node-name': root['node-name'], stats: deviceStats(dev, dev.backend.root), parent: root.parent, backing: root.backing });
   });
 }

@@ -14,7 +14,8 @@ import { withLock } from '../formats/qcow2/metadata.js';
 import { flushMetadata } from '../formats/qcow2/l1.js';
 import { prepareWrite, qcow2DiscardRange } from '../formats/qcow2/write.js';
 import { copyAllocated } from './copy-range.js';
-import type { Job } from './job.js';
+import type { Job, JobDriver } from './job.js';
+import { registerJobType } from './registry.js';
 
 export interface CommitOptions {
   /** The base image as it sits in top's chain (the copy stops there). */
@@ -34,6 +35,38 @@ export async function runCommit(job: Job, top: BlockNode, o: CommitOptions): Pro
   await bdrvFlush(o.baseWritable);
   if (!o.keepTop) await makeEmpty(top);
 }
+
+export interface CommitJobOptions {
+  /** The top of the range to commit (its data and the layers down to base's overlay). */
+  top: BlockNode;
+  /** The base image as it sits in top's chain. */
+  base: BlockNode;
+  /** Makes base writable for the copy (default: base must already be writable); `release` runs when the job ends. */
+  acquireBase?: () => Promise<{ node: BlockNode; release(): Promise<void> }>;
+  /** Keep the top image's data (default: as runCommit, top is emptied). */
+  keepTop?: boolean;
+  /** The graph change once the job is finalized, given the node base was written through. */
+  prepare?: (base: BlockNode) => Promise<void>;
+}
+
+/** The commit job's driver: copies in `run`, changes the graph in `prepare`, releases base in `clean`. */
+export function commitDriver(o: CommitJobOptions): JobDriver {
+  let held: { node: BlockNode; release(): Promise<void> } | undefined;
+  return {
+    async run(job) {
+      held = o.acquireBase ? await o.acquireBase() : { node: o.base, release: () => bdrvFlush(o.base) };
+      await runCommit(job, o.top, { base: held.node, baseWritable: held.node, keepTop: o.keepTop });
+    },
+    async prepare() {
+      await o.prepare?.(held!.node);
+    },
+    async clean() {
+      await held?.release();
+    },
+  };
+}
+
+export const commitJobType = registerJobType<CommitJobOptions>({ type: 'commit', blockJob: true, readyPhase: false, driver: commitDriver });
 
 /**
  * QEMU's bdrv_make_empty: every cluster of the image is dropped so reads

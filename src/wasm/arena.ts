@@ -20,7 +20,7 @@
  * request cannot be met the caller falls back to a plain Uint8Array (see
  * provider.ts), so exhaustion costs speed, never correctness.
  */
-import { BlockError, hex } from '../block/errors.js';
+import { WasmError, hexAddr } from './errors.js';
 
 export const MIN_ORDER = 6;
 
@@ -34,7 +34,7 @@ export class BuddyArena {
   private usedBytes = 0;
 
   constructor(base: number, bytes: number) {
-    if ((bytes & (bytes - 1)) !== 0 || bytes < 1 << MIN_ORDER) throw new BlockError('EINVAL', `arena: size ${bytes} is not a power of two`);
+    if ((bytes & (bytes - 1)) !== 0 || bytes < 1 << MIN_ORDER) throw new WasmError('EINVAL', `arena: size ${bytes} is not a power of two`);
     this.base = base;
     this.bytes = bytes;
     this.maxOrder = Math.log2(bytes);
@@ -66,7 +66,7 @@ export class BuddyArena {
   release(addr: number): void {
     let off = addr - this.base;
     let order = this.live.get(off);
-    if (order === undefined) throw new BlockError('EINVAL', `arena: ${hex(addr)} is not a live block (double free, or not from the arena)`);
+    if (order === undefined) throw new WasmError('EINVAL', `arena: ${hexAddr(addr)} is not a live block (double free, or not from the arena)`);
     this.live.delete(off);
     this.usedBytes -= 2 ** order;
     while (order < this.maxOrder) {

@@ -14,7 +14,7 @@
  * hierarchy (one summary bit per word, level over level), so searching an
  * empty region costs O(levels), not O(bits).
  */
-import { BlockError } from '../block/errors.js';
+import { WasmError } from './errors.js';
 import type { HBitmapCore } from './hbitmap-core.js';
 import { JsHBitmapCore } from './hbitmap-js.js';
 import { SCRATCH_BASE, SCRATCH_BYTES, wasmState, type WasmState } from './module.js';
@@ -58,7 +58,7 @@ class WasmHBitmapCore implements HBitmapCore {
   }
 
   private live(): number {
-    if (this.hdr < 0) throw new BlockError('EINVAL', 'hbitmap: used after free');
+    if (this.hdr < 0) throw new WasmError('EINVAL', 'hbitmap: used after free');
     return this.hdr;
   }
 
@@ -158,9 +158,9 @@ export class HBitmap {
   private readonly scale: number;
 
   constructor(size: number, granularity: number, opts: HBitmapOptions = {}) {
-    if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `hbitmap: invalid size ${size}`);
+    if (!Number.isSafeInteger(size) || size < 0) throw new WasmError('EINVAL', `hbitmap: invalid size ${size}`);
     if (!Number.isInteger(granularity) || granularity < 0 || granularity > 63) {
-      throw new BlockError('EINVAL', `hbitmap: invalid granularity ${granularity}`);
+      throw new WasmError('EINVAL', `hbitmap: invalid granularity ${granularity}`);
     }
     this.sizeItems = size;
     this.granularity = granularity;
@@ -171,7 +171,7 @@ export class HBitmap {
   private bitsFor(size: number): number {
     const nbits = Math.ceil(size / this.scale);
     if (nbits > HBITMAP_MAX_BITS) {
-      throw new BlockError('EFBIG', `hbitmap: ${size} bytes at granularity ${this.scale} needs ${nbits} bits (limit ${HBITMAP_MAX_BITS})`);
+      throw new WasmError('EFBIG', `hbitmap: ${size} bytes at granularity ${this.scale} needs ${nbits} bits (limit ${HBITMAP_MAX_BITS})`);
     }
     return nbits;
   }
@@ -185,7 +185,7 @@ export class HBitmap {
 
   private checkRange(start: number, count: number, what: string): void {
     if (!(start >= 0 && count >= 0 && start + count <= this.sizeItems)) {
-      throw new BlockError('EINVAL', `hbitmap: ${what} [${start}, +${count}) is outside the bitmap (${this.sizeItems} bytes)`);
+      throw new WasmError('EINVAL', `hbitmap: ${what} [${start}, +${count}) is outside the bitmap (${this.sizeItems} bytes)`);
     }
   }
 
@@ -214,7 +214,7 @@ export class HBitmap {
   reset(start: number, count: number): void {
     this.checkRange(start, count, 'reset');
     if (start % this.scale !== 0 || (count % this.scale !== 0 && start + count !== this.sizeItems)) {
-      throw new BlockError('EINVAL', `hbitmap: reset [${start}, +${count}) is not aligned to the granularity (${this.scale})`);
+      throw new WasmError('EINVAL', `hbitmap: reset [${start}, +${count}) is not aligned to the granularity (${this.scale})`);
     }
     if (count === 0) return;
     this.core.reset(this.bit(start), this.bit(start + count - 1));
@@ -280,7 +280,7 @@ export class HBitmap {
   /** this |= src. Sizes must match; granularities may differ (then chunks are mapped through items). */
   merge(src: HBitmap): void {
     if (src.sizeItems !== this.sizeItems) {
-      throw new BlockError('EINVAL', `hbitmap: cannot merge bitmaps of different sizes (${this.sizeItems} and ${src.sizeItems} bytes)`);
+      throw new WasmError('EINVAL', `hbitmap: cannot merge bitmaps of different sizes (${this.sizeItems} and ${src.sizeItems} bytes)`);
     }
     if (src === this) return;
     if (src.granularity === this.granularity && this.core.mergeFrom(src.core)) return;
@@ -289,7 +289,7 @@ export class HBitmap {
 
   /** Grows or shrinks to `size` items; new chunks are clean, chunks past the end are dropped. */
   truncate(size: number): void {
-    if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `hbitmap: invalid size ${size}`);
+    if (!Number.isSafeInteger(size) || size < 0) throw new WasmError('EINVAL', `hbitmap: invalid size ${size}`);
     const nbits = this.bitsFor(size);
     if (nbits !== this.core.nbits) {
       const next = this.core.resized(nbits);
@@ -308,7 +308,7 @@ export class HBitmap {
     this.checkRange(start, count, 'serialize');
     const align = this.serializationAlign();
     if (start % align !== 0 || (count % align !== 0 && start + count !== this.sizeItems)) {
-      throw new BlockError('EINVAL', `hbitmap: serialized range [${start}, +${count}) is not aligned to ${align} bytes`);
+      throw new WasmError('EINVAL', `hbitmap: serialized range [${start}, +${count}) is not aligned to ${align} bytes`);
     }
     if (count === 0) return { firstWord: start / align, words: 0 };
     const firstWord = start / align;
@@ -324,14 +324,14 @@ export class HBitmap {
   /** Writes the bits of [start, start + count) into `buf` in qcow2 bitmap order. */
   serializePart(buf: Uint8Array, start: number, count: number): void {
     const { firstWord, words } = this.serialRange(start, count);
-    if (buf.length < words * 8) throw new BlockError('EINVAL', `hbitmap: serialization buffer of ${buf.length} bytes is too small (${words * 8} needed)`);
+    if (buf.length < words * 8) throw new WasmError('EINVAL', `hbitmap: serialization buffer of ${buf.length} bytes is too small (${words * 8} needed)`);
     this.core.readWords(firstWord, words, buf);
   }
 
   /** Replaces the bits of [start, start + count) with those in `buf` (the inverse of serializePart). */
   deserializePart(buf: Uint8Array, start: number, count: number): void {
     const { firstWord, words } = this.serialRange(start, count);
-    if (buf.length < words * 8) throw new BlockError('EINVAL', `hbitmap: deserialization buffer of ${buf.length} bytes is too small (${words * 8} needed)`);
+    if (buf.length < words * 8) throw new WasmError('EINVAL', `hbitmap: deserialization buffer of ${buf.length} bytes is too small (${words * 8} needed)`);
     this.core.writeWords(firstWord, words, buf);
   }
 

@@ -1,16 +1,21 @@
 /**
- * wasmL2ScanRun: the same question and answer as l2ScanRun in
- * src/formats/qcow2/l2-scan.ts, answered by the SIMD kernel (asm/l2-scan.ts).
+ * The L2 run kernel (asm/l2-scan.ts) over bytes: staging, addresses and the
+ * call. What the answer means (entry kinds, runs, the TS reference it is
+ * tested against) belongs to src/formats/qcow2/l2-scan.ts, which calls this
+ * and falls back to its own loop when this returns -1.
  *
  * Zero-copy when the slice is a view into wasm memory (an L2 cache whose
- * slices come from allocBuffer); otherwise the entries are staged through
- * the scratch area chunk by chunk, which is correct but no faster than the
- * TS loop. Before initWasm resolves the TS reference answers.
+ * slices come from the arena); otherwise the entries are staged through the
+ * scratch area chunk by chunk, which is correct but no faster than the TS
+ * loop.
  */
-import { l2EntryBytes, l2EntryKind, l2ScanRun, type L2Kind } from '../formats/qcow2/l2-scan.js';
 import { SCRATCH_BASE, SCRATCH_BYTES, wasmState } from './module.js';
 
-/** Same signature and semantics as l2ScanRun (src/formats/qcow2/l2-scan.ts). */
+/**
+ * The kernel's run length from entry `start` up to `end` of `slice` (entries
+ * of 8 bytes, or 16 with `extended`), or -1 when the module is not loaded.
+ * Entries past the end of the view do not exist.
+ */
 export function wasmL2ScanRun(
   slice: Uint8Array,
   start: number,
@@ -20,9 +25,8 @@ export function wasmL2ScanRun(
   matchCopied: boolean,
 ): number {
   const s = wasmState();
-  if (!s) return l2ScanRun(slice, start, end, extended, clusterBits, matchCopied);
-  const esz = l2EntryBytes(extended);
-  // Never read past the view: entries beyond it do not exist.
+  if (!s) return -1;
+  const esz = extended ? 16 : 8;
   end = Math.min(end, Math.floor(slice.length / esz));
   if (start >= end) return 0;
   const ext = extended ? 1 : 0;
@@ -46,9 +50,9 @@ export function wasmL2ScanRun(
   }
 }
 
-/** Kind of entry `index` (same as l2EntryKind); zero-copy for wasm-memory slices. */
-export function wasmL2EntryKind(slice: Uint8Array, index: number, extended: boolean): L2Kind {
+/** The kernel's kind of entry `index`, or -1 unless the module is loaded and the slice is in wasm memory. */
+export function wasmL2EntryKind(slice: Uint8Array, index: number, extended: boolean): number {
   const s = wasmState();
-  if (!s || slice.buffer !== s.memory.buffer) return l2EntryKind(slice, index, extended);
-  return s.exports.l2EntryKind(slice.byteOffset, index, extended ? 1 : 0) as L2Kind;
+  if (!s || slice.buffer !== s.memory.buffer) return -1;
+  return s.exports.l2EntryKind(slice.byteOffset, index, extended ? 1 : 0);
 }

@@ -16,7 +16,7 @@
  * Everything works without the module (JS fallbacks); `initWasm` swaps in the
  * kernels and the arena-backed BufferProvider when it resolves.
  */
-import { BlockError } from '../block/errors.js';
+import { WasmError } from './errors.js';
 
 /** The kernels exported by asm/index.ts (addresses and bit indices are plain numbers). */
 export interface WasmExports {
@@ -97,7 +97,7 @@ async function moduleSource(opts: InitWasmOptions): Promise<WebAssembly.Module> 
   }
   const url = opts.url ?? new URL('../../build/blocktab.wasm', import.meta.url);
   const res = await fetch(url);
-  if (!res.ok) throw new BlockError('ENOENT', `blocktab.wasm: fetching ${String(url)} failed with HTTP ${res.status}`);
+  if (!res.ok) throw new WasmError('ENOENT', `blocktab.wasm: fetching ${String(url)} failed with HTTP ${res.status}`);
   if (typeof WebAssembly.compileStreaming === 'function' && res.headers.get('content-type') === 'application/wasm') {
     return WebAssembly.compileStreaming(res);
   }
@@ -119,7 +119,7 @@ export function initWasm(opts: InitWasmOptions = {}): Promise<WasmState> {
   pending = (async () => {
     const arenaBytes = opts.arenaBytes ?? DEFAULT_ARENA_BYTES;
     if (!(arenaBytes >= 1024 * 1024 && (arenaBytes & (arenaBytes - 1)) === 0 && arenaBytes <= 2 ** 31)) {
-      throw new BlockError('EINVAL', `blocktab.wasm: arena size ${arenaBytes} must be a power of two between 1 MiB and 2 GiB`);
+      throw new WasmError('EINVAL', `blocktab.wasm: arena size ${arenaBytes} must be a power of two between 1 MiB and 2 GiB`);
     }
     const pages = (ARENA_BASE + arenaBytes) / 65536;
     const mod = await moduleSource(opts);
@@ -127,7 +127,7 @@ export function initWasm(opts: InitWasmOptions = {}): Promise<WasmState> {
     const instance = await WebAssembly.instantiate(mod, { env: { memory } });
     const exports = instance.exports as unknown as WasmExports;
     if (exports.heapBase() > SCRATCH_BASE) {
-      throw new BlockError('EINVAL', `blocktab.wasm: static data ends at ${exports.heapBase()}, past the scratch area`);
+      throw new WasmError('EINVAL', `blocktab.wasm: static data ends at ${exports.heapBase()}, past the scratch area`);
     }
     const s: WasmState = { exports, memory, u8: new Uint8Array(memory.buffer), arenaBytes };
     state = s;

@@ -5,7 +5,7 @@
  * both are two levels below the repository root.
  */
 import { readFile } from 'node:fs/promises';
-import { BlockError } from '../block/errors.js';
+import { WasmError } from './errors.js';
 
 export const WASM_URL = new URL('../../build/blocktab.wasm', import.meta.url);
 
@@ -13,6 +13,6 @@ export async function readWasmBytes(): Promise<Uint8Array<ArrayBuffer>> {
   try {
     return await readFile(WASM_URL);
   } catch (e) {
-    throw new BlockError('ENOENT', `blocktab.wasm: not found at ${WASM_URL.pathname} (run \`npm run build:asm\`)`, { cause: e });
+    throw new WasmError('ENOENT', `blocktab.wasm: not found at ${WASM_URL.pathname} (run \`npm run build:asm\`)`, { cause: e });
   }
 }

@@ -1,23 +1,37 @@
 /**
- * The arena-backed BufferProvider (src/block/buffers.ts): once the module is
- * loaded, `allocBuffer` hands out Uint8Array views INTO wasm memory and
- * `bufferIsZero` scans them where they lie. Requests the arena cannot meet
- * (exhausted, or larger than the arena) get a plain Uint8Array, which every
- * caller handles the same way; freeing such a buffer is a no-op.
+ * The arena-backed buffer provider: once the module is loaded, `alloc` hands
+ * out Uint8Array views INTO wasm memory and `isZero` scans them where they
+ * lie. Requests the arena cannot meet (exhausted, or larger than the arena)
+ * get a plain Uint8Array, which every caller handles the same way; freeing
+ * such a buffer is a no-op.
+ *
+ * This file does not install anything: the shape matches block/buffers.ts's
+ * BufferProvider, and the wiring module (src/runtime.ts) installs it when
+ * the module is ready, so wasm/ stays a leaf.
  */
-import { installBufferProvider, type BufferProvider } from '../block/buffers.js';
 import { BuddyArena } from './arena.js';
-import { ARENA_BASE, onWasmReady, type WasmState } from './module.js';
+import { ARENA_BASE, wasmState, type WasmState } from './module.js';
 import { wasmBufferIsZero } from './zero.js';
+
+/** What block/buffers.ts calls a BufferProvider (declared here so wasm/ imports nothing outside itself). */
+export interface WasmBufferProvider {
+  alloc(bytes: number): Uint8Array;
+  free(buf: Uint8Array): void;
+  isZero(buf: Uint8Array): boolean;
+}
 
 let arena: BuddyArena | null = null;
 
-/** The arena, or null before initWasm resolved. */
+/** The arena, or null before initWasm resolved (created on first use after that). */
 export function wasmArena(): BuddyArena | null {
+  if (arena) return arena;
+  const s = wasmState();
+  if (!s) return null;
+  arena = new BuddyArena(ARENA_BASE, s.arenaBytes);
   return arena;
 }
 
-export function arenaProvider(s: WasmState, a: BuddyArena): BufferProvider {
+export function arenaProvider(s: WasmState, a: BuddyArena): WasmBufferProvider {
   return {
     alloc(bytes) {
       const addr = a.alloc(bytes);
@@ -30,7 +44,9 @@ export function arenaProvider(s: WasmState, a: BuddyArena): BufferProvider {
   };
 }
 
-onWasmReady((s) => {
-  arena = new BuddyArena(ARENA_BASE, s.arenaBytes);
-  installBufferProvider(arenaProvider(s, arena));
-});
+/** The provider over the module's arena, or null before initWasm resolved. */
+export function wasmBufferProvider(): WasmBufferProvider | null {
+  const s = wasmState();
+  const a = wasmArena();
+  return s && a ? arenaProvider(s, a) : null;
+}

@@ -2,7 +2,7 @@
  * Zero detection (QEMU's buffer_is_zero) on any Uint8Array.
  *
  * A view into wasm memory is scanned in place by the SIMD kernel. Any other
- * buffer is either tested by the JS word loop (bufferIsZeroReference) or
+ * buffer is either tested by the JS word loop (zero-js.ts) or
  * staged through the 960 KiB scratch area and scanned there. Staging costs a
  * memcpy, but into a cache-resident area, so on large buffers it still runs
  * at 2-3x the JS loop (bench/wasm-kernels.bench.mjs: ~20-38 GB/s vs ~9-12
@@ -10,7 +10,7 @@
  * amortise. The first 256 bytes are always tested in JS first, so non-zero
  * data (the common case) returns before anything is copied.
  */
-import { bufferIsZeroReference } from '../block/buffers.js';
+import { bufferIsZeroJs } from './zero-js.js';
 import { SCRATCH_BASE, SCRATCH_BYTES, wasmState } from './module.js';
 
 /** Below this a foreign buffer is tested in JS: staging would not pay for itself. */
@@ -18,11 +18,11 @@ const STAGE_MIN = 16 * 1024;
 
 export function wasmBufferIsZero(buf: Uint8Array): boolean {
   const s = wasmState();
-  if (!s) return bufferIsZeroReference(buf);
+  if (!s) return bufferIsZeroJs(buf);
   if (buf.buffer === s.memory.buffer) return s.exports.bufferIsZero(buf.byteOffset, buf.length) !== 0;
   const n = buf.length;
-  if (n < STAGE_MIN) return bufferIsZeroReference(buf);
-  if (!bufferIsZeroReference(buf.subarray(0, 256))) return false;
+  if (n < STAGE_MIN) return bufferIsZeroJs(buf);
+  if (!bufferIsZeroJs(buf.subarray(0, 256))) return false;
   for (let off = 256; off < n; off += SCRATCH_BYTES) {
     const k = Math.min(SCRATCH_BYTES, n - off);
     s.u8.set(buf.subarray(off, off + k), SCRATCH_BASE);

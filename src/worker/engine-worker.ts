@@ -23,7 +23,7 @@ import { IdbStorage } from '../protocols/idb.js';
 import { HttpStorage } from '../protocols/http.js';
 import { BlobStorage } from '../protocols/blob.js';
 import { MemoryStorage } from '../protocols/memory.js';
-import { initWasm } from '../wasm/index.js';
+import { initWasm } from '../runtime.js';
 import { createWorkerApi, type StoredFile } from './api.js';
 
 /**

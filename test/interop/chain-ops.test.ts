@@ -176,7 +176,7 @@ describe('stream (library job)', () => {
     expect(job.current).toBe(job.total);
     expect(top.backing!.node).toBe(base);
     await closeNode(top);
-    expect(seen).toEqual(['running', 'concluded']);
+    expect(seen).toEqual(['created', 'running', 'waiting', 'pending', 'concluded', 'null']);
     qemuImg(['rebase', '-b', 'base.qcow2', '-F', 'qcow2', q('top.qcow2')]);
     expect(raw(p('top.qcow2')).equals(before)).toBe(true);
     same(p('top.qcow2'), q('top.qcow2'));

@@ -157,7 +157,15 @@ describe('block-stream', () => {
     await e.open('file', p('s-top.qcow2'), { format: 'qcow2', device: 'drive0' });
     await e.execute('block-stream', { device: 'drive0' });
     await jobDone(e, 'drive0');
-    expect(events).toEqual(['JOB_STATUS_CHANGE:running', 'JOB_STATUS_CHANGE:concluded', 'BLOCK_JOB_COMPLETED:', 'JOB_STATUS_CHANGE:null']);
+    expect(events).toEqual([
+      'JOB_STATUS_CHANGE:created',
+      'JOB_STATUS_CHANGE:running',
+      'JOB_STATUS_CHANGE:waiting',
+      'JOB_STATUS_CHANGE:pending',
+      'BLOCK_JOB_COMPLETED:',
+      'JOB_STATUS_CHANGE:concluded',
+      'JOB_STATUS_CHANGE:null',
+    ]);
     expect(await e.execute('query-block-jobs', {})).toEqual([]);
     await e.dispose();
     const info = JSON.parse(qemuImg(['info', '--output=json', p('s-top.qcow2')]));

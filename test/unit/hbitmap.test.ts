@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { initWasm, HBitmap } from '../../src/wasm/index.js';
-import { BlockError } from '../../src/index.js';
+import { WasmError } from '../../src/wasm/index.js';
 
 beforeAll(async () => {
   await initWasm();
@@ -47,7 +47,7 @@ describe.each(['wasm', 'js'] as const)('HBitmap semantics (%s core)', (backend) 
   it('refuses a reset that would clear part of a chunk, and ranges past the end', () => {
     const hb = new HBitmap(4096, 10, { backend });
     hb.set(0, 4096);
-    expect(() => hb.reset(512, 1024)).toThrow(BlockError);
+    expect(() => hb.reset(512, 1024)).toThrow(WasmError);
     expect(() => hb.set(4000, 200)).toThrow(/outside the bitmap/);
     hb.reset(1024, 1024);
     expect([...hb.dirtyAreas()]).toEqual([

@@ -2,8 +2,12 @@ import { describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  encodeHeaderFields,
+  HEADER_FIELDS,
   parseHeader,
   serializeHeader,
+  type HeaderField,
+  type Qcow2Header,
   findExtension,
   QCOW2_EXT_MAGIC_BACKING_FORMAT,
   QCOW2_EXT_MAGIC_BITMAPS,
@@ -29,6 +33,8 @@ const cases: Array<{ name: string; opts: string[]; setup?: (f: string) => void }
   { name: 'zstd, extended L2, lazy refcounts, refcount_bits=64', opts: ['-o', 'compression_type=zstd,extended_l2=on,lazy_refcounts=on,refcount_bits=64'] },
   { name: 'external data file', opts: ['-o', 'data_file=hdr.data,data_file_raw=on'] },
   { name: 'persistent bitmap', opts: [], setup: (f) => qemuImg(['bitmap', '--add', f, 'bm0'], { cwd: dir }) },
+  { name: '2 MiB clusters, refcount_bits=1', opts: ['-o', 'cluster_size=2M,refcount_bits=1'] },
+  { name: 'with an internal snapshot', opts: [], setup: (f) => qemuImg(['snapshot', '-c', 'snap', f], { cwd: dir }) },
 ];
 
 describe('qcow2 header parse/serialize', () => {
@@ -89,5 +95,48 @@ describe('qcow2 header parse/serialize', () => {
     const h = parseHeader(headerCluster(f), f);
     h.extensions.push({ type: 0x99, data: new Uint8Array(600) });
     expect(() => serializeHeader(h)).toThrow(/more than one cluster/);
+  });
+
+  it('encodes single fields exactly as they sit in the header qemu-img wrote, and refuses v3 fields in a v2 header', () => {
+    for (const [i, opts] of [[], ['-o', 'compat=0.10'], ['-o', 'cluster_size=512,lazy_refcounts=on']].entries()) {
+      const f = path.join(dir, `fields${i}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', ...opts, f, '5G'], { cwd: dir });
+      const bytes = headerCluster(f);
+      const h = parseHeader(bytes, f);
+      for (const name of Object.keys(HEADER_FIELDS) as HeaderField[]) {
+        const { offset, bytes: width } = HEADER_FIELDS[name];
+        if (offset + width > (h.version === 2 ? 72 : h.headerLength)) {
+          expect(() => encodeHeaderFields(h, [name]), name).toThrow(/not part of a version/);
+          continue;
+        }
+        const got = encodeHeaderFields(h, [name]);
+        expect(got.offset, name).toBe(offset);
+        expect([...got.bytes], name).toEqual([...bytes.subarray(offset, offset + width)]);
+      }
+    }
+  });
+
+  it('writes the fields qemu-img changes (snapshot, resize, amend) byte for byte as qemu-img does', () => {
+    const ops: Array<{ name: string; create: string[]; op: (f: string) => void }> = [
+      { name: 'snapshot -c', create: [], op: (f) => qemuImg(['snapshot', '-c', 's1', f]) },
+      { name: 'resize', create: ['-o', 'cluster_size=4096'], op: (f) => qemuImg(['resize', '-q', f, '+3G']) },
+      { name: 'amend lazy_refcounts', create: [], op: (f) => qemuImg(['amend', '-o', 'lazy_refcounts=on', f]) },
+      { name: 'amend refcount_bits', create: [], op: (f) => qemuImg(['amend', '-o', 'refcount_bits=64', f]) },
+    ];
+    for (const [i, o] of ops.entries()) {
+      const f = path.join(dir, `op${i}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'qcow2', ...o.create, f, '1G'], { cwd: dir });
+      const before = parseHeader(headerCluster(f), f);
+      o.op(f);
+      const afterBytes = headerCluster(f);
+      const after = parseHeader(afterBytes, f);
+      const changed = (Object.keys(HEADER_FIELDS) as HeaderField[]).filter((k) => before[k] !== after[k]);
+      expect(changed.length, o.name).toBeGreaterThan(0);
+      const next: Qcow2Header = { ...before };
+      for (const k of changed) (next as unknown as Record<string, unknown>)[k] = after[k];
+      const { offset, bytes } = encodeHeaderFields(next, changed);
+      expect(offset, o.name).toBe(Math.min(...changed.map((k) => HEADER_FIELDS[k].offset)));
+      expect([...bytes], `${o.name}: ${changed.join(', ')}`).toEqual([...afterBytes.subarray(offset, offset + bytes.length)]);
+    }
   });
 });

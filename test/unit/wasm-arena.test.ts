@@ -1,8 +1,8 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { BuddyArena } from '../../src/wasm/arena.js';
-import { initWasm, wasmArena } from '../../src/wasm/index.js';
-import { allocBuffer, freeBuffer, BlockError } from '../../src/index.js';
+import { wasmArena, WasmError } from '../../src/wasm/index.js';
+import { allocBuffer, freeBuffer, initWasm } from '../../src/index.js';
 
 beforeAll(async () => {
   await initWasm();
@@ -54,7 +54,7 @@ describe('buddy arena', () => {
     const arena = new BuddyArena(4096, 4096);
     const a = arena.alloc(100);
     arena.release(a);
-    expect(() => arena.release(a)).toThrow(BlockError);
+    expect(() => arena.release(a)).toThrow(WasmError);
     expect(() => arena.release(a + 64)).toThrow(/not a live block/);
   });
 });

@@ -1,7 +1,9 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { initWasm, wasmL2EntryKind, wasmL2ScanRun } from '../../src/wasm/index.js';
-import { l2EntryKind, l2ScanRun, l2EntryBytes } from '../../src/formats/qcow2/l2-scan.js';
+import { wasmL2EntryKind, wasmL2ScanRun } from '../../src/wasm/index.js';
+import { initWasm } from '../../src/runtime.js';
+import { l2EntryKind, l2ScanRun } from '../../src/formats/qcow2/l2-scan.js';
+import { l2EntryBytes } from '../../src/formats/qcow2/l2-entry.js';
 import { allocBuffer, freeBuffer } from '../../src/block/buffers.js';
 
 beforeAll(async () => {

@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { initWasm, wasmBufferIsZero, wasmReady } from '../../src/wasm/index.js';
+import { wasmBufferIsZero, wasmReady } from '../../src/wasm/index.js';
+import { initWasm } from '../../src/runtime.js';
 import { allocBuffer, bufferIsZero, bufferIsZeroReference, freeBuffer } from '../../src/block/buffers.js';
 
 beforeAll(async () => {

@@ -16,7 +16,7 @@ import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { isAllocated } from '../../block/status.js';
 import type { BlockNode } from '../../block/node.js';
 import { cvtnum, cvtnumError, cvtstr, dumpBuffer, elapsedSince, printReport } from './format.js';
-import { getopt, type GetoptEvent } from './getopt.js';
+import { getopt, type GetoptEvent, type GetoptResult } from './getopt.js';
 import { dumpHuman, type QDict } from '../../img/qobject.js';
 
 /** Where a session's output goes: `out` is qemu-io's stdout, `err` its stderr. Text includes newlines. */
@@ -62,7 +62,9 @@ interface CmdInfo {
   /** Runs without an open image. */
   global?: boolean;
   help?: string;
-  run(s: QemuIoSession, argv: string[]): Promise<number>;
+  /** The command's option string (qemu-io-cmds.c's getopt string); the session parses argv with it before `run`. */
+  opts?: string;
+  run(s: QemuIoSession, argv: string[], parsed: GetoptResult): Promise<number>;
 }
 
 const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
@@ -140,7 +142,7 @@ export class QemuIoSession {
       return EPERM;
     }
     try {
-      return await ct.run(this, argv);
+      return await ct.run(this, argv, getopt(argv, ct.opts ?? ''));
     } catch (e) {
       // Commands report their own I/O failures; anything else is a bug surfaced as one line.
       this.report(e instanceof Error ? e.message : String(e));
@@ -235,10 +237,11 @@ const readCmd: CmdInfo = {
     ' -q, -- quiet mode, do not show I/O statistics\n' +
     ' -s, -- start offset for pattern verification (only with -P)\n' +
     ' -v, -- dump buffer to standard output\n\n',
-  async run(s, argv) {
+  opts: 'bCl:pP:qs:v',
+  async run(s, argv, parsed) {
     let cflag = false, qflag = false, vflag = false, pflag = false, sflag = false, lflag = false, bflag = false;
     let pattern = 0, patternOffset = 0, patternCount = 0;
-    const { events, operands } = getopt(argv, 'bCl:pP:qs:v');
+    const { events, operands } = parsed;
     const stop = handleOpts(s, this, events, (c, arg) => {
       switch (c) {
         case 'b': bflag = true; break;
@@ -348,11 +351,12 @@ const writeCmd: CmdInfo = {
     ' -q, -- quiet mode, do not show I/O statistics\n' +
     ' -u, -- with -z, allow unmapping\n' +
     ' -z, -- write zeroes using blk_co_pwrite_zeroes\n\n',
-  async run(s, argv) {
+  opts: 'bcCfnpP:qs:uz',
+  async run(s, argv, parsed) {
     let cflag = false, qflag = false, bflag = false, pflag = false, zflag = false, compressed = false, sflag = false;
     let fua = false, mayUnmap = false, noFallback = false;
     let pattern = 0xcd;
-    const { events, operands } = getopt(argv, 'bcCfnpP:qs:uz');
+    const { events, operands } = parsed;
     const stop = handleOpts(s, this, events, (c, arg) => {
       switch (c) {
         case 'b': bflag = true; break;
@@ -460,9 +464,10 @@ const discardCmd: CmdInfo = {
     ' Discards a segment of the currently open file.\n' +
     ' -C, -- report statistics in a machine parsable format\n' +
     ' -q, -- quiet mode, do not show I/O statistics\n\n',
-  async run(s, argv) {
+  opts: 'Cq',
+  async run(s, argv, parsed) {
     let cflag = false, qflag = false;
-    const { events, operands } = getopt(argv, 'Cq');
+    const { events, operands } = parsed;
     const stop = handleOpts(s, this, events, (c) => {
       if (c === 'C') cflag = true;
       else if (c === 'q') qflag = true;
@@ -518,9 +523,10 @@ const truncateCmd: CmdInfo = {
   write: true,
   args: '[-m prealloc_mode] off',
   oneline: 'truncates the current file at the given offset',
-  async run(s, argv) {
+  opts: 'm:',
+  async run(s, argv, parsed) {
     let prealloc: PreallocMode = 'off';
-    const { events, operands } = getopt(argv, 'm:');
+    const { events, operands } = parsed;
     const stop = handleOpts(s, this, events, (c, arg) => {
       if (c !== 'm') return undefined;
       if (!PREALLOC.includes(arg as PreallocMode)) {

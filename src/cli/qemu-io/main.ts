@@ -13,6 +13,7 @@ import { openImage, closeNode } from '../../block/open.js';
 import { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
 import { QemuIoSession, type IoOutput } from './commands.js';
+import { getopt, type LongOption } from './getopt.js';
 
 const PROGNAME = 'qemu-io';
 
@@ -23,65 +24,106 @@ QEMU Disk exerciser (blocktab)
                        from the given string
   -f, --format FMT     specifies the block driver to use
   -r, --read-only      export read-only
+  -n, --nocache        disable host cache, short for -t none
+  -m, --misalign       misalign allocations for O_DIRECT (accepted, no effect)
+  -k, --native-aio     use kernel AIO implementation (short for -i native)
+  -i, --aio=MODE       use AIO mode (threads, native or io_uring; accepted, no effect)
+  -t, --cache=MODE     use the given cache mode for the image
+                       (none, off, writeback, writethrough, directsync, unsafe;
+                       unsafe skips flushes, the others are accepted)
   -U, --force-share    force shared permissions (accepted, no effect)
   -h, --help           display this help and exit
 
 See 'blocktab io -c help' for information on available commands.
 `;
 
+/** qemu-io's options (qemu-io.c): the short option string and the long table, for the shared parser. */
+const SHORT_OPTS = 'hc:f:rnmki:t:U';
+const LONG_OPTS: readonly LongOption[] = [
+  { name: 'help', hasArg: false, val: 'h' },
+  { name: 'cmd', hasArg: true, val: 'c' },
+  { name: 'format', hasArg: true, val: 'f' },
+  { name: 'read-only', hasArg: false, val: 'r' },
+  { name: 'nocache', hasArg: false, val: 'n' },
+  { name: 'misalign', hasArg: false, val: 'm' },
+  { name: 'native-aio', hasArg: false, val: 'k' },
+  { name: 'aio', hasArg: true, val: 'i' },
+  { name: 'cache', hasArg: true, val: 't' },
+  { name: 'force-share', hasArg: false, val: 'U' },
+];
+
+/** QEMU's bdrv_parse_cache_mode: whether the mode bypasses the host cache, and whether it skips flushes. */
+const CACHE_MODES: Record<string, { direct: boolean; noFlush: boolean }> = {
+  none: { direct: true, noFlush: false },
+  off: { direct: true, noFlush: false },
+  writeback: { direct: false, noFlush: false },
+  writethrough: { direct: false, noFlush: false },
+  directsync: { direct: true, noFlush: false },
+  unsafe: { direct: false, noFlush: true },
+};
+const AIO_MODES = ['threads', 'native', 'io_uring'];
+
 interface IoArgs {
   format?: string;
   readOnly: boolean;
   cmds: string[];
   file?: string;
+  /** The host cache is bypassed (-n, -t none/directsync): qemu-io's cache.direct. Accepted; I/O is the same. */
+  direct: boolean;
+  /** -t unsafe: flushes stop short of the storage. */
+  noFlush: boolean;
+  aio: string;
+  /** -U: QEMU allows it on read-only images only. */
+  forceShare: boolean;
 }
 
-/** Parses blocktab io's options (GNU style, long forms included); returns an exit code on error or --help. */
+/** Parses blocktab io's options with the shared getopt; returns an exit code on error or --help. */
 function parseArgs(args: string[], output: IoOutput): IoArgs | number {
-  const res: IoArgs = { readOnly: false, cmds: [] };
-  const files: string[] = [];
-  const withArg: Record<string, 'format' | 'cmd'> = { '-f': 'format', '--format': 'format', '-c': 'cmd', '--cmd': 'cmd' };
-  for (let i = 0; i < args.length; i++) {
-    let a = args[i]!;
-    let inline: string | undefined;
-    if (a.startsWith('--') && a.includes('=')) {
-      inline = a.slice(a.indexOf('=') + 1);
-      a = a.slice(0, a.indexOf('='));
-    } else if (/^-[fc]./.test(a)) {
-      inline = a.slice(2);
-      a = a.slice(0, 2);
-    }
-    const kind = withArg[a];
-    if (kind) {
-      const v = inline ?? args[++i];
-      if (v === undefined) {
-        output.err(`${PROGNAME}: option '${a}' requires an argument\n${USAGE}`);
-        return 1;
-      }
-      if (kind === 'format') res.format = v;
-      else res.cmds.push(v);
-    } else if (a === '-r' || a === '--read-only') {
-      res.readOnly = true;
-    } else if (a === '-U' || a === '--force-share') {
-      // Sharing permissions do not exist across processes here.
-    } else if (a === '-h' || a === '--help') {
+  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, aio: 'threads', forceShare: false };
+  const { events, operands } = getopt([PROGNAME, ...args], SHORT_OPTS, LONG_OPTS);
+  for (const ev of events) {
+    if (ev.kind === 'error') {
+      output.err(ev.message);
       output.out(USAGE);
-      return 0;
-    } else if (a === '--') {
-      files.push(...args.slice(i + 1));
-      break;
-    } else if (a.startsWith('-') && a !== '-') {
-      output.err(`${PROGNAME}: invalid option -- '${a.replace(/^-+/, '')}'\n${USAGE}`);
       return 1;
-    } else {
-      files.push(a);
+    }
+    const arg = ev.arg!;
+    switch (ev.c) {
+      case 'h':
+        output.out(USAGE);
+        return 0;
+      case 'c': res.cmds.push(arg); break;
+      case 'f': res.format = arg; break;
+      case 'r': res.readOnly = true; break;
+      case 'n': Object.assign(res, CACHE_MODES.none); break;
+      case 't': {
+        const mode = CACHE_MODES[arg];
+        if (!mode) {
+          output.err(`${PROGNAME}: Invalid cache option: ${arg}\n`);
+          return 1;
+        }
+        Object.assign(res, mode);
+        break;
+      }
+      case 'k': res.aio = 'native'; break;
+      case 'i':
+        if (!AIO_MODES.includes(arg)) {
+          output.err(`${PROGNAME}: Invalid aio option: ${arg}\n`);
+          return 1;
+        }
+        res.aio = arg;
+        break;
+      // Sharing permissions across processes do not exist here; QEMU's rule about them is kept.
+      case 'U': res.forceShare = true; break;
+      // Misaligned buffers for O_DIRECT change nothing here.
+      case 'm': break;
     }
   }
-  if (files.length > 1) {
-    output.err(USAGE);
+  if (operands.length > 1) {
+    output.out(USAGE);
     return 1;
   }
-  res.file = files[0];
+  res.file = operands[0];
   return res;
 }
 
@@ -134,11 +176,16 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
   let root: BlockNode | null = null;
   if (parsed.file !== undefined) {
     try {
+      if (parsed.forceShare && !parsed.readOnly) throw new Error('force-share=on can only be used with read-only images');
+      if (parsed.aio === 'native' && !parsed.direct) {
+        throw new Error('aio=native was specified, but it requires cache.direct=on, which was not specified.');
+      }
       root = await openImage(new FileStorage(), parsed.file, {
         format: parsed.format,
         readOnly: parsed.readOnly,
         warn: (m) => output.err(m + '\n'),
       });
+      if (parsed.noFlush) for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.noFlush = true;
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       output.err(`${PROGNAME}: can't open device ${parsed.file}: ${msg}\n`);

@@ -1,13 +1,11 @@
 /**
- * block-commit (QEMU's qmp_block_commit) for a layer below the active one:
+ * block-commit (QEMU's qmp_block_commit). For a layer below the active one,
  * the data of `top` and the layers between it and `base` is copied into
- * `base` by the commit job, then the overlay of `top` names `base` as its
- * backing file and the committed layers leave the graph.
- *
- * An active commit (top is the device's root) in QEMU goes on mirroring the
- * guest's writes until job-complete pivots the device onto base; without a
- * guest that is the typed `Engine.commit` (qemu-img commit: the top stays and
- * is emptied), so block-commit refuses it with a message that says so.
+ * `base` by the commit job, then (at finalize) the overlay of `top` names
+ * `base` as its backing file and the committed layers leave the graph. For
+ * the active layer (top is the device's root) it is the active commit job
+ * (src/jobs/active-commit.ts): copy, ready, mirror the device's writes, and
+ * job-complete pivots the device onto base.
  *
  * Base is opened read-only in the chain. QEMU reopens it read-write for the
  * job; `reopenWritable` does the same here: a node whose file was opened
@@ -20,11 +18,12 @@
 import { bdrvFlush } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { openContext, openImage } from '../../block/open.js';
-import { runCommit } from '../../jobs/commit.js';
-import type { Job } from '../../jobs/job.js';
+import type { CommitJobOptions } from '../../jobs/commit.js';
+import type { ActiveCommitOptions } from '../../jobs/active-commit.js';
+import type { Args } from '../qapi-args.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
-import { startJob } from './jobs.js';
+import { checkNotInJob, checkOnError, startJob } from './jobs.js';
 import type { QmpCommandTable } from './types.js';
 
 /** The node in `top`'s chain whose backing is `bs` (QEMU's bdrv_find_overlay). */
@@ -86,23 +85,70 @@ export async function reopenWritable(engine: Engine, base: BlockNode, overlay: B
   return { node: fresh, release: flipBack(fresh, true) };
 }
 
-/** The commit of the layers from `top` down to (not including) `base` into `base`, then the chain drops them. */
-async function commitIntermediate(engine: Engine, job: Job, overlay: BlockNode, top: BlockNode, base: BlockNode, backingFile: string | undefined): Promise<void> {
-  const w = await reopenWritable(engine, base, overlayOf(top, base)!);
-  try {
-    await runCommit(job, top, { base: w.node, baseWritable: w.node, keepTop: true });
-  } finally {
-    await w.release();
+/**
+ * The commit job's options for the layers from `top` down to (not including)
+ * `base`: base is reopened read-write for the copy; once the job is
+ * finalized the overlay of `top` names base and the committed layers leave
+ * the graph (data first, then the header, then the graph: a crash in between
+ * leaves the longer, still valid chain).
+ */
+function intermediateCommit(engine: Engine, overlay: BlockNode, top: BlockNode, base: BlockNode, backingFile: string | undefined): CommitJobOptions {
+  return {
+    top,
+    base,
+    keepTop: true,
+    acquireBase: () => reopenWritable(engine, base, overlayOf(top, base)!),
+    async prepare(written) {
+      await overlay.driver.changeBackingFile!(overlay, backingFile ?? written.filename, written.driver.name);
+      const lowest = overlayOf(top, written)!;
+      overlay.detach('backing');
+      lowest.detach('backing');
+      overlay.attach(written, 'backing');
+      overlay.fullBackingFilename = written.filename;
+      if (top.parents.length === 0 && !engine.isMonitorOwned(top)) await engine.closeTree(top);
+    },
+  };
+}
+
+/**
+ * Active commit: the top is the device's root, so the job copies, goes
+ * ready, mirrors the device's writes into base, and job-complete pivots the
+ * device onto base (QEMU runs it as a mirror job of type "commit"). The top
+ * node stays in the graph when the monitor holds it, as in QEMU.
+ */
+function startActiveCommit(engine: Engine, args: Args, device: string, top: BlockNode, base: BlockNode): void {
+  checkOnError(args['on-error']);
+  const nodes: BlockNode[] = [];
+  for (let n: BlockNode | null = top; n; n = n.cowNode()) {
+    checkNotInJob(engine, n);
+    nodes.push(n);
+    if (n === base) break;
   }
-  base = w.node;
-  // Data is stable in base; now the header, then the graph (a crash in between leaves the longer, still valid chain).
-  await overlay.driver.changeBackingFile!(overlay, backingFile ?? base.filename, base.driver.name);
-  const lowest = overlayOf(top, base)!;
-  overlay.detach('backing');
-  lowest.detach('backing');
-  overlay.attach(base, 'backing');
-  overlay.fullBackingFilename = base.filename;
-  if (top.parents.length === 0 && !engine.isMonitorOwned(top)) await engine.closeTree(top);
+  const options: ActiveCommitOptions = {
+    top,
+    base,
+    acquireBase: () => reopenWritable(engine, base, overlayOf(top, base)!),
+    async pivot(written) {
+      const dev = engine.deviceOf(top);
+      if (dev !== undefined) engine.device(dev)!.backend.root = written;
+      if (!engine.isMonitorOwned(top) && top.parents.length === 0 && engine.deviceOf(top) === undefined) {
+        // Base now has a user of its own: the chain above it goes, base stays.
+        overlayOf(top, written)?.detach('backing');
+        await engine.closeTree(top);
+      }
+    },
+  };
+  const id = (args['job-id'] as string | undefined) ?? device;
+  startJob(engine, {
+    nodes,
+    id,
+    type: 'active-commit',
+    device: id,
+    speed: args.speed as number | undefined,
+    autoFinalize: args['auto-finalize'] as boolean | undefined,
+    autoDismiss: args['auto-dismiss'] as boolean | undefined,
+    options,
+  });
 }
 
 export const commitCommands: QmpCommandTable = {
@@ -152,27 +198,31 @@ export const commitCommands: QmpCommandTable = {
         while (base.cowNode()) base = base.cowNode()!;
       }
       if (top === base) throw genericError('cannot commit an image into itself');
+      if (top === root && args['backing-file'] !== undefined) throw genericError("'backing-file' specified, but 'top' is the active layer");
       if (top === root) {
-        if (args['backing-file'] !== undefined) throw genericError("'backing-file' specified, but 'top' is the active layer");
-        throw genericError(
-          `Committing the active layer of '${device}' needs job-complete to pivot onto the base, which blocktab does not implement; ` +
-            "commit a lower layer with 'top-node', or use the engine's typed commit (qemu-img commit: the top image stays and is emptied)",
-          'ENOTSUP',
-        );
+        startActiveCommit(engine, args, device, top, base);
+        return;
       }
       const overlay = overlayOf(root, top)!;
       if (overlay.readOnly) throw genericError(`Block node '${engine.nameOf(overlay)}' is read-only: cannot change its backing file`, 'EROFS');
       if (!overlay.driver.changeBackingFile) throw genericError(`The ${overlay.driver.name} format of '${engine.nameOf(overlay)}' cannot change its backing file`, 'ENOTSUP');
+      checkOnError(args['on-error']);
+      const nodes: BlockNode[] = [];
+      for (let n: BlockNode | null = top; n; n = n.cowNode()) {
+        checkNotInJob(engine, n);
+        nodes.push(n);
+        if (n === base) break;
+      }
       const id = (args['job-id'] as string | undefined) ?? device;
-      const t = top;
-      const b = base;
       startJob(engine, {
+        nodes,
         id,
         type: 'commit',
         device: id,
-        blockJob: true,
-        autoDismiss: args['auto-dismiss'] !== false,
-        body: (job) => commitIntermediate(engine, job, overlay, t, b, args['backing-file'] as string | undefined),
+        speed: args.speed as number | undefined,
+        autoFinalize: args['auto-finalize'] as boolean | undefined,
+        autoDismiss: args['auto-dismiss'] as boolean | undefined,
+        options: intermediateCommit(engine, overlay, top, base, args['backing-file'] as string | undefined),
       });
     },
   },

@@ -159,13 +159,9 @@ export const createCommands: QmpCommandTable = {
         id: args['job-id'] as string,
         type: 'create',
         device: args['job-id'] as string,
-        blockJob: false,
+        // QEMU's create job is manually dismissed.
         autoDismiss: false,
-        body: async (job) => {
-          job.total = 1;
-          await work();
-          await job.step(1);
-        },
+        options: { work },
       });
     },
   },

@@ -1,13 +1,21 @@
 /**
- * Block job commands: block-stream (QEMU's qmp_block_stream) runs the stream
- * job in the background; query-block-jobs, block-job-cancel, block-job-pause,
- * block-job-resume and job-dismiss manage it. Events as QEMU sends them:
- * JOB_STATUS_CHANGE on every transition, BLOCK_JOB_COMPLETED / _CANCELLED at
- * the end.
+ * Job commands, as QEMU's job-qmp.c and blockdev.c answer them: block-stream
+ * starts a stream job; query-jobs / query-block-jobs list jobs; the job-*
+ * verbs (pause, resume, cancel, complete, finalize, dismiss) take a job id,
+ * the block-job-* verbs a block job's device (its id); block-job-set-speed
+ * sets the rate limit. Every verb is checked by the job's state machine
+ * (src/jobs/job.ts) with QEMU's messages.
+ *
+ * Jobs start through `startJob`, which looks the type up in the job-type
+ * registry (src/jobs/registry.ts) and turns the job's life into QMP events:
+ * JOB_STATUS_CHANGE on every transition, and for block jobs BLOCK_JOB_READY,
+ * BLOCK_JOB_PENDING, BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED and
+ * BLOCK_JOB_ERROR, with QEMU's members.
  */
 import type { BlockNode } from '../../block/node.js';
-import { Job, type JobType } from '../../jobs/job.js';
-import { runStream } from '../../jobs/stream.js';
+import { Job } from '../../jobs/job.js';
+import { jobType } from '../../jobs/registry.js';
+import '../../jobs/index.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
@@ -15,9 +23,10 @@ import type { QmpCommandTable } from './types.js';
 interface Running {
   job: Job;
   device: string;
-  done: Promise<void>;
-  /** A block job (listed by query-block-jobs, BLOCK_JOB_* events); blockdev-create's job is not. */
   blockJob: boolean;
+  done: Promise<void>;
+  /** Nodes the job works on; other block jobs may not use them until it concluded (QEMU's op blockers). */
+  nodes: BlockNode[];
 }
 
 const registry = new WeakMap<Engine, Map<string, Running>>();
@@ -27,174 +36,271 @@ function jobsOf(engine: Engine): Map<string, Running> {
   return m;
 }
 
-function find(engine: Engine, id: string): Running {
+/** QEMU's find_job: any job by id (job-* verbs). */
+function findJob(engine: Engine, id: string): Running {
   const r = jobsOf(engine).get(id);
-  if (!r) throw new QmpError('DeviceNotActive', `Block job '${id}' not found`);
+  if (!r) throw genericError('Job not found');
   return r;
 }
 
-/** Waits for a job started by block-stream, block-commit or blockdev-create (for callers of the typed API and tests). */
-export function jobDone(engine: Engine, id: string): Promise<void> {
-  return find(engine, id).done;
+/** QEMU's find_block_job: a block job by its device (= id) (block-job-* verbs). */
+function findBlockJob(engine: Engine, device: string): Running {
+  const r = jobsOf(engine).get(device);
+  if (!r || !r.blockJob) throw new QmpError('DeviceNotActive', `Block job '${device}' not found`);
+  return r;
 }
 
-export interface StartJobOptions {
+/** Waits until a job started by block-stream, block-commit or blockdev-create concluded (for the typed API and tests). */
+export function jobDone(engine: Engine, id: string): Promise<void> {
+  return findJob(engine, id).done;
+}
+
+/** The engine's jobs, in start order (query-jobs' order). */
+export function engineJobs(engine: Engine): Job[] {
+  return [...jobsOf(engine).values()].map((r) => r.job);
+}
+
+/**
+ * QEMU's op blocker for block jobs: a node a running block job works on
+ * cannot be the subject of another one ("Node … is busy").
+ */
+export function checkNotInJob(engine: Engine, bs: BlockNode): void {
+  for (const r of jobsOf(engine).values()) {
+    if (r.job.status !== 'concluded' && r.job.status !== 'null' && r.nodes.includes(bs)) {
+      const name = engine.deviceOf(bs) ?? engine.nameOf(bs);
+      throw genericError(`Node '${name}' is busy: block device is in use by block job: ${r.job.type}`, 'EBUSY');
+    }
+  }
+}
+
+/** QEMU's id_wellformed. */
+const ID_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+
+export interface StartJobOptions<O> {
   id: string;
-  type: JobType;
-  /** What query-block-jobs calls `device` (the job id for named jobs, as QEMU). */
+  /** A registered job type (src/jobs/registry.ts). */
+  type: string;
+  /** What query-block-jobs calls `device` (the job id, as QEMU). */
   device: string;
-  /** Block jobs send BLOCK_JOB_COMPLETED/_CANCELLED and show in query-block-jobs. */
-  blockJob: boolean;
-  /** QEMU's auto-dismiss: the job goes away once concluded (else job-dismiss does it). */
-  autoDismiss: boolean;
-  body: (job: Job) => Promise<void>;
+  /** The job type's options (its descriptor builds the driver from them). */
+  options: O;
+  /** QEMU's auto-finalize (default true). */
+  autoFinalize?: boolean;
+  /** QEMU's auto-dismiss (default true). */
+  autoDismiss?: boolean;
+  /** Speed limit, bytes/s. */
+  speed?: number;
+  /** Nodes the job works on (blocked for other block jobs while it runs). */
+  nodes?: BlockNode[];
 }
 
 /**
  * Registers and starts a job; the QMP reply comes at once and the outcome
- * arrives through JOB_STATUS_CHANGE (and, for block jobs, BLOCK_JOB_COMPLETED
- * or BLOCK_JOB_CANCELLED with the error) and query-jobs. Returns the job.
+ * arrives through the events and query-jobs. Returns the job.
  */
-export function startJob(engine: Engine, o: StartJobOptions): Job {
+export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
+  const desc = jobType<O>(o.type);
+  if (!ID_RE.test(o.id)) throw genericError(`Invalid job ID '${o.id}'`);
   if (jobsOf(engine).has(o.id)) throw genericError(`Job ID '${o.id}' already in use`);
-  const emit = (j: Job) => engine.emit('JOB_STATUS_CHANGE', { id: j.id, status: j.status });
-  const job = new Job(o.id, o.type, emit);
-  const done = job.start(o.body).finally(() => {
-    if (o.blockJob) {
-      const cancelled = job.error?.code === 'ECANCELED';
-      engine.emit(cancelled ? 'BLOCK_JOB_CANCELLED' : 'BLOCK_JOB_COMPLETED', {
-        type: o.type,
-        device: o.device,
-        len: job.total,
-        offset: job.current,
-        speed: 0,
-        ...(job.error && !cancelled ? { error: job.error.message } : {}),
-      });
-    }
-    if (o.autoDismiss) {
-      job.dismiss();
-      jobsOf(engine).delete(o.id);
-    }
+  if (o.speed !== undefined && o.speed < 0) throw genericError("Parameter 'speed' expects a non-negative value");
+  const driver = desc.driver(o.options);
+  const blockJobData = (j: Job) => ({ type: j.type, device: o.device, len: j.total, offset: j.current, speed: j.speed });
+  const block = desc.blockJob;
+  const job = new Job(o.id, desc.qapiType ?? desc.type, {
+    autoFinalize: o.autoFinalize,
+    autoDismiss: o.autoDismiss,
+    speed: o.speed,
+    readyPhase: desc.readyPhase,
+    events: {
+      status: (j) => {
+        engine.emit('JOB_STATUS_CHANGE', { id: j.id, status: j.status });
+        if (j.status === 'null') jobsOf(engine).delete(j.id);
+      },
+      ready: block ? (j) => engine.emit('BLOCK_JOB_READY', blockJobData(j)) : undefined,
+      // QEMU announces the pending state only when the user has to finalize.
+      pending: block && o.autoFinalize === false ? (j) => engine.emit('BLOCK_JOB_PENDING', { type: j.type, id: j.id }) : undefined,
+      completed: block ? (j) => engine.emit('BLOCK_JOB_COMPLETED', { ...blockJobData(j), ...(j.error ? { error: j.error.message } : {}) }) : undefined,
+      cancelled: block ? (j) => engine.emit('BLOCK_JOB_CANCELLED', blockJobData(j)) : undefined,
+      ioError: block ? (_j, operation) => engine.emit('BLOCK_JOB_ERROR', { device: o.device, operation, action: 'report' }) : undefined,
+    },
   });
+  const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [] };
+  jobsOf(engine).set(o.id, entry);
   // Failures surface through the events and query-jobs, not as an unhandled rejection.
-  done.catch(() => {});
-  jobsOf(engine).set(o.id, { job, device: o.device, done: done.catch(() => {}), blockJob: o.blockJob });
+  entry.done = job.start(driver).catch(() => {});
   return job;
+}
+
+/** QAPI BlockJobInfo, members in the schema's order. */
+function blockJobInfo(r: Running): Record<string, unknown> {
+  const { job } = r;
+  return {
+    type: job.type,
+    device: r.device,
+    len: job.total,
+    offset: job.current,
+    busy: job.busy,
+    paused: job.paused,
+    speed: job.speed,
+    'io-status': 'ok',
+    ready: job.status === 'ready' || job.status === 'standby',
+    status: job.status,
+    'auto-finalize': job.autoFinalize,
+    'auto-dismiss': job.autoDismiss,
+    ...(job.error ? { error: job.error.message } : {}),
+  };
+}
+
+/** on-error policies: only QEMU's default (report the error and fail the job) is implemented. */
+export function checkOnError(v: unknown): void {
+  if (v !== undefined && v !== 'report') throw genericError(`on-error '${String(v)}' is not supported here (only 'report')`, 'ENOTSUP');
 }
 
 export const jobCommands: QmpCommandTable = {
   'block-stream': {
-    args: { '*job-id': 'str', device: 'str', '*base': 'str', '*base-node': 'str', '*backing-file': 'str', '*speed': 'int', '*on-error': 'str', '*auto-finalize': 'bool', '*auto-dismiss': 'bool' },
+    args: {
+      '*job-id': 'str',
+      device: 'str',
+      '*base': 'str',
+      '*base-node': 'str',
+      '*backing-file': 'str',
+      '*bottom': 'str',
+      '*speed': 'int',
+      '*on-error': { enum: ['report', 'ignore', 'enospc', 'stop', 'auto'] },
+      '*filter-node-name': 'str',
+      '*auto-finalize': 'bool',
+      '*auto-dismiss': 'bool',
+    },
     run(engine, args) {
       const device = args.device as string;
       const top = engine.lookup(device);
       const id = (args['job-id'] as string | undefined) ?? device;
       if (args.base !== undefined && args['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be specified at the same time");
+      if (args.bottom !== undefined) throw genericError("'bottom' is not supported here", 'ENOTSUP');
+      checkOnError(args['on-error']);
       let base: BlockNode | null = null;
       if (args['base-node'] !== undefined) base = engine.lookup(args['base-node'] as string, 'node');
       else if (args.base !== undefined) {
         for (let n = top.cowNode(); n; n = n.cowNode()) if (n.filename === args.base || engine.nameOf(n) === args.base) base = n;
         if (!base) throw genericError(`Can't find '${args.base as string}' in the backing chain`);
       }
+      for (let n: BlockNode | null = top; n && n !== base; n = n.cowNode()) checkNotInJob(engine, n);
       if (top.readOnly) throw genericError(`Device '${device}' is read only`, 'EROFS');
-      const below = top.cowNode();
+      const nodes: BlockNode[] = [];
+      for (let n: BlockNode | null = top; n && n !== base; n = n.cowNode()) nodes.push(n);
       startJob(engine, {
+        nodes,
         id,
         type: 'stream',
         device: id,
-        blockJob: true,
-        autoDismiss: args['auto-dismiss'] !== false,
-        body: async (j) => {
-          await runStream(j, top, { base, backingFile: args['backing-file'] as string | undefined, closeIntermediates: false });
-          if (below && below !== base && below.parents.length === 0) await engine.closeTree(below);
+        speed: args.speed as number | undefined,
+        autoFinalize: args['auto-finalize'] as boolean | undefined,
+        autoDismiss: args['auto-dismiss'] as boolean | undefined,
+        options: {
+          top,
+          base,
+          // QEMU writes base's filename as the node has it, unless told otherwise.
+          backingFile: (args['backing-file'] as string | undefined) ?? base?.filename,
+          dropped: async (below: BlockNode) => {
+            // Nodes the monitor added stay until blockdev-del, as in QEMU.
+            if (below.parents.length === 0 && !engine.isMonitorOwned(below)) await engine.closeTree(below);
+          },
         },
       });
     },
   },
   'query-block-jobs': {
     args: {},
-    run(engine) {
-      return [...jobsOf(engine).values()].filter((r) => r.blockJob).map(({ job, device }) => ({
-        type: job.type,
-        device,
-        len: job.total,
-        offset: job.current,
-        busy: job.status === 'running',
-        paused: job.status === 'paused',
-        speed: 0,
-        ready: job.status === 'ready',
-        status: job.status,
-        'auto-finalize': true,
-        'auto-dismiss': true,
-        ...(job.error ? { error: job.error.message } : {}),
-      }));
-    },
-  },
-  'block-job-cancel': {
-    args: { device: 'str', '*force': 'bool' },
-    run(engine, args) {
-      find(engine, args.device as string).job.cancel();
-    },
-  },
-  'block-job-pause': {
-    args: { device: 'str' },
-    run(engine, args) {
-      find(engine, args.device as string).job.pause();
-    },
-  },
-  'block-job-resume': {
-    args: { device: 'str' },
-    run(engine, args) {
-      find(engine, args.device as string).job.resumeJob();
-    },
-  },
-  'job-dismiss': {
-    args: { id: 'str' },
-    run(engine, args) {
-      const r = find(engine, args.id as string);
-      if (r.job.status !== 'concluded') throw genericError(`Job '${r.job.id}' in state '${r.job.status}' cannot accept command verb 'dismiss'`);
-      r.job.dismiss();
-      jobsOf(engine).delete(args.id as string);
-    },
+    run: (engine) => [...jobsOf(engine).values()].filter((r) => r.blockJob).map(blockJobInfo),
   },
   'query-jobs': {
     args: {},
     run: (engine) => [...jobsOf(engine).values()].map(({ job }) => job.info()),
   },
-  'job-cancel': {
-    args: { id: 'str' },
+
+  // ------------------------------------------------------ block-job-* (by device)
+  'block-job-cancel': {
+    args: { device: 'str', '*force': 'bool' },
     run(engine, args) {
-      find(engine, args.id as string).job.cancel();
+      const r = findBlockJob(engine, args.device as string);
+      const force = args.force === true;
+      if (r.job.userPaused && !force) throw genericError(`The block job for device '${args.device as string}' is currently paused`);
+      r.job.userCancel(force);
     },
   },
-  /**
-   * Accepted and ignored: jobs here copy as fast as the storage allows (QEMU's
-   * rate limit exists to spare a running guest's I/O, and there is no guest).
-   */
-  'block-job-set-speed': {
-    args: { device: 'str', speed: 'int' },
+  'block-job-pause': {
+    args: { device: 'str' },
     run(engine, args) {
-      find(engine, args.device as string);
-      if ((args.speed as number) < 0) throw genericError("Parameter 'speed' expects a non-negative value");
+      findBlockJob(engine, args.device as string).job.userPause();
     },
   },
-  /**
-   * No job here ever reaches 'ready' (there is no mirror, and an active
-   * commit is refused by block-commit), so completing is always refused with
-   * QEMU's message for a job in another state.
-   */
-  'job-complete': {
-    args: { id: 'str' },
+  'block-job-resume': {
+    args: { device: 'str' },
     run(engine, args) {
-      const r = find(engine, args.id as string);
-      throw genericError(`Job '${r.job.id}' in state '${r.job.status}' cannot accept command verb 'complete'`);
+      findBlockJob(engine, args.device as string).job.userResume();
     },
   },
   'block-job-complete': {
     args: { device: 'str' },
     run(engine, args) {
-      const r = find(engine, args.device as string);
-      throw genericError(`Job '${r.job.id}' in state '${r.job.status}' cannot accept command verb 'complete'`);
+      findBlockJob(engine, args.device as string).job.complete();
+    },
+  },
+  'block-job-finalize': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findBlockJob(engine, args.id as string).job.finalize();
+    },
+  },
+  'block-job-dismiss': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findBlockJob(engine, args.id as string).job.dismiss();
+    },
+  },
+  /** The speed is a rate limit in bytes/s as QEMU's (0: unlimited); a faster speed wakes a throttled job at once. */
+  'block-job-set-speed': {
+    args: { device: 'str', speed: 'int' },
+    run(engine, args) {
+      findBlockJob(engine, args.device as string).job.setSpeed(args.speed as number);
+    },
+  },
+
+  // ---------------------------------------------------------- job-* (by id)
+  'job-pause': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findJob(engine, args.id as string).job.userPause();
+    },
+  },
+  'job-resume': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findJob(engine, args.id as string).job.userResume();
+    },
+  },
+  'job-cancel': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findJob(engine, args.id as string).job.userCancel(true);
+    },
+  },
+  'job-complete': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findJob(engine, args.id as string).job.complete();
+    },
+  },
+  'job-finalize': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findJob(engine, args.id as string).job.finalize();
+    },
+  },
+  'job-dismiss': {
+    args: { id: 'str' },
+    run(engine, args) {
+      findJob(engine, args.id as string).job.dismiss();
     },
   },
 };

@@ -14,7 +14,6 @@ import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import {
-  be,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
   QCOW2_COMPRESSION_TYPE_ZLIB,
   QCOW2_EXT_MAGIC_BITMAPS,
@@ -30,6 +29,18 @@ import { flushMetadata } from './l1.js';
 import { checkImage } from './check.js';
 import { MAX_COUNTED_CLUSTERS, writeRefcountStructure } from './repair-refcounts.js';
 import type { Qcow2State } from './state.js';
+import {
+  emptyL2Entry,
+  l1EntryOffset,
+  l2Compressed,
+  l2EntryHost,
+  l2EntryIsCompressed,
+  l2EntryIsZero,
+  readL2Entry,
+  standardL2Entry,
+  writeL2Entry,
+} from './l2-entry.js';
+import { refcountLimit } from './refcount-codec.js';
 
 export interface Qcow2AmendOptions {
   version?: 2 | 3;
@@ -37,8 +48,6 @@ export interface Qcow2AmendOptions {
   refcountBits?: number;
   size?: number;
 }
-
-const TWO32 = 0x100000000;
 
 function fail(msg: string, code: 'EINVAL' | 'ENOTSUP' = 'EINVAL'): never {
   throw new BlockError(code, msg);
@@ -69,7 +78,7 @@ async function changeRefcountOrder(s: Qcow2State, order: number): Promise<void> 
   const nb = Math.ceil(s.file.totalBytes / cs);
   if (nb > MAX_COUNTED_CLUSTERS) fail(`${s.image}: too many clusters (${nb}) to change the refcount width`, 'ENOTSUP');
   const counts = new Uint32Array(nb);
-  const max = order >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << order) - 1;
+  const max = refcountLimit(1 << order);
   for (let c = 0; c < nb; c++) {
     const v = await getRefcount(s, c);
     if (v > max) fail(`Cannot decrease refcount entry width to ${1 << order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${v}`);
@@ -112,25 +121,24 @@ async function expandZeroClusters(bs: BlockNode, s: Qcow2State): Promise<void> {
     const l1 = new Uint8Array(size * 8);
     await bdrvPread(s.file, offset, l1.length, l1);
     for (let i = 0; i < size; i++) {
-      const l2Off = (be.u32(l1, i * 8) & 0x00ffffff) * TWO32 + ((be.u32(l1, i * 8 + 4) & 0xfffffe00) >>> 0);
+      const l2Off = l1EntryOffset(l1, i);
       if (!l2Off || seen.has(l2Off)) continue;
       seen.add(l2Off);
       await bdrvPread(s.file, l2Off, cs, l2);
       const l2Refcount = await getRefcount(s, l2Off / cs);
-      const copied = l2Refcount === 1 ? 0x80000000 : 0;
+      const copied = l2Refcount === 1;
       let dirty = false;
       /** Clusters this L2 table stops pointing at: their refcounts drop by l2Refcount after it is written. */
       const released: number[] = [];
       for (let j = 0; j < s.l2Size; j++) {
-        const hi = be.u32(l2, j * 8);
-        const lo = be.u32(l2, j * 8 + 4);
-        if (hi & 0x40000000 || !(lo & 1)) continue; // compressed, or no zero flag
-        const host = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+        // A downgrade target has no extended L2 (v2 cannot express it): 8-byte entries.
+        const e = readL2Entry(l2, j, false);
+        if (l2EntryIsCompressed(e) || !l2EntryIsZero(e)) continue;
+        const host = l2EntryHost(e);
         let target: number;
         if (!host && !bs.backing) {
           // Not backed: an unallocated cluster reads as zeros too.
-          be.put32(l2, j * 8, 0);
-          be.put32(l2, j * 8 + 4, 0);
+          writeL2Entry(l2, j, false, emptyL2Entry());
           dirty = true;
           continue;
         }
@@ -142,8 +150,7 @@ async function expandZeroClusters(bs: BlockNode, s: Qcow2State): Promise<void> {
           if (host) released.push(host);
         }
         await bdrvPwrite(s.file, target, cs, zeros);
-        be.put32(l2, j * 8, copied + Math.floor(target / TWO32));
-        be.put32(l2, j * 8 + 4, target >>> 0);
+        writeL2Entry(l2, j, false, standardL2Entry(target, copied));
         dirty = true;
       }
       if (!dirty) continue;
@@ -194,10 +201,10 @@ async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
     const l1 = new Uint8Array(size * 8);
     await bdrvPread(s.file, offset, l1.length, l1);
     for (let i = 0; i < size; i++) {
-      const l2Off = (be.u32(l1, i * 8) & 0x00ffffff) * TWO32 + ((be.u32(l1, i * 8 + 4) & 0xfffffe00) >>> 0);
+      const l2Off = l1EntryOffset(l1, i);
       if (!l2Off) continue;
       await bdrvPread(s.file, l2Off, cs, l2);
-      for (let j = 0; j < s.l2Size; j++) if (be.u32(l2, j * s.l2EntryBytes) & 0x40000000) return true;
+      for (let j = 0; j < s.l2Size; j++) if (l2Compressed(l2, j, s.extendedL2)) return true;
     }
   }
   return false;

@@ -33,13 +33,33 @@ import { BlockError, hex } from '../../block/errors.js';
 import type { CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
-import { be, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
-import { parseCompressedDescriptor } from './compressed.js';
-import { getRefcountEntry, setRefcountEntry, dropRefcountCache } from './refcount.js';
+import { be, findExtension, QCOW2_EXT_MAGIC_BITMAPS, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
+import {
+  ALL_SUBCLUSTERS,
+  entryClusterIndex,
+  entryHasOffset,
+  entryHi,
+  entryLo,
+  entryOffset,
+  entryOffsetAt,
+  L1E_RESERVED_HI,
+  L1E_RESERVED_LO,
+  L2E_RESERVED_HI,
+  L2E_RESERVED_LO,
+  parseCompressedDescriptor,
+  QCOW_OFLAG_COMPRESSED,
+  QCOW_OFLAG_COPIED,
+  QCOW_OFLAG_ZERO,
+  setCopiedAt,
+  withCopied,
+  writeL2Entry,
+} from './l2-entry.js';
+import { getRefcountEntry, reftableEntryOffset, reftableEntryReserved, setRefcountEntry } from './refcount-codec.js';
+import { dropRefcountCache } from './refcount.js';
 import { MAX_COUNTED_CLUSTERS, maxRefcount, writeRefcountStructure } from './repair-refcounts.js';
 import { QCOW_MAX_L1_SIZE } from './validate.js';
 import { flushMetadata } from './l1.js';
-import { writeIncompatibleFeatures } from './metadata.js';
+import { writeHeaderFields, writeIncompatibleFeatures } from './metadata.js';
 import type { Qcow2State } from './state.js';
 
 /**
@@ -92,16 +112,10 @@ function newRes(): Res {
 }
 
 const CHECK_FRAG_INFO = 2;
-const TWO32 = 0x100000000;
 
 /** A 64-bit entry as hex without 0x (QEMU's PRIx64). */
 function hex64(hi: number, lo: number): string {
   return hi ? hi.toString(16) + (lo >>> 0).toString(16).padStart(8, '0') : (lo >>> 0).toString(16);
-}
-
-/** Offset bits 9-55 of an L1/L2 entry. */
-function entryOffset(hi: number, lo: number): number {
-  return (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
 }
 
 /**
@@ -191,7 +205,7 @@ class DiskRefcounts {
     for (let i = 0; i < n; i++) {
       const hi = be.u32(raw, i * 8);
       const lo = be.u32(raw, i * 8 + 4);
-      this.table[i] = hi * TWO32 + ((lo & 0xfffffe00) >>> 0);
+      this.table[i] = reftableEntryOffset(hi, lo);
       this.rawLow[i] = lo;
       if (this.table[i]! % s.clusterSize !== 0) this.hasUnaligned = true;
     }
@@ -331,6 +345,9 @@ function incRefcounts(c: Ctx, offset: number, size: number): void {
   }
 }
 
+/** Bits of `hi` that make an entry other than a plain (possibly COPIED) cluster: compressed or reserved. */
+const NOT_PLAIN_HI = L2E_RESERVED_HI | QCOW_OFLAG_COMPRESSED;
+
 const L2_COMPRESSED = 0;
 const L2_ZERO_PLAIN = 1;
 const L2_ZERO_ALLOC = 2;
@@ -380,9 +397,9 @@ function countL2(c: Ctx, table: Uint8Array, flags: number): boolean {
     const bmLo = ext ? dv.getUint32(p + 12) : 0;
     // Unallocated with an empty allocation bitmap: nothing to count or report.
     if ((hi | lo | bmLo) === 0) continue;
-    if ((hi & 0x7f000000) === 0 && (lo & plainMask) === 0 && ((hi & 0x00ffffff) !== 0 || lo > 1) && (bmHi & bmLo) === 0) {
+    if ((hi & NOT_PLAIN_HI) === 0 && (lo & plainMask) === 0 && entryHasOffset(hi, lo) && (bmHi & bmLo) === 0) {
       // The general path below, for this case, in integer arithmetic.
-      const offset = (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0);
+      const offset = entryOffset(hi, lo);
       if (frag) {
         allocated++;
         if (nextContiguous && offset !== nextContiguous) fragmented++;
@@ -390,7 +407,7 @@ function countL2(c: Ctx, table: Uint8Array, flags: number): boolean {
       }
       if (c.hasDataFile) continue;
       if (offset < fileLen) {
-        const k = (hi & 0x00ffffff) * clustersPer4G + (lo >>> cb);
+        const k = entryClusterIndex(hi, lo, cb);
         const v = a[k]!;
         if (v < max) {
           a[k] = v + 1;
@@ -401,15 +418,15 @@ function countL2(c: Ctx, table: Uint8Array, flags: number): boolean {
       a = counts.a;
       continue;
     }
-    const compressed = (hi & 0x40000000) !== 0;
+    const compressed = (hi & QCOW_OFLAG_COMPRESSED) !== 0;
     const offset = entryOffset(hi, lo);
     let type: number;
     if (compressed) type = L2_COMPRESSED;
-    else if (lo & 1 && !ext) type = offset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
-    else if (!offset) type = c.hasDataFile && hi & 0x80000000 ? L2_NORMAL : L2_UNALLOCATED;
+    else if (lo & QCOW_OFLAG_ZERO && !ext) type = offset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
+    else if (!offset) type = c.hasDataFile && hi & QCOW_OFLAG_COPIED ? L2_NORMAL : L2_UNALLOCATED;
     else type = L2_NORMAL;
 
-    if (type !== L2_COMPRESSED && (hi & 0x3f000000 || lo & 0x1fe)) {
+    if (type !== L2_COMPRESSED && (hi & L2E_RESERVED_HI || lo & L2E_RESERVED_LO)) {
       res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
       res.corruptions++;
     }
@@ -420,17 +437,12 @@ function countL2(c: Ctx, table: Uint8Array, flags: number): boolean {
       }
       if (offset % cs !== 0) {
         res.corruptions++;
-        const containsData = ext ? bmLo !== 0 : !(lo & 1);
+        const containsData = ext ? bmLo !== 0 : !(lo & QCOW_OFLAG_ZERO);
         if (!containsData) {
           res.messages.push(`${c.fix.errors ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
           if (c.fix.errors) {
             // fix_l2_entry_by_zero: the entry becomes a plain zero cluster.
-            be.put32(table, p, 0);
-            be.put32(table, p + 4, ext ? 0 : 1);
-            if (ext) {
-              be.put32(table, p + 8, 0xffffffff);
-              be.put32(table, p + 12, 0);
-            }
+            writeL2Entry(table, i, ext, ext ? { hi: 0, lo: 0, zero: ALL_SUBCLUSTERS, alloc: 0 } : { hi: 0, lo: QCOW_OFLAG_ZERO, zero: 0, alloc: 0 });
             dirty = true;
             res.corruptions--;
             res.corruptionsFixed++;
@@ -449,19 +461,19 @@ function countL2(c: Ctx, table: Uint8Array, flags: number): boolean {
       incRefcounts(c, offset, cs);
       a = counts.a;
     } else if (type === L2_COMPRESSED) {
-      const d = parseCompressedDescriptor(hi & 0x3fffffff, lo, s.clusterBits);
-      if (hi & 0x80000000) {
+      const d = parseCompressedDescriptor(hi, lo, s.clusterBits);
+      if (hi & QCOW_OFLAG_COPIED) {
         res.messages.push(`ERROR: coffset=${hex(d.coffset)}: copied flag must never be set for compressed clusters`);
-        hi &= 0x7fffffff;
+        hi = withCopied(hi, false);
         res.corruptions++;
       }
       if (c.hasDataFile) {
-        res.messages.push(`ERROR compressed cluster ${i} with data file, entry=${hex(hi * TWO32 + (lo >>> 0))}`);
+        res.messages.push(`ERROR compressed cluster ${i} with data file, entry=${hex(hi * 0x100000000 + (lo >>> 0))}`);
         res.corruptions++;
         continue;
       }
       if (bmHi || bmLo) {
-        res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=${hex(hi * TWO32 + (lo >>> 0))}`);
+        res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=${hex(hi * 0x100000000 + (lo >>> 0))}`);
         res.corruptions++;
         continue;
       }
@@ -498,7 +510,7 @@ async function copiedFindings(c: Ctx, table: Uint8Array): Promise<CopiedFinding[
     if (stop >= s.l2Size) break;
     // Nothing awaits between reading the block and the next scan, so it is still cached then.
     if (stop === retried) throw new BlockError('EIO', `${s.image}: refcount block cache lost a block it just read`);
-    const off = entryOffset(be.u32(table, stop * s.l2EntryBytes), be.u32(table, stop * s.l2EntryBytes + 4));
+    const off = entryOffsetAt(table, stop * s.l2EntryBytes);
     try {
       await c.disk.get(Math.floor(off / s.clusterSize));
     } catch {
@@ -518,7 +530,6 @@ function scanCopied(c: Ctx, table: Uint8Array, from: number, out: CopiedFinding[
   const bits = s.refcountBits;
   const per = disk.perBlock;
   const cb = s.clusterBits;
-  const clustersPer4G = 2 ** (32 - cb);
   const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
   // Clusters [first, first + per) have their refcounts in `blk` (null: no block, all 0).
   let first = -1;
@@ -527,16 +538,14 @@ function scanCopied(c: Ctx, table: Uint8Array, from: number, out: CopiedFinding[
     const p = j * eb;
     const hi = dv.getUint32(p);
     const lo = dv.getUint32(p + 4);
-    if ((hi | lo) === 0 || hi & 0x40000000) continue; // unallocated, compressed
-    const offHi = hi & 0x00ffffff;
-    const offLo = (lo & 0xfffffe00) >>> 0;
-    if (offHi === 0 && offLo === 0) {
-      const zeroFlag = !s.extendedL2 && (lo & 1) !== 0;
-      if (!(c.hasDataFile && hi & 0x80000000 && !zeroFlag)) continue;
+    if ((hi | lo) === 0 || hi & QCOW_OFLAG_COMPRESSED) continue; // unallocated, compressed
+    if (!entryHasOffset(hi, lo)) {
+      const zeroFlag = !s.extendedL2 && (lo & QCOW_OFLAG_ZERO) !== 0;
+      if (!(c.hasDataFile && hi & QCOW_OFLAG_COPIED && !zeroFlag)) continue;
     }
     let refcount = 1;
     if (!c.hasDataFile) {
-      const k = offHi * clustersPer4G + (offLo >>> cb);
+      const k = entryClusterIndex(hi, lo, cb);
       if (first < 0 || k < first || k >= first + per) {
         const i = Math.floor(k / per);
         const b = disk.cachedBlock(i);
@@ -546,7 +555,7 @@ function scanCopied(c: Ctx, table: Uint8Array, from: number, out: CopiedFinding[
       }
       refcount = blk ? getRefcountEntry(blk, bits, k - first) : 0;
     }
-    if ((refcount === 1) !== ((hi & 0x80000000) !== 0)) out.push({ j, hi, lo, refcount });
+    if ((refcount === 1) !== ((hi & QCOW_OFLAG_COPIED) !== 0)) out.push({ j, hi, lo, refcount });
   }
   return n;
 }
@@ -575,10 +584,10 @@ async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number):
   if (pass) c.copiedPass = pass;
   const table = new Uint8Array(s.clusterSize);
   for (let i = 0; i < l1Size; i++) {
-    const hi = be.u32(l1, i * 8);
-    const lo = be.u32(l1, i * 8 + 4);
+    const hi = entryHi(l1, i * 8);
+    const lo = entryLo(l1, i * 8);
     if (!hi && !lo) continue;
-    if (hi & 0x7f000000 || lo & 0x1ff) {
+    if (hi & L1E_RESERVED_HI || lo & L1E_RESERVED_LO) {
       res.messages.push(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
       res.corruptions++;
     }
@@ -611,7 +620,7 @@ function snapshotsSize(s: Qcow2State): number {
 async function countBitmaps(c: Ctx): Promise<void> {
   const { s } = c;
   if (!s.bitmaps.length) return;
-  const ext = s.header.extensions.find((e) => e.type === 0x23852875) as { bitmapDirectoryOffset: number; bitmapDirectorySize: number } | undefined;
+  const ext = findExtension(s.header, QCOW2_EXT_MAGIC_BITMAPS);
   if (!ext) return;
   incRefcounts(c, ext.bitmapDirectoryOffset, ext.bitmapDirectorySize);
   for (const b of s.bitmaps) {
@@ -621,7 +630,8 @@ async function countBitmaps(c: Ctx): Promise<void> {
     const t = new Uint8Array(bytes);
     await bdrvPread(s.file, b.bitmapTableOffset, bytes, t);
     for (let i = 0; i < b.bitmapTableSize; i++) {
-      const off = entryOffset(be.u32(t, i * 8), be.u32(t, i * 8 + 4));
+      // A bitmap table entry has the L1 entry's offset field (bits 9..55).
+      const off = entryOffsetAt(t, i * 8);
       if (off) incRefcounts(c, off, s.clusterSize);
     }
   }
@@ -635,7 +645,7 @@ async function checkRefblocks(c: Ctx): Promise<boolean> {
   for (let i = 0; i < disk.table.length; i++) {
     const offset = disk.table[i]!;
     const cluster = Math.floor(offset / cs);
-    if (disk.rawLow[i]! & 0x1ff) {
+    if (reftableEntryReserved(disk.rawLow[i]!)) {
       res.messages.push(`ERROR refcount table entry ${i} has reserved bits set`);
       res.corruptions++;
       rebuild = true;
@@ -802,8 +812,8 @@ async function checkOflagCopied(c: Ctx, fix: CheckFix): Promise<void> {
   const table = new Uint8Array(s.clusterSize);
   const pass = c.copiedPass;
   for (let i = 0; i < s.l1Size; i++) {
-    const hi = be.u32(s.l1Table, i * 8);
-    const lo = be.u32(s.l1Table, i * 8 + 4);
+    const hi = entryHi(s.l1Table, i * 8);
+    const lo = entryLo(s.l1Table, i * 8);
     const l2 = entryOffset(hi, lo);
     if (!l2) continue;
     let rc: number;
@@ -812,11 +822,11 @@ async function checkOflagCopied(c: Ctx, fix: CheckFix): Promise<void> {
     } catch {
       continue;
     }
-    if ((rc === 1) !== ((hi & 0x80000000) !== 0)) {
+    if ((rc === 1) !== ((hi & QCOW_OFLAG_COPIED) !== 0)) {
       res.corruptions++;
       res.messages.push(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${rc}`);
       if (repair) {
-        be.put32(s.l1Table, i * 8, rc === 1 ? (hi | 0x80000000) >>> 0 : hi & 0x7fffffff);
+        setCopiedAt(s.l1Table, i * 8, rc === 1);
         c.log.writes++;
         await bdrvPwrite(s.file, s.header.l1TableOffset + i * 8, 8, s.l1Table.subarray(i * 8, i * 8 + 8));
         res.corruptions--;
@@ -837,7 +847,7 @@ async function checkOflagCopied(c: Ctx, fix: CheckFix): Promise<void> {
     for (const f of found) {
       res.corruptions++;
       res.messages.push(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(f.hi, f.lo)} refcount=${f.refcount}`);
-      if (repair) be.put32(table, f.j * eb, f.refcount === 1 ? (f.hi | 0x80000000) >>> 0 : f.hi & 0x7fffffff);
+      if (repair) setCopiedAt(table, f.j * eb, f.refcount === 1);
     }
     if (repair) {
       c.log.writes++;
@@ -860,10 +870,11 @@ async function rebuildRefcounts(c: Ctx): Promise<void> {
   const counts = c.counts.a.subarray(0, lastUsed(c.counts.a) + 1);
   const rs = await writeRefcountStructure(s.file, counts, cs, s.header.refcountOrder, 0);
   await bdrvFlush(s.file);
-  const b = new Uint8Array(12);
-  be.put64(b, 0, rs.tableOffset);
-  be.put32(b, 8, rs.tableClusters);
-  await bdrvPwrite(s.file, 48, 12, b);
+  await writeHeaderFields(s, ['refcountTableOffset', 'refcountTableClusters'], {
+    ...s.header,
+    refcountTableOffset: rs.tableOffset,
+    refcountTableClusters: rs.tableClusters,
+  });
   await bdrvFlush(s.file);
   s.header.refcountTableOffset = rs.tableOffset;
   s.header.refcountTableClusters = rs.tableClusters;

@@ -4,7 +4,7 @@
  *
  * `mapRun` returns the longest prefix of [offset, offset + bytes) that has
  * one subcluster type and, for types with a host offset, one contiguous host
- * range. Within a slice the run comes from l2ScanRun; a run that reaches the
+ * range. Within a slice the run comes from l2FindRun; a run that reaches the
  * end of a slice continues into the next slice (or L2 table) when it matches,
  * so a large read or a block-status query over a preallocated image is one
  * answer rather than one per slice. Compressed clusters are answered one at a
@@ -14,9 +14,8 @@
 import { BlockError, hex } from '../../block/errors.js';
 import { bdrvPread } from '../../block/io.js';
 import {
-  l2Copied,
   l2EntryKind,
-  l2HostOffset,
+  l2FindRun,
   L2_COMPRESSED,
   L2_MIXED,
   L2_NORMAL,
@@ -25,9 +24,17 @@ import {
   L2_ZERO_ALLOC,
   L2_ZERO_PLAIN,
 } from './l2-scan.js';
-// The SIMD kernel answers runs (same semantics as l2-scan.ts's l2ScanRun, which it falls back to before initWasm).
-import { wasmL2ScanRun as l2ScanRun } from '../../wasm/l2-scan.js';
-import { parseCompressedDescriptor, type CompressedDescriptor } from './compressed.js';
+import {
+  entryHasOffset,
+  entryHi,
+  entryLo,
+  l2AllocBitmap,
+  l2Copied,
+  l2HostOffset,
+  l2ZeroBitmap,
+  parseCompressedDescriptor,
+  type CompressedDescriptor,
+} from './l2-entry.js';
 import { l1Offset, type Qcow2State } from './state.js';
 
 /** QEMU's QCow2SubclusterType, with the L2_* values of l2-scan.ts. */
@@ -55,10 +62,6 @@ function hasHost(t: SubclusterType): boolean {
 
 function corrupt(s: Qcow2State, msg: string): BlockError {
   return new BlockError('ECORRUPT', `${s.image}: ${msg}`);
-}
-
-function u32(b: Uint8Array, p: number): number {
-  return ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) >>> 0;
 }
 
 /** Loads an L2 slice for the cache, checking the table against the file. */
@@ -118,7 +121,7 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
 
     if (kind === L2_COMPRESSED) {
       const p = idx * s.l2EntryBytes;
-      const compressed = parseCompressedDescriptor(u32(data, p), u32(data, p + 4), s.clusterBits);
+      const compressed = parseCompressedDescriptor(entryHi(data, p), entryLo(data, p), s.clusterBits);
       return { type: L2_COMPRESSED, bytes: Math.min(bytes, cs - inCluster), host: 0, compressed, toSliceEnd: false };
     }
 
@@ -132,7 +135,7 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
       let n = 1;
       const end = Math.min(s.l2SliceSize, idx + Math.ceil((inCluster + bytes) / cs));
       if (idx + 1 < end && l2EntryKind(data, idx + 1, ext) === L2_NORMAL && l2HostOffset(data, idx + 1, ext) === cs) {
-        const more = l2ScanRun(data, idx + 1, end, ext, s.clusterBits, false);
+        const more = l2FindRun(data, idx + 1, end, ext, s.clusterBits, false);
         run += more * cs;
         n += more;
       }
@@ -142,9 +145,9 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
     if (kind === L2_MIXED || hostZeroAllocated) {
       // Extended L2 with differing subclusters: QEMU's qcow2_get_subcluster_type per subcluster.
       const p = idx * 16;
-      const zeroBits = u32(data, p + 8);
-      const allocBits = u32(data, p + 12);
-      const offsetSet = hostZeroAllocated || (u32(data, p) & 0x00ffffff) !== 0 || (u32(data, p + 4) & 0xfffffe00) !== 0;
+      const zeroBits = l2ZeroBitmap(data, idx);
+      const allocBits = l2AllocBitmap(data, idx);
+      const offsetSet = hostZeroAllocated || entryHasOffset(entryHi(data, p), entryLo(data, p));
       if ((zeroBits & allocBits) !== 0 || (!offsetSet && allocBits !== 0)) {
         throw corrupt(s, `Invalid cluster entry found (${entryAt()}, guest offset ${hex(offset)})`);
       }
@@ -164,7 +167,7 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
 
     const wanted = Math.ceil((inCluster + bytes) / cs);
     const end = Math.min(s.l2SliceSize, idx + wanted);
-    const n = l2ScanRun(data, idx, end, ext, s.clusterBits, false);
+    const n = l2FindRun(data, idx, end, ext, s.clusterBits, false);
     const type = kind as SubclusterType;
     const host = hasHost(type) ? hostOf() + inCluster : 0;
     return { type, bytes: Math.min(bytes, n * cs - inCluster), host, toSliceEnd: idx + n === s.l2SliceSize };

@@ -1,12 +1,10 @@
 /**
- * Compressed clusters: the L2 descriptor and the two codecs.
- *
- * Descriptor (docs/interop/qcow2.txt), with x = 62 - (cluster_bits - 8):
- *   bits 0 .. x-1   host offset of the compressed data (byte granular)
- *   bits x .. 61    additional 512-byte sectors used, beyond the first
- * The sector count rounds up, so the bytes read usually run into the next
- * compressed cluster: both codecs must stop at the end of their own stream and
- * ignore what follows (QEMU accepts "output full" as success for the same reason).
+ * Compressed clusters: the two compression codecs (zlib, zstd). The L2
+ * descriptor that says where a compressed cluster lies (host byte offset and
+ * 512-byte sector count) is decoded and encoded by l2-entry.ts. The sector
+ * count rounds up, so the bytes read usually run into the next compressed
+ * cluster: both codecs must stop at the end of their own stream and ignore
+ * what follows (QEMU accepts "output full" as success for the same reason).
  *
  * zlib here is RAW deflate (no zlib header); zstd is one or more frames.
  */
@@ -14,25 +12,8 @@ import { deflateRaw, inflateRaw } from 'pako';
 import { decompress as zstdDecompress } from 'fzstd';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
 
-export const QCOW2_COMPRESSED_SECTOR_SIZE = 512;
-
-export interface CompressedDescriptor {
-  /** Host offset of the first compressed byte. */
-  coffset: number;
-  /** Bytes to read (may run past the stream's end, see above). */
-  csize: number;
-}
-
-/** Decodes the descriptor from the entry's two big-endian 32-bit halves. */
-export function parseCompressedDescriptor(hi: number, lo: number, clusterBits: number): CompressedDescriptor {
-  const csizeShift = 62 - (clusterBits - 8);
-  const hiOffsetBits = csizeShift - 32;
-  const csizeMask = (1 << (clusterBits - 8)) - 1;
-  const coffset = (hi & ((1 << hiOffsetBits) - 1)) * 0x100000000 + (lo >>> 0);
-  const nbCsectors = ((hi >>> hiOffsetBits) & csizeMask) + 1;
-  const csize = nbCsectors * QCOW2_COMPRESSED_SECTOR_SIZE - (coffset % QCOW2_COMPRESSED_SECTOR_SIZE);
-  return { coffset, csize };
-}
+/** The descriptor codec lives with the other entry codecs; re-exported for existing callers. */
+export { parseCompressedDescriptor, QCOW2_COMPRESSED_SECTOR_SIZE, type CompressedDescriptor } from './l2-entry.js';
 
 /** Length of the zstd frame at the start of `b` (magic, header, blocks, checksum), or -1 if it is not one. */
 function zstdFrameLength(b: Uint8Array): number {

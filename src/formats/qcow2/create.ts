@@ -22,7 +22,6 @@ import type { BlockNode } from '../../block/node.js';
 import type { PreallocMode } from '../../block/driver.js';
 import { bdrvFlush, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import {
-  be,
   QCOW_MAGIC,
   QCOW2_AUTOCLEAR_DATA_FILE_RAW,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
@@ -42,7 +41,8 @@ import {
 } from './header.js';
 import { QCOW_MAX_L1_SIZE } from './validate.js';
 import { MAX_COUNTED_CLUSTERS, writeRefcountStructure } from './repair-refcounts.js';
-import { setRefcountEntry } from './refcount.js';
+import { putReftableEntry, setRefcountEntry } from './refcount-codec.js';
+import { putL1Entry, standardL2Entry, writeL2Entry } from './l2-entry.js';
 
 export interface Qcow2CreateOptions {
   /** Virtual size in bytes (rounded up to 512, as QEMU's create). */
@@ -61,8 +61,6 @@ export interface Qcow2CreateOptions {
   dataFile?: string;
   dataFileRaw?: boolean;
 }
-
-const QCOW_OFLAG_COPIED = 0x80000000; // bit 63, in the high half
 
 /** The create checks of qcow2_co_create, in QEMU's order and with its messages. */
 export function validateQcow2CreateOptions(o: Qcow2CreateOptions): void {
@@ -276,8 +274,7 @@ function planLayout(o: Qcow2CreateOptions, h: Qcow2Header, replay: boolean): Pla
   const mapL2 = (i: number, at: number, data: number): void => {
     plan.l2At[i] = at;
     plan.dataStart[i] = data;
-    be.put32(plan.l1, i * 8, QCOW_OFLAG_COPIED + Math.floor((at * cs) / 0x100000000));
-    be.put32(plan.l1, i * 8 + 4, (at * cs) >>> 0);
+    putL1Entry(plan.l1, i, at * cs, true);
   };
   const entriesOf = (i: number): number => Math.min(l2Size, guestClusters - i * l2Size);
 
@@ -357,9 +354,7 @@ export async function createQcow2(file: BlockNode, o: Qcow2CreateOptions, dataFi
     l2.fill(0);
     const n = Math.min(l2Size, guestClusters - i * l2Size);
     for (let k = 0; k < n; k++) {
-      const host = (plan.dataStart[i]! + k) * cs;
-      be.put32(l2, k * entryBytes, QCOW_OFLAG_COPIED + Math.floor(host / 0x100000000));
-      be.put32(l2, k * entryBytes + 4, host >>> 0);
+      writeL2Entry(l2, k, extendedL2, standardL2Entry((plan.dataStart[i]! + k) * cs));
     }
     await bdrvPwrite(file, plan.l2At[i]! * cs, cs, l2);
   }
@@ -378,7 +373,7 @@ export async function createQcow2(file: BlockNode, o: Qcow2CreateOptions, dataFi
         for (let c = Math.max(s, j * perBlock); c < Math.min(e, (j + 1) * perBlock); c++) setRefcountEntry(block, 1 << order, c - j * perBlock, 1);
       }
       await bdrvPwrite(file, at * cs, cs, block);
-      be.put64(table, j * 8, at * cs);
+      putReftableEntry(table, j, at * cs);
     }
     await bdrvPwrite(file, h.refcountTableOffset, cs, table);
   } else {

@@ -30,6 +30,12 @@
  * what the header cluster alone can tell (see validate.ts for the checks
  * against the file and QEMU's table limits); unknown extensions are kept
  * verbatim so a rewrite preserves them.
+ *
+ * Writers: a whole-cluster rewrite goes through serializeHeader; a change of
+ * a few fields that must land in one small write (a new L1 or refcount
+ * table, the snapshot switch, the dirty and corrupt bits) goes through
+ * encodeHeaderFields, which serializes those fields with the same code and
+ * returns their byte range. No other code writes header bytes.
  */
 import { BlockError, hex } from '../../block/errors.js';
 
@@ -384,29 +390,36 @@ function extensionBytes(e: HeaderExtension): Uint8Array {
   throw new Error(`unreachable: extension ${(e as { type: number }).type}`);
 }
 
-/**
- * Serializes `h` into a whole header cluster (zero-filled after the backing
- * file name), as QEMU lays it out: fixed header, extensions in order, the end
- * marker, then the backing file name. `backingFileOffset` and
- * `backingFileSize` are recomputed from `backingFile` (and written back into
- * `h`). Throws ENOSPC when it does not fit in one cluster.
- */
-export function serializeHeader(h: Qcow2Header): Uint8Array {
-  const clusterSize = 2 ** h.clusterBits;
-  const exts = h.extensions.map((e) => ({ type: e.type, bytes: extensionBytes(e) }));
-  const name = h.backingFile === null ? null : utf8enc.encode(h.backingFile);
-  const headerLength = h.version === 2 ? V2_HEADER_LENGTH : h.headerLength;
-  let total = headerLength + 8;
-  for (const e of exts) total += 8 + ((e.bytes.length + 7) & ~7);
-  const nameOffset = total;
-  if (name) total += name.length;
-  if (total > clusterSize) {
-    throw new BlockError('ENOSPC', `qcow2 header: header, extensions and backing file name need ${total} bytes, more than one cluster (${clusterSize})`);
-  }
-  h.backingFileOffset = name ? nameOffset : 0;
-  h.backingFileSize = name ? name.length : 0;
+/** Where each fixed-header field lives (byte offset, width), by the spec's names in camelCase. */
+export const HEADER_FIELDS = {
+  magic: { offset: 0, bytes: 4 },
+  version: { offset: 4, bytes: 4 },
+  backingFileOffset: { offset: 8, bytes: 8 },
+  backingFileSize: { offset: 16, bytes: 4 },
+  clusterBits: { offset: 20, bytes: 4 },
+  size: { offset: 24, bytes: 8 },
+  cryptMethod: { offset: 32, bytes: 4 },
+  l1Size: { offset: 36, bytes: 4 },
+  l1TableOffset: { offset: 40, bytes: 8 },
+  refcountTableOffset: { offset: 48, bytes: 8 },
+  refcountTableClusters: { offset: 56, bytes: 4 },
+  nbSnapshots: { offset: 60, bytes: 4 },
+  snapshotsOffset: { offset: 64, bytes: 8 },
+  incompatibleFeatures: { offset: 72, bytes: 8 },
+  compatibleFeatures: { offset: 80, bytes: 8 },
+  autoclearFeatures: { offset: 88, bytes: 8 },
+  refcountOrder: { offset: 96, bytes: 4 },
+  headerLength: { offset: 100, bytes: 4 },
+  compressionType: { offset: 104, bytes: 1 },
+} as const;
 
-  const b = new Uint8Array(clusterSize);
+export type HeaderField = keyof typeof HEADER_FIELDS;
+
+/**
+ * Writes the fixed part of `h` (up to header_length) into `b`, taking
+ * backing_file_offset and backing_file_size as they are in `h`.
+ */
+function putFixedHeader(b: Uint8Array, h: Qcow2Header): void {
   put32(b, 0, h.magic);
   put32(b, 4, h.version);
   put64(b, 8, h.backingFileOffset);
@@ -431,6 +444,55 @@ export function serializeHeader(h: Qcow2Header): Uint8Array {
       b.set(h.headerTail.subarray(0, h.headerLength - 105), 105);
     }
   }
+}
+
+/**
+ * The header bytes that hold `fields`, serialized from `h`: the smallest
+ * contiguous range covering them (fields in between are taken from `h`
+ * too), ready for one write at `offset`. Used where a few fields must change
+ * together in one request (fields within one 512-byte sector change
+ * atomically). Throws for a field the header version does not have.
+ */
+export function encodeHeaderFields(h: Qcow2Header, fields: readonly HeaderField[]): { offset: number; bytes: Uint8Array } {
+  if (fields.length === 0) throw new BlockError('EINVAL', 'qcow2 header: no fields to write');
+  const end = h.version === 2 ? V2_HEADER_LENGTH : h.headerLength;
+  let from = Infinity;
+  let to = 0;
+  for (const f of fields) {
+    const { offset, bytes } = HEADER_FIELDS[f];
+    if (offset + bytes > end) throw new BlockError('EINVAL', `qcow2 header: field ${f} at ${hex(offset)} is not part of a version ${h.version} header of ${end} bytes`);
+    from = Math.min(from, offset);
+    to = Math.max(to, offset + bytes);
+  }
+  const b = new Uint8Array(Math.max(end, V2_HEADER_LENGTH));
+  putFixedHeader(b, h);
+  return { offset: from, bytes: b.slice(from, to) };
+}
+
+/**
+ * Serializes `h` into a whole header cluster (zero-filled after the backing
+ * file name), as QEMU lays it out: fixed header, extensions in order, the end
+ * marker, then the backing file name. `backingFileOffset` and
+ * `backingFileSize` are recomputed from `backingFile` (and written back into
+ * `h`). Throws ENOSPC when it does not fit in one cluster.
+ */
+export function serializeHeader(h: Qcow2Header): Uint8Array {
+  const clusterSize = 2 ** h.clusterBits;
+  const exts = h.extensions.map((e) => ({ type: e.type, bytes: extensionBytes(e) }));
+  const name = h.backingFile === null ? null : utf8enc.encode(h.backingFile);
+  const headerLength = h.version === 2 ? V2_HEADER_LENGTH : h.headerLength;
+  let total = headerLength + 8;
+  for (const e of exts) total += 8 + ((e.bytes.length + 7) & ~7);
+  const nameOffset = total;
+  if (name) total += name.length;
+  if (total > clusterSize) {
+    throw new BlockError('ENOSPC', `qcow2 header: header, extensions and backing file name need ${total} bytes, more than one cluster (${clusterSize})`);
+  }
+  h.backingFileOffset = name ? nameOffset : 0;
+  h.backingFileSize = name ? name.length : 0;
+
+  const b = new Uint8Array(clusterSize);
+  putFixedHeader(b, h);
   let p = headerLength;
   for (const e of exts) {
     put32(b, p, e.type);

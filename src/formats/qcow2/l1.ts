@@ -22,7 +22,7 @@
 import { BlockError, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite } from '../../block/io.js';
-import { be } from './header.js';
+import { putL1Entry } from './l2-entry.js';
 import { QCOW_MAX_L1_SIZE } from './validate.js';
 import {
   allocateClusters,
@@ -32,13 +32,12 @@ import {
   refcountsPending,
   updateRefcount,
 } from './refcount.js';
-import { addMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, syncFile } from './metadata.js';
+import { addMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, syncFile, writeHeaderFields } from './metadata.js';
 import { l1Copied, l1Offset, type Qcow2State } from './state.js';
 
 /** Sets L1 entry `index` to `offset` (with COPIED) in memory and marks it dirty. */
 export function setL1Entry(s: Qcow2State, index: number, offset: number, copied: boolean): void {
-  be.put64(s.l1Table, index * 8, offset);
-  if (copied) s.l1Table[index * 8]! |= 0x80;
+  putL1Entry(s.l1Table, index, offset, copied);
   const rw = s.rw;
   if (rw.l1DirtyFrom >= rw.l1DirtyTo) {
     rw.l1DirtyFrom = index;
@@ -155,10 +154,8 @@ export async function growL1(s: Qcow2State, minSize: number, exact: boolean): Pr
   await bdrvPwrite(s.file, offset, bytes, table);
   await flushRefcounts(s);
   await syncFile(s);
-  const hdr = new Uint8Array(12);
-  be.put32(hdr, 0, size);
-  be.put64(hdr, 4, offset);
-  await bdrvPwrite(s.file, 36, 12, hdr);
+  // l1_size and l1_table_offset are adjacent: one write switches to the new table.
+  await writeHeaderFields(s, ['l1Size', 'l1TableOffset'], { ...s.header, l1Size: size, l1TableOffset: offset });
   await syncFile(s);
   const oldOffset = s.header.l1TableOffset;
   const oldSize = s.l1Size;

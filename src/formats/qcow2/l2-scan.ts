@@ -1,25 +1,31 @@
 /**
  * Classifying qcow2 L2 entries and finding runs of alike entries.
  *
- * This is the reference implementation in TypeScript: block status, map and
- * read planning ask "from entry `start`, how many entries share its kind (and,
- * for clusters with a host offset, continue contiguously)?" so one answer
- * covers many clusters. The WebAssembly kernel (asm/l2-scan.ts, loaded by
- * src/wasm/) answers the same question with the same semantics and is tested
- * against this file.
+ * Block status, map and read planning ask "from entry `start`, how many
+ * entries share its kind (and, for clusters with a host offset, continue
+ * contiguously)?" so one answer covers many clusters. l2ScanRun is the
+ * reference implementation in TypeScript; the WebAssembly kernel
+ * (asm/l2-scan.ts, called through src/wasm/l2-scan.ts) answers the same
+ * question with the same semantics and is tested against it. l2FindRun is
+ * what the driver calls: the kernel when it is loaded, else the reference.
  *
- * Entry layout (docs/interop/qcow2.txt, "Cluster mapping"):
- *
- *   standard entry, 64 bits big-endian
- *     bit 63     COPIED (refcount is exactly 1)
- *     bit 62     compressed
- *     bits 9-55  host cluster offset (standard clusters)
- *     bit 0      reads as zeros (v3)
- *   extended entry (extended_l2): the 64-bit entry above (bit 0 reserved)
- *     followed by a 64-bit subcluster bitmap:
- *     bits 0-31  subcluster n is allocated
- *     bits 32-63 subcluster n reads as zeros
+ * The entry layout (flags, offset field, subcluster bitmaps) is decoded by
+ * l2-entry.ts; see the diagrams there.
  */
+import { wasmL2ScanRun } from '../../wasm/l2-scan.js';
+import {
+  entryHasOffset,
+  l2Copied,
+  l2EntryBytes,
+  l2HostOffset,
+  QCOW_OFLAG_COMPRESSED,
+  QCOW_OFLAG_ZERO,
+  ALL_SUBCLUSTERS,
+} from './l2-entry.js';
+import { be } from './header.js';
+
+/** Entry accessors that lived here before l2-entry.ts; re-exported for existing callers. */
+export { l2Copied, l2EntryBytes, l2HostOffset } from './l2-entry.js';
 
 export const L2_UNALLOCATED = 0;
 export const L2_ZERO_PLAIN = 1;
@@ -33,42 +39,22 @@ export const L2_MIXED = 6;
 
 export type L2Kind = 0 | 1 | 2 | 3 | 4 | 5 | 6;
 
-/** Bytes of one entry. */
-export function l2EntryBytes(extended: boolean): number {
-  return extended ? 16 : 8;
-}
-
-function u32(b: Uint8Array, p: number): number {
-  return ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) >>> 0;
-}
-
-/** Host cluster offset of a (non-compressed) entry: bits 9-55. */
-export function l2HostOffset(slice: Uint8Array, index: number, extended: boolean): number {
-  const p = index * l2EntryBytes(extended);
-  return (u32(slice, p) & 0x00ffffff) * 0x100000000 + ((u32(slice, p + 4) & 0xfffffe00) >>> 0);
-}
-
-/** Whether the COPIED flag (bit 63) is set. */
-export function l2Copied(slice: Uint8Array, index: number, extended: boolean): boolean {
-  return (slice[index * l2EntryBytes(extended)]! & 0x80) !== 0;
-}
-
 /** The kind of entry `index` (one of the L2_* constants). */
 export function l2EntryKind(slice: Uint8Array, index: number, extended: boolean): L2Kind {
   const p = index * l2EntryBytes(extended);
-  const hi = u32(slice, p);
-  const lo = u32(slice, p + 4);
-  if (hi & 0x40000000) return L2_COMPRESSED;
-  const hasOffset = (hi & 0x00ffffff) !== 0 || (lo & 0xfffffe00) !== 0;
+  const hi = be.u32(slice, p);
+  const lo = be.u32(slice, p + 4);
+  if (hi & QCOW_OFLAG_COMPRESSED) return L2_COMPRESSED;
+  const hasOffset = entryHasOffset(hi, lo);
   if (!extended) {
-    if (lo & 1) return hasOffset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
+    if (lo & QCOW_OFLAG_ZERO) return hasOffset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
     return hasOffset ? L2_NORMAL : L2_UNALLOCATED;
   }
-  const zeroBits = u32(slice, p + 8);
-  const allocBits = u32(slice, p + 12);
+  const zeroBits = be.u32(slice, p + 8);
+  const allocBits = be.u32(slice, p + 12);
   if (allocBits === 0 && zeroBits === 0) return hasOffset ? L2_UNALLOCATED_ALLOC : L2_UNALLOCATED;
-  if (allocBits === 0xffffffff && zeroBits === 0 && hasOffset) return L2_NORMAL;
-  if (zeroBits === 0xffffffff && allocBits === 0) return hasOffset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
+  if (allocBits === ALL_SUBCLUSTERS && zeroBits === 0 && hasOffset) return L2_NORMAL;
+  if (zeroBits === ALL_SUBCLUSTERS && allocBits === 0) return hasOffset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
   return L2_MIXED;
 }
 
@@ -105,4 +91,20 @@ export function l2ScanRun(
     }
   }
   return i - start;
+}
+
+/**
+ * l2ScanRun's answer, from the WebAssembly kernel when it is loaded (zero
+ * copy for slices in wasm memory), else from l2ScanRun itself.
+ */
+export function l2FindRun(
+  slice: Uint8Array,
+  start: number,
+  end: number,
+  extended: boolean,
+  clusterBits: number,
+  matchCopied: boolean,
+): number {
+  const n = wasmL2ScanRun(slice, start, end, extended, clusterBits, matchCopied);
+  return n >= 0 ? n : l2ScanRun(slice, start, end, extended, clusterBits, matchCopied);
 }

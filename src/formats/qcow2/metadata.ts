@@ -14,7 +14,7 @@
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
-import { be, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY } from './header.js';
+import { encodeHeaderFields, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, type HeaderField, type Qcow2Header } from './header.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { l1Offset, type Qcow2State } from './state.js';
 
@@ -55,22 +55,24 @@ export async function markCorrupt(s: Qcow2State, what: string): Promise<BlockErr
   return new BlockError('EIO', `${s.image}: Marking image as corrupt: ${what}; further writes are refused`);
 }
 
-/** Rewrites incompatible_features (offset 72) from the in-memory header. */
-export async function writeIncompatibleFeatures(s: Qcow2State): Promise<void> {
-  const b = new Uint8Array(8);
-  const v = s.header.incompatibleFeatures;
-  be.put32(b, 0, Number((v >> 32n) & 0xffffffffn));
-  be.put32(b, 4, Number(v & 0xffffffffn));
-  await bdrvPwrite(s.file, 72, 8, b);
+/**
+ * Writes header fields `fields` as `h` has them (default: the in-memory
+ * header) in one request; header.ts encodes them. The caller flushes and,
+ * when `h` is not `s.header`, adopts the new values once the write is stable.
+ */
+export async function writeHeaderFields(s: Qcow2State, fields: readonly HeaderField[], h: Qcow2Header = s.header): Promise<void> {
+  const { offset, bytes } = encodeHeaderFields(h, fields);
+  await bdrvPwrite(s.file, offset, bytes.length, bytes);
 }
 
-/** Rewrites autoclear_features (offset 88) from the in-memory header. */
+/** Rewrites incompatible_features from the in-memory header. */
+export async function writeIncompatibleFeatures(s: Qcow2State): Promise<void> {
+  await writeHeaderFields(s, ['incompatibleFeatures']);
+}
+
+/** Rewrites autoclear_features from the in-memory header. */
 export async function writeAutoclearFeatures(s: Qcow2State): Promise<void> {
-  const b = new Uint8Array(8);
-  const v = s.header.autoclearFeatures;
-  be.put32(b, 0, Number((v >> 32n) & 0xffffffffn));
-  be.put32(b, 4, Number(v & 0xffffffffn));
-  await bdrvPwrite(s.file, 88, 8, b);
+  await writeHeaderFields(s, ['autoclearFeatures']);
 }
 
 /** Sets the dirty bit on disk (lazy refcounts: before the first metadata write). */

@@ -3,12 +3,14 @@
  * tables, writes (write.ts), block status, info and snapshot listing.
  *
  * Module map (src/formats/qcow2/):
- *   header.ts           parse/serialize the header and its extensions
+ *   header.ts           parse/serialize the header and its extensions; named field writers
+ *   l2-entry.ts         the L1/L2 entry codec: flags, offsets, compressed descriptor, subcluster bitmaps
+ *   refcount-codec.ts   refcount table entries and refcount block entries (refcount_bits 1..64)
  *   validate.ts         QEMU's limits, checked against the file before tables are read
  *   l2-cache.ts         bounded LRU of L2 slices (buffers from allocBuffer)
- *   l2-scan.ts          L2 entry classification and run finding (wasm twin in asm/)
+ *   l2-scan.ts          L2 entry classification and run finding (wasm kernel in asm/, called via src/wasm/)
  *   cluster-map.ts      guest offset → run of one subcluster type / contiguous host range
- *   compressed.ts       compressed descriptors, zlib (raw deflate) and zstd
+ *   compressed.ts       zlib (raw deflate) and zstd cluster codecs
  *   refcount.ts         refcount table/blocks, refcount cache, cluster allocation API
  *   read.ts             guest reads (also the copy-on-write source of the write path)
  *   write.ts            writes, compressed writes, write-zeroes, discard, resize

@@ -7,9 +7,9 @@
  * one per host cluster. The table was bounds-checked at open (validate.ts);
  * it is loaded on first use.
  *
- * Entry widths: refcount_bits 1, 2 and 4 pack several entries per byte, least
- * significant bits first; 8..64 are big-endian (64-bit values above 2^53 are
- * not representable and are treated as corrupt).
+ * Entries (of any refcount_bits) and table entries are encoded by
+ * refcount-codec.ts; header fields are written through metadata.ts
+ * writeHeaderFields.
  *
  * Exported allocation surface (all async; call under the node's write lock,
  * metadata.ts withLock, when requests may run concurrently):
@@ -40,56 +40,36 @@
 import { BlockError, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
-import { be } from './header.js';
+import {
+  countNonzeroRefcounts,
+  decodeReftable,
+  getRefcountEntry,
+  putReftableEntry,
+  refcountLimit,
+  refcountsPerBlock,
+  setRefcountEntry,
+} from './refcount-codec.js';
+
+/** The entry codec, re-exported for callers that already take the refcount API from here. */
+export { getRefcountEntry, setRefcountEntry } from './refcount-codec.js';
 import { QCOW_MAX_REFTABLE_SIZE } from './validate.js';
-import { invalidateMetadata, markCorrupt, removeMetadata, addMetadata, syncFile } from './metadata.js';
+import { invalidateMetadata, markCorrupt, removeMetadata, addMetadata, syncFile, writeHeaderFields } from './metadata.js';
 import type { Qcow2State, RefblockEntry } from './state.js';
 
-/** Offsets of the refcount blocks (0 = unallocated), bits 9-63 of each entry. */
+/** Offsets of the refcount blocks (0 = unallocated), decoded by refcount-codec.ts. */
 export async function loadRefcountTable(s: Qcow2State): Promise<Float64Array> {
   if (s.refcountTable) return s.refcountTable;
   const h = s.header;
   const bytes = h.refcountTableClusters * s.clusterSize;
   const raw = new Uint8Array(bytes);
   await bdrvPread(s.file, h.refcountTableOffset, bytes, raw);
-  const dv = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
-  const table = new Float64Array(bytes / 8);
-  for (let i = 0; i < table.length; i++) {
-    table[i] = dv.getUint32(i * 8) * 0x100000000 + ((dv.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-  }
-  s.refcountTable = table;
-  return table;
+  s.refcountTable = decodeReftable(raw);
+  return s.refcountTable;
 }
 
 /** Refcount entries per refcount block. */
 export function refblockEntries(s: Qcow2State): number {
-  return (s.clusterSize * 8) / s.refcountBits;
-}
-
-/** Counts the nonzero entries of a refcount block among its first `limit`. */
-function countNonzero(block: Uint8Array, bits: number, limit: number): number {
-  let n = 0;
-  if (bits >= 8) {
-    const w = bits / 8;
-    for (let i = 0; i < limit; i++) {
-      const p = i * w;
-      for (let k = 0; k < w; k++) {
-        if (block[p + k] !== 0) {
-          n++;
-          break;
-        }
-      }
-    }
-    return n;
-  }
-  const perByte = 8 / bits;
-  const mask = (1 << bits) - 1;
-  for (let i = 0; i < limit; i++) {
-    const byte = block[Math.floor(i / perByte)]!;
-    // Sub-byte refcounts are stored least significant first within a byte.
-    if ((byte >>> ((i % perByte) * bits)) & mask) n++;
-  }
-  return n;
+  return refcountsPerBlock(s.clusterSize, s.refcountBits);
 }
 
 /**
@@ -112,7 +92,7 @@ export async function countReferencedClusters(s: Qcow2State, endCluster: number,
         throw new BlockError('ECORRUPT', `${s.image}: refcount block at ${hex(off)} (reftable index ${hex(i)}) extends beyond the end of the file`);
       }
       await bdrvPread(s.file, off, s.clusterSize, block);
-      count += countNonzero(block, s.refcountBits, Math.min(per, endCluster - i * per));
+      count += countNonzeroRefcounts(block, s.refcountBits, Math.min(per, endCluster - i * per));
     }
   } finally {
     freeBuffer(block);
@@ -135,46 +115,7 @@ export async function detectMetadataPreallocation(s: Qcow2State): Promise<boolea
 
 /** Largest refcount an entry can hold (capped to what a JS number holds exactly). */
 export function refcountMax(s: Qcow2State): number {
-  return s.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** s.refcountBits - 1;
-}
-
-/** Entry `i` of a refcount block. */
-export function getRefcountEntry(block: Uint8Array, bits: number, i: number): number {
-  switch (bits) {
-    case 8:
-      return block[i]!;
-    case 16:
-      return (block[i * 2]! << 8) | block[i * 2 + 1]!;
-    case 32:
-      return be.u32(block, i * 4);
-    case 64:
-      return be.u32(block, i * 8) * 0x100000000 + be.u32(block, i * 8 + 4);
-  }
-  const bit = i * bits;
-  return (block[bit >>> 3]! >>> (bit & 7)) & ((1 << bits) - 1);
-}
-
-/** Sets entry `i` of a refcount block to `v` (0 <= v <= refcountMax). */
-export function setRefcountEntry(block: Uint8Array, bits: number, i: number, v: number): void {
-  switch (bits) {
-    case 8:
-      block[i] = v;
-      return;
-    case 16:
-      block[i * 2] = v >>> 8;
-      block[i * 2 + 1] = v;
-      return;
-    case 32:
-      be.put32(block, i * 4, v);
-      return;
-    case 64:
-      be.put64(block, i * 8, v);
-      return;
-  }
-  const bit = i * bits;
-  const mask = ((1 << bits) - 1) << (bit & 7);
-  const p = bit >>> 3;
-  block[p] = (block[p]! & ~mask) | ((v << (bit & 7)) & mask);
+  return refcountLimit(s.refcountBits);
 }
 
 // -------------------------------------------------------- refcount cache
@@ -432,7 +373,7 @@ export async function applyDeferredFrees(s: Qcow2State): Promise<void> {
 
 async function writeReftableEntry(s: Qcow2State, index: number, offset: number): Promise<void> {
   const b = new Uint8Array(8);
-  be.put64(b, 0, offset);
+  putReftableEntry(b, 0, offset);
   await bdrvPwrite(s.file, s.header.refcountTableOffset + index * 8, 8, b);
   s.rw.refcountsUnsynced = true;
 }
@@ -516,18 +457,19 @@ async function growRefcountTable(s: Qcow2State, need: number): Promise<void> {
       setRefcountEntry(blocks.subarray(r * cs, (r + 1) * cs), s.refcountBits, c % per, 1);
     }
     newTable.fill(0);
-    for (let i = 0; i < oldLen; i++) be.put64(newTable, i * 8, table[i]!);
-    for (let r = 0; r < nbBlocks; r++) be.put64(newTable, (oldLen + r) * 8, (areaStart + r) * cs);
+    for (let i = 0; i < oldLen; i++) putReftableEntry(newTable, i, table[i]!);
+    for (let r = 0; r < nbBlocks; r++) putReftableEntry(newTable, oldLen + r, (areaStart + r) * cs);
     await bdrvPwrite(s.file, areaStart * cs, nbBlocks * cs, blocks);
     await bdrvPwrite(s.file, (areaStart + nbBlocks) * cs, tableClusters * cs, newTable);
     await flushRefcounts(s);
     await syncFile(s);
 
-    // Point the header at the new table (refcount_table_offset and _clusters are adjacent).
-    const hdr = new Uint8Array(12);
-    be.put64(hdr, 0, (areaStart + nbBlocks) * cs);
-    be.put32(hdr, 8, tableClusters);
-    await bdrvPwrite(s.file, 48, 12, hdr);
+    // Point the header at the new table (refcount_table_offset and _clusters are adjacent: one write).
+    await writeHeaderFields(s, ['refcountTableOffset', 'refcountTableClusters'], {
+      ...s.header,
+      refcountTableOffset: (areaStart + nbBlocks) * cs,
+      refcountTableClusters: tableClusters,
+    });
     await syncFile(s);
 
     const oldOffset = s.header.refcountTableOffset;

@@ -11,21 +11,20 @@
  * is still the old one, and afterwards the old refcount clusters are simply
  * unreferenced.
  *
- * Entries are encoded by refcount.ts's setRefcountEntry.
+ * Entries and table entries are encoded by refcount-codec.ts.
  */
 import { BlockError } from '../../block/errors.js';
 import { bdrvPwrite } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
-import { be } from './header.js';
-import { setRefcountEntry } from './refcount.js';
+import { putReftableEntry, refcountLimit, setRefcountEntry } from './refcount-codec.js';
 
 /** Largest number of host clusters we count in memory (one counter each, at most 32 bits wide: 512 MiB). */
 export const MAX_COUNTED_CLUSTERS = 2 ** 27;
 
-/** Largest refcount a width can hold (capped to what a JS number holds exactly). */
+/** Largest refcount a width of 2^order bits can hold (refcount-codec.ts refcountLimit). */
 export function maxRefcount(order: number): number {
-  return order >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << order) - 1;
+  return refcountLimit(1 << order);
 }
 
 /** What a rebuild produced: where the new table lives. */
@@ -121,7 +120,7 @@ export async function writeRefcountStructure(
         setRefcountEntry(block, 1 << order, i, v);
       }
       await bdrvPwrite(file, at * clusterSize, clusterSize, block);
-      be.put64(table, j * 8, at * clusterSize);
+      putReftableEntry(table, j, at * clusterSize);
     }
   } finally {
     freeBuffer(block);

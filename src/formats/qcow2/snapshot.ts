@@ -37,15 +37,24 @@ import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
-import { be } from './header.js';
 import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE, sizeToL1 } from './validate.js';
 import { serializeSnapshotTable, type Qcow2Snapshot } from './snapshot-table.js';
 import { allocateClusters, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, setL1Entry } from './l1.js';
-import { checkNotCorrupt, invalidateMetadata, syncFile, withLock } from './metadata.js';
+import { checkNotCorrupt, invalidateMetadata, syncFile, withLock, writeHeaderFields } from './metadata.js';
 import { prepareWrite } from './write.js';
-import { parseCompressedDescriptor } from './compressed.js';
-import { l2HostOffset } from './l2-scan.js';
+import {
+  compressedAt,
+  copiedAt,
+  entryHi,
+  entryLo,
+  l1EntryCopied,
+  l1EntryOffset,
+  l2HostOffset,
+  parseCompressedDescriptor,
+  putL1Entry,
+  setCopiedAt,
+} from './l2-entry.js';
 import type { Qcow2State } from './state.js';
 
 /** What a new snapshot records besides its disk state (QEMU's QEMUSnapshotInfo). */
@@ -59,23 +68,10 @@ export interface NewSnapshot {
   icount?: number;
 }
 
-const COPIED_BYTE = 0x80;
-const COMPRESSED_BIT = 0x40;
 const enc = new TextEncoder();
 
 function fail(code: 'ENOENT' | 'EFBIG' | 'ENOTSUP' | 'EINVAL' | 'EROFS' | 'ECORRUPT', s: Qcow2State, msg: string): never {
   throw new BlockError(code, `${s.image}: ${msg}`);
-}
-
-/** Host offset (bits 9-55) of 8-byte table entry `i` of `b` (L1 tables). */
-function entryOffset(b: Uint8Array, i: number): number {
-  const p = i * 8;
-  return (be.u32(b, p) & 0x00ffffff) * 0x100000000 + ((be.u32(b, p + 4) & 0xfffffe00) >>> 0);
-}
-
-function putTableEntry(b: Uint8Array, i: number, offset: number, copied: boolean): void {
-  be.put64(b, i * 8, offset);
-  if (copied) b[i * 8]! |= COPIED_BYTE;
 }
 
 /** Bytes QEMU's qcow2_write_snapshots writes: entries 8-aligned, the last one unpadded. */
@@ -153,9 +149,8 @@ function countL2(s: Qcow2State, t: Uint8Array, deltas: RefDeltas, delta: number,
   const stride = s.l2EntryBytes;
   for (let j = 0; j < s.l2Size; j++) {
     const p = j * stride;
-    const hiByte = t[p]!;
-    if (hiByte & COMPRESSED_BIT) {
-      const { coffset, csize } = parseCompressedDescriptor(be.u32(t, p), be.u32(t, p + 4), s.clusterBits);
+    if (compressedAt(t, p)) {
+      const { coffset, csize } = parseCompressedDescriptor(entryHi(t, p), entryLo(t, p), s.clusterBits);
       deltas.add(coffset, csize, delta);
       continue;
     }
@@ -165,7 +160,7 @@ function countL2(s: Qcow2State, t: Uint8Array, deltas: RefDeltas, delta: number,
       fail('ECORRUPT', s, `Cluster allocation offset ${hex(host)} unaligned (L2 table at ${hex(tableOffset)}, index ${j})`);
     }
     deltas.add(host, s.clusterSize, delta);
-    if (clearCopied) t[p] = hiByte & ~COPIED_BYTE;
+    if (clearCopied) setCopiedAt(t, p, false);
   }
 }
 
@@ -191,13 +186,13 @@ async function copyTablesForActive(s: Qcow2State, src: Uint8Array, srcSize: numb
   const t = allocBuffer(cs);
   try {
     for (let i = 0; i < srcSize; i++) {
-      const off = entryOffset(src, i);
+      const off = l1EntryOffset(src, i);
       if (!off) continue;
       await readL2(s, off, t, i);
       countL2(s, t, deltas, 1, true, off);
       const copy = await allocateClusters(s, 1);
       await bdrvPwrite(s.file, copy, cs, t);
-      putTableEntry(l1, i, copy, true);
+      putL1Entry(l1, i, copy, true);
     }
   } finally {
     freeBuffer(t);
@@ -213,7 +208,7 @@ async function releaseL1(s: Qcow2State, l1: Uint8Array, l1Size: number): Promise
   const t = allocBuffer(cs);
   try {
     for (let i = 0; i < l1Size; i++) {
-      const off = entryOffset(l1, i);
+      const off = l1EntryOffset(l1, i);
       if (!off) continue;
       await readL2(s, off, t, i);
       countL2(s, t, deltas, -1, false, off);
@@ -245,27 +240,6 @@ async function writeNewTable(s: Qcow2State, list: Qcow2Snapshot[]): Promise<{ of
   const offset = await allocateClusters(s, Math.ceil(size / s.clusterSize));
   await bdrvPwrite(s.file, offset, size, bytes.subarray(0, size));
   return { offset, size };
-}
-
-/** One write of header bytes [from, to) from the fields given (the rest as in memory). */
-async function writeHeaderFields(
-  s: Qcow2State,
-  from: number,
-  to: number,
-  f: { size?: number; l1Size?: number; l1TableOffset?: number; nbSnapshots?: number; snapshotsOffset?: number },
-): Promise<void> {
-  const h = s.header;
-  const b = new Uint8Array(72);
-  be.put64(b, 24, f.size ?? h.size);
-  be.put32(b, 32, h.cryptMethod);
-  be.put32(b, 36, f.l1Size ?? h.l1Size);
-  be.put64(b, 40, f.l1TableOffset ?? h.l1TableOffset);
-  be.put64(b, 48, h.refcountTableOffset);
-  be.put32(b, 56, h.refcountTableClusters);
-  be.put32(b, 60, f.nbSnapshots ?? h.nbSnapshots);
-  be.put64(b, 64, f.snapshotsOffset ?? h.snapshotsOffset);
-  await bdrvPwrite(s.file, from, to - from, b.subarray(from, to));
-  await syncFile(s);
 }
 
 /** Frees the clusters of the current snapshot table (after the header stopped naming it). */
@@ -325,7 +299,13 @@ export async function qcow2CreateSnapshot(bs: BlockNode, s: Qcow2State, req: New
     // Refcounts, copies, L1 and table stable before the header names them.
     await flushRefcounts(s);
     await syncFile(s);
-    await writeHeaderFields(s, 36, 72, { l1TableOffset: l1Offset, nbSnapshots: list.length, snapshotsOffset: table.offset });
+    await writeHeaderFields(s, ['l1TableOffset', 'nbSnapshots', 'snapshotsOffset'], {
+      ...h,
+      l1TableOffset: l1Offset,
+      nbSnapshots: list.length,
+      snapshotsOffset: table.offset,
+    });
+    await syncFile(s);
     s.l1Table = newL1;
     h.l1TableOffset = l1Offset;
     h.nbSnapshots = list.length;
@@ -359,7 +339,8 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
     const l1Offset = await writeNewL1(s, newL1);
     await flushRefcounts(s);
     await syncFile(s);
-    await writeHeaderFields(s, 24, 48, { size: sn.diskSize, l1Size: newSize, l1TableOffset: l1Offset });
+    await writeHeaderFields(s, ['size', 'l1Size', 'l1TableOffset'], { ...h, size: sn.diskSize, l1Size: newSize, l1TableOffset: l1Offset });
+    await syncFile(s);
     const oldL1 = s.l1Table;
     const oldSize = s.l1Size;
     const oldOffset = h.l1TableOffset;
@@ -394,7 +375,8 @@ export async function qcow2DeleteSnapshot(bs: BlockNode, s: Qcow2State, id: stri
     const table = await writeNewTable(s, list);
     await flushRefcounts(s);
     await syncFile(s);
-    await writeHeaderFields(s, 60, 72, { nbSnapshots: list.length, snapshotsOffset: table.offset });
+    await writeHeaderFields(s, ['nbSnapshots', 'snapshotsOffset'], { ...h, nbSnapshots: list.length, snapshotsOffset: table.offset });
+    await syncFile(s);
     h.nbSnapshots = list.length;
     h.snapshotsOffset = table.offset;
     s.snapshots = list;
@@ -418,10 +400,10 @@ async function updateActiveCopied(s: Qcow2State): Promise<void> {
   const stride = s.l2EntryBytes;
   const sliceBytes = s.l2Cache.entrySize;
   for (let i = 0; i < s.l1Size; i++) {
-    const off = entryOffset(s.l1Table, i);
+    const off = l1EntryOffset(s.l1Table, i);
     if (!off) continue;
     const tableOwned = (await getRefcount(s, off / s.clusterSize)) === 1;
-    if (tableOwned !== ((s.l1Table[i * 8]! & COPIED_BYTE) !== 0)) setL1Entry(s, i, off, tableOwned);
+    if (tableOwned !== l1EntryCopied(s.l1Table, i)) setL1Entry(s, i, off, tableOwned);
     // Data of a shared table has more than one path: only owned tables can hold refcount-1 data.
     for (let at = 0; at < s.clusterSize; at += sliceBytes) {
       const slice = await s.l2Cache.acquire(off + at);
@@ -429,12 +411,12 @@ async function updateActiveCopied(s: Qcow2State): Promise<void> {
         const d = slice.data;
         for (let j = 0; j < sliceBytes / stride; j++) {
           const p = j * stride;
-          if (d[p]! & COMPRESSED_BIT) continue;
+          if (compressedAt(d, p)) continue;
           const host = l2HostOffset(d, j, s.extendedL2);
           if (host === 0) continue;
           const want = tableOwned && (await getRefcount(s, Math.floor(host / s.clusterSize))) === 1;
-          if (want === ((d[p]! & COPIED_BYTE) !== 0)) continue;
-          d[p] = want ? d[p]! | COPIED_BYTE : d[p]! & ~COPIED_BYTE;
+          if (want === copiedAt(d, p)) continue;
+          setCopiedAt(d, p, want);
           s.l2Cache.markDirty(slice);
         }
       } finally {

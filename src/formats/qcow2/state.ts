@@ -7,6 +7,7 @@ import type { Qcow2Header } from './header.js';
 import type { L2Cache } from './l2-cache.js';
 import type { Qcow2Snapshot } from './snapshot-table.js';
 import type { Qcow2BitmapEntry } from './bitmap-directory.js';
+import { l1EntryCopied, l1EntryOffset } from './l2-entry.js';
 
 export interface Qcow2State {
   /** Image name for messages. */
@@ -107,16 +108,12 @@ export function newRwState(clusterSize: number): Qcow2RwState {
   };
 }
 
-/** Host offset of L2 table `index` from the active L1 table, 0 when unallocated (bits 9-55). */
+/** Host offset of L2 table `index` from the active L1 table, 0 when unallocated. */
 export function l1Offset(s: Qcow2State, index: number): number {
-  const b = s.l1Table;
-  const p = index * 8;
-  const hi = ((b[p]! << 24) | (b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!) & 0x00ffffff;
-  const lo = ((b[p + 4]! << 24) | (b[p + 5]! << 16) | (b[p + 6]! << 8) | b[p + 7]!) & 0xfffffe00;
-  return hi * 0x100000000 + (lo >>> 0);
+  return l1EntryOffset(s.l1Table, index);
 }
 
-/** Whether L1 entry `index` has the COPIED flag (bit 63). */
+/** Whether L1 entry `index` has the COPIED flag. */
 export function l1Copied(s: Qcow2State, index: number): boolean {
-  return (s.l1Table[index * 8]! & 0x80) !== 0;
+  return l1EntryCopied(s.l1Table, index);
 }

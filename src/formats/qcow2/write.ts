@@ -33,12 +33,31 @@ import type { BlockNode } from '../../block/node.js';
 import type { WriteFlags, PreallocMode } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
-import { be, QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
+import { QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
 import { sizeToL1 } from './validate.js';
-import { compressCluster, parseCompressedDescriptor, QCOW2_COMPRESSED_SECTOR_SIZE } from './compressed.js';
+import { compressCluster } from './compressed.js';
+import {
+  ALL_SUBCLUSTERS,
+  emptyL2Entry,
+  encodeCompressedEntry,
+  entryHasOffset,
+  l2EntryHost,
+  l2EntryIsCompressed,
+  l2EntryIsCopied,
+  l2EntryIsZero,
+  parseCompressedDescriptor,
+  QCOW_OFLAG_ZERO,
+  QCOW2_COMPRESSED_SECTOR_SIZE,
+  readL2Entry,
+  sameL2Entry,
+  standardL2Entry,
+  subclusterMask,
+  writeL2Entry,
+  type L2Entry,
+} from './l2-entry.js';
 import { allocateBytes, allocateClusters, freeClustersDeferred } from './refcount.js';
 import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
-import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures } from './metadata.js';
+import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
 import { qcow2Read } from './read.js';
 import { mapRun } from './cluster-map.js';
 import { L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
@@ -46,87 +65,32 @@ import { blockStatusAbove, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { l1Offset, type Qcow2State } from './state.js';
 import type { L2Slice } from './l2-cache.js';
 
-const COPIED = 0x80000000;
-const COMPRESSED = 0x40000000;
-const ALL = 0xffffffff;
-
 // ----------------------------------------------------------- L2 entries
 
-/** An L2 entry as two big-endian halves, plus the subcluster bitmap (extended L2). */
-interface Entry {
-  hi: number;
-  lo: number;
-  zero: number;
-  alloc: number;
-}
-
-function readEntry(d: Uint8Array, idx: number, ext: boolean): Entry {
-  const p = idx * (ext ? 16 : 8);
-  return {
-    hi: be.u32(d, p),
-    lo: be.u32(d, p + 4),
-    zero: ext ? be.u32(d, p + 8) : 0,
-    alloc: ext ? be.u32(d, p + 12) : 0,
-  };
-}
-
-function writeEntry(d: Uint8Array, idx: number, ext: boolean, e: Entry): void {
-  const p = idx * (ext ? 16 : 8);
-  be.put32(d, p, e.hi);
-  be.put32(d, p + 4, e.lo);
-  if (ext) {
-    be.put32(d, p + 8, e.zero);
-    be.put32(d, p + 12, e.alloc);
-  }
-}
-
-function sameEntry(a: Entry, b: Entry): boolean {
-  return a.hi === b.hi && a.lo === b.lo && a.zero === b.zero && a.alloc === b.alloc;
-}
-
-function hostOf(e: Entry): number {
-  return (e.hi & 0x00ffffff) * 0x100000000 + ((e.lo & 0xfffffe00) >>> 0);
-}
-
-function isCompressed(e: Entry): boolean {
-  return (e.hi & COMPRESSED) !== 0;
-}
-
-/** An entry naming `host` with COPIED. */
-function hostEntry(host: number): Entry {
-  return { hi: (Math.floor(host / 0x100000000) | COPIED) >>> 0, lo: (host >>> 0) & 0xfffffe00, zero: 0, alloc: 0 };
-}
-
-/** Subcluster bits [a, b) of a 32-bit bitmap. */
-function mask(a: number, b: number): number {
-  if (b <= a) return 0;
-  return b - a >= 32 ? ALL : ((((1 << (b - a)) - 1) << a) >>> 0);
-}
-
 /** Whether the entry has a host cluster (with an external data file, offset 0 counts when COPIED). */
-function hasHost(s: Qcow2State, e: Entry): boolean {
-  if (isCompressed(e)) return false;
-  return hostOf(e) !== 0 || (s.dataFile !== s.file && (e.hi & COPIED) !== 0);
+function hasHost(s: Qcow2State, e: L2Entry): boolean {
+  if (l2EntryIsCompressed(e)) return false;
+  return l2EntryHost(e) !== 0 || (s.dataFile !== s.file && l2EntryIsCopied(e));
 }
 
 /** Queues the release of what an old entry referenced (nothing for data-file clusters). */
-function freeOld(s: Qcow2State, e: Entry): void {
+function freeOld(s: Qcow2State, e: L2Entry): void {
   if (s.dataFile !== s.file) return;
-  if (isCompressed(e)) {
+  if (l2EntryIsCompressed(e)) {
     const { coffset, csize } = parseCompressedDescriptor(e.hi, e.lo, s.clusterBits);
     const start = coffset - (coffset % QCOW2_COMPRESSED_SECTOR_SIZE);
     freeClustersDeferred(s, start, csize + (coffset - start));
-  } else if (hostOf(e) !== 0) {
-    freeClustersDeferred(s, hostOf(e), s.clusterSize);
+  } else if (l2EntryHost(e) !== 0) {
+    freeClustersDeferred(s, l2EntryHost(e), s.clusterSize);
   }
 }
 
 type Cls = 'inPlace' | 'reuse' | 'alloc';
 
-function classify(s: Qcow2State, e: Entry, a: number, b: number): Cls {
-  if (!hasHost(s, e) || !(e.hi & COPIED)) return 'alloc';
-  if (!s.extendedL2) return e.lo & 1 ? 'reuse' : 'inPlace';
-  const m = mask(Math.floor(a / s.subclusterSize), Math.ceil(b / s.subclusterSize));
+function classify(s: Qcow2State, e: L2Entry, a: number, b: number): Cls {
+  if (!hasHost(s, e) || !l2EntryIsCopied(e)) return 'alloc';
+  if (!s.extendedL2) return l2EntryIsZero(e) ? 'reuse' : 'inPlace';
+  const m = subclusterMask(Math.floor(a / s.subclusterSize), Math.ceil(b / s.subclusterSize));
   return (e.alloc & m) === m ? 'inPlace' : 'reuse';
 }
 
@@ -225,8 +189,8 @@ async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: nu
     const b = j === n - 1 ? lastEnd : cs;
     let lo = Math.floor(a / scs);
     let hi = Math.ceil(b / scs);
-    const old = readEntry(d, idx0 + j, ext);
-    if (isCompressed(old)) return [0, 32];
+    const old = readL2Entry(d, idx0 + j, ext);
+    if (l2EntryIsCompressed(old)) return [0, 32];
     if (hasHost(s, old) && old.alloc) {
       lo = Math.min(lo, 31 - Math.clz32(old.alloc & -old.alloc));
       hi = Math.max(hi, 32 - Math.clz32(old.alloc));
@@ -242,15 +206,15 @@ async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: nu
   await writeCompleted(bs, s, regionStart, regionEnd, off, data, host + (regionStart - guest0));
 
   for (let j = 0; j < n; j++) {
-    const old = readEntry(d, idx0 + j, ext);
-    const e = hostEntry(host + j * cs);
+    const old = readL2Entry(d, idx0 + j, ext);
+    const e = standardL2Entry(host + j * cs);
     if (ext) {
       const [lo, hi] = j === 0 ? r0 : j === n - 1 ? rn : [0, 32];
-      const m = mask(lo, hi);
+      const m = subclusterMask(lo, hi);
       e.alloc = m;
-      e.zero = isCompressed(old) ? 0 : (old.zero & ~m) >>> 0;
+      e.zero = l2EntryIsCompressed(old) ? 0 : (old.zero & ~m) >>> 0;
     }
-    writeEntry(d, idx0 + j, ext, e);
+    writeL2Entry(d, idx0 + j, ext, e);
     freeOld(s, old);
   }
   s.l2Cache.markDirty(slice);
@@ -262,8 +226,8 @@ async function writeReuse(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx: num
   const ext = s.extendedL2;
   const scs = s.subclusterSize;
   const guest0 = off - (off % cs);
-  const e = readEntry(slice.data, idx, ext);
-  const host = hostOf(e);
+  const e = readL2Entry(slice.data, idx, ext);
+  const host = l2EntryHost(e);
   await checkHostAligned(s, host, off);
   let lo = 0;
   let hi = cs;
@@ -273,13 +237,13 @@ async function writeReuse(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx: num
   }
   await writeCompleted(bs, s, guest0 + lo, guest0 + hi, off, data, host + lo);
   if (ext) {
-    const m = mask(lo / scs, hi / scs);
+    const m = subclusterMask(lo / scs, hi / scs);
     e.alloc = (e.alloc | m) >>> 0;
     e.zero = (e.zero & ~m) >>> 0;
   } else {
-    e.lo = (e.lo & ~1) >>> 0;
+    e.lo = (e.lo & ~QCOW_OFLAG_ZERO) >>> 0;
   }
-  writeEntry(slice.data, idx, ext, e);
+  writeL2Entry(slice.data, idx, ext, e);
   s.l2Cache.markDirty(slice);
 }
 
@@ -304,15 +268,15 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
     const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
     try {
       const d = slice.data;
-      const e0 = readEntry(d, idx0, ext);
+      const e0 = readL2Entry(d, idx0, ext);
       const cls = classify(s, e0, ...touched(0));
       let n = 1;
       if (cls === 'inPlace') {
-        const h0 = hostOf(e0);
+        const h0 = l2EntryHost(e0);
         await checkHostAligned(s, h0, off);
         while (n < maxClusters) {
-          const e = readEntry(d, idx0 + n, ext);
-          if (classify(s, e, ...touched(n)) !== 'inPlace' || hostOf(e) !== h0 + n * cs) break;
+          const e = readL2Entry(d, idx0 + n, ext);
+          if (classify(s, e, ...touched(n)) !== 'inPlace' || l2EntryHost(e) !== h0 + n * cs) break;
           n++;
         }
         const len = Math.min(remaining, n * cs - first);
@@ -324,7 +288,7 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
         await writeReuse(bs, s, slice, idx0, off, buf.subarray(done, done + len));
         done += len;
       } else {
-        while (n < maxClusters && classify(s, readEntry(d, idx0 + n, ext), ...touched(n)) === 'alloc') n++;
+        while (n < maxClusters && classify(s, readL2Entry(d, idx0 + n, ext), ...touched(n)) === 'alloc') n++;
         const len = Math.min(remaining, n * cs - first);
         await writeAlloc(bs, s, slice, idx0, n, off, buf.subarray(done, done + len));
         done += len;
@@ -384,17 +348,21 @@ async function writeOneCompressed(s: Qcow2State, off: number, packed: Uint8Array
   const idx = ci - sliceIndex * s.l2SliceSize;
   const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
   try {
-    const old = readEntry(slice.data, idx, ext);
-    if ((old.hi & 0x00ffffff) !== 0 || (old.lo & 0xfffffe00) !== 0) {
+    const old = readL2Entry(slice.data, idx, ext);
+    if (entryHasOffset(old.hi, old.lo)) {
       throw new BlockError('EIO', `${s.image}: compressed write at guest offset ${hex(off)}: the cluster is already allocated (compressed data cannot overwrite it)`);
     }
     const coffset = await allocateBytes(s, packed.length);
     await checkDataOverlap(s, coffset, packed.length);
     await bdrvPwrite(s.file, coffset, packed.length, packed);
-    // Descriptor: offset in the low bits, additional 512-byte sectors above csize_shift.
-    const sectors = Math.floor((coffset + packed.length - 1) / 512) - Math.floor(coffset / 512);
-    const v = (1n << 62n) | (BigInt(sectors) << BigInt(62 - (s.clusterBits - 8))) | BigInt(coffset);
-    writeEntry(slice.data, idx, ext, { hi: Number(v >> 32n), lo: Number(v & 0xffffffffn), zero: 0, alloc: 0 });
+    let e: { hi: number; lo: number };
+    try {
+      e = encodeCompressedEntry(coffset, packed.length, s.clusterBits);
+    } catch (err) {
+      throw new BlockError('EFBIG', `${s.image}: compressed cluster at host offset ${hex(coffset)} (${packed.length} bytes) cannot be described by an L2 entry with ${s.clusterSize}-byte clusters`, { cause: err });
+    }
+    const { hi, lo } = e;
+    writeL2Entry(slice.data, idx, ext, { hi, lo, zero: 0, alloc: 0 });
     s.l2Cache.markDirty(slice);
   } finally {
     s.l2Cache.release(slice);
@@ -461,27 +429,27 @@ export async function qcow2ZeroRange(bs: BlockNode, s: Qcow2State, offset: numbe
   const ext = s.extendedL2;
   const scs = s.subclusterSize;
   await modifyEntries(s, offset, bytes, bs.cowNode() !== null, async (d, idx, a, b, guest) => {
-    const e = readEntry(d, idx, ext);
+    const e = readL2Entry(d, idx, ext);
     const full = a === 0 && (b === cs || guest + b >= bs.totalBytes);
     if (!full) {
-      if (!ext || isCompressed(e)) throw new BlockError('ENOTSUP', `${s.image}: cannot zero part of the cluster at ${hex(guest)} without writing it`);
-      const m = mask(Math.floor(a / scs), Math.ceil(b / scs));
-      const n: Entry = { ...e, zero: (e.zero | m) >>> 0, alloc: (e.alloc & ~m) >>> 0 };
-      if (sameEntry(n, e)) return false;
-      writeEntry(d, idx, ext, n);
+      if (!ext || l2EntryIsCompressed(e)) throw new BlockError('ENOTSUP', `${s.image}: cannot zero part of the cluster at ${hex(guest)} without writing it`);
+      const m = subclusterMask(Math.floor(a / scs), Math.ceil(b / scs));
+      const n: L2Entry = { ...e, zero: (e.zero | m) >>> 0, alloc: (e.alloc & ~m) >>> 0 };
+      if (sameL2Entry(n, e)) return false;
+      writeL2Entry(d, idx, ext, n);
       return true;
     }
-    const allocated = isCompressed(e) || hasHost(s, e);
-    const unmap = isCompressed(e) || (mayUnmap && allocated);
-    const n: Entry = unmap ? { hi: 0, lo: 0, zero: 0, alloc: 0 } : { ...e };
+    const allocated = l2EntryIsCompressed(e) || hasHost(s, e);
+    const unmap = l2EntryIsCompressed(e) || (mayUnmap && allocated);
+    const n: L2Entry = unmap ? emptyL2Entry() : { ...e };
     if (ext) {
-      n.zero = ALL;
+      n.zero = ALL_SUBCLUSTERS;
       n.alloc = 0;
     } else {
-      n.lo = (n.lo | 1) >>> 0;
+      n.lo = (n.lo | QCOW_OFLAG_ZERO) >>> 0;
     }
-    if (sameEntry(n, e)) return false;
-    writeEntry(d, idx, ext, n);
+    if (sameL2Entry(n, e)) return false;
+    writeL2Entry(d, idx, ext, n);
     if (unmap) freeOld(s, e);
     return true;
   });
@@ -500,17 +468,17 @@ export async function qcow2DiscardRange(bs: BlockNode, s: Qcow2State, offset: nu
   // A compat 0.10 image cannot hide its backing file without writing data: QEMU 7.2 leaves it alone.
   if (!full && backing && s.header.version < 3) return;
   await modifyEntries(s, offset, bytes, backing && !full, async (d, idx) => {
-    const e = readEntry(d, idx, ext);
-    const allocated = isCompressed(e) || hasHost(s, e);
-    let n: Entry = { ...e };
+    const e = readL2Entry(d, idx, ext);
+    const allocated = l2EntryIsCompressed(e) || hasHost(s, e);
+    let n: L2Entry = { ...e };
     if (full) {
-      n = { hi: 0, lo: 0, zero: 0, alloc: 0 };
+      n = emptyL2Entry();
     } else if (backing || allocated) {
-      if (ext) n = { hi: 0, lo: 0, zero: ALL, alloc: 0 };
-      else n = { hi: 0, lo: s.header.version >= 3 ? 1 : 0, zero: 0, alloc: 0 };
+      if (ext) n = { hi: 0, lo: 0, zero: ALL_SUBCLUSTERS, alloc: 0 };
+      else n = { hi: 0, lo: s.header.version >= 3 ? QCOW_OFLAG_ZERO : 0, zero: 0, alloc: 0 };
     }
-    if (sameEntry(n, e)) return false;
-    writeEntry(d, idx, ext, n);
+    if (sameL2Entry(n, e)) return false;
+    writeL2Entry(d, idx, ext, n);
     if (allocated) freeOld(s, e);
     return true;
   });
@@ -590,9 +558,7 @@ async function zeroFill(bs: BlockNode, s: Qcow2State, start: number, end: number
 }
 
 async function writeHeaderSize(s: Qcow2State, size: number): Promise<void> {
-  const b = new Uint8Array(8);
-  be.put64(b, 0, size);
-  await bdrvPwrite(s.file, 24, 8, b);
+  await writeHeaderFields(s, ['size'], { ...s.header, size });
   await syncFile(s);
   s.header.size = size;
 }

@@ -1,0 +1,19 @@
+/**
+ * The name the CLI speaks as. Invoked through a link named `qemu-img` or
+ * `qemu-io` (as QEMU's iotests and scripts written for QEMU call their tools),
+ * blocktab is that tool: it runs qemu-io's command line for `qemu-io`, and its
+ * messages start with the tool's name, as QEMU's do. Otherwise it is `blocktab`.
+ */
+import { basename } from 'node:path';
+
+export type ToolName = 'blocktab' | 'qemu-img' | 'qemu-io';
+
+export function invokedAs(argv1: string | undefined = process.argv[1]): ToolName {
+  const name = argv1 === undefined ? '' : basename(argv1);
+  return name === 'qemu-img' || name === 'qemu-io' ? name : 'blocktab';
+}
+
+/** The prefix of error lines: `qemu-img` when invoked as qemu-img, else `blocktab`. */
+export function progName(): string {
+  return invokedAs() === 'qemu-io' ? 'qemu-io' : invokedAs();
+}

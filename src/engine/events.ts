@@ -1,0 +1,36 @@
+/**
+ * The Engine's event channel: QMP events (JOB_STATUS_CHANGE, BLOCK_JOB_*,
+ * BLOCK_IO_ERROR, …) with QEMU's timestamp, sent to every subscriber. The
+ * worker forwards them to the page (src/worker/api.ts `subscribe`), the QMP
+ * monitor prints them as JSON lines.
+ */
+
+/** A QMP event, as QEMU sends it. */
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+  timestamp: { seconds: number; microseconds: number };
+}
+export type EventListener = (event: QmpEvent) => void;
+
+export class EngineEvents {
+  private readonly listeners = new Set<EventListener>();
+
+  /** Subscribes to QMP events; returns the function that unsubscribes. */
+  onEvent(listener: EventListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  emit(event: string, data: Record<string, unknown>): void {
+    const ms = Date.now();
+    const ev: QmpEvent = { event, data, timestamp: { seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 } };
+    for (const l of this.listeners) {
+      try {
+        l(ev);
+      } catch {
+        // A listener's failure is its own business; the engine keeps going.
+      }
+    }
+  }
+}

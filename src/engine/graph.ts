@@ -1,0 +1,255 @@
+/**
+ * The Engine's block graph: named nodes and devices, who owns them, where
+ * their bytes come from, lookup by QEMU's rules, and opening and closing
+ * (QEMU's graph_bdrv_states, bdrv_lookup_bs, the monitor's references).
+ * Ownership follows QEMU's reference counts: nodes added by the user
+ * (blockdev-add, open) are "monitor-owned" and stay until deleted; nodes
+ * created implicitly for them (a nested `file`, a backing chain opened from
+ * the image's header) belong to their parent and go when it goes.
+ */
+import { BlockError } from '../block/errors.js';
+import type { BlockNode } from '../block/node.js';
+import { BlockBackend } from '../block/backend.js';
+import { closeNode, openImage, type Storage } from '../block/open.js';
+import { QmpError, genericError } from './qmp-error.js';
+import { EngineEvents } from './events.js';
+
+/** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
+const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
+/** QEMU keeps node names in a 32-byte array. */
+const MAX_NODE_NAME = 31;
+
+/** Byte accounting of the I/O the engine does on one node or device (QEMU's BlockAcctStats, in part). */
+export class IoTarget {
+  wrHighestOffset = 0;
+  invalidRdOperations = 0;
+  invalidWrOperations = 0;
+  constructor(readonly backend: BlockBackend) {}
+}
+
+export interface EngineOpenOptions {
+  /** Format driver; probed from the first bytes when absent (not QMP behaviour: blockdev-add requires it). */
+  format?: string;
+  readOnly?: boolean;
+  /** Node name of the top node; generated ("#blockN") when absent. */
+  nodeName?: string;
+  /** Also create a named device (BlockBackend) on the node: it shows in query-block and query-blockstats. */
+  device?: string;
+  /** Open the backing chain named in the image (default true). */
+  backing?: boolean;
+  /** Format driver options (raw's offset/size, qcow2's l2-cache-size, …). */
+  driverOptions?: Record<string, unknown>;
+}
+
+export interface EngineGraphOptions {
+  /** Storages by name; the name is also the protocol driver name in blockdev-add (`{ driver: 'opfs', filename }`). */
+  storages: Record<string, Storage>;
+  /** Receives warnings (probing guessed raw, …). */
+  warn?: (message: string) => void;
+}
+
+export abstract class EngineGraph extends EngineEvents {
+  readonly storages: ReadonlyMap<string, Storage>;
+  protected readonly warn: (message: string) => void;
+
+  /** Every node in the graph by node-name, in the order they were added (as QEMU's graph_bdrv_states). */
+  private readonly nodes = new Map<string, BlockNode>();
+  private readonly names = new Map<BlockNode, string>();
+  private readonly monitorOwned = new Set<BlockNode>();
+  private readonly nodeStorages = new Map<BlockNode, Storage>();
+  /** Named devices (BlockBackends), as QEMU's -drive/-device ids. */
+  protected readonly devices = new Map<string, IoTarget>();
+  /** Anonymous backends for I/O addressed to a node-name (like qemu-io on a node); not "users" of the node. */
+  protected readonly nodeIo = new Map<BlockNode, IoTarget>();
+
+  constructor(options: EngineGraphOptions) {
+    super();
+    this.storages = new Map(Object.entries(options.storages));
+    this.warn = options.warn ?? (() => {});
+  }
+
+  /** Runs a QMP command (src/engine/dispatch.ts); close() deletes nodes through blockdev-del. */
+  abstract execute(command: string, args?: unknown): Promise<unknown>;
+
+  // ------------------------------------------------------- graph registry
+  // Used by the command handlers (src/engine/commands/); not QMP.
+
+  storage(name: string): Storage | undefined {
+    return this.storages.get(name);
+  }
+
+  /** The storage a node's bytes come from (inherited from its file child for format nodes). */
+  storageOf(bs: BlockNode): Storage | undefined {
+    for (let n: BlockNode | null = bs; n; n = n.file?.node ?? null) {
+      const s = this.nodeStorages.get(n);
+      if (s) return s;
+    }
+    return undefined;
+  }
+
+  /** The node-name of a node in the graph. */
+  nameOf(bs: BlockNode): string {
+    return this.names.get(bs) ?? bs.nodeName;
+  }
+
+  /** Every node, in the order added. */
+  allNodes(): BlockNode[] {
+    return [...this.nodes.values()];
+  }
+
+  findNode(nodeName: string): BlockNode | undefined {
+    return this.nodes.get(nodeName);
+  }
+
+  deviceNames(): string[] {
+    return [...this.devices.keys()];
+  }
+
+  device(name: string): IoTarget | undefined {
+    return this.devices.get(name);
+  }
+
+  /** The I/O accounting for a node addressed by node-name, if any I/O went to it. */
+  nodeIoTarget(bs: BlockNode): IoTarget | undefined {
+    return this.nodeIo.get(bs);
+  }
+
+  /** The device whose root is `bs`, if any (QEMU's bdrv_has_blk). */
+  deviceOf(bs: BlockNode): string | undefined {
+    for (const [name, d] of this.devices) if (d.backend.root === bs) return name;
+    return undefined;
+  }
+
+  isMonitorOwned(bs: BlockNode): boolean {
+    return this.monitorOwned.has(bs);
+  }
+
+  /**
+   * QEMU's bdrv_lookup_bs: a device name or a node-name. A miss is
+   * DeviceNotFound (QEMU 7.2 replies GenericError for node lookups; the class
+   * lets clients tell "no such node" from other failures without parsing text).
+   */
+  lookup(name: string, what: 'device-or-node' | 'node' = 'device-or-node', message?: string): BlockNode {
+    const dev = what === 'device-or-node' ? this.devices.get(name) : undefined;
+    if (dev) return dev.backend.root;
+    const bs = this.nodes.get(name);
+    if (bs) return bs;
+    throw new QmpError(
+      'DeviceNotFound',
+      message ?? (what === 'node' ? `Cannot find node ${name}` : `Cannot find device=${name} nor node_name=${name}`),
+    );
+  }
+
+  /** Checks a user-chosen node-name as QEMU's bdrv_assign_node_name does. */
+  checkNewNodeName(name: string): void {
+    if (!NAME_RE.test(name)) throw genericError(`Invalid node-name: '${name}'`);
+    if (this.devices.has(name)) throw genericError(`node-name=${name} is conflicting with a device id`);
+    if (this.nodes.has(name)) throw genericError(`Duplicate nodes with node-name='${name}'`);
+    if (name.length > MAX_NODE_NAME) throw genericError('Node name too long');
+  }
+
+  /**
+   * Puts a freshly opened node and every child it has that the graph does
+   * not know yet into the registry. `name` renames the top node (protocol
+   * nodes are created before their name is known); `owned` makes it
+   * monitor-owned.
+   */
+  adopt(bs: BlockNode, storage: Storage | undefined, opts: { name?: string; owned?: boolean } = {}): void {
+    const visit = (n: BlockNode, name?: string) => {
+      if (this.names.has(n)) return;
+      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
+      const nn = name ?? n.nodeName;
+      this.nodes.set(nn, n);
+      this.names.set(n, nn);
+      if (n.backing) visit(n.backing.node);
+    };
+    visit(bs, opts.name);
+    if (storage && !this.nodeStorages.has(bs)) this.nodeStorages.set(bs, storage);
+    if (opts.owned) this.monitorOwned.add(bs);
+  }
+
+  /**
+   * Closes `bs` (no parent may use it) and every child only it used; nodes
+   * the monitor owns stay, as QEMU's references keep them. Drops what closed
+   * from the registry.
+   */
+  async closeTree(bs: BlockNode): Promise<void> {
+    const all: BlockNode[] = [];
+    const walk = (n: BlockNode) => {
+      if (all.includes(n)) return;
+      all.push(n);
+      for (const c of [n.file, n.backing, n.dataFile]) if (c) walk(c.node);
+    };
+    walk(bs);
+    try {
+      // Nodes the monitor owns (added by name) stay open until blockdev-del.
+      await closeNode(bs, (child) => this.monitorOwned.has(child));
+    } finally {
+      for (const n of all) {
+        if (!n.closed) continue;
+        const name = this.names.get(n);
+        if (name !== undefined) this.nodes.delete(name);
+        this.names.delete(n);
+        this.monitorOwned.delete(n);
+        this.nodeStorages.delete(n);
+        this.nodeIo.delete(n);
+      }
+    }
+  }
+
+  /**
+   * Opens `filename` from a storage as a new monitor-owned node (format
+   * probed unless given) and returns its node-name. With `device`, also a
+   * named device on it.
+   */
+  async open(storageName: string, filename: string, opts: EngineOpenOptions = {}): Promise<string> {
+    const storage = this.requireStorage(storageName);
+    if (opts.nodeName !== undefined) this.checkNewNodeName(opts.nodeName);
+    if (opts.device !== undefined) this.checkNewDeviceName(opts.device);
+    const bs = await openImage(storage, filename, {
+      format: opts.format,
+      readOnly: opts.readOnly ?? false,
+      backing: opts.backing,
+      driverOptions: opts.driverOptions,
+      nodeName: opts.nodeName,
+      warn: this.warn,
+    });
+    this.adopt(bs, storage, { owned: true });
+    if (opts.device !== undefined) this.devices.set(opts.device, new IoTarget(new BlockBackend(bs, { name: opts.device })));
+    return this.nameOf(bs);
+  }
+
+  /** Removes a device (and then its node, if the monitor owns it and nothing else uses it) or deletes a node. */
+  async close(name: string): Promise<void> {
+    const dev = this.devices.get(name);
+    if (dev) {
+      this.devices.delete(name);
+      const root = dev.backend.root;
+      if (this.monitorOwned.has(root) && root.parents.length === 0 && !this.deviceOf(root)) await this.closeTree(root);
+      return;
+    }
+    await this.execute('blockdev-del', { 'node-name': name });
+  }
+
+  /** Closes everything (flushing writable nodes). */
+  async dispose(): Promise<void> {
+    this.devices.clear();
+    for (const bs of [...this.nodes.values()].reverse()) {
+      if (!bs.closed && bs.parents.length === 0) await this.closeTree(bs);
+    }
+  }
+
+  // ------------------------------------------------------------- helpers
+
+  protected requireStorage(name: string): Storage {
+    const s = this.storages.get(name);
+    if (!s) throw new BlockError('ENOENT', `No storage named '${name}' (have: ${[...this.storages.keys()].join(', ') || 'none'})`);
+    return s;
+  }
+
+  protected checkNewDeviceName(name: string): void {
+    if (!NAME_RE.test(name)) throw genericError(`Invalid device name: '${name}'`);
+    if (this.devices.has(name)) throw genericError(`Duplicate device name '${name}'`);
+    if (this.nodes.has(name)) throw genericError(`Device name '${name}' conflicts with an existing node name`);
+  }
+}
