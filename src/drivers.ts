@@ -3,11 +3,11 @@
  * the CLI and the worker do) before opening images. Node-only drivers (file)
  * are registered by src/node.ts.
  */
-import './formats/raw/raw.js';
-import './formats/qcow2/qcow2.js';
-import './formats/vdi/vdi.js';
-import './formats/vpc/vpc.js';
-import './formats/qed/qed.js';
-import './formats/qcow/qcow.js';
-import './formats/parallels/parallels.js';
+import './formats/raw/index.js';
+import './formats/qcow2/index.js';
+import './formats/vdi/index.js';
+import './formats/vpc/index.js';
+import './formats/qed/index.js';
+import './formats/qcow/index.js';
+import './formats/parallels/index.js';
 import './protocols/memory.js';

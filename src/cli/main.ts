@@ -8,6 +8,7 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
+import { listDrivers } from '../block/driver.js';
 import { UsageError } from './args.js';
 import { initWasm } from '../runtime.js';
 import { invokedAs, progName } from './progname.js';
@@ -65,7 +66,9 @@ Command syntax:
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
-Supported formats: raw qcow2
+Supported formats: ${listDrivers('format')
+  .map((d) => d.name)
+  .join(' ')}
 `;
 
 function version(): string {

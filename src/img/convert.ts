@@ -28,7 +28,7 @@ import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/sta
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
-import { createOptionList, optBool, parseOptions, setOption } from './options.js';
+import { createOptionList, formatDriver, optBool, parseOptions, setOption } from './options.js';
 
 export interface ConvertOptions {
   /**
@@ -140,7 +140,7 @@ export async function createConvertTarget(storage: Storage, req: ConvertTargetRe
   }
   if (backingFile !== undefined && values.get('backing_fmt') === undefined) fail('Use of backing file requires explicit backing format');
   if (req.compressed) {
-    if (format === 'raw') fail('Compression not supported for this file format', 'ENOTSUP');
+    if (!formatDriver(format).supportsCompressedWrites) fail('Compression not supported for this file format', 'ENOTSUP');
     if ((values.has('encryption') && optBool(values, 'encryption')) || values.has('encrypt.format')) {
       fail('Compression and encryption not supported at the same time', 'ENOTSUP');
     }

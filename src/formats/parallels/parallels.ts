@@ -13,7 +13,7 @@
  * the end of the file.
  */
 import { BlockError } from '../../block/errors.js';
-import { registerDriver, type BlockDriver, type CheckResult } from '../../block/driver.js';
+import { type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
@@ -185,4 +185,3 @@ function parallelsCheck(s: ParallelsState): CheckResult {
   return r;
 }
 
-registerDriver(parallelsDriver);

@@ -16,7 +16,7 @@
  */
 import { inflateRaw } from 'pako';
 import { BlockError, hex } from '../../block/errors.js';
-import { registerDriver, type BlockDriver, type DriverInfo } from '../../block/driver.js';
+import { type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
@@ -188,4 +188,3 @@ export const qcowDriver: BlockDriver = {
   },
 };
 
-registerDriver(qcowDriver);

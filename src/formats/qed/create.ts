@@ -6,6 +6,8 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
+import type { ImageCreateRequest } from '../../block/driver.js';
+import { optNumber, type OptionDesc } from '../../block/options.js';
 import { bdrvPwrite } from '../../block/io.js';
 import {
   qedMaxImageSize,
@@ -67,4 +69,25 @@ export async function createQed(file: BlockNode, o: QedCreateOptions): Promise<v
   await bdrvPwrite(file, 0, header.length, header);
   if (name && name.length) await bdrvPwrite(file, QED_HEADER_BYTES, name.length, name);
   await bdrvPwrite(file, clusterSize, clusterSize * tableSize, new Uint8Array(clusterSize * tableSize));
+}
+
+/** QEMU's qed_create_opts, in table order. */
+export const QED_CREATE_OPTS: readonly OptionDesc[] = [
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'backing_file', type: 'str', help: 'File name of a base image' },
+  { name: 'backing_fmt', type: 'str', help: 'Image format of the base image' },
+  { name: 'cluster_size', type: 'size', help: 'Cluster size (in bytes)', def: String(QED_DEFAULT_CLUSTER_SIZE) },
+  { name: 'table_size', type: 'size', help: 'L1/L2 table size (in clusters)' },
+];
+
+/** The driver's `create` hook (qemu-img create -f qed, convert -O qed). */
+export function qedCreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
+  const size = req.origin === 'qemu-img' ? Math.ceil(req.size / 512) * 512 : req.size;
+  return createQed(file, {
+    size,
+    clusterSize: optNumber(req.values, 'cluster_size'),
+    tableSize: optNumber(req.values, 'table_size'),
+    backingFile: req.values.get('backing_file'),
+    backingFmt: req.values.get('backing_fmt'),
+  });
 }

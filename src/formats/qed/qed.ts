@@ -18,11 +18,12 @@
  * than write to an unchecked image.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { registerDriver, type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
+import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { readStructure } from '../on-disk.js';
+import { QED_CREATE_OPTS, qedCreateImage } from './create.js';
 import {
   parseQedHeader,
   parseQedTable,
@@ -175,6 +176,8 @@ export const qedDriver: BlockDriver = {
   name: 'qed',
   kind: 'format',
   supportsBacking: true,
+  createOptions: QED_CREATE_OPTS,
+  create: qedCreateImage,
 
   probe(head) {
     if (head.length < QED_HEADER_BYTES) return 0;
@@ -379,4 +382,3 @@ async function writeRun(bs: BlockNode, s: QedState, pos: number, len: number, da
   return run.bytes;
 }
 
-registerDriver(qedDriver);

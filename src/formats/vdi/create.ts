@@ -5,6 +5,8 @@
  */
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
+import type { ImageCreateRequest } from '../../block/driver.js';
+import { optBool, type OptionDesc } from '../../block/options.js';
 import { bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { randomUuid } from '../on-disk.js';
 import {
@@ -82,4 +84,16 @@ export async function createVdi(file: BlockNode, o: VdiCreateOptions): Promise<v
     await bdrvPwrite(file, 0x200, bmapSize, serializeVdiBlockMap(bmap, 0, bmap.length));
   }
   if (isStatic) await bdrvTruncate(file, offsetData + blocks * blockSize);
+}
+
+/** QEMU's vdi_create_opts, in table order. */
+export const VDI_CREATE_OPTS: readonly OptionDesc[] = [
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'static', type: 'bool', help: 'VDI static (pre-allocated) image', def: 'off', qapi: false },
+];
+
+/** The driver's `create` hook (qemu-img create -f vdi, convert -O vdi). */
+export function vdiCreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
+  const size = req.origin === 'qemu-img' ? Math.ceil(req.size / VDI_SECTOR_SIZE) * VDI_SECTOR_SIZE : req.size;
+  return createVdi(file, { size, static: optBool(req.values, 'static') ?? false });
 }

@@ -20,11 +20,12 @@
  * that changed — a crash leaves at worst an unreferenced block.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { registerDriver, type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
+import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { checkDataInFile, readStructure } from '../on-disk.js';
+import { VDI_CREATE_OPTS, vdiCreateImage } from './create.js';
 import {
   parseVdiBlockMap,
   parseVdiHeader,
@@ -104,6 +105,8 @@ function locked(s: VdiState, fn: () => Promise<void>): Promise<void> {
 export const vdiDriver: BlockDriver = {
   name: 'vdi',
   kind: 'format',
+  createOptions: VDI_CREATE_OPTS,
+  create: vdiCreateImage,
 
   probe(head) {
     if (head.length < VDI_HEADER_BYTES) return 0;
@@ -257,4 +260,3 @@ async function vdiWrite(s: VdiState, offset: number, bytes: number, buf: Uint8Ar
   }
 }
 
-registerDriver(vdiDriver);

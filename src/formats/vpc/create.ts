@@ -7,6 +7,8 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
+import type { ImageCreateRequest } from '../../block/driver.js';
+import { optBool, type OptionDesc } from '../../block/options.js';
 import { bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { randomUuid } from '../on-disk.js';
 import {
@@ -83,4 +85,19 @@ export async function createVpc(file: BlockNode, o: VpcCreateOptions): Promise<v
   await bdrvPwrite(file, 512, dyn.length, dyn);
   if (batBytes) await bdrvPwrite(file, BAT_OFFSET, batBytes, new Uint8Array(batBytes).fill(0xff));
   await bdrvPwrite(file, BAT_OFFSET + batBytes, VHD_FOOTER_BYTES, footer);
+}
+
+/** QEMU's vpc_create_opts, in table order. */
+export const VPC_CREATE_OPTS: readonly OptionDesc[] = [
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'subformat', type: 'str', help: 'Type of virtual hard disk format. Supported formats are {dynamic (default) | fixed} ', qapi: { enum: ['dynamic', 'fixed'] } },
+  { name: 'force_size', type: 'bool', help: 'Force disk size calculation to use the actual size specified, rather than using the nearest CHS-based calculation' },
+];
+
+/** The driver's `create` hook (qemu-img create -f vpc, convert -O vpc). */
+export function vpcCreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
+  const sub = req.values.get('subformat') ?? 'dynamic';
+  if (sub !== 'dynamic' && sub !== 'fixed') throw new BlockError('EINVAL', `Invalid subformat '${sub}' (vpc supports dynamic and fixed)`);
+  const size = req.origin === 'qemu-img' ? Math.ceil(req.size / 512) * 512 : req.size;
+  return createVpc(file, { size, subformat: sub, forceSize: optBool(req.values, 'force_size') ?? false });
 }

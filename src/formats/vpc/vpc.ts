@@ -16,11 +16,12 @@
  * the BAT entry — QEMU's order, so a crash leaves at worst an unused block.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { registerDriver, type BlockDriver, type DriverInfo } from '../../block/driver.js';
+import { type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { readStructure } from '../on-disk.js';
+import { VPC_CREATE_OPTS, vpcCreateImage } from './create.js';
 import {
   parseVhdBat,
   parseVhdDynHeader,
@@ -71,6 +72,8 @@ function sizeCalcOption(bs: BlockNode, options: Record<string, unknown>): 'chs' 
 export const vpcDriver: BlockDriver = {
   name: 'vpc',
   kind: 'format',
+  createOptions: VPC_CREATE_OPTS,
+  create: vpcCreateImage,
 
   probe(head) {
     return head.length >= 8 && String.fromCharCode(...head.subarray(0, 8)) === 'conectix' ? 100 : 0;
@@ -223,4 +226,3 @@ async function vpcWrite(bs: BlockNode, s: VpcState, offset: number, bytes: numbe
   }
 }
 
-registerDriver(vpcDriver);
