@@ -13,7 +13,7 @@ import { FileStorage, openImage, closeNode, bdrvPwrite, bdrvPread, type BlockNod
 import { createVdi } from '../../src/formats/vdi/create.js';
 import { createVpc } from '../../src/formats/vpc/create.js';
 import { createQed } from '../../src/formats/qed/create.js';
-import { qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { rng, seededBytes } from '../helpers/random.js';
 
 const MiB = 1024 * 1024;
@@ -140,6 +140,38 @@ describe('images blocktab writes, checked by qemu-img', () => {
       const cmp = qemuImgRun(['compare', '-f', c.format, '-F', 'raw', image, refFile]);
       expect(cmp.stdout + cmp.stderr).toBe('Images are identical.\n');
       expect(cmp.status).toBe(0);
+    });
+  }
+});
+
+describe('create -f and convert -O through the CLI (the driver create hook)', () => {
+  const targets: [string, string[]][] = [
+    ['vdi', []],
+    ['vdi', ['-o', 'static=on']],
+    ['vpc', []],
+    ['vpc', ['-o', 'subformat=fixed']],
+    ['vpc', ['-o', 'force_size=on']],
+    ['qed', []],
+    ['qed', ['-o', 'cluster_size=4096,table_size=2']],
+  ];
+  for (const [fmt, opts] of targets) {
+    it(`${fmt} ${opts.join(' ')}`, () => {
+      const dir = tmpDir('fmt-cli-');
+      qemuImg(['create', '-q', '-f', 'qcow2', 'src.qcow2', '20M'], { cwd: dir });
+      qemuIo('src.qcow2', ['write -P 0x21 0 3M', 'write -P 0x22 9M 100k', 'write -P 0x23 19M 1M'], 'qcow2', { cwd: dir });
+      const conv = blocktab(['convert', '-O', fmt, ...opts, 'src.qcow2', `out.${fmt}`], { cwd: dir });
+      expect(conv.stderr).toBe('');
+      expect(conv.status).toBe(0);
+      const cmp = qemuImgRun(['compare', '-f', 'qcow2', '-F', fmt, 'src.qcow2', `out.${fmt}`], { cwd: dir });
+      expect(cmp.stdout).toMatch(/Images are identical\.\n$/);
+      if (fmt !== 'vpc') expect(qemuImgRun(['check', '-f', fmt, `out.${fmt}`], { cwd: dir }).status).toBe(0);
+
+      const ours = blocktab(['create', '-f', fmt, ...opts, 'ours', '10M'], { cwd: dir });
+      const theirs = qemuImgRun(['create', '-f', fmt, ...opts, 'theirs', '10M'], { cwd: dir });
+      expect(ours.stdout.replace("'ours'", "'X'")).toBe(theirs.stdout.replace("'theirs'", "'X'"));
+      expect(ours.status).toBe(0);
+      const size = (f: string) => (JSON.parse(qemuImg(['info', '-f', fmt, '--output=json', f], { cwd: dir })) as { 'virtual-size': number })['virtual-size'];
+      expect(size('ours')).toBe(size('theirs'));
     });
   }
 });
