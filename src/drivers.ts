@@ -11,3 +11,5 @@ import './formats/qed/index.js';
 import './formats/qcow/index.js';
 import './formats/parallels/index.js';
 import './protocols/memory.js';
+import './formats/vmdk/index.js';
+import './formats/vhdx/index.js';

@@ -1,7 +1,7 @@
 /** parallels: default and small clusters, several sizes, sparse and full. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fill, formatDifferential, img, scribble, type FormatCase } from './format-differential.js';
+import { fill, formatDifferential, img, scribble, type FormatCase } from './simple-format-differential.js';
 
 const MiB = 1024 * 1024;
 const cases: FormatCase[] = [];

@@ -1,7 +1,7 @@
 /** qcow (v1): plain images, a backing chain, and compressed clusters (qemu-img convert -c -O qcow). */
 import { expect } from 'vitest';
 import { qemuImgRun } from '../helpers/qemu.js';
-import { fill, formatDifferential, img, io, scribble, type FormatCase } from './format-differential.js';
+import { fill, formatDifferential, img, io, scribble, type FormatCase } from './simple-format-differential.js';
 
 /** The case is only meaningful if qemu-img sees compressed clusters (data without a host offset). */
 function expectCompressed(d: string, name: string): void {

@@ -1,5 +1,5 @@
 /** qed: with and without a backing file (probed qcow2 and raw with QED_F_BACKING_FORMAT_NO_PROBE), cluster and table sizes, sparse and full. */
-import { fill, formatDifferential, img, io, scribble, type FormatCase } from './format-differential.js';
+import { fill, formatDifferential, img, io, scribble, type FormatCase } from './simple-format-differential.js';
 
 const MiB = 1024 * 1024;
 const cases: FormatCase[] = [

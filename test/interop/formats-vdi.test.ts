@@ -1,5 +1,5 @@
 /** vdi: static and dynamic images of several sizes, sparse and full, read by blocktab as qemu-img reads them. */
-import { fill, formatDifferential, img, scribble, type FormatCase } from './format-differential.js';
+import { fill, formatDifferential, img, scribble, type FormatCase } from './simple-format-differential.js';
 
 const MiB = 1024 * 1024;
 const cases: FormatCase[] = [];

@@ -3,7 +3,7 @@
  * geometry vs current_size), several sizes, sparse and full. A fixed VHD has
  * no header at offset 0, so probing finds raw — in qemu-img and in blocktab.
  */
-import { fill, formatDifferential, img, scribble, type FormatCase } from './format-differential.js';
+import { fill, formatDifferential, img, scribble, type FormatCase } from './simple-format-differential.js';
 
 const MiB = 1024 * 1024;
 const cases: FormatCase[] = [];
