@@ -5,6 +5,11 @@
  */
 import './formats/raw/index.js';
 import './formats/qcow2/index.js';
+import './formats/vdi/index.js';
+import './formats/vpc/index.js';
+import './formats/qed/index.js';
+import './formats/qcow/index.js';
+import './formats/parallels/index.js';
 import './protocols/memory.js';
 import './formats/vmdk/index.js';
 import './formats/vhdx/index.js';

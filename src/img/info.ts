@@ -68,7 +68,7 @@ export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
   const info: ImageInfo = {
     filename: bs.filename,
     format: drv.name,
-    // qemu-img prints dirty-flag only when the driver answers bdrv_get_info (dmg, cloop, bochs do not).
+    // qemu-img prints dirty-flag only when the driver answers bdrv_get_info (dmg, cloop, bochs, parallels do not).
     'dirty-flag': dinfo ? (dinfo.isDirty ?? false) : undefined,
     'actual-size': await allocatedFileSize(bs),
     'virtual-size': bs.totalBytes,
