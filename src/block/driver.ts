@@ -28,6 +28,13 @@ export interface WriteFlags {
   /** With pwritev: store the data compressed (qcow2 `-c`). */
   compressed?: boolean;
   /**
+   * With `compressed`, for a request of one cluster: what the driver's
+   * `compressCluster` returned for this data (null: it does not shrink), so
+   * the driver does not compress it again. Lets a caller compress several
+   * clusters at once and still write them in order.
+   */
+  precompressed?: Uint8Array | null;
+  /**
    * For the request path only (never passed to a driver): the write puts
    * data the node already shows into its own layer (copy-on-read, a stream
    * job), so what the guest sees does not change — the node's dirty bitmaps
@@ -41,6 +48,8 @@ export interface WriteFlags {
 export interface OpenOptions {
   /** Open for reading only; writes fail with EPERM/EROFS. */
   readOnly?: boolean;
+  /** QEMU's BDRV_O_NO_IO: the caller only asks for metadata (info), so an encrypted image may open without its key. */
+  noIo?: boolean;
   /** Driver-specific options (`offset`, `size` for raw; `l2-cache-size` for qcow2; …). */
   [key: string]: unknown;
 }
@@ -133,6 +142,13 @@ export interface BlockDriver {
   readonly supportsBacking?: boolean;
   /** pwritev accepts `{ compressed: true }` (qcow2); elsewhere such writes fail with ENOTSUP, as in QEMU. */
   readonly supportsCompressedWrites?: boolean;
+  /**
+   * With supportsCompressedWrites: compresses one cluster of guest data
+   * (shorter only for the image's last cluster) as a compressed pwritev
+   * would store it; null when it does not shrink. Changes nothing, so calls
+   * may run in parallel; the result goes back in `WriteFlags.precompressed`.
+   */
+  compressCluster?(bs: BlockNode, data: Uint8Array): Promise<Uint8Array | null>;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
 

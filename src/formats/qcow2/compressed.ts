@@ -12,6 +12,7 @@ import { inflateRaw } from 'pako';
 import { decompress as zstdDecompress } from 'fzstd';
 import { deflateRaw4k } from '../../codecs/deflate.js';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
+import { deflatePool } from '../../codecs/deflate-pool.js';
 
 /** The descriptor codec lives with the other entry codecs; re-exported for existing callers. */
 export { parseCompressedDescriptor, QCOW2_COMPRESSED_SECTOR_SIZE, type CompressedDescriptor } from './l2-entry.js';
@@ -109,7 +110,10 @@ export async function compressCluster(compressionType: number, input: Uint8Array
     const z = await loadZstd();
     out = z.compress(input, 3);
   } else {
-    out = deflateRaw4k(input);
+    // A worker pool, when one is installed, lets parallel callers use every core.
+    // A pool whose workers cannot start or died falls back to this thread (same codec, same bytes).
+    const pool = deflatePool();
+    out = pool ? await pool.deflateRaw4k(input).catch(() => deflateRaw4k(input)) : deflateRaw4k(input);
   }
   return out.length <= limit ? out : null;
 }

@@ -76,7 +76,7 @@ import { qcow2Read } from './read.js';
 import { dropRefcountCache } from './refcount.js';
 import { flushMetadata } from './l1.js';
 import { clearDirtyBit, withLock } from './metadata.js';
-import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed } from './write.js';
+import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed, qcow2CompressCluster } from './write.js';
 import {
   L2_COMPRESSED,
   L2_NORMAL,
@@ -143,6 +143,7 @@ export const qcow2Driver: BlockDriver = {
   kind: 'format',
   supportsBacking: true,
   supportsCompressedWrites: true,
+  compressCluster: (bs, data) => qcow2CompressCluster(bs.state<Qcow2State>(), data),
   // QAPI BlockdevOptionsQcow2 (the members blockdev-add accepts).
   blockdevOptions: {
     file: 'BlockdevRef',
@@ -256,7 +257,7 @@ export const qcow2Driver: BlockDriver = {
     const s = bs.state<Qcow2State>();
     await withLock(s, async () => {
       await prepareWrite(s);
-      if (flags.compressed) await qcow2WriteCompressed(bs, s, offset, bytes, buf);
+      if (flags.compressed) await qcow2WriteCompressed(bs, s, offset, bytes, buf, flags.precompressed);
       else await qcow2Write(bs, s, offset, bytes, buf);
       await afterWrite(s, flags);
     });

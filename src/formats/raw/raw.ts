@@ -93,7 +93,8 @@ export const rawDriver: BlockDriver = {
   async blockStatus(bs, _wantZero, offset, bytes) {
     return { status: BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID, pnum: bytes, map: offset + st(bs).offset, file: file(bs) };
   },
-  // QEMU's raw_get_info: the file's answer (a protocol's is empty).
+  // QEMU's raw_get_info: the file's answer (a protocol's is empty). That it
+  // answers at all is why qemu-img prints a dirty-flag for raw.
   getDriverInfo(bs) {
     return file(bs).driver.getDriverInfo?.(file(bs)) ?? {};
   },

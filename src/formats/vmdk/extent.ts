@@ -10,7 +10,7 @@
  * the end of its file first: a crafted entry fails with a message naming the
  * extent, the structure and the offset instead of reading garbage.
  */
-import { inflateZlib } from '../../codecs/inflate.js';
+import { inflateExact } from '../../codecs/zlib-exact.js';
 import { deflateZlib } from '../../codecs/deflate.js';
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
@@ -327,14 +327,10 @@ export async function readCompressedGrain(ext: VmdkExtent, host: number): Promis
   if (dataLen === 0 || dataLen > data.length) {
     throw new BlockError('EIO', `${name}: compressed grain at ${hex(host)} has an invalid size (${dataLen} bytes, ${data.length} available)`);
   }
-  let out: Uint8Array;
-  try {
-    out = inflateZlib(data.subarray(0, dataLen));
-  } catch (e) {
-    throw new BlockError('EIO', `${name}: compressed grain at ${hex(host)} does not decompress`, { cause: e });
-  }
-  if (!(out instanceof Uint8Array) || out.length === 0) throw new BlockError('EIO', `${name}: compressed grain at ${hex(host)} does not decompress`);
-  if (out.length > grainBytes) out = out.subarray(0, grainBytes);
+  // A grain inflates to exactly one grain, as QEMU requires.
+  const out = new Uint8Array(grainBytes);
+  const why = inflateExact(data.subarray(0, dataLen), out);
+  if (why !== null) throw new BlockError('EIO', `${name}: compressed grain at ${hex(host)} does not decompress: ${why}`);
   ext.lastGrain = { host, data: out };
   return out;
 }
