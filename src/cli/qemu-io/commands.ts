@@ -105,6 +105,8 @@ export interface OpenRequest {
 export interface IoHost {
   open(name: string | undefined, req: OpenRequest): Promise<BlockBackend>;
   close(blk: BlockBackend): Promise<void>;
+  /** sigraise/abort: output flushed, then the signal raised on this process. */
+  raise?(signal: number): Promise<void>;
 }
 
 export class QemuIoSession {

@@ -265,6 +265,12 @@ class CliIoHost implements IoHost {
     return blk;
   }
 
+  async raise(signal: number): Promise<void> {
+    await (this.output as { flush?(): Promise<void> }).flush?.();
+    // Nothing is flushed to the image: a KILL here leaves it as a crash would.
+    if (signal > 0) process.kill(process.pid, signal);
+  }
+
   async close(blk: BlockBackend): Promise<void> {
     const temp = this.temps.get(blk);
     this.temps.delete(blk);

@@ -134,4 +134,60 @@ const closeCmd: CmdInfo = {
   },
 };
 
-export const OPEN_COMMANDS: CmdInfo[] = [closeCmd, openCmd];
+const NSIG = 65;
+const SIGTERM = 15;
+const SIGABRT = 6;
+
+const sigraiseCmd: CmdInfo = {
+  name: 'sigraise',
+  argmin: 1,
+  argmax: 1,
+  global: true,
+  args: 'signal',
+  oneline: 'raises a signal',
+  help:
+    `\n raises the given signal\n\n Example:\n 'sigraise ${SIGTERM}' - raises SIGTERM\n\n` +
+    ' Invokes raise(signal), where "signal" is the mandatory integer argument\n given to sigraise.\n\n',
+  async run(s, argv) {
+    const sig = s.num(argv[1]!);
+    if (sig === undefined) return EINVAL;
+    if (sig > NSIG) {
+      s.out(`signal argument '${argv[1]}' is too large to be a valid signal\n`);
+      return EINVAL;
+    }
+    await s.host?.raise?.(sig);
+    return 0;
+  },
+};
+
+const abortCmd: CmdInfo = {
+  name: 'abort',
+  argmin: 0,
+  argmax: 0,
+  global: true,
+  oneline: 'simulate a program crash using abort(3)',
+  async run(s) {
+    await s.host?.raise?.(SIGABRT);
+    return 0;
+  },
+};
+
+const sleepCmd: CmdInfo = {
+  name: 'sleep',
+  argmin: 1,
+  argmax: 1,
+  global: true,
+  oneline: 'waits for the given value in milliseconds',
+  async run(s, argv) {
+    const m = /^[ \t]*\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(argv[1]!);
+    if (!m) {
+      s.out(`${argv[1]} is not a valid number\n`);
+      return EINVAL;
+    }
+    const ms = Number(m[1]!.startsWith('0') && !/^0[xX]/.test(m[1]!) && m[1]!.length > 1 ? parseInt(m[1]!, 8) : m[1]);
+    await new Promise((r) => setTimeout(r, ms));
+    return 0;
+  },
+};
+
+export const OPEN_COMMANDS: CmdInfo[] = [abortCmd, closeCmd, openCmd, sigraiseCmd, sleepCmd];
