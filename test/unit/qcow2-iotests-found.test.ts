@@ -64,3 +64,15 @@ describe('qcow2 bugs found by QEMU iotests', () => {
     expect(new DataView(st.get('a.qcow2')!.buffer).getBigUint64(88)).toBe(0n);
   });
 });
+
+describe('qcow2 header extensions repeated', () => {
+  it('the last backing format extension counts, as QEMU reads them (114)', async () => {
+    const enc = (t: string): Uint8Array => new TextEncoder().encode(t);
+    const st = await image({}, [
+      [0xe2792aca, enc('qcow2')],
+      [0xe2792aca, enc('foo')],
+    ]);
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true, backing: false });
+    expect(bs.backingFormat).toBe('foo');
+  });
+});

@@ -232,16 +232,25 @@ class CliIoHost implements IoHost {
     const path = fileName.startsWith('file:') ? fileName.slice(5) : fileName;
     const driverOptions: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(options)) {
+      // Nested options (backing.*, file.*) name other nodes; they are not the format driver's.
+      if (k.includes('.')) continue;
       if (['driver', 'file', 'filename', 'file.filename', 'file.driver', 'read-only', 'force-share', 'file.locking', 'locking', 'cache.direct', 'cache.no-flush', 'node-name', 'discard'].includes(k)) continue;
       driverOptions[k] = v;
     }
     const readOnly = req.readOnly || options['read-only'] === 'on';
-    let root = await openImage(this.storage, path, {
-      format: options.driver,
-      readOnly: readOnly || req.snapshot,
-      warn: (m) => this.output.err(m + '\n'),
-      driverOptions: Object.keys(driverOptions).length ? driverOptions : undefined,
-    });
+    let root: BlockNode;
+    try {
+      root = await openImage(this.storage, path, {
+        format: options.driver,
+        readOnly: readOnly || req.snapshot,
+        warn: (m) => this.output.err(m + '\n'),
+        driverOptions: Object.keys(driverOptions).length ? driverOptions : undefined,
+      });
+    } catch (e) {
+      // Driver messages start with the image name; qemu-io's "can't open device NAME: " names it already.
+      if (e instanceof Error && e.message.startsWith(`${path}: `)) e.message = e.message.slice(path.length + 2);
+      throw e;
+    }
     let temp: string | undefined;
     if (req.snapshot) {
       // QEMU's -s: a temporary qcow2 overlay on the image; writes land there and vanish at close.

@@ -334,7 +334,8 @@ function parseExtension(type: number, data: Uint8Array, image: string, at: numbe
 
 /** The first extension of `type`, typed by its magic. */
 export function findExtension<T extends number>(h: Qcow2Header, type: T): Extract<HeaderExtension, { type: T }> | undefined {
-  return h.extensions.find((e) => e.type === type) as Extract<HeaderExtension, { type: T }> | undefined;
+  // The last of repeated extensions counts, as QEMU reads them in order and each overwrites the one before.
+  return [...h.extensions].reverse().find((e) => e.type === type) as Extract<HeaderExtension, { type: T }> | undefined;
 }
 
 /** Names of the set bits of `mask` among the features of `featureType`, from the image's table; "unknown" bits listed by number. */
