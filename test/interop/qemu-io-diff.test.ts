@@ -285,6 +285,7 @@ describe('qemu-io vectored, aio and open/close commands (as QEMU iotests use the
       'aio_write -z 128k 64k',
       'aio_flush',
       'aio_read -P 0 128k 64k',
+      'aio_flush',
       'writev 1047552 2k',
       'readv 1M 1',
       'aio_write -u 0 4k',
@@ -313,5 +314,15 @@ describe('qemu-io vectored, aio and open/close commands (as QEMU iotests use the
     expect(os.status).toBe(qs.status);
     expect(fs.readFileSync(b).equals(fs.readFileSync(a))).toBe(true);
     expect(fs.readFileSync(b)[0]).toBe(0x33);
+  });
+
+  it('open -o driver=file/host_device checks the kind of file as QEMU does (iotest 226)', async () => {
+    const [a, b] = twins('protocols', '64k');
+    for (const [drv, file] of [['file', '/dev/null'], ['host_device', 'IMG'], ['file', 'IMG']]) {
+      const c = (img: string) => ['-c', `open -r -o driver=${drv},filename=${file === 'IMG' ? img : file}`, '-c', 'read -P 0 0 4k'];
+      const q = qemuIoRun(c(a));
+      const o = await ours(c(b));
+      expect({ drv, file, out: normalise(o.stdout), err: o.stderr.replaceAll(b, a), st: o.status }).toEqual({ drv, file, out: normalise(q.stdout), err: q.stderr, st: q.status });
+    }
   });
 });

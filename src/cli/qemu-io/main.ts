@@ -18,7 +18,7 @@ import { createImage, planCreate } from '../../img/create.js';
 import { BlockError } from '../../block/errors.js';
 import { tmpdir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
-import { unlinkSync } from 'node:fs';
+import { statSync, unlinkSync } from 'node:fs';
 import { getopt, type LongOption } from './getopt.js';
 
 const PROGNAME = 'qemu-io';
@@ -211,6 +211,22 @@ function flattenJson(text: string): Record<string, string> {
   return out;
 }
 
+/** QEMU's host protocol drivers and the kind of file each requires. */
+const PROTOCOL_KINDS: Record<string, 'regular' | 'device'> = { file: 'regular', host_device: 'device', host_cdrom: 'device' };
+
+function checkProtocolKind(driver: string, path: string): void {
+  let st: ReturnType<typeof statSync> | undefined;
+  try {
+    st = statSync(path);
+  } catch {
+    return; // the open that follows reports the missing file
+  }
+  if (PROTOCOL_KINDS[driver] === 'regular' && !st.isFile()) throw new Error(`'${driver}' driver requires '${path}' to be a regular file`);
+  if (PROTOCOL_KINDS[driver] === 'device' && !st.isCharacterDevice() && !st.isBlockDevice()) {
+    throw new Error(`'${driver}' driver requires '${path}' to be either a character or block device`);
+  }
+}
+
 /** Opens images for the session from the host's files: file names, json:{…} names, -o/--image-opts options, and -s. */
 class CliIoHost implements IoHost {
   private readonly storage = new FileStorage();
@@ -230,6 +246,11 @@ class CliIoHost implements IoHost {
     const fileName = name ?? options['file.filename'] ?? options['filename'] ?? (options.file && !options.file.includes('{') ? options.file : undefined);
     if (fileName === undefined) throw new Error("A block device must be specified for \"file\"");
     const path = fileName.startsWith('file:') ? fileName.slice(5) : fileName;
+    // A protocol driver named as the top driver: QEMU opens the file node alone, which reads as raw does.
+    if (options.driver && PROTOCOL_KINDS[options.driver]) {
+      checkProtocolKind(options.driver, path);
+      options.driver = 'raw';
+    }
     const driverOptions: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(options)) {
       // Nested options (backing.*, file.*) name other nodes; they are not the format driver's.
