@@ -1,6 +1,11 @@
 import { defineConfig } from 'vite';
 
+// The app's production build (`npm run build:app`) has its own folder,
+// dist-app/: dist/ belongs to tsc (the library and the CLI, `bin` is
+// dist/cli/main.js), and vite empties its outDir before writing, so sharing
+// dist/ would wipe the CLI. emptyOutDir only ever clears dist-app/.
 export default defineConfig({
   server: { host: '127.0.0.1', port: 5173 },
   worker: { format: 'es' },
+  build: { outDir: 'dist-app', emptyOutDir: true },
 });

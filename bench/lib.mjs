@@ -9,7 +9,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const MiB = 1024 * 1024;
-const mainUrl = pathToFileURL(path.join(root, 'dist/cli/main.js')).href;
+/** The CLI as installed: package.json's bin (the bundle `npm run build` makes in dist/bin/). */
+export const cliEntry = path.join(root, JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).bin.blocktab);
+const mainUrl = pathToFileURL(cliEntry).href;
 
 /** A fresh scratch directory for one bench file. */
 export function scratchDir() {

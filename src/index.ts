@@ -14,5 +14,6 @@ export * from './block/open.js';
 export * from './block/info.js';
 export * from './block/buffers.js';
 export * from './block/dirty-bitmap.js';
+export * from './block/secrets.js';
 export { initWasm, wasmReady, type InitWasmOptions } from './runtime.js';
 export { MemoryStorage, MemoryFile } from './protocols/memory.js';

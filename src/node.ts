@@ -1,8 +1,35 @@
 /** Node entry: the library plus the host file protocol and Node's C zlib for compressed writes. */
-import { deflateRawSync } from 'node:zlib';
-import { installDeflateRaw4k } from './formats/qcow2/compressed.js';
+import { deflateRawSync, inflateSync } from 'node:zlib';
+import { installDeflateRaw4k } from './codecs/deflate.js';
+import { installInflateExact } from './codecs/zlib-exact.js';
+import { installBzip2 } from './codecs/bzip2.js';
+import { installDeflatePool } from './codecs/deflate-pool.js';
+import { createNodeDeflatePool } from './codecs/deflate-pool-node.js';
 
 installDeflateRaw4k((input) => deflateRawSync(input, { windowBits: 12, level: 6, memLevel: 9 }));
+installDeflatePool(createNodeDeflatePool());
+// zlib streams (dmg and cloop chunks, vmdk grains): Node's C zlib, bounded by the chunk size like the pako path.
+installInflateExact((input, out) => {
+  let got: Buffer;
+  try {
+    got = inflateSync(input, { maxOutputLength: out.length });
+  } catch (e) {
+    const err = e as { code?: string; message?: string };
+    if (err.code === 'ERR_BUFFER_TOO_LARGE') return `the stream inflates to more than ${out.length} bytes`;
+    return `the stream does not inflate (${err.message})`;
+  }
+  if (got.length !== out.length) return `the stream inflates to ${got.length} bytes, not ${out.length}`;
+  out.set(got);
+  return null;
+});
+
+// dmg bzip2 chunks: libbzip2 as wasm, loaded on the first bzip2 chunk (its loader needs node:fs).
+type Bzip2 = { decompress(src: Uint8Array, destSize: number): Uint8Array };
+let bzip2: Promise<Bzip2> | undefined;
+installBzip2(async (input, outLength) => {
+  bzip2 ??= import('@foxglove/wasm-bz2').then((m) => (m as unknown as { default: { init(): Promise<Bzip2> } }).default.init());
+  return (await bzip2).decompress(input, outLength);
+});
 
 export * from './index.js';
 export { FileStorage, fileDriver } from './protocols/file.js';

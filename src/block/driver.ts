@@ -13,6 +13,7 @@
  */
 import type { BlockNode } from './node.js';
 import type { ImageInfoSpecific, SnapshotInfo } from './info.js';
+import type { OptionDesc, OptionValues } from './options.js';
 
 export type DriverKind = 'format' | 'protocol' | 'filter';
 
@@ -27,6 +28,13 @@ export interface WriteFlags {
   /** With pwritev: store the data compressed (qcow2 `-c`). */
   compressed?: boolean;
   /**
+   * With `compressed`, for a request of one cluster: what the driver's
+   * `compressCluster` returned for this data (null: it does not shrink), so
+   * the driver does not compress it again. Lets a caller compress several
+   * clusters at once and still write them in order.
+   */
+  precompressed?: Uint8Array | null;
+  /**
    * For the request path only (never passed to a driver): the write puts
    * data the node already shows into its own layer (copy-on-read, a stream
    * job), so what the guest sees does not change — the node's dirty bitmaps
@@ -40,6 +48,8 @@ export interface WriteFlags {
 export interface OpenOptions {
   /** Open for reading only; writes fail with EPERM/EROFS. */
   readOnly?: boolean;
+  /** QEMU's BDRV_O_NO_IO: the caller only asks for metadata (info), so an encrypted image may open without its key. */
+  noIo?: boolean;
   /** Driver-specific options (`offset`, `size` for raw; `l2-cache-size` for qcow2; …). */
   [key: string]: unknown;
 }
@@ -71,6 +81,46 @@ export interface CheckResult {
   messages: string[];
 }
 
+/** What a format's `create` is given (the arguments of QEMU's bdrv_co_create_opts). */
+export interface ImageCreateRequest {
+  /** The new image's name as the caller spelled it: for messages, and names the image stores are relative to it. */
+  filename: string;
+  /** Virtual size in bytes, a safe integer, not rounded (the format rounds as it must); >= 0 from qemu-img, QAPI's int as given from blockdev-create. */
+  size: number;
+  /**
+   * The creation options, parsed against the driver's `createOptions` followed
+   * by the storage's list: names from those tables only, sizes normalised to
+   * bytes, `size` set, `backing_file` / `backing_fmt` holding -b / -F. The
+   * values are not checked further: the format refuses what it cannot make.
+   */
+  values: OptionValues;
+  /**
+   * Who asks. `qemu-img` (create, convert): lenient, as qemu-img's option
+   * path (sizes rounded up to 512 bytes). `blockdev-create`: QAPI's strict
+   * checks (a size that is not a multiple of 512 is refused).
+   */
+  origin: 'qemu-img' | 'blockdev-create';
+  /**
+   * Opens the further file that option `option` names (qcow2's data_file),
+   * created or emptied, read-write. The caller closes it after `create`.
+   */
+  openFile(option: string): Promise<BlockNode>;
+}
+
+/**
+ * A member type in QEMU's QAPI schema, as blockdev-add checks it: a node
+ * reference (`BlockdevRef`, a node name or nested options), `…OrNull`, an enum.
+ */
+export type QapiMemberType = 'str' | 'int' | 'bool' | 'any' | 'BlockdevRef' | 'BlockdevRefOrNull' | { enum: readonly string[] };
+
+/** qemu-img measure's answer (QAPI BlockMeasureInfo). */
+export interface MeasureResult {
+  required: number;
+  fullyAllocated: number;
+  /** Bytes the input's persistent bitmaps need in the new image (formats that can carry them). */
+  bitmaps?: number;
+}
+
 export interface BlockDriver {
   readonly name: string;
   readonly kind: DriverKind;
@@ -79,8 +129,23 @@ export interface BlockDriver {
   readonly supportsBacking?: boolean;
   /** pwritev accepts `{ compressed: true }` (qcow2); elsewhere such writes fail with ENOTSUP, as in QEMU. */
   readonly supportsCompressedWrites?: boolean;
+  /**
+   * With supportsCompressedWrites: compresses one cluster of guest data
+   * (shorter only for the image's last cluster) as a compressed pwritev
+   * would store it; null when it does not shrink. Changes nothing, so calls
+   * may run in parallel; the result goes back in `WriteFlags.precompressed`.
+   */
+  compressCluster?(bs: BlockNode, data: Uint8Array): Promise<Uint8Array | null>;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
+
+  /**
+   * blockdev-add's members for this format (QAPI BlockdevOptions<Format>), as
+   * QAPI's JSON writes them (`'*name'` for optional ones). The engine checks
+   * them; the driver's `open` gets the values. Without it a format takes
+   * `file`, and `backing` when it supports backing files.
+   */
+  readonly blockdevOptions?: Readonly<Record<string, QapiMemberType>>;
 
   /**
    * How sure the driver is that `head` (the first bytes of the image, at most
@@ -130,7 +195,14 @@ export interface BlockDriver {
   /** Makes every completed write stable. The core flushes children afterwards. */
   flush?(bs: BlockNode): Promise<void>;
 
-  /** Changes the node's size; `exact` forbids rounding up. */
+  /**
+   * Changes the node's virtual size to `offset` bytes (qemu-img resize,
+   * block_resize, a raw file's creation). Guarantees: the node is writable,
+   * `offset` is a safe integer >= 0, dirty bitmaps are resized by the core
+   * afterwards. A shrink reaches the driver only when the user asked for one.
+   * `exact` forbids rounding the size up; `prealloc` says how new space is
+   * backed (ENOTSUP for modes the format cannot do). Sets `bs.totalBytes`.
+   */
   truncate?(bs: BlockNode, offset: number, exact: boolean, prealloc: PreallocMode): Promise<void>;
 
   /** Current length in bytes; the core uses `bs.totalBytes` when absent. */
@@ -154,17 +226,74 @@ export interface BlockDriver {
   /** Cluster size, dirty flag, and other generic facts (qemu-img's BlockDriverInfo). */
   getDriverInfo?(bs: BlockNode): DriverInfo;
 
-  /** Internal snapshots, as `qemu-img snapshot -l` lists them. */
+  /**
+   * Internal snapshots, as `qemu-img snapshot -l` lists them. The create,
+   * apply and delete hooks are called on a writable node with no request in
+   * flight; `idOrName` / `id` / `name` are as the user gave them (the driver
+   * looks them up and answers ENOENT for none).
+   */
   listSnapshots?(bs: BlockNode): SnapshotInfo[];
   createSnapshot?(bs: BlockNode, sn: { name: string; vmStateSize?: number; dateSec?: number; dateNsec?: number; vmClockNsec?: number; icount?: number }): Promise<void>;
   applySnapshot?(bs: BlockNode, idOrName: string): Promise<void>;
   deleteSnapshot?(bs: BlockNode, id: string | undefined, name: string | undefined): Promise<void>;
 
-  /** Consistency check (and repair when `fix` is given), as `qemu-img check`. */
+  /**
+   * Consistency check, as `qemu-img check`. With `fix.leaks` / `fix.errors`
+   * the node is writable (opened with the `check` option, so a corrupt image
+   * still opens) and the driver repairs what it may; otherwise it only reads.
+   * Formats without a check leave this out (qemu-img's exit 63).
+   */
   check?(bs: BlockNode, fix: { leaks: boolean; errors: boolean }): Promise<CheckResult>;
 
   /** Rewrites the backing file name and format in the image's metadata. */
   changeBackingFile?(bs: BlockNode, backingFile: string | null, backingFormat: string | null): Promise<void>;
+
+  // ------------------------------------------------ what qemu-img needs per format
+
+  /**
+   * The creation options (QEMU's create_opts) in table order, with defaults
+   * and help text: what `qemu-img create -f FMT -o help` lists and the
+   * "Formatting ..." line prints. A format without it cannot be created.
+   */
+  readonly createOptions?: readonly OptionDesc[];
+
+  /**
+   * Writes a new, empty image onto `file` (QEMU's bdrv_co_create_opts).
+   * Guarantees: `file` is a protocol node opened read-write, of length 0,
+   * used by nothing else; `req` is as ImageCreateRequest describes. The
+   * caller flushes and closes `file` afterwards, and names the image in
+   * messages (errors thrown here say what is wrong, not which file).
+   */
+  create?(file: BlockNode, req: ImageCreateRequest): Promise<void>;
+
+  /**
+   * `qemu-img measure -O FMT`: the bytes a new image needs. Exactly one of
+   * `input` (an opened image of any format, with its backing chain; read
+   * through block status only) and `size` (bytes, a safe integer >= 0) is
+   * given. `values` are parsed against `createOptions` and the storage's list.
+   */
+  measure?(values: OptionValues, input: BlockNode | undefined, size: number | undefined): Promise<MeasureResult>;
+
+  /** The options `qemu-img amend` accepts (QEMU's amend_opts), in table order. */
+  readonly amendOptions?: readonly OptionDesc[];
+
+  /**
+   * Changes format options in place (qemu-img amend). Guarantees: `bs` is
+   * writable and opened with its backing chain; `values` were parsed against
+   * `createOptions` + `amendOptions` and hold only names from `amendOptions`
+   * (the caller refuses creation-only options). The driver refuses the
+   * values it cannot apply, before changing anything.
+   */
+  amend?(bs: BlockNode, values: OptionValues): Promise<void>;
+
+  /**
+   * Drops every allocation so the whole image reads through to its backing
+   * file, or as zeros without one (QEMU's bdrv_make_empty: commit empties
+   * the top image with it). Guarantees: `bs` is writable, no request is in
+   * flight on it. Call it through bdrvMakeEmpty (src/block/io.ts), which
+   * tells dirty bitmaps and flushes.
+   */
+  makeEmpty?(bs: BlockNode): Promise<void>;
 }
 
 export type PreallocMode = 'off' | 'metadata' | 'falloc' | 'full';

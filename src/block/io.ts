@@ -5,8 +5,9 @@
  * They turn what a caller asks into what a driver accepts: requests are
  * aligned to `limits.requestAlignment` by read-modify-write, split at
  * `limits.maxTransfer`, checked against the node's size and read-only state,
- * and overlapping read-modify-write cycles are serialised (tracked requests),
- * so two unaligned writes to the same block never lose each other's bytes.
+ * and read-modify-write cycles are serialised against every overlapping
+ * request (tracked requests), so neither another unaligned write nor an
+ * aligned one to the same block loses its bytes.
  * Successful writes are reported to the node's dirty bitmaps and raise its
  * highest written offset (QEMU's bdrv_co_write_req_finish), whoever wrote:
  * a user, a device, or a job.
@@ -50,35 +51,70 @@ function checkWritable(bs: BlockNode, what: string): void {
 
 // ------------------------------------------------------------ tracked requests
 
+/**
+ * A write in flight (QEMU's BdrvTrackedRequest). Read-modify-write cycles are
+ * serialising: they wait for every overlapping write in flight, and every
+ * request that overlaps them waits until they end. Without the second half,
+ * an aligned write landing between a cycle's read and its write-back would be
+ * undone by the cycle's stale copy of the block.
+ */
 interface Tracked {
   start: number;
   end: number;
+  serialising: boolean;
   done: Promise<void>;
 }
 
-const tracked = new WeakMap<BlockNode, Set<Tracked>>();
+interface TrackedSet {
+  reqs: Set<Tracked>;
+  /** Serialising requests in `reqs`: reads look only when there is one. */
+  serialising: number;
+}
+
+const trackedRequests = new WeakMap<BlockNode, TrackedSet>();
+
+function trackedSet(bs: BlockNode): TrackedSet {
+  let t = trackedRequests.get(bs);
+  if (!t) trackedRequests.set(bs, (t = { reqs: new Set(), serialising: 0 }));
+  return t;
+}
+
+/** A request in flight that [start, end) must wait for, if any. */
+function findConflict(t: TrackedSet, start: number, end: number, serialising: boolean): Tracked | undefined {
+  if (!serialising && t.serialising === 0) return undefined;
+  for (const r of t.reqs) {
+    if ((serialising || r.serialising) && r.start < end && start < r.end) return r;
+  }
+  return undefined;
+}
 
 /**
- * Runs `fn` as a serialising request over [start, end): it first waits for
- * every overlapping serialising request, then blocks new ones until it ends.
+ * Runs the write `fn` as a tracked request over [start, end): it first waits
+ * for the requests it conflicts with (see Tracked), and is visible to later
+ * ones until it ends.
  */
-async function serialised<T>(bs: BlockNode, start: number, end: number, fn: () => Promise<T>): Promise<T> {
-  let set = tracked.get(bs);
-  if (!set) tracked.set(bs, (set = new Set()));
-  for (;;) {
-    const overlap = [...set].find((t) => t.start < end && start < t.end);
-    if (!overlap) break;
-    await overlap.done;
-  }
+async function trackedWrite<T>(bs: BlockNode, start: number, end: number, serialising: boolean, fn: () => Promise<T>): Promise<T> {
+  const t = trackedSet(bs);
+  // Check and register in the same turn: no await between the last check and the add.
+  for (let c = findConflict(t, start, end, serialising); c; c = findConflict(t, start, end, serialising)) await c.done;
   let release!: () => void;
-  const me: Tracked = { start, end, done: new Promise<void>((r) => (release = r)) };
-  set.add(me);
+  const me: Tracked = { start, end, serialising, done: new Promise<void>((r) => (release = r)) };
+  t.reqs.add(me);
+  if (serialising) t.serialising++;
   try {
     return await fn();
   } finally {
-    set.delete(me);
+    t.reqs.delete(me);
+    if (serialising) t.serialising--;
     release();
   }
+}
+
+/** Reads wait for overlapping read-modify-write cycles, so they never see a block half merged. */
+async function waitForSerialising(bs: BlockNode, start: number, end: number): Promise<void> {
+  const t = trackedRequests.get(bs);
+  if (!t) return;
+  for (let c = findConflict(t, start, end, false); c; c = findConflict(t, start, end, false)) await c.done;
 }
 
 // ------------------------------------------------------------------ reads
@@ -106,6 +142,7 @@ export async function bdrvPread(bs: BlockNode, offset: number, bytes: number, bu
   const start = offset - (offset % align);
   const end = offset + bytes;
   const alignedEnd = Math.ceil(end / align) * align;
+  await waitForSerialising(bs, start, alignedEnd);
   if (start === offset && alignedEnd === end) return readAligned(bs, offset, bytes, buf.subarray(0, bytes));
 
   // Head and tail blocks go through a bounce buffer; the aligned middle lands in place.
@@ -205,9 +242,9 @@ async function pwrite(
   const end = offset + bytes;
   const alignedEnd = Math.ceil(end / align) * align;
   if (start === offset && alignedEnd === end) {
-    await writeAligned(bs, offset, bytes, data, flags);
+    await trackedWrite(bs, offset, end, false, () => writeAligned(bs, offset, bytes, data, flags));
   } else {
-    await serialised(bs, start, alignedEnd, async () => {
+    await trackedWrite(bs, start, alignedEnd, true, async () => {
       const len = alignedEnd - start;
       const bounce = allocBuffer(len);
       try {
@@ -261,11 +298,13 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
     if (drv.pwriteZeroes) {
       try {
         const max = bs.limits.maxTransfer;
-        for (let o = headEnd; o < tailStart; ) {
-          const n = Math.min(tailStart - o, Math.max(max - (max % align), align));
-          await drv.pwriteZeroes(bs, o, n, driverFlags(flags));
-          o += n;
-        }
+        await trackedWrite(bs, headEnd, tailStart, false, async () => {
+          for (let o = headEnd; o < tailStart; ) {
+            const n = Math.min(tailStart - o, Math.max(max - (max % align), align));
+            await drv.pwriteZeroes!(bs, o, n, driverFlags(flags));
+            o += n;
+          }
+        });
         done = true;
       } catch (e) {
         if (!(e instanceof BlockError && e.code === 'ENOTSUP') || flags.noFallback) throw e;
@@ -290,7 +329,8 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   const end = Math.min(offset + bytes, bs.totalBytes);
   // A discard may cover the image's last, partial block.
   const alignedEnd = end === bs.totalBytes && bs.driver.kind !== 'protocol' ? end : end - (end % align);
-  if (alignedEnd > start) await bs.driver.pdiscard(bs, start, alignedEnd - start);
+  const drv = bs.driver;
+  if (alignedEnd > start) await trackedWrite(bs, start, alignedEnd, false, () => drv.pdiscard!(bs, start, alignedEnd - start));
   writeFinished(bs, offset, bytes, {});
 }
 
@@ -315,4 +355,18 @@ export async function bdrvTruncate(bs: BlockNode, size: number, exact = false, p
 export async function bdrvGetLength(bs: BlockNode): Promise<number> {
   if (bs.driver.getLength) bs.totalBytes = await bs.driver.getLength(bs);
   return bs.totalBytes;
+}
+
+/**
+ * Empties the image (QEMU's bdrv_make_empty): every cluster dropped, so the
+ * node reads through to its backing file. Like any write it is reported to
+ * the node's dirty bitmaps (the whole disk changed), then flushed.
+ */
+export async function bdrvMakeEmpty(bs: BlockNode): Promise<void> {
+  checkRange(bs, 0, bs.totalBytes, 'make-empty');
+  checkWritable(bs, 'make-empty');
+  if (!bs.driver.makeEmpty) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} format cannot be emptied`);
+  await bs.driver.makeEmpty(bs);
+  if (bs.totalBytes > 0) bs.dirtyBitmaps?.markDirty(0, bs.totalBytes);
+  await bdrvFlush(bs);
 }

@@ -55,6 +55,8 @@ export class BlockNode {
   /** backingFile resolved against this image's location (QEMU's full-backing-filename). */
   fullBackingFilename: string | null = null;
 
+  /** The image's data is encrypted (QEMU's bs->encrypted; luks sets it): info prints "encrypted". */
+  encrypted = false;
   /** Set when raw was chosen only because no other format matched: writes to the first sector are refused. */
   probedAsRaw = false;
   /** QEMU's detect-zeroes: writes of all-zero data become write-zeroes (with unmap: may deallocate). */

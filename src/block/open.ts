@@ -185,6 +185,18 @@ export async function openFileChild(bs: BlockNode, reference: string, role: Chil
 }
 
 /**
+ * Opens a further file that `bs`'s image names (a VMDK extent) through the
+ * same storage, as a protocol node the driver owns: it is not attached under
+ * a role, and the driver closes it with closeNode in its `close`.
+ */
+export async function openOwnedFile(bs: BlockNode, reference: string): Promise<BlockNode> {
+  const ctx = contexts.get(bs);
+  if (!ctx) throw new BlockError('EINVAL', `${bs.filename}: no storage to open '${reference}' from`);
+  const resolved = ctx.storage.resolve(bs.filename, reference);
+  return openProtocol(ctx.storage, resolved, bs.readOnly);
+}
+
+/**
  * Closes `bs` and every child no other parent still uses. Children for which
  * `keep` answers true are detached but left open (the Engine keeps nodes the
  * user added by name until the user deletes them).

@@ -1,8 +1,8 @@
-/** `blocktab amend`: qemu-img amend -o OPTIONS for qcow2. */
+/** `blocktab amend`: qemu-img amend -o OPTIONS, for formats whose driver amends (qcow2). */
 import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
-import { amendImage, parseAmendOptions } from '../img/amend.js';
-import { isHelpOption, optionsHelp, QCOW2_AMEND_OPTS } from '../img/options.js';
+import { amendableDriver, amendImage, parseAmendOptions } from '../img/amend.js';
+import { isHelpOption, optionsHelp } from '../img/options.js';
 import { parseCommand, str, UsageError } from './args.js';
 import { openForCli } from './open.js';
 import type { Output } from './main.js';
@@ -21,16 +21,19 @@ export async function runAmend(args: string[], out: Output): Promise<number> {
   });
   const opts = (p.values.options as string[] | undefined) ?? [];
   if (!opts.length) throw new UsageError('Must specify options (-o)');
-  if (opts.some(isHelpOption)) {
-    out.stdout(optionsHelp(QCOW2_AMEND_OPTS).replace('Supported options:', "Amend options for 'qcow2':"));
+  // qemu-img lists the amend options of -f's format, else of the image's (probed once it is open).
+  const help = (format: string) => {
+    out.stdout(optionsHelp(amendableDriver(format).amendOptions).replace('Supported options:', `Amend options for '${format}':`));
     return 0;
-  }
+  };
+  const format = str(p, 'format');
+  if (opts.some(isHelpOption) && format !== undefined) return help(format);
   if (p.positionals.length !== 1) throw new UsageError(p.positionals.length ? `Unexpected argument: ${p.positionals[1]}` : 'Expecting one image file name');
   let bs: BlockNode | undefined;
   try {
-    bs = await openForCli(p.positionals[0]!, { format: str(p, 'format'), readOnly: false });
-    const o = parseAmendOptions(bs.driver.name, opts);
-    await amendImage(bs, o);
+    bs = await openForCli(p.positionals[0]!, { format, readOnly: !!opts.some(isHelpOption) });
+    if (opts.some(isHelpOption)) return help(bs.driver.name);
+    await amendImage(bs, parseAmendOptions(bs.driver.name, opts));
   } finally {
     if (bs) await closeNode(bs);
   }

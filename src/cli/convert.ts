@@ -3,7 +3,7 @@
  * order, with its messages) and progress output. The copy itself and the
  * target creation live in img/convert.ts.
  */
-import { convert, convertTotalBytes, createConvertTarget, MAX_BUFFER, type ConvertOptions } from '../img/convert.js';
+import { convert, convertTotalBytes, createConvertTarget, MAX_BUFFER, MAX_PARALLEL, type ConvertOptions } from '../img/convert.js';
 import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, qemuStrtosz } from '../img/options.js';
 import { closeNode } from '../block/open.js';
 import { BlockError } from '../block/errors.js';
@@ -13,8 +13,6 @@ import { openForCli, storage } from './open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
 
-/** qemu-img's MAX_COROUTINES for -m. */
-const MAX_COROUTINES = 16;
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
 /** cvtnum("buffer size for sparse output") and img_convert's -S range check. */
@@ -72,14 +70,16 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   });
   const sparseText = str(p, 'sparse');
   const minSparse = sparseText === undefined ? 4096 : parseSparse(sparseText);
-  const parallel = str(p, 'parallel');
-  if (parallel !== undefined) {
-    // -m only sets how many requests qemu-img keeps in flight; the copy here is sequential.
-    const m = /^\s*(0x[0-9a-f]+|\d+)$/i.test(parallel) ? Number(parallel) : NaN;
-    if (!(m >= 1 && m <= MAX_COROUTINES)) {
-      throw new UsageError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+  const parallelText = str(p, 'parallel');
+  let parallel: number | undefined;
+  if (parallelText !== undefined) {
+    // -m: how many requests are in flight (qemu-img's coroutines).
+    parallel = /^\s*(0x[0-9a-f]+|\d+)$/i.test(parallelText) ? Number(parallelText) : NaN;
+    if (!(parallel >= 1 && parallel <= MAX_PARALLEL)) {
+      throw new UsageError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_PARALLEL}`);
     }
   }
+  const outOfOrder = flag(p, 'out-of-order');
   const compressed = flag(p, 'compress');
   const noCreate = flag(p, 'no-create');
   const copyRange = flag(p, 'copy-range');
@@ -138,7 +138,7 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
       if (!CACHE_MODES.includes(cache)) throw new BlockError('EINVAL', `Invalid cache option: ${cache}`);
       copyOpts = made.options;
     }
-    await convert(sources, target, { ...copyOpts, minSparse }, (done, t) => progress.set((100 * done) / t));
+    await convert(sources, target, { ...copyOpts, minSparse, parallel, outOfOrder }, (done, t) => progress.set((100 * done) / t));
     progress.set(100);
     progress.end();
   } finally {

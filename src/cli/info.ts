@@ -27,7 +27,7 @@ export async function runInfo(args: string[], out: Output): Promise<number> {
   while (filename !== undefined) {
     if (seen.has(filename)) throw new BlockError('ELOOP', `Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
-    const bs = await openForCli(filename, { format, backing: false });
+    const bs = await openForCli(filename, { format, backing: false, driverOptions: { noIo: true } });
     try {
       const info = await imageInfo(bs);
       infos.push(info);

@@ -8,10 +8,10 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
+import { listDrivers } from '../block/driver.js';
 import { UsageError } from './args.js';
-import { initWasm } from '../runtime.js';
+import { takeObjectOptions } from './objects.js';
 import { invokedAs, progName } from './progname.js';
-import '../node.js'; // Node's drivers and C zlib for compressed writes
 
 /** Where commands write; tests and the top level pass process streams. */
 export interface Output {
@@ -65,7 +65,9 @@ Command syntax:
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
-Supported formats: raw qcow2
+Supported formats: ${listDrivers('format')
+  .map((d) => d.name)
+  .join(' ')}
 `;
 
 function version(): string {
@@ -78,13 +80,21 @@ function version(): string {
 }
 
 /**
- * Loads the WebAssembly kernels (zero detection, L2 scan, bitmaps) and the
- * arena that I/O buffers come from. Everything has a JS fallback, so a
- * missing build/blocktab.wasm costs speed, not correctness; say so once.
+ * Commands whose work the WebAssembly kernels speed up (zero detection, the
+ * L2 scan, dirty bitmaps, the arena I/O buffers come from). The others (info,
+ * create, resize, amend, snapshot) start without compiling the module.
+ */
+const KERNEL_COMMANDS = new Set(['convert', 'compare', 'map', 'check', 'commit', 'rebase', 'measure', 'io']);
+
+/**
+ * Loads the kernels from build/blocktab.wasm (two levels above this file, in
+ * dist/cli/ as in src/cli/). Everything has a JS fallback, so a missing file
+ * costs speed, not correctness; say so once when debugging.
  */
 async function loadKernels(): Promise<void> {
   try {
-    await initWasm();
+    const { initWasm } = await import('../runtime.js'); // also installs the arena as the buffer provider
+    await initWasm({ bytes: readFileSync(new URL('../../build/blocktab.wasm', import.meta.url)) });
   } catch (e) {
     if (process.env.BLOCKTAB_DEBUG) process.stderr.write(`${progName()}: note: wasm kernels not loaded (${String(e)}); using JS fallbacks\n`);
   }
@@ -103,19 +113,21 @@ export async function main(argv: string[], out: Output): Promise<number> {
       out.stdout(`blocktab version ${version()} (qemu-img 7.2 compatible)\n`);
       return 0;
     }
-    if (cmd === 'io') {
-      await loadKernels();
+    const load = commands[cmd];
+    if (!load && cmd !== 'io') throw new UsageError(`Command not found: ${cmd}`);
+    // The engine loads only for a command: --version and --help stay cheap.
+    await import('../node.js'); // Node's drivers and C zlib for compressed writes
+    if (cmd === 'io' || !load) {
+      await loadKernels(); // qemu-io's writes go through detect-zeroes
       const m = await import('./qemu-io/main.js');
       return await m.runIo(rest);
     }
-    const load = commands[cmd];
-    if (!load) throw new UsageError(`Command not found: ${cmd}`);
-    await loadKernels();
+    if (KERNEL_COMMANDS.has(cmd)) await loadKernels();
     if (rest.includes('--help') || rest.includes('-h')) {
       out.stdout(HELP);
       return 0;
     }
-    return await (await load())(rest, out);
+    return await (await load())(takeObjectOptions(rest), out);
   } catch (e) {
     const code = e instanceof CliError ? e.exitCode : 1;
     const msg = e instanceof Error ? e.message : String(e);

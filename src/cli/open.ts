@@ -7,12 +7,21 @@ import { FileStorage } from '../protocols/file.js';
 import { BlockError, isBlockError } from '../block/errors.js';
 import { openImage, type OpenImageOptions } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
+import { imageSpec } from './objects.js';
 
 export const storage = new FileStorage();
 
-export async function openForCli(filename: string, options: OpenImageOptions & { readOnly?: boolean }): Promise<BlockNode> {
+export async function openForCli(name: string, options: OpenImageOptions & { readOnly?: boolean }): Promise<BlockNode> {
+  // `--image-opts` / json: names carry the file, the driver and its options (luks's key-secret).
+  const spec = imageSpec(name);
+  const filename = spec.filename;
   try {
-    return await openImage(storage, filename, { readOnly: true, ...options });
+    return await openImage(storage, filename, {
+      readOnly: true,
+      ...options,
+      format: spec.format ?? options.format,
+      driverOptions: { ...options.driverOptions, ...spec.driverOptions },
+    });
   } catch (e) {
     let why = isBlockError(e) ? e.message : e instanceof Error ? e.message : String(e);
     // Driver messages start with the image name; qemu-img's wording names it once already.

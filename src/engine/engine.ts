@@ -27,7 +27,7 @@ import { imageInfo } from '../img/info.js';
 import { mapExtents, type MapEntry, type MapOptions } from '../img/map.js';
 import { convert, convertTotalBytes, createConvertTarget, type ConvertOptions, type ProgressFn } from '../img/convert.js';
 import { compareImages, type CompareOptions, type CompareResult } from '../img/compare.js';
-import { collectDataRanges, measureQcow2, measureRaw, type MeasureResult, type Qcow2MeasureOptions } from '../img/measure.js';
+import { measureImage, planMeasure, type MeasureResult } from '../img/measure.js';
 import { EngineDispatch } from './dispatch.js';
 import { IoTarget, type EngineGraphOptions } from './graph.js';
 import { imageInfoTree, type QmpImageInfo } from './query.js';
@@ -68,9 +68,13 @@ export type ConvertTarget =
   | string
   | { storage: string; filename: string; format?: string; options?: string[]; backingFile?: string; backingFormat?: string };
 
-export interface EngineMeasureOptions extends Qcow2MeasureOptions {
-  /** Output format: 'qcow2' (default) or 'raw'. */
-  format?: 'qcow2' | 'raw';
+export interface EngineMeasureOptions {
+  /** Output format, any registered format driver that measures (default qcow2). */
+  format?: string;
+  /** Virtual size in bytes of the new image, when no `image` is given. */
+  size?: number;
+  /** qemu-img's -o creation options for the new image: "name=value" strings, or a record of them. */
+  options?: string[] | Record<string, string | number | boolean>;
   /** Measure what this image holds instead of a bare `size`. */
   image?: ImageRef;
 }
@@ -243,12 +247,10 @@ export class Engine extends EngineDispatch {
 
   /** qemu-img measure: for a new image of `size` bytes, or for what `image` holds. */
   async measure(opts: EngineMeasureOptions): Promise<MeasureResult> {
-    const { image, format = 'qcow2', ...rest } = opts;
-    if (!image) return format === 'raw' ? measureRaw(rest) : measureQcow2(rest);
-    return this.withImage(image, async (bs) => {
-      if (format === 'raw') return measureRaw(rest, { size: bs.totalBytes });
-      return measureQcow2(rest, { size: bs.totalBytes, dataRanges: await collectDataRanges(bs) });
-    });
+    const { image, format = 'qcow2' } = opts;
+    const plan = planMeasure(format, optionStrings(opts.options) ?? []);
+    if (!image) return measureImage(plan, undefined, opts.size ?? 0);
+    return this.withImage(image, (bs) => measureImage(plan, bs));
   }
 
   // ------------------------------------- qemu-img operations that write
@@ -379,7 +381,7 @@ export class Engine extends EngineDispatch {
     );
   }
 
-  /** qemu-img amend -o: options as strings ("compat=0.10") or a record; qcow2 only. */
+  /** qemu-img amend -o: options as strings ("compat=0.10") or a record, for formats that amend (qcow2). */
   async amend(image: ImageRef, options: string[] | Record<string, string | number | boolean>): Promise<void> {
     await this.withImage(image, async (bs) => amendImage(bs, parseAmendOptions(bs.driver.name, optionStrings(options) ?? [])), { writable: true, backing: true });
   }

@@ -36,10 +36,6 @@ export interface CheckRun {
 
 async function runFormatCheck(bs: BlockNode, fix: { leaks: boolean; errors: boolean }): Promise<CheckResult> {
   if (bs.driver.check) return bs.driver.check(bs, fix);
-  if (bs.driver.name === 'qcow2') {
-    const { checkImage } = await import('../formats/qcow2/check.js');
-    return checkImage(bs, { fix });
-  }
   throw new BlockError('ENOTSUP', 'This image format does not support checks');
 }
 

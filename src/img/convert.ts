@@ -28,7 +28,7 @@ import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/sta
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
-import { createOptionList, optBool, parseOptions, setOption } from './options.js';
+import { createOptionList, formatDriver, optBool, parseOptions, setOption } from './options.js';
 
 export interface ConvertOptions {
   /**
@@ -62,12 +62,28 @@ export interface ConvertOptions {
    * what was written so far.
    */
   signal?: { readonly aborted: boolean };
+  /**
+   * Requests in flight (qemu-img -m, default 8): that many steps are read and
+   * scanned at once while one is written.
+   */
+  parallel?: number;
+  /**
+   * Let steps be written as soon as they are read (qemu-img -W). By default
+   * they are written in guest order, so the target's layout does not depend
+   * on -m.
+   */
+  outOfOrder?: boolean;
 }
 
 /** Progress callback: bytes of the target done so far, out of `total`. */
 export type ProgressFn = (done: number, total: number) => void;
 
 const DEFAULT_BUFFER = 2 * 1024 * 1024;
+/** qemu-img's default and largest -m. */
+export const DEFAULT_PARALLEL = 8;
+export const MAX_PARALLEL = 16;
+/** With -c, the clusters one worker reads and compresses at a time. */
+const COMPRESS_BATCH_BYTES = 1024 * 1024;
 /** qemu-img's MAX_BUF_SECTORS: the largest read buffer and -S value. */
 export const MAX_BUFFER = 16 * 1024 * 1024;
 /** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
@@ -140,7 +156,7 @@ export async function createConvertTarget(storage: Storage, req: ConvertTargetRe
   }
   if (backingFile !== undefined && values.get('backing_fmt') === undefined) fail('Use of backing file requires explicit backing format');
   if (req.compressed) {
-    if (format === 'raw') fail('Compression not supported for this file format', 'ENOTSUP');
+    if (!formatDriver(format).supportsCompressedWrites) fail('Compression not supported for this file format', 'ENOTSUP');
     if ((values.has('encryption') && optBool(values, 'encryption')) || values.has('encrypt.format')) {
       fail('Compression and encryption not supported at the same time', 'ENOTSUP');
     }
@@ -262,6 +278,7 @@ async function runAt(src: Sources, pos: number, withBacking: boolean, backingByt
 
 /** One step of the copy: [pos, pos + bytes) of kind `kind`. */
 interface Step {
+  pos: number;
   kind: Kind;
   bytes: number;
 }
@@ -279,7 +296,7 @@ class Planner {
     private readonly clusterSize: number,
   ) {}
 
-  async next(pos: number): Promise<Step> {
+  async next(pos: number): Promise<Omit<Step, 'pos'>> {
     if (this.statusEnd <= pos) {
       const r = await runAt(this.src, pos, this.withBacking, this.backingBytes);
       this.kind = r.kind;
@@ -311,6 +328,10 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   const total = src.total;
   if (target.totalBytes < total) throw new BlockError('EINVAL', 'output file is smaller than input file');
   if (compressed && !target.driver.supportsCompressedWrites) throw new BlockError('ENOTSUP', 'Compression not supported for this file format');
+  const parallel = opts.parallel ?? DEFAULT_PARALLEL;
+  if (!Number.isInteger(parallel) || parallel < 1 || parallel > MAX_PARALLEL) {
+    throw new BlockError('EINVAL', `convert: ${parallel} requests in flight (allowed 1 to ${MAX_PARALLEL})`);
+  }
 
   // qemu-img grows its buffer to the target's discard granularity (a qcow2 cluster), up to 16 MiB.
   let bufSize = Math.min(MAX_BUFFER, Math.max(opts.bufferSize ?? DEFAULT_BUFFER, target.limits.pdiscardAlignment ?? 0, minSparse));
@@ -321,44 +342,152 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
     bufSize = clusterSize;
   }
   const backingBytes = withBacking && opts.targetBackingBytes !== undefined ? opts.targetBackingBytes : -1;
-  const buf = allocBuffer(bufSize);
   const flags = compressed ? { compressed: true } : {};
   const signal = opts.signal;
+  const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
+  const turns = new WriteTurns(opts.outOfOrder !== true);
+  // With -c a step is one cluster: a worker takes several at once, so compressing them is one trip to a pool.
+  const batch = compressed ? Math.max(1, Math.floor(COMPRESS_BATCH_BYTES / bufSize)) : 1;
   let yielded = Date.now();
-  try {
-    onProgress?.(0, total);
-    const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
-    for (let pos = 0; pos < total; ) {
+  let nextPos = 0;
+  let done = 0;
+  let failure: unknown;
+
+  /**
+   * The next step to copy, or null at the end: the planner is asked by one
+   * worker at a time (qemu-img's s->lock around convert_iteration_sectors),
+   * so steps are cut exactly as a sequential copy cuts them.
+   */
+  const take = serialise(async (): Promise<Step[] | null> => {
+    const steps: Step[] = [];
+    while (steps.length < batch && failure === undefined && nextPos < total) {
       if (signal) {
         if (Date.now() - yielded >= YIELD_INTERVAL_MS) {
           await nextTurn();
           yielded = Date.now();
         }
-        if (signal.aborted) throw new BlockError('ECANCELED', `convert: cancelled after ${pos} of ${total} bytes`);
+        if (signal.aborted) throw new BlockError('ECANCELED', `convert: cancelled after ${turns.written} of ${total} bytes`);
       }
+      const pos = nextPos;
       const step = await planner.next(pos);
       let { kind, bytes: n } = step;
       if (minSparse === 0 && kind === Kind.Zero) n = Math.min(n, bufSize);
-      if (kind === Kind.Data) {
-        const view = buf.subarray(0, n);
-        await src.read(pos, n, view);
-        if (minSparse === 0) await bdrvPwrite(target, pos, n, view, flags);
-        else if (!compressed) await writeSparse(target, pos, view, minSparse, zeroInit);
-        else if (!bufferIsZero(view)) await bdrvPwrite(target, pos, n, view, flags);
-        else kind = Kind.Zero;
-      } else if (kind === Kind.Zero && minSparse === 0) {
-        // -S 0: zeros are written as data, so the target is fully allocated.
-        const view = buf.subarray(0, n);
-        view.fill(0);
-        await bdrvPwrite(target, pos, n, view, flags);
-        kind = Kind.Backing;
-      }
-      if (kind === Kind.Zero && !zeroInit) await writeZeroes(target, pos, n);
-      pos += n;
-      onProgress?.(pos, total);
+      nextPos = pos + n;
+      steps.push({ pos, kind, bytes: n });
     }
-  } finally {
-    freeBuffer(buf);
+    return steps.length ? steps : null;
+  });
+
+  /**
+   * One of qemu-img's convert coroutines: take a step (with -c, up to
+   * `batch` one-cluster steps), read it, compress it, wait for its turn,
+   * write it.
+   */
+  const worker = async (): Promise<void> => {
+    const buf = allocBuffer(bufSize * batch);
+    try {
+      for (;;) {
+        const steps = await take();
+        if (!steps) return;
+        const jobs = steps.map((st, i) => ({ ...st, view: buf.subarray(i * bufSize, i * bufSize + Math.min(st.bytes, bufSize)), packed: undefined as Uint8Array | null | undefined }));
+        for (const j of jobs) {
+          if (j.kind === Kind.Data) await src.read(j.pos, j.bytes, j.view);
+          else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
+        }
+        // Compressed clusters are compressed before the turn, so workers (and a pool's threads) compress in parallel.
+        const compress = compressed ? target.driver.compressCluster : undefined;
+        if (compress) {
+          await Promise.all(
+            jobs.map(async (j) => {
+              const writes = j.kind === Kind.Data ? minSparse === 0 || !bufferIsZero(j.view) : minSparse === 0 && j.kind === Kind.Zero;
+              if (writes) j.packed = await compress(target, j.view);
+            }),
+          );
+        }
+        await turns.wait(jobs[0]!.pos);
+        let bytes = 0;
+        for (const j of jobs) {
+          const { pos, bytes: n, view } = j;
+          const writeFlags = j.packed === undefined ? flags : { ...flags, precompressed: j.packed };
+          let kind = j.kind;
+          if (kind === Kind.Data) {
+            if (minSparse === 0) await bdrvPwrite(target, pos, n, view, writeFlags);
+            else if (!compressed) await writeSparse(target, pos, view, minSparse, zeroInit);
+            else if (!bufferIsZero(view)) await bdrvPwrite(target, pos, n, view, writeFlags);
+            else kind = Kind.Zero;
+          } else if (kind === Kind.Zero && minSparse === 0) {
+            // -S 0: zeros are written as data, so the target is fully allocated.
+            await bdrvPwrite(target, pos, n, view, writeFlags);
+            kind = Kind.Backing;
+          }
+          if (kind === Kind.Zero && !zeroInit) await writeZeroes(target, pos, n);
+          bytes += n;
+        }
+        turns.done(jobs[0]!.pos, bytes);
+        done += bytes;
+        onProgress?.(done, total);
+      }
+    } catch (e) {
+      if (failure === undefined) failure = e;
+      turns.fail(e);
+    } finally {
+      freeBuffer(buf);
+    }
+  };
+
+  onProgress?.(0, total);
+  await Promise.all(Array.from({ length: parallel }, worker));
+  if (failure !== undefined) throw failure;
+}
+
+/** Runs calls of `fn` one after the other, in call order. */
+function serialise<T>(fn: () => Promise<T>): () => Promise<T> {
+  let tail: Promise<unknown> = Promise.resolve();
+  return () => {
+    const p = tail.then(fn);
+    tail = p.catch(() => undefined);
+    return p;
+  };
+}
+
+/**
+ * The order of writes (qemu-img's wr_offs and wait_write_queue). In order
+ * (the default), a worker writes its step only once every step before it is
+ * written, so the target's layout is the one a sequential copy makes; with
+ * -W any worker writes as soon as its data is ready.
+ */
+class WriteTurns {
+  /** End of the written prefix (in order). */
+  written = 0;
+  private waiters = new Map<number, { resolve: () => void; reject: (e: unknown) => void }>();
+  private failed: { e: unknown } | undefined;
+
+  constructor(private readonly inOrder: boolean) {}
+
+  wait(pos: number): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed.e);
+    if (!this.inOrder || pos === this.written) return Promise.resolve();
+    return new Promise((resolve, reject) => this.waiters.set(pos, { resolve, reject }));
+  }
+
+  done(pos: number, bytes: number): void {
+    if (!this.inOrder) {
+      this.written += bytes;
+      return;
+    }
+    this.written = pos + bytes;
+    const next = this.waiters.get(this.written);
+    if (next) {
+      this.waiters.delete(this.written);
+      next.resolve();
+    }
+  }
+
+  /** A worker failed: nobody waits for a turn that will not come. */
+  fail(e: unknown): void {
+    this.failed ??= { e };
+    for (const w of this.waiters.values()) w.reject(e);
+    this.waiters.clear();
   }
 }
 
@@ -372,6 +501,11 @@ async function writeZeroes(target: BlockNode, offset: number, bytes: number): Pr
  * every all-zero block of `minSparse` bytes, aligned to guest offsets.
  */
 async function writeSparse(target: BlockNode, offset: number, data: Uint8Array, minSparse: number, zeroInit: boolean): Promise<void> {
+  // A step of written zeros is common (a zero-filled region of a raw file): one scan decides it.
+  if (bufferIsZero(data)) {
+    if (!zeroInit) await writeZeroes(target, offset, data.length);
+    return;
+  }
   // Runs of same-kind blocks become one request each.
   let runStart = 0;
   let runZero: boolean | undefined;
@@ -382,7 +516,8 @@ async function writeSparse(target: BlockNode, offset: number, data: Uint8Array, 
   };
   for (let i = 0; i < data.length; ) {
     const blockEnd = Math.min(data.length, i + minSparse - ((offset + i) % minSparse));
-    const zero = bufferIsZero(data.subarray(i, blockEnd));
+    // A block whose first or last byte is set is data without a call into the zero scan (most data blocks).
+    const zero = data[i] === 0 && data[blockEnd - 1] === 0 && bufferIsZero(data.subarray(i, blockEnd));
     if (zero !== runZero) {
       await flush(i);
       runStart = i;

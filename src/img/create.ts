@@ -11,10 +11,8 @@
 import { BlockError } from '../block/errors.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
-import type { PreallocMode } from '../block/driver.js';
-import { bdrvFlush, bdrvPwrite, bdrvTruncate } from '../block/io.js';
-import { createQcow2, type Qcow2CreateOptions } from '../formats/qcow2/create.js';
-import { createOptionList, optBool, optNumber, parseOptions, printOptions, setOption, type OptionDesc, type OptionValues } from './options.js';
+import { bdrvFlush } from '../block/io.js';
+import { createOptionList, creatableDriver, parseOptions, printOptions, setOption, type OptionDesc, type OptionValues } from './options.js';
 
 export interface CreateRequest {
   filename: string;
@@ -40,8 +38,6 @@ export interface CreatePlan {
   line: string;
 }
 
-const FORMATS = ['qcow2', 'raw'];
-
 function prefixed(filename: string, e: unknown): BlockError {
   if (e instanceof BlockError) return new BlockError(e.code, `${filename}: ${e.message}`, { cause: e });
   return new BlockError('EIO', `${filename}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
@@ -50,8 +46,13 @@ function prefixed(filename: string, e: unknown): BlockError {
 /** Parses and checks what bdrv_img_create checks before printing the "Formatting" line. */
 export async function planCreate(storage: Storage, req: CreateRequest): Promise<CreatePlan> {
   const { filename, format } = req;
-  if (!FORMATS.includes(format)) throw new BlockError('EINVAL', `Unknown file format '${format}'`);
-  const list = createOptionList(format);
+  let list: OptionDesc[];
+  try {
+    list = createOptionList(format);
+  } catch (e) {
+    // qemu-img names the file for a format that cannot create, not for an unknown one.
+    throw e instanceof BlockError && e.code === 'ENOTSUP' ? prefixed(filename, e) : e;
+  }
   const values: OptionValues = new Map();
   try {
     if (req.size !== undefined) setOption(list, values, 'size', String(req.size));
@@ -104,88 +105,38 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
   return { filename, format, list, values, size, line: `Formatting '${filename}', fmt=${format} ${printOptions(list, values)}` };
 }
 
-function preallocation(filename: string, values: OptionValues, allowed: PreallocMode[], format: string): PreallocMode {
-  const p = values.get('preallocation') ?? 'off';
-  if (!['off', 'metadata', 'falloc', 'full'].includes(p)) {
-    throw new BlockError('EINVAL', format === 'raw' ? `${filename}: invalid parameter value: ${p}` : `${filename}: Parameter 'preallocation' does not accept value '${p}'`);
-  }
-  if (!allowed.includes(p as PreallocMode)) throw new BlockError('EINVAL', `${filename}: Unsupported preallocation mode: ${p}`);
-  return p as PreallocMode;
-}
-
-/** The typed qcow2 options from parsed values (QAPI's enum checks, QEMU's messages). */
-export function qcow2OptionsFromValues(filename: string, values: OptionValues, size: number): Qcow2CreateOptions {
-  const compat = values.get('compat');
-  let version: 2 | 3 | undefined;
-  if (compat !== undefined) {
-    if (compat === '0.10' || compat === 'v2') version = 2;
-    else if (compat === '1.1' || compat === 'v3') version = 3;
-    else throw new BlockError('EINVAL', `${filename}: Parameter 'version' does not accept value '${compat}'`);
-  }
-  const ct = values.get('compression_type');
-  if (ct !== undefined && ct !== 'zlib' && ct !== 'zstd') {
-    throw new BlockError('EINVAL', `${filename}: Parameter 'compression-type' does not accept value '${ct}'`);
-  }
-  if (values.has('encryption') && optBool(values, 'encryption') || values.has('encrypt.format')) {
-    throw new BlockError('ENOTSUP', `${filename}: encrypted qcow2 images are not supported`);
-  }
-  return {
-    size: Math.ceil(size / 512) * 512,
-    version,
-    clusterSize: optNumber(values, 'cluster_size'),
-    refcountBits: optNumber(values, 'refcount_bits'),
-    lazyRefcounts: optBool(values, 'lazy_refcounts'),
-    extendedL2: optBool(values, 'extended_l2'),
-    compressionType: ct as 'zlib' | 'zstd' | undefined,
-    preallocation: preallocation(filename, values, ['off', 'metadata', 'falloc', 'full'], 'qcow2'),
-    backingFile: values.get('backing_file'),
-    backingFormat: values.get('backing_fmt'),
-    dataFile: values.get('data_file'),
-    dataFileRaw: optBool(values, 'data_file_raw'),
-  };
-}
-
 /** Writes the image `plan` describes. Errors name the file, as qemu-img's. */
 export async function createImage(storage: Storage, plan: CreatePlan): Promise<void> {
   const { filename, values } = plan;
   if (!storage.createFile) throw new BlockError('ENOTSUP', `${filename}: ${storage.name} storage cannot create files`);
+  const drv = creatableDriver(plan.format);
+  if (!drv.create) throw new BlockError('ENOTSUP', `${filename}: Format driver '${plan.format}' does not support image creation`);
+  const opened: BlockNode[] = [];
   try {
-    if (plan.format === 'raw') {
-      const prealloc = preallocation(filename, values, ['off', 'falloc', 'full'], 'raw');
-      await storage.createFile(filename);
-      const bs = await storage.openProtocol(filename, { readOnly: false });
-      try {
-        const size = Math.ceil(plan.size / 512) * 512;
-        await bdrvTruncate(bs, size, true, prealloc);
-        if (prealloc === 'full') await writeZeros(bs, size);
-        await bdrvFlush(bs);
-      } finally {
-        await closeNode(bs);
-      }
-      return;
-    }
-    const o = qcow2OptionsFromValues(filename, values, plan.size);
     await storage.createFile(filename);
     const file = await storage.openProtocol(filename, { readOnly: false });
-    let data: BlockNode | undefined;
-    try {
-      if (o.dataFile !== undefined) {
-        const name = storage.resolve(filename, o.dataFile);
-        await storage.createFile(name);
-        data = await storage.openProtocol(name, { readOnly: false });
-      }
-      await createQcow2(file, o, data);
-    } finally {
-      if (data) await closeNode(data);
-      await closeNode(file);
-    }
+    opened.push(file);
+    await drv.create(file, {
+      filename,
+      size: plan.size,
+      values,
+      origin: 'qemu-img',
+      // Further files the image names (qcow2's data_file) are made beside it, as qemu-img does.
+      async openFile(option) {
+        const name = values.get(option);
+        if (name === undefined) throw new BlockError('EINVAL', `option '${option}' names no file`);
+        const resolved = storage.resolve(filename, name);
+        await storage.createFile!(resolved);
+        const bs = await storage.openProtocol(resolved, { readOnly: false });
+        opened.push(bs);
+        return bs;
+      },
+    });
+    for (const bs of opened) await bdrvFlush(bs);
   } catch (e) {
     if (e instanceof BlockError && e.message.startsWith(`${filename}: `)) throw e;
     throw prefixed(filename, e);
+  } finally {
+    for (const bs of opened.reverse()) await closeNode(bs);
   }
-}
-
-async function writeZeros(bs: BlockNode, size: number): Promise<void> {
-  const zeros = new Uint8Array(Math.min(size, 1 << 20));
-  for (let done = 0; done < size; done += zeros.length) await bdrvPwrite(bs, done, Math.min(zeros.length, size - done), zeros);
 }

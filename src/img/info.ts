@@ -68,10 +68,12 @@ export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
   const info: ImageInfo = {
     filename: bs.filename,
     format: drv.name,
-    'dirty-flag': dinfo?.isDirty ?? false,
+    // qemu-img prints dirty-flag only when the driver answers bdrv_get_info (dmg, cloop, bochs, parallels do not).
+    'dirty-flag': dinfo ? (dinfo.isDirty ?? false) : undefined,
     'actual-size': await allocatedFileSize(bs),
     'virtual-size': bs.totalBytes,
     'cluster-size': dinfo?.clusterSize ? dinfo.clusterSize : undefined,
+    encrypted: bs.encrypted || undefined,
   };
   if (bs.backingFile) {
     info['backing-filename'] = bs.backingFile;

@@ -1,273 +1,51 @@
 /**
- * qemu-img's `-o` creation options and size arguments (QemuOpts semantics,
- * util/qemu-option.c and util/cutils.c's qemu_strtosz), shared by create,
- * convert, amend and measure.
- *
- * An option list is the format's descriptor table followed by the protocol's
- * (qemu_opts_append keeps the first of duplicate names). The "Formatting ..."
- * line prints, in table order, every option that was set or has a default;
- * size options print normalised to bytes, the others as the user spelled them.
+ * qemu-img's `-o` option lists, looked up in the driver registry: a format's
+ * creation options are its driver's `createOptions`, followed by what every
+ * storage accepts (the file protocol's list). The QemuOpts machinery itself
+ * (parsing, printing, sizes) is src/block/options.ts, re-exported here for
+ * qemu-img's commands.
  */
 import { BlockError } from '../block/errors.js';
+import { findDriver, type BlockDriver } from '../block/driver.js';
+import { appendOptionLists, PROTOCOL_CREATE_OPTS, type OptionDesc } from '../block/options.js';
 
-export type OptionType = 'str' | 'bool' | 'num' | 'size';
+export {
+  appendOptionLists,
+  isHelpOption,
+  optBool,
+  optNumber,
+  optionsHelp,
+  parseBool,
+  parseImageSize,
+  parseOptions,
+  printOptions,
+  qemuStrtosz,
+  setOption,
+  type OptionDesc,
+  type OptionType,
+  type OptionValues,
+} from '../block/options.js';
 
-export interface OptionDesc {
-  name: string;
-  type: OptionType;
-  help: string;
-  /** Printed in the "Formatting" line when the option is not set (QemuOptDesc.def_value_str). */
-  def?: string;
+/** The registered format driver `format`, or qemu-img's "Unknown file format". */
+export function formatDriver(format: string): BlockDriver {
+  const drv = findDriver(format);
+  if (!drv || drv.kind !== 'format') throw new BlockError('EINVAL', `Unknown file format '${format}'`);
+  return drv;
 }
 
-/** Largest size qemu_strtosz accepts for an image (INT64_MAX). */
-const INT64_MAX = (1n << 63n) - 1n;
-
-/**
- * qemu_strtosz: decimal (a fraction only with a unit suffix) or 0x hex
- * bytes, optional suffix B, K, M, G, T, P or E (either case; binary units).
- * Returns undefined when the text is not a size. Sizes beyond 2^53 are
- * refused as too large for exact arithmetic here.
- */
-export function qemuStrtosz(text: string): bigint | undefined {
-  const m = /^\s*(?:(0x[0-9a-f]+)|(\d+)(?:\.(\d*))?)\s*([bkmgtpe]?)$/i.exec(text);
-  if (!m) return undefined;
-  const unit = m[4] ? 'bkmgtpe'.indexOf(m[4].toLowerCase()) * 10 : 0;
-  if (m[1] !== undefined) {
-    if (m[4] && m[4].toLowerCase() === 'b') return undefined; // "0x1b" is hex digits, not a suffix
-    return BigInt(m[1]) << BigInt(unit);
-  }
-  const whole = BigInt(m[2]!);
-  const frac = m[3];
-  if (frac !== undefined && (!m[4] || unit === 0)) return undefined; // fractions need a unit
-  let v = whole << BigInt(unit);
-  if (frac) {
-    // Truncates toward zero, as QEMU's double arithmetic does for these values.
-    const scale = 10n ** BigInt(frac.length);
-    v += (BigInt(frac) << BigInt(unit)) / scale;
-  }
-  return v;
-}
-
-/** A size for an image: qemu-img's messages for a bad one. */
-export function parseImageSize(text: string): number {
-  const v = qemuStrtosz(text);
-  if (v === undefined) {
-    throw new BlockError(
-      'EINVAL',
-      'Invalid image size specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',
-    );
-  }
-  if (v > INT64_MAX) throw new BlockError('EINVAL', 'Invalid image size specified. Must be between 0 and 9223372036854775807.');
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BlockError('EFBIG', `Image size ${v} is too large (blocktab handles sizes below 2^53 bytes)`);
-  return Number(v);
-}
-
-// ------------------------------------------------------------ descriptor tables
-
-/** QEMU 7.2's qcow2_create_opts, in table order. */
-export const QCOW2_CREATE_OPTS: readonly OptionDesc[] = [
-  { name: 'cluster_size', type: 'size', help: 'qcow2 cluster size', def: '65536' },
-  { name: 'extended_l2', type: 'bool', help: 'Extended L2 tables', def: 'off' },
-  { name: 'preallocation', type: 'str', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)' },
-  { name: 'compression_type', type: 'str', help: 'Compression method used for image cluster compression', def: 'zlib' },
-  { name: 'size', type: 'size', help: 'Virtual disk size' },
-  { name: 'compat', type: 'str', help: 'Compatibility level (v2 [0.10] or v3 [1.1])' },
-  { name: 'backing_file', type: 'str', help: 'File name of a base image' },
-  { name: 'backing_fmt', type: 'str', help: 'Image format of the base image' },
-  { name: 'data_file', type: 'str', help: 'File name of an external data file' },
-  { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
-  { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
-  { name: 'encrypt.format', type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'" },
-  { name: 'encrypt.key-secret', type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase' },
-  { name: 'encrypt.cipher-alg', type: 'str', help: 'Name of encryption cipher algorithm' },
-  { name: 'encrypt.cipher-mode', type: 'str', help: 'Name of encryption cipher mode' },
-  { name: 'encrypt.ivgen-alg', type: 'str', help: 'Name of IV generator algorithm' },
-  { name: 'encrypt.ivgen-hash-alg', type: 'str', help: 'Name of IV generator hash algorithm' },
-  { name: 'encrypt.hash-alg', type: 'str', help: 'Name of encryption hash algorithm' },
-  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds' },
-  { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates', def: 'off' },
-  { name: 'refcount_bits', type: 'num', help: 'Width of a reference count entry in bits', def: '16' },
-];
-
-/** The file protocol's create options (appended after the format's). */
-export const FILE_CREATE_OPTS: readonly OptionDesc[] = [
-  { name: 'size', type: 'size', help: 'Virtual disk size' },
-  { name: 'nocow', type: 'bool', help: 'Turn off copy-on-write (valid only on btrfs)' },
-  { name: 'preallocation', type: 'str', help: 'Preallocation mode (allowed values: off, falloc, full)' },
-  { name: 'extent_size_hint', type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
-];
-
-/** raw's own list: only the size (preallocation comes from the protocol's). */
-export const RAW_CREATE_OPTS: readonly OptionDesc[] = [{ name: 'size', type: 'size', help: 'Virtual disk size' }];
-
-/** QEMU 7.2's qcow2_amend_opts (QCOW_COMMON_OPTIONS plus encryption updates). */
-export const QCOW2_AMEND_OPTS: readonly OptionDesc[] = [
-  ...QCOW2_CREATE_OPTS.filter((o) =>
-    ['size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits', 'encrypt.iter-time'].includes(o.name),
-  ),
-  { name: 'encrypt.keyslot', type: 'num', help: 'Select a single keyslot to modify explicitly' },
-  { name: 'encrypt.new-secret', type: 'str', help: 'New secret to set in the matching keyslots. Empty string to erase' },
-  { name: 'encrypt.old-secret', type: 'str', help: 'Select all keyslots that match this password' },
-  { name: 'encrypt.state', type: 'str', help: 'Select new state of affected keyslots (active/inactive)' },
-];
-
-/** qemu_opts_append: the first descriptor of each name wins. */
-export function appendOptionLists(...lists: ReadonlyArray<readonly OptionDesc[]>): OptionDesc[] {
-  const out: OptionDesc[] = [];
-  for (const l of lists) for (const d of l) if (!out.some((o) => o.name === d.name)) out.push(d);
-  return out;
+/** The driver of a format that can create images (QEMU checks create_opts first). */
+export function creatableDriver(format: string): BlockDriver & { createOptions: readonly OptionDesc[] } {
+  const drv = formatDriver(format);
+  if (!drv.createOptions) throw new BlockError('ENOTSUP', `Format driver '${format}' does not support image creation`);
+  return drv as BlockDriver & { createOptions: readonly OptionDesc[] };
 }
 
 /** The format's own create options (what `-o help` lists without a file name). */
 export function formatCreateOptions(format: string): readonly OptionDesc[] {
-  if (format === 'qcow2') return QCOW2_CREATE_OPTS;
-  if (format === 'raw') return RAW_CREATE_OPTS;
-  throw new BlockError('EINVAL', `Unknown file format '${format}'`);
+  return creatableDriver(format).createOptions;
 }
 
-/** The format's options followed by the file protocol's (what create parses against). */
+/** The format's options followed by the storage's (what create parses against). */
 export function createOptionList(format: string): OptionDesc[] {
-  return appendOptionLists(formatCreateOptions(format), FILE_CREATE_OPTS);
-}
-
-const TYPE_NAMES: Record<OptionType, string> = { str: 'str', bool: 'bool (on/off)', num: 'num', size: 'size' };
-
-/**
- * qemu-img's `-o help`: with a file name the merged list ("Supported
- * options:"), without one the format's own list and a note on the protocol.
- */
-export function optionsHelp(list: readonly OptionDesc[], formatOnly?: string): string {
-  const sorted = [...list].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const lines = sorted.map((d) => `  ${`${d.name}=<${TYPE_NAMES[d.type]}>`.padEnd(22)} - ${d.help}\n`).join('');
-  if (formatOnly === undefined) return 'Supported options:\n' + lines;
-  return `Supported ${formatOnly} options:\n${lines}\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n`;
-}
-
-// ------------------------------------------------------------------- parsing
-
-/** Parsed options: name → value text (size options normalised to bytes), in the order set. */
-export type OptionValues = Map<string, string>;
-
-/** True when an -o string asks for the option list (`help` or `?`, possibly among others). */
-export function isHelpOption(text: string): boolean {
-  return splitOptions(text).some(([k, v]) => v === undefined && (k === 'help' || k === '?'));
-}
-
-/** Splits "a=b,c=d" with QEMU's ",," escape for a literal comma. */
-function splitOptions(text: string): Array<[string, string | undefined]> {
-  const out: Array<[string, string | undefined]> = [];
-  let i = 0;
-  while (i < text.length) {
-    const eq = text.indexOf('=', i);
-    const comma = text.indexOf(',', i);
-    if (eq < 0 || (comma >= 0 && comma < eq)) {
-      const end = comma < 0 ? text.length : comma;
-      out.push([text.slice(i, end), undefined]);
-      i = end + 1;
-      continue;
-    }
-    const name = text.slice(i, eq);
-    let value = '';
-    let p = eq + 1;
-    for (;;) {
-      const c = text.indexOf(',', p);
-      if (c < 0) {
-        value += text.slice(p);
-        p = text.length;
-        break;
-      }
-      value += text.slice(p, c);
-      if (text[c + 1] === ',') {
-        value += ',';
-        p = c + 2;
-        continue;
-      }
-      p = c + 1;
-      break;
-    }
-    out.push([name, value]);
-    i = p;
-  }
-  return out;
-}
-
-/** qapi_bool_parse's spellings. */
-export function parseBool(name: string, value: string): boolean {
-  if (['on', 'yes', 'true', 'y'].includes(value)) return true;
-  if (['off', 'no', 'false', 'n'].includes(value)) return false;
-  throw new BlockError('EINVAL', `Parameter '${name}' expects 'on' or 'off'`);
-}
-
-function normalise(d: OptionDesc, value: string): string {
-  switch (d.type) {
-    case 'bool':
-      parseBool(d.name, value);
-      return value;
-    case 'num':
-      if (!/^(0x[0-9a-f]+|0[0-7]*|[1-9]\d*)$/i.test(value)) throw new BlockError('EINVAL', `Parameter '${d.name}' expects a number`);
-      return value;
-    case 'size': {
-      const v = qemuStrtosz(value);
-      if (v === undefined || v >= 1n << 64n) {
-        throw new BlockError(
-          'EINVAL',
-          `Parameter '${d.name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
-        );
-      }
-      return v.toString();
-    }
-    default:
-      return value;
-  }
-}
-
-/**
- * Parses -o strings against `list` into `into` (later settings win, as
- * qemu_opts_do_parse). Unknown names fail with "Invalid parameter 'x'".
- */
-export function parseOptions(list: readonly OptionDesc[], texts: readonly string[], into: OptionValues = new Map()): OptionValues {
-  for (const text of texts) {
-    for (const [name, value] of splitOptions(text)) {
-      if (name === '') continue;
-      const d = list.find((o) => o.name === name);
-      if (!d) throw new BlockError('EINVAL', `Invalid parameter '${name}'`);
-      // A bare name means "on" for booleans (QemuOpts implied value).
-      const v = value ?? (d.type === 'bool' ? 'on' : '');
-      into.delete(name);
-      into.set(name, normalise(d, v));
-    }
-  }
-  return into;
-}
-
-/** Sets an option from the program (qemu_opt_set / qemu_opt_set_number). */
-export function setOption(list: readonly OptionDesc[], values: OptionValues, name: string, value: string): void {
-  const d = list.find((o) => o.name === name);
-  if (!d) throw new BlockError('EINVAL', `Invalid parameter '${name}'`);
-  values.delete(name);
-  values.set(name, normalise(d, value));
-}
-
-/** qemu_opts_print(opts, " "): set options and defaults, in table order. */
-export function printOptions(list: readonly OptionDesc[], values: OptionValues): string {
-  const parts: string[] = [];
-  for (const d of list) {
-    const v = values.get(d.name) ?? d.def;
-    if (v === undefined) continue;
-    parts.push(`${d.name}=${v}`);
-  }
-  return parts.join(' ');
-}
-
-/** Typed accessors. */
-export function optBool(values: OptionValues, name: string): boolean | undefined {
-  const v = values.get(name);
-  return v === undefined ? undefined : parseBool(name, v);
-}
-
-export function optNumber(values: OptionValues, name: string): number | undefined {
-  const v = values.get(name);
-  if (v === undefined) return undefined;
-  return /^0[0-7]+$/.test(v) ? parseInt(v, 8) : Number(v);
+  return appendOptionLists(formatCreateOptions(format), PROTOCOL_CREATE_OPTS);
 }

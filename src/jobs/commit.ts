@@ -6,13 +6,9 @@
  * which must be the same image as `base` in top's chain.
  */
 import { BlockError } from '../block/errors.js';
-import { bdrvFlush, bdrvTruncate } from '../block/io.js';
+import { bdrvFlush, bdrvMakeEmpty, bdrvTruncate } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { isAllocatedAbove } from '../block/status.js';
-import { qcow2State, qcow2Driver } from '../formats/qcow2/qcow2.js';
-import { withLock } from '../formats/qcow2/metadata.js';
-import { flushMetadata } from '../formats/qcow2/l1.js';
-import { prepareWrite, qcow2DiscardRange } from '../formats/qcow2/write.js';
 import { copyAllocated } from './copy-range.js';
 import type { Job, JobDriver } from './job.js';
 import { registerJobType } from './registry.js';
@@ -33,7 +29,8 @@ export async function runCommit(job: Job, top: BlockNode, o: CommitOptions): Pro
   if (o.baseWritable.totalBytes < size) await bdrvTruncate(o.baseWritable, size, false, 'off');
   await copyAllocated(job, size, (off, n) => isAllocatedAbove(top, o.base, false, off, n), top, o.baseWritable);
   await bdrvFlush(o.baseWritable);
-  if (!o.keepTop) await makeEmpty(top);
+  // QEMU's bdrv_make_empty, through the request path so the top image's dirty bitmaps see it.
+  if (!o.keepTop) await bdrvMakeEmpty(top);
 }
 
 export interface CommitJobOptions {
@@ -67,18 +64,3 @@ export function commitDriver(o: CommitJobOptions): JobDriver {
 }
 
 export const commitJobType = registerJobType<CommitJobOptions>({ type: 'commit', blockJob: true, readyPhase: false, driver: commitDriver });
-
-/**
- * QEMU's bdrv_make_empty: every cluster of the image is dropped so reads
- * fall through to the backing file (qcow2: a full discard of the whole disk).
- */
-export async function makeEmpty(bs: BlockNode): Promise<void> {
-  if (bs.driver !== qcow2Driver) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} format cannot be emptied`);
-  const s = qcow2State(bs);
-  await withLock(s, async () => {
-    await prepareWrite(s);
-    if (bs.totalBytes > 0) await qcow2DiscardRange(bs, s, 0, bs.totalBytes, true);
-    await flushMetadata(s);
-  });
-  await bdrvFlush(bs);
-}

@@ -2,11 +2,15 @@
  * The `file` protocol (Node only): a host file opened once, read and written
  * with positional I/O on its descriptor.
  *
- * Synchronous positional calls are used on purpose: in the CLI there is no
- * other work to overlap with, and a readSync/writeSync pair costs a fraction of
- * a promise round trip through libuv's thread pool for the small metadata
- * reads qcow2 does. Reads past the end of the file return zeros, as QEMU's
- * file-posix driver does for formats that read whole clusters.
+ * Small requests (the metadata reads and writes qcow2 does) use synchronous
+ * positional calls: a readSync/writeSync costs a fraction of a promise round
+ * trip through libuv's thread pool. Large requests (guest data, from
+ * ASYNC_MIN_BYTES up) go through the thread pool instead, as QEMU's
+ * file-posix hands them to its AIO threads: the copy into or out of the page
+ * cache then runs beside the main thread, so convert's requests in flight
+ * (zero detection, compression, the next read) overlap with it. Reads past
+ * the end of the file return zeros, as QEMU's file-posix driver does for
+ * formats that read whole clusters.
  */
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
@@ -16,6 +20,17 @@ import { BlockNode } from '../block/node.js';
 import { pathCombine, type Storage } from '../block/open.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../block/status.js';
 import { seekData, seekHole } from './seek-hole.js';
+
+/** Requests from this size up run in libuv's thread pool (see above). */
+const ASYNC_MIN_BYTES = 256 * 1024;
+
+/** fs.read / fs.write as promises (positional, on a descriptor). */
+function readAt(fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
+}
+function writeAt(fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
+}
 
 interface FileState {
   fd: number;
@@ -52,8 +67,9 @@ export const fileDriver: BlockDriver = {
     const s = st(bs);
     let done = 0;
     try {
+      const big = bytes >= ASYNC_MIN_BYTES;
       while (done < bytes) {
-        const n = fs.readSync(s.fd, buf, done, bytes - done, offset + done);
+        const n = big ? await readAt(s.fd, buf, done, bytes - done, offset + done) : fs.readSync(s.fd, buf, done, bytes - done, offset + done);
         if (n === 0) break;
         done += n;
       }
@@ -66,7 +82,10 @@ export const fileDriver: BlockDriver = {
     const s = st(bs);
     try {
       let done = 0;
-      while (done < bytes) done += fs.writeSync(s.fd, buf, done, bytes - done, offset + done);
+      const big = bytes >= ASYNC_MIN_BYTES;
+      while (done < bytes) {
+        done += big ? await writeAt(s.fd, buf, done, bytes - done, offset + done) : fs.writeSync(s.fd, buf, done, bytes - done, offset + done);
+      }
     } catch (e) {
       throw fromHostError(e, `${bs.filename}: write at offset ${offset} failed`);
     }

@@ -25,6 +25,11 @@ import { BlobStorage } from '../protocols/blob.js';
 import { MemoryStorage } from '../protocols/memory.js';
 import { initWasm } from '../runtime.js';
 import { createWorkerApi, type StoredFile } from './api.js';
+import { installDeflatePool } from '../codecs/deflate-pool.js';
+import { createBrowserDeflatePool } from '../codecs/deflate-pool-browser.js';
+
+// Compressed writes (convert -c) compress in Web Workers beside this one; they start on the first such write.
+installDeflatePool(createBrowserDeflatePool());
 
 /**
  * The wasm buffer arena's size here: bounce and convert buffers are a few MiB

@@ -1,8 +1,10 @@
 /**
  * What every app end-to-end file shares: the production build of the app
- * served as `vite preview` serves it, Debian's Chromium through Playwright,
- * the demo images made by scripts/make-demo-image.mjs (with blocktab's own
- * engine from dist/, as `npm start` does), and small page helpers.
+ * (vite.config.ts, as `npm run build:app` makes it, but into a temp folder so
+ * neither dist/ (the CLI) nor dist-app/ is touched) served as `vite preview`
+ * serves it, Debian's Chromium through Playwright, the demo images made by
+ * scripts/make-demo-image.mjs (with blocktab's own engine from dist/, built
+ * first when missing, as `npm start` does), and small page helpers.
  * Screenshots go to test-results/e2e/.
  */
 import { execFileSync } from 'node:child_process';
@@ -11,7 +13,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright';
 import { build, preview, type PreviewServer } from 'vite';
-import { qemuImg, repoRoot, tmpDir } from '../helpers/qemu.js';
+import { qemuImg, qemuIo, repoRoot, tmpDir } from '../helpers/qemu.js';
 
 export const SHOTS = path.join(repoRoot, 'test-results/e2e');
 export const DEMO = path.join(repoRoot, 'public/demo/demo.qcow2');
@@ -39,10 +41,14 @@ async function freePort(): Promise<number> {
 /** Makes the demo images, builds the app, serves it and starts Chromium. */
 export async function startApp(): Promise<App> {
   fs.mkdirSync(SHOTS, { recursive: true });
+  // The demo maker runs the compiled engine (dist/) and the app imports the wasm kernels (build/).
+  const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+  if (!fs.existsSync(path.join(repoRoot, 'build/blocktab.wasm'))) execFileSync(npm, ['run', 'build:asm'], { cwd: repoRoot, stdio: 'ignore' });
+  if (!fs.existsSync(path.join(repoRoot, 'dist/engine/engine.js'))) execFileSync(npm, ['run', 'build:ts'], { cwd: repoRoot, stdio: 'ignore' });
   execFileSync(process.execPath, [path.join(repoRoot, 'scripts/make-demo-image.mjs')], { stdio: ['ignore', 'ignore', 'inherit'] });
   const dir = tmpDir('blocktab-e2e-');
   const port = await freePort();
-  // The production build: what users get (worker bundle, wasm asset, public/ demo).
+  // The production build: what users get (worker bundle, wasm asset, public/ demo), in this file's temp dir.
   const outDir = path.join(dir, 'dist-app');
   await build({ root: repoRoot, logLevel: 'error', build: { outDir, emptyOutDir: true } });
   const vite: PreviewServer = await preview({ root: repoRoot, logLevel: 'error', build: { outDir }, preview: { host: '127.0.0.1', port, strictPort: true } });
@@ -71,6 +77,18 @@ export async function newPage(browser: Browser): Promise<{ context: BrowserConte
 
 export async function shot(page: Page, name: string, fullPage = true): Promise<void> {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage });
+}
+
+/** Opens `files` through the file input (as the "Open files…" button does) and waits for the first fact. */
+export async function openFiles(page: Page, files: string[], title: string): Promise<void> {
+  await page.setInputFiles('#file-input', files);
+  await page.locator('#image-title', { hasText: title }).waitFor();
+}
+
+/** A 1 TiB qcow2 with a little data, a zeroed GiB and data near the end (the app's large-image case). */
+export function makeHugeSparseQcow2(file: string): void {
+  qemuImg(['create', '-q', '-f', 'qcow2', file, '1T']);
+  qemuIo(file, ['write -P 1 0 64k', 'write -P 2 500G 1M', 'write -z 900G 1G', 'write -P 3 1023G 64k'], 'qcow2');
 }
 
 export async function fact(page: Page, label: string): Promise<string> {

@@ -43,9 +43,12 @@ export function qemuIo(file: string, cmds: string[], fmt?: string, opts: { cwd?:
   return execFileSync('qemu-io', args, { cwd: opts.cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-/** Runs the built CLI (dist/cli/main.js, made by `npm run build`, which `npm test` runs first). */
+/** The CLI as installed: package.json's bin (the bundle in dist/bin/, made by `npm run build`, which `npm test` runs first). */
+export const cliEntry = path.join(repoRoot, (JSON.parse(fs.readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { bin: { blocktab: string } }).bin.blocktab);
+
+/** Runs the built CLI (cliEntry). */
 export function blocktab(args: string[], opts: { cwd?: string; input?: string } = {}): { status: number; stdout: string; stderr: string } {
-  const main = path.join(repoRoot, 'dist/cli/main.js');
+  const main = cliEntry;
   if (!fs.existsSync(main)) throw new Error(`${main} is missing: run 'npm run build' first`);
   const r = spawnSync(process.execPath, [main, ...args], { cwd: opts.cwd, encoding: 'utf8', input: opts.input, maxBuffer: 256 * 1024 * 1024 });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };

@@ -7,29 +7,7 @@ import * as path from 'node:path';
 import { describe, expect, it, beforeAll } from 'vitest';
 import { blocktab, qemuImgRun, tmpDir } from '../helpers/qemu.js';
 import { imageCases } from './image-cases.js';
-
-/** Byte-compares two files in 1 MiB pieces. Returns the first differing offset or -1. */
-function firstDifference(a: string, b: string): number {
-  const fa = fs.openSync(a, 'r');
-  const fb = fs.openSync(b, 'r');
-  try {
-    const ba = Buffer.alloc(1 << 20);
-    const bb = Buffer.alloc(1 << 20);
-    for (let off = 0; ; off += ba.length) {
-      const na = fs.readSync(fa, ba, 0, ba.length, off);
-      const nb = fs.readSync(fb, bb, 0, bb.length, off);
-      if (na !== nb) return off + Math.min(na, nb);
-      if (na === 0) return -1;
-      const c = ba.subarray(0, na).compare(bb.subarray(0, nb));
-      if (c !== 0) {
-        for (let i = 0; i < na; i++) if (ba[i] !== bb[i]) return off + i;
-      }
-    }
-  } finally {
-    fs.closeSync(fa);
-    fs.closeSync(fb);
-  }
-}
+import { firstDifference } from '../helpers/files.js';
 
 const withoutDiskSize = (s: string) => s.replace(/^disk size: .*$/gm, 'disk size: X');
 

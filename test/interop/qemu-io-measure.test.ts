@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import '../../src/node.js';
 import { FileStorage } from '../../src/protocols/file.js';
 import { openImage, closeNode } from '../../src/block/open.js';
-import { collectDataRanges, measureQcow2, measureRaw, type Qcow2MeasureOptions } from '../../src/img/measure.js';
+import { collectDataRanges, measureQcow2, type Qcow2MeasureOptions } from '../../src/formats/qcow2/measure.js';
+import { measureRaw } from '../../src/formats/raw/create.js';
 import { qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
 
 const dir = tmpDir('blocktab-measure-');

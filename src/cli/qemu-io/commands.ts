@@ -588,7 +588,7 @@ const lengthCmd: CmdInfo = {
   },
 };
 
-/** QEMU's bdrv_get_info: the driver's answer, a raw node's file's, a protocol's empty one, or none. */
+/** QEMU's bdrv_get_info: the driver's answer (raw's is its file's), a filter's child's, a protocol's empty one, or none. */
 function driverInfo(bs: BlockNode): { clusterSize: number; vmStateOffset: number } | undefined {
   for (let p: BlockNode | null = bs; p; p = p.file?.node ?? null) {
     const drv = p.driver;
@@ -597,7 +597,7 @@ function driverInfo(bs: BlockNode): { clusterSize: number; vmStateOffset: number
       return { clusterSize: di.clusterSize ?? 0, vmStateOffset: di.vmStateOffset ?? 0 };
     }
     if (drv.kind === 'protocol') return { clusterSize: 0, vmStateOffset: 0 };
-    if (drv.kind !== 'filter' && drv.name !== 'raw') return undefined;
+    if (drv.kind !== 'filter') return undefined;
   }
   return undefined;
 }

@@ -3,7 +3,8 @@
  *
  * blockdev-add takes QAPI's BlockdevOptions: generic members (driver,
  * node-name, read-only, detect-zeroes, cache, …) plus the members of the
- * driver's union branch (blockdevDriverArgs). A format's `file` (and qcow2's
+ * driver's union branch (a format driver's blockdevOptions, a storage's entry
+ * in blockdevDriverArgs). A format's `file` (and qcow2's
  * `backing`) is either the node-name of a node already in the graph or a
  * nested dict opened with it; nested nodes belong to their parent. Protocol
  * drivers are the Engine's storages by name (`{ driver: 'opfs', filename }`),
@@ -35,26 +36,12 @@ const FILENAME: ArgSpec = { filename: 'str' };
 const CURL: ArgSpec = { url: 'str', '*readahead': 'int', '*timeout': 'int', '*username': 'str', '*cookie': 'str' };
 
 /**
- * Driver-specific members by driver (QAPI's BlockdevOptions branches). A new
- * format adds its entry here; a format not listed gets `file` (and `backing`
- * when it supports backing files) and nothing else.
+ * Storage-specific members by protocol driver name (QAPI's BlockdevOptions
+ * branches for protocols). Formats declare theirs on the driver
+ * (BlockDriver.blockdevOptions); a format without them gets `file` (and
+ * `backing` when it supports backing files) and nothing else.
  */
 export const blockdevDriverArgs: Record<string, ArgSpec> = {
-  raw: { file: 'BlockdevRef', '*offset': 'int', '*size': 'int' },
-  qcow2: {
-    file: 'BlockdevRef',
-    '*backing': 'BlockdevRefOrNull',
-    '*lazy-refcounts': 'bool',
-    '*pass-discard-request': 'bool',
-    '*pass-discard-snapshot': 'bool',
-    '*pass-discard-other': 'bool',
-    '*overlap-check': 'any',
-    '*cache-size': 'int',
-    '*l2-cache-size': 'int',
-    '*l2-cache-entry-size': 'int',
-    '*refcount-cache-size': 'int',
-    '*cache-clean-interval': 'int',
-  },
   file: { ...FILENAME, '*locking': { enum: ['auto', 'on', 'off'] }, '*aio': 'str', '*pr-manager': 'str' },
   memory: FILENAME,
   opfs: FILENAME,
@@ -83,7 +70,7 @@ function driverSpec(engine: Engine, driver: string, prefix: string): { spec: Arg
   if (storageFor(engine, driver)) return { spec: blockdevDriverArgs[driver] ?? FILENAME, protocol: true };
   const drv = findDriver(driver);
   if (drv && drv.kind === 'format') {
-    const spec = blockdevDriverArgs[driver] ?? { file: 'BlockdevRef', ...(drv.supportsBacking ? { '*backing': 'BlockdevRefOrNull' } : {}) };
+    const spec = drv.blockdevOptions ?? blockdevDriverArgs[driver] ?? { file: 'BlockdevRef', ...(drv.supportsBacking ? { '*backing': 'BlockdevRefOrNull' } : {}) };
     return { spec, protocol: false };
   }
   if (drv || blockdevDriverArgs[driver]) {

@@ -8,50 +8,57 @@
  * Drivers:
  * - a storage's name (`opfs`, `memory`, `file`, …; QEMU's `file`): creates
  *   `filename` with `size` bytes (BlockdevCreateOptionsFile).
- * - `qcow2` (BlockdevCreateOptionsQcow2): writes a new image into `file`, a
- *   node-name of a protocol node opened read-write and used by nothing else
- *   (or a nested `{ driver: <storage>, filename }`), with an optional
- *   `data-file` given the same way.
- * - `raw` (not in QEMU, whose raw images are made by `file`): sets the size
- *   of `file`.
+ * - a format driver with a `create` hook (qcow2, raw, …, found in the
+ *   registry): writes a new image into `file`, a node-name of a protocol node
+ *   opened read-write and used by nothing else (or a nested
+ *   `{ driver: <storage>, filename }`). The format's QAPI members come from
+ *   its creation options (OptionDesc.qapi: `cluster_size` is `cluster-size`,
+ *   qcow2's `compat` is `version`, a `ref` option such as `data-file` names a
+ *   node given the same way as `file`). raw is not in QEMU, whose raw images
+ *   are made by `file`; here it sets the length of `file`.
  */
 import { BlockError } from '../../block/errors.js';
 import { bdrvFlush, bdrvTruncate } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { closeNode, type Storage } from '../../block/open.js';
-import type { PreallocMode } from '../../block/driver.js';
-import { createQcow2, type Qcow2CreateOptions } from '../../formats/qcow2/create.js';
+import { findDriver, type BlockDriver, type PreallocMode } from '../../block/driver.js';
+import { appendOptionLists, PROTOCOL_CREATE_OPTS, type OptionDesc, type OptionValues } from '../../block/options.js';
 import type { Engine } from '../engine.js';
-import { checkArgs, isDict, type ArgSpec, type Args } from '../qapi-args.js';
+import { checkArgs, isDict, type ArgSpec, type Args, type QapiType } from '../qapi-args.js';
 import { genericError } from '../qmp-error.js';
 import { startJob } from './jobs.js';
 import type { QmpCommandTable } from './types.js';
 
 const PREALLOC = { enum: ['off', 'metadata', 'falloc', 'full'] } as const;
 
-/** QAPI BlockdevCreateOptionsQcow2. */
-const QCOW2: ArgSpec = {
-  driver: 'str',
-  file: 'BlockdevRef',
-  '*data-file': 'BlockdevRef',
-  '*data-file-raw': 'bool',
-  '*extended-l2': 'bool',
-  size: 'int',
-  '*version': { enum: ['v2', 'v3'] },
-  '*backing-file': 'str',
-  '*backing-fmt': 'str',
-  '*encrypt': 'any',
-  '*cluster-size': 'int',
-  '*preallocation': PREALLOC,
-  '*lazy-refcounts': 'bool',
-  '*refcount-bits': 'int',
-  '*compression-type': { enum: ['zlib', 'zstd'] },
-};
-
 /** QAPI BlockdevCreateOptionsFile (for every storage). */
 const FILE: ArgSpec = { driver: 'str', filename: 'str', size: 'int', '*preallocation': PREALLOC, '*nocow': 'bool', '*extent-size-hint': 'int' };
 
-const RAW: ArgSpec = { driver: 'str', file: 'BlockdevRef', size: 'int', '*preallocation': PREALLOC };
+/** A format's creation options as QAPI members: the option, its member name and type. */
+interface QapiMember {
+  desc: OptionDesc;
+  name: string;
+  type: QapiType;
+}
+
+function qapiMembers(drv: BlockDriver): QapiMember[] {
+  const out: QapiMember[] = [];
+  for (const desc of appendOptionLists(drv.createOptions ?? [], PROTOCOL_CREATE_OPTS)) {
+    if (desc.qapi === false || desc.name === 'size') continue;
+    const q = desc.qapi ?? {};
+    const name = q.name ?? desc.name.replace(/_/g, '-');
+    const type: QapiType = q.ref ? 'BlockdevRef' : q.any ? 'any' : q.enum ? { enum: q.enum } : desc.type === 'bool' ? 'bool' : desc.type === 'str' ? 'str' : 'int';
+    out.push({ desc, name, type });
+  }
+  return out;
+}
+
+/** BlockdevCreateOptions<Format>: driver, file, size and the format's members. */
+function qapiSpec(members: QapiMember[]): ArgSpec {
+  const spec: Record<string, QapiType> = { driver: 'str', file: 'BlockdevRef', size: 'int' };
+  for (const m of members) spec[`*${m.name}`] = m.type;
+  return spec;
+}
 
 /** A protocol node to write the image into: an existing node, or one opened for the job (closed after it). */
 async function protocolNode(engine: Engine, ref: string | Args, what: string): Promise<{ bs: BlockNode; temporary: boolean }> {
@@ -81,40 +88,43 @@ async function createOnStorage(storage: Storage, filename: string, size: number,
   }
 }
 
-async function createQcow2On(engine: Engine, o: Args): Promise<void> {
-  if (o.encrypt !== undefined) throw genericError('encrypted qcow2 images are not supported', 'ENOTSUP');
+/** The creation job for a format driver: QAPI members become option values, `ref` members nodes. */
+async function createFormatOn(engine: Engine, drv: BlockDriver, members: QapiMember[], o: Args): Promise<void> {
   const size = o.size as number;
-  if (size < 0 || size % 512 !== 0) throw genericError('Image size must be a multiple of 512 bytes');
-  if (o['backing-fmt'] !== undefined && o['backing-file'] === undefined) throw genericError('Backing format cannot be used without backing file');
-  if (o['data-file-raw'] === true && o['data-file'] === undefined) throw genericError('data-file-raw requires data-file');
-  const opts: Qcow2CreateOptions = {
-    size,
-    version: o.version === 'v2' ? 2 : o.version === 'v3' ? 3 : undefined,
-    clusterSize: o['cluster-size'] as number | undefined,
-    refcountBits: o['refcount-bits'] as number | undefined,
-    lazyRefcounts: o['lazy-refcounts'] as boolean | undefined,
-    extendedL2: o['extended-l2'] as boolean | undefined,
-    compressionType: o['compression-type'] as 'zlib' | 'zstd' | undefined,
-    preallocation: (o.preallocation as PreallocMode | undefined) ?? 'off',
-    backingFile: o['backing-file'] as string | undefined,
-    backingFormat: o['backing-fmt'] as string | undefined,
-    dataFileRaw: o['data-file-raw'] as boolean | undefined,
-  };
+  const values: OptionValues = new Map([['size', String(size)]]);
   const file = await protocolNode(engine, o.file as string | Args, 'file');
-  let data: { bs: BlockNode; temporary: boolean } | undefined;
+  const refs = new Map<string, { bs: BlockNode; temporary: boolean }>();
   try {
-    if (o['data-file'] !== undefined) {
-      data = await protocolNode(engine, o['data-file'] as string | Args, 'data-file');
-      // The header stores the data file's name as the image names it.
-      opts.dataFile = data.bs.filename;
-      await bdrvTruncate(data.bs, 0, true);
+    for (const m of members) {
+      const v = o[m.name];
+      if (v === undefined) continue;
+      if (m.type === 'BlockdevRef') {
+        const ref = await protocolNode(engine, v as string | Args, m.name);
+        refs.set(m.desc.name, ref);
+        // The image stores the further file's name as the node has it.
+        values.set(m.desc.name, ref.bs.filename);
+        await bdrvTruncate(ref.bs, 0, true);
+      } else {
+        values.set(m.desc.name, typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v));
+      }
     }
     // The image starts empty, as QEMU's create opens the node with a fresh length of 0 (BDRV_O_RESIZE and a truncate).
     await bdrvTruncate(file.bs, 0, true);
-    await createQcow2(file.bs, opts, data?.bs);
+    await drv.create!(file.bs, {
+      filename: file.bs.filename,
+      size,
+      values,
+      origin: 'blockdev-create',
+      async openFile(option) {
+        const ref = refs.get(option);
+        if (!ref) throw genericError(`'${option}' names no node`);
+        return ref.bs;
+      },
+    });
+    for (const ref of refs.values()) await bdrvFlush(ref.bs);
     await bdrvFlush(file.bs);
   } finally {
-    if (data?.temporary) await closeNode(data.bs);
+    for (const ref of refs.values()) if (ref.temporary) await closeNode(ref.bs);
     if (file.temporary) await closeNode(file.bs);
   }
 }
@@ -123,26 +133,16 @@ async function createQcow2On(engine: Engine, o: Args): Promise<void> {
 function plan(engine: Engine, o: Args): () => Promise<void> {
   checkArgs({ driver: 'str' }, o, 'options.', true);
   const driver = o.driver as string;
-  const prealloc = (o.preallocation as PreallocMode | undefined) ?? 'off';
-  if (driver === 'qcow2') {
-    checkArgs(QCOW2, o, 'options.');
-    return () => createQcow2On(engine, o);
-  }
-  if (driver === 'raw') {
-    checkArgs(RAW, o, 'options.');
-    return async () => {
-      const file = await protocolNode(engine, o.file as string | Args, 'file');
-      try {
-        await bdrvTruncate(file.bs, o.size as number, true, prealloc === 'metadata' ? 'off' : prealloc);
-        await bdrvFlush(file.bs);
-      } finally {
-        if (file.temporary) await closeNode(file.bs);
-      }
-    };
+  const drv = findDriver(driver);
+  if (drv?.kind === 'format' && drv.create) {
+    const members = qapiMembers(drv);
+    checkArgs(qapiSpec(members), o, 'options.');
+    return () => createFormatOn(engine, drv, members, o);
   }
   const storage = engine.storage(driver === 'https' ? 'http' : driver);
   if (storage) {
     checkArgs(FILE, o, 'options.');
+    const prealloc = (o.preallocation as PreallocMode | undefined) ?? 'off';
     return () => createOnStorage(storage, o.filename as string, o.size as number, prealloc);
   }
   throw genericError(`Driver '${driver}' does not support blockdev-create`, 'ENOTSUP');

@@ -8,9 +8,11 @@
  *
  * zlib here is RAW deflate (no zlib header); zstd is one or more frames.
  */
-import { deflateRaw, inflateRaw } from 'pako';
+import { inflateRaw } from 'pako';
 import { decompress as zstdDecompress } from 'fzstd';
+import { deflateRaw4k } from '../../codecs/deflate.js';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
+import { deflatePool } from '../../codecs/deflate-pool.js';
 
 /** The descriptor codec lives with the other entry codecs; re-exported for existing callers. */
 export { parseCompressedDescriptor, QCOW2_COMPRESSED_SECTOR_SIZE, type CompressedDescriptor } from './l2-entry.js';
@@ -78,20 +80,7 @@ export function decompressCluster(compressionType: number, input: Uint8Array, ou
 
 // ------------------------------------------------------------- compressing
 
-/** Raw deflate with a 4 KiB window, level 6, memLevel 9 (QEMU's settings). */
-export type DeflateRaw4k = (input: Uint8Array) => Uint8Array;
-
-const pakoDeflateRaw4k: DeflateRaw4k = (input) => deflateRaw(input, { windowBits: 12, level: 6, memLevel: 9 });
-let deflateRawImpl: DeflateRaw4k = pakoDeflateRaw4k;
-
-/**
- * Swaps in a faster deflate with the same settings (src/node.ts installs
- * Node's C zlib, ~5x pako on 64 KiB clusters). Browsers keep pako: their
- * CompressionStream cannot set the 4 KiB window QEMU needs.
- */
-export function installDeflateRaw4k(fn: DeflateRaw4k | null): void {
-  deflateRawImpl = fn ?? pakoDeflateRaw4k;
-}
+// Deflate comes from src/codecs/deflate.ts, where environments plug in a faster one.
 
 type ZstdModule = { init(): Promise<void>; compress(buf: Uint8Array, level?: number): Uint8Array };
 let zstdReady: Promise<ZstdModule> | undefined;
@@ -121,7 +110,10 @@ export async function compressCluster(compressionType: number, input: Uint8Array
     const z = await loadZstd();
     out = z.compress(input, 3);
   } else {
-    out = deflateRawImpl(input);
+    // A worker pool, when one is installed, lets parallel callers use every core.
+    // A pool whose workers cannot start or died falls back to this thread (same codec, same bytes).
+    const pool = deflatePool();
+    out = pool ? await pool.deflateRaw4k(input).catch(() => deflateRaw4k(input)) : deflateRaw4k(input);
   }
   return out.length <= limit ? out : null;
 }

@@ -18,6 +18,10 @@
  *   metadata.ts         request lock, header fields, dirty/corrupt bits, overlap checks
  *   snapshot-table.ts   internal snapshot table
  *   bitmap-directory.ts persistent bitmap directory (for info)
+ *   create-options.ts   qemu-img create / amend: option tables, values → create.ts / amend.ts
+ *   measure.ts          qemu-img measure
+ *   make-empty.ts       bdrv_make_empty (commit empties its top image with it)
+ *   index.ts            the entry: registers the driver (the only file others import)
  *
  * Defaults (QEMU's, block/qcow2.c read_cache_sizes): l2-cache-entry-size is
  * min(4 KiB, cluster size); l2-cache-size is what maps the whole virtual disk
@@ -26,7 +30,7 @@
  * capacity costs nothing for a small working set.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { registerDriver, type BlockDriver, type DriverInfo } from '../../block/driver.js';
+import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
@@ -63,13 +67,16 @@ import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
 import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot } from './snapshot.js';
 import { qcow2ChangeBackingFile } from './change-backing.js';
+import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage } from './create-options.js';
+import { qcow2Measure } from './measure.js';
+import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { dropRefcountCache } from './refcount.js';
 import { flushMetadata } from './l1.js';
 import { clearDirtyBit, withLock } from './metadata.js';
-import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed } from './write.js';
+import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed, qcow2CompressCluster } from './write.js';
 import {
   L2_COMPRESSED,
   L2_NORMAL,
@@ -136,6 +143,22 @@ export const qcow2Driver: BlockDriver = {
   kind: 'format',
   supportsBacking: true,
   supportsCompressedWrites: true,
+  compressCluster: (bs, data) => qcow2CompressCluster(bs.state<Qcow2State>(), data),
+  // QAPI BlockdevOptionsQcow2 (the members blockdev-add accepts).
+  blockdevOptions: {
+    file: 'BlockdevRef',
+    '*backing': 'BlockdevRefOrNull',
+    '*lazy-refcounts': 'bool',
+    '*pass-discard-request': 'bool',
+    '*pass-discard-snapshot': 'bool',
+    '*pass-discard-other': 'bool',
+    '*overlap-check': 'any',
+    '*cache-size': 'int',
+    '*l2-cache-size': 'int',
+    '*l2-cache-entry-size': 'int',
+    '*refcount-cache-size': 'int',
+    '*cache-clean-interval': 'int',
+  },
 
   probe(head) {
     if (head.length < 8) return 0;
@@ -234,7 +257,7 @@ export const qcow2Driver: BlockDriver = {
     const s = bs.state<Qcow2State>();
     await withLock(s, async () => {
       await prepareWrite(s);
-      if (flags.compressed) await qcow2WriteCompressed(bs, s, offset, bytes, buf);
+      if (flags.compressed) await qcow2WriteCompressed(bs, s, offset, bytes, buf, flags.precompressed);
       else await qcow2Write(bs, s, offset, bytes, buf);
       await afterWrite(s, flags);
     });
@@ -362,6 +385,12 @@ export const qcow2Driver: BlockDriver = {
   changeBackingFile(bs, backingFile, backingFormat) {
     return qcow2ChangeBackingFile(bs, bs.state<Qcow2State>(), backingFile, backingFormat);
   },
-};
 
-registerDriver(qcow2Driver);
+  // What qemu-img needs per format: create-options.ts (create, amend), measure.ts, make-empty.ts.
+  createOptions: QCOW2_CREATE_OPTS,
+  create: qcow2CreateImage,
+  measure: qcow2Measure,
+  amendOptions: QCOW2_AMEND_OPTS,
+  amend: qcow2AmendImage,
+  makeEmpty: qcow2MakeEmpty,
+};

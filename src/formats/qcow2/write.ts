@@ -312,31 +312,47 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
  * own; a cluster that does not shrink is written normally. Compressed data
  * never overwrites an allocated cluster (EIO, as QEMU).
  */
-export async function qcow2WriteCompressed(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+export async function qcow2WriteCompressed(
+  bs: BlockNode,
+  s: Qcow2State,
+  offset: number,
+  bytes: number,
+  buf: Uint8Array,
+  precompressed?: Uint8Array | null,
+): Promise<void> {
   const cs = s.clusterSize;
   if (s.dataFile !== s.file) throw new BlockError('ENOTSUP', `${s.image}: compressed writes are not supported with an external data file`);
   if (offset % cs !== 0) throw new BlockError('EINVAL', `${s.image}: compressed write at ${hex(offset)} is not cluster-aligned (cluster size ${cs})`);
   if (bytes % cs !== 0 && offset + bytes !== bs.totalBytes) {
     throw new BlockError('EINVAL', `${s.image}: compressed write at ${hex(offset)} (+${bytes} bytes) must cover whole clusters (cluster size ${cs})`);
   }
+  for (let done = 0; done < bytes; done += cs) {
+    const off = offset + done;
+    const len = Math.min(cs, bytes - done);
+    const packed = precompressed !== undefined && bytes <= cs ? precompressed : await qcow2CompressCluster(s, buf.subarray(done, done + len));
+    if (!packed) {
+      await qcow2Write(bs, s, off, len, buf.subarray(done, done + len));
+      continue;
+    }
+    await writeOneCompressed(s, off, packed);
+  }
+}
+
+/**
+ * One cluster as qcow2_co_compress makes it (a partial last cluster is
+ * padded with zeros), or null when it does not shrink below a cluster.
+ * Reads only the header, so concurrent calls are safe (the driver's
+ * compressCluster, for callers that compress ahead of their writes).
+ */
+export async function qcow2CompressCluster(s: Qcow2State, data: Uint8Array): Promise<Uint8Array | null> {
+  const cs = s.clusterSize;
+  if (data.length > cs) throw new BlockError('EINVAL', `${s.image}: ${data.length} bytes to compress are more than one cluster (${cs})`);
+  if (data.length === cs) return compressCluster(s.header.compressionType, data, cs - 1);
   const cluster = allocBuffer(cs);
   try {
-    for (let done = 0; done < bytes; done += cs) {
-      const off = offset + done;
-      const len = Math.min(cs, bytes - done);
-      let input = buf.subarray(done, done + len);
-      if (len < cs) {
-        cluster.fill(0);
-        cluster.set(input);
-        input = cluster;
-      }
-      const packed = await compressCluster(s.header.compressionType, input, cs - 1);
-      if (!packed) {
-        await qcow2Write(bs, s, off, len, buf.subarray(done, done + len));
-        continue;
-      }
-      await writeOneCompressed(s, off, packed);
-    }
+    cluster.fill(0);
+    cluster.set(data);
+    return await compressCluster(s.header.compressionType, cluster, cs - 1);
   } finally {
     freeBuffer(cluster);
   }

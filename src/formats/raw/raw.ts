@@ -7,10 +7,11 @@
  * cannot turn its disk into, say, a qcow2 header pointing at host files.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { probeFormat, registerDriver, type BlockDriver, PROBE_BUF_SIZE } from '../../block/driver.js';
+import { probeFormat, type BlockDriver, PROBE_BUF_SIZE } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../../block/io.js';
 import { BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RAW } from '../../block/status.js';
+import { RAW_CREATE_OPTS, rawCreate, rawMeasure } from './create.js';
 
 interface RawState {
   offset: number;
@@ -43,6 +44,7 @@ async function refreshSize(bs: BlockNode): Promise<number> {
 export const rawDriver: BlockDriver = {
   name: 'raw',
   kind: 'format',
+  blockdevOptions: { file: 'BlockdevRef', '*offset': 'int', '*size': 'int' },
   probe: () => 1,
   async open(bs, options) {
     const offset = toInt(options.offset, 'offset', bs) ?? 0;
@@ -91,6 +93,14 @@ export const rawDriver: BlockDriver = {
   async blockStatus(bs, _wantZero, offset, bytes) {
     return { status: BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID, pnum: bytes, map: offset + st(bs).offset, file: file(bs) };
   },
-};
+  // QEMU's raw_get_info: the file's answer (a protocol's is empty). That it
+  // answers at all is why qemu-img prints a dirty-flag for raw.
+  getDriverInfo(bs) {
+    return file(bs).driver.getDriverInfo?.(file(bs)) ?? {};
+  },
 
-registerDriver(rawDriver);
+  // qemu-img create and measure (create.ts).
+  createOptions: RAW_CREATE_OPTS,
+  create: rawCreate,
+  measure: rawMeasure,
+};

@@ -1,0 +1,68 @@
+/**
+ * The Parallels disk image header and block allocation table (BAT): one
+ * parser each (read only). Field names as QEMU's block/parallels.c and
+ * docs/interop/parallels.txt.
+ *
+ * Header (little-endian, 64 bytes):
+ *
+ *   0   magic        char[16]  "WithoutFreeSpace" (old) or "WithouFreSpacExt"
+ *   16  version      u32       2
+ *   20  heads        u32       legacy geometry
+ *   24  cylinders    u32
+ *   28  tracks       u32       cluster size in sectors
+ *   32  bat_entries  u32
+ *   36  nb_sectors   u64       virtual size in sectors (low 32 bits only for the old magic)
+ *   44  inuse        u32       0x746F6E59 while open read-write
+ *   48  data_off     u32       first data sector (0: right after the BAT)
+ *   52  flags        u32
+ *   56  ext_off      u64       format extension cluster
+ *
+ * The BAT follows at offset 64: bat_entries little-endian u32, each 0
+ * (unallocated) or the cluster's position — in sectors for the old magic,
+ * in clusters (× tracks sectors) for the new one.
+ */
+import { u64le, view } from '../on-disk.js';
+
+export const PARALLELS_HEADER_BYTES = 64;
+export const HEADER_MAGIC = 'WithoutFreeSpace';
+export const HEADER_MAGIC2 = 'WithouFreSpacExt';
+export const HEADER_VERSION = 2;
+export const HEADER_INUSE_MAGIC = 0x746f6e59;
+
+export interface ParallelsHeader {
+  magic: string;
+  version: number;
+  heads: number;
+  cylinders: number;
+  tracks: number;
+  batEntries: number;
+  nbSectors: number;
+  inuse: number;
+  dataOff: number;
+  flags: number;
+  extOff: number;
+}
+
+export function parseParallelsHeader(b: Uint8Array): ParallelsHeader {
+  const dv = view(b);
+  return {
+    magic: String.fromCharCode(...b.subarray(0, 16)),
+    version: dv.getUint32(16, true),
+    heads: dv.getUint32(20, true),
+    cylinders: dv.getUint32(24, true),
+    tracks: dv.getUint32(28, true),
+    batEntries: dv.getUint32(32, true),
+    nbSectors: u64le(dv, 36),
+    inuse: dv.getUint32(44, true),
+    dataOff: dv.getUint32(48, true),
+    flags: dv.getUint32(52, true),
+    extOff: u64le(dv, 56),
+  };
+}
+
+export function parseParallelsBat(b: Uint8Array, entries: number): Uint32Array {
+  const dv = view(b);
+  const out = new Uint32Array(entries);
+  for (let i = 0; i < entries; i++) out[i] = dv.getUint32(i * 4, true);
+  return out;
+}

@@ -1,0 +1,384 @@
+/**
+ * The `qed` format driver (QEMU Enhanced Disk), read and write.
+ *
+ * Two levels of tables map guest clusters to file offsets (header.ts). As
+ * QEMU's block/qed.c: open checks the header against QEMU's limits and every
+ * table offset before it is used (cluster aligned, past the header area,
+ * inside the file), unallocated clusters come from the backing file (whose
+ * format is probed unless QED_F_BACKING_FORMAT_NO_PROBE says raw), zero
+ * clusters read as zeros, and block status answers DATA with the host offset,
+ * ZERO, or nothing (unallocated: the generic layer asks the backing chain).
+ *
+ * Writes append clusters at the end of the file (rounded down to a cluster,
+ * as QEMU's file_size): data first (with copy-on-write from the backing file
+ * for a partial cluster), then a new L2 table or the changed L2 entries, then
+ * the L1 entry — so a crash can only leak clusters. An image whose
+ * QED_F_NEED_CHECK bit is set (not closed cleanly by QEMU) opens read-only
+ * only: QEMU repairs it on a read-write open, and we refuse to write rather
+ * than write to an unchecked image.
+ */
+import { BlockError, hex } from '../../block/errors.js';
+import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
+import type { BlockNode } from '../../block/node.js';
+import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../../block/status.js';
+import { readStructure } from '../on-disk.js';
+import { QED_CREATE_OPTS, qedCreateImage } from './create.js';
+import {
+  parseQedHeader,
+  parseQedTable,
+  qedMaxImageSize,
+  QED_F_BACKING_FILE,
+  QED_F_BACKING_FORMAT_NO_PROBE,
+  QED_F_NEED_CHECK,
+  QED_FEATURE_MASK,
+  QED_HEADER_BYTES,
+  QED_MAGIC,
+  QED_MAX_CLUSTER_SIZE,
+  QED_MAX_TABLE_SIZE,
+  QED_MIN_CLUSTER_SIZE,
+  QED_MIN_TABLE_SIZE,
+  QED_ZERO_CLUSTER,
+  serializeQedHeader,
+  serializeQedTable,
+  type QedHeader,
+} from './header.js';
+
+/** Backing file names longer than this are refused (QEMU's PATH_MAX-sized buffer). */
+const QED_MAX_BACKING_NAME = 1023;
+/** L2 tables kept in memory (each is table_size clusters). */
+const L2_CACHE_TABLES = 32;
+
+const CLUSTER_L1 = 0; // no L2 table: unallocated
+const CLUSTER_L2 = 1; // L2 entry 0: unallocated
+const CLUSTER_ZERO = 2;
+const CLUSTER_FOUND = 3;
+
+interface Run {
+  type: number;
+  /** Host offset of the run's first byte (CLUSTER_FOUND only). */
+  host: number;
+  bytes: number;
+}
+
+interface QedState {
+  image: string;
+  file: BlockNode;
+  header: QedHeader;
+  clusterSize: number;
+  /** Entries per table. */
+  tableNelems: number;
+  tableBytes: number;
+  /** End of the file rounded down to a cluster: where new clusters go. */
+  fileSize: number;
+  l1: Float64Array;
+  l2Cache: Map<number, Float64Array>;
+  lock: Promise<void>;
+}
+
+function st(bs: BlockNode): QedState {
+  return bs.state<QedState>();
+}
+
+const isPow2 = (v: number) => v > 0 && (v & (v - 1)) === 0;
+
+/** QEMU's qed_check_cluster_offset. */
+function clusterOffsetOk(s: QedState, offset: number): boolean {
+  if (offset % s.clusterSize) return false;
+  return offset >= s.header.headerSize * s.clusterSize && offset < s.fileSize;
+}
+
+/**
+ * QEMU's qed_check_table_offset: the table's first and last clusters are valid
+ * cluster offsets. QEMU's overflow test (last <= first) also refuses every
+ * table of a table_size 1 image; qemu-img cannot open those, and neither do we.
+ */
+function tableOffsetOk(s: QedState, offset: number): boolean {
+  const last = offset + (s.header.tableSize - 1) * s.clusterSize;
+  if (last <= offset) return false;
+  return clusterOffsetOk(s, offset) && clusterOffsetOk(s, last);
+}
+
+function validateHeader(image: string, h: QedHeader): void {
+  const bad = (what: string, code: 'EINVAL' | 'ENOTSUP' = 'EINVAL') => new BlockError(code, `${image}: ${what}`);
+  if (h.magic !== QED_MAGIC) throw bad('Image not in QED format');
+  if (h.features & ~QED_FEATURE_MASK || h.features > 0xffffffff) {
+    throw bad(`Unsupported QED features: ${(h.features - (h.features & QED_FEATURE_MASK)).toString(16)}`, 'ENOTSUP');
+  }
+  if (!isPow2(h.clusterSize) || h.clusterSize < QED_MIN_CLUSTER_SIZE || h.clusterSize > QED_MAX_CLUSTER_SIZE) {
+    throw bad(`invalid QED cluster size ${h.clusterSize} in the header (a power of two from ${QED_MIN_CLUSTER_SIZE} to ${QED_MAX_CLUSTER_SIZE})`);
+  }
+  if (!isPow2(h.tableSize) || h.tableSize < QED_MIN_TABLE_SIZE || h.tableSize > QED_MAX_TABLE_SIZE) {
+    throw bad(`invalid QED table size ${h.tableSize} in the header (a power of two from ${QED_MIN_TABLE_SIZE} to ${QED_MAX_TABLE_SIZE} clusters)`);
+  }
+  const max = qedMaxImageSize(h.clusterSize, h.tableSize);
+  if (h.imageSize % 512 || h.imageSize > max) {
+    throw bad(`invalid QED image size ${h.imageSize} in the header (a multiple of 512 up to ${max})`);
+  }
+  if (h.headerSize === 0 || h.headerSize > 0xffffffff / h.clusterSize) throw bad(`invalid QED header size ${h.headerSize} clusters`);
+}
+
+async function loadL2(s: QedState, l2Offset: number, l1Index: number): Promise<Float64Array> {
+  const hit = s.l2Cache.get(l2Offset);
+  if (hit) {
+    s.l2Cache.delete(l2Offset);
+    s.l2Cache.set(l2Offset, hit);
+    return hit;
+  }
+  if (!tableOffsetOk(s, l2Offset)) {
+    throw new BlockError(
+      'ECORRUPT',
+      `${s.image}: L1 entry ${l1Index} (at ${hex(s.header.l1TableOffset + l1Index * 8)}) points at an invalid L2 table offset ${hex(l2Offset)} (file ends at ${hex(s.fileSize)})`,
+    );
+  }
+  const t = parseQedTable(await readStructure(s.file, s.image, 'QED L2 table', l2Offset, s.tableBytes));
+  if (s.l2Cache.size >= L2_CACHE_TABLES) s.l2Cache.delete(s.l2Cache.keys().next().value!);
+  s.l2Cache.set(l2Offset, t);
+  return t;
+}
+
+/** QEMU's qed_find_cluster: the run of same-kind clusters at `pos`, at most `len` bytes, inside one L2 table. */
+async function findCluster(s: QedState, pos: number, len: number): Promise<Run> {
+  const cs = s.clusterSize;
+  const l2Span = s.tableNelems * cs;
+  const l1Index = Math.floor(pos / l2Span);
+  const inCluster = pos % cs;
+  const index = Math.floor((pos % l2Span) / cs);
+  const max = Math.min(len, (s.tableNelems - index) * cs - inCluster);
+  const l2Offset = s.l1[l1Index]!;
+  if (l2Offset === 0) return { type: CLUSTER_L1, host: 0, bytes: max };
+  const l2 = await loadL2(s, l2Offset, l1Index);
+  const first = l2[index]!;
+  const clusters = Math.ceil((max + inCluster) / cs);
+  let n = 1;
+  if (first === 0 || first === QED_ZERO_CLUSTER) {
+    while (n < clusters && l2[index + n] === first) n++;
+  } else {
+    while (n < clusters && l2[index + n] === first + n * cs) n++;
+  }
+  const bytes = Math.min(max, n * cs - inCluster);
+  if (first === 0) return { type: CLUSTER_L2, host: 0, bytes };
+  if (first === QED_ZERO_CLUSTER) return { type: CLUSTER_ZERO, host: 0, bytes };
+  if (!clusterOffsetOk(s, first) || first + n * cs > s.fileSize) {
+    const at = l2Offset + index * 8;
+    throw new BlockError('ECORRUPT', `${s.image}: L2 entry at ${hex(at)} points at an invalid data cluster offset ${hex(first)} (file ends at ${hex(s.fileSize)})`);
+  }
+  return { type: CLUSTER_FOUND, host: first + inCluster, bytes };
+}
+
+function locked(s: QedState, fn: () => Promise<void>): Promise<void> {
+  const next = s.lock.then(fn);
+  s.lock = next.catch(() => {});
+  return next;
+}
+
+export const qedDriver: BlockDriver = {
+  name: 'qed',
+  kind: 'format',
+  supportsBacking: true,
+  createOptions: QED_CREATE_OPTS,
+  create: qedCreateImage,
+
+  probe(head) {
+    if (head.length < QED_HEADER_BYTES) return 0;
+    const magic = (head[0]! | (head[1]! << 8) | (head[2]! << 16) | (head[3]! << 24)) >>> 0;
+    return magic === QED_MAGIC ? 100 : 0;
+  },
+
+  async open(bs) {
+    const file = bs.file!.node;
+    const image = bs.filename;
+    const header = parseQedHeader(await readStructure(file, image, 'QED header', 0, QED_HEADER_BYTES));
+    validateHeader(image, header);
+    const cs = header.clusterSize;
+    const s: QedState = {
+      image,
+      file,
+      header,
+      clusterSize: cs,
+      tableNelems: (cs * header.tableSize) / 8,
+      tableBytes: cs * header.tableSize,
+      fileSize: file.totalBytes - (file.totalBytes % cs),
+      l1: new Float64Array(0),
+      l2Cache: new Map(),
+      lock: Promise.resolve(),
+    };
+    if (!tableOffsetOk(s, header.l1TableOffset)) {
+      throw new BlockError(
+        'ECORRUPT',
+        `${image}: invalid QED L1 table offset ${hex(header.l1TableOffset)} (${header.tableSize} clusters of ${cs} bytes; the header area ends at ${hex(header.headerSize * cs)}, the file at ${hex(s.fileSize)})`,
+      );
+    }
+    if (header.features & QED_F_BACKING_FILE) {
+      const { backingFilenameOffset: off, backingFilenameSize: n } = header;
+      if (off + n > cs * header.headerSize) {
+        throw new BlockError('ECORRUPT', `${image}: QED backing file name at ${hex(off)} (${n} bytes) lies outside the header area`);
+      }
+      if (n > QED_MAX_BACKING_NAME) throw new BlockError('EINVAL', `${image}: QED backing file name at ${hex(off)} is too long (${n} bytes)`);
+      const name = await readStructure(file, image, 'QED backing file name', off, n);
+      bs.backingFile = new TextDecoder().decode(name);
+      bs.backingFormat = header.features & QED_F_BACKING_FORMAT_NO_PROBE ? 'raw' : null;
+    }
+    if (!bs.readOnly && header.features & QED_F_NEED_CHECK) {
+      throw new BlockError('EPERM', `${image}: the QED image was not closed cleanly (QED_F_NEED_CHECK); open it read-only or repair it with 'qemu-img check -r all'`);
+    }
+    s.l1 = parseQedTable(await readStructure(file, image, 'QED L1 table', header.l1TableOffset, s.tableBytes));
+    if (!bs.readOnly && header.autoclearFeatures !== 0) {
+      // No autoclear feature is known: clear them all, as QEMU does on a read-write open.
+      header.autoclearFeatures = 0;
+      await bdrvPwrite(file, 0, QED_HEADER_BYTES, serializeQedHeader(header));
+    }
+    bs.opaque = s;
+    bs.totalBytes = header.imageSize;
+  },
+
+  async preadv(bs, offset, bytes, buf) {
+    const s = st(bs);
+    let done = 0;
+    while (done < bytes) {
+      const run = await findCluster(s, offset + done, bytes - done);
+      const out = buf.subarray(done, done + run.bytes);
+      if (run.type === CLUSTER_FOUND) await bdrvPread(s.file, run.host, run.bytes, out);
+      else if (run.type === CLUSTER_ZERO) out.fill(0);
+      else await readBacking(bs, offset + done, run.bytes, out);
+      done += run.bytes;
+    }
+  },
+
+  async blockStatus(bs, _wantZero, offset, bytes) {
+    const s = st(bs);
+    const run = await findCluster(s, offset, bytes);
+    if (run.type === CLUSTER_FOUND) return { status: BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID, pnum: run.bytes, map: run.host, file: s.file };
+    return { status: run.type === CLUSTER_ZERO ? BDRV_BLOCK_ZERO : 0, pnum: run.bytes };
+  },
+
+  async pwritev(bs, offset, bytes, buf) {
+    const s = st(bs);
+    await locked(s, async () => {
+      let done = 0;
+      while (done < bytes) done += await writeRun(bs, s, offset + done, bytes - done, buf.subarray(done));
+    });
+  },
+
+  getDriverInfo(bs): DriverInfo {
+    const s = st(bs);
+    return { clusterSize: s.clusterSize, isDirty: (s.header.features & QED_F_NEED_CHECK) !== 0 };
+  },
+
+  async check(bs, fix) {
+    if (fix.leaks || fix.errors) throw new BlockError('ENOTSUP', `${bs.filename}: repairing qed images is not supported (check without -r)`);
+    return qedCheck(st(bs));
+  },
+};
+
+/**
+ * QEMU's qed_check (block/qed-check.c), without repair: every table and data
+ * cluster must be a valid cluster offset referenced once; clusters of the
+ * file (past the header) that nothing references are leaks — counted only
+ * when the whole image could be scanned.
+ */
+async function qedCheck(s: QedState): Promise<CheckResult> {
+  const cs = s.clusterSize;
+  const r: CheckResult = {
+    corruptions: 0,
+    leaks: 0,
+    checkErrors: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
+    totalClusters: Math.ceil(s.header.imageSize / cs),
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    messages: [],
+  };
+  const nclusters = s.fileSize / cs;
+  const used = new Uint8Array(Math.ceil(nclusters / 8));
+  const markUsed = (offset: number, n: number): boolean => {
+    let dup = 0;
+    for (let c = offset / cs, i = 0; i < n; i++, c++) {
+      if (used[c >> 3]! & (1 << (c & 7))) dup++;
+      used[c >> 3]! |= 1 << (c & 7);
+    }
+    r.corruptions += dup;
+    return dup === 0;
+  };
+  markUsed(s.header.l1TableOffset, s.header.tableSize);
+  for (let i = 0; i < s.tableNelems; i++) {
+    const l2Offset = s.l1[i]!;
+    if (l2Offset === 0) continue;
+    if (!tableOffsetOk(s, l2Offset)) {
+      r.corruptions++;
+      continue;
+    }
+    if (!markUsed(l2Offset, s.header.tableSize)) continue;
+    let table: Float64Array;
+    try {
+      table = parseQedTable(await readStructure(s.file, s.image, 'QED L2 table', l2Offset, s.tableBytes));
+    } catch {
+      r.checkErrors++;
+      continue;
+    }
+    // Fragmentation as QEMU counts it: within one L2 table, an allocated entry not right after the previous one.
+    let last = 0;
+    for (let k = 0; k < s.tableNelems; k++) {
+      const off = table[k]!;
+      if (off === 0 || off === QED_ZERO_CLUSTER) continue;
+      r.allocatedClusters!++;
+      if (last && last + cs !== off) r.fragmentedClusters!++;
+      last = off;
+      if (!clusterOffsetOk(s, off)) {
+        r.corruptions++;
+        continue;
+      }
+      markUsed(off, 1);
+    }
+  }
+  if (r.checkErrors === 0) {
+    for (let c = s.header.headerSize; c < nclusters; c++) if (!(used[c >> 3]! & (1 << (c & 7)))) r.leaks++;
+  }
+  return r;
+}
+
+/** Writes up to `len` bytes at `pos` (one run of one kind inside one L2 table); returns the bytes written. */
+async function writeRun(bs: BlockNode, s: QedState, pos: number, len: number, data: Uint8Array): Promise<number> {
+  const run = await findCluster(s, pos, len);
+  if (run.type === CLUSTER_FOUND) {
+    await bdrvPwrite(s.file, run.host, run.bytes, data.subarray(0, run.bytes));
+    return run.bytes;
+  }
+  const cs = s.clusterSize;
+  const start = pos - (pos % cs);
+  const end = Math.ceil((pos + run.bytes) / cs) * cs;
+  const clusters = (end - start) / cs;
+  // New clusters: guest data, with the rest of the first and last cluster from what the guest saw before.
+  const buf = new Uint8Array(end - start);
+  if (run.type !== CLUSTER_ZERO) {
+    const guestEnd = Math.min(end, bs.totalBytes);
+    if (pos > start) await readBacking(bs, start, pos - start, buf);
+    if (pos + run.bytes < guestEnd) await readBacking(bs, pos + run.bytes, guestEnd - pos - run.bytes, buf.subarray(pos + run.bytes - start));
+  }
+  buf.set(data.subarray(0, run.bytes), pos - start);
+  const host = s.fileSize;
+  await bdrvPwrite(s.file, host, buf.length, buf);
+  s.fileSize += buf.length;
+
+  const l2Span = s.tableNelems * cs;
+  const l1Index = Math.floor(pos / l2Span);
+  const index = Math.floor((start % l2Span) / cs);
+  let l2Offset = s.l1[l1Index]!;
+  if (l2Offset === 0) {
+    const table = new Float64Array(s.tableNelems);
+    for (let i = 0; i < clusters; i++) table[index + i] = host + i * cs;
+    l2Offset = s.fileSize;
+    await bdrvPwrite(s.file, l2Offset, s.tableBytes, serializeQedTable(table, 0, s.tableNelems));
+    s.fileSize += s.tableBytes;
+    s.l2Cache.set(l2Offset, table);
+    s.l1[l1Index] = l2Offset;
+    await bdrvPwrite(s.file, s.header.l1TableOffset + l1Index * 8, 8, serializeQedTable(s.l1, l1Index, 1));
+  } else {
+    const table = await loadL2(s, l2Offset, l1Index);
+    for (let i = 0; i < clusters; i++) table[index + i] = host + i * cs;
+    await bdrvPwrite(s.file, l2Offset + index * 8, clusters * 8, serializeQedTable(table, index, clusters));
+  }
+  return run.bytes;
+}
+
