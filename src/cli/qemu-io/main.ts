@@ -214,13 +214,15 @@ function flattenJson(text: string): Record<string, string> {
 /** QEMU's host protocol drivers and the kind of file each requires. */
 const PROTOCOL_KINDS: Record<string, 'regular' | 'device'> = { file: 'regular', host_device: 'device', host_cdrom: 'device' };
 
-function checkProtocolKind(driver: string, path: string): void {
+function checkProtocolKind(driver: string, path: string, writable: boolean): void {
   let st: ReturnType<typeof statSync> | undefined;
   try {
     st = statSync(path);
   } catch {
     return; // the open that follows reports the missing file
   }
+  // Opened for writing, a directory fails in open(2) before the kind is looked at.
+  if (writable && st.isDirectory()) throw new Error(`Could not open '${path}': Is a directory`);
   if (PROTOCOL_KINDS[driver] === 'regular' && !st.isFile()) throw new Error(`'${driver}' driver requires '${path}' to be a regular file`);
   if (PROTOCOL_KINDS[driver] === 'device' && !st.isCharacterDevice() && !st.isBlockDevice()) {
     throw new Error(`'${driver}' driver requires '${path}' to be either a character or block device`);
@@ -248,7 +250,7 @@ class CliIoHost implements IoHost {
     const path = fileName.startsWith('file:') ? fileName.slice(5) : fileName;
     // A protocol driver named as the top driver: QEMU opens the file node alone, which reads as raw does.
     if (options.driver && PROTOCOL_KINDS[options.driver]) {
-      checkProtocolKind(options.driver, path);
+      checkProtocolKind(options.driver, path, !(req.readOnly || options['read-only'] === 'on'));
       options.driver = 'raw';
     }
     const driverOptions: Record<string, unknown> = {};
