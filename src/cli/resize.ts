@@ -51,6 +51,7 @@ export async function runResize(args: string[], out: Output): Promise<number> {
       );
       return 1;
     }
+    if (total < current && prealloc !== undefined && prealloc !== 'off') throw new BlockError('ENOTSUP', 'Preallocation can only be used for growing images');
     await bdrvTruncate(bs, total, false, prealloc);
   } finally {
     if (bs) await closeNode(bs);

@@ -98,10 +98,19 @@ export const fileDriver: BlockDriver = {
       throw fromHostError(e, `${bs.filename}: flush failed`);
     }
   },
-  async truncate(bs, size) {
+  async truncate(bs, size, _exact, prealloc) {
     const s = st(bs);
+    const old = s.size;
     try {
       fs.ftruncateSync(s.fd, size);
+      // falloc and full allocate the new area; Node has no fallocate(2), so both write zeros (what full does in QEMU).
+      if ((prealloc === 'falloc' || prealloc === 'full') && size > old) {
+        const zeros = new Uint8Array(Math.min(1 << 20, size - old));
+        for (let at = old; at < size; ) {
+          const n = Math.min(zeros.length, size - at);
+          at += fs.writeSync(s.fd, zeros, 0, n, at);
+        }
+      }
     } catch (e) {
       throw fromHostError(e, `${bs.filename}: truncate to ${size} bytes failed`);
     }

@@ -268,3 +268,61 @@ describe('blocktab io command-line options vs qemu-io', () => {
     await sameWithOptions('missing-arg', ['-f', 'raw', 'IMG', '--cache'], []);
   });
 });
+
+describe('qemu-io vectored, aio and open/close commands (as QEMU iotests use them)', () => {
+  it('writev/readv/aio_write/aio_read/aio_flush print and fail like qemu-io', async () => {
+    const { a, b } = await compare('vector', [
+      'writev -P 0x11 0 512 1k 3k',
+      'readv -P 0x11 0 512 1k 3k',
+      'readv -P 0x12 0 4k',
+      'readv -v 4090 4 4',
+      'writev -C -q 8k 1',
+      // QEMU completes aio requests in whatever order its thread pool finishes them; one at a time keeps the order defined.
+      'aio_write -P 0x22 64k 4k 4k',
+      'aio_flush',
+      'aio_read -P 0x22 64k 8k',
+      'aio_flush',
+      'aio_write -z 128k 64k',
+      'aio_flush',
+      'aio_read -P 0 128k 64k',
+      'aio_flush',
+      'writev 1047552 2k',
+      'readv 1M 1',
+      'aio_write -u 0 4k',
+      'aio_write -z 0 4k 4k',
+      'writev -P -1 0 512',
+      'readv 0 1x',
+      'aio_read -i 0 1',
+      'aio_write -i 0 1',
+      'help writev',
+    ]);
+    expect(fs.readFileSync(b).equals(fs.readFileSync(a))).toBe(true);
+  });
+
+  it('open/close between commands, and -s keeps writes out of the image', async () => {
+    const [a, b] = twins('openclose', '1M');
+    const script = (img: string): string[] => ['-c', 'write -P 0x33 0 4k', '-c', 'close', '-c', 'read 0 512', '-c', `open -o driver=raw ${img}`, '-c', 'read -P 0x33 0 4k', '-c', `open ${img}`, '-c', 'close', '-c', 'open -r -o driver=raw', '-c', 'open -x'];
+    const q = qemuIoRun(['-f', 'raw', ...script(a), a]);
+    const o = await ours(['-f', 'raw', ...script(b), b]);
+    expect(normalise(o.stdout)).toBe(normalise(q.stdout));
+    expect(o.stderr.replaceAll(b, a)).toBe(q.stderr);
+    expect(o.status).toBe(q.status);
+    const snap = ['-c', 'write -P 0x44 0 4k', '-c', 'read -P 0x44 0 4k'];
+    const qs = qemuIoRun(['-s', '-f', 'raw', ...snap, a]);
+    const os = await ours(['-s', '-f', 'raw', ...snap, b]);
+    expect(normalise(os.stdout)).toBe(normalise(qs.stdout));
+    expect(os.status).toBe(qs.status);
+    expect(fs.readFileSync(b).equals(fs.readFileSync(a))).toBe(true);
+    expect(fs.readFileSync(b)[0]).toBe(0x33);
+  });
+
+  it('open -o driver=file/host_device checks the kind of file as QEMU does (iotest 226)', async () => {
+    const [a, b] = twins('protocols', '64k');
+    for (const [drv, file] of [['file', '/dev/null'], ['host_device', 'IMG'], ['file', 'IMG']]) {
+      const c = (img: string) => ['-c', `open -r -o driver=${drv},filename=${file === 'IMG' ? img : file}`, '-c', 'read -P 0 0 4k'];
+      const q = qemuIoRun(c(a));
+      const o = await ours(c(b));
+      expect({ drv, file, out: normalise(o.stdout), err: o.stderr.replaceAll(b, a), st: o.status }).toEqual({ drv, file, out: normalise(q.stdout), err: q.stderr, st: q.status });
+    }
+  });
+});

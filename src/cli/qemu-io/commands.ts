@@ -18,6 +18,8 @@ import type { BlockNode } from '../../block/node.js';
 import { cvtnum, cvtnumError, cvtstr, dumpBuffer, elapsedSince, printReport } from './format.js';
 import { getopt, type GetoptEvent, type GetoptResult } from './getopt.js';
 import { dumpHuman, type QDict } from '../../img/qobject.js';
+import { VECTOR_COMMANDS } from './vector-commands.js';
+import { OPEN_COMMANDS } from './open-commands.js';
 
 /** Where a session's output goes: `out` is qemu-io's stdout, `err` its stderr. Text includes newlines. */
 export interface IoOutput {
@@ -29,7 +31,7 @@ export interface IoOutput {
 export const BDRV_REQUEST_MAX_BYTES = 2147483136;
 const SECTOR = 512;
 
-const EINVAL = -22;
+export const EINVAL = -22;
 const EPERM = -1;
 
 const ERRNO: Partial<Record<BlockErrorCode, number>> = {
@@ -49,7 +51,7 @@ const ERRNO: Partial<Record<BlockErrorCode, number>> = {
   ELOOP: -40,
 };
 
-interface CmdInfo {
+export interface CmdInfo {
   name: string;
   altname?: string;
   argmin: number;
@@ -67,14 +69,14 @@ interface CmdInfo {
   run(s: QemuIoSession, argv: string[], parsed: GetoptResult): Promise<number>;
 }
 
-const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+export const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
 
 function codeOf(e: unknown): BlockErrorCode {
   return e instanceof BlockError ? e.code : 'EIO';
 }
 
 /** True when every byte of buf[start, start+len) equals `pattern`. */
-function matchesPattern(buf: Uint8Array, start: number, len: number, pattern: number): boolean {
+export function matchesPattern(buf: Uint8Array, start: number, len: number, pattern: number): boolean {
   let i = start;
   const end = start + len;
   // Word-wide compare where the view allows it; byte loop for the ends.
@@ -90,14 +92,33 @@ function matchesPattern(buf: Uint8Array, start: number, len: number, pattern: nu
   return true;
 }
 
+/** What `open` asks of the host (qemu-io's open options). */
+export interface OpenRequest {
+  readOnly: boolean;
+  /** -s: writes go to a temporary overlay and are dropped at close. */
+  snapshot: boolean;
+  /** -o key=value options (driver=, file.filename=, …), or --image-opts' whole string. */
+  options: Record<string, string>;
+}
+
+/** The host side of a session: opening and closing images by name, which needs file access. */
+export interface IoHost {
+  open(name: string | undefined, req: OpenRequest): Promise<BlockBackend>;
+  close(blk: BlockBackend): Promise<void>;
+  /** sigraise/abort: output flushed, then the signal raised on this process. */
+  raise?(signal: number): Promise<void>;
+}
+
 export class QemuIoSession {
   /** Set by `quit`: the caller stops feeding commands. */
   quit = false;
 
   constructor(
-    readonly blk: BlockBackend | null,
+    public blk: BlockBackend | null,
     readonly output: IoOutput,
     readonly progname = 'qemu-io',
+    /** Opens and closes images for `open`/`close`; without it those commands fail. */
+    readonly host?: IoHost,
   ) {}
 
   out(text: string): void {
@@ -205,7 +226,7 @@ export class QemuIoSession {
 
 // ------------------------------------------------------------------ commands
 
-function handleOpts(s: QemuIoSession, ct: CmdInfo, events: GetoptEvent[], on: (c: string, arg?: string) => number | undefined): number | undefined {
+export function handleOpts(s: QemuIoSession, ct: CmdInfo, events: GetoptEvent[], on: (c: string, arg?: string) => number | undefined): number | undefined {
   for (const ev of events) {
     if (ev.kind === 'error') {
       s.err(ev.message);
@@ -707,7 +728,7 @@ const helpCmd: CmdInfo = {
   async run(s, argv) {
     const line = (name: string, ct: CmdInfo): string => `${name} ${ct.args !== undefined ? ct.args + ' ' : ''}-- ${ct.oneline}\n`;
     if (argv.length === 1) {
-      s.out(COMMANDS.map((ct) => line(ct.name, ct)).join('') + "\nUse 'help commandname' for extended help.\n");
+      s.out(commands().map((ct) => line(ct.name, ct)).join('') + "\nUse 'help commandname' for extended help.\n");
       return 0;
     }
     const ct = findCommand(argv[1]!);
@@ -720,9 +741,15 @@ const helpCmd: CmdInfo = {
   },
 };
 
-/** The command table, sorted by name as qemu-io keeps it. */
-const COMMANDS: CmdInfo[] = [allocCmd, discardCmd, flushCmd, helpCmd, infoCmd, lengthCmd, mapCmd, quitCmd, readCmd, truncateCmd, writeCmd];
+/** The command table, sorted by name as qemu-io keeps it (built on first use: vector-commands imports this module). */
+let table: CmdInfo[] | undefined;
+function commands(): CmdInfo[] {
+  table ??= [allocCmd, discardCmd, flushCmd, helpCmd, infoCmd, lengthCmd, mapCmd, quitCmd, readCmd, truncateCmd, writeCmd, ...VECTOR_COMMANDS, ...OPEN_COMMANDS].sort((a, b) =>
+    a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+  );
+  return table;
+}
 
 function findCommand(name: string): CmdInfo | undefined {
-  return COMMANDS.find((ct) => ct.name === name || ct.altname === name);
+  return commands().find((ct) => ct.name === name || ct.altname === name);
 }

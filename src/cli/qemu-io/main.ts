@@ -12,7 +12,13 @@ import { FileStorage } from '../../protocols/file.js';
 import { openImage, closeNode } from '../../block/open.js';
 import { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
-import { QemuIoSession, type IoOutput } from './commands.js';
+import { QemuIoSession, type IoHost, type IoOutput, type OpenRequest } from './commands.js';
+import { parseKeyValues } from './open-commands.js';
+import { createImage, planCreate } from '../../img/create.js';
+import { BlockError } from '../../block/errors.js';
+import { tmpdir } from 'node:os';
+import { join, resolve as resolvePath } from 'node:path';
+import { statSync, unlinkSync } from 'node:fs';
 import { getopt, type LongOption } from './getopt.js';
 
 const PROGNAME = 'qemu-io';
@@ -38,7 +44,7 @@ See 'blocktab io -c help' for information on available commands.
 `;
 
 /** qemu-io's options (qemu-io.c): the short option string and the long table, for the shared parser. */
-const SHORT_OPTS = 'hc:f:rnmki:t:U';
+const SHORT_OPTS = 'hVc:d:f:rsnCmki:t:T:U';
 const LONG_OPTS: readonly LongOption[] = [
   { name: 'help', hasArg: false, val: 'h' },
   { name: 'cmd', hasArg: true, val: 'c' },
@@ -50,6 +56,13 @@ const LONG_OPTS: readonly LongOption[] = [
   { name: 'aio', hasArg: true, val: 'i' },
   { name: 'cache', hasArg: true, val: 't' },
   { name: 'force-share', hasArg: false, val: 'U' },
+  { name: 'version', hasArg: false, val: 'V' },
+  { name: 'snapshot', hasArg: false, val: 's' },
+  { name: 'copy-on-read', hasArg: false, val: 'C' },
+  { name: 'discard', hasArg: true, val: 'd' },
+  { name: 'trace', hasArg: true, val: 'T' },
+  { name: 'object', hasArg: true, val: 'O' },
+  { name: 'image-opts', hasArg: false, val: 'I' },
 ];
 
 /** QEMU's bdrv_parse_cache_mode: whether the mode bypasses the host cache, and whether it skips flushes. */
@@ -75,11 +88,15 @@ interface IoArgs {
   aio: string;
   /** -U: QEMU allows it on read-only images only. */
   forceShare: boolean;
+  /** -s: writes go to a temporary overlay. */
+  snapshot: boolean;
+  /** --image-opts: the operand is key=value options, not a file name. */
+  imageOpts: boolean;
 }
 
 /** Parses blocktab io's options with the shared getopt; returns an exit code on error or --help. */
 function parseArgs(args: string[], output: IoOutput): IoArgs | number {
-  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, aio: 'threads', forceShare: false };
+  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, aio: 'threads', forceShare: false, snapshot: false, imageOpts: false };
   const { events, operands } = getopt([PROGNAME, ...args], SHORT_OPTS, LONG_OPTS);
   for (const ev of events) {
     if (ev.kind === 'error') {
@@ -117,6 +134,13 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
       case 'U': res.forceShare = true; break;
       // Misaligned buffers for O_DIRECT change nothing here.
       case 'm': break;
+      case 's': res.snapshot = true; break;
+      case 'I': res.imageOpts = true; break;
+      case 'V':
+        output.out(`${PROGNAME} version 7.2.0 (blocktab)\n`);
+        return 0;
+      // Copy-on-read, discard mode, tracing and objects change nothing observable here.
+      case 'C': case 'd': case 'T': case 'O': break;
     }
   }
   if (operands.length > 1) {
@@ -124,6 +148,10 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
     return 1;
   }
   res.file = operands[0];
+  if (res.format !== undefined && res.imageOpts) {
+    output.err(`${PROGNAME}: --image-opts and -f are mutually exclusive\n`);
+    return 1;
+  }
   return res;
 }
 
@@ -166,6 +194,130 @@ export async function runCommands(session: QemuIoSession, lines: Iterable<string
   return failed ? 1 : 0;
 }
 
+/** Options QEMU's json:{…} file names and -o keys name that we understand: the file name, the format and the format's driver options. */
+function flattenJson(text: string): Record<string, string> {
+  let obj: unknown;
+  try {
+    obj = JSON.parse(text);
+  } catch {
+    throw new Error(`Could not parse the JSON options`);
+  }
+  const out: Record<string, string> = {};
+  const walk = (o: unknown, prefix: string): void => {
+    if (o && typeof o === 'object' && !Array.isArray(o)) for (const [k, v] of Object.entries(o)) walk(v, prefix ? `${prefix}.${k}` : k);
+    else out[prefix] = String(o);
+  };
+  walk(obj, '');
+  return out;
+}
+
+/** QEMU's host protocol drivers and the kind of file each requires. */
+const PROTOCOL_KINDS: Record<string, 'regular' | 'device'> = { file: 'regular', host_device: 'device', host_cdrom: 'device' };
+
+function checkProtocolKind(driver: string, path: string, writable: boolean): void {
+  let st: ReturnType<typeof statSync> | undefined;
+  try {
+    st = statSync(path);
+  } catch {
+    return; // the open that follows reports the missing file
+  }
+  // Opened for writing, a directory fails in open(2) before the kind is looked at.
+  if (writable && st.isDirectory()) throw new Error(`Could not open '${path}': Is a directory`);
+  if (PROTOCOL_KINDS[driver] === 'regular' && !st.isFile()) throw new Error(`'${driver}' driver requires '${path}' to be a regular file`);
+  if (PROTOCOL_KINDS[driver] === 'device' && !st.isCharacterDevice() && !st.isBlockDevice()) {
+    throw new Error(`'${driver}' driver requires '${path}' to be either a character or block device`);
+  }
+}
+
+/** Opens images for the session from the host's files: file names, json:{…} names, -o/--image-opts options, and -s. */
+class CliIoHost implements IoHost {
+  private readonly storage = new FileStorage();
+  private readonly temps = new Map<BlockBackend, string>();
+
+  constructor(
+    private readonly args: IoArgs,
+    private readonly output: IoOutput,
+  ) {}
+
+  async open(name: string | undefined, req: OpenRequest): Promise<BlockBackend> {
+    let options = { ...req.options };
+    if (name?.startsWith('json:')) {
+      options = { ...flattenJson(name.slice(5)), ...options };
+      name = undefined;
+    }
+    const fileName = name ?? options['file.filename'] ?? options['filename'] ?? (options.file && !options.file.includes('{') ? options.file : undefined);
+    if (fileName === undefined) throw new Error("A block device must be specified for \"file\"");
+    const path = fileName.startsWith('file:') ? fileName.slice(5) : fileName;
+    // A protocol driver named as the top driver: QEMU opens the file node alone, which reads as raw does.
+    if (options.driver && PROTOCOL_KINDS[options.driver]) {
+      checkProtocolKind(options.driver, path, !(req.readOnly || options['read-only'] === 'on'));
+      options.driver = 'raw';
+    }
+    const driverOptions: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(options)) {
+      // Nested options (backing.*, file.*) name other nodes; they are not the format driver's.
+      if (k.includes('.')) continue;
+      if (['driver', 'file', 'filename', 'file.filename', 'file.driver', 'read-only', 'force-share', 'file.locking', 'locking', 'cache.direct', 'cache.no-flush', 'node-name', 'discard'].includes(k)) continue;
+      driverOptions[k] = v;
+    }
+    const readOnly = req.readOnly || options['read-only'] === 'on';
+    let root: BlockNode;
+    try {
+      root = await openImage(this.storage, path, {
+        format: options.driver,
+        readOnly: readOnly || req.snapshot,
+        warn: (m) => this.output.err(m + '\n'),
+        driverOptions: Object.keys(driverOptions).length ? driverOptions : undefined,
+      });
+    } catch (e) {
+      // Driver messages start with the image name; qemu-io's "can't open device NAME: " names it already.
+      if (e instanceof Error && e.message.startsWith(`${path}: `)) e.message = e.message.slice(path.length + 2);
+      throw e;
+    }
+    let temp: string | undefined;
+    if (req.snapshot) {
+      // QEMU's -s: a temporary qcow2 overlay on the image; writes land there and vanish at close.
+      temp = join(tmpdir(), `vl.blocktab-${process.pid}-${Math.random().toString(36).slice(2)}`);
+      try {
+        const size = await new BlockBackend(root).getLength();
+        const plan = await planCreate(this.storage, { filename: temp, format: 'qcow2', size, backingFile: resolvePath(path), backingFormat: root.driver.name });
+        await createImage(this.storage, plan);
+        await closeNode(root);
+        root = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, warn: (m) => this.output.err(m + '\n') });
+      } catch (e) {
+        try {
+          unlinkSync(temp);
+        } catch {}
+        throw e;
+      }
+    }
+    if (this.args.noFlush) for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.noFlush = true;
+    const blk = new BlockBackend(root);
+    if (temp) this.temps.set(blk, temp);
+    return blk;
+  }
+
+  async raise(signal: number): Promise<void> {
+    await (this.output as { flush?(): Promise<void> }).flush?.();
+    // Nothing is flushed to the image: a KILL here leaves it as a crash would.
+    if (signal > 0) process.kill(process.pid, signal);
+  }
+
+  async close(blk: BlockBackend): Promise<void> {
+    const temp = this.temps.get(blk);
+    this.temps.delete(blk);
+    try {
+      await closeNode(blk.root);
+    } finally {
+      if (temp) {
+        try {
+          unlinkSync(temp);
+        } catch {}
+      }
+    }
+  }
+}
+
 /** Entry point of `blocktab io`; returns the exit code. */
 export async function runIo(args: string[], output: IoOutput & { flush?(): Promise<void> } = processOutput(), input: NodeJS.ReadableStream = process.stdin): Promise<number> {
   const parsed = parseArgs(args, output);
@@ -173,27 +325,31 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
     await output.flush?.();
     return parsed;
   }
-  let root: BlockNode | null = null;
+  const host = new CliIoHost(parsed, output);
+  let blk: BlockBackend | null = null;
   if (parsed.file !== undefined) {
     try {
       if (parsed.forceShare && !parsed.readOnly) throw new Error('force-share=on can only be used with read-only images');
       if (parsed.aio === 'native' && !parsed.direct) {
         throw new Error('aio=native was specified, but it requires cache.direct=on, which was not specified.');
       }
-      root = await openImage(new FileStorage(), parsed.file, {
-        format: parsed.format,
-        readOnly: parsed.readOnly,
-        warn: (m) => output.err(m + '\n'),
-      });
-      if (parsed.noFlush) for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.noFlush = true;
+      let name: string | undefined = parsed.file;
+      let options: Record<string, string> = {};
+      if (parsed.imageOpts) {
+        const kv = parseKeyValues(parsed.file);
+        if (typeof kv === 'string') throw new Error(kv);
+        options = kv;
+        name = undefined;
+      } else if (parsed.format) options.driver = parsed.format;
+      blk = await host.open(name, { readOnly: parsed.readOnly, snapshot: parsed.snapshot, options });
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
-      output.err(`${PROGNAME}: can't open device ${parsed.file}: ${msg}\n`);
+      output.err(`${PROGNAME}: can't open${parsed.imageOpts ? '' : ` device ${parsed.file}`}: ${msg}\n`);
       await output.flush?.();
       return 1;
     }
   }
-  const session = new QemuIoSession(root ? new BlockBackend(root) : null, output, PROGNAME);
+  const session = new QemuIoSession(blk, output, PROGNAME, host);
   let status: number;
   try {
     if (parsed.cmds.length > 0) {
@@ -204,9 +360,9 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
       rl.close();
     }
   } finally {
-    if (root) {
+    if (session.blk) {
       try {
-        await closeNode(root);
+        await host.close(session.blk);
       } catch (e) {
         output.err(`${PROGNAME}: ${e instanceof Error ? e.message : String(e)}\n`);
         status = 1;

@@ -61,6 +61,7 @@ import { QCOW_MAX_L1_SIZE } from './validate.js';
 import { flushMetadata } from './l1.js';
 import { writeHeaderFields, writeIncompatibleFeatures } from './metadata.js';
 import type { Qcow2State } from './state.js';
+import { prepareHeader } from './write.js';
 
 /**
  * The check stopped (QEMU's check returning -errno): qemu-img prints the
@@ -979,6 +980,8 @@ export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promis
   const repairing = fix.leaks || fix.errors;
   if (repairing && bs.readOnly) throw new BlockError('EPERM', `${s.image}: cannot repair an image opened read-only`);
   if (!bs.readOnly) await flushMetadata(s);
+  // A repair opens the image read-write, which drops the autoclear bits nobody maintains (qemu-img check -r).
+  if (repairing) await prepareHeader(s);
   let res: Res;
   try {
     res = await checkRefcounts(bs, s, fix);

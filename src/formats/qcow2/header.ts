@@ -304,9 +304,12 @@ function parseExtension(type: number, data: Uint8Array, image: string, at: numbe
       if (data.length >= 16) throw err('ENOSPC', image, `backing format extension too large (${data.length} bytes, at most 15)`, at);
       return { type, backingFormat: cString(data) };
     case QCOW2_EXT_MAGIC_FEATURE_TABLE: {
+      // A last entry cut short reads as if zero-padded to 48 bytes, and an entry with an empty name ends the table (as QEMU reads it).
       const features: Qcow2Feature[] = [];
-      for (let q = 0; q + 48 <= data.length; q += 48) {
-        features.push({ type: data[q]!, bit: data[q + 1]!, name: cString(data.subarray(q + 2, q + 48)) });
+      for (let q = 0; q + 2 < data.length; q += 48) {
+        const name = cString(data.subarray(q + 2, Math.min(q + 48, data.length)));
+        if (name === '') break;
+        features.push({ type: data[q]!, bit: data[q + 1]!, name });
       }
       return { type, features };
     }
@@ -331,7 +334,8 @@ function parseExtension(type: number, data: Uint8Array, image: string, at: numbe
 
 /** The first extension of `type`, typed by its magic. */
 export function findExtension<T extends number>(h: Qcow2Header, type: T): Extract<HeaderExtension, { type: T }> | undefined {
-  return h.extensions.find((e) => e.type === type) as Extract<HeaderExtension, { type: T }> | undefined;
+  // The last of repeated extensions counts, as QEMU reads them in order and each overwrites the one before.
+  return [...h.extensions].reverse().find((e) => e.type === type) as Extract<HeaderExtension, { type: T }> | undefined;
 }
 
 /** Names of the set bits of `mask` among the features of `featureType`, from the image's table; "unknown" bits listed by number. */

@@ -67,7 +67,7 @@ export function validateHeader(h: Qcow2Header, image: string, fileSize: number, 
 
   const unknown = h.incompatibleFeatures & ~QCOW2_INCOMPAT_MASK;
   if (unknown) {
-    fail('ENOTSUP', image, `Unsupported qcow2 feature(s): ${describeFeatures(h, QCOW2_FEAT_TYPE_INCOMPATIBLE, unknown).join(', ')} (incompatible_features at 0x48)`);
+    fail('ENOTSUP', image, `Unsupported qcow2 feature(s): ${describeFeatures(h, QCOW2_FEAT_TYPE_INCOMPATIBLE, unknown).join(', ')}`);
   }
   if (writable && h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) {
     fail('EACCES', image, 'qcow2: Image is corrupt; cannot be opened read/write (corrupt bit set in incompatible_features at 0x48)');

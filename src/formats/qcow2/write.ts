@@ -105,6 +105,12 @@ async function checkHostAligned(s: Qcow2State, host: number, guest: number): Pro
 /** Before the first change: clear autoclear bits we do not maintain, set the dirty bit for lazy refcounts. */
 export async function prepareWrite(s: Qcow2State): Promise<void> {
   checkNotCorrupt(s);
+  await prepareHeader(s);
+  if (s.header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) await setDirtyBit(s);
+}
+
+/** Clears the autoclear bits we do not maintain, once (QEMU does it when it opens an image read-write). */
+export async function prepareHeader(s: Qcow2State): Promise<void> {
   const h = s.header;
   if (!s.rw.headerPrepared) {
     // Bits we do not keep up to date (bitmaps, unknown ones) must go before the image changes.
@@ -116,7 +122,6 @@ export async function prepareWrite(s: Qcow2State): Promise<void> {
     }
     s.rw.headerPrepared = true;
   }
-  if (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) await setDirtyBit(s);
 }
 
 /** After a request: keep the number of dirty L2 slices bounded. */

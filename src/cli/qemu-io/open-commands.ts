@@ -1,0 +1,193 @@
+/**
+ * qemu-io's `open` and `close`: an image can be opened and closed between
+ * commands. The opening itself is the host's (it needs file access); this
+ * module parses the options as qemu-io does and reports as it does.
+ */
+import { EINVAL, handleOpts, type CmdInfo, type OpenRequest } from './commands.js';
+
+/** QEMU's QemuOpts syntax: key=value pairs separated by commas, ",," for a literal comma; a bare word is `implied` (or key=on). */
+export function parseKeyValues(text: string, implied?: string): Record<string, string> | string {
+  const out: Record<string, string> = {};
+  let i = 0;
+  let first = true;
+  while (i < text.length) {
+    let part = '';
+    while (i < text.length) {
+      if (text[i] === ',') {
+        if (text[i + 1] === ',') {
+          part += ',';
+          i += 2;
+          continue;
+        }
+        i++;
+        break;
+      }
+      part += text[i++];
+    }
+    const eq = part.indexOf('=');
+    if (eq < 0) {
+      if (first && implied) out[implied] = part;
+      else if (part !== '') out[part.startsWith('no') ? part.slice(2) : part] = part.startsWith('no') ? 'off' : 'on';
+    } else {
+      const key = part.slice(0, eq);
+      if (key === '') return `Invalid parameter ''`;
+      out[key] = part.slice(eq + 1);
+    }
+    first = false;
+  }
+  return out;
+}
+
+const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
+
+const openCmd: CmdInfo = {
+  name: 'open',
+  altname: 'o',
+  argmin: 1,
+  argmax: -1,
+  global: true,
+  args: '[-rsCnkU] [-t cache] [-d discard] [-o options] [path]',
+  oneline: 'open the file specified by path',
+  help:
+    '\n opens a new file in the requested mode\n\n Example:\n' +
+    " 'open -n -o driver=raw /tmp/data' - opens raw data file read-write, uncached\n\n" +
+    ' Opens a file for subsequent use by all of the other qemu-io commands.\n' +
+    ' -r, -- open file read-only\n' +
+    ' -s, -- use snapshot file\n' +
+    ' -C, -- use copy-on-read\n' +
+    ' -n, -- disable host cache, short for -t none\n' +
+    ' -U, -- force shared permissions\n' +
+    ' -k, -- use kernel AIO implementation (Linux only, prefer use of -i)\n' +
+    ' -i, -- use AIO mode (threads, native or io_uring)\n' +
+    ' -t, -- use the given cache mode for the image\n' +
+    ' -d, -- use the given discard mode for the image\n' +
+    ' -o, -- options to be given to the block driver\n',
+  opts: 'snCro:ki:t:d:U',
+  async run(s, argv, parsed) {
+    const req: OpenRequest = { readOnly: false, snapshot: false, options: {} };
+    const stop = handleOpts(s, this, parsed.events, (c, arg) => {
+      switch (c) {
+        case 's': req.snapshot = true; break;
+        case 'r': req.readOnly = true; break;
+        case 't':
+          if (!CACHE_MODES.includes(arg!)) {
+            s.report(`Invalid cache option: ${arg}`);
+            return EINVAL;
+          }
+          break;
+        case 'd':
+          if (!['ignore', 'off', 'unmap', 'on'].includes(arg!)) {
+            s.report(`Invalid discard option: ${arg}`);
+            return EINVAL;
+          }
+          break;
+        case 'i':
+          if (!['threads', 'native', 'io_uring'].includes(arg!)) {
+            s.report(`Invalid aio option: ${arg}`);
+            return EINVAL;
+          }
+          break;
+        case 'o': {
+          const kv = parseKeyValues(arg!);
+          if (typeof kv === 'string') {
+            s.report(kv);
+            return EINVAL;
+          }
+          Object.assign(req.options, kv);
+          break;
+        }
+      }
+      return undefined;
+    });
+    if (stop !== undefined) return stop;
+    if (parsed.operands.length > 1) return s.usage(this);
+    if (s.blk) {
+      s.report("file open already, try 'help close'");
+      return EINVAL;
+    }
+    if (!s.host) {
+      s.report('opening images is not available here');
+      return EINVAL;
+    }
+    const name = parsed.operands[0];
+    try {
+      s.blk = await s.host.open(name, req);
+    } catch (e) {
+      s.report(`can't open${name !== undefined ? ` device ${name}` : ''}: ${e instanceof Error ? e.message : String(e)}`);
+      return EINVAL;
+    }
+    return 0;
+  },
+};
+
+const closeCmd: CmdInfo = {
+  name: 'close',
+  altname: 'c',
+  argmin: 0,
+  argmax: 0,
+  oneline: 'close the current open file',
+  async run(s) {
+    const blk = s.blk!;
+    s.blk = null;
+    await s.host?.close(blk);
+    return 0;
+  },
+};
+
+const NSIG = 65;
+const SIGTERM = 15;
+const SIGABRT = 6;
+
+const sigraiseCmd: CmdInfo = {
+  name: 'sigraise',
+  argmin: 1,
+  argmax: 1,
+  global: true,
+  args: 'signal',
+  oneline: 'raises a signal',
+  help:
+    `\n raises the given signal\n\n Example:\n 'sigraise ${SIGTERM}' - raises SIGTERM\n\n` +
+    ' Invokes raise(signal), where "signal" is the mandatory integer argument\n given to sigraise.\n\n',
+  async run(s, argv) {
+    const sig = s.num(argv[1]!);
+    if (sig === undefined) return EINVAL;
+    if (sig > NSIG) {
+      s.out(`signal argument '${argv[1]}' is too large to be a valid signal\n`);
+      return EINVAL;
+    }
+    await s.host?.raise?.(sig);
+    return 0;
+  },
+};
+
+const abortCmd: CmdInfo = {
+  name: 'abort',
+  argmin: 0,
+  argmax: 0,
+  global: true,
+  oneline: 'simulate a program crash using abort(3)',
+  async run(s) {
+    await s.host?.raise?.(SIGABRT);
+    return 0;
+  },
+};
+
+const sleepCmd: CmdInfo = {
+  name: 'sleep',
+  argmin: 1,
+  argmax: 1,
+  global: true,
+  oneline: 'waits for the given value in milliseconds',
+  async run(s, argv) {
+    const m = /^[ \t]*\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(argv[1]!);
+    if (!m) {
+      s.out(`${argv[1]} is not a valid number\n`);
+      return EINVAL;
+    }
+    const ms = Number(m[1]!.startsWith('0') && !/^0[xX]/.test(m[1]!) && m[1]!.length > 1 ? parseInt(m[1]!, 8) : m[1]);
+    await new Promise((r) => setTimeout(r, ms));
+    return 0;
+  },
+};
+
+export const OPEN_COMMANDS: CmdInfo[] = [abortCmd, closeCmd, openCmd, sigraiseCmd, sleepCmd];
