@@ -102,11 +102,11 @@ describe('workloads on OPFS qcow2 images made by the engine, checked by qemu-img
     created.push(f);
     const size = 6 * MiB;
     await client.execute('blockdev-create', { 'job-id': 'mkfile', options: { driver: 'opfs', filename: f, size: 0 } });
-    await expect.poll(async () => (await client.execute<{ id: string; status: string }[]>('query-jobs')).find((j) => j.id === 'mkfile')?.status).toBe('concluded');
+    await expect.poll(async () => (await client.execute<{ id: string; status: string }[]>('query-jobs')).find((j) => j.id === 'mkfile')?.status, { timeout: 15_000 }).toBe('concluded');
     await client.execute('job-dismiss', { id: 'mkfile' });
     await client.execute('blockdev-add', { driver: 'opfs', 'node-name': 'a2-file', filename: f });
     await client.execute('blockdev-create', { 'job-id': 'mkq', options: { driver: 'qcow2', file: 'a2-file', size, 'cluster-size': 32768, 'lazy-refcounts': true } });
-    await expect.poll(async () => (await client.execute<{ id: string; status: string; error?: string }[]>('query-jobs')).find((j) => j.id === 'mkq')).toMatchObject({
+    await expect.poll(async () => (await client.execute<{ id: string; status: string; error?: string }[]>('query-jobs')).find((j) => j.id === 'mkq'), { timeout: 15_000 }).toMatchObject({
       status: 'concluded',
     });
     expect((await client.execute<{ id: string; error?: string }[]>('query-jobs')).find((j) => j.id === 'mkq')!.error).toBeUndefined();
