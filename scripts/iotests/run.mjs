@@ -209,6 +209,7 @@ function runCheck(src, which, fmt, tests, jobs) {
   };
   delete env.CI; // check's output does not depend on it; keep the tests' environment plain
   const r = run(join(buildIotests, 'check'), [`-${fmt}`, '-tap', '-j', String(jobs), ...tests], { cwd: buildIotests, env });
+  writeFileSync(join(buildIotests, 'check.log'), `${r.stdout}\n${r.stderr}`);
   const results = new Map();
   for (const line of r.stdout.split('\n')) {
     const m = /^(not ok|ok) \S+ (\S+)(?: # SKIP (.*))?/.exec(line);
@@ -216,7 +217,7 @@ function runCheck(src, which, fmt, tests, jobs) {
     results.set(m[2], m[3] !== undefined ? 'skip' : m[1] === 'ok' ? 'pass' : 'fail');
   }
   if (results.size === 0) throw new Error(`check printed no results:\n${r.stdout.slice(-2000)}\n${r.stderr.slice(-2000)}`);
-  return { results, dir: buildIotests };
+  return { results, dir: buildIotests, log: r.stdout };
 }
 
 // ------------------------------------------------------------------ main
@@ -255,9 +256,11 @@ function main() {
   }
   const considered = qemu ? names.filter((n) => qemu.get(n) === 'pass') : names;
   process.stderr.write(`iotests: running ${considered.length} tests with blocktab\n`);
-  const { results: ours, dir } = considered.length ? runCheck(src, 'blocktab', o.fmt, considered, o.jobs) : { results: new Map(), dir: '' };
+  const { results: ours, dir, log } = considered.length ? runCheck(src, 'blocktab', o.fmt, considered, o.jobs) : { results: new Map(), dir: '', log: '' };
   const passed = considered.filter((n) => ours.get(n) === 'pass');
-  const failed = considered.filter((n) => ours.get(n) !== 'pass');
+  // "not run" is check's own verdict (a test's requirement this machine lacks): neither a pass nor a failure.
+  const notRun = considered.filter((n) => ours.get(n) === 'skip');
+  const failed = considered.filter((n) => ours.get(n) !== 'pass' && ours.get(n) !== 'skip');
 
   const lines = [
     `iotests -${o.fmt}: ${names.length} selected (shell tests using only qemu-img/qemu-io${o.group ? `, group ${o.group}` : ''}${o.sample !== undefined ? `, sample of ${o.sample} seed ${o.seed}` : ''})`,
@@ -270,7 +273,10 @@ function main() {
     if (qFail.length) lines.push(`  fail with QEMU too: ${qFail.join(' ')}`);
   }
   lines.push(`  with blocktab: ${passed.length} of ${considered.length} pass`);
-  if (failed.length) lines.push(`  fail with blocktab: ${failed.join(' ')}`, `  (diffs: ${dir}/scratch/TEST/TEST.out.bad)`);
+  if (notRun.length) lines.push(`  not run here (check's verdict): ${notRun.join(' ')}`);
+  if (failed.length) lines.push(`  fail with blocktab: ${failed.join(' ')}`, `  (diffs: ${dir}/scratch/TEST/TEST.out.bad; check's output: ${dir}/check.log)`);
+  // check's own words on each failure (TAP lines and their comments).
+  if (failed.length) lines.push(...log.split('\n').filter((l) => failed.some((n) => l.includes(` ${n}`)) || l.startsWith('#')).map((l) => `  | ${l}`));
   process.stdout.write(lines.join('\n') + '\n');
   const bench = { name: `iotests-${o.fmt}`, value: passed.length, unit: 'tests', baseline: considered.length, ratio: considered.length ? +(passed.length / considered.length).toFixed(3) : 1, aim: 1 };
   process.stdout.write(`BENCH ${JSON.stringify(bench)}\n`);

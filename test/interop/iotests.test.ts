@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { repoRoot } from '../helpers/qemu.js';
 
 const list = path.join(repoRoot, 'test', 'iotests', 'passing.json');
-const sampleSize = process.env.IOTESTS_SAMPLE ?? '8';
+const sampleSize = process.env.IOTESTS_SAMPLE ?? '5';
 const seed = process.env.IOTESTS_SEED ?? '1';
 
 function runIotests(fmt: string): { status: number | null; output: string } {

@@ -14,8 +14,7 @@ import { closeNode, openImage } from '../../src/block/open.js';
 import type { BlockNode } from '../../src/block/node.js';
 import { createImage, planCreate } from '../../src/img/create.js';
 import { AlignedStorage, type AlignedOptions } from '../helpers/aligned-protocol.js';
-import '../../src/formats/raw/raw.js';
-import '../../src/formats/qcow2/qcow2.js';
+import '../../src/drivers.js';
 
 const SIZE = 64 * 1024;
 
