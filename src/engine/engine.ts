@@ -23,7 +23,6 @@ import type { BlockNode } from '../block/node.js';
 import { BlockBackend } from '../block/backend.js';
 import { bdrvFlush, bdrvGetLength, bdrvPwrite, bdrvTruncate } from '../block/io.js';
 import { closeNode, openImage } from '../block/open.js';
-import { imageInfo } from '../img/info.js';
 import { mapExtents, type MapEntry, type MapOptions } from '../img/map.js';
 import { convert, convertTotalBytes, createConvertTarget, type ConvertOptions, type ProgressFn } from '../img/convert.js';
 import { compareImages, type CompareOptions, type CompareResult } from '../img/compare.js';

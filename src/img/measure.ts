@@ -11,13 +11,6 @@ import { appendOptionLists, parseOptions, PROTOCOL_CREATE_OPTS, type OptionValue
 
 export type { MeasureResult } from '../block/driver.js';
 
-/**
- * Formats qemu-img 7.2 has and blocktab has no driver for yet: qemu-img
- * refuses to measure them, with this message rather than "Unknown file
- * format". A registered driver answers for itself (by having `measure` or not).
- */
-const QEMU_FORMATS_WITHOUT_MEASURE = ['vpc', 'vdi', 'qed', 'qcow', 'luks', 'parallels', 'cloop', 'dmg', 'bochs'];
-
 export interface MeasurePlan {
   driver: BlockDriver;
   values: OptionValues;
@@ -26,9 +19,8 @@ export interface MeasurePlan {
 /** Checks the output format and parses -o, with qemu-img's messages (before any input is opened). */
 export function planMeasure(format: string, options: readonly string[] = []): MeasurePlan {
   const driver = findDriver(format);
-  const known = driver?.kind === 'format' || (!driver && QEMU_FORMATS_WITHOUT_MEASURE.includes(format));
-  if (!known) throw new BlockError('EINVAL', `Unknown file format '${format}'`);
-  if (!driver?.measure) throw new BlockError('ENOTSUP', `Block driver '${format}' does not support size measurement`);
+  if (driver?.kind !== 'format') throw new BlockError('EINVAL', `Unknown file format '${format}'`);
+  if (!driver.measure) throw new BlockError('ENOTSUP', `Block driver '${format}' does not support size measurement`);
   const list = appendOptionLists(driver.createOptions ?? [], PROTOCOL_CREATE_OPTS);
   try {
     return { driver, values: parseOptions(list, options) };
