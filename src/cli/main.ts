@@ -5,7 +5,7 @@
  * line `blocktab: <message>` on stderr and qemu-img's exit code, never a stack
  * trace.
  */
-import { readFileSync, realpathSync } from 'node:fs';
+import { fs } from '../protocols/node-fs.js';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { listDrivers } from '../block/driver.js';
@@ -72,7 +72,7 @@ Supported formats: ${listDrivers('format')
 
 function version(): string {
   try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
     return pkg.version;
   } catch {
     return 'unknown';
@@ -94,7 +94,7 @@ const KERNEL_COMMANDS = new Set(['convert', 'compare', 'map', 'check', 'commit',
 async function loadKernels(): Promise<void> {
   try {
     const { initWasm } = await import('../runtime.js'); // also installs the arena as the buffer provider
-    await initWasm({ bytes: readFileSync(new URL('../../build/blocktab.wasm', import.meta.url)) });
+    await initWasm({ bytes: fs.readFileSync(new URL('../../build/blocktab.wasm', import.meta.url)) });
   } catch (e) {
     if (process.env.BLOCKTAB_DEBUG) process.stderr.write(`${progName()}: note: wasm kernels not loaded (${String(e)}); using JS fallbacks\n`);
   }
@@ -140,7 +140,7 @@ export async function main(argv: string[], out: Output): Promise<number> {
 
 function isEntry(): boolean {
   try {
-    return process.argv[1] !== undefined && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+    return process.argv[1] !== undefined && fs.realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
   } catch {
     return false;
   }

@@ -7,7 +7,7 @@
  * `json:{"driver": ..., "file": {"filename": ...}, ...}` name is read the
  * same way. Both become a format, a file name and driver options.
  */
-import { readFileSync } from 'node:fs';
+import { fs } from '../protocols/node-fs.js';
 import { registerSecret } from '../block/secrets.js';
 import { UsageError } from './args.js';
 
@@ -47,7 +47,7 @@ function defineObject(text: string): void {
   if (type !== 'secret') throw new UsageError(`--object: type '${type}' is not supported (only 'secret')`);
   if (!kv.id) throw new UsageError(`Parameter 'id' is missing`);
   if (kv.data !== undefined) registerSecret(kv.id, kv.data);
-  else if (kv.file !== undefined) registerSecret(kv.id, new Uint8Array(readFileSync(kv.file)));
+  else if (kv.file !== undefined) registerSecret(kv.id, new Uint8Array(fs.readFileSync(kv.file)));
   else throw new UsageError(`Either 'data' or 'file' must be provided`);
 }
 

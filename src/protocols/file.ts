@@ -12,7 +12,7 @@
  * the end of the file return zeros, as QEMU's file-posix driver does for
  * formats that read whole clusters.
  */
-import * as fs from 'node:fs';
+import { fs } from './node-fs.js';
 import * as nodePath from 'node:path';
 import { BlockError, fromHostError } from '../block/errors.js';
 import { registerDriver, type BlockDriver } from '../block/driver.js';

@@ -18,7 +18,7 @@ import { createImage, planCreate } from '../../img/create.js';
 import { BlockError } from '../../block/errors.js';
 import { tmpdir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
-import { statSync, unlinkSync } from 'node:fs';
+import { fs } from '../../protocols/node-fs.js';
 import { getopt, type LongOption } from './getopt.js';
 
 const PROGNAME = 'qemu-io';
@@ -215,9 +215,9 @@ function flattenJson(text: string): Record<string, string> {
 const PROTOCOL_KINDS: Record<string, 'regular' | 'device'> = { file: 'regular', host_device: 'device', host_cdrom: 'device' };
 
 function checkProtocolKind(driver: string, path: string, writable: boolean): void {
-  let st: ReturnType<typeof statSync> | undefined;
+  let st: ReturnType<typeof fs.statSync> | undefined;
   try {
-    st = statSync(path);
+    st = fs.statSync(path);
   } catch {
     return; // the open that follows reports the missing file
   }
@@ -286,7 +286,7 @@ class CliIoHost implements IoHost {
         root = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, warn: (m) => this.output.err(m + '\n') });
       } catch (e) {
         try {
-          unlinkSync(temp);
+          fs.unlinkSync(temp);
         } catch {}
         throw e;
       }
@@ -311,7 +311,7 @@ class CliIoHost implements IoHost {
     } finally {
       if (temp) {
         try {
-          unlinkSync(temp);
+          fs.unlinkSync(temp);
         } catch {}
       }
     }
