@@ -1,20 +1,25 @@
 /** Node entry: the library plus the host file protocol and Node's C zlib for compressed writes. */
-import { deflateRawSync, deflateSync, inflateSync } from 'node:zlib';
+import { createRequire } from 'node:module';
 import { installDeflateRaw4k, installDeflateZlib } from './codecs/deflate.js';
 import { installInflateExact } from './codecs/zlib-exact.js';
 import { installBzip2 } from './codecs/bzip2.js';
 import { installDeflatePool } from './codecs/deflate-pool.js';
 import { createNodeDeflatePool } from './codecs/deflate-pool-node.js';
 
-installDeflateRaw4k((input) => deflateRawSync(input, { windowBits: 12, level: 6, memLevel: 9 }));
+// node:zlib loads on first use: it pulls in the whole streams stack, ~20 ms of every start-up.
+type Zlib = typeof import('node:zlib');
+let zlibModule: Zlib | undefined;
+const zlib = (): Zlib => (zlibModule ??= createRequire(import.meta.url)('node:zlib') as Zlib);
+
+installDeflateRaw4k((input) => zlib().deflateRawSync(input, { windowBits: 12, level: 6, memLevel: 9 }));
 installDeflatePool(createNodeDeflatePool());
 // stream-optimized vmdk grains: zlib streams at zlib's default level.
-installDeflateZlib((input) => deflateSync(input));
+installDeflateZlib((input) => zlib().deflateSync(input));
 // zlib streams (dmg and cloop chunks, vmdk grains): Node's C zlib, bounded by the chunk size like the pako path.
 installInflateExact((input, out) => {
   let got: Buffer;
   try {
-    got = inflateSync(input, { maxOutputLength: out.length });
+    got = zlib().inflateSync(input, { maxOutputLength: out.length });
   } catch (e) {
     const err = e as { code?: string; message?: string };
     if (err.code === 'ERR_BUFFER_TOO_LARGE') return `the stream inflates to more than ${out.length} bytes`;
