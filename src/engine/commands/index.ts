@@ -15,6 +15,7 @@ import { transactionCommands } from './transaction.js';
 import { jobCommands } from './jobs.js';
 import { createCommands } from './create.js';
 import { commitCommands } from './commit.js';
+import { mirrorBackupCommands } from './mirror-backup.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -28,4 +29,5 @@ export const qmpCommands: QmpCommandTable = {
   ...jobCommands,
   ...createCommands,
   ...commitCommands,
+  ...mirrorBackupCommands,
 };

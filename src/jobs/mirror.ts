@@ -1,0 +1,198 @@
+/**
+ * The mirror job (QEMU's block/mirror.c, drive-mirror / blockdev-mirror):
+ * copies a source node to a target while the source keeps taking writes.
+ *
+ * A private dirty bitmap at the job's granularity drives everything. It
+ * starts with what `sync` asks for — `full`: the whole disk (or only what
+ * the source's chain holds, when the target is known to read as zeros),
+ * `top`: what the top layer holds above its backing file, `none`: nothing —
+ * and a write observer on the source marks every guest write from the
+ * job's start. The job clears a run of dirty chunks, reads it from the
+ * source and writes it to the target (an all-zero run as write-zeroes);
+ * a guest write that lands meanwhile marks the run again and it is copied
+ * in a later round. When the bitmap is first empty the job is 'ready'
+ * (BLOCK_JOB_READY) and keeps copying what the guest writes; job-complete
+ * drains the rest and pivots the source's users onto the target, a cancel
+ * without force drains and ends without the pivot (the target is then a
+ * consistent copy), a forced cancel just stops.
+ *
+ * I/O errors follow on-source-error / on-target-error: `report` fails the
+ * job, `ignore` marks the run dirty again, `stop` (and `enospc` on ENOSPC)
+ * pauses the job until job-resume, which retries the run.
+ *
+ * Every byte goes through src/block/io.ts, so the target's own bitmaps and
+ * write statistics see the job's writes.
+ */
+import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
+import { addWriteObserver, BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
+import { BlockError } from '../block/errors.js';
+import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
+import type { BlockNode } from '../block/node.js';
+import { isAllocatedAbove } from '../block/status.js';
+import type { Job, JobDriver, JobErrorPolicy } from './job.js';
+import { registerJobType } from './registry.js';
+
+export type MirrorSyncMode = 'full' | 'top' | 'none';
+
+/** QEMU's mirror default buf-size (16 MiB) and the largest run one copy moves. */
+export const MIRROR_DEFAULT_BUF_SIZE = 16 * 1024 * 1024;
+const MAX_RUN = 4 * 1024 * 1024;
+/** How long a ready job with nothing to copy waits before it looks again (QEMU's SLICE_TIME). */
+const IDLE_NS = 100_000_000;
+
+export interface MirrorOptions {
+  source: BlockNode;
+  target: BlockNode;
+  sync: MirrorSyncMode;
+  /** Bytes per bit of the job's bitmap (power of two, 512 B .. 64 MiB). */
+  granularity: number;
+  /** Bytes in flight at most (QEMU's buf-size); one run is at most this. */
+  bufSize?: number;
+  /**
+   * sync=full: the target does not read as zeros yet, so every chunk is
+   * copied, zeros included (QEMU's zero_target). Otherwise only what the
+   * source's chain holds.
+   */
+  zeroTarget?: boolean;
+  onSourceError?: JobErrorPolicy;
+  onTargetError?: JobErrorPolicy;
+  /** After job-complete: switch the source's users onto the target. */
+  pivot(target: BlockNode): Promise<void>;
+  /** Always, last: releases what the command opened (an implicit target that was not pivoted to). */
+  release?(pivoted: boolean): Promise<void>;
+}
+
+/** The chunk-aligned cover of [offset, offset + bytes). */
+function alignOut(offset: number, bytes: number, g: number): { offset: number; bytes: number } {
+  const start = offset - (offset % g);
+  return { offset: start, bytes: Math.ceil((offset + bytes) / g) * g - start };
+}
+
+export function mirrorDriver(o: MirrorOptions): JobDriver {
+  let dirty: BdrvDirtyBitmap | undefined;
+  let stopTracking: (() => void) | undefined;
+  let completeRequested = false;
+  let pivoted = false;
+  const run = Math.max(o.granularity, Math.min(o.bufSize ?? MIRROR_DEFAULT_BUF_SIZE, MAX_RUN));
+
+  /** Marks what `sync` asks to copy before the first round (QEMU's mirror_dirty_init). */
+  const initialDirty = async (size: number): Promise<void> => {
+    const bm = dirty!.bitmap;
+    if (o.sync === 'none') return;
+    if (o.sync === 'full' && o.zeroTarget) {
+      bm.set(0, size);
+      return;
+    }
+    const base = o.sync === 'top' ? o.source.cowNode() : null;
+    for (let off = 0; off < size; ) {
+      const { allocated, pnum } = await isAllocatedAbove(o.source, base, false, off, Math.min(size - off, 1 << 30));
+      const n = Math.max(1, pnum);
+      if (allocated) bm.set(off, n);
+      off += n;
+    }
+  };
+
+  /** Copies one run; returns false when the error policy stopped or ignored it (the run is dirty again). */
+  const copyRun = async (job: Job, offset: number, bytes: number, buf: Uint8Array): Promise<boolean> => {
+    const chunk = buf.subarray(0, bytes);
+    const retry = (): false => {
+      dirty!.bitmap.set(offset, bytes);
+      return false;
+    };
+    try {
+      await bdrvPread(o.source, offset, bytes, chunk);
+    } catch (e) {
+      if (job.errorAction(o.onSourceError ?? 'report', 'read', e) === 'report') throw e;
+      return retry();
+    }
+    try {
+      if (bufferIsZero(chunk)) await bdrvPwriteZeroes(o.target, offset, bytes);
+      else await bdrvPwrite(o.target, offset, bytes, chunk);
+    } catch (e) {
+      if (job.errorAction(o.onTargetError ?? 'report', 'write', e) === 'report') throw e;
+      return retry();
+    }
+    return true;
+  };
+
+  /** Copies dirty runs until the bitmap is empty (or the job is cancelled, paused by an error, or an ignored error recurs). */
+  const drain = async (job: Job, buf: Uint8Array): Promise<void> => {
+    let from = 0;
+    for (;;) {
+      await job.rateLimitSleep();
+      let area = dirty!.nextDirtyArea(from, dirty!.size, run);
+      if (!area && from > 0) area = dirty!.nextDirtyArea(0, dirty!.size, run);
+      if (!area) return;
+      const a = alignOut(area.offset, area.bytes, o.granularity);
+      const bytes = Math.min(a.bytes, dirty!.size - a.offset);
+      dirty!.bitmap.reset(a.offset, bytes);
+      const ok = await copyRun(job, a.offset, bytes, buf);
+      from = a.offset + bytes;
+      if (ok) job.progress(bytes);
+      // QEMU's len: what was copied plus what is still dirty.
+      job.total = job.current + dirty!.count();
+      if (!ok) return;
+    }
+  };
+
+  return {
+    async run(job) {
+      const size = o.source.totalBytes;
+      if (o.target.totalBytes !== size) {
+        if (o.target.totalBytes > size) throw new BlockError('EINVAL', 'Source and target image have different sizes');
+        await bdrvTruncate(o.target, size, false, 'off');
+      }
+      dirty = new BdrvDirtyBitmap('', size, o.granularity);
+      const bm = dirty.bitmap;
+      stopTracking = addWriteObserver(o.source, {
+        markDirty(offset, bytes) {
+          const end = Math.min(offset + bytes, bm.size);
+          if (end > offset) bm.set(offset, end - offset);
+          // A ready job idling for its next look starts copying at once.
+          job.kick();
+        },
+      });
+      await initialDirty(size);
+      job.total = dirty.count();
+      const buf = allocBuffer(run);
+      try {
+        while (dirty.count() > 0) {
+          await drain(job, buf);
+          if (job.isCancelled) return;
+        }
+        await bdrvFlush(o.target);
+        job.transitionToReady();
+        while (!completeRequested && !job.cancelPending) {
+          if (dirty.count() > 0) await drain(job, buf);
+          else await job.sleep(IDLE_NS);
+          if (job.isCancelled) return;
+        }
+        // Complete, or a cancel without force: copy what is left, so the target is the source's guest view.
+        while (dirty.count() > 0 && !job.isCancelled) await drain(job, buf);
+        await bdrvFlush(o.target);
+      } finally {
+        freeBuffer(buf);
+      }
+    },
+    async prepare(job) {
+      if (job.cancelPending) return;
+      await o.pivot(o.target);
+      pivoted = true;
+    },
+    async clean() {
+      stopTracking?.();
+      dirty?.bitmap.free();
+      await o.release?.(pivoted);
+    },
+    complete() {
+      completeRequested = true;
+    },
+  };
+}
+
+export const mirrorJobType = registerJobType<MirrorOptions>({
+  type: 'mirror',
+  blockJob: true,
+  readyPhase: true,
+  driver: mirrorDriver,
+});
