@@ -138,8 +138,9 @@ describe.runIf(haveQemuSystem())('mirror, against qemu-system-x86_64', () => {
     expect(t1[2 * MiB]).toBe(2);
     const t2 = guest(path.join(ed, 't2.qcow2'));
     expect(t2[0]).toBe(6);
-    expect(t2[4096]).toBe(0);
-    expect(t2.subarray(65536).every((b) => b === 0)).toBe(true);
+    // The job copies whole chunks of its granularity (the target's 64 KiB cluster): the rest of that chunk is the source's.
+    expect(t2[4096]).toBe(1);
+    expect(t2.findIndex((b, i) => i >= 65536 && b !== 0)).toBe(-1);
   });
 });
 
