@@ -110,10 +110,15 @@ export interface StartJobOptions<O> {
  * Registers and starts a job; the QMP reply comes at once and the outcome
  * arrives through the events and query-jobs. Returns the job.
  */
+/** QEMU's job_create id checks. */
+export function checkNewJobId(engine: Engine, id: string): void {
+  if (!ID_RE.test(id)) throw genericError(`Invalid job ID '${id}'`);
+  if (jobsOf(engine).has(id)) throw genericError(`Job ID '${id}' already in use`);
+}
+
 export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
   const desc = jobType<O>(o.type);
-  if (!ID_RE.test(o.id)) throw genericError(`Invalid job ID '${o.id}'`);
-  if (jobsOf(engine).has(o.id)) throw genericError(`Job ID '${o.id}' already in use`);
+  checkNewJobId(engine, o.id);
   if (o.speed !== undefined && o.speed < 0) throw genericError("Parameter 'speed' expects a non-negative value");
   const driver = desc.driver(o.options);
   const blockJobData = (j: Job) => ({ type: j.type, device: o.device, len: j.total, offset: j.current, speed: j.speed });

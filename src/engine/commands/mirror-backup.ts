@@ -22,7 +22,8 @@ import { BACKUP_CLUSTER_SIZE_DEFAULT, type BackupOptions, type BackupSyncMode, t
 import type { Engine } from '../engine.js';
 import type { Args } from '../qapi-args.js';
 import { genericError } from '../qmp-error.js';
-import { checkNotInJob, hasJobFilter, startJob } from './jobs.js';
+import { checkNewJobId, checkNotInJob, hasJobFilter, startJob } from './jobs.js';
+import type { TransactionAction } from '../../block/transaction.js';
 import type { QmpCommandTable } from './types.js';
 
 const ON_ERROR = { enum: ['report', 'ignore', 'enospc', 'stop', 'auto'] } as const;
@@ -238,7 +239,8 @@ function backupBitmapArgs(bs: BlockNode, args: Args): { sync: BackupSyncMode; bi
   return { sync: sync as BackupSyncMode, bitmap, bitmapMode: mode };
 }
 
-async function startBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockNode, implicitTarget: boolean): Promise<void> {
+/** Checks everything and returns the function that starts the job (a transaction starts it at commit). */
+function prepareBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockNode, implicitTarget: boolean): () => Promise<void> {
   const b = backupBitmapArgs(bs, args);
   if (bs === target) throw genericError('Source and target cannot be the same');
   if (target.totalBytes !== bs.totalBytes) throw genericError('Source and target image have different sizes');
@@ -267,7 +269,7 @@ async function startBackup(engine: Engine, args: Args, bs: BlockNode, target: Bl
       await engine.closeTree(target);
     },
   };
-  const job = startJob(engine, {
+  const start = {
     nodes: [bs, target],
     filtered: bs,
     id,
@@ -277,8 +279,59 @@ async function startBackup(engine: Engine, args: Args, bs: BlockNode, target: Bl
     autoFinalize: args['auto-finalize'] as boolean | undefined,
     autoDismiss: args['auto-dismiss'] as boolean | undefined,
     options,
-  });
-  await startDrained(job);
+  };
+  // The job id is checked now, so a transaction fails in prepare.
+  checkNewJobId(engine, id);
+  return () => startDrained(startJob(engine, start));
+}
+
+/** blockdev-backup / drive-backup as a transaction action: prepare checks (and creates the target), commit starts the job. */
+function backupAction(drive: boolean) {
+  return (engine: Engine, args: Args): TransactionAction => {
+    let start: (() => Promise<void>) | undefined;
+    let made: BlockNode | undefined;
+    return {
+      async prepare() {
+        const p = drive ? await prepareDriveBackup(engine, args) : prepareBlockdevBackup(engine, args);
+        start = p.start;
+        made = p.made;
+      },
+      async commit() {
+        await start?.();
+      },
+      async abort() {
+        if (made) {
+          if (made.backing) made.detach('backing');
+          await engine.closeTree(made);
+        }
+      },
+    };
+  };
+}
+
+function prepareBlockdevBackup(engine: Engine, args: Args): { start: () => Promise<void>; made?: BlockNode } {
+  const bs = rootNode(engine, args.device as string);
+  const target = targetNode(engine, args.target as string);
+  return { start: prepareBackup(engine, args, bs, target, false) };
+}
+
+async function prepareDriveBackup(engine: Engine, args: Args): Promise<{ start: () => Promise<void>; made?: BlockNode }> {
+  const bs = rootNode(engine, args.device as string);
+  // Checked before the target is created, as QEMU does.
+  backupBitmapArgs(bs, args);
+  let sync = args.sync as string;
+  const backing = bs.cowNode();
+  if (sync === 'top' && !backing) sync = 'full';
+  const source = sync === 'top' ? backing : sync === 'none' ? bs : null;
+  const { node: target } = await openDriveTarget(engine, bs, args, source, undefined);
+  if (sync === 'none') target.attach(bs, 'backing');
+  try {
+    return { start: prepareBackup(engine, { ...args, sync }, bs, target, true), made: target };
+  } catch (e) {
+    if (target.backing) target.detach('backing');
+    await engine.closeTree(target);
+    throw e;
+  }
 }
 
 const BACKUP_COMMON = {
@@ -335,31 +388,12 @@ export const mirrorBackupCommands: QmpCommandTable = {
   },
   'blockdev-backup': {
     args: { ...BACKUP_COMMON, target: 'str' },
-    async run(engine, args) {
-      const bs = rootNode(engine, args.device as string);
-      const target = targetNode(engine, args.target as string);
-      await startBackup(engine, args, bs, target, false);
-    },
+    run: (engine, args) => prepareBlockdevBackup(engine, args).start(),
+    transaction: backupAction(false),
   },
   'drive-backup': {
     args: { ...BACKUP_COMMON, target: 'str', '*format': 'str', '*mode': MODE },
-    async run(engine, args) {
-      const bs = rootNode(engine, args.device as string);
-      // Checked before the target is created, as QEMU does.
-      backupBitmapArgs(bs, args);
-      let sync = args.sync as string;
-      const backing = bs.cowNode();
-      if (sync === 'top' && !backing) sync = 'full';
-      const source = sync === 'top' ? backing : sync === 'none' ? bs : null;
-      const { node: target } = await openDriveTarget(engine, bs, { ...args }, source, undefined);
-      if (sync === 'none') target.attach(bs, 'backing');
-      try {
-        await startBackup(engine, { ...args, sync }, bs, target, true);
-      } catch (e) {
-        if (target.backing) target.detach('backing');
-        await engine.closeTree(target);
-        throw e;
-      }
-    },
+    run: async (engine, args) => (await prepareDriveBackup(engine, args)).start(),
+    transaction: backupAction(true),
   },
 };
