@@ -29,7 +29,7 @@ import { addWriteObserver, type BdrvDirtyBitmap } from '../block/dirty-bitmap.js
 import { BlockError } from '../block/errors.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
-import { isAllocatedAbove } from '../block/status.js';
+import { BDRV_BLOCK_ZERO, blockStatusAbove, isAllocatedAbove } from '../block/status.js';
 import { HBitmap } from '../wasm/hbitmap.js';
 import type { Job, JobDriver, JobErrorPolicy } from './job.js';
 import { registerJobType } from './registry.js';
@@ -41,6 +41,8 @@ export type BitmapSyncMode = 'on-success' | 'always' | 'never';
 export const BACKUP_CLUSTER_SIZE_DEFAULT = 65536;
 /** The largest run the job copies at once (QEMU's block-copy max chunk without compression). */
 const MAX_RUN = 1024 * 1024;
+/** Runs copied at once when the job is not throttled. */
+const WORKERS = 4;
 
 export interface BackupOptions {
   source: BlockNode;
@@ -84,6 +86,19 @@ export function backupDriver(o: BackupOptions): JobDriver {
   /** Copies [offset, offset + bytes) (cluster-aligned, already taken out of `copy`) from source to target. */
   const copyRange = async (offset: number, bytes: number, buf: Uint8Array): Promise<void> => {
     const chunk = buf.subarray(0, bytes);
+    if (!o.compress) {
+      // A range the source's chain reads as zeros is written as zeros without reading it (QEMU's block-copy does the same).
+      const st = await blockStatusAbove(o.source, null, true, offset, bytes).catch(() => null);
+      if (st && st.pnum >= bytes && st.status & BDRV_BLOCK_ZERO) {
+        try {
+          await bdrvPwriteZeroes(o.target, offset, bytes);
+        } catch (e) {
+          throw Object.assign(e instanceof BlockError ? e : new BlockError('EIO', String(e)), { operation: 'write' });
+        }
+        if (o.counters) o.counters.written += bytes;
+        return;
+      }
+    }
     await bdrvPread(o.source, offset, bytes, chunk).catch((e: unknown) => {
       throw Object.assign(e instanceof BlockError ? e : new BlockError('EIO', String(e)), { operation: 'read' });
     });
@@ -208,24 +223,42 @@ export function backupDriver(o: BackupOptions): JobDriver {
         // Fleecing: the guest's writes copy; the job waits for its cancel.
         while (!job.isCancelled && !cbwError) await job.sleep(100_000_000);
       } else {
-        const buf = allocBuffer(Math.min(MAX_RUN, Math.max(cs, Math.min(size, MAX_RUN))));
+        const runLen = Math.min(MAX_RUN, Math.max(cs, Math.min(size, MAX_RUN)));
+        const bufs = Array.from({ length: WORKERS }, () => allocBuffer(runLen));
+        const buf = bufs[0]!;
         try {
           for (let off = 0; off < size && !cbwError; ) {
             await job.rateLimitSleep();
-            const area = copy.nextDirtyArea(off, size, buf.length);
-            if (!area) break;
-            await waitInFlight(area.offset, area.offset + area.bytes);
-            try {
-              const moved = await copyDirty(area.offset, area.offset + area.bytes, buf);
-              job.progress(moved);
-            } catch (e) {
-              const op = (e as { operation?: 'read' | 'write' }).operation ?? 'read';
-              const action = job.errorAction((op === 'read' ? o.onSourceError : o.onTargetError) ?? 'report', op, e);
-              if (action === 'report') throw e;
+            // Unthrottled, several runs are copied at once (QEMU's block-copy workers); throttled, one per slice.
+            const areas = [];
+            for (let from = off; areas.length < (job.speed ? 1 : WORKERS); ) {
+              const a = copy.nextDirtyArea(from, size, runLen);
+              if (!a) break;
+              areas.push(a);
+              from = a.offset + a.bytes;
+            }
+            if (areas.length === 0) break;
+            const results = await Promise.allSettled(
+              areas.map(async (area, i) => {
+                await waitInFlight(area.offset, area.offset + area.bytes);
+                return copyDirty(area.offset, area.offset + area.bytes, bufs[i]!);
+              }),
+            );
+            let moved = 0;
+            let failure: unknown;
+            for (const r of results) {
+              if (r.status === 'fulfilled') moved += r.value;
+              else failure ??= r.reason;
+            }
+            job.progress(moved);
+            if (failure !== undefined) {
+              const op = (failure as { operation?: 'read' | 'write' }).operation ?? 'read';
+              const action = job.errorAction((op === 'read' ? o.onSourceError : o.onTargetError) ?? 'report', op, failure);
+              if (action === 'report') throw failure;
               // ignore / stop: the clusters stay in the bitmap and are tried again (after job-resume for stop).
               continue;
             }
-            off = area.offset + area.bytes;
+            off = areas[areas.length - 1]!.offset + areas[areas.length - 1]!.bytes;
           }
           // Clusters a failed pass left are tried from the start again.
           while (!cbwError && !job.isCancelled && copy.count() > 0) {
@@ -240,7 +273,7 @@ export function backupDriver(o: BackupOptions): JobDriver {
             }
           }
         } finally {
-          freeBuffer(buf);
+          for (const b of bufs) freeBuffer(b);
         }
       }
       if (cbwError) throw cbwError;

@@ -28,7 +28,7 @@ import { addWriteObserver, BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
 import { BlockError } from '../block/errors.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
-import { isAllocatedAbove } from '../block/status.js';
+import { BDRV_BLOCK_ZERO, blockStatusAbove, isAllocatedAbove } from '../block/status.js';
 import type { Job, JobDriver, JobErrorPolicy } from './job.js';
 import { registerJobType } from './registry.js';
 
@@ -100,7 +100,10 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
       return false;
     };
     try {
-      await bdrvPread(o.source, offset, bytes, chunk);
+      // What the source's chain reads as zeros is written as zeros without reading it (QEMU's MIRROR_METHOD_ZERO).
+      const st = await blockStatusAbove(o.source, o.sync === 'top' ? o.source.cowNode() : null, true, offset, bytes);
+      if (st.pnum >= bytes && st.status & BDRV_BLOCK_ZERO) chunk.fill(0);
+      else await bdrvPread(o.source, offset, bytes, chunk);
     } catch (e) {
       if (job.errorAction(o.onSourceError ?? 'report', 'read', e) === 'report') throw e;
       return retry();
@@ -115,23 +118,40 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
     return true;
   };
 
-  /** Copies dirty runs until the bitmap is empty (or the job is cancelled, paused by an error, or an ignored error recurs). */
-  const drain = async (job: Job, buf: Uint8Array): Promise<void> => {
+  /**
+   * Copies dirty runs until the bitmap is empty (or the job is cancelled,
+   * paused by an error, or an ignored error recurs). Unthrottled, up to
+   * `bufs.length` runs are in flight at once (QEMU's buf-size bounds them).
+   */
+  const drain = async (job: Job, bufs: Uint8Array[]): Promise<void> => {
     let from = 0;
     for (;;) {
       await job.rateLimitSleep();
-      let area = dirty!.nextDirtyArea(from, dirty!.size, run);
-      if (!area && from > 0) area = dirty!.nextDirtyArea(0, dirty!.size, run);
-      if (!area) return;
-      const a = alignOut(area.offset, area.bytes, o.granularity);
-      const bytes = Math.min(a.bytes, dirty!.size - a.offset);
-      dirty!.bitmap.reset(a.offset, bytes);
-      const ok = await copyRun(job, a.offset, bytes, buf);
-      from = a.offset + bytes;
-      if (ok) job.progress(bytes);
+      const runs: { offset: number; bytes: number }[] = [];
+      for (let wrapped = false; runs.length < (job.speed ? 1 : bufs.length); ) {
+        let area = dirty!.nextDirtyArea(from, dirty!.size, run);
+        if (!area && from > 0 && !wrapped) {
+          wrapped = true;
+          from = 0;
+          area = dirty!.nextDirtyArea(0, dirty!.size, run);
+        }
+        if (!area) break;
+        const a = alignOut(area.offset, area.bytes, o.granularity);
+        const bytes = Math.min(a.bytes, dirty!.size - a.offset);
+        // Cleared before the read: a guest write landing meanwhile marks the run again.
+        dirty!.bitmap.reset(a.offset, bytes);
+        runs.push({ offset: a.offset, bytes });
+        from = a.offset + bytes;
+        if (from >= dirty!.size) break;
+      }
+      if (runs.length === 0) return;
+      const oks = await Promise.all(runs.map((r, i) => copyRun(job, r.offset, r.bytes, bufs[i]!)));
+      let moved = 0;
+      runs.forEach((r, i) => (moved += oks[i] ? r.bytes : 0));
+      job.progress(moved);
       // QEMU's len: what was copied plus what is still dirty.
       job.total = job.current + dirty!.count();
-      if (!ok) return;
+      if (oks.includes(false)) return;
     }
   };
 
@@ -154,7 +174,8 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
       });
       await initialDirty(size);
       job.total = dirty.count();
-      const buf = allocBuffer(run);
+      const inFlight = Math.max(1, Math.min(4, Math.floor((o.bufSize ?? MIRROR_DEFAULT_BUF_SIZE) / run)));
+      const buf = Array.from({ length: inFlight }, () => allocBuffer(run));
       try {
         while (dirty.count() > 0) {
           await drain(job, buf);
@@ -171,7 +192,7 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
         while (dirty.count() > 0 && !job.isCancelled) await drain(job, buf);
         await bdrvFlush(o.target);
       } finally {
-        freeBuffer(buf);
+        for (const b of buf) freeBuffer(b);
       }
     },
     async prepare(job) {

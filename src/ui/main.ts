@@ -15,6 +15,7 @@ import { jobRunning } from './jobs.js';
 import { LIBRARY, Library } from './library.js';
 import { EditPanel } from './edit-panel.js';
 import { SnapshotsPanel } from './snapshots-panel.js';
+import { BlockJobsPanel } from './block-jobs-panel.js';
 import { openSession, refreshSession, type ImageSession } from './session.js';
 
 const VISITED_KEY = 'blocktab-visited';
@@ -29,6 +30,7 @@ class App {
   private readonly hex: HexView;
   private readonly convert: ConvertPanel;
   private readonly snapshots: SnapshotsPanel;
+  private readonly blockJobs: BlockJobsPanel;
   private readonly edit: EditPanel;
 
   constructor(
@@ -63,6 +65,7 @@ class App {
     }
     this.convert = new ConvertPanel(client, this.library !== null, () => void this.library?.refresh());
     this.snapshots = new SnapshotsPanel(client, { changed: (what) => this.changed(what) });
+    this.blockJobs = new BlockJobsPanel(client);
     this.edit = new EditPanel(client, this.library !== null, {
       changed: (what, offset) => this.changed(what, offset),
       replace: (filename, prepare) => this.replace(filename, prepare),
@@ -180,6 +183,7 @@ class App {
     this.hex.setSession(null);
     this.convert.setSession(null);
     this.snapshots.setSession(null);
+    this.blockJobs.setSession(null);
     this.edit.setSession(null);
     byId('image-view').hidden = true;
     byId('empty-state').hidden = false;
@@ -202,6 +206,7 @@ class App {
   private render(s: ImageSession): void {
     renderFacts(s, { onPickSnapshot: (layer, id) => (layer === 0 ? this.snapshots.focusRow(id) : undefined) });
     this.snapshots.setSession(s);
+    this.blockJobs.setSession(s);
     this.edit.setSession(s);
   }
 
