@@ -23,12 +23,23 @@ function makeImages(dir: string): void {
   qemuImg(['create', '-f', 'qcow2', at('src.qcow2'), '4M']);
   qemuIo(at('src.qcow2'), ['write -P 1 0 1M', 'write -P 2 2M 512k'], 'qcow2');
   for (const t of ['t1', 't2', 't3', 't4']) qemuImg(['create', '-f', 'qcow2', at(`${t}.qcow2`), '4M']);
+  // A chain for sync=top: base (0x03 everywhere) ← ovl (0x04 at 1 MiB).
+  qemuImg(['create', '-f', 'qcow2', at('base.qcow2'), '4M']);
+  qemuIo(at('base.qcow2'), ['write -P 3 0 4M'], 'qcow2');
+  qemuImg(['create', '-f', 'qcow2', '-F', 'qcow2', '-b', 'base.qcow2', at('ovl.qcow2')]);
+  qemuIo(at('ovl.qcow2'), ['write -P 4 1M 64k'], 'qcow2');
 }
 
-const add = (dir: string, name: string): QmpCommandLine => ({
+const add = (dir: string, name: string, backing?: string): QmpCommandLine => ({
   execute: 'blockdev-add',
-  arguments: { driver: 'qcow2', 'node-name': name, file: { driver: 'file', 'node-name': `${name}-file`, filename: path.join(dir, `${name}.qcow2`) } },
+  arguments: {
+    driver: 'qcow2',
+    'node-name': name,
+    file: { driver: 'file', 'node-name': `${name}-file`, filename: path.join(dir, `${name}.qcow2`) },
+    ...(backing ? { backing } : {}),
+  },
 });
+const backingOf = (f: string) => (JSON.parse(qemuImg(['info', '--output=json', f])) as { 'backing-filename'?: string })['backing-filename'];
 const x = (execute: string, args?: Record<string, unknown>): QmpCommandLine => (args ? { execute, arguments: args } : { execute });
 /** A guest write: HMP qemu-io on QEMU, Engine.write on ours. */
 const guestWrite = (node: string, pattern: number, offset: number, bytes: number): QmpCommandLine =>
@@ -75,7 +86,7 @@ async function both(cmds: (dir: string) => QmpCommandLine[]) {
   const ed = tmpDir('qmpmb-e-');
   makeImages(qd);
   makeImages(ed);
-  const theirs = dropHmpDrains(await qemuTranscript(cmds(qd), { cwd: qd }));
+  const theirs = dropHmpDrains(await qemuTranscript(cmds(qd), { cwd: qd, settleMs: 80 }));
   const engine = withGuestWrites(new Engine({ storages: { file: new FileStorage() } }));
   const ours = (await engineTranscript(engine, cmds(ed))).map((st) => (st.cmd === 'query-named-block-nodes' ? bitmapsOnly(st) : st));
   await engine.dispose();
@@ -87,6 +98,12 @@ async function both(cmds: (dir: string) => QmpCommandLine[]) {
 
 const same = (a: string, b: string) => expect(qemuImg(['compare', a, b])).toContain('Images are identical');
 const clean = (f: string) => expect(qemuImgRun(['check', f]).status, f).toBe(0);
+/** Starts of the 64 KiB clusters an image holds data for itself. */
+const dataClustersOf = (f: string) =>
+  (JSON.parse(qemuImg(['map', '--output=json', f])) as { start: number; length: number; data: boolean; depth: number }[])
+    .filter((m) => m.data && m.depth === 0)
+    .flatMap((m) => Array.from({ length: m.length / 65536 }, (_, i) => m.start + i * 65536));
+
 /** The bytes a qcow2 image shows. */
 const guest = (f: string) => {
   const out = `${f}.raw`;
@@ -125,7 +142,19 @@ describe.runIf(haveQemuSystem())('mirror, against qemu-system-x86_64', () => {
       guestWrite('src', 6, 0, 4096),
       x('query-block-jobs'),
       x('block-job-cancel', { device: 'm3', force: true }),
+      // sync=top of an overlay: a new image on the same backing file, holding the overlay's one cluster.
+      add(dir, 'base'),
+      add(dir, 'ovl', 'base'),
+      x('drive-mirror', { 'job-id': 'm5', device: 'base', target: path.join(dir, 'x.qcow2'), sync: 'full', format: 'qcow2' }),
+      x('drive-mirror', { 'job-id': 'm5', device: 'ovl', target: path.join(dir, 'top.qcow2'), sync: 'top', format: 'qcow2' }),
+      x('query-block-jobs'),
+      x('block-job-cancel', { device: 'm5' }),
     ]);
+    for (const d of [qd, ed]) {
+      expect(backingOf(path.join(d, 'top.qcow2'))).toBe(path.join(d, 'base.qcow2'));
+      same(path.join(d, 'top.qcow2'), path.join(d, 'ovl.qcow2'));
+      clean(path.join(d, 'top.qcow2'));
+    }
     for (const d of [qd, ed]) {
       // t1 took the mirrored guest write, as new.qcow2 did; t2 got only the write made after its start.
       same(path.join(d, 'new.qcow2'), path.join(d, 't1.qcow2'));
@@ -175,7 +204,26 @@ describe.runIf(haveQemuSystem())('backup, against qemu-system-x86_64', () => {
       x('query-block-jobs'),
       guestWrite('cbw-src', 9, 0, 4096),
       x('block-job-cancel', { device: 'b3' }),
+      // sync=top of an overlay (its backing file opened from its header, read-only) into a new image on the same
+      // backing file; then a fleecing target (sync=none) whose backing is the overlay.
+      add(dir, 'ovl'),
+      x('drive-backup', { 'job-id': 'b4', device: 'ovl', target: path.join(dir, 'top.qcow2'), sync: 'top', format: 'qcow2' }),
+      x('drive-backup', { 'job-id': 'b5', device: 'ovl', target: path.join(dir, 'fleece.qcow2'), sync: 'none', format: 'qcow2', 'filter-node-name': 'cbw-ovl' }),
+      guestWrite('cbw-ovl', 10, 1 * MiB, 4096),
+      x('query-block-jobs'),
+      x('block-job-cancel', { device: 'b5' }),
     ]);
+    for (const d of [qd, ed]) {
+      expect(backingOf(path.join(d, 'top.qcow2'))).toBe(path.join(d, 'base.qcow2'));
+      expect(backingOf(path.join(d, 'fleece.qcow2'))).toBe(path.join(d, 'ovl.qcow2'));
+      for (const f of ['top', 'fleece']) clean(path.join(d, `${f}.qcow2`));
+      // The fleecing image holds the overlay's old cluster, copied before the write of 10s.
+      expect(dataClustersOf(path.join(d, 'fleece.qcow2'))).toEqual([MiB]);
+    }
+    same(path.join(qd, 'top.qcow2'), path.join(ed, 'top.qcow2'));
+    same(path.join(qd, 'fleece.qcow2'), path.join(ed, 'fleece.qcow2'));
+    const fl = guest(path.join(ed, 'fleece.qcow2'));
+    expect(fl[MiB]).toBe(4);
     const now = guest(path.join(ed, 'src.qcow2'));
     for (const d of [qd, ed]) {
       for (const f of ['t1', 't2', 't3', 'zip']) clean(path.join(d, `${f}.qcow2`));
