@@ -58,7 +58,8 @@ function maskedCid(file: string): unknown {
   const raw = b.subarray(p, q).toString('latin1');
   const text = raw.replace(/\nCID=[0-9a-f]{1,8}\n/, '\nCID=x\n');
   // QEMU prints the CID without leading zeros, so a descriptor-only file's length moves with it.
-  return { length: b.length - (raw.length - text.length), head: b.subarray(0, p).toString('hex'), text, tail: b.subarray(r).toString('hex') };
+  const descriptorOnly = p === 0 && q === b.length;
+  return { length: b.length - (descriptorOnly ? raw.length - text.length : 0), head: b.subarray(0, p).toString('hex'), text, tail: b.subarray(r).toString('hex') };
 }
 
 function expectCheckClean(cwd: string, file: string): void {

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it, beforeAll } from 'vitest';
 import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { sampleCases } from '../helpers/sample.js';
 
 export interface FormatCase {
   name: string;
@@ -51,7 +52,7 @@ function infoJson(out: string): Record<string, unknown> {
 }
 
 export function formatDifferential(format: string, cases: FormatCase[]): void {
-  for (const c of cases) {
+  for (const c of sampleCases(`differential ${format}`, cases, 0.4)) {
     describe(`${format}: ${c.name}`, () => {
       let dir = '';
       let image = '';
