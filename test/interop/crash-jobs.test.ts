@@ -2,7 +2,7 @@
  * Crash-point sweeps of the jobs that write a target's metadata (mirror,
  * backup): the power is cut after write N of the whole run (FaultPlan's
  * dropWritesAfter), for a small sample of N by default and every N with
- * BLOCKTAB_FULL_SWEEP=1. After each cut the target must pass qemu-img check
+ * BLOCKTAB_SWEEP=full. After each cut the target must pass qemu-img check
  * (leaked clusters allowed); uncut, it must equal the source.
  */
 import { describe, expect, it } from 'vitest';
@@ -13,13 +13,14 @@ import { Engine } from '../../src/engine/index.js';
 import { jobDone } from '../../src/engine/commands/jobs.js';
 import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { checkNoCorruption, sweep } from '../helpers/crash.js';
+import { sweepCount } from '../helpers/sample.js';
 
 const MiB = 1024 * 1024;
 const addNode = (e: Engine, name: string, file: string) =>
   e.execute('blockdev-add', { driver: 'qcow2', 'node-name': name, file: { driver: 'file', filename: file } });
 
-/** Cut points tried: a small sample by default, every one with BLOCKTAB_FULL_SWEEP=1. */
-const MAX_CUTS = process.env.BLOCKTAB_FULL_SWEEP ? Infinity : 10;
+/** Cut points tried: a small sample in CI, every one with BLOCKTAB_SWEEP=full. */
+const MAX_CUTS = sweepCount(10, Infinity);
 
 describe('incremental backup, crash-point sweep', () => {
   it('a power cut at any write of the job leaves a target qemu-img check accepts; uncut, the chain equals the source', async () => {
