@@ -56,9 +56,14 @@ export class BlockJobsPanel {
   private readonly lastBackup = new Map<string, string>();
   private serial = 0;
 
-  constructor(private readonly client: BlocktabClient) {
+  constructor(
+    private readonly client: BlocktabClient,
+    /** A job made or finished a file next to the image (the library lists it). */
+    private readonly filesChanged: () => void = () => {},
+  ) {
     void client.onEvent((ev) => {
       if (ev.event.startsWith('BLOCK_JOB_') || ev.event === 'JOB_STATUS_CHANGE') void this.refresh();
+      if (ev.event === 'BLOCK_JOB_COMPLETED' || ev.event === 'BLOCK_JOB_CANCELLED') this.filesChanged();
       if (ev.event === 'BLOCK_JOB_READY') showInfo(`Job ${String((ev.data as { device: string }).device)} is ready: Complete switches to the copy`);
     });
     this.trackForm.addEventListener('submit', (ev) => {

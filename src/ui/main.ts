@@ -66,7 +66,7 @@ class App {
     }
     this.convert = new ConvertPanel(client, targetFormats, this.library !== null, () => void this.library?.refresh());
     this.snapshots = new SnapshotsPanel(client, { changed: (what) => this.changed(what) });
-    this.blockJobs = new BlockJobsPanel(client);
+    this.blockJobs = new BlockJobsPanel(client, () => void this.library?.refresh());
     this.edit = new EditPanel(client, this.library !== null, {
       changed: (what, offset) => this.changed(what, offset),
       replace: (filename, prepare) => this.replace(filename, prepare),
