@@ -17,7 +17,7 @@ import type { WriteFlags, PreallocMode } from './driver.js';
 import type { BlockNode } from './node.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
 import { truncateDirtyBitmaps } from './dirty-bitmap.js';
-import { beforeWrite, hasBeforeWriteHooks } from './before-write.js';
+import { afterWrite, beforeWrite, hasAfterWriteHooks, hasBeforeWriteHooks } from './before-write.js';
 
 /** What every write that landed tells the node: its dirty bitmaps, and the highest offset written. */
 function writeFinished(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags): void {
@@ -262,6 +262,7 @@ async function pwrite(
     });
   }
   writeFinished(bs, offset, bytes, flags);
+  if (!flags.copyOnRead && hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
 /**
@@ -320,6 +321,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
   }
   if (end > tailStart) await writeZeroBuffer(tailStart, end - tailStart);
   writeFinished(bs, offset, bytes, flags);
+  if (!flags.copyOnRead && hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
 /** Discards the range where the driver can; a hint, so unsupported means "done". */
@@ -337,6 +339,7 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   const drv = bs.driver;
   if (alignedEnd > start) await trackedWrite(bs, start, alignedEnd, false, () => drv.pdiscard!(bs, start, alignedEnd - start));
   writeFinished(bs, offset, bytes, {});
+  if (hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
 /** Flushes the node, then the children it writes to (file, data file). */

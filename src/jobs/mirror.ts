@@ -24,6 +24,7 @@
  * write statistics see the job's writes.
  */
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
+import { addAfterWriteHook } from '../block/before-write.js';
 import { addWriteObserver, BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
 import { BlockError } from '../block/errors.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
@@ -56,6 +57,12 @@ export interface MirrorOptions {
   zeroTarget?: boolean;
   onSourceError?: JobErrorPolicy;
   onTargetError?: JobErrorPolicy;
+  /**
+   * QEMU's copy-mode: `background` (default) copies guest writes in a later
+   * round; `write-blocking` copies each guest write to the target before the
+   * write completes (an after-write hook), so the target never falls behind.
+   */
+  copyMode?: 'background' | 'write-blocking';
   /** After job-complete: switch the source's users onto the target. */
   pivot(target: BlockNode): Promise<void>;
   /** Always, last: releases what the command opened (an implicit target that was not pivoted to). */
@@ -73,6 +80,29 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
   let stopTracking: (() => void) | undefined;
   let completeRequested = false;
   let pivoted = false;
+  let stopActive: (() => void) | undefined;
+  /** Copies in flight (background runs and write-blocking copies): two copies of one range never overlap. */
+  const inFlight = new Set<{ start: number; end: number; done: Promise<void> }>();
+  const waitInFlight = async (start: number, end: number): Promise<void> => {
+    for (;;) {
+      const c = [...inFlight].find((r) => r.start < end && start < r.end);
+      if (!c) return;
+      await c.done;
+    }
+  };
+  /** Runs `fn` as a copy of [start, end), after the copies it overlaps. */
+  const exclusive = async <T>(start: number, end: number, fn: () => Promise<T>): Promise<T> => {
+    await waitInFlight(start, end);
+    let release!: () => void;
+    const me = { start, end, done: new Promise<void>((r) => (release = r)) };
+    inFlight.add(me);
+    try {
+      return await fn();
+    } finally {
+      inFlight.delete(me);
+      release();
+    }
+  };
   const run = Math.max(o.granularity, Math.min(o.bufSize ?? MIRROR_DEFAULT_BUF_SIZE, MAX_RUN));
 
   /** Marks what `sync` asks to copy before the first round (QEMU's mirror_dirty_init). */
@@ -145,7 +175,7 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
         if (from >= dirty!.size) break;
       }
       if (runs.length === 0) return;
-      const oks = await Promise.all(runs.map((r, i) => copyRun(job, r.offset, r.bytes, bufs[i]!)));
+      const oks = await Promise.all(runs.map((r, i) => exclusive(r.offset, r.offset + r.bytes, () => copyRun(job, r.offset, r.bytes, bufs[i]!))));
       let moved = 0;
       runs.forEach((r, i) => (moved += oks[i] ? r.bytes : 0));
       job.progress(moved);
@@ -172,6 +202,28 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
           job.kick();
         },
       });
+      if (o.copyMode === 'write-blocking') {
+        // Each guest write is copied before it completes: its chunks leave the bitmap, the target gets them now.
+        stopActive = addAfterWriteHook(o.source, (offset, bytes) => {
+          const a = alignOut(offset, bytes, o.granularity);
+          const n = Math.min(a.bytes, size - a.offset);
+          if (n <= 0 || job.status === 'concluded' || job.status === 'null') return Promise.resolve();
+          return exclusive(a.offset, a.offset + n, async () => {
+            bm.reset(a.offset, n);
+            const buf = allocBuffer(n);
+            try {
+              // A failed copy never fails the guest's write: the chunks stay dirty and the background copy meets the error.
+              // A failed copy never fails the guest's write: the chunks stay dirty and the background copy meets the error.
+              if (!(await copyRun(job, a.offset, n, buf).catch(() => (bm.set(a.offset, n), false)))) return;
+              // QEMU counts these copies in the job's progress (checked over QMP).
+              job.current += n;
+              job.total = job.current + dirty!.count();
+            } finally {
+              freeBuffer(buf);
+            }
+          });
+        });
+      }
       await initialDirty(size);
       job.total = dirty.count();
       const inFlight = Math.max(1, Math.min(4, Math.floor((o.bufSize ?? MIRROR_DEFAULT_BUF_SIZE) / run)));
@@ -201,6 +253,8 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
       pivoted = true;
     },
     async clean() {
+      stopActive?.();
+      await waitInFlight(0, Infinity);
       stopTracking?.();
       dirty?.bitmap.free();
       await o.release?.(pivoted);

@@ -50,8 +50,8 @@ function withGuestWrites(engine: Engine): Engine {
   const orig = engine.execute.bind(engine);
   engine.execute = async (command: string, args?: unknown) => {
     if (command !== 'human-monitor-command') return orig(command, args);
-    // QEMU's backup puts a copy-before-write filter above the source: the guest writes through it (named cbw-<node>).
-    const m = /^qemu-io (?:cbw-)?(\S+) "write -P (\d+) (\d+) (\d+)"$/.exec((args as { 'command-line': string })['command-line']);
+    // QEMU's backup and mirror put a filter above the source: the guest writes through it (named cbw-<node> / mir-<node>).
+    const m = /^qemu-io (?:cbw-|mir-)?(\S+) "write -P (\d+) (\d+) (\d+)"$/.exec((args as { 'command-line': string })['command-line']);
     if (!m) throw new Error(`unexpected HMP line ${JSON.stringify(args)}`);
     await engine.write(m[1]!, Number(m[3]), new Uint8Array(Number(m[4])).fill(Number(m[2])));
     return '';
@@ -123,11 +123,12 @@ describe.runIf(haveQemuSystem())('mirror, against qemu-system-x86_64', () => {
       x('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'src', sync: 'full' }),
       x('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 't1', sync: 'bitmap' }),
       x('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 'nowhere', sync: 'full' }),
-      // The copy: a zero target is not known, so every byte counts (len = 4 MiB).
-      x('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 't1', sync: 'full', 'auto-dismiss': false }),
+      // The copy: a zero target is not known, so every byte counts (len = 4 MiB). Guest writes are copied before they complete.
+      // (QEMU copies a write-blocking write in its mirror-top filter: the guest writes through it, named mir-src.)
+      x('blockdev-mirror', { 'job-id': 'm0', device: 'src', target: 't1', sync: 'full', 'auto-dismiss': false, 'copy-mode': 'write-blocking', 'filter-node-name': 'mir-src' }),
       x('query-block-jobs'),
       x('blockdev-mirror', { 'job-id': 'm1', device: 'src', target: 't2', sync: 'full' }),
-      guestWrite('src', 5, 3 * MiB, 64 * 1024),
+      guestWrite('mir-src', 5, 3 * MiB, 64 * 1024),
       x('query-jobs'),
       x('job-complete', { id: 'm0' }),
       x('query-jobs'),

@@ -59,6 +59,22 @@ describe('mirror', () => {
     await e.dispose();
   });
 
+  it('copy-mode=write-blocking: a guest write completes only once the target has it; background catches up later', async () => {
+    for (const mode of ['write-blocking', 'background'] as const) {
+      const { e } = await setup();
+      await e.execute('blockdev-mirror', { 'job-id': 'm', device: 'drive0', target: 'tgt', sync: 'full', 'copy-mode': mode });
+      await until(e, (j) => j.ready === true);
+      await e.write('drive0', 3 * MiB + 4096, fill(4096, 0x5c));
+      // No wait: in write-blocking mode the bytes are on the target when the write returns.
+      const now = (await e.read('tgt', 3 * MiB + 4096, 1))[0];
+      expect(now).toBe(mode === 'write-blocking' ? 0x5c : 0);
+      await e.execute('job-complete', { id: 'm' });
+      await jobDone(e, 'm');
+      expect((await e.read('tgt', 3 * MiB + 4096, 1))[0]).toBe(0x5c);
+      await e.dispose();
+    }
+  });
+
   it('sync=top copies only what the top layer holds', async () => {
     const mem = new MemoryStorage();
     const e = new Engine({ storages: { memory: mem } });

@@ -131,9 +131,6 @@ function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
   if (granularity & (granularity - 1)) throw genericError("Parameter 'granularity' expects a power of 2");
   const bufSize = args['buf-size'] as number | undefined;
   if (bufSize !== undefined && bufSize < 0) throw genericError("Parameter 'buf-size' expects a non-negative value");
-  if ((args['copy-mode'] as string | undefined) === 'write-blocking') {
-    throw genericError("copy-mode 'write-blocking' is not supported here (only 'background')", 'ENOTSUP');
-  }
   if (bs === target) throw genericError("Can't mirror node into itself");
   checkNotInJob(engine, bs);
   checkNotInJob(engine, target);
@@ -148,6 +145,7 @@ function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
     zeroTarget: m.zeroTarget,
     onSourceError: errorPolicy(args['on-source-error']),
     onTargetError: errorPolicy(args['on-target-error']),
+    copyMode: args['copy-mode'] as MirrorOptions['copyMode'],
     async pivot(t) {
       replaceNode(engine, bs, t);
     },
