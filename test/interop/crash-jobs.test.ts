@@ -22,6 +22,21 @@ const addNode = (e: Engine, name: string, file: string) =>
 /** Cut points tried: a small sample in CI, every one with BLOCKTAB_SWEEP=full. */
 const MAX_CUTS = sweepCount(10, Infinity);
 
+/** Sweeps `op`: after each cut `target` passes qemu-img check; uncut, it equals `src`. */
+async function sweepTarget(setup: () => string[], op: (storage: Storage) => Promise<void>, target: string, src: string): Promise<void> {
+  const res = await sweep(
+    setup,
+    op,
+    (_files, completed) => {
+      checkNoCorruption(target);
+      if (completed) expect(qemuImg(['compare', target, src])).toContain('Images are identical');
+    },
+    { maxCuts: MAX_CUTS, edge: 3 },
+  );
+  expect(res.cuts).toBeGreaterThan(3);
+}
+
+
 describe('incremental backup, crash-point sweep', () => {
   it('a power cut at any write of the job leaves a target qemu-img check accepts; uncut, the chain equals the source', async () => {
     const d = tmpDir('incbk-crash-');
@@ -47,16 +62,7 @@ describe('incremental backup, crash-point sweep', () => {
         await e.dispose().catch(() => {});
       }
     };
-    const res = await sweep(
-      setup,
-      op,
-      (_files, completed) => {
-        checkNoCorruption(at('inc.qcow2'));
-        if (completed) expect(qemuImg(['compare', at('inc.qcow2'), at('src.qcow2')])).toContain('Images are identical');
-      },
-      { maxCuts: MAX_CUTS, edge: 3 },
-    );
-    expect(res.cuts).toBeGreaterThan(3);
+    await sweepTarget(setup, op, at('inc.qcow2'), at('src.qcow2'));
   });
 });
 
@@ -88,15 +94,6 @@ describe('mirror, crash-point sweep', () => {
         await e.dispose().catch(() => {});
       }
     };
-    const res = await sweep(
-      setup,
-      op,
-      (_files, completed) => {
-        checkNoCorruption(at('mir.qcow2'));
-        if (completed) expect(qemuImg(['compare', at('mir.qcow2'), at('src.qcow2')])).toContain('Images are identical');
-      },
-      { maxCuts: MAX_CUTS, edge: 3 },
-    );
-    expect(res.cuts).toBeGreaterThan(3);
+    await sweepTarget(setup, op, at('mir.qcow2'), at('src.qcow2'));
   });
 });

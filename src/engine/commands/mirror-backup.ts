@@ -22,7 +22,7 @@ import { BACKUP_CLUSTER_SIZE_DEFAULT, type BackupOptions, type BackupSyncMode, t
 import type { Engine } from '../engine.js';
 import type { Args } from '../qapi-args.js';
 import { genericError } from '../qmp-error.js';
-import { checkNewJobId, checkNotInJob, hasJobFilter, startJob } from './jobs.js';
+import { checkNewJobId, checkNotInJob, hasJobFilter, startJob, type StartJobOptions } from './jobs.js';
 import type { TransactionAction } from '../../block/transaction.js';
 import type { QmpCommandTable } from './types.js';
 
@@ -157,17 +157,22 @@ function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
       await engine.closeTree(target);
     },
   };
-  startJob(engine, {
+  startJob(engine, jobStart('mirror', args, id, bs, target, options));
+}
+
+/** What startJob gets for a mirror or backup of `bs` into `target` (the job's common arguments from `args`). */
+function jobStart<O>(type: string, args: Args, id: string, bs: BlockNode, target: BlockNode, options: O): StartJobOptions<O> {
+  return {
     nodes: [bs, target],
     filtered: bs,
     id,
-    type: 'mirror',
+    type,
     device: id,
     speed: args.speed as number | undefined,
     autoFinalize: args['auto-finalize'] as boolean | undefined,
     autoDismiss: args['auto-dismiss'] as boolean | undefined,
     options,
-  });
+  };
 }
 
 const MIRROR_COMMON = {
@@ -267,17 +272,7 @@ function prepareBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockN
       await engine.closeTree(target);
     },
   };
-  const start = {
-    nodes: [bs, target],
-    filtered: bs,
-    id,
-    type: 'backup',
-    device: id,
-    speed: args.speed as number | undefined,
-    autoFinalize: args['auto-finalize'] as boolean | undefined,
-    autoDismiss: args['auto-dismiss'] as boolean | undefined,
-    options,
-  };
+  const start = jobStart('backup', args, id, bs, target, options);
   // The job id is checked now, so a transaction fails in prepare.
   checkNewJobId(engine, id);
   return () => startDrained(startJob(engine, start));
