@@ -23,6 +23,8 @@ function makeImages(dir: string): void {
   qemuImg(['create', '-f', 'qcow2', at('src.qcow2'), '4M']);
   qemuIo(at('src.qcow2'), ['write -P 1 0 1M', 'write -P 2 2M 512k'], 'qcow2');
   for (const t of ['t1', 't2', 't3', 't4']) qemuImg(['create', '-f', 'qcow2', at(`${t}.qcow2`), '4M']);
+  qemuImg(['create', '-f', 'qcow2', at('big.qcow2'), '8M']);
+  qemuImg(['create', '-f', 'raw', at('flat.raw'), '4M']);
   // A chain for sync=top: base (0x03 everywhere) ← ovl (0x04 at 1 MiB).
   qemuImg(['create', '-f', 'qcow2', at('base.qcow2'), '4M']);
   qemuIo(at('base.qcow2'), ['write -P 3 0 4M'], 'qcow2');
@@ -86,7 +88,7 @@ async function both(cmds: (dir: string) => QmpCommandLine[]) {
   const ed = tmpDir('qmpmb-e-');
   makeImages(qd);
   makeImages(ed);
-  const theirs = dropHmpDrains(await qemuTranscript(cmds(qd), { cwd: qd, settleMs: 80 }));
+  const theirs = dropHmpDrains(await qemuTranscript(cmds(qd), { cwd: qd }));
   const engine = withGuestWrites(new Engine({ storages: { file: new FileStorage() } }));
   const ours = (await engineTranscript(engine, cmds(ed))).map((st) => (st.cmd === 'query-named-block-nodes' ? bitmapsOnly(st) : st));
   await engine.dispose();
@@ -189,6 +191,13 @@ describe.runIf(haveQemuSystem())('backup, against qemu-system-x86_64', () => {
       x('blockdev-backup', { 'job-id': 'b0', device: 'src', target: 't1', sync: 'full', bitmap: 'bm', 'bitmap-mode': 'never' }),
       x('blockdev-backup', { 'job-id': 'b0', device: 'src', target: 't1', sync: 'bitmap' }),
       x('blockdev-backup', { 'job-id': 'b0', device: 'src', target: 't1', sync: 'incremental', bitmap: 'bm', 'bitmap-mode': 'never' }),
+      add(dir, 'big'),
+      { execute: 'blockdev-add', arguments: { driver: 'raw', 'node-name': 'flat', file: { driver: 'file', filename: path.join(dir, 'flat.raw') } } },
+      x('blockdev-backup', { 'job-id': 'b0', device: 'src', target: 'big', sync: 'full' }),
+      x('blockdev-backup', { 'job-id': 'b0', device: 'src', target: 'flat', sync: 'full', compress: true }),
+      x('blockdev-backup', { 'job-id': 'b0', device: 'src-file', target: 't1', sync: 'full' }),
+      x('blockdev-backup', { 'job-id': '0b', device: 'src', target: 't1', sync: 'full' }),
+      x('blockdev-mirror', { 'job-id': 'm9', device: 'src', target: 'big', sync: 'full' }),
       // Full backup, throttled: one chunk, then the guest overwrites data not yet copied — the target keeps the old bytes.
       x('blockdev-backup', { 'job-id': 'b0', device: 'src', target: 't1', sync: 'full', speed: 1, 'filter-node-name': 'cbw-src' }),
       x('query-block-jobs'),

@@ -37,7 +37,7 @@ function rootNode(engine: Engine, name: string): BlockNode {
   return bs;
 }
 
-/** The target of blockdev-*: any node (QEMU's bdrv_lookup_bs). */
+/** Any node by device or node name (QEMU's bdrv_lookup_bs): a blockdev-* target, a backup's device. */
 function targetNode(engine: Engine, name: string): BlockNode {
   try {
     return engine.lookup(name);
@@ -249,7 +249,8 @@ function prepareBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockN
   if (target.totalBytes !== bs.totalBytes) throw genericError('Source and target image have different sizes');
   const compress = args.compress === true;
   if (compress && !target.driver.supportsCompressedWrites) {
-    throw genericError(`Compression is not supported for this drive ${engine.nameOf(target)}`, 'ENOTSUP');
+    // QEMU names the target's device, which a node without one does not have.
+    throw genericError(`Compression is not supported for this drive ${engine.deviceOf(target) ?? ''}`, 'ENOTSUP');
   }
   checkNotInJob(engine, bs);
   checkNotInJob(engine, target);
@@ -303,13 +304,14 @@ function backupAction(drive: boolean) {
 }
 
 function prepareBlockdevBackup(engine: Engine, args: Args): { start: () => Promise<void>; made?: BlockNode } {
-  const bs = rootNode(engine, args.device as string);
+  // QEMU 7.2 looks a backup's device up as any node (bdrv_lookup_bs), a mirror's as a root node.
+  const bs = targetNode(engine, args.device as string);
   const target = targetNode(engine, args.target as string);
   return { start: prepareBackup(engine, args, bs, target, false) };
 }
 
 async function prepareDriveBackup(engine: Engine, args: Args): Promise<{ start: () => Promise<void>; made?: BlockNode }> {
-  const bs = rootNode(engine, args.device as string);
+  const bs = targetNode(engine, args.device as string);
   // Checked before the target is created, as QEMU does.
   backupBitmapArgs(bs, args);
   let sync = args.sync as string;
