@@ -33,7 +33,7 @@ import type { BlockNode } from '../../block/node.js';
 import type { WriteFlags, PreallocMode } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
-import { QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
+import { QCOW2_AUTOCLEAR_BITMAPS, QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
 import { sizeToL1 } from './validate.js';
 import { compressCluster } from './compressed.js';
 import {
@@ -113,8 +113,8 @@ export async function prepareWrite(s: Qcow2State): Promise<void> {
 export async function prepareHeader(s: Qcow2State): Promise<void> {
   const h = s.header;
   if (!s.rw.headerPrepared) {
-    // Bits we do not keep up to date (bitmaps, unknown ones) must go before the image changes.
-    const keep = QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    // Bits we do not keep up to date (unknown ones; bitmaps this node did not load) must go before the image changes.
+    const keep = QCOW2_AUTOCLEAR_DATA_FILE_RAW | (s.bitmapsLoaded ? QCOW2_AUTOCLEAR_BITMAPS : 0n);
     if (h.version === 3 && h.autoclearFeatures & ~keep) {
       h.autoclearFeatures &= keep;
       await writeAutoclearFeatures(s);
