@@ -410,6 +410,22 @@ describe('bad bitmap directories', () => {
     expect(info(f)['format-specific'].data.bitmaps.map((b: any) => b.name)).toEqual(['b1']);
     expect(qemuImg(['check', f])).toContain('No errors were found');
   });
+  it('check counts a bad table entry of an in-use bitmap as qemu-img check does', () => {
+    const d = tmpDir('bm-');
+    const f = twoBitmaps(d);
+    const l = layout(f);
+    patch(f, entry(l, 1) + 15, [3]); // b2 in use: opens, its table is only read by check
+    patch(f, Number(fs.readFileSync(f).readBigUInt64BE(entry(l, 1))), [0xff, 0, 0, 0, 0, 0, 0, 0]);
+    // QEMU counts, then stops: the leaked data cluster, then "Check failed: Invalid argument", exit 1.
+    const theirs = qemuImgRun(['check', f]);
+    const ours = blocktab(['check', f]);
+    expect(theirs.status).toBe(1);
+    expect({ status: ours.status, out: ours.stdout, err: ours.stderr.split('\n').sort() }).toEqual({
+      status: theirs.status,
+      out: theirs.stdout,
+      err: theirs.stderr.replaceAll('qemu-img:', 'blocktab:').split('\n').sort(),
+    });
+  });
 });
 
 describe('the autoclear bit', () => {
