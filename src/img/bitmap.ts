@@ -11,6 +11,7 @@ import {
   clearDirtyBitmap,
   disableDirtyBitmap,
   enableDirtyBitmap,
+  listDirtyBitmaps,
   mergeDirtyBitmaps,
   removeDirtyBitmap,
 } from '../block/dirty-bitmap.js';
@@ -49,5 +50,43 @@ export async function imgBitmap(bs: BlockNode, name: string, actions: readonly B
       if (!isBlockError(e)) throw e;
       throw new BlockError(e.code, `Operation ${a.op} on bitmap ${name} failed: ${e.message}`, { cause: e });
     }
+  }
+}
+
+/**
+ * qemu-img convert --bitmaps, before the copy: the single source must hold
+ * persistent bitmaps, and without `skipBroken` none may be inconsistent.
+ */
+export function checkConvertBitmaps(sources: readonly BlockNode[], skipBroken: boolean): void {
+  if (sources.length !== 1) throw new BlockError('EINVAL', 'Copying bitmaps only possible with single source');
+  const src = sources[0]!;
+  if (!src.driver.canStoreNewDirtyBitmap) throw new BlockError('ENOTSUP', 'Source lacks bitmap support');
+  if (skipBroken) return;
+  const bad = listDirtyBitmaps(src).find((b) => b.persistent && b.inconsistent);
+  if (bad) {
+    throw new BlockError('EINVAL', `Cannot copy inconsistent bitmap '${bad.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`);
+  }
+}
+
+/** qemu-img convert --bitmaps: the target's format must store bitmaps (checked once it exists, before the copy). */
+export function checkBitmapTarget(dst: BlockNode): void {
+  if (!dst.driver.canStoreNewDirtyBitmap) throw new BlockError('ENOTSUP', `Format driver '${dst.driver.name}' does not support bitmaps`);
+}
+
+/**
+ * qemu-img convert --bitmaps, after the data is copied: each persistent
+ * bitmap of `src` is added to `dst` (same granularity and state) and merged
+ * in; `warn` hears about the inconsistent ones skipped.
+ */
+export function copyBitmaps(src: BlockNode, dst: BlockNode, warn: (msg: string) => void): void {
+  checkBitmapTarget(dst);
+  for (const bm of listDirtyBitmaps(src)) {
+    if (!bm.persistent) continue;
+    if (bm.inconsistent) {
+      warn(`Skipping inconsistent bitmap '${bm.name}'`);
+      continue;
+    }
+    addDirtyBitmap(dst, bm.name, { granularity: bm.granularity, persistent: true, disabled: !bm.enabled });
+    mergeDirtyBitmaps(dst, bm.name, [{ node: src, name: bm.name }]);
   }
 }

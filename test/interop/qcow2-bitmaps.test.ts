@@ -141,6 +141,39 @@ describe('persistent bitmaps qemu-img made, read by blocktab', () => {
   });
 });
 
+describe('convert --bitmaps', () => {
+  it('copies the bitmaps as qemu-img convert --bitmaps does, refuses inconsistent ones unless skipped', async () => {
+    const d = tmpDir('bm-');
+    const f = path.join(d, 'a.qcow2');
+    qemuMade(f);
+    const ours = path.join(d, 'ours.qcow2');
+    const theirs = path.join(d, 'theirs.qcow2');
+    expect(blocktab(['convert', '--bitmaps', '-O', 'qcow2', f, ours]).stderr).toBe('');
+    qemuImg(['convert', '--bitmaps', '-O', 'qcow2', f, theirs]);
+    expect(info(ours)['format-specific']).toEqual(info(theirs)['format-specific']);
+    const ranges = async (file: string) => {
+      const bs = await openImage(new FileStorage(), file, { readOnly: true });
+      try {
+        return listDirtyBitmaps(bs).map((b) => [b.name, b.enabled, [...b.dirtyExtents()]]);
+      } finally {
+        await closeNode(bs);
+      }
+    };
+    expect(await ranges(ours)).toEqual(await ranges(f));
+    expect(await ranges(theirs)).toEqual(await ranges(f));
+    expect(blocktab(['convert', '--bitmaps', '-O', 'raw', f, path.join(d, 'r.raw')]).stderr).toBe("blocktab: Format driver 'raw' does not support bitmaps\n");
+    // b2 in use: refused, or skipped with qemu-img's warning.
+    patch(f, entry(layout(f), 1) + 15, [3]);
+    const r = blocktab(['convert', '--bitmaps', '-O', 'qcow2', f, path.join(d, 'x.qcow2')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe("blocktab: Cannot copy inconsistent bitmap 'b2'\n");
+    expect(fs.existsSync(path.join(d, 'x.qcow2'))).toBe(false);
+    const k = blocktab(['convert', '--bitmaps', '--skip-broken-bitmaps', '-O', 'qcow2', f, path.join(d, 'x.qcow2')]);
+    expect(k.stderr).toBe("blocktab: warning: Skipping inconsistent bitmap 'b2'\n");
+    expect(info(path.join(d, 'x.qcow2'))['format-specific'].data.bitmaps.map((b: any) => b.name)).toEqual(['b1', 'b3']);
+  });
+});
+
 describe('persistent bitmaps blocktab writes, read by QEMU', () => {
   /** The same bitmap operations by qemu-img/qemu-io (`tool` = 'qemu') or by blocktab. */
   function make(file: string, tool: 'qemu' | 'ours'): void {
