@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { FileStorage } from '../../src/node.js';
 import { Engine } from '../../src/engine/index.js';
 import { openImage, closeNode } from '../../src/block/open.js';
-import { bdrvPwrite } from '../../src/block/io.js';
+import { bdrvPwrite, bdrvTruncate } from '../../src/block/io.js';
 import { listDirtyBitmaps } from '../../src/block/dirty-bitmap.js';
 import { imgBitmap } from '../../src/img/bitmap.js';
 import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
@@ -172,6 +172,44 @@ describe('convert --bitmaps', () => {
     const k = blocktab(['convert', '--bitmaps', '--skip-broken-bitmaps', '-O', 'qcow2', f, path.join(d, 'x.qcow2')]);
     expect(k.stderr).toBe("blocktab: warning: Skipping inconsistent bitmap 'b2'\n");
     expect(info(path.join(d, 'x.qcow2'))['format-specific'].data.bitmaps.map((b: any) => b.name)).toEqual(['b1', 'b3']);
+  });
+});
+
+describe('resize with bitmaps', () => {
+  it('shrinks and grows them with the disk as qemu-img resize does; an inconsistent one stops the resize', async () => {
+    const d = tmpDir('bm-');
+    const ours = path.join(d, 'ours.qcow2');
+    const theirs = path.join(d, 'theirs.qcow2');
+    qemuMade(ours);
+    fs.copyFileSync(ours, theirs);
+    qemuImg(['resize', '--shrink', theirs, '10M']);
+    qemuImg(['resize', theirs, '20M']);
+    const bs = await openImage(new FileStorage(), ours, { readOnly: false });
+    try {
+      await bdrvTruncate(bs, 10 * MiB, false, 'off');
+      await bdrvTruncate(bs, 20 * MiB, false, 'off');
+    } finally {
+      await closeNode(bs);
+    }
+    expect(info(ours)['format-specific']).toEqual(info(theirs)['format-specific']);
+    expect(qemuImg(['check', ours])).toContain('No errors were found');
+    const ranges = async (file: string) => {
+      const n = await openImage(new FileStorage(), file, { readOnly: true });
+      try {
+        return listDirtyBitmaps(n).map((b) => [b.name, b.size, [...b.dirtyExtents()]]);
+      } finally {
+        await closeNode(n);
+      }
+    };
+    expect(await ranges(ours)).toEqual(await ranges(theirs));
+    patch(ours, entry(layout(ours), 1) + 15, [3]);
+    const before = fs.readFileSync(ours);
+    const r = blocktab(['resize', ours, '30M']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain("Bitmap 'b2' is inconsistent and cannot be used");
+    expect(qemuImgRun(['resize', ours, '30M']).stderr).toContain("Bitmap 'b2' is inconsistent and cannot be used");
+    expect(info(ours)['virtual-size']).toBe(20 * MiB);
+    expect(fs.readFileSync(ours).length).toBe(before.length);
   });
 });
 

@@ -24,6 +24,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import {
+  checkDirtyBitmap,
   createDirtyBitmap,
   findDirtyBitmap,
   listDirtyBitmaps,
@@ -213,6 +214,20 @@ export async function qcow2LoadBitmaps(bs: BlockNode, s: Qcow2State): Promise<vo
   } catch (err) {
     for (const bm of created) releaseDirtyBitmap(bs, bm);
     throw err;
+  }
+}
+
+/**
+ * Before a resize (QEMU's qcow2_truncate_bitmaps_check): every stored bitmap
+ * must be in memory and usable, since only the in-memory copy is resized.
+ */
+export function qcow2TruncateBitmapsCheck(bs: BlockNode, s: Qcow2State): void {
+  for (const e of s.bitmaps) {
+    const bm = findDirtyBitmap(bs, e.name);
+    if (!bm || !s.bitmapsLoaded) {
+      throw new BlockError('ENOTSUP', `${s.image}: Cannot resize qcow2 with persistent bitmaps that were not loaded into memory`);
+    }
+    checkDirtyBitmap(bm);
   }
 }
 

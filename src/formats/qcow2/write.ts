@@ -60,6 +60,7 @@ import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
 import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
 import { qcow2Read } from './read.js';
 import { mapRun } from './cluster-map.js';
+import { qcow2TruncateBitmapsCheck } from './bitmaps.js';
 import { L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
 import { blockStatusAbove, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { l1Offset, type Qcow2State } from './state.js';
@@ -599,6 +600,8 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
   const cs = s.clusterSize;
   const old = s.header.size;
   if (size === old) return;
+  // Stored bitmaps follow the disk only when they are in memory and usable (they are stored at the new size on close).
+  qcow2TruncateBitmapsCheck(bs, s);
   if (size > old) {
     await growL1(s, sizeToL1(s.header, size), true);
     await writeHeaderSize(s, size);
@@ -607,7 +610,6 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
     if (backing && backing.totalBytes > old) await zeroFill(bs, s, old, Math.min(size, backing.totalBytes));
     return;
   }
-  if (s.bitmaps.length) throw new BlockError('ENOTSUP', `${s.image}: Can't shrink an image with persistent dirty bitmaps`);
   // The size switches first (one sector write): a crash before it leaves the old disk, after it the
   // new one with, at worst, leaked clusters past its end. Freeing first (QEMU's order) could leave the
   // old size reading zeros where the data was.
