@@ -296,7 +296,7 @@ describe('block_resize, dirty bitmaps, query-block, query-blockstats, events', (
     await expect(engine.read('disk0', 65000, 4096)).rejects.toMatchObject({ code: 'EIO' });
     const blocks = (await engine.execute('query-block')) as { device: string; inserted: BlockDeviceInfo }[];
     expect(blocks).toHaveLength(1);
-    expect(blocks[0]).toMatchObject({ device: 'disk0', type: 'unknown', removable: false, locked: false, 'io-status': 'ok' });
+    expect(blocks[0]).toMatchObject({ device: 'disk0', type: 'unknown', removable: true, locked: false, 'io-status': 'ok' });
     expect(blocks[0]!.inserted).toMatchObject({ 'node-name': 'n0', drv: 'raw', file: 'd.img', ro: false });
     const stats = (await engine.execute('query-blockstats')) as { device: string; 'node-name': string; stats: Record<string, number>; parent?: unknown }[];
     expect(stats).toHaveLength(1);

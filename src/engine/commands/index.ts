@@ -15,6 +15,8 @@ import { transactionCommands } from './transaction.js';
 import { jobCommands } from './jobs.js';
 import { createCommands } from './create.js';
 import { commitCommands } from './commit.js';
+import { throttleCommands } from './throttle.js';
+import { runStateCommands } from './runstate.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -28,4 +30,6 @@ export const qmpCommands: QmpCommandTable = {
   ...jobCommands,
   ...createCommands,
   ...commitCommands,
+  ...throttleCommands,
+  ...runStateCommands,
 };
