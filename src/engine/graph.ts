@@ -218,17 +218,35 @@ export abstract class EngineGraph extends EngineEvents {
    * monitor-owned.
    */
   adopt(bs: BlockNode, storage: Storage | undefined, opts: { name?: string; owned?: boolean } = {}): void {
+    // A parent before its children, as QEMU names a node before it opens the node's file and backing.
     const visit = (n: BlockNode, name?: string) => {
       if (this.names.has(n)) return;
-      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
       const nn = name ?? n.nodeName;
       this.nodes.set(nn, n);
       this.names.set(n, nn);
+      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
       if (n.backing) visit(n.backing.node);
     };
     visit(bs, opts.name);
+    this.placeBeforeChildren(bs);
     if (storage && !this.nodeStorages.has(bs)) this.nodeStorages.set(bs, storage);
     if (opts.owned) this.monitorOwned.add(bs);
+  }
+
+  /**
+   * Moves a node registered after its children (blockdev-add opens nested
+   * children first) in front of them: QEMU lists a parent before its children.
+   */
+  private placeBeforeChildren(bs: BlockNode): void {
+    const order = [...this.nodes.entries()];
+    const at = order.findIndex(([, n]) => n === bs);
+    const kids = new Set([bs.file?.node, bs.dataFile?.node, bs.backing?.node].filter((n): n is BlockNode => n !== undefined));
+    const first = order.findIndex(([, n]) => kids.has(n));
+    if (at < 0 || first < 0 || first > at) return;
+    const [entry] = order.splice(at, 1);
+    order.splice(first, 0, entry!);
+    this.nodes.clear();
+    for (const [k, n] of order) this.nodes.set(k, n);
   }
 
   /**

@@ -83,6 +83,7 @@ export interface BlockStats {
   stats: BlockDeviceStats;
   parent?: BlockStats;
   backing?: BlockStats;
+  'driver-specific'?: Record<string, unknown>;
 }
 
 /** Drops members whose value is undefined (QAPI's "absent"). */
@@ -225,6 +226,8 @@ function deviceStats(blk: BlockBackend | undefined, bs: BlockNode, blkLevel: boo
  */
 function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockStats {
   const s: BlockStats = { 'node-name': engine.nameOf(bs), stats: deviceStats(engine.nodeIoTarget(bs)?.backend, bs, false) };
+  const specific = bs.driver.getStatsSpecific?.(bs);
+  if (specific) s['driver-specific'] = specific;
   const primary = bs.file?.node ?? bs.dataFile?.node;
   if (primary) s.parent = nodeStats(engine, primary, deviceLevel);
   if (deviceLevel && bs.backing) s.backing = nodeStats(engine, bs.backing.node, deviceLevel);
@@ -233,7 +236,8 @@ function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockSt
 
 /** query-blockstats: per device, or with `queryNodes` per node. */
 export function blockStats(engine: Engine, queryNodes: boolean): BlockStats[] {
-  if (queryNodes) return engine.allNodes().map((bs) => nodeStats(engine, bs, false));
+  // QEMU 7.2 lists nodes newest first here (query-named-block-nodes lists them oldest first).
+  if (queryNodes) return engine.allNodes().map((bs) => nodeStats(engine, bs, false)).reverse();
   return engine.deviceNames().map((name) => {
     const dev = engine.device(name)!;
     const root = nodeStats(engine, dev.backend.root, true);

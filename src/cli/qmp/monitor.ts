@@ -82,8 +82,9 @@ export class QmpMonitor {
       try {
         checkArgs({ '*enable': { list: { enum: ['oob'] } } }, r.arguments);
       } catch (e) {
+        // QEMU 7.2 names the list member 'null' in this one message.
         const q = toQmpError(e);
-        return fail(q.errorClass, q.desc);
+        return fail(q.errorClass, q.desc.replace(/^Parameter 'enable\[\d+\]'/, "Parameter 'null'"));
       }
       this.negotiated = true;
       return this.send(withId({ return: {} }));
