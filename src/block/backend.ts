@@ -159,11 +159,12 @@ export class BlockBackend {
    */
   private async request(type: AcctType, bytes: number, opts: RequestOptions, policy: 'read' | 'write' | null, op: () => Promise<void>): Promise<void> {
     if (this.stopped) await new Promise<void>((r) => this.waiters.push(r));
+    // The issuer's clock starts before throttling, as a device's block_acct_start comes before the request: waits count as latency.
+    const cookie = opts.account ? this.stats.start(bytes, type) : undefined;
     if (this.throttle && type !== 'flush') {
       const wait = this.throttle.intercept(bytes, type !== 'read');
       if (wait) await wait;
     }
-    const cookie = opts.account ? this.stats.start(bytes, type) : undefined;
     for (;;) {
       try {
         await op();

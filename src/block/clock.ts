@@ -55,6 +55,8 @@ export class VirtualClock implements Clock {
    */
   async advance(ns: number): Promise<void> {
     const end = this.now + ns;
+    // Requests started just before may not have reached their sleep yet.
+    await settle();
     for (;;) {
       const t = this.timers[0];
       if (!t || t.at > end) break;

@@ -113,14 +113,15 @@ export class ThrottleGroup {
 
   /** Lets queued requests go while the buckets allow, in turn; arms the direction's timer for the rest. */
   private schedule(d: Dir): void {
+    if (!this.state.enabled) {
+      // No limits (any more): everything queued goes now; an armed timer finds nothing left.
+      for (const x of this.members) for (const release of x.queues[d].splice(0)) release();
+      return;
+    }
     if (this.timerArmed[d]) return;
     for (;;) {
       const m = this.nextMember(d);
       if (!m) return;
-      if (!this.state.enabled) {
-        for (const x of this.members) for (const release of x.queues[d].splice(0)) release();
-        return;
-      }
       const wait = this.state.computeWait(d === 1);
       if (wait > 0) {
         this.timerArmed[d] = true;
