@@ -86,8 +86,8 @@ export class ThrottleGroup {
   intercept(m: ThrottleGroupMember, bytes: number, isWrite: boolean): Promise<void> | undefined {
     if (!this.state.enabled) return undefined;
     const d: Dir = isWrite ? 1 : 0;
-    const anyQueued = this.members.some((x) => x.queues[d].length > 0);
-    if (!anyQueued && !this.timerArmed[d] && this.state.computeWait(isWrite) === 0) {
+    // A timer is armed whenever requests queue, so an unarmed timer means nothing waits in this direction.
+    if (!this.timerArmed[d] && this.state.computeWait(isWrite) === 0) {
       this.state.account(isWrite, bytes);
       m.released[d]++;
       this.lastTurn[d] = m;

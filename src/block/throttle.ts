@@ -110,6 +110,11 @@ export function checkConfig(cfg: ThrottleConfig): void {
 /** The throttling state one group shares: its configuration and the time buckets last leaked. */
 export class ThrottleState {
   cfg: ThrottleConfig = emptyConfig();
+  /** Whether any limit is set (kept with the configuration: the request path asks every time). */
+  enabled = false;
+  /** The buckets with a limit, per direction (total ones included): the only ones leak and wait look at. */
+  private active: [LeakyBucket[], LeakyBucket[]] = [[], []];
+  private activeAll: LeakyBucket[] = [];
   private previousLeak: number;
 
   constructor(readonly clock: Clock) {
@@ -124,10 +129,11 @@ export class ThrottleState {
       this.cfg.buckets[n].level = 0;
       this.cfg.buckets[n].burstLevel = 0;
     }
-  }
-
-  get enabled(): boolean {
-    return throttleEnabled(this.cfg);
+    this.enabled = throttleEnabled(this.cfg);
+    const b = this.cfg.buckets;
+    const pick = (names: BucketName[]) => names.map((n) => b[n]).filter((k) => k.avg > 0);
+    this.active = [pick(['bps-total', 'iops-total', 'bps-read', 'iops-read']), pick(['bps-total', 'iops-total', 'bps-write', 'iops-write'])];
+    this.activeAll = BUCKETS.map((n) => b[n]).filter((k) => k.avg > 0);
   }
 
   /** Empties every bucket by what leaked since the last call. */
@@ -136,8 +142,7 @@ export class ThrottleState {
     const delta = Math.max(0, now - this.previousLeak);
     this.previousLeak = now;
     if (delta === 0) return;
-    for (const n of BUCKETS) {
-      const b = this.cfg.buckets[n];
+    for (const b of this.activeAll) {
       b.level = Math.max(b.level - (b.avg * delta) / 1e9, 0);
       if (b.burstLength > 1 && b.max) b.burstLevel = Math.max(b.burstLevel - (b.max * delta) / 1e9, 0);
     }
@@ -166,10 +171,10 @@ export class ThrottleState {
   /** Nanoseconds a request in this direction must wait before it may go (0 = now). */
   computeWait(isWrite: boolean): number {
     this.leak();
-    const dir = isWrite ? 'write' : 'read';
     let wait = 0;
-    for (const n of ['bps-total', 'iops-total', `bps-${dir}`, `iops-${dir}`] as BucketName[]) {
-      wait = Math.max(wait, ThrottleState.bucketWait(this.cfg.buckets[n]));
+    for (const b of this.active[isWrite ? 1 : 0]) {
+      const w = ThrottleState.bucketWait(b);
+      if (w > wait) wait = w;
     }
     return wait;
   }
