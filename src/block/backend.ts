@@ -68,7 +68,8 @@ export interface RequestOptions {
 
 export class BlockBackend {
   readonly name: string;
-  root: BlockNode;
+  /** The medium (root node); null once ejected / removed. */
+  private medium: BlockNode | null;
   rerror: ErrorAction;
   werror: ErrorAction;
   readonly stats: BlockAcctStats;
@@ -83,13 +84,34 @@ export class BlockBackend {
   private waiters: (() => void)[] = [];
 
   constructor(root: BlockNode, options: BackendOptions = {}) {
-    this.root = root;
+    this.medium = root;
     this.name = options.name ?? '';
     this.rerror = options.rerror ?? 'report';
     this.werror = options.werror ?? 'enospc';
     this.hooks = options.hooks ?? {};
     this.stats = new BlockAcctStats(options.clock, { accountInvalid: options.accountInvalid, accountFailed: options.accountFailed });
     if (options.detectZeroes) root.detectZeroes = options.detectZeroes;
+  }
+
+  /** The root node. A backend without a medium has none: requests fail with ENOMEDIUM (QEMU's "No medium found"). */
+  get root(): BlockNode {
+    if (!this.medium) throw new BlockError('ENOMEDIUM', `${this.name || 'device'}: No medium found`);
+    return this.medium;
+  }
+
+  set root(bs: BlockNode) {
+    this.medium = bs;
+  }
+
+  get hasMedium(): boolean {
+    return this.medium !== null;
+  }
+
+  /** Takes the medium out (eject, blockdev-remove-medium); returns it for the caller to close. */
+  removeMedium(): BlockNode | null {
+    const m = this.medium;
+    this.medium = null;
+    return m;
   }
 
   get readOnly(): boolean {

@@ -38,6 +38,8 @@ export interface EngineOpenOptions {
   nodeName?: string;
   /** Also create a named device (BlockBackend) on the node: it shows in query-block and query-blockstats. */
   device?: string;
+  /** The device's backend options (error policy, statistics); the typed API's devices report errors by default. */
+  backend?: BackendOptions;
   /** Open the backing chain named in the image (default true). */
   backing?: boolean;
   /** Format driver options (raw's offset/size, qcow2's l2-cache-size, …). */
@@ -64,6 +66,8 @@ export abstract class EngineGraph extends EngineEvents {
   private readonly nodeStorages = new Map<BlockNode, Storage>();
   /** Named devices (BlockBackends), as QEMU's -drive/-device ids. */
   protected readonly devices = new Map<string, IoTarget>();
+  /** Nodes opened as a device's medium (-drive, change-medium): closed when the device lets go of them. */
+  protected readonly mediumOf = new Map<BlockNode, string>();
   /** Anonymous backends for I/O addressed to a node-name (like qemu-io on a node); not "users" of the node. */
   protected readonly nodeIo = new Map<BlockNode, IoTarget>();
 
@@ -179,7 +183,7 @@ export abstract class EngineGraph extends EngineEvents {
 
   /** The device whose root is `bs`, if any (QEMU's bdrv_has_blk). */
   deviceOf(bs: BlockNode): string | undefined {
-    for (const [name, d] of this.devices) if (d.backend.root === bs) return name;
+    for (const [name, d] of this.devices) if (d.backend.hasMedium && d.backend.root === bs) return name;
     return undefined;
   }
 
@@ -194,7 +198,10 @@ export abstract class EngineGraph extends EngineEvents {
    */
   lookup(name: string, what: 'device-or-node' | 'node' = 'device-or-node', message?: string): BlockNode {
     const dev = what === 'device-or-node' ? this.devices.get(name) : undefined;
-    if (dev) return dev.backend.root;
+    if (dev) {
+      if (!dev.backend.hasMedium) throw genericError(`Device '${name}' has no medium`, 'ENOMEDIUM');
+      return dev.backend.root;
+    }
     const bs = this.nodes.get(name);
     if (bs) return bs;
     throw new QmpError(
@@ -218,35 +225,18 @@ export abstract class EngineGraph extends EngineEvents {
    * monitor-owned.
    */
   adopt(bs: BlockNode, storage: Storage | undefined, opts: { name?: string; owned?: boolean } = {}): void {
-    // A parent before its children, as QEMU names a node before it opens the node's file and backing.
+    // In the order QEMU creates nodes: a node's file first, then the node, then its backing chain.
     const visit = (n: BlockNode, name?: string) => {
       if (this.names.has(n)) return;
+      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
       const nn = name ?? n.nodeName;
       this.nodes.set(nn, n);
       this.names.set(n, nn);
-      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
       if (n.backing) visit(n.backing.node);
     };
     visit(bs, opts.name);
-    this.placeBeforeChildren(bs);
     if (storage && !this.nodeStorages.has(bs)) this.nodeStorages.set(bs, storage);
     if (opts.owned) this.monitorOwned.add(bs);
-  }
-
-  /**
-   * Moves a node registered after its children (blockdev-add opens nested
-   * children first) in front of them: QEMU lists a parent before its children.
-   */
-  private placeBeforeChildren(bs: BlockNode): void {
-    const order = [...this.nodes.entries()];
-    const at = order.findIndex(([, n]) => n === bs);
-    const kids = new Set([bs.file?.node, bs.dataFile?.node, bs.backing?.node].filter((n): n is BlockNode => n !== undefined));
-    const first = order.findIndex(([, n]) => kids.has(n));
-    if (at < 0 || first < 0 || first > at) return;
-    const [entry] = order.splice(at, 1);
-    order.splice(first, 0, entry!);
-    this.nodes.clear();
-    for (const [k, n] of order) this.nodes.set(k, n);
   }
 
   /**
@@ -297,7 +287,10 @@ export abstract class EngineGraph extends EngineEvents {
     });
     this.adopt(bs, storage, { owned: true });
     // The app's devices report errors; QEMU's werror=enospc default (stop until cont) is for --drive.
-    if (opts.device !== undefined) this.addDevice(opts.device, bs, { werror: 'report' });
+    if (opts.device !== undefined) {
+      this.addDevice(opts.device, bs, { werror: 'report', ...opts.backend });
+      this.mediumOf.set(bs, opts.device);
+    }
     return this.nameOf(bs);
   }
 
@@ -315,11 +308,34 @@ export abstract class EngineGraph extends EngineEvents {
     if (dev) {
       this.devices.delete(name);
       this.setBackendThrottle(dev.backend, null);
+      if (!dev.backend.hasMedium) return;
       const root = dev.backend.root;
       if (this.monitorOwned.has(root) && root.parents.length === 0 && !this.deviceOf(root)) await this.closeTree(root);
       return;
     }
     await this.execute('blockdev-del', { 'node-name': name });
+  }
+
+  /**
+   * Takes a device's medium out (eject, change-medium). A node opened as the
+   * medium goes with it unless something else uses it, as QEMU drops the
+   * BlockBackend's reference; a node added by name stays.
+   */
+  async ejectMedium(name: string): Promise<void> {
+    const dev = this.devices.get(name)!;
+    const bs = dev.backend.removeMedium();
+    if (!bs) return;
+    if (this.mediumOf.get(bs) === name) {
+      this.mediumOf.delete(bs);
+      this.monitorOwned.delete(bs);
+      if (bs.parents.length === 0 && !this.deviceOf(bs)) await this.closeTree(bs);
+    }
+  }
+
+  /** Puts a medium into an empty device. */
+  insertMedium(name: string, bs: BlockNode, openedForIt: boolean): void {
+    this.devices.get(name)!.backend.root = bs;
+    if (openedForIt) this.mediumOf.set(bs, name);
   }
 
   /** Puts a backend in a throttle group (leaving the one it was in), or takes it out with null. */

@@ -170,19 +170,14 @@ function throttleInfo(blk: BlockBackend): Record<string, unknown> {
 
 /** QEMU's bdrv_query_info for a device. A backend with no device model is removable, as QEMU's -drive if=none. */
 export async function blockInfo(engine: Engine, name: string, dev: IoTarget): Promise<BlockInfo> {
-  const info: BlockInfo = {
-    device: name,
-    type: 'unknown',
-    removable: true,
-    locked: false,
-    inserted: { ...(await blockDeviceInfo(engine, dev.backend.root, false)), ...throttleInfo(dev.backend) },
-  };
+  const info: BlockInfo = { device: name, type: 'unknown', removable: true, locked: false };
+  if (dev.backend.hasMedium) info.inserted = { ...(await blockDeviceInfo(engine, dev.backend.root, false)), ...throttleInfo(dev.backend) };
   if (dev.backend.iostatusEnabled) info['io-status'] = dev.backend.iostatus;
   return info;
 }
 
 /** QEMU's bdrv_query_blk_stats (a backend's counters) plus the node's wr_highest_offset; zeros without a backend. */
-function deviceStats(blk: BlockBackend | undefined, bs: BlockNode, blkLevel: boolean): BlockDeviceStats {
+function deviceStats(blk: BlockBackend | undefined, bs: BlockNode | undefined, blkLevel: boolean): BlockDeviceStats {
   const s = blk?.stats;
   const n = (rec: 'bytes' | 'ops' | 'failedOps' | 'invalidOps' | 'mergedOps' | 'totalTimeNs', t: AcctType) => (s ? s[rec][t] : 0);
   const out: BlockDeviceStats = {
@@ -198,7 +193,7 @@ function deviceStats(blk: BlockBackend | undefined, bs: BlockNode, blkLevel: boo
     flush_total_time_ns: n('totalTimeNs', 'flush'),
     unmap_total_time_ns: n('totalTimeNs', 'unmap'),
     // Every write that reached the node counts, a job's included (QEMU keeps it on the node, not the backend).
-    wr_highest_offset: bs.wrHighestOffset,
+    wr_highest_offset: bs?.wrHighestOffset ?? 0,
     rd_merged: n('mergedOps', 'read'),
     wr_merged: n('mergedOps', 'write'),
     unmap_merged: n('mergedOps', 'unmap'),
@@ -236,10 +231,12 @@ function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockSt
 
 /** query-blockstats: per device, or with `queryNodes` per node. */
 export function blockStats(engine: Engine, queryNodes: boolean): BlockStats[] {
-  // QEMU 7.2 lists nodes newest first here (query-named-block-nodes lists them oldest first).
-  if (queryNodes) return engine.allNodes().map((bs) => nodeStats(engine, bs, false)).reverse();
+  // Oldest first here; query-named-block-nodes lists them newest first (QEMU 7.2 builds that list by prepending).
+  if (queryNodes) return engine.allNodes().map((bs) => nodeStats(engine, bs, false));
   return engine.deviceNames().map((name) => {
     const dev = engine.device(name)!;
+    // An empty device still has its backend's counters (QEMU: no node-name, no wr_highest_offset).
+    if (!dev.backend.hasMedium) return { device: name, stats: { ...deviceStats(dev.backend, undefined, true), wr_highest_offset: 0 } };
     const root = nodeStats(engine, dev.backend.root, true);
     return present({ device: name, 'node-name': root['node-name'], stats: deviceStats(dev.backend, dev.backend.root, true), parent: root.parent, backing: root.backing });
   });

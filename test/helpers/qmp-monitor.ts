@@ -139,7 +139,7 @@ export function normalizeTranscript(run: MonitorRun, dir: string): unknown {
     return v;
   };
   return run.steps.map((s) => ({
-    input: s.input,
+    input: s.input.split(dir).join('$DIR'),
     replies: walk(s.replies),
     events: walk(s.events),
     text: s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME').split(dir).join('$DIR'),

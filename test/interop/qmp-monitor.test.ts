@@ -21,7 +21,7 @@ const j = (execute: string, args?: Record<string, unknown>, id?: unknown) =>
 const hmp = (cmd: string) => j('human-monitor-command', { 'command-line': `qemu-io d0 "${cmd}"` });
 const throttle = (extra: Record<string, unknown>) => j('block_set_io_throttle', { device: 'd0', bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0, ...extra });
 
-function script(): { line: string; replies?: number }[] {
+function script(dir: string): { line: string; replies?: number }[] {
   const L = (line: string, replies = 1) => ({ line, replies });
   return [
     // The wire protocol.
@@ -99,6 +99,29 @@ function script(): { line: string; replies?: number }[] {
     L(j('blockdev-del', { 'node-name': 't0' })),
     L(j('object-del', { id: 'tg0' })),
     L(j('qom-get', { path: '/objects/tg0', property: 'limits' })),
+    // Removable media on a device without a device model (QEMU's -drive if=none): no tray, eject at once.
+    L(j('blockdev-open-tray', { device: 'd1' })),
+    L(j('blockdev-open-tray', { id: 'd1' })),
+    L(j('blockdev-close-tray', { device: 'd1' })),
+    L(j('blockdev-remove-medium', { id: 'd1' })),
+    L(j('blockdev-insert-medium', { id: 'd1', 'node-name': 'r0' })),
+    L(j('eject', {})),
+    L(j('eject', { device: 'd1', id: 'd1' })),
+    L(j('eject', { device: 'nope' })),
+    L(j('eject', { device: 'd1' })),
+    L(j('eject', { device: 'd1' })),
+    L(j('query-block')),
+    L(j('query-blockstats')),
+    L(j('human-monitor-command', { 'command-line': 'qemu-io d1 "read 0 512"' })),
+    L(j('block_set_io_throttle', { device: 'd1', bps: 1, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 })),
+    L(j('blockdev-add', { driver: 'raw', 'node-name': 'x', file: 'd1' })),
+    L(j('blockdev-change-medium', { device: 'd1', filename: `${dir}/m.raw`, format: 'raw', 'read-only-mode': 'read-only' })),
+    L(j('query-block')),
+    L(j('blockdev-change-medium', { device: 'd1', filename: `${dir}/nonexistent.raw`, format: 'raw' })),
+    L(j('blockdev-change-medium', { device: 'd1', filename: `${dir}/m.raw`, format: 'raw', 'read-only-mode': 'read-write' })),
+    L(j('block_resize', { device: 'd1', size: 2097152 })),
+    L(j('human-monitor-command', { 'command-line': 'qemu-io d1 "write -P 3 1M 4k"' })),
+    L(j('query-block')),
     // The run state.
     L(j('query-version')),
     L(j('stop')),
@@ -141,16 +164,20 @@ describe.runIf(haveQemuSystem())('blocktab qmp speaks QEMU 7.2 QMP', () => {
     for (const d of Object.values(dirs)) {
       qemuImg(['create', '-q', '-f', 'qcow2', path.join(d, 'd0.qcow2'), '2M']);
       qemuImg(['create', '-q', '-f', 'raw', path.join(d, 'r0.raw'), '1M']);
+      qemuImg(['create', '-q', '-f', 'raw', path.join(d, 'd1.raw'), '1M']);
+      qemuImg(['create', '-q', '-f', 'raw', path.join(d, 'm.raw'), '1M']);
     }
     const options = (d: string) => [
       '-drive',
       `if=none,id=d0,file=${path.join(d, 'd0.qcow2')},format=qcow2,stats-intervals.0=60,throttling.iops-total=100000`,
+      '-drive',
+      `if=none,id=d1,file=${path.join(d, 'd1.raw')},format=raw`,
       '-blockdev',
       JSON.stringify({ driver: 'raw', 'node-name': 'r0', file: { driver: 'file', 'node-name': 'r0-file', filename: path.join(d, 'r0.raw') } }),
     ];
     const [theirs, ours] = await Promise.all([
-      runMonitor('qemu', options(dirs.qemu), script()),
-      runMonitor('blocktab', options(dirs.ours), script()).then(hmpTextToStdout),
+      runMonitor('qemu', options(dirs.qemu), script(dirs.qemu)),
+      runMonitor('blocktab', options(dirs.ours), script(dirs.ours)).then(hmpTextToStdout),
     ]);
     expect(ours.exitCode).toBe(0);
     expect(theirs.exitCode).toBe(0);

@@ -95,23 +95,26 @@ async function addDrive(engine: Engine, text: string): Promise<void> {
   for (const k of ['rerror', 'werror']) {
     if (kv[k] !== undefined && !ERROR_ACTIONS.includes(kv[k]!)) throw new UsageError(`'${kv[k]}' invalid ${k === 'rerror' ? 'read' : 'write'} error action`);
   }
+  if (kv['detect-zeroes'] !== undefined && !['off', 'on', 'unmap'].includes(kv['detect-zeroes']!)) {
+    throw new UsageError(`Parameter 'detect-zeroes' does not accept value '${kv['detect-zeroes']}'`);
+  }
   const nodeName = await engine.open('file', file, {
     format: kv.format,
     readOnly: onOff(kv['read-only'], 'read-only') ?? false,
     nodeName: kv['node-name'],
     backing: onOff(kv.backing, 'backing'),
+    device: id,
+    backend: {
+      // QEMU's -drive defaults: rerror=report, werror=enospc.
+      rerror: (kv.rerror as ErrorAction | undefined) ?? 'report',
+      werror: (kv.werror as ErrorAction | undefined) ?? 'enospc',
+      accountInvalid: onOff(kv['stats-account-invalid'], 'stats-account-invalid'),
+      accountFailed: onOff(kv['stats-account-failed'], 'stats-account-failed'),
+    },
   });
   const bs = engine.findNode(nodeName)!;
-  if (kv['detect-zeroes'] !== undefined) {
-    if (!['off', 'on', 'unmap'].includes(kv['detect-zeroes']!)) throw new UsageError(`Parameter 'detect-zeroes' does not accept value '${kv['detect-zeroes']}'`);
-    bs.detectZeroes = kv['detect-zeroes'] as 'off' | 'on' | 'unmap';
-  }
-  const blk = engine.addDevice(id, bs, {
-    rerror: kv.rerror as ErrorAction | undefined,
-    werror: kv.werror as ErrorAction | undefined,
-    accountInvalid: onOff(kv['stats-account-invalid'], 'stats-account-invalid'),
-    accountFailed: onOff(kv['stats-account-failed'], 'stats-account-failed'),
-  });
+  if (kv['detect-zeroes'] !== undefined) bs.detectZeroes = kv['detect-zeroes'] as 'off' | 'on' | 'unmap';
+  const blk = engine.device(id)!.backend;
   for (let i = 0; kv[`stats-intervals.${i}`] !== undefined; i++) {
     const n = Number(kv[`stats-intervals.${i}`]);
     if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError('Invalid interval length');
@@ -152,7 +155,7 @@ async function addObject(engine: Engine, text: string): Promise<void> {
   await engine.execute('object-add', { 'qom-type': type, ...keyvalToDict(comma < 0 ? '' : text.slice(comma + 1)) });
 }
 
-/** The options, in order: each is applied as QEMU applies its command line, objects first. */
+/** The options in the order QEMU applies its command line. */
 function parseOptions(args: string[]): { kind: 'blockdev' | 'drive' | 'object'; value: string }[] {
   const out: { kind: 'blockdev' | 'drive' | 'object'; value: string }[] = [];
   for (let i = 0; i < args.length; i++) {
@@ -162,7 +165,9 @@ function parseOptions(args: string[]): { kind: 'blockdev' | 'drive' | 'object'; 
     if (value === undefined) throw new UsageError(`option '--${m[1]}' requires an argument`);
     out.push({ kind: m[1] as 'blockdev' | 'drive' | 'object', value });
   }
-  return out.sort((a, b) => Number(b.kind === 'object') - Number(a.kind === 'object'));
+  // QEMU's order: objects, then every -blockdev, then every -drive (each kind in command-line order).
+  const rank = { object: 0, blockdev: 1, drive: 2 };
+  return out.sort((a, b) => rank[a.kind] - rank[b.kind]);
 }
 
 export async function runQmp(args: string[], out: Output): Promise<number> {

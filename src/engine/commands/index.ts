@@ -17,6 +17,7 @@ import { createCommands } from './create.js';
 import { commitCommands } from './commit.js';
 import { throttleCommands } from './throttle.js';
 import { runStateCommands } from './runstate.js';
+import { mediaCommands } from './media.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -32,4 +33,5 @@ export const qmpCommands: QmpCommandTable = {
   ...commitCommands,
   ...throttleCommands,
   ...runStateCommands,
+  ...mediaCommands,
 };

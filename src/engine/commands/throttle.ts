@@ -63,6 +63,7 @@ export const throttleCommands: QmpCommandTable = {
       // Only BlockBackends made with -drive / --drive have names; there are no qdev ids here.
       const dev = device !== undefined ? engine.device(device) : undefined;
       if (!dev) throw new QmpError('DeviceNotFound', `Device '${device ?? id}' not found`);
+      if (!dev.backend.hasMedium) throw genericError('Device has no medium', 'ENOMEDIUM');
       const limits: ThrottleLimits = {};
       for (const [k, bucket] of LEGACY) {
         limits[bucket] = args[k] as number;
