@@ -184,7 +184,9 @@ export class BlockBackend {
     // The issuer's clock starts before throttling, as a device's block_acct_start comes before the request: waits count as latency.
     const cookie = opts.account ? this.stats.start(bytes, type) : undefined;
     if (this.throttle && type !== 'flush') {
-      const wait = this.throttle.intercept(bytes, type !== 'read');
+      // One clock read serves both when they share the clock.
+      const now = cookie && this.throttle.group.clock === this.stats.clock ? cookie.startNs : undefined;
+      const wait = this.throttle.intercept(bytes, type !== 'read', now);
       if (wait) await wait;
     }
     for (;;) {

@@ -30,8 +30,8 @@ export class ThrottleGroupMember {
    * Waits until a request of `bytes` in this direction may go, and pours it
    * into the group's buckets (QEMU's throttle_group_co_io_limits_intercept).
    */
-  intercept(bytes: number, isWrite: boolean): Promise<void> | undefined {
-    return this.group.intercept(this, bytes, isWrite);
+  intercept(bytes: number, isWrite: boolean, nowNs?: number): Promise<void> | undefined {
+    return this.group.intercept(this, bytes, isWrite, nowNs);
   }
 
   /** Whether requests are waiting. */
@@ -83,11 +83,12 @@ export class ThrottleGroup {
     }
   }
 
-  intercept(m: ThrottleGroupMember, bytes: number, isWrite: boolean): Promise<void> | undefined {
+  /** `nowNs`: the group's clock, when the caller has just read it (saves a clock read per request). */
+  intercept(m: ThrottleGroupMember, bytes: number, isWrite: boolean, nowNs?: number): Promise<void> | undefined {
     if (!this.state.enabled) return undefined;
     const d: Dir = isWrite ? 1 : 0;
     // A timer is armed whenever requests queue, so an unarmed timer means nothing waits in this direction.
-    if (!this.timerArmed[d] && this.state.computeWait(isWrite) === 0) {
+    if (!this.timerArmed[d] && this.state.computeWait(isWrite, nowNs) === 0) {
       this.state.account(isWrite, bytes);
       m.released[d]++;
       this.lastTurn[d] = m;

@@ -114,6 +114,9 @@ export class ThrottleState {
   enabled = false;
   /** The buckets with a limit, per direction (total ones included): the only ones leak and wait look at. */
   private active: [LeakyBucket[], LeakyBucket[]] = [[], []];
+  /** Per direction, the active buckets that count bytes and those that count operations. */
+  private activeBytes: [LeakyBucket[], LeakyBucket[]] = [[], []];
+  private activeOps: [LeakyBucket[], LeakyBucket[]] = [[], []];
   private activeAll: LeakyBucket[] = [];
   private previousLeak: number;
 
@@ -134,11 +137,12 @@ export class ThrottleState {
     const pick = (names: BucketName[]) => names.map((n) => b[n]).filter((k) => k.avg > 0);
     this.active = [pick(['bps-total', 'iops-total', 'bps-read', 'iops-read']), pick(['bps-total', 'iops-total', 'bps-write', 'iops-write'])];
     this.activeAll = BUCKETS.map((n) => b[n]).filter((k) => k.avg > 0);
+    this.activeBytes = [pick(['bps-total', 'bps-read']), pick(['bps-total', 'bps-write'])];
+    this.activeOps = [pick(['iops-total', 'iops-read']), pick(['iops-total', 'iops-write'])];
   }
 
-  /** Empties every bucket by what leaked since the last call. */
-  private leak(): void {
-    const now = this.clock.nowNs();
+  /** Empties every bucket by what leaked since the last call (`now` when the caller has just read the clock). */
+  private leak(now = this.clock.nowNs()): void {
     const delta = Math.max(0, now - this.previousLeak);
     this.previousLeak = now;
     if (delta === 0) return;
@@ -169,8 +173,8 @@ export class ThrottleState {
   }
 
   /** Nanoseconds a request in this direction must wait before it may go (0 = now). */
-  computeWait(isWrite: boolean): number {
-    this.leak();
+  computeWait(isWrite: boolean, now?: number): number {
+    this.leak(now);
     let wait = 0;
     for (const b of this.active[isWrite ? 1 : 0]) {
       const w = ThrottleState.bucketWait(b);
@@ -181,17 +185,15 @@ export class ThrottleState {
 
   /** Pours a request that goes now into the buckets. */
   account(isWrite: boolean, bytes: number): void {
-    const dir = isWrite ? 'write' : 'read';
+    const d = isWrite ? 1 : 0;
     const units = this.cfg.opSize && bytes > this.cfg.opSize ? bytes / this.cfg.opSize : 1;
-    const pour = (n: BucketName, v: number) => {
-      const b = this.cfg.buckets[n];
-      if (!b.avg) return;
-      b.level += v;
-      if (b.burstLength > 1) b.burstLevel += v;
-    };
-    pour('bps-total', bytes);
-    pour(`bps-${dir}`, bytes);
-    pour('iops-total', units);
-    pour(`iops-${dir}`, units);
+    for (const b of this.activeBytes[d]) {
+      b.level += bytes;
+      if (b.burstLength > 1) b.burstLevel += bytes;
+    }
+    for (const b of this.activeOps[d]) {
+      b.level += units;
+      if (b.burstLength > 1) b.burstLevel += units;
+    }
   }
 }
