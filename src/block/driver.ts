@@ -242,6 +242,9 @@ export interface BlockDriver {
   /** Bytes the node takes in its storage ("disk size"), or undefined if unknown. */
   getAllocatedFileSize?(bs: BlockNode): Promise<number | undefined>;
 
+  /** query-blockstats' `driver-specific` member for this node (QAPI BlockStatsSpecific), if the driver has one. */
+  getStatsSpecific?(bs: BlockNode): Record<string, unknown>;
+
   /**
    * Block status of [offset, offset + bytes). Guarantees: offset <
    * totalBytes, bytes > 0, the range is inside totalBytes, offset aligned to

@@ -65,6 +65,7 @@ Command syntax:
   rebase [-f fmt] [-F backing_fmt] [-p] [-q] [-u] [-U] -b backing_file filename
   commit [-f fmt] [-b base] [-d] [-p] [-q] filename
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
+  qmp [--blockdev OPTIONS]... [--drive OPTIONS]... [--object OPTIONS]...    a QMP monitor on stdin/stdout
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
 Supported formats: ${listDrivers('format')
@@ -116,9 +117,14 @@ export async function main(argv: string[], out: Output): Promise<number> {
       return 0;
     }
     const load = commands[cmd];
-    if (!load && cmd !== 'io') throw new UsageError(`Command not found: ${cmd}`);
+    if (!load && cmd !== 'io' && cmd !== 'qmp') throw new UsageError(`Command not found: ${cmd}`);
     // The engine loads only for a command: --version and --help stay cheap.
     await import('../node.js'); // Node's drivers and C zlib for compressed writes
+    if (cmd === 'qmp') {
+      await loadKernels();
+      const m = await import('./qmp/main.js');
+      return await m.runQmp(rest, out);
+    }
     if (cmd === 'io' || !load) {
       await loadKernels(); // qemu-io's writes go through detect-zeroes
       const m = await import('./qemu-io/main.js');

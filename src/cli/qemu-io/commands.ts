@@ -219,6 +219,8 @@ export class QemuIoSession {
 
   /** QEMU's blk_check_byte_request: a request outside the device fails with EIO before any buffer is made. */
   async inBounds(offset: number, bytes: number): Promise<boolean> {
+    // No medium: the request itself fails with ENOMEDIUM (blk_check_byte_request checks that first).
+    if (!this.backend.hasMedium) return true;
     const len = await this.backend.getLength();
     return offset <= len && bytes <= len - offset;
   }

@@ -16,6 +16,9 @@ import { jobCommands } from './jobs.js';
 import { createCommands } from './create.js';
 import { commitCommands } from './commit.js';
 import { mirrorBackupCommands } from './mirror-backup.js';
+import { throttleCommands } from './throttle.js';
+import { runStateCommands } from './runstate.js';
+import { mediaCommands } from './media.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -30,4 +33,7 @@ export const qmpCommands: QmpCommandTable = {
   ...createCommands,
   ...commitCommands,
   ...mirrorBackupCommands,
+  ...throttleCommands,
+  ...runStateCommands,
+  ...mediaCommands,
 };
