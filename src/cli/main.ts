@@ -44,6 +44,9 @@ const commands: Record<string, () => Promise<Command>> = {
   measure: () => import('./measure.js').then((m) => m.runMeasure),
   resize: () => import('./resize.js').then((m) => m.runResize),
   amend: () => import('./amend.js').then((m) => m.runAmend),
+  partitions: () => import('./inspect.js').then((m) => m.runPartitions),
+  ls: () => import('./inspect.js').then((m) => m.runLs),
+  cat: () => import('./inspect.js').then((m) => m.runCat),
 };
 
 const HELP = `usage: blocktab [--version] [--help] command [command options]
@@ -63,6 +66,9 @@ Command syntax:
   rebase [-f fmt] [-F backing_fmt] [-p] [-q] [-u] [-U] -b backing_file filename
   commit [-f fmt] [-b base] [-d] [-p] [-q] filename
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
+  partitions [-f fmt] [--snapshot name] [--output=human|json] filename
+  ls [-f fmt] [--snapshot name] [--partition N] [-l] [-R] [--output=human|json] filename [path]
+  cat [-f fmt] [--snapshot name] [--partition N] filename path
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
 Supported formats: ${listDrivers('format')

@@ -152,16 +152,18 @@ class FatFs implements FileSystem {
   /** The clusters of a chain from `first`, at most `max` of them; errors on bad links and loops. */
   private async chain(first: number, max: number, what: string): Promise<number[]> {
     const out: number[] = [];
+    const seen = new Set<number>();
     let c = first;
     const limit = this.countOfClusters + 2;
     while (out.length < max) {
       if (c < 2 || c >= limit) {
         this.volume.fail('ECORRUPT', `${what} cluster chain`, this.fatOffset, `link to cluster ${c}, outside the data clusters 2..${limit - 1}`);
       }
-      out.push(c);
-      if (out.length > this.countOfClusters) {
-        this.volume.fail('ECORRUPT', `${what} cluster chain`, this.clusterOffset(first), `longer than the volume's ${this.countOfClusters} clusters (a loop)`);
+      if (seen.has(c) || out.length >= this.countOfClusters) {
+        this.volume.fail('ECORRUPT', `${what} cluster chain`, this.clusterOffset(first), `cluster ${c} comes round again: longer than the volume's ${this.countOfClusters} clusters (a loop)`);
       }
+      seen.add(c);
+      out.push(c);
       const n = await this.next(c);
       if (this.isEnd(n)) break;
       c = n;
