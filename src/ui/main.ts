@@ -15,6 +15,7 @@ import { jobRunning } from './jobs.js';
 import { LIBRARY, Library } from './library.js';
 import { EditPanel } from './edit-panel.js';
 import { SnapshotsPanel } from './snapshots-panel.js';
+import { InsidePanel } from './inside-panel.js';
 import { openSession, refreshSession, type ImageSession } from './session.js';
 
 const VISITED_KEY = 'blocktab-visited';
@@ -30,6 +31,7 @@ class App {
   private readonly convert: ConvertPanel;
   private readonly snapshots: SnapshotsPanel;
   private readonly edit: EditPanel;
+  private readonly inside: InsidePanel;
 
   constructor(
     private readonly client: BlocktabClient,
@@ -69,6 +71,7 @@ class App {
       copyToLibrary: () => this.copyToLibrary(),
       libraryFiles: async () => (await client.listFiles(LIBRARY)).map((f) => f.name),
     });
+    this.inside = new InsidePanel(client);
     this.bindOpenControls();
   }
 
@@ -181,6 +184,7 @@ class App {
     this.convert.setSession(null);
     this.snapshots.setSession(null);
     this.edit.setSession(null);
+    this.inside.setSession(null);
     byId('image-view').hidden = true;
     byId('empty-state').hidden = false;
     byId<HTMLButtonElement>('import-current').disabled = true;
@@ -203,6 +207,7 @@ class App {
     renderFacts(s, { onPickSnapshot: (layer, id) => (layer === 0 ? this.snapshots.focusRow(id) : undefined) });
     this.snapshots.setSession(s);
     this.edit.setSession(s);
+    this.inside.setSession(s);
   }
 
   /**
@@ -317,4 +322,17 @@ async function main(): Promise<void> {
   else if (!localStorage.getItem(VISITED_KEY) || params.has('demo')) await app.openDemo('base');
 }
 
+/**
+ * The production build registers its service worker (sw.js, made by the vite
+ * plugin in vite.config.ts): the app shell and the wasm are cached, so the app
+ * works offline after one visit. The dev server does not (it would cache
+ * modules vite rewrites on every edit).
+ */
+function registerServiceWorker(): void {
+  const env = (import.meta as ImportMeta & { env?: { PROD?: boolean } }).env;
+  if (!env?.PROD || !('serviceWorker' in navigator)) return;
+  navigator.serviceWorker.register('./sw.js').catch((e: unknown) => console.warn('blocktab: service worker not registered', e));
+}
+
+registerServiceWorker();
 void main();
