@@ -329,8 +329,8 @@ async function main(): Promise<void> {
  * modules vite rewrites on every edit).
  */
 function registerServiceWorker(): void {
-  const env = (import.meta as ImportMeta & { env?: { PROD?: boolean } }).env;
-  if (!env?.PROD || !('serviceWorker' in navigator)) return;
+  // import.meta.hot exists only under the dev server (a build under NODE_ENV=test is still a build).
+  if ((import.meta as ImportMeta & { hot?: unknown }).hot || !('serviceWorker' in navigator)) return;
   navigator.serviceWorker.register('./sw.js').catch((e: unknown) => console.warn('blocktab: service worker not registered', e));
 }
 

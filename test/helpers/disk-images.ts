@@ -63,7 +63,7 @@ export function makeExt(file: string, srcDir: string, sizeMiB: number, type: 'ex
 export function makeFat(file: string, srcDir: string, sizeMiB: number, bits: 12 | 16 | 32, label = 'BLOCKTAB'): void {
   fs.rmSync(file, { force: true });
   // One sector per cluster: a small FAT16/32 still has the cluster count its type needs.
-  sh('mkfs.vfat', ['-C', '-F', String(bits), '-s', '1', '-n', label, file, String(sizeMiB * 1024)]);
+  sh('mkfs.vfat', ['-C', '-F', String(bits), ...(bits === 12 ? [] : ['-s', '1']), '-n', label, file, String(sizeMiB * 1024)]);
   const entries = fs.readdirSync(srcDir).map((e) => path.join(srcDir, e));
   if (entries.length) sh('mcopy', ['-s', '-m', '-i', file, ...entries, '::/']);
 }
