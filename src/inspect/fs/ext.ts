@@ -35,6 +35,9 @@ const EXT_EXTENT_MAGIC = 0xf30a;
 const MAX_EXTENT_DEPTH = 5;
 /** Largest directory read in one go. */
 const MAX_DIR_BYTES = 64 * 1024 * 1024;
+const utf8 = new TextDecoder();
+/** Bytes of inode table read at once. */
+const INODE_CHUNK = 64 * 1024;
 
 export interface ExtSuperblock {
   sInodesCount: number;
@@ -134,6 +137,8 @@ class ExtFs implements FileSystem {
   private readonly descPerBlock: number;
   private readonly inodeTableCache = new Map<number, number>();
   private readonly runCache = new Map<number, Run[]>();
+  /** Inode-table blocks by block number, a bounded FIFO. */
+  private readonly inodeBlocks = new Map<number, Uint8Array>();
 
   constructor(
     readonly volume: Volume,
@@ -195,7 +200,20 @@ class ExtFs implements FileSystem {
     const idx = (ino - 1) % this.sb.sInodesPerGroup;
     const table = await this.inodeTable(g);
     const off = table * this.blockSize + idx * this.sb.sInodeSize;
-    return parseExtInode(await this.volume.read(off, this.sb.sInodeSize, `ext inode ${ino}`), ino);
+    // Inodes are read 64 KiB of inode table at a time: a directory's entries tend to sit close together
+    // in the table, and one request per inode would cost more than the parsing.
+    const chunk = Math.max(INODE_CHUNK, this.blockSize);
+    const blk = Math.floor(off / chunk);
+    let b = this.inodeBlocks.get(blk);
+    if (!b) {
+      const start = blk * chunk;
+      b = await this.volume.read(start, Math.min(chunk, this.volume.size - start), `ext inode table (inode ${ino})`);
+      if (this.inodeBlocks.size >= 64) this.inodeBlocks.delete(this.inodeBlocks.keys().next().value!);
+      this.inodeBlocks.set(blk, b);
+    }
+    const at = off - blk * chunk;
+    if (at + this.sb.sInodeSize > b.length) this.fail(`ext inode ${ino}`, off, 'is beyond the end of the volume');
+    return parseExtInode(b.slice(at, at + this.sb.sInodeSize), ino);
   }
 
   private node(name: string, ino: ExtInode): FsNode {
@@ -371,7 +389,7 @@ class ExtFs implements FileSystem {
       }
       if (inode !== 0) {
         if (8 + nameLen > recLen) this.fail(`ext directory inode ${dir.ino} entry`, o, `name_len ${nameLen} does not fit rec_len ${recLen}`);
-        out.push({ name: new TextDecoder().decode(b.subarray(o + 8, o + 8 + nameLen)), ino: inode });
+        out.push({ name: utf8.decode(b.subarray(o + 8, o + 8 + nameLen)), ino: inode });
       }
       o += recLen;
     }
