@@ -17,6 +17,7 @@ import {
   Volume,
   walkTree,
   type FsEntryType,
+  type FsNode,
   type OpenedVolume,
   type PartitionTable,
 } from '../inspect/index.js';
@@ -46,6 +47,16 @@ export interface LayerDiff {
 
 /** Largest file read in one call (the page asks in chunks). */
 export const MAX_INSPECT_READ = 16 * 1024 * 1024;
+
+/** Whether two files of the same size hold the same bytes. */
+async function sameBytes(va: OpenedVolume, a: FsNode, vb: OpenedVolume, b: FsNode): Promise<boolean> {
+  for (let off = 0; off < a.size; off += MAX_INSPECT_READ) {
+    const n = Math.min(MAX_INSPECT_READ, a.size - off);
+    const [x, y] = await Promise.all([va.fs.read(a, off, n), vb.fs.read(b, off, n)]);
+    for (let i = 0; i < n; i++) if (x[i] !== y[i]) return false;
+  }
+  return true;
+}
 
 function key(v: InspectView, partition: number | null): string {
   return JSON.stringify([v.node, v.layer ?? 0, v.snapshot ?? null, partition]);
@@ -115,20 +126,31 @@ export class InspectService {
     return out;
   }
 
-  /** Files added, removed and changed between view `below` and view `above` (a layer and the one under it, a snapshot and now). */
+  /**
+   * Files added, removed and changed between view `below` and view `above`
+   * (a layer and the one under it, a snapshot and now). A file is changed
+   * when its type, size or modification time differ, or, when those are
+   * equal, its bytes do (read and compared in chunks).
+   */
   async diff(above: InspectView, below: InspectView, partition: number | null): Promise<LayerDiff> {
-    const tree = async (v: InspectView): Promise<Map<string, string>> => {
+    const tree = async (v: InspectView): Promise<{ vol: OpenedVolume; m: Map<string, FsNode> }> => {
       const vol = await this.volume(v, partition);
-      const m = new Map<string, string>();
-      await walkTree(vol.fs, vol.fs.root(), (e) => void m.set(e.path, `${e.node.type}:${e.node.type === 'dir' ? 0 : e.node.size}:${e.node.mtime ?? ''}`));
-      return m;
+      const m = new Map<string, FsNode>();
+      await walkTree(vol.fs, vol.fs.root(), (e) => void m.set(e.path, e.node));
+      return { vol, m };
     };
     const a = await tree(above);
     const b = await tree(below);
-    const added = [...a.keys()].filter((p) => !b.has(p)).sort();
-    const removed = [...b.keys()].filter((p) => !a.has(p)).sort();
-    const changed = [...a.keys()].filter((p) => b.has(p) && b.get(p) !== a.get(p)).sort();
-    return { added, removed, changed };
+    const added = [...a.m.keys()].filter((p) => !b.m.has(p)).sort();
+    const removed = [...b.m.keys()].filter((p) => !a.m.has(p)).sort();
+    const changed: string[] = [];
+    for (const [p, na] of a.m) {
+      const nb = b.m.get(p);
+      if (!nb) continue;
+      if (na.type !== nb.type || (na.type !== 'dir' && na.size !== nb.size) || na.mtime !== nb.mtime) changed.push(p);
+      else if (na.type === 'file' && !(await sameBytes(a.vol, na, b.vol, nb))) changed.push(p);
+    }
+    return { added, removed, changed: changed.sort() };
   }
 
   /** Drops every view of `node` (call before closing it), or all views. */

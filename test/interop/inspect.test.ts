@@ -368,3 +368,26 @@ describe('hostile structures', () => {
     await expect(lookup(v.fs, '/a/../.txt')).rejects.toThrow(/No such file or directory/);
   });
 });
+
+describe("the app's inspect service (the worker side of 'Inside the disk')", () => {
+  it('reads a snapshot view and lists what an overlay changed, by content when size and time agree', async () => {
+    const { InspectService } = await import('../../src/engine/inspect.js');
+    const ov = path.join(dir, 'overlay.qcow2');
+    const disk = path.join(dir, 'disk.qcow2');
+    const top = await openDisk(ov);
+    const base = await openDisk(disk);
+    const svc = new InspectService((name) => ({ ov: top, base })[name as 'ov' | 'base']!);
+    const snap = await svc.list({ node: 'base', snapshot: 'before' }, 2, '/docs');
+    expect(snap.map((e) => e.name)).toEqual(['deep', 'readme.md']);
+    expect(new TextDecoder().decode(await svc.read({ node: 'base', snapshot: 'before' }, 2, '/hello.txt', 0, 100))).toBe('hello 2\n');
+    expect(new TextDecoder().decode(await svc.read({ node: 'base' }, 2, '/hello.txt', 0, 100))).toBe('hello 3\n');
+    // Layer 0 of the overlay holds partition 3 made from tree 3, layer 1 from tree 2 (plus its symlink).
+    const d = await svc.diff({ node: 'ov' }, { node: 'ov', layer: 1 }, 3);
+    expect(d.added).toEqual([]);
+    expect(d.removed).toEqual(['link-to-hello']);
+    const differ = [...tree3.keys()].filter((p) => Buffer.compare(Buffer.from(tree3.get(p)!), Buffer.from(tree2.get(p)!)) !== 0).sort();
+    expect(differ.length).toBeGreaterThan(0);
+    expect(d.changed.filter((p) => tree3.has(p))).toEqual(differ);
+    await svc.release();
+  });
+});
