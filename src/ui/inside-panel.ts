@@ -245,5 +245,6 @@ export class InsidePanel {
         box.append(h('p', { class: 'inside-error' }, err instanceof Error ? err.message : String(err)));
       }
     }
+    box.dataset.state = 'complete';
   }
 }

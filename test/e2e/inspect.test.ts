@@ -64,7 +64,10 @@ async function pick(page: Page, path: string): Promise<void> {
 describe('inside the disk in the app', () => {
   it('shows disk → partitions → directories → files, previews and downloads files, lists what the overlay changed', async () => {
     const { context, page, errors } = await newPage(app.browser);
+    // Not a first visit: the app starts empty instead of opening the demo.
+    await context.addInitScript(() => localStorage.setItem('blocktab-visited', '1'));
     await page.goto(app.baseUrl);
+    await page.locator('body[data-ready="true"]').waitFor();
     await openFiles(page, [path.join(dir, 'overlay.qcow2'), path.join(dir, 'base.qcow2')], 'overlay.qcow2');
     await page.locator('#inside-tree .inside-label', { hasText: 'Partition 2: fat' }).waitFor();
     const labels = await page.locator('#inside-tree .inside-partition').allInnerTexts();
@@ -90,7 +93,7 @@ describe('inside the disk in the app', () => {
 
     // The top layer's view compared with the layer under it.
     await page.locator('#inside-diff').click();
-    await page.locator('#inside-diff-result .diff-added').first().waitFor();
+    await page.locator('#inside-diff-result[data-state="complete"]').waitFor({ timeout: 60_000 });
     const part1 = await page.locator('#inside-diff-result').innerText();
     expect(part1).toMatch(/Partition 1\s+Added \(1\)\s+new\.txt\s+Removed \(1\)\s+gone\.txt\s+Changed \(\d+\)[\s\S]*etc\/motd/);
     expect(part1).toMatch(/Partition 2\s+Added \(0\)\s+Removed \(0\)\s+Changed \(0\)/);
