@@ -245,6 +245,11 @@ describe('GPT fallback and detection-only file systems', () => {
     fs.truncateSync(g, 8 * MiB);
     sh('sgdisk', ['-n', '1:2048:+2M', '-c', '1:first', '-n', '2:0:+2M', '-t', '2:0700', g]);
     const want = sfdiskJson(g).partitions;
+    // A hybrid MBR (sgdisk -h) in front of the GPT: still the GPT's partitions, the MBR named hybrid.
+    sh('sgdisk', ['-h', '1', g]);
+    const hybrid = await readPartitionTable(new Volume(await openDisk(g), 'gpt.img'));
+    expect(hybrid).toMatchObject({ table: 'gpt', mbr: 'hybrid', gptHeader: 'primary' });
+    expect(hybrid.partitions.map((p) => p.start / 512)).toEqual(want.map((p) => p.start));
     const b = fs.readFileSync(g);
     b[512 + 24] ^= 0xff; // MyLBA: the header CRC no longer matches
     fs.writeFileSync(g, b);
