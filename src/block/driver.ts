@@ -270,6 +270,12 @@ export interface BlockDriver {
   createSnapshot?(bs: BlockNode, sn: { name: string; vmStateSize?: number; dateSec?: number; dateNsec?: number; vmClockNsec?: number; icount?: number }): Promise<void>;
   applySnapshot?(bs: BlockNode, idOrName: string): Promise<void>;
   deleteSnapshot?(bs: BlockNode, id: string | undefined, name: string | undefined): Promise<void>;
+  /**
+   * QEMU's bdrv_snapshot_load_tmp: makes a read-only node show the snapshot
+   * `idOrName` (by id first, then by name) instead of the active state, without
+   * writing anything. Guarantees: `bs` is read-only with no request in flight.
+   */
+  snapshotLoadTmp?(bs: BlockNode, idOrName: string): Promise<void>;
 
   /**
    * Consistency check, as `qemu-img check`. With `fix.leaks` / `fix.errors`

@@ -45,6 +45,9 @@ const commands: Record<string, () => Promise<Command>> = {
   resize: () => import('./resize.js').then((m) => m.runResize),
   amend: () => import('./amend.js').then((m) => m.runAmend),
   bitmap: () => import('./bitmap.js').then((m) => m.runBitmap),
+  partitions: () => import('./inspect.js').then((m) => m.runPartitions),
+  ls: () => import('./inspect.js').then((m) => m.runLs),
+  cat: () => import('./inspect.js').then((m) => m.runCat),
 };
 
 const HELP = `usage: blocktab [--version] [--help] command [command options]
@@ -66,6 +69,9 @@ Command syntax:
   commit [-f fmt] [-b base] [-d] [-p] [-q] filename
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
   qmp [--blockdev OPTIONS]... [--drive OPTIONS]... [--object OPTIONS]...    a QMP monitor on stdin/stdout
+  partitions [-f fmt] [--snapshot name] [--output=human|json] filename
+  ls [-f fmt] [--snapshot name] [--partition N] [-l] [-R] [--output=human|json] filename [path]
+  cat [-f fmt] [--snapshot name] [--partition N] filename path
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
 Supported formats: ${listDrivers('format')

@@ -16,6 +16,7 @@ import { LIBRARY, Library } from './library.js';
 import { EditPanel } from './edit-panel.js';
 import { SnapshotsPanel } from './snapshots-panel.js';
 import { BlockJobsPanel } from './block-jobs-panel.js';
+import { InsidePanel } from './inside-panel.js';
 import { openSession, refreshSession, type ImageSession } from './session.js';
 
 const VISITED_KEY = 'blocktab-visited';
@@ -32,6 +33,7 @@ class App {
   private readonly snapshots: SnapshotsPanel;
   private readonly blockJobs: BlockJobsPanel;
   private readonly edit: EditPanel;
+  private readonly inside: InsidePanel;
 
   constructor(
     private readonly client: BlocktabClient,
@@ -73,6 +75,7 @@ class App {
       copyToLibrary: () => this.copyToLibrary(),
       libraryFiles: async () => (await client.listFiles(LIBRARY)).map((f) => f.name),
     });
+    this.inside = new InsidePanel(client);
     this.bindOpenControls();
   }
 
@@ -186,6 +189,7 @@ class App {
     this.snapshots.setSession(null);
     this.blockJobs.setSession(null);
     this.edit.setSession(null);
+    this.inside.setSession(null);
     byId('image-view').hidden = true;
     byId('empty-state').hidden = false;
     byId<HTMLButtonElement>('import-current').disabled = true;
@@ -209,6 +213,7 @@ class App {
     this.snapshots.setSession(s);
     this.blockJobs.setSession(s);
     this.edit.setSession(s);
+    this.inside.setSession(s);
   }
 
   /**
@@ -324,4 +329,17 @@ async function main(): Promise<void> {
   else if (!localStorage.getItem(VISITED_KEY) || params.has('demo')) await app.openDemo('base');
 }
 
+/**
+ * The production build registers its service worker (sw.js, made by the vite
+ * plugin in vite.config.ts): the app shell and the wasm are cached, so the app
+ * works offline after one visit. The dev server does not (it would cache
+ * modules vite rewrites on every edit).
+ */
+function registerServiceWorker(): void {
+  // import.meta.hot exists only under the dev server (a build under NODE_ENV=test is still a build).
+  if ((import.meta as ImportMeta & { hot?: unknown }).hot || !('serviceWorker' in navigator)) return;
+  navigator.serviceWorker.register('./sw.js').catch((e: unknown) => console.warn('blocktab: service worker not registered', e));
+}
+
+registerServiceWorker();
 void main();

@@ -67,7 +67,7 @@ import { L2Cache } from './l2-cache.js';
 import { makeSliceLoader, mapRun } from './cluster-map.js';
 import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
-import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot } from './snapshot.js';
+import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2ChangeBackingFile } from './change-backing.js';
 import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage } from './create-options.js';
 import { qcow2Measure } from './measure.js';
@@ -399,6 +399,9 @@ export const qcow2Driver: BlockDriver = {
   },
   async applySnapshot(bs, idOrName) {
     await qcow2ApplySnapshot(bs, bs.state<Qcow2State>(), idOrName);
+  },
+  async snapshotLoadTmp(bs, idOrName) {
+    await qcow2SnapshotLoadTmp(bs, bs.state<Qcow2State>(), idOrName);
   },
   async deleteSnapshot(bs, id, name) {
     await qcow2DeleteSnapshot(bs, bs.state<Qcow2State>(), id, name);

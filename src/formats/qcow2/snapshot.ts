@@ -359,6 +359,30 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
   return sn;
 }
 
+// ------------------------------------------------------------- load tmp
+
+/**
+ * QEMU's qcow2_snapshot_load_tmp: a read-only node reads through the
+ * snapshot's L1 table from now on. Nothing is written; L2 slices are cached by
+ * their offset, so the cache stays valid.
+ */
+export async function qcow2SnapshotLoadTmp(bs: BlockNode, s: Qcow2State, idOrName: string): Promise<Qcow2Snapshot> {
+  if (!bs.readOnly) fail('EINVAL', s, `cannot load snapshot '${idOrName}' temporarily: the image is not opened read-only`);
+  const i = findSnapshotByIdOrName(s.snapshots, idOrName);
+  if (i < 0) fail('ENOENT', s, `snapshot '${idOrName}' not found`);
+  const sn = s.snapshots[i]!;
+  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
+  if (sn.l1Size > 0 && (sn.l1TableOffset % s.clusterSize !== 0 || sn.l1TableOffset + sn.l1Size * 8 > s.file.totalBytes)) {
+    fail('ECORRUPT', s, `Snapshot '${sn.name}' L1 table at ${hex(sn.l1TableOffset)} is unaligned or beyond the end of the file`);
+  }
+  const l1 = new Uint8Array(sn.l1Size * 8);
+  if (l1.length) await bdrvPread(s.file, sn.l1TableOffset, l1.length, l1);
+  s.l1Table = l1;
+  s.l1Size = sn.l1Size;
+  bs.totalBytes = sn.diskSize;
+  return sn;
+}
+
 // ---------------------------------------------------------------- delete
 
 /** QEMU's qcow2_snapshot_delete: table first, then the snapshot's references, then COPIED in the active tables. */
