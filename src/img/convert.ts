@@ -440,6 +440,10 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   onProgress?.(0, total);
   await Promise.all(Array.from({ length: parallel }, worker));
   if (failure !== undefined) throw failure;
+  // QEMU counts a source's length in whole sectors, its partial last sector
+  // zero-padded: a target that does not read as zeros (luks) gets that padding written.
+  const tailEnd = Math.min(target.totalBytes, Math.ceil(total / 512) * 512);
+  if (!zeroInit && !compressed && tailEnd > total) await writeZeroes(target, total, tailEnd - total);
 }
 
 /** Runs calls of `fn` one after the other, in call order. */

@@ -96,9 +96,9 @@ export function luksCreateOptions(req: ImageCreateRequest): LuksCreateOptions {
   if (cipherAlg === 'des' || cipherAlg === '3des') throw new BlockError('ENOTSUP', `Algorithm '${cipherAlg}' not supported`);
   const aes = /^aes-(128|192|256)$/.exec(cipherAlg);
   if (!aes || cipherMode !== 'xts' || ivgenAlg !== 'plain64') {
-    throw new BlockError('ENOTSUP', `luks: cipher ${cipherAlg}-${cipherMode}-${ivgenAlg} is not supported (blocktab makes aes-128, aes-192 or aes-256 with xts and plain64)`);
+    throw new BlockError('ENOTSUP', `cipher ${cipherAlg}-${cipherMode}-${ivgenAlg} is not supported (blocktab makes aes-128, aes-192 or aes-256 with xts and plain64)`);
   }
-  if (!isLuksHash(hash)) throw new BlockError('ENOTSUP', `luks: hash ${hash} is not supported (sha1, sha256 or sha512 is)`);
+  if (!isLuksHash(hash)) throw new BlockError('ENOTSUP', `hash ${hash} is not supported (sha1, sha256 or sha512 is)`);
   const iterTime = optNumber(v, 'iter-time') ?? 2000;
   if (!Number.isSafeInteger(iterTime) || iterTime < 0) throw new BlockError('EINVAL', "Parameter 'iter-time' expects a number");
   let prealloc = v.get('preallocation') ?? 'off';

@@ -54,6 +54,8 @@ interface LuksState {
 /** Bytes encrypted per write to the file (QEMU's BLOCK_CRYPTO_MAX_IO_SIZE bounce buffer). */
 const WRITE_CHUNK = 1 << 20;
 
+const roundToSector = (n: number) => Math.ceil(n / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE;
+
 function cipher(bs: BlockNode, s: LuksState): XtsPlain64 {
   if (!s.xts) throw new BlockError('EACCES', `${bs.filename}: the image was opened without its key ('key-secret')`);
   return s.xts;
@@ -133,7 +135,8 @@ export const luksDriver: BlockDriver = {
       xts = new XtsPlain64(await unlock(bs, h, slots, h.hash_spec as LuksHash, password));
     }
     bs.opaque = { header: h, slots, payloadOffset, xts } satisfies LuksState;
-    bs.totalBytes = fileSize - payloadOffset;
+    // Whole sectors, as QEMU counts a node's length: a tail shorter than a sector reads as if zero-padded.
+    bs.totalBytes = roundToSector(fileSize - payloadOffset);
     bs.encrypted = true;
     bs.limits = { ...bs.limits, requestAlignment: LUKS_SECTOR_SIZE };
   },
@@ -166,7 +169,7 @@ export const luksDriver: BlockDriver = {
   async truncate(bs, size, exact, prealloc) {
     const s = bs.state<LuksState>();
     await bdrvTruncate(bs.file!.node, s.payloadOffset + size, exact, prealloc);
-    bs.totalBytes = size;
+    bs.totalBytes = roundToSector(size);
   },
 
   async blockStatus(_bs, _wantZero, _offset, bytes) {
