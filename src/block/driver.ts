@@ -149,6 +149,12 @@ export interface BlockDriver {
    * may run in parallel; the result goes back in `WriteFlags.precompressed`.
    */
   compressCluster?(bs: BlockNode, data: Uint8Array): Promise<Uint8Array | null>;
+  /**
+   * False when a newly created image does not read as zeros (QEMU's
+   * bdrv_has_zero_init answering 0: luks, whose fresh payload decrypts to
+   * noise), so convert writes zeros instead of skipping them. Default true.
+   */
+  readonly hasZeroInit?: boolean;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
 

@@ -37,7 +37,8 @@ function parseKeyValues(text: string): Record<string, string> {
   return out;
 }
 
-function defineObject(text: string): void {
+/** Defines one `--object` (qemu-img's and qemu-io's). */
+export function defineObject(text: string): void {
   // "secret,id=...": the first element names the type unless it is a key=value itself (qom-type=...).
   const comma = text.indexOf(',');
   const head = comma < 0 ? text : text.slice(0, comma);

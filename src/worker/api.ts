@@ -263,9 +263,13 @@ export interface TargetFormat {
   options: { name: string; help: string; def?: string }[];
 }
 
-/** The registered format drivers that can create images, from the driver registry. */
+/**
+ * The registered format drivers that can create images, from the driver
+ * registry; not those whose creation needs a secret (luks's key-secret):
+ * the app has no way to define one yet.
+ */
 function targetFormats(): TargetFormat[] {
   return listDrivers('format')
-    .filter((d) => d.create && d.createOptions)
+    .filter((d) => d.create && d.createOptions && !d.createOptions.some((o) => o.name === 'key-secret'))
     .map((d) => ({ name: d.name, options: d.createOptions!.map((o) => ({ name: o.name, help: o.help, ...(o.def !== undefined ? { def: o.def } : {}) })) }));
 }

@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { statSync, unlinkSync } from 'node:fs';
 import { getopt, type LongOption } from './getopt.js';
+import { defineObject } from '../objects.js';
 
 const PROGNAME = 'qemu-io';
 
@@ -139,8 +140,16 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
       case 'V':
         output.out(`${PROGNAME} version 7.2.0 (blocktab)\n`);
         return 0;
-      // Copy-on-read, discard mode, tracing and objects change nothing observable here.
-      case 'C': case 'd': case 'T': case 'O': break;
+      case 'O':
+        try {
+          defineObject(arg);
+        } catch (e) {
+          output.err(`${PROGNAME}: ${e instanceof Error ? e.message : String(e)}\n`);
+          return 1;
+        }
+        break;
+      // Copy-on-read, discard mode and tracing change nothing observable here.
+      case 'C': case 'd': case 'T': break;
     }
   }
   if (operands.length > 1) {
