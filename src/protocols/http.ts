@@ -160,7 +160,7 @@ function resolveOptions(o: HttpOptions): Resolved {
 
 function statusError(url: string, res: Response, what: string): BlockError {
   if (res.status === 404 || res.status === 410) {
-    return new BlockError('ENOENT', `Could not open '${url}': No such file or directory (HTTP ${res.status})`);
+    return new BlockError('ENOENT', `${url}: No such file or directory (HTTP ${res.status})`);
   }
   if (res.status === 401 || res.status === 403) {
     return new BlockError(
@@ -628,6 +628,8 @@ export const httpDriver: BlockDriver = {
   async getLength(bs) {
     return bs.state<HttpState>().size;
   },
+  // As QEMU's curl driver: no BlockDriverInfo (so raw over http shows no dirty flag).
+  getDriverInfo: () => undefined,
 };
 
 registerDriver(httpDriver);
