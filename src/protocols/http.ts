@@ -364,7 +364,7 @@ async function probeSize(s: HttpState): Promise<void> {
     }
     s.size = cr.size;
     s.validator = validatorOf(res);
-    const body = await readBody(res);
+    const body = await readBody(res, Math.min(s.opts.blockSize, s.size));
     if (body.length === Math.min(s.opts.blockSize, s.size) && body.length > 0) {
       // The first block is a whole cache block (or the whole file): keep it, probing reads it next.
       const blk = new Uint8Array(s.opts.blockSize);
@@ -375,12 +375,33 @@ async function probeSize(s: HttpState): Promise<void> {
   });
 }
 
-async function readBody(res: Response): Promise<Uint8Array> {
+/**
+ * Reads a body of `expected` bytes straight into one buffer: the chunks land
+ * in place (fetch's arrayBuffer() gathers and copies them, which costs more
+ * than the network on loopback). A body of another length is a Transient
+ * failure (cut short) or an error (too long).
+ */
+async function readBody(res: Response, expected: number): Promise<Uint8Array> {
+  const out = new Uint8Array(expected);
+  let n = 0;
   try {
-    return new Uint8Array(await res.arrayBuffer());
+    if (!res.body) return out.subarray(0, 0);
+    const reader = res.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (n + value.length > expected) {
+        void reader.cancel().catch(() => {});
+        throw new BlockError('EIO', `the server sent more than the ${expected} bytes asked for`);
+      }
+      out.set(value, n);
+      n += value.length;
+    }
   } catch (e) {
+    if (e instanceof BlockError) throw e;
     throw new Transient(`the connection broke while reading the body: ${(e as Error)?.message ?? e}`, { cause: e });
   }
+  return n === expected ? out : out.subarray(0, n);
 }
 
 function insert(s: HttpState, index: number, blk: Uint8Array): void {
@@ -441,7 +462,7 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
       discard(res);
       throw badContentRange(s, `${start}-${end}`, res);
     }
-    const b = await readBody(res);
+    const b = await readBody(res, end - start + 1);
     if (b.length !== end - start + 1) {
       throw new Transient(`short response at ${hex(start)}: ${b.length} of ${end - start + 1} bytes`);
     }
