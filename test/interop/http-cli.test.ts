@@ -69,13 +69,11 @@ describe('http image names in the CLI, against qemu-img (curl)', () => {
     const [a, b] = await Promise.all([ours(['convert', '-O', 'raw', url, mine]), theirs(['convert', '-O', 'raw', url, qemu])]);
     expect([a.status, a.stderr, b.status]).toEqual([0, '', 0]);
     expect(fs.readFileSync(mine).equals(fs.readFileSync(qemu))).toBe(true);
-    for (const args of [
-      ['compare', url, qemu],
-      ['compare', '-f', 'qcow2', '-F', 'raw', url, `${server.baseUrl}base.raw`],
-    ]) {
-      const [x, y] = await Promise.all([ours(args), theirs(args)]);
-      expect([x.status, x.stdout], args.join(' ')).toEqual([y.status, y.stdout]);
-    }
+    // Two URLs: the qcow2 against its own raw base differs where the overlay wrote.
+    const args = ['compare', '-f', 'qcow2', '-F', 'raw', url, `${server.baseUrl}base.raw`];
+    const [x, y] = await Promise.all([ours(args), theirs(args)]);
+    expect([x.status, x.stdout]).toEqual([y.status, y.stdout]);
+    expect(x.status).toBe(1);
   });
 
   it('errors: a missing URL, a server without Range, unknown curl options', async () => {
