@@ -8,6 +8,7 @@ import { describe, expect, inject, it } from 'vitest';
 import '../../src/browser.js';
 import { IdbStorage } from '../../src/protocols/idb.js';
 import { HttpStorage, httpStats } from '../../src/protocols/http.js';
+import { OpfsBlockStore } from '../../src/protocols/http-store-opfs.js';
 import { CompositeStorage } from '../../src/protocols/browser-composite.js';
 import { MemoryStorage, MemoryFile } from '../../src/protocols/memory.js';
 import { bdrvPread, bdrvPwrite, bdrvFlush } from '../../src/block/io.js';
@@ -92,5 +93,23 @@ describe('persistent overlay over HTTP (IndexedDB, Chromium)', () => {
     const e2 = await bdrvPread(bs, 0, 10, new Uint8Array(10)).catch((x: Error) => x);
     expect((e2 as Error).message).toMatch(/Content-Range header is hidden from this page by CORS/);
     expect(httpStats(bs).requests).toBeGreaterThan(0);
+  });
+
+  it('an OPFS block store serves a second session of the same image without fetching blocks', async () => {
+    const store = new OpfsBlockStore({ directory: `${dbName}-cache` });
+    const read = async () => {
+      const bs = await new HttpStorage(undefined, { blockSize: 16 * 1024, store }).openProtocol(url, { readOnly: true });
+      const out = new Uint8Array(bs.totalBytes);
+      await bdrvPread(bs, 0, out.length, out);
+      await bs.driver.close!(bs);
+      return { out, stats: httpStats(bs) };
+    };
+    const first = await read();
+    const second = await read();
+    expect(first.stats.blocksFetched).toBeGreaterThan(0);
+    expect(second.stats.blocksFetched).toBe(0);
+    expect(second.stats.storeHits).toBe(first.stats.blocksFetched);
+    expect(await sha256Hex(second.out)).toBe(await sha256Hex(first.out));
+    await store.clear();
   });
 });
