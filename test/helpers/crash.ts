@@ -54,7 +54,7 @@ export interface SweepResult {
 export async function sweep(
   setup: () => string[],
   op: (storage: Storage, files: string[]) => Promise<void>,
-  verify: (files: string[], completed: boolean, cut: number) => void,
+  verify: (files: string[], completed: boolean, cut: number) => void | Promise<void>,
   { maxCuts: fullCuts = Infinity, edge: fullEdge = 10 }: { maxCuts?: number; edge?: number } = {},
 ): Promise<SweepResult> {
   // CI tries a seeded subset of the cut points (the stride starts at a seeded offset); a full sweep tries them all.
@@ -84,11 +84,11 @@ export async function sweep(
       // A failure after the cut is possible: what reached the disk is what is checked.
     }
     // A run that lost nothing is not a cut (the operation's write count can only be the same or lower).
-    verify(files, counters.dropped === 0, n);
+    await verify(files, counters.dropped === 0, n);
   }
   restore();
   await op(faultyStorage(new FileStorage(), {}, newCounters()), files);
-  verify(files, true, total);
+  await verify(files, true, total);
   return { total, cuts: cuts.size };
 }
 
