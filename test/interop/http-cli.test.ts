@@ -62,16 +62,19 @@ describe('http image names in the CLI, against qemu-img (curl)', () => {
     }
   });
 
-  it('convert -O raw of a URL is byte-equal to qemu-img convert of the same URL, and compare agrees', async () => {
+  // qemu-img 7.2's curl driver stalls now and then when it reads a whole chain over loopback (a ranged GET that
+  // it never finishes consuming), so whole-image reads are checked against qemu-img on the local files.
+  it('convert -O raw of a URL is byte-equal to qemu-img convert of the same file, and compare agrees', async () => {
     const url = `${server.baseUrl}top.qcow2`;
     const mine = path.join(dir, 'mine.raw');
     const qemu = path.join(dir, 'qemu.raw');
-    const [a, b] = await Promise.all([ours(['convert', '-O', 'raw', url, mine]), theirs(['convert', '-O', 'raw', url, qemu])]);
-    expect([a.status, a.stderr, b.status]).toEqual([0, '', 0]);
+    const a = await ours(['convert', '-O', 'raw', url, mine]);
+    expect([a.status, a.stderr]).toEqual([0, '']);
+    qemuImg(['convert', '-O', 'raw', path.join(dir, 'top.qcow2'), qemu]);
     expect(fs.readFileSync(mine).equals(fs.readFileSync(qemu))).toBe(true);
     // Two URLs: the qcow2 against its own raw base differs where the overlay wrote.
-    const args = ['compare', '-f', 'qcow2', '-F', 'raw', url, `${server.baseUrl}base.raw`];
-    const [x, y] = await Promise.all([ours(args), theirs(args)]);
+    const x = await ours(['compare', '-f', 'qcow2', '-F', 'raw', url, `${server.baseUrl}base.raw`]);
+    const y = await theirs(['compare', '-f', 'qcow2', '-F', 'raw', path.join(dir, 'top.qcow2'), path.join(dir, 'base.raw')]);
     expect([x.status, x.stdout]).toEqual([y.status, y.stdout]);
     expect(x.status).toBe(1);
   });
