@@ -263,8 +263,11 @@ export interface BlockDriver {
   /** Format-specific facts for `info` (qemu-img's "format-specific"). */
   getInfo?(bs: BlockNode): ImageInfoSpecific | undefined;
 
-  /** Cluster size, dirty flag, and other generic facts (qemu-img's BlockDriverInfo). */
-  getDriverInfo?(bs: BlockNode): DriverInfo;
+  /**
+   * Cluster size, dirty flag, and other generic facts (qemu-img's BlockDriverInfo).
+   * Undefined: the driver cannot answer (QEMU's -ENOTSUP, as for curl), so info omits the dirty flag.
+   */
+  getDriverInfo?(bs: BlockNode): DriverInfo | undefined;
 
   /**
    * Internal snapshots, as `qemu-img snapshot -l` lists them. The create,

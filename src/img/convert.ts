@@ -339,7 +339,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   let bufSize = Math.min(MAX_BUFFER, Math.max(opts.bufferSize ?? DEFAULT_BUFFER, target.limits.pdiscardAlignment ?? 0, minSparse));
   let clusterSize = 0;
   if (compressed) {
-    clusterSize = target.driver.getDriverInfo?.(target).clusterSize ?? 0;
+    clusterSize = target.driver.getDriverInfo?.(target)?.clusterSize ?? 0;
     if (clusterSize <= 0 || clusterSize > bufSize) throw new BlockError('EINVAL', 'invalid cluster size');
     bufSize = clusterSize;
   }

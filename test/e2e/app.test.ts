@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Browser } from 'playwright';
 import { qemuImg, qemuIo } from '../helpers/qemu.js';
-import { startRangeServer, type RangeServer } from '../browser/range-server.js';
+import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
 import { DEMO, DEMO_OVERLAY, fact, hexBytes, kindTotals, legendBytes, makeHugeSparseQcow2, newPage as pageIn, openFiles, shot, startApp, waitForMap, type App } from './harness.js';
 
 let app: App;

@@ -596,6 +596,7 @@ function driverInfo(bs: BlockNode): { clusterSize: number; vmStateOffset: number
     const drv = p.driver;
     if (drv.getDriverInfo) {
       const di = drv.getDriverInfo(p);
+      if (!di) return undefined;
       return { clusterSize: di.clusterSize ?? 0, vmStateOffset: di.vmStateOffset ?? 0 };
     }
     if (drv.kind === 'protocol') return { clusterSize: 0, vmStateOffset: 0 };
