@@ -176,8 +176,26 @@ export interface BlockDriver {
    */
   open(bs: BlockNode, options: OpenOptions): Promise<void>;
 
-  /** Releases the node's resources. Called once; no request is in flight. */
+  /**
+   * Releases the node's resources. Called once; no request is in flight.
+   * A driver with persistent dirty bitmaps stores them here (QEMU's
+   * inactivate), before the core releases the node's in-memory bitmaps.
+   */
   close?(bs: BlockNode): Promise<void>;
+
+  /**
+   * Persistent dirty bitmaps (qcow2). A driver that has them loads the
+   * image's bitmaps into the node's list (src/block/dirty-bitmap.ts) in
+   * `open` and stores the persistent ones in `close`.
+   *
+   * canStoreNewDirtyBitmap: throws (naming the bitmap and the image) when a
+   * new persistent bitmap `name` of `granularity` bytes could not be stored
+   * (QEMU's bdrv_co_can_store_new_dirty_bitmap). Guarantees: `name` is not
+   * a bitmap of the node yet; granularity is a power of two.
+   */
+  canStoreNewDirtyBitmap?(bs: BlockNode, name: string, granularity: number): void;
+  /** Deletes the stored copy of bitmap `name`; a bitmap the image does not hold is no error. */
+  removePersistentDirtyBitmap?(bs: BlockNode, name: string): Promise<void>;
 
   /**
    * Reads `bytes` bytes at `offset` into `buf` (buf.length === bytes).

@@ -44,6 +44,7 @@ const commands: Record<string, () => Promise<Command>> = {
   measure: () => import('./measure.js').then((m) => m.runMeasure),
   resize: () => import('./resize.js').then((m) => m.runResize),
   amend: () => import('./amend.js').then((m) => m.runAmend),
+  bitmap: () => import('./bitmap.js').then((m) => m.runBitmap),
 };
 
 const HELP = `usage: blocktab [--version] [--help] command [command options]
@@ -58,6 +59,7 @@ Command syntax:
   check [-f fmt] [--output=human|json] [-r leaks|all] [-q] [-U] filename
   measure [--output=human|json] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]
   resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
+  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap
   amend [-f fmt] [-q] -o options filename
   snapshot [-f fmt] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename
   rebase [-f fmt] [-F backing_fmt] [-p] [-q] [-u] [-U] -b backing_file filename

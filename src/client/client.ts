@@ -12,7 +12,7 @@
  */
 import * as Comlink from 'comlink';
 import { deserializeBlockError, type SerializedBlockError } from '../worker/transfer.js';
-import type { EngineWorkerApi, BoundaryStats, StoredFile, IoPortReply, IoPortRequest } from '../worker/api.js';
+import type { EngineWorkerApi, BoundaryStats, StoredFile, IoPortReply, IoPortRequest, WorkerReady } from '../worker/api.js';
 import type { ConvertTarget, EngineCreateOptions, EngineCreateResult, EngineMeasureOptions, EngineOpenOptions, ImageRef, QmpEvent, SnapshotOp } from '../engine/engine.js';
 import type { ImageCheck } from '../img/check.js';
 import type { SnapshotInfoQapi } from '../img/info.js';
@@ -32,7 +32,7 @@ export interface CancelToken {
 
 export interface BlocktabClient {
   /** Resolves once the worker started; whether wasm kernels are in use and which storages exist. */
-  ready(): Promise<{ wasm: boolean; storages: string[] }>;
+  ready(): Promise<WorkerReady>;
   /** A QMP command with QEMU's names; resolves to its `return` payload, rejects with a QmpError. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
   open(storage: string, filename: string, opts?: EngineOpenOptions): Promise<string>;

@@ -3,7 +3,7 @@
  * Everything about images goes through the typed client (src/client/); this
  * module only decides what to open and which panel shows what.
  */
-import { createClient, type BlocktabClient } from '../client/index.js';
+import { createClient, type BlocktabClient, type TargetFormat } from '../client/index.js';
 import { AllocMap } from './alloc-map.js';
 import { showError, clearAlerts } from './alerts.js';
 import { ConvertPanel } from './convert-panel.js';
@@ -34,6 +34,7 @@ class App {
   constructor(
     private readonly client: BlocktabClient,
     storages: string[],
+    targetFormats: TargetFormat[],
   ) {
     this.map = new AllocMap(client, byId<HTMLCanvasElement>('map-canvas'), byId('map-status'), byId('map-range'), byId('legend'), {
       onPick: (offset) => void this.hex.show(offset),
@@ -61,7 +62,7 @@ class App {
     } else {
       byId('library-list').textContent = 'This browser has no persistent storage for a library.';
     }
-    this.convert = new ConvertPanel(client, this.library !== null, () => void this.library?.refresh());
+    this.convert = new ConvertPanel(client, targetFormats, this.library !== null, () => void this.library?.refresh());
     this.snapshots = new SnapshotsPanel(client, { changed: (what) => this.changed(what) });
     this.edit = new EditPanel(client, this.library !== null, {
       changed: (what, offset) => this.changed(what, offset),
@@ -301,14 +302,15 @@ async function main(): Promise<void> {
   window.addEventListener('unhandledrejection', (ev) => showError('Unexpected error in the page', ev.reason));
   let client: BlocktabClient;
   let storages: string[];
+  let targetFormats: TargetFormat[];
   try {
     client = createClient();
-    ({ storages } = await client.ready());
+    ({ storages, targetFormats } = await client.ready());
   } catch (e) {
     showError('The blocktab engine could not start (it runs in a Web Worker; this browser may not support module workers)', e);
     return;
   }
-  const app = new App(client, storages);
+  const app = new App(client, storages, targetFormats);
   (window as unknown as { blocktab: unknown }).blocktab = { app, client };
   document.body.dataset.ready = 'true';
   const params = new URLSearchParams(location.search);

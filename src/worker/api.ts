@@ -11,7 +11,7 @@
  */
 import * as Comlink from 'comlink';
 import type { Engine, EngineCreateOptions, EngineMeasureOptions, EngineOpenOptions, ImageRef, ConvertTarget, QmpEvent, SnapshotOp } from '../engine/engine.js';
-import type { PreallocMode } from '../block/driver.js';
+import { listDrivers, type PreallocMode } from '../block/driver.js';
 import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions } from '../img/compare.js';
 import type { MapOptions } from '../img/map.js';
@@ -101,9 +101,10 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
   };
 
   return {
-    ready: async (): Promise<{ wasm: boolean; storages: string[] }> => ({
+    ready: async (): Promise<WorkerReady> => ({
       ...((await options.ready) ?? { wasm: false }),
       storages: [...engine.storages.keys()],
+      targetFormats: targetFormats(),
     }),
 
     execute: (command: string, args?: Record<string, unknown>): Promise<unknown> => engine.execute(command, args),
@@ -233,3 +234,23 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
 }
 
 export type EngineWorkerApi = ReturnType<typeof createWorkerApi>;
+
+/** What the worker says when it is ready: wasm or not, its storages, the formats it can create. */
+export interface WorkerReady {
+  wasm: boolean;
+  storages: string[];
+  targetFormats: TargetFormat[];
+}
+
+/** A format `convert` and `create` can write, with the -o options its driver takes (qemu-img create -o help). */
+export interface TargetFormat {
+  name: string;
+  options: { name: string; help: string; def?: string }[];
+}
+
+/** The registered format drivers that can create images, from the driver registry. */
+function targetFormats(): TargetFormat[] {
+  return listDrivers('format')
+    .filter((d) => d.create && d.createOptions)
+    .map((d) => ({ name: d.name, options: d.createOptions!.map((o) => ({ name: o.name, help: o.help, ...(o.def !== undefined ? { def: o.def } : {}) })) }));
+}

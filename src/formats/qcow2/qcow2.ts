@@ -17,7 +17,9 @@
  *   l1.ts               L2 allocation / L1 growth, the ordered metadata flush
  *   metadata.ts         request lock, header fields, dirty/corrupt bits, overlap checks
  *   snapshot-table.ts   internal snapshot table
- *   bitmap-directory.ts persistent bitmap directory (for info)
+ *   bitmap-directory.ts persistent bitmap directory entries and the extension's limits
+ *   bitmap-table.ts     bitmap table entries
+ *   bitmaps.ts          persistent dirty bitmaps: load on open, store on close, remove
  *   create-options.ts   qemu-img create / amend: option tables, values → create.ts / amend.ts
  *   measure.ts          qemu-img measure
  *   make-empty.ts       bdrv_make_empty (commit empties its top image with it)
@@ -72,6 +74,7 @@ import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage 
 import { qcow2Measure } from './measure.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
+import { qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { dropRefcountCache } from './refcount.js';
@@ -217,6 +220,7 @@ export const qcow2Driver: BlockDriver = {
       refcountTable: null,
       snapshots: [],
       bitmaps: [],
+      bitmapsLoaded: false,
       metadataPreallocation: undefined,
       rw: newRwState(clusterSize),
     };
@@ -247,13 +251,30 @@ export const qcow2Driver: BlockDriver = {
 
     // Under qemu-img check the check itself repairs (or reports) a dirty image.
     if (!bs.readOnly && !forCheck && h.incompatibleFeatures & QCOW2_INCOMPAT_DIRTY) await repairDirty(bs, s);
+    // QEMU loads bitmaps on every open of an active node; a broken directory fails the open.
+    await qcow2LoadBitmaps(bs, s);
   },
 
   async close(bs) {
     const s = bs.state<Qcow2State>();
-    s.l2Cache.clear();
-    dropRefcountCache(s);
+    try {
+      if (!s.rw.corrupt) await qcow2StoreBitmaps(bs, s);
+      if (!bs.readOnly) await withLock(s, () => flushMetadata(s));
+    } finally {
+      s.l2Cache.clear();
+      dropRefcountCache(s);
+    }
   },
+
+  canStoreNewDirtyBitmap(bs, name, granularity) {
+    qcow2CanStoreNewBitmap(bs, bs.state<Qcow2State>(), name, granularity);
+  },
+
+  removePersistentDirtyBitmap(bs, name) {
+    return qcow2RemoveBitmap(bs, bs.state<Qcow2State>(), name);
+  },
+
+
 
   async pwritev(bs, offset, bytes, buf, flags) {
     const s = bs.state<Qcow2State>();
