@@ -96,6 +96,7 @@ export async function fuzz({ cases = 2000, seed = 1, jobs = Math.min(2, os.avail
   const perFormat = {};
   let next = first;
   let ran = 0;
+  let opened = 0;
   const t0 = performance.now();
   const save = (r) => {
     const s = seeds[seedIndexFor(seed, r.caseNo, seeds.length)];
@@ -128,6 +129,7 @@ export async function fuzz({ cases = 2000, seed = 1, jobs = Math.min(2, os.avail
       }
       if (r.verdict === 'ok' && r.rssGrowth > memoryMiB * MiB) Object.assign(r, { verdict: 'finding', kind: 'memory', message: `resident memory grew by ${Math.round(r.rssGrowth / MiB)} MiB` });
       ran++;
+      if (r.log && !r.log.some((l) => l.startsWith('open:'))) opened++;
       const fmt = seeds[seedIndexFor(seed, caseNo, seeds.length)].format;
       perFormat[fmt] = (perFormat[fmt] ?? 0) + 1;
       if (r.verdict !== 'ok') save(r);
@@ -140,7 +142,7 @@ export async function fuzz({ cases = 2000, seed = 1, jobs = Math.min(2, os.avail
   } finally {
     fs.rmSync(seedDir, { recursive: true, force: true });
   }
-  return { cases: ran, findings, seconds: (performance.now() - t0) / 1000, perFormat, seeds: seeds.length };
+  return { cases: ran, opened, findings, seconds: (performance.now() - t0) / 1000, perFormat, seeds: seeds.length };
 }
 
 function parseArgs(argv) {
@@ -163,7 +165,7 @@ function parseArgs(argv) {
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const o = parseArgs(process.argv.slice(2));
   const r = await fuzz({ ...o, log: (s) => console.log(s) });
-  console.log(`fuzz: ${r.cases} cases over ${r.seeds} seeds (${Object.entries(r.perFormat).map(([k, v]) => `${k} ${v}`).join(', ')}), ${r.findings.length} findings, ${r.seconds.toFixed(1)} s`);
+  console.log(`fuzz: ${r.cases} cases (${r.opened} opened) over ${r.seeds} seeds (${Object.entries(r.perFormat).map(([k, v]) => `${k} ${v}`).join(', ')}), ${r.findings.length} findings, ${r.seconds.toFixed(1)} s`);
   const rate = r.cases / r.seconds;
   console.log('BENCH ' + JSON.stringify({ name: 'fuzz cases per second', value: Number(rate.toFixed(1)), unit: 'cases/s', baseline: null, ratio: null, aim: 'higher' }));
   console.log('BENCH ' + JSON.stringify({ name: 'fuzz findings', value: r.findings.length, unit: 'findings', baseline: 0, ratio: null, aim: 'equal' }));
