@@ -31,6 +31,7 @@
  * least two clusters. Slices are only allocated when loaded, so a large
  * capacity costs nothing for a small working set.
  */
+import { parseOverlapCheck, setOverlapCheck } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
@@ -240,6 +241,7 @@ export const qcow2Driver: BlockDriver = {
     }
 
     bs.opaque = s;
+    setOverlapCheck(s, parseOverlapCheck(image, options));
     bs.totalBytes = h.size;
     // Write-zeroes takes any range: like QEMU's qcow2_co_pwrite_zeroes the driver turns a partial
     // subcluster into a zero subcluster when the rest of it already reads as zeros.

@@ -33,6 +33,7 @@
  * tables until the snapshot is deleted). The active image then owns its L2
  * tables (COPIED on the L1 entries), so later guest writes need no L2 COW.
  */
+
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
@@ -41,7 +42,7 @@ import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT
 import { serializeSnapshotTable, type Qcow2Snapshot } from './snapshot-table.js';
 import { allocateClusters, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, setL1Entry } from './l1.js';
-import { checkNotCorrupt, invalidateMetadata, syncFile, withLock, writeHeaderFields } from './metadata.js';
+import { checkNotCorrupt, invalidateMetadata, preWriteOverlapCheck, syncFile, withLock, writeHeaderFields } from './metadata.js';
 import { prepareWrite } from './write.js';
 import {
   compressedAt,
@@ -191,6 +192,7 @@ async function copyTablesForActive(s: Qcow2State, src: Uint8Array, srcSize: numb
       await readL2(s, off, t, i);
       countL2(s, t, deltas, 1, true, off);
       const copy = await allocateClusters(s, 1);
+      await preWriteOverlapCheck(s, 0, copy, cs);
       await bdrvPwrite(s.file, copy, cs, t);
       putL1Entry(l1, i, copy, true);
     }
@@ -225,6 +227,7 @@ async function writeNewL1(s: Qcow2State, table: Uint8Array): Promise<number> {
   if (table.length === 0) return 0;
   const cs = s.clusterSize;
   const off = await allocateClusters(s, Math.ceil(table.length / cs));
+  await preWriteOverlapCheck(s, 0, off, table.length);
   await bdrvPwrite(s.file, off, table.length, table);
   return off;
 }
@@ -238,6 +241,7 @@ async function writeNewTable(s: Qcow2State, list: Qcow2Snapshot[]): Promise<{ of
   }
   const bytes = serializeSnapshotTable(list);
   const offset = await allocateClusters(s, Math.ceil(size / s.clusterSize));
+  await preWriteOverlapCheck(s, 0, offset, size);
   await bdrvPwrite(s.file, offset, size, bytes.subarray(0, size));
   return { offset, size };
 }
