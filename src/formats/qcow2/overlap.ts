@@ -27,6 +27,7 @@ import { QCOW2_EXT_MAGIC_BITMAPS } from './header.js';
 import { decodeReftable } from './refcount-codec.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { l1Offset, type Qcow2State } from './state.js';
+import { l1EntryOffset } from './l2-entry.js';
 
 export const QCOW2_OL_MAIN_HEADER = 1 << 0;
 export const QCOW2_OL_ACTIVE_L1 = 1 << 1;
@@ -148,9 +149,8 @@ export async function checkMetadataOverlap(s: Qcow2State, ign: number, offset: n
       const l1 = new Uint8Array(sn.l1Size * 8);
       if (!l1.length || sn.l1TableOffset + l1.length > s.file.totalBytes) continue;
       await bdrvPread(s.file, sn.l1TableOffset, l1.length, l1);
-      const dv = new DataView(l1.buffer);
       for (let i = 0; i < sn.l1Size; i++) {
-        const o = (dv.getUint32(i * 8) & 0x00ffffff) * 2 ** 32 + (dv.getUint32(i * 8 + 4) & 0xfffffe00);
+        const o = l1EntryOffset(l1, i);
         if (o && hit(o, cs)) return QCOW2_OL_INACTIVE_L2;
       }
     }
