@@ -23,12 +23,18 @@ const chromium = playwright({
 export default defineConfig({
   test: {
     reporters: ['default', './test/summary-reporter.ts'],
+    // Two test files at a time: most interop time is spent waiting on qemu-img,
+    // qemu-io and CLI child processes, so two workers keep both cores busy
+    // (vitest's default on a 2-core machine is one).
+    maxWorkers: 2,
     projects: [
       {
         test: {
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
           environment: 'node',
+          // Generous: with two workers a heavy model test can share its core.
+          testTimeout: 30_000,
         },
       },
       {

@@ -17,3 +17,4 @@ import './formats/dmg/index.js';
 import './formats/cloop/index.js';
 import './formats/bochs/index.js';
 import './formats/luks/index.js';
+import './filters/throttle.js';

@@ -17,3 +17,4 @@ export * from './block/dirty-bitmap.js';
 export * from './block/secrets.js';
 export { initWasm, wasmReady, type InitWasmOptions } from './runtime.js';
 export { MemoryStorage, MemoryFile } from './protocols/memory.js';
+export * from './attach/index.js';

@@ -1,49 +1,44 @@
 /**
  * BlockBackend: the named front end users and jobs talk to (QEMU's
  * BlockBackend). It holds the root node of a graph, checks every request
- * against the device's size, applies the error policy, counts statistics,
- * and owns detect-zeroes for what is written through it.
+ * against the device's size, throttles it (when it is a member of a throttle
+ * group), applies the error policy, counts statistics (for requests its
+ * issuer accounts, as QEMU's devices do) and owns detect-zeroes for what is
+ * written through it.
+ *
+ * Error policy (rerror/werror): a failed request either is reported to its
+ * issuer, ignored (the issuer sees success), or stops the backend (`stop`,
+ * and `enospc` for ENOSPC): the failed request and every later one wait
+ * until `resume()` (QMP's `cont`), then the failed one is retried. Each
+ * failure that reaches the policy is announced through `hooks.ioError`
+ * (the Engine turns it into a BLOCK_IO_ERROR event).
  */
 import { BlockError, hex } from './errors.js';
 import type { BlockNode } from './node.js';
 import { bdrvFlush, bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from './io.js';
 import type { PreallocMode, WriteFlags } from './driver.js';
+import { BlockAcctStats, type AcctType } from './accounting.js';
+import type { Clock } from './clock.js';
+import type { ThrottleGroupMember } from './throttle-group.js';
 
-/** QEMU's rerror/werror: what a failed request does. (`stop` has no VM to stop here, so it reports like `report`.) */
-export type ErrorAction = 'report' | 'ignore' | 'enospc';
+/** QEMU's BlockdevOnError: what a failed request does. */
+export type ErrorAction = 'report' | 'ignore' | 'enospc' | 'stop';
+/** What was done about one failure (BLOCK_IO_ERROR's `action`). */
+export type ErrorOutcome = 'report' | 'ignore' | 'stop';
+export type IoStatus = 'ok' | 'failed' | 'nospace';
 
-export interface BlockStats {
-  rdBytes: number;
-  wrBytes: number;
-  zoneBytes: number;
-  rdOperations: number;
-  wrOperations: number;
-  zeroOperations: number;
-  discardOperations: number;
-  discardBytes: number;
-  flushOperations: number;
-  failedRdOperations: number;
-  failedWrOperations: number;
-  rdTotalTimeNs: number;
-  wrTotalTimeNs: number;
+export interface IoErrorReport {
+  backend: BlockBackend;
+  operation: 'read' | 'write';
+  action: ErrorOutcome;
+  error: unknown;
 }
 
-function emptyStats(): BlockStats {
-  return {
-    rdBytes: 0,
-    wrBytes: 0,
-    zoneBytes: 0,
-    rdOperations: 0,
-    wrOperations: 0,
-    zeroOperations: 0,
-    discardOperations: 0,
-    discardBytes: 0,
-    flushOperations: 0,
-    failedRdOperations: 0,
-    failedWrOperations: 0,
-    rdTotalTimeNs: 0,
-    wrTotalTimeNs: 0,
-  };
+export interface BackendHooks {
+  /** A failure went through the error policy. */
+  ioError?(report: IoErrorReport): void;
+  /** The policy stopped the backend (the Engine stops every backend, as a VM stop does). */
+  stop?(backend: BlockBackend): void;
 }
 
 export interface BackendOptions {
@@ -51,29 +46,93 @@ export interface BackendOptions {
   rerror?: ErrorAction;
   werror?: ErrorAction;
   detectZeroes?: 'off' | 'on' | 'unmap';
+  /** Clock for statistics (default: the host's). */
+  clock?: Clock;
+  /** QEMU's stats-account-invalid / stats-account-failed (default on). */
+  accountInvalid?: boolean;
+  accountFailed?: boolean;
+  hooks?: BackendHooks;
 }
 
-const now = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+/**
+ * Per-request options: what the issuer asks of the backend. A device model
+ * (the engine's typed API plays one) asks for both; qemu-io's aio commands
+ * only account; the block layer's own I/O asks for neither.
+ */
+export interface RequestOptions {
+  /** Count the request in the statistics. */
+  account?: boolean;
+  /** Apply rerror/werror (and iostatus, BLOCK_IO_ERROR) to a failure; without it a failure is reported as is. */
+  errorPolicy?: boolean;
+}
 
 export class BlockBackend {
   readonly name: string;
-  root: BlockNode;
+  /** The medium (root node); null once ejected / removed. */
+  private medium: BlockNode | null;
   rerror: ErrorAction;
   werror: ErrorAction;
-  readonly stats: BlockStats = emptyStats();
-  /** Set when a request failed and the error policy kept the error ("iostatus"). */
-  iostatus: 'ok' | 'failed' | 'nospace' = 'ok';
+  readonly stats: BlockAcctStats;
+  /** Set when a request failed and the policy did not ignore it; back to ok on `resume` / reset. */
+  iostatus: IoStatus = 'ok';
+  /** Whether iostatus is tracked (QEMU enables it for devices that use an error policy). */
+  iostatusEnabled = false;
+  /** Member of a throttle group when I/O limits are set on this backend. */
+  throttle: ThrottleGroupMember | null = null;
+  hooks: BackendHooks;
+  private stopped = false;
+  private waiters: (() => void)[] = [];
 
   constructor(root: BlockNode, options: BackendOptions = {}) {
-    this.root = root;
+    this.medium = root;
     this.name = options.name ?? '';
     this.rerror = options.rerror ?? 'report';
     this.werror = options.werror ?? 'enospc';
+    this.hooks = options.hooks ?? {};
+    this.stats = new BlockAcctStats(options.clock, { accountInvalid: options.accountInvalid, accountFailed: options.accountFailed });
     if (options.detectZeroes) root.detectZeroes = options.detectZeroes;
+  }
+
+  /** The root node. A backend without a medium has none: requests fail with ENOMEDIUM (QEMU's "No medium found"). */
+  get root(): BlockNode {
+    if (!this.medium) throw new BlockError('ENOMEDIUM', `${this.name || 'device'}: No medium found`);
+    return this.medium;
+  }
+
+  set root(bs: BlockNode) {
+    this.medium = bs;
+  }
+
+  get hasMedium(): boolean {
+    return this.medium !== null;
+  }
+
+  /** Takes the medium out (eject, blockdev-remove-medium); returns it for the caller to close. */
+  removeMedium(): BlockNode | null {
+    const m = this.medium;
+    this.medium = null;
+    return m;
   }
 
   get readOnly(): boolean {
     return this.root.readOnly;
+  }
+
+  /** Whether the backend is stopped (its requests wait for `resume`). */
+  get isStopped(): boolean {
+    return this.stopped;
+  }
+
+  /** Stops the backend: new requests wait (QEMU's VM stop). */
+  pause(): void {
+    this.stopped = true;
+  }
+
+  /** Resumes a stopped backend: iostatus back to ok, waiting requests go (QMP `cont`). */
+  resume(): void {
+    this.stopped = false;
+    this.iostatus = 'ok';
+    for (const w of this.waiters.splice(0)) w();
   }
 
   /** Length of the device in bytes. */
@@ -81,81 +140,109 @@ export class BlockBackend {
     return bdrvGetLength(this.root);
   }
 
-  private checkBounds(offset: number, bytes: number, what: string): void {
+  private checkBounds(offset: number, bytes: number, what: string, type: AcctType, account: boolean): void {
+    let problem: BlockError | undefined;
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0) {
-      throw new BlockError('EINVAL', `${this.label()}: invalid ${what} request (offset ${offset}, ${bytes} bytes)`);
-    }
-    if (offset + bytes > this.root.totalBytes) {
-      throw new BlockError(
+      problem = new BlockError('EINVAL', `${this.label()}: invalid ${what} request (offset ${offset}, ${bytes} bytes)`);
+    } else if (offset + bytes > this.root.totalBytes) {
+      problem = new BlockError(
         'EIO',
         `${this.label()}: ${what} at ${hex(offset)} (+${bytes} bytes) is past the end of the device (${this.root.totalBytes} bytes)`,
       );
     }
+    if (!problem) return;
+    if (account) this.stats.invalid(type);
+    throw problem;
   }
 
   private label(): string {
     return this.name || this.root.filename;
   }
 
-  private handle(e: unknown, write: boolean): void {
-    const action = write ? this.werror : this.rerror;
+  /** QEMU's blk_get_error_action. */
+  errorAction(write: boolean, e: unknown): ErrorOutcome {
+    const policy = write ? this.werror : this.rerror;
     const code = e instanceof BlockError ? e.code : 'EIO';
-    if (action === 'ignore') return;
-    this.iostatus = code === 'ENOSPC' ? 'nospace' : 'failed';
-    throw e;
-  }
-
-  async read(offset: number, bytes: number, buf: Uint8Array): Promise<void> {
-    this.checkBounds(offset, bytes, 'read');
-    const t0 = now();
-    try {
-      await bdrvPread(this.root, offset, bytes, buf);
-      this.stats.rdBytes += bytes;
-      this.stats.rdOperations++;
-    } catch (e) {
-      this.stats.failedRdOperations++;
-      this.handle(e, false);
-    } finally {
-      this.stats.rdTotalTimeNs += Math.round((now() - t0) * 1e6);
+    switch (policy) {
+      case 'enospc':
+        return code === 'ENOSPC' ? 'stop' : 'report';
+      case 'stop':
+        return 'stop';
+      case 'ignore':
+        return 'ignore';
+      default:
+        return 'report';
     }
   }
 
-  async write(offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags = {}): Promise<void> {
-    this.checkBounds(offset, bytes, 'write');
-    const t0 = now();
-    try {
-      await bdrvPwrite(this.root, offset, bytes, buf, flags);
-      this.stats.wrBytes += bytes;
-      this.stats.wrOperations++;
-    } catch (e) {
-      this.stats.failedWrOperations++;
-      this.handle(e, true);
-    } finally {
-      this.stats.wrTotalTimeNs += Math.round((now() - t0) * 1e6);
+  /**
+   * One request through throttling, the stopped state, accounting and the
+   * error policy. `op` does the I/O; on `stop` it is retried after resume.
+   */
+  private async request(type: AcctType, bytes: number, opts: RequestOptions, policy: 'read' | 'write' | null, op: () => Promise<void>): Promise<void> {
+    if (this.stopped) await new Promise<void>((r) => this.waiters.push(r));
+    // The issuer's clock starts before throttling, as a device's block_acct_start comes before the request: waits count as latency.
+    const cookie = opts.account ? this.stats.start(bytes, type) : undefined;
+    if (this.throttle && type !== 'flush') {
+      // One clock read serves both when they share the clock.
+      const now = cookie && this.throttle.group.clock === this.stats.clock ? cookie.startNs : undefined;
+      const wait = this.throttle.intercept(bytes, type !== 'read', now);
+      if (wait) await wait;
+    }
+    for (;;) {
+      try {
+        await op();
+        if (cookie) this.stats.done(cookie);
+        return;
+      } catch (e) {
+        if (policy === null || !opts.errorPolicy) {
+          if (cookie) this.stats.failed(cookie);
+          throw e;
+        }
+        const action = this.errorAction(policy === 'write', e);
+        if (action !== 'ignore') {
+          const code = e instanceof BlockError ? e.code : 'EIO';
+          if (this.iostatusEnabled && this.iostatus === 'ok') this.iostatus = code === 'ENOSPC' ? 'nospace' : 'failed';
+        }
+        this.hooks.ioError?.({ backend: this, operation: policy, action, error: e });
+        if (action === 'ignore') {
+          if (cookie) this.stats.done(cookie);
+          return;
+        }
+        if (action === 'report') {
+          if (cookie) this.stats.failed(cookie);
+          throw e;
+        }
+        // stop: wait for resume, then retry the request.
+        this.pause();
+        this.hooks.stop?.(this);
+        if (this.stopped) await new Promise<void>((r) => this.waiters.push(r));
+      }
     }
   }
 
-  async writeZeroes(offset: number, bytes: number, flags: WriteFlags = {}): Promise<void> {
-    this.checkBounds(offset, bytes, 'write-zeroes');
-    try {
-      await bdrvPwriteZeroes(this.root, offset, bytes, flags);
-      this.stats.zeroOperations++;
-    } catch (e) {
-      this.stats.failedWrOperations++;
-      this.handle(e, true);
-    }
+  async read(offset: number, bytes: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
+    this.checkBounds(offset, bytes, 'read', 'read', opts.account === true);
+    await this.request('read', bytes, opts, 'read', () => bdrvPread(this.root, offset, bytes, buf));
   }
 
-  async discard(offset: number, bytes: number): Promise<void> {
-    this.checkBounds(offset, bytes, 'discard');
-    await bdrvPdiscard(this.root, offset, bytes);
-    this.stats.discardOperations++;
-    this.stats.discardBytes += bytes;
+  async write(offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags = {}, opts: RequestOptions = {}): Promise<void> {
+    this.checkBounds(offset, bytes, 'write', 'write', opts.account === true);
+    await this.request('write', bytes, opts, 'write', () => bdrvPwrite(this.root, offset, bytes, buf, flags));
   }
 
-  async flush(): Promise<void> {
-    await bdrvFlush(this.root);
-    this.stats.flushOperations++;
+  async writeZeroes(offset: number, bytes: number, flags: WriteFlags = {}, opts: RequestOptions = {}): Promise<void> {
+    this.checkBounds(offset, bytes, 'write-zeroes', 'write', opts.account === true);
+    await this.request('write', bytes, opts, 'write', () => bdrvPwriteZeroes(this.root, offset, bytes, flags));
+  }
+
+  async discard(offset: number, bytes: number, opts: RequestOptions = {}): Promise<void> {
+    this.checkBounds(offset, bytes, 'discard', 'unmap', opts.account === true);
+    await this.request('unmap', bytes, opts, null, () => bdrvPdiscard(this.root, offset, bytes));
+  }
+
+  async flush(opts: RequestOptions = {}): Promise<void> {
+    await this.request('flush', 0, opts, null, () => bdrvFlush(this.root));
   }
 
   async truncate(size: number, exact = false, prealloc: PreallocMode = 'off'): Promise<void> {

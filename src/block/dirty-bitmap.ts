@@ -19,6 +19,8 @@ import { BlockError } from './errors.js';
 import type { BlockNode, WriteObserver } from './node.js';
 import { HBitmap, type DirtyArea } from '../wasm/hbitmap.js';
 import { WasmError } from '../wasm/errors.js';
+import { sha256 } from '@noble/hashes/sha2.js';
+import { bytesToHex } from '@noble/hashes/utils.js';
 
 /**
  * Runs an HBitmap operation that user input can reach, turning the wasm
@@ -95,6 +97,16 @@ export class BdrvDirtyBitmap {
   }
   nextZero(start: number, bytes = Infinity): number {
     return this.bitmap.nextZero(start, bytes);
+  }
+  /**
+   * SHA-256 of the bitmap's bits serialized as QEMU lays out its last hbitmap
+   * level (little-endian 64-bit words, bit n = chunk n): what
+   * x-debug-block-dirty-bitmap-sha256 answers.
+   */
+  sha256(): string {
+    const buf = new Uint8Array(this.bitmap.serializationSize(0, this.size));
+    if (buf.length) this.bitmap.serializePart(buf, 0, this.size);
+    return bytesToHex(sha256(buf));
   }
   info(): DirtyBitmapInfo {
     const info: DirtyBitmapInfo = {
@@ -193,14 +205,6 @@ export function defaultBitmapGranularity(bs: BlockNode): number {
   return cluster > 0 ? Math.min(65536, Math.max(4096, cluster)) : 65536;
 }
 
-/** Optional driver hooks for persistent bitmaps (qcow2 implements them). */
-interface PersistentBitmapDriver {
-  /** Throws when `name` cannot be stored in the image (QEMU's bdrv_co_can_store_new_dirty_bitmap). */
-  canStoreNewDirtyBitmap?(bs: BlockNode, name: string, granularity: number): void;
-  /** Removes the stored copy, if any. */
-  removePersistentDirtyBitmap?(bs: BlockNode, name: string): Promise<void>;
-}
-
 export interface AddDirtyBitmapOptions {
   /** Bytes per bit: a power of two, 512 .. 2^31. Default: defaultBitmapGranularity(bs). */
   granularity?: number;
@@ -244,17 +248,28 @@ export function addDirtyBitmap(bs: BlockNode, name: string, opts: AddDirtyBitmap
     granularity = defaultBitmapGranularity(bs);
   }
   if (findDirtyBitmap(bs, name)) throw new BlockError('EEXIST', `Bitmap already exists: ${name}`);
-  if (name.length > BITMAP_MAX_NAME_SIZE) throw new BlockError('EINVAL', `Bitmap name too long: ${name}`);
+  if (new TextEncoder().encode(name).length > BITMAP_MAX_NAME_SIZE) throw new BlockError('EINVAL', `Bitmap name too long: ${name}`);
   if (opts.persistent) {
-    const drv = bs.driver as PersistentBitmapDriver;
+    const drv = bs.driver;
     if (!drv.canStoreNewDirtyBitmap) {
       throw new BlockError('ENOTSUP', `Can't store persistent bitmaps to ${bs.nodeName}`);
     }
     drv.canStoreNewDirtyBitmap(bs, name, granularity);
   }
-  const bm = new BdrvDirtyBitmap(name, bs.totalBytes, granularity);
+  const bm = createDirtyBitmap(bs, name, granularity);
   bm.disabled = opts.disabled === true;
   bm.persistent = opts.persistent === true;
+  return bm;
+}
+
+/**
+ * Adds an empty, enabled, non-persistent bitmap without the user-facing
+ * checks (QEMU's bdrv_create_dirty_bitmap): for drivers loading stored
+ * bitmaps, which check names and granularity against their own format.
+ */
+export function createDirtyBitmap(bs: BlockNode, name: string, granularity: number): BdrvDirtyBitmap {
+  if (findDirtyBitmap(bs, name)) throw new BlockError('EEXIST', `Bitmap already exists: ${name}`);
+  const bm = new BdrvDirtyBitmap(name, bs.totalBytes, granularity);
   listOf(bs).bitmaps.unshift(bm);
   return bm;
 }
@@ -263,7 +278,7 @@ export function addDirtyBitmap(bs: BlockNode, name: string, opts: AddDirtyBitmap
 export async function removeDirtyBitmap(bs: BlockNode, name: string): Promise<void> {
   const bm = lookupDirtyBitmap(bs, name);
   checkDirtyBitmap(bm, CHECK_BUSY | CHECK_RO);
-  if (bm.persistent) await (bs.driver as PersistentBitmapDriver).removePersistentDirtyBitmap?.(bs, name);
+  if (bm.persistent) await bs.driver.removePersistentDirtyBitmap?.(bs, name);
   releaseDirtyBitmap(bs, bm);
 }
 

@@ -149,6 +149,12 @@ export interface BlockDriver {
    * may run in parallel; the result goes back in `WriteFlags.precompressed`.
    */
   compressCluster?(bs: BlockNode, data: Uint8Array): Promise<Uint8Array | null>;
+  /**
+   * False when a newly created image does not read as zeros (QEMU's
+   * bdrv_has_zero_init answering 0: luks, whose fresh payload decrypts to
+   * noise), so convert writes zeros instead of skipping them. Default true.
+   */
+  readonly hasZeroInit?: boolean;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
 
@@ -176,8 +182,26 @@ export interface BlockDriver {
    */
   open(bs: BlockNode, options: OpenOptions): Promise<void>;
 
-  /** Releases the node's resources. Called once; no request is in flight. */
+  /**
+   * Releases the node's resources. Called once; no request is in flight.
+   * A driver with persistent dirty bitmaps stores them here (QEMU's
+   * inactivate), before the core releases the node's in-memory bitmaps.
+   */
   close?(bs: BlockNode): Promise<void>;
+
+  /**
+   * Persistent dirty bitmaps (qcow2). A driver that has them loads the
+   * image's bitmaps into the node's list (src/block/dirty-bitmap.ts) in
+   * `open` and stores the persistent ones in `close`.
+   *
+   * canStoreNewDirtyBitmap: throws (naming the bitmap and the image) when a
+   * new persistent bitmap `name` of `granularity` bytes could not be stored
+   * (QEMU's bdrv_co_can_store_new_dirty_bitmap). Guarantees: `name` is not
+   * a bitmap of the node yet; granularity is a power of two.
+   */
+  canStoreNewDirtyBitmap?(bs: BlockNode, name: string, granularity: number): void;
+  /** Deletes the stored copy of bitmap `name`; a bitmap the image does not hold is no error. */
+  removePersistentDirtyBitmap?(bs: BlockNode, name: string): Promise<void>;
 
   /**
    * Reads `bytes` bytes at `offset` into `buf` (buf.length === bytes).
@@ -224,6 +248,9 @@ export interface BlockDriver {
   /** Bytes the node takes in its storage ("disk size"), or undefined if unknown. */
   getAllocatedFileSize?(bs: BlockNode): Promise<number | undefined>;
 
+  /** query-blockstats' `driver-specific` member for this node (QAPI BlockStatsSpecific), if the driver has one. */
+  getStatsSpecific?(bs: BlockNode): Record<string, unknown>;
+
   /**
    * Block status of [offset, offset + bytes). Guarantees: offset <
    * totalBytes, bytes > 0, the range is inside totalBytes, offset aligned to
@@ -236,8 +263,11 @@ export interface BlockDriver {
   /** Format-specific facts for `info` (qemu-img's "format-specific"). */
   getInfo?(bs: BlockNode): ImageInfoSpecific | undefined;
 
-  /** Cluster size, dirty flag, and other generic facts (qemu-img's BlockDriverInfo). */
-  getDriverInfo?(bs: BlockNode): DriverInfo;
+  /**
+   * Cluster size, dirty flag, and other generic facts (qemu-img's BlockDriverInfo).
+   * Undefined: the driver cannot answer (QEMU's -ENOTSUP, as for curl), so info omits the dirty flag.
+   */
+  getDriverInfo?(bs: BlockNode): DriverInfo | undefined;
 
   /**
    * Internal snapshots, as `qemu-img snapshot -l` lists them. The create,
@@ -249,6 +279,12 @@ export interface BlockDriver {
   createSnapshot?(bs: BlockNode, sn: { name: string; vmStateSize?: number; dateSec?: number; dateNsec?: number; vmClockNsec?: number; icount?: number }): Promise<void>;
   applySnapshot?(bs: BlockNode, idOrName: string): Promise<void>;
   deleteSnapshot?(bs: BlockNode, id: string | undefined, name: string | undefined): Promise<void>;
+  /**
+   * QEMU's bdrv_snapshot_load_tmp: makes a read-only node show the snapshot
+   * `idOrName` (by id first, then by name) instead of the active state, without
+   * writing anything. Guarantees: `bs` is read-only with no request in flight.
+   */
+  snapshotLoadTmp?(bs: BlockNode, idOrName: string): Promise<void>;
 
   /**
    * Consistency check, as `qemu-img check`. With `fix.leaks` / `fix.errors`

@@ -22,7 +22,8 @@ export type BlockErrorCode =
   | 'ELOOP'
   | 'ECORRUPT'
   | 'ECANCELED'
-  | 'ENOMEM';
+  | 'ENOMEM'
+  | 'ENOMEDIUM';
 
 export class BlockError extends Error {
   override readonly name = 'BlockError';
@@ -98,6 +99,8 @@ export function describeCode(code: BlockErrorCode): string {
       return 'Operation canceled';
     case 'ENOMEM':
       return 'Cannot allocate memory';
+    case 'ENOMEDIUM':
+      return 'No medium found';
     default:
       return 'Input/output error';
   }

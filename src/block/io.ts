@@ -17,6 +17,7 @@ import type { WriteFlags, PreallocMode } from './driver.js';
 import type { BlockNode } from './node.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
 import { truncateDirtyBitmaps } from './dirty-bitmap.js';
+import { afterWrite, beforeWrite, hasAfterWriteHooks, hasBeforeWriteHooks } from './before-write.js';
 
 /** What every write that landed tells the node: its dirty bitmaps, and the highest offset written. */
 function writeFinished(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags): void {
@@ -232,6 +233,8 @@ async function pwrite(
     throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} driver does not support compressed writes`);
   }
   const data = buf.subarray(0, bytes);
+  // A backup job copies the old data out first (copy-before-write); copy-on-read changes nothing the guest sees.
+  if (!flags.copyOnRead && hasBeforeWriteHooks(bs)) await beforeWrite(bs, offset, bytes);
 
   if (detectZeroes !== 'off' && !flags.compressed && bufferIsZero(data)) {
     return bdrvPwriteZeroes(bs, offset, bytes, { ...flags, mayUnmap: detectZeroes === 'unmap' });
@@ -259,6 +262,7 @@ async function pwrite(
     });
   }
   writeFinished(bs, offset, bytes, flags);
+  if (!flags.copyOnRead && hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
 /**
@@ -271,6 +275,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
   checkWritable(bs, 'write-zeroes');
   checkInside(bs, offset, bytes, 'write-zeroes');
   if (bytes === 0) return;
+  if (!flags.copyOnRead && hasBeforeWriteHooks(bs)) await beforeWrite(bs, offset, bytes);
   const drv = bs.driver;
   const align = Math.max(bs.limits.pwriteZeroesAlignment ?? 1, bs.limits.requestAlignment);
   const end = offset + bytes;
@@ -316,6 +321,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
   }
   if (end > tailStart) await writeZeroBuffer(tailStart, end - tailStart);
   writeFinished(bs, offset, bytes, flags);
+  if (!flags.copyOnRead && hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
 /** Discards the range where the driver can; a hint, so unsupported means "done". */
@@ -324,6 +330,7 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   checkWritable(bs, 'discard');
   checkInside(bs, offset, bytes, 'discard');
   if (bytes === 0 || !bs.driver.pdiscard) return;
+  if (hasBeforeWriteHooks(bs)) await beforeWrite(bs, offset, bytes);
   const align = Math.max(bs.limits.pdiscardAlignment ?? 1, bs.limits.requestAlignment);
   const start = Math.ceil(offset / align) * align;
   const end = Math.min(offset + bytes, bs.totalBytes);
@@ -332,6 +339,7 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   const drv = bs.driver;
   if (alignedEnd > start) await trackedWrite(bs, start, alignedEnd, false, () => drv.pdiscard!(bs, start, alignedEnd - start));
   writeFinished(bs, offset, bytes, {});
+  if (hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
 /** Flushes the node, then the children it writes to (file, data file). */

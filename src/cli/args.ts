@@ -15,12 +15,15 @@ export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 export interface Parsed {
   values: Record<string, string | boolean | string[] | undefined>;
   positionals: string[];
+  /** Options in command-line order (for commands whose options are a sequence of actions). */
+  tokens: { name: string; value?: string }[];
 }
 
 export function parseCommand(cmd: string, args: string[], options: OptionSpec): Parsed {
   try {
-    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
-    return { values: values as Parsed['values'], positionals };
+    const { values, positionals, tokens } = parseArgs({ args, options, allowPositionals: true, strict: true, tokens: true });
+    const opts = tokens.flatMap((t) => (t.kind === 'option' ? [{ name: t.name, value: t.value }] : []));
+    return { values: values as Parsed['values'], positionals, tokens: opts };
   } catch (e) {
     const err = e as { code?: string; message?: string };
     if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {

@@ -6,12 +6,14 @@
 import { convert, convertTotalBytes, createConvertTarget, MAX_BUFFER, MAX_PARALLEL, type ConvertOptions } from '../img/convert.js';
 import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, qemuStrtosz } from '../img/options.js';
 import { closeNode } from '../block/open.js';
+import { checkBitmapTarget, checkConvertBitmaps, copyBitmaps } from '../img/bitmap.js';
 import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
 import { openForCli, storage } from './open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
+import { progName } from './progname.js';
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
@@ -66,6 +68,8 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
     'out-of-order': { type: 'boolean', short: 'W' },
     'copy-range': { type: 'boolean', short: 'C' },
     'target-is-zero': { type: 'boolean' },
+    bitmaps: { type: 'boolean' },
+    'skip-broken-bitmaps': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
   const sparseText = str(p, 'sparse');
@@ -112,6 +116,9 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   let target: BlockNode | undefined;
   try {
     for (const name of srcNames) sources.push(await openForCli(name, { format: str(p, 'format') }));
+    const bitmaps = flag(p, 'bitmaps');
+    if (flag(p, 'skip-broken-bitmaps') && !bitmaps) throw new UsageError('--skip-broken-bitmaps requires --bitmaps');
+    if (bitmaps) checkConvertBitmaps(sources, flag(p, 'skip-broken-bitmaps'));
     const total = convertTotalBytes(sources);
     const progress = new Progress(showProgress, out.stdout);
     progress.set(0);
@@ -138,7 +145,10 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
       if (!CACHE_MODES.includes(cache)) throw new BlockError('EINVAL', `Invalid cache option: ${cache}`);
       copyOpts = made.options;
     }
+    if (bitmaps) checkBitmapTarget(target);
     await convert(sources, target, { ...copyOpts, minSparse, parallel, outOfOrder }, (done, t) => progress.set((100 * done) / t));
+    // After the data, as qemu-img: the copy's own writes must not mark them.
+    if (bitmaps) copyBitmaps(sources[0]!, target, (m) => out.stderr(`${progName()}: warning: ${m}\n`));
     progress.set(100);
     progress.end();
   } finally {

@@ -44,6 +44,10 @@ const commands: Record<string, () => Promise<Command>> = {
   measure: () => import('./measure.js').then((m) => m.runMeasure),
   resize: () => import('./resize.js').then((m) => m.runResize),
   amend: () => import('./amend.js').then((m) => m.runAmend),
+  bitmap: () => import('./bitmap.js').then((m) => m.runBitmap),
+  partitions: () => import('./inspect.js').then((m) => m.runPartitions),
+  ls: () => import('./inspect.js').then((m) => m.runLs),
+  cat: () => import('./inspect.js').then((m) => m.runCat),
 };
 
 const HELP = `usage: blocktab [--version] [--help] command [command options]
@@ -58,11 +62,16 @@ Command syntax:
   check [-f fmt] [--output=human|json] [-r leaks|all] [-q] [-U] filename
   measure [--output=human|json] [-O output_fmt] [-o options] [--size N | [-f fmt] filename]
   resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
+  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap
   amend [-f fmt] [-q] -o options filename
   snapshot [-f fmt] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename
   rebase [-f fmt] [-F backing_fmt] [-p] [-q] [-u] [-U] -b backing_file filename
   commit [-f fmt] [-b base] [-d] [-p] [-q] filename
   io [qemu-io options] [filename]    run qemu-io commands (see 'blocktab io --help')
+  qmp [--blockdev OPTIONS]... [--drive OPTIONS]... [--object OPTIONS]...    a QMP monitor on stdin/stdout
+  partitions [-f fmt] [--snapshot name] [--output=human|json] filename
+  ls [-f fmt] [--snapshot name] [--partition N] [-l] [-R] [--output=human|json] filename [path]
+  cat [-f fmt] [--snapshot name] [--partition N] filename path
 
 Exit codes follow qemu-img: 0 success, 1 error; compare: 0 identical, 1 different, 2 error.
 Supported formats: ${listDrivers('format')
@@ -114,9 +123,14 @@ export async function main(argv: string[], out: Output): Promise<number> {
       return 0;
     }
     const load = commands[cmd];
-    if (!load && cmd !== 'io') throw new UsageError(`Command not found: ${cmd}`);
+    if (!load && cmd !== 'io' && cmd !== 'qmp') throw new UsageError(`Command not found: ${cmd}`);
     // The engine loads only for a command: --version and --help stay cheap.
     await import('../node.js'); // Node's drivers and C zlib for compressed writes
+    if (cmd === 'qmp') {
+      await loadKernels();
+      const m = await import('./qmp/main.js');
+      return await m.runQmp(rest, out);
+    }
     if (cmd === 'io' || !load) {
       await loadKernels(); // qemu-io's writes go through detect-zeroes
       const m = await import('./qemu-io/main.js');

@@ -37,7 +37,8 @@ function parseKeyValues(text: string): Record<string, string> {
   return out;
 }
 
-function defineObject(text: string): void {
+/** Defines one `--object` (qemu-img's and qemu-io's). */
+export function defineObject(text: string): void {
   // "secret,id=...": the first element names the type unless it is a key=value itself (qom-type=...).
   const comma = text.indexOf(',');
   const head = comma < 0 ? text : text.slice(0, comma);
@@ -78,6 +79,10 @@ export interface ImageSpec {
   filename: string;
   format?: string;
   driverOptions?: Record<string, unknown>;
+  /** The protocol's options (`file.*` besides the name and driver): curl's readahead, timeout, cookie… */
+  fileOptions?: Record<string, unknown>;
+  /** The protocol driver named by `file.driver` (`file`, `http`, `https`). */
+  fileDriver?: string;
 }
 
 /** The file, format and driver options an image name stands for (plain names stand for themselves). */
@@ -103,10 +108,17 @@ export function imageSpec(name: string): ImageSpec {
     flatten(json as Record<string, unknown>, '');
   }
   if (!opts) return { filename: name };
-  const filename = opts['file.filename'] ?? opts['file'];
+  // QEMU's curl driver names its file `url`; the others `filename`.
+  const filename = opts['file.filename'] ?? opts['file.url'] ?? opts['file'];
   if (typeof filename !== 'string') throw new UsageError(`'${name}': the options name no file ('file.filename')`);
   const driver = typeof opts.driver === 'string' ? opts.driver : undefined;
   const driverOptions: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(opts)) if (k !== 'driver' && k !== 'file' && !k.startsWith('file.')) driverOptions[k] = v;
-  return { filename, format: driver, driverOptions };
+  const fileOptions: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(opts)) {
+    if (k === 'driver' || k === 'file' || k === 'file.filename' || k === 'file.url' || k === 'file.driver') continue;
+    if (k.startsWith('file.')) fileOptions[k.slice(5)] = v;
+    else driverOptions[k] = v;
+  }
+  const fileDriver = typeof opts['file.driver'] === 'string' ? (opts['file.driver'] as string) : undefined;
+  return { filename, format: driver, driverOptions, fileOptions, fileDriver };
 }

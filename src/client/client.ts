@@ -12,7 +12,7 @@
  */
 import * as Comlink from 'comlink';
 import { deserializeBlockError, type SerializedBlockError } from '../worker/transfer.js';
-import type { EngineWorkerApi, BoundaryStats, StoredFile, IoPortReply, IoPortRequest } from '../worker/api.js';
+import type { EngineWorkerApi, BoundaryStats, StoredFile, IoPortReply, IoPortRequest, WorkerReady } from '../worker/api.js';
 import type { ConvertTarget, EngineCreateOptions, EngineCreateResult, EngineMeasureOptions, EngineOpenOptions, ImageRef, QmpEvent, SnapshotOp } from '../engine/engine.js';
 import type { ImageCheck } from '../img/check.js';
 import type { SnapshotInfoQapi } from '../img/info.js';
@@ -22,7 +22,10 @@ import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions, CompareResult } from '../img/compare.js';
 import type { MapEntry, MapOptions } from '../img/map.js';
 import type { MeasureResult } from '../img/measure.js';
+import type { InspectEntry, InspectView, LayerDiff } from '../engine/inspect.js';
+import type { PartitionTable } from '../inspect/partitions.js';
 
+export type { InspectEntry, InspectView, LayerDiff, PartitionTable };
 export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, EngineCreateOptions, EngineCreateResult, SnapshotOp, ImageCheck, SnapshotInfoQapi, BoundaryStats, StoredFile };
 
 /** Lets the caller stop a running operation: the operation rejects with a BlockError, code ECANCELED. */
@@ -32,7 +35,7 @@ export interface CancelToken {
 
 export interface BlocktabClient {
   /** Resolves once the worker started; whether wasm kernels are in use and which storages exist. */
-  ready(): Promise<{ wasm: boolean; storages: string[] }>;
+  ready(): Promise<WorkerReady>;
   /** A QMP command with QEMU's names; resolves to its `return` payload, rejects with a QmpError. */
   execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T>;
   open(storage: string, filename: string, opts?: EngineOpenOptions): Promise<string>;
@@ -83,6 +86,14 @@ export interface BlocktabClient {
   /** Receives QMP events (BLOCK_IO_ERROR, …); resolves to the function that unsubscribes. */
   onEvent(listener: (event: QmpEvent) => void): Promise<() => Promise<void>>;
   boundaryStats(): Promise<BoundaryStats>;
+  /** The partition table of an open image (or a layer / snapshot of it). */
+  inspectPartitions(view: InspectView): Promise<PartitionTable>;
+  /** A directory of the file system on `partition` (null: the whole disk, or the one partition holding one). */
+  inspectList(view: InspectView, partition: number | null, path: string): Promise<InspectEntry[]>;
+  /** Up to `bytes` bytes of a file from `offset` (at most 16 MiB a call). */
+  inspectRead(view: InspectView, partition: number | null, path: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>>;
+  /** Files added, removed and changed from view `below` to view `above`. */
+  inspectDiff(above: InspectView, below: InspectView, partition: number | null): Promise<LayerDiff>;
   /** The comlink proxy itself, for what this wrapper does not cover. */
   readonly remote: Comlink.Remote<EngineWorkerApi>;
   /** Stops the worker (open images are not flushed: close them first). */
@@ -177,6 +188,10 @@ export function createClient(worker?: Worker): BlocktabClient {
       return () => remote.unsubscribe(id);
     },
     boundaryStats: () => remote.boundaryStats(),
+    inspectPartitions: (view) => remote.inspectPartitions(view),
+    inspectList: (view, partition, path) => remote.inspectList(view, partition, path),
+    inspectRead: (view, partition, path, offset, bytes) => remote.inspectRead(view, partition, path, offset, bytes),
+    inspectDiff: (above, below, partition) => remote.inspectDiff(above, below, partition),
     terminate: () => {
       reads.close();
       remote[Comlink.releaseProxy]();

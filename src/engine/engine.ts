@@ -48,6 +48,9 @@ export { EngineGraph, IoTarget, type EngineOpenOptions, type EngineGraphOptions 
 export { EngineDispatch } from './dispatch.js';
 
 /** Largest single read()/write() through the typed API (a request this size is one allocation). */
+/** The typed API plays the device: its requests are accounted in the backend's statistics. */
+const ACCOUNT = { account: true, errorPolicy: true } as const;
+
 export const DEFAULT_MAX_IO_BYTES = 256 * 1024 * 1024;
 
 export interface EngineOptions extends EngineGraphOptions {
@@ -127,33 +130,22 @@ export class Engine extends EngineDispatch {
    * (never a view of the wasm arena, so the worker can transfer it).
    */
   async read(name: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> {
-    const io = this.ioTarget(name);
+    const io = this.guestTarget(name);
     this.checkIo(io, offset, bytes, 'read');
     const buf = new Uint8Array(bytes);
-    try {
-      await io.backend.read(offset, bytes, buf);
-    } catch (e) {
-      this.ioError(io, 'read', e);
-      throw e;
-    }
+    await io.backend.read(offset, bytes, buf, ACCOUNT);
     return buf;
   }
 
   /** Writes `data` at `offset` of a device or node. */
   async write(name: string, offset: number, data: Uint8Array): Promise<void> {
-    const io = this.ioTarget(name);
+    const io = this.guestTarget(name);
     this.checkIo(io, offset, data.length, 'write');
-    try {
-      await io.backend.write(offset, data.length, data);
-    } catch (e) {
-      this.ioError(io, 'write', e);
-      throw e;
-    }
-    io.wrHighestOffset = Math.max(io.wrHighestOffset, offset + data.length);
+    await io.backend.write(offset, data.length, data, {}, ACCOUNT);
   }
 
   async flush(name: string): Promise<void> {
-    await this.ioTarget(name).backend.flush();
+    await this.guestTarget(name).backend.flush(ACCOUNT);
   }
 
   /** Virtual size of a device or node in bytes. */
@@ -387,29 +379,30 @@ export class Engine extends EngineDispatch {
 
   /** Writes zeros at `offset` of a device or node (qemu-io's write -z; `unmap` lets the format deallocate). */
   async writeZeroes(name: string, offset: number, bytes: number, opts: { unmap?: boolean } = {}): Promise<void> {
-    const io = this.ioTarget(name);
-    try {
-      await io.backend.writeZeroes(offset, bytes, { mayUnmap: opts.unmap === true });
-    } catch (e) {
-      this.ioError(io, 'write', e);
-      throw e;
-    }
-    io.wrHighestOffset = Math.max(io.wrHighestOffset, offset + bytes);
+    await this.guestTarget(name).backend.writeZeroes(offset, bytes, { mayUnmap: opts.unmap === true }, ACCOUNT);
   }
 
   /** Discards `bytes` at `offset` of a device or node (qemu-io's discard). */
   async discard(name: string, offset: number, bytes: number): Promise<void> {
-    await this.ioTarget(name).backend.discard(offset, bytes);
+    await this.guestTarget(name).backend.discard(offset, bytes, ACCOUNT);
   }
 
   // ------------------------------------------------------------- helpers
 
-  private ioTarget(name: string): IoTarget {
+  /** The backend of a device, or a node's anonymous one; I/O through it plays a device's (accounted, error policy). */
+  ioTarget(name: string): IoTarget {
     const dev = this.devices.get(name);
     if (dev) return dev;
     const bs = this.lookup(name);
     let io = this.nodeIo.get(bs);
-    if (!io) this.nodeIo.set(bs, (io = new IoTarget(new BlockBackend(bs))));
+    if (!io) this.nodeIo.set(bs, (io = new IoTarget(this.makeBackend(bs, { werror: 'report' }))));
+    return io;
+  }
+
+  /** ioTarget for the typed API, which is the backend's "device": iostatus is tracked from its first use. */
+  private guestTarget(name: string): IoTarget {
+    const io = this.ioTarget(name);
+    io.backend.iostatusEnabled = true;
     return io;
   }
 
@@ -425,22 +418,8 @@ export class Engine extends EngineDispatch {
       problem = new BlockError('EIO', `${label}: ${what} at offset ${offset} (+${bytes} bytes) is past the end of the device (${size} bytes)`);
     }
     if (!problem) return;
-    if (what === 'read') io.invalidRdOperations++;
-    else io.invalidWrOperations++;
+    io.backend.stats.invalid(what);
     throw problem;
-  }
-
-  /** QEMU's BLOCK_IO_ERROR: a request that reached the block layer failed. */
-  private ioError(io: IoTarget, operation: 'read' | 'write', e: unknown): void {
-    const code = e instanceof BlockError ? e.code : 'EIO';
-    this.emit('BLOCK_IO_ERROR', {
-      device: io.backend.name,
-      'node-name': this.nameOf(io.backend.root),
-      operation,
-      action: 'report',
-      nospace: code === 'ENOSPC',
-      reason: e instanceof Error ? e.message : String(e),
-    });
   }
 
   /**

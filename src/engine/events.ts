@@ -23,8 +23,9 @@ export class EngineEvents {
   }
 
   emit(event: string, data: Record<string, unknown>): void {
-    const ms = Date.now();
-    const ev: QmpEvent = { event, data, timestamp: { seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 } };
+    // Microseconds since the epoch, as QEMU stamps events (performance's origin + offset is finer than Date.now()).
+    const us = typeof performance !== 'undefined' ? Math.round((performance.timeOrigin + performance.now()) * 1000) : Date.now() * 1000;
+    const ev: QmpEvent = { event, data, timestamp: { seconds: Math.floor(us / 1e6), microseconds: us % 1e6 } };
     for (const l of this.listeners) {
       try {
         l(ev);

@@ -13,19 +13,22 @@ import { BlockBackend } from '../block/backend.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
 import { QmpError, genericError } from './qmp-error.js';
 import { EngineEvents } from './events.js';
+import { realClock, type Clock } from '../block/clock.js';
+import { ThrottleGroups } from '../block/throttle-group.js';
+import type { BackendOptions, IoErrorReport } from '../block/backend.js';
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 /** QEMU keeps node names in a 32-byte array. */
 const MAX_NODE_NAME = 31;
 
-/** Byte accounting of the I/O the engine does on one node or device (QEMU's BlockAcctStats, in part). */
+/** A device or a node's anonymous backend the engine does I/O through; its statistics live on the backend. */
 export class IoTarget {
-  wrHighestOffset = 0;
-  invalidRdOperations = 0;
-  invalidWrOperations = 0;
   constructor(readonly backend: BlockBackend) {}
 }
+
+/** QEMU's RunState, as query-status reports it. */
+export type RunState = 'running' | 'paused' | 'io-error' | 'shutdown';
 
 export interface EngineOpenOptions {
   /** Format driver; probed from the first bytes when absent (not QMP behaviour: blockdev-add requires it). */
@@ -35,6 +38,8 @@ export interface EngineOpenOptions {
   nodeName?: string;
   /** Also create a named device (BlockBackend) on the node: it shows in query-block and query-blockstats. */
   device?: string;
+  /** The device's backend options (error policy, statistics); the typed API's devices report errors by default. */
+  backend?: BackendOptions;
   /** Open the backing chain named in the image (default true). */
   backing?: boolean;
   /** Format driver options (raw's offset/size, qcow2's l2-cache-size, …). */
@@ -46,6 +51,8 @@ export interface EngineGraphOptions {
   storages: Record<string, Storage>;
   /** Receives warnings (probing guessed raw, …). */
   warn?: (message: string) => void;
+  /** Clock for statistics and throttling (default: the host's; tests give a VirtualClock). */
+  clock?: Clock;
 }
 
 export abstract class EngineGraph extends EngineEvents {
@@ -59,13 +66,73 @@ export abstract class EngineGraph extends EngineEvents {
   private readonly nodeStorages = new Map<BlockNode, Storage>();
   /** Named devices (BlockBackends), as QEMU's -drive/-device ids. */
   protected readonly devices = new Map<string, IoTarget>();
+  /** Nodes opened as a device's medium (-drive, change-medium): closed when the device lets go of them. */
+  protected readonly mediumOf = new Map<BlockNode, string>();
   /** Anonymous backends for I/O addressed to a node-name (like qemu-io on a node); not "users" of the node. */
   protected readonly nodeIo = new Map<BlockNode, IoTarget>();
+
+  readonly clock: Clock;
+  /** Named throttle groups (object-add's throttle-group, block_set_io_throttle's groups). */
+  readonly throttleGroups: ThrottleGroups;
+  /** The "VM" run state: `stop`/`cont` and a `stop` error policy change it; stopped backends queue requests. */
+  runState: RunState = 'running';
 
   constructor(options: EngineGraphOptions) {
     super();
     this.storages = new Map(Object.entries(options.storages));
     this.warn = options.warn ?? (() => {});
+    this.clock = options.clock ?? realClock;
+    this.throttleGroups = new ThrottleGroups(this.clock);
+  }
+
+  /** A BlockBackend on `root` wired to the engine: its clock, its error events, its run state. */
+  makeBackend(root: BlockNode, opts: BackendOptions = {}): BlockBackend {
+    const blk = new BlockBackend(root, {
+      ...opts,
+      clock: this.clock,
+      hooks: {
+        ioError: (r) => this.reportIoError(r),
+        stop: () => this.stopVm('io-error'),
+      },
+    });
+    if (this.runState !== 'running') blk.pause();
+    return blk;
+  }
+
+  /** QEMU's BLOCK_IO_ERROR. */
+  protected reportIoError(r: IoErrorReport): void {
+    const code = r.error instanceof BlockError ? r.error.code : 'EIO';
+    const data: Record<string, unknown> = {
+      device: r.backend.name,
+      'node-name': this.nameOf(r.backend.root),
+      operation: r.operation,
+      action: r.action,
+    };
+    if (r.backend.iostatusEnabled) data.nospace = code === 'ENOSPC';
+    data.reason = r.error instanceof Error ? r.error.message : String(r.error);
+    this.emit('BLOCK_IO_ERROR', data);
+  }
+
+  /** Every backend the engine holds (devices and node backends). */
+  allBackends(): BlockBackend[] {
+    return [...this.devices.values(), ...this.nodeIo.values()].map((io) => io.backend);
+  }
+
+  /** QEMU's vm_stop: every backend stops; STOP is sent once. */
+  stopVm(state: RunState = 'paused'): void {
+    if (this.runState !== 'running') return;
+    this.runState = state;
+    for (const b of this.allBackends()) b.pause();
+    this.emit('STOP', {});
+  }
+
+  /** QMP `cont`: iostatus reset, backends resume, RESUME sent. */
+  contVm(): void {
+    for (const b of this.allBackends()) b.iostatus = 'ok';
+    if (this.runState === 'running') return;
+    this.runState = 'running';
+    this.emit('RESUME', {});
+    for (const b of this.allBackends()) b.resume();
   }
 
   /** Runs a QMP command (src/engine/dispatch.ts); close() deletes nodes through blockdev-del. */
@@ -116,7 +183,7 @@ export abstract class EngineGraph extends EngineEvents {
 
   /** The device whose root is `bs`, if any (QEMU's bdrv_has_blk). */
   deviceOf(bs: BlockNode): string | undefined {
-    for (const [name, d] of this.devices) if (d.backend.root === bs) return name;
+    for (const [name, d] of this.devices) if (d.backend.hasMedium && d.backend.root === bs) return name;
     return undefined;
   }
 
@@ -131,7 +198,10 @@ export abstract class EngineGraph extends EngineEvents {
    */
   lookup(name: string, what: 'device-or-node' | 'node' = 'device-or-node', message?: string): BlockNode {
     const dev = what === 'device-or-node' ? this.devices.get(name) : undefined;
-    if (dev) return dev.backend.root;
+    if (dev) {
+      if (!dev.backend.hasMedium) throw genericError(`Device '${name}' has no medium`, 'ENOMEDIUM');
+      return dev.backend.root;
+    }
     const bs = this.nodes.get(name);
     if (bs) return bs;
     throw new QmpError(
@@ -155,6 +225,7 @@ export abstract class EngineGraph extends EngineEvents {
    * monitor-owned.
    */
   adopt(bs: BlockNode, storage: Storage | undefined, opts: { name?: string; owned?: boolean } = {}): void {
+    // In the order QEMU creates nodes: a node's file first, then the node, then its backing chain.
     const visit = (n: BlockNode, name?: string) => {
       if (this.names.has(n)) return;
       for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
@@ -215,8 +286,20 @@ export abstract class EngineGraph extends EngineEvents {
       warn: this.warn,
     });
     this.adopt(bs, storage, { owned: true });
-    if (opts.device !== undefined) this.devices.set(opts.device, new IoTarget(new BlockBackend(bs, { name: opts.device })));
+    // The app's devices report errors; QEMU's werror=enospc default (stop until cont) is for --drive.
+    if (opts.device !== undefined) {
+      this.addDevice(opts.device, bs, { werror: 'report', ...opts.backend });
+      this.mediumOf.set(bs, opts.device);
+    }
     return this.nameOf(bs);
+  }
+
+  /** A named device (BlockBackend) on a node already in the graph: it shows in query-block and query-blockstats. */
+  addDevice(name: string, bs: BlockNode, opts: BackendOptions = {}): BlockBackend {
+    this.checkNewDeviceName(name);
+    const blk = this.makeBackend(bs, { ...opts, name });
+    this.devices.set(name, new IoTarget(blk));
+    return blk;
   }
 
   /** Removes a device (and then its node, if the monitor owns it and nothing else uses it) or deletes a node. */
@@ -224,11 +307,47 @@ export abstract class EngineGraph extends EngineEvents {
     const dev = this.devices.get(name);
     if (dev) {
       this.devices.delete(name);
+      this.setBackendThrottle(dev.backend, null);
+      if (!dev.backend.hasMedium) return;
       const root = dev.backend.root;
       if (this.monitorOwned.has(root) && root.parents.length === 0 && !this.deviceOf(root)) await this.closeTree(root);
       return;
     }
     await this.execute('blockdev-del', { 'node-name': name });
+  }
+
+  /**
+   * Takes a device's medium out (eject, change-medium). A node opened as the
+   * medium goes with it unless something else uses it, as QEMU drops the
+   * BlockBackend's reference; a node added by name stays.
+   */
+  async ejectMedium(name: string): Promise<void> {
+    const dev = this.devices.get(name)!;
+    const bs = dev.backend.removeMedium();
+    if (!bs) return;
+    if (this.mediumOf.get(bs) === name) {
+      this.mediumOf.delete(bs);
+      this.monitorOwned.delete(bs);
+      if (bs.parents.length === 0 && !this.deviceOf(bs)) await this.closeTree(bs);
+    }
+  }
+
+  /** Puts a medium into an empty device. */
+  insertMedium(name: string, bs: BlockNode, openedForIt: boolean): void {
+    this.devices.get(name)!.backend.root = bs;
+    if (openedForIt) this.mediumOf.set(bs, name);
+  }
+
+  /** Puts a backend in a throttle group (leaving the one it was in), or takes it out with null. */
+  setBackendThrottle(blk: BlockBackend, groupName: string | null): void {
+    const old = blk.throttle;
+    if (old && old.group.name === groupName) return;
+    if (old) {
+      old.group.leave(old);
+      this.throttleGroups.release(old.group);
+      blk.throttle = null;
+    }
+    if (groupName !== null) blk.throttle = this.throttleGroups.obtain(groupName).join(blk.name);
   }
 
   /** Closes everything (flushing writable nodes). */

@@ -10,6 +10,9 @@ import type { BlockNode } from '../block/node.js';
 import { listDirtyBitmaps, type DirtyBitmapInfo } from '../block/dirty-bitmap.js';
 import { imageInfo, type ImageInfo } from '../img/info.js';
 import type { Engine, IoTarget } from './engine.js';
+import type { BlockBackend } from '../block/backend.js';
+import type { AcctType, BlockDeviceTimedStats } from '../block/accounting.js';
+import { limitsFromConfig } from '../block/throttle.js';
 
 /** QAPI ImageInfo with its recursive `backing-image`. */
 export type QmpImageInfo = ImageInfo & { 'backing-image'?: QmpImageInfo };
@@ -70,7 +73,8 @@ export interface BlockDeviceStats {
   invalid_unmap_operations: number;
   account_invalid: boolean;
   account_failed: boolean;
-  timed_stats: never[];
+  timed_stats: BlockDeviceTimedStats[];
+  idle_time_ns?: number;
 }
 
 export interface BlockStats {
@@ -79,6 +83,7 @@ export interface BlockStats {
   stats: BlockDeviceStats;
   parent?: BlockStats;
   backing?: BlockStats;
+  'driver-specific'?: Record<string, unknown>;
 }
 
 /** Drops members whose value is undefined (QAPI's "absent"). */
@@ -120,7 +125,6 @@ export async function blockDeviceInfo(engine: Engine, bs: BlockNode, flat: boole
     backing_file_depth: depth,
     encrypted: false,
     detect_zeroes: bs.detectZeroes,
-    // No throttling exists here: QEMU reports zeros when none is configured.
     bps: 0,
     bps_rd: 0,
     bps_wr: 0,
@@ -136,49 +140,78 @@ export async function blockDeviceInfo(engine: Engine, bs: BlockNode, flat: boole
   return present(info);
 }
 
-/** QEMU's bdrv_query_info for a device. */
-export async function blockInfo(engine: Engine, name: string, dev: IoTarget): Promise<BlockInfo> {
-  return {
-    device: name,
-    type: 'unknown',
-    removable: false,
-    locked: false,
-    inserted: await blockDeviceInfo(engine, dev.backend.root, false),
-    'io-status': dev.backend.iostatus,
-  };
+/** block_set_io_throttle's argument names by ThrottleLimits bucket (QAPI BlockIOThrottle). */
+const LEGACY: Record<string, string> = {
+  'bps-total': 'bps',
+  'bps-read': 'bps_rd',
+  'bps-write': 'bps_wr',
+  'iops-total': 'iops',
+  'iops-read': 'iops_rd',
+  'iops-write': 'iops_wr',
+};
+
+/** The I/O limits of a throttled backend as query-block's BlockDeviceInfo members (bursts only when set, as QEMU). */
+function throttleInfo(blk: BlockBackend): Record<string, unknown> {
+  const t = blk.throttle;
+  if (!t) return {};
+  const lim = limitsFromConfig(t.group.config);
+  const out: Record<string, unknown> = {};
+  for (const [bucket, name] of Object.entries(LEGACY)) {
+    out[name] = lim[bucket];
+    if (lim[`${bucket}-max`]) {
+      out[`${name}_max`] = lim[`${bucket}-max`];
+      out[`${name}_max_length`] = lim[`${bucket}-max-length`];
+    }
+  }
+  if (lim['iops-size']) out.iops_size = lim['iops-size'];
+  out.group = t.group.name;
+  return out;
 }
 
-function deviceStats(io: IoTarget | undefined, bs: BlockNode): BlockDeviceStats {
-  const s = io?.backend.stats;
-  return {
-    rd_bytes: s?.rdBytes ?? 0,
-    wr_bytes: s?.wrBytes ?? 0,
-    unmap_bytes: s?.discardBytes ?? 0,
-    rd_operations: s?.rdOperations ?? 0,
-    wr_operations: s?.wrOperations ?? 0,
-    flush_operations: s?.flushOperations ?? 0,
-    unmap_operations: s?.discardOperations ?? 0,
-    rd_total_time_ns: s?.rdTotalTimeNs ?? 0,
-    wr_total_time_ns: s?.wrTotalTimeNs ?? 0,
-    flush_total_time_ns: 0,
-    unmap_total_time_ns: 0,
+/** QEMU's bdrv_query_info for a device. A backend with no device model is removable, as QEMU's -drive if=none. */
+export async function blockInfo(engine: Engine, name: string, dev: IoTarget): Promise<BlockInfo> {
+  const info: BlockInfo = { device: name, type: 'unknown', removable: true, locked: false };
+  if (dev.backend.hasMedium) info.inserted = { ...(await blockDeviceInfo(engine, dev.backend.root, false)), ...throttleInfo(dev.backend) };
+  if (dev.backend.iostatusEnabled) info['io-status'] = dev.backend.iostatus;
+  return info;
+}
+
+/** QEMU's bdrv_query_blk_stats (a backend's counters) plus the node's wr_highest_offset; zeros without a backend. */
+function deviceStats(blk: BlockBackend | undefined, bs: BlockNode | undefined, blkLevel: boolean): BlockDeviceStats {
+  const s = blk?.stats;
+  const n = (rec: 'bytes' | 'ops' | 'failedOps' | 'invalidOps' | 'mergedOps' | 'totalTimeNs', t: AcctType) => (s ? s[rec][t] : 0);
+  const out: BlockDeviceStats = {
+    rd_bytes: n('bytes', 'read'),
+    wr_bytes: n('bytes', 'write'),
+    unmap_bytes: n('bytes', 'unmap'),
+    rd_operations: n('ops', 'read'),
+    wr_operations: n('ops', 'write'),
+    flush_operations: n('ops', 'flush'),
+    unmap_operations: n('ops', 'unmap'),
+    rd_total_time_ns: n('totalTimeNs', 'read'),
+    wr_total_time_ns: n('totalTimeNs', 'write'),
+    flush_total_time_ns: n('totalTimeNs', 'flush'),
+    unmap_total_time_ns: n('totalTimeNs', 'unmap'),
     // Every write that reached the node counts, a job's included (QEMU keeps it on the node, not the backend).
-    wr_highest_offset: Math.max(bs.wrHighestOffset, io?.wrHighestOffset ?? 0),
-    rd_merged: 0,
-    wr_merged: 0,
-    unmap_merged: 0,
-    failed_rd_operations: s?.failedRdOperations ?? 0,
-    failed_wr_operations: s?.failedWrOperations ?? 0,
-    failed_flush_operations: 0,
-    failed_unmap_operations: 0,
-    invalid_rd_operations: io?.invalidRdOperations ?? 0,
-    invalid_wr_operations: io?.invalidWrOperations ?? 0,
-    invalid_flush_operations: 0,
-    invalid_unmap_operations: 0,
-    account_invalid: true,
-    account_failed: true,
-    timed_stats: [],
+    wr_highest_offset: bs?.wrHighestOffset ?? 0,
+    rd_merged: n('mergedOps', 'read'),
+    wr_merged: n('mergedOps', 'write'),
+    unmap_merged: n('mergedOps', 'unmap'),
+    failed_rd_operations: n('failedOps', 'read'),
+    failed_wr_operations: n('failedOps', 'write'),
+    failed_flush_operations: n('failedOps', 'flush'),
+    failed_unmap_operations: n('failedOps', 'unmap'),
+    invalid_rd_operations: n('invalidOps', 'read'),
+    invalid_wr_operations: n('invalidOps', 'write'),
+    invalid_flush_operations: n('invalidOps', 'flush'),
+    invalid_unmap_operations: n('invalidOps', 'unmap'),
+    account_invalid: blkLevel && s ? s.accountInvalid : false,
+    account_failed: blkLevel && s ? s.accountFailed : false,
+    timed_stats: s ? s.timedStats() : [],
   };
+  const idle = s?.idleTimeNs();
+  if (idle !== undefined) out.idle_time_ns = idle;
+  return out;
 }
 
 /**
@@ -187,7 +220,9 @@ function deviceStats(io: IoTarget | undefined, bs: BlockNode): BlockDeviceStats 
  * device level its backing node as `backing`.
  */
 function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockStats {
-  const s: BlockStats = { 'node-name': engine.nameOf(bs), stats: deviceStats(engine.nodeIoTarget(bs), bs) };
+  const s: BlockStats = { 'node-name': engine.nameOf(bs), stats: deviceStats(engine.nodeIoTarget(bs)?.backend, bs, false) };
+  const specific = bs.driver.getStatsSpecific?.(bs);
+  if (specific) s['driver-specific'] = specific;
   const primary = bs.file?.node ?? bs.dataFile?.node;
   if (primary) s.parent = nodeStats(engine, primary, deviceLevel);
   if (deviceLevel && bs.backing) s.backing = nodeStats(engine, bs.backing.node, deviceLevel);
@@ -196,10 +231,13 @@ function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockSt
 
 /** query-blockstats: per device, or with `queryNodes` per node. */
 export function blockStats(engine: Engine, queryNodes: boolean): BlockStats[] {
+  // Oldest first here; query-named-block-nodes lists them newest first (QEMU 7.2 builds that list by prepending).
   if (queryNodes) return engine.allNodes().map((bs) => nodeStats(engine, bs, false));
   return engine.deviceNames().map((name) => {
     const dev = engine.device(name)!;
+    // An empty device still has its backend's counters (QEMU: no node-name, no wr_highest_offset).
+    if (!dev.backend.hasMedium) return { device: name, stats: { ...deviceStats(dev.backend, undefined, true), wr_highest_offset: 0 } };
     const root = nodeStats(engine, dev.backend.root, true);
-    return present({ device: name, 'node-name': root['node-name'], stats: deviceStats(dev, dev.backend.root), parent: root.parent, backing: root.backing });
+    return present({ device: name, 'node-name': root['node-name'], stats: deviceStats(dev.backend, dev.backend.root, true), parent: root.parent, backing: root.backing });
   });
 }

@@ -7,8 +7,10 @@
  * names of the specification are written in one place and a test image
  * builder cannot drift from the reader. 64-bit fields are read as two 32-bit
  * halves into a JS number: exact below 2^53, and larger values stay larger
- * than any limit they are checked against.
+ * than any limit they are checked against (the 64-bit codecs are
+ * on-disk.ts's, shared with the formats that declare their fields by hand).
  */
+import { setU64be, setU64le, u64be, u64le } from './on-disk.js';
 
 export type FieldType =
   | 'u8'
@@ -83,10 +85,10 @@ export class Struct<T extends { [K in keyof T]: FieldValue }> {
           out[f.name] = dv.getUint32(o, f.type === 'u32le');
           break;
         case 'u64be':
-          out[f.name] = dv.getUint32(o) * 0x100000000 + dv.getUint32(o + 4);
+          out[f.name] = u64be(dv, o);
           break;
         case 'u64le':
-          out[f.name] = dv.getUint32(o + 4, true) * 0x100000000 + dv.getUint32(o, true);
+          out[f.name] = u64le(dv, o);
           break;
         case 'bytes':
           out[f.name] = buf.slice(at + o, at + o + f.length!);
@@ -130,12 +132,10 @@ export class Struct<T extends { [K in keyof T]: FieldValue }> {
           dv.setUint32(o, n >>> 0, f.type === 'u32le');
           break;
         case 'u64be':
-          dv.setUint32(o, Math.floor(n / 0x100000000));
-          dv.setUint32(o + 4, n >>> 0);
+          setU64be(dv, o, n);
           break;
         case 'u64le':
-          dv.setUint32(o + 4, Math.floor(n / 0x100000000), true);
-          dv.setUint32(o, n >>> 0, true);
+          setU64le(dv, o, n);
           break;
       }
     }

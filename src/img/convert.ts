@@ -189,7 +189,9 @@ export async function createConvertTarget(storage: Storage, req: ConvertTargetRe
 
   let target: BlockNode;
   try {
-    target = await openImage(storage, filename, { format, readOnly: false });
+    // As img_convert: the new image opens with the -o options naming key secrets (luks's key-secret).
+    const secrets = Object.fromEntries([...plan.values].filter(([k]) => k.endsWith('key-secret')));
+    target = await openImage(storage, filename, { format, readOnly: false, ...(Object.keys(secrets).length ? { driverOptions: secrets } : {}) });
   } catch (e) {
     let why = e instanceof Error ? e.message : String(e);
     if (why.startsWith(`${filename}: `)) why = why.slice(filename.length + 2);
@@ -202,7 +204,7 @@ export async function createConvertTarget(storage: Storage, req: ConvertTargetRe
       compressed: req.compressed,
       targetHasBacking: hasBacking,
       // qcow2 and raw files read as zeros when new (bdrv_has_zero_init), unless a backing file shows through.
-      targetHasZeroInit: !hasBacking,
+      targetHasZeroInit: !hasBacking && target.driver.hasZeroInit !== false,
       targetBackingBytes: target.cowNode()?.totalBytes,
     },
   };
@@ -337,7 +339,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   let bufSize = Math.min(MAX_BUFFER, Math.max(opts.bufferSize ?? DEFAULT_BUFFER, target.limits.pdiscardAlignment ?? 0, minSparse));
   let clusterSize = 0;
   if (compressed) {
-    clusterSize = target.driver.getDriverInfo?.(target).clusterSize ?? 0;
+    clusterSize = target.driver.getDriverInfo?.(target)?.clusterSize ?? 0;
     if (clusterSize <= 0 || clusterSize > bufSize) throw new BlockError('EINVAL', 'invalid cluster size');
     bufSize = clusterSize;
   }
@@ -438,6 +440,10 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   onProgress?.(0, total);
   await Promise.all(Array.from({ length: parallel }, worker));
   if (failure !== undefined) throw failure;
+  // QEMU counts a source's length in whole sectors, its partial last sector
+  // zero-padded: a target that does not read as zeros (luks) gets that padding written.
+  const tailEnd = Math.min(target.totalBytes, Math.ceil(total / 512) * 512);
+  if (!zeroInit && !compressed && tailEnd > total) await writeZeroes(target, total, tailEnd - total);
 }
 
 /** Runs calls of `fn` one after the other, in call order. */

@@ -71,7 +71,8 @@ export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
     // qemu-img prints dirty-flag only when the driver answers bdrv_get_info (dmg, cloop, bochs, parallels do not).
     'dirty-flag': dinfo ? (dinfo.isDirty ?? false) : undefined,
     'actual-size': await allocatedFileSize(bs),
-    'virtual-size': bs.totalBytes,
+    // QEMU's bdrv_getlength counts whole 512-byte sectors; a protocol node shows its file's length rounded up so.
+    'virtual-size': drv.kind === 'protocol' ? Math.ceil(bs.totalBytes / 512) * 512 : bs.totalBytes,
     'cluster-size': dinfo?.clusterSize ? dinfo.clusterSize : undefined,
     encrypted: bs.encrypted || undefined,
   };

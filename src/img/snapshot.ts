@@ -126,3 +126,15 @@ function truncateUtf8(s: string, max: number): string {
   }
   return out;
 }
+
+/**
+ * QEMU's bdrv_snapshot_load_tmp: a read-only node shows the internal snapshot
+ * `idOrName` from now on (qemu-img convert -l; blocktab ls/cat --snapshot).
+ * Nothing is written. A format without internal snapshots answers ENOTSUP.
+ */
+export async function snapshotLoadTmp(bs: BlockNode, idOrName: string): Promise<void> {
+  if (!bs.driver.snapshotLoadTmp) {
+    throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} format has no internal snapshots (snapshot '${idOrName}')`);
+  }
+  await bs.driver.snapshotLoadTmp(bs, idOrName);
+}

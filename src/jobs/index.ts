@@ -6,3 +6,5 @@ export { streamJobType, streamDriver, runStream, type StreamOptions } from './st
 export { commitJobType, commitDriver, runCommit, type CommitJobOptions, type CommitOptions } from './commit.js';
 export { createJobType } from './create.js';
 export { activeCommitJobType, activeCommitDriver, type ActiveCommitOptions } from './active-commit.js';
+export { mirrorJobType, mirrorDriver, MIRROR_DEFAULT_BUF_SIZE, type MirrorOptions, type MirrorSyncMode } from './mirror.js';
+export { backupJobType, backupDriver, BACKUP_CLUSTER_SIZE_DEFAULT, type BackupOptions, type BackupSyncMode, type BitmapSyncMode } from './backup.js';

@@ -107,8 +107,8 @@ export interface JobEvents {
   completed?(job: Job): void;
   /** Finished by a cancel (BLOCK_JOB_CANCELLED). */
   cancelled?(job: Job): void;
-  /** A read or write of the job failed; the job fails with it (BLOCK_JOB_ERROR, on-error=report). */
-  ioError?(job: Job, operation: 'read' | 'write', error: BlockError): void;
+  /** A read or write of the job failed (BLOCK_JOB_ERROR); `action` is what the job's error policy chose. */
+  ioError?(job: Job, operation: 'read' | 'write', error: BlockError, action: JobErrorAction): void;
 }
 
 export interface JobOptions {
@@ -123,6 +123,11 @@ export interface JobOptions {
   readyPhase?: boolean;
   rateLimit?: RateLimit;
 }
+
+/** QAPI BlockdevOnError: what a job does when a read or write fails. */
+export type JobErrorPolicy = 'report' | 'ignore' | 'enospc' | 'stop' | 'auto';
+/** QAPI BlockErrorAction: what it did. */
+export type JobErrorAction = 'report' | 'ignore' | 'stop';
 
 /** The listener form older callers pass: called on every status change. */
 export type JobListener = (job: Job) => void;
@@ -150,6 +155,8 @@ export class Job {
   current = 0;
   total = 0;
   error: BlockError | undefined;
+  /** QAPI BlockDeviceIoStatus of a block job: set when an error stopped the job, reset by resume. */
+  ioStatus: 'ok' | 'failed' | 'nospace' = 'ok';
   readonly autoFinalize: boolean;
   readonly autoDismiss: boolean;
   readonly limit: RateLimit;
@@ -307,6 +314,11 @@ export class Job {
     w?.();
   }
 
+  /** Ends a timed sleep early (not a pause): new work arrived for an idle job (QEMU's job_enter from a write). */
+  kick(): void {
+    if (this.sleeping && this.timer !== undefined && this.pauseCount === 0) this.enter();
+  }
+
   /** A pause point: waits here while a pause is requested (status paused, or standby when ready). */
   async pausePoint(): Promise<void> {
     if (this.pauseCount === 0 || this.isCancelled) return;
@@ -361,8 +373,29 @@ export class Job {
   /** A driver's I/O failed: tells the owner, returns the error for the driver to throw. */
   ioError(operation: 'read' | 'write', e: unknown): BlockError {
     const err = asBlockError(e);
-    if (err.code !== 'ECANCELED') this.events.ioError?.(this, operation, err);
+    if (err.code !== 'ECANCELED') this.events.ioError?.(this, operation, err, 'report');
     return err;
+  }
+
+  /**
+   * A driver's I/O failed under an error policy (QEMU's
+   * block_job_error_action): tells the owner what was decided and returns
+   * it. 'stop' pauses the job as a user pause (job-resume retries) and marks
+   * its io-status; 'report' means the driver fails the job with the error;
+   * 'ignore' means it goes on (mirror copies the range again later).
+   */
+  errorAction(policy: JobErrorPolicy, operation: 'read' | 'write', e: unknown): JobErrorAction {
+    const err = asBlockError(e);
+    if (err.code === 'ECANCELED') return 'report';
+    const action: JobErrorAction =
+      policy === 'ignore' ? 'ignore' : policy === 'stop' ? 'stop' : policy === 'enospc' && err.code === 'ENOSPC' ? 'stop' : 'report';
+    this.events.ioError?.(this, operation, err, action);
+    if (action === 'stop' && !this.userPausedFlag) {
+      this.ioStatus = err.code === 'ENOSPC' ? 'nospace' : 'failed';
+      this.userPausedFlag = true;
+      this.pause();
+    }
+    return action;
   }
 
   /** For drivers with a ready phase: the bulk copy is done (BLOCK_JOB_READY). */
@@ -400,6 +433,7 @@ export class Job {
     if (!this.userPausedFlag) throw new BlockError('EINVAL', "Can't resume a job that was not paused");
     this.checkVerb('resume');
     this.userPausedFlag = false;
+    this.ioStatus = 'ok';
     this.resume();
   }
 

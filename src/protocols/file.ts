@@ -45,6 +45,10 @@ export const fileDriver: BlockDriver = {
   name: 'file',
   kind: 'protocol',
   protocolName: 'file',
+  // QEMU's file-posix counts discards passed to the host; this driver passes none (no pdiscard), so none succeed or fail.
+  // file-posix answers bdrv_get_info (nothing in it), so QEMU shows a protocol node's dirty-flag as false.
+  getDriverInfo: () => ({}),
+  getStatsSpecific: () => ({ driver: 'file', 'discard-nb-ok': 0, 'discard-nb-failed': 0, 'discard-bytes-ok': 0 }),
   async open(bs) {
     let fd: number;
     try {

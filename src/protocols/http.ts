@@ -1,6 +1,7 @@
 /**
- * The `http` protocol: a read-only image on a web server, read with
- * `Range: bytes=a-b` requests (browser and Node 20, both have fetch).
+ * The `http` protocol: a read-only image on a web server or in object storage
+ * (S3-style presigned URLs), read with `Range: bytes=a-b` requests (browser
+ * and Node 20, both have fetch).
  *
  * Why a cache: formats read small metadata (qcow2's header, L1, 4 KiB L2
  * slices) scattered over the file, and each HTTP round trip costs far more
@@ -8,13 +9,25 @@
  * default) kept in a bounded LRU (32 MiB by default); missing blocks that are
  * adjacent are fetched with one request. Sequential reads (convert, sha of a
  * whole disk) grow a read-ahead window that doubles on every sequential
- * request up to a cap and resets on a seek.
+ * request up to a cap and resets on a seek. An optional persistent store
+ * (`HttpBlockStore`, OPFS in the browser) keeps blocks across sessions, keyed
+ * by the URL without its query (presigned signatures change) and the
+ * validator, so a new version of the image never reuses old blocks.
  *
- * The size comes from HEAD's Content-Length or, when HEAD does not help, from
- * the Content-Range of a first ranged GET. A server that ignores Range (200
- * with the whole body) gets a clear ENOTSUP: the body is cancelled, never
- * buffered, since it may be a 100 GiB disk. A changing ETag between requests
- * is an EIO: mixing blocks of two versions of an image would corrupt reads.
+ * Requests in flight are bounded (`maxInflight`); 5xx, 429, timeouts and
+ * network errors are retried with exponential backoff, other statuses are
+ * final. Every response's ETag / Last-Modified / total size is compared with
+ * the first one: a changed image is refused (EIO), never mixed with blocks of
+ * the old version.
+ *
+ * The size comes from HEAD's Content-Length or, when HEAD does not help (405,
+ * a presigned URL signed for GET only answers HEAD with 403), from the
+ * Content-Range of a first ranged GET. A server that ignores Range (200 with
+ * the whole body) gets a clear ENOTSUP: the body is cancelled, never
+ * buffered, since it may be a 100 GiB disk. In a browser, a fetch that throws
+ * (CORS refusal looks exactly like a network failure to the page) and a 206
+ * whose Content-Range is hidden (no Access-Control-Expose-Headers) get
+ * messages that say which CORS headers the server must send.
  *
  * Names: absolute http(s) URLs, or relative to the storage's base URL.
  * Backing names inside an image resolve against the image's URL and must stay
@@ -25,6 +38,14 @@ import { registerDriver, type BlockDriver } from '../block/driver.js';
 import { BlockNode } from '../block/node.js';
 import type { Storage } from '../block/open.js';
 
+/** A store of cache blocks that outlives the session (OPFS in the browser). Failures only cost a re-fetch. */
+export interface HttpBlockStore {
+  /** The block `index` of the image version `key`, if stored (exactly `blockSize` bytes). */
+  get(key: string, index: number, blockSize: number): Promise<Uint8Array | undefined>;
+  /** Stores a block of the image version `key`. */
+  put(key: string, index: number, data: Uint8Array): Promise<void>;
+}
+
 export interface HttpOptions {
   /** Cache block size in bytes (a power of two, default 64 KiB). */
   blockSize?: number;
@@ -32,24 +53,61 @@ export interface HttpOptions {
   cacheBytes?: number;
   /** Largest read-ahead window in bytes (default 4 MiB). */
   maxReadAhead?: number;
-  /** Extra request headers (authorization, …). */
+  /** Requests in flight at most (default 4). */
+  maxInflight?: number;
+  /** Retries of a request after 5xx, 429, timeouts and network errors (default 4). */
+  retries?: number;
+  /** First backoff delay in ms, doubled on each retry (default 100 ms). */
+  retryDelayMs?: number;
+  /** Per-request timeout in ms (default 30 s; 0 for none). */
+  timeoutMs?: number;
+  /** Extra request headers (authorization, cookie, …). */
   headers?: Record<string, string>;
+  /** Persistent block store (kept across sessions); none by default. */
+  store?: HttpBlockStore;
   /** The fetch to use (tests, proxies); globalThis.fetch by default. */
   fetch?: typeof fetch;
+  /** The page's origin, for CORS explanations (location.origin by default; none in Node). */
+  pageOrigin?: string;
 }
 
 interface Resolved {
   blockSize: number;
   cacheBlocks: number;
   maxReadAhead: number;
+  maxInflight: number;
+  retries: number;
+  retryDelayMs: number;
+  timeoutMs: number;
   headers: Record<string, string>;
+  store: HttpBlockStore | undefined;
   fetch: typeof fetch;
+  pageOrigin: string | undefined;
+}
+
+/** What identifies one version of the remote file. */
+interface Validator {
+  etag: string | null;
+  lastModified: string | null;
+}
+
+/** Counters for tests, the app's status line and benchmarks. */
+export interface HttpStats {
+  /** Requests sent (HEAD and GET, retries included). */
+  requests: number;
+  retries: number;
+  /** Blocks served from memory / from the persistent store / fetched. */
+  cacheHits: number;
+  storeHits: number;
+  blocksFetched: number;
+  /** Most requests in flight at once. */
+  peakInflight: number;
 }
 
 interface HttpState {
   url: string;
   size: number;
-  etag: string | null;
+  validator: Validator;
   opts: Resolved;
   /** LRU: block index → bytes (Map keeps insertion order; a hit re-inserts). */
   cache: Map<number, Uint8Array>;
@@ -57,11 +115,23 @@ interface HttpState {
   /** End of the previous read and the current read-ahead window, for sequential detection. */
   lastEnd: number;
   window: number;
-  /** Requests sent (for tests and stats). */
-  requests: number;
+  /** Requests running and callers waiting for a slot. */
+  running: number;
+  queue: (() => void)[];
+  stats: HttpStats;
+  storeWrites: Set<Promise<void>>;
 }
 
-const DEFAULTS = { blockSize: 64 * 1024, cacheBytes: 32 * 1024 * 1024, maxReadAhead: 4 * 1024 * 1024 };
+const DEFAULTS = {
+  blockSize: 64 * 1024,
+  cacheBytes: 32 * 1024 * 1024,
+  maxReadAhead: 4 * 1024 * 1024,
+  maxInflight: 4,
+  retries: 4,
+  retryDelayMs: 100,
+  timeoutMs: 30_000,
+};
+const MAX_BACKOFF_MS = 10_000;
 
 function resolveOptions(o: HttpOptions): Resolved {
   const blockSize = o.blockSize ?? DEFAULTS.blockSize;
@@ -69,21 +139,35 @@ function resolveOptions(o: HttpOptions): Resolved {
     throw new BlockError('EINVAL', `http: block size ${blockSize} is not a power of two of at least 512`);
   }
   const cacheBytes = o.cacheBytes ?? DEFAULTS.cacheBytes;
+  const maxInflight = o.maxInflight ?? DEFAULTS.maxInflight;
+  if (!(Number.isInteger(maxInflight) && maxInflight >= 1)) {
+    throw new BlockError('EINVAL', `http: maxInflight ${maxInflight} must be a positive integer`);
+  }
   return {
     blockSize,
     cacheBlocks: Math.max(2, Math.floor(cacheBytes / blockSize)),
     maxReadAhead: Math.max(0, o.maxReadAhead ?? DEFAULTS.maxReadAhead),
+    maxInflight,
+    retries: Math.max(0, o.retries ?? DEFAULTS.retries),
+    retryDelayMs: Math.max(0, o.retryDelayMs ?? DEFAULTS.retryDelayMs),
+    timeoutMs: Math.max(0, o.timeoutMs ?? DEFAULTS.timeoutMs),
     headers: o.headers ?? {},
+    store: o.store,
     fetch: o.fetch ?? globalThis.fetch.bind(globalThis),
+    pageOrigin: o.pageOrigin ?? (globalThis as { location?: { origin?: string } }).location?.origin,
   };
 }
 
 function statusError(url: string, res: Response, what: string): BlockError {
   if (res.status === 404 || res.status === 410) {
-    return new BlockError('ENOENT', `Could not open '${url}': No such file or directory (HTTP ${res.status})`);
+    return new BlockError('ENOENT', `${url}: No such file or directory (HTTP ${res.status})`);
   }
   if (res.status === 401 || res.status === 403) {
-    return new BlockError('EACCES', `${url}: ${what} refused: HTTP ${res.status} ${res.statusText}`.trimEnd());
+    return new BlockError(
+      'EACCES',
+      `${url}: ${what} refused: HTTP ${res.status} ${res.statusText}`.trimEnd() +
+        ' (a presigned URL may have expired, or credentials are missing)',
+    );
   }
   return new BlockError('EIO', `${url}: ${what} failed: HTTP ${res.status} ${res.statusText}`.trimEnd());
 }
@@ -100,6 +184,19 @@ function ignoresRange(url: string): BlockError {
   );
 }
 
+function crossOrigin(s: { opts: Resolved }, url: string): boolean {
+  const page = s.opts.pageOrigin;
+  if (!page || page === 'null') return !!page;
+  try {
+    return new URL(url).origin !== page;
+  } catch {
+    return false;
+  }
+}
+
+const CORS_HEADERS =
+  'Access-Control-Allow-Origin for this page, Access-Control-Allow-Headers: Range, and Access-Control-Expose-Headers: Content-Range, Content-Length, ETag';
+
 // Parses Content-Range: "bytes a-b/size", or "bytes */size" (as 416 answers carry).
 function parseContentRange(v: string | null): { start: number; end: number; size: number } | null {
   if (!v) return null;
@@ -109,61 +206,202 @@ function parseContentRange(v: string | null): { start: number; end: number; size
   return { start: m[1] ? Number(m[1]) : NaN, end: m[2] ? Number(m[2]) : NaN, size };
 }
 
-async function doFetch(s: { opts: Resolved }, url: string, init: RequestInit, what: string): Promise<Response> {
-  try {
-    return await s.opts.fetch(url, { ...init, headers: { ...s.opts.headers, ...(init.headers as Record<string, string>) } });
-  } catch (e) {
-    throw new BlockError('EIO', `${url}: ${what} failed: ${(e as Error)?.message ?? e}`, { cause: e });
+/** A 206 whose Content-Range the page cannot see: in a browser that is a CORS header missing on the server. */
+function badContentRange(s: HttpState, asked: string, res: Response): BlockError {
+  const v = res.headers.get('content-range');
+  if (v === null && crossOrigin(s, s.url)) {
+    return new BlockError(
+      'EIO',
+      `${s.url}: the server's Content-Range header is hidden from this page by CORS; the server must send ${CORS_HEADERS}`,
+    );
+  }
+  return new BlockError('EIO', `${s.url}: asked for bytes ${asked}, the server sent Content-Range '${v}'`);
+}
+
+function sleep(ms: number): Promise<void> {
+  return ms > 0 ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
+}
+
+async function acquire(s: HttpState): Promise<void> {
+  if (s.running >= s.opts.maxInflight) await new Promise<void>((r) => s.queue.push(r));
+  s.running++;
+  if (s.running > s.stats.peakInflight) s.stats.peakInflight = s.running;
+}
+
+function release(s: HttpState): void {
+  s.running--;
+  s.queue.shift()?.();
+}
+
+/** Worth another try: server trouble, throttling, timeouts, dropped connections. */
+function transientStatus(status: number): boolean {
+  return status >= 500 || status === 429 || status === 408;
+}
+
+class Transient extends Error {}
+
+/**
+ * One request with retries: `use` reads the response while the slot is held
+ * (so a body does not stream outside the in-flight bound) and may throw
+ * `Transient` to have it retried (a body cut short).
+ */
+async function request<T>(
+  s: HttpState,
+  init: RequestInit,
+  what: string,
+  use: (res: Response) => Promise<T>,
+): Promise<T> {
+  const { url } = s;
+  for (let attempt = 0; ; attempt++) {
+    if (attempt > 0) {
+      s.stats.retries++;
+      await sleep(Math.min(MAX_BACKOFF_MS, s.opts.retryDelayMs * 2 ** (attempt - 1)));
+    }
+    await acquire(s);
+    try {
+      s.stats.requests++;
+      let res: Response;
+      try {
+        res = await s.opts.fetch(url, {
+          ...init,
+          headers: { ...s.opts.headers, ...(init.headers as Record<string, string>) },
+          ...(s.opts.timeoutMs > 0 ? { signal: AbortSignal.timeout(s.opts.timeoutMs) } : {}),
+        });
+      } catch (e) {
+        if (attempt < s.opts.retries) continue;
+        throw networkError(s, what, e, attempt);
+      }
+      if (transientStatus(res.status) && attempt < s.opts.retries) {
+        discard(res);
+        continue;
+      }
+      try {
+        return await use(res);
+      } catch (e) {
+        if (!(e instanceof Transient)) throw e;
+        if (attempt < s.opts.retries) continue;
+        throw networkError(s, what, e, attempt);
+      }
+    } finally {
+      release(s);
+    }
+  }
+}
+
+function networkError(s: HttpState, what: string, e: unknown, attempt: number): BlockError {
+  const err = e as { name?: string; message?: string };
+  const tries = attempt + 1;
+  const why = err?.name === 'TimeoutError' ? `timed out after ${s.opts.timeoutMs} ms` : (err?.message ?? String(e));
+  let msg = `${s.url}: ${what} failed after ${tries} attempt${tries === 1 ? '' : 's'}: ${why}`;
+  if (e instanceof TypeError && crossOrigin(s, s.url)) {
+    msg +=
+      ` — the browser gives a page the same error for a network failure and for a CORS refusal;` +
+      ` if the server is reachable, it must send ${CORS_HEADERS}`;
+  }
+  return new BlockError('EIO', msg, { cause: e });
+}
+
+function validatorOf(res: Response): Validator {
+  return { etag: res.headers.get('etag'), lastModified: res.headers.get('last-modified') };
+}
+
+/** Refuses a response from another version of the file than the one opened. */
+function checkSame(s: HttpState, res: Response, total: number): void {
+  const v = validatorOf(res);
+  const old = s.validator;
+  let why: string | null = null;
+  if (old.etag !== null && v.etag !== null && v.etag !== old.etag) why = `ETag ${old.etag} became ${v.etag}`;
+  else if (old.lastModified !== null && v.lastModified !== null && v.lastModified !== old.lastModified) {
+    why = `Last-Modified ${old.lastModified} became ${v.lastModified}`;
+  } else if (Number.isFinite(total) && total !== s.size) why = `its size ${s.size} became ${total}`;
+  if (why) {
+    discard(res);
+    throw new BlockError(
+      'EIO',
+      `${s.url}: the image changed on the server while open (${why}); refusing to mix blocks of two versions — reopen it`,
+    );
   }
 }
 
 /** Learns the size (and validator) of `url`: HEAD first, a ranged GET of the first block when HEAD does not say. */
 async function probeSize(s: HttpState): Promise<void> {
-  const { url } = s;
-  const head = await doFetch(s, url, { method: 'HEAD' }, 'HEAD');
-  s.requests++;
-  if (head.status === 404 || head.status === 410 || head.status === 401 || head.status === 403) throw statusError(url, head, 'HEAD');
-  const len = head.headers.get('content-length');
-  if (head.ok && len !== null && /^\d+$/.test(len) && head.headers.get('content-encoding') === null) {
-    s.size = Number(len);
-    s.etag = head.headers.get('etag');
-    return;
-  }
-  // No usable HEAD (405, no length, compressed): the first block tells the size in Content-Range.
-  const end = s.opts.blockSize - 1;
-  const res = await doFetch(s, url, { headers: { Range: `bytes=0-${end}` } }, 'read');
-  s.requests++;
-  if (res.status === 416) {
-    const cr = parseContentRange(res.headers.get('content-range'));
-    discard(res);
-    if (cr && Number.isFinite(cr.size)) {
-      s.size = cr.size;
-      return;
+  const headDone = await request(s, { method: 'HEAD' }, 'HEAD', async (head) => {
+    if (head.status === 404 || head.status === 410) throw statusError(s.url, head, 'HEAD');
+    const len = head.headers.get('content-length');
+    if (head.ok && len !== null && /^\d+$/.test(len) && head.headers.get('content-encoding') === null) {
+      s.size = Number(len);
+      s.validator = validatorOf(head);
+      return true;
     }
-    throw new BlockError('EIO', `${url}: HTTP 416 without the file size in Content-Range`);
+    // 401/403 (a presigned URL signed for GET only), 405, no length, compressed: ask with a GET.
+    return false;
+  });
+  if (headDone) return;
+  const end = s.opts.blockSize - 1;
+  await request(s, { headers: { Range: `bytes=0-${end}` } }, 'read', async (res) => {
+    if (res.status === 416) {
+      const cr = parseContentRange(res.headers.get('content-range'));
+      discard(res);
+      if (cr && Number.isFinite(cr.size)) {
+        s.size = cr.size;
+        s.validator = validatorOf(res);
+        return;
+      }
+      throw new BlockError('EIO', `${s.url}: HTTP 416 without the file size in Content-Range`);
+    }
+    if (res.status === 200) {
+      discard(res);
+      throw ignoresRange(s.url);
+    }
+    if (res.status !== 206) {
+      discard(res);
+      throw statusError(s.url, res, 'read');
+    }
+    const cr = parseContentRange(res.headers.get('content-range'));
+    if (!cr || !Number.isFinite(cr.size) || cr.start !== 0) {
+      discard(res);
+      throw badContentRange(s, `0-${end}`, res);
+    }
+    s.size = cr.size;
+    s.validator = validatorOf(res);
+    const body = await readBody(res, Math.min(s.opts.blockSize, s.size));
+    if (body.length === Math.min(s.opts.blockSize, s.size) && body.length > 0) {
+      // The first block is a whole cache block (or the whole file): keep it, probing reads it next.
+      const blk = new Uint8Array(s.opts.blockSize);
+      blk.set(body);
+      insert(s, 0, blk);
+      persist(s, 0, blk);
+    }
+  });
+}
+
+/**
+ * Reads a body of `expected` bytes straight into one buffer: the chunks land
+ * in place (fetch's arrayBuffer() gathers and copies them, which costs more
+ * than the network on loopback). A body of another length is a Transient
+ * failure (cut short) or an error (too long).
+ */
+async function readBody(res: Response, expected: number): Promise<Uint8Array> {
+  const out = new Uint8Array(expected);
+  let n = 0;
+  try {
+    if (!res.body) return out.subarray(0, 0);
+    const reader = res.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (n + value.length > expected) {
+        void reader.cancel().catch(() => {});
+        throw new BlockError('EIO', `the server sent more than the ${expected} bytes asked for`);
+      }
+      out.set(value, n);
+      n += value.length;
+    }
+  } catch (e) {
+    if (e instanceof BlockError) throw e;
+    throw new Transient(`the connection broke while reading the body: ${(e as Error)?.message ?? e}`, { cause: e });
   }
-  if (res.status === 200) {
-    discard(res);
-    throw ignoresRange(url);
-  }
-  if (res.status !== 206) {
-    discard(res);
-    throw statusError(url, res, 'read');
-  }
-  const cr = parseContentRange(res.headers.get('content-range'));
-  if (!cr || !Number.isFinite(cr.size) || cr.start !== 0) {
-    discard(res);
-    throw new BlockError('EIO', `${url}: missing or unexpected Content-Range '${res.headers.get('content-range')}' for bytes 0-${end}`);
-  }
-  s.size = cr.size;
-  s.etag = res.headers.get('etag');
-  const body = new Uint8Array(await res.arrayBuffer());
-  if (body.length === Math.min(s.opts.blockSize, s.size) && body.length > 0) {
-    // The first block is a whole cache block (or the whole file): keep it, probing reads it next.
-    const blk = new Uint8Array(s.opts.blockSize);
-    blk.set(body);
-    insert(s, 0, blk);
-  }
+  return n === expected ? out : out.subarray(0, n);
 }
 
 function insert(s: HttpState, index: number, blk: Uint8Array): void {
@@ -175,35 +413,62 @@ function insert(s: HttpState, index: number, blk: Uint8Array): void {
   }
 }
 
+/** The persistent store's key for this version of the image: no query string (signatures change), and the validator. */
+function storeKey(s: HttpState): string | null {
+  const v = s.validator.etag ?? s.validator.lastModified;
+  if (v === null) return null; // without a validator a stored block could belong to any version
+  const u = new URL(s.url);
+  return `${u.origin}${u.pathname}\n${s.size}\n${v}`;
+}
+
+function persist(s: HttpState, index: number, blk: Uint8Array): void {
+  const store = s.opts.store;
+  const key = store && storeKey(s);
+  if (!store || !key) return;
+  const p = store.put(key, index, blk).catch(() => {});
+  s.storeWrites.add(p);
+  void p.then(() => s.storeWrites.delete(p));
+}
+
 /** Fetches blocks [first, last] with one ranged GET and caches them. */
 async function fetchBlocks(s: HttpState, first: number, last: number): Promise<void> {
   const bsz = s.opts.blockSize;
+  if (s.opts.store) {
+    // Blocks the persistent store has at either end of the run need no request.
+    const found = await fromStore(s, first, last);
+    const n = last - first + 1;
+    let a = 0;
+    while (a < n && found[a]) a++;
+    let b = n - 1;
+    while (b >= a && found[b]) b--;
+    if (a > b) return;
+    first += a;
+    last = first + (b - a);
+  }
   const start = first * bsz;
   const end = Math.min((last + 1) * bsz, s.size) - 1;
-  const res = await doFetch(s, s.url, { headers: { Range: `bytes=${start}-${end}` } }, `read at ${hex(start)}`);
-  s.requests++;
-  if (res.status === 200) {
-    discard(res);
-    throw ignoresRange(s.url);
-  }
-  if (res.status !== 206) {
-    discard(res);
-    throw statusError(s.url, res, `read of bytes ${start}-${end}`);
-  }
-  const etag = res.headers.get('etag');
-  if (s.etag !== null && etag !== null && etag !== s.etag) {
-    discard(res);
-    throw new BlockError('EIO', `${s.url}: the image changed on the server while open (ETag ${s.etag} became ${etag})`);
-  }
-  const cr = parseContentRange(res.headers.get('content-range'));
-  if (!cr || cr.start !== start || cr.end !== end) {
-    discard(res);
-    throw new BlockError('EIO', `${s.url}: asked for bytes ${start}-${end}, the server sent Content-Range '${res.headers.get('content-range')}'`);
-  }
-  const body = new Uint8Array(await res.arrayBuffer());
-  if (body.length !== end - start + 1) {
-    throw new BlockError('EIO', `${s.url}: short response at ${hex(start)}: ${body.length} of ${end - start + 1} bytes`);
-  }
+  const body = await request(s, { headers: { Range: `bytes=${start}-${end}` } }, `read at ${hex(start)}`, async (res) => {
+    if (res.status === 200) {
+      discard(res);
+      throw ignoresRange(s.url);
+    }
+    if (res.status !== 206) {
+      discard(res);
+      throw statusError(s.url, res, `read of bytes ${start}-${end}`);
+    }
+    const cr = parseContentRange(res.headers.get('content-range'));
+    checkSame(s, res, cr ? cr.size : NaN);
+    if (!cr || cr.start !== start || cr.end !== end) {
+      discard(res);
+      throw badContentRange(s, `${start}-${end}`, res);
+    }
+    const b = await readBody(res, end - start + 1);
+    if (b.length !== end - start + 1) {
+      throw new Transient(`short response at ${hex(start)}: ${b.length} of ${end - start + 1} bytes`);
+    }
+    return b;
+  });
+  s.stats.blocksFetched += last - first + 1;
   for (let i = first; i <= last; i++) {
     const o = (i - first) * bsz;
     const n = Math.min(bsz, body.length - o);
@@ -215,49 +480,97 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
       blk.set(body.subarray(o, o + n));
     }
     insert(s, i, blk);
+    persist(s, i, blk);
   }
 }
 
-/** Makes blocks [first, last] present (fetching missing runs, plus read-ahead after `last`). */
-async function ensureBlocks(s: HttpState, first: number, last: number, readAheadBlocks: number): Promise<void> {
-  const lastBlock = Math.max(0, Math.ceil(s.size / s.opts.blockSize) - 1);
-  const waits: Promise<void>[] = [];
+/** Looks blocks [first, last] up in the persistent store; the ones found join the memory cache. */
+async function fromStore(s: HttpState, first: number, last: number): Promise<boolean[]> {
+  const store = s.opts.store;
+  const key = store && storeKey(s);
+  const found: boolean[] = [];
+  if (!store || !key) return found;
+  const bsz = s.opts.blockSize;
+  await Promise.all(
+    Array.from({ length: last - first + 1 }, async (_, k) => {
+      const blk = await store.get(key, first + k, bsz).catch(() => undefined);
+      if (blk && blk.length === bsz) {
+        insert(s, first + k, blk);
+        s.stats.storeHits++;
+        found[k] = true;
+      }
+    }),
+  );
+  return found;
+}
+
+/** Sends one ranged GET per piece of the runs; blocks being fetched are in `inflight` so other readers wait for them. */
+function startFetches(s: HttpState, runs: [number, number][]): Promise<void>[] {
+  // A long run is split so its pieces go out in parallel (bounded by maxInflight).
+  const piece = Math.max(1, Math.floor(Math.max(1024 * 1024, s.opts.maxReadAhead / 4) / s.opts.blockSize));
+  const started: Promise<void>[] = [];
+  for (const [a0, b0] of runs) {
+    for (let a = a0; a <= b0; a += piece) {
+      const b = Math.min(b0, a + piece - 1);
+      const p = fetchBlocks(s, a, b);
+      const settled = p.then(
+        () => {},
+        () => {},
+      );
+      for (let i = a; i <= b; i++) s.inflight.set(i, settled);
+      void settled.then(() => {
+        for (let i = a; i <= b; i++) if (s.inflight.get(i) === settled) s.inflight.delete(i);
+      });
+      started.push(p);
+    }
+  }
+  return started;
+}
+
+/** Runs of blocks in [first, last] that are neither cached nor being fetched. */
+function missingRuns(s: HttpState, first: number, last: number): [number, number][] {
   const runs: [number, number][] = [];
   let runStart = -1;
-  // Blocks of this request we already have become the most recent, so fetching the rest cannot evict them.
-  for (let i = first; i <= last; i++) {
-    const blk = s.cache.get(i);
-    if (blk) insert(s, i, blk);
-  }
   for (let i = first; i <= last + 1; i++) {
     const missing = i <= last && !s.cache.has(i) && !s.inflight.has(i);
-    if (i <= last && s.inflight.has(i)) waits.push(s.inflight.get(i)!);
     if (missing && runStart < 0) runStart = i;
     if (!missing && runStart >= 0) {
       runs.push([runStart, i - 1]);
       runStart = -1;
     }
   }
-  // Read-ahead extends a run that ends at the request's last block, up to the first block we already have.
-  const tail = runs.length > 0 ? runs[runs.length - 1]! : null;
-  if (tail && tail[1] === last && readAheadBlocks > 0) {
-    let e = last;
-    const limit = Math.min(lastBlock, last + readAheadBlocks);
-    while (e < limit && !s.cache.has(e + 1) && !s.inflight.has(e + 1)) e++;
-    tail[1] = e;
+  return runs;
+}
+
+/**
+ * Makes blocks [first, last] present, and starts read-ahead of the next
+ * `readAheadBlocks` blocks in the background (not awaited: the caller gets its
+ * data while the next blocks are on their way). When less than half a window
+ * lies ready ahead of the reader, one whole window more goes out, so a stream
+ * of small sequential reads sends a few large requests, not one per read.
+ */
+async function ensureBlocks(s: HttpState, first: number, last: number, readAheadBlocks: number): Promise<void> {
+  const lastBlock = Math.max(0, Math.ceil(s.size / s.opts.blockSize) - 1);
+  const waits: Promise<void>[] = [];
+  // Blocks of this request we already have become the most recent, so fetching the rest cannot evict them.
+  for (let i = first; i <= last; i++) {
+    const blk = s.cache.get(i);
+    if (blk) {
+      insert(s, i, blk);
+      s.stats.cacheHits++;
+    }
   }
-  for (const [a, b] of runs) {
-    const p = fetchBlocks(s, a, b);
-    const settled = p.then(
-      () => {},
-      () => {},
-    );
-    for (let i = a; i <= b; i++) s.inflight.set(i, settled);
-    void settled.then(() => {
-      for (let i = a; i <= b; i++) if (s.inflight.get(i) === settled) s.inflight.delete(i);
-    });
-    waits.push(p);
+  for (let i = first; i <= last; i++) if (!s.cache.has(i) && s.inflight.has(i)) waits.push(s.inflight.get(i)!);
+  const runs = missingRuns(s, first, last);
+  let ahead: [number, number][] = [];
+  if (readAheadBlocks > 0 && last < lastBlock) {
+    // Blocks right after the request already here or on their way; when fewer than half a window, one more window goes out.
+    let present = 0;
+    while (last + 1 + present <= lastBlock && (s.cache.has(last + 1 + present) || s.inflight.has(last + 1 + present))) present++;
+    if (present * 2 < readAheadBlocks) ahead = missingRuns(s, last + 1 + present, Math.min(lastBlock, last + present + readAheadBlocks));
   }
+  waits.push(...startFetches(s, runs));
+  for (const p of startFetches(s, ahead)) p.catch(() => {});
   await Promise.all(waits);
 }
 
@@ -273,23 +586,32 @@ export const httpDriver: BlockDriver = {
     const s: HttpState = {
       url: bs.filename,
       size: 0,
-      etag: null,
+      validator: { etag: null, lastModified: null },
       opts,
       cache: new Map(),
       inflight: new Map(),
       lastEnd: -1,
       window: 0,
-      requests: 0,
+      running: 0,
+      queue: [],
+      stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, peakInflight: 0 },
+      storeWrites: new Set(),
     };
-    await probeSize(s);
     bs.opaque = s;
+    await probeSize(s);
     bs.totalBytes = s.size;
     // One request never holds more than half the cache, so a read's own blocks are never evicted before it copies them.
     const half = Math.max(opts.blockSize, Math.floor((opts.cacheBlocks * opts.blockSize) / 2 / opts.blockSize) * opts.blockSize);
     bs.limits = { requestAlignment: 1, maxTransfer: Math.min(bs.limits.maxTransfer, half) };
   },
   async close(bs) {
-    bs.state<HttpState>().cache.clear();
+    const s = bs.state<HttpState>();
+    await Promise.all([...s.storeWrites]);
+    s.cache.clear();
+  },
+  async flush(bs) {
+    // Blocks on their way to the persistent store are written before a flush returns.
+    await Promise.all([...bs.state<HttpState>().storeWrites]);
   },
   async preadv(bs, offset, bytes, buf) {
     const s = bs.state<HttpState>();
@@ -327,13 +649,20 @@ export const httpDriver: BlockDriver = {
   async getLength(bs) {
     return bs.state<HttpState>().size;
   },
+  // As QEMU's curl driver: no BlockDriverInfo (so raw over http shows no dirty flag).
+  getDriverInfo: () => undefined,
 };
 
 registerDriver(httpDriver);
 
-/** Requests a node has sent (HEAD and GET), for tests and statistics. */
+/** Requests a node has sent (HEAD and GET, retries included), for tests and statistics. */
 export function httpRequestCount(bs: BlockNode): number {
-  return bs.state<HttpState>().requests;
+  return bs.state<HttpState>().stats.requests;
+}
+
+/** A copy of a node's counters (requests, retries, cache and store hits, peak requests in flight). */
+export function httpStats(bs: BlockNode): HttpStats {
+  return { ...bs.state<HttpState>().stats };
 }
 
 /**

@@ -20,7 +20,13 @@ export class MemoryFile {
   ensure(size: number): void {
     if (size <= this.data.length) return;
     const cap = Math.max(size, Math.min(this.data.length * 2, this.data.length + 64 * 1024 * 1024));
-    const next = new Uint8Array(cap);
+    let next: Uint8Array;
+    try {
+      next = new Uint8Array(cap);
+    } catch (e) {
+      // A write far past the end (a crafted image's offset): the host has no such buffer.
+      throw new BlockError('ENOSPC', `memory file cannot grow to ${size} bytes`, { cause: e });
+    }
     next.set(this.data.subarray(0, this.size));
     this.data = next;
   }

@@ -1,12 +1,15 @@
 /**
- * The convert section: qemu-img convert from the open image to a new raw or
- * qcow2 image (-O qcow2 -o cluster_size=…,compression_type=… [-c] -S …),
+ * The convert section: qemu-img convert from the open image to a new image of
+ * any format the worker can create (its driver registry says which, with
+ * their -o options): qcow2 with its own controls (-o cluster_size=…,
+ * compression_type=… [-c]), every format with a free -o field, and -S;
  * saved as a download, into a file the user picks, or into the library. The
  * copy runs in the worker with progress and a real Cancel (see jobs.ts).
  */
 import type { BlocktabClient } from '../client/index.js';
 import { showError, showInfo } from './alerts.js';
 import { byId, h } from './dom.js';
+import type { TargetFormat } from '../client/index.js';
 import { baseName, formatSize } from './format.js';
 import { runJob, type JobContext } from './jobs.js';
 import { downloadFile, saveFilePicker } from './save.js';
@@ -15,6 +18,9 @@ import type { ImageSession } from './session.js';
 type Dest = 'download' | 'file' | 'library';
 
 let scratch = 0;
+
+/** File name extensions where the format's name is not the usual one. */
+const EXTENSION: Record<string, string> = { vpc: 'vhd', parallels: 'hdd' };
 
 export class ConvertPanel {
   private session: ImageSession | null = null;
@@ -26,10 +32,13 @@ export class ConvertPanel {
   private readonly compress = byId<HTMLInputElement>('convert-compress');
   private readonly dest = byId<HTMLSelectElement>('convert-dest');
   private readonly name = byId<HTMLInputElement>('convert-name');
+  private readonly extra = byId<HTMLInputElement>('convert-options');
+  private readonly extraHelp = byId('convert-options-help');
   private readonly result = byId('convert-result');
 
   constructor(
     private readonly client: BlocktabClient,
+    private readonly targets: TargetFormat[],
     private readonly hasLibrary: boolean,
     private readonly onLibraryChanged: () => void,
   ) {
@@ -41,19 +50,32 @@ export class ConvertPanel {
       ev.preventDefault();
       void this.run();
     });
-    this.format.addEventListener('change', () => {
-      const qcow2 = this.format.value === 'qcow2';
-      this.cluster.disabled = !qcow2;
-      this.compress.disabled = !qcow2;
-      this.ctype.disabled = !qcow2;
-      this.suggestName();
-    });
+    // Raw first, then the rest in the registry's order (raw is what most people want out).
+    const names = targets.map((t) => t.name).sort((a, b) => Number(b === 'raw') - Number(a === 'raw'));
+    this.format.replaceChildren(...names.map((n) => h('option', { value: n }, n)));
+    this.format.value = 'raw';
+    this.format.addEventListener('change', () => this.formatChanged());
+    this.formatChanged();
   }
 
-  /** The target's -o options and -c, from the form. */
+  private formatChanged(): void {
+    const qcow2 = this.format.value === 'qcow2';
+    this.cluster.disabled = !qcow2;
+    this.compress.disabled = !qcow2;
+    this.ctype.disabled = !qcow2;
+    const opts = this.targets.find((t) => t.name === this.format.value)?.options ?? [];
+    this.extra.value = '';
+    this.extra.placeholder = opts.length ? opts.slice(0, 3).map((o) => `${o.name}=${o.def ?? '…'}`).join(',') : 'none';
+    this.extra.disabled = opts.length === 0;
+    this.extraHelp.textContent = opts.length ? `Options of ${this.format.value}: ${opts.map((o) => o.name).join(', ')}` : '';
+    this.suggestName();
+  }
+
+  /** The target's -o options and -c, from the form (the free -o field last, so it wins). */
   private targetOptions(format: string): { options?: string[]; compressed?: boolean } {
-    if (format !== 'qcow2') return {};
-    return { options: [`cluster_size=${this.cluster.value}`, `compression_type=${this.ctype.value}`], compressed: this.compress.checked };
+    const extra = this.extra.value.trim() ? [this.extra.value.trim()] : [];
+    if (format !== 'qcow2') return extra.length ? { options: extra } : {};
+    return { options: [`cluster_size=${this.cluster.value}`, `compression_type=${this.ctype.value}`, ...extra], compressed: this.compress.checked };
   }
 
   setSession(s: ImageSession | null): void {
@@ -64,8 +86,8 @@ export class ConvertPanel {
 
   private suggestName(): void {
     if (!this.session) return;
-    const stem = baseName(this.session.label).replace(/\.(qcow2|img|raw|iso|bin)$/i, '');
-    this.name.value = `${stem}.${this.format.value === 'raw' ? 'raw' : this.format.value}`;
+    const stem = baseName(this.session.label).replace(/\.(qcow2?|img|raw|iso|bin|vmdk|vhdx?|vdi|qed|hdd|dmg)$/i, '');
+    this.name.value = `${stem}.${EXTENSION[this.format.value] ?? this.format.value}`;
   }
 
   private async run(): Promise<void> {

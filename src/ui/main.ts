@@ -3,7 +3,7 @@
  * Everything about images goes through the typed client (src/client/); this
  * module only decides what to open and which panel shows what.
  */
-import { createClient, type BlocktabClient } from '../client/index.js';
+import { createClient, type BlocktabClient, type TargetFormat } from '../client/index.js';
 import { AllocMap } from './alloc-map.js';
 import { showError, clearAlerts } from './alerts.js';
 import { ConvertPanel } from './convert-panel.js';
@@ -15,6 +15,8 @@ import { jobRunning } from './jobs.js';
 import { LIBRARY, Library } from './library.js';
 import { EditPanel } from './edit-panel.js';
 import { SnapshotsPanel } from './snapshots-panel.js';
+import { BlockJobsPanel } from './block-jobs-panel.js';
+import { InsidePanel } from './inside-panel.js';
 import { openSession, refreshSession, type ImageSession } from './session.js';
 
 const VISITED_KEY = 'blocktab-visited';
@@ -29,11 +31,14 @@ class App {
   private readonly hex: HexView;
   private readonly convert: ConvertPanel;
   private readonly snapshots: SnapshotsPanel;
+  private readonly blockJobs: BlockJobsPanel;
   private readonly edit: EditPanel;
+  private readonly inside: InsidePanel;
 
   constructor(
     private readonly client: BlocktabClient,
     storages: string[],
+    targetFormats: TargetFormat[],
   ) {
     this.map = new AllocMap(client, byId<HTMLCanvasElement>('map-canvas'), byId('map-status'), byId('map-range'), byId('legend'), {
       onPick: (offset) => void this.hex.show(offset),
@@ -61,14 +66,16 @@ class App {
     } else {
       byId('library-list').textContent = 'This browser has no persistent storage for a library.';
     }
-    this.convert = new ConvertPanel(client, this.library !== null, () => void this.library?.refresh());
+    this.convert = new ConvertPanel(client, targetFormats, this.library !== null, () => void this.library?.refresh());
     this.snapshots = new SnapshotsPanel(client, { changed: (what) => this.changed(what) });
+    this.blockJobs = new BlockJobsPanel(client, () => void this.library?.refresh());
     this.edit = new EditPanel(client, this.library !== null, {
       changed: (what, offset) => this.changed(what, offset),
       replace: (filename, prepare) => this.replace(filename, prepare),
       copyToLibrary: () => this.copyToLibrary(),
       libraryFiles: async () => (await client.listFiles(LIBRARY)).map((f) => f.name),
     });
+    this.inside = new InsidePanel(client);
     this.bindOpenControls();
   }
 
@@ -180,7 +187,9 @@ class App {
     this.hex.setSession(null);
     this.convert.setSession(null);
     this.snapshots.setSession(null);
+    this.blockJobs.setSession(null);
     this.edit.setSession(null);
+    this.inside.setSession(null);
     byId('image-view').hidden = true;
     byId('empty-state').hidden = false;
     byId<HTMLButtonElement>('import-current').disabled = true;
@@ -202,7 +211,9 @@ class App {
   private render(s: ImageSession): void {
     renderFacts(s, { onPickSnapshot: (layer, id) => (layer === 0 ? this.snapshots.focusRow(id) : undefined) });
     this.snapshots.setSession(s);
+    this.blockJobs.setSession(s);
     this.edit.setSession(s);
+    this.inside.setSession(s);
   }
 
   /**
@@ -301,14 +312,15 @@ async function main(): Promise<void> {
   window.addEventListener('unhandledrejection', (ev) => showError('Unexpected error in the page', ev.reason));
   let client: BlocktabClient;
   let storages: string[];
+  let targetFormats: TargetFormat[];
   try {
     client = createClient();
-    ({ storages } = await client.ready());
+    ({ storages, targetFormats } = await client.ready());
   } catch (e) {
     showError('The blocktab engine could not start (it runs in a Web Worker; this browser may not support module workers)', e);
     return;
   }
-  const app = new App(client, storages);
+  const app = new App(client, storages, targetFormats);
   (window as unknown as { blocktab: unknown }).blocktab = { app, client };
   document.body.dataset.ready = 'true';
   const params = new URLSearchParams(location.search);
@@ -317,4 +329,17 @@ async function main(): Promise<void> {
   else if (!localStorage.getItem(VISITED_KEY) || params.has('demo')) await app.openDemo('base');
 }
 
+/**
+ * The production build registers its service worker (sw.js, made by the vite
+ * plugin in vite.config.ts): the app shell and the wasm are cached, so the app
+ * works offline after one visit. The dev server does not (it would cache
+ * modules vite rewrites on every edit).
+ */
+function registerServiceWorker(): void {
+  // import.meta.hot exists only under the dev server (a build under NODE_ENV=test is still a build).
+  if ((import.meta as ImportMeta & { hot?: unknown }).hot || !('serviceWorker' in navigator)) return;
+  navigator.serviceWorker.register('./sw.js').catch((e: unknown) => console.warn('blocktab: service worker not registered', e));
+}
+
+registerServiceWorker();
 void main();

@@ -11,12 +11,13 @@
  */
 import * as Comlink from 'comlink';
 import type { Engine, EngineCreateOptions, EngineMeasureOptions, EngineOpenOptions, ImageRef, ConvertTarget, QmpEvent, SnapshotOp } from '../engine/engine.js';
-import type { PreallocMode } from '../block/driver.js';
+import { listDrivers, type PreallocMode } from '../block/driver.js';
 import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions } from '../img/compare.js';
 import type { MapOptions } from '../img/map.js';
 import { BlockError } from '../block/errors.js';
 import { serializeBlockError, type SerializedBlockError } from './transfer.js';
+import { InspectService, type InspectView } from '../engine/inspect.js';
 
 /** Shortest gap between two progress messages. */
 const PROGRESS_INTERVAL_MS = 50;
@@ -92,6 +93,7 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     if (jobId !== undefined) running.delete(jobId);
   };
   /** The engine's read into a fresh buffer, counted as transferred (the caller transfers it). */
+  const inspect = new InspectService((name) => engine.lookup(name));
   const readOut = async (name: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> => {
     const buf = await engine.read(name, offset, bytes);
     stats.transferredReads++;
@@ -101,15 +103,19 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
   };
 
   return {
-    ready: async (): Promise<{ wasm: boolean; storages: string[] }> => ({
+    ready: async (): Promise<WorkerReady> => ({
       ...((await options.ready) ?? { wasm: false }),
       storages: [...engine.storages.keys()],
+      targetFormats: targetFormats(),
     }),
 
     execute: (command: string, args?: Record<string, unknown>): Promise<unknown> => engine.execute(command, args),
 
     open: (storage: string, filename: string, opts?: EngineOpenOptions): Promise<string> => engine.open(storage, filename, opts),
-    close: (name: string): Promise<void> => engine.close(name),
+    async close(name: string): Promise<void> {
+      await inspect.release(name);
+      await engine.close(name);
+    },
     size: async (name: string): Promise<number> => engine.size(name),
     flush: (name: string): Promise<void> => engine.flush(name),
 
@@ -210,6 +216,16 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     resize: (image: ImageRef, size: number, opts?: { relative?: boolean; shrink?: boolean; preallocation?: PreallocMode }) => engine.resize(image, size, opts),
     amend: (image: ImageRef, options: string[] | Record<string, string | number | boolean>): Promise<void> => engine.amend(image, options),
 
+    // Looking inside a disk (src/engine/inspect.ts): partitions, listings, file bytes, layer diffs.
+    inspectPartitions: (view: InspectView) => inspect.partitions(view),
+    inspectList: (view: InspectView, partition: number | null, path: string) => inspect.list(view, partition, path),
+    async inspectRead(view: InspectView, partition: number | null, path: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> {
+      const buf = await inspect.read(view, partition, path, offset, bytes);
+      return Comlink.transfer(buf, [buf.buffer]);
+    },
+    inspectDiff: (above: InspectView, below: InspectView, partition: number | null) => inspect.diff(above, below, partition),
+    inspectRelease: (node?: string) => inspect.release(node),
+
     /** Sends every QMP event to `listener` (a comlink proxy) until unsubscribe(id). */
     subscribe(listener: EventCallback): number {
       const id = ++nextSubscription;
@@ -233,3 +249,27 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
 }
 
 export type EngineWorkerApi = ReturnType<typeof createWorkerApi>;
+
+/** What the worker says when it is ready: wasm or not, its storages, the formats it can create. */
+export interface WorkerReady {
+  wasm: boolean;
+  storages: string[];
+  targetFormats: TargetFormat[];
+}
+
+/** A format `convert` and `create` can write, with the -o options its driver takes (qemu-img create -o help). */
+export interface TargetFormat {
+  name: string;
+  options: { name: string; help: string; def?: string }[];
+}
+
+/**
+ * The registered format drivers that can create images, from the driver
+ * registry; not those whose creation needs a secret (luks's key-secret):
+ * the app has no way to define one yet.
+ */
+function targetFormats(): TargetFormat[] {
+  return listDrivers('format')
+    .filter((d) => d.create && d.createOptions && !d.createOptions.some((o) => o.name === 'key-secret'))
+    .map((d) => ({ name: d.name, options: d.createOptions!.map((o) => ({ name: o.name, help: o.help, ...(o.def !== undefined ? { def: o.def } : {}) })) }));
+}

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Browser } from 'playwright';
 import { qemuImg, qemuIo } from '../helpers/qemu.js';
-import { startRangeServer, type RangeServer } from '../browser/range-server.js';
+import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
 import { DEMO, DEMO_OVERLAY, fact, hexBytes, kindTotals, legendBytes, makeHugeSparseQcow2, newPage as pageIn, openFiles, shot, startApp, waitForMap, type App } from './harness.js';
 
 let app: App;
@@ -89,6 +89,38 @@ describe('the blocktab web app', () => {
     expect(Buffer.compare(fs.readFileSync(saved), fs.readFileSync(reference))).toBe(0);
     await page.locator('#convert-result', { hasText: 'Converted demo.qcow2 to raw' }).waitFor();
     await shot(page, '03-convert-done');
+    expect(errors).toEqual([]);
+    await context.close();
+  });
+
+  it('offers every format the engine can create; each converted download is the demo for qemu-img, and such images open', async () => {
+    const { context, page, errors } = await newPage();
+    await page.goto(`${baseUrl}?demo`);
+    await page.locator('#image-title', { hasText: 'demo.qcow2' }).waitFor();
+    const offered = await page.locator('#convert-format option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
+    expect(offered[0]).toBe('raw');
+    expect([...offered].sort()).toEqual(['qcow2', 'qed', 'raw', 'vdi', 'vhdx', 'vmdk', 'vpc']);
+    await page.selectOption('#convert-dest', 'download');
+    for (const [format, ext] of [['vmdk', 'vmdk'], ['vhdx', 'vhdx'], ['vpc', 'vhd'], ['vdi', 'vdi'], ['qed', 'qed']] as const) {
+      await page.selectOption('#convert-format', format);
+      expect(await page.inputValue('#convert-name')).toBe(`demo.${ext}`);
+      if (format === 'vmdk') await page.fill('#convert-options', 'subformat=streamOptimized');
+      const [download] = await Promise.all([page.waitForEvent('download'), page.click('#convert-start')]);
+      const saved = path.join(dir, `from-app.${ext}`);
+      await download.saveAs(saved);
+      await page.locator('#convert-result', { hasText: `Converted demo.qcow2 to ${format}` }).waitFor();
+      const info = JSON.parse(qemuImg(['info', '--output=json', saved])) as { format: string; 'format-specific'?: { data?: { 'create-type'?: string } } };
+      expect(info.format, format).toBe(format);
+      // -o reached the driver.
+      if (format === 'vmdk') expect(info['format-specific']?.data?.['create-type']).toBe('streamOptimized');
+      expect(qemuImg(['compare', '-f', 'qcow2', '-F', format, DEMO, saved]), format).toContain('Images are identical');
+    }
+    // A vhdx made by qemu-img opens with qemu-img's facts.
+    const vhdx = path.join(dir, 'qemu-made.vhdx');
+    qemuImg(['convert', '-O', 'vhdx', DEMO, vhdx]);
+    await openFiles(page, [vhdx], 'qemu-made.vhdx');
+    expect(await fact(page, 'Format')).toBe('vhdx');
+    await shot(page, '03b-convert-formats');
     expect(errors).toEqual([]);
     await context.close();
   });

@@ -38,6 +38,8 @@ export async function qemuTranscript(cmds: QmpCommandLine[], opts: { cwd?: strin
   const queue: Msg[] = [];
   let waiter: (() => void) | null = null;
   rl.on('line', (l) => {
+    // QEMU prints some things on stdout beside QMP (the "Formatting …" line of drive-*, HMP qemu-io's output).
+    if (!l.startsWith('{')) return;
     queue.push(JSON.parse(l) as Msg);
     const w = waiter;
     waiter = null;

@@ -8,10 +8,11 @@ import { describe, expect, it, beforeAll } from 'vitest';
 import { blocktab, qemuImgRun, tmpDir } from '../helpers/qemu.js';
 import { imageCases } from './image-cases.js';
 import { firstDifference } from '../helpers/files.js';
+import { sampleCases } from '../helpers/sample.js';
 
 const withoutDiskSize = (s: string) => s.replace(/^disk size: .*$/gm, 'disk size: X');
 
-for (const c of imageCases) {
+for (const c of sampleCases('img-differential', imageCases, 0.4)) {
   describe(c.name, () => {
     let dir = '';
     let image = '';

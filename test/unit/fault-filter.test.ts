@@ -119,8 +119,11 @@ describe('fault filter', () => {
       ],
     });
     const data = new Uint8Array(512).fill(9);
+    // As a device that reports errors (werror=report) and tracks iostatus.
+    blk.werror = 'report';
+    blk.iostatusEnabled = true;
     await blk.write(0, 512, data);
-    await expect(blk.write(65536 + 4000, 512, data)).rejects.toSatisfy((e: unknown) => e instanceof BlockError && e.code === 'ENOSPC');
+    await expect(blk.write(65536 + 4000, 512, data, {}, { errorPolicy: true })).rejects.toSatisfy((e: unknown) => e instanceof BlockError && e.code === 'ENOSPC');
     expect(blk.iostatus).toBe('nospace');
     await expect(blk.write(65536, 1, data)).rejects.toMatchObject({ code: 'ENOSPC' });
     await blk.write(65536, 512, data); // the rule fired twice and is spent

@@ -187,12 +187,14 @@ describe('rate limit (QEMU ratelimit arithmetic on a fake clock)', () => {
 
 describe('job-type registry', () => {
   it('has the built-in types with their facts, and refuses duplicates and unknown types', () => {
-    expect(jobTypes()).toEqual(expect.arrayContaining(['stream', 'commit', 'create']));
+    expect(jobTypes()).toEqual(expect.arrayContaining(['stream', 'commit', 'create', 'mirror', 'backup']));
     expect(jobType('stream')).toMatchObject({ type: 'stream', blockJob: true, readyPhase: false });
+    expect(jobType('mirror')).toMatchObject({ type: 'mirror', blockJob: true, readyPhase: true });
+    expect(jobType('backup')).toMatchObject({ type: 'backup', blockJob: true, readyPhase: false });
     expect(jobType('create')).toMatchObject({ type: 'create', blockJob: false });
     expect(() => registerJobType({ type: 'stream', blockJob: true, readyPhase: false, driver: () => ({ run: async () => {} }) })).toThrow(
       "Job type 'stream' is already registered",
     );
-    expect(() => jobType('mirror')).toThrow("No job type 'mirror'");
+    expect(() => jobType('no-such-job')).toThrow("No job type 'no-such-job'");
   });
 });

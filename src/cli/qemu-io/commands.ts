@@ -219,6 +219,8 @@ export class QemuIoSession {
 
   /** QEMU's blk_check_byte_request: a request outside the device fails with EIO before any buffer is made. */
   async inBounds(offset: number, bytes: number): Promise<boolean> {
+    // No medium: the request itself fails with ENOMEDIUM (blk_check_byte_request checks that first).
+    if (!this.backend.hasMedium) return true;
     const len = await this.backend.getLength();
     return offset <= len && bytes <= len - offset;
   }
@@ -594,6 +596,7 @@ function driverInfo(bs: BlockNode): { clusterSize: number; vmStateOffset: number
     const drv = p.driver;
     if (drv.getDriverInfo) {
       const di = drv.getDriverInfo(p);
+      if (!di) return undefined;
       return { clusterSize: di.clusterSize ?? 0, vmStateOffset: di.vmStateOffset ?? 0 };
     }
     if (drv.kind === 'protocol') return { clusterSize: 0, vmStateOffset: 0 };

@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { fs } from '../../protocols/node-fs.js';
 import { getopt, type LongOption } from './getopt.js';
+import { defineObject } from '../objects.js';
 
 const PROGNAME = 'qemu-io';
 
@@ -139,8 +140,16 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
       case 'V':
         output.out(`${PROGNAME} version 7.2.0 (blocktab)\n`);
         return 0;
-      // Copy-on-read, discard mode, tracing and objects change nothing observable here.
-      case 'C': case 'd': case 'T': case 'O': break;
+      case 'O':
+        try {
+          defineObject(arg);
+        } catch (e) {
+          output.err(`${PROGNAME}: ${e instanceof Error ? e.message : String(e)}\n`);
+          return 1;
+        }
+        break;
+      // Copy-on-read, discard mode and tracing change nothing observable here.
+      case 'C': case 'd': case 'T': break;
     }
   }
   if (operands.length > 1) {
@@ -255,8 +264,8 @@ class CliIoHost implements IoHost {
     }
     const driverOptions: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(options)) {
-      // Nested options (backing.*, file.*) name other nodes; they are not the format driver's.
-      if (k.includes('.')) continue;
+      // Nested options (backing.*, file.*) name other nodes; they are not the format driver's (qcow2's overlap-check.* are).
+      if (k.includes('.') && !k.startsWith('overlap-check.')) continue;
       if (['driver', 'file', 'filename', 'file.filename', 'file.driver', 'read-only', 'force-share', 'file.locking', 'locking', 'cache.direct', 'cache.no-flush', 'node-name', 'discard'].includes(k)) continue;
       driverOptions[k] = v;
     }

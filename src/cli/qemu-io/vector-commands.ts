@@ -47,14 +47,15 @@ interface VectorRead {
 }
 
 /** Reads `count` bytes at `offset`, verifies and prints as readv/aio_read; returns 0, EINVAL on mismatch, or the errno. */
-async function doRead(s: QemuIoSession, op: string, offset: number, count: number, o: VectorRead): Promise<number> {
+async function doRead(s: QemuIoSession, op: string, offset: number, count: number, o: VectorRead, account = false): Promise<number> {
   if (!(await s.inBounds(offset, count))) return s.failed(op, new BlockError('EIO', 'out of range'));
   const buf = allocBuffer(count);
+  const opts = { account };
   try {
     buf.fill(0xab);
     const t0 = now();
     try {
-      await s.backend.read(offset, count, buf);
+      await s.backend.read(offset, count, buf, opts);
     } catch (e) {
       return s.failed(op, e);
     }
@@ -74,15 +75,15 @@ async function doRead(s: QemuIoSession, op: string, offset: number, count: numbe
 }
 
 /** Writes `count` bytes of `pattern` (or zeroes) at `offset` and prints as writev/aio_write. */
-async function doWrite(s: QemuIoSession, op: string, offset: number, count: number, pattern: number | null, flags: WriteFlags, cflag: boolean, qflag: boolean): Promise<number> {
+async function doWrite(s: QemuIoSession, op: string, offset: number, count: number, pattern: number | null, flags: WriteFlags, cflag: boolean, qflag: boolean, account = false): Promise<number> {
   if (!(await s.inBounds(offset, count))) return s.failed(op, new BlockError('EIO', 'out of range'));
   const buf = pattern === null ? null : allocBuffer(count);
   try {
     buf?.fill(pattern!);
     const t0 = now();
     try {
-      if (buf) await s.backend.write(offset, count, buf, flags);
-      else await s.backend.writeZeroes(offset, count, flags);
+      if (buf) await s.backend.write(offset, count, buf, flags, { account });
+      else await s.backend.writeZeroes(offset, count, flags, { account });
     } catch (e) {
       return s.failed(op, e);
     }
@@ -221,6 +222,8 @@ const aioReadCmd: CmdInfo = {
       return undefined;
     });
     if (invalid) {
+      // qemu-io's -i: a request the device refused, counted as invalid (block_acct_invalid).
+      s.backend.stats.invalid('read');
       s.out('injecting invalid read request\n');
       return 0;
     }
@@ -229,7 +232,8 @@ const aioReadCmd: CmdInfo = {
     const req = offsetAndLength(s, parsed.operands);
     if (typeof req === 'number') return req;
     // qemu-io's aio read completion says "readv failed" on an error.
-    await doRead(s, 'readv', req.offset, req.count, o);
+    // The aio commands account their requests as a device does (QEMU's qemu-io aio_* call block_acct_*).
+    await doRead(s, 'readv', req.offset, req.count, o, true);
     return 0;
   },
 };
@@ -279,6 +283,7 @@ const aioWriteCmd: CmdInfo = {
       return undefined;
     });
     if (invalid) {
+      s.backend.stats.invalid('write');
       s.out('injecting invalid write request\n');
       return 0;
     }
@@ -295,7 +300,7 @@ const aioWriteCmd: CmdInfo = {
     }
     const req = offsetAndLength(s, ops);
     if (typeof req === 'number') return req;
-    await doWrite(s, 'aio_write', req.offset, req.count, zflag ? null : pattern, flags, cflag, qflag);
+    await doWrite(s, 'aio_write', req.offset, req.count, zflag ? null : pattern, flags, cflag, qflag, true);
     return 0;
   },
 };
@@ -305,8 +310,10 @@ const aioFlushCmd: CmdInfo = {
   argmin: 0,
   argmax: 0,
   oneline: 'completes all outstanding aio requests',
-  // Every aio request has completed by the time its command returns.
-  async run() {
+  // Every aio request has completed by the time its command returns; the flush is accounted as QEMU's aio_flush does.
+  async run(s) {
+    const cookie = s.backend.stats.start(0, 'flush');
+    s.backend.stats.done(cookie);
     return 0;
   },
 };

@@ -69,7 +69,7 @@ function storageFor(engine: Engine, driver: string): Storage | undefined {
 function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
   if (storageFor(engine, driver)) return { spec: blockdevDriverArgs[driver] ?? FILENAME, protocol: true };
   const drv = findDriver(driver);
-  if (drv && drv.kind === 'format') {
+  if (drv && (drv.kind === 'format' || drv.kind === 'filter')) {
     const spec = drv.blockdevOptions ?? blockdevDriverArgs[driver] ?? { file: 'BlockdevRef', ...(drv.supportsBacking ? { '*backing': 'BlockdevRefOrNull' } : {}) };
     return { spec, protocol: false };
   }
@@ -146,6 +146,8 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   if (!storage) throw genericError(`Node '${engine.nameOf(file)}' has no storage to open images from`);
   const driverOptions: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(args)) if (!NOT_DRIVER_OPTIONS.has(k)) driverOptions[k] = v;
+  // Filters that join engine-wide objects (throttle's groups) find them here.
+  if (findDriver(driver)?.kind === 'filter') driverOptions.throttleGroups = engine.throttleGroups;
 
   let bs: BlockNode;
   const parentsBefore = [...file.parents];

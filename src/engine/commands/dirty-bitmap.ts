@@ -4,6 +4,7 @@ import {
   clearDirtyBitmap,
   disableDirtyBitmap,
   enableDirtyBitmap,
+  lookupDirtyBitmap,
   mergeDirtyBitmaps,
   removeDirtyBitmap,
   type MergeSource,
@@ -46,6 +47,13 @@ export const dirtyBitmapCommands: QmpCommandTable = {
   'block-dirty-bitmap-clear': simple((bs, name) => clearDirtyBitmap(bs, name)),
   'block-dirty-bitmap-enable': simple((bs, name) => enableDirtyBitmap(bs, name)),
   'block-dirty-bitmap-disable': simple((bs, name) => disableDirtyBitmap(bs, name)),
+  // QEMU's debugging aid that its iotests compare bitmaps with: the hash of the bits.
+  'x-debug-block-dirty-bitmap-sha256': {
+    args: NODE_AND_NAME,
+    run(engine, args) {
+      return { sha256: lookupDirtyBitmap(nodeOf(engine, args.node as string), args.name as string).sha256() };
+    },
+  },
   'block-dirty-bitmap-merge': {
     args: {
       node: 'str',

@@ -15,6 +15,10 @@ import { transactionCommands } from './transaction.js';
 import { jobCommands } from './jobs.js';
 import { createCommands } from './create.js';
 import { commitCommands } from './commit.js';
+import { mirrorBackupCommands } from './mirror-backup.js';
+import { throttleCommands } from './throttle.js';
+import { runStateCommands } from './runstate.js';
+import { mediaCommands } from './media.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -28,4 +32,8 @@ export const qmpCommands: QmpCommandTable = {
   ...jobCommands,
   ...createCommands,
   ...commitCommands,
+  ...mirrorBackupCommands,
+  ...throttleCommands,
+  ...runStateCommands,
+  ...mediaCommands,
 };

@@ -27,6 +27,8 @@ interface Running {
   done: Promise<void>;
   /** Nodes the job works on; other block jobs may not use them until it concluded (QEMU's op blockers). */
   nodes: BlockNode[];
+  /** The node QEMU puts the job's filter above (mirror_top, copy-before-write): it is no root node while the job runs. */
+  filtered?: BlockNode;
 }
 
 const registry = new WeakMap<Engine, Map<string, Running>>();
@@ -73,6 +75,14 @@ export function checkNotInJob(engine: Engine, bs: BlockNode): void {
   }
 }
 
+/** Whether a running job has its filter node above `bs` (QEMU's mirror and backup insert one), so `bs` is no root node. */
+export function hasJobFilter(engine: Engine, bs: BlockNode): boolean {
+  for (const r of jobsOf(engine).values()) {
+    if (r.filtered === bs && r.job.status !== 'concluded' && r.job.status !== 'null') return true;
+  }
+  return false;
+}
+
 /** QEMU's id_wellformed. */
 const ID_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 
@@ -92,16 +102,23 @@ export interface StartJobOptions<O> {
   speed?: number;
   /** Nodes the job works on (blocked for other block jobs while it runs). */
   nodes?: BlockNode[];
+  /** The node QEMU's version of the job puts a filter above (see hasJobFilter). */
+  filtered?: BlockNode;
 }
 
 /**
  * Registers and starts a job; the QMP reply comes at once and the outcome
  * arrives through the events and query-jobs. Returns the job.
  */
+/** QEMU's job_create id checks. */
+export function checkNewJobId(engine: Engine, id: string): void {
+  if (!ID_RE.test(id)) throw genericError(`Invalid job ID '${id}'`);
+  if (jobsOf(engine).has(id)) throw genericError(`Job ID '${id}' already in use`);
+}
+
 export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
   const desc = jobType<O>(o.type);
-  if (!ID_RE.test(o.id)) throw genericError(`Invalid job ID '${o.id}'`);
-  if (jobsOf(engine).has(o.id)) throw genericError(`Job ID '${o.id}' already in use`);
+  checkNewJobId(engine, o.id);
   if (o.speed !== undefined && o.speed < 0) throw genericError("Parameter 'speed' expects a non-negative value");
   const driver = desc.driver(o.options);
   const blockJobData = (j: Job) => ({ type: j.type, device: o.device, len: j.total, offset: j.current, speed: j.speed });
@@ -121,10 +138,10 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
       pending: block && o.autoFinalize === false ? (j) => engine.emit('BLOCK_JOB_PENDING', { type: j.type, id: j.id }) : undefined,
       completed: block ? (j) => engine.emit('BLOCK_JOB_COMPLETED', { ...blockJobData(j), ...(j.error ? { error: j.error.message } : {}) }) : undefined,
       cancelled: block ? (j) => engine.emit('BLOCK_JOB_CANCELLED', blockJobData(j)) : undefined,
-      ioError: block ? (_j, operation) => engine.emit('BLOCK_JOB_ERROR', { device: o.device, operation, action: 'report' }) : undefined,
+      ioError: block ? (_j, operation, _e, action) => engine.emit('BLOCK_JOB_ERROR', { device: o.device, operation, action }) : undefined,
     },
   });
-  const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [] };
+  const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [], filtered: o.filtered };
   jobsOf(engine).set(o.id, entry);
   // Failures surface through the events and query-jobs, not as an unhandled rejection.
   entry.done = job.start(driver).catch(() => {});
@@ -142,7 +159,7 @@ function blockJobInfo(r: Running): Record<string, unknown> {
     busy: job.busy,
     paused: job.paused,
     speed: job.speed,
-    'io-status': 'ok',
+    'io-status': job.ioStatus,
     ready: job.status === 'ready' || job.status === 'standby',
     status: job.status,
     'auto-finalize': job.autoFinalize,

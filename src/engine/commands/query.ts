@@ -11,7 +11,8 @@ export const queryCommands: QmpCommandTable = {
     async run(engine, args) {
       const flat = args.flat === true;
       const out = [];
-      for (const bs of engine.allNodes()) out.push(await blockDeviceInfo(engine, bs, flat));
+      // Newest first, as QEMU 7.2 lists them (it prepends each node to the reply).
+      for (const bs of engine.allNodes().reverse()) out.push(await blockDeviceInfo(engine, bs, flat));
       return out;
     },
   },

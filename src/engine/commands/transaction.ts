@@ -11,6 +11,7 @@ import type { Engine } from '../engine.js';
 import { checkArgs, type Args } from '../qapi-args.js';
 import { genericError } from '../qmp-error.js';
 import { snapshotCommands } from './snapshot.js';
+import { mirrorBackupCommands } from './mirror-backup.js';
 import type { QmpCommandTable } from './types.js';
 
 const BITMAP_ADD_ARGS = { node: 'str', name: 'str', '*granularity': 'uint32', '*persistent': 'bool', '*disabled': 'bool' } as const;
@@ -63,6 +64,8 @@ const ACTIONS: Record<string, ActionFactory> = {
   },
   'block-dirty-bitmap-add': { args: BITMAP_ADD_ARGS, make: bitmapAdd },
   'block-dirty-bitmap-clear': { args: BITMAP_ARGS, make: bitmapClear },
+  'blockdev-backup': { args: mirrorBackupCommands['blockdev-backup']!.args, make: mirrorBackupCommands['blockdev-backup']!.transaction! },
+  'drive-backup': { args: mirrorBackupCommands['drive-backup']!.args, make: mirrorBackupCommands['drive-backup']!.transaction! },
 };
 
 export const transactionCommands: QmpCommandTable = {

@@ -19,8 +19,9 @@ export function isLuksHash(h: string): h is LuksHash {
   return h in HASH_FN;
 }
 
-export function hashFn(h: LuksHash): (b: Uint8Array) => Uint8Array {
-  return HASH_FN[h];
+/** The hash's digest length in bytes. */
+export function hashLen(h: LuksHash): number {
+  return (HASH_FN[h] as unknown as { outputLen: number }).outputLen;
 }
 
 export async function pbkdf2(hash: LuksHash, password: Uint8Array, salt: Uint8Array, iterations: number, bytes: number): Promise<Uint8Array> {
@@ -37,18 +38,32 @@ export async function pbkdf2(hash: LuksHash, password: Uint8Array, salt: Uint8Ar
  * take expanded keys and can be called any number of times.
  */
 export class XtsPlain64 {
-  private readonly dataKey: Uint32Array;
+  private readonly dataKey: Uint8Array;
   private readonly tweakKey: Uint32Array;
+  private encKey: Uint32Array | undefined;
+  private decKey: Uint32Array | undefined;
   private readonly scratch = new Uint32Array(128);
 
   constructor(key: Uint8Array) {
     const half = key.length / 2;
-    this.dataKey = unsafe.expandKeyDecLE(key.subarray(0, half));
+    this.dataKey = key.slice(0, half);
     this.tweakKey = unsafe.expandKeyLE(key.subarray(half));
   }
 
   /** Decrypts `buf` (whole sectors) in place; its first sector has number `sector`. */
   decrypt(buf: Uint8Array, sector: number, sectorSize = 512): void {
+    this.decKey ??= unsafe.expandKeyDecLE(this.dataKey);
+    this.run(buf, sector, sectorSize, this.decKey, unsafe.decrypt);
+  }
+
+  /** Encrypts `buf` (whole sectors) in place; its first sector has number `sector`. */
+  encrypt(buf: Uint8Array, sector: number, sectorSize = 512): void {
+    this.encKey ??= unsafe.expandKeyLE(this.dataKey);
+    this.run(buf, sector, sectorSize, this.encKey, unsafe.encrypt);
+  }
+
+  /** Per sector: T = AES_k2(IV); each block B -> F_k1(B ^ T) ^ T, T *= x between blocks. */
+  private run(buf: Uint8Array, sector: number, sectorSize: number, xk: Uint32Array, f: typeof unsafe.encrypt): void {
     const words = sectorSize / 4;
     const w = this.scratch.length >= words ? this.scratch : new Uint32Array(words);
     const bytes = new Uint8Array(w.buffer, 0, sectorSize);
@@ -56,7 +71,7 @@ export class XtsPlain64 {
       let { s0: t0, s1: t1, s2: t2, s3: t3 } = unsafe.encrypt(this.tweakKey, sector >>> 0, Math.floor(sector / 0x100000000), 0, 0);
       bytes.set(buf.subarray(off, off + sectorSize));
       for (let j = 0; j < words; j += 4) {
-        const p = unsafe.decrypt(this.dataKey, w[j]! ^ t0, w[j + 1]! ^ t1, w[j + 2]! ^ t2, w[j + 3]! ^ t3);
+        const p = f(xk, w[j]! ^ t0, w[j + 1]! ^ t1, w[j + 2]! ^ t2, w[j + 3]! ^ t3);
         w[j] = p.s0 ^ t0;
         w[j + 1] = p.s1 ^ t1;
         w[j + 2] = p.s2 ^ t2;
@@ -73,6 +88,26 @@ export class XtsPlain64 {
   }
 }
 
+/**
+ * LUKS1's anti-forensic split: `stripes` blocks of `key.length` bytes, all
+ * random but the last, which is the key XOR the diffused XOR of the others
+ * (so afMerge gives the key back).
+ */
+export function afSplit(key: Uint8Array, stripes: number, hash: LuksHash): Uint8Array {
+  const h = HASH_FN[hash];
+  const n = key.length;
+  const out = randomBytes(n * stripes);
+  const block = new Uint8Array(n);
+  for (let i = 0; i < stripes - 1; i++) {
+    const s = out.subarray(i * n, (i + 1) * n);
+    for (let k = 0; k < n; k++) block[k]! ^= s[k]!;
+    diffuse(block, h);
+  }
+  const last = out.subarray((stripes - 1) * n);
+  for (let k = 0; k < n; k++) last[k] = key[k]! ^ block[k]!;
+  return out;
+}
+
 /** LUKS1's anti-forensic merge: undoes the split of the master key over `stripes` stripes. */
 export function afMerge(split: Uint8Array, keyBytes: number, stripes: number, hash: LuksHash): Uint8Array {
   const h = HASH_FN[hash];
@@ -85,6 +120,32 @@ export function afMerge(split: Uint8Array, keyBytes: number, stripes: number, ha
   const last = split.subarray((stripes - 1) * keyBytes, stripes * keyBytes);
   for (let k = 0; k < keyBytes; k++) block[k]! ^= last[k]!;
   return block;
+}
+
+/** Cryptographically random bytes (getRandomValues fills at most 64 KiB a call). */
+export function randomBytes(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let at = 0; at < n; at += 65536) globalThis.crypto.getRandomValues(out.subarray(at, Math.min(n, at + 65536)));
+  return out;
+}
+
+/**
+ * PBKDF2 iterations per second of `hash` deriving `bytes` bytes, measured as
+ * QEMU's qcrypto_pbkdf2_count_iters does: start at 2^15 iterations and grow
+ * the count until one run takes more than half a second of (here wall)
+ * time, then scale. Timing-dependent by nature: only `create` uses it.
+ */
+export async function pbkdf2IterationsPerSecond(hash: LuksHash, bytes: number): Promise<number> {
+  const password = randomBytes(32);
+  const salt = randomBytes(32);
+  let iterations = 1 << 15;
+  for (;;) {
+    const start = performance.now();
+    await pbkdf2(hash, password, salt, iterations, bytes);
+    const ms = performance.now() - start;
+    if (ms > 500 || iterations >= 2 ** 32) return Math.floor((iterations * 1000) / Math.max(ms, 1));
+    iterations = ms < 100 ? iterations * 10 : Math.ceil((iterations * 1000) / ms);
+  }
 }
 
 function diffuse(block: Uint8Array, h: (b: Uint8Array) => Uint8Array): void {

@@ -21,6 +21,8 @@ export const LUKS_KEY_ENABLED = 0x00ac71f3;
 export const LUKS_KEY_DISABLED = 0x0000dead;
 export const LUKS_SECTOR_SIZE = 512;
 export const LUKS_DIGEST_SIZE = 20;
+/** QEMU's QCRYPTO_BLOCK_LUKS_STRIPES: anti-forensic stripes per key slot. */
+export const LUKS_STRIPES = 4000;
 
 export interface LuksHeader {
   magic: Uint8Array;
@@ -75,4 +77,11 @@ export function parseLuks(buf: Uint8Array): { header: LuksHeader; slots: LuksKey
   const slots: LuksKeySlot[] = [];
   for (let i = 0; i < LUKS_NUM_KEY_SLOTS; i++) slots.push(LUKS_KEY_SLOT.parse(buf, LUKS_KEY_SLOT_OFFSET + i * LUKS_KEY_SLOT.size));
   return { header, slots };
+}
+
+/** The 592-byte header with its eight key slots, as parseLuks reads it back. */
+export function serializeLuks(header: LuksHeader, slots: readonly LuksKeySlot[]): Uint8Array {
+  const out = LUKS_HEADER.serialize(header, new Uint8Array(LUKS_HEADER_SIZE));
+  slots.forEach((s, i) => LUKS_KEY_SLOT.serialize(s, out, LUKS_KEY_SLOT_OFFSET + i * LUKS_KEY_SLOT.size));
+  return out;
 }

@@ -1,5 +1,5 @@
 /**
- * The `luks` format driver (LUKS1, read-only for now), as QEMU's
+ * The `luks` format driver (LUKS1), as QEMU's
  * block/crypto.c with crypto/block-luks.c reads it.
  *
  * Open parses the header and key slots (header.ts), checks them as QEMU
@@ -9,18 +9,23 @@
  * src/block/secrets.ts, as qemu-img's `--object secret`): for each active
  * slot, PBKDF2 of the password, decrypt the slot's key material, merge the
  * anti-forensic stripes, and compare the master key's PBKDF2 digest.
- * Reads decrypt the payload with aes-xts-plain64, sector numbers counting
- * from the start of the payload (crypto.ts). Only the aes / xts-plain64
+ * Reads decrypt and writes encrypt the payload with aes-xts-plain64, sector
+ * numbers counting from the start of the payload (crypto.ts), whole
+ * sectors only (requestAlignment 512: the block layer reads, modifies and
+ * writes around unaligned requests). Only the aes / xts-plain64
  * combination with sha1, sha256 or sha512 is read; others are ENOTSUP.
+ * Resizing moves the end of the file, as QEMU's block_crypto_co_truncate.
+ * Creation: create.ts.
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvPread } from '../../block/io.js';
+import { bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { BDRV_BLOCK_DATA } from '../../block/status.js';
 import { lookupSecret } from '../../block/secrets.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
-import { requireReadOnly } from '../read-only.js';
+import { allocBuffer, freeBuffer } from '../../block/buffers.js';
+import { LUKS_CREATE_OPTS, luksCreateImage } from './create.js';
 import {
   hasLuksMagic,
   LUKS_DIGEST_SIZE,
@@ -31,6 +36,7 @@ import {
   LUKS_KEY_SLOT,
   LUKS_KEY_SLOT_OFFSET,
   LUKS_SECTOR_SIZE,
+  LUKS_STRIPES,
   parseLuks,
   type LuksHeader,
   type LuksKeySlot,
@@ -42,15 +48,22 @@ import type { LuksHash, XtsPlain64 } from './crypto.js';
 const LUKS_HASHES: readonly string[] = ['sha1', 'sha256', 'sha512'] satisfies LuksHash[];
 const isLuksHash = (h: string): h is LuksHash => LUKS_HASHES.includes(h);
 
-/** QEMU's QCRYPTO_BLOCK_LUKS_STRIPES. */
-const LUKS_STRIPES = 4000;
-
 interface LuksState {
   header: LuksHeader;
   slots: LuksKeySlot[];
   payloadOffset: number;
   /** The payload cipher, or null when opened for metadata only (no key). */
   xts: XtsPlain64 | null;
+}
+
+/** Bytes encrypted per write to the file (QEMU's BLOCK_CRYPTO_MAX_IO_SIZE bounce buffer). */
+const WRITE_CHUNK = 1 << 20;
+
+const roundToSector = (n: number) => Math.ceil(n / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE;
+
+function cipher(bs: BlockNode, s: LuksState): XtsPlain64 {
+  if (!s.xts) throw new BlockError('EACCES', `${bs.filename}: the image was opened without its key ('key-secret')`);
+  return s.xts;
 }
 
 function slotWhere(i: number): string {
@@ -78,13 +91,14 @@ async function unlock(bs: BlockNode, h: LuksHeader, slots: LuksKeySlot[], hash: 
 export const luksDriver: BlockDriver = {
   name: 'luks',
   kind: 'format',
+  // A new image's payload is unwritten ciphertext: it reads as noise, not zeros.
+  hasZeroInit: false,
 
   probe(head) {
     return hasLuksMagic(head) && head.length >= 8 && head[6] === 0 && head[7] === 1 ? 100 : 0;
   },
 
   async open(bs, options) {
-    requireReadOnly(bs, 'luks');
     const image = bs.filename;
     const file = bs.file!.node;
     const fileSize = file.totalBytes;
@@ -94,11 +108,12 @@ export const luksDriver: BlockDriver = {
     if (!hasLuksMagic(buf)) throw new BlockError('EINVAL', `${image}: luks header at 0x0: Volume is not in LUKS format`);
     const { header: h, slots } = parseLuks(buf);
     if (h.version !== 1) throw new BlockError('ENOTSUP', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('version'))}: LUKS version ${h.version} is not supported`);
-    if (h.cipher_name !== 'aes' || h.cipher_mode !== 'xts-plain64') {
+    // plain64 ignores an IV hash; QEMU writes one into the mode when ivgen-hash-alg is given.
+    if (h.cipher_name !== 'aes' || !/^xts-plain64(:[a-z0-9]+)?$/.test(h.cipher_mode)) {
       throw new BlockError('ENOTSUP', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('cipher_name'))}: cipher ${h.cipher_name}-${h.cipher_mode} is not supported (aes-xts-plain64 is)`);
     }
     if (!isLuksHash(h.hash_spec)) throw new BlockError('ENOTSUP', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('hash_spec'))}: hash ${h.hash_spec} is not supported`);
-    if (h.key_bytes !== 32 && h.key_bytes !== 64) {
+    if (h.key_bytes !== 32 && h.key_bytes !== 48 && h.key_bytes !== 64) {
       throw new BlockError('EINVAL', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('key_bytes'))}: key_bytes ${h.key_bytes} does not fit aes-xts`);
     }
     const payloadOffset = h.payload_offset * LUKS_SECTOR_SIZE;
@@ -126,16 +141,41 @@ export const luksDriver: BlockDriver = {
       xts = await unlock(bs, h, slots, h.hash_spec as LuksHash, password);
     }
     bs.opaque = { header: h, slots, payloadOffset, xts } satisfies LuksState;
-    bs.totalBytes = fileSize - payloadOffset;
+    // Whole sectors, as QEMU counts a node's length: a tail shorter than a sector reads as if zero-padded.
+    bs.totalBytes = roundToSector(fileSize - payloadOffset);
     bs.encrypted = true;
     bs.limits = { ...bs.limits, requestAlignment: LUKS_SECTOR_SIZE };
   },
 
   async preadv(bs, offset, bytes, buf) {
     const s = bs.state<LuksState>();
-    if (!s.xts) throw new BlockError('EACCES', `${bs.filename}: the image was opened without its key ('key-secret')`);
+    const xts = cipher(bs, s);
     await bdrvPread(bs.file!.node, s.payloadOffset + offset, bytes, buf);
-    s.xts.decrypt(buf, offset / LUKS_SECTOR_SIZE);
+    xts.decrypt(buf, offset / LUKS_SECTOR_SIZE);
+  },
+
+  async pwritev(bs, offset, bytes, buf) {
+    const s = bs.state<LuksState>();
+    const xts = cipher(bs, s);
+    // Encrypt in a bounce buffer, never in the caller's data (as QEMU: it may be guest memory).
+    const chunk = allocBuffer(Math.min(bytes, WRITE_CHUNK));
+    try {
+      for (let done = 0; done < bytes; done += chunk.length) {
+        const n = Math.min(chunk.length, bytes - done);
+        const c = chunk.subarray(0, n);
+        c.set(buf.subarray(done, done + n));
+        xts.encrypt(c, (offset + done) / LUKS_SECTOR_SIZE);
+        await bdrvPwrite(bs.file!.node, s.payloadOffset + offset + done, n, c);
+      }
+    } finally {
+      freeBuffer(chunk);
+    }
+  },
+
+  async truncate(bs, size, exact, prealloc) {
+    const s = bs.state<LuksState>();
+    await bdrvTruncate(bs.file!.node, s.payloadOffset + size, exact, prealloc);
+    bs.totalBytes = roundToSector(size);
   },
 
   async blockStatus(_bs, _wantZero, _offset, bytes) {
@@ -144,6 +184,10 @@ export const luksDriver: BlockDriver = {
   },
 
   getDriverInfo: () => ({}),
+
+  // qemu-img create -f luks, convert -O luks (create.ts).
+  createOptions: LUKS_CREATE_OPTS,
+  create: luksCreateImage,
 
   async getAllocatedFileSize(bs) {
     const file = bs.file!.node;

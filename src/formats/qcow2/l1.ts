@@ -19,6 +19,7 @@
  * A crash anywhere leaves tables that point only at clusters with a refcount,
  * so at worst clusters leak.
  */
+import { QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2 } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite } from '../../block/io.js';
@@ -32,7 +33,7 @@ import {
   refcountsPending,
   updateRefcount,
 } from './refcount.js';
-import { addMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, syncFile, writeHeaderFields } from './metadata.js';
+import { addMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, preWriteOverlapCheck, syncFile, writeHeaderFields } from './metadata.js';
 import { l1Copied, l1Offset, type Qcow2State } from './state.js';
 
 /** Sets L1 entry `index` to `offset` (with COPIED) in memory and marks it dirty. */
@@ -57,7 +58,10 @@ async function flushL2(s: Qcow2State): Promise<void> {
   if (!l2Dirty(s)) return;
   await flushRefcounts(s);
   await syncAll(s);
-  await s.l2Cache.flushDirty((offset, data) => bdrvPwrite(s.file, offset, data.length, data));
+  await s.l2Cache.flushDirty(async (offset, data) => {
+    await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, offset, data.length);
+    await bdrvPwrite(s.file, offset, data.length, data);
+  });
   await syncFile(s);
 }
 
@@ -73,6 +77,7 @@ async function writeL1Dirty(s: Qcow2State): Promise<void> {
   // Whole 512-byte sectors (64 entries), as QEMU's qcow2_write_l1_entry, clipped to the table.
   const from = rw.l1DirtyFrom & ~63;
   const to = Math.min(s.l1Size, (rw.l1DirtyTo + 63) & ~63);
+  await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L1, s.header.l1TableOffset + from * 8, (to - from) * 8);
   await bdrvPwrite(s.file, s.header.l1TableOffset + from * 8, (to - from) * 8, s.l1Table.subarray(from * 8, to * 8));
   rw.l1DirtyFrom = rw.l1DirtyTo = 0;
   await syncFile(s);
@@ -120,6 +125,7 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
     } else {
       buf.fill(0);
     }
+    await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, table, cs);
     await bdrvPwrite(s.file, table, cs, buf);
   } finally {
     freeBuffer(buf);
@@ -151,6 +157,7 @@ export async function growL1(s: Qcow2State, minSize: number, exact: boolean): Pr
   const offset = await allocateClusters(s, bytes / cs);
   const table = new Uint8Array(bytes);
   table.set(s.l1Table);
+  await preWriteOverlapCheck(s, 0, offset, bytes);
   await bdrvPwrite(s.file, offset, bytes, table);
   await flushRefcounts(s);
   await syncFile(s);

@@ -17,6 +17,7 @@ import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
 import { encodeHeaderFields, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, type HeaderField, type Qcow2Header } from './header.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { l1Offset, type Qcow2State } from './state.js';
+import { checkMetadataOverlap, ensureRefcountTable, overlapName, QCOW2_OL_BITMAP_DIRECTORY, QCOW2_OL_INACTIVE_L2 } from './overlap.js';
 
 /** Runs `fn` after every earlier modifying request of the node finished (QEMU's s->lock). */
 export function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
@@ -143,12 +144,24 @@ export function invalidateMetadata(s: Qcow2State): void {
  */
 export async function checkDataOverlap(s: Qcow2State, offset: number, bytes: number): Promise<void> {
   if (s.dataFile !== s.file || bytes <= 0) return;
+  if (!s.rw.metaClusters) await ensureRefcountTable(s);
   const set = (s.rw.metaClusters ??= buildMetaClusters(s));
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
-  for (let c = first; c <= last; c++) {
-    if (set.has(c)) {
-      throw await markCorrupt(s, `Preventing invalid write on metadata (guest data write at host offset ${hex(offset)}, ${bytes} bytes, overlaps metadata cluster ${hex(c * s.clusterSize)})`);
-    }
-  }
+  let inSet = false;
+  for (let c = first; c <= last && !inSet; c++) inSet = set.has(c);
+  // The set covers every kind but the bitmap directory and inactive L2 tables: a miss needs only those two.
+  const ign = inSet ? 0 : ~(QCOW2_OL_BITMAP_DIRECTORY | QCOW2_OL_INACTIVE_L2);
+  await preWriteOverlapCheck(s, ign, offset, bytes);
+}
+
+/**
+ * QEMU's qcow2_pre_write_overlap_check: refuses a write to the image file at
+ * [offset, offset + bytes) that would land on metadata of a kind the
+ * `overlap-check` option enables, except the kinds in `ign` (the structure
+ * being written). The image is marked corrupt and the error thrown.
+ */
+export async function preWriteOverlapCheck(s: Qcow2State, ign: number, offset: number, bytes: number): Promise<void> {
+  const bit = await checkMetadataOverlap(s, ign, offset, bytes);
+  if (bit) throw await markCorrupt(s, `Preventing invalid write on metadata (overlaps with ${overlapName(bit)})`);
 }

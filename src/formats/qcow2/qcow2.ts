@@ -17,7 +17,9 @@
  *   l1.ts               L2 allocation / L1 growth, the ordered metadata flush
  *   metadata.ts         request lock, header fields, dirty/corrupt bits, overlap checks
  *   snapshot-table.ts   internal snapshot table
- *   bitmap-directory.ts persistent bitmap directory (for info)
+ *   bitmap-directory.ts persistent bitmap directory entries and the extension's limits
+ *   bitmap-table.ts     bitmap table entries
+ *   bitmaps.ts          persistent dirty bitmaps: load on open, store on close, remove
  *   create-options.ts   qemu-img create / amend: option tables, values → create.ts / amend.ts
  *   measure.ts          qemu-img measure
  *   make-empty.ts       bdrv_make_empty (commit empties its top image with it)
@@ -29,6 +31,7 @@
  * least two clusters. Slices are only allocated when loaded, so a large
  * capacity costs nothing for a small working set.
  */
+import { parseOverlapCheck, setOverlapCheck } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
@@ -65,12 +68,13 @@ import { L2Cache } from './l2-cache.js';
 import { makeSliceLoader, mapRun } from './cluster-map.js';
 import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
-import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot } from './snapshot.js';
+import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2ChangeBackingFile } from './change-backing.js';
 import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage } from './create-options.js';
 import { qcow2Measure } from './measure.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
+import { qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { dropRefcountCache } from './refcount.js';
@@ -216,6 +220,7 @@ export const qcow2Driver: BlockDriver = {
       refcountTable: null,
       snapshots: [],
       bitmaps: [],
+      bitmapsLoaded: false,
       metadataPreallocation: undefined,
       rw: newRwState(clusterSize),
     };
@@ -236,6 +241,7 @@ export const qcow2Driver: BlockDriver = {
     }
 
     bs.opaque = s;
+    setOverlapCheck(s, parseOverlapCheck(image, options));
     bs.totalBytes = h.size;
     // Write-zeroes takes any range: like QEMU's qcow2_co_pwrite_zeroes the driver turns a partial
     // subcluster into a zero subcluster when the rest of it already reads as zeros.
@@ -245,13 +251,30 @@ export const qcow2Driver: BlockDriver = {
 
     // Under qemu-img check the check itself repairs (or reports) a dirty image.
     if (!bs.readOnly && !forCheck && h.incompatibleFeatures & QCOW2_INCOMPAT_DIRTY) await repairDirty(bs, s);
+    // QEMU loads bitmaps on every open of an active node; a broken directory fails the open.
+    await qcow2LoadBitmaps(bs, s);
   },
 
   async close(bs) {
     const s = bs.state<Qcow2State>();
-    s.l2Cache.clear();
-    dropRefcountCache(s);
+    try {
+      if (!s.rw.corrupt) await qcow2StoreBitmaps(bs, s);
+      if (!bs.readOnly) await withLock(s, () => flushMetadata(s));
+    } finally {
+      s.l2Cache.clear();
+      dropRefcountCache(s);
+    }
   },
+
+  canStoreNewDirtyBitmap(bs, name, granularity) {
+    qcow2CanStoreNewBitmap(bs, bs.state<Qcow2State>(), name, granularity);
+  },
+
+  removePersistentDirtyBitmap(bs, name) {
+    return qcow2RemoveBitmap(bs, bs.state<Qcow2State>(), name);
+  },
+
+
 
   async pwritev(bs, offset, bytes, buf, flags) {
     const s = bs.state<Qcow2State>();
@@ -378,6 +401,9 @@ export const qcow2Driver: BlockDriver = {
   },
   async applySnapshot(bs, idOrName) {
     await qcow2ApplySnapshot(bs, bs.state<Qcow2State>(), idOrName);
+  },
+  async snapshotLoadTmp(bs, idOrName) {
+    await qcow2SnapshotLoadTmp(bs, bs.state<Qcow2State>(), idOrName);
   },
   async deleteSnapshot(bs, id, name) {
     await qcow2DeleteSnapshot(bs, bs.state<Qcow2State>(), id, name);

@@ -37,6 +37,7 @@
  *  - A cluster whose refcount reaches 0 becomes allocatable again
  *    (free-cluster hint lowered); freed clusters are not discarded.
  */
+import { QCOW2_OL_REFCOUNT_BLOCK, QCOW2_OL_REFCOUNT_TABLE } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
@@ -53,7 +54,7 @@ import {
 /** The entry codec, re-exported for callers that already take the refcount API from here. */
 export { getRefcountEntry, setRefcountEntry } from './refcount-codec.js';
 import { QCOW_MAX_REFTABLE_SIZE } from './validate.js';
-import { invalidateMetadata, markCorrupt, removeMetadata, addMetadata, syncFile, writeHeaderFields } from './metadata.js';
+import { invalidateMetadata, markCorrupt, preWriteOverlapCheck, removeMetadata, addMetadata, syncFile, writeHeaderFields } from './metadata.js';
 import type { Qcow2State, RefblockEntry } from './state.js';
 
 /** Offsets of the refcount blocks (0 = unallocated), decoded by refcount-codec.ts. */
@@ -126,6 +127,7 @@ function refError(s: Qcow2State, msg: string): BlockError {
 
 /** Writes one cached refcount block back. */
 async function writeRefblock(s: Qcow2State, e: RefblockEntry): Promise<void> {
+  await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, e.offset, s.clusterSize);
   await bdrvPwrite(s.file, e.offset, s.clusterSize, e.data);
   e.dirty = false;
   s.rw.refcountsUnsynced = true;
@@ -374,6 +376,7 @@ export async function applyDeferredFrees(s: Qcow2State): Promise<void> {
 async function writeReftableEntry(s: Qcow2State, index: number, offset: number): Promise<void> {
   const b = new Uint8Array(8);
   putReftableEntry(b, 0, offset);
+  await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_TABLE, s.header.refcountTableOffset + index * 8, 8);
   await bdrvPwrite(s.file, s.header.refcountTableOffset + index * 8, 8, b);
   s.rw.refcountsUnsynced = true;
 }
@@ -391,6 +394,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
     if (Math.floor(b / per) === index) {
       // Self-describing: the block holds its own refcount.
       setRefcountEntry(block, s.refcountBits, b - index * per, 1);
+      await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, b * cs, cs);
       await bdrvPwrite(s.file, b * cs, cs, block);
       await syncFile(s);
       await writeReftableEntry(s, index, b * cs);
@@ -406,6 +410,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
       await updateRefcount(s, off, cs, -1);
       return;
     }
+    await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, off, cs);
     await bdrvPwrite(s.file, off, cs, block);
     // The block's own refcount and contents must be stable before the table points at it.
     await flushRefcounts(s);
@@ -459,6 +464,7 @@ async function growRefcountTable(s: Qcow2State, need: number): Promise<void> {
     newTable.fill(0);
     for (let i = 0; i < oldLen; i++) putReftableEntry(newTable, i, table[i]!);
     for (let r = 0; r < nbBlocks; r++) putReftableEntry(newTable, oldLen + r, (areaStart + r) * cs);
+    await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, areaStart * cs, (nbBlocks + tableClusters) * cs);
     await bdrvPwrite(s.file, areaStart * cs, nbBlocks * cs, blocks);
     await bdrvPwrite(s.file, (areaStart + nbBlocks) * cs, tableClusters * cs, newTable);
     await flushRefcounts(s);

@@ -33,6 +33,7 @@
  * tables until the snapshot is deleted). The active image then owns its L2
  * tables (COPIED on the L1 entries), so later guest writes need no L2 COW.
  */
+
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
@@ -41,7 +42,7 @@ import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT
 import { serializeSnapshotTable, type Qcow2Snapshot } from './snapshot-table.js';
 import { allocateClusters, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, setL1Entry } from './l1.js';
-import { checkNotCorrupt, invalidateMetadata, syncFile, withLock, writeHeaderFields } from './metadata.js';
+import { checkNotCorrupt, invalidateMetadata, preWriteOverlapCheck, syncFile, withLock, writeHeaderFields } from './metadata.js';
 import { prepareWrite } from './write.js';
 import {
   compressedAt,
@@ -191,6 +192,7 @@ async function copyTablesForActive(s: Qcow2State, src: Uint8Array, srcSize: numb
       await readL2(s, off, t, i);
       countL2(s, t, deltas, 1, true, off);
       const copy = await allocateClusters(s, 1);
+      await preWriteOverlapCheck(s, 0, copy, cs);
       await bdrvPwrite(s.file, copy, cs, t);
       putL1Entry(l1, i, copy, true);
     }
@@ -225,6 +227,7 @@ async function writeNewL1(s: Qcow2State, table: Uint8Array): Promise<number> {
   if (table.length === 0) return 0;
   const cs = s.clusterSize;
   const off = await allocateClusters(s, Math.ceil(table.length / cs));
+  await preWriteOverlapCheck(s, 0, off, table.length);
   await bdrvPwrite(s.file, off, table.length, table);
   return off;
 }
@@ -238,6 +241,7 @@ async function writeNewTable(s: Qcow2State, list: Qcow2Snapshot[]): Promise<{ of
   }
   const bytes = serializeSnapshotTable(list);
   const offset = await allocateClusters(s, Math.ceil(size / s.clusterSize));
+  await preWriteOverlapCheck(s, 0, offset, size);
   await bdrvPwrite(s.file, offset, size, bytes.subarray(0, size));
   return { offset, size };
 }
@@ -356,6 +360,30 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
     if (oldSize > 0) await updateRefcount(s, oldOffset, oldSize * 8, -1);
     await finish(s);
   });
+  return sn;
+}
+
+// ------------------------------------------------------------- load tmp
+
+/**
+ * QEMU's qcow2_snapshot_load_tmp: a read-only node reads through the
+ * snapshot's L1 table from now on. Nothing is written; L2 slices are cached by
+ * their offset, so the cache stays valid.
+ */
+export async function qcow2SnapshotLoadTmp(bs: BlockNode, s: Qcow2State, idOrName: string): Promise<Qcow2Snapshot> {
+  if (!bs.readOnly) fail('EINVAL', s, `cannot load snapshot '${idOrName}' temporarily: the image is not opened read-only`);
+  const i = findSnapshotByIdOrName(s.snapshots, idOrName);
+  if (i < 0) fail('ENOENT', s, `snapshot '${idOrName}' not found`);
+  const sn = s.snapshots[i]!;
+  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
+  if (sn.l1Size > 0 && (sn.l1TableOffset % s.clusterSize !== 0 || sn.l1TableOffset + sn.l1Size * 8 > s.file.totalBytes)) {
+    fail('ECORRUPT', s, `Snapshot '${sn.name}' L1 table at ${hex(sn.l1TableOffset)} is unaligned or beyond the end of the file`);
+  }
+  const l1 = new Uint8Array(sn.l1Size * 8);
+  if (l1.length) await bdrvPread(s.file, sn.l1TableOffset, l1.length, l1);
+  s.l1Table = l1;
+  s.l1Size = sn.l1Size;
+  bs.totalBytes = sn.diskSize;
   return sn;
 }
 

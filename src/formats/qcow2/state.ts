@@ -40,7 +40,14 @@ export interface Qcow2State {
   /** Refcount table (refcount block offsets), loaded on first use. */
   refcountTable: Float64Array | null;
   snapshots: Qcow2Snapshot[];
+  /** The bitmap directory as it is on disk (empty without a valid bitmaps extension). */
   bitmaps: Qcow2BitmapEntry[];
+  /**
+   * The directory's bitmaps were loaded by a writable open (bitmaps.ts: in use on
+   * disk, stored on close), so writes keep the autoclear bit; when false the
+   * first write clears it and the stored bitmaps become stale, as QEMU reads it.
+   */
+  bitmapsLoaded: boolean;
   /** QEMU's metadata_preallocation heuristic, computed on the first block-status call. */
   metadataPreallocation: boolean | undefined;
   /** Write-path state (refcount cache, allocation hints, ordering flags). */

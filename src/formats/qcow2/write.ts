@@ -33,7 +33,7 @@ import type { BlockNode } from '../../block/node.js';
 import type { WriteFlags, PreallocMode } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
-import { QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
+import { QCOW2_AUTOCLEAR_BITMAPS, QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
 import { sizeToL1 } from './validate.js';
 import { compressCluster } from './compressed.js';
 import {
@@ -60,6 +60,7 @@ import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
 import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
 import { qcow2Read } from './read.js';
 import { mapRun } from './cluster-map.js';
+import { qcow2TruncateBitmapsCheck } from './bitmaps.js';
 import { L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
 import { blockStatusAbove, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { l1Offset, type Qcow2State } from './state.js';
@@ -113,8 +114,8 @@ export async function prepareWrite(s: Qcow2State): Promise<void> {
 export async function prepareHeader(s: Qcow2State): Promise<void> {
   const h = s.header;
   if (!s.rw.headerPrepared) {
-    // Bits we do not keep up to date (bitmaps, unknown ones) must go before the image changes.
-    const keep = QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    // Bits we do not keep up to date (unknown ones; bitmaps this node did not load) must go before the image changes.
+    const keep = QCOW2_AUTOCLEAR_DATA_FILE_RAW | (s.bitmapsLoaded ? QCOW2_AUTOCLEAR_BITMAPS : 0n);
     if (h.version === 3 && h.autoclearFeatures & ~keep) {
       h.autoclearFeatures &= keep;
       await writeAutoclearFeatures(s);
@@ -599,6 +600,8 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
   const cs = s.clusterSize;
   const old = s.header.size;
   if (size === old) return;
+  // Stored bitmaps follow the disk only when they are in memory and usable (they are stored at the new size on close).
+  qcow2TruncateBitmapsCheck(bs, s);
   if (size > old) {
     await growL1(s, sizeToL1(s.header, size), true);
     await writeHeaderSize(s, size);
@@ -607,7 +610,6 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
     if (backing && backing.totalBytes > old) await zeroFill(bs, s, old, Math.min(size, backing.totalBytes));
     return;
   }
-  if (s.bitmaps.length) throw new BlockError('ENOTSUP', `${s.image}: Can't shrink an image with persistent dirty bitmaps`);
   // The size switches first (one sector write): a crash before it leaves the old disk, after it the
   // new one with, at worst, leaked clusters past its end. Freeing first (QEMU's order) could leave the
   // old size reading zeros where the data was.

@@ -71,6 +71,10 @@ interface QedState {
   tableBytes: number;
   /** End of the file rounded down to a cluster: where new clusters go. */
   fileSize: number;
+  /** fileSize at open: entries at or past it were not written by this image's writers before we opened it. */
+  openEnd: number;
+  /** Data clusters allocated since open (host offset → guest offset): the only valid targets at or past openEnd. */
+  grown: Map<number, number>;
   l1: Float64Array;
   l2Cache: Map<number, Float64Array>;
   lock: Promise<void>;
@@ -159,7 +163,11 @@ async function findCluster(s: QedState, pos: number, len: number): Promise<Run> 
   const bytes = Math.min(max, n * cs - inCluster);
   if (first === 0) return { type: CLUSTER_L2, host: 0, bytes };
   if (first === QED_ZERO_CLUSTER) return { type: CLUSTER_ZERO, host: 0, bytes };
-  if (!clusterOffsetOk(s, first) || first + n * cs > s.fileSize) {
+  // An entry that pointed past the end of the file at open must not alias a cluster allocated since.
+  const guest = pos - inCluster;
+  let stale = false;
+  for (let i = 0; i < n; i++) if (first + i * cs >= s.openEnd && s.grown.get(first + i * cs) !== guest + i * cs) stale = true;
+  if (stale || !clusterOffsetOk(s, first) || first + n * cs > s.fileSize) {
     const at = l2Offset + index * 8;
     throw new BlockError('ECORRUPT', `${s.image}: L2 entry at ${hex(at)} points at an invalid data cluster offset ${hex(first)} (file ends at ${hex(s.fileSize)})`);
   }
@@ -199,6 +207,8 @@ export const qedDriver: BlockDriver = {
       tableNelems: (cs * header.tableSize) / 8,
       tableBytes: cs * header.tableSize,
       fileSize: file.totalBytes - (file.totalBytes % cs),
+      openEnd: file.totalBytes - (file.totalBytes % cs),
+      grown: new Map(),
       l1: new Float64Array(0),
       l2Cache: new Map(),
       lock: Promise.resolve(),
@@ -360,6 +370,7 @@ async function writeRun(bs: BlockNode, s: QedState, pos: number, len: number, da
   const host = s.fileSize;
   await bdrvPwrite(s.file, host, buf.length, buf);
   s.fileSize += buf.length;
+  for (let i = 0; i < clusters; i++) s.grown.set(host + i * cs, start + i * cs);
 
   const l2Span = s.tableNelems * cs;
   const l1Index = Math.floor(pos / l2Span);

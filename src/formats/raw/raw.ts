@@ -94,9 +94,11 @@ export const rawDriver: BlockDriver = {
     return { status: BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID, pnum: bytes, map: offset + st(bs).offset, file: file(bs) };
   },
   // QEMU's raw_get_info: the file's answer (a protocol's is empty). That it
-  // answers at all is why qemu-img prints a dirty-flag for raw.
+  // answers at all is why qemu-img prints a dirty-flag for raw (not over
+  // http, whose driver cannot answer).
   getDriverInfo(bs) {
-    return file(bs).driver.getDriverInfo?.(file(bs)) ?? {};
+    const f = file(bs);
+    return f.driver.getDriverInfo ? f.driver.getDriverInfo(f) : {};
   },
 
   // qemu-img create and measure (create.ts).

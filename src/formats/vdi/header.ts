@@ -40,8 +40,8 @@ export const VDI_DEFAULT_BLOCK_SIZE = 1024 * 1024;
 export const VDI_UNALLOCATED = 0xffffffff;
 /** A discarded block: reads as zeros. */
 export const VDI_DISCARDED = 0xfffffffe;
-/** QEMU's VDI_BLOCKS_IN_IMAGE_MAX. */
-export const VDI_BLOCKS_IN_IMAGE_MAX = 0x3fffffff;
+/** QEMU's VDI_BLOCKS_IN_IMAGE_MAX (7.2): the block map (4 bytes a block, rounded up to a sector) stays at most INT_MAX bytes. */
+export const VDI_BLOCKS_IN_IMAGE_MAX = (2 ** 31 - 512) / 4;
 export const VDI_DISK_SIZE_MAX = VDI_BLOCKS_IN_IMAGE_MAX * VDI_DEFAULT_BLOCK_SIZE;
 /** Text QEMU writes into images it creates (we write the same, so VirtualBox sees a familiar banner). */
 export const VDI_TEXT = '<<< QEMU VM Virtual Disk Image >>>\n';

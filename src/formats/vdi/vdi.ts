@@ -235,11 +235,20 @@ async function vdiWrite(s: VdiState, offset: number, bytes: number, buf: Uint8Ar
       const data = buf.subarray(done, done + n);
       let entry = s.bmap[index]!;
       if (vdiIsAllocated(entry)) {
-        await bdrvPwrite(s.file, hostOffset(s, index, entry, inBlock), n, data);
+        const host = hostOffset(s, index, entry, inBlock);
+        // A block past the end of the file (a crafted data offset) would grow the file to it: refused.
+        if (host >= s.file.totalBytes) {
+          throw new BlockError('ECORRUPT', `${s.image}: block map entry ${index} (at ${hex(s.header.offsetBmap + index * 4)}) points at ${hex(host)}, past the end of the file (${s.file.totalBytes} bytes)`);
+        }
+        await bdrvPwrite(s.file, host, n, data);
       } else {
         entry = s.header.blocksAllocated;
         if (entry >= s.header.blocksInImage) {
           throw new BlockError('ECORRUPT', `${s.image}: VDI header blocks_allocated (${entry}) leaves no free block for block map entry ${index}`);
+        }
+        if (s.header.offsetData + entry * s.blockSize > s.file.totalBytes) {
+          // QEMU appends blocks at the end of the data area, which is never past the end of the file.
+          throw new BlockError('ECORRUPT', `${s.image}: VDI data offset ${hex(s.header.offsetData)} and blocks_allocated (${entry}) put a new block at ${hex(s.header.offsetData + entry * s.blockSize)}, past the end of the file (${s.file.totalBytes} bytes)`);
         }
         const block = new Uint8Array(s.blockSize);
         block.set(data, inBlock);

@@ -8,10 +8,9 @@ import { BlockError } from '../../block/errors.js';
 import type { ImageCreateRequest } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { optBool, type OptionDesc, type OptionValues } from '../../block/options.js';
-import { createVmdkOn, type VmdkAdapterType, type VmdkCreateOptions } from './create.js';
+import { createVmdkOn, VMDK_SUBFORMATS, type VmdkAdapterType, type VmdkCreateOptions, type VmdkSubformat } from './create.js';
 
 const ADAPTER_TYPES: readonly VmdkAdapterType[] = ['ide', 'lsilogic', 'buslogic', 'legacyESX'];
-const SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const;
 
 /** QEMU 7.2's vmdk_create_opts, in table order. */
 export const VMDK_CREATE_OPTS: readonly OptionDesc[] = [
@@ -31,7 +30,7 @@ export const VMDK_CREATE_OPTS: readonly OptionDesc[] = [
     name: 'subformat',
     type: 'str',
     help: 'VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ',
-    qapi: { enum: SUBFORMATS },
+    qapi: { enum: VMDK_SUBFORMATS },
   },
   { name: 'zeroed_grain', type: 'bool', help: 'Enable efficient zero writes using the zeroed-grain GTE feature' },
 ];
@@ -42,7 +41,7 @@ export function vmdkOptionsFromValues(values: OptionValues): VmdkCreateOptions {
   const adapterType = values.get('adapter_type');
   if (adapterType !== undefined && !ADAPTER_TYPES.includes(adapterType as VmdkAdapterType)) throw invalid(adapterType);
   const subformat = values.get('subformat');
-  if (subformat !== undefined && !(SUBFORMATS as readonly string[]).includes(subformat)) throw invalid(subformat);
+  if (subformat !== undefined && !(VMDK_SUBFORMATS as readonly string[]).includes(subformat)) throw invalid(subformat);
   let hwversion = values.get('hwversion');
   if (hwversion === 'undefined') hwversion = undefined;
   if (optBool(values, 'compat6') === true) {
@@ -52,8 +51,7 @@ export function vmdkOptionsFromValues(values: OptionValues): VmdkCreateOptions {
   const backingFmt = values.get('backing_fmt');
   if (backingFmt !== undefined && backingFmt !== 'vmdk') throw new BlockError('EINVAL', 'backing_file must be a vmdk image');
   const o: VmdkCreateOptions = {};
-  if (subformat === 'monolithicSparse' || subformat === 'monolithicFlat' || subformat === 'streamOptimized') o.subformat = subformat;
-  else if (subformat !== undefined) throw new BlockError('ENOTSUP', `creating subformat '${subformat}' is not supported`);
+  if (subformat !== undefined) o.subformat = subformat as VmdkSubformat;
   if (adapterType !== undefined) o.adapterType = adapterType as VmdkAdapterType;
   if (hwversion !== undefined) o.hwversion = hwversion;
   const tools = values.get('toolsversion');

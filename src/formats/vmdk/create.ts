@@ -8,6 +8,10 @@
  *   streamOptimized: the same layout, version 3 with the compressed and
  *     marker flags; the driver appends each grain compressed behind a marker
  *   monolithicFlat: a descriptor file plus NAME-flat.vmdk of the full size
+ *   twoGbMaxExtentSparse / twoGbMaxExtentFlat: a descriptor file plus one
+ *     extent per 2 GiB (NAME-s001.vmdk… sparse, with the monolithicSparse
+ *     layout and an empty descriptor area; NAME-f001.vmdk… flat), the last
+ *     one holding the rest; a 0-byte image has no extent at all
  *
  * Options are qemu-img's: subformat, adapter_type (ide, lsilogic, buslogic,
  * legacyESX), hwversion, toolsversion, zeroed_grain, backing_file (a VMDK
@@ -33,8 +37,15 @@ import {
 
 export type VmdkAdapterType = 'ide' | 'lsilogic' | 'buslogic' | 'legacyESX';
 
+/** The subformats QEMU creates. */
+export const VMDK_SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const;
+export type VmdkSubformat = (typeof VMDK_SUBFORMATS)[number];
+
+/** The most one extent of a split (twoGbMaxExtent*) image holds. */
+const SPLIT_EXTENT_BYTES = 2 * 1024 * 1024 * 1024;
+
 export interface VmdkCreateOptions {
-  subformat?: 'monolithicSparse' | 'monolithicFlat' | 'streamOptimized';
+  subformat?: VmdkSubformat;
   adapterType?: VmdkAdapterType;
   hwversion?: string;
   toolsversion?: string;
@@ -135,11 +146,16 @@ export interface VmdkCreateIo {
   openBacking(name: string): Promise<BlockNode>;
 }
 
-/** QEMU's filename_decompose: the extent name for a flat image is the base name's stem + "-flat" + its extension. */
-export function flatExtentName(filename: string): string {
+/** QEMU's filename_decompose: an extent's name is the base name's stem + `suffix` + its extension. */
+function extentName(filename: string, suffix: string): string {
   const base = filename.slice(filename.lastIndexOf('/') + 1);
   const dot = base.lastIndexOf('.');
-  return dot < 0 ? `${base}-flat` : `${base.slice(0, dot)}-flat${base.slice(dot)}`;
+  return dot < 0 ? `${base}${suffix}` : `${base.slice(0, dot)}${suffix}${base.slice(dot)}`;
+}
+
+/** The extent of a monolithicFlat image: NAME-flat.vmdk. */
+export function flatExtentName(filename: string): string {
+  return extentName(filename, '-flat');
 }
 
 /** Creates a VMDK image `filename` of `size` bytes (rounded up to 512) in `storage`. */
@@ -208,17 +224,48 @@ export async function createVmdkOn(file: BlockNode, filename: string, size: numb
     return;
   }
 
-  if (subformat !== 'monolithicSparse' && subformat !== 'streamOptimized') throw new BlockError('ENOTSUP', `${filename}: creating subformat '${subformat}' is not supported`);
   const zeroedGrain = opts.zeroedGrain ?? false;
-  const l = sparseLayout(size, zeroedGrain, subformat === 'streamOptimized');
+  if (subformat === 'twoGbMaxExtentSparse' || subformat === 'twoGbMaxExtentFlat') {
+    const sparse = subformat === 'twoGbMaxExtentSparse';
+    const extentLines: string[] = [];
+    for (let done = 0, i = 1; done < size; done += SPLIT_EXTENT_BYTES, i++) {
+      const bytes = Math.min(SPLIT_EXTENT_BYTES, size - done);
+      const name = extentName(filename, `-${sparse ? 's' : 'f'}${String(i).padStart(3, '0')}`);
+      const extent = await io.createExtent(name);
+      if (sparse) {
+        await writeSparseExtent(extent, bytes, zeroedGrain, false);
+        extentLines.push(`RW ${bytes / SECTOR_SIZE} SPARSE "${name}"`);
+      } else {
+        await bdrvTruncate(extent, bytes);
+        await bdrvFlush(extent);
+        extentLines.push(`RW ${bytes / SECTOR_SIZE} FLAT "${name}" 0`);
+      }
+    }
+    const text = vmdkDescriptorText({ ...common, createType: subformat, extentLines });
+    await bdrvPwrite(file, 0, text.length, ascii(text));
+    await bdrvFlush(file);
+    return;
+  }
+
+  if (subformat !== 'monolithicSparse' && subformat !== 'streamOptimized') throw new BlockError('ENOTSUP', `${filename}: creating subformat '${subformat}' is not supported`);
   const text = vmdkDescriptorText({ ...common, createType: subformat, extentLines: [`RW ${size / SECTOR_SIZE} SPARSE "${base}"`] });
   if (text.length > DESC_SIZE * SECTOR_SIZE) throw new BlockError('EINVAL', `${filename}: the descriptor does not fit its ${DESC_SIZE} sectors`);
+  await writeSparseExtent(file, size, zeroedGrain, subformat === 'streamOptimized', text);
+}
+
+/**
+ * A hosted sparse extent of `size` bytes in the empty `file`: header, both
+ * grain directories with their (empty) tables, and the embedded descriptor
+ * `text` when given (split extents leave the descriptor area zeroed).
+ */
+async function writeSparseExtent(file: BlockNode, size: number, zeroedGrain: boolean, compressed: boolean, text?: string): Promise<void> {
+  const l = sparseLayout(size, zeroedGrain, compressed);
   await bdrvPwrite(file, 0, SECTOR_SIZE, serializeSparseExtentHeader(l.header));
   await bdrvTruncate(file, l.header.overHead * SECTOR_SIZE);
   const rgd = directory(l.header.rgdOffset, l.gdSectors, l.gtCount, l.gtSize);
   await bdrvPwrite(file, l.header.rgdOffset * SECTOR_SIZE, rgd.length, rgd);
   const gd = directory(l.header.gdOffset, l.gdSectors, l.gtCount, l.gtSize);
   await bdrvPwrite(file, l.header.gdOffset * SECTOR_SIZE, gd.length, gd);
-  await bdrvPwrite(file, DESC_OFFSET * SECTOR_SIZE, text.length, ascii(text));
+  if (text !== undefined) await bdrvPwrite(file, DESC_OFFSET * SECTOR_SIZE, text.length, ascii(text));
   await bdrvFlush(file);
 }

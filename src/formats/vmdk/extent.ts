@@ -357,7 +357,15 @@ export async function allocateGrain(
   const l2Index = Math.floor(sector / ext.clusterSectors) % ext.l2Size;
   const gte = table[l2Index]!;
   const zeroed = ext.hasZeroGrain && gte === VMDK_GTE_ZEROED;
-  if (gte !== 0 && !zeroed) return gte * SECTOR_SIZE;
+  if (gte !== 0 && !zeroed) {
+    // A grain past the end of the file reads as an error (lookupGrain); writing there would grow the file to it.
+    const host = gte * SECTOR_SIZE;
+    const entryAt = l2Sector * SECTOR_SIZE + l2Index * 4;
+    if (host >= ext.file.totalBytes) {
+      throw new BlockError('EIO', `${name}: grain table entry at ${hex(entryAt)} points to ${hex(host)}, beyond the end of the file (${ext.file.totalBytes} bytes)`);
+    }
+    return host;
+  }
   const grainBytes = ext.clusterSectors * SECTOR_SIZE;
   if (ext.nextClusterSector + ext.clusterSectors > 0xffffffff) throw new BlockError('ENOSPC', `${name}: no room for another grain (grain table entries are 32-bit sectors)`);
   const newSector = ext.nextClusterSector;

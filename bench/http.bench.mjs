@@ -1,0 +1,123 @@
+#!/usr/bin/env node
+// The http protocol over loopback with injected latency (2 ms per request):
+//  - sequential read of a whole image through the protocol (adaptive read-ahead,
+//    parallel requests) vs one bare fetch of the whole file, same server, same run
+//    (aim ≥ 0.8× of the bare fetch's throughput);
+//  - random 4 KiB reads: requests sent, peak requests in flight, cache hit rate;
+//  - the attach adapter's round trip vs a direct BlockBackend read.
+// BENCH_HTTP_MIB sets the image size (default 256; the issue's figure is 1024).
+// Needs `npm run build` first (uses dist/).
+import * as http from 'node:http';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { bench, MiB, root, scratchDir } from './lib.mjs';
+
+const { HttpStorage, httpStats } = await import(path.join(root, 'dist/protocols/http.js'));
+const lib = await import(path.join(root, 'dist/index.js'));
+const { bdrvPread, BlockBackend, MemoryStorage, MemoryFile, openImage, attachBackend } = lib;
+
+const SIZE = Number(process.env.BENCH_HTTP_MIB ?? 256) * MiB;
+const LATENCY = 2;
+const dir = scratchDir();
+const file = path.join(dir, 'disk.raw');
+{
+  const fd = fs.openSync(file, 'w');
+  const chunk = Buffer.alloc(8 * MiB);
+  for (let i = 0; i < chunk.length; i += 4) chunk.writeUInt32LE((i * 2654435761) >>> 0, i);
+  for (let o = 0; o < SIZE; o += chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, SIZE - o), o);
+  fs.closeSync(fd);
+}
+
+const server = http.createServer((req, res) => {
+  setTimeout(() => {
+    const size = SIZE;
+    if (req.method === 'HEAD') return res.writeHead(200, { 'Content-Length': size, ETag: '"v1"' }).end();
+    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    const [s, e] = m ? [Number(m[1]), Math.min(size - 1, m[2] ? Number(m[2]) : size - 1)] : [0, size - 1];
+    res.writeHead(m ? 206 : 200, { 'Content-Length': e - s + 1, ETag: '"v1"', ...(m ? { 'Content-Range': `bytes ${s}-${e}/${size}` } : {}) });
+    fs.createReadStream(file, { start: s, end: e, highWaterMark: MiB }).pipe(res);
+  }, LATENCY);
+});
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const url = `http://127.0.0.1:${server.address().port}/disk.raw`;
+
+async function bareFetch() {
+  const t0 = performance.now();
+  const res = await fetch(url);
+  let n = 0;
+  for await (const c of res.body) n += c.length;
+  if (n !== SIZE) throw new Error('short bare fetch');
+  return performance.now() - t0;
+}
+
+async function protocolRead() {
+  const bs = await new HttpStorage(undefined, {}).openProtocol(url, { readOnly: true });
+  const buf = new Uint8Array(2 * MiB);
+  const t0 = performance.now();
+  for (let o = 0; o < SIZE; o += buf.length) await bdrvPread(bs, o, Math.min(buf.length, SIZE - o), buf);
+  const ms = performance.now() - t0;
+  return { ms, stats: httpStats(bs) };
+}
+
+const bare = [];
+const ours = [];
+for (let i = 0; i < 3; i++) {
+  bare.push(await bareFetch());
+  ours.push(await protocolRead());
+}
+const bestBare = Math.min(...bare);
+const best = ours.reduce((a, b) => (a.ms < b.ms ? a : b));
+const mbps = (ms) => +(SIZE / MiB / (ms / 1000)).toFixed(1);
+bench({
+  name: `http sequential read ${SIZE / MiB} MiB, ${LATENCY} ms latency (throughput)`,
+  value: mbps(best.ms),
+  unit: 'MiB/s',
+  baseline: mbps(bestBare),
+  ratio: +(bestBare / best.ms).toFixed(2),
+  aim: '>=0.8',
+});
+bench({ name: 'http sequential read: requests / peak in flight', value: best.stats.requests, unit: 'requests', baseline: null, ratio: null, aim: `peak ${best.stats.peakInflight}` });
+
+// Random 4 KiB reads over the first 64 MiB (a working set twice the default 32 MiB cache).
+{
+  const bs = await new HttpStorage(undefined, {}).openProtocol(url, { readOnly: true });
+  let x = 12345;
+  const buf = new Uint8Array(4096);
+  const span = Math.min(SIZE, 64 * MiB);
+  const t0 = performance.now();
+  const N = 2000;
+  for (let i = 0; i < N; i += 8) {
+    await Promise.all(
+      Array.from({ length: 8 }, () => {
+        x = (x * 1103515245 + 12345) >>> 0;
+        return bdrvPread(bs, (x % (span / 4096)) * 4096, 4096, new Uint8Array(4096));
+      }),
+    );
+  }
+  const ms = performance.now() - t0;
+  const s = httpStats(bs);
+  bench({ name: 'http random 4 KiB reads (8 at a time)', value: +((N / ms) * 1000).toFixed(0), unit: 'reads/s', baseline: null, ratio: null, aim: null });
+  bench({ name: 'http random 4 KiB reads: cache hit rate', value: +(s.cacheHits / (s.cacheHits + s.blocksFetched)).toFixed(3), unit: 'fraction', baseline: null, ratio: null, aim: `${s.requests} requests, peak ${s.peakInflight} in flight` });
+  void buf;
+}
+server.close();
+
+// Attach adapter round trip vs a direct BlockBackend read (64 KiB reads from a memory raw image).
+{
+  const st = new MemoryStorage();
+  st.files.set('m.raw', new MemoryFile(new Uint8Array(64 * MiB)));
+  const blk = new BlockBackend(await openImage(st, 'm.raw', { format: 'raw', readOnly: false }));
+  const dev = await attachBackend(blk);
+  const buf = new Uint8Array(65536);
+  const time = async (f) => {
+    const t0 = performance.now();
+    for (let i = 0; i < 4000; i++) await f((i * 65536) % (64 * MiB));
+    return (performance.now() - t0) / 4000;
+  };
+  await time((o) => blk.read(o, 65536, buf)); // warm-up, both paths
+  await time((o) => dev.readInto(o, buf));
+  const direct = await time((o) => blk.read(o, 65536, buf));
+  const adapter = await time((o) => dev.readInto(o, buf));
+  bench({ name: 'attach device read 64 KiB (round trip)', value: +(adapter * 1000).toFixed(1), unit: 'us', baseline: +(direct * 1000).toFixed(1), ratio: +(adapter / direct).toFixed(2), aim: '<=1.2' });
+}
+fs.rmSync(dir, { recursive: true, force: true });

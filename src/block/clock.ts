@@ -1,0 +1,77 @@
+/**
+ * The clock the block layer measures and waits by (QEMU's QEMU_CLOCK_REALTIME
+ * / QEMU_CLOCK_VIRTUAL for accounting and throttling). Statistics read
+ * `nowNs`, throttling sleeps with `sleepNs`. Tests give a VirtualClock, whose
+ * time moves only when told to, so they assert by counting, never by wall time.
+ */
+export interface Clock {
+  /** Monotonic time in nanoseconds. */
+  nowNs(): number;
+  /** Resolves once `ns` nanoseconds have passed on this clock. */
+  sleepNs(ns: number): Promise<void>;
+}
+
+const perfNow = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+
+/** The host's monotonic clock. */
+export const realClock: Clock = {
+  nowNs: () => Math.round(perfNow() * 1e6),
+  sleepNs: (ns) => new Promise((r) => setTimeout(r, Math.max(0, Math.ceil(ns / 1e6)))),
+};
+
+/** A clock that stands still until `advance` moves it; sleepers wake in deadline order. */
+export class VirtualClock implements Clock {
+  private now: number;
+  private timers: { at: number; wake: () => void }[] = [];
+
+  constructor(startNs = 1_000_000_000) {
+    this.now = startNs;
+  }
+
+  nowNs(): number {
+    return this.now;
+  }
+
+  sleepNs(ns: number): Promise<void> {
+    return new Promise((wake) => {
+      this.timers.push({ at: this.now + Math.max(0, ns), wake });
+      this.timers.sort((a, b) => a.at - b.at);
+    });
+  }
+
+  /** Number of sleepers not woken yet. */
+  get pending(): number {
+    return this.timers.length;
+  }
+
+  /** Deadline of the next sleeper, if any. */
+  nextDeadline(): number | undefined {
+    return this.timers[0]?.at;
+  }
+
+  /**
+   * Moves time forward by `ns`, waking every sleeper whose deadline passed, in
+   * order, letting each one's continuation run before the next.
+   */
+  async advance(ns: number): Promise<void> {
+    const end = this.now + ns;
+    // Requests started just before may not have reached their sleep yet.
+    await settle();
+    for (;;) {
+      const t = this.timers[0];
+      if (!t || t.at > end) break;
+      this.timers.shift();
+      this.now = Math.max(this.now, t.at);
+      t.wake();
+      await settle();
+    }
+    this.now = end;
+    await settle();
+  }
+}
+
+/** Lets queued promise continuations run (several turns: a woken request may await more than once). */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 20; i++) await Promise.resolve();
+  await new Promise((r) => setTimeout(r, 0));
+}

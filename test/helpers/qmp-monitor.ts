@@ -1,0 +1,147 @@
+/**
+ * Drives a QMP monitor process on stdio line by line — real QEMU
+ * (`qemu-system-x86_64 -machine none -nodefaults -qmp stdio`) or
+ * `blocktab qmp` — with the same command line options and the same raw input
+ * lines, and records a transcript per input line: the replies, the events
+ * (timestamps kept apart) and any non-JSON text the process printed (QEMU's
+ * HMP qemu-io writes its output there; blocktab returns it as the reply).
+ * `normalizeTranscript` masks what legitimately differs.
+ */
+import { spawn } from 'node:child_process';
+import * as readline from 'node:readline';
+import { cliEntry } from './qemu.js';
+
+export interface MonitorStep {
+  input: string;
+  replies: unknown[];
+  events: { event: string; data?: unknown }[];
+  text: string;
+  timestamps: { seconds: number; microseconds: number }[];
+}
+
+export interface MonitorRun {
+  greeting: unknown;
+  steps: MonitorStep[];
+  exitCode: number | null;
+  /** Every output line as written (for the wire-format checks). */
+  raw: string[];
+}
+
+/**
+ * Sends each input line and waits for `expect(line)` replies to it (1 by
+ * default; 0 for a partial line, n for n objects on one line).
+ */
+export async function runMonitor(
+  which: 'qemu' | 'blocktab',
+  options: string[],
+  lines: { line: string; replies?: number }[],
+  opts: { cwd?: string } = {},
+): Promise<MonitorRun> {
+  const [cmd, args] =
+    which === 'qemu'
+      ? ['qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', 'stdio', ...options]]
+      : [process.execPath, [cliEntry, 'qmp', ...options]];
+  const p = spawn(cmd, args, { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const rl = readline.createInterface({ input: p.stdout });
+  const raw: string[] = [];
+  const queue: string[] = [];
+  let waiter: (() => void) | null = null;
+  let closed = false;
+  rl.on('line', (l) => {
+    raw.push(l);
+    queue.push(l);
+    const w = waiter;
+    waiter = null;
+    w?.();
+  });
+  rl.on('close', () => {
+    closed = true;
+    waiter?.();
+  });
+  const next = async (): Promise<string | undefined> => {
+    while (queue.length === 0 && !closed) await new Promise<void>((r) => (waiter = r));
+    return queue.shift();
+  };
+  const first = await next();
+  if (first === undefined) throw new Error(`${which} exited before its greeting: ${stderr}`);
+  const greeting = JSON.parse(first) as unknown;
+  const steps: MonitorStep[] = [];
+  for (const { line, replies = 1 } of lines) {
+    const step: MonitorStep = { input: line, replies: [], events: [], text: '', timestamps: [] };
+    p.stdin.write(line + '\n');
+    while (step.replies.length < replies) {
+      const l = await next();
+      if (l === undefined) break;
+      let m: Record<string, unknown>;
+      try {
+        m = JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        step.text += l + '\n';
+        continue;
+      }
+      if ('event' in m) {
+        step.timestamps.push(m.timestamp as MonitorStep['timestamps'][number]);
+        step.events.push('data' in m ? { event: m.event as string, data: m.data } : { event: m.event as string });
+      } else step.replies.push(m);
+    }
+    // Output printed after the reply (QEMU's HMP text arrives before it) — take what is already there.
+    while (queue.length > 0 && !queue[0]!.startsWith('{')) step.text += queue.shift()! + '\n';
+    steps.push(step);
+  }
+  p.stdin.end();
+  const exitCode = await new Promise<number | null>((r) => (p.exitCode !== null ? r(p.exitCode) : p.on('exit', (c) => r(c))));
+  while (queue.length > 0) {
+    const l = queue.shift()!;
+    const last = steps[steps.length - 1];
+    if (last) {
+      try {
+        const m = JSON.parse(l) as Record<string, unknown>;
+        if ('event' in m) last.events.push({ event: m.event as string, data: m.data });
+        else last.replies.push(m);
+      } catch {
+        last.text += l + '\n';
+      }
+    }
+  }
+  return { greeting, steps, exitCode, raw };
+}
+
+const TIME_KEY = /(_time_ns|_latency_ns|_queue_depth)$/;
+
+/**
+ * Masks what differs legitimately: auto-generated node names (#blockNNN →
+ * #block1, #block2… in order of appearance), the temp directories, time
+ * measurements (kept as "time"), the version, qemu-io's timing line.
+ */
+export function normalizeTranscript(run: MonitorRun, dir: string): unknown {
+  const names = new Map<string, string>();
+  const walk = (v: unknown, key?: string): unknown => {
+    if (typeof v === 'string') {
+      let s = v.split(dir).join('$DIR');
+      s = s.replace(/#block\d+/g, (n) => {
+        if (!names.has(n)) names.set(n, `#block${names.size + 1}`);
+        return names.get(n)!;
+      });
+      return s;
+    }
+    if (typeof v === 'number' && key !== undefined && (TIME_KEY.test(key) || key === 'idle_time_ns')) return 'time';
+    if (Array.isArray(v)) return v.map((x) => walk(x));
+    if (v && typeof v === 'object') {
+      const o: Record<string, unknown> = {};
+      for (const k of Object.keys(v).sort()) {
+        if (k === 'version' || k === 'package' || k === 'micro') continue;
+        o[k] = walk((v as Record<string, unknown>)[k], k);
+      }
+      return o;
+    }
+    return v;
+  };
+  return run.steps.map((s) => ({
+    input: s.input.split(dir).join('$DIR'),
+    replies: walk(s.replies),
+    events: walk(s.events),
+    text: s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME').split(dir).join('$DIR'),
+  }));
+}
