@@ -4,8 +4,9 @@
  * app shell, the engine worker, the wasm kernels, public/'s files). It
  * pre-caches them all at install, so after one visit the app opens, reads
  * and converts images with the network off; a new build has a new cache name
- * and the old cache is dropped when it activates. Requests for anything else
- * (an image URL the user opens, say) go to the network untouched.
+ * and the old cache is dropped when it activates. Range requests for a cached
+ * file are sliced from the cache. Requests for anything else (an image URL
+ * the user opens, say) go to the network untouched.
  */
 
 /** The service worker's source for `files` (paths relative to the app's base). */
@@ -31,13 +32,34 @@ self.addEventListener('fetch', (event) => {
   if (req.method !== 'GET') return;
   const url = new URL(req.url);
   if (url.origin !== self.location.origin) return;
-  // Range requests (images served by this origin) are the network's business.
-  if (req.headers.has('range')) return;
   const scope = new URL(self.registration.scope);
   const rel = url.pathname.startsWith(scope.pathname) ? './' + url.pathname.slice(scope.pathname.length) : null;
   const known = rel !== null && (FILES.includes(rel) || req.mode === 'navigate');
   if (!known) return;
   const key = req.mode === 'navigate' ? './' : rel;
+  // A Range request for a cached file (the demo images) is answered from the
+  // cache, sliced: the browser's HTTP cache may hold the file gzip-encoded
+  // from the install, and a range over that comes back whole.
+  if (req.headers.has('range')) {
+    event.respondWith(
+      caches.open(CACHE).then(async (c) => {
+        const hit = await c.match(new URL(key, scope).href);
+        const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.get('range') || '');
+        if (!hit || !m) return fetch(req);
+        const blob = await hit.blob();
+        const start = Number(m[1]);
+        const end = m[2] ? Math.min(Number(m[2]), blob.size - 1) : blob.size - 1;
+        const same = {};
+        for (const h of ['etag', 'last-modified', 'content-type']) if (hit.headers.has(h)) same[h] = hit.headers.get(h);
+        if (start >= blob.size) return new Response(null, { status: 416, headers: { ...same, 'content-range': 'bytes */' + blob.size } });
+        return new Response(blob.slice(start, end + 1), {
+          status: 206,
+          headers: { ...same, 'accept-ranges': 'bytes', 'content-length': String(end - start + 1), 'content-range': 'bytes ' + start + '-' + end + '/' + blob.size },
+        });
+      }),
+    );
+    return;
+  }
   event.respondWith(
     caches.open(CACHE).then(async (c) => {
       const hit = await c.match(new URL(key, scope).href);

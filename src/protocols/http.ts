@@ -263,6 +263,10 @@ async function request<T>(
       let res: Response;
       try {
         res = await s.opts.fetch(url, {
+          // The block cache is ours: the browser's HTTP cache may hold the file
+          // gzip-encoded (fetched whole before), and Chrome answers a range
+          // over such an entry with the whole body.
+          cache: 'no-store',
           ...init,
           headers: { ...s.opts.headers, ...(init.headers as Record<string, string>) },
           ...(s.opts.timeoutMs > 0 ? { signal: AbortSignal.timeout(s.opts.timeoutMs) } : {}),
