@@ -31,6 +31,20 @@ export function qemuImg(args: string[], opts: { cwd?: string } = {}): string {
   return execFileSync('qemu-img', args, { cwd: opts.cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
+/**
+ * `qemu-img create -f luks …`, tried again when qemu-img gives up sizing
+ * PBKDF2: it times 32768 iterations on the thread's CPU clock and fails
+ * ("Unable to get accurate CPU usage") when that clock reads 0 ms, which
+ * happens now and then on machines with a coarse clock.
+ */
+export function qemuImgCreateLuks(args: string[], opts: { cwd?: string } = {}): string {
+  for (let attempt = 1; ; attempt++) {
+    const r = spawnSync('qemu-img', args, { cwd: opts.cwd, encoding: 'utf8' });
+    if (r.status === 0) return r.stdout;
+    if (!/Unable to get accurate CPU usage/.test(r.stderr) || attempt === 10) throw new Error(`qemu-img ${args.join(' ')}: ${r.stderr}`);
+  }
+}
+
 /** Runs qemu-img and returns status, stdout and stderr without throwing. */
 export function qemuImgRun(args: string[], opts: { cwd?: string } = {}): { status: number; stdout: string; stderr: string } {
   const r = spawnSync('qemu-img', args, { cwd: opts.cwd, encoding: 'utf8' });

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { blocktab, qemuImg, qemuImgRun, seededBytes, tmpDir } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgRun, seededBytes, tmpDir, qemuImgCreateLuks } from '../helpers/qemu.js';
 
 const secret = ['--object', 'secret,id=sec0,data=open sesame'];
 const opts = (file: string) => `driver=luks,key-secret=sec0,file.filename=${file}`;
@@ -48,7 +48,7 @@ describe('luks: blocktab creates and writes, QEMU reads', () => {
   let dir = '';
   beforeAll(() => {
     dir = tmpDir('luks-write-');
-    qemuImg(['create', '-q', '-f', 'luks', ...secret, '-o', 'key-secret=sec0,iter-time=10', 'theirs.luks', String(SIZE)], { cwd: dir });
+    qemuImgCreateLuks(['create', '-q', '-f', 'luks', ...secret, '-o', 'key-secret=sec0,iter-time=10', 'theirs.luks', String(SIZE)], { cwd: dir });
     const made = blocktab(['create', '-f', 'luks', ...secret, '-o', 'key-secret=sec0,iter-time=10', 'ours.luks', String(SIZE)], { cwd: dir });
     expect(made.stderr).toBe('');
     expect(made.stdout).toBe("Formatting 'ours.luks', fmt=luks size=4194304 key-secret=sec0 iter-time=10\n");

@@ -13,7 +13,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { BlockError, FileStorage, bdrvPread, closeNode, openImage, registerSecret } from '../../src/node.js';
 import '../../src/drivers.js';
 import { imageInfo } from '../../src/img/info.js';
-import { blocktab, qemuImg, qemuImgRun, tmpDir } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgRun, tmpDir, qemuImgCreateLuks } from '../helpers/qemu.js';
 import { execFileSync } from 'node:child_process';
 
 const PASSWORD = 'correct horse battery staple';
@@ -42,7 +42,7 @@ for (const c of cases) {
       dir = tmpDir('luks-');
       image = path.join(dir, 'disk.luks');
       if (c.fixture) fs.writeFileSync(image, zlib.gunzipSync(fs.readFileSync(path.join(fixtures, c.fixture))));
-      else qemuImg([...['create', '-q', '-f', 'luks'], ...secret, '-o', `key-secret=sec0,${c.create}`, image, c.size]);
+      else qemuImgCreateLuks([...['create', '-q', '-f', 'luks'], ...secret, '-o', `key-secret=sec0,${c.create}`, image, c.size]);
       execFileSync('qemu-io', [...secret, '--image-opts', opts(image), '-c', 'write -P 0x5a 4096 8192', '-c', 'write -P 0x11 1M 512', '-c', 'write -P 0xee 0 512'], { stdio: 'ignore' });
       qemuImg(['convert', ...secret, '--image-opts', opts(image), '-O', 'raw', path.join(dir, 'theirs.raw')]);
       registerSecret('sec0', PASSWORD);
