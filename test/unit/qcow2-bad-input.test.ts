@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlockError, FileStorage, openImage, bdrvPread, closeNode } from '../../src/node.js';
 import { qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { openFailure, readFailure } from '../helpers/block-errors.js';
 
 const dir = tmpDir('qcow2-bad-');
 const st = new FileStorage();
@@ -41,26 +42,11 @@ function l2Offset(f: string): number {
 }
 
 async function openErr(f: string, readOnly = true): Promise<BlockError> {
-  const e = await openImage(st, f, { readOnly, format: 'qcow2' }).then(
-    async (bs) => {
-      await closeNode(bs);
-      return undefined;
-    },
-    (e) => e,
-  );
-  expect(e, 'open should fail').toBeInstanceOf(BlockError);
-  return e as BlockError;
+  return openFailure(st, f, { format: 'qcow2', readOnly });
 }
 
 async function readErr(f: string, offset: number, bytes: number): Promise<BlockError> {
-  const bs = await openImage(st, f, { readOnly: true, format: 'qcow2' });
-  try {
-    const e = await bdrvPread(bs, offset, bytes, new Uint8Array(bytes)).catch((e) => e);
-    expect(e, 'read should fail').toBeInstanceOf(BlockError);
-    return e as BlockError;
-  } finally {
-    await closeNode(bs);
-  }
+  return readFailure(st, f, 'qcow2', offset, bytes);
 }
 
 /** qemu-img refuses the image too (the case is QEMU's, not only ours). */

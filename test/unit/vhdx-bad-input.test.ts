@@ -14,6 +14,7 @@ import { batEntry, vhdxLayout, writeDirtyLog } from '../helpers/vhdx-log.js';
 import { parseRegionTable, serializeRegionTable, VHDX_REGION_TABLE_OFFSET } from '../../src/formats/vhdx/header.js';
 import { BAT_GUID, METADATA_GUID, PARENT_LOCATOR_GUID, VHDX_PARENT_LOCATOR_TYPE } from '../../src/formats/vhdx/guid.js';
 import { parseMetadataTable, serializeMetadataTable, serializeParentLocator, VHDX_PARAMS_HAS_PARENT } from '../../src/formats/vhdx/metadata.js';
+import { openFailure, readFailure } from '../helpers/block-errors.js';
 
 const dir = tmpDir('vhdx-bad-');
 const st = new FileStorage();
@@ -53,15 +54,7 @@ function metadataOffset(f: string): number {
 }
 
 async function openErr(f: string, readOnly = true): Promise<BlockError> {
-  const e = await openImage(st, f, { readOnly, format: 'vhdx' }).then(
-    async (bs) => {
-      await closeNode(bs);
-      return undefined;
-    },
-    (e) => e,
-  );
-  expect(e, 'open should fail').toBeInstanceOf(BlockError);
-  return e as BlockError;
+  return openFailure(st, f, { format: 'vhdx', readOnly });
 }
 
 describe('vhdx bad input', () => {

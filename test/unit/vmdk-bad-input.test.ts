@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { BlockError, FileStorage, openImage, bdrvPread, closeNode } from '../../src/node.js';
 import { BlobStorage } from '../../src/protocols/blob.js';
 import { qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { openFailure, readFailure } from '../helpers/block-errors.js';
 
 const dir = tmpDir('vmdk-bad-');
 const st = new FileStorage();
@@ -40,26 +41,11 @@ function readLe32(f: string, offset: number): number {
 }
 
 async function openErr(f: string, storage: FileStorage | BlobStorage = st): Promise<BlockError> {
-  const e = await openImage(storage, f, { readOnly: true, format: 'vmdk' }).then(
-    async (bs) => {
-      await closeNode(bs);
-      return undefined;
-    },
-    (e) => e,
-  );
-  expect(e, 'open should fail').toBeInstanceOf(BlockError);
-  return e as BlockError;
+  return openFailure(storage, f, { format: 'vmdk' });
 }
 
 async function readErr(f: string, offset: number, bytes: number): Promise<BlockError> {
-  const bs = await openImage(st, f, { readOnly: true, format: 'vmdk' });
-  try {
-    const e = await bdrvPread(bs, offset, bytes, new Uint8Array(bytes)).catch((e) => e);
-    expect(e, 'read should fail').toBeInstanceOf(BlockError);
-    return e as BlockError;
-  } finally {
-    await closeNode(bs);
-  }
+  return readFailure(st, f, 'vmdk', offset, bytes);
 }
 
 /** The header's gdOffset (sectors) → the first grain table's sector. */
