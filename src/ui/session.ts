@@ -26,6 +26,8 @@ export interface ImageSession {
   info: QmpImageInfo;
   /** The chain, top image first. */
   layers: QmpImageInfo[];
+  /** Set for a web image opened under a local overlay: its URL (the overlay is `filename`). */
+  remoteUrl?: string;
 }
 
 export function chainOf(info: QmpImageInfo): QmpImageInfo[] {
@@ -58,6 +60,22 @@ export async function openSession(client: BlocktabClient, storage: string, filen
   try {
     const info = await client.info(node, { backingChain: true });
     return { label, storage, filename, node, writable, readOnlyReason, info, layers: chainOf(info) };
+  } catch (e) {
+    await client.close(node).catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Opens a web image under its local overlay (made on first use, found again
+ * after a reload), read-write: the guest's and the edit tools' writes stay
+ * in the overlay, the server's image is never written.
+ */
+export async function openRemoteSession(client: BlocktabClient, url: string, label: string): Promise<ImageSession> {
+  const { node, overlay } = await client.openRemoteOverlay(url);
+  try {
+    const info = await client.info(node, { backingChain: true });
+    return { label, storage: 'remote', filename: overlay, node, writable: true, info, layers: chainOf(info), remoteUrl: url };
   } catch (e) {
     await client.close(node).catch(() => {});
     throw e;
