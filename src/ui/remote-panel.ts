@@ -67,7 +67,7 @@ export class RemotePanel {
     ];
     if (st.overlay) {
       rows.push(['Overlay file', `${formatSize(st.overlay.fileBytes)} in ${s.storage === 'remote' ? 'this browser' : s.storage}: ${s.filename}`, st.overlay.fileBytes]);
-      rows.push(['Written by you', `${formatSize(st.overlay.allocatedBytes)} of ${formatSize(st.overlay.virtualBytes)}`, st.overlay.allocatedBytes]);
+      rows.push(['Allocated in the overlay', `${formatSize(st.overlay.allocatedBytes)} of ${formatSize(st.overlay.virtualBytes)}`, st.overlay.allocatedBytes]);
     }
     byId('remote-status').replaceChildren(
       ...rows.map(([k, v, n]) => h('div', { 'data-fact': k, 'data-value': n }, h('dt', {}, k), h('dd', {}, v))),

@@ -80,15 +80,20 @@ describe('remote disk: overlay, status, export, emulator', () => {
     });
     const url = await openWithOverlay(page, 'web.raw');
     await expect.poll(() => figure(page, 'Bytes fetched')).toBeGreaterThan(0);
-    expect(await figure(page, 'Written by you')).toBe(0);
+    expect(await figure(page, 'Allocated in the overlay')).toBe(0);
 
     // A write through the edit tools lands in the overlay.
     await page.fill('#write-offset', '1M');
     await page.fill('#write-length', '64k');
     await page.fill('#write-pattern', '0x5a');
     await page.click('#write-pattern-btn');
-    await expect.poll(() => figure(page, 'Written by you')).toBe(65536);
+    await expect.poll(() => figure(page, 'Allocated in the overlay')).toBe(65536);
     expect(await figure(page, 'Overlay file')).toBeGreaterThan(65536);
+
+    // After a reload the same URL finds its overlay, with the write in it.
+    await page.reload();
+    await openWithOverlay(page, 'web.raw');
+    await expect.poll(() => figure(page, 'Allocated in the overlay')).toBe(65536);
     await shot(page, '20-remote-overlay');
 
     const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export-overlay')]);
@@ -146,7 +151,7 @@ describe('remote disk: overlay, status, export, emulator', () => {
         node,
       );
     await expect.poll(readSector2, { timeout: 60_000 }).toEqual([...guestMarker(sector1)]);
-    await expect.poll(() => figure(page, 'Written by you')).toBeGreaterThan(0);
+    await expect.poll(() => figure(page, 'Allocated in the overlay')).toBeGreaterThan(0);
     await shot(page, '21-v86-booted');
     await page.click('#emulator-stop');
     await page.locator('#emulator-status', { hasText: 'Stopped.' }).waitFor();
