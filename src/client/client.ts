@@ -102,6 +102,8 @@ export interface BlocktabClient {
    * writes stay in the tab; the same URL finds its overlay again after a reload.
    */
   openRemoteOverlay(url: string): Promise<RemoteOverlayOpened>;
+  /** Lets overlays in local storage name images of `origin` as backing files (after a reload, the origins the user chose before). */
+  allowRemoteBacking(origin: string): Promise<void>;
   /** The HTTP block cache's counters and the overlay's size for an open image. */
   diskStatus(name: string): Promise<DiskStatus>;
   /**
@@ -209,6 +211,7 @@ export function createClient(worker?: Worker): BlocktabClient {
     inspectRead: (view, partition, path, offset, bytes) => remote.inspectRead(view, partition, path, offset, bytes),
     inspectDiff: (above, below, partition) => remote.inspectDiff(above, below, partition),
     openRemoteOverlay: (url) => remote.openRemoteOverlay(url),
+    allowRemoteBacking: (origin) => remote.allowRemoteBacking(origin),
     diskStatus: (name) => remote.diskStatus(name),
     exportTo: (name, mode, handle, onProgress) => remote.exportTo(name, mode, handle, maybeProxy(onProgress)),
     terminate: () => {

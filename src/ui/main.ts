@@ -17,7 +17,7 @@ import { EditPanel } from './edit-panel.js';
 import { SnapshotsPanel } from './snapshots-panel.js';
 import { BlockJobsPanel } from './block-jobs-panel.js';
 import { InsidePanel } from './inside-panel.js';
-import { openRemoteSession, openSession, refreshSession, type ImageSession } from './session.js';
+import { knownOverlays, openRemoteSession, openSession, OVERLAY_DIR, refreshSession, type ImageSession } from './session.js';
 import { RemotePanel } from './remote-panel.js';
 import { EmulatorPanel } from './emulator-panel.js';
 
@@ -55,15 +55,15 @@ class App {
     });
     if (storages.includes(LIBRARY)) {
       this.library = new Library(client, storages.includes('opfs') ? 'OPFS' : 'IndexedDB', {
-        open: (name) => void this.open(LIBRARY, name, name),
+        open: (name) => void (name.startsWith(OVERLAY_DIR) ? this.openOverlay(name) : this.open(LIBRARY, name, name)),
         release: async (name) => {
           const s = this.session;
-          if (s?.storage === LIBRARY && s.layers.some((l) => l.filename === name)) await this.closeImage();
+          if ((s?.storage === LIBRARY || s?.storage === 'remote') && s.layers.some((l) => l.filename === name)) await this.closeImage();
         },
         withReleased: (name, work) => this.withReleased(name, work),
         infoOf: (name) => {
           const s = this.session;
-          return s?.storage === LIBRARY ? s.layers.find((l) => l.filename === name) : undefined;
+          return s?.storage === LIBRARY || s?.storage === 'remote' ? s.layers.find((l) => l.filename === name) : undefined;
         },
       });
       void this.library.refresh();
@@ -262,6 +262,14 @@ class App {
     return this.open('remote', url, baseName(url), () => openRemoteSession(this.client, url, baseName(url)));
   }
 
+  /** An overlay of the library over a web image: opened as its URL was, with its changes. */
+  openOverlay(name: string): Promise<boolean> {
+    const url = knownOverlays()[name];
+    if (url) return this.openUrl(url, true);
+    // Made by an earlier version or another tab's lost record: the open explains what is refused.
+    return this.open('remote', name, name);
+  }
+
   openDemo(which: keyof typeof DEMOS = 'base'): Promise<boolean> {
     return this.open('http', new URL(DEMOS[which], document.baseURI).href, baseName(DEMOS[which]));
   }
@@ -334,6 +342,8 @@ async function main(): Promise<void> {
     showError('The blocktab engine could not start (it runs in a Web Worker; this browser may not support module workers)', e);
     return;
   }
+  // The origins of the overlays made earlier: their library entries read the web images under them.
+  for (const url of Object.values(knownOverlays())) await client.allowRemoteBacking(url).catch(() => {});
   const app = new App(client, storages, targetFormats);
   (window as unknown as { blocktab: unknown }).blocktab = { app, client };
   document.body.dataset.ready = 'true';

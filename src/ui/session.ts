@@ -73,6 +73,7 @@ export async function openSession(client: BlocktabClient, storage: string, filen
  */
 export async function openRemoteSession(client: BlocktabClient, url: string, label: string): Promise<ImageSession> {
   const { node, overlay } = await client.openRemoteOverlay(url);
+  rememberOverlay(overlay, url);
   try {
     const info = await client.info(node, { backingChain: true });
     return { label, storage: 'remote', filename: overlay, node, writable: true, info, layers: chainOf(info), remoteUrl: url };
@@ -80,6 +81,23 @@ export async function openRemoteSession(client: BlocktabClient, url: string, lab
     await client.close(node).catch(() => {});
     throw e;
   }
+}
+
+/** The overlays the app made (name in the library → URL), so the library reopens them after a reload. */
+const OVERLAYS_KEY = 'blocktab-overlays';
+/** The library's folder of overlays over web images; they open through the worker's `remote` storage. */
+export const OVERLAY_DIR = 'overlays/';
+
+export function knownOverlays(): Record<string, string> {
+  try {
+    return JSON.parse(localStorage.getItem(OVERLAYS_KEY) ?? '{}') as Record<string, string>;
+  } catch {
+    return {};
+  }
+}
+
+function rememberOverlay(overlay: string, url: string): void {
+  localStorage.setItem(OVERLAYS_KEY, JSON.stringify({ ...knownOverlays(), [overlay]: url }));
 }
 
 /** Re-reads the facts of an open session (after a write, a snapshot, a commit…). */

@@ -235,6 +235,11 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
       if (!options.remote) throw new BlockError('ENOTSUP', 'this worker has no local storage for overlays');
       return openRemoteOverlay(engine, options.remote.storage, url, options.remote.allowOrigin);
     },
+    /** Lets local overlays name images of `origin` as backing files (origins the user opened overlays for). */
+    allowRemoteBacking(origin: string): void {
+      if (!options.remote) throw new BlockError('ENOTSUP', 'this worker has no local storage for overlays');
+      options.remote.allowOrigin(new URL(origin).origin);
+    },
     diskStatus: (name: string): Promise<DiskStatus> => diskStatus(engine.lookup(name)),
     async exportTo(name: string, mode: ExportMode, handle: WritableHandle, onProgress?: ProgressCallback): Promise<number> {
       const p = throttled(onProgress);

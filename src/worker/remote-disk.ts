@@ -100,16 +100,29 @@ export async function diskStatus(top: BlockNode): Promise<DiskStatus> {
   let overlay: DiskStatus['overlay'] = null;
   const file = top.fileNode();
   if (web && web.layer !== top && file && !isHttp(file)) {
-    let allocatedBytes = 0;
-    for (let off = 0; off < top.totalBytes; ) {
-      const r = await isAllocated(top, off, top.totalBytes - off);
-      if (r.pnum <= 0) break;
-      if (r.allocated) allocatedBytes += r.pnum;
-      off += r.pnum;
-    }
-    overlay = { fileBytes: file.totalBytes, allocatedBytes, virtualBytes: top.totalBytes };
+    overlay = { fileBytes: file.totalBytes, allocatedBytes: await allocatedIn(top, file.totalBytes), virtualBytes: top.totalBytes };
   }
   return { http, overlay };
+}
+
+/** Last count per overlay: the app asks every second, and a walk over a large sparse disk is not free. */
+const allocatedCache = new WeakMap<BlockNode, { fileBytes: number; at: number; bytes: number }>();
+/** How long a count stands while the overlay's file keeps its length (discards and rewrites do not grow it). */
+const ALLOCATED_TTL_MS = 5000;
+
+/** Guest bytes allocated in `top` itself; counted again when its file grew (new clusters) or the count is old. */
+async function allocatedIn(top: BlockNode, fileBytes: number): Promise<number> {
+  const c = allocatedCache.get(top);
+  if (c && c.fileBytes === fileBytes && Date.now() - c.at < ALLOCATED_TTL_MS) return c.bytes;
+  let bytes = 0;
+  for (let off = 0; off < top.totalBytes; ) {
+    const r = await isAllocated(top, off, top.totalBytes - off);
+    if (r.pnum <= 0) break;
+    if (r.allocated) bytes += r.pnum;
+    off += r.pnum;
+  }
+  allocatedCache.set(top, { fileBytes, at: Date.now(), bytes });
+  return bytes;
 }
 
 /** What the worker needs of a FileSystemFileHandle (File System Access, or OPFS). */

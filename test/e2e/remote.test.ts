@@ -90,9 +90,13 @@ describe('remote disk: overlay, status, export, emulator', () => {
     await expect.poll(() => figure(page, 'Allocated in the overlay')).toBe(65536);
     expect(await figure(page, 'Overlay file')).toBeGreaterThan(65536);
 
-    // After a reload the same URL finds its overlay, with the write in it.
+    // After a reload the library lists the overlay (its backing file read over the web) and opens it with the write in it.
     await page.reload();
-    await openWithOverlay(page, 'web.raw');
+    const entry = page.locator('#library-list li[data-name^="overlays/web-"]');
+    await entry.locator('.lib-meta', { hasText: 'qcow2' }).waitFor();
+    expect(await entry.locator('.lib-error').count()).toBe(0);
+    await entry.getByRole('button', { name: /^Open / }).click();
+    await page.locator('#remote-section:not([hidden])').waitFor();
     await expect.poll(() => figure(page, 'Allocated in the overlay')).toBe(65536);
     await shot(page, '20-remote-overlay');
 
