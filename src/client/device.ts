@@ -7,7 +7,7 @@
  * (the client transfers, i.e. detaches, what it sends; emulators reuse their
  * buffers).
  */
-import type { BlockDevice } from '../attach/block-device.js';
+import { requestQueue, type BlockDevice } from '../attach/block-device.js';
 import type { BlocktabClient } from './client.js';
 
 export interface ClientDevice extends BlockDevice {
@@ -16,13 +16,11 @@ export interface ClientDevice extends BlockDevice {
 }
 
 export function clientDevice(client: BlocktabClient, node: string, byteLength: number, readOnly = false): ClientDevice {
-  let tail: Promise<unknown> = Promise.resolve();
+  const queue = requestQueue();
   let count = 0;
   const inOrder = <T>(op: () => Promise<T>): Promise<T> => {
     count++;
-    const p = tail.then(op, op);
-    tail = p.catch(() => {});
-    return p;
+    return queue(op);
   };
   const check = (offset: number, bytes: number, what: string) => {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0 || offset + bytes > byteLength) {

@@ -12,7 +12,7 @@ import type { BlocktabClient, DiskStatus, ExportMode } from '../client/index.js'
 import { showError } from './alerts.js';
 import { byId, h } from './dom.js';
 import { baseName, formatSize } from './format.js';
-import { saveFilePicker } from './save.js';
+import { offerDownload, saveFilePicker } from './save.js';
 import type { ImageSession } from './session.js';
 
 /** How often the figures refresh while a remote image is shown. */
@@ -128,15 +128,7 @@ export class RemotePanel {
     const dir = await root.getDirectoryHandle(EXPORT_DIR, { create: true });
     const handle = await dir.getFileHandle(name, { create: true });
     const bytes = await this.client.exportTo(node, mode, handle, onProgress);
-    const url = URL.createObjectURL(await handle.getFile());
-    const a = document.createElement('a');
-    a.href = url;
-    a.download = name;
-    a.hidden = true;
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    offerDownload(await handle.getFile(), name);
     return bytes;
   }
 }
