@@ -10,6 +10,12 @@ import { closeNode, openImage } from '../../src/block/open.js';
 import { bdrvPwrite, bdrvPwriteZeroes } from '../../src/block/io.js';
 import { commitImage } from '../../src/img/commit.js';
 import { check, guest } from '../helpers/qcow2-check.js';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { FileStorage } from '../../src/protocols/file.js';
+import { blockStatus, BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO } from '../../src/block/status.js';
+import { bdrvPread } from '../../src/block/io.js';
+import { tmpDir } from '../helpers/qemu.js';
 
 async function qcow2(st: MemoryStorage, filename: string, size: number, extra: { backingFile?: string; backingFormat?: string } = {}): Promise<void> {
   await createImage(st, await planCreate(st, { filename, format: 'qcow2', size, ...extra }));
@@ -33,5 +39,63 @@ describe('qemu-img commit of zeros (313)', () => {
     expect(res.leaks).toBe(0);
     expect(res.allocatedClusters).toBe(0);
     expect((await guest(st)).every((b) => b === 0)).toBe(true);
+  });
+});
+
+describe('a host file whose length is not a multiple of 512 (101, 221)', () => {
+  it('reads and maps as its length rounded up to 512 bytes, the tail a zero hole', async () => {
+    const f = path.join(tmpDir('blocktab-sector-'), 'a.raw');
+    fs.writeFileSync(f, new Uint8Array(65537).fill(7, 65536));
+    const bs = await openImage(new FileStorage(), f, { format: 'raw', readOnly: true });
+    try {
+      expect(bs.totalBytes).toBe(66048);
+      const tail = new Uint8Array(512).fill(0xff);
+      await bdrvPread(bs, 65536, 512, tail);
+      expect(tail[0]).toBe(7);
+      expect(tail.subarray(1).every((b) => b === 0)).toBe(true);
+      const st = await blockStatus(bs, true, 65537, 511);
+      expect(st.pnum).toBe(511);
+      expect(st.status & (BDRV_BLOCK_ZERO | BDRV_BLOCK_DATA)).toBe(BDRV_BLOCK_ZERO);
+    } finally {
+      await closeNode(bs);
+    }
+  });
+});
+
+describe('refcount block placement (313)', () => {
+  it('a refcount block a data run needs lands right after the run, as QEMU allocates the run first', async () => {
+    const st = new MemoryStorage();
+    const cs = 4096;
+    await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size: 2038 * cs, options: [`cluster_size=${cs},refcount_bits=64`] }));
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(bs, 0, 2038 * cs, new Uint8Array(2038 * cs).fill(1));
+    await closeNode(bs);
+    const img = st.get('a.qcow2')!;
+    const dv = new DataView(img.buffer, img.byteOffset);
+    const reftable = Number(dv.getBigUint64(48));
+    const blocks = [0, 1, 2, 3, 4].map((i) => Number(dv.getBigUint64(reftable + 8 * i)));
+    // Header, reftable, refblock 0, L1, L2 at clusters 0-4; 512-cluster runs of data; each new L2 table before its run.
+    expect(blocks).toEqual([0x2000, 0x205000, 0x407000, 0x609000, 0x801000]);
+  });
+});
+
+describe('qcow2 write-zeroes without a backing file (154)', () => {
+  it('makes zero clusters (allocated, reading as zeros), the partial tail cluster included, as QEMU', async () => {
+    const st = new MemoryStorage();
+    const size = (1 << 20) + 2048;
+    await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size, options: ['cluster_size=4096'] }));
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    try {
+      await bdrvPwriteZeroes(bs, 0, 65536);
+      await bdrvPwriteZeroes(bs, 1 << 20, 512);
+      const head = await blockStatus(bs, true, 0, 65536);
+      expect(head.status & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO)).toBe(BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO);
+      expect(head.pnum).toBe(65536);
+      const tail = await blockStatus(bs, true, 1 << 20, 2048);
+      expect(tail.status & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO)).toBe(BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO);
+      expect(tail.pnum).toBe(2048);
+    } finally {
+      await closeNode(bs);
+    }
   });
 });
