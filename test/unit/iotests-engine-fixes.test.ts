@@ -99,3 +99,14 @@ describe('qcow2 write-zeroes without a backing file (154)', () => {
     }
   });
 });
+
+describe('qcow2 virtual size too large to open (054)', () => {
+  it("a header size whose L1 index passes INT_MAX is refused with QEMU's words", async () => {
+    const st = new MemoryStorage();
+    await qcow2(st, 'a.qcow2', 4 << 30);
+    const img = st.get('a.qcow2')!.slice();
+    new DataView(img.buffer).setBigUint64(24, 1n << 60n);
+    st.put('a.qcow2', img);
+    await expect(openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true })).rejects.toThrow(/^a\.qcow2: Image is too big$/);
+  });
+});

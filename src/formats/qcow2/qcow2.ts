@@ -415,6 +415,7 @@ export const qcow2Driver: BlockDriver = {
   // What qemu-img needs per format: create-options.ts (create, amend), measure.ts, make-empty.ts.
   createOptions: QCOW2_CREATE_OPTS,
   create: qcow2CreateImage,
+  createChecksSize: true,
   measure: qcow2Measure,
   amendOptions: QCOW2_AMEND_OPTS,
   amend: qcow2AmendImage,
