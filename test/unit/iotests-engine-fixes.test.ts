@@ -110,3 +110,27 @@ describe('qcow2 virtual size too large to open (054)', () => {
     await expect(openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true })).rejects.toThrow(/^a\.qcow2: Image is too big$/);
   });
 });
+
+describe('rebase onto a backing file from no old backing (252)', () => {
+  it('writes the old zeros as zero clusters where the new backing has data, as qemu-img 7.2', async () => {
+    const { rebaseImage } = await import('../../src/img/rebase.js');
+    const st = new MemoryStorage();
+    const cs = 65536;
+    await qcow2(st, 'a.qcow2', 2 * cs);
+    await qcow2(st, 'new.qcow2', 2 * cs);
+    const nb = await openImage(st, 'new.qcow2', { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(nb, 0, cs, new Uint8Array(cs).fill(0x11));
+    await closeNode(nb);
+    await rebaseImage(st, { filename: 'a.qcow2', backing: 'new.qcow2', backingFormat: 'qcow2' });
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true });
+    try {
+      const first = await blockStatus(bs, true, 0, cs);
+      expect(first.status & (BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO | BDRV_BLOCK_DATA)).toBe(BDRV_BLOCK_ALLOCATED | BDRV_BLOCK_ZERO);
+      const buf = new Uint8Array(cs).fill(0xff);
+      await bdrvPread(bs, 0, cs, buf);
+      expect(buf.every((b) => b === 0)).toBe(true);
+    } finally {
+      await closeNode(bs);
+    }
+  });
+});
