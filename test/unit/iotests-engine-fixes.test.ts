@@ -134,3 +134,38 @@ describe('rebase onto a backing file from no old backing (252)', () => {
     }
   });
 });
+
+describe('qcow2 preallocation=falloc on the host file system (243)', () => {
+  it('allocates the data area in the image file and in an external data file', async () => {
+    const dir = tmpDir('blocktab-falloc-');
+    const st = new FileStorage();
+    const size = 4 << 20;
+    const img = path.join(dir, 'a.qcow2');
+    await createImage(st, await planCreate(st, { filename: img, format: 'qcow2', size, options: ['preallocation=falloc'] }));
+    expect(fs.statSync(img).blocks * 512).toBeGreaterThanOrEqual(size);
+    const ext = path.join(dir, 'b.qcow2');
+    await createImage(st, await planCreate(st, { filename: ext, format: 'qcow2', size, options: [`data_file=${path.join(dir, 'b.data')},preallocation=falloc`] }));
+    expect(fs.statSync(path.join(dir, 'b.data')).blocks * 512).toBeGreaterThanOrEqual(size);
+    expect(fs.statSync(ext).blocks * 512).toBeLessThan(1 << 20);
+  });
+});
+
+describe('qcow2 discard frees clusters for the next allocation (250)', () => {
+  it('a write after a discard in the same session reuses the discarded host clusters, as QEMU', async () => {
+    const { bdrvPdiscard } = await import('../../src/block/io.js');
+    const st = new MemoryStorage();
+    const cs = 65536;
+    await qcow2(st, 'a.qcow2', 4 << 20);
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    try {
+      await bdrvPwrite(bs, 0, 2 * cs, new Uint8Array(2 * cs).fill(1));
+      const before = await blockStatus(bs, true, 0, cs);
+      await bdrvPdiscard(bs, 0, 2 * cs);
+      await bdrvPwrite(bs, 1 << 20, cs, new Uint8Array(cs).fill(2));
+      const after = await blockStatus(bs, true, 1 << 20, cs);
+      expect(after.map).toBe(before.map);
+    } finally {
+      await closeNode(bs);
+    }
+  });
+});

@@ -322,6 +322,9 @@ export const qcow2Driver: BlockDriver = {
     await withLock(s, async () => {
       await prepareWrite(s);
       await qcow2DiscardRange(bs, s, offset, bytes, false);
+      // QEMU frees discarded clusters at once (the L2 change ordered before the refcount one), so the next
+      // allocation reuses them; ours wait for the tables to be stable, so make them stable now.
+      if (s.rw.deferredFrees.length) await flushMetadata(s);
       await afterWrite(s);
     });
   },
