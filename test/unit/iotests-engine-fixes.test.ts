@@ -169,3 +169,23 @@ describe('qcow2 discard frees clusters for the next allocation (250)', () => {
     }
   });
 });
+
+describe('qcow2 unaligned refcount block offset (305)', () => {
+  it("marks the image corrupt with QEMU's words on stderr and fails the write with EIO", async () => {
+    const st = new MemoryStorage();
+    await qcow2(st, 'a.qcow2', 1 << 20);
+    const img = st.get('a.qcow2')!.slice();
+    const dv = new DataView(img.buffer);
+    const reftable = Number(dv.getBigUint64(48));
+    dv.setBigUint64(reftable, dv.getBigUint64(reftable) + 0x200n);
+    st.put('a.qcow2', img);
+    const warnings: string[] = [];
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false, warn: (m) => warnings.push(m) });
+    try {
+      await expect(bdrvPwrite(bs, 0, 512, new Uint8Array(512).fill(1))).rejects.toMatchObject({ code: 'EIO' });
+      expect(warnings).toEqual(['qcow2: Marking image as corrupt: Refblock offset 0x20200 unaligned (reftable index: 0); further corruption events will be suppressed']);
+    } finally {
+      await closeNode(bs).catch(() => {});
+    }
+  });
+});

@@ -38,7 +38,7 @@ import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
-import { openFileChild } from '../../block/open.js';
+import { openContext, openFileChild } from '../../block/open.js';
 import {
   BDRV_BLOCK_COMPRESSED,
   BDRV_BLOCK_DATA,
@@ -222,6 +222,7 @@ export const qcow2Driver: BlockDriver = {
 
     const s: Qcow2State = {
       image,
+      warn: openContext(bs)?.warn,
       header: h,
       clusterBits,
       clusterSize,

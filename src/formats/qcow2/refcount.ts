@@ -154,7 +154,10 @@ async function loadRefblock(s: Qcow2State, offset: number, index: number): Promi
     cache.set(offset, hit);
     return hit;
   }
-  if (offset % s.clusterSize !== 0) throw refError(s, `Refblock offset ${hex(offset)} unaligned (reftable index ${hex(index)})`);
+  if (offset % s.clusterSize !== 0) {
+    // QEMU's words (%#x: index 0 prints as "0"); fatal, as in qcow2_get_refcount / alloc_refcount_block.
+    throw await markCorrupt(s, `Refblock offset ${hex(offset)} unaligned (reftable index: ${index === 0 ? '0' : hex(index)})`);
+  }
   if (offset + s.clusterSize > s.file.totalBytes) {
     throw refError(s, `refcount block at ${hex(offset)} (reftable index ${hex(index)}) extends beyond the end of the file`);
   }
