@@ -316,6 +316,14 @@ export interface BlockDriver {
   create?(file: BlockNode, req: ImageCreateRequest): Promise<void>;
 
   /**
+   * `create` takes sizes from 2^53 bytes up (not exact as JS numbers): it
+   * refuses them with the format's own message where the format cannot hold
+   * them (qcow2: "The image size is too large…") and with EFBIG otherwise.
+   * Without it the core refuses such sizes before calling `create`.
+   */
+  readonly createChecksSize?: boolean;
+
+  /**
    * `qemu-img measure -O FMT`: the bytes a new image needs. Exactly one of
    * `input` (an opened image of any format, with its backing chain; read
    * through block status only) and `size` (bytes, a safe integer >= 0) is

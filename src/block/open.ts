@@ -55,6 +55,8 @@ export interface OpenImageOptions {
   warn?: (message: string) => void;
   /** Node name for the top node. */
   nodeName?: string;
+  /** The backing image's format, overriding the one the image names (QEMU's `backing.driver` option). */
+  backingFormat?: string;
 }
 
 /** Deepest backing chain we open (QEMU has no limit; a bound keeps a crafted chain from exhausting memory). */
@@ -95,7 +97,7 @@ async function openChain(ctx: OpenContext, filename: string, options: OpenImageO
   try {
     bs = await openFormatOn(ctx, proto, filename, options);
     if (bs.driver.supportsBacking && bs.backingFile && options.backing !== false) {
-      await openBacking(ctx, bs, chain);
+      await openBacking(ctx, bs, chain, options.backingFormat);
     }
     return bs;
   } catch (e) {
@@ -143,7 +145,7 @@ export async function openFormatOn(
   return bs;
 }
 
-async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Promise<void> {
+async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[], backingFormat?: string): Promise<void> {
   const ref = bs.backingFile!;
   const resolved = ctx.storage.resolve(bs.filename, ref);
   bs.fullBackingFilename = resolved;
@@ -158,7 +160,7 @@ async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Pr
   }
   let backing: BlockNode;
   try {
-    backing = await openChain(ctx, resolved, { format: bs.backingFormat ?? undefined, readOnly: true }, [...chain, resolved]);
+    backing = await openChain(ctx, resolved, { format: backingFormat ?? bs.backingFormat ?? undefined, readOnly: true }, [...chain, resolved]);
   } catch (e) {
     if (e instanceof BlockError && e.code === 'ELOOP') throw e;
     const why = e instanceof BlockError ? e.message : describeCode(fromHostError(e, '').code);

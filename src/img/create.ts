@@ -19,8 +19,8 @@ export interface CreateRequest {
   format: string;
   /** -o strings, in order. */
   options?: string[];
-  /** The SIZE argument in bytes, if given. */
-  size?: number;
+  /** The SIZE argument in bytes, if given (a bigint keeps a size from 2^53 up exact for the "Formatting" line). */
+  size?: number | bigint;
   /** -b and -F. */
   backingFile?: string;
   backingFormat?: string;
@@ -101,7 +101,6 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
     }
   }
   if (size === -1) fail('Image creation needs a size parameter');
-  if (!Number.isSafeInteger(size)) throw new BlockError('EFBIG', `${filename}: Image size ${size} is too large (blocktab handles sizes below 2^53 bytes)`);
   return { filename, format, list, values, size, line: `Formatting '${filename}', fmt=${format} ${printOptions(list, values)}` };
 }
 
@@ -111,6 +110,9 @@ export async function createImage(storage: Storage, plan: CreatePlan): Promise<v
   if (!storage.createFile) throw new BlockError('ENOTSUP', `${filename}: ${storage.name} storage cannot create files`);
   const drv = creatableDriver(plan.format);
   if (!drv.create) throw new BlockError('ENOTSUP', `${filename}: Format driver '${plan.format}' does not support image creation`);
+  if (!Number.isSafeInteger(plan.size) && !drv.createChecksSize) {
+    throw new BlockError('EFBIG', `${filename}: Image size ${values.get('size') ?? plan.size} is too large (blocktab handles sizes below 2^53 bytes)`);
+  }
   const opened: BlockNode[] = [];
   try {
     await storage.createFile(filename);

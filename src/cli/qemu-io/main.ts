@@ -277,6 +277,7 @@ class CliIoHost implements IoHost {
         readOnly: readOnly || req.snapshot,
         warn: (m) => this.output.err(m + '\n'),
         driverOptions: Object.keys(driverOptions).length ? driverOptions : undefined,
+        backingFormat: options['backing.driver'],
       });
     } catch (e) {
       // Driver messages start with the image name; qemu-io's "can't open device NAME: " names it already.

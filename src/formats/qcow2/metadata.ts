@@ -44,6 +44,8 @@ export function checkNotCorrupt(s: Qcow2State): void {
 export async function markCorrupt(s: Qcow2State, what: string): Promise<BlockError> {
   const first = !s.rw.corrupt;
   s.rw.corrupt = true;
+  // QEMU's qcow2_signal_corruption prints the first event on stderr.
+  if (first) s.warn?.(`qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
   if (first && s.header.version === 3) {
     s.header.incompatibleFeatures |= QCOW2_INCOMPAT_CORRUPT;
     try {

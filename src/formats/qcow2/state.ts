@@ -12,6 +12,8 @@ import { l1EntryCopied, l1EntryOffset } from './l2-entry.js';
 export interface Qcow2State {
   /** Image name for messages. */
   image: string;
+  /** Where QEMU's qcow2 prints to stderr (corruption events): the opener's warning sink, if any. */
+  warn?: (message: string) => void;
   header: Qcow2Header;
   clusterBits: number;
   clusterSize: number;
