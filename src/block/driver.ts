@@ -314,6 +314,19 @@ export interface BlockDriver {
    * messages (errors thrown here say what is wrong, not which file).
    */
   create?(file: BlockNode, req: ImageCreateRequest): Promise<void>;
+  /**
+   * Checks the creation options before any file is made or emptied, for the
+   * formats whose QEMU driver parses its options first (qcow2, luks, vmdk):
+   * an error here leaves an existing file untouched and makes no new one.
+   * Guarantees: `req` is what `create` will get; nothing is opened yet.
+   */
+  checkCreate?(req: ImageCreateRequest): void;
+  /**
+   * A failed create removes the image file, even one that existed before
+   * (QEMU's bdrv_co_delete_file_noerr in qcow2's and luks's create): no
+   * half-made image is left behind.
+   */
+  createRemovesFileOnError?: boolean;
 
   /**
    * `create` takes sizes from 2^53 bytes up (not exact as JS numbers): it

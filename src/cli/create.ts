@@ -1,4 +1,5 @@
 /** `blocktab create`: qemu-img create's options, output line and messages. */
+import { BlockError, isBlockError } from '../block/errors.js';
 import { createImage, planCreate } from '../img/create.js';
 import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, parseImageSizeExact } from '../img/options.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
@@ -36,6 +37,13 @@ export async function runCreate(args: string[], out: Output): Promise<number> {
     unsafe: flag(p, 'unsafe'),
   });
   if (!flag(p, 'quiet')) out.stdout(plan.line + '\n');
-  await createImage(storage, plan);
+  try {
+    await createImage(storage, plan);
+  } catch (e) {
+    // qemu-img create (bdrv_img_create) words every EFBIG from a driver this way.
+    if (!isBlockError(e) || e.code !== 'EFBIG') throw e;
+    const hint = plan.list.some((o) => o.name === 'cluster_size') ? ' (try using a larger cluster size)' : '';
+    throw new BlockError('EFBIG', `${filename}: The image size is too large for file format '${format}'${hint}`, { cause: e });
+  }
   return 0;
 }

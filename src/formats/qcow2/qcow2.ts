@@ -71,7 +71,8 @@ import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
 import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2ChangeBackingFile } from './change-backing.js';
-import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage } from './create-options.js';
+import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage, qcow2OptionsFromValues } from './create-options.js';
+import { validateQcow2CreateOptions } from './create.js';
 import { qcow2Measure } from './measure.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
@@ -442,6 +443,8 @@ export const qcow2Driver: BlockDriver = {
   createOptions: QCOW2_CREATE_OPTS,
   create: qcow2CreateImage,
   createChecksSize: true,
+  createRemovesFileOnError: true,
+  checkCreate: (req) => validateQcow2CreateOptions(qcow2OptionsFromValues(req.values, req.size, req.origin)),
   measure: qcow2Measure,
   amendOptions: QCOW2_AMEND_OPTS,
   amend: qcow2AmendImage,
