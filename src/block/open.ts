@@ -169,6 +169,7 @@ async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Pr
     );
   }
   bs.attach(backing, 'backing');
+  bs.autoBackingFile = backing.filename;
 }
 
 /**

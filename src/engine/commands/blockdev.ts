@@ -104,6 +104,7 @@ async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage
     throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${bs.filename}: Could not open backing file: ${why}`, { cause: e });
   }
   bs.attach(backing, 'backing');
+  bs.autoBackingFile = backing.filename;
   engine.adopt(backing, storage);
 }
 
@@ -147,7 +148,10 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   const driverOptions: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(args)) if (!NOT_DRIVER_OPTIONS.has(k)) driverOptions[k] = v;
   // Filters that join engine-wide objects (throttle's groups) find them here.
-  if (findDriver(driver)?.kind === 'filter') driverOptions.throttleGroups = engine.throttleGroups;
+  if (findDriver(driver)?.kind === 'filter') {
+    driverOptions.throttleGroups = engine.throttleGroups;
+    driverOptions.lookupNode = (n: string) => engine.findNode(n);
+  }
 
   let bs: BlockNode;
   const parentsBefore = [...file.parents];
