@@ -59,6 +59,8 @@ export class BlockNode {
    * was given explicitly (blockdev-add, reopen) and shows in `json:` names.
    */
   autoBackingFile: string | null = null;
+  /** The backing node was taken away on purpose (blockdev-reopen's `backing: null`): the node's options say so. */
+  backingDropped = false;
   /** backingFile resolved against this image's location (QEMU's full-backing-filename). */
   fullBackingFilename: string | null = null;
 
@@ -88,7 +90,7 @@ export class BlockNode {
     this.filename = filename;
     this.options = options;
     this.readOnly = options.readOnly === true;
-    this.nodeName = nodeName ?? `#block${String(++nodeCounter).padStart(3, "0")}`;
+    this.nodeName = nodeName ?? `#block${String(++nodeCounter).padStart(3, '0')}`;
   }
 
   /** The driver's private state, typed by the caller (each driver knows its own). */

@@ -81,6 +81,8 @@ function nodeOptions(bs: BlockNode): Record<string, unknown> {
   const o: Record<string, unknown> = { driver: bs.driver.name, file: nodeOptions(bs.file.node) };
   const backing = bs.driver.kind === 'filter' ? null : bs.backing?.node;
   if (backing && backing.filename !== (bs.autoBackingFile ?? bs.backingFile)) o.backing = nodeOptions(backing);
+  // The header names a backing file the node goes without (blockdev-reopen's backing: null).
+  else if (!backing && bs.driver.kind === 'format' && bs.backingFile && bs.backingDropped) o.backing = null;
   return o;
 }
 

@@ -41,6 +41,9 @@ function makeImages(d: string): void {
   qemuIo(at('s.qcow2'), ['write -P 7 0 128k'], 'qcow2');
   qemuIo(at('rb.qcow2'), ['write -P 4 0 64k'], 'qcow2');
   create('rt.qcow2', '', 'rb.qcow2');
+  qemuImg(['bitmap', '--add', '-g', '65536', at('rb.qcow2'), 'bm0']);
+  create('cbb.qcow2');
+  create('cb.qcow2', '', 'cbb.qcow2');
 }
 
 type Line = { line: string; replies?: number; events?: number };
@@ -95,6 +98,43 @@ function script(d: string): Line[] {
     L(j('blockdev-del', { 'node-name': 's' })),
     L(j('blockdev-del', { 'node-name': 'g' })),
     L(hmp('sc', 'read -P 7 0 128k')),
+    // blockdev-reopen: read-only <-> read-write, backing changes, QEMU's refusals.
+    L(qcow2(d, 'rb', { 'read-only': true })),
+    L(qcow2(d, 'rt', { backing: 'rb' })),
+    L(j('query-named-block-nodes', { flat: true })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: 'rb', 'read-only': true }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: null }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf' }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'nope', file: 'rtf' }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', file: 'rtf' }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: 'rt', 'read-only': true }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rb', file: 'rbf', backing: 'rt', 'read-only': true }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: 'rb', 'detect-zeroes': 'on' }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'raw', 'node-name': 'rt', file: 'rtf', backing: 'rb' }] })),
+    L(j('blockdev-reopen', { options: [{ driver: 'file', 'node-name': 'rtf', filename: path.join(d, 'o.qcow2'), 'read-only': true }] })),
+    L(j('query-named-block-nodes', { flat: true })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: 'rb', 'read-only': false, 'lazy-refcounts': true }] })),
+    L(hmp('rt', 'write -P 6 64k 4k')),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: null, 'read-only': false, 'detect-zeroes': 'on' }] })),
+    L(hmp('rt', 'read -P 0 0 4k')),
+    L(j('query-named-block-nodes', { flat: true })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: 'o', 'read-only': false }] })),
+    L(j('query-named-block-nodes', { flat: true })),
+    // The persistent bitmap rb was opened with: read-only, then read-write (QEMU reloads it writable) and dirtied.
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rb', file: 'rbf', 'read-only': false }] })),
+    L(hmp('rb', 'write -P 8 0 4k')),
+    L(j('query-named-block-nodes', { flat: true })),
+    L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rb', file: 'rbf', 'read-only': true }] })),
+    L(j('query-named-block-nodes', { flat: true })),
+    // change-backing-file
+    L(j('blockdev-add', { driver: 'qcow2', 'node-name': 'cb', file: { driver: 'file', filename: path.join(d, 'cb.qcow2') } })),
+    L(j('change-backing-file', { device: 'nodev', 'image-node-name': 'cb', 'backing-file': 'x.qcow2' })),
+    L(j('change-backing-file', { device: 'cb', 'image-node-name': 'nonode', 'backing-file': 'x.qcow2' })),
+    L(j('change-backing-file', { device: 'cb', 'image-node-name': 'o', 'backing-file': 'x.qcow2' })),
+    L(j('change-backing-file', { device: 'cb', 'image-node-name': 'cb', 'backing-file': 'x.qcow2' })),
+    L(j('change-backing-file', { device: 'o', 'image-node-name': 'o', 'backing-file': 'y.qcow2' })),
+    L(j('change-backing-file', { device: 'rt', 'image-node-name': 'cb', 'backing-file': 'y.qcow2' })),
+    L(j('query-named-block-nodes', { flat: true })),
     L(j('quit'), 1),
   ];
 }
@@ -139,6 +179,16 @@ describe.runIf(haveQemuSystem())('graph changes over QMP, against qemu-system-x8
     expect(texts(a)).toEqual(texts(b));
     // The images: what copy-on-read copied, what detect-zeroes made zero, where the mirror went.
     const map = (d: string, f: string) => qemuImg(['map', '--output=json', '-f', 'qcow2', path.join(d, f)]);
-    for (const f of ['t.qcow2', 'd0.qcow2', 'z.qcow2', 'g.qcow2']) expect({ f, map: map(dirs.ours, f) }).toEqual({ f, map: map(dirs.qemu, f) });
+    for (const f of ['t.qcow2', 'd0.qcow2', 'z.qcow2', 'g.qcow2', 'rt.qcow2']) expect({ f, map: map(dirs.ours, f) }).toEqual({ f, map: map(dirs.qemu, f) });
+    // Backing names change-backing-file wrote; rb's bitmap stored back, dirty where the write went.
+    const info = (d: string, f: string) => {
+      const i = JSON.parse(qemuImg(['info', '--output=json', '-U', path.join(d, f)])) as Record<string, unknown>;
+      return { backing: i['backing-filename'], specific: i['format-specific'] };
+    };
+    for (const f of ['cb.qcow2', 'o.qcow2', 'rb.qcow2']) expect({ f, info: info(dirs.ours, f) }).toEqual({ f, info: info(dirs.qemu, f) });
+    const sha = (d: string) => qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path.join(d, 'rb.qcow2'), path.join(d, 'rb.raw')]);
+    sha(dirs.ours);
+    sha(dirs.qemu);
+    expect(fs.readFileSync(path.join(dirs.ours, 'rb.raw')).equals(fs.readFileSync(path.join(dirs.qemu, 'rb.raw')))).toBe(true);
   }, 60_000);
 });

@@ -21,7 +21,7 @@ import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
 
 /** Members every driver takes (QAPI BlockdevOptions' base). */
-const BASE: ArgSpec = {
+export const BLOCKDEV_BASE: ArgSpec = {
   driver: 'str',
   '*node-name': 'str',
   '*discard': { enum: ['ignore', 'unmap'] },
@@ -55,7 +55,7 @@ export const blockdevDriverArgs: Record<string, ArgSpec> = {
 const STORAGE_ALIASES: Record<string, string> = { https: 'http' };
 
 /** Members that are the engine's business, not the format driver's. */
-const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BASE).map((k) => k.replace(/^\*/, '')), 'file', 'backing']);
+const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BLOCKDEV_BASE).map((k) => k.replace(/^\*/, '')), 'file', 'backing']);
 
 interface Inherited {
   readOnly: boolean;
@@ -66,7 +66,7 @@ function storageFor(engine: Engine, driver: string): Storage | undefined {
   return engine.storage(STORAGE_ALIASES[driver] ?? driver);
 }
 
-function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
+export function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
   if (storageFor(engine, driver)) return { spec: blockdevDriverArgs[driver] ?? FILENAME, protocol: true };
   const drv = findDriver(driver);
   if (drv && (drv.kind === 'format' || drv.kind === 'filter')) {
@@ -91,8 +91,12 @@ async function openProtocolNode(storage: Storage, filename: string, inh: Inherit
   }
 }
 
-/** Opens the backing file the image names, through its storage (as openImage does for a chain). */
-async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage): Promise<void> {
+/**
+ * Opens the backing file the image names, through its storage (as openImage
+ * does for a chain). The caller registers it after `bs`: QEMU names a node
+ * before it opens the node's backing chain.
+ */
+async function openHeaderBacking(bs: BlockNode, storage: Storage): Promise<BlockNode> {
   const resolved = storage.resolve(bs.filename, bs.backingFile!);
   bs.fullBackingFilename = resolved;
   let backing: BlockNode;
@@ -105,15 +109,15 @@ async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage
   }
   bs.attach(backing, 'backing');
   bs.autoBackingFile = backing.filename;
-  engine.adopt(backing, storage);
+  return backing;
 }
 
 /** Opens one BlockdevOptions dict (recursively for nested children); the node is in the registry when it returns. */
 async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inherited): Promise<BlockNode> {
-  checkArgs(BASE, args, prefix, true);
+  checkArgs(BLOCKDEV_BASE, args, prefix, true);
   const driver = args.driver as string;
   const { spec, protocol } = driverSpec(engine, driver, prefix);
-  checkArgs({ ...BASE, ...spec }, args, prefix);
+  checkArgs({ ...BLOCKDEV_BASE, ...spec }, args, prefix);
   const nodeName = args['node-name'] as string | undefined;
   if (nodeName !== undefined) engine.checkNewNodeName(nodeName);
   const here: Inherited = {
@@ -168,6 +172,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
     if (fileIsOurs) await engine.closeTree(file);
     throw e;
   }
+  let headerBacking: BlockNode | undefined;
   try {
     if (bs.driver.supportsBacking) {
       const backing = args.backing as string | Args | null | undefined;
@@ -180,7 +185,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
         bs.attach(b, 'backing');
         bs.fullBackingFilename = b.filename;
       } else if (backing === undefined && bs.backingFile) {
-        await openHeaderBacking(engine, bs, storage);
+        headerBacking = await openHeaderBacking(bs, storage);
       }
     }
   } catch (e) {
@@ -189,12 +194,13 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   }
   bs.detectZeroes = detectZeroes;
   engine.adopt(bs, storage);
+  if (headerBacking) engine.adopt(headerBacking, storage);
   return bs;
 }
 
 export const blockdevCommands: QmpCommandTable = {
   'blockdev-add': {
-    args: BASE,
+    args: BLOCKDEV_BASE,
     openArgs: true,
     async run(engine, args) {
       if (typeof args['node-name'] !== 'string') throw genericError(`'node-name' must be specified for the root node`);
