@@ -66,6 +66,11 @@ function script(d: string): Line[] {
     L(j('blockdev-add', { driver: 'copy-on-read', 'node-name': 'c5', file: 't' })),
     L(hmp('c5', 'read -P 5 520k 4k')), // from b, no bottom: copied
     L(j('query-named-block-nodes', { flat: true })),
+    // Permissions: a second format on a file node a writable format uses is refused; raw passes its users' through.
+    L(j('blockdev-add', { driver: 'qcow2', 'node-name': 't2', file: 'tf' })),
+    L(j('blockdev-add', { driver: 'qcow2', 'node-name': 't3', file: 'tf', 'read-only': true })),
+    L(j('blockdev-add', { driver: 'raw', 'node-name': 'r3', file: 'tf' })),
+    L(j('blockdev-del', { 'node-name': 'r3' })),
     // detect-zeroes on every node, shown per node.
     L(j('blockdev-add', { driver: 'qcow2', 'node-name': 'z', 'detect-zeroes': 'unmap', file: { driver: 'file', filename: path.join(d, 'z.qcow2') } })),
     L(
@@ -101,6 +106,9 @@ function script(d: string): Line[] {
     // blockdev-reopen: read-only <-> read-write, backing changes, QEMU's refusals.
     L(qcow2(d, 'rb', { 'read-only': true })),
     L(qcow2(d, 'rt', { backing: 'rb' })),
+    L(j('blockdev-add', { driver: 'qcow2', 'node-name': 'rb2', file: 'rbf', 'read-only': true })),
+    L(j('blockdev-add', { driver: 'qcow2', 'node-name': 'rb3', file: 'rbf' })),
+    L(j('blockdev-del', { 'node-name': 'rb2' })),
     L(j('query-named-block-nodes', { flat: true })),
     L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: 'rb', 'read-only': true }] })),
     L(j('blockdev-reopen', { options: [{ driver: 'qcow2', 'node-name': 'rt', file: 'rtf', backing: null }] })),

@@ -143,6 +143,8 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   const fileIsOurs = isDict(fileRef);
   if (typeof fileRef === 'string') {
     file = engine.lookup(fileRef);
+    // As QEMU: permissions are checked as the child is attached, before the read-only check of the open.
+    engine.checkNewUse(file, { driver: findDriver(driver)!, options: args, readOnly: here.readOnly }, nodeName ?? '', 'file');
     if (!here.readOnly && file.readOnly) throw genericError('Block node is read-only', 'EPERM');
   } else {
     file = await openBlockdev(engine, fileRef, `${prefix}file.`, here);
