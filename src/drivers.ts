@@ -18,3 +18,4 @@ import './formats/cloop/index.js';
 import './formats/bochs/index.js';
 import './formats/luks/index.js';
 import './filters/throttle.js';
+import './filters/copy-on-read.js';

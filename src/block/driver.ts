@@ -233,6 +233,16 @@ export interface BlockDriver {
   flush?(bs: BlockNode): Promise<void>;
 
   /**
+   * Switches the node between read-only and read-write (QEMU's
+   * bdrv_reopen_prepare/commit for the read-only flag). Called with the new
+   * mode while `bs.readOnly` still holds the old one; the core sets it
+   * afterwards. Children were switched first when they go read-write, and
+   * are switched after this call when they go read-only. Without the hook
+   * the core only flips the flag.
+   */
+  reopen?(bs: BlockNode, readOnly: boolean): Promise<void>;
+
+  /**
    * Changes the node's virtual size to `offset` bytes (qemu-img resize,
    * block_resize, a raw file's creation). Guarantees: the node is writable,
    * `offset` is a safe integer >= 0, dirty bitmaps are resized by the core

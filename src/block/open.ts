@@ -171,6 +171,7 @@ async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[], bac
     );
   }
   bs.attach(backing, 'backing');
+  bs.autoBackingFile = backing.filename;
 }
 
 /**

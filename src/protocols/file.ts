@@ -74,6 +74,16 @@ export const fileDriver: BlockDriver = {
   async close(bs) {
     fs.closeSync(st(bs).fd);
   },
+  async reopen(bs, readOnly) {
+    let fd: number;
+    try {
+      fd = fs.openSync(bs.filename, readOnly ? 'r' : 'r+');
+    } catch (e) {
+      throw fromHostError(e, `Could not reopen '${bs.filename}'`);
+    }
+    fs.closeSync(st(bs).fd);
+    st(bs).fd = fd;
+  },
   async preadv(bs, offset, bytes, buf) {
     const s = st(bs);
     let done = 0;

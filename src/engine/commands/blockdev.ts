@@ -21,7 +21,7 @@ import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
 
 /** Members every driver takes (QAPI BlockdevOptions' base). */
-const BASE: ArgSpec = {
+export const BLOCKDEV_BASE: ArgSpec = {
   driver: 'str',
   '*node-name': 'str',
   '*discard': { enum: ['ignore', 'unmap'] },
@@ -55,7 +55,7 @@ export const blockdevDriverArgs: Record<string, ArgSpec> = {
 const STORAGE_ALIASES: Record<string, string> = { https: 'http' };
 
 /** Members that are the engine's business, not the format driver's. */
-const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BASE).map((k) => k.replace(/^\*/, '')), 'file', 'backing']);
+const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BLOCKDEV_BASE).map((k) => k.replace(/^\*/, '')), 'file', 'backing']);
 
 interface Inherited {
   readOnly: boolean;
@@ -66,7 +66,7 @@ function storageFor(engine: Engine, driver: string): Storage | undefined {
   return engine.storage(STORAGE_ALIASES[driver] ?? driver);
 }
 
-function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
+export function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
   if (storageFor(engine, driver)) return { spec: blockdevDriverArgs[driver] ?? FILENAME, protocol: true };
   const drv = findDriver(driver);
   if (drv && (drv.kind === 'format' || drv.kind === 'filter')) {
@@ -91,8 +91,12 @@ async function openProtocolNode(storage: Storage, filename: string, inh: Inherit
   }
 }
 
-/** Opens the backing file the image names, through its storage (as openImage does for a chain). */
-async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage): Promise<void> {
+/**
+ * Opens the backing file the image names, through its storage (as openImage
+ * does for a chain). The caller registers it after `bs`: QEMU names a node
+ * before it opens the node's backing chain.
+ */
+async function openHeaderBacking(bs: BlockNode, storage: Storage): Promise<BlockNode> {
   const resolved = storage.resolve(bs.filename, bs.backingFile!);
   bs.fullBackingFilename = resolved;
   let backing: BlockNode;
@@ -104,15 +108,16 @@ async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage
     throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${bs.filename}: Could not open backing file: ${why}`, { cause: e });
   }
   bs.attach(backing, 'backing');
-  engine.adopt(backing, storage);
+  bs.autoBackingFile = backing.filename;
+  return backing;
 }
 
 /** Opens one BlockdevOptions dict (recursively for nested children); the node is in the registry when it returns. */
 async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inherited): Promise<BlockNode> {
-  checkArgs(BASE, args, prefix, true);
+  checkArgs(BLOCKDEV_BASE, args, prefix, true);
   const driver = args.driver as string;
   const { spec, protocol } = driverSpec(engine, driver, prefix);
-  checkArgs({ ...BASE, ...spec }, args, prefix);
+  checkArgs({ ...BLOCKDEV_BASE, ...spec }, args, prefix);
   const nodeName = args['node-name'] as string | undefined;
   if (nodeName !== undefined) engine.checkNewNodeName(nodeName);
   const here: Inherited = {
@@ -138,6 +143,8 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   const fileIsOurs = isDict(fileRef);
   if (typeof fileRef === 'string') {
     file = engine.lookup(fileRef);
+    // As QEMU: permissions are checked as the child is attached, before the read-only check of the open.
+    engine.checkNewUse(file, { driver: findDriver(driver)!, options: args, readOnly: here.readOnly }, nodeName ?? '', 'file');
     if (!here.readOnly && file.readOnly) throw genericError('Block node is read-only', 'EPERM');
   } else {
     file = await openBlockdev(engine, fileRef, `${prefix}file.`, here);
@@ -147,7 +154,10 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   const driverOptions: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(args)) if (!NOT_DRIVER_OPTIONS.has(k)) driverOptions[k] = v;
   // Filters that join engine-wide objects (throttle's groups) find them here.
-  if (findDriver(driver)?.kind === 'filter') driverOptions.throttleGroups = engine.throttleGroups;
+  if (findDriver(driver)?.kind === 'filter') {
+    driverOptions.throttleGroups = engine.throttleGroups;
+    driverOptions.lookupNode = (n: string) => engine.findNode(n);
+  }
 
   let bs: BlockNode;
   const parentsBefore = [...file.parents];
@@ -164,6 +174,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
     if (fileIsOurs) await engine.closeTree(file);
     throw e;
   }
+  let headerBacking: BlockNode | undefined;
   try {
     if (bs.driver.supportsBacking) {
       const backing = args.backing as string | Args | null | undefined;
@@ -176,7 +187,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
         bs.attach(b, 'backing');
         bs.fullBackingFilename = b.filename;
       } else if (backing === undefined && bs.backingFile) {
-        await openHeaderBacking(engine, bs, storage);
+        headerBacking = await openHeaderBacking(bs, storage);
       }
     }
   } catch (e) {
@@ -185,12 +196,13 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   }
   bs.detectZeroes = detectZeroes;
   engine.adopt(bs, storage);
+  if (headerBacking) engine.adopt(headerBacking, storage);
   return bs;
 }
 
 export const blockdevCommands: QmpCommandTable = {
   'blockdev-add': {
-    args: BASE,
+    args: BLOCKDEV_BASE,
     openArgs: true,
     async run(engine, args) {
       if (typeof args['node-name'] !== 'string') throw genericError(`'node-name' must be specified for the root node`);

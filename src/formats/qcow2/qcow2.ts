@@ -76,7 +76,7 @@ import { validateQcow2CreateOptions } from './create.js';
 import { qcow2Measure } from './measure.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
-import { qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
+import { qcow2BitmapsReadOnly, qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2ReopenBitmapsRw, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { dropRefcountCache } from './refcount.js';
@@ -287,6 +287,18 @@ export const qcow2Driver: BlockDriver = {
     } finally {
       s.l2Cache.clear();
       dropRefcountCache(s);
+    }
+  },
+
+  async reopen(bs, readOnly) {
+    const s = bs.state<Qcow2State>();
+    if (readOnly) {
+      // As QEMU's qcow2_reopen_prepare: bitmaps stored and metadata written while the file still takes writes.
+      await qcow2StoreBitmaps(bs, s);
+      await withLock(s, () => flushMetadata(s));
+      qcow2BitmapsReadOnly(bs, s);
+    } else {
+      await qcow2ReopenBitmapsRw(bs, s);
     }
   },
 
