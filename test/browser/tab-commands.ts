@@ -8,11 +8,13 @@
  * tabs, which kills their workers as a user closing a tab does.
  */
 import type { BrowserCommand } from 'vitest/node';
-import type { BrowserContext, Page } from 'playwright';
+import type { BrowserContext, CDPSession, Page } from 'playwright';
 
 interface Tab {
   page: Page;
   own?: BrowserContext;
+  /** The session a quota override was sent on: detaching it would undo the override. */
+  cdp?: CDPSession;
 }
 const tabs = new Map<number, Tab>();
 let nextTab = 0;
@@ -40,11 +42,10 @@ export const tabCall: BrowserCommand<[id: number, method: string, args: unknown[
 
 /** Sets the tab's origin quota in bytes (null: back to the browser's own). */
 export const tabQuota: BrowserCommand<[id: number, bytes: number | null]> = async (_ctx, id, bytes) => {
-  const { page } = tab(id);
-  const session = await page.context().newCDPSession(page);
-  const origin = new URL(page.url()).origin;
-  await session.send('Storage.overrideQuotaForOrigin', bytes === null ? { origin } : { origin, quotaSize: bytes });
-  await session.detach();
+  const t = tab(id);
+  t.cdp ??= await t.page.context().newCDPSession(t.page);
+  const origin = new URL(t.page.url()).origin;
+  await t.cdp.send('Storage.overrideQuotaForOrigin', bytes === null ? { origin } : { origin, quotaSize: bytes });
 };
 
 /**

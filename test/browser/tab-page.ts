@@ -21,12 +21,33 @@ worker.addEventListener('message', (e: MessageEvent) => {
   if (typeof at === 'number') killedAt = at;
 });
 
+async function opfsFile(filename: string): Promise<File> {
+  let dir = await navigator.storage.getDirectory();
+  const parts = filename.split('/');
+  for (const d of parts.slice(0, -1)) dir = await dir.getDirectoryHandle(d);
+  return (await dir.getFileHandle(parts.at(-1)!)).getFile();
+}
+
 type Answer = { value?: unknown; error?: { code: string; message: string } };
 
 const extra: Record<string, (...a: never[]) => Promise<unknown>> = {
+  /** Writes `bytes` of `pattern` at `offset`. */
+  async fill(node: string, offset: number, bytes: number, pattern: number) {
+    await client.write(node, offset, new Uint8Array(bytes).fill(pattern));
+  },
   /** Whether every byte of the range reads as `pattern`. */
   async holds(node: string, offset: number, bytes: number, pattern: number) {
     return (await client.read(node, offset, bytes)).every((b) => b === pattern);
+  },
+  /** The length of an OPFS file (read by the page, not the worker). */
+  async fileLength(filename: string) {
+    return (await opfsFile(filename)).size;
+  },
+  /** qemu-img check of an OPFS file by the Node side's workload server (its WorkloadVerdict). */
+  async qemuCheck(filename: string, url: string) {
+    const body = await (await opfsFile(filename)).arrayBuffer();
+    const res = await fetch(url, { method: 'POST', body, headers: { 'X-Workload': JSON.stringify({ size: 0, ops: [], checkOnly: true }) } });
+    return JSON.parse(await res.text()) as unknown;
   },
   /** Starts crash scenario `name` armed to die after `killAfter` storage writes; tab.settled() says when it stopped. */
   async start(name: ScenarioName, dir: string, killAfter: number) {
