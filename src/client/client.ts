@@ -22,10 +22,10 @@ import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions, CompareResult } from '../img/compare.js';
 import type { MapEntry, MapOptions } from '../img/map.js';
 import type { MeasureResult } from '../img/measure.js';
-import type { InspectEntry, InspectView, LayerDiff } from '../engine/inspect.js';
+import type { InspectEntry, InspectTreeEntry, InspectView, LayerDiff } from '../engine/inspect.js';
 import type { PartitionTable } from '../inspect/partitions.js';
 
-export type { InspectEntry, InspectView, LayerDiff, PartitionTable };
+export type { InspectEntry, InspectTreeEntry, InspectView, LayerDiff, PartitionTable };
 export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, EngineCreateOptions, EngineCreateResult, SnapshotOp, ImageCheck, SnapshotInfoQapi, BoundaryStats, StoredFile };
 
 /** Lets the caller stop a running operation: the operation rejects with a BlockError, code ECANCELED. */
@@ -90,6 +90,8 @@ export interface BlocktabClient {
   inspectPartitions(view: InspectView): Promise<PartitionTable>;
   /** A directory of the file system on `partition` (null: the whole disk, or the one partition holding one). */
   inspectList(view: InspectView, partition: number | null, path: string): Promise<InspectEntry[]>;
+  /** Everything under a directory, depth first, paths relative to it (loops and unreadable directories carry an error). */
+  inspectTree(view: InspectView, partition: number | null, path: string): Promise<InspectTreeEntry[]>;
   /** Up to `bytes` bytes of a file from `offset` (at most 16 MiB a call). */
   inspectRead(view: InspectView, partition: number | null, path: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>>;
   /** Files added, removed and changed from view `below` to view `above`. */
@@ -190,6 +192,7 @@ export function createClient(worker?: Worker): BlocktabClient {
     boundaryStats: () => remote.boundaryStats(),
     inspectPartitions: (view) => remote.inspectPartitions(view),
     inspectList: (view, partition, path) => remote.inspectList(view, partition, path),
+    inspectTree: (view, partition, path) => remote.inspectTree(view, partition, path),
     inspectRead: (view, partition, path, offset, bytes) => remote.inspectRead(view, partition, path, offset, bytes),
     inspectDiff: (above, below, partition) => remote.inspectDiff(above, below, partition),
     terminate: () => {

@@ -219,6 +219,7 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     // Looking inside a disk (src/engine/inspect.ts): partitions, listings, file bytes, layer diffs.
     inspectPartitions: (view: InspectView) => inspect.partitions(view),
     inspectList: (view: InspectView, partition: number | null, path: string) => inspect.list(view, partition, path),
+    inspectTree: (view: InspectView, partition: number | null, path: string) => inspect.tree(view, partition, path),
     async inspectRead(view: InspectView, partition: number | null, path: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> {
       const buf = await inspect.read(view, partition, path, offset, bytes);
       return Comlink.transfer(buf, [buf.buffer]);
