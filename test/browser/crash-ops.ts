@@ -110,8 +110,9 @@ export const crashScenarios: Record<ScenarioName, CrashScenario> = {
           await c.snapshot(n, { create: s.create });
           p.snapshotsIn.push(s.create);
         } else if ('delete' in s) {
-          await c.snapshot(n, { delete: s.delete });
+          // While the delete runs, a kill may leave the snapshot there or gone.
           p.snapshotsIn = p.snapshotsIn.filter((x) => x !== s.delete);
+          await c.snapshot(n, { delete: s.delete });
           p.snapshotsOut.push(s.delete);
         } else await writeAll(c, n, [s], p);
       }
