@@ -195,7 +195,8 @@ describe('kill points in Chromium (terminate() and tab closed), reopen consisten
       const prepared = await sc.prepare(client, dry);
       const full = await dryRun(name, dry);
       expect(full.finished).toBe('done');
-      expect(await verify(name, dry, prepared, full)).toEqual([]);
+      // The uncut result is checked in the full run (CI keeps to the kill points; other tests check the operations).
+      if (sweep.full) expect(await verify(name, dry, prepared, full)).toEqual([]);
       const points = killPoints(name, full.writes, POINTS(name));
       const tabPoints = TAB_POINTS(name, points.length);
       expect(points.length).toBeGreaterThan(0);
