@@ -46,6 +46,8 @@ export interface EngineOpenOptions {
   backing?: boolean;
   /** Format driver options (raw's offset/size, qcow2's l2-cache-size, …). */
   driverOptions?: Record<string, unknown>;
+  /** Read-only only: open even while another tab or worker writes the image (QEMU's force-share, qemu-img -U). */
+  forceShare?: boolean;
 }
 
 export interface EngineGraphOptions {
@@ -311,6 +313,7 @@ export abstract class EngineGraph extends EngineEvents {
       backing: opts.backing,
       driverOptions: opts.driverOptions,
       nodeName: opts.nodeName,
+      forceShare: opts.forceShare,
       warn: this.warn,
     });
     this.adopt(bs, storage, { owned: true });

@@ -60,6 +60,8 @@ const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BLOCKDEV_BASE).map((k) => k.r
 interface Inherited {
   readOnly: boolean;
   autoReadOnly: boolean;
+  /** QEMU's force-share (inherited by children): a read-only open ignores other users' image locks. */
+  forceShare?: boolean;
 }
 
 function storageFor(engine: Engine, driver: string): Storage | undefined {
@@ -83,7 +85,7 @@ const isRoError = (e: unknown) => e instanceof BlockError && ['EROFS', 'EACCES',
 
 async function openProtocolNode(storage: Storage, filename: string, inh: Inherited): Promise<BlockNode> {
   try {
-    return await storage.openProtocol(filename, { readOnly: inh.readOnly });
+    return await storage.openProtocol(filename, inh.forceShare ? { readOnly: inh.readOnly, forceShare: true } : { readOnly: inh.readOnly });
   } catch (e) {
     // auto-read-only: take read-only access when read-write is refused (QEMU's BDRV_O_AUTO_RDONLY).
     if (!inh.readOnly && inh.autoReadOnly && isRoError(e)) return storage.openProtocol(filename, { readOnly: true });
@@ -123,6 +125,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   const here: Inherited = {
     readOnly: (args['read-only'] as boolean | undefined) ?? inh.readOnly,
     autoReadOnly: (args['auto-read-only'] as boolean | undefined) ?? inh.autoReadOnly,
+    forceShare: (args['force-share'] as boolean | undefined) ?? inh.forceShare,
   };
   const detectZeroes = (args['detect-zeroes'] as 'off' | 'on' | 'unmap' | undefined) ?? 'off';
   if (detectZeroes === 'unmap' && args.discard !== 'unmap') {
@@ -183,7 +186,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
         bs.attach(b, 'backing');
         bs.fullBackingFilename = b.filename;
       } else if (isDict(backing)) {
-        const b = await openBlockdev(engine, backing, `${prefix}backing.`, { readOnly: true, autoReadOnly: here.autoReadOnly });
+        const b = await openBlockdev(engine, backing, `${prefix}backing.`, { readOnly: true, autoReadOnly: here.autoReadOnly, forceShare: here.forceShare });
         bs.attach(b, 'backing');
         bs.fullBackingFilename = b.filename;
       } else if (backing === undefined && bs.backingFile) {

@@ -81,7 +81,7 @@ import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { dropRefcountCache } from './refcount.js';
 import { flushMetadata } from './l1.js';
-import { clearDirtyBit, withLock } from './metadata.js';
+import { checkUsable, clearDirtyBit, withLock } from './metadata.js';
 import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed, qcow2CompressCluster } from './write.js';
 import {
   L2_COMPRESSED,
@@ -358,11 +358,14 @@ export const qcow2Driver: BlockDriver = {
   },
 
   async preadv(bs, offset, bytes, buf) {
-    await qcow2Read(bs, bs.state<Qcow2State>(), offset, bytes, buf);
+    const s = bs.state<Qcow2State>();
+    checkUsable(s);
+    await qcow2Read(bs, s, offset, bytes, buf);
   },
 
   async blockStatus(bs, _wantZero, offset, bytes) {
     const s = bs.state<Qcow2State>();
+    checkUsable(s);
     if (s.metadataPreallocation === undefined) {
       // QEMU computes this once, on the first block-status call; a failure means "no".
       s.metadataPreallocation = await detectMetadataPreallocation(s).catch(() => false);
