@@ -9,8 +9,10 @@ import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import type { ImageCreateRequest, PreallocMode } from '../../block/driver.js';
 import { optBool, optNumber, type OptionDesc, type OptionValues } from '../../block/options.js';
-import { createQcow2, type Qcow2CreateOptions } from './create.js';
+import { createQcow2, validateQcow2CreateOptions, type Qcow2CreateOptions } from './create.js';
 import { amendQcow2, type Qcow2AmendOptions } from './amend.js';
+import { lookupSecret } from '../../block/secrets.js';
+import { luksBuildArea, luksCreateParams } from '../../crypto/luks-block.js';
 
 const PREALLOC_MODES: readonly PreallocMode[] = ['off', 'metadata', 'falloc', 'full'];
 
@@ -62,6 +64,31 @@ function encrypted(values: OptionValues): boolean {
   return (values.has('encryption') && optBool(values, 'encryption') === true) || values.has('encrypt.format');
 }
 
+/** encryption=on / encrypt.format=aes|luks, checked as qcow2_co_create_opts: the crypt method, or undefined. */
+export function qcow2EncryptFormat(values: OptionValues): 'aes' | 'luks' | undefined {
+  if (!encrypted(values)) return undefined;
+  const format = values.get('encrypt.format') ?? 'aes';
+  if (format !== 'aes' && format !== 'luks') throw new BlockError('EINVAL', `Parameter 'encrypt.format' does not accept value '${format}'`);
+  if (values.has('encryption') && values.has('encrypt.format') && format !== 'aes') {
+    throw new BlockError('EINVAL', "Options 'encryption' and 'encrypt.format' are mutually exclusive");
+  }
+  return format;
+}
+
+/** The encryption a new image gets: the aes key is checked, a luks header area is made (PBKDF2 timing: slow by design). */
+async function qcow2Encryption(values: OptionValues): Promise<Qcow2CreateOptions['encryption']> {
+  const format = qcow2EncryptFormat(values);
+  if (format === undefined) return undefined;
+  const get = (name: string) => values.get(`encrypt.${name}`);
+  if (format === 'aes') {
+    const id = get('key-secret');
+    if (id === undefined) throw new BlockError('EINVAL', "Parameter 'encrypt.key-secret' is required for cipher");
+    if (!lookupSecret(id)) throw new BlockError('EINVAL', `No secret with id '${id}'`);
+    return { method: 1 };
+  }
+  return { method: 2, area: await luksBuildArea(luksCreateParams(get, lookupSecret, 'encrypt.key-secret')) };
+}
+
 /** The typed qcow2 options from parsed creation values (QAPI's enum checks, QEMU's messages). */
 export function qcow2OptionsFromValues(values: OptionValues, size: number, origin: ImageCreateRequest['origin'] = 'qemu-img'): Qcow2CreateOptions {
   if (origin === 'blockdev-create') {
@@ -76,7 +103,7 @@ export function qcow2OptionsFromValues(values: OptionValues, size: number, origi
   if (ct !== undefined && ct !== 'zlib' && ct !== 'zstd') {
     throw new BlockError('EINVAL', `Parameter 'compression-type' does not accept value '${ct}'`);
   }
-  if (encrypted(values)) throw new BlockError('ENOTSUP', 'encrypted qcow2 images are not supported');
+  qcow2EncryptFormat(values);
   const p = values.get('preallocation') ?? 'off';
   if (!PREALLOC_MODES.includes(p as PreallocMode)) throw new BlockError('EINVAL', `Parameter 'preallocation' does not accept value '${p}'`);
   return {
@@ -98,6 +125,8 @@ export function qcow2OptionsFromValues(values: OptionValues, size: number, origi
 /** The driver's `create` hook: a new qcow2 image in `file`, its external data file opened through the request. */
 export async function qcow2CreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
   const o = qcow2OptionsFromValues(req.values, req.size, req.origin);
+  validateQcow2CreateOptions(o);
+  o.encryption = await qcow2Encryption(req.values);
   const data = o.dataFile !== undefined ? await req.openFile('data_file') : undefined;
   await createQcow2(file, o, data);
 }
