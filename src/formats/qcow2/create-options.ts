@@ -16,8 +16,17 @@ import { luksBuildArea, luksCreateParams } from '../../crypto/luks-block.js';
 
 const PREALLOC_MODES: readonly PreallocMode[] = ['off', 'metadata', 'falloc', 'full'];
 
-/** QEMU 7.2's qcow2_create_opts, in table order (with the names blockdev-create gives them). */
+/** QEMU 7.2's qcow2_create_opts in the order its "Formatting" line prints them (encryption first), with the names blockdev-create gives them. */
 export const QCOW2_CREATE_OPTS: readonly OptionDesc[] = [
+  { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)", qapi: { name: 'encrypt', any: true } },
+  { name: 'encrypt.format', type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", qapi: false },
+  { name: 'encrypt.key-secret', type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', qapi: false },
+  { name: 'encrypt.cipher-alg', type: 'str', help: 'Name of encryption cipher algorithm', qapi: false },
+  { name: 'encrypt.cipher-mode', type: 'str', help: 'Name of encryption cipher mode', qapi: false },
+  { name: 'encrypt.ivgen-alg', type: 'str', help: 'Name of IV generator algorithm', qapi: false },
+  { name: 'encrypt.ivgen-hash-alg', type: 'str', help: 'Name of IV generator hash algorithm', qapi: false },
+  { name: 'encrypt.hash-alg', type: 'str', help: 'Name of encryption hash algorithm', qapi: false },
+  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds', qapi: false },
   { name: 'cluster_size', type: 'size', help: 'qcow2 cluster size', def: '65536' },
   { name: 'extended_l2', type: 'bool', help: 'Extended L2 tables', def: 'off' },
   { name: 'preallocation', type: 'str', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)', qapi: { enum: PREALLOC_MODES } },
@@ -28,15 +37,6 @@ export const QCOW2_CREATE_OPTS: readonly OptionDesc[] = [
   { name: 'backing_fmt', type: 'str', help: 'Image format of the base image' },
   { name: 'data_file', type: 'str', help: 'File name of an external data file', qapi: { ref: true } },
   { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
-  { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)", qapi: { name: 'encrypt', any: true } },
-  { name: 'encrypt.format', type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", qapi: false },
-  { name: 'encrypt.key-secret', type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', qapi: false },
-  { name: 'encrypt.cipher-alg', type: 'str', help: 'Name of encryption cipher algorithm', qapi: false },
-  { name: 'encrypt.cipher-mode', type: 'str', help: 'Name of encryption cipher mode', qapi: false },
-  { name: 'encrypt.ivgen-alg', type: 'str', help: 'Name of IV generator algorithm', qapi: false },
-  { name: 'encrypt.ivgen-hash-alg', type: 'str', help: 'Name of IV generator hash algorithm', qapi: false },
-  { name: 'encrypt.hash-alg', type: 'str', help: 'Name of encryption hash algorithm', qapi: false },
-  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds', qapi: false },
   { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates', def: 'off' },
   { name: 'refcount_bits', type: 'num', help: 'Width of a reference count entry in bits', def: '16' },
 ];
