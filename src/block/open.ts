@@ -151,6 +151,18 @@ export async function openFormatOn(
   return bs;
 }
 
+/**
+ * The key secrets a node's options give its backing image (`backing.encrypt.key-secret`,
+ * `backing.key-secret`, deeper `backing.backing.…`), as the backing node's own options.
+ */
+function backingKeyOptions(options: Record<string, unknown>): Record<string, unknown> | undefined {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(options)) {
+    if (/^backing\.(backing\.)*(encrypt\.key-secret|key-secret)$/.test(k)) out[k.slice('backing.'.length)] = v;
+  }
+  return Object.keys(out).length ? out : undefined;
+}
+
 async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[], backingFormat?: string, forceShare?: boolean): Promise<void> {
   const ref = bs.backingFile!;
   const resolved = ctx.storage.resolve(bs.filename, ref);
@@ -166,7 +178,12 @@ async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[], bac
   }
   let backing: BlockNode;
   try {
-    backing = await openChain(ctx, resolved, { format: backingFormat ?? bs.backingFormat ?? undefined, readOnly: true, forceShare }, [...chain, resolved]);
+    backing = await openChain(
+      ctx,
+      resolved,
+      { format: backingFormat ?? bs.backingFormat ?? undefined, readOnly: true, forceShare, driverOptions: backingKeyOptions(bs.options) },
+      [...chain, resolved],
+    );
   } catch (e) {
     if (e instanceof BlockError && e.code === 'ELOOP') throw e;
     const why = e instanceof BlockError ? e.message : describeCode(fromHostError(e, '').code);

@@ -45,6 +45,7 @@ const commands: Record<string, () => Promise<Command>> = {
   resize: () => import('./resize.js').then((m) => m.runResize),
   amend: () => import('./amend.js').then((m) => m.runAmend),
   bitmap: () => import('./bitmap.js').then((m) => m.runBitmap),
+  dd: () => import('./dd.js').then((m) => m.runDd),
   partitions: () => import('./inspect.js').then((m) => m.runPartitions),
   ls: () => import('./inspect.js').then((m) => m.runLs),
   cat: () => import('./inspect.js').then((m) => m.runCat),
@@ -64,6 +65,7 @@ Command syntax:
   resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
   bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] [-g granularity] [-f fmt] filename bitmap
   amend [-f fmt] [-q] -o options filename
+  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] [skip=blocks] if=input of=output
   snapshot [-f fmt] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename
   rebase [-f fmt] [-F backing_fmt] [-p] [-q] [-u] [-U] -b backing_file filename
   commit [-f fmt] [-b base] [-d] [-p] [-q] filename

@@ -6,7 +6,7 @@
  */
 import { createCipheriv } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { afMerge, afSplit, randomBytes, XtsPlain64 } from '../../src/formats/luks/crypto.js';
+import { afMerge, afSplit, randomBytes, XtsPlain64 } from '../../src/crypto/luks-crypto.js';
 
 function plain64(sector: number): Uint8Array {
   const iv = new Uint8Array(16);

@@ -257,7 +257,7 @@ describe('bochs: bad input', () => {
 
 // ------------------------------------------------------------------ luks (header checks; no key is needed to reach them)
 
-import { LUKS_HEADER, LUKS_KEY_SLOT, LUKS_KEY_SLOT_OFFSET, LUKS_MAGIC, LUKS_KEY_ENABLED, LUKS_KEY_DISABLED, type LuksHeader, type LuksKeySlot } from '../../src/formats/luks/header.js';
+import { LUKS_HEADER, LUKS_KEY_SLOT, LUKS_KEY_SLOT_OFFSET, LUKS_MAGIC, LUKS_KEY_ENABLED, LUKS_KEY_DISABLED, type LuksHeader, type LuksKeySlot } from '../../src/crypto/luks-header.js';
 import { registerSecret } from '../../src/node.js';
 
 function luksImage(tamper: (h: LuksHeader, slots: LuksKeySlot[]) => void = () => {}): Uint8Array {

@@ -265,7 +265,8 @@ class CliIoHost implements IoHost {
     const driverOptions: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(options)) {
       // Nested options (backing.*, file.*) name other nodes; they are not the format driver's (qcow2's overlap-check.* are).
-      if (k.includes('.') && !k.startsWith('overlap-check.')) continue;
+      // Key secrets are the format's too, also those its backing chain takes (backing.encrypt.key-secret).
+      if (k.includes('.') && !k.startsWith('overlap-check.') && !/^(backing\.)*(encrypt\.key-secret|key-secret)$/.test(k)) continue;
       if (['driver', 'file', 'filename', 'file.filename', 'file.driver', 'read-only', 'force-share', 'file.locking', 'locking', 'cache.direct', 'cache.no-flush', 'node-name', 'discard'].includes(k)) continue;
       driverOptions[k] = v;
     }

@@ -26,27 +26,8 @@ import { lookupSecret } from '../../block/secrets.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { LUKS_CREATE_OPTS, luksCreateImage, luksCreateOptions, luksMeasure } from './create.js';
-import {
-  hasLuksMagic,
-  LUKS_DIGEST_SIZE,
-  LUKS_HEADER,
-  LUKS_HEADER_SIZE,
-  LUKS_KEY_DISABLED,
-  LUKS_KEY_ENABLED,
-  LUKS_KEY_SLOT,
-  LUKS_KEY_SLOT_OFFSET,
-  LUKS_SECTOR_SIZE,
-  LUKS_STRIPES,
-  parseLuks,
-  type LuksHeader,
-  type LuksKeySlot,
-} from './header.js';
-// The ciphers load on first unlock: building AES tables costs every other command ~70 ms of start-up.
-import type { LuksHash, XtsPlain64 } from './crypto.js';
-
-/** The hashes crypto.ts implements (checked at open, before the ciphers load). */
-const LUKS_HASHES: readonly string[] = ['sha1', 'sha256', 'sha512'] satisfies LuksHash[];
-const isLuksHash = (h: string): h is LuksHash => LUKS_HASHES.includes(h);
+import { hasLuksMagic, LUKS_HEADER, LUKS_HEADER_SIZE, LUKS_SECTOR_SIZE, type LuksHeader, type LuksKeySlot } from '../../crypto/luks-header.js';
+import { luksCheckHeader, luksInfo, luksUnlock, type XtsPlain64 } from '../../crypto/luks-block.js';
 
 interface LuksState {
   header: LuksHeader;
@@ -66,28 +47,6 @@ function cipher(bs: BlockNode, s: LuksState): XtsPlain64 {
   return s.xts;
 }
 
-function slotWhere(i: number): string {
-  return `key slot ${i} at ${hex(LUKS_KEY_SLOT_OFFSET + i * LUKS_KEY_SLOT.size)}`;
-}
-
-async function unlock(bs: BlockNode, h: LuksHeader, slots: LuksKeySlot[], hash: LuksHash, password: Uint8Array): Promise<XtsPlain64> {
-  const { afMerge, pbkdf2, XtsPlain64 } = await import('./crypto.js');
-  const file = bs.file!.node;
-  for (let i = 0; i < slots.length; i++) {
-    const slot = slots[i]!;
-    if (slot.active !== LUKS_KEY_ENABLED) continue;
-    const slotKey = await pbkdf2(hash, password, slot.salt, slot.iterations, h.key_bytes);
-    const splitBytes = h.key_bytes * slot.stripes;
-    const material = new Uint8Array(Math.ceil(splitBytes / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE);
-    await bdrvPread(file, slot.key_material_offset * LUKS_SECTOR_SIZE, material.length, material);
-    new XtsPlain64(slotKey).decrypt(material, 0);
-    const masterKey = afMerge(material, h.key_bytes, slot.stripes, hash);
-    const digest = await pbkdf2(hash, masterKey, h.mk_digest_salt, h.mk_digest_iter, LUKS_DIGEST_SIZE);
-    if (digest.every((b, k) => b === h.mk_digest[k])) return new XtsPlain64(masterKey);
-  }
-  throw new BlockError('EPERM', `${bs.filename}: Invalid password, cannot unlock any keyslot`);
-}
-
 export const luksDriver: BlockDriver = {
   name: 'luks',
   kind: 'format',
@@ -105,31 +64,12 @@ export const luksDriver: BlockDriver = {
     if (fileSize < LUKS_HEADER_SIZE) throw new BlockError('EINVAL', `${image}: luks header: the file is ${fileSize} bytes, shorter than the ${LUKS_HEADER_SIZE}-byte header`);
     const buf = new Uint8Array(LUKS_HEADER_SIZE);
     await bdrvPread(file, 0, buf.length, buf);
-    if (!hasLuksMagic(buf)) throw new BlockError('EINVAL', `${image}: luks header at 0x0: Volume is not in LUKS format`);
-    const { header: h, slots } = parseLuks(buf);
-    if (h.version !== 1) throw new BlockError('ENOTSUP', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('version'))}: LUKS version ${h.version} is not supported`);
-    // plain64 ignores an IV hash; QEMU writes one into the mode when ivgen-hash-alg is given.
-    if (h.cipher_name !== 'aes' || !/^xts-plain64(:[a-z0-9]+)?$/.test(h.cipher_mode)) {
-      throw new BlockError('ENOTSUP', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('cipher_name'))}: cipher ${h.cipher_name}-${h.cipher_mode} is not supported (aes-xts-plain64 is)`);
-    }
-    if (!isLuksHash(h.hash_spec)) throw new BlockError('ENOTSUP', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('hash_spec'))}: hash ${h.hash_spec} is not supported`);
-    if (h.key_bytes !== 32 && h.key_bytes !== 48 && h.key_bytes !== 64) {
-      throw new BlockError('EINVAL', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('key_bytes'))}: key_bytes ${h.key_bytes} does not fit aes-xts`);
-    }
+    const v = luksCheckHeader(buf, `${image}: luks`);
+    const { header: h, slots } = v;
     const payloadOffset = h.payload_offset * LUKS_SECTOR_SIZE;
     if (payloadOffset > fileSize) {
       throw new BlockError('ECORRUPT', `${image}: luks header at ${hex(LUKS_HEADER.offsetOf('payload_offset'))}: payload at ${hex(payloadOffset)} is past the end of the file (${fileSize} bytes)`);
     }
-    const headerSectors = Math.ceil(LUKS_HEADER_SIZE / LUKS_SECTOR_SIZE);
-    slots.forEach((s, i) => {
-      if (s.active !== LUKS_KEY_ENABLED && s.active !== LUKS_KEY_DISABLED) throw new BlockError('ECORRUPT', `${image}: luks ${slotWhere(i)} is corrupted (active 0x${s.active.toString(16)})`);
-      if (s.active !== LUKS_KEY_ENABLED) return;
-      if (s.stripes !== LUKS_STRIPES) throw new BlockError('ECORRUPT', `${image}: luks ${slotWhere(i)} is corrupted (stripes ${s.stripes} != ${LUKS_STRIPES})`);
-      const sectors = Math.ceil((h.key_bytes * s.stripes) / LUKS_SECTOR_SIZE);
-      if (s.key_material_offset < headerSectors) throw new BlockError('ECORRUPT', `${image}: luks ${slotWhere(i)} is overlapping with the LUKS header`);
-      if (s.key_material_offset + sectors > h.payload_offset) throw new BlockError('ECORRUPT', `${image}: luks ${slotWhere(i)} is overlapping with the encrypted payload area`);
-      if (s.iterations === 0) throw new BlockError('ECORRUPT', `${image}: luks ${slotWhere(i)} has zero iterations`);
-    });
     const secretId = options['key-secret'];
     let xts: XtsPlain64 | null = null;
     // Like QEMU, `info` (no I/O) reads the header without the key; everything else needs it.
@@ -138,7 +78,7 @@ export const luksDriver: BlockDriver = {
     } else {
       const password = lookupSecret(secretId);
       if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
-      xts = await unlock(bs, h, slots, h.hash_spec as LuksHash, password);
+      xts = await luksUnlock(v, (off, n, b) => bdrvPread(file, off, n, b), password, image);
     }
     bs.opaque = { header: h, slots, payloadOffset, xts } satisfies LuksState;
     // Whole sectors, as QEMU counts a node's length: a tail shorter than a sector reads as if zero-padded.
@@ -198,24 +138,8 @@ export const luksDriver: BlockDriver = {
   },
 
   getInfo(bs): ImageInfoSpecific {
-    const { header: h, slots } = bs.state<LuksState>();
-    return {
-      type: 'luks',
-      data: {
-        'ivgen-alg': 'plain64',
-        'hash-alg': h.hash_spec,
-        'cipher-alg': `aes-${(h.key_bytes / 2) * 8}`,
-        uuid: h.uuid,
-        'cipher-mode': 'xts',
-        slots: slots.map((s) =>
-          s.active === LUKS_KEY_ENABLED
-            ? { active: true, iters: s.iterations, 'key-offset': s.key_material_offset * LUKS_SECTOR_SIZE, stripes: s.stripes }
-            : { active: false, 'key-offset': s.key_material_offset * LUKS_SECTOR_SIZE },
-        ),
-        'payload-offset': h.payload_offset * LUKS_SECTOR_SIZE,
-        'master-key-iters': h.mk_digest_iter,
-      },
-    };
+    const { header, slots } = bs.state<LuksState>();
+    return { type: 'luks', data: luksInfo({ header, slots }) };
   },
 };
 

@@ -34,7 +34,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import type { CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
-import { be, findExtension, QCOW2_EXT_MAGIC_BITMAPS, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
+import { be, findExtension, QCOW2_EXT_MAGIC_BITMAPS, QCOW2_EXT_MAGIC_CRYPTO_HEADER, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
 import {
   ALL_SUBCLUSTERS,
   entryClusterIndex,
@@ -726,6 +726,9 @@ async function calculateRefcounts(c: Ctx): Promise<boolean> {
   }
   incRefcounts(c, s.header.snapshotsOffset, snapshotsSize(s));
   incRefcounts(c, s.header.refcountTableOffset, s.header.refcountTableClusters * s.clusterSize);
+  // An encrypted image's LUKS header clusters (crypto header extension).
+  const cryptoHeader = findExtension(s.header, QCOW2_EXT_MAGIC_CRYPTO_HEADER);
+  if (cryptoHeader?.length) incRefcounts(c, cryptoHeader.offset, cryptoHeader.length);
   await countBitmaps(c);
   return checkRefblocks(c);
 }

@@ -11,11 +11,22 @@ import type { ImageCreateRequest, PreallocMode } from '../../block/driver.js';
 import { optBool, optNumber, type OptionDesc, type OptionValues } from '../../block/options.js';
 import { createQcow2, validateQcow2CreateOptions, type Qcow2CreateOptions } from './create.js';
 import { amendQcow2, type Qcow2AmendOptions } from './amend.js';
+import { lookupSecret } from '../../block/secrets.js';
+import { luksBuildArea, luksCreateParams } from '../../crypto/luks-block.js';
 
 const PREALLOC_MODES: readonly PreallocMode[] = ['off', 'metadata', 'falloc', 'full'];
 
-/** QEMU 7.2's qcow2_create_opts, in table order (with the names blockdev-create gives them). */
+/** QEMU 7.2's qcow2_create_opts in the order its "Formatting" line prints them (encryption first), with the names blockdev-create gives them. */
 export const QCOW2_CREATE_OPTS: readonly OptionDesc[] = [
+  { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)", qapi: { name: 'encrypt', any: true } },
+  { name: 'encrypt.format', type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", qapi: false },
+  { name: 'encrypt.key-secret', type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', qapi: false },
+  { name: 'encrypt.cipher-alg', type: 'str', help: 'Name of encryption cipher algorithm', qapi: false },
+  { name: 'encrypt.cipher-mode', type: 'str', help: 'Name of encryption cipher mode', qapi: false },
+  { name: 'encrypt.ivgen-alg', type: 'str', help: 'Name of IV generator algorithm', qapi: false },
+  { name: 'encrypt.ivgen-hash-alg', type: 'str', help: 'Name of IV generator hash algorithm', qapi: false },
+  { name: 'encrypt.hash-alg', type: 'str', help: 'Name of encryption hash algorithm', qapi: false },
+  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds', qapi: false },
   { name: 'cluster_size', type: 'size', help: 'qcow2 cluster size', def: '65536' },
   { name: 'extended_l2', type: 'bool', help: 'Extended L2 tables', def: 'off' },
   { name: 'preallocation', type: 'str', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)', qapi: { enum: PREALLOC_MODES } },
@@ -26,15 +37,6 @@ export const QCOW2_CREATE_OPTS: readonly OptionDesc[] = [
   { name: 'backing_fmt', type: 'str', help: 'Image format of the base image' },
   { name: 'data_file', type: 'str', help: 'File name of an external data file', qapi: { ref: true } },
   { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
-  { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)", qapi: { name: 'encrypt', any: true } },
-  { name: 'encrypt.format', type: 'str', help: "Encrypt the image, format choices: 'aes', 'luks'", qapi: false },
-  { name: 'encrypt.key-secret', type: 'str', help: 'ID of secret providing qcow AES key or LUKS passphrase', qapi: false },
-  { name: 'encrypt.cipher-alg', type: 'str', help: 'Name of encryption cipher algorithm', qapi: false },
-  { name: 'encrypt.cipher-mode', type: 'str', help: 'Name of encryption cipher mode', qapi: false },
-  { name: 'encrypt.ivgen-alg', type: 'str', help: 'Name of IV generator algorithm', qapi: false },
-  { name: 'encrypt.ivgen-hash-alg', type: 'str', help: 'Name of IV generator hash algorithm', qapi: false },
-  { name: 'encrypt.hash-alg', type: 'str', help: 'Name of encryption hash algorithm', qapi: false },
-  { name: 'encrypt.iter-time', type: 'num', help: 'Time to spend in PBKDF in milliseconds', qapi: false },
   { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates', def: 'off' },
   { name: 'refcount_bits', type: 'num', help: 'Width of a reference count entry in bits', def: '16' },
 ];
@@ -62,6 +64,31 @@ function encrypted(values: OptionValues): boolean {
   return (values.has('encryption') && optBool(values, 'encryption') === true) || values.has('encrypt.format');
 }
 
+/** encryption=on / encrypt.format=aes|luks, checked as qcow2_co_create_opts: the crypt method, or undefined. */
+export function qcow2EncryptFormat(values: OptionValues): 'aes' | 'luks' | undefined {
+  if (!encrypted(values)) return undefined;
+  const format = values.get('encrypt.format') ?? 'aes';
+  if (format !== 'aes' && format !== 'luks') throw new BlockError('EINVAL', `Parameter 'encrypt.format' does not accept value '${format}'`);
+  if (values.has('encryption') && values.has('encrypt.format') && format !== 'aes') {
+    throw new BlockError('EINVAL', "Options 'encryption' and 'encrypt.format' are mutually exclusive");
+  }
+  return format;
+}
+
+/** The encryption a new image gets: the aes key is checked, a luks header area is made (PBKDF2 timing: slow by design). */
+async function qcow2Encryption(values: OptionValues): Promise<Qcow2CreateOptions['encryption']> {
+  const format = qcow2EncryptFormat(values);
+  if (format === undefined) return undefined;
+  const get = (name: string) => values.get(`encrypt.${name}`);
+  if (format === 'aes') {
+    const id = get('key-secret');
+    if (id === undefined) throw new BlockError('EINVAL', "Parameter 'encrypt.key-secret' is required for cipher");
+    if (!lookupSecret(id)) throw new BlockError('EINVAL', `No secret with id '${id}'`);
+    return { method: 1 };
+  }
+  return { method: 2, area: await luksBuildArea(luksCreateParams(get, lookupSecret, 'encrypt.key-secret')) };
+}
+
 /** The typed qcow2 options from parsed creation values (QAPI's enum checks, QEMU's messages). */
 export function qcow2OptionsFromValues(values: OptionValues, size: number, origin: ImageCreateRequest['origin'] = 'qemu-img'): Qcow2CreateOptions {
   if (origin === 'blockdev-create') {
@@ -76,7 +103,7 @@ export function qcow2OptionsFromValues(values: OptionValues, size: number, origi
   if (ct !== undefined && ct !== 'zlib' && ct !== 'zstd') {
     throw new BlockError('EINVAL', `Parameter 'compression-type' does not accept value '${ct}'`);
   }
-  if (encrypted(values)) throw new BlockError('ENOTSUP', 'encrypted qcow2 images are not supported');
+  qcow2EncryptFormat(values);
   const p = values.get('preallocation') ?? 'off';
   if (!PREALLOC_MODES.includes(p as PreallocMode)) throw new BlockError('EINVAL', `Parameter 'preallocation' does not accept value '${p}'`);
   return {
@@ -103,6 +130,7 @@ export async function qcow2CreateImage(file: BlockNode, req: ImageCreateRequest)
     validateQcow2CreateOptions(o);
     throw new BlockError('EFBIG', `Image size ${req.values.get('size') ?? o.size} is too large (blocktab handles sizes below 2^53 bytes)`);
   }
+  o.encryption = await qcow2Encryption(req.values);
   const data = o.dataFile !== undefined ? await req.openFile('data_file') : undefined;
   await createQcow2(file, o, data);
 }

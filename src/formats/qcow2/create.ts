@@ -29,6 +29,8 @@ import {
   QCOW2_COMPRESSION_TYPE_ZSTD,
   QCOW2_EXT_MAGIC_BACKING_FORMAT,
   QCOW2_EXT_MAGIC_DATA_FILE,
+  QCOW2_EXT_MAGIC_CRYPTO_HEADER,
+  findExtension,
   QCOW2_EXT_MAGIC_FEATURE_TABLE,
   QCOW2_INCOMPAT_COMPRESSION,
   QCOW2_INCOMPAT_DATA_FILE,
@@ -60,6 +62,8 @@ export interface Qcow2CreateOptions {
   /** Name of the external data file, as stored in the image. */
   dataFile?: string;
   dataFileRaw?: boolean;
+  /** Encryption: legacy aes (crypt_method 1), or luks (2) with its header area (src/crypto/luks-block.ts). */
+  encryption?: { method: 1 } | { method: 2; area: Uint8Array };
 }
 
 /** The create checks of qcow2_co_create, in QEMU's order and with its messages. */
@@ -108,6 +112,8 @@ export function newQcow2Header(o: Qcow2CreateOptions): Qcow2Header {
   const extensions: HeaderExtension[] = [];
   if (o.backingFormat !== undefined) extensions.push({ type: QCOW2_EXT_MAGIC_BACKING_FORMAT, backingFormat: o.backingFormat });
   if (o.dataFile !== undefined) extensions.push({ type: QCOW2_EXT_MAGIC_DATA_FILE, dataFile: o.dataFile });
+  // The LUKS header's clusters are placed with the tables (planLayout); the offset is set there.
+  if (o.encryption?.method === 2) extensions.push({ type: QCOW2_EXT_MAGIC_CRYPTO_HEADER, offset: 0, length: o.encryption.area.length });
   // qemu-img 7.2 leaves the feature-name table out of images with clusters of 4 KiB and less (measured).
   if (version === 3 && cs >= 8192) extensions.push({ type: QCOW2_EXT_MAGIC_FEATURE_TABLE, features: [...QEMU_FEATURE_TABLE] });
   return {
@@ -117,7 +123,7 @@ export function newQcow2Header(o: Qcow2CreateOptions): Qcow2Header {
     backingFileSize: 0,
     clusterBits: Math.log2(cs),
     size: Math.ceil(o.size / 512) * 512,
-    cryptMethod: 0,
+    cryptMethod: o.encryption?.method ?? 0,
     l1Size: 0,
     l1TableOffset: 0,
     refcountTableOffset: cs,
@@ -232,6 +238,8 @@ interface Plan {
   /** Host byte range of preallocated data in the image file (for full/falloc). */
   dataArea: [number, number] | undefined;
   fileEnd: number;
+  /** First host cluster of the LUKS header area (encrypt.format=luks). */
+  cryptoAt?: number;
 }
 
 function planLayout(o: Qcow2CreateOptions, h: Qcow2Header, replay: boolean): Plan {
@@ -270,6 +278,14 @@ function planLayout(o: Qcow2CreateOptions, h: Qcow2Header, replay: boolean): Pla
   }
   if (l1Size > 0) h.l1TableOffset = alloc(l1Clusters) * cs;
   plan.fileEnd = l1Size > 0 ? h.l1TableOffset + l1Size * 8 : replay ? 3 * cs : cs;
+  // qcow2_set_up_encryption: the LUKS header's clusters come right after the L1 table, zero-filled whole.
+  const crypto = findExtension(h, QCOW2_EXT_MAGIC_CRYPTO_HEADER);
+  if (crypto) {
+    const n = Math.ceil(crypto.length / cs);
+    plan.cryptoAt = alloc(n);
+    crypto.offset = plan.cryptoAt * cs;
+    plan.fileEnd = Math.max(plan.fileEnd, (plan.cryptoAt + n) * cs);
+  }
 
   const mapL2 = (i: number, at: number, data: number): void => {
     plan.l2At[i] = at;
@@ -360,6 +376,11 @@ export async function createQcow2(file: BlockNode, o: Qcow2CreateOptions, dataFi
     await bdrvPwrite(file, plan.l2At[i]! * cs, cs, l2);
   }
   if (plan.l1.length) await bdrvPwrite(file, h.l1TableOffset, plan.l1.length, plan.l1);
+  if (plan.cryptoAt !== undefined && o2.encryption?.method === 2) {
+    const area = new Uint8Array(Math.ceil(o2.encryption.area.length / cs) * cs);
+    area.set(o2.encryption.area);
+    await bdrvPwrite(file, plan.cryptoAt * cs, area.length, area);
+  }
 
   // Refcount structures.
   if (plan.model) {

@@ -79,6 +79,7 @@ import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-di
 import { qcow2BitmapsReadOnly, qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2ReopenBitmapsRw, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
+import { cryptoInfo, openQcow2Crypto, QCOW2_CRYPT_SECTOR } from './crypto.js';
 import { dropRefcountCache } from './refcount.js';
 import { flushMetadata } from './l1.js';
 import { checkUsable, clearDirtyBit, withLock } from './metadata.js';
@@ -264,12 +265,15 @@ export const qcow2Driver: BlockDriver = {
       throw new BlockError('EINVAL', `${image}: 'data-file' can only be set for images with an external data file`);
     }
 
+    s.crypto = await openQcow2Crypto(file, h, image, options);
     bs.opaque = s;
     setOverlapCheck(s, parseOverlapCheck(image, options));
     bs.totalBytes = h.size;
     // Write-zeroes takes any range: like QEMU's qcow2_co_pwrite_zeroes the driver turns a partial
     // subcluster into a zero subcluster when the rest of it already reads as zeros.
-    bs.limits = { ...bs.limits, requestAlignment: 1, pdiscardAlignment: clusterSize };
+    // Encrypted data is whole sectors (the block layer reads, modifies and writes around the rest).
+    bs.limits = { ...bs.limits, requestAlignment: s.crypto ? QCOW2_CRYPT_SECTOR : 1, pdiscardAlignment: clusterSize };
+    if (s.crypto) bs.encrypted = true;
     bs.backingFile = h.backingFile;
     bs.backingFormat = findExtension(h, QCOW2_EXT_MAGIC_BACKING_FORMAT)?.backingFormat ?? null;
 
@@ -378,7 +382,8 @@ export const qcow2Driver: BlockDriver = {
     if (t === L2_NORMAL || t === L2_ZERO_ALLOC || t === L2_UNALLOCATED_ALLOC) {
       map = run.host;
       file = s.dataFile;
-      status |= BDRV_BLOCK_OFFSET_VALID;
+      // The host bytes of an encrypted image are not the guest's: no offset to read them at (as QEMU).
+      if (!s.crypto) status |= BDRV_BLOCK_OFFSET_VALID;
     }
     if (t === L2_ZERO_PLAIN || t === L2_ZERO_ALLOC) status |= BDRV_BLOCK_ZERO;
     else if (t !== L2_UNALLOCATED && t !== L2_UNALLOCATED_ALLOC) status |= BDRV_BLOCK_DATA;
@@ -400,7 +405,9 @@ export const qcow2Driver: BlockDriver = {
     const h = s.header;
     const compression = h.compressionType === QCOW2_COMPRESSION_TYPE_ZSTD ? 'zstd' : 'zlib';
     if (h.version === 2) {
-      return { type: 'qcow2', data: { compat: '0.10', 'compression-type': compression, 'refcount-bits': s.refcountBits } };
+      const v2: Record<string, unknown> = { compat: '0.10', 'compression-type': compression, 'refcount-bits': s.refcountBits };
+      if (s.crypto) v2.encrypt = cryptoInfo(s.crypto);
+      return { type: 'qcow2', data: v2 };
     }
     // Keys in the order qemu-img 7.2 prints them.
     const data: Record<string, unknown> = {
@@ -416,6 +423,7 @@ export const qcow2Driver: BlockDriver = {
       }));
     }
     data['refcount-bits'] = s.refcountBits;
+    if (s.crypto) data.encrypt = cryptoInfo(s.crypto);
     if (s.imageDataFile !== null) data['data-file'] = s.imageDataFile;
     if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) data['data-file-raw'] = s.dataFileRaw;
     data.corrupt = (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) !== 0n;

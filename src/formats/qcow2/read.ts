@@ -14,6 +14,7 @@ import { QCOW2_COMPRESSED_SECTOR_SIZE } from './l2-entry.js';
 import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
 import { L2_COMPRESSED, L2_NORMAL, L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
 import type { Qcow2State } from './state.js';
+import { decryptData } from './crypto.js';
 
 async function readCompressed(s: Qcow2State, offset: number, run: MapRun, out: Uint8Array): Promise<void> {
   const { coffset, csize } = run.compressed!;
@@ -64,6 +65,7 @@ export async function qcow2Read(bs: BlockNode, s: Qcow2State, offset: number, by
         break;
       case L2_NORMAL:
         await bdrvPread(s.dataFile, run.host, run.bytes, out);
+        if (s.crypto) decryptData(s.crypto, s.image, off, run.host, out);
         break;
       case L2_COMPRESSED:
         await readCompressed(s, off, run, out);

@@ -8,6 +8,7 @@ import type { L2Cache } from './l2-cache.js';
 import type { Qcow2Snapshot } from './snapshot-table.js';
 import type { Qcow2BitmapEntry } from './bitmap-directory.js';
 import { l1EntryCopied, l1EntryOffset } from './l2-entry.js';
+import type { Qcow2Crypto } from './crypto.js';
 
 export interface Qcow2State {
   /** Image name for messages. */
@@ -54,6 +55,8 @@ export interface Qcow2State {
   metadataPreallocation: boolean | undefined;
   /** Write-path state (refcount cache, allocation hints, ordering flags). */
   rw: Qcow2RwState;
+  /** Data encryption (crypto.ts), absent for a plain image. */
+  crypto?: Qcow2Crypto | null;
 }
 
 /** One cached refcount block (a whole cluster). */

@@ -72,11 +72,13 @@ export function validateHeader(h: Qcow2Header, image: string, fileSize: number, 
   if (writable && h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) {
     fail('EACCES', image, 'qcow2: Image is corrupt; cannot be opened read/write (corrupt bit set in incompatible_features at 0x48)');
   }
-  if (h.cryptMethod !== 0) {
-    fail('ENOTSUP', image, `encrypted qcow2 images are not supported (crypt_method ${h.cryptMethod} at 0x20)`);
-  }
-  if (findExtension(h, QCOW2_EXT_MAGIC_CRYPTO_HEADER)) {
-    fail('ENOTSUP', image, 'encrypted qcow2 images are not supported (full disk encryption header extension present)');
+  // QEMU's messages: 0 none, 1 aes (legacy), 2 luks with its crypto header extension.
+  if (h.cryptMethod > 2) fail('EINVAL', image, `Unsupported encryption method: ${h.cryptMethod} (crypt_method at 0x20)`);
+  const cryptoExt = findExtension(h, QCOW2_EXT_MAGIC_CRYPTO_HEADER);
+  if (cryptoExt && h.cryptMethod !== 2) fail('EINVAL', image, 'CRYPTO header extension only expected with LUKS encryption method');
+  if (!cryptoExt && h.cryptMethod === 2) fail('EINVAL', image, 'Missing CRYPTO header for crypt method 2');
+  if (cryptoExt && (cryptoExt.offset % clusterSize !== 0 || cryptoExt.offset === 0)) {
+    fail('EINVAL', image, `Invalid encryption header offset 0x${cryptoExt.offset.toString(16)} (crypto header extension)`);
   }
   if (h.compressionType !== QCOW2_COMPRESSION_TYPE_ZLIB && h.compressionType !== QCOW2_COMPRESSION_TYPE_ZSTD) {
     fail('ENOTSUP', image, `qcow2: unknown compression type: ${h.compressionType} (compression_type at 0x68)`);

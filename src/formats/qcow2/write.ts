@@ -65,6 +65,7 @@ import { L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } fr
 import { blockStatusAbove, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { l1Offset, type Qcow2State } from './state.js';
 import type { L2Slice } from './l2-cache.js';
+import { encryptData } from './crypto.js';
 
 // ----------------------------------------------------------- L2 entries
 
@@ -138,6 +139,23 @@ export async function afterWrite(s: Qcow2State, flags: WriteFlags = {}): Promise
 
 // ----------------------------------------------------------------- writes
 
+/** Writes guest bytes `data` (at guest `guest`) to host `host` of the data file, encrypted in a bounce buffer when the image is. */
+async function writeData(s: Qcow2State, guest: number, host: number, data: Uint8Array): Promise<void> {
+  if (!s.crypto) {
+    await bdrvPwrite(s.dataFile, host, data.length, data);
+    return;
+  }
+  // Never in the caller's buffer: it may be read again (or be guest memory).
+  const bounce = allocBuffer(data.length);
+  try {
+    bounce.set(data);
+    encryptData(s.crypto, s.image, guest, host, bounce);
+    await bdrvPwrite(s.dataFile, host, data.length, bounce);
+  } finally {
+    freeBuffer(bounce);
+  }
+}
+
 /** Fills `out` with guest bytes [offset, offset + out.length), zeros past the virtual disk's end. */
 async function readCurrent(bs: BlockNode, s: Qcow2State, offset: number, out: Uint8Array): Promise<void> {
   const have = Math.max(0, Math.min(out.length, bs.totalBytes - offset));
@@ -163,7 +181,7 @@ async function writeCompleted(
   const tail = regionEnd - (dataStart + data.length);
   await checkDataOverlap(s, hostStart, regionEnd - regionStart);
   if (head === 0 && tail === 0) {
-    await bdrvPwrite(s.dataFile, hostStart, data.length, data);
+    await writeData(s, dataStart, hostStart, data);
     return;
   }
   const len = regionEnd - regionStart;
@@ -172,7 +190,7 @@ async function writeCompleted(
     if (head) await readCurrent(bs, s, regionStart, bounce.subarray(0, head));
     bounce.set(data, head);
     if (tail) await readCurrent(bs, s, dataStart + data.length, bounce.subarray(len - tail));
-    await bdrvPwrite(s.dataFile, hostStart, len, bounce);
+    await writeData(s, regionStart, hostStart, bounce.subarray(0, len));
   } finally {
     freeBuffer(bounce);
   }
@@ -287,7 +305,7 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
         }
         const len = Math.min(remaining, n * cs - first);
         await checkDataOverlap(s, h0 + first, len);
-        await bdrvPwrite(s.dataFile, h0 + first, len, buf.subarray(done, done + len));
+        await writeData(s, off, h0 + first, buf.subarray(done, done + len));
         done += len;
       } else if (cls === 'reuse') {
         const len = Math.min(remaining, cs - first);

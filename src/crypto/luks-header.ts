@@ -11,7 +11,7 @@
  *        active (0x00AC71F3 / 0x0000DEAD), iterations, salt[32],
  *        key_material_offset (sectors), stripes
  */
-import { Struct } from '../struct.js';
+import { Struct } from '../formats/struct.js';
 
 export const LUKS_MAGIC = [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe];
 export const LUKS_HEADER_SIZE = 592;

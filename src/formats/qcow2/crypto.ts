@@ -1,0 +1,99 @@
+/**
+ * Encrypted qcow2 (QEMU's qcow2 with crypt_method 1 "aes" or 2 "luks").
+ *
+ * aes (legacy): AES-128-CBC per 512-byte sector, the IV from the sector's
+ * guest offset, the key the password's first 16 bytes (src/crypto/aes-cbc.ts).
+ * luks: a LUKS1 header area in host clusters the crypto header extension
+ * names (offset, length); data sectors are aes-xts-plain64 with the IV from
+ * the sector's host offset (QEMU's crypt_physical_offset), key slot
+ * offsets count from the area's start (src/crypto/luks-block.ts).
+ *
+ * Both encrypt only guest data clusters; metadata stays plain. The key
+ * comes from the `encrypt.key-secret` option (a secret registered by id);
+ * without one only `info` (no I/O) opens the image, as QEMU.
+ */
+import { BlockError } from '../../block/errors.js';
+import type { BlockNode } from '../../block/node.js';
+import { bdrvPread } from '../../block/io.js';
+import { lookupSecret } from '../../block/secrets.js';
+import { LUKS_HEADER_SIZE } from '../../crypto/luks-header.js';
+import { luksCheckHeader, luksInfo, luksUnlock, type LuksVolume } from '../../crypto/luks-block.js';
+import { findExtension, QCOW2_EXT_MAGIC_CRYPTO_HEADER, type Qcow2Header } from './header.js';
+
+export const QCOW_CRYPT_NONE = 0;
+export const QCOW_CRYPT_AES = 1;
+export const QCOW_CRYPT_LUKS = 2;
+/** Bytes per encrypted unit (QEMU's qcrypto sector size for both formats). */
+export const QCOW2_CRYPT_SECTOR = 512;
+
+interface SectorCipher {
+  encrypt(buf: Uint8Array, sector: number): void;
+  decrypt(buf: Uint8Array, sector: number): void;
+}
+
+export interface Qcow2Crypto {
+  method: typeof QCOW_CRYPT_AES | typeof QCOW_CRYPT_LUKS;
+  /** The data cipher, or null when opened without a key (info). */
+  cipher: SectorCipher | null;
+  /** IVs from host offsets (luks) rather than guest offsets (aes). */
+  physical: boolean;
+  /** The LUKS header (luks only). */
+  luks?: LuksVolume;
+  /** Host range of the LUKS header area (luks only). */
+  area?: { offset: number; length: number };
+}
+
+/** Reads the header's encryption: null for a plain image. Unlocks with `encrypt.key-secret` unless `noIo`. */
+export async function openQcow2Crypto(file: BlockNode, h: Qcow2Header, image: string, options: Record<string, unknown>): Promise<Qcow2Crypto | null> {
+  if (h.cryptMethod === QCOW_CRYPT_NONE) return null;
+  const secretId = options['encrypt.key-secret'];
+  let password: Uint8Array | undefined;
+  if (typeof secretId !== 'string') {
+    if (!options.noIo) throw new BlockError('EINVAL', `${image}: Parameter 'encrypt.key-secret' is required for cipher`);
+  } else {
+    password = lookupSecret(secretId);
+    if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
+  }
+  if (h.cryptMethod === QCOW_CRYPT_AES) {
+    let cipher: SectorCipher | null = null;
+    if (password) {
+      const { AesCbcPlain64, qcowAesKey } = await import('../../crypto/aes-cbc.js');
+      cipher = new AesCbcPlain64(qcowAesKey(password));
+    }
+    return { method: QCOW_CRYPT_AES, cipher, physical: false };
+  }
+  const ext = findExtension(h, QCOW2_EXT_MAGIC_CRYPTO_HEADER)!;
+  const fileSize = file.totalBytes;
+  if (ext.length < LUKS_HEADER_SIZE || ext.offset + ext.length > fileSize) {
+    throw new BlockError('ECORRUPT', `${image}: crypto header extension: the LUKS header at 0x${ext.offset.toString(16)} (${ext.length} bytes) is not inside the file (${fileSize} bytes)`);
+  }
+  const buf = new Uint8Array(LUKS_HEADER_SIZE);
+  await bdrvPread(file, ext.offset, buf.length, buf);
+  const luks = luksCheckHeader(buf, `${image}: luks header in the crypto header extension's clusters (0x${ext.offset.toString(16)}):`);
+  const read = async (off: number, n: number, b: Uint8Array) => {
+    if (off + n > ext.length) throw new BlockError('ECORRUPT', `${image}: luks key material at 0x${off.toString(16)} (${n} bytes) is past the crypto header's ${ext.length} bytes`);
+    await bdrvPread(file, ext.offset + off, n, b);
+  };
+  const cipher = password ? await luksUnlock(luks, read, password, image) : null;
+  return { method: QCOW_CRYPT_LUKS, cipher, physical: true, luks, area: { offset: ext.offset, length: ext.length } };
+}
+
+function cipherOf(c: Qcow2Crypto, image: string): SectorCipher {
+  if (!c.cipher) throw new BlockError('EACCES', `${image}: the image was opened without its key ('encrypt.key-secret')`);
+  return c.cipher;
+}
+
+/** Decrypts `buf` in place: guest bytes at `guest`, stored at host `host` (both sector-aligned). */
+export function decryptData(c: Qcow2Crypto, image: string, guest: number, host: number, buf: Uint8Array): void {
+  cipherOf(c, image).decrypt(buf, (c.physical ? host : guest) / QCOW2_CRYPT_SECTOR);
+}
+
+/** Encrypts `buf` in place: guest bytes at `guest`, to be stored at host `host` (both sector-aligned). */
+export function encryptData(c: Qcow2Crypto, image: string, guest: number, host: number, buf: Uint8Array): void {
+  cipherOf(c, image).encrypt(buf, (c.physical ? host : guest) / QCOW2_CRYPT_SECTOR);
+}
+
+/** The `encrypt` member of qcow2's format-specific info, as qemu-img 7.2 prints it. */
+export function cryptoInfo(c: Qcow2Crypto): Record<string, unknown> {
+  return c.method === QCOW_CRYPT_AES ? { format: 'aes' } : luksInfo(c.luks!, 'luks');
+}
