@@ -18,3 +18,5 @@ import './formats/cloop/index.js';
 import './formats/bochs/index.js';
 import './formats/luks/index.js';
 import './filters/throttle.js';
+import './filters/blkdebug.js';
+import './protocols/null.js';

@@ -143,6 +143,11 @@ export async function openFormatOn(
   return bs;
 }
 
+/** Opens the backing file named in `bs`'s header, as openImage does for each image of a chain. */
+export function openHeaderBacking(ctx: OpenContext, bs: BlockNode): Promise<void> {
+  return openBacking(ctx, bs, [bs.filename]);
+}
+
 async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Promise<void> {
   const ref = bs.backingFile!;
   const resolved = ctx.storage.resolve(bs.filename, ref);

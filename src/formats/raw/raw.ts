@@ -10,6 +10,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { probeFormat, type BlockDriver, PROBE_BUF_SIZE } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../../block/io.js';
+import { blkdbgEvent } from '../../block/debug-event.js';
 import { BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RAW } from '../../block/status.js';
 import { RAW_CREATE_OPTS, rawCreate, rawMeasure } from './create.js';
 
@@ -59,6 +60,7 @@ export const rawDriver: BlockDriver = {
     bs.limits = { ...file(bs).limits };
   },
   async preadv(bs, offset, bytes, buf) {
+    await blkdbgEvent(bs.file, 'read_aio');
     await bdrvPread(file(bs), offset + st(bs).offset, bytes, buf);
   },
   async pwritev(bs, offset, bytes, buf, flags) {
@@ -70,6 +72,7 @@ export const rawDriver: BlockDriver = {
         throw new BlockError('EPERM', `${bs.filename}: write to block 0 refused: the image was probed as raw and the write would make it look like another format`);
       }
     }
+    await blkdbgEvent(bs.file, 'write_aio');
     await bdrvPwrite(file(bs), offset + st(bs).offset, bytes, buf, flags);
   },
   async pwriteZeroes(bs, offset, bytes, flags) {
