@@ -13,6 +13,7 @@
  * which accept both spellings (QEMU's keyval visitor does the same).
  */
 import { BlockError } from './errors.js';
+import { qemuStrtosz } from './options.js';
 
 export type OptionValue = string | number | boolean | null | OptionsTree | OptionValue[];
 export interface OptionsTree {
@@ -147,6 +148,18 @@ export function optNumber(tree: OptionsTree, key: string, what = 'a number'): nu
     if (Number.isSafeInteger(n)) return n;
   }
   throw new BlockError('EINVAL', `Parameter '${key}' expects ${what}`);
+}
+
+/** A size option: a number, or qemu_strtosz's text (`64k`, `1M`, `0x1000`). */
+export function optSize(tree: OptionsTree, key: string): number | undefined {
+  const v = tree[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
+  const n = typeof v === 'string' ? qemuStrtosz(v) : undefined;
+  if (n === undefined || n > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new BlockError('EINVAL', `Parameter '${key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`);
+  }
+  return Number(n);
 }
 
 /** A boolean option: true/false, or on/off/yes/no strings. */

@@ -23,7 +23,7 @@ import { registerDriver, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
 import { bdrvFlush, bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
 import { debugMessage, isBlkdebugEvent, notifyRequestSuspended, type BlkdebugEvent, type DebugEventDriver } from '../block/debug-event.js';
-import { isTree, optBool, optNumber, optString, type OptionsTree, type OptionValue } from '../block/options-tree.js';
+import { isTree, optBool, optNumber, optSize, optString, type OptionsTree, type OptionValue } from '../block/options-tree.js';
 import { openContext } from '../block/open.js';
 import { BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RAW } from '../block/status.js';
 
@@ -190,15 +190,15 @@ function checkLimit(value: number | undefined, name: string, multipleOf: number)
 }
 
 function applyLimits(bs: BlockNode, o: OptionsTree): void {
-  const align = optNumber(o, 'align', 'a size') ?? 0;
+  const align = optSize(o, 'align') ?? 0;
   if (align && (align < 0 || align >= 0x7fffffff || (align & (align - 1)) !== 0)) {
     throw new BlockError('EINVAL', `Cannot meet constraints with align ${align}`);
   }
-  const maxTransfer = checkLimit(optNumber(o, 'max-transfer', 'a size'), 'max-transfer', Math.max(align, 512));
-  const optWriteZero = checkLimit(optNumber(o, 'opt-write-zero', 'a size'), 'opt-write-zero', Math.max(align, 1));
-  checkLimit(optNumber(o, 'max-write-zero', 'a size'), 'max-write-zero', Math.max(optWriteZero, align, 1));
-  const optDiscard = checkLimit(optNumber(o, 'opt-discard', 'a size'), 'opt-discard', Math.max(align, 1));
-  checkLimit(optNumber(o, 'max-discard', 'a size'), 'max-discard', Math.max(optDiscard, align, 1));
+  const maxTransfer = checkLimit(optSize(o, 'max-transfer'), 'max-transfer', Math.max(align, 512));
+  const optWriteZero = checkLimit(optSize(o, 'opt-write-zero'), 'opt-write-zero', Math.max(align, 1));
+  checkLimit(optSize(o, 'max-write-zero'), 'max-write-zero', Math.max(optWriteZero, align, 1));
+  const optDiscard = checkLimit(optSize(o, 'opt-discard'), 'opt-discard', Math.max(align, 1));
+  checkLimit(optSize(o, 'max-discard'), 'max-discard', Math.max(optDiscard, align, 1));
   const below = bs.file!.node.limits;
   bs.limits = {
     requestAlignment: align || below.requestAlignment,

@@ -7,7 +7,7 @@
  */
 import { registerDriver, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
-import { optBool, optNumber, type OptionsTree } from '../block/options-tree.js';
+import { optBool, optNumber, optSize, type OptionsTree } from '../block/options-tree.js';
 import { BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../block/status.js';
 import { BlockError } from '../block/errors.js';
 
@@ -29,7 +29,7 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver {
     standalone: true,
     async open(bs, options) {
       const o = options as OptionsTree;
-      const size = optNumber(o, 'size', 'a size') ?? 1 << 30;
+      const size = optSize(o, 'size') ?? 1 << 30;
       const latencyNs = optNumber(o, 'latency-ns') ?? 0;
       if (size < 0) throw new BlockError('EINVAL', `${name}: size must not be negative`);
       if (latencyNs < 0) throw new BlockError('EINVAL', 'latency-ns is invalid');

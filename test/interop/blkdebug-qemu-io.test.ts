@@ -26,7 +26,7 @@ function normalise(text: string): string {
 async function ours(args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
   let stdout = '';
   let stderr = '';
-  const status = await runIo(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) }, Readable.from([]));
+  const status = await runIo(['-t', 'writeback', ...args], { out: (t) => (stdout += t), err: (t) => (stderr += t) }, Readable.from([]));
   return { status, stdout, stderr };
 }
 
@@ -42,7 +42,8 @@ async function compare(fmt: 'qcow2' | 'raw', prep: string[], args: (img: string,
     if (prep.length) spawnSync('qemu-io', ['-f', fmt, ...prep.flatMap((c) => ['-c', c]), img]);
     if (config !== undefined) fs.writeFileSync(conf, config);
   }
-  const r = spawnSync('qemu-io', args(a, confA), { encoding: 'utf8' });
+  // writeback, as the iotests run qemu-io (its default, writethrough, flushes after every write).
+  const r = spawnSync('qemu-io', ['-t', 'writeback', ...args(a, confA)], { encoding: 'utf8' });
   const o = await ours(args(b, confB));
   expect(normalise(o.stdout).replaceAll(b, a).replaceAll(confB, confA)).toBe(normalise(r.stdout));
   expect(o.stderr.replaceAll(b, a).replaceAll(confB, confA)).toBe(r.stderr);
@@ -65,7 +66,7 @@ describe('blkdebug against qemu-io', () => {
           image: { driver: 'file', filename: img },
           'inject-error': [
             { event: 'read_aio', once: true },
-            { event: 'l2_update', errno: 28, state: 2 },
+            { event: 'write_aio', errno: 28, state: 2, once: true },
             { event: 'write_aio', sector: 0x60000 / 512, once: true },
           ],
           'set-state': [{ event: 'cluster_alloc', state: 1, new_state: 2 }],

@@ -18,6 +18,11 @@ function why(e: unknown): string {
   return describeCode(e instanceof BlockError ? e.code : 'EIO');
 }
 
+/** The negative errno qemu-io's commands return. */
+function errno(e: unknown): number {
+  return e instanceof BlockError && e.code === 'ENOTSUP' ? -95 : -2;
+}
+
 const breakCmd: CmdInfo = {
   name: 'break',
   argmin: 2,
@@ -29,6 +34,7 @@ const breakCmd: CmdInfo = {
       bdrvDebugBreakpoint(s.root, argv[1]!, argv[2]!);
     } catch (e) {
       s.out(`Could not set breakpoint: ${why(e)}\n`);
+      return errno(e);
     }
     return 0;
   },
@@ -45,6 +51,7 @@ const removeBreakCmd: CmdInfo = {
       bdrvDebugRemoveBreakpoint(s.root, argv[1]!);
     } catch (e) {
       s.out(`Could not remove breakpoint ${argv[1]}: ${why(e)}\n`);
+      return errno(e);
     }
     return 0;
   },
@@ -61,6 +68,7 @@ const resumeCmd: CmdInfo = {
       bdrvDebugResume(s.root, argv[1]!);
     } catch (e) {
       s.out(`Could not resume request: ${why(e)}\n`);
+      return errno(e);
     }
     return 0;
   },

@@ -57,7 +57,9 @@ export const rawDriver: BlockDriver = {
     }
     bs.opaque = { offset, size } satisfies RawState;
     bs.totalBytes = size ?? flen - offset;
-    bs.limits = { ...file(bs).limits };
+    // Byte-granular, as QEMU's raw format: an unaligned request reaches the file as it is and the file's node pads it
+    // (so its read-modify-write, and the debug events around it, happen there).
+    bs.limits = { ...file(bs).limits, requestAlignment: 1 };
   },
   async preadv(bs, offset, bytes, buf) {
     await blkdbgEvent(bs.file, 'read_aio');
