@@ -15,8 +15,8 @@
  */
 import { BlockError } from './errors.js';
 import { findDriver } from './driver.js';
-import { closeNode, openFormatOn, openHeaderBacking, type OpenContext, type Storage } from './open.js';
-import { isTree, optBool, parseProtocolFilename, type OptionsTree } from './options-tree.js';
+import { closeNode, openFormatOn, openHeaderBacking, setOptionsNameOpener, type OpenContext, type Storage } from './open.js';
+import { isTree, optBool, parseJsonName, parseProtocolFilename, type OptionsTree } from './options-tree.js';
 import { BlockNode } from './node.js';
 
 export interface OpenTreeOptions {
@@ -88,7 +88,9 @@ async function openNode(
   if (child === undefined && typeof t.filename === 'string') child = t.filename;
   if (childKey === 'image' && typeof t['x-image'] === 'string') child = isTree(child) ? { filename: t['x-image'], ...child } : t['x-image'];
   if (child === undefined) throw new BlockError('EINVAL', `A block device must be specified for "${childKey}"`);
-  const childTree: OptionsTree = typeof child === 'string' ? { filename: child } : isTree(child) ? child : {};
+  let childTree: OptionsTree = typeof child === 'string' ? { filename: child } : isTree(child) ? child : {};
+  // A name given beside `file.*` options is the file's (qemu-io -o file.align=… NAME).
+  if (isTree(child) && childTree.filename === undefined && typeof t.filename === 'string') childTree = { filename: t.filename, ...childTree };
   if (!isTree(child) && typeof child !== 'string') throw new BlockError('EINVAL', `Invalid parameter type for '${childKey}', expected: dict or string`);
   const childNode = await openNode(ctx, childTree, 'child', readOnly, top, false);
 
@@ -147,3 +149,12 @@ async function openProtocolNode(ctx: OpenContext, driver: string, t: OptionsTree
     throw new BlockError('EIO', `Could not open '${filename}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
 }
+
+// Backing names that stand for options (a json:{…} name stored in an image header) open through the tree.
+setOptionsNameOpener((ctx, name, format) => {
+  let tree: OptionsTree;
+  if (name.startsWith('json:')) tree = parseJsonName(name);
+  else if (parseProtocolFilename(name) && !name.startsWith('file:')) tree = { filename: name };
+  else return undefined;
+  return openNode(ctx, tree, 'image', true, { format, backing: true }, true);
+});

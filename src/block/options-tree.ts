@@ -107,12 +107,41 @@ export function mergeTrees(a: OptionsTree, b: OptionsTree): OptionsTree {
 export function parseJsonName(name: string): OptionsTree {
   let json: unknown;
   try {
-    json = JSON.parse(name.slice('json:'.length));
+    json = JSON.parse(singleToDoubleQuotes(name.slice('json:'.length)));
   } catch (e) {
     throw new BlockError('EINVAL', `Could not parse the JSON options: ${e instanceof Error ? e.message : String(e)}`);
   }
   if (!isTree(json)) throw new BlockError('EINVAL', 'Invalid JSON object given');
   return crumple(flatten(json));
+}
+
+/**
+ * QEMU's JSON parser takes 'single-quoted' strings too (the iotests write
+ * json: names that way): they become standard double-quoted strings.
+ */
+function singleToDoubleQuotes(text: string): string {
+  let out = '';
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === '"') {
+      // A standard string: copied through to its closing quote.
+      let j = i + 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      out += text.slice(i, j + 1);
+      i = j;
+    } else if (c === "'") {
+      let str = '';
+      let j = i + 1;
+      for (; j < text.length && text[j] !== "'"; j++) {
+        if (text[j] === '\\' && j + 1 < text.length) str += text[++j] === "'" ? "'" : '\\' + text[j];
+        else if (text[j] === '"') str += '\\"';
+        else str += text[j];
+      }
+      out += `"${str}"`;
+      i = j;
+    } else out += c;
+  }
+  return out;
 }
 
 /** The inverse of crumple: a tree's leaves under dotted keys. */

@@ -18,7 +18,7 @@
  * `opt-write-zero`, `max-write-zero`, `opt-discard` and `max-discard` give the
  * node request limits, so the layers above get exercised with them.
  */
-import { BlockError, type BlockErrorCode } from '../block/errors.js';
+import { BlockError, describeCode, type BlockErrorCode } from '../block/errors.js';
 import { registerDriver, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
 import { bdrvFlush, bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
@@ -176,7 +176,8 @@ function ruleCheck(bs: BlockNode, offset: number, bytes: number, iotype: IoType)
   if (!rule || rule.errno === 0) return;
   if (rule.once) removeRule(s, rule);
   const code = ERRNO[rule.errno] ?? 'EIO';
-  throw new BlockError(code, `${bs.filename}: blkdebug: injected error ${rule.errno} on ${iotype} at ${offset} (+${bytes} bytes)`);
+  // The injected errno is the whole story: QEMU's callers print its strerror.
+  throw new BlockError(code, describeCode(code));
 }
 
 // ------------------------------------------------------------ limits
