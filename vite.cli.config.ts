@@ -32,5 +32,5 @@ export default defineConfig({
       },
     },
   },
-  ssr: { noExternal: ['pako', 'fzstd'] },
+  ssr: { noExternal: ['pako', 'fzstd', '@noble/hashes', '@noble/ciphers'] },
 });

@@ -4,7 +4,9 @@
 //    parallel requests) vs one bare fetch of the whole file, same server, same run
 //    (aim ≥ 0.8× of the bare fetch's throughput);
 //  - random 4 KiB reads: requests sent, peak requests in flight, cache hit rate;
-//  - the attach adapter's round trip vs a direct BlockBackend read.
+//  - the attach adapters' round trips vs a direct BlockBackend read: the plain
+//    device, v86's buffer (get with a callback), and the synchronous channel
+//    (a worker thread blocked in readSync while this thread serves the disk).
 // BENCH_HTTP_MIB sets the image size (default 256; the issue's figure is 1024).
 // Needs `npm run build` first (uses dist/).
 import * as http from 'node:http';
@@ -14,7 +16,7 @@ import { bench, MiB, root, scratchDir } from './lib.mjs';
 
 const { HttpStorage, httpStats } = await import(path.join(root, 'dist/protocols/http.js'));
 const lib = await import(path.join(root, 'dist/index.js'));
-const { bdrvPread, BlockBackend, MemoryStorage, MemoryFile, openImage, attachBackend } = lib;
+const { bdrvPread, BlockBackend, MemoryStorage, MemoryFile, openImage, attachBackend, V86Buffer, serveSyncAccess } = lib;
 
 const SIZE = Number(process.env.BENCH_HTTP_MIB ?? 256) * MiB;
 const LATENCY = 2;
@@ -119,5 +121,31 @@ server.close();
   const direct = await time((o) => blk.read(o, 65536, buf));
   const adapter = await time((o) => dev.readInto(o, buf));
   bench({ name: 'attach device read 64 KiB (round trip)', value: +(adapter * 1000).toFixed(1), unit: 'us', baseline: +(direct * 1000).toFixed(1), ratio: +(adapter / direct).toFixed(2), aim: '<=1.2' });
+
+  const v86 = new V86Buffer(dev);
+  const viaV86 = await time((o) => new Promise((res) => v86.get(o, 65536, res)));
+  bench({ name: 'attach v86 buffer get 64 KiB (round trip)', value: +(viaV86 * 1000).toFixed(1), unit: 'us', baseline: +(direct * 1000).toFixed(1), ratio: +(viaV86 / direct).toFixed(2), aim: '<=1.5' });
+
+  // The blocking channel: the reads run in a worker thread (Atomics.wait is refused nowhere in Node, but it would block this thread's server).
+  const { Worker } = await import('node:worker_threads');
+  const channel = serveSyncAccess(dev);
+  const N = 4000;
+  const code = `
+    const { workerData, parentPort } = require('node:worker_threads');
+    import(workerData.client).then(({ SyncBlockClient }) => {
+      const c = new SyncBlockClient(workerData.buffer);
+      const buf = new Uint8Array(65536);
+      for (let i = 0; i < 200; i++) c.readSync((i * 65536) % (64 << 20), buf);
+      const t0 = performance.now();
+      for (let i = 0; i < workerData.n; i++) c.readSync((i * 65536) % (64 << 20), buf);
+      parentPort.postMessage((performance.now() - t0) / workerData.n);
+    });`;
+  const viaSync = await new Promise((resolve, reject) => {
+    const w = new Worker(code, { eval: true, workerData: { buffer: channel.buffer, n: N, client: 'file://' + path.join(root, 'dist/attach/sync-client.js') } });
+    w.once('message', (ms) => void w.terminate().then(() => resolve(ms)));
+    w.once('error', reject);
+  });
+  await channel.close();
+  bench({ name: 'attach sync channel readSync 64 KiB (round trip, worker thread)', value: +(viaSync * 1000).toFixed(1), unit: 'us', baseline: +(direct * 1000).toFixed(1), ratio: +(viaSync / direct).toFixed(2), aim: 'reported' });
 }
 fs.rmSync(dir, { recursive: true, force: true });

@@ -21,16 +21,23 @@ export interface BlockDevice {
   flush(): Promise<void>;
 }
 
-/** Attaches a backend: its length is read once, requests are serialised. */
-export async function attachBackend(blk: BlockBackend): Promise<BlockDevice> {
-  const byteLength = await blk.getLength();
+/**
+ * Runs requests one after another in the order they were made: each starts
+ * when the previous one ended; a failure fails only its own request.
+ */
+export function requestQueue(): <T>(op: () => Promise<T>) => Promise<T> {
   let tail: Promise<unknown> = Promise.resolve();
-  // Each request starts when the previous one ended; a failure fails only its own request.
-  const inOrder = <T>(op: () => Promise<T>): Promise<T> => {
+  return <T>(op: () => Promise<T>): Promise<T> => {
     const p = tail.then(op, op);
     tail = p.catch(() => {});
     return p;
   };
+}
+
+/** Attaches a backend: its length is read once, requests are serialised. */
+export async function attachBackend(blk: BlockBackend): Promise<BlockDevice> {
+  const byteLength = await blk.getLength();
+  const inOrder = requestQueue();
   const check = (offset: number, bytes: number, what: string) => {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset < 0 || bytes < 0 || offset + bytes > byteLength) {
       throw new BlockError('EINVAL', `${blk.name || 'disk'}: ${what} of ${bytes} bytes at ${offset} is outside the ${byteLength}-byte disk`);

@@ -2,8 +2,13 @@
  * A BlockDevice in the shape v86 takes for a disk (`hda`, `cdrom`, `fda`):
  * the async buffer interface of v86's AsyncXHRBuffer and friends —
  * `byteLength`, `load()` then `onload`, `get(start, len, cb)`,
- * `set(start, data, cb)`, `get_buffer(cb)`, `get_state()`/`set_state()`.
- * Pass it as `new V86({ hda: { buffer: new V86Buffer(device) } , … })`.
+ * `set(start, data, cb)`, `get_buffer(cb)`, `get_state()`/`set_state()`, and
+ * the two cache calls v86 0.5 makes before it boots: `get_and_cache` (it reads
+ * sector 0 that way) and the synchronous `get_from_cache` (the IDE reads the
+ * partition table from it to choose a disk geometry).
+ * Pass it as the disk itself: `new V86({ hda: new V86Buffer(device), … })` —
+ * v86 takes any object with `get`, `set` and `load` as a ready buffer (wrapped
+ * in `{ buffer }` it would be mistaken for a file to download).
  *
  * v86's callbacks have no error argument, so a failed request goes to
  * `onerror` and its callback is never called: the guest sees a disk that
@@ -23,6 +28,9 @@ export class V86Buffer {
   onprogress: ((e: object) => void) | undefined = undefined;
   onerror: (e: unknown) => void = (e) => console.error('blocktab: disk request failed:', e);
 
+  /** Ranges read with get_and_cache, by start offset (v86 caches only sector 0). */
+  private readonly cached = new Map<number, Uint8Array>();
+
   constructor(readonly device: BlockDevice) {
     this.byteLength = device.byteLength;
   }
@@ -36,7 +44,27 @@ export class V86Buffer {
     this.device.read(start, len).then(fn, this.onerror);
   }
 
+  /** A read whose bytes get_from_cache answers later (v86 reads sector 0 so before booting). */
+  get_and_cache(start: number, len: number, fn: (data: Uint8Array) => void): void {
+    this.device.read(start, len).then((d) => {
+      this.cached.set(start, d.slice());
+      fn(d);
+    }, this.onerror);
+  }
+
+  /** Bytes read earlier with get_and_cache, with the writes since applied; undefined when not cached. */
+  get_from_cache(start: number, len: number): Uint8Array | undefined {
+    const d = this.cached.get(start);
+    return d && d.length >= len ? d.slice(0, len) : undefined;
+  }
+
   set(start: number, data: Uint8Array, fn: () => void): void {
+    // Cached ranges follow the writes, so get_from_cache never answers stale bytes.
+    for (const [at, d] of this.cached) {
+      const lo = Math.max(at, start);
+      const hi = Math.min(at + d.length, start + data.length);
+      if (lo < hi) d.set(data.subarray(lo - start, hi - start), lo - at);
+    }
     this.device.write(start, data).then(fn, this.onerror);
   }
 

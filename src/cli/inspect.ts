@@ -96,9 +96,13 @@ function modeString(n: FsNode): string {
   return s;
 }
 
+/** The last time formatted: the files of a directory mostly share their minute. */
+let lastTime: { t: number; s: string } | undefined;
+
 function timeString(t: number | undefined): string {
   if (t === undefined) return '                ';
-  return new Date(t * 1000).toISOString().slice(0, 16).replace('T', ' ');
+  if (lastTime?.t !== t) lastTime = { t, s: new Date(t * 1000).toISOString().slice(0, 16).replace('T', ' ') };
+  return lastTime.s;
 }
 
 export async function runLs(args: string[], out: Output): Promise<number> {

@@ -22,10 +22,11 @@ import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions, CompareResult } from '../img/compare.js';
 import type { MapEntry, MapOptions } from '../img/map.js';
 import type { MeasureResult } from '../img/measure.js';
-import type { InspectEntry, InspectView, LayerDiff } from '../engine/inspect.js';
+import type { InspectEntry, InspectTreeEntry, InspectView, LayerDiff } from '../engine/inspect.js';
 import type { PartitionTable } from '../inspect/partitions.js';
+import type { DiskStatus, ExportMode, RemoteOverlayOpened } from '../worker/remote-disk.js';
 
-export type { InspectEntry, InspectView, LayerDiff, PartitionTable };
+export type { InspectEntry, InspectTreeEntry, InspectView, LayerDiff, PartitionTable, DiskStatus, ExportMode, RemoteOverlayOpened };
 export type { QmpEvent, ImageRef, ConvertTarget, EngineOpenOptions, EngineMeasureOptions, EngineCreateOptions, EngineCreateResult, SnapshotOp, ImageCheck, SnapshotInfoQapi, BoundaryStats, StoredFile };
 
 /** Lets the caller stop a running operation: the operation rejects with a BlockError, code ECANCELED. */
@@ -90,10 +91,26 @@ export interface BlocktabClient {
   inspectPartitions(view: InspectView): Promise<PartitionTable>;
   /** A directory of the file system on `partition` (null: the whole disk, or the one partition holding one). */
   inspectList(view: InspectView, partition: number | null, path: string): Promise<InspectEntry[]>;
+  /** Everything under a directory, depth first, paths relative to it (loops and unreadable directories carry an error). */
+  inspectTree(view: InspectView, partition: number | null, path: string): Promise<InspectTreeEntry[]>;
   /** Up to `bytes` bytes of a file from `offset` (at most 16 MiB a call). */
   inspectRead(view: InspectView, partition: number | null, path: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>>;
   /** Files added, removed and changed from view `below` to view `above`. */
   inspectDiff(above: InspectView, below: InspectView, partition: number | null): Promise<LayerDiff>;
+  /**
+   * Opens `url` read-only under a qcow2 overlay in local storage, read-write:
+   * writes stay in the tab; the same URL finds its overlay again after a reload.
+   */
+  openRemoteOverlay(url: string): Promise<RemoteOverlayOpened>;
+  /** Lets overlays in local storage name images of `origin` as backing files (after a reload, the origins the user chose before). */
+  allowRemoteBacking(origin: string): Promise<void>;
+  /** The HTTP block cache's counters and the overlay's size for an open image. */
+  diskStatus(name: string): Promise<DiskStatus>;
+  /**
+   * Streams the open image into `handle` (a file from showSaveFilePicker, or
+   * an OPFS file): `overlay` its top layer as stored, `merged` the whole disk as raw.
+   */
+  exportTo(name: string, mode: ExportMode, handle: FileSystemFileHandle, onProgress?: (done: number, total: number) => void): Promise<number>;
   /** The comlink proxy itself, for what this wrapper does not cover. */
   readonly remote: Comlink.Remote<EngineWorkerApi>;
   /** Stops the worker (open images are not flushed: close them first). */
@@ -190,8 +207,13 @@ export function createClient(worker?: Worker): BlocktabClient {
     boundaryStats: () => remote.boundaryStats(),
     inspectPartitions: (view) => remote.inspectPartitions(view),
     inspectList: (view, partition, path) => remote.inspectList(view, partition, path),
+    inspectTree: (view, partition, path) => remote.inspectTree(view, partition, path),
     inspectRead: (view, partition, path, offset, bytes) => remote.inspectRead(view, partition, path, offset, bytes),
     inspectDiff: (above, below, partition) => remote.inspectDiff(above, below, partition),
+    openRemoteOverlay: (url) => remote.openRemoteOverlay(url),
+    allowRemoteBacking: (origin) => remote.allowRemoteBacking(origin),
+    diskStatus: (name) => remote.diskStatus(name),
+    exportTo: (name, mode, handle, onProgress) => remote.exportTo(name, mode, handle, maybeProxy(onProgress)),
     terminate: () => {
       reads.close();
       remote[Comlink.releaseProxy]();

@@ -15,9 +15,10 @@
  * 64 KiB cluster, so a caller asking for many clusters at once pays it once
  * per batch rather than once per cluster.
  *
- * Message protocol (both worker scripts): in { id, inputs: Uint8Array[] },
- * out { id, outs: Uint8Array[] } or { id, error: string }; buffers move by
- * transfer.
+ * Message protocol (the browser's worker script): in { id, inputs:
+ * Uint8Array[], limits: number[] }, out { id, outs: Uint8Array[] } or
+ * { id, error: string }; buffers move by transfer. Node's workers take their
+ * batches through shared memory instead (deflate-pool-node.ts).
  *
  * A leaf: this module knows bytes, not formats, and imports nothing from src/.
  */
@@ -26,9 +27,11 @@ export interface DeflatePool {
   /**
    * Raw deflate with a 4 KiB window, level 6, memLevel 9 (QEMU's settings
    * for qcow2 clusters). `input` is copied before the call returns, so the
-   * caller may reuse its buffer at once.
+   * caller may reuse its buffer at once. With `limit`, a stream longer than
+   * `limit` bytes is not handed back (null): a caller that would not use it
+   * (qcow2 writes such a cluster uncompressed) spares its copy.
    */
-  deflateRaw4k(input: Uint8Array): Promise<Uint8Array>;
+  deflateRaw4k(input: Uint8Array, limit?: number): Promise<Uint8Array | null>;
   /** Ends the workers (a later call starts them again). */
   close(): void;
 }
@@ -48,7 +51,15 @@ export function deflatePool(): DeflatePool | null {
 
 /** One started worker, as the pool needs it. */
 export interface PoolWorker {
-  post(message: { id: number; inputs: Uint8Array[] }, transfer: ArrayBuffer[]): void;
+  /**
+   * Sends a batch. `limits[i]` (-1 for none) lets the worker leave out a
+   * stream longer than it (null in `outs`). The inputs belong to the pool:
+   * a worker that copies them (instead of taking `transfer`) may let the
+   * pool reuse them once `post` returns, by `reusesInputs`.
+   */
+  post(message: { id: number; inputs: Uint8Array[]; limits: number[] }, transfer: ArrayBuffer[]): void;
+  /** `post` copies the inputs, so the pool may reuse their buffers afterwards. */
+  reusesInputs?: boolean;
   /** Keep the process alive while the worker has work (Node); optional. */
   ref?(): void;
   unref?(): void;
@@ -56,7 +67,7 @@ export interface PoolWorker {
 }
 
 export interface PoolWorkerEvents {
-  message(m: { id: number; outs?: Uint8Array[]; error?: string }): void;
+  message(m: { id: number; outs?: (Uint8Array | null)[]; error?: string }): void;
   error(e: Error): void;
 }
 
@@ -67,7 +78,8 @@ interface Slot {
 
 interface Request {
   input: Uint8Array;
-  resolve: (b: Uint8Array) => void;
+  limit: number;
+  resolve: (b: Uint8Array | null) => void;
   reject: (e: Error) => void;
 }
 
@@ -77,6 +89,7 @@ export function createDeflatePool(spawn: (events: PoolWorkerEvents) => PoolWorke
   const inFlight = new Map<number, { requests: Request[]; slot: Slot }>();
   let queue: Request[] = [];
   let nextId = 0;
+  const spare = new SpareBuffers();
 
   const fail = (slot: Slot, e: Error): void => {
     // A worker that dies fails its requests; the next batch starts a new one.
@@ -99,7 +112,8 @@ export function createDeflatePool(spawn: (events: PoolWorkerEvents) => PoolWorke
         if (--slot.pending === 0) slot.worker.unref?.();
         batch.requests.forEach((r, i) => {
           const out = m.outs?.[i];
-          if (out) r.resolve(out);
+          if (out === null || (out && r.limit >= 0 && out.length > r.limit)) r.resolve(null);
+          else if (out) r.resolve(out);
           else r.reject(new Error(`deflate worker: ${m.error ?? 'no output'}`));
         });
       },
@@ -118,10 +132,11 @@ export function createDeflatePool(spawn: (events: PoolWorkerEvents) => PoolWorke
     if (slot.pending++ === 0) slot.worker.ref?.();
     const inputs = requests.map((r) => r.input);
     try {
-      slot.worker.post({ id, inputs }, inputs.map((i) => i.buffer as ArrayBuffer));
+      slot.worker.post({ id, inputs, limits: requests.map((r) => r.limit) }, inputs.map((i) => i.buffer as ArrayBuffer));
     } catch (e) {
       fail(slot, e instanceof Error ? e : new Error(String(e)));
     }
+    if (slot.worker.reusesInputs) for (const i of inputs) spare.put(i);
   };
 
   const flush = (): void => {
@@ -133,10 +148,10 @@ export function createDeflatePool(spawn: (events: PoolWorkerEvents) => PoolWorke
   };
 
   return {
-    deflateRaw4k(input) {
-      return new Promise<Uint8Array>((resolve, reject) => {
+    deflateRaw4k(input, limit) {
+      return new Promise<Uint8Array | null>((resolve, reject) => {
         if (queue.length === 0) queueMicrotask(flush);
-        queue.push({ input: input.slice(), resolve, reject });
+        queue.push({ input: spare.copy(input), limit: limit ?? -1, resolve, reject });
       });
     },
     close() {
@@ -146,4 +161,32 @@ export function createDeflatePool(spawn: (events: PoolWorkerEvents) => PoolWorke
       inFlight.clear();
     },
   };
+}
+
+/**
+ * Copies of inputs whose buffers come back once a worker that copies its
+ * inputs has them (Node's): a convert -c then reuses the same few MiB instead
+ * of leaving a dead 64 KiB buffer per cluster for the garbage collector,
+ * which lets tens of MiB of them pile up before it runs.
+ */
+class SpareBuffers {
+  private readonly bySize = new Map<number, Uint8Array[]>();
+  private bytes = 0;
+  private static readonly MAX_BYTES = 16 * 1024 * 1024;
+
+  copy(input: Uint8Array): Uint8Array {
+    const b = this.bySize.get(input.length)?.pop();
+    if (!b) return input.slice();
+    this.bytes -= b.length;
+    b.set(input);
+    return b;
+  }
+
+  put(b: Uint8Array): void {
+    if (this.bytes + b.length > SpareBuffers.MAX_BYTES) return;
+    let list = this.bySize.get(b.length);
+    if (!list) this.bySize.set(b.length, (list = []));
+    list.push(b);
+    this.bytes += b.length;
+  }
 }

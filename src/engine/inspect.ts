@@ -22,11 +22,21 @@ import {
   type PartitionTable,
 } from '../inspect/index.js';
 
-/** Which state of an open image: the node, layer N of its chain (0 = top), or an internal snapshot of the top. */
+/**
+ * Which state of an open image: the node, layer N of its chain (0 = top), or
+ * an internal snapshot of that layer (`snapshot`, with or without `layer`).
+ */
 export interface InspectView {
   node: string;
   layer?: number;
   snapshot?: string;
+}
+
+/** An entry of a recursive listing: its path from the listed directory ("a/b.txt"). */
+export interface InspectTreeEntry extends InspectEntry {
+  path: string;
+  /** Why a directory's contents are missing (a loop, a corrupt block). */
+  error?: string;
 }
 
 /** A directory entry as the page gets it. */
@@ -47,6 +57,12 @@ export interface LayerDiff {
 
 /** Largest file read in one call (the page asks in chunks). */
 export const MAX_INSPECT_READ = 16 * 1024 * 1024;
+/** Most entries one recursive listing returns (a bound on the reply's memory). */
+export const MAX_TREE_ENTRIES = 1_000_000;
+
+function entryOf(n: FsNode): InspectEntry {
+  return { name: n.name, type: n.type, size: n.size, mtime: n.mtime ?? null, ...(n.target !== undefined ? { target: n.target } : {}) };
+}
 
 /** Whether two files of the same size hold the same bytes. */
 async function sameBytes(va: OpenedVolume, a: FsNode, vb: OpenedVolume, b: FsNode): Promise<boolean> {
@@ -70,28 +86,26 @@ export class InspectService {
 
   private async nodeOf(v: InspectView): Promise<BlockNode> {
     const top = this.lookupNode(v.node);
-    if (v.snapshot !== undefined) {
-      const k = JSON.stringify([v.node, v.snapshot]);
-      let bs = this.snapshotNodes.get(k);
-      if (!bs) {
-        const ctx = openContext(top);
-        if (!ctx) throw new BlockError('EINVAL', `${top.filename}: no storage to open a snapshot view from`);
-        bs = await openImage(ctx.storage, top.filename, { readOnly: true, format: top.driver.name });
-        try {
-          await snapshotLoadTmp(bs, v.snapshot);
-        } catch (e) {
-          await closeNode(bs);
-          throw e;
-        }
-        this.snapshotNodes.set(k, bs);
-      }
-      return bs;
-    }
     const chain = backingChain(top);
     const layer = v.layer ?? 0;
     const bs = chain[layer];
     if (!bs) throw new BlockError('ENOENT', `${top.filename}: the chain has no layer ${layer} (${chain.length} layers)`);
-    return bs;
+    if (v.snapshot === undefined) return bs;
+    const k = JSON.stringify([v.node, layer, v.snapshot]);
+    let snap = this.snapshotNodes.get(k);
+    if (!snap) {
+      const ctx = openContext(bs);
+      if (!ctx) throw new BlockError('EINVAL', `${bs.filename}: no storage to open a snapshot view from`);
+      snap = await openImage(ctx.storage, bs.filename, { readOnly: true, format: bs.driver.name });
+      try {
+        await snapshotLoadTmp(snap, v.snapshot);
+      } catch (e) {
+        await closeNode(snap);
+        throw e;
+      }
+      this.snapshotNodes.set(k, snap);
+    }
+    return snap;
   }
 
   async partitions(v: InspectView): Promise<PartitionTable> {
@@ -112,7 +126,24 @@ export class InspectService {
   async list(v: InspectView, partition: number | null, path: string): Promise<InspectEntry[]> {
     const vol = await this.volume(v, partition);
     const nodes = await listPath(vol.fs, path);
-    return nodes.map((n) => ({ name: n.name, type: n.type, size: n.size, mtime: n.mtime ?? null, ...(n.target !== undefined ? { target: n.target } : {}) }));
+    return nodes.map(entryOf);
+  }
+
+  /**
+   * Everything under the directory at `path`, depth first in name order, as
+   * paths relative to it (for a zip of the folder). Loops and unreadable
+   * directories come back as entries with an error; the walk goes on.
+   */
+  async tree(v: InspectView, partition: number | null, path: string): Promise<InspectTreeEntry[]> {
+    const vol = await this.volume(v, partition);
+    const dir = await lookup(vol.fs, path);
+    if (dir.type !== 'dir') throw new BlockError('EINVAL', `${vol.fs.volume.name}: ${path}: Not a directory`);
+    const out: InspectTreeEntry[] = [];
+    await walkTree(vol.fs, dir, (e) => {
+      if (out.length >= MAX_TREE_ENTRIES) throw new BlockError('EFBIG', `${vol.fs.volume.name}: ${path} holds more than ${MAX_TREE_ENTRIES} entries`);
+      out.push({ ...entryOf(e.node), path: e.path, ...(e.error !== undefined ? { error: e.error } : {}) });
+    });
+    return out;
   }
 
   async read(v: InspectView, partition: number | null, path: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> {

@@ -512,24 +512,32 @@ async function writeSparse(target: BlockNode, offset: number, data: Uint8Array, 
     if (!zeroInit) await writeZeroes(target, offset, data.length);
     return;
   }
-  // Runs of same-kind blocks become one request each.
-  let runStart = 0;
-  let runZero: boolean | undefined;
-  const flush = async (end: number) => {
-    if (runZero === undefined || end === runStart) return;
-    if (!runZero) await bdrvPwrite(target, offset + runStart, end - runStart, data.subarray(runStart, end));
-    else if (!zeroInit) await writeZeroes(target, offset + runStart, end - runStart);
-  };
-  for (let i = 0; i < data.length; ) {
-    const blockEnd = Math.min(data.length, i + minSparse - ((offset + i) % minSparse));
-    // A block whose first or last byte is set is data without a call into the zero scan (most data blocks).
-    const zero = data[i] === 0 && data[blockEnd - 1] === 0 && bufferIsZero(data.subarray(i, blockEnd));
-    if (zero !== runZero) {
-      await flush(i);
-      runStart = i;
-      runZero = zero;
-    }
-    i = blockEnd;
+  // Runs of same-kind blocks become one request each; the scan for a run's end is a plain
+  // synchronous loop (no await, no modulo per block), since most steps are one run.
+  const len = data.length;
+  for (let start = 0; start < len; ) {
+    const firstEnd = Math.min(len, start + minSparse - ((offset + start) % minSparse));
+    const zero = blockIsZero(data, start, firstEnd);
+    const end = runEnd(data, firstEnd, minSparse, zero);
+    if (!zero) await bdrvPwrite(target, offset + start, end - start, data.subarray(start, end));
+    else if (!zeroInit) await writeZeroes(target, offset + start, end - start);
+    start = end;
   }
-  await flush(data.length);
+}
+
+/** Whether data[start, end) is all zeros; a block whose first or last byte is set needs no call into the zero scan (most data blocks). */
+function blockIsZero(data: Uint8Array, start: number, end: number): boolean {
+  return data[start] === 0 && data[end - 1] === 0 && bufferIsZero(data.subarray(start, end));
+}
+
+/** End of the run that continues at `from` (a block boundary) with blocks of `minSparse` bytes as zero, or not, as `zero` says. */
+function runEnd(data: Uint8Array, from: number, minSparse: number, zero: boolean): number {
+  const len = data.length;
+  let end = from;
+  while (end < len) {
+    const next = Math.min(len, end + minSparse);
+    if (blockIsZero(data, end, next) !== zero) break;
+    end = next;
+  }
+  return end;
 }

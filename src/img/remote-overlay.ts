@@ -12,6 +12,7 @@
 import { BlockError } from '../block/errors.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
 import { bdrvPread } from '../block/io.js';
+import type { BlockNode } from '../block/node.js';
 import { blockStatusAbove, BDRV_BLOCK_ZERO } from '../block/status.js';
 import { createImage, planCreate } from './create.js';
 
@@ -60,26 +61,36 @@ export interface ExportOptions {
 
 /** Streams the overlay or the merged disk into `sink`; returns the bytes written. */
 export async function exportChanges(storage: Storage, overlay: string, sink: ExportSink, opts: ExportOptions): Promise<number> {
-  const chunk = opts.chunkBytes ?? 4 * 1024 * 1024;
   const node =
     opts.mode === 'overlay'
       ? await storage.openProtocol(overlay, { readOnly: true })
       : await openImage(storage, overlay, { readOnly: true, format: 'qcow2' });
   try {
-    const total = node.totalBytes;
-    for (let off = 0; off < total; ) {
-      const n = Math.min(chunk, total - off);
-      const buf = new Uint8Array(n);
-      // Zero ranges of the merged disk (unallocated anywhere in the chain, or zero clusters) need no read.
-      const st = opts.mode === 'merged' ? await blockStatusAbove(node, null, true, off, n) : null;
-      const len = st ? st.pnum : n;
-      if (!st || !(st.status & BDRV_BLOCK_ZERO)) await bdrvPread(node, off, len, buf.subarray(0, len));
-      await sink.write(len === n ? buf : buf.subarray(0, len));
-      off += len;
-      opts.onProgress?.(off, total);
-    }
-    return total;
+    return await exportNode(node, sink, opts.mode === 'merged', opts);
   } finally {
     await closeNode(node);
   }
+}
+
+/**
+ * Streams `node`'s bytes into `sink`: an open overlay's file node (the
+ * overlay as stored; flush the format node first) or, with `merged`, its
+ * format node (the guest's view, zero ranges written without reading).
+ * For an overlay that is open read-write already (a guest is using it).
+ */
+export async function exportNode(node: BlockNode, sink: ExportSink, merged: boolean, opts: Omit<ExportOptions, 'mode'> = {}): Promise<number> {
+  const chunk = opts.chunkBytes ?? 4 * 1024 * 1024;
+  const total = node.totalBytes;
+  for (let off = 0; off < total; ) {
+    const n = Math.min(chunk, total - off);
+    const buf = new Uint8Array(n);
+    // Zero ranges of the merged disk (unallocated anywhere in the chain, or zero clusters) need no read.
+    const st = merged ? await blockStatusAbove(node, null, true, off, n) : null;
+    const len = st ? st.pnum : n;
+    if (!st || !(st.status & BDRV_BLOCK_ZERO)) await bdrvPread(node, off, len, buf.subarray(0, len));
+    await sink.write(len === n ? buf : buf.subarray(0, len));
+    off += len;
+    opts.onProgress?.(off, total);
+  }
+  return total;
 }

@@ -100,8 +100,15 @@ export interface HttpStats {
   cacheHits: number;
   storeHits: number;
   blocksFetched: number;
+  /** Body bytes received from the server (retries included). */
+  bytesFetched: number;
   /** Most requests in flight at once. */
   peakInflight: number;
+}
+
+/** httpStats' answer: the counters and the requests running now. */
+export interface HttpStatsNow extends HttpStats {
+  inflight: number;
 }
 
 interface HttpState {
@@ -467,6 +474,7 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
       throw badContentRange(s, `${start}-${end}`, res);
     }
     const b = await readBody(res, end - start + 1);
+    s.stats.bytesFetched += b.length;
     if (b.length !== end - start + 1) {
       throw new Transient(`short response at ${hex(start)}: ${b.length} of ${end - start + 1} bytes`);
     }
@@ -598,7 +606,7 @@ export const httpDriver: BlockDriver = {
       window: 0,
       running: 0,
       queue: [],
-      stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, peakInflight: 0 },
+      stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, bytesFetched: 0, peakInflight: 0 },
       storeWrites: new Set(),
     };
     bs.opaque = s;
@@ -665,8 +673,9 @@ export function httpRequestCount(bs: BlockNode): number {
 }
 
 /** A copy of a node's counters (requests, retries, cache and store hits, peak requests in flight). */
-export function httpStats(bs: BlockNode): HttpStats {
-  return { ...bs.state<HttpState>().stats };
+export function httpStats(bs: BlockNode): HttpStatsNow {
+  const s = bs.state<HttpState>();
+  return { ...s.stats, inflight: s.running };
 }
 
 /**

@@ -25,10 +25,14 @@ function loadAddon(): SeekAddon | undefined {
   }
 }
 
-const addon = loadAddon();
+// Loaded on the first question, not at import: a dlopen is start-up time every command would pay
+// (`info` of a qcow2 image never asks the host file about holes).
+let addon: SeekAddon | undefined | null = null;
+const getAddon = (): SeekAddon | undefined => (addon === null ? (addon = loadAddon()) : addon);
 
 /** Offset of the next data at or after `offset`, -1 if none before EOF, undefined if unknown. */
 export function seekData(fd: number, offset: number): number | undefined {
+  const addon = getAddon();
   if (!addon) return undefined;
   const r = addon.seekData(fd, offset);
   return r === -2 ? undefined : r;
@@ -36,10 +40,13 @@ export function seekData(fd: number, offset: number): number | undefined {
 
 /** Offset of the next hole at or after `offset` (EOF counts as a hole), undefined if unknown. */
 export function seekHole(fd: number, offset: number): number | undefined {
+  const addon = getAddon();
   if (!addon) return undefined;
   const r = addon.seekHole(fd, offset);
   return r < 0 ? undefined : r;
 }
 
 /** Whether hole detection is available (for tests and `--version` style reports). */
-export const seekHoleSupported = addon !== undefined;
+export function seekHoleSupported(): boolean {
+  return getAddon() !== undefined;
+}

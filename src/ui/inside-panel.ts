@@ -3,14 +3,17 @@
  * directories → files), a preview of the chosen file (text, image or hex)
  * and its download, for the image as it is now, as any layer of its chain
  * shows it, or as an internal snapshot; for a layer with a layer under it,
- * what that layer changed (files added, removed, changed). Everything is read
- * in the worker (src/engine/inspect.ts); directories load when opened.
+ * what that layer changed (files added, removed, changed); a directory as a
+ * streamed zip (zip-folder.ts). Everything is read in the worker
+ * (src/engine/inspect.ts); directories load when opened.
  */
 import { safeName, type BlocktabClient, type InspectEntry, type InspectView, type PartitionTable } from '../client/index.js';
 import { showError } from './alerts.js';
 import { byId, h } from './dom.js';
 import { formatSize } from './format.js';
+import { saveFilePicker } from './save.js';
 import type { ImageSession } from './session.js';
+import { planZip, zipStream } from './zip-folder.js';
 
 /** Bytes read for a preview. */
 const PREVIEW_BYTES = 64 * 1024;
@@ -62,10 +65,14 @@ export class InsidePanel {
     this.clearPreview();
     if (!s) return;
     const opts: HTMLOptionElement[] = [h('option', { value: JSON.stringify({ node: s.node }) }, 'The image as it is now')];
-    s.layers.forEach((l, i) => {
-      if (i > 0) opts.push(h('option', { value: JSON.stringify({ node: s.node, layer: i }) }, `Layer ${i}: ${l.filename} (as the disk was before the layers above)`));
-    });
     for (const sn of s.info.snapshots ?? []) opts.push(h('option', { value: JSON.stringify({ node: s.node, snapshot: sn.id }) }, `Snapshot ${sn.name} (id ${sn.id})`));
+    s.layers.forEach((l, i) => {
+      if (i === 0) return;
+      opts.push(h('option', { value: JSON.stringify({ node: s.node, layer: i }) }, `Layer ${i}: ${l.filename} (as the disk was before the layers above)`));
+      for (const sn of l.snapshots ?? []) {
+        opts.push(h('option', { value: JSON.stringify({ node: s.node, layer: i, snapshot: sn.id }) }, `Layer ${i}: ${l.filename}, snapshot ${sn.name} (id ${sn.id})`));
+      }
+    });
     this.select.replaceChildren(...opts);
     void this.load();
   }
@@ -87,13 +94,19 @@ export class InsidePanel {
       const disk = this.treeItem(`Disk: ${t.table === 'none' ? (t.filesystem ?? 'no partition table, no file system found') : `${t.table.toUpperCase()} partition table`}`, 'disk');
       root.append(disk.li);
       if (t.table === 'none') {
-        if (t.filesystem) this.addDirChildren(disk, null, '/', true);
+        if (t.filesystem) {
+          this.addDirChildren(disk, null, '/', true);
+          disk.label.after(this.zipButton(null, '/'));
+        }
       } else {
         for (const p of t.partitions) {
           const label = `Partition ${p.number}: ${p.name || p.type}, ${formatSize(p.size)}${p.filesystem ? `, ${p.filesystem}` : ''}${p.error ? ` — ${p.error}` : ''}`;
           const item = this.treeItem(label, 'partition');
           disk.group.append(item.li);
-          if (p.filesystem && !p.error) this.addDirChildren(item, p.number, '/', false);
+          if (p.filesystem && !p.error) {
+            this.addDirChildren(item, p.number, '/', false);
+            item.label.after(this.zipButton(p.number, '/'));
+          }
         }
         disk.li.setAttribute('aria-expanded', 'true');
         disk.group.hidden = false;
@@ -148,7 +161,10 @@ export class InsidePanel {
     const suffix = e.type === 'dir' ? '/' : e.type === 'symlink' ? ` → ${e.target ?? ''}` : ` (${formatSize(e.size)})`;
     const item = this.treeItem(`${e.name}${suffix}`, e.type);
     item.li.dataset.path = path;
-    if (e.type === 'dir') this.addDirChildren(item, partition, path, false);
+    if (e.type === 'dir') {
+      this.addDirChildren(item, partition, path, false);
+      item.label.after(this.zipButton(partition, path));
+    }
     else if (e.type === 'file') {
       const pick = (ev: Event) => {
         ev.stopPropagation();
@@ -160,6 +176,68 @@ export class InsidePanel {
       });
     }
     return item.li;
+  }
+
+  private zipButton(partition: number | null, path: string): HTMLButtonElement {
+    const b = h('button', { type: 'button', class: 'inside-zip', 'aria-label': `Download ${path} as a zip` }, 'zip');
+    b.addEventListener('click', (ev) => {
+      ev.stopPropagation();
+      void this.showFolder(partition, path);
+    });
+    return b;
+  }
+
+  /** The folder's summary in the preview, with its zip download. */
+  private async showFolder(partition: number | null, path: string): Promise<void> {
+    const view = this.view!;
+    this.clearPreview();
+    const gen = this.generation;
+    try {
+      const plan = await planZip(this.client, view, partition, path);
+      if (gen !== this.generation) return;
+      const base = path === '/' ? (partition === null ? 'disk' : `partition-${partition}`) : safeName(path.split('/').filter(Boolean).pop()!);
+      const zipName = `${base}.zip`;
+      const progress = h('p', { class: 'muted', id: 'inside-zip-progress', 'aria-live': 'polite' });
+      const download = h('button', { type: 'button', id: 'inside-zip-download' }, `Download ${zipName}`);
+      const buttons: HTMLElement[] = [download];
+      const picker = saveFilePicker();
+      const toFile = picker ? h('button', { type: 'button', id: 'inside-zip-file' }, 'Save the zip to a file I choose…') : null;
+      if (toFile) buttons.push(toFile);
+      const run = async (target: 'download' | 'file'): Promise<void> => {
+        // The picker needs the click's user activation, so it comes before any other await.
+        const handle = target === 'file' ? await picker!({ suggestedName: zipName }) : null;
+        for (const b of buttons) (b as HTMLButtonElement).disabled = true;
+        progress.textContent = 'Zipping…';
+        try {
+          const stream = zipStream(this.client, view, partition, path, plan, (n) => (progress.textContent = `Zipping… ${n} of ${plan.files} files`));
+          if (handle) {
+            await stream.pipeTo(await handle.createWritable());
+          } else {
+            const url = URL.createObjectURL(await new Response(stream).blob());
+            const a = h('a', { href: url, download: zipName, hidden: true });
+            document.body.append(a);
+            a.click();
+            a.remove();
+            setTimeout(() => URL.revokeObjectURL(url), 60_000);
+          }
+          progress.textContent = `${zipName}: ${plan.files} files, ${formatSize(plan.bytes)}.`;
+          progress.dataset.state = 'complete';
+        } catch (err) {
+          progress.textContent = '';
+          showError(`Could not zip ${path}`, err);
+        } finally {
+          for (const b of buttons) (b as HTMLButtonElement).disabled = false;
+        }
+      };
+      download.addEventListener('click', () => void run('download'));
+      toFile?.addEventListener('click', () => void run('file'));
+      const skipped = plan.skipped.length
+        ? h('details', { class: 'inside-skipped' }, h('summary', {}, `Left out of the zip (${plan.skipped.length})`), h('ul', {}, ...plan.skipped.map((x) => h('li', {}, x))))
+        : h('span');
+      this.preview.replaceChildren(h('h3', {}, `Folder ${path} — ${plan.files} files, ${formatSize(plan.bytes)}`), ...buttons, progress, skipped);
+    } catch (err) {
+      showError(`Could not list ${path}`, err);
+    }
   }
 
   private clearPreview(): void {

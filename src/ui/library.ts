@@ -11,7 +11,7 @@ import { byId, confirmTwice, h } from './dom.js';
 import { baseName, formatSize } from './format.js';
 import { runJob } from './jobs.js';
 import { downloadFile } from './save.js';
-import { chainOf, type ImageSession } from './session.js';
+import { chainOf, OVERLAY_DIR, type ImageSession } from './session.js';
 
 export const LIBRARY = 'local';
 
@@ -74,7 +74,9 @@ export class Library {
     for (const f of files) {
       let meta: (Node | string)[];
       try {
-        const info = this.cb.infoOf(f.name) ?? (await this.client.info({ storage: LIBRARY, filename: f.name }, { backingChain: true }));
+        // Overlays over web images read their backing file through the storage that reaches the web.
+        const storage = f.name.startsWith(OVERLAY_DIR) ? 'remote' : LIBRARY;
+        const info = this.cb.infoOf(f.name) ?? (await this.client.info({ storage, filename: f.name }, { backingChain: true }));
         meta = [describeImage(info)];
       } catch (e) {
         meta = [h('span', { class: 'lib-error' }, describeError(e).detail)];

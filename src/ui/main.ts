@@ -17,7 +17,9 @@ import { EditPanel } from './edit-panel.js';
 import { SnapshotsPanel } from './snapshots-panel.js';
 import { BlockJobsPanel } from './block-jobs-panel.js';
 import { InsidePanel } from './inside-panel.js';
-import { openSession, refreshSession, type ImageSession } from './session.js';
+import { knownOverlays, openRemoteSession, openSession, OVERLAY_DIR, refreshSession, type ImageSession } from './session.js';
+import { RemotePanel } from './remote-panel.js';
+import { EmulatorPanel } from './emulator-panel.js';
 
 const VISITED_KEY = 'blocktab-visited';
 const DEMOS = { base: 'demo/demo.qcow2', overlay: 'demo/demo-overlay.qcow2' };
@@ -34,6 +36,8 @@ class App {
   private readonly blockJobs: BlockJobsPanel;
   private readonly edit: EditPanel;
   private readonly inside: InsidePanel;
+  private readonly remote: RemotePanel;
+  private readonly emulator: EmulatorPanel;
 
   constructor(
     private readonly client: BlocktabClient,
@@ -51,15 +55,15 @@ class App {
     });
     if (storages.includes(LIBRARY)) {
       this.library = new Library(client, storages.includes('opfs') ? 'OPFS' : 'IndexedDB', {
-        open: (name) => void this.open(LIBRARY, name, name),
+        open: (name) => void (name.startsWith(OVERLAY_DIR) ? this.openOverlay(name) : this.open(LIBRARY, name, name)),
         release: async (name) => {
           const s = this.session;
-          if (s?.storage === LIBRARY && s.layers.some((l) => l.filename === name)) await this.closeImage();
+          if ((s?.storage === LIBRARY || s?.storage === 'remote') && s.layers.some((l) => l.filename === name)) await this.closeImage();
         },
         withReleased: (name, work) => this.withReleased(name, work),
         infoOf: (name) => {
           const s = this.session;
-          return s?.storage === LIBRARY ? s.layers.find((l) => l.filename === name) : undefined;
+          return s?.storage === LIBRARY || s?.storage === 'remote' ? s.layers.find((l) => l.filename === name) : undefined;
         },
       });
       void this.library.refresh();
@@ -76,6 +80,8 @@ class App {
       libraryFiles: async () => (await client.listFiles(LIBRARY)).map((f) => f.name),
     });
     this.inside = new InsidePanel(client);
+    this.remote = new RemotePanel(client);
+    this.emulator = new EmulatorPanel(client);
     this.bindOpenControls();
   }
 
@@ -143,9 +149,11 @@ class App {
   }
 
   /** Opens `filename` of `storage` and shows it; the previous image closes once the new one is up. */
-  async open(storage: string, filename: string, label: string): Promise<boolean> {
+  async open(storage: string, filename: string, label: string, how?: () => Promise<ImageSession>): Promise<boolean> {
     const ticket = ++this.opening;
     document.body.dataset.state = 'opening';
+    // An emulator holds the shown image's node: stop it before that node closes.
+    await this.emulator.setSession(null);
     // A read-write image holds its file's lock: close it first, the new image may need that file.
     const held = this.session?.writable ? this.session : null;
     if (held) {
@@ -155,7 +163,7 @@ class App {
     try {
       let s: ImageSession;
       try {
-        s = await openSession(this.client, storage, filename, label, storage === LIBRARY);
+        s = how ? await how() : await openSession(this.client, storage, filename, label, storage === LIBRARY || storage === 'remote');
       } catch (e) {
         if (held) await this.open(held.storage, held.filename, held.label).catch(() => {});
         throw e;
@@ -190,6 +198,8 @@ class App {
     this.blockJobs.setSession(null);
     this.edit.setSession(null);
     this.inside.setSession(null);
+    this.remote.setSession(null);
+    await this.emulator.setSession(null);
     byId('image-view').hidden = true;
     byId('empty-state').hidden = false;
     byId<HTMLButtonElement>('import-current').disabled = true;
@@ -203,6 +213,8 @@ class App {
     this.render(s);
     this.hex.setSession(s);
     this.convert.setSession(s);
+    this.remote.setSession(s);
+    void this.emulator.setSession(s);
     this.map.load(s);
     byId<HTMLButtonElement>('import-current').disabled = !this.library || s.storage === LIBRARY || jobRunning();
   }
@@ -243,9 +255,19 @@ class App {
     await this.open('blob', best, best);
   }
 
-  openUrl(url: string): Promise<boolean> {
+  /** Opens a web image: read-only, or (`overlay`) read-write under a local overlay that keeps the changes. */
+  openUrl(url: string, overlay = false): Promise<boolean> {
     clearAlerts();
-    return this.open('http', url, baseName(url));
+    if (!overlay) return this.open('http', url, baseName(url));
+    return this.open('remote', url, baseName(url), () => openRemoteSession(this.client, url, baseName(url)));
+  }
+
+  /** An overlay of the library over a web image: opened as its URL was, with its changes. */
+  openOverlay(name: string): Promise<boolean> {
+    const url = knownOverlays()[name];
+    if (url) return this.openUrl(url, true);
+    // Made by an earlier version or another tab's lost record: the open explains what is refused.
+    return this.open('remote', name, name);
   }
 
   openDemo(which: keyof typeof DEMOS = 'base'): Promise<boolean> {
@@ -263,7 +285,7 @@ class App {
     byId<HTMLFormElement>('url-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
       const url = byId<HTMLInputElement>('url-input').value.trim();
-      if (url) void this.openUrl(url);
+      if (url) void this.openUrl(url, byId<HTMLInputElement>('url-overlay').checked);
     });
     byId('open-demo').addEventListener('click', () => void this.openDemo('base'));
     byId('open-demo-overlay').addEventListener('click', () => void this.openDemo('overlay'));
@@ -320,12 +342,14 @@ async function main(): Promise<void> {
     showError('The blocktab engine could not start (it runs in a Web Worker; this browser may not support module workers)', e);
     return;
   }
+  // The origins of the overlays made earlier: their library entries read the web images under them.
+  for (const url of Object.values(knownOverlays())) await client.allowRemoteBacking(url).catch(() => {});
   const app = new App(client, storages, targetFormats);
   (window as unknown as { blocktab: unknown }).blocktab = { app, client };
   document.body.dataset.ready = 'true';
   const params = new URLSearchParams(location.search);
   const url = params.get('url');
-  if (url) await app.openUrl(url);
+  if (url) await app.openUrl(url, params.has('overlay'));
   else if (!localStorage.getItem(VISITED_KEY) || params.has('demo')) await app.openDemo('base');
 }
 

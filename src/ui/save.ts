@@ -39,17 +39,22 @@ export async function downloadFile(
       parts.push(await client.read(node, off, Math.min(CHUNK, size - off)));
       onProgress?.(Math.min(size, off + CHUNK), size);
     }
-    const url = URL.createObjectURL(new Blob(parts, { type: 'application/octet-stream' }));
-    const a = document.createElement('a');
-    a.href = url;
-    a.download = downloadName;
-    a.hidden = true;
-    document.body.append(a);
-    a.click();
-    a.remove();
-    // The download has its own reference once started; free ours a little later.
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    offerDownload(new Blob(parts, { type: 'application/octet-stream' }), downloadName);
   } finally {
     await client.close(node);
   }
+}
+
+/** Starts the browser's download of `blob` (a File from OPFS is read from disk) as `name`. */
+export function offerDownload(blob: Blob, name: string): void {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  a.hidden = true;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  // The download has its own reference once started; free ours a little later.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }

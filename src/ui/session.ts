@@ -26,6 +26,8 @@ export interface ImageSession {
   info: QmpImageInfo;
   /** The chain, top image first. */
   layers: QmpImageInfo[];
+  /** Set for a web image opened under a local overlay: its URL (the overlay is `filename`). */
+  remoteUrl?: string;
 }
 
 export function chainOf(info: QmpImageInfo): QmpImageInfo[] {
@@ -62,6 +64,40 @@ export async function openSession(client: BlocktabClient, storage: string, filen
     await client.close(node).catch(() => {});
     throw e;
   }
+}
+
+/**
+ * Opens a web image under its local overlay (made on first use, found again
+ * after a reload), read-write: the guest's and the edit tools' writes stay
+ * in the overlay, the server's image is never written.
+ */
+export async function openRemoteSession(client: BlocktabClient, url: string, label: string): Promise<ImageSession> {
+  const { node, overlay } = await client.openRemoteOverlay(url);
+  rememberOverlay(overlay, url);
+  try {
+    const info = await client.info(node, { backingChain: true });
+    return { label, storage: 'remote', filename: overlay, node, writable: true, info, layers: chainOf(info), remoteUrl: url };
+  } catch (e) {
+    await client.close(node).catch(() => {});
+    throw e;
+  }
+}
+
+/** The overlays the app made (name in the library → URL), so the library reopens them after a reload. */
+const OVERLAYS_KEY = 'blocktab-overlays';
+/** The library's folder of overlays over web images; they open through the worker's `remote` storage. */
+export const OVERLAY_DIR = 'overlays/';
+
+export function knownOverlays(): Record<string, string> {
+  try {
+    return JSON.parse(localStorage.getItem(OVERLAYS_KEY) ?? '{}') as Record<string, string>;
+  } catch {
+    return {};
+  }
+}
+
+function rememberOverlay(overlay: string, url: string): void {
+  localStorage.setItem(OVERLAYS_KEY, JSON.stringify({ ...knownOverlays(), [overlay]: url }));
 }
 
 /** Re-reads the facts of an open session (after a write, a snapshot, a commit…). */

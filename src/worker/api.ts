@@ -18,6 +18,7 @@ import type { MapOptions } from '../img/map.js';
 import { BlockError } from '../block/errors.js';
 import { serializeBlockError, type SerializedBlockError } from './transfer.js';
 import { InspectService, type InspectView } from '../engine/inspect.js';
+import { diskStatus, exportTo, openRemoteOverlay, type DiskStatus, type ExportMode, type RemoteOverlayOpened, type WritableHandle } from './remote-disk.js';
 
 /** Shortest gap between two progress messages. */
 const PROGRESS_INTERVAL_MS = 50;
@@ -32,6 +33,8 @@ export interface WorkerApiOptions {
   ready?: Promise<{ wasm: boolean }>;
   /** Lists the files of a persistent storage (the app's library), with their lengths in bytes. */
   listFiles?: (storage: string) => Promise<StoredFile[]>;
+  /** The storage that holds overlays over web images (local + http), and how to let it reach an origin. */
+  remote?: { storage: string; allowOrigin(origin: string): void };
 }
 
 /** A file in one of the worker's storages. */
@@ -219,12 +222,33 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     // Looking inside a disk (src/engine/inspect.ts): partitions, listings, file bytes, layer diffs.
     inspectPartitions: (view: InspectView) => inspect.partitions(view),
     inspectList: (view: InspectView, partition: number | null, path: string) => inspect.list(view, partition, path),
+    inspectTree: (view: InspectView, partition: number | null, path: string) => inspect.tree(view, partition, path),
     async inspectRead(view: InspectView, partition: number | null, path: string, offset: number, bytes: number): Promise<Uint8Array<ArrayBuffer>> {
       const buf = await inspect.read(view, partition, path, offset, bytes);
       return Comlink.transfer(buf, [buf.buffer]);
     },
     inspectDiff: (above: InspectView, below: InspectView, partition: number | null) => inspect.diff(above, below, partition),
     inspectRelease: (node?: string) => inspect.release(node),
+
+    // Remote disks (remote-disk.ts): a URL under a local overlay, its status, export changes.
+    async openRemoteOverlay(url: string): Promise<RemoteOverlayOpened> {
+      if (!options.remote) throw new BlockError('ENOTSUP', 'this worker has no local storage for overlays');
+      return openRemoteOverlay(engine, options.remote.storage, url, options.remote.allowOrigin);
+    },
+    /** Lets local overlays name images of `origin` as backing files (origins the user opened overlays for). */
+    allowRemoteBacking(origin: string): void {
+      if (!options.remote) throw new BlockError('ENOTSUP', 'this worker has no local storage for overlays');
+      options.remote.allowOrigin(new URL(origin).origin);
+    },
+    diskStatus: (name: string): Promise<DiskStatus> => diskStatus(engine.lookup(name)),
+    async exportTo(name: string, mode: ExportMode, handle: WritableHandle, onProgress?: ProgressCallback): Promise<number> {
+      const p = throttled(onProgress);
+      try {
+        return await exportTo(engine.lookup(name), () => engine.flush(name), mode, handle, p.report);
+      } finally {
+        await p.settle();
+      }
+    },
 
     /** Sends every QMP event to `listener` (a comlink proxy) until unsubscribe(id). */
     subscribe(listener: EventCallback): number {

@@ -12,6 +12,9 @@
  *   http    images on web servers, by URL
  *   blob    files the page passed with addFile (read-only Files, or writable handles)
  *   memory  scratch images that live as long as the worker
+ *   remote  local (above) and http together: overlays kept locally over web
+ *           images; a local image reaches only the origins the app opened
+ *           an overlay for (openRemoteOverlay), see browser-composite.ts
  */
 import * as Comlink from 'comlink';
 import '../browser.js';
@@ -23,6 +26,7 @@ import { IdbStorage } from '../protocols/idb.js';
 import { HttpStorage } from '../protocols/http.js';
 import { BlobStorage } from '../protocols/blob.js';
 import { MemoryStorage } from '../protocols/memory.js';
+import { CompositeStorage } from '../protocols/browser-composite.js';
 import { initWasm } from '../runtime.js';
 import { createWorkerApi, type StoredFile } from './api.js';
 import { installDeflatePool } from '../codecs/deflate-pool.js';
@@ -41,14 +45,19 @@ const WORKER_ARENA_BYTES = 64 * 1024 * 1024;
 const hasOpfs = typeof navigator !== 'undefined' && typeof navigator.storage?.getDirectory === 'function';
 const idb = new IdbStorage('blocktab');
 const blob = new BlobStorage();
+const http = new HttpStorage();
 const storages: Record<string, Storage> = {
   idb,
-  http: new HttpStorage(),
+  http,
   blob,
   memory: new MemoryStorage(),
 };
 if (hasOpfs) storages.opfs = new OpfsStorage();
 storages.local = storages.opfs ?? idb;
+/** Origins whose images local overlays may name as backing files (grows as the app opens overlays). */
+const remoteOrigins: string[] = [];
+storages.remote = new CompositeStorage(storages.local, http, { allowRemoteBacking: remoteOrigins });
+const allowOrigin = (origin: string) => void (remoteOrigins.includes(origin) || remoteOrigins.push(origin));
 
 const engine = new Engine({ storages, warn: (m) => console.warn(m) });
 
@@ -66,6 +75,8 @@ async function listOpfs(dir: FileSystemDirectoryHandle, prefix = ''): Promise<St
   const out: StoredFile[] = [];
   // `values()` is missing from TypeScript's DOM typings but present in every browser with OPFS.
   for await (const h of (dir as unknown as { values(): AsyncIterable<FileSystemHandle> }).values()) {
+    // Dot-names are the app's scratch (.blocktab-export: exports waiting to be downloaded), not images.
+    if (h.name.startsWith('.')) continue;
     if (h.kind === 'directory') out.push(...(await listOpfs(h as FileSystemDirectoryHandle, `${prefix}${h.name}/`)));
     else out.push({ name: prefix + h.name, size: (await (h as FileSystemFileHandle).getFile()).size });
   }
@@ -87,4 +98,4 @@ async function listFiles(storage: string): Promise<StoredFile[]> {
   throw new BlockError('ENOTSUP', `the ${storage} storage has no list of files`);
 }
 
-Comlink.expose(createWorkerApi(engine, { ready, addFile: (source, name) => blob.add(source, name), listFiles }));
+Comlink.expose(createWorkerApi(engine, { ready, addFile: (source, name) => blob.add(source, name), listFiles, remote: { storage: 'remote', allowOrigin } }));

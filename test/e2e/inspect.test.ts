@@ -8,6 +8,7 @@
  * image opens and converts, and the conversion equals qemu-img's.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Page } from 'playwright';
@@ -39,6 +40,11 @@ beforeAll(async () => {
   placeAt(raw, path.join(dir, 'p2.img'), 5 * MiB);
   qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', raw, path.join(dir, 'base.qcow2')]);
   qemuImg(['snapshot', '-c', 'first', path.join(dir, 'base.qcow2')]);
+  // The base changes after its snapshot: the snapshot keeps the first motd.
+  fs.writeFileSync(path.join(src, 'etc', 'motd'), 'Welcome to the base, later\n');
+  makeExt(path.join(dir, 'p1a.img'), src, 4, 'ext4', ['-b', '1024']);
+  placeAt(raw, path.join(dir, 'p1a.img'), MiB);
+  qemuImg(['convert', '-n', '-f', 'raw', '-O', 'qcow2', raw, path.join(dir, 'base.qcow2')]);
   // The overlay: motd changed, gone.txt removed, new.txt added (ext4 partition only).
   fs.writeFileSync(path.join(src, 'etc', 'motd'), 'Welcome to the changed disk\n');
   fs.rmSync(path.join(src, 'gone.txt'));
@@ -52,6 +58,12 @@ beforeAll(async () => {
 afterAll(async () => {
   await app?.close();
 });
+
+/** The regular files of a zip (python3's zipfile reads it, Zip64 included), by name. */
+function unzip(file: string): Record<string, Buffer> {
+  const out = execFileSync('python3', ['-c', 'import zipfile,sys,json; z=zipfile.ZipFile(sys.argv[1]); print(json.dumps({n: z.read(n).hex() for n in z.namelist() if not n.endswith("/")}))', file]);
+  return Object.fromEntries(Object.entries(JSON.parse(out.toString()) as Record<string, string>).map(([k, v]) => [k, Buffer.from(v, 'hex')]));
+}
 
 async function expand(page: Page, label: RegExp | string): Promise<void> {
   await page.locator('#inside-tree .inside-label', { hasText: label }).first().click();
@@ -98,14 +110,39 @@ describe('inside the disk in the app', () => {
     expect(part1).toMatch(/Partition 1\s+Added \(1\)\s+new\.txt\s+Removed \(1\)\s+gone\.txt\s+Changed \(\d+\)[\s\S]*etc\/motd/);
     expect(part1).toMatch(/Partition 2\s+Added \(0\)\s+Removed \(0\)\s+Changed \(0\)/);
 
-    // The internal snapshot of the base: the old motd.
-    await page.selectOption('#inside-view', { label: 'Layer 1: base.qcow2 (as the disk was before the layers above)' });
-    await expand(page, 'Partition 1: linux');
-    await expand(page, /^etc\//);
-    await pick(page, '/etc/motd');
-    await page.locator('#inside-preview pre[data-kind="text"]', { hasText: 'Welcome to the disk' }).waitFor();
+    // A folder as a streamed zip: the top view of partition 1, every file byte for byte.
+    await page.locator('#inside-tree li:has(> .inside-label:text-is("Partition 1: linux, 4 MiB, ext4")) > .inside-zip').click();
+    await page.locator('#inside-zip-download').waitFor();
+    const [zip] = await Promise.all([page.waitForEvent('download'), page.click('#inside-zip-download')]);
+    expect(zip.suggestedFilename()).toBe('partition-1.zip');
+    const zipPath = path.join(dir, 'p1.zip');
+    await zip.saveAs(zipPath);
+    const files = unzip(zipPath);
+    expect(Object.keys(files).sort()).toEqual(['data.bin', 'etc/motd', 'new.txt', 'pixel.png']);
+    expect(files['etc/motd']!.toString()).toBe('Welcome to the changed disk\n');
+    expect(Buffer.compare(files['data.bin']!, BIN)).toBe(0);
+    expect(Buffer.compare(files['pixel.png']!, PNG)).toBe(0);
+    expect(files['new.txt']!.toString()).toBe('added\n');
+    await page.locator('#inside-zip-progress[data-state="complete"]').waitFor();
+
+    // The base layer as it is now, then its internal snapshot: the motd of each.
     const options = await page.locator('#inside-view option').allInnerTexts();
-    expect(options).toContain('Layer 1: base.qcow2 (as the disk was before the layers above)');
+    expect(options).toEqual([
+      'The image as it is now',
+      'Layer 1: base.qcow2 (as the disk was before the layers above)',
+      'Layer 1: base.qcow2, snapshot first (id 1)',
+    ]);
+    for (const [label, motd] of [
+      ['Layer 1: base.qcow2 (as the disk was before the layers above)', 'Welcome to the base, later'],
+      ['Layer 1: base.qcow2, snapshot first (id 1)', 'Welcome to the disk'],
+    ] as const) {
+      await page.selectOption('#inside-view', { label });
+      await expand(page, 'Partition 1: linux');
+      await expand(page, /^etc\//);
+      await pick(page, '/etc/motd');
+      await page.locator('#inside-preview pre[data-kind="text"]').waitFor();
+      expect(await page.locator('#inside-preview pre').innerText()).toBe(`${motd}\n`);
+    }
     expect(errors).toEqual([]);
     await context.close();
   });

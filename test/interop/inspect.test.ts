@@ -236,6 +236,26 @@ describe('ISO 9660', () => {
     const j = await openVolumeFileSystem(await openDisk(jo));
     await expectTree(j.fs, tree1);
   });
+
+  it('reads plain ISO 9660 names (no Rock Ridge, no Joliet): upper case, without the ";1" version or a bare "."', async () => {
+    const src = path.join(dir, 'plain-src');
+    writeTree(src, new Map<string, Uint8Array>([
+      ['readme.txt', new TextEncoder().encode('read me\n')],
+      ['notes', new TextEncoder().encode('no extension\n')],
+      ['sub/data.bin', Uint8Array.from({ length: 5000 }, (_, i) => i & 0xff)],
+    ]));
+    const iso = path.join(dir, 'plain.iso');
+    sh('genisoimage', ['-quiet', '-V', 'PLAIN', '-o', iso, src]);
+    const v = await openVolumeFileSystem(await openDisk(iso));
+    expect(v.fs.type).toBe('iso9660');
+    expect(v.fs.label).toBe('PLAIN');
+    const names: string[] = [];
+    await walkTree(v.fs, v.fs.root(), (e) => void names.push(e.path));
+    expect(names.sort()).toEqual(['NOTES', 'README.TXT', 'SUB', 'SUB/DATA.BIN']);
+    const data = await readWholeFile(v.fs, await lookup(v.fs, '/SUB/DATA.BIN'));
+    expect(Buffer.compare(Buffer.from(data), fs.readFileSync(path.join(src, 'sub', 'data.bin')))).toBe(0);
+    expect(new TextDecoder().decode(await readWholeFile(v.fs, await lookup(v.fs, '/NOTES')))).toBe('no extension\n');
+  });
 });
 
 describe('GPT fallback and detection-only file systems', () => {
@@ -386,6 +406,17 @@ describe("the app's inspect service (the worker side of 'Inside the disk')", () 
     expect(snap.map((e) => e.name)).toEqual(['deep', 'readme.md']);
     expect(new TextDecoder().decode(await svc.read({ node: 'base', snapshot: 'before' }, 2, '/hello.txt', 0, 100))).toBe('hello 2\n');
     expect(new TextDecoder().decode(await svc.read({ node: 'base' }, 2, '/hello.txt', 0, 100))).toBe('hello 3\n');
+    // The same snapshot seen as a lower layer of the overlay's chain.
+    expect(new TextDecoder().decode(await svc.read({ node: 'ov', layer: 1, snapshot: 'before' }, 2, '/hello.txt', 0, 100))).toBe('hello 2\n');
+    expect(new TextDecoder().decode(await svc.read({ node: 'ov', layer: 1 }, 2, '/hello.txt', 0, 100))).toBe('hello 3\n');
+    // A recursive listing (the app's zip of a folder): every path under /docs, with sizes.
+    const tree = await svc.tree({ node: 'base' }, 2, '/docs');
+    const want: string[] = [];
+    const docs = await lookup((await openVolumeFileSystem(base, 2)).fs, '/docs');
+    await walkTree((await openVolumeFileSystem(base, 2)).fs, docs, (e) => void want.push(`${e.path}:${e.node.type}:${e.node.type === 'file' ? e.node.size : ''}`));
+    expect(tree.map((e) => `${e.path}:${e.type}:${e.type === 'file' ? e.size : ''}`)).toEqual(want);
+    expect(tree.some((e) => e.path === 'readme.md' && e.type === 'file')).toBe(true);
+    await expect(svc.tree({ node: 'base' }, 2, '/hello.txt')).rejects.toThrow(/hello\.txt: Not a directory/);
     // Layer 0 of the overlay holds partition 3 made from tree 3, layer 1 from tree 2 (plus its symlink).
     const d = await svc.diff({ node: 'ov' }, { node: 'ov', layer: 1 }, 3);
     expect(d.added).toEqual([]);

@@ -11,6 +11,8 @@ import { MemoryStorage, openImage, BlockBackend, attachBackend, V86Buffer, serve
 import { createImage, planCreate } from '../../src/img/create.js';
 import { rng, seededBytes } from '../helpers/random.js';
 import { repoRoot } from '../helpers/qemu.js';
+import { clientDevice } from '../../src/client/device.js';
+import type { BlocktabClient } from '../../src/client/client.js';
 
 const SIZE = 4 << 20;
 
@@ -87,6 +89,57 @@ describe('emulator attach adapters (conformance against a memory model)', () => 
     const model = new Uint8Array(SIZE);
     for (const op of ops) if (op.kind === 'write') model.set(op.data, op.offset);
     expect(Buffer.from(new Uint8Array(whole!)).equals(Buffer.from(model))).toBe(true);
+  });
+
+  it("v86's cache calls: get_from_cache answers what get_and_cache read, with later writes applied", async () => {
+    const buf = new V86Buffer(await device());
+    const model = new Uint8Array(SIZE);
+    const first = seededBytes(4096, 77);
+    model.set(first, 0);
+    await new Promise<void>((res) => buf.set(0, first, res));
+    expect(buf.get_from_cache(0, 512)).toBeUndefined();
+    const got = await new Promise<Uint8Array>((res) => buf.get_and_cache(0, 512, res));
+    expect(Buffer.from(got).equals(Buffer.from(model.subarray(0, 512)))).toBe(true);
+    // A write over part of the cached sector (and beyond it): the cache follows, the disk too.
+    const w = seededBytes(700, 78);
+    model.set(w, 300);
+    await new Promise<void>((res) => buf.set(300, w, res));
+    expect(Buffer.from(buf.get_from_cache(0, 512)!).equals(Buffer.from(model.subarray(0, 512)))).toBe(true);
+    expect(buf.get_from_cache(512, 512)).toBeUndefined();
+    const back = await new Promise<Uint8Array>((res) => buf.get(0, 1024, res));
+    expect(Buffer.from(back).equals(Buffer.from(model.subarray(0, 1024)))).toBe(true);
+  });
+
+  it('client device: requests to the worker apply in order although reads travel faster than writes', async () => {
+    const dev = await device();
+    const r = rng(9);
+    // A stand-in for the worker client: reads answer at once (their own channel), writes arrive later and
+    // take the caller's buffer (transferred, so detached on this side), as BlocktabClient does.
+    const client = {
+      read: (_n: string, offset: number, bytes: number) => dev.read(offset, bytes),
+      write: async (_n: string, offset: number, data: Uint8Array) => {
+        const moved = structuredClone(data, { transfer: [data.buffer] });
+        await new Promise((res) => setTimeout(res, Math.floor(r() * 3)));
+        await dev.write(offset, moved);
+      },
+      flush: () => dev.flush(),
+    } as unknown as BlocktabClient;
+    const cd = clientDevice(client, 'disk0', SIZE);
+    const reads: Promise<Uint8Array>[] = [];
+    const written = new Map<number, Uint8Array>();
+    for (const [i, op] of ops.entries()) {
+      if (op.kind === 'read') reads.push(cd.read(op.offset, op.bytes));
+      else if (op.kind === 'write') {
+        const data = op.data.slice();
+        written.set(i, data);
+        void cd.write(op.offset, data);
+      } else void cd.flush();
+    }
+    checkReads(await Promise.all(reads), expected(ops));
+    // The caller's buffers are its own still (the device sent copies).
+    for (const [i, data] of written) expect(Buffer.from(data).equals(Buffer.from((ops[i] as { data: Uint8Array }).data)), `write #${i}`).toBe(true);
+    expect(cd.requests()).toBe(ops.length);
+    await expect(cd.read(SIZE - 1, 2)).rejects.toThrow(/outside the 4194304-byte disk/);
   });
 
   it('synchronous channel: a worker thread blocks in readSync/writeSync while this thread serves the disk', async () => {

@@ -72,6 +72,61 @@ describe('node deflate pool', () => {
   });
 });
 
+describe('node deflate pool reusing its buffers', () => {
+  const zlib4k = (b: Uint8Array) => deflateRawSync(b, { windowBits: 12, level: 6, memLevel: 9 });
+  // Distinct contents per cluster: some compress, some (random) do not.
+  const cluster = (k: number, size = 65536) => {
+    const b = new Uint8Array(size);
+    if (k % 3 === 0) crypto.getRandomValues(b.subarray(0, Math.min(size, 65536)));
+    else b.forEach((_, i) => (b[i] = (i % (k + 5)) ^ k));
+    return b;
+  };
+
+  it('gives every cluster its own stream across many batches in flight, the caller reusing its buffer at once', async () => {
+    const pool = createNodeDeflatePool(2);
+    try {
+      const inputs = Array.from({ length: 120 }, (_, k) => cluster(k, k % 7 === 0 ? 4096 * (1 + (k % 5)) : 65536));
+      // One buffer for every request, overwritten right after each call (the pool must have copied it).
+      const scratch = new Uint8Array(65536);
+      const outs: (Uint8Array | null)[] = [];
+      for (let turn = 0; turn < 12; turn++) {
+        const pending: Promise<Uint8Array | null>[] = [];
+        // Two batches in flight, then the next turn's reuse what these leave (streams must not change after).
+        for (let half = 0; half < 2; half++) {
+          for (let k = turn * 10 + half * 5; k < turn * 10 + half * 5 + 5; k++) {
+            const view = scratch.subarray(0, inputs[k]!.length);
+            view.set(inputs[k]!);
+            pending.push(pool.deflateRaw4k(view));
+            scratch.fill(0xa5);
+          }
+          await new Promise((r) => setTimeout(r, 0));
+        }
+        outs.push(...(await Promise.all(pending)));
+      }
+      outs.forEach((o, k) => expect(Buffer.from(o!).equals(zlib4k(inputs[k]!)), `cluster ${k}`).toBe(true));
+    } finally {
+      pool.close();
+    }
+  });
+
+  it('hands back null for a stream longer than the limit, and the stream when it fits', async () => {
+    const pool = createNodeDeflatePool(2);
+    try {
+      const inputs = Array.from({ length: 30 }, (_, k) => cluster(k));
+      const outs = await Promise.all(inputs.map((b) => pool.deflateRaw4k(b, 65535)));
+      outs.forEach((o, k) => {
+        const z = zlib4k(inputs[k]!);
+        if (z.length > 65535) expect(o, `cluster ${k}`).toBeNull();
+        else expect(Buffer.from(o!).equals(z), `cluster ${k}`).toBe(true);
+      });
+      expect(outs.some((o) => o === null)).toBe(true);
+      expect(outs.some((o) => o !== null)).toBe(true);
+    } finally {
+      pool.close();
+    }
+  });
+});
+
 describe('deflate pool failures', () => {
   it('a pool whose workers cannot start leaves compression on the calling thread, same bytes', async () => {
     const input = new Uint8Array(65536).map((_, i) => (i * 13) % 7);

@@ -113,7 +113,10 @@ export async function compressCluster(compressionType: number, input: Uint8Array
     // A worker pool, when one is installed, lets parallel callers use every core.
     // A pool whose workers cannot start or died falls back to this thread (same codec, same bytes).
     const pool = deflatePool();
-    out = pool ? await pool.deflateRaw4k(input).catch(() => deflateRaw4k(input)) : deflateRaw4k(input);
+    if (pool) return pool.deflateRaw4k(input, limit).catch(() => fitting(deflateRaw4k(input), limit));
+    out = deflateRaw4k(input);
   }
-  return out.length <= limit ? out : null;
+  return fitting(out, limit);
 }
+
+const fitting = (out: Uint8Array, limit: number): Uint8Array | null => (out.length <= limit ? out : null);

@@ -30,6 +30,10 @@ function preallocation(req: ImageCreateRequest): PreallocMode {
 export async function rawCreate(file: BlockNode, req: ImageCreateRequest): Promise<void> {
   const prealloc = preallocation(req);
   const size = req.origin === 'qemu-img' ? roundToSector(req.size) : req.size;
+  // qemu-img makes a raw image on the host file directly (file-posix's create), with no fsync
+  // unless it wrote the zeros of full preallocation: the file node qemu-img's create opened
+  // only for this is then not flushed when it closes.
+  if (req.origin === 'qemu-img' && prealloc !== 'full') file.noFlush = true;
   await bdrvTruncate(file, size, true, prealloc);
   // Storages keep new space sparse whatever the mode; full preallocation writes it.
   if (prealloc === 'full') await writeZeros(file, size);

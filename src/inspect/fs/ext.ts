@@ -133,6 +133,8 @@ class ExtFs implements FileSystem {
   readonly type: string;
   readonly label: string | undefined;
   readonly blockSize: number;
+  /** Bytes of inode table read at a time. */
+  private readonly inodeChunk: number;
   private readonly groupCount: number;
   private readonly descPerBlock: number;
   private readonly inodeTableCache = new Map<number, number>();
@@ -145,6 +147,7 @@ class ExtFs implements FileSystem {
     readonly sb: ExtSuperblock,
   ) {
     this.blockSize = 1024 << sb.sLogBlockSize;
+    this.inodeChunk = Math.max(INODE_CHUNK, this.blockSize);
     this.groupCount = Math.ceil((sb.sBlocksCount - sb.sFirstDataBlock) / sb.sBlocksPerGroup);
     this.descPerBlock = Math.floor(this.blockSize / sb.sDescSize);
     const inc = sb.sFeatureIncompat;
@@ -195,14 +198,42 @@ class ExtFs implements FileSystem {
   }
 
   async inode(ino: number): Promise<ExtInode> {
+    return this.cachedInode(ino) ?? this.loadInode(ino);
+  }
+
+  /** Byte offset of inode `ino` in the volume, once its group's inode table is known. */
+  private inodeOffset(ino: number, table: number): number {
+    return table * this.blockSize + ((ino - 1) % this.sb.sInodesPerGroup) * this.sb.sInodeSize;
+  }
+
+  private parseAt(ino: number, off: number, blk: number, b: Uint8Array): ExtInode {
+    const at = off - blk * this.inodeChunk;
+    if (at + this.sb.sInodeSize > b.length) this.fail(`ext inode ${ino}`, off, 'is beyond the end of the volume');
+    return parseExtInode(b.slice(at, at + this.sb.sInodeSize), ino);
+  }
+
+  /**
+   * The inode without waiting, when its group's table and its piece of the
+   * table are already cached (the common case while listing a directory:
+   * one `await` per entry would cost more than the parsing).
+   */
+  private cachedInode(ino: number): ExtInode | undefined {
+    if (ino < 1 || ino > this.sb.sInodesCount) return undefined;
+    const table = this.inodeTableCache.get(Math.floor((ino - 1) / this.sb.sInodesPerGroup));
+    if (table === undefined) return undefined;
+    const off = this.inodeOffset(ino, table);
+    const blk = Math.floor(off / this.inodeChunk);
+    const b = this.inodeBlocks.get(blk);
+    return b ? this.parseAt(ino, off, blk, b) : undefined;
+  }
+
+  private async loadInode(ino: number): Promise<ExtInode> {
     if (ino < 1 || ino > this.sb.sInodesCount) this.fail('ext directory entry', 0, `inode number ${ino} is outside 1..${this.sb.sInodesCount}`);
-    const g = Math.floor((ino - 1) / this.sb.sInodesPerGroup);
-    const idx = (ino - 1) % this.sb.sInodesPerGroup;
-    const table = await this.inodeTable(g);
-    const off = table * this.blockSize + idx * this.sb.sInodeSize;
+    const table = await this.inodeTable(Math.floor((ino - 1) / this.sb.sInodesPerGroup));
+    const off = this.inodeOffset(ino, table);
     // Inodes are read 64 KiB of inode table at a time: a directory's entries tend to sit close together
     // in the table, and one request per inode would cost more than the parsing.
-    const chunk = Math.max(INODE_CHUNK, this.blockSize);
+    const chunk = this.inodeChunk;
     const blk = Math.floor(off / chunk);
     let b = this.inodeBlocks.get(blk);
     if (!b) {
@@ -211,9 +242,7 @@ class ExtFs implements FileSystem {
       if (this.inodeBlocks.size >= 64) this.inodeBlocks.delete(this.inodeBlocks.keys().next().value!);
       this.inodeBlocks.set(blk, b);
     }
-    const at = off - blk * chunk;
-    if (at + this.sb.sInodeSize > b.length) this.fail(`ext inode ${ino}`, off, 'is beyond the end of the volume');
-    return parseExtInode(b.slice(at, at + this.sb.sInodeSize), ino);
+    return this.parseAt(ino, off, blk, b);
   }
 
   private node(name: string, ino: ExtInode): FsNode {
@@ -372,7 +401,7 @@ class ExtFs implements FileSystem {
     const out: FsNode[] = [];
     for (const e of entries) {
       if (e.name === '.' || e.name === '..') continue;
-      out.push(this.node(e.name, await this.inode(e.ino)));
+      out.push(this.node(e.name, this.cachedInode(e.ino) ?? (await this.loadInode(e.ino))));
     }
     return out;
   }
