@@ -111,9 +111,8 @@ function injectRule(group: OptionsTree): InjectRule {
 }
 
 function setStateRule(group: OptionsTree): SetStateRule {
-  const state = optNumber(group, 'state');
-  if (state === undefined) throw new BlockError('EINVAL', `Parameter 'state' is missing`);
-  return { action: 'set-state', event: eventOf(group), state, newState: optNumber(group, 'new_state') ?? 0 };
+  // Without `state` the rule applies in every state (0), as for inject-error.
+  return { action: 'set-state', event: eventOf(group), state: optNumber(group, 'state') ?? 0, newState: optNumber(group, 'new_state') ?? 0 };
 }
 
 /** The groups of one kind in the options: a list, or a single dict. */
