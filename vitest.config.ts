@@ -1,5 +1,6 @@
 import { defineConfig } from 'vitest/config';
 import { playwright } from '@vitest/browser-playwright';
+import { tabCommands } from './test/browser/tab-commands.js';
 
 // Debian's Chromium, started the way this workplace's closed network needs
 // (no background networking, no component updates).
@@ -71,6 +72,8 @@ export default defineConfig({
             provider: chromium,
             instances: [{ browser: 'chromium' }],
             screenshotFailures: false,
+            // More tabs next to the test page (two-tab locking, quota over CDP, tab closed mid-write).
+            commands: tabCommands,
           },
         },
       },

@@ -20,3 +20,4 @@ import './formats/luks/index.js';
 import './filters/throttle.js';
 import './filters/blkdebug.js';
 import './protocols/null.js';
+import './filters/copy-on-read.js';

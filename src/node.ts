@@ -19,7 +19,8 @@ installDeflateZlib((input) => zlib().deflateSync(input));
 installInflateExact((input, out) => {
   let got: Buffer;
   try {
-    got = zlib().inflateSync(input, { maxOutputLength: out.length });
+    // One output chunk of the expected size: no concatenation of 16 KiB pieces.
+    got = zlib().inflateSync(input, { maxOutputLength: out.length, chunkSize: out.length + 64 });
   } catch (e) {
     const err = e as { code?: string; message?: string };
     if (err.code === 'ERR_BUFFER_TOO_LARGE') return `the stream inflates to more than ${out.length} bytes`;

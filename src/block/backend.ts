@@ -15,6 +15,7 @@
  */
 import { BlockError, hex } from './errors.js';
 import type { BlockNode } from './node.js';
+import { copyOnReadPread } from './copy-on-read.js';
 import { bdrvFlush, bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from './io.js';
 import type { PreallocMode, WriteFlags } from './driver.js';
 import { BlockAcctStats, type AcctType } from './accounting.js';
@@ -46,6 +47,8 @@ export interface BackendOptions {
   rerror?: ErrorAction;
   werror?: ErrorAction;
   detectZeroes?: 'off' | 'on' | 'unmap';
+  /** QEMU's -drive copy-on-read=on: reads copy what they find in the backing chain into the root (src/block/copy-on-read.ts). */
+  copyOnRead?: boolean;
   /** Clock for statistics (default: the host's). */
   clock?: Clock;
   /** QEMU's stats-account-invalid / stats-account-failed (default on). */
@@ -80,6 +83,8 @@ export class BlockBackend {
   /** Member of a throttle group when I/O limits are set on this backend. */
   throttle: ThrottleGroupMember | null = null;
   hooks: BackendHooks;
+  /** Reads copy backing-chain data into the root (-drive copy-on-read=on). */
+  copyOnRead: boolean;
   private stopped = false;
   private waiters: (() => void)[] = [];
 
@@ -89,6 +94,7 @@ export class BlockBackend {
     this.rerror = options.rerror ?? 'report';
     this.werror = options.werror ?? 'enospc';
     this.hooks = options.hooks ?? {};
+    this.copyOnRead = options.copyOnRead === true;
     this.stats = new BlockAcctStats(options.clock, { accountInvalid: options.accountInvalid, accountFailed: options.accountFailed });
     if (options.detectZeroes) root.detectZeroes = options.detectZeroes;
   }
@@ -223,7 +229,9 @@ export class BlockBackend {
 
   async read(offset: number, bytes: number, buf: Uint8Array, opts: RequestOptions = {}): Promise<void> {
     this.checkBounds(offset, bytes, 'read', 'read', opts.account === true);
-    await this.request('read', bytes, opts, 'read', () => bdrvPread(this.root, offset, bytes, buf));
+    await this.request('read', bytes, opts, 'read', () =>
+      this.copyOnRead ? copyOnReadPread(this.root, null, offset, bytes, buf) : bdrvPread(this.root, offset, bytes, buf),
+    );
   }
 
   async write(offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags = {}, opts: RequestOptions = {}): Promise<void> {

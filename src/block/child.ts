@@ -12,6 +12,7 @@ export type ChildRole = 'file' | 'backing' | 'data-file';
 /** Permissions a parent takes on a child (QEMU's BLK_PERM_*), as bit flags. */
 export const PERM_CONSISTENT_READ = 0x01;
 export const PERM_WRITE = 0x02;
+export const PERM_WRITE_UNCHANGED = 0x04;
 export const PERM_RESIZE = 0x08;
 
 export class BdrvChild {

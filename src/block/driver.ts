@@ -238,6 +238,16 @@ export interface BlockDriver {
   flush?(bs: BlockNode): Promise<void>;
 
   /**
+   * Switches the node between read-only and read-write (QEMU's
+   * bdrv_reopen_prepare/commit for the read-only flag). Called with the new
+   * mode while `bs.readOnly` still holds the old one; the core sets it
+   * afterwards. Children were switched first when they go read-write, and
+   * are switched after this call when they go read-only. Without the hook
+   * the core only flips the flag.
+   */
+  reopen?(bs: BlockNode, readOnly: boolean): Promise<void>;
+
+  /**
    * Changes the node's virtual size to `offset` bytes (qemu-img resize,
    * block_resize, a raw file's creation). Guarantees: the node is writable,
    * `offset` is a safe integer >= 0, dirty bitmaps are resized by the core
@@ -319,6 +329,27 @@ export interface BlockDriver {
    * messages (errors thrown here say what is wrong, not which file).
    */
   create?(file: BlockNode, req: ImageCreateRequest): Promise<void>;
+  /**
+   * Checks the creation options before any file is made or emptied, for the
+   * formats whose QEMU driver parses its options first (qcow2, luks, vmdk):
+   * an error here leaves an existing file untouched and makes no new one.
+   * Guarantees: `req` is what `create` will get; nothing is opened yet.
+   */
+  checkCreate?(req: ImageCreateRequest): void;
+  /**
+   * A failed create removes the image file, even one that existed before
+   * (QEMU's bdrv_co_delete_file_noerr in qcow2's and luks's create): no
+   * half-made image is left behind.
+   */
+  createRemovesFileOnError?: boolean;
+
+  /**
+   * `create` takes sizes from 2^53 bytes up (not exact as JS numbers): it
+   * refuses them with the format's own message where the format cannot hold
+   * them (qcow2: "The image size is too large…") and with EFBIG otherwise.
+   * Without it the core refuses such sizes before calling `create`.
+   */
+  readonly createChecksSize?: boolean;
 
   /**
    * `qemu-img measure -O FMT`: the bytes a new image needs. Exactly one of

@@ -32,7 +32,7 @@ export const DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024;
 let nodeCounter = 0;
 
 export class BlockNode {
-  /** Unique name in the graph (QEMU's node-name); generated as "#blockN" unless given. */
+  /** Unique name in the graph (QEMU's node-name); generated as "#blockNNN" (three digits at least, as QEMU) unless given. */
   readonly nodeName: string;
   readonly driver: BlockDriver;
   /** Name of the image as the user (or a backing-file reference) gave it. */
@@ -52,6 +52,15 @@ export class BlockNode {
   backingFile: string | null = null;
   /** Backing format as stored in the image, if it names one. */
   backingFormat: string | null = null;
+  /**
+   * The backing file name the node would open by itself (QEMU's
+   * auto_backing_file): the header's name, or the opened backing node's name
+   * once the chain was opened from the header. A backing node of another name
+   * was given explicitly (blockdev-add, reopen) and shows in `json:` names.
+   */
+  autoBackingFile: string | null = null;
+  /** The backing node was taken away on purpose (blockdev-reopen's `backing: null`): the node's options say so. */
+  backingDropped = false;
   /** backingFile resolved against this image's location (QEMU's full-backing-filename). */
   fullBackingFilename: string | null = null;
 
@@ -81,7 +90,7 @@ export class BlockNode {
     this.filename = filename;
     this.options = options;
     this.readOnly = options.readOnly === true;
-    this.nodeName = nodeName ?? `#block${++nodeCounter}`;
+    this.nodeName = nodeName ?? `#block${String(++nodeCounter).padStart(3, '0')}`;
   }
 
   /** The driver's private state, typed by the caller (each driver knows its own). */
@@ -116,6 +125,13 @@ export class BlockNode {
   cowNode(): BlockNode | null {
     if (this.driver.kind === 'filter') return this.file?.node ?? null;
     return this.backing?.node ?? null;
+  }
+
+  /** The first node at or below this one that is not a filter (QEMU's bdrv_skip_filters). */
+  skipFilters(): BlockNode {
+    let n: BlockNode = this;
+    while (n.driver.kind === 'filter' && n.file) n = n.file.node;
+    return n;
   }
 
   /** The format node's own storage child: file for formats and filters, nothing for protocols. */

@@ -121,6 +121,12 @@ async function openNode(
 async function openBackingOf(ctx: OpenContext, bs: BlockNode, t: OptionsTree, top: OpenTreeOptions): Promise<void> {
   const backing = t.backing;
   if (backing === null) return;
+  if (isTree(backing) && backing.file === undefined && backing.filename === undefined && bs.backingFile) {
+    // Only `backing.driver`: the backing file the header names, opened with that format.
+    if (typeof backing.driver === 'string') bs.backingFormat = backing.driver;
+    await openHeaderBacking(ctx, bs);
+    return;
+  }
   if (isTree(backing) || typeof backing === 'string') {
     const b = await openNode(ctx, isTree(backing) ? backing : { filename: backing }, 'image', true, top, false);
     bs.attach(b, 'backing');

@@ -22,8 +22,12 @@ import { releaseNamedDirtyBitmaps } from './dirty-bitmap.js';
 export interface Storage {
   /** Short name for messages and info (`file`, `opfs`, `idb`, `http`, `memory`, `blob`). */
   readonly name: string;
-  /** Opens the protocol node for `filename`. Throws ENOENT for a missing file. */
-  openProtocol(filename: string, options: { readOnly: boolean; create?: boolean }): Promise<BlockNode>;
+  /**
+   * Opens the protocol node for `filename`. Throws ENOENT for a missing file.
+   * `forceShare` (read-only only, qemu-img's -U): open even while another
+   * user writes the image, for storages that lock images (OPFS).
+   */
+  openProtocol(filename: string, options: { readOnly: boolean; create?: boolean; forceShare?: boolean }): Promise<BlockNode>;
   /** Creates (or truncates to zero) the file `filename`. */
   createFile?(filename: string): Promise<void>;
   /** Removes a file, where the storage can. */
@@ -55,6 +59,10 @@ export interface OpenImageOptions {
   warn?: (message: string) => void;
   /** Node name for the top node. */
   nodeName?: string;
+  /** The backing image's format, overriding the one the image names (QEMU's `backing.driver` option). */
+  backingFormat?: string;
+  /** Read-only opens of the image and its chain ignore other users' locks (qemu-img's -U, QEMU's force-share). */
+  forceShare?: boolean;
 }
 
 /** Deepest backing chain we open (QEMU has no limit; a bound keeps a crafted chain from exhausting memory). */
@@ -73,9 +81,9 @@ export function pathCombine(from: string, reference: string): string {
   return slash < 0 ? reference : from.slice(0, slash + 1) + reference;
 }
 
-async function openProtocol(storage: Storage, filename: string, readOnly: boolean): Promise<BlockNode> {
+async function openProtocol(storage: Storage, filename: string, readOnly: boolean, forceShare = false): Promise<BlockNode> {
   try {
-    return await storage.openProtocol(filename, { readOnly });
+    return await storage.openProtocol(filename, forceShare ? { readOnly, forceShare } : { readOnly });
   } catch (e) {
     if (e instanceof BlockError) throw e;
     throw fromHostError(e, `Could not open '${filename}'`);
@@ -90,12 +98,12 @@ export async function openImage(storage: Storage, filename: string, options: Ope
 
 async function openChain(ctx: OpenContext, filename: string, options: OpenImageOptions, chain: string[]): Promise<BlockNode> {
   const readOnly = options.readOnly ?? false;
-  const proto = await openProtocol(ctx.storage, filename, readOnly);
+  const proto = await openProtocol(ctx.storage, filename, readOnly, options.forceShare);
   let bs: BlockNode | undefined;
   try {
     bs = await openFormatOn(ctx, proto, filename, options);
     if (bs.driver.supportsBacking && bs.backingFile && options.backing !== false) {
-      await openBacking(ctx, bs, chain);
+      await openBacking(ctx, bs, chain, options.backingFormat, options.forceShare);
     }
     return bs;
   } catch (e) {
@@ -159,7 +167,7 @@ export function setOptionsNameOpener(opener: OptionsNameOpener): void {
   optionsNameOpener = opener;
 }
 
-async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Promise<void> {
+async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[], backingFormat?: string, forceShare?: boolean): Promise<void> {
   const ref = bs.backingFile!;
   const special = optionsNameOpener?.(ctx, ref, bs.backingFormat ?? undefined);
   if (special) {
@@ -187,7 +195,7 @@ async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Pr
   }
   let backing: BlockNode;
   try {
-    backing = await openChain(ctx, resolved, { format: bs.backingFormat ?? undefined, readOnly: true }, [...chain, resolved]);
+    backing = await openChain(ctx, resolved, { format: backingFormat ?? bs.backingFormat ?? undefined, readOnly: true, forceShare }, [...chain, resolved]);
   } catch (e) {
     if (e instanceof BlockError && e.code === 'ELOOP') throw e;
     const why = e instanceof BlockError ? e.message : describeCode(fromHostError(e, '').code);
@@ -198,6 +206,7 @@ async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[]): Pr
     );
   }
   bs.attach(backing, 'backing');
+  bs.autoBackingFile = backing.filename;
 }
 
 /**

@@ -62,6 +62,13 @@ export function qemuStrtosz(text: string): bigint | undefined {
 
 /** A size for an image: qemu-img's messages for a bad one. */
 export function parseImageSize(text: string): number {
+  const v = parseImageSizeExact(text);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BlockError('EFBIG', `Image size ${v} is too large (blocktab handles sizes below 2^53 bytes)`);
+  return Number(v);
+}
+
+/** As parseImageSize, exact up to qemu-img's limit (INT64_MAX): for the "Formatting" line and the format's own size checks. */
+export function parseImageSizeExact(text: string): bigint {
   const v = qemuStrtosz(text);
   if (v === undefined) {
     throw new BlockError(
@@ -70,8 +77,7 @@ export function parseImageSize(text: string): number {
     );
   }
   if (v > INT64_MAX) throw new BlockError('EINVAL', 'Invalid image size specified. Must be between 0 and 9223372036854775807.');
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BlockError('EFBIG', `Image size ${v} is too large (blocktab handles sizes below 2^53 bytes)`);
-  return Number(v);
+  return v;
 }
 
 // ------------------------------------------------------------ protocol options

@@ -1,6 +1,7 @@
 /** `blocktab create`: qemu-img create's options, output line and messages. */
+import { BlockError, isBlockError } from '../block/errors.js';
 import { createImage, planCreate } from '../img/create.js';
-import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, parseImageSize } from '../img/options.js';
+import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, parseImageSizeExact } from '../img/options.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
 import { storage } from './open.js';
 import type { Output } from './main.js';
@@ -25,7 +26,7 @@ export async function runCreate(args: string[], out: Output): Promise<number> {
   if (p.positionals.length < 1) throw new UsageError('Expecting image file name');
   if (p.positionals.length > 2) throw new UsageError(`Unexpected argument: ${p.positionals[2]}`);
   const filename = p.positionals[0]!;
-  const size = p.positionals[1] === undefined ? undefined : parseImageSize(p.positionals[1]);
+  const size = p.positionals[1] === undefined ? undefined : parseImageSizeExact(p.positionals[1]);
   const plan = await planCreate(storage, {
     filename,
     format,
@@ -36,6 +37,13 @@ export async function runCreate(args: string[], out: Output): Promise<number> {
     unsafe: flag(p, 'unsafe'),
   });
   if (!flag(p, 'quiet')) out.stdout(plan.line + '\n');
-  await createImage(storage, plan);
+  try {
+    await createImage(storage, plan);
+  } catch (e) {
+    // qemu-img create (bdrv_img_create) words every EFBIG from a driver this way.
+    if (!isBlockError(e) || e.code !== 'EFBIG') throw e;
+    const hint = plan.list.some((o) => o.name === 'cluster_size') ? ' (try using a larger cluster size)' : '';
+    throw new BlockError('EFBIG', `${filename}: The image size is too large for file format '${format}'${hint}`, { cause: e });
+  }
   return 0;
 }

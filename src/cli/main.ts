@@ -147,7 +147,8 @@ export async function main(argv: string[], out: Output): Promise<number> {
     const msg = e instanceof Error ? e.message : String(e);
     // Only our own errors are expected; anything else still gets one line, marked as internal.
     const known = e instanceof CliError || e instanceof UsageError || isBlockError(e);
-    out.stderr(`${progName()}: ${known ? msg : `internal error: ${msg}`}`.split('\n')[0] + '\n');
+    // A known error's further lines are QEMU's hints (error_append_hint), which qemu-img prints after the message.
+    out.stderr(known ? `${progName()}: ${msg}\n` : `${progName()}: internal error: ${msg}`.split('\n')[0] + '\n');
     return code;
   }
 }

@@ -37,9 +37,10 @@ export async function runResize(args: string[], out: Output): Promise<number> {
       "Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.",
     );
   }
+  // Opened with its backing chain, as qemu-img resize: growing zeroes the new area where the backing file would show through.
   let bs: BlockNode | undefined;
   try {
-    bs = await openForCli(filename, { format: str(p, 'format'), readOnly: false, backing: false });
+    bs = await openForCli(filename, { format: str(p, 'format'), readOnly: false });
     const current = await bdrvGetLength(bs);
     const total = sign ? current + sign * Number(n) : Number(n);
     if (total <= 0) throw new BlockError('EINVAL', 'New image size must be positive');

@@ -16,6 +16,8 @@ import { EngineEvents } from './events.js';
 import { realClock, type Clock } from '../block/clock.js';
 import { ThrottleGroups } from '../block/throttle-group.js';
 import type { BackendOptions, IoErrorReport } from '../block/backend.js';
+import { PERM_CONSISTENT_READ, PERM_WRITE, type ChildRole } from '../block/child.js';
+import { childPerms, cumulative, permConflict, PERM_ALL, type NodeUse, type PermParent } from '../block/permissions.js';
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
@@ -44,6 +46,8 @@ export interface EngineOpenOptions {
   backing?: boolean;
   /** Format driver options (raw's offset/size, qcow2's l2-cache-size, …). */
   driverOptions?: Record<string, unknown>;
+  /** Read-only only: open even while another tab or worker writes the image (QEMU's force-share, qemu-img -U). */
+  forceShare?: boolean;
 }
 
 export interface EngineGraphOptions {
@@ -210,6 +214,32 @@ export abstract class EngineGraph extends EngineEvents {
     );
   }
 
+  /** Every use of `bs` (QEMU's bs->parents): the devices on it and its parents' edges, with what each takes and shares. */
+  usesOf(bs: BlockNode): NodeUse[] {
+    const out: NodeUse[] = [];
+    // Newest first, as QEMU inserts parents at the head of the list.
+    for (const e of [...bs.parents].reverse()) {
+      out.push({ who: `node '${this.nameOf(e.parent)}'`, role: e.name, ...childPerms(e.parent, e.role, cumulative(this.usesOf(e.parent))) });
+    }
+    for (const [name, d] of this.devices) {
+      if (!d.backend.hasMedium || d.backend.root !== bs) continue;
+      // A -drive backend without a device model: reads, writes when writable, shares everything (QEMU's blk_new_open).
+      out.push({ who: `block device '${name}'`, role: 'root', perm: PERM_CONSISTENT_READ | (bs.readOnly ? 0 : PERM_WRITE), shared: PERM_ALL });
+    }
+    return out;
+  }
+
+  /**
+   * Refuses to make `child` the `role` child of `parent` (a node about to be
+   * opened, which has no users yet) when that use conflicts with the child's
+   * users, with QEMU's message.
+   */
+  checkNewUse(child: BlockNode, parent: PermParent, parentName: string, role: ChildRole): void {
+    const use: NodeUse = { who: `node '${parentName}'`, role, ...childPerms(parent, role, cumulative([])) };
+    const conflict = permConflict(this.nameOf(child), this.usesOf(child), use);
+    if (conflict) throw genericError(conflict, 'EPERM');
+  }
+
   /** Checks a user-chosen node-name as QEMU's bdrv_assign_node_name does. */
   checkNewNodeName(name: string): void {
     if (!NAME_RE.test(name)) throw genericError(`Invalid node-name: '${name}'`);
@@ -283,6 +313,7 @@ export abstract class EngineGraph extends EngineEvents {
       backing: opts.backing,
       driverOptions: opts.driverOptions,
       nodeName: opts.nodeName,
+      forceShare: opts.forceShare,
       warn: this.warn,
     });
     this.adopt(bs, storage, { owned: true });

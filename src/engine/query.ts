@@ -8,7 +8,7 @@
  */
 import type { BlockNode } from '../block/node.js';
 import { listDirtyBitmaps, type DirtyBitmapInfo } from '../block/dirty-bitmap.js';
-import { imageInfo, type ImageInfo } from '../img/info.js';
+import { displayFilename, imageInfo, type ImageInfo } from '../img/info.js';
 import type { Engine, IoTarget } from './engine.js';
 import type { BlockBackend } from '../block/backend.js';
 import type { AcctType, BlockDeviceTimedStats } from '../block/accounting.js';
@@ -114,14 +114,15 @@ export async function imageInfoTree(bs: BlockNode, flat: boolean): Promise<{ inf
 /** QEMU's bdrv_block_device_info. */
 export async function blockDeviceInfo(engine: Engine, bs: BlockNode, flat: boolean): Promise<BlockDeviceInfo> {
   const { info: image, depth } = await imageInfoTree(bs, flat);
-  const backing = bs.cowNode();
+  // QEMU's bdrv_cow_bs: a filter's child is not a backing file.
+  const backing = bs.driver.kind === 'filter' ? null : bs.cowNode();
   const bitmaps = listDirtyBitmaps(bs).map((b) => b.info());
   const info: BlockDeviceInfo = {
-    file: bs.filename,
+    file: displayFilename(bs),
     'node-name': engine.nameOf(bs),
     ro: bs.readOnly,
     drv: bs.driver.name,
-    backing_file: backing ? backing.filename : undefined,
+    backing_file: backing ? displayFilename(backing) : undefined,
     backing_file_depth: depth,
     encrypted: false,
     detect_zeroes: bs.detectZeroes,

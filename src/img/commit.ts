@@ -54,7 +54,7 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
     }
     const job = new Job('commit', 'commit', (j) => req.onProgress?.(j.current, j.total));
     job.total = top.totalBytes;
-    await job.start((j) => runCommit(j, top, { base, baseWritable: baseRw!, keepTop: req.drop === true || req.base !== undefined }));
+    await job.start((j) => runCommit(j, top, { base, baseWritable: baseRw!, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
     req.onProgress?.(job.total, job.total);
   } finally {
     if (baseRw) await closeNode(baseRw);

@@ -11,6 +11,7 @@
 import { BlockError } from '../block/errors.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
+import type { ImageCreateRequest } from '../block/driver.js';
 import { bdrvFlush } from '../block/io.js';
 import { createOptionList, creatableDriver, parseOptions, printOptions, setOption, type OptionDesc, type OptionValues } from './options.js';
 
@@ -19,8 +20,8 @@ export interface CreateRequest {
   format: string;
   /** -o strings, in order. */
   options?: string[];
-  /** The SIZE argument in bytes, if given. */
-  size?: number;
+  /** The SIZE argument in bytes, if given (a bigint keeps a size from 2^53 up exact for the "Formatting" line). */
+  size?: number | bigint;
   /** -b and -F. */
   backingFile?: string;
   backingFormat?: string;
@@ -101,7 +102,6 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
     }
   }
   if (size === -1) fail('Image creation needs a size parameter');
-  if (!Number.isSafeInteger(size)) throw new BlockError('EFBIG', `${filename}: Image size ${size} is too large (blocktab handles sizes below 2^53 bytes)`);
   return { filename, format, list, values, size, line: `Formatting '${filename}', fmt=${format} ${printOptions(list, values)}` };
 }
 
@@ -111,44 +111,55 @@ export async function createImage(storage: Storage, plan: CreatePlan): Promise<v
   if (!storage.createFile) throw new BlockError('ENOTSUP', `${filename}: ${storage.name} storage cannot create files`);
   const drv = creatableDriver(plan.format);
   if (!drv.create) throw new BlockError('ENOTSUP', `${filename}: Format driver '${plan.format}' does not support image creation`);
+  if (!Number.isSafeInteger(plan.size) && !drv.createChecksSize) {
+    throw new BlockError('EFBIG', `${filename}: Image size ${values.get('size') ?? plan.size} is too large (blocktab handles sizes below 2^53 bytes)`);
+  }
   const opened: BlockNode[] = [];
+  let removeAfter = false;
+  const req: ImageCreateRequest = {
+    filename,
+    size: plan.size,
+    values,
+    origin: 'qemu-img',
+    // Further files the image names (qcow2's data_file) are made beside it, as qemu-img does.
+    async openFile(option) {
+      const name = values.get(option);
+      if (name === undefined) throw new BlockError('EINVAL', `option '${option}' names no file`);
+      const resolved = storage.resolve(filename, name);
+      await storage.createFile!(resolved);
+      const bs = await storage.openProtocol(resolved, { readOnly: false });
+      opened.push(bs);
+      return bs;
+    },
+    async createFile(name) {
+      const resolved = storage.resolve(filename, name);
+      await storage.createFile!(resolved);
+      const bs = await storage.openProtocol(resolved, { readOnly: false });
+      opened.push(bs);
+      return bs;
+    },
+    async openImage(name, format) {
+      const bs = await openImage(storage, storage.resolve(filename, name), { format, readOnly: true, backing: false });
+      opened.push(bs);
+      return bs;
+    },
+  };
   try {
+    // Options the format parses first fail before the file is made or emptied (an existing file stays).
+    drv.checkCreate?.(req);
     await storage.createFile(filename);
     const file = await storage.openProtocol(filename, { readOnly: false });
     opened.push(file);
-    await drv.create(file, {
-      filename,
-      size: plan.size,
-      values,
-      origin: 'qemu-img',
-      // Further files the image names (qcow2's data_file) are made beside it, as qemu-img does.
-      async openFile(option) {
-        const name = values.get(option);
-        if (name === undefined) throw new BlockError('EINVAL', `option '${option}' names no file`);
-        const resolved = storage.resolve(filename, name);
-        await storage.createFile!(resolved);
-        const bs = await storage.openProtocol(resolved, { readOnly: false });
-        opened.push(bs);
-        return bs;
-      },
-      async createFile(name) {
-        const resolved = storage.resolve(filename, name);
-        await storage.createFile!(resolved);
-        const bs = await storage.openProtocol(resolved, { readOnly: false });
-        opened.push(bs);
-        return bs;
-      },
-      async openImage(name, format) {
-        const bs = await openImage(storage, storage.resolve(filename, name), { format, readOnly: true, backing: false });
-        opened.push(bs);
-        return bs;
-      },
-    });
+    // After the (empty) file is made, as qemu-img's size checks in the format drivers.
+    if (!Number.isSafeInteger(plan.size)) throw new BlockError('EFBIG', `Image size ${plan.size} is too large (blocktab handles sizes below 2^53 bytes)`);
+    await drv.create(file, req);
     for (const bs of opened) await bdrvFlush(bs);
   } catch (e) {
+    if (drv.createRemovesFileOnError) removeAfter = true;
     if (e instanceof BlockError && e.message.startsWith(`${filename}: `)) throw e;
     throw prefixed(filename, e);
   } finally {
     for (const bs of opened.reverse()) await closeNode(bs);
+    if (removeAfter) await storage.removeFile?.(filename).catch(() => undefined);
   }
 }

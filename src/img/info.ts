@@ -61,12 +61,50 @@ export async function allocatedFileSize(bs: BlockNode): Promise<number | undefin
   return allocatedFileSize(bs.file.node);
 }
 
+/** QEMU's JSON text of options: sorted keys, ", " and ": " between members. */
+function qdictText(v: unknown): string {
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}: ${qdictText(o[k])}`).join(', ')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/**
+ * The options that would open `bs` again (the part of QEMU's
+ * bdrv_refresh_filename that blocktab's graphs need): a protocol node's
+ * filename, a format's file and a backing node other than the one its header
+ * names, a filter's file.
+ */
+function nodeOptions(bs: BlockNode): Record<string, unknown> {
+  if (bs.driver.kind === 'protocol' || !bs.file) return { driver: bs.driver.name, filename: bs.filename };
+  const o: Record<string, unknown> = { driver: bs.driver.name, file: nodeOptions(bs.file.node) };
+  const backing = bs.driver.kind === 'filter' ? null : bs.backing?.node;
+  if (backing && backing.filename !== (bs.autoBackingFile ?? bs.backingFile)) o.backing = nodeOptions(backing);
+  // The header names a backing file the node goes without (blockdev-reopen's backing: null).
+  else if (!backing && bs.driver.kind === 'format' && bs.backingFile && bs.backingDropped) o.backing = null;
+  return o;
+}
+
+/**
+ * The name QEMU shows for a node: its filename, or the `json:` options that
+ * open it when the filename alone would not (a filter; a format whose backing
+ * node is not the one its header names).
+ */
+export function displayFilename(bs: BlockNode): string {
+  if (bs.driver.kind === 'protocol' || !bs.file) return bs.filename;
+  const o = nodeOptions(bs);
+  return bs.driver.kind === 'filter' || 'backing' in o ? `json:${qdictText(o)}` : bs.filename;
+}
+
 /** Information about `bs` alone (its backing chain is not visited). */
 export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
   const drv = bs.driver;
-  const dinfo = drv.getDriverInfo?.(bs);
+  // A filter without its own answer passes its child's on, as QEMU's bdrv_get_info does.
+  const filtered = drv.kind === 'filter' ? bs.file?.node : undefined;
+  const dinfo = drv.getDriverInfo?.(bs) ?? filtered?.driver.getDriverInfo?.(filtered);
   const info: ImageInfo = {
-    filename: bs.filename,
+    filename: displayFilename(bs),
     format: drv.name,
     // qemu-img prints dirty-flag only when the driver answers bdrv_get_info (dmg, cloop, bochs, parallels do not).
     'dirty-flag': dinfo ? (dinfo.isDirty ?? false) : undefined,

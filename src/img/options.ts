@@ -17,6 +17,7 @@ export {
   optionsHelp,
   parseBool,
   parseImageSize,
+  parseImageSizeExact,
   parseOptions,
   printOptions,
   qemuStrtosz,

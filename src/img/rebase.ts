@@ -13,7 +13,7 @@
 import { BlockError, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { allocBuffer, freeBuffer } from '../block/buffers.js';
-import { bdrvFlush, bdrvPread, bdrvPwrite } from '../block/io.js';
+import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
 import { isAllocated } from '../block/status.js';
 import type { ProgressFn } from './convert.js';
@@ -87,7 +87,11 @@ async function copyDifferences(bs: BlockNode, oldChain: BlockNode | null, newBac
     for (let offset = 0; offset < size; ) {
       const want = Math.min(CHUNK, size - offset);
       const own = await isAllocated(bs, offset, want);
-      const n = Math.max(1, Math.min(own.pnum, want));
+      let n = Math.max(1, Math.min(own.pnum, want));
+      // Past the old backing's end (or without one) the old data is zeros, written as zeros (QEMU: "use zero writes after source backing EOF").
+      const oldSize = oldChain ? oldChain.totalBytes : 0;
+      const oldIsZero = offset >= oldSize;
+      if (!oldIsZero) n = Math.min(n, oldSize - offset);
       if (!own.allocated) {
         await readOrZero(oldChain, offset, n, a);
         await readOrZero(newBacking, offset, n, b);
@@ -100,7 +104,8 @@ async function copyDifferences(bs: BlockNode, oldChain: BlockNode | null, newBac
           }
           let end = at + len;
           while (end < n && !sectorEqual(a, b, end, Math.min(SECTOR, n - end))) end += Math.min(SECTOR, n - end);
-          await bdrvPwrite(bs, offset + at, end - at, a.subarray(at, end));
+          if (oldIsZero) await bdrvPwriteZeroes(bs, offset + at, end - at);
+          else await bdrvPwrite(bs, offset + at, end - at, a.subarray(at, end));
           at = end;
         }
       }

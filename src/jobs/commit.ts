@@ -8,7 +8,7 @@
 import { BlockError } from '../block/errors.js';
 import { bdrvFlush, bdrvMakeEmpty, bdrvTruncate } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
-import { isAllocatedAbove } from '../block/status.js';
+import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_ZERO, blockStatusAbove, isAllocatedAbove } from '../block/status.js';
 import { copyAllocated } from './copy-range.js';
 import type { Job, JobDriver } from './job.js';
 import { registerJobType } from './registry.js';
@@ -20,6 +20,12 @@ export interface CommitOptions {
   baseWritable: BlockNode;
   /** Keep the top image's data (qemu-img commit -d). */
   keepTop?: boolean;
+  /**
+   * Ranges the chain above base reports as zeros are written to base as
+   * zeros that may unmap (qemu-img commit: QEMU runs it as an active commit,
+   * whose mirror copies zero ranges that way), instead of as read data.
+   */
+  zeroUnmap?: boolean;
 }
 
 export async function runCommit(job: Job, top: BlockNode, o: CommitOptions): Promise<void> {
@@ -27,7 +33,13 @@ export async function runCommit(job: Job, top: BlockNode, o: CommitOptions): Pro
   const size = top.totalBytes;
   // QEMU grows a smaller base to the top's size before copying.
   if (o.baseWritable.totalBytes < size) await bdrvTruncate(o.baseWritable, size, false, 'off');
-  await copyAllocated(job, size, (off, n) => isAllocatedAbove(top, o.base, false, off, n), top, o.baseWritable);
+  const allocatedIn = o.zeroUnmap
+    ? async (off: number, n: number) => {
+        const st = await blockStatusAbove(top, o.base, true, off, n);
+        return { allocated: (st.status & BDRV_BLOCK_ALLOCATED) !== 0, pnum: st.pnum, zero: (st.status & BDRV_BLOCK_ZERO) !== 0 };
+      }
+    : (off: number, n: number) => isAllocatedAbove(top, o.base, false, off, n);
+  await copyAllocated(job, size, allocatedIn, top, o.baseWritable);
   await bdrvFlush(o.baseWritable);
   // QEMU's bdrv_make_empty, through the request path so the top image's dirty bitmaps see it.
   if (!o.keepTop) await bdrvMakeEmpty(top);

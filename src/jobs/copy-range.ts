@@ -8,7 +8,9 @@
  * never in the middle of one. With `zeroDetect` (stream), all-zero chunks are
  * written as zeros; with `copyOnRead` (stream: the data is what the target
  * already shows) the target's dirty bitmaps and written offset skip the
- * writes, as QEMU's copy-on-read path does.
+ * writes, as QEMU's copy-on-read path does. Where `allocatedIn` says a range
+ * is allocated and `zero` (qemu-img commit, which QEMU runs as an active
+ * commit, i.e. a mirror), it is written as zeros that may unmap.
  */
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
@@ -21,7 +23,7 @@ export const JOB_CHUNK = 512 * 1024;
 export async function copyAllocated(
   job: Job,
   size: number,
-  allocatedIn: (offset: number, bytes: number) => Promise<{ allocated: boolean; pnum: number }>,
+  allocatedIn: (offset: number, bytes: number) => Promise<{ allocated: boolean; pnum: number; zero?: boolean }>,
   from: BlockNode,
   to: BlockNode,
   opts: { zeroDetect?: boolean; copyOnRead?: boolean } = {},
@@ -32,9 +34,16 @@ export async function copyAllocated(
     for (let offset = 0; offset < size; ) {
       await job.rateLimitSleep();
       const want = Math.min(JOB_CHUNK, size - offset);
-      const { allocated, pnum } = await allocatedIn(offset, want);
+      const { allocated, pnum, zero } = await allocatedIn(offset, want);
       const n = Math.max(1, Math.min(pnum, want));
-      if (allocated) {
+      if (allocated && zero) {
+        // A range the source reports as zeros (active commit, as QEMU's mirror does): a zero write that may unmap.
+        try {
+          await bdrvPwriteZeroes(to, offset, n, { mayUnmap: true });
+        } catch (e) {
+          throw job.ioError('write', e);
+        }
+      } else if (allocated) {
         const chunk = buf.subarray(0, n);
         try {
           await bdrvPread(from, offset, n, chunk);

@@ -113,7 +113,7 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
       bm.set(0, size);
       return;
     }
-    const base = o.sync === 'top' ? o.source.cowNode() : null;
+    const base = o.sync === 'top' ? o.source.skipFilters().cowNode() : null;
     for (let off = 0; off < size; ) {
       const { allocated, pnum } = await isAllocatedAbove(o.source, base, false, off, Math.min(size - off, 1 << 30));
       const n = Math.max(1, pnum);
@@ -131,7 +131,7 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
     };
     try {
       // What the source's chain reads as zeros is written as zeros without reading it (QEMU's MIRROR_METHOD_ZERO).
-      const st = await blockStatusAbove(o.source, o.sync === 'top' ? o.source.cowNode() : null, true, offset, bytes);
+      const st = await blockStatusAbove(o.source, o.sync === 'top' ? o.source.skipFilters().cowNode() : null, true, offset, bytes);
       if (st.pnum >= bytes && st.status & BDRV_BLOCK_ZERO) chunk.fill(0);
       else await bdrvPread(o.source, offset, bytes, chunk);
     } catch (e) {

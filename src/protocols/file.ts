@@ -10,7 +10,9 @@
  * cache then runs beside the main thread, so convert's requests in flight
  * (zero detection, compression, the next read) overlap with it. Reads past
  * the end of the file return zeros, as QEMU's file-posix driver does for
- * formats that read whole clusters.
+ * formats that read whole clusters. The node's length is the file's rounded
+ * up to 512 bytes, as QEMU counts a node's length in sectors (a 320-byte raw
+ * image reads and maps as 512 bytes, the tail as a zero hole).
  */
 import { fs } from './node-fs.js';
 import * as nodePath from 'node:path';
@@ -35,7 +37,12 @@ function writeAt(fd: number, buf: Uint8Array, off: number, len: number, pos: num
 interface FileState {
   fd: number;
   size: number;
+  /** Written or resized since the last flush (QEMU's write_gen ahead of flushed_gen): a flush with nothing to sync is a no-op, so a node on /dev/null closes cleanly. */
+  unflushed: boolean;
 }
+
+/** QEMU keeps a node's length in 512-byte sectors, rounded up. */
+const sectorLength = (bytes: number): number => Math.ceil(bytes / 512) * 512;
 
 function st(bs: BlockNode): FileState {
   return bs.state<FileState>();
@@ -61,11 +68,21 @@ export const fileDriver: BlockDriver = {
       fs.closeSync(fd);
       throw new BlockError('EINVAL', `Could not open '${bs.filename}': Is a directory`);
     }
-    bs.opaque = { fd, size: stat.size } satisfies FileState;
-    bs.totalBytes = stat.size;
+    bs.opaque = { fd, size: stat.size, unflushed: false } satisfies FileState;
+    bs.totalBytes = sectorLength(stat.size);
   },
   async close(bs) {
     fs.closeSync(st(bs).fd);
+  },
+  async reopen(bs, readOnly) {
+    let fd: number;
+    try {
+      fd = fs.openSync(bs.filename, readOnly ? 'r' : 'r+');
+    } catch (e) {
+      throw fromHostError(e, `Could not reopen '${bs.filename}'`);
+    }
+    fs.closeSync(st(bs).fd);
+    st(bs).fd = fd;
   },
   async preadv(bs, offset, bytes, buf) {
     const s = st(bs);
@@ -93,11 +110,15 @@ export const fileDriver: BlockDriver = {
     } catch (e) {
       throw fromHostError(e, `${bs.filename}: write at offset ${offset} failed`);
     }
-    if (offset + bytes > s.size) bs.totalBytes = s.size = offset + bytes;
+    s.unflushed = true;
+    if (offset + bytes > s.size) bs.totalBytes = sectorLength((s.size = offset + bytes));
   },
   async flush(bs) {
+    const s = st(bs);
+    if (!s.unflushed) return;
     try {
-      fs.fdatasyncSync(st(bs).fd);
+      fs.fdatasyncSync(s.fd);
+      s.unflushed = false;
     } catch (e) {
       throw fromHostError(e, `${bs.filename}: flush failed`);
     }
@@ -105,6 +126,7 @@ export const fileDriver: BlockDriver = {
   async truncate(bs, size, _exact, prealloc) {
     const s = st(bs);
     const old = s.size;
+    s.unflushed = true;
     try {
       fs.ftruncateSync(s.fd, size);
       // falloc and full allocate the new area; Node has no fallocate(2), so both write zeros (what full does in QEMU).
@@ -118,10 +140,10 @@ export const fileDriver: BlockDriver = {
     } catch (e) {
       throw fromHostError(e, `${bs.filename}: truncate to ${size} bytes failed`);
     }
-    bs.totalBytes = s.size = size;
+    bs.totalBytes = sectorLength((s.size = size));
   },
   async getLength(bs) {
-    return st(bs).size;
+    return sectorLength(st(bs).size);
   },
   async getAllocatedFileSize(bs) {
     return fs.fstatSync(st(bs).fd).blocks * 512;
@@ -134,8 +156,9 @@ export const fileDriver: BlockDriver = {
     const nextData = seekData(s.fd, offset);
     if (nextData === undefined) return { status: data, pnum: bytes, map: offset, file: bs };
     if (nextData < 0 || nextData > offset) {
-      const end = nextData < 0 ? s.size : nextData;
-      return { status: BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID, pnum: Math.min(bytes, Math.max(end - offset, 1)), map: offset, file: bs };
+      // No data from here to the end of the file (nor in the sector tail past it): a trailing hole.
+      const pnum = nextData < 0 ? bytes : Math.min(bytes, nextData - offset);
+      return { status: BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID, pnum, map: offset, file: bs };
     }
     const hole = seekHole(s.fd, offset);
     const end = hole === undefined || hole < 0 ? s.size : hole;

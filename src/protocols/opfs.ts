@@ -8,14 +8,23 @@
  *   where the engine runs (src/worker/). In a window it fails with ENOTSUP.
  *   The handle never leaves this file; every method is still async, as the
  *   BlockDriver contract wants.
- * - A file has at most one read-write handle at a time, across every worker
- *   and tab of the origin: a second one fails with NoModificationAllowedError,
- *   which we report as EBUSY "image in use". Read-only opens (backing files)
- *   use `mode: 'read-only'`, so several chains can share one base image.
- * - A write or truncate that exceeds the quota throws QuotaExceededError
- *   (ENOSPC). The browser checks quota before it changes the file, but to be
- *   safe against a partial extension we put the length back and keep our
- *   cached size unchanged, so the image reads exactly as before the failure.
+ * - Who may open an image is decided by Web Locks (web-locks.ts), with
+ *   QEMU's rules: one writer and no reader, or any number of readers; a
+ *   read-only open with `forceShare` (qemu-img's -U) takes no lock. A refused
+ *   open is EBUSY "image in use". The browser drops a dead worker's or a
+ *   closed tab's locks. Because the locks decide, every access handle is
+ *   opened in `readwrite-unsafe` mode, the one mode whose handles coexist
+ *   (a `read-only` handle conflicts with any writer's, so a -U reader could
+ *   not open next to a writer); read-only nodes never write through theirs.
+ *   Without Web Locks, handles are `readwrite`/`read-only` and OPFS's own
+ *   exclusivity (NoModificationAllowedError, also EBUSY) keeps writers apart.
+ * - Over quota, Chromium's sync handle does not always throw
+ *   QuotaExceededError: write() may extend the file partly and return an
+ *   error number instead of a byte count (0xfffffff8, -8 as unsigned), and
+ *   truncate() may leave the file shorter without a word. Both are ENOSPC
+ *   here: a short write or a length that did not change as asked. We put the
+ *   length back and keep our cached size, so the image reads exactly as
+ *   before the failure.
  * - A write past the end zero-fills the gap (File System standard).
  * - `navigator.storage.persist()` is asked once when images are written
  *   (best effort; only windows have it).
@@ -26,6 +35,7 @@ import { BlockNode } from '../block/node.js';
 import type { Storage } from '../block/open.js';
 import { namespaceComponents, namespaceResolve } from './browser-names.js';
 import { requestPersistence } from './browser-persist.js';
+import { hasWebLocks, tryLockImage, type ImageLock } from './web-locks.js';
 
 /** The part of FileSystemSyncAccessHandle we use (the DOM typings only have it in the worker lib). */
 export interface SyncAccessHandle {
@@ -49,6 +59,7 @@ export interface OpfsOptions {
 interface OpfsState {
   h: SyncAccessHandle;
   size: number;
+  lock?: ImageLock;
 }
 
 /** Maps a DOMException from OPFS to a BlockError that names the image and says what was refused. */
@@ -89,11 +100,16 @@ export const opfsDriver: BlockDriver = {
     const h = bs.options.opfsHandle as SyncAccessHandle | undefined;
     if (!h) throw new BlockError('ENOENT', `Could not open '${bs.filename}': No such file or directory`);
     const size = h.getSize();
-    bs.opaque = { h, size } satisfies OpfsState;
+    bs.opaque = { h, size, lock: bs.options.opfsLock as ImageLock | undefined } satisfies OpfsState;
     bs.totalBytes = size;
   },
   async close(bs) {
-    bs.state<OpfsState>().h.close();
+    const s = bs.state<OpfsState>();
+    try {
+      s.h.close();
+    } finally {
+      await s.lock?.release();
+    }
   },
   async preadv(bs, offset, bytes, buf) {
     const s = bs.state<OpfsState>();
@@ -121,6 +137,8 @@ export const opfsDriver: BlockDriver = {
     const s = bs.state<OpfsState>();
     try {
       s.h.truncate(size);
+      const now = s.h.getSize();
+      if (now !== size) throw new DOMException(`truncate left the file at ${now} bytes`, 'QuotaExceededError');
     } catch (e) {
       restoreLength(s.h, s.size);
       throw mapError(e, bs.filename, `truncate to ${size} bytes failed`);
@@ -196,38 +214,66 @@ export class OpfsStorage implements Storage {
     }
     let h: SyncAccessHandle;
     try {
-      h = await fh.createSyncAccessHandle({ mode: readOnly ? 'read-only' : 'readwrite' });
+      h = await fh.createSyncAccessHandle({ mode: hasWebLocks() ? 'readwrite-unsafe' : readOnly ? 'read-only' : 'readwrite' });
     } catch (e) {
       throw mapError(e, name, `cannot open ${readOnly ? 'read-only' : 'for writing'}`);
     }
     return this.options.wrapHandle ? this.options.wrapHandle(h, name) : h;
   }
 
-  async openProtocol(filename: string, options: { readOnly: boolean; create?: boolean }): Promise<BlockNode> {
+  /**
+   * The image lock for `name` (web-locks.ts): exclusive to write, shared to
+   * read, none with `forceShare`; EBUSY when another open holds it.
+   */
+  private async lock(name: string, readOnly: boolean, forceShare: boolean): Promise<ImageLock | undefined> {
+    if (forceShare) {
+      if (!readOnly) throw new BlockError('EINVAL', `${name}: force-share=on can only be used with read-only images`);
+      return undefined;
+    }
+    const lock = await tryLockImage(`blocktab:opfs:${name}`, !readOnly);
+    if (!lock) {
+      throw new BlockError(
+        'EBUSY',
+        `${name}: Failed to get ${readOnly ? 'shared ' : ''}"write" lock: image in use (another tab or worker has it open; open it read-only with force-share to look anyway)`,
+      );
+    }
+    return lock;
+  }
+
+  async openProtocol(filename: string, options: { readOnly: boolean; create?: boolean; forceShare?: boolean }): Promise<BlockNode> {
     const { name, fh } = await this.fileHandle(filename, !!options.create && !options.readOnly);
-    const h = await this.syncHandle(name, fh, options.readOnly);
-    if (!options.readOnly) void requestPersistence();
-    const bs = new BlockNode(opfsDriver, name, { readOnly: options.readOnly, opfsHandle: h });
+    const lock = await this.lock(name, options.readOnly, !!options.forceShare);
+    let h: SyncAccessHandle | undefined;
     try {
+      h = await this.syncHandle(name, fh, options.readOnly);
+      if (!options.readOnly) void requestPersistence();
+      const bs = new BlockNode(opfsDriver, name, { readOnly: options.readOnly, opfsHandle: h, opfsLock: lock });
       await opfsDriver.open(bs, bs.options);
+      return bs;
     } catch (e) {
-      h.close();
+      h?.close();
+      await lock?.release();
       throw mapError(e, name, 'open failed');
     }
-    return bs;
   }
 
   async createFile(filename: string): Promise<void> {
     const { name, fh } = await this.fileHandle(filename, true);
     void requestPersistence();
-    const h = await this.syncHandle(name, fh, false);
+    // Never truncate an image someone has open.
+    const lock = await this.lock(name, false, false);
     try {
-      h.truncate(0);
-      h.flush();
-    } catch (e) {
-      throw mapError(e, name, 'create failed');
+      const h = await this.syncHandle(name, fh, false);
+      try {
+        h.truncate(0);
+        h.flush();
+      } catch (e) {
+        throw mapError(e, name, 'create failed');
+      } finally {
+        h.close();
+      }
     } finally {
-      h.close();
+      await lock?.release();
     }
   }
 

@@ -73,6 +73,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
   // The workload tests' endpoint: qemu-img check / qemu-io replay / qemu-img compare of images the page sends.
   const workload = await startWorkloadServer();
   project.provide('workloadServer', workload.url);
+  // The crash tests: a seeded sample of kill points, or 100 per operation with BLOCKTAB_SWEEP=full (npm run crash).
+  project.provide('crashSweep', { full: process.env.BLOCKTAB_SWEEP === 'full', seed: Number(process.env.BLOCKTAB_SEED ?? 20261206) >>> 0 });
   return async () => {
     await workload.close();
     await server.close();

@@ -17,6 +17,8 @@ export interface WorkloadVerdict {
   /** qemu-img check --output=json of the image the page sent, and its exit status. */
   check: Record<string, unknown>;
   checkStatus: number;
+  /** With checkOnly: qemu-img check's human report. */
+  checkText?: string;
   /** qemu-img compare of the page's image with the twin (0 equal, 1 different); its output. */
   compareStatus: number;
   compareOutput: string;

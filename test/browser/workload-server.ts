@@ -70,7 +70,12 @@ export async function verdict(dir: string, image: Uint8Array, req: WorkloadReque
     snapshots: [],
     twinSnapshots: [],
   };
-  if (req.checkOnly) return v;
+  if (req.checkOnly) {
+    // The human report too: it names each error (the crash tests tell known windows from corruption by it).
+    const text = await run('qemu-img', ['check', ours]);
+    v.checkText = text.stdout + text.stderr;
+    return v;
+  }
   const backing = req.backingFile ? ['-b', req.backingFile, '-F', req.backingFormat ?? 'qcow2'] : [];
   await must('qemu-img', ['create', '-f', 'qcow2', ...backing, ...(req.createOptions ? ['-o', req.createOptions] : []), twin, String(req.size)]);
   await replay(twin, req.ops);

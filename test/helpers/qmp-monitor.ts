@@ -28,13 +28,16 @@ export interface MonitorRun {
 }
 
 /**
- * Sends each input line and waits for `expect(line)` replies to it (1 by
- * default; 0 for a partial line, n for n objects on one line).
+ * Sends each input line and waits for `replies` replies to it (1 by
+ * default; 0 for a partial line, n for n objects on one line) and, with
+ * `events`, until that many events arrived too (a job's status changes
+ * after the command's reply): no fixed waits, so both sides attribute each
+ * event to the command that caused it.
  */
 export async function runMonitor(
   which: 'qemu' | 'blocktab',
   options: string[],
-  lines: { line: string; replies?: number }[],
+  lines: { line: string; replies?: number; events?: number }[],
   opts: { cwd?: string } = {},
 ): Promise<MonitorRun> {
   const [cmd, args] =
@@ -49,7 +52,8 @@ export async function runMonitor(
   const queue: string[] = [];
   let waiter: (() => void) | null = null;
   let closed = false;
-  rl.on('line', (l) => {
+  rl.on("line", (l) => {
+    if (process.env.QMP_TRACE) console.log(which, "<", l.slice(0, 150));
     raw.push(l);
     queue.push(l);
     const w = waiter;
@@ -60,19 +64,30 @@ export async function runMonitor(
     closed = true;
     waiter?.();
   });
-  const next = async (): Promise<string | undefined> => {
-    while (queue.length === 0 && !closed) await new Promise<void>((r) => (waiter = r));
+  /** The next line; undefined at the end of output, or after `timeoutMs` without one (waiting for events that may not come). */
+  const next = async (timeoutMs?: number): Promise<string | undefined> => {
+    const deadline = timeoutMs === undefined ? Infinity : Date.now() + timeoutMs;
+    while (queue.length === 0 && !closed) {
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise<void>((r) => {
+        waiter = r;
+        if (left !== Infinity) setTimeout(r, left);
+      });
+    }
     return queue.shift();
   };
   const first = await next();
   if (first === undefined) throw new Error(`${which} exited before its greeting: ${stderr}`);
   const greeting = JSON.parse(first) as unknown;
   const steps: MonitorStep[] = [];
-  for (const { line, replies = 1 } of lines) {
+  for (const { line, replies = 1, events = 0 } of lines) {
     const step: MonitorStep = { input: line, replies: [], events: [], text: '', timestamps: [] };
-    p.stdin.write(line + '\n');
-    while (step.replies.length < replies) {
-      const l = await next();
+    if (process.env.QMP_TRACE) console.log(which, line.slice(0, 150));
+    p.stdin.write(line + "\n");
+    while (step.replies.length < replies || step.events.length < events) {
+      // Replies always come; events a side does not send are waited for 5 s at most (the transcripts then differ).
+      const l = await next(step.replies.length < replies ? undefined : 5000);
       if (l === undefined) break;
       let m: Record<string, unknown>;
       try {

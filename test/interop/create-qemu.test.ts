@@ -139,6 +139,8 @@ describe('create: bad options give qemu-img\'s messages', () => {
     { args: ['-b', 'b.qcow2', '-F', 'qcow2', '-o', 'preallocation=metadata'], size: '1M' },
     { args: ['-b', 'b.qcow2'], size: '1M' },
     { args: [] },
+    // iotest 054: a size past 2^53, too large for 64 KiB clusters; the "Formatting" line shows it exactly.
+    { args: [], size: '1024P' },
   ];
   for (const b of bad) {
     it(`${b.args.join(' ')} ${b.size ?? '(no size)'}`, async () => {
@@ -149,9 +151,9 @@ describe('create: bad options give qemu-img\'s messages', () => {
       expect(t.status).toBe(1);
       expect(o.status).toBe(1);
       expect(o.stdout.replace(/bad-ours/, 'X')).toBe(t.stdout.replace(/bad-theirs/, 'X'));
-      // qemu-img's first line of the message; our CLI prints one line.
+      // qemu-img's first line of the message (hints follow it where we know them).
       const first = t.stderr.split('\n')[0]!.replace(/^qemu-img: /, 'blocktab: ').replace(/bad-theirs/, 'X');
-      expect(o.stderr.replace(/bad-ours/, 'X')).toBe(first + '\n');
+      expect(o.stderr.replace(/bad-ours/, 'X').split('\n')[0]).toBe(first);
     });
   }
 });

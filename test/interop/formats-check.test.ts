@@ -1,13 +1,15 @@
 /**
- * `check` on vdi, qed and parallels images agrees with qemu-img check: JSON, human
- * output, the format's messages on stderr and the exit code — on clean
- * images and on images patched to hold the corruptions and leaks each
- * format's check finds.
+ * `check` on vdi, qed, parallels, vhdx and vmdk images agrees with qemu-img
+ * check: JSON, human output, the format's messages on stderr and the exit
+ * code — on clean images and on images patched to hold the corruptions and
+ * leaks each format's check finds; with `-r leaks` and `-r all` the repaired
+ * files are byte for byte the files qemu-img leaves.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { sampleCases } from '../helpers/sample.js';
 
 function poke(d: string, name: string, offset: number, value: bigint, bytes: 4 | 8): void {
   const b = Buffer.alloc(bytes);
@@ -86,6 +88,21 @@ const cases: { name: string; make(d: string): string }[] = [
       return 'a.hdd';
     },
   },
+  { name: 'qed: not closed cleanly, leaked clusters', make: (d) => { const n = qed(d); poke(d, n, 16, 2n, 8); fs.truncateSync(path.join(d, n), fs.statSync(path.join(d, n)).size + 2 * 4096); return n; } },
+  { name: 'qed: not closed cleanly, bad data cluster', make: (d) => { const n = qed(d); poke(d, n, 16, 2n, 8); poke(d, n, qedL2(d, 1), 0x40000000n, 8); return n; } },
+  {
+    name: 'parallels: not closed cleanly, a cluster outside the image and a leak',
+    make: (d) => {
+      qemuImg(['create', '-q', '-f', 'parallels', '-o', 'cluster_size=64k', 'a.hdd', '8M'], { cwd: d });
+      io(d, 'a.hdd', 'parallels', ['write -P 1 0 128k', 'write -P 2 5M 4k']);
+      poke(d, 'a.hdd', 64 + 4 * 80, 0x100n, 4);
+      poke(d, 'a.hdd', 44, 0x746f6e59n, 4);
+      fs.truncateSync(path.join(d, 'a.hdd'), fs.statSync(path.join(d, 'a.hdd')).size + 70000);
+      return 'a.hdd';
+    },
+  },
+  { name: 'vhdx, clean', make: (d) => { qemuImg(['create', '-q', '-f', 'vhdx', 'a.vhdx', '8M'], { cwd: d }); io(d, 'a.vhdx', 'vhdx', ['write -P 1 0 4k']); return 'a.vhdx'; } },
+  { name: 'vmdk, clean', make: (d) => { qemuImg(['create', '-q', '-f', 'vmdk', 'a.vmdk', '8M'], { cwd: d }); io(d, 'a.vmdk', 'vmdk', ['write -P 1 0 4k']); return 'a.vmdk'; } },
   {
     name: 'parallels: not closed cleanly',
     make: (d) => {
@@ -96,18 +113,73 @@ const cases: { name: string; make(d: string): string }[] = [
   },
 ];
 
-describe('check on vdi, qed and parallels agrees with qemu-img check', () => {
+/** The same check run by both tools on copies of one image (each in its own directory, same names). */
+function both(dir: string, args: string[], image: string) {
+  const ours = path.join(dir, 'ours');
+  const theirs = path.join(dir, 'theirs');
+  for (const d of [ours, theirs]) {
+    fs.rmSync(d, { recursive: true, force: true });
+    fs.mkdirSync(d);
+    for (const f of fs.readdirSync(dir)) if (fs.statSync(path.join(dir, f)).isFile()) fs.copyFileSync(path.join(dir, f), path.join(d, f));
+  }
+  const a = blocktab(['check', ...args, image], { cwd: ours });
+  const b = qemuImgRun(['check', ...args, image], { cwd: theirs });
+  return { a, b, ourFile: head(path.join(ours, image)), theirFile: head(path.join(theirs, image)) };
+}
+
+/** The file's size and its first 16 MiB (a parallels repair may leave a sparse file of many GiB, as QEMU does). */
+function head(file: string): Buffer {
+  const size = fs.statSync(file).size;
+  const b = Buffer.alloc(Math.min(size, 16 << 20));
+  const fd = fs.openSync(file, 'r');
+  fs.readSync(fd, b, 0, b.length, 0);
+  fs.closeSync(fd);
+  return Buffer.concat([Buffer.from(`${size}\n`), b]);
+}
+
+// The cases that combine every repair of their format always run; a seeded sample of the others.
+const repairSample = new Set([
+  ...cases.filter((c) => c.name.includes('not closed cleanly,')),
+  ...sampleCases('check-repair', cases.filter((c) => !c.name.endsWith('clean') && !c.name.includes('not closed cleanly,')), 0.4, 3),
+]);
+
+describe('check on vdi, qed, parallels, vhdx and vmdk agrees with qemu-img check', () => {
   for (const c of cases) {
     it(c.name, () => {
       const dir = tmpDir('fmt-check-');
       const image = c.make(dir);
-      for (const out of [['--output=json'], []]) {
-        const ours = blocktab(['check', ...out, image], { cwd: dir });
-        const theirs = qemuImgRun(['check', ...out, image], { cwd: dir });
-        expect(ours.stdout).toBe(theirs.stdout);
-        expect(ours.stderr.replace(/^blocktab: /gm, '')).toBe(theirs.stderr.replace(/^qemu-img: /gm, ''));
-        expect(ours.status).toBe(theirs.status);
+      // Repairs on a seeded sample of the images that need one (human output for -r leaks, both for -r all).
+      const runs = [[[], ['--output=json']], [[], []]];
+      if (repairSample.has(c)) runs.push([['-r', 'leaks'], []], [['-r', 'all'], ['--output=json']], [['-r', 'all'], []]);
+      for (const [repair, out] of runs as string[][][]) {
+        {
+          const { a: ours, b: theirs, ourFile, theirFile } = both(dir, [...repair, ...out], image);
+          const what = `${repair.join(' ')} ${out.join(' ')}`;
+          expect(ours.stdout, what).toBe(theirs.stdout);
+          expect(ours.stderr.replace(/^blocktab: /gm, ''), what).toBe(theirs.stderr.replace(/^qemu-img: /gm, ''));
+          expect(ours.status, what).toBe(theirs.status);
+          // Repairs leave the same bytes (vhdx writes a new random header GUID on a read/write open).
+          if (!image.endsWith('.vhdx')) expect(Buffer.compare(ourFile, theirFile), `${what}: the repaired file differs`).toBe(0);
+        }
       }
     });
   }
+});
+
+describe('qed: a read/write open repairs an image that was not closed cleanly, as QEMU', () => {
+  it('clears the bad entry and QED_F_NEED_CHECK, then writes', () => {
+    const dir = tmpDir('fmt-check-');
+    const image = qed(dir);
+    poke(dir, image, 16, 2n, 8);
+    poke(dir, image, qedL2(dir, 1), 0x40000000n, 8);
+    const cmds = ['read -P 0 4k 4k', 'write -P 5 25M 64k'];
+    const ours = path.join(dir, 'ours.qed');
+    const theirs = path.join(dir, 'theirs.qed');
+    fs.copyFileSync(path.join(dir, image), ours);
+    fs.copyFileSync(path.join(dir, image), theirs);
+    blocktab(['io', ...cmds.flatMap((c) => ['-c', c]), ours]);
+    qemuIo(theirs, cmds, 'qed');
+    expect(peek64(dir, 'ours.qed', 16)).toBe(0n);
+    expect(Buffer.compare(fs.readFileSync(ours), fs.readFileSync(theirs))).toBe(0);
+  });
 });

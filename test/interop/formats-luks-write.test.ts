@@ -147,3 +147,24 @@ describe('luks: convert -O luks and create options', () => {
     expect(tf.stderr).toMatch(/cipher twofish-256-xts-plain64 is not supported/);
   });
 });
+
+describe('luks: measure -O luks as qemu-img 7.2', () => {
+  it('the payload offset of each cipher plus the size (or the input image\'s size); the secret is required', () => {
+    const dir = tmpDir('luks-measure-');
+    qemuImg(['create', '-q', '-f', 'qcow2', 'src.qcow2', '5M'], { cwd: dir });
+    const runs = [
+      ['-o', 'key-secret=sec0', '--size', '1G'],
+      ['-o', 'key-secret=sec0,cipher-alg=aes-128', '--size', '1000'],
+      ['-o', 'key-secret=sec0,cipher-alg=aes-192,hash-alg=sha512', '--output=json', 'src.qcow2'],
+      ['--size', '1G'],
+      ['-o', 'key-secret=nope', '--size', '1G'],
+    ];
+    for (const r of runs) {
+      const ours = blocktab(['measure', ...secret, '-O', 'luks', ...r], { cwd: dir });
+      const theirs = qemuImgRun(['measure', ...secret, '-O', 'luks', ...r], { cwd: dir });
+      expect(ours.stdout, r.join(' ')).toBe(theirs.stdout);
+      expect(ours.stderr.replace(/^blocktab: /, ''), r.join(' ')).toBe(theirs.stderr.replace(/^qemu-img: /, ''));
+      expect(ours.status, r.join(' ')).toBe(theirs.status);
+    }
+  });
+});

@@ -147,6 +147,33 @@ describe('blocktab io vs qemu-io on raw images', () => {
     await compare('probed', ['write -P 0x55 0 512', 'read -P 0x55 0 512'], { fmt: null });
   });
 
+  it('refuses writes that would make a probed raw image look like another format, as qemu-io does (write -s pattern files)', async () => {
+    const file = (name: string, bytes: number[]) => {
+      const f = path.join(dir, name);
+      fs.writeFileSync(f, Uint8Array.from(bytes));
+      return f;
+    };
+    const magic = file('qcow2-magic.bin', [0x51, 0x46, 0x49, 0xfb]);
+    const version = file('qcow2-version.bin', [0, 0, 0, 3]);
+    const header = file('qcow2-header.bin', [0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    const qed = file('qed-magic.bin', [0x51, 0x45, 0x44, 0]);
+    await compare(
+      'probed-header',
+      [
+        `write -s ${header} 0 512`, // a whole qcow2 header at once
+        `write -s ${magic} 0 4`, // the magic alone (version 0: still raw)
+        `write -s ${version} 4 4`, // then the version that completes it
+        `write -s ${qed} 0 4`, // another format's magic
+        `write -s ${header} 512 8`, // past block 0: fine
+        'read -P 0 4 4',
+        `write -s ${path.join(dir, 'missing.bin')} 0 4`,
+      ],
+      { fmt: null },
+    );
+    // Told the format, a raw image takes any bytes.
+    await compare('explicit-raw-header', [`write -s ${header} 0 512`, 'read -P 0x51 0 1'], { fmt: 'raw' });
+  });
+
   it('stops at quit and reports open failures', async () => {
     await compare('quit', ['read -P 1 0 1', 'quit', 'read 0 1']);
     const q = qemuIoRun(['-c', 'read 0 1', path.join(dir, 'missing.raw')]);

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage, openImage, BlockBackend, bdrvPread, bdrvPwrite, BlockError } from '../../src/index.js';
+import { probeFormat } from '../../src/block/driver.js';
 
 function pattern(n: number, seed = 1): Uint8Array {
   const b = new Uint8Array(n);
@@ -58,6 +59,34 @@ describe('request path over raw/memory', () => {
     expect(warnings[0]).toMatch(/probing guessed raw/);
     // Harmless data is fine.
     await bdrvPwrite(bs, 0, 4, new Uint8Array([1, 2, 3, 4]));
+    // A qcow2 header is not, whole or completing one piece by piece.
+    const header = new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    const whole = await bdrvPwrite(bs, 0, 8, header).catch((e: unknown) => e);
+    expect(whole).toBeInstanceOf(BlockError);
+    expect((whole as BlockError).code).toBe('EPERM');
+    expect((whole as BlockError).message).toMatch(/d\.img: write to block 0 refused/);
+    await bdrvPwrite(bs, 0, 4, header.subarray(0, 4));
+    expect(((await bdrvPwrite(bs, 4, 4, header.subarray(4)).catch((e: unknown) => e)) as BlockError).code).toBe('EPERM');
+    const head = new Uint8Array(8);
+    await bdrvPread(bs, 0, 8, head);
+    expect([...head]).toEqual([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 0]);
+    // Past the probed head anything goes.
+    await bdrvPwrite(bs, 2048, 8, header);
+  });
+
+  it('a guessed raw image: two concurrent writes that each look harmless cannot build a header together', async () => {
+    const st = new MemoryStorage();
+    st.put('c.img', new Uint8Array(4096));
+    const bs = await openImage(st, 'c.img');
+    const results = await Promise.allSettled([
+      bdrvPwrite(bs, 0, 4, new Uint8Array([0x51, 0x46, 0x49, 0xfb])),
+      bdrvPwrite(bs, 4, 4, new Uint8Array([0, 0, 0, 3])),
+    ]);
+    expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
+    expect(((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason as BlockError).code).toBe('EPERM');
+    const head = new Uint8Array(2048);
+    await bdrvPread(bs, 0, head.length, head);
+    expect(probeFormat(head, 'c.img').driver.name).toBe('raw');
   });
 });
 

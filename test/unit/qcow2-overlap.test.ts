@@ -108,6 +108,23 @@ describe('qcow2 overlap checks (iotests 060)', { timeout: 60_000 }, () => {
     await closeNode(ro);
   });
 
+  it('blocktab io prints what qemu-io prints: the corruption notice once on stderr, then "No medium found" for every later request', async () => {
+    const { runIo } = await import('../../src/cli/qemu-io/main.js');
+    const { Readable } = await import('node:stream');
+    for (const make of [l2IntoL1, dataIntoRefblock]) {
+      const c = craft(make);
+      const cmds = ['write -P 0x2a 0 512', 'write -P 0x2a 0 512', 'read 0 512'].flatMap((x) => ['-c', x]);
+      const q = spawnSync('qemu-io', [...cmds, c.theirs], { encoding: 'utf8' });
+      let stdout = '';
+      let stderr = '';
+      const status = await runIo([...cmds, c.ours], { out: (t) => (stdout += t), err: (t) => (stderr += t) }, Readable.from([]));
+      expect(q.stderr).toMatch(/^qcow2: Marking image as corrupt: Preventing invalid write on metadata \(overlaps with [^)]+\); further corruption events will be suppressed\n$/);
+      expect(stderr).toBe(q.stderr);
+      expect(stdout).toBe(q.stdout);
+      expect(status).toBe(q.status);
+    }
+  });
+
   it('cluster data reference into a refcount block: refused under the default (cached)', async () => {
     const c = craft(dataIntoRefblock);
     expect(await same(c, 'overlap-check=cached', {}, 0, 512)).toBe('refcount block');

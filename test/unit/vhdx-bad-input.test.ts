@@ -197,5 +197,15 @@ describe('vhdx differencing images (no qemu-img oracle: built from the specifica
     }
     // qemu-img cannot open differencing VHDX at all.
     expect(qemuImgRun(['info', child]).status).not.toBe(0);
+    // A read/write open is refused as QEMU refuses any open, before anything is written.
+    const before = fs.readFileSync(child);
+    const err = await openImage(st, child, { readOnly: false }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(BlockError);
+    expect((err as BlockError).code).toBe('ENOTSUP');
+    expect((err as BlockError).message).toBe(`${child}: Operation not supported`);
+    expect(Buffer.compare(fs.readFileSync(child), before)).toBe(0);
   });
 });

@@ -109,6 +109,8 @@ export interface IoHost {
   close(blk: BlockBackend): Promise<void>;
   /** sigraise/abort: output flushed, then the signal raised on this process. */
   raise?(signal: number): Promise<void>;
+  /** write -s: up to `bytes` bytes of a host file (the pattern file); throws with the host's error message. */
+  readPatternFile?(path: string, bytes: number): Promise<Uint8Array>;
 }
 
 export class QemuIoSession {
@@ -400,6 +402,7 @@ const writeCmd: CmdInfo = {
     let cflag = false, qflag = false, bflag = false, pflag = false, zflag = false, compressed = false, sflag = false;
     let fua = false, mayUnmap = false, noFallback = false;
     let pattern = 0xcd;
+    let patternFile = '';
     const { events, operands } = parsed;
     const stop = handleOpts(s, this, events, (c, arg) => {
       switch (c) {
@@ -417,7 +420,7 @@ const writeCmd: CmdInfo = {
           break;
         }
         case 'q': qflag = true; break;
-        case 's': sflag = true; break;
+        case 's': sflag = true; patternFile = arg!; break;
         case 'u': mayUnmap = true; break;
         case 'z': zflag = true; break;
       }
@@ -445,9 +448,9 @@ const writeCmd: CmdInfo = {
       s.out('Only one of -z, -P, and -s can be specified at the same time\n');
       return EINVAL;
     }
-    if (sflag) {
-      // Reading a pattern file would need host file access this environment-neutral module does not have.
-      s.out('-s (pattern file) is not supported by blocktab io\n');
+    if (sflag && !s.host?.readPatternFile) {
+      // Reading a pattern file needs host file access, which only the CLI's host gives.
+      s.out('-s (pattern file) is not supported here\n');
       return -95;
     }
     const offset = s.num(operands[0]!);
@@ -475,9 +478,24 @@ const writeCmd: CmdInfo = {
     if (mayUnmap) flags.mayUnmap = true;
     if (noFallback) flags.noFallback = true;
     if (compressed) flags.compressed = true;
+    let head: Uint8Array | undefined;
+    if (sflag) {
+      // QEMU's qemu_io_alloc_from_file: the file's first bytes, repeated to fill the buffer.
+      try {
+        head = await s.host!.readPatternFile!(patternFile, count);
+      } catch (e) {
+        s.output.err(`${patternFile}: ${e instanceof Error ? e.message : String(e)}\n`);
+        return EINVAL;
+      }
+      if (head.length === 0) {
+        s.output.err(`${patternFile}: file is empty\n`);
+        return EINVAL;
+      }
+    }
     const buf = zflag ? null : allocBuffer(count);
     try {
-      buf?.fill(pattern);
+      if (head) for (let at = 0; at < count; at += head.length) buf!.set(head.subarray(0, Math.min(head.length, count - at)), at);
+      else buf?.fill(pattern);
       const t0 = now();
       try {
         if (buf) await s.backend.write(offset, count, buf, flags);

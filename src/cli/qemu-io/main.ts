@@ -19,7 +19,7 @@ import type { BlockNode } from '../../block/node.js';
 import { QemuIoSession, type IoHost, type IoOutput, type OpenRequest } from './commands.js';
 import { parseKeyValues } from './open-commands.js';
 import { createImage, planCreate } from '../../img/create.js';
-import { BlockError } from '../../block/errors.js';
+import { BlockError, describeCode, fromHostError } from '../../block/errors.js';
 import { tmpdir } from 'node:os';
 import { join, resolve as resolvePath } from 'node:path';
 import { fs } from '../../protocols/node-fs.js';
@@ -277,6 +277,24 @@ class CliIoHost implements IoHost {
     const blk = new BlockBackend(root);
     if (temp) this.temps.set(blk, temp);
     return blk;
+  }
+
+  async readPatternFile(path: string, bytes: number): Promise<Uint8Array> {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'r');
+    } catch (e) {
+      // perror()'s text: the strerror of the host error.
+      throw new Error(describeCode(fromHostError(e, path).code));
+    }
+    try {
+      const buf = new Uint8Array(bytes);
+      let n = 0;
+      for (let r = 1; n < bytes && r > 0; n += r) r = fs.readSync(fd, buf, n, bytes - n, null);
+      return buf.subarray(0, n);
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   async raise(signal: number): Promise<void> {

@@ -8,7 +8,7 @@
  *   as QEMU's dotted keys (`driver=qcow2,node-name=n0,file.driver=file,file.filename=x.qcow2`).
  * - `--drive` makes a named BlockBackend (a "device" in query-block and
  *   query-blockstats) as QEMU's `-drive if=none`: file, format (probed when
- *   absent), id, node-name, read-only, rerror, werror, detect-zeroes,
+ *   absent), id, node-name, read-only, rerror, werror, detect-zeroes, copy-on-read,
  *   discard, throttling.* and the legacy bps/iops names, stats-intervals.N,
  *   stats-account-invalid, stats-account-failed, backing (off: no chain).
  * - `--object throttle-group,id=ID,limits.bps-total=N,…` (and `secret`).
@@ -110,6 +110,7 @@ async function addDrive(engine: Engine, text: string): Promise<void> {
       werror: (kv.werror as ErrorAction | undefined) ?? 'enospc',
       accountInvalid: onOff(kv['stats-account-invalid'], 'stats-account-invalid'),
       accountFailed: onOff(kv['stats-account-failed'], 'stats-account-failed'),
+      copyOnRead: onOff(kv['copy-on-read'], 'copy-on-read'),
     },
   });
   const bs = engine.findNode(nodeName)!;

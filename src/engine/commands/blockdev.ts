@@ -21,7 +21,7 @@ import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
 
 /** Members every driver takes (QAPI BlockdevOptions' base). */
-const BASE: ArgSpec = {
+export const BLOCKDEV_BASE: ArgSpec = {
   driver: 'str',
   '*node-name': 'str',
   '*discard': { enum: ['ignore', 'unmap'] },
@@ -55,18 +55,20 @@ export const blockdevDriverArgs: Record<string, ArgSpec> = {
 const STORAGE_ALIASES: Record<string, string> = { https: 'http' };
 
 /** Members that are the engine's business, not the format driver's. */
-const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BASE).map((k) => k.replace(/^\*/, '')), 'file', 'backing']);
+const NOT_DRIVER_OPTIONS = new Set([...Object.keys(BLOCKDEV_BASE).map((k) => k.replace(/^\*/, '')), 'file', 'backing']);
 
 interface Inherited {
   readOnly: boolean;
   autoReadOnly: boolean;
+  /** QEMU's force-share (inherited by children): a read-only open ignores other users' image locks. */
+  forceShare?: boolean;
 }
 
 function storageFor(engine: Engine, driver: string): Storage | undefined {
   return engine.storage(STORAGE_ALIASES[driver] ?? driver);
 }
 
-function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
+export function driverSpec(engine: Engine, driver: string, prefix: string): { spec: ArgSpec; protocol: boolean } {
   if (storageFor(engine, driver)) return { spec: blockdevDriverArgs[driver] ?? FILENAME, protocol: true };
   const drv = findDriver(driver);
   if (drv && (drv.kind === 'format' || drv.kind === 'filter')) {
@@ -83,7 +85,7 @@ const isRoError = (e: unknown) => e instanceof BlockError && ['EROFS', 'EACCES',
 
 async function openProtocolNode(storage: Storage, filename: string, inh: Inherited): Promise<BlockNode> {
   try {
-    return await storage.openProtocol(filename, { readOnly: inh.readOnly });
+    return await storage.openProtocol(filename, inh.forceShare ? { readOnly: inh.readOnly, forceShare: true } : { readOnly: inh.readOnly });
   } catch (e) {
     // auto-read-only: take read-only access when read-write is refused (QEMU's BDRV_O_AUTO_RDONLY).
     if (!inh.readOnly && inh.autoReadOnly && isRoError(e)) return storage.openProtocol(filename, { readOnly: true });
@@ -91,8 +93,12 @@ async function openProtocolNode(storage: Storage, filename: string, inh: Inherit
   }
 }
 
-/** Opens the backing file the image names, through its storage (as openImage does for a chain). */
-async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage): Promise<void> {
+/**
+ * Opens the backing file the image names, through its storage (as openImage
+ * does for a chain). The caller registers it after `bs`: QEMU names a node
+ * before it opens the node's backing chain.
+ */
+async function openHeaderBacking(bs: BlockNode, storage: Storage): Promise<BlockNode> {
   const resolved = storage.resolve(bs.filename, bs.backingFile!);
   bs.fullBackingFilename = resolved;
   let backing: BlockNode;
@@ -104,20 +110,22 @@ async function openHeaderBacking(engine: Engine, bs: BlockNode, storage: Storage
     throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${bs.filename}: Could not open backing file: ${why}`, { cause: e });
   }
   bs.attach(backing, 'backing');
-  engine.adopt(backing, storage);
+  bs.autoBackingFile = backing.filename;
+  return backing;
 }
 
 /** Opens one BlockdevOptions dict (recursively for nested children); the node is in the registry when it returns. */
 async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inherited): Promise<BlockNode> {
-  checkArgs(BASE, args, prefix, true);
+  checkArgs(BLOCKDEV_BASE, args, prefix, true);
   const driver = args.driver as string;
   const { spec, protocol } = driverSpec(engine, driver, prefix);
-  checkArgs({ ...BASE, ...spec }, args, prefix);
+  checkArgs({ ...BLOCKDEV_BASE, ...spec }, args, prefix);
   const nodeName = args['node-name'] as string | undefined;
   if (nodeName !== undefined) engine.checkNewNodeName(nodeName);
   const here: Inherited = {
     readOnly: (args['read-only'] as boolean | undefined) ?? inh.readOnly,
     autoReadOnly: (args['auto-read-only'] as boolean | undefined) ?? inh.autoReadOnly,
+    forceShare: (args['force-share'] as boolean | undefined) ?? inh.forceShare,
   };
   const detectZeroes = (args['detect-zeroes'] as 'off' | 'on' | 'unmap' | undefined) ?? 'off';
   if (detectZeroes === 'unmap' && args.discard !== 'unmap') {
@@ -138,6 +146,8 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   const fileIsOurs = isDict(fileRef);
   if (typeof fileRef === 'string') {
     file = engine.lookup(fileRef);
+    // As QEMU: permissions are checked as the child is attached, before the read-only check of the open.
+    engine.checkNewUse(file, { driver: findDriver(driver)!, options: args, readOnly: here.readOnly }, nodeName ?? '', 'file');
     if (!here.readOnly && file.readOnly) throw genericError('Block node is read-only', 'EPERM');
   } else {
     file = await openBlockdev(engine, fileRef, `${prefix}file.`, here);
@@ -147,7 +157,10 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   const driverOptions: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(args)) if (!NOT_DRIVER_OPTIONS.has(k)) driverOptions[k] = v;
   // Filters that join engine-wide objects (throttle's groups) find them here.
-  if (findDriver(driver)?.kind === 'filter') driverOptions.throttleGroups = engine.throttleGroups;
+  if (findDriver(driver)?.kind === 'filter') {
+    driverOptions.throttleGroups = engine.throttleGroups;
+    driverOptions.lookupNode = (n: string) => engine.findNode(n);
+  }
 
   let bs: BlockNode;
   const parentsBefore = [...file.parents];
@@ -164,6 +177,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
     if (fileIsOurs) await engine.closeTree(file);
     throw e;
   }
+  let headerBacking: BlockNode | undefined;
   try {
     if (bs.driver.supportsBacking) {
       const backing = args.backing as string | Args | null | undefined;
@@ -172,11 +186,11 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
         bs.attach(b, 'backing');
         bs.fullBackingFilename = b.filename;
       } else if (isDict(backing)) {
-        const b = await openBlockdev(engine, backing, `${prefix}backing.`, { readOnly: true, autoReadOnly: here.autoReadOnly });
+        const b = await openBlockdev(engine, backing, `${prefix}backing.`, { readOnly: true, autoReadOnly: here.autoReadOnly, forceShare: here.forceShare });
         bs.attach(b, 'backing');
         bs.fullBackingFilename = b.filename;
       } else if (backing === undefined && bs.backingFile) {
-        await openHeaderBacking(engine, bs, storage);
+        headerBacking = await openHeaderBacking(bs, storage);
       }
     }
   } catch (e) {
@@ -185,12 +199,13 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   }
   bs.detectZeroes = detectZeroes;
   engine.adopt(bs, storage);
+  if (headerBacking) engine.adopt(headerBacking, storage);
   return bs;
 }
 
 export const blockdevCommands: QmpCommandTable = {
   'blockdev-add': {
-    args: BASE,
+    args: BLOCKDEV_BASE,
     openArgs: true,
     async run(engine, args) {
       if (typeof args['node-name'] !== 'string') throw genericError(`'node-name' must be specified for the root node`);

@@ -19,6 +19,7 @@ import { mirrorBackupCommands } from './mirror-backup.js';
 import { throttleCommands } from './throttle.js';
 import { runStateCommands } from './runstate.js';
 import { mediaCommands } from './media.js';
+import { reopenCommands } from './reopen.js';
 import type { QmpCommandTable } from './types.js';
 
 export type { QmpCommand, QmpCommandTable } from './types.js';
@@ -36,4 +37,5 @@ export const qmpCommands: QmpCommandTable = {
   ...throttleCommands,
   ...runStateCommands,
   ...mediaCommands,
+  ...reopenCommands,
 };

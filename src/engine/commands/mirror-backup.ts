@@ -120,6 +120,24 @@ interface MirrorArgs {
   zeroTarget: boolean;
   /** Close the target when the job ends without a pivot (drive-mirror's implicit node). */
   implicitTarget: boolean;
+  /** The node the target takes the place of at completion (`replaces`; the source itself without it). */
+  replaces?: BlockNode;
+}
+
+/**
+ * mirror's `replaces` (QEMU's check_to_replace_node): the node must exist and
+ * be the source or reached from it through filters only, so that swapping it
+ * for the target cannot change what the source's users see all at once.
+ */
+function replacesNode(engine: Engine, bs: BlockNode, args: Args): BlockNode | undefined {
+  const name = args.replaces as string | undefined;
+  if (name === undefined) return undefined;
+  const to = engine.findNode(name);
+  if (!to) throw genericError(`Failed to find node with node-name='${name}'`);
+  for (let n: BlockNode | null = bs; n; n = n.driver.kind === 'filter' ? (n.file?.node ?? null) : null) if (n === to) return to;
+  throw genericError(
+    `Cannot replace '${name}' by a node mirrored from '${engine.nameOf(bs)}', because it cannot be guaranteed that doing so would not lead to an abrupt change of visible data`,
+  );
 }
 
 function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
@@ -147,7 +165,7 @@ function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
     onTargetError: errorPolicy(args['on-target-error']),
     copyMode: args['copy-mode'] as MirrorOptions['copyMode'],
     async pivot(t) {
-      replaceNode(engine, bs, t);
+      replaceNode(engine, m.replaces ?? bs, t);
     },
     async release(pivoted) {
       if (!m.implicitTarget) return;
@@ -351,19 +369,20 @@ export const mirrorBackupCommands: QmpCommandTable = {
     run(engine, args) {
       const bs = rootNode(engine, args.device as string);
       const target = targetNode(engine, args.target as string);
-      if (args.replaces !== undefined) throw genericError("'replaces' is not supported here", 'ENOTSUP');
-      let sync = mirrorSync(args.sync);
-      if (sync === 'top' && !bs.cowNode()) sync = 'full';
-      startMirror(engine, args, { bs, target, sync, zeroTarget: sync === 'full', implicitTarget: false });
+      const replaces = replacesNode(engine, bs, args);
+      const asked = mirrorSync(args.sync);
+      // As QEMU: the target is zeroed for sync=full as asked, not when top turns into full for lack of a backing file.
+      const sync = asked === 'top' && !bs.skipFilters().cowNode() ? 'full' : asked;
+      startMirror(engine, args, { bs, target, sync, zeroTarget: asked === 'full', implicitTarget: false, replaces });
     },
   },
   'drive-mirror': {
     args: { ...MIRROR_COMMON, '*format': 'str', '*node-name': 'str', '*mode': MODE, '*unmap': 'bool' },
     async run(engine, args) {
       const bs = rootNode(engine, args.device as string);
-      if (args.replaces !== undefined) throw genericError("'replaces' is not supported here", 'ENOTSUP');
+      const replaces = replacesNode(engine, bs, args);
       let sync = mirrorSync(args.sync);
-      const backing = bs.cowNode();
+      const backing = bs.skipFilters().cowNode();
       if (!backing && sync === 'top') sync = 'full';
       // The new image's backing file: the source's for top, the source itself for none.
       const source = sync === 'none' ? bs : sync === 'top' ? backing : null;
@@ -373,7 +392,7 @@ export const mirrorBackupCommands: QmpCommandTable = {
       // A new image reads as zeros: only what the source's chain holds needs copying.
       const zeroTarget = sync === 'full' && mode === 'existing';
       try {
-        startMirror(engine, args, { bs, target, sync, zeroTarget, implicitTarget: true });
+        startMirror(engine, args, { bs, target, sync, zeroTarget, implicitTarget: true, replaces });
       } catch (e) {
         target.detach('backing');
         await engine.closeTree(target);

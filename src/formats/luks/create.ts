@@ -17,7 +17,7 @@
  * so here the one measurement is divided by that block count instead.
  */
 import { BlockError } from '../../block/errors.js';
-import type { ImageCreateRequest, PreallocMode } from '../../block/driver.js';
+import type { ImageCreateRequest, MeasureResult, PreallocMode } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { optNumber, type OptionDesc, type OptionValues } from '../../block/options.js';
@@ -133,14 +133,31 @@ function uuidString(u: Uint8Array): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+/** QEMU's layout: the header's 4 KiB, then eight key material areas each rounded to 4 KiB. */
+function luksLayout(keyBytes: number): { headerSectors: number; materialSectors: number; areaSectors: number; payloadSectors: number } {
+  const headerSectors = KEY_SLOT_AREA_ALIGN;
+  const materialSectors = Math.ceil((keyBytes * LUKS_STRIPES) / LUKS_SECTOR_SIZE);
+  const areaSectors = Math.ceil(materialSectors / KEY_SLOT_AREA_ALIGN) * KEY_SLOT_AREA_ALIGN;
+  return { headerSectors, materialSectors, areaSectors, payloadSectors: headerSectors + LUKS_NUM_KEY_SLOTS * areaSectors };
+}
+
+/**
+ * `qemu-img measure -O luks` (QEMU's block_crypto_measure): the payload
+ * offset of a header made with these options plus the guest size (not
+ * rounded), both for required and fully allocated. The options are checked
+ * as create checks them, so the secret must be given.
+ */
+export async function luksMeasure(values: OptionValues, input: BlockNode | undefined, size: number | undefined): Promise<MeasureResult> {
+  const o = luksCreateOptions({ filename: '', size: 0, values, origin: 'qemu-img', openFile: () => Promise.reject(new BlockError('ENOTSUP', 'no files here')) });
+  const bytes = luksLayout(o.keyBytes).payloadSectors * LUKS_SECTOR_SIZE + (input ? input.totalBytes : size ?? 0);
+  return { required: bytes, fullyAllocated: bytes };
+}
+
 /** Writes a new LUKS1 image into the empty protocol node `file`. */
 export async function createLuks(file: BlockNode, o: LuksCreateOptions): Promise<void> {
   const { afSplit, hashLen, pbkdf2, pbkdf2IterationsPerSecond, randomBytes, XtsPlain64 } = await import('./crypto.js');
-  const headerSectors = KEY_SLOT_AREA_ALIGN;
+  const { headerSectors, materialSectors, areaSectors, payloadSectors } = luksLayout(o.keyBytes);
   const materialBytes = o.keyBytes * LUKS_STRIPES;
-  const materialSectors = Math.ceil(materialBytes / LUKS_SECTOR_SIZE);
-  const areaSectors = Math.ceil(materialSectors / KEY_SLOT_AREA_ALIGN) * KEY_SLOT_AREA_ALIGN;
-  const payloadSectors = headerSectors + LUKS_NUM_KEY_SLOTS * areaSectors;
 
   const masterKey = randomBytes(o.keyBytes);
   const perSecond = await pbkdf2IterationsPerSecond(o.hash, LUKS_DIGEST_SIZE);

@@ -25,7 +25,7 @@ import { BDRV_BLOCK_DATA } from '../../block/status.js';
 import { lookupSecret } from '../../block/secrets.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
-import { LUKS_CREATE_OPTS, luksCreateImage } from './create.js';
+import { LUKS_CREATE_OPTS, luksCreateImage, luksCreateOptions, luksMeasure } from './create.js';
 import {
   hasLuksMagic,
   LUKS_DIGEST_SIZE,
@@ -188,6 +188,9 @@ export const luksDriver: BlockDriver = {
   // qemu-img create -f luks, convert -O luks (create.ts).
   createOptions: LUKS_CREATE_OPTS,
   create: luksCreateImage,
+  createRemovesFileOnError: true,
+  measure: luksMeasure,
+  checkCreate: (req) => void luksCreateOptions(req),
 
   async getAllocatedFileSize(bs) {
     const file = bs.file!.node;

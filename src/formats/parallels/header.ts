@@ -1,6 +1,7 @@
 /**
  * The Parallels disk image header and block allocation table (BAT): one
- * parser each (read only). Field names as QEMU's block/parallels.c and
+ * parser each; the header's `inuse` field and the BAT have one serializer
+ * each (an image opened read/write for `check -r`). Field names as QEMU's block/parallels.c and
  * docs/interop/parallels.txt.
  *
  * Header (little-endian, 64 bytes):
@@ -22,6 +23,9 @@
  * in clusters (× tracks sectors) for the new one.
  */
 import { u64le, view } from '../on-disk.js';
+
+/** Byte offset of the header's `inuse` field. */
+export const PARALLELS_INUSE_OFFSET = 44;
 
 export const PARALLELS_HEADER_BYTES = 64;
 export const HEADER_MAGIC = 'WithoutFreeSpace';
@@ -65,4 +69,19 @@ export function parseParallelsBat(b: Uint8Array, entries: number): Uint32Array {
   const out = new Uint32Array(entries);
   for (let i = 0; i < entries; i++) out[i] = dv.getUint32(i * 4, true);
   return out;
+}
+
+/** The `inuse` field as stored (4 bytes at PARALLELS_INUSE_OFFSET). */
+export function serializeParallelsInuse(inuse: number): Uint8Array {
+  const b = new Uint8Array(4);
+  view(b).setUint32(0, inuse, true);
+  return b;
+}
+
+/** BAT entries [first, first + count) as stored at 64 + first * 4. */
+export function serializeParallelsBat(bat: Uint32Array, first: number, count: number): Uint8Array {
+  const b = new Uint8Array(count * 4);
+  const dv = view(b);
+  for (let i = 0; i < count; i++) dv.setUint32(i * 4, bat[first + i]!, true);
+  return b;
 }

@@ -1,6 +1,6 @@
 /**
- * The `parallels` format driver (Parallels / Virtuozzo expandable images),
- * read only.
+ * The `parallels` format driver (Parallels / Virtuozzo expandable images):
+ * read, and `check -r` repairs.
  *
  * Clusters of `tracks` sectors are found through the BAT (header.ts). As
  * QEMU's block/parallels.c: open checks the version and magic, refuses zero
@@ -11,11 +11,16 @@
  * An image marked in use (not closed cleanly) opens read-only only, as in
  * QEMU. Beyond QEMU, the BAT and every data cluster read are checked against
  * the end of the file.
+ *
+ * A read/write open (qemu-img check -r) behaves as QEMU 7.2's: open marks the
+ * header in use, close clears the mark and cuts (or extends) the file to the
+ * data end found at open — the highest BAT entry plus a cluster, or the
+ * header's data_off — even when a repair moved the last cluster since.
  */
 import { BlockError } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvPread, readBacking } from '../../block/io.js';
+import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
 import { checkDataInFile, readStructure } from '../on-disk.js';
 import {
@@ -24,8 +29,11 @@ import {
   HEADER_MAGIC2,
   HEADER_VERSION,
   PARALLELS_HEADER_BYTES,
+  PARALLELS_INUSE_OFFSET,
   parseParallelsBat,
   parseParallelsHeader,
+  serializeParallelsBat,
+  serializeParallelsInuse,
 } from './header.js';
 
 const SECTOR = 512;
@@ -40,6 +48,8 @@ interface ParallelsState {
   bat: Uint32Array;
   /** The header's inuse field says the image was not closed cleanly. */
   headerUnclean: boolean;
+  /** QEMU's data_end, in sectors: where close cuts the file of a read/write open. */
+  dataEnd: number;
 }
 
 function st(bs: BlockNode): ParallelsState {
@@ -64,7 +74,7 @@ export const parallelsDriver: BlockDriver = {
     return (h.magic === HEADER_MAGIC || h.magic === HEADER_MAGIC2) && h.version === HEADER_VERSION ? 100 : 0;
   },
 
-  async open(bs) {
+  async open(bs, options) {
     const file = bs.file!.node;
     const image = bs.filename;
     const h = parseParallelsHeader(await readStructure(file, image, 'parallels header', 0, PARALLELS_HEADER_BYTES));
@@ -80,13 +90,30 @@ export const parallelsDriver: BlockDriver = {
     if (h.tracks > Math.floor(0x7fffffff / 513)) throw bad(`Invalid image: Too big cluster (${h.tracks} sectors per track)`, 'EFBIG');
     if (h.batEntries > Math.floor(0x7fffffff / 4)) throw bad(`Catalog too large (${h.batEntries} BAT entries)`, 'EFBIG');
     if (sectors * SECTOR > Number.MAX_SAFE_INTEGER) throw bad(`Invalid image: nb_sectors ${sectors} is too large`, 'EFBIG');
-    if (h.inuse === HEADER_INUSE_MAGIC && !bs.readOnly) {
+    // qemu-img check -r opens it read/write to repair it (QEMU's BDRV_O_CHECK).
+    if (h.inuse === HEADER_INUSE_MAGIC && !bs.readOnly && options['check'] !== true) {
       throw bad('parallels: Image was not closed correctly; cannot be opened read/write', 'EACCES');
     }
     const bat = parseParallelsBat(await readStructure(file, image, 'parallels BAT', PARALLELS_HEADER_BYTES, h.batEntries * 4), h.batEntries);
-    bs.opaque = { image, file, tracks: h.tracks, offMultiplier, bat, headerUnclean: h.inuse === HEADER_INUSE_MAGIC } satisfies ParallelsState;
+    let dataEnd = h.dataOff || Math.ceil((PARALLELS_HEADER_BYTES + h.batEntries * 4) / SECTOR);
+    for (let i = 0; i < bat.length; i++) {
+      const sector = bat[i]! * offMultiplier;
+      if (sector >= dataEnd) dataEnd = sector + h.tracks;
+    }
+    bs.opaque = { image, file, tracks: h.tracks, offMultiplier, bat, headerUnclean: h.inuse === HEADER_INUSE_MAGIC, dataEnd } satisfies ParallelsState;
     bs.totalBytes = sectors * SECTOR;
     bs.limits = { ...bs.limits, requestAlignment: SECTOR };
+    if (!bs.readOnly) {
+      await bdrvPwrite(file, PARALLELS_INUSE_OFFSET, 4, serializeParallelsInuse(HEADER_INUSE_MAGIC));
+      await bdrvFlush(file);
+    }
+  },
+
+  async close(bs) {
+    if (bs.readOnly) return;
+    const s = st(bs);
+    await bdrvPwrite(s.file, PARALLELS_INUSE_OFFSET, 4, serializeParallelsInuse(0));
+    await bdrvTruncate(s.file, s.dataEnd * SECTOR, true);
   },
 
   async preadv(bs, offset, bytes, buf) {
@@ -129,19 +156,29 @@ export const parallelsDriver: BlockDriver = {
   },
 
   async check(bs, fix) {
-    if (fix.leaks || fix.errors) throw new BlockError('ENOTSUP', `${bs.filename}: repairing parallels images is not supported (check without -r)`);
-    return parallelsCheck(st(bs));
+    const s = st(bs);
+    const r = parallelsCheck(s, fix);
+    if (r.batFixed) await bdrvPwrite(s.file, PARALLELS_HEADER_BYTES, s.bat.length * 4, serializeParallelsBat(s.bat, 0, s.bat.length));
+    if (fix.leaks && r.leaks) {
+      await bdrvTruncate(s.file, r.imageEndOffset!, true);
+      r.leaksFixed += r.leaks;
+    }
+    if (!bs.readOnly) await bdrvFlush(s.file);
+    return r;
   },
 };
 
 /**
- * QEMU 7.2's parallels_co_check without repair: an unclean header and
- * clusters starting past the end of the file are corruptions (still counted
- * as allocated, so they move the image end), space past the last cluster is leaked (counted in clusters, reported in bytes — for an
- * image with no cluster the end is taken as one cluster, as QEMU 7.2 does).
+ * QEMU 7.2's parallels_co_check: an unclean header and clusters starting
+ * past the end of the file are corruptions (without -r all still counted as
+ * allocated, so they move the image end; with it the BAT entry is cleared),
+ * space past the last cluster is leaked (counted in clusters, reported in
+ * bytes — for an image with no cluster the end is taken as one cluster, as
+ * QEMU 7.2 does). The caller writes the BAT and cuts the leak.
  */
-function parallelsCheck(s: ParallelsState): CheckResult {
-  const r: CheckResult = {
+function parallelsCheck(s: ParallelsState, fix: { leaks: boolean; errors: boolean }): CheckResult & { batFixed: boolean } {
+  const tag = (repair: boolean) => (repair ? 'Repairing' : 'ERROR');
+  const r: CheckResult & { batFixed: boolean } = {
     corruptions: 0,
     leaks: 0,
     checkErrors: 0,
@@ -151,13 +188,19 @@ function parallelsCheck(s: ParallelsState): CheckResult {
     allocatedClusters: 0,
     fragmentedClusters: 0,
     messages: [],
+    batFixed: false,
   };
   // QEMU's bdrv_getlength: the file's length rounded up to a sector.
   const size = Math.ceil(s.file.totalBytes / SECTOR) * SECTOR;
   const clusterSize = s.tracks * SECTOR;
   if (s.headerUnclean) {
-    r.messages.push('ERROR image was not closed correctly');
+    r.messages.push(`${tag(fix.errors)} image was not closed correctly`);
     r.corruptions++;
+    if (fix.errors) {
+      // Close writes the clean header.
+      r.corruptionsFixed++;
+      s.headerUnclean = false;
+    }
   }
   let high = 0;
   let prev = 0;
@@ -169,8 +212,15 @@ function parallelsCheck(s: ParallelsState): CheckResult {
     }
     // Without repair QEMU 7.2 goes on counting the cluster (allocated, image end) after reporting it.
     if (off > size) {
-      r.messages.push(`ERROR cluster ${i} is outside image`);
+      r.messages.push(`${tag(fix.errors)} cluster ${i} is outside image`);
       r.corruptions++;
+      if (fix.errors) {
+        prev = 0;
+        s.bat[i] = 0;
+        r.corruptionsFixed++;
+        r.batFixed = true;
+        continue;
+      }
     }
     r.allocatedClusters!++;
     if (off > high) high = off;
@@ -179,7 +229,7 @@ function parallelsCheck(s: ParallelsState): CheckResult {
   }
   r.imageEndOffset = high + clusterSize;
   if (size > r.imageEndOffset) {
-    r.messages.push(`ERROR space leaked at the end of the image ${size - r.imageEndOffset}`);
+    r.messages.push(`${tag(fix.leaks)} space leaked at the end of the image ${size - r.imageEndOffset}`);
     r.leaks += Math.ceil((size - r.imageEndOffset) / clusterSize);
   }
   return r;

@@ -195,26 +195,68 @@ export async function qcow2LoadBitmaps(bs: BlockNode, s: Qcow2State): Promise<vo
       if (!(e.flags & BME_FLAG_AUTO)) bm.disabled = true;
       if (!writable) bm.readonly = true;
     }
-    if (needsUpdate && writable) {
-      // In place, as QEMU: with the autoclear bit off nobody trusts the directory while it changes.
-      const dir = serializeBitmapDirectory(s.bitmaps.map((e, i) => ({ ...e, flags: flags[i]! })));
-      if (dir.length !== ext.bitmapDirectorySize) throw new BlockError('EINVAL', `${s.image}: bitmap directory at ${hex(ext.bitmapDirectoryOffset)} cannot be rewritten in place`);
-      await withLock(s, async () => {
-        s.header.autoclearFeatures &= ~QCOW2_AUTOCLEAR_BITMAPS;
-        await writeAutoclearFeatures(s);
-        await syncFile(s);
-        await bdrvPwrite(s.file, ext.bitmapDirectoryOffset, dir.length, dir);
-        await syncFile(s);
-        s.header.autoclearFeatures |= QCOW2_AUTOCLEAR_BITMAPS;
-        await writeAutoclearFeatures(s);
-        await syncFile(s);
-      });
-      s.bitmaps.forEach((e, i) => (e.flags = flags[i]!));
-    }
+    if (needsUpdate && writable) await rewriteDirectoryFlags(s, ext.bitmapDirectoryOffset, ext.bitmapDirectorySize, flags);
   } catch (err) {
     for (const bm of created) releaseDirtyBitmap(bs, bm);
     throw err;
   }
+}
+
+/**
+ * The directory with new flags, in place, as QEMU: with the autoclear bit
+ * off nobody trusts the directory while it changes.
+ */
+async function rewriteDirectoryFlags(s: Qcow2State, offset: number, size: number, flags: number[]): Promise<void> {
+  const dir = serializeBitmapDirectory(s.bitmaps.map((e, i) => ({ ...e, flags: flags[i]! })));
+  if (dir.length !== size) throw new BlockError('EINVAL', `${s.image}: bitmap directory at ${hex(offset)} cannot be rewritten in place`);
+  await withLock(s, async () => {
+    s.header.autoclearFeatures &= ~QCOW2_AUTOCLEAR_BITMAPS;
+    await writeAutoclearFeatures(s);
+    await syncFile(s);
+    await bdrvPwrite(s.file, offset, dir.length, dir);
+    await syncFile(s);
+    s.header.autoclearFeatures |= QCOW2_AUTOCLEAR_BITMAPS;
+    await writeAutoclearFeatures(s);
+    await syncFile(s);
+  });
+  s.bitmaps.forEach((e, i) => (e.flags = flags[i]!));
+}
+
+/**
+ * A read-only node turning read-write (QEMU's qcow2_reopen_bitmaps_rw): the
+ * bitmaps loaded read-only become writable and their directory entries are
+ * marked in use, so a crash from now on leaves them flagged inconsistent.
+ * A node that never loaded them (opened read-write, or a stale extension)
+ * loads them now.
+ */
+export async function qcow2ReopenBitmapsRw(bs: BlockNode, s: Qcow2State): Promise<void> {
+  if (s.bitmapsLoaded) return;
+  const ext = findExtension(s.header, QCOW2_EXT_MAGIC_BITMAPS);
+  const loaded = s.bitmaps.map((e) => findDirtyBitmap(bs, e.name));
+  if (!ext || !s.bitmaps.length || loaded.some((b) => !b)) {
+    // Nothing loaded read-only: load as a read-write open does (with the node already writable for it).
+    for (const b of loaded) if (b) releaseDirtyBitmap(bs, b);
+    bs.readOnly = false;
+    try {
+      await qcow2LoadBitmaps(bs, s);
+    } finally {
+      bs.readOnly = true;
+    }
+    return;
+  }
+  const flags = s.bitmaps.map((e, i) => (loaded[i]!.inconsistent ? e.flags : e.flags | BME_FLAG_IN_USE));
+  if (flags.some((f, i) => f !== s.bitmaps[i]!.flags)) await rewriteDirectoryFlags(s, ext.bitmapDirectoryOffset, ext.bitmapDirectorySize, flags);
+  for (const b of loaded) b!.readonly = false;
+  s.bitmapsLoaded = true;
+}
+
+/** A read-write node turning read-only, after its bitmaps were stored: they stay in memory, read-only (QEMU's qcow2_reopen_prepare). */
+export function qcow2BitmapsReadOnly(bs: BlockNode, s: Qcow2State): void {
+  for (const e of s.bitmaps) {
+    const b = findDirtyBitmap(bs, e.name);
+    if (b) b.readonly = true;
+  }
+  s.bitmapsLoaded = false;
 }
 
 /**

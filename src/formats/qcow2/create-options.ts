@@ -9,7 +9,7 @@ import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import type { ImageCreateRequest, PreallocMode } from '../../block/driver.js';
 import { optBool, optNumber, type OptionDesc, type OptionValues } from '../../block/options.js';
-import { createQcow2, type Qcow2CreateOptions } from './create.js';
+import { createQcow2, validateQcow2CreateOptions, type Qcow2CreateOptions } from './create.js';
 import { amendQcow2, type Qcow2AmendOptions } from './amend.js';
 
 const PREALLOC_MODES: readonly PreallocMode[] = ['off', 'metadata', 'falloc', 'full'];
@@ -98,6 +98,11 @@ export function qcow2OptionsFromValues(values: OptionValues, size: number, origi
 /** The driver's `create` hook: a new qcow2 image in `file`, its external data file opened through the request. */
 export async function qcow2CreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
   const o = qcow2OptionsFromValues(req.values, req.size, req.origin);
+  if (!Number.isSafeInteger(o.size)) {
+    // qcow2_co_create's checks first (an image too large for its cluster size has QEMU's message), then ours.
+    validateQcow2CreateOptions(o);
+    throw new BlockError('EFBIG', `Image size ${req.values.get('size') ?? o.size} is too large (blocktab handles sizes below 2^53 bytes)`);
+  }
   const data = o.dataFile !== undefined ? await req.openFile('data_file') : undefined;
   await createQcow2(file, o, data);
 }

@@ -345,7 +345,8 @@ export async function createQcow2(file: BlockNode, o: Qcow2CreateOptions, dataFi
   // Data area (falloc/full) first: the file grows to its final size.
   if (plan.dataArea) {
     const [a, b] = plan.dataArea;
-    await bdrvTruncate(file, Math.max(file.totalBytes, b));
+    // falloc allocates the area in the file (as QEMU's fallocate), full writes zeros.
+    await bdrvTruncate(file, Math.max(file.totalBytes, b), false, o2.preallocation === 'falloc' ? 'falloc' : 'off');
     if (o2.preallocation === 'full') await writeZeros(file, a, b - a);
   }
   // L2 tables.
@@ -386,7 +387,7 @@ export async function createQcow2(file: BlockNode, o: Qcow2CreateOptions, dataFi
   if (file.totalBytes < plan.fileEnd) await bdrvTruncate(file, plan.fileEnd);
 
   if (dataFile) {
-    await bdrvTruncate(dataFile, h.size);
+    await bdrvTruncate(dataFile, h.size, false, o2.preallocation === 'falloc' ? 'falloc' : 'off');
     if (o2.preallocation === 'full') await writeZeros(dataFile, 0, h.size);
     await bdrvFlush(dataFile);
   }

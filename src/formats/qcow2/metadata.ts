@@ -32,8 +32,14 @@ export async function syncFile(s: Qcow2State): Promise<void> {
   await bdrvFlush(s.file);
 }
 
+/** Fails every request after this open marked the image corrupt, as QEMU's node without a driver ("No medium found"). */
+export function checkUsable(s: Qcow2State): void {
+  if (s.rw.unusable) throw new BlockError('ENOMEDIUM', `${s.image}: No medium found (the image was marked corrupt)`);
+}
+
 /** Fails fast once the image was found inconsistent. */
 export function checkNotCorrupt(s: Qcow2State): void {
+  checkUsable(s);
   if (s.rw.corrupt) throw new BlockError('EIO', `${s.image}: image marked corrupt: writes are refused until it is repaired (qemu-img check -r all)`);
 }
 
@@ -44,6 +50,9 @@ export function checkNotCorrupt(s: Qcow2State): void {
 export async function markCorrupt(s: Qcow2State, what: string): Promise<BlockError> {
   const first = !s.rw.corrupt;
   s.rw.corrupt = true;
+  s.rw.unusable = true;
+  // QEMU's notice on stderr, once per open image (qcow2_signal_corruption).
+  if (first) s.warn?.(`qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`);
   if (first && s.header.version === 3) {
     s.header.incompatibleFeatures |= QCOW2_INCOMPAT_CORRUPT;
     try {

@@ -33,11 +33,12 @@
  */
 import { parseOverlapCheck, setOverlapCheck } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
+import { qemuStrtosz } from '../../block/options.js';
 import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
-import { openFileChild } from '../../block/open.js';
+import { openContext, openFileChild } from '../../block/open.js';
 import {
   BDRV_BLOCK_COMPRESSED,
   BDRV_BLOCK_DATA,
@@ -70,16 +71,17 @@ import { detectMetadataPreallocation } from './refcount.js';
 import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
 import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2ChangeBackingFile } from './change-backing.js';
-import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage } from './create-options.js';
+import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage, qcow2OptionsFromValues } from './create-options.js';
+import { validateQcow2CreateOptions } from './create.js';
 import { qcow2Measure } from './measure.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
-import { qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
+import { qcow2BitmapsReadOnly, qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2ReopenBitmapsRw, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
 import { newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { dropRefcountCache } from './refcount.js';
 import { flushMetadata } from './l1.js';
-import { clearDirtyBit, withLock } from './metadata.js';
+import { checkUsable, clearDirtyBit, withLock } from './metadata.js';
 import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed, qcow2CompressCluster } from './write.js';
 import {
   L2_COMPRESSED,
@@ -96,6 +98,8 @@ export type { Qcow2State } from './state.js';
 export const DEFAULT_L2_CACHE_MAX_SIZE = 32 * 1024 * 1024;
 /** QEMU's MIN_L2_CACHE_SIZE, in clusters. */
 export const MIN_L2_CACHE_CLUSTERS = 2;
+/** QEMU's MIN_REFCOUNT_CACHE_SIZE, in clusters: what cache-size leaves the refcount cache at least. */
+export const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
 
 /** The driver state of an open qcow2 node (for the write path, snapshot and check code). */
 export function qcow2State(bs: BlockNode): Qcow2State {
@@ -103,10 +107,12 @@ export function qcow2State(bs: BlockNode): Qcow2State {
   return bs.state<Qcow2State>();
 }
 
+/** A size option: a number (QMP) or QemuOpts size text with k/M/G suffixes and fractions ("0.25M", from -o). */
 function optionInt(bs: BlockNode, options: Record<string, unknown>, key: string): number | undefined {
   const v = options[key];
   if (v === undefined) return undefined;
-  const n = typeof v === 'string' ? Number(v) : (v as number);
+  const big = typeof v === 'string' ? qemuStrtosz(v) : undefined;
+  const n = typeof v === 'string' ? (big === undefined ? NaN : Number(big)) : (v as number);
   if (!Number.isSafeInteger(n) || n < 0) throw new BlockError('EINVAL', `${bs.filename}: qcow2 option '${key}' must be a non-negative integer`);
   return n;
 }
@@ -124,7 +130,24 @@ export function l2CacheGeometry(
     throw new BlockError('EINVAL', `${bs.filename}: L2 cache entry size must be a power of two between 512 and the cluster size (${clusterSize})`);
   }
   const maxL2Cache = Math.ceil((Math.ceil(virtualSize / clusterSize) * l2EntryBytes) / clusterSize) * clusterSize;
-  let size = optionInt(bs, options, 'l2-cache-size') ?? Math.min(maxL2Cache, DEFAULT_L2_CACHE_MAX_SIZE);
+  // cache-size is shared between the L2 and refcount caches (QEMU's read_cache_sizes, with its checks and words).
+  const combined = optionInt(bs, options, 'cache-size');
+  const l2Set = optionInt(bs, options, 'l2-cache-size');
+  const refcountSet = optionInt(bs, options, 'refcount-cache-size');
+  const fail = (why: string): never => {
+    throw new BlockError('EINVAL', `${bs.filename}: ${why}`);
+  };
+  let size = l2Set ?? Math.min(maxL2Cache, DEFAULT_L2_CACHE_MAX_SIZE);
+  if (combined !== undefined) {
+    if (l2Set !== undefined && refcountSet !== undefined) fail('cache-size, l2-cache-size and refcount-cache-size may not be set at the same time');
+    if (l2Set !== undefined && l2Set > combined) fail('l2-cache-size may not exceed cache-size');
+    if (refcountSet !== undefined && refcountSet > combined) fail('refcount-cache-size may not exceed cache-size');
+    if (refcountSet !== undefined) size = combined - refcountSet;
+    else if (l2Set === undefined) {
+      const minRefcountCache = MIN_REFCOUNT_CACHE_CLUSTERS * clusterSize;
+      size = combined >= maxL2Cache + minRefcountCache ? maxL2Cache : combined - Math.min(combined, minRefcountCache);
+    }
+  }
   size = Math.max(size, MIN_L2_CACHE_CLUSTERS * clusterSize);
   return { entrySize, slices: Math.max(2, Math.floor(size / entrySize)) };
 }
@@ -200,6 +223,7 @@ export const qcow2Driver: BlockDriver = {
 
     const s: Qcow2State = {
       image,
+      warn: openContext(bs)?.warn,
       header: h,
       clusterBits,
       clusterSize,
@@ -266,6 +290,18 @@ export const qcow2Driver: BlockDriver = {
     }
   },
 
+  async reopen(bs, readOnly) {
+    const s = bs.state<Qcow2State>();
+    if (readOnly) {
+      // As QEMU's qcow2_reopen_prepare: bitmaps stored and metadata written while the file still takes writes.
+      await qcow2StoreBitmaps(bs, s);
+      await withLock(s, () => flushMetadata(s));
+      qcow2BitmapsReadOnly(bs, s);
+    } else {
+      await qcow2ReopenBitmapsRw(bs, s);
+    }
+  },
+
   canStoreNewDirtyBitmap(bs, name, granularity) {
     qcow2CanStoreNewBitmap(bs, bs.state<Qcow2State>(), name, granularity);
   },
@@ -300,6 +336,9 @@ export const qcow2Driver: BlockDriver = {
     await withLock(s, async () => {
       await prepareWrite(s);
       await qcow2DiscardRange(bs, s, offset, bytes, false);
+      // QEMU frees discarded clusters at once (the L2 change ordered before the refcount one), so the next
+      // allocation reuses them; ours wait for the tables to be stable, so make them stable now.
+      if (s.rw.deferredFrees.length) await flushMetadata(s);
       await afterWrite(s);
     });
   },
@@ -319,11 +358,14 @@ export const qcow2Driver: BlockDriver = {
   },
 
   async preadv(bs, offset, bytes, buf) {
-    await qcow2Read(bs, bs.state<Qcow2State>(), offset, bytes, buf);
+    const s = bs.state<Qcow2State>();
+    checkUsable(s);
+    await qcow2Read(bs, s, offset, bytes, buf);
   },
 
   async blockStatus(bs, _wantZero, offset, bytes) {
     const s = bs.state<Qcow2State>();
+    checkUsable(s);
     if (s.metadataPreallocation === undefined) {
       // QEMU computes this once, on the first block-status call; a failure means "no".
       s.metadataPreallocation = await detectMetadataPreallocation(s).catch(() => false);
@@ -415,6 +457,9 @@ export const qcow2Driver: BlockDriver = {
   // What qemu-img needs per format: create-options.ts (create, amend), measure.ts, make-empty.ts.
   createOptions: QCOW2_CREATE_OPTS,
   create: qcow2CreateImage,
+  createChecksSize: true,
+  createRemovesFileOnError: true,
+  checkCreate: (req) => validateQcow2CreateOptions(qcow2OptionsFromValues(req.values, req.size, req.origin)),
   measure: qcow2Measure,
   amendOptions: QCOW2_AMEND_OPTS,
   amend: qcow2AmendImage,

@@ -157,7 +157,10 @@ async function loadRefblock(s: Qcow2State, offset: number, index: number): Promi
     cache.set(offset, hit);
     return hit;
   }
-  if (offset % s.clusterSize !== 0) throw refError(s, `Refblock offset ${hex(offset)} unaligned (reftable index ${hex(index)})`);
+  if (offset % s.clusterSize !== 0) {
+    // QEMU's words (%#x: index 0 prints as "0"); fatal, as in qcow2_get_refcount / alloc_refcount_block.
+    throw await markCorrupt(s, `Refblock offset ${hex(offset)} unaligned (reftable index: ${index === 0 ? '0' : hex(index)})`);
+  }
   if (offset + s.clusterSize > s.file.totalBytes) {
     throw refError(s, `refcount block at ${hex(offset)} (reftable index ${hex(index)}) extends beyond the end of the file`);
   }
@@ -299,28 +302,39 @@ export async function updateRefcount(s: Qcow2State, offset: number, bytes: numbe
 }
 
 /**
- * Makes sure refcount blocks exist for clusters [c, c + n); true when one had
- * to be allocated (the caller's choice of free clusters may be stale then).
+ * Makes sure refcount blocks exist for clusters [c, c + n); allocates the
+ * first missing one and returns its table index (the caller's choice of free
+ * clusters may be stale then), or -1 when none was missing.
  */
-async function ensureRefblocks(s: Qcow2State, c: number, n: number): Promise<boolean> {
+async function ensureRefblocks(s: Qcow2State, c: number, n: number): Promise<number> {
   const per = refblockEntries(s);
   for (let i = Math.floor(c / per); i <= Math.floor((c + n - 1) / per); i++) {
     const table = await loadRefcountTable(s);
     if (i >= table.length || table[i] === 0) {
       await allocRefblock(s, i);
-      return true;
+      return i;
     }
   }
-  return false;
+  return -1;
 }
 
 /** `n` contiguous free host clusters with refcount 1; returns the first one's offset. */
 export async function allocateClusters(s: Qcow2State, n: number): Promise<number> {
   if (!Number.isSafeInteger(n) || n < 1) throw new BlockError('EINVAL', `${s.image}: cannot allocate ${n} clusters`);
+  const per = refblockEntries(s);
   for (;;) {
     await bdrvDebugEvent(s.file, 'cluster_alloc');
     const c = await findFreeRun(s, n);
-    if (await ensureRefblocks(s, c, n)) continue;
+    // As QEMU's alloc_clusters_noref, the hint moves past the run before its refcounts are set, so a
+    // refcount block the run needs lands after the run (and describes itself when it falls in its own range).
+    s.rw.freeClusterIndex = c + n;
+    const made = await ensureRefblocks(s, c, n);
+    if (made >= 0) {
+      // QEMU's update_refcount undoes the part of the run it had counted (blocks that existed), which
+      // brings the hint back to the run's start; a run whose first block was missing starts after the new block.
+      if (Math.floor(c / per) < made) s.rw.freeClusterIndex = Math.min(s.rw.freeClusterIndex, c);
+      continue;
+    }
     await updateRefcount(s, c * s.clusterSize, n * s.clusterSize, 1);
     s.rw.freeClusterIndex = c + n;
     return c * s.clusterSize;
@@ -343,7 +357,7 @@ export async function allocateBytes(s: Qcow2State, size: number): Promise<number
     if (!offset || freeInCluster < size) {
       // A fresh cluster; when it directly follows the partly used one the data may straddle both.
       const c = await findFreeRun(s, 1);
-      if (await ensureRefblocks(s, c, 1)) continue;
+      if ((await ensureRefblocks(s, c, 1)) >= 0) continue;
       if (!offset || Math.ceil(offset / cs) !== c) {
         offset = c * cs;
         freeInCluster = cs;

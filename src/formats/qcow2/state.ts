@@ -12,6 +12,8 @@ import { l1EntryCopied, l1EntryOffset } from './l2-entry.js';
 export interface Qcow2State {
   /** Image name for messages. */
   image: string;
+  /** Where QEMU's stderr lines about the image go (the corruption notice); the opener's warn. */
+  warn?: (message: string) => void;
   header: Qcow2Header;
   clusterBits: number;
   clusterSize: number;
@@ -90,6 +92,11 @@ export interface Qcow2RwState {
   lock: Promise<void>;
   /** Set once an inconsistency was found: every later write fails with EIO. */
   corrupt: boolean;
+  /**
+   * Set when this open found the corruption (QEMU's fatal qcow2_signal_corruption,
+   * which drops the node's driver): every later request fails with ENOMEDIUM.
+   */
+  unusable: boolean;
   /** The header's dirty bit is set on disk by us (lazy refcounts). */
   dirtyBitSet: boolean;
   /** The header was prepared for writing (autoclear bits cleared). */
@@ -110,6 +117,7 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     metaClusters: null,
     lock: Promise.resolve(),
     corrupt: false,
+    unusable: false,
     dirtyBitSet: false,
     headerPrepared: false,
   };

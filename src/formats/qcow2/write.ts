@@ -459,7 +459,8 @@ export async function qcow2ZeroRange(bs: BlockNode, s: Qcow2State, offset: numbe
   const cs = s.clusterSize;
   const ext = s.extendedL2;
   const scs = s.subclusterSize;
-  await modifyEntries(s, offset, bytes, bs.cowNode() !== null, async (d, idx, a, b, guest) => {
+  // QEMU's zero_in_l2_slice allocates missing L2 tables even without a backing file: the range becomes zero clusters, which count as allocated.
+  await modifyEntries(s, offset, bytes, true, async (d, idx, a, b, guest) => {
     const e = readL2Entry(d, idx, ext);
     const full = a === 0 && (b === cs || guest + b >= bs.totalBytes);
     if (!full) {

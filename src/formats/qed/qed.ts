@@ -13,14 +13,15 @@
  * as QEMU's file_size): data first (with copy-on-write from the backing file
  * for a partial cluster), then a new L2 table or the changed L2 entries, then
  * the L1 entry — so a crash can only leak clusters. An image whose
- * QED_F_NEED_CHECK bit is set (not closed cleanly by QEMU) opens read-only
- * only: QEMU repairs it on a read-write open, and we refuse to write rather
- * than write to an unchecked image.
+ * QED_F_NEED_CHECK bit is set (not closed cleanly by QEMU) is checked and
+ * repaired on a read-write open, as QEMU does (invalid table entries
+ * cleared, the bit cleared when nothing is left corrupt); a read-only open
+ * reads it as it is.
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
+import { bdrvFlush, bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { readStructure } from '../on-disk.js';
 import { QED_CREATE_OPTS, qedCreateImage } from './create.js';
@@ -193,7 +194,7 @@ export const qedDriver: BlockDriver = {
     return magic === QED_MAGIC ? 100 : 0;
   },
 
-  async open(bs) {
+  async open(bs, options) {
     const file = bs.file!.node;
     const image = bs.filename;
     const header = parseQedHeader(await readStructure(file, image, 'QED header', 0, QED_HEADER_BYTES));
@@ -229,14 +230,16 @@ export const qedDriver: BlockDriver = {
       bs.backingFile = new TextDecoder().decode(name);
       bs.backingFormat = header.features & QED_F_BACKING_FORMAT_NO_PROBE ? 'raw' : null;
     }
-    if (!bs.readOnly && header.features & QED_F_NEED_CHECK) {
-      throw new BlockError('EPERM', `${image}: the QED image was not closed cleanly (QED_F_NEED_CHECK); open it read-only or repair it with 'qemu-img check -r all'`);
-    }
     s.l1 = parseQedTable(await readStructure(file, image, 'QED L1 table', header.l1TableOffset, s.tableBytes));
     if (!bs.readOnly && header.autoclearFeatures !== 0) {
       // No autoclear feature is known: clear them all, as QEMU does on a read-write open.
       header.autoclearFeatures = 0;
       await bdrvPwrite(file, 0, QED_HEADER_BYTES, serializeQedHeader(header));
+    }
+    // QEMU's open-time repair; under qemu-img check (BDRV_O_CHECK) the check itself does it.
+    if (!bs.readOnly && header.features & QED_F_NEED_CHECK && options['check'] !== true) {
+      const r = await qedCheck(s, true);
+      if (r.checkErrors) throw new BlockError('EIO', `${image}: the QED image was not closed cleanly (QED_F_NEED_CHECK) and its repair could not read every L2 table`);
     }
     bs.opaque = s;
     bs.totalBytes = header.imageSize;
@@ -276,18 +279,21 @@ export const qedDriver: BlockDriver = {
   },
 
   async check(bs, fix) {
-    if (fix.leaks || fix.errors) throw new BlockError('ENOTSUP', `${bs.filename}: repairing qed images is not supported (check without -r)`);
-    return qedCheck(st(bs));
+    // Any -r repairs, as QEMU's bdrv_qed_co_check (leaks are only counted).
+    return qedCheck(st(bs), fix.leaks || fix.errors);
   },
 };
 
 /**
- * QEMU's qed_check (block/qed-check.c), without repair: every table and data
- * cluster must be a valid cluster offset referenced once; clusters of the
- * file (past the header) that nothing references are leaks — counted only
- * when the whole image could be scanned.
+ * QEMU's qed_check (block/qed-check.c): every table and data cluster must be
+ * a valid cluster offset referenced once; clusters of the file (past the
+ * header) that nothing references are leaks — counted only when the whole
+ * image could be scanned. With `fix`, entries with invalid offsets are
+ * cleared (the fixed L2 tables, then the L1 table, written whole), leaks stay
+ * (QED never shrinks its file), and when nothing corrupt is left the
+ * QED_F_NEED_CHECK bit is cleared.
  */
-async function qedCheck(s: QedState): Promise<CheckResult> {
+async function qedCheck(s: QedState, fix: boolean): Promise<CheckResult> {
   const cs = s.clusterSize;
   const r: CheckResult = {
     corruptions: 0,
@@ -311,12 +317,18 @@ async function qedCheck(s: QedState): Promise<CheckResult> {
     r.corruptions += dup;
     return dup === 0;
   };
+  const invalid = () => (fix ? r.corruptionsFixed++ : r.corruptions++);
+  let l1Fixed = false;
   markUsed(s.header.l1TableOffset, s.header.tableSize);
   for (let i = 0; i < s.tableNelems; i++) {
     const l2Offset = s.l1[i]!;
     if (l2Offset === 0) continue;
     if (!tableOffsetOk(s, l2Offset)) {
-      r.corruptions++;
+      invalid();
+      if (fix) {
+        s.l1[i] = 0;
+        l1Fixed = true;
+      }
       continue;
     }
     if (!markUsed(l2Offset, s.header.tableSize)) continue;
@@ -329,6 +341,7 @@ async function qedCheck(s: QedState): Promise<CheckResult> {
     }
     // Fragmentation as QEMU counts it: within one L2 table, an allocated entry not right after the previous one.
     let last = 0;
+    let l2Fixed = false;
     for (let k = 0; k < s.tableNelems; k++) {
       const off = table[k]!;
       if (off === 0 || off === QED_ZERO_CLUSTER) continue;
@@ -336,14 +349,39 @@ async function qedCheck(s: QedState): Promise<CheckResult> {
       if (last && last + cs !== off) r.fragmentedClusters!++;
       last = off;
       if (!clusterOffsetOk(s, off)) {
-        r.corruptions++;
+        invalid();
+        if (fix) {
+          table[k] = 0;
+          l2Fixed = true;
+        }
         continue;
       }
       markUsed(off, 1);
     }
+    if (l2Fixed) {
+      s.l2Cache.delete(l2Offset);
+      try {
+        await bdrvPwrite(s.file, l2Offset, s.tableBytes, serializeQedTable(table, 0, s.tableNelems));
+      } catch {
+        r.checkErrors++;
+      }
+    }
+  }
+  if (l1Fixed) {
+    try {
+      await bdrvPwrite(s.file, s.header.l1TableOffset, s.tableBytes, serializeQedTable(s.l1, 0, s.tableNelems));
+    } catch {
+      r.checkErrors++;
+    }
   }
   if (r.checkErrors === 0) {
     for (let c = s.header.headerSize; c < nclusters; c++) if (!(used[c >> 3]! & (1 << (c & 7)))) r.leaks++;
+    // QEMU's qed_check_mark_clean: the fixes reach the disk before the bit is cleared.
+    if (fix && r.corruptions === 0 && s.header.features & QED_F_NEED_CHECK) {
+      await bdrvFlush(s.file);
+      s.header.features -= QED_F_NEED_CHECK;
+      await bdrvPwrite(s.file, 0, QED_HEADER_BYTES, serializeQedHeader(s.header));
+    }
   }
   return r;
 }

@@ -5,6 +5,12 @@
  * Raw is the probing fallback. When it was only guessed, a write that would
  * make block 0 look like another format is refused, as QEMU does, so a guest
  * cannot turn its disk into, say, a qcow2 header pointing at host files.
+ * QEMU checks each write's own first sector (it makes probed images
+ * sector-aligned); we probe the first PROBE_BUF_SIZE bytes as they would be
+ * after the write, so the check also covers writes that build a header piece
+ * by piece. Such writes run one at a time (`headQueue`), or two concurrent
+ * halves could each pass alone. Zero writes and discards are checked too: a
+ * range that reads as zeros afterwards must not make another format either.
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { probeFormat, type BlockDriver, PROBE_BUF_SIZE } from '../../block/driver.js';
@@ -18,6 +24,31 @@ interface RawState {
   offset: number;
   /** Fixed window size, or undefined to follow the file's length. */
   size: number | undefined;
+  /** The last of the guarded writes to the probed head (they run in turn). */
+  headQueue?: Promise<unknown>;
+}
+
+/**
+ * Runs `write` (which changes `bytes` at `offset` to `data`, or to zeros
+ * when null) after checking that the image's head would still probe as raw;
+ * only on a guessed raw image, for requests that reach the head.
+ */
+async function guardHead(bs: BlockNode, offset: number, bytes: number, data: Uint8Array | null, write: () => Promise<void>): Promise<void> {
+  if (!bs.probedAsRaw || offset >= PROBE_BUF_SIZE || bytes <= 0) return write();
+  const s = st(bs);
+  const run = (s.headQueue ?? Promise.resolve()).catch(() => {}).then(async () => {
+    const head = new Uint8Array(Math.min(PROBE_BUF_SIZE, bs.totalBytes));
+    await bdrvPread(bs, 0, head.length, head);
+    const end = Math.min(offset + bytes, head.length);
+    if (data) head.set(data.subarray(0, end - offset), offset);
+    else head.fill(0, offset, end);
+    if (probeFormat(head, bs.filename).driver.name !== 'raw') {
+      throw new BlockError('EPERM', `${bs.filename}: write to block 0 refused: the image was probed as raw and the write would make it look like another format`);
+    }
+    await write();
+  });
+  s.headQueue = run;
+  return run;
 }
 
 function st(bs: BlockNode): RawState {
@@ -66,22 +97,16 @@ export const rawDriver: BlockDriver = {
     await bdrvPread(file(bs), offset + st(bs).offset, bytes, buf);
   },
   async pwritev(bs, offset, bytes, buf, flags) {
-    if (bs.probedAsRaw && offset < PROBE_BUF_SIZE && bytes > 0) {
-      const head = new Uint8Array(Math.min(PROBE_BUF_SIZE, bs.totalBytes));
-      await bdrvPread(bs, 0, head.length, head);
-      head.set(buf.subarray(0, Math.min(bytes, head.length - offset)), offset);
-      if (probeFormat(head, bs.filename).driver.name !== 'raw') {
-        throw new BlockError('EPERM', `${bs.filename}: write to block 0 refused: the image was probed as raw and the write would make it look like another format`);
-      }
-    }
-    await blkdbgEvent(bs.file, 'write_aio');
-    await bdrvPwrite(file(bs), offset + st(bs).offset, bytes, buf, flags);
+    await guardHead(bs, offset, bytes, buf, async () => {
+      await blkdbgEvent(bs.file, 'write_aio');
+      await bdrvPwrite(file(bs), offset + st(bs).offset, bytes, buf, flags);
+    });
   },
   async pwriteZeroes(bs, offset, bytes, flags) {
-    await bdrvPwriteZeroes(file(bs), offset + st(bs).offset, bytes, flags);
+    await guardHead(bs, offset, bytes, null, () => bdrvPwriteZeroes(file(bs), offset + st(bs).offset, bytes, flags));
   },
   async pdiscard(bs, offset, bytes) {
-    await bdrvPdiscard(file(bs), offset + st(bs).offset, bytes);
+    await guardHead(bs, offset, bytes, null, () => bdrvPdiscard(file(bs), offset + st(bs).offset, bytes));
   },
   async truncate(bs, size, exact, prealloc) {
     const s = st(bs);

@@ -11,7 +11,8 @@
  * inside the file and outside every region.
  *
  * Reads go block by block through the BAT. Differencing images (HasParent),
- * which QEMU cannot open, are read here: a partially present block consults
+ * which QEMU cannot open or create, are read here (a read/write open is
+ * refused with QEMU's "Operation not supported"): a partially present block consults
  * its sector bitmap, sectors not present come from the parent named by the
  * parent locator's relative_path (opened in the same storage namespace).
  *
@@ -439,6 +440,8 @@ export const vhdxDriver: BlockDriver = {
     await parseLog(bs, s);
     const { bat, metadata } = await readRegionTable(bs, s);
     await readMetadata(bs, s, metadata);
+    // QEMU refuses differencing images here (ENOTSUP, no message of its own); we read them but never write them.
+    if (s.params.hasParent && !bs.readOnly) throw new BlockError('ENOTSUP', `${image}: Operation not supported`);
 
     s.batCount = batEntries(s.virtualDiskSize, s.blockSize, s.chunkRatio, s.params.hasParent);
     s.batOffset = bat.fileOffset;

@@ -30,7 +30,7 @@ import { DESCRIPTOR_FILE_CREATE_TYPES, MAX_DESCRIPTOR_BYTES, parseDescriptor, ty
 import { allocateGrain, writeCompressedGrain, flatExtent, grainRun, loadGrainTable, openSparseExtent, readCompressedGrain, readData, setGrainTableEntry, type VmdkExtent } from './extent.js';
 import { VMDK_GTE_ZEROED } from './sparse-header.js';
 import { SECTOR_SIZE, VMDK3_MAGIC, VMDK4_MAGIC } from './sparse-header.js';
-import { VMDK_CREATE_OPTS, vmdkCreateImage } from './create-options.js';
+import { VMDK_CREATE_OPTS, vmdkCreateImage, vmdkOptionsFromValues } from './create-options.js';
 
 /** Bytes of descriptor QEMU reads for CID, parentCID and parentFileNameHint. */
 const DESC_SIZE = 20 * SECTOR_SIZE;
@@ -173,6 +173,7 @@ export const vmdkDriver: BlockDriver = {
   supportsBacking: true,
   createOptions: VMDK_CREATE_OPTS,
   create: vmdkCreateImage,
+  checkCreate: (req) => void vmdkOptionsFromValues(req.values),
 
   probe: (head) => vmdkProbe(head),
 

@@ -97,7 +97,7 @@ export const VPC_CREATE_OPTS: readonly OptionDesc[] = [
 /** The driver's `create` hook (qemu-img create -f vpc, convert -O vpc). */
 export function vpcCreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
   const sub = req.values.get('subformat') ?? 'dynamic';
-  if (sub !== 'dynamic' && sub !== 'fixed') throw new BlockError('EINVAL', `Invalid subformat '${sub}' (vpc supports dynamic and fixed)`);
+  if (sub !== 'dynamic' && sub !== 'fixed') throw new BlockError('EINVAL', `Parameter 'subformat' does not accept value '${sub}'`);
   const size = req.origin === 'qemu-img' ? Math.ceil(req.size / 512) * 512 : req.size;
   return createVpc(file, { size, subformat: sub, forceSize: optBool(req.values, 'force_size') ?? false });
 }
