@@ -225,7 +225,9 @@ async function readConfigFile(bs: BlockNode, path: string): Promise<string> {
   try {
     const buf = new Uint8Array(node.totalBytes);
     await bdrvPread(node, 0, buf.length, buf);
-    return new TextDecoder().decode(buf);
+    // A host file's length counts in whole sectors: the tail past its real end reads as zeros.
+    const end = buf.indexOf(0);
+    return new TextDecoder().decode(end < 0 ? buf : buf.subarray(0, end));
   } finally {
     node.closed = true;
     await node.driver.close?.(node);
