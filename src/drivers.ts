@@ -18,4 +18,6 @@ import './formats/cloop/index.js';
 import './formats/bochs/index.js';
 import './formats/luks/index.js';
 import './filters/throttle.js';
+import './filters/blkdebug.js';
+import './protocols/null.js';
 import './filters/copy-on-read.js';

@@ -157,6 +157,11 @@ export interface BlockDriver {
   readonly hasZeroInit?: boolean;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
+  /**
+   * A protocol with no storage behind it (null-co): opened from its options
+   * alone (a BlockNode made with them, then `open`), anywhere.
+   */
+  readonly standalone?: boolean;
 
   /**
    * blockdev-add's members for this format (QAPI BlockdevOptions<Format>), as

@@ -18,8 +18,14 @@ import type { BlockNode } from './node.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
 import { truncateDirtyBitmaps } from './dirty-bitmap.js';
 import { afterWrite, beforeWrite, hasAfterWriteHooks, hasBeforeWriteHooks } from './before-write.js';
+import { bdrvDebugEvent, type BlkdebugEvent } from './debug-event.js';
 
 /** What every write that landed tells the node: its dirty bitmaps, and the highest offset written. */
+/** Raises a debug event on `bs` (see debug-event.ts); no await at all unless a driver listens. */
+function debugEvent(bs: BlockNode, event: BlkdebugEvent): Promise<void> | undefined {
+  return bdrvDebugEvent(bs, event);
+}
+
 function writeFinished(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags): void {
   if (flags.copyOnRead) return;
   if (offset + bytes > bs.wrHighestOffset) bs.wrHighestOffset = offset + bytes;
@@ -195,11 +201,13 @@ async function writeAligned(bs: BlockNode, offset: number, bytes: number, buf: U
   const drv = bs.driver;
   if (!drv.pwritev) throw new BlockError('ENOTSUP', `${bs.filename}: the ${drv.name} driver cannot write`);
   const max = bs.limits.maxTransfer;
+  await debugEvent(bs, 'pwritev');
   for (let done = 0; done < bytes; ) {
     const n = Math.min(bytes - done, max);
     await drv.pwritev(bs, offset + done, n, buf.subarray(done, done + n), driverFlags(flags));
     done += n;
   }
+  await debugEvent(bs, 'pwritev_done');
 }
 
 /**
@@ -251,9 +259,20 @@ async function pwrite(
       const len = alignedEnd - start;
       const bounce = allocBuffer(len);
       try {
-        // Only the head and tail blocks need their old contents.
-        await readAligned(bs, start, align, bounce.subarray(0, align));
-        if (alignedEnd - align > start) await readAligned(bs, alignedEnd - align, align, bounce.subarray(len - align, len));
+        // Only the head and tail blocks need their old contents; one read when they are all there is (QEMU's merged padding reads).
+        const head = offset - start;
+        const tail = alignedEnd - end;
+        const merged = len === (len > align && head && tail ? 2 * align : align);
+        if (head || merged) {
+          await debugEvent(bs, 'pwritev_rmw_head');
+          await readAligned(bs, start, merged ? len : align, bounce.subarray(0, merged ? len : align));
+          await debugEvent(bs, 'pwritev_rmw_after_head');
+        }
+        if (tail && !merged) {
+          await debugEvent(bs, 'pwritev_rmw_tail');
+          await readAligned(bs, alignedEnd - align, align, bounce.subarray(len - align, len));
+          await debugEvent(bs, 'pwritev_rmw_after_tail');
+        }
         bounce.set(data, offset - start);
         await writeAligned(bs, start, len, bounce, flags);
       } finally {
@@ -304,6 +323,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
       try {
         const max = bs.limits.maxTransfer;
         await trackedWrite(bs, headEnd, tailStart, false, async () => {
+          await debugEvent(bs, 'pwritev_zero');
           for (let o = headEnd; o < tailStart; ) {
             const n = Math.min(tailStart - o, Math.max(max - (max % align), align));
             await drv.pwriteZeroes!(bs, o, n, driverFlags(flags));
@@ -345,7 +365,9 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
 /** Flushes the node, then the children it writes to (file, data file). */
 export async function bdrvFlush(bs: BlockNode): Promise<void> {
   if (bs.closed) return;
+  if (bs.file && !bs.readOnly) await debugEvent(bs.file.node, 'flush_to_os');
   if (!bs.readOnly && bs.driver.flush && !(bs.noFlush && bs.driver.kind === 'protocol')) await bs.driver.flush(bs);
+  if (bs.file && !bs.readOnly && !bs.noFlush) await debugEvent(bs.file.node, 'flush_to_disk');
   if (bs.file && !bs.file.node.readOnly) await bdrvFlush(bs.file.node);
   if (bs.dataFile && !bs.dataFile.node.readOnly) await bdrvFlush(bs.dataFile.node);
 }

@@ -163,8 +163,37 @@ function backingKeyOptions(options: Record<string, unknown>): Record<string, unk
   return Object.keys(out).length ? out : undefined;
 }
 
+/** Opens the backing file named in `bs`'s header, as openImage does for each image of a chain. */
+export function openHeaderBacking(ctx: OpenContext, bs: BlockNode): Promise<void> {
+  return openBacking(ctx, bs, [bs.filename]);
+}
+
+/**
+ * Opens a backing name that stands for options (`json:{…}`, `blkdebug:…`)
+ * rather than a file; src/block/open-tree.ts installs it. Undefined: the
+ * name is an ordinary file name.
+ */
+export type OptionsNameOpener = (ctx: OpenContext, name: string, format: string | undefined) => Promise<BlockNode> | undefined;
+let optionsNameOpener: OptionsNameOpener | undefined;
+export function setOptionsNameOpener(opener: OptionsNameOpener): void {
+  optionsNameOpener = opener;
+}
+
 async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[], backingFormat?: string, forceShare?: boolean): Promise<void> {
   const ref = bs.backingFile!;
+  const special = optionsNameOpener?.(ctx, ref, bs.backingFormat ?? undefined);
+  if (special) {
+    let backing: BlockNode;
+    try {
+      backing = await special;
+    } catch (e) {
+      const why = e instanceof BlockError ? e.message : describeCode(fromHostError(e, '').code);
+      throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${bs.filename}: Could not open backing file: ${why}`, { cause: e });
+    }
+    bs.fullBackingFilename = ref;
+    bs.attach(backing, 'backing');
+    return;
+  }
   const resolved = ctx.storage.resolve(bs.filename, ref);
   bs.fullBackingFilename = resolved;
   if (chain.includes(resolved)) {

@@ -10,6 +10,7 @@
 import { fs } from '../protocols/node-fs.js';
 import { registerSecret } from '../block/secrets.js';
 import { UsageError } from './args.js';
+import { crumple, isTree, parseJsonName, parseKeyValueList, type OptionsTree } from '../block/options-tree.js';
 
 let imageOpts = false;
 
@@ -76,49 +77,51 @@ export function takeObjectOptions(args: string[]): string[] {
 }
 
 export interface ImageSpec {
+  /** The options tree the name stands for (src/block/options-tree.ts); a plain name is `{ filename }`. */
+  tree: OptionsTree;
+  /** The image's file, for messages: the innermost file name the tree names, or the name itself. */
   filename: string;
+  /** The top node's driver, if the name gives one. */
   format?: string;
-  driverOptions?: Record<string, unknown>;
   /** The protocol's options (`file.*` besides the name and driver): curl's readahead, timeout, cookie… */
   fileOptions?: Record<string, unknown>;
   /** The protocol driver named by `file.driver` (`file`, `http`, `https`). */
   fileDriver?: string;
 }
 
-/** The file, format and driver options an image name stands for (plain names stand for themselves). */
+/** The innermost file name of a tree: down `file` / `image` children. */
+export function innermostFilename(tree: OptionsTree): string | undefined {
+  for (const key of ['file', 'image'] as const) {
+    const c = tree[key];
+    if (typeof c === 'string') return c;
+    if (isTree(c)) return innermostFilename(c) ?? (typeof c.url === 'string' ? c.url : undefined);
+  }
+  return typeof tree.filename === 'string' ? tree.filename : undefined;
+}
+
+/**
+ * The options tree an image name stands for: `--image-opts` key=value lists
+ * and `json:{…}` names go through the block layer's one options parser;
+ * plain names stand for themselves.
+ */
 export function imageSpec(name: string): ImageSpec {
-  let opts: Record<string, unknown> | undefined;
-  if (imageOpts) {
-    opts = {};
-    for (const [k, v] of Object.entries(parseKeyValues(name))) opts[k] = v;
-  } else if (name.startsWith('json:')) {
-    let json: unknown;
-    try {
-      json = JSON.parse(name.slice(5));
-    } catch {
-      throw new UsageError(`Could not parse the JSON options in '${name}'`);
-    }
-    opts = {};
-    const flatten = (o: Record<string, unknown>, prefix: string) => {
-      for (const [k, v] of Object.entries(o)) {
-        if (v && typeof v === 'object' && !Array.isArray(v)) flatten(v as Record<string, unknown>, `${prefix}${k}.`);
-        else opts![`${prefix}${k}`] = v;
-      }
-    };
-    flatten(json as Record<string, unknown>, '');
+  let tree: OptionsTree;
+  try {
+    if (imageOpts) tree = crumple(parseKeyValueList(name));
+    else if (name.startsWith('json:')) tree = parseJsonName(name);
+    else return { tree: { filename: name }, filename: name };
+  } catch (e) {
+    throw new UsageError(e instanceof Error ? e.message : String(e));
   }
-  if (!opts) return { filename: name };
-  // QEMU's curl driver names its file `url`; the others `filename`.
-  const filename = opts['file.filename'] ?? opts['file.url'] ?? opts['file'];
-  if (typeof filename !== 'string') throw new UsageError(`'${name}': the options name no file ('file.filename')`);
-  const driver = typeof opts.driver === 'string' ? opts.driver : undefined;
-  const driverOptions: Record<string, unknown> = {};
+  const filename = innermostFilename(tree);
+  const file = isTree(tree.file) ? tree.file : undefined;
   const fileOptions: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(opts)) {
-    if (k === 'driver' || k === 'file' || k === 'file.filename' || k === 'file.url' || k === 'file.driver') continue;
-    if (k.startsWith('file.')) fileOptions[k.slice(5)] = v;
-    else driverOptions[k] = v;
-  }
-  const fileDriver = typeof opts['file.driver'] === 'string' ? (opts['file.driver'] as string) : undefined;
-  return { filename, format: driver, driverOptions, fileOptions, fileDriver };
+  if (file) for (const [k, v] of Object.entries(file)) if (k !== 'filename' && k !== 'url' && k !== 'driver') fileOptions[k] = v;
+  return {
+    tree,
+    filename: filename ?? name,
+    format: typeof tree.driver === 'string' ? tree.driver : undefined,
+    fileOptions,
+    fileDriver: typeof file?.driver === 'string' ? file.driver : undefined,
+  };
 }

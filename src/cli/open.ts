@@ -9,7 +9,8 @@ import { FileStorage } from '../protocols/file.js';
 import { HttpStorage } from '../protocols/http.js';
 import { CompositeStorage } from '../protocols/browser-composite.js';
 import { BlockError, isBlockError } from '../block/errors.js';
-import { openImage, type OpenImageOptions, type Storage } from '../block/open.js';
+import type { OpenImageOptions, Storage } from '../block/open.js';
+import { openTree } from '../block/open-tree.js';
 import type { BlockNode } from '../block/node.js';
 import { imageSpec, type ImageSpec } from './objects.js';
 import { curlOptions } from './http-options.js';
@@ -39,11 +40,12 @@ export async function openForCli(name: string, options: OpenImageOptions & { rea
   const filename = spec.filename;
   const where = storageFor(spec);
   try {
-    return await openImage(where, filename, {
-      readOnly: true,
-      ...options,
-      format: spec.format ?? options.format,
-      driverOptions: { ...options.driverOptions, ...spec.driverOptions },
+    return await openTree(where, spec.tree, {
+      readOnly: options.readOnly ?? true,
+      backing: options.backing,
+      format: options.format,
+      driverOptions: options.driverOptions,
+      warn: options.warn,
     });
   } catch (e) {
     let why = isBlockError(e) ? e.message : e instanceof Error ? e.message : String(e);

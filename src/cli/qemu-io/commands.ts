@@ -19,6 +19,8 @@ import { cvtnum, cvtnumError, cvtstr, dumpBuffer, elapsedSince, printReport } fr
 import { getopt, type GetoptEvent, type GetoptResult } from './getopt.js';
 import { dumpHuman, type QDict } from '../../img/qobject.js';
 import { VECTOR_COMMANDS } from './vector-commands.js';
+import { DEBUG_COMMANDS } from './debug-commands.js';
+import { untilDoneOrSuspended } from '../../block/debug-event.js';
 import { OPEN_COMMANDS } from './open-commands.js';
 
 /** Where a session's output goes: `out` is qemu-io's stdout, `err` its stderr. Text includes newlines. */
@@ -114,6 +116,8 @@ export interface IoHost {
 export class QemuIoSession {
   /** Set by `quit`: the caller stops feeding commands. */
   quit = false;
+  /** aio requests a breakpoint held: they complete (and print) after `resume`, by aio_flush or the end of the session. */
+  private readonly aioInFlight = new Set<Promise<unknown>>();
 
   constructor(
     public blk: BlockBackend | null,
@@ -171,6 +175,23 @@ export class QemuIoSession {
       this.report(e instanceof Error ? e.message : String(e));
       return ERRNO[codeOf(e)] ?? -5;
     }
+  }
+
+  /** Runs an aio request: awaited unless a breakpoint holds it, then left running in the background. */
+  async runAio(request: Promise<unknown>): Promise<void> {
+    if (!(await untilDoneOrSuspended(request))) return;
+    this.aioInFlight.add(request);
+    void request.finally(() => this.aioInFlight.delete(request));
+  }
+
+  /** True while an aio request is still running in the background. */
+  get aioPending(): boolean {
+    return this.aioInFlight.size > 0;
+  }
+
+  /** Waits for every aio request in the background (aio_flush, the end of the session). */
+  async drainAio(): Promise<void> {
+    while (this.aioInFlight.size) await Promise.allSettled([...this.aioInFlight]);
   }
 
   get backend(): BlockBackend {
@@ -765,7 +786,7 @@ const helpCmd: CmdInfo = {
 /** The command table, sorted by name as qemu-io keeps it (built on first use: vector-commands imports this module). */
 let table: CmdInfo[] | undefined;
 function commands(): CmdInfo[] {
-  table ??= [allocCmd, discardCmd, flushCmd, helpCmd, infoCmd, lengthCmd, mapCmd, quitCmd, readCmd, truncateCmd, writeCmd, ...VECTOR_COMMANDS, ...OPEN_COMMANDS].sort((a, b) =>
+  table ??= [allocCmd, discardCmd, flushCmd, helpCmd, infoCmd, lengthCmd, mapCmd, quitCmd, readCmd, truncateCmd, writeCmd, ...VECTOR_COMMANDS, ...OPEN_COMMANDS, ...DEBUG_COMMANDS].sort((a, b) =>
     a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
   );
   return table;

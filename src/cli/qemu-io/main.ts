@@ -10,6 +10,10 @@ import * as readline from 'node:readline';
 import '../../node.js';
 import { FileStorage } from '../../protocols/file.js';
 import { openImage, closeNode } from '../../block/open.js';
+import { openTree } from '../../block/open-tree.js';
+import { setDebugMessageSink } from '../../block/debug-event.js';
+import { crumple, mergeTrees, optBool, parseJsonName, type OptionsTree } from '../../block/options-tree.js';
+import { innermostFilename } from '../objects.js';
 import { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
 import { QemuIoSession, type IoHost, type IoOutput, type OpenRequest } from './commands.js';
@@ -203,22 +207,6 @@ export async function runCommands(session: QemuIoSession, lines: Iterable<string
   return failed ? 1 : 0;
 }
 
-/** Options QEMU's json:{…} file names and -o keys name that we understand: the file name, the format and the format's driver options. */
-function flattenJson(text: string): Record<string, string> {
-  let obj: unknown;
-  try {
-    obj = JSON.parse(text);
-  } catch {
-    throw new Error(`Could not parse the JSON options`);
-  }
-  const out: Record<string, string> = {};
-  const walk = (o: unknown, prefix: string): void => {
-    if (o && typeof o === 'object' && !Array.isArray(o)) for (const [k, v] of Object.entries(o)) walk(v, prefix ? `${prefix}.${k}` : k);
-    else out[prefix] = String(o);
-  };
-  walk(obj, '');
-  return out;
-}
 
 /** QEMU's host protocol drivers and the kind of file each requires. */
 const PROTOCOL_KINDS: Record<string, 'regular' | 'device'> = { file: 'regular', host_device: 'device', host_cdrom: 'device' };
@@ -249,40 +237,23 @@ class CliIoHost implements IoHost {
   ) {}
 
   async open(name: string | undefined, req: OpenRequest): Promise<BlockBackend> {
-    let options = { ...req.options };
-    if (name?.startsWith('json:')) {
-      options = { ...flattenJson(name.slice(5)), ...options };
-      name = undefined;
+    // The name (json:{…} or a file name) and the -o / --image-opts options make one options tree.
+    let tree: OptionsTree = name === undefined ? {} : name.startsWith('json:') ? parseJsonName(name) : { filename: name };
+    tree = mergeTrees(tree, crumple(req.options));
+    const path = innermostFilename(tree);
+    const readOnly = req.readOnly || optBool(tree, 'read-only') === true;
+    // A host protocol driver named as the top driver: QEMU opens the file node alone, which reads as raw does.
+    const top = typeof tree.driver === 'string' ? tree.driver : undefined;
+    if (top && PROTOCOL_KINDS[top] && path !== undefined) {
+      checkProtocolKind(top, path.startsWith('file:') ? path.slice(5) : path, !readOnly);
+      tree = { driver: 'raw', file: tree };
     }
-    const fileName = name ?? options['file.filename'] ?? options['filename'] ?? (options.file && !options.file.includes('{') ? options.file : undefined);
-    if (fileName === undefined) throw new Error("A block device must be specified for \"file\"");
-    const path = fileName.startsWith('file:') ? fileName.slice(5) : fileName;
-    // A protocol driver named as the top driver: QEMU opens the file node alone, which reads as raw does.
-    if (options.driver && PROTOCOL_KINDS[options.driver]) {
-      checkProtocolKind(options.driver, path, !(req.readOnly || options['read-only'] === 'on'));
-      options.driver = 'raw';
-    }
-    const driverOptions: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(options)) {
-      // Nested options (backing.*, file.*) name other nodes; they are not the format driver's (qcow2's overlap-check.* are).
-      // Key secrets are the format's too, also those its backing chain takes (backing.encrypt.key-secret).
-      if (k.includes('.') && !k.startsWith('overlap-check.') && !/^(backing\.)*(encrypt\.key-secret|key-secret)$/.test(k)) continue;
-      if (['driver', 'file', 'filename', 'file.filename', 'file.driver', 'read-only', 'force-share', 'file.locking', 'locking', 'cache.direct', 'cache.no-flush', 'node-name', 'discard'].includes(k)) continue;
-      driverOptions[k] = v;
-    }
-    const readOnly = req.readOnly || options['read-only'] === 'on';
     let root: BlockNode;
     try {
-      root = await openImage(this.storage, path, {
-        format: options.driver,
-        readOnly: readOnly || req.snapshot,
-        warn: (m) => this.output.err(m + '\n'),
-        driverOptions: Object.keys(driverOptions).length ? driverOptions : undefined,
-        backingFormat: options['backing.driver'],
-      });
+      root = await openTree(this.storage, tree, { readOnly: readOnly || req.snapshot, warn: (m) => this.output.err(m + '\n') });
     } catch (e) {
       // Driver messages start with the image name; qemu-io's "can't open device NAME: " names it already.
-      if (e instanceof Error && e.message.startsWith(`${path}: `)) e.message = e.message.slice(path.length + 2);
+      if (e instanceof Error && path !== undefined && e.message.startsWith(`${path}: `)) e.message = e.message.slice(path.length + 2);
       throw e;
     }
     let temp: string | undefined;
@@ -291,7 +262,7 @@ class CliIoHost implements IoHost {
       temp = join(tmpdir(), `vl.blocktab-${process.pid}-${Math.random().toString(36).slice(2)}`);
       try {
         const size = await new BlockBackend(root).getLength();
-        const plan = await planCreate(this.storage, { filename: temp, format: 'qcow2', size, backingFile: resolvePath(path), backingFormat: root.driver.name });
+        const plan = await planCreate(this.storage, { filename: temp, format: 'qcow2', size, backingFile: resolvePath(root.filename), backingFormat: root.driver.name });
         await createImage(this.storage, plan);
         await closeNode(root);
         root = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, warn: (m) => this.output.err(m + '\n') });
@@ -355,6 +326,7 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
     return parsed;
   }
   const host = new CliIoHost(parsed, output);
+  setDebugMessageSink((line) => output.out(line + '\n'));
   let blk: BlockBackend | null = null;
   if (parsed.file !== undefined) {
     try {
@@ -389,12 +361,12 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
       rl.close();
     }
   } finally {
+    await session.drainAio();
     if (session.blk) {
       try {
         await host.close(session.blk);
-      } catch (e) {
-        output.err(`${PROGNAME}: ${e instanceof Error ? e.message : String(e)}\n`);
-        status = 1;
+      } catch {
+        // As QEMU's bdrv_close: a flush that fails at exit is not reported (the commands reported their own errors).
       }
     }
   }

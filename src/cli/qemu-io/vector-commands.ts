@@ -233,7 +233,7 @@ const aioReadCmd: CmdInfo = {
     if (typeof req === 'number') return req;
     // qemu-io's aio read completion says "readv failed" on an error.
     // The aio commands account their requests as a device does (QEMU's qemu-io aio_* call block_acct_*).
-    await doRead(s, 'readv', req.offset, req.count, o, true);
+    await s.runAio(doRead(s, 'readv', req.offset, req.count, o, true));
     return 0;
   },
 };
@@ -300,7 +300,7 @@ const aioWriteCmd: CmdInfo = {
     }
     const req = offsetAndLength(s, ops);
     if (typeof req === 'number') return req;
-    await doWrite(s, 'aio_write', req.offset, req.count, zflag ? null : pattern, flags, cflag, qflag, true);
+    await s.runAio(doWrite(s, 'aio_write', req.offset, req.count, zflag ? null : pattern, flags, cflag, qflag, true));
     return 0;
   },
 };
@@ -312,6 +312,7 @@ const aioFlushCmd: CmdInfo = {
   oneline: 'completes all outstanding aio requests',
   // Every aio request has completed by the time its command returns; the flush is accounted as QEMU's aio_flush does.
   async run(s) {
+    await s.drainAio();
     const cookie = s.backend.stats.start(0, 'flush');
     s.backend.stats.done(cookie);
     return 0;

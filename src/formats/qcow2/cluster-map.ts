@@ -36,6 +36,7 @@ import {
   type CompressedDescriptor,
 } from './l2-entry.js';
 import { l1Offset, type Qcow2State } from './state.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 
 /** QEMU's QCow2SubclusterType, with the L2_* values of l2-scan.ts. */
 export type SubclusterType =
@@ -72,6 +73,7 @@ export function makeSliceLoader(s: Qcow2State) {
     if (table + s.clusterSize > fileSize) {
       throw corrupt(s, `L2 table at ${hex(table)} extends beyond the end of the file (${fileSize} bytes)`);
     }
+    await bdrvDebugEvent(s.file, 'l2_load');
     await bdrvPread(s.file, offset, into.length, into);
   };
 }

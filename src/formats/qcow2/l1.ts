@@ -35,6 +35,7 @@ import {
 } from './refcount.js';
 import { addMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, preWriteOverlapCheck, syncFile, writeHeaderFields } from './metadata.js';
 import { l1Copied, l1Offset, type Qcow2State } from './state.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 
 /** Sets L1 entry `index` to `offset` (with COPIED) in memory and marks it dirty. */
 export function setL1Entry(s: Qcow2State, index: number, offset: number, copied: boolean): void {
@@ -60,6 +61,7 @@ async function flushL2(s: Qcow2State): Promise<void> {
   await syncAll(s);
   await s.l2Cache.flushDirty(async (offset, data) => {
     await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, offset, data.length);
+    await bdrvDebugEvent(s.file, 'l2_update');
     await bdrvPwrite(s.file, offset, data.length, data);
   });
   await syncFile(s);
@@ -78,6 +80,7 @@ async function writeL1Dirty(s: Qcow2State): Promise<void> {
   const from = rw.l1DirtyFrom & ~63;
   const to = Math.min(s.l1Size, (rw.l1DirtyTo + 63) & ~63);
   await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L1, s.header.l1TableOffset + from * 8, (to - from) * 8);
+  await bdrvDebugEvent(s.file, 'l1_update');
   await bdrvPwrite(s.file, s.header.l1TableOffset + from * 8, (to - from) * 8, s.l1Table.subarray(from * 8, to * 8));
   rw.l1DirtyFrom = rw.l1DirtyTo = 0;
   await syncFile(s);
@@ -120,12 +123,14 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
     if (old) {
       if (old % cs !== 0) throw await markCorrupt(s, `L2 table offset ${hex(old)} unaligned (L1 index ${hex(l1Index)})`);
       // Copy-on-write of a table shared with a snapshot: its cached slices may be newer than the disk.
+      await bdrvDebugEvent(s.file, 'l2_alloc_cow_read');
       await bdrvPread(s.file, old, cs, buf);
       await s.l2Cache.copyCached(old, buf);
     } else {
       buf.fill(0);
     }
     await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, table, cs);
+    await bdrvDebugEvent(s.file, 'l2_alloc_write');
     await bdrvPwrite(s.file, table, cs, buf);
   } finally {
     freeBuffer(buf);
@@ -154,14 +159,17 @@ export async function growL1(s: Qcow2State, minSize: number, exact: boolean): Pr
   // The new table carries the in-memory entries: the L2 tables they name must be on disk first.
   await flushL2(s);
   const bytes = Math.ceil((size * 8) / cs) * cs;
+  await bdrvDebugEvent(s.file, 'l1_grow_alloc_table');
   const offset = await allocateClusters(s, bytes / cs);
   const table = new Uint8Array(bytes);
   table.set(s.l1Table);
   await preWriteOverlapCheck(s, 0, offset, bytes);
+  await bdrvDebugEvent(s.file, 'l1_grow_write_table');
   await bdrvPwrite(s.file, offset, bytes, table);
   await flushRefcounts(s);
   await syncFile(s);
   // l1_size and l1_table_offset are adjacent: one write switches to the new table.
+  await bdrvDebugEvent(s.file, 'l1_grow_activate_table');
   await writeHeaderFields(s, ['l1Size', 'l1TableOffset'], { ...s.header, l1Size: size, l1TableOffset: offset });
   await syncFile(s);
   const oldOffset = s.header.l1TableOffset;

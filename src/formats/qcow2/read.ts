@@ -15,6 +15,7 @@ import { QCOW2_COMPRESSION_TYPE_ZSTD } from './header.js';
 import { L2_COMPRESSED, L2_NORMAL, L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
 import type { Qcow2State } from './state.js';
 import { decryptData } from './crypto.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 
 async function readCompressed(s: Qcow2State, offset: number, run: MapRun, out: Uint8Array): Promise<void> {
   const { coffset, csize } = run.compressed!;
@@ -31,6 +32,7 @@ async function readCompressed(s: Qcow2State, offset: number, run: MapRun, out: U
   const input = allocBuffer(csize);
   const cluster = allocBuffer(s.clusterSize);
   try {
+    await bdrvDebugEvent(node, 'read_compressed');
     await bdrvPread(node, coffset, Math.min(csize, fileSize - coffset), input);
     if (fileSize - coffset < csize) input.fill(0, fileSize - coffset, csize);
     if (!decompressCluster(s.header.compressionType, input, cluster)) {
@@ -57,6 +59,7 @@ export async function qcow2Read(bs: BlockNode, s: Qcow2State, offset: number, by
     switch (run.type) {
       case L2_UNALLOCATED:
       case L2_UNALLOCATED_ALLOC:
+        if (bs.backing) await bdrvDebugEvent(s.file, 'read_backing_aio');
         await readBacking(bs, off, run.bytes, out);
         break;
       case L2_ZERO_PLAIN:
@@ -64,6 +67,7 @@ export async function qcow2Read(bs: BlockNode, s: Qcow2State, offset: number, by
         out.fill(0);
         break;
       case L2_NORMAL:
+        await bdrvDebugEvent(s.file, 'read_aio');
         await bdrvPread(s.dataFile, run.host, run.bytes, out);
         if (s.crypto) decryptData(s.crypto, s.image, off, run.host, out);
         break;

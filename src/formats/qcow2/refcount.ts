@@ -41,6 +41,7 @@ import { QCOW2_OL_REFCOUNT_BLOCK, QCOW2_OL_REFCOUNT_TABLE } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import {
   countNonzeroRefcounts,
   decodeReftable,
@@ -63,6 +64,7 @@ export async function loadRefcountTable(s: Qcow2State): Promise<Float64Array> {
   const h = s.header;
   const bytes = h.refcountTableClusters * s.clusterSize;
   const raw = new Uint8Array(bytes);
+  await bdrvDebugEvent(s.file, 'reftable_load');
   await bdrvPread(s.file, h.refcountTableOffset, bytes, raw);
   s.refcountTable = decodeReftable(raw);
   return s.refcountTable;
@@ -128,6 +130,7 @@ function refError(s: Qcow2State, msg: string): BlockError {
 /** Writes one cached refcount block back. */
 async function writeRefblock(s: Qcow2State, e: RefblockEntry): Promise<void> {
   await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, e.offset, s.clusterSize);
+  await bdrvDebugEvent(s.file, 'refblock_update_part');
   await bdrvPwrite(s.file, e.offset, s.clusterSize, e.data);
   e.dirty = false;
   s.rw.refcountsUnsynced = true;
@@ -163,6 +166,7 @@ async function loadRefblock(s: Qcow2State, offset: number, index: number): Promi
   }
   const data = allocBuffer(s.clusterSize);
   try {
+    await bdrvDebugEvent(s.file, 'refblock_load');
     await bdrvPread(s.file, offset, s.clusterSize, data);
   } catch (e) {
     freeBuffer(data);
@@ -319,6 +323,7 @@ export async function allocateClusters(s: Qcow2State, n: number): Promise<number
   if (!Number.isSafeInteger(n) || n < 1) throw new BlockError('EINVAL', `${s.image}: cannot allocate ${n} clusters`);
   const per = refblockEntries(s);
   for (;;) {
+    await bdrvDebugEvent(s.file, 'cluster_alloc');
     const c = await findFreeRun(s, n);
     // As QEMU's alloc_clusters_noref, the hint moves past the run before its refcounts are set, so a
     // refcount block the run needs lands after the run (and describes itself when it falls in its own range).
@@ -344,6 +349,7 @@ export async function allocateClusters(s: Qcow2State, n: number): Promise<number
 export async function allocateBytes(s: Qcow2State, size: number): Promise<number> {
   const cs = s.clusterSize;
   if (size <= 0 || size > cs) throw new BlockError('EINVAL', `${s.image}: cannot allocate ${size} bytes for a compressed cluster`);
+  await bdrvDebugEvent(s.file, 'cluster_alloc_bytes');
   for (;;) {
     let offset = s.rw.freeByteOffset;
     if (offset && (await getRefcount(s, Math.floor(offset / cs))) >= refcountMax(s)) offset = 0;
@@ -377,6 +383,7 @@ export async function applyDeferredFrees(s: Qcow2State): Promise<void> {
   const list = s.rw.deferredFrees;
   s.rw.deferredFrees = [];
   for (const f of list) {
+    await bdrvDebugEvent(s.file, 'cluster_free');
     await updateRefcount(s, f.offset, f.bytes, -1);
     if (f.l2Table && (await getRefcount(s, Math.floor(f.offset / s.clusterSize))) === 0) {
       s.l2Cache.invalidate(f.offset, s.clusterSize);
@@ -391,12 +398,14 @@ async function writeReftableEntry(s: Qcow2State, index: number, offset: number):
   const b = new Uint8Array(8);
   putReftableEntry(b, 0, offset);
   await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_TABLE, s.header.refcountTableOffset + index * 8, 8);
+  await bdrvDebugEvent(s.file, 'refblock_alloc_hookup');
   await bdrvPwrite(s.file, s.header.refcountTableOffset + index * 8, 8, b);
   s.rw.refcountsUnsynced = true;
 }
 
 /** Gives refcount table entry `index` a (zeroed) refcount block (QEMU's alloc_refcount_block). */
 async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
+  await bdrvDebugEvent(s.file, 'refblock_alloc');
   const table = await loadRefcountTable(s);
   if (index >= table.length) return growRefcountTable(s, index);
   const per = refblockEntries(s);
@@ -409,6 +418,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
       // Self-describing: the block holds its own refcount.
       setRefcountEntry(block, s.refcountBits, b - index * per, 1);
       await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, b * cs, cs);
+      await bdrvDebugEvent(s.file, 'refblock_alloc_write');
       await bdrvPwrite(s.file, b * cs, cs, block);
       await syncFile(s);
       await writeReftableEntry(s, index, b * cs);
@@ -425,6 +435,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
       return;
     }
     await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, off, cs);
+    await bdrvDebugEvent(s.file, 'refblock_alloc_write');
     await bdrvPwrite(s.file, off, cs, block);
     // The block's own refcount and contents must be stable before the table points at it.
     await flushRefcounts(s);
@@ -479,12 +490,15 @@ async function growRefcountTable(s: Qcow2State, need: number): Promise<void> {
     for (let i = 0; i < oldLen; i++) putReftableEntry(newTable, i, table[i]!);
     for (let r = 0; r < nbBlocks; r++) putReftableEntry(newTable, oldLen + r, (areaStart + r) * cs);
     await preWriteOverlapCheck(s, QCOW2_OL_REFCOUNT_BLOCK, areaStart * cs, (nbBlocks + tableClusters) * cs);
+    await bdrvDebugEvent(s.file, 'refblock_alloc_write_blocks');
     await bdrvPwrite(s.file, areaStart * cs, nbBlocks * cs, blocks);
+    await bdrvDebugEvent(s.file, 'refblock_alloc_write_table');
     await bdrvPwrite(s.file, (areaStart + nbBlocks) * cs, tableClusters * cs, newTable);
     await flushRefcounts(s);
     await syncFile(s);
 
     // Point the header at the new table (refcount_table_offset and _clusters are adjacent: one write).
+    await bdrvDebugEvent(s.file, 'refblock_alloc_switch_table');
     await writeHeaderFields(s, ['refcountTableOffset', 'refcountTableClusters'], {
       ...s.header,
       refcountTableOffset: (areaStart + nbBlocks) * cs,

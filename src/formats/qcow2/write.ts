@@ -33,6 +33,7 @@ import type { BlockNode } from '../../block/node.js';
 import type { WriteFlags, PreallocMode } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { QCOW2_AUTOCLEAR_BITMAPS, QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
 import { sizeToL1 } from './validate.js';
 import { compressCluster } from './compressed.js';
@@ -181,15 +182,21 @@ async function writeCompleted(
   const tail = regionEnd - (dataStart + data.length);
   await checkDataOverlap(s, hostStart, regionEnd - regionStart);
   if (head === 0 && tail === 0) {
+    await bdrvDebugEvent(s.file, 'write_aio');
     await writeData(s, dataStart, hostStart, data);
     return;
   }
   const len = regionEnd - regionStart;
   const bounce = allocBuffer(len);
   try {
+    // Without a backing file the rest of the cluster is zeros: QEMU zeroes it on the file (cluster_alloc_space) and writes
+    // the data as a plain write; here one write carries both, announced by the same events. Else a copy-on-write.
+    const zeroCow = !bs.backing;
+    await bdrvDebugEvent(s.file, zeroCow ? 'cluster_alloc_space' : 'cow_read');
     if (head) await readCurrent(bs, s, regionStart, bounce.subarray(0, head));
     bounce.set(data, head);
     if (tail) await readCurrent(bs, s, dataStart + data.length, bounce.subarray(len - tail));
+    await bdrvDebugEvent(s.file, zeroCow ? 'write_aio' : 'cow_write');
     await writeData(s, regionStart, hostStart, bounce.subarray(0, len));
   } finally {
     freeBuffer(bounce);
@@ -305,6 +312,7 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
         }
         const len = Math.min(remaining, n * cs - first);
         await checkDataOverlap(s, h0 + first, len);
+        await bdrvDebugEvent(s.file, 'write_aio');
         await writeData(s, off, h0 + first, buf.subarray(done, done + len));
         done += len;
       } else if (cls === 'reuse') {
@@ -394,6 +402,7 @@ async function writeOneCompressed(s: Qcow2State, off: number, packed: Uint8Array
     }
     const coffset = await allocateBytes(s, packed.length);
     await checkDataOverlap(s, coffset, packed.length);
+    await bdrvDebugEvent(s.file, 'write_compressed');
     await bdrvPwrite(s.file, coffset, packed.length, packed);
     let e: { hi: number; lo: number };
     try {

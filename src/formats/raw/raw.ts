@@ -16,6 +16,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { probeFormat, type BlockDriver, PROBE_BUF_SIZE } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../../block/io.js';
+import { blkdbgEvent } from '../../block/debug-event.js';
 import { BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RAW } from '../../block/status.js';
 import { RAW_CREATE_OPTS, rawCreate, rawMeasure } from './create.js';
 
@@ -87,13 +88,19 @@ export const rawDriver: BlockDriver = {
     }
     bs.opaque = { offset, size } satisfies RawState;
     bs.totalBytes = size ?? flen - offset;
-    bs.limits = { ...file(bs).limits };
+    // Byte-granular, as QEMU's raw format: an unaligned request reaches the file as it is and the file's node pads it
+    // (so its read-modify-write, and the debug events around it, happen there).
+    bs.limits = { ...file(bs).limits, requestAlignment: 1 };
   },
   async preadv(bs, offset, bytes, buf) {
+    await blkdbgEvent(bs.file, 'read_aio');
     await bdrvPread(file(bs), offset + st(bs).offset, bytes, buf);
   },
   async pwritev(bs, offset, bytes, buf, flags) {
-    await guardHead(bs, offset, bytes, buf, () => bdrvPwrite(file(bs), offset + st(bs).offset, bytes, buf, flags));
+    await guardHead(bs, offset, bytes, buf, async () => {
+      await blkdbgEvent(bs.file, 'write_aio');
+      await bdrvPwrite(file(bs), offset + st(bs).offset, bytes, buf, flags);
+    });
   },
   async pwriteZeroes(bs, offset, bytes, flags) {
     await guardHead(bs, offset, bytes, null, () => bdrvPwriteZeroes(file(bs), offset + st(bs).offset, bytes, flags));

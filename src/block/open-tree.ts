@@ -1,0 +1,166 @@
+/**
+ * Opening a node graph from an options tree (QEMU's bdrv_open with a QDict):
+ * what qemu-img and qemu-io do with `json:{…}` names and `--image-opts`.
+ *
+ * Each dict is one node. A format or filter opens its child first — `file`
+ * (or blkdebug's `image`): a nested dict, or a file name — then itself on
+ * top; a protocol dict (`file`, `null-co`, …) is a leaf. A dict without a
+ * driver is probed: at an image position (the top, a backing) the file is
+ * opened and its format probed; at a child position it is the host file.
+ * A file name with a protocol prefix (`blkdebug:CONF:IMG`, `null-co://`)
+ * stands for that driver's options (src/block/options-tree.ts), wherever
+ * it appears, so `-f qcow2 blkdebug::img.qcow2` puts blkdebug under qcow2.
+ * A format's `backing` is a dict, or null for none; absent, the backing
+ * file the image names is opened as usual.
+ */
+import { BlockError } from './errors.js';
+import { findDriver } from './driver.js';
+import { closeNode, openFormatOn, openHeaderBacking, setOptionsNameOpener, type OpenContext, type Storage } from './open.js';
+import { isTree, optBool, parseJsonName, parseProtocolFilename, type OptionsTree } from './options-tree.js';
+import { BlockNode } from './node.js';
+
+export interface OpenTreeOptions {
+  readOnly?: boolean;
+  /** Open the backing chain the image names (default true). */
+  backing?: boolean;
+  /** The top node's format when the tree names none (qemu-img's -f); probed when both are absent. */
+  format?: string;
+  /** Extra options for the top node's driver (noIo, check). */
+  driverOptions?: Record<string, unknown>;
+  warn?: (message: string) => void;
+}
+
+/** Keys every node takes that are the block layer's business, not its driver's. */
+const GENERIC = new Set([
+  'driver', 'node-name', 'read-only', 'auto-read-only', 'force-share', 'discard', 'detect-zeroes', 'cache', 'aio', 'locking',
+  'filename', 'file', 'image', 'backing', 'x-image',
+]);
+
+type Position = 'image' | 'child';
+
+/** Protocols the storage opens by name (curl's drivers name theirs `url`). */
+const HOST_PROTOCOLS = new Set(['file', 'host_device', 'host_cdrom', 'http', 'https']);
+
+/** Opens the graph `tree` describes; the top node is returned with its children attached. */
+export async function openTree(storage: Storage, tree: OptionsTree, options: OpenTreeOptions = {}): Promise<BlockNode> {
+  const ctx: OpenContext = { storage, warn: options.warn ?? (() => {}) };
+  return openNode(ctx, tree, 'image', options.readOnly ?? false, options, true);
+}
+
+/** Resolves a protocol prefix in `filename` into the dict it stands for. */
+function expandFilename(t: OptionsTree, pos: Position): OptionsTree {
+  if (typeof t.filename !== 'string') return t;
+  const p = parseProtocolFilename(t.filename);
+  // At an image position with no driver, or under another driver, the name is the file's: expanded when the file is opened.
+  if (!p || (t.driver === undefined ? pos === 'image' : t.driver !== p.driver)) return t;
+  const { filename: _, ...rest } = t;
+  if (p.driver === 'blkdebug' && isTree(rest.image)) {
+    // blkdebug:CONF:IMG with image.* options: IMG is the image's file name.
+    return { ...p, ...rest, image: { filename: p.image as string, ...rest.image } };
+  }
+  return { ...rest, ...p };
+}
+
+async function openNode(
+  ctx: OpenContext,
+  tree: OptionsTree,
+  pos: Position,
+  inheritedReadOnly: boolean,
+  top: OpenTreeOptions,
+  isTop: boolean,
+): Promise<BlockNode> {
+  const format = tree.driver === undefined && isTop ? top.format : undefined;
+  const t = expandFilename(format ? { ...tree, driver: format } : tree, pos);
+  const readOnly = optBool(t, 'read-only') ?? inheritedReadOnly;
+  const driverName = typeof t.driver === 'string' ? t.driver : undefined;
+  const drv = driverName !== undefined ? findDriver(driverName) : undefined;
+  if (driverName !== undefined && !drv && !HOST_PROTOCOLS.has(driverName)) {
+    throw new BlockError('EINVAL', `Unknown driver '${driverName}'`);
+  }
+
+  // A leaf: a protocol named, or a bare file name at a child position.
+  const isProtocol = drv ? drv.kind === 'protocol' : HOST_PROTOCOLS.has(driverName ?? '') || (driverName === undefined && pos === 'child');
+  if (isProtocol) return openProtocolNode(ctx, driverName ?? 'file', t, readOnly);
+
+  // A format or filter (or a format to probe): its child first.
+  const childKey = driverName === 'blkdebug' ? 'image' : 'file';
+  let child = t[childKey];
+  if (child === undefined && typeof t.filename === 'string') child = t.filename;
+  if (childKey === 'image' && typeof t['x-image'] === 'string') child = isTree(child) ? { filename: t['x-image'], ...child } : t['x-image'];
+  if (child === undefined) throw new BlockError('EINVAL', `A block device must be specified for "${childKey}"`);
+  let childTree: OptionsTree = typeof child === 'string' ? { filename: child } : isTree(child) ? child : {};
+  // A name given beside `file.*` options is the file's (qemu-io -o file.align=… NAME).
+  if (isTree(child) && childTree.filename === undefined && typeof t.filename === 'string') childTree = { filename: t.filename, ...childTree };
+  if (!isTree(child) && typeof child !== 'string') throw new BlockError('EINVAL', `Invalid parameter type for '${childKey}', expected: dict or string`);
+  const childNode = await openNode(ctx, childTree, 'child', readOnly, top, false);
+
+  const driverOptions: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(t)) if (!GENERIC.has(k)) driverOptions[k] = v;
+  if (isTop) Object.assign(driverOptions, top.driverOptions);
+  let bs: BlockNode;
+  try {
+    bs = await openFormatOn(ctx, childNode, childNode.filename, {
+      format: driverName,
+      readOnly,
+      driverOptions,
+      nodeName: typeof t['node-name'] === 'string' ? t['node-name'] : undefined,
+    });
+  } catch (e) {
+    await closeNode(childNode);
+    throw e;
+  }
+  try {
+    if (bs.driver.supportsBacking) await openBackingOf(ctx, bs, t, top);
+  } catch (e) {
+    await closeNode(bs);
+    throw e;
+  }
+  return bs;
+}
+
+async function openBackingOf(ctx: OpenContext, bs: BlockNode, t: OptionsTree, top: OpenTreeOptions): Promise<void> {
+  const backing = t.backing;
+  if (backing === null) return;
+  if (isTree(backing) && backing.file === undefined && backing.filename === undefined && bs.backingFile) {
+    // Only `backing.driver`: the backing file the header names, opened with that format.
+    if (typeof backing.driver === 'string') bs.backingFormat = backing.driver;
+    await openHeaderBacking(ctx, bs);
+    return;
+  }
+  if (isTree(backing) || typeof backing === 'string') {
+    const b = await openNode(ctx, isTree(backing) ? backing : { filename: backing }, 'image', true, top, false);
+    bs.attach(b, 'backing');
+    bs.fullBackingFilename = b.filename;
+    return;
+  }
+  if (top.backing !== false && bs.backingFile) await openHeaderBacking(ctx, bs);
+}
+
+async function openProtocolNode(ctx: OpenContext, driver: string, t: OptionsTree, readOnly: boolean): Promise<BlockNode> {
+  const drv = findDriver(driver);
+  if (drv?.standalone) {
+    // A protocol with no storage behind it (null-co): its options are all it needs.
+    const name = typeof t.filename === 'string' ? t.filename : `${driver}://`;
+    const opts = { ...t, readOnly };
+    const bs = new BlockNode(drv, name, opts);
+    await drv.open(bs, opts);
+    return bs;
+  }
+  const filename = t.filename ?? t.url;
+  if (typeof filename !== 'string') throw new BlockError('EINVAL', `The '${driver}' block driver requires a file name`);
+  try {
+    return await ctx.storage.openProtocol(filename, { readOnly });
+  } catch (e) {
+    if (e instanceof BlockError) throw e;
+    throw new BlockError('EIO', `Could not open '${filename}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+  }
+}
+
+// Backing names that stand for options (a json:{…} name stored in an image header) open through the tree.
+setOptionsNameOpener((ctx, name, format) => {
+  let tree: OptionsTree;
+  if (name.startsWith('json:')) tree = parseJsonName(name);
+  else if (parseProtocolFilename(name) && !name.startsWith('file:')) tree = { filename: name };
+  else return undefined;
+  return openNode(ctx, tree, 'image', true, { format, backing: true }, true);
+});
