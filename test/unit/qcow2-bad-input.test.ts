@@ -179,12 +179,21 @@ describe('qcow2 bad input: each a BlockError naming image, structure and offset'
     expect(qemuRefuses(f)).toContain('Unsupported qcow2 feature(s): Unknown incompatible feature: 400');
   });
 
-  it('encrypted image (crypt_method 1) refused with ENOTSUP', async () => {
+  it('encrypted image (crypt_method 1) without a key: QEMU\'s message that encrypt.key-secret is required', async () => {
     const f = makeImage();
     poke(f, 32, u32(1));
     const e = await openErr(f);
-    expect(e.code).toBe('ENOTSUP');
-    expect(e.message).toMatch(/encrypted qcow2 images are not supported \(crypt_method 1 at 0x20\)/);
+    expect(e.code).toBe('EINVAL');
+    expect(e.message).toMatch(/Parameter 'encrypt\.key-secret' is required for cipher/);
+  });
+
+  it('unknown crypt_method refused as QEMU does, naming the field and offset', async () => {
+    const f = makeImage();
+    poke(f, 32, u32(3));
+    const e = await openErr(f);
+    expect(e.code).toBe('EINVAL');
+    expect(e.message).toMatch(/Unsupported encryption method: 3 \(crypt_method at 0x20\)/);
+    expect(qemuRefuses(f)).toMatch(/Unsupported encryption method 3/);
   });
 
   it('compression type other than zlib/zstd refused', async () => {

@@ -98,7 +98,7 @@ export function validateHeader(h: Qcow2Header, image: string, fileSize: number, 
     fail('EINVAL', image, 'data-file-raw requires a data file (autoclear_features at 0x58)');
   }
   // QEMU's words (its test 054 prints them): a size whose L1 index passes INT_MAX, or one past exact JS arithmetic.
-  if (h.size > Number.MAX_SAFE_INTEGER - clusterSize || sizeToL1(h, h.size) > 0x7fffffff) fail('EFBIG', image, 'Image is too big');
+  if (h.size > Number.MAX_SAFE_INTEGER - clusterSize || sizeToL1(h, h.size) > 2 ** 31 - 1) fail('EFBIG', image, 'Image is too big');
 
   // Refcount table.
   if (h.refcountTableClusters > QCOW_MAX_REFTABLE_SIZE / clusterSize) {
