@@ -95,7 +95,12 @@ async function openNode(
   const childNode = await openNode(ctx, childTree, 'child', readOnly, top, false);
 
   const driverOptions: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(t)) if (!GENERIC.has(k)) driverOptions[k] = v;
+  for (const [k, v] of Object.entries(t)) {
+    if (GENERIC.has(k)) continue;
+    // Drivers that take option groups read them whole (blkdebug's inject-error.N) or by dotted key (encrypt.key-secret).
+    driverOptions[k] = v;
+    if (isTree(v)) flattenInto(driverOptions, k, v);
+  }
   if (isTop) Object.assign(driverOptions, top.driverOptions);
   let bs: BlockNode;
   try {
@@ -118,12 +123,24 @@ async function openNode(
   return bs;
 }
 
+/**
+ * A driver's option groups (`encrypt.key-secret`, `overlap-check.l2`) as the
+ * dotted keys drivers read, as QEMU flattens a node's options for its driver.
+ */
+function flattenInto(out: Record<string, unknown>, key: string, v: unknown): void {
+  if (isTree(v)) for (const [k, w] of Object.entries(v)) flattenInto(out, `${key}.${k}`, w);
+  else out[key] = v;
+}
+
 async function openBackingOf(ctx: OpenContext, bs: BlockNode, t: OptionsTree, top: OpenTreeOptions): Promise<void> {
   const backing = t.backing;
   if (backing === null) return;
   if (isTree(backing) && backing.file === undefined && backing.filename === undefined && bs.backingFile) {
-    // Only `backing.driver`: the backing file the header names, opened with that format.
+    // Only options for the backing file the header names (`backing.driver`, its key secret): opened with them.
     if (typeof backing.driver === 'string') bs.backingFormat = backing.driver;
+    const given: Record<string, unknown> = {};
+    flattenInto(given, 'backing', backing);
+    for (const [k, v] of Object.entries(given)) if (k !== 'backing.driver') bs.options[k] = v;
     await openHeaderBacking(ctx, bs);
     return;
   }

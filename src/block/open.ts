@@ -135,7 +135,8 @@ export async function openFormatOn(
   if (!drv || drv.kind === 'protocol') {
     throw new BlockError('EINVAL', `Unknown driver '${driverName}'`);
   }
-  if (guessed) {
+  if (guessed && !readOnly) {
+    // As QEMU: only a writable open warns (block 0's writes are what the guess restricts).
     ctx.warn(
       `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
         `         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n` +

@@ -14,6 +14,7 @@ import { openTree } from '../block/open-tree.js';
 import type { BlockNode } from '../block/node.js';
 import { imageSpec, type ImageSpec } from './objects.js';
 import { curlOptions } from './http-options.js';
+import { cliWarn } from './progname.js';
 import { UsageError } from './args.js';
 
 const files = new FileStorage();
@@ -45,7 +46,7 @@ export async function openForCli(name: string, options: OpenImageOptions & { rea
       backing: options.backing,
       format: options.format,
       driverOptions: options.driverOptions,
-      warn: options.warn,
+      warn: options.warn ?? cliWarn,
     });
   } catch (e) {
     let why = isBlockError(e) ? e.message : e instanceof Error ? e.message : String(e);

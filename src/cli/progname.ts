@@ -17,3 +17,16 @@ export function invokedAs(argv1: string | undefined = process.argv[1]): ToolName
 export function progName(): string {
   return invokedAs() === 'qemu-io' ? 'qemu-io' : invokedAs();
 }
+
+/**
+ * Where the engine's warnings about an image go in the CLI: standard error,
+ * a `warning: ` line prefixed with the tool's name as QEMU's warn_report does
+ * (other lines, like qcow2's corruption notice, print as they are).
+ */
+export function warnLine(message: string): string {
+  return `${message.startsWith('warning: ') ? `${progName()}: ` : ''}${message}\n`;
+}
+
+export function cliWarn(message: string): void {
+  process.stderr.write(warnLine(message));
+}

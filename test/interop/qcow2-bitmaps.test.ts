@@ -167,7 +167,7 @@ describe('convert --bitmaps', () => {
     patch(f, entry(layout(f), 1) + 15, [3]);
     const r = blocktab(['convert', '--bitmaps', '-O', 'qcow2', f, path.join(d, 'x.qcow2')]);
     expect(r.status).toBe(1);
-    expect(r.stderr).toBe("blocktab: Cannot copy inconsistent bitmap 'b2'\n");
+    expect(r.stderr).toBe("blocktab: Cannot copy inconsistent bitmap 'b2'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it\n");
     expect(fs.existsSync(path.join(d, 'x.qcow2'))).toBe(false);
     const k = blocktab(['convert', '--bitmaps', '--skip-broken-bitmaps', '-O', 'qcow2', f, path.join(d, 'x.qcow2')]);
     expect(k.stderr).toBe("blocktab: warning: Skipping inconsistent bitmap 'b2'\n");
@@ -507,7 +507,13 @@ describe('the autoclear bit', () => {
     const d = tmpDir('bm-');
     const f = twoBitmaps(d);
     patch(f, 95, [0]); // autoclear_features bit 0 off
-    expect(ourInfo(f)['format-specific']).toEqual(info(f)['format-specific']);
+    // QEMU warns on every open of such an image; the same two lines (QEMU leaves the second without its newline).
+    const warned = (stderr: string) => stderr.replace(/^(blocktab|qemu-img): /, 'TOOL: ').replace(/fix\.$/, 'fix.\n');
+    const q = qemuImgRun(['info', '--output=json', f]);
+    const b = blocktab(['info', '--output=json', f]);
+    expect(warned(q.stderr)).toContain('a program lacking bitmap support modified this file');
+    expect(warned(b.stderr)).toBe(warned(q.stderr));
+    expect(JSON.parse(b.stdout)['format-specific']).toEqual(JSON.parse(q.stdout)['format-specific']);
     const ours = JSON.parse(blocktab(['check', '--output=json', f]).stdout);
     const theirs = JSON.parse(qemuImgRun(['check', '--output=json', f]).stdout);
     expect(ours['leaks']).toBe(theirs['leaks']);

@@ -25,6 +25,7 @@ import { join, resolve as resolvePath } from 'node:path';
 import { fs } from '../../protocols/node-fs.js';
 import { getopt, type LongOption } from './getopt.js';
 import { defineObject } from '../objects.js';
+import { warnLine } from '../progname.js';
 
 const PROGNAME = 'qemu-io';
 
@@ -250,7 +251,7 @@ class CliIoHost implements IoHost {
     }
     let root: BlockNode;
     try {
-      root = await openTree(this.storage, tree, { readOnly: readOnly || req.snapshot, warn: (m) => this.output.err(m + '\n') });
+      root = await openTree(this.storage, tree, { readOnly: readOnly || req.snapshot, warn: (m) => this.output.err(warnLine(m)) });
     } catch (e) {
       // Driver messages start with the image name; qemu-io's "can't open device NAME: " names it already.
       if (e instanceof Error && path !== undefined && e.message.startsWith(`${path}: `)) e.message = e.message.slice(path.length + 2);
@@ -265,7 +266,7 @@ class CliIoHost implements IoHost {
         const plan = await planCreate(this.storage, { filename: temp, format: 'qcow2', size, backingFile: resolvePath(root.filename), backingFormat: root.driver.name });
         await createImage(this.storage, plan);
         await closeNode(root);
-        root = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, warn: (m) => this.output.err(m + '\n') });
+        root = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, warn: (m) => this.output.err(warnLine(m)) });
       } catch (e) {
         try {
           fs.unlinkSync(temp);

@@ -20,7 +20,7 @@
 import { BlockError } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
+import { bdrvFlush, bdrvGetLength, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
 import { checkDataInFile, readStructure } from '../on-disk.js';
 import {
@@ -99,6 +99,17 @@ export const parallelsDriver: BlockDriver = {
     for (let i = 0; i < bat.length; i++) {
       const sector = bat[i]! * offMultiplier;
       if (sector >= dataEnd) dataEnd = sector + h.tracks;
+    }
+    // A BAT entry past the end of the file: QEMU 7.2 would grow the file to it at close (sparse, but up to
+    // petabytes, and real memory on in-memory storage). Refused for writing until check -r all clears it,
+    // as later QEMU releases do; reads of such a cluster fail on their own.
+    const fileSectors = Math.floor((await bdrvGetLength(file)) / SECTOR);
+    if (!bs.readOnly && options['check'] !== true && dataEnd > fileSectors) {
+      const i = bat.findIndex((b) => b * offMultiplier + h.tracks === dataEnd);
+      throw bad(
+        `parallels BAT entry ${i} at 0x${(PARALLELS_HEADER_BYTES + i * 4).toString(16)} points past the end of the file (sector ${dataEnd - h.tracks} of ${fileSectors}); cannot be opened read/write, run 'qemu-img check -r all'`,
+        'EACCES',
+      );
     }
     bs.opaque = { image, file, tracks: h.tracks, offMultiplier, bat, headerUnclean: h.inuse === HEADER_INUSE_MAGIC, dataEnd } satisfies ParallelsState;
     bs.totalBytes = sectors * SECTOR;

@@ -167,6 +167,13 @@ function withBitmapsExtension(h: Qcow2Header, ext: Extract<HeaderExtension, { ty
 export async function qcow2LoadBitmaps(bs: BlockNode, s: Qcow2State): Promise<void> {
   const ext = findExtension(s.header, QCOW2_EXT_MAGIC_BITMAPS);
   const writable = !bs.readOnly;
+  if (hasStaleBitmapsExtension(s.header)) {
+    // QEMU's warning on every open of such an image (its qcow2_read_extensions).
+    s.warn?.(
+      'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent\n' +
+        "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.",
+    );
+  }
   // Only a writable node keeps the bitmaps current; a read-only one that later writes (a reopen) drops them.
   s.bitmapsLoaded = writable;
   if (writable && hasStaleBitmapsExtension(s.header)) {
