@@ -24,8 +24,14 @@ export function isTree(v: unknown): v is OptionsTree {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** QemuOpts' key=value list: ",," is a literal comma; a bare first word is `implied` (QEMU's implied key). */
-export function parseKeyValueList(text: string, implied?: string): Record<string, string> {
+/**
+ * QemuOpts' key=value list: ",," is a literal comma; a bare first word is
+ * `implied` (QEMU's implied key). Other bare words are refused, or with
+ * `bare: 'flag'` are booleans as qemu-io and -drive take them (`x` is x=on,
+ * `nox` is x=off). The one parser of this syntax (CLI objects, qemu-io's
+ * open, QMP's -drive and -blockdev all use it).
+ */
+export function parseKeyValueList(text: string, implied?: string, bare: 'error' | 'flag' = 'error'): Record<string, string> {
   const out: Record<string, string> = {};
   let i = 0;
   let first = true;
@@ -46,6 +52,7 @@ export function parseKeyValueList(text: string, implied?: string): Record<string
     const eq = part.indexOf('=');
     if (eq < 0) {
       if (first && implied && part !== '') out[implied] = part;
+      else if (part !== '' && bare === 'flag') out[part.startsWith('no') ? part.slice(2) : part] = part.startsWith('no') ? 'off' : 'on';
       else if (part !== '') throw new BlockError('EINVAL', `Invalid parameter '${part}'`);
     } else {
       const key = part.slice(0, eq);

@@ -9,33 +9,20 @@
  */
 import { fs } from '../protocols/node-fs.js';
 import { registerSecret } from '../block/secrets.js';
+import { BlockError } from '../block/errors.js';
 import { UsageError } from './args.js';
 import { crumple, isTree, parseJsonName, parseKeyValueList, type OptionsTree } from '../block/options-tree.js';
 
 let imageOpts = false;
 
-/** Key=value list with QEMU's ",," escape for a literal comma. */
+/** Key=value list with QEMU's ",," escape for a literal comma (options-tree's parser); a bad one is a usage error. */
 function parseKeyValues(text: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const parts: string[] = [];
-  let cur = '';
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] === ',' && text[i + 1] === ',') {
-      cur += ',';
-      i++;
-    } else if (text[i] === ',') {
-      parts.push(cur);
-      cur = '';
-    } else cur += text[i];
+  try {
+    return parseKeyValueList(text);
+  } catch (e) {
+    if (e instanceof BlockError) throw new UsageError(e.message);
+    throw e;
   }
-  parts.push(cur);
-  for (const p of parts) {
-    if (!p) continue;
-    const eq = p.indexOf('=');
-    if (eq < 0) throw new UsageError(`Invalid parameter '${p}'`);
-    out[p.slice(0, eq)] = p.slice(eq + 1);
-  }
-  return out;
 }
 
 /** Defines one `--object` (qemu-img's and qemu-io's). */

@@ -166,5 +166,5 @@ describe('luks: measure -O luks as qemu-img 7.2', () => {
       expect(ours.stderr.replace(/^blocktab: /, ''), r.join(' ')).toBe(theirs.stderr.replace(/^qemu-img: /, ''));
       expect(ours.status, r.join(' ')).toBe(theirs.status);
     }
-  });
+  }, 120_000); // qemu-img measure -O luks times PBKDF2 for each run (about 2 s each)
 });

@@ -4,38 +4,17 @@
  * module parses the options as qemu-io does and reports as it does.
  */
 import { EINVAL, handleOpts, type CmdInfo, type OpenRequest } from './commands.js';
+import { BlockError } from '../../block/errors.js';
+import { parseKeyValueList } from '../../block/options-tree.js';
 
-/** QEMU's QemuOpts syntax: key=value pairs separated by commas, ",," for a literal comma; a bare word is `implied` (or key=on). */
+/** QEMU's QemuOpts syntax (options-tree's parser, bare words as booleans); an error is returned as its message. */
 export function parseKeyValues(text: string, implied?: string): Record<string, string> | string {
-  const out: Record<string, string> = {};
-  let i = 0;
-  let first = true;
-  while (i < text.length) {
-    let part = '';
-    while (i < text.length) {
-      if (text[i] === ',') {
-        if (text[i + 1] === ',') {
-          part += ',';
-          i += 2;
-          continue;
-        }
-        i++;
-        break;
-      }
-      part += text[i++];
-    }
-    const eq = part.indexOf('=');
-    if (eq < 0) {
-      if (first && implied) out[implied] = part;
-      else if (part !== '') out[part.startsWith('no') ? part.slice(2) : part] = part.startsWith('no') ? 'off' : 'on';
-    } else {
-      const key = part.slice(0, eq);
-      if (key === '') return `Invalid parameter ''`;
-      out[key] = part.slice(eq + 1);
-    }
-    first = false;
+  try {
+    return parseKeyValueList(text, implied, 'flag');
+  } catch (e) {
+    if (e instanceof BlockError) return e.message;
+    throw e;
   }
-  return out;
 }
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
