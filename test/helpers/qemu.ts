@@ -45,6 +45,14 @@ export function qemuImgCreateLuks(args: string[], opts: { cwd?: string } = {}): 
   }
 }
 
+/** qemuImgRun for commands that time PBKDF2 (LUKS create, measure): tried again while qemu-img cannot read the CPU clock well enough. */
+export function qemuImgRunLuks(args: string[], opts: { cwd?: string } = {}): { status: number; stdout: string; stderr: string } {
+  for (let attempt = 1; ; attempt++) {
+    const r = qemuImgRun(args, opts);
+    if (!/Unable to get accurate CPU usage/.test(r.stderr) || attempt === 10) return r;
+  }
+}
+
 /** Runs qemu-img and returns status, stdout and stderr without throwing. */
 export function qemuImgRun(args: string[], opts: { cwd?: string } = {}): { status: number; stdout: string; stderr: string } {
   const r = spawnSync('qemu-img', args, { cwd: opts.cwd, encoding: 'utf8' });

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { blocktab, qemuImg, qemuImgRun, seededBytes, tmpDir, qemuImgCreateLuks } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgRun, seededBytes, tmpDir, qemuImgCreateLuks, qemuImgRunLuks } from '../helpers/qemu.js';
 
 const secret = ['--object', 'secret,id=sec0,data=open sesame'];
 const opts = (file: string) => `driver=luks,key-secret=sec0,file.filename=${file}`;
@@ -161,7 +161,7 @@ describe('luks: measure -O luks as qemu-img 7.2', () => {
     ];
     for (const r of runs) {
       const ours = blocktab(['measure', ...secret, '-O', 'luks', ...r], { cwd: dir });
-      const theirs = qemuImgRun(['measure', ...secret, '-O', 'luks', ...r], { cwd: dir });
+      const theirs = qemuImgRunLuks(['measure', ...secret, '-O', 'luks', ...r], { cwd: dir });
       expect(ours.stdout, r.join(' ')).toBe(theirs.stdout);
       expect(ours.stderr.replace(/^blocktab: /, ''), r.join(' ')).toBe(theirs.stderr.replace(/^qemu-img: /, ''));
       expect(ours.status, r.join(' ')).toBe(theirs.status);
