@@ -9,19 +9,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { runCase } from './case.mjs';
 import { caseRng } from './mutate.mjs';
-import { LUKS_SECRET, makeSeeds } from './seeds.mjs';
+import { replaySetup, root } from './replay-setup.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const lib = {
-  ...(await import(pathToFileURL(path.join(root, 'dist/node.js')).href)),
-  ...(await import(pathToFileURL(path.join(root, 'dist/img/check.js')).href)),
-};
-lib.registerSecret(LUKS_SECRET.id, LUKS_SECRET.data);
-const { seeds, dir } = makeSeeds();
-fs.rmSync(dir, { recursive: true, force: true });
+const { lib, seeds } = await replaySetup();
 const findingsDir = path.join(root, 'test/fixtures/fuzz/findings');
 const files = process.argv.length > 2 ? process.argv.slice(2) : fs.readdirSync(findingsDir).filter((f) => f.endsWith('.json')).map((f) => path.join(findingsDir, f));
 

@@ -3,19 +3,11 @@
 // fuzz-findings/<case>.json... Prints each case's verdict, time and log.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { runCase } from './case.mjs';
 import { caseRng } from './mutate.mjs';
-import { LUKS_SECRET, makeSeeds } from './seeds.mjs';
+import { replaySetup } from './replay-setup.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const lib = {
-  ...(await import(pathToFileURL(path.join(root, 'dist/node.js')).href)),
-  ...(await import(pathToFileURL(path.join(root, 'dist/img/check.js')).href)),
-};
-lib.registerSecret(LUKS_SECRET.id, LUKS_SECRET.data);
-const { seeds, dir } = makeSeeds();
-fs.rmSync(dir, { recursive: true, force: true });
+const { lib, seeds } = await replaySetup();
 for (const f of process.argv.slice(2)) {
   const info = JSON.parse(fs.readFileSync(f, 'utf8'));
   const seed = seeds.find((s) => s.name === info.seed);

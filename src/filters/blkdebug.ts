@@ -21,7 +21,8 @@
 import { BlockError, describeCode, type BlockErrorCode } from '../block/errors.js';
 import { registerDriver, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
-import { bdrvFlush, bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
+import { bdrvFlush, bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
+import { filterFile, filterPassThrough } from './pass-through.js';
 import { debugMessage, isBlkdebugEvent, notifyRequestSuspended, type BlkdebugEvent, type DebugEventDriver } from '../block/debug-event.js';
 import { isTree, optBool, optNumber, optSize, optString, type OptionsTree, type OptionValue } from '../block/options-tree.js';
 import { openContext } from '../block/open.js';
@@ -210,7 +211,7 @@ function applyLimits(bs: BlockNode, o: OptionsTree): void {
 
 // ------------------------------------------------------------ the driver
 
-const file = (bs: BlockNode): BlockNode => bs.file!.node;
+const file = filterFile;
 
 async function readConfigFile(bs: BlockNode, path: string): Promise<string> {
   const ctx = openContext(bs);
@@ -342,21 +343,12 @@ export const blkdebugDriver: BlockDriver & DebugEventDriver = {
     ruleCheck(bs, 0, 0, 'flush');
     await bdrvFlush(file(bs));
   },
-  async truncate(bs, offset, exact, prealloc) {
-    await bdrvTruncate(file(bs), offset, exact, prealloc);
-    bs.totalBytes = file(bs).totalBytes;
-  },
-  async getLength(bs) {
-    return bdrvGetLength(file(bs));
-  },
   async blockStatus(bs, _wantZero, offset, bytes) {
     ruleCheck(bs, offset, bytes, 'block-status');
     // A filter: the data is where the file has it (QEMU's bdrv_co_block_status_from_file).
     return { status: BDRV_BLOCK_RAW | BDRV_BLOCK_OFFSET_VALID, pnum: bytes, map: offset, file: file(bs) };
   },
-  async getAllocatedFileSize(bs) {
-    return file(bs).driver.getAllocatedFileSize?.(file(bs));
-  },
+  ...filterPassThrough,
   getDriverInfo: () => undefined,
 };
 

@@ -11,14 +11,15 @@
 import { BlockError } from '../block/errors.js';
 import { registerDriver, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
-import { bdrvGetLength, bdrvPdiscard, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
+import { bdrvPdiscard, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
+import { filterFile, filterPassThrough } from './pass-through.js';
 import { copyOnReadPread, isBelow } from '../block/copy-on-read.js';
 
 interface CorState {
   bottom: BlockNode | null;
 }
 
-const file = (bs: BlockNode) => bs.file!.node;
+const file = filterFile;
 
 export const copyOnReadDriver: BlockDriver = {
   name: 'copy-on-read',
@@ -52,16 +53,7 @@ export const copyOnReadDriver: BlockDriver = {
   async pdiscard(bs, offset, bytes) {
     await bdrvPdiscard(file(bs), offset, bytes);
   },
-  async truncate(bs, size, exact, prealloc) {
-    await bdrvTruncate(file(bs), size, exact, prealloc);
-    bs.totalBytes = file(bs).totalBytes;
-  },
-  async getLength(bs) {
-    return bdrvGetLength(file(bs));
-  },
-  async getAllocatedFileSize(bs) {
-    return file(bs).driver.getAllocatedFileSize?.(file(bs));
-  },
+  ...filterPassThrough,
 };
 
 registerDriver(copyOnReadDriver);

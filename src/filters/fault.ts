@@ -24,6 +24,7 @@ import { BlockError, hex, type BlockErrorCode } from '../block/errors.js';
 import { registerDriver, type BlockDriver, type WriteFlags } from '../block/driver.js';
 import { BlockNode } from '../block/node.js';
 import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
+import { filterPassThrough } from './pass-through.js';
 import type { Storage } from '../block/open.js';
 
 export type FaultOp = 'read' | 'write' | 'flush';
@@ -212,9 +213,7 @@ export const faultDriver: BlockDriver = {
     if (s.volatileLength !== undefined) return s.volatileLength;
     return bdrvGetLength(file(bs));
   },
-  async getAllocatedFileSize(bs) {
-    return file(bs).driver.getAllocatedFileSize?.(file(bs));
-  },
+  getAllocatedFileSize: filterPassThrough.getAllocatedFileSize,
 };
 
 registerDriver(faultDriver);

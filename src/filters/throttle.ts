@@ -10,7 +10,8 @@
 import { BlockError } from '../block/errors.js';
 import { registerDriver, type BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
-import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
+import { bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
+import { filterFile, filterPassThrough } from './pass-through.js';
 import type { ThrottleGroupMember, ThrottleGroups } from '../block/throttle-group.js';
 
 interface ThrottleNodeState {
@@ -19,7 +20,7 @@ interface ThrottleNodeState {
 }
 
 const st = (bs: BlockNode) => bs.state<ThrottleNodeState>();
-const file = (bs: BlockNode) => bs.file!.node;
+const file = filterFile;
 
 async function gate(bs: BlockNode, bytes: number, isWrite: boolean): Promise<void> {
   const wait = st(bs).member.intercept(bytes, isWrite);
@@ -63,16 +64,7 @@ export const throttleDriver: BlockDriver = {
     await gate(bs, bytes, true);
     await bdrvPdiscard(file(bs), offset, bytes);
   },
-  async truncate(bs, size, exact, prealloc) {
-    await bdrvTruncate(file(bs), size, exact, prealloc);
-    bs.totalBytes = file(bs).totalBytes;
-  },
-  async getLength(bs) {
-    return bdrvGetLength(file(bs));
-  },
-  async getAllocatedFileSize(bs) {
-    return file(bs).driver.getAllocatedFileSize?.(file(bs));
-  },
+  ...filterPassThrough,
 };
 
 registerDriver(throttleDriver);

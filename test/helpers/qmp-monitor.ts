@@ -160,3 +160,17 @@ export function normalizeTranscript(run: MonitorRun, dir: string): unknown {
     text: s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME').split(dir).join('$DIR'),
   }));
 }
+
+/** blocktab returns HMP output as the reply; QEMU prints it and returns "". Moved to `text` to compare. */
+export function hmpTextToStdout(run: MonitorRun): MonitorRun {
+  for (const s of run.steps) {
+    if (!s.input.includes('human-monitor-command')) continue;
+    for (const r of s.replies as { return?: unknown }[]) {
+      if (typeof r.return === 'string') {
+        s.text += r.return;
+        r.return = '';
+      }
+    }
+  }
+  return run;
+}

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { haveQemuSystem } from '../helpers/qmp.js';
-import { normalizeTranscript, runMonitor, type MonitorRun } from '../helpers/qmp-monitor.js';
+import { hmpTextToStdout, normalizeTranscript, runMonitor } from '../helpers/qmp-monitor.js';
 
 const j = (execute: string, args?: Record<string, unknown>) => JSON.stringify({ execute, ...(args ? { arguments: args } : {}) });
 const hmp = (dev: string, cmd: string) => j('human-monitor-command', { 'command-line': `qemu-io ${dev} "${cmd}"` });
@@ -145,20 +145,6 @@ function script(d: string): Line[] {
     L(j('query-named-block-nodes', { flat: true })),
     L(j('quit'), 1),
   ];
-}
-
-/** blocktab returns HMP output as the reply; QEMU prints it and returns "". Moved to `text` to compare. */
-function hmpTextToStdout(run: MonitorRun): MonitorRun {
-  for (const s of run.steps) {
-    if (!s.input.includes('human-monitor-command')) continue;
-    for (const r of s.replies as { return?: unknown }[]) {
-      if (typeof r.return === 'string') {
-        s.text += r.return;
-        r.return = '';
-      }
-    }
-  }
-  return run;
 }
 
 /** qemu-io's output lines without the timing line's figures. */

@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { qemuImg, tmpDir } from '../helpers/qemu.js';
 import { haveQemuSystem } from '../helpers/qmp.js';
-import { normalizeTranscript, runMonitor, type MonitorRun } from '../helpers/qmp-monitor.js';
+import { hmpTextToStdout, normalizeTranscript, runMonitor } from '../helpers/qmp-monitor.js';
 
 const j = (execute: string, args?: Record<string, unknown>, id?: unknown) =>
   JSON.stringify({ execute, ...(args ? { arguments: args } : {}), ...(id !== undefined ? { id } : {}) });
@@ -132,20 +132,6 @@ function script(dir: string): { line: string; replies?: number }[] {
     L(j('query-status')),
     L(j('quit', undefined, 'bye')),
   ];
-}
-
-/** blocktab returns HMP output as the reply; QEMU prints it and returns "". Moved to `text` to compare. */
-function hmpTextToStdout(run: MonitorRun): MonitorRun {
-  for (const s of run.steps) {
-    if (!s.input.includes('human-monitor-command')) continue;
-    for (const r of s.replies as { return?: unknown }[]) {
-      if (typeof r.return === 'string') {
-        s.text += r.return;
-        r.return = '';
-      }
-    }
-  }
-  return run;
 }
 
 /** HMP's output lines, in a stable order: QEMU's aio requests print when they complete, which may be after later commands' lines. */
