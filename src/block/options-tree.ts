@@ -13,7 +13,7 @@
  * which accept both spellings (QEMU's keyval visitor does the same).
  */
 import { BlockError } from './errors.js';
-import { qemuStrtosz } from './options.js';
+import { parseOptionSize } from './options.js';
 
 export type OptionValue = string | number | boolean | null | OptionsTree | OptionValue[];
 export interface OptionsTree {
@@ -191,10 +191,8 @@ export function optSize(tree: OptionsTree, key: string): number | undefined {
   const v = tree[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
-  const n = typeof v === 'string' ? qemuStrtosz(v) : undefined;
-  if (n === undefined || n > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new BlockError('EINVAL', `Parameter '${key}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`);
-  }
+  const n = parseOptionSize(key, typeof v === 'string' ? v : String(v));
+  if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new BlockError('EFBIG', `Parameter '${key}': ${n} is too large (blocktab handles sizes below 2^53)`);
   return Number(n);
 }
 

@@ -31,52 +31,45 @@ export interface OptionDesc {
   qapi?: false | { name?: string; enum?: readonly string[]; ref?: boolean; any?: boolean };
 }
 
-/** Largest size qemu_strtosz accepts for an image (INT64_MAX). */
-const INT64_MAX = (1n << 63n) - 1n;
+/** 2^64: qemu_strtosz's results are unsigned 64-bit; larger ones are out of range (ERANGE). */
+const UINT64_LIMIT = 1n << 64n;
 
 /**
- * qemu_strtosz: decimal (a fraction only with a unit suffix) or 0x hex
- * bytes, optional suffix B, K, M, G, T, P or E (either case; binary units).
- * Returns undefined when the text is not a size. Sizes beyond 2^53 are
- * refused as too large for exact arithmetic here.
+ * qemu_strtosz: a decimal number (with an optional fraction) or 0x hex (no
+ * fraction), then an optional unit B, K, M, G, T, P or E (either case;
+ * binary units). A fraction needs a unit larger than bytes unless it is
+ * zero ("1024.0" is 1024, "1.5b" is not a size); scaled fractions round to
+ * the nearest byte, halves up ("0.5k" = 512, "1.0005k" = 1025). Leading
+ * blanks and a plus sign are accepted, as strtoull does; nothing may follow.
+ * Returns undefined when the text is not a size; values of 2^64 and more
+ * come back as they are, for the caller's out-of-range message.
  */
 export function qemuStrtosz(text: string): bigint | undefined {
-  const m = /^\s*(?:(0x[0-9a-f]+)|(\d+)(?:\.(\d*))?)\s*([bkmgtpe]?)$/i.exec(text);
+  const m = /^[ \t\n\v\f\r]*\+?(?:0[xX]([0-9a-fA-F]+)|(\d+)(\.\d*(?:[eE][+-]?\d+)?)?)([bBkKmMgGtTpPeE]?)$/.exec(text);
   if (!m) return undefined;
-  const unit = m[4] ? 'bkmgtpe'.indexOf(m[4].toLowerCase()) * 10 : 0;
-  if (m[1] !== undefined) {
-    if (m[4] && m[4].toLowerCase() === 'b') return undefined; // "0x1b" is hex digits, not a suffix
-    return BigInt(m[1]) << BigInt(unit);
-  }
-  const whole = BigInt(m[2]!);
+  const mul = 1n << BigInt(m[4] ? 'bkmgtpe'.indexOf(m[4].toLowerCase()) * 10 : 0);
+  if (m[1] !== undefined) return BigInt('0x' + m[1]) * mul;
   const frac = m[3];
-  if (frac !== undefined && (!m[4] || unit === 0)) return undefined; // fractions need a unit
-  let v = whole << BigInt(unit);
-  if (frac) {
-    // Truncates toward zero, as QEMU's double arithmetic does for these values.
-    const scale = 10n ** BigInt(frac.length);
-    v += (BigInt(frac) << BigInt(unit)) / scale;
-  }
-  return v;
+  if (frac !== undefined && /[eE]/.test(frac)) return undefined; // an exponent makes the whole text invalid
+  // The fraction as a 0.64 fixed-point number, as the double it parses to ("." alone is zero).
+  const f = frac && frac.length > 1 ? Number('0' + frac) : 0;
+  // A fraction that rounds up to 1.0 does not fit the 64 fraction bits and wraps to 0, as in QEMU on x86.
+  const fixed = f > 0 && f < 1 ? BigInt(f * 2 ** 64) : 0n;
+  if (mul === 1n) return fixed === 0n ? BigInt(m[2]!) : undefined;
+  const scaled = fixed * mul; // 64.64 fixed point
+  return BigInt(m[2]!) * mul + (scaled >> 64n) + ((scaled >> 63n) & 1n);
 }
 
-/** A size for an image: qemu-img's messages for a bad one. */
-export function parseImageSize(text: string): number {
-  const v = parseImageSizeExact(text);
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BlockError('EFBIG', `Image size ${v} is too large (blocktab handles sizes below 2^53 bytes)`);
-  return Number(v);
-}
-
-/** As parseImageSize, exact up to qemu-img's limit (INT64_MAX): for the "Formatting" line and the format's own size checks. */
-export function parseImageSizeExact(text: string): bigint {
-  const v = qemuStrtosz(text);
+/** A size option's value (QemuOpts' parse_option_size), with its messages for text that is no size and for 2^64 and more. */
+export function parseOptionSize(name: string, value: string): bigint {
+  const v = qemuStrtosz(value);
   if (v === undefined) {
     throw new BlockError(
       'EINVAL',
-      'Invalid image size specified. You may use k, M, G, T, P or E suffixes for\nkilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',
+      `Parameter '${name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
     );
   }
-  if (v > INT64_MAX) throw new BlockError('EINVAL', 'Invalid image size specified. Must be between 0 and 9223372036854775807.');
+  if (v >= UINT64_LIMIT) throw new BlockError('EINVAL', `Value '${value}' is out of range for parameter '${name}'`);
   return v;
 }
 
@@ -177,14 +170,7 @@ function normalise(d: OptionDesc, value: string): string {
       if (!/^(0x[0-9a-f]+|0[0-7]*|[1-9]\d*)$/i.test(value)) throw new BlockError('EINVAL', `Parameter '${d.name}' expects a number`);
       return value;
     case 'size': {
-      const v = qemuStrtosz(value);
-      if (v === undefined || v >= 1n << 64n) {
-        throw new BlockError(
-          'EINVAL',
-          `Parameter '${d.name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.`,
-        );
-      }
-      return v.toString();
+      return parseOptionSize(d.name, value).toString();
     }
     default:
       return value;

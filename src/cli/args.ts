@@ -10,6 +10,17 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 export class UsageError extends Error {}
 
+/**
+ * Several error_report lines at once (qemu-img reports some failures in two
+ * calls): the top level prints each with the program name, where a plain
+ * error's further lines are hints printed as they are.
+ */
+export class ReportsError extends UsageError {
+  constructor(readonly reports: readonly string[]) {
+    super(reports.join('\n'));
+  }
+}
+
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
 export interface Parsed {
@@ -60,6 +71,27 @@ export function parseSize(what: string, text: string): number {
   }
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError(`Invalid ${what} specified. Must be less than 8 EiB!`);
   return Number(v);
+}
+
+/** Largest image size qemu-img accepts (INT64_MAX). */
+const IMAGE_SIZE_MAX = (1n << 63n) - 1n;
+
+/**
+ * An image size given on qemu-img's command line (create's size, measure's
+ * --size), exact up to INT64_MAX for the "Formatting" line and the
+ * format's own limits; with qemu-img's messages for text that is no size and
+ * for sizes out of range.
+ */
+export function parseImageSizeArg(text: string): bigint {
+  const v = qemuStrtosz(text);
+  if (v === undefined) {
+    throw new ReportsError([
+      'Invalid image size specified. You may use k, M, G, T, P or E suffixes for',
+      'kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.',
+    ]);
+  }
+  if (v > IMAGE_SIZE_MAX) throw new UsageError(`Invalid image size specified. Must be between 0 and ${IMAGE_SIZE_MAX}.`);
+  return v;
 }
 
 /** `--output=human|json` */

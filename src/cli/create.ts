@@ -1,8 +1,8 @@
 /** `blocktab create`: qemu-img create's options, output line and messages. */
 import { BlockError, isBlockError } from '../block/errors.js';
 import { createImage, planCreate } from '../img/create.js';
-import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp, parseImageSizeExact } from '../img/options.js';
-import { flag, parseCommand, str, UsageError } from './args.js';
+import { createOptionList, formatCreateOptions, isHelpOption, optionsHelp } from '../img/options.js';
+import { flag, parseCommand, parseImageSizeArg, str, UsageError } from './args.js';
 import { storage } from './open.js';
 import type { Output } from './main.js';
 
@@ -26,7 +26,7 @@ export async function runCreate(args: string[], out: Output): Promise<number> {
   if (p.positionals.length < 1) throw new UsageError('Expecting image file name');
   if (p.positionals.length > 2) throw new UsageError(`Unexpected argument: ${p.positionals[2]}`);
   const filename = p.positionals[0]!;
-  const size = p.positionals[1] === undefined ? undefined : parseImageSizeExact(p.positionals[1]);
+  const size = p.positionals[1] === undefined ? undefined : parseImageSizeArg(p.positionals[1]);
   const plan = await planCreate(storage, {
     filename,
     format,

@@ -9,7 +9,7 @@ import { fs } from '../protocols/node-fs.js';
 import { fileURLToPath } from 'node:url';
 import { isBlockError } from '../block/errors.js';
 import { listDrivers } from '../block/driver.js';
-import { UsageError } from './args.js';
+import { ReportsError, UsageError } from './args.js';
 import { takeObjectOptions } from './objects.js';
 import { invokedAs, progName } from './progname.js';
 
@@ -150,7 +150,8 @@ export async function main(argv: string[], out: Output): Promise<number> {
     // Only our own errors are expected; anything else still gets one line, marked as internal.
     const known = e instanceof CliError || e instanceof UsageError || isBlockError(e);
     // A known error's further lines are QEMU's hints (error_append_hint), which qemu-img prints after the message.
-    out.stderr(known ? `${progName()}: ${msg}\n` : `${progName()}: internal error: ${msg}`.split('\n')[0] + '\n');
+    if (e instanceof ReportsError) for (const line of e.reports) out.stderr(`${progName()}: ${line}\n`);
+    else out.stderr(known ? `${progName()}: ${msg}\n` : `${progName()}: internal error: ${msg}`.split('\n')[0] + '\n');
     return code;
   }
 }

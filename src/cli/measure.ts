@@ -3,9 +3,8 @@ import { BlockError } from '../block/errors.js';
 import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { measureImage, planMeasure, type MeasureResult } from '../img/measure.js';
-import { parseImageSize } from '../img/options.js';
 import { toJsonPretty } from '../img/qobject.js';
-import { outputFormat, parseCommand, str, UsageError } from './args.js';
+import { outputFormat, parseCommand, parseImageSizeArg, str, UsageError } from './args.js';
 import { openForCli } from './open.js';
 import type { Output } from './main.js';
 
@@ -24,7 +23,7 @@ export async function runMeasure(args: string[], out: Output): Promise<number> {
   });
   const fmt = outputFormat(p);
   const sizeText = str(p, 'size');
-  const size = sizeText === undefined ? undefined : parseImageSize(sizeText);
+  const size = sizeText === undefined ? undefined : measureSize(sizeText);
   if (p.positionals.length > 1) throw new UsageError(`Unexpected argument: ${p.positionals[1]}`);
   const filename = p.positionals[0];
   if (filename !== undefined && size !== undefined) throw new UsageError('--size N cannot be used together with a filename.');
@@ -48,4 +47,11 @@ export async function runMeasure(args: string[], out: Output): Promise<number> {
     if (result.bitmaps !== undefined) out.stdout(`bitmaps size: ${result.bitmaps}\n`);
   }
   return 0;
+}
+
+/** measure --size: qemu-img's size text; blocktab's arithmetic is exact below 2^53. */
+function measureSize(text: string): number {
+  const v = parseImageSizeArg(text);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new BlockError('EFBIG', `Image size ${v} is too large (blocktab handles sizes below 2^53 bytes)`);
+  return Number(v);
 }

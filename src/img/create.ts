@@ -56,10 +56,14 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
   }
   const values: OptionValues = new Map();
   try {
-    if (req.size !== undefined) setOption(list, values, 'size', String(req.size));
     parseOptions(list, req.options ?? [], values);
   } catch (e) {
     throw prefixed(filename, e);
+  }
+  // bdrv_img_create: -o first, then the size argument, which may not repeat -o size.
+  if (req.size !== undefined) {
+    if (values.has('size')) throw new BlockError('EINVAL', `${filename}: The image size must be specified only once`);
+    setOption(list, values, 'size', String(req.size));
   }
   const supports = (name: string) => list.some((d) => d.name === name);
   if (req.backingFile !== undefined) {

@@ -16,8 +16,6 @@ export {
   optNumber,
   optionsHelp,
   parseBool,
-  parseImageSize,
-  parseImageSizeExact,
   parseOptions,
   printOptions,
   qemuStrtosz,

@@ -29,10 +29,17 @@ describe('qemu_strtosz', () => {
     ['1P', 2n ** 50n],
     ['1E', 2n ** 60n],
     ['0x10', 16n],
+    // iotest 049: a fraction without a unit when it is zero; scaled fractions round halves up.
+    ['1024.0', 1024n],
+    ['1024.0b', 1024n],
+    ['1.k', 1024n],
+    ['0.5k', 512n],
+    ['1.00048828125k', 1025n],
+    ['0.0004k', 0n],
   ])('%s = %s', (text, want) => {
     expect(qemuStrtosz(text)).toBe(want);
   });
-  it.each(['1.5', '1kk', '-1', 'abc', '', '1.5b', '0x1.8k'])('rejects %j', (text) => {
+  it.each(['1.5', '1kk', '-1', 'abc', '', '1.5b', '0x1.8k', '1 k', '1.5e3k', '1k '])('rejects %j', (text) => {
     expect(qemuStrtosz(text)).toBeUndefined();
   });
 });
