@@ -27,7 +27,8 @@ export async function runInfo(args: string[], out: Output): Promise<number> {
   while (filename !== undefined) {
     if (seen.has(filename)) throw new BlockError('ELOOP', `Backing file '${filename}' creates an infinite loop.`);
     seen.add(filename);
-    const bs = await openForCli(filename, { format, backing: false, driverOptions: { noIo: true } });
+    // Only the first name is an --image-opts list; the backing names followed are file names.
+    const bs = await openForCli(filename, { format, backing: false, driverOptions: { noIo: true }, plainName: infos.length > 0 });
     try {
       const info = await imageInfo(bs);
       infos.push(info);

@@ -45,6 +45,7 @@ export function defineObject(text: string): void {
  * arguments, defining the objects; returns the remaining arguments.
  */
 export function takeObjectOptions(args: string[]): string[] {
+  imageOpts = false; // per command: main() may run several in one process
   const rest: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
@@ -89,12 +90,13 @@ export function innermostFilename(tree: OptionsTree): string | undefined {
 /**
  * The options tree an image name stands for: `--image-opts` key=value lists
  * and `json:{…}` names go through the block layer's one options parser;
- * plain names stand for themselves.
+ * plain names stand for themselves. `asImageOpts` false reads a name as a
+ * name even under `--image-opts` (the backing files `info --backing-chain` follows).
  */
-export function imageSpec(name: string): ImageSpec {
+export function imageSpec(name: string, asImageOpts = imageOpts): ImageSpec {
   let tree: OptionsTree;
   try {
-    if (imageOpts) tree = crumple(parseKeyValueList(name));
+    if (asImageOpts) tree = crumple(parseKeyValueList(name));
     else if (name.startsWith('json:')) tree = parseJsonName(name);
     else return { tree: { filename: name }, filename: name };
   } catch (e) {

@@ -35,9 +35,9 @@ function storageFor(spec: ImageSpec): Storage {
   return withWeb(new HttpStorage(undefined, curlOptions(d, spec.fileOptions ?? {})));
 }
 
-export async function openForCli(name: string, options: OpenImageOptions & { readOnly?: boolean }): Promise<BlockNode> {
+export async function openForCli(name: string, options: OpenImageOptions & { readOnly?: boolean; plainName?: boolean }): Promise<BlockNode> {
   // `--image-opts` / json: names carry the file, the driver and its options (luks's key-secret).
-  const spec = imageSpec(name);
+  const spec = imageSpec(name, options.plainName ? false : undefined);
   const filename = spec.filename;
   const where = storageFor(spec);
   try {
