@@ -379,6 +379,16 @@ export interface BlockDriver {
    * tells dirty bitmaps and flushes.
    */
   makeEmpty?(bs: BlockNode): Promise<void>;
+
+  /**
+   * The VM state area (QEMU's bdrv_save_vmstate / bdrv_load_vmstate): bytes a
+   * savevm keeps beside the disk, at `pos` of an area of its own, not part of
+   * the guest's disk and not bounded by its size. Drivers without one leave
+   * these out; the request goes to their file child (see bdrvSaveVmState).
+   * Guarantees: `buf` holds at least `bytes`; writes only on a writable node.
+   */
+  saveVmState?(bs: BlockNode, pos: number, bytes: number, buf: Uint8Array): Promise<void>;
+  loadVmState?(bs: BlockNode, pos: number, bytes: number, buf: Uint8Array): Promise<void>;
 }
 
 export type PreallocMode = 'off' | 'metadata' | 'falloc' | 'full';

@@ -362,6 +362,35 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   if (hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
+// ------------------------------------------------------------ VM state
+
+/**
+ * The node that keeps `bs`'s VM state (QEMU's bdrv_co_{read,write}v_vmstate):
+ * `bs` if its driver has an area, else the one its file child finds.
+ */
+function vmStateNode(bs: BlockNode, what: string): BlockNode {
+  for (let n: BlockNode | null = bs; n; n = n.fileNode()) {
+    if (n.closed) throw new BlockError('EINVAL', `${n.filename}: ${what} on a closed node`);
+    if (n.driver.saveVmState && n.driver.loadVmState) return n;
+  }
+  throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} driver keeps no VM state`);
+}
+
+/** Writes `bytes` of `buf` at `pos` of the VM state area below `bs`; not a guest write (no dirty bitmaps). */
+export async function bdrvSaveVmState(bs: BlockNode, pos: number, bytes: number, buf: Uint8Array): Promise<void> {
+  checkRange(bs, pos, bytes, 'vmstate write');
+  const n = vmStateNode(bs, 'vmstate write');
+  checkWritable(n, 'vmstate write');
+  await n.driver.saveVmState!(n, pos, bytes, buf);
+}
+
+/** Reads `bytes` at `pos` of the VM state area below `bs` into `buf`. */
+export async function bdrvLoadVmState(bs: BlockNode, pos: number, bytes: number, buf: Uint8Array): Promise<void> {
+  checkRange(bs, pos, bytes, 'vmstate read');
+  const n = vmStateNode(bs, 'vmstate read');
+  await n.driver.loadVmState!(n, pos, bytes, buf);
+}
+
 /** Flushes the node, then the children it writes to (file, data file). */
 export async function bdrvFlush(bs: BlockNode): Promise<void> {
   if (bs.closed) return;

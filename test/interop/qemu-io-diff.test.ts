@@ -353,3 +353,27 @@ describe('qemu-io vectored, aio and open/close commands (as QEMU iotests use the
     }
   });
 });
+
+describe('qemu-io read -b / write -b: the VM state area (iotests 022, 026, 029)', () => {
+  it('qcow2 keeps it past the disk (the L1 table grows to reach it); the files stay byte-identical to qemu-io\'s', async () => {
+    const a = path.join(dir, 'vmstate-qemu.qcow2');
+    const b = path.join(dir, 'vmstate-ours.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', a, '6G']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', b, '6G']);
+    const cmds = [
+      'write -b -P 7 4294967296 8192', 'read -b -P 7 4294967296 8192', 'read -b -P 0 0 4096',
+      'write -b 10485760 4096', 'read -P 0 10485760 4096', 'read -b -P 0xcd 10485760 4096',
+      'write -b 1 512', 'write -b -z 0 512', 'write -b -f 0 512',
+    ].flatMap((c) => ['-c', c]);
+    const q = qemuIoRun(['-f', 'qcow2', ...cmds, a]);
+    const o = await ours(['-f', 'qcow2', ...cmds, b]);
+    expect(normalise(o.stdout)).toBe(normalise(q.stdout));
+    expect(o.status).toBe(q.status);
+    expect(spawnSync('cmp', [a, b]).status).toBe(0);
+    expect(qemuImg(['check', b])).toContain('No errors were found');
+  });
+
+  it('raw has none: the request fails as qemu-io\'s does', async () => {
+    await compare('vmstate-raw', ['write -b 0 512', 'read -b 0 512']);
+  });
+});

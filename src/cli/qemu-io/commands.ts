@@ -14,6 +14,7 @@ import { BlockError, describeCode, type BlockErrorCode } from '../../block/error
 import type { PreallocMode, WriteFlags } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { isAllocated } from '../../block/status.js';
+import { bdrvLoadVmState, bdrvSaveVmState } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { cvtnum, cvtnumError, cvtstr, dumpBuffer, elapsedSince, printReport } from './format.js';
 import { getopt, type GetoptEvent, type GetoptResult } from './getopt.js';
@@ -251,6 +252,12 @@ export class QemuIoSession {
 
 // ------------------------------------------------------------------ commands
 
+/** The node a -b request goes to: the device's root (blk_{save,load}_vmstate need a medium). */
+function vmStateRoot(s: QemuIoSession): BlockNode {
+  if (!s.backend.hasMedium) throw new BlockError('ENOMEDIUM', 'No medium found');
+  return s.root;
+}
+
 export function handleOpts(s: QemuIoSession, ct: CmdInfo, events: GetoptEvent[], on: (c: string, arg?: string) => number | undefined): number | undefined {
   for (const ev of events) {
     if (ev.kind === 'error') {
@@ -344,16 +351,15 @@ const readCmd: CmdInfo = {
         s.out(`${count} is not a sector-aligned value for 'count'\n`);
         return EINVAL;
       }
-      // No VM state area in blocktab's drivers (QEMU's raw says the same).
-      return s.failed('read', new BlockError('ENOTSUP', 'vmstate'));
-    }
-    if (!(await s.inBounds(offset, count))) return s.failed('read', new BlockError('EIO', 'out of range'));
+    } else if (!(await s.inBounds(offset, count))) return s.failed('read', new BlockError('EIO', 'out of range'));
     const buf = allocBuffer(count);
     try {
       buf.fill(0xab);
       const t0 = now();
       try {
-        await s.backend.read(offset, count, buf);
+        // -b: the VM state area, which has no device bounds (blk_load_vmstate).
+        if (bflag) await bdrvLoadVmState(vmStateRoot(s), offset, count, buf);
+        else await s.backend.read(offset, count, buf);
       } catch (e) {
         return s.failed('read', e);
       }
@@ -471,8 +477,7 @@ const writeCmd: CmdInfo = {
         return EINVAL;
       }
     }
-    if (bflag) return s.failed('write', new BlockError('ENOTSUP', 'vmstate'));
-    if (!(await s.inBounds(offset, count))) return s.failed('write', new BlockError('EIO', 'out of range'));
+    if (!bflag && !(await s.inBounds(offset, count))) return s.failed('write', new BlockError('EIO', 'out of range'));
     const flags: WriteFlags = {};
     if (fua) flags.fua = true;
     if (mayUnmap) flags.mayUnmap = true;
@@ -498,7 +503,8 @@ const writeCmd: CmdInfo = {
       else buf?.fill(pattern);
       const t0 = now();
       try {
-        if (buf) await s.backend.write(offset, count, buf, flags);
+        if (bflag) await bdrvSaveVmState(vmStateRoot(s), offset, count, buf!);
+        else if (buf) await s.backend.write(offset, count, buf, flags);
         else await s.backend.writeZeroes(offset, count, flags);
       } catch (e) {
         return s.failed('write', e);

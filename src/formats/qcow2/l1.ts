@@ -163,9 +163,10 @@ export async function growL1(s: Qcow2State, minSize: number, exact: boolean): Pr
   const offset = await allocateClusters(s, bytes / cs);
   const table = new Uint8Array(bytes);
   table.set(s.l1Table);
-  await preWriteOverlapCheck(s, 0, offset, bytes);
+  // Only the entries are written (as QEMU): a table ending mid-cluster at the end of the file leaves it short.
+  await preWriteOverlapCheck(s, 0, offset, size * 8);
   await bdrvDebugEvent(s.file, 'l1_grow_write_table');
-  await bdrvPwrite(s.file, offset, bytes, table);
+  await bdrvPwrite(s.file, offset, size * 8, table);
   await flushRefcounts(s);
   await syncFile(s);
   // l1_size and l1_table_offset are adjacent: one write switches to the new table.

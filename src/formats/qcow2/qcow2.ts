@@ -38,6 +38,7 @@ import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { openContext, openFileChild } from '../../block/open.js';
 import {
   BDRV_BLOCK_COMPRESSED,
@@ -361,6 +362,25 @@ export const qcow2Driver: BlockDriver = {
     });
   },
 
+  // QEMU's qcow2_save_vmstate / qcow2_load_vmstate: the area lies past the L1 entries the disk
+  // needs, and goes through the ordinary cluster paths (the L1 table grows to reach it).
+  async saveVmState(bs, pos, bytes, buf) {
+    const s = bs.state<Qcow2State>();
+    await bdrvDebugEvent(s.file, 'vmstate_save');
+    await withLock(s, async () => {
+      await prepareWrite(s);
+      await qcow2Write(bs, s, vmStateOffset(s) + pos, bytes, buf);
+      await afterWrite(s, {});
+    });
+  },
+
+  async loadVmState(bs, pos, bytes, buf) {
+    const s = bs.state<Qcow2State>();
+    checkUsable(s);
+    await bdrvDebugEvent(s.file, 'vmstate_load');
+    await qcow2Read(bs, s, vmStateOffset(s) + pos, bytes, buf);
+  },
+
   async preadv(bs, offset, bytes, buf) {
     const s = bs.state<Qcow2State>();
     checkUsable(s);
@@ -436,8 +456,7 @@ export const qcow2Driver: BlockDriver = {
     return {
       clusterSize: s.clusterSize,
       isDirty: (s.header.incompatibleFeatures & QCOW2_INCOMPAT_DIRTY) !== 0n,
-      // QEMU's qcow2_vm_state_offset: VM state lives past the L1 entries the disk needs.
-      vmStateOffset: sizeToL1(s.header, s.header.size) * s.clusterSize * s.l2Size,
+      vmStateOffset: vmStateOffset(s),
     };
   },
 
@@ -473,3 +492,8 @@ export const qcow2Driver: BlockDriver = {
   amend: qcow2AmendImage,
   makeEmpty: qcow2MakeEmpty,
 };
+
+/** QEMU's qcow2_vm_state_offset: the VM state lives past the L1 entries the disk needs. */
+function vmStateOffset(s: Qcow2State): number {
+  return sizeToL1(s.header, s.header.size) * s.clusterSize * s.l2Size;
+}
