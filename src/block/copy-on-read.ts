@@ -6,28 +6,34 @@
  *
  * As QEMU, the copy is made in whole clusters of the top layer (a 4 KiB read
  * copies its 64 KiB qcow2 cluster), only for ranges the top does not hold
- * itself, and only for data found in a layer from the top's backing node
- * down to `bottom` inclusive (the filter's `bottom` option; the whole chain
- * without it). The copy is a copyOnRead write: what the guest sees does not
- * change, so dirty bitmaps and wr_highest_offset skip it. All-zero data is
- * written as zeroes.
+ * itself: with the filter's `bottom` option, only data found in a layer
+ * from the top's backing node down to `bottom` inclusive; without it,
+ * everything, zeros included (QEMU 7.2). The copy is a copyOnRead write: what the guest sees does not
+ * change, so dirty bitmaps and wr_highest_offset skip it. An all-zero
+ * piece is written as zeroes.
  */
 import type { BlockNode } from './node.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from './io.js';
 import { isAllocated, isAllocatedAbove } from './status.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
 
-/** Largest piece copied at once (bounds the bounce buffer). */
-const MAX_COPY = 1024 * 1024;
+/** Largest piece copied at once (QEMU's bounce buffer limit, 16 MiB): also where zero pieces are judged. */
+const MAX_COPY = 16 * 1024 * 1024;
 
 /**
- * Reads [offset, offset + bytes) of `top` into `buf`, copying what comes
- * from the backing chain (down to `bottom`, inclusive) into `top`. The caller
- * guarantees the range lies inside `top`.
+ * Reads [offset, offset + bytes) of `top` into `buf`, copying into `top`
+ * what it does not hold itself. Without `bottom` every such range is copied,
+ * from the backing chain or, with none, as the zeros it reads as (QEMU's
+ * BDRV_REQ_COPY_ON_READ: `qemu-io -C` on an image without a backing file
+ * allocates what it reads). With `bottom`, only what a layer from the
+ * top's backing node down to `bottom` holds. Each piece is written as
+ * zeroes when it reads as zeros throughout, else as data (QEMU judges the
+ * whole piece, not each cluster). The caller guarantees the range lies
+ * inside `top`.
  */
 export async function copyOnReadPread(top: BlockNode, bottom: BlockNode | null, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
   const below = top.cowNode();
-  if (!below || top.readOnly || bytes === 0) return bdrvPread(top, offset, bytes, buf);
+  if (top.readOnly || bytes === 0 || (bottom && !below)) return bdrvPread(top, offset, bytes, buf);
   const cluster = Math.max(top.driver.getDriverInfo?.(top)?.clusterSize ?? 0, top.limits.requestAlignment, 1);
   const start = offset - (offset % cluster);
   const end = Math.min(Math.ceil((offset + bytes) / cluster) * cluster, top.totalBytes);
@@ -35,9 +41,9 @@ export async function copyOnReadPread(top: BlockNode, bottom: BlockNode | null, 
     const want = Math.min(end - pos, MAX_COPY);
     const own = await isAllocated(top, pos, want);
     let n = Math.max(1, Math.min(own.pnum, want));
-    let copy = false;
-    if (!own.allocated) {
-      const above = await isAllocatedAbove(below, bottom, true, pos, n);
+    let copy = !own.allocated;
+    if (copy && bottom) {
+      const above = await isAllocatedAbove(below!, bottom, true, pos, n);
       n = Math.max(1, Math.min(above.pnum, n));
       copy = above.allocated;
     }

@@ -102,6 +102,17 @@ async function openNode(
     if (isTree(v)) flattenInto(driverOptions, k, v);
   }
   if (isTop) Object.assign(driverOptions, top.driverOptions);
+  // A data file given as a tree (a filter over it, as iotest 289's blkdebug) is opened here and handed over as a node.
+  let dataNode: BlockNode | undefined;
+  if (isTree(t['data-file'])) {
+    try {
+      dataNode = await openNode(ctx, t['data-file'], 'child', readOnly, top, false);
+    } catch (e) {
+      await closeNode(childNode);
+      throw e;
+    }
+    driverOptions['data-file'] = dataNode;
+  }
   let bs: BlockNode;
   try {
     bs = await openFormatOn(ctx, childNode, childNode.filename, {
@@ -112,6 +123,7 @@ async function openNode(
     });
   } catch (e) {
     await closeNode(childNode);
+    if (dataNode) await closeNode(dataNode);
     throw e;
   }
   try {

@@ -27,6 +27,8 @@ export const copyOnReadDriver: BlockDriver = {
   supportsCompressedWrites: true,
   blockdevOptions: { file: 'BlockdevRef', '*bottom': 'str' },
   async open(bs, options) {
+    // QEMU's filter takes the write-unchanged permission on its child, which a read-only node cannot give.
+    if (bs.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
     let bottom: BlockNode | null = null;
     const name = options.bottom;
     if (typeof name === 'string') {

@@ -100,6 +100,8 @@ export interface OpenRequest {
   readOnly: boolean;
   /** -s: writes go to a temporary overlay and are dropped at close. */
   snapshot: boolean;
+  /** -C: reads copy what the image does not hold into it (BDRV_O_COPY_ON_READ). */
+  copyOnRead?: boolean;
   /** -o key=value options (driver=, file.filename=, …), or --image-opts' whole string. */
   options: Record<string, string>;
 }

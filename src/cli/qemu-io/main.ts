@@ -96,6 +96,7 @@ interface IoArgs {
   forceShare: boolean;
   /** -s: writes go to a temporary overlay. */
   snapshot: boolean;
+  copyOnRead?: boolean;
   /** --image-opts: the operand is key=value options, not a file name. */
   imageOpts: boolean;
 }
@@ -153,8 +154,9 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
           return 1;
         }
         break;
-      // Copy-on-read, discard mode and tracing change nothing observable here.
-      case 'C': case 'd': case 'T': break;
+      case 'C': res.copyOnRead = true; break;
+      // Discard mode and tracing change nothing observable here.
+      case 'd': case 'T': break;
     }
   }
   if (operands.length > 1) {
@@ -275,7 +277,11 @@ class CliIoHost implements IoHost {
       }
     }
     if (this.args.noFlush) for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.noFlush = true;
-    const blk = new BlockBackend(root);
+    if (req.copyOnRead && root.readOnly) {
+      await closeNode(root);
+      throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");
+    }
+    const blk = new BlockBackend(root, { copyOnRead: req.copyOnRead === true });
     if (temp) this.temps.set(blk, temp);
     return blk;
   }
@@ -343,7 +349,7 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
         options = kv;
         name = undefined;
       } else if (parsed.format) options.driver = parsed.format;
-      blk = await host.open(name, { readOnly: parsed.readOnly, snapshot: parsed.snapshot, options });
+      blk = await host.open(name, { readOnly: parsed.readOnly, snapshot: parsed.snapshot, copyOnRead: parsed.copyOnRead, options });
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       output.err(`${PROGNAME}: can't open${parsed.imageOpts ? '' : ` device ${parsed.file}`}: ${msg}\n`);

@@ -35,7 +35,7 @@ import { parseOverlapCheck, setOverlapCheck } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import { qemuStrtosz } from '../../block/options.js';
 import type { BlockDriver, DriverInfo } from '../../block/driver.js';
-import type { BlockNode } from '../../block/node.js';
+import { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread, readBacking } from '../../block/io.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
@@ -257,9 +257,14 @@ export const qcow2Driver: BlockDriver = {
     s.snapshots = await readSnapshotTable(file, h, image);
     s.bitmaps = await readBitmapDirectory(file, h, image);
 
-    const dataFileOption = typeof options['data-file'] === 'string' ? (options['data-file'] as string) : undefined;
-    if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) {
-      const name = dataFileOption ?? s.imageDataFile;
+    // A name, or a node the options tree opened (a filter over the data file).
+    const given = options['data-file'];
+    const dataFileOption = typeof given === 'string' || given instanceof BlockNode ? given : undefined;
+    if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE && dataFileOption instanceof BlockNode) {
+      s.dataFile = dataFileOption;
+      bs.attach(dataFileOption, 'data-file');
+    } else if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) {
+      const name = (typeof dataFileOption === 'string' ? dataFileOption : undefined) ?? s.imageDataFile;
       if (!name) throw new BlockError('EINVAL', `${image}: 'data-file' is required for this image (external data file bit set, no data file name extension)`);
       s.dataFile = await openFileChild(bs, name, 'data-file');
     } else if (dataFileOption !== undefined) {
