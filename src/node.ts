@@ -5,6 +5,8 @@ import { installInflateExact } from './codecs/zlib-exact.js';
 import { installBzip2 } from './codecs/bzip2.js';
 import { installDeflatePool } from './codecs/deflate-pool.js';
 import { createNodeDeflatePool } from './codecs/deflate-pool-node.js';
+import { setDefaultHttpTransport } from './protocols/http.js';
+import { nodeHttpTransport } from './protocols/http-node.js';
 
 // node:zlib loads on first use: it pulls in the whole streams stack, ~20 ms of every start-up.
 type Zlib = typeof import('node:zlib');
@@ -39,5 +41,9 @@ installBzip2(async (input, outLength) => {
   return (await bzip2).decompress(input, outLength);
 });
 
+// http(s) images: node:http with keep-alive connections rather than the global fetch (see http-node.ts).
+setDefaultHttpTransport(nodeHttpTransport);
+
 export * from './index.js';
+export { nodeHttpTransport } from './protocols/http-node.js';
 export { FileStorage, fileDriver } from './protocols/file.js';
