@@ -58,7 +58,7 @@ function send(url: string, init: HttpRequestInit): Promise<HttpReply> {
         req.destroy(failure);
       }, init.timeoutMs);
     }
-    req.once('error', (e) => {
+    req.on('error', (e) => {
       stop();
       reject(failure ?? e);
     });
@@ -110,7 +110,7 @@ function send(url: string, init: HttpRequestInit): Promise<HttpReply> {
               if (!over) done(sink.length);
             });
             // A connection that breaks mid-body: 'aborted' / 'error' (or a 'close' before 'end').
-            res.once('error', (e) => {
+            res.on('error', (e) => {
               stop();
               if (!over) fail(failure ?? e);
             });
