@@ -1,13 +1,15 @@
 /**
  * qemu-img commit as a function: the chain of `filename` is opened, the base
  * (the immediate backing file, or the image named by `base`, found in the
- * chain as QEMU's bdrv_find_backing_image does) is opened again read-write,
- * and the commit job copies what lies above it. With `base` given, or with
+ * chain as QEMU's bdrv_find_backing_image does) is reopened read-write in
+ * place (its filters and options kept, one cache), and the commit job copies
+ * what lies above it. With `base` given, or with
  * `drop`, the top image keeps its data (qemu-img: "-b implies -d").
  */
-import { BlockError, isBlockError } from '../block/errors.js';
+import { BlockError, describeCode, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
+import { bdrvReopen } from '../block/reopen.js';
 import { Job } from '../jobs/job.js';
 import { runCommit } from '../jobs/commit.js';
 import type { ProgressFn } from './convert.js';
@@ -22,12 +24,21 @@ export interface CommitRequest {
   onProgress?: ProgressFn;
 }
 
-/** QEMU's bdrv_find_backing_image: a chain member by the name an overlay stores for it, or by its resolved name. */
+/**
+ * QEMU's bdrv_find_backing_image: the chain member whose overlay's backing
+ * file is `name`. A plain path is taken relative to each overlay's directory
+ * (absolute stays) and compared with the overlay's resolved backing file, both
+ * made absolute where the storage can; names with a protocol compare as given.
+ */
 export function findBackingImage(storage: Storage, top: BlockNode, name: string): BlockNode | undefined {
+  const hasProtocol = (f: string | null): boolean => f !== null && /^[a-z][a-z0-9+.-]*:/i.test(f);
+  const canonical = (f: string): string => storage.absolute?.(f) ?? f;
   for (let n: BlockNode | null = top; n; n = n.cowNode()) {
     const b = n.cowNode();
     if (!b) break;
-    if (n.backingFile === name || b.filename === name || b.filename === storage.resolve(n.filename, name) || b.filename === storage.resolve(top.filename, name)) {
+    if (hasProtocol(name) || hasProtocol(n.backingFile)) {
+      if (n.backingFile === name || b.filename === name) return b;
+    } else if (canonical(storage.resolve(n.filename, name)) === canonical(b.filename)) {
       return b;
     }
   }
@@ -36,7 +47,6 @@ export function findBackingImage(storage: Storage, top: BlockNode, name: string)
 
 export async function commitImage(storage: Storage, req: CommitRequest): Promise<void> {
   const top = await openImage(storage, req.filename, { format: req.format, readOnly: false });
-  let baseRw: BlockNode | undefined;
   try {
     const below = top.cowNode();
     if (!below) throw new BlockError('EINVAL', 'Image does not have a backing file');
@@ -47,17 +57,22 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
       base = found;
     }
     try {
-      baseRw = await openImage(storage, base.filename, { format: base.driver.name, readOnly: false, backing: false });
+      await bdrvReopen(base, { 'read-only': 'off' });
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
       throw new BlockError(isBlockError(e) ? e.code : 'EIO', `Could not reopen '${base.filename}' read-write: ${why}`, { cause: e });
     }
     const job = new Job('commit', 'commit', (j) => req.onProgress?.(j.current, j.total));
     job.total = top.totalBytes;
-    await job.start((j) => runCommit(j, top, { base, baseWritable: baseRw!, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
+    try {
+      await job.start((j) => runCommit(j, top, { base, baseWritable: base, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
+    } catch (e) {
+      // qemu-img reports the job's errno alone (run_block_job's "Block job failed").
+      if (!isBlockError(e)) throw e;
+      throw new BlockError(e.code, `Block job failed: ${describeCode(e.code)}`, { cause: e });
+    }
     req.onProgress?.(job.total, job.total);
   } finally {
-    if (baseRw) await closeNode(baseRw);
     await closeNode(top);
   }
 }
