@@ -291,3 +291,40 @@ describe('reopen with options (133, 039)', () => {
     }
   });
 });
+
+describe('qemu-img commit into a backing file named by options (020)', () => {
+  it('create -b json:{…} opens the name as options, and commit writes through the blkdebug filter it names', async () => {
+    const dir = tmpDir('blocktab-020-');
+    const st = new FileStorage();
+    const base = path.join(dir, 'base.qcow2');
+    const top = path.join(dir, 'top.qcow2');
+    await createImage(st, await planCreate(st, { filename: base, format: 'qcow2', size: 1 << 20 }));
+    const backing = `json:{'driver': 'qcow2', 'file': { 'driver': 'blkdebug', 'inject-error': [{ 'event': 'write_aio', 'errno': 28, 'once': true }], 'image': { 'driver': 'file', 'filename': '${base}' }}}`;
+    const plan = await planCreate(st, { filename: top, format: 'qcow2', backingFile: backing, backingFormat: 'qcow2' });
+    expect(plan.line).toContain("'driver': 'blkdebug',, 'inject-error'");
+    await createImage(st, plan);
+    const t = await openImage(st, top, { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(t, 0, 65536, new Uint8Array(65536).fill(3));
+    await closeNode(t);
+    await expect(commitImage(st, { filename: top })).rejects.toThrow('Block job failed: No space left on device');
+  });
+
+  it('-b names a chain member relative to each overlay, or absolutely; not relative to the working directory', async () => {
+    const dir = tmpDir('blocktab-020-');
+    const sub = path.join(dir, 'subdir');
+    fs.mkdirSync(sub);
+    const st = new FileStorage();
+    const cwd = process.cwd();
+    process.chdir(dir);
+    try {
+      await createImage(st, await planCreate(st, { filename: 'subdir/t.base', format: 'qcow2', size: 1 << 20 }));
+      await createImage(st, await planCreate(st, { filename: 'subdir/t.mid', format: 'qcow2', backingFile: 't.base', backingFormat: 'qcow2' }));
+      await createImage(st, await planCreate(st, { filename: 'subdir/t', format: 'qcow2', backingFile: 't.mid', backingFormat: 'qcow2' }));
+      await commitImage(st, { filename: 'subdir/t', base: 't.mid' });
+      await expect(commitImage(st, { filename: 'subdir/t', base: 'subdir/t.mid' })).rejects.toThrow("Did not find 'subdir/t.mid' in the backing chain of 'subdir/t'");
+      await commitImage(st, { filename: 'subdir/t', base: path.join(sub, 't.mid') });
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+});
