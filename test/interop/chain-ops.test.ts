@@ -148,14 +148,21 @@ describe('commit', () => {
     const nope = blocktab(['commit', '-b', 'nope', p('top.qcow2')]);
     expect(nope.status).toBe(1);
     expect(nope.stderr).toContain(`Did not find 'nope' in the backing chain of '${p('top.qcow2')}'`);
-    // A storage that refuses to open mid read-write (as a read-only file would).
+    // A storage whose mid file refuses to become writable (as a read-only file would): commit reopens the base in place.
     const fsStorage = new FileStorage();
     const ro: Storage = {
       name: 'ro',
       resolve: (a, b) => fsStorage.resolve(a, b),
-      openProtocol: (name, o) => {
-        if (name.endsWith('mid.qcow2') && !o.readOnly) return Promise.reject(new BlockError('EACCES', `${name}: Permission denied`));
-        return fsStorage.openProtocol(name, o);
+      openProtocol: async (name, o) => {
+        if (name.endsWith('mid.qcow2') && !o.readOnly) throw new BlockError('EACCES', `${name}: Permission denied`);
+        const bs = await fsStorage.openProtocol(name, o);
+        if (name.endsWith('mid.qcow2')) {
+          const refuse = async (_bs: unknown, readOnly: boolean): Promise<void> => {
+            if (!readOnly) throw new BlockError('EACCES', `${name}: Permission denied`);
+          };
+          (bs as { driver: typeof bs.driver }).driver = { ...bs.driver, reopen: refuse };
+        }
+        return bs;
       },
     };
     await expect(commitImage(ro, { filename: p('top.qcow2') })).rejects.toThrow(/Could not reopen .*mid\.qcow2' read-write/);
