@@ -2,13 +2,15 @@
  * qemu-img commit as a function: the chain of `filename` is opened, the base
  * (the immediate backing file, or the image named by `base`, found in the
  * chain as QEMU's bdrv_find_backing_image does) is reopened read-write in
- * place (its filters and options kept, one cache), and the commit job copies
- * what lies above it. With `base` given, or with
+ * place (its protocol node first; read-only again afterwards), and the commit
+ * job copies what lies above it. Reopening rather than opening the base a
+ * second time matters where a second handle is refused (OPFS locks). With `base` given, or with
  * `drop`, the top image keeps its data (qemu-img: "-b implies -d").
  */
 import { BlockError, describeCode, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
+import { bdrvFlush } from '../block/io.js';
 import { bdrvReopen } from '../block/reopen.js';
 import { Job } from '../jobs/job.js';
 import { runCommit } from '../jobs/commit.js';
@@ -47,6 +49,7 @@ export function findBackingImage(storage: Storage, top: BlockNode, name: string)
 
 export async function commitImage(storage: Storage, req: CommitRequest): Promise<void> {
   const top = await openImage(storage, req.filename, { format: req.format, readOnly: false });
+  let restore: (() => Promise<void>) | undefined;
   try {
     const below = top.cowNode();
     if (!below) throw new BlockError('EINVAL', 'Image does not have a backing file');
@@ -57,7 +60,7 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
       base = found;
     }
     try {
-      await bdrvReopen(base, { 'read-only': 'off' });
+      restore = await reopenWritableInPlace(base);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
       throw new BlockError(isBlockError(e) ? e.code : 'EIO', `Could not reopen '${base.filename}' read-write: ${why}`, { cause: e });
@@ -73,6 +76,27 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
     }
     req.onProgress?.(job.total, job.total);
   } finally {
-    await closeNode(top);
+    try {
+      await restore?.();
+    } finally {
+      await closeNode(top);
+    }
   }
+}
+
+/**
+ * Makes `base` and the nodes it writes through (file, filters below it, data
+ * file) read-write, children first (src/block/reopen.ts); the returned
+ * function flushes and puts them back read-only. A refused reopen changes nothing.
+ */
+async function reopenWritableInPlace(base: BlockNode): Promise<() => Promise<void>> {
+  if (!base.readOnly) return async () => {};
+  await bdrvReopen(base, { 'read-only': 'off' });
+  return async () => {
+    try {
+      await bdrvFlush(base);
+    } finally {
+      await bdrvReopen(base, { 'read-only': 'on' });
+    }
+  };
 }
