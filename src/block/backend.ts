@@ -85,6 +85,12 @@ export class BlockBackend {
   hooks: BackendHooks;
   /** Reads copy backing-chain data into the root (-drive copy-on-read=on). */
   copyOnRead: boolean;
+  /**
+   * QEMU's enable_write_cache: when false (cache=writethrough, directsync)
+   * every write is stable when it completes, a flush of the root following it,
+   * as QEMU emulates FUA for drivers that lack it.
+   */
+  writeCacheEnabled = true;
   private stopped = false;
   private waiters: (() => void)[] = [];
 
@@ -237,12 +243,18 @@ export class BlockBackend {
 
   async write(offset: number, bytes: number, buf: Uint8Array, flags: WriteFlags = {}, opts: RequestOptions = {}): Promise<void> {
     this.checkBounds(offset, bytes, 'write', 'write', opts.account === true);
-    await this.request('write', bytes, opts, 'write', () => bdrvPwrite(this.root, offset, bytes, buf, flags));
+    await this.request('write', bytes, opts, 'write', () => this.stable(bdrvPwrite(this.root, offset, bytes, buf, flags)));
   }
 
   async writeZeroes(offset: number, bytes: number, flags: WriteFlags = {}, opts: RequestOptions = {}): Promise<void> {
     this.checkBounds(offset, bytes, 'write-zeroes', 'write', opts.account === true);
-    await this.request('write', bytes, opts, 'write', () => bdrvPwriteZeroes(this.root, offset, bytes, flags));
+    await this.request('write', bytes, opts, 'write', () => this.stable(bdrvPwriteZeroes(this.root, offset, bytes, flags)));
+  }
+
+  /** A write's completion, followed by a flush when the write cache is off. */
+  private async stable(write: Promise<void>): Promise<void> {
+    await write;
+    if (!this.writeCacheEnabled) await bdrvFlush(this.root);
   }
 
   async discard(offset: number, bytes: number, opts: RequestOptions = {}): Promise<void> {

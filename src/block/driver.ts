@@ -248,6 +248,16 @@ export interface BlockDriver {
   reopen?(bs: BlockNode, readOnly: boolean): Promise<void>;
 
   /**
+   * Takes changed driver options at a reopen (QEMU's bdrv_reopen_prepare and
+   * commit for the driver's own options; src/block/reopen.ts). `options` holds
+   * only the keys given, of the driver's `blockdevOptions`; keys not given keep
+   * their values. Called first with `check` for every node of the reopen (throw
+   * to refuse; change nothing), then without it to apply, before a node goes
+   * read-only and after it went read-write.
+   */
+  reopenOptions?(bs: BlockNode, options: Record<string, unknown>, mode: { check: boolean }): Promise<void>;
+
+  /**
    * Changes the node's virtual size to `offset` bytes (qemu-img resize,
    * block_resize, a raw file's creation). Guarantees: the node is writable,
    * `offset` is a safe integer >= 0, dirty bitmaps are resized by the core

@@ -154,6 +154,7 @@ async function openBackingOf(ctx: OpenContext, bs: BlockNode, t: OptionsTree, to
     flattenInto(given, 'backing', backing);
     for (const [k, v] of Object.entries(given)) if (k !== 'backing.driver') bs.options[k] = v;
     await openHeaderBacking(ctx, bs);
+    if (bs.backing && typeof backing['node-name'] === 'string') nameNode(bs.backing.node, backing['node-name']);
     return;
   }
   if (isTree(backing) || typeof backing === 'string') {
@@ -163,6 +164,11 @@ async function openBackingOf(ctx: OpenContext, bs: BlockNode, t: OptionsTree, to
     return;
   }
   if (top.backing !== false && bs.backingFile) await openHeaderBacking(ctx, bs);
+}
+
+/** Gives a node opened by a storage or from a header the node-name its options ask for. */
+function nameNode(bs: BlockNode, name: string): void {
+  (bs as { nodeName: string }).nodeName = name;
 }
 
 async function openProtocolNode(ctx: OpenContext, driver: string, t: OptionsTree, readOnly: boolean): Promise<BlockNode> {
@@ -178,7 +184,9 @@ async function openProtocolNode(ctx: OpenContext, driver: string, t: OptionsTree
   const filename = t.filename ?? t.url;
   if (typeof filename !== 'string') throw new BlockError('EINVAL', `The '${driver}' block driver requires a file name`);
   try {
-    return await ctx.storage.openProtocol(filename, { readOnly });
+    const bs = await ctx.storage.openProtocol(filename, { readOnly });
+    if (typeof t['node-name'] === 'string') nameNode(bs, t['node-name']);
+    return bs;
   } catch (e) {
     if (e instanceof BlockError) throw e;
     throw new BlockError('EIO', `Could not open '${filename}': ${e instanceof Error ? e.message : String(e)}`, { cause: e });

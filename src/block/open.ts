@@ -38,6 +38,8 @@ export interface Storage {
    * directory of `from`, as QEMU's path_combine.
    */
   resolve(from: string, reference: string): string;
+  /** The name made absolute where the storage has a working directory (host files), to compare names. */
+  absolute?(filename: string): string;
 }
 
 /** How a node was opened; kept on the node so drivers can open sibling files (data files). */

@@ -210,7 +210,8 @@ export function printOptions(list: readonly OptionDesc[], values: OptionValues):
   for (const d of list) {
     const v = values.get(d.name) ?? d.def;
     if (v === undefined) continue;
-    parts.push(`${d.name}=${v}`);
+    // QEMU's qemu_opts_print escapes a string's commas as QemuOpts reads them back (doubled).
+    parts.push(`${d.name}=${d.type === 'str' ? v.replaceAll(',', ',,') : v}`);
   }
   return parts.join(' ');
 }

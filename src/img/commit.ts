@@ -7,11 +7,11 @@
  * second time matters where a second handle is refused (OPFS locks). With `base` given, or with
  * `drop`, the top image keeps its data (qemu-img: "-b implies -d").
  */
-import { BlockError, isBlockError } from '../block/errors.js';
+import { BlockError, describeCode, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
 import { bdrvFlush } from '../block/io.js';
-import { reopenReadOnly } from '../block/reopen.js';
+import { bdrvReopen } from '../block/reopen.js';
 import { Job } from '../jobs/job.js';
 import { runCommit } from '../jobs/commit.js';
 import type { ProgressFn } from './convert.js';
@@ -26,12 +26,21 @@ export interface CommitRequest {
   onProgress?: ProgressFn;
 }
 
-/** QEMU's bdrv_find_backing_image: a chain member by the name an overlay stores for it, or by its resolved name. */
+/**
+ * QEMU's bdrv_find_backing_image: the chain member whose overlay's backing
+ * file is `name`. A plain path is taken relative to each overlay's directory
+ * (absolute stays) and compared with the overlay's resolved backing file, both
+ * made absolute where the storage can; names with a protocol compare as given.
+ */
 export function findBackingImage(storage: Storage, top: BlockNode, name: string): BlockNode | undefined {
+  const hasProtocol = (f: string | null): boolean => f !== null && /^[a-z][a-z0-9+.-]*:/i.test(f);
+  const canonical = (f: string): string => storage.absolute?.(f) ?? f;
   for (let n: BlockNode | null = top; n; n = n.cowNode()) {
     const b = n.cowNode();
     if (!b) break;
-    if (n.backingFile === name || b.filename === name || b.filename === storage.resolve(n.filename, name) || b.filename === storage.resolve(top.filename, name)) {
+    if (hasProtocol(name) || hasProtocol(n.backingFile)) {
+      if (n.backingFile === name || b.filename === name) return b;
+    } else if (canonical(storage.resolve(n.filename, name)) === canonical(b.filename)) {
       return b;
     }
   }
@@ -58,7 +67,13 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
     }
     const job = new Job('commit', 'commit', (j) => req.onProgress?.(j.current, j.total));
     job.total = top.totalBytes;
-    await job.start((j) => runCommit(j, top, { base, baseWritable: base, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
+    try {
+      await job.start((j) => runCommit(j, top, { base, baseWritable: base, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
+    } catch (e) {
+      // qemu-img reports the job's errno alone (run_block_job's "Block job failed").
+      if (!isBlockError(e)) throw e;
+      throw new BlockError(e.code, `Block job failed: ${describeCode(e.code)}`, { cause: e });
+    }
     req.onProgress?.(job.total, job.total);
   } finally {
     try {
@@ -70,30 +85,18 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
 }
 
 /**
- * Makes `base` and the children it writes through (file, data file)
- * read-write, children first; the returned function flushes and puts every
- * one back as it was, parents first. A refused step undoes the ones before it.
+ * Makes `base` and the nodes it writes through (file, filters below it, data
+ * file) read-write, children first (src/block/reopen.ts); the returned
+ * function flushes and puts them back read-only. A refused reopen changes nothing.
  */
 async function reopenWritableInPlace(base: BlockNode): Promise<() => Promise<void>> {
-  const layers = [base.file?.node, base.dataFile?.node, base].filter((n): n is BlockNode => n !== undefined && n.readOnly);
-  const done: BlockNode[] = [];
-  const putBack = async () => {
-    for (const n of [...done].reverse()) await reopenReadOnly(n, true);
-  };
-  try {
-    for (const n of layers) {
-      await reopenReadOnly(n, false);
-      done.push(n);
-    }
-  } catch (e) {
-    await putBack();
-    throw e;
-  }
+  if (!base.readOnly) return async () => {};
+  await bdrvReopen(base, { 'read-only': 'off' });
   return async () => {
     try {
       await bdrvFlush(base);
     } finally {
-      await putBack();
+      await bdrvReopen(base, { 'read-only': 'on' });
     }
   };
 }

@@ -10,6 +10,8 @@
  */
 import { BlockError } from '../block/errors.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
+import { openTree } from '../block/open-tree.js';
+import { parseJsonName } from '../block/options-tree.js';
 import type { BlockNode } from '../block/node.js';
 import type { ImageCreateRequest } from '../block/driver.js';
 import { bdrvFlush } from '../block/io.js';
@@ -88,7 +90,10 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
     if (!req.unsafe) {
       let bs: BlockNode | undefined;
       try {
-        bs = await openImage(storage, storage.resolve(filename, backingFile), { format: backingFmt, readOnly: true, backing: false });
+        // A json:{…} backing name stands for options (QEMU's bdrv_open of the name).
+        bs = backingFile.startsWith('json:')
+          ? await openTree(storage, parseJsonName(backingFile), { format: backingFmt, readOnly: true, backing: false })
+          : await openImage(storage, storage.resolve(filename, backingFile), { format: backingFmt, readOnly: true, backing: false });
       } catch (e) {
         const why = e instanceof Error ? e.message : String(e);
         throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${filename}: ${why}\nCould not open backing image.`, { cause: e });

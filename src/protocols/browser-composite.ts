@@ -55,6 +55,10 @@ export class CompositeStorage implements Storage {
     return s.removeFile(filename);
   }
 
+  absolute(filename: string): string {
+    return WEB.test(filename) ? filename : (this.local.absolute?.(filename) ?? filename);
+  }
+
   resolve(from: string, reference: string): string {
     if (WEB.test(from)) return this.remote.resolve(from, reference);
     if (!WEB.test(reference)) return this.local.resolve(from, reference);

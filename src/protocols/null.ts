@@ -54,7 +54,6 @@ function nullDriver(name: 'null-co' | 'null-aio'): BlockDriver {
       return { status: BDRV_BLOCK_OFFSET_VALID | zero, pnum: bytes, map: offset, file: bs };
     },
     getAllocatedFileSize: async () => 0,
-    getDriverInfo: () => ({}),
   };
 }
 

@@ -16,6 +16,9 @@ import { FileStorage } from '../../src/protocols/file.js';
 import { blockStatus, BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO } from '../../src/block/status.js';
 import { bdrvPread } from '../../src/block/io.js';
 import { tmpDir } from '../helpers/qemu.js';
+import { BlockBackend } from '../../src/block/backend.js';
+import { openTree } from '../../src/block/open-tree.js';
+import { bdrvReopen } from '../../src/block/reopen.js';
 
 async function qcow2(st: MemoryStorage, filename: string, size: number, extra: { backingFile?: string; backingFormat?: string } = {}): Promise<void> {
   await createImage(st, await planCreate(st, { filename, format: 'qcow2', size, ...extra }));
@@ -186,6 +189,142 @@ describe('qcow2 unaligned refcount block offset (305)', () => {
       expect(warnings).toEqual(['qcow2: Marking image as corrupt: Refblock offset 0x20200 unaligned (reftable index: 0); further corruption events will be suppressed']);
     } finally {
       await closeNode(bs).catch(() => {});
+    }
+  });
+});
+
+describe('lazy refcounts and a write-through backend (039)', () => {
+  it('a crash after a flushed write leaves the L2 entry and the dirty bit on disk but not the data cluster refcount, as QEMU', async () => {
+    const st = new MemoryStorage();
+    await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size: 1 << 20, options: ['lazy_refcounts=on'] }));
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    const blk = new BlockBackend(bs);
+    blk.writeCacheEnabled = false;
+    await blk.write(0, 512, new Uint8Array(512).fill(0x5a));
+    // The process dies here: what is on disk is a copy of the file now, never closed.
+    const crashed = new MemoryStorage();
+    crashed.put('a.qcow2', st.get('a.qcow2')!.slice());
+    await closeNode(bs);
+    const head = crashed.get('a.qcow2')!;
+    expect(head[79]! & 1).toBe(1); // incompatible_features: dirty
+    const res = await check(crashed, { leaks: false, errors: false });
+    expect(res.messages).toContain('ERROR cluster 5 refcount=0 reference=1');
+    expect(res.corruptions).toBe(2);
+    expect((await guest(crashed))[0]).toBe(0x5a);
+  });
+
+  it('without lazy refcounts the same crash leaves a clean image', async () => {
+    const st = new MemoryStorage();
+    await qcow2(st, 'a.qcow2', 1 << 20);
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    const blk = new BlockBackend(bs);
+    blk.writeCacheEnabled = false;
+    await blk.write(0, 512, new Uint8Array(512).fill(0x5a));
+    const crashed = new MemoryStorage();
+    crashed.put('a.qcow2', st.get('a.qcow2')!.slice());
+    await closeNode(bs);
+    const res = await check(crashed, { leaks: false, errors: false });
+    expect(res.corruptions + res.leaks).toBe(0);
+    expect((await guest(crashed))[0]).toBe(0x5a);
+  });
+});
+
+describe('reopen with options (133, 039)', () => {
+  async function chain(st: MemoryStorage): Promise<void> {
+    await qcow2(st, 'b.qcow2', 1 << 20);
+    await qcow2(st, 'a.qcow2', 1 << 20, { backingFile: 'b.qcow2', backingFormat: 'qcow2' });
+  }
+
+  it("refuses a node-name or driver change with QEMU's words, and takes unchanged ones", async () => {
+    const st = new MemoryStorage();
+    await chain(st);
+    const bs = await openTree(st, { filename: 'a.qcow2', 'node-name': 'top', backing: { 'node-name': 'low' } }, {});
+    try {
+      for (const [opts, key] of [
+        [{ 'node-name': 'foo' }, 'node-name'],
+        [{ 'file.node-name': 'foo' }, 'node-name'],
+        [{ 'backing.node-name': 'foo' }, 'node-name'],
+        [{ driver: 'raw' }, 'driver'],
+        [{ 'file.driver': 'qcow2' }, 'driver'],
+        [{ 'backing.driver': 'file' }, 'driver'],
+        [{ 'no-such-option': 'x' }, 'no-such-option'],
+      ] as const) {
+        await expect(bdrvReopen(bs, opts)).rejects.toThrow(`Cannot change the option '${key}'`);
+      }
+      await expect(bdrvReopen(bs, { 'read-only': 'foo' })).rejects.toThrow("Parameter 'read-only' expects 'on' or 'off'");
+      await bdrvReopen(bs, { 'node-name': 'top', 'backing.node-name': 'low', driver: 'qcow2', 'file.driver': bs.file!.node.driver.name, 'backing.driver': 'qcow2' });
+      expect(bs.nodeName).toBe('top');
+      expect(bs.backing!.node.nodeName).toBe('low');
+    } finally {
+      await closeNode(bs);
+    }
+  });
+
+  it('read-only and back: the file child follows, the backing node stays read-only', async () => {
+    const st = new MemoryStorage();
+    await chain(st);
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    try {
+      await bdrvReopen(bs, { 'read-only': 'on' });
+      expect([bs.readOnly, bs.file!.node.readOnly, bs.backing!.node.readOnly]).toEqual([true, true, true]);
+      await expect(bdrvPwrite(bs, 0, 512, new Uint8Array(512))).rejects.toThrow();
+      await bdrvReopen(bs, { 'read-only': 'off' });
+      expect([bs.readOnly, bs.file!.node.readOnly, bs.backing!.node.readOnly]).toEqual([false, false, true]);
+      await bdrvPwrite(bs, 0, 512, new Uint8Array(512).fill(1));
+    } finally {
+      await closeNode(bs);
+    }
+  });
+
+  it('lazy-refcounts=on on an image without the header bit sets the dirty bit at the next write (039)', async () => {
+    const st = new MemoryStorage();
+    await qcow2(st, 'a.qcow2', 1 << 20);
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    try {
+      await bdrvReopen(bs, { 'lazy-refcounts': 'on' });
+      await bdrvPwrite(bs, 0, 512, new Uint8Array(512).fill(1));
+      expect(st.get('a.qcow2')![79]! & 1).toBe(1);
+      await bdrvReopen(bs, { 'lazy-refcounts': 'off' });
+      expect(st.get('a.qcow2')![79]! & 1).toBe(0);
+    } finally {
+      await closeNode(bs);
+    }
+  });
+});
+
+describe('qemu-img commit into a backing file named by options (020)', () => {
+  it('create -b json:{…} opens the name as options, and commit writes through the blkdebug filter it names', async () => {
+    const dir = tmpDir('blocktab-020-');
+    const st = new FileStorage();
+    const base = path.join(dir, 'base.qcow2');
+    const top = path.join(dir, 'top.qcow2');
+    await createImage(st, await planCreate(st, { filename: base, format: 'qcow2', size: 1 << 20 }));
+    const backing = `json:{'driver': 'qcow2', 'file': { 'driver': 'blkdebug', 'inject-error': [{ 'event': 'write_aio', 'errno': 28, 'once': true }], 'image': { 'driver': 'file', 'filename': '${base}' }}}`;
+    const plan = await planCreate(st, { filename: top, format: 'qcow2', backingFile: backing, backingFormat: 'qcow2' });
+    expect(plan.line).toContain("'driver': 'blkdebug',, 'inject-error'");
+    await createImage(st, plan);
+    const t = await openImage(st, top, { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(t, 0, 65536, new Uint8Array(65536).fill(3));
+    await closeNode(t);
+    await expect(commitImage(st, { filename: top })).rejects.toThrow('Block job failed: No space left on device');
+  });
+
+  it('-b names a chain member relative to each overlay, or absolutely; not relative to the working directory', async () => {
+    const dir = tmpDir('blocktab-020-');
+    const sub = path.join(dir, 'subdir');
+    fs.mkdirSync(sub);
+    const st = new FileStorage();
+    const cwd = process.cwd();
+    process.chdir(dir);
+    try {
+      await createImage(st, await planCreate(st, { filename: 'subdir/t.base', format: 'qcow2', size: 1 << 20 }));
+      await createImage(st, await planCreate(st, { filename: 'subdir/t.mid', format: 'qcow2', backingFile: 't.base', backingFormat: 'qcow2' }));
+      await createImage(st, await planCreate(st, { filename: 'subdir/t', format: 'qcow2', backingFile: 't.mid', backingFormat: 'qcow2' }));
+      await commitImage(st, { filename: 'subdir/t', base: 't.mid' });
+      await expect(commitImage(st, { filename: 'subdir/t', base: 'subdir/t.mid' })).rejects.toThrow("Did not find 'subdir/t.mid' in the backing chain of 'subdir/t'");
+      await commitImage(st, { filename: 'subdir/t', base: path.join(sub, 't.mid') });
+    } finally {
+      process.chdir(cwd);
     }
   });
 });

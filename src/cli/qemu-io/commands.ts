@@ -104,6 +104,8 @@ export interface OpenRequest {
   copyOnRead?: boolean;
   /** -o key=value options (driver=, file.filename=, …), or --image-opts' whole string. */
   options: Record<string, string>;
+  /** -t writethrough / directsync: every write is flushed before it completes (the write cache off). */
+  writethrough?: boolean;
 }
 
 /** The host side of a session: opening and closing images by name, which needs file access. */
@@ -646,7 +648,8 @@ function driverInfo(bs: BlockNode): { clusterSize: number; vmStateOffset: number
       if (!di) return undefined;
       return { clusterSize: di.clusterSize ?? 0, vmStateOffset: di.vmStateOffset ?? 0 };
     }
-    if (drv.kind === 'protocol') return { clusterSize: 0, vmStateOffset: 0 };
+    // A protocol with no storage behind it (null-co) has no driver info, as QEMU's bdrv_get_info answers.
+    if (drv.kind === 'protocol') return drv.standalone ? undefined : { clusterSize: 0, vmStateOffset: 0 };
     if (drv.kind !== 'filter') return undefined;
   }
   return undefined;
@@ -661,6 +664,8 @@ const infoCmd: CmdInfo = {
   async run(s) {
     const bs = s.root;
     s.out(`format name: ${bs.driver.name}\n`);
+    // A protocol driver's protocol name is printed too (QEMU's drivers carry both names).
+    if (bs.driver.protocolName) s.out(`format name: ${bs.driver.protocolName}\n`);
     const di = driverInfo(bs);
     if (!di) return 0;
     s.out(`cluster size: ${cvtstr(di.clusterSize)}\n`);

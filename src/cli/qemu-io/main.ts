@@ -17,7 +17,7 @@ import { innermostFilename } from '../objects.js';
 import { BlockBackend } from '../../block/backend.js';
 import type { BlockNode } from '../../block/node.js';
 import { QemuIoSession, type IoHost, type IoOutput, type OpenRequest } from './commands.js';
-import { parseKeyValues } from './open-commands.js';
+import { parseCacheMode, parseKeyValues } from './open-commands.js';
 import { createImage, planCreate } from '../../img/create.js';
 import { BlockError, describeCode, fromHostError } from '../../block/errors.js';
 import { tmpdir } from 'node:os';
@@ -71,15 +71,6 @@ const LONG_OPTS: readonly LongOption[] = [
   { name: 'image-opts', hasArg: false, val: 'I' },
 ];
 
-/** QEMU's bdrv_parse_cache_mode: whether the mode bypasses the host cache, and whether it skips flushes. */
-const CACHE_MODES: Record<string, { direct: boolean; noFlush: boolean }> = {
-  none: { direct: true, noFlush: false },
-  off: { direct: true, noFlush: false },
-  writeback: { direct: false, noFlush: false },
-  writethrough: { direct: false, noFlush: false },
-  directsync: { direct: true, noFlush: false },
-  unsafe: { direct: false, noFlush: true },
-};
 const AIO_MODES = ['threads', 'native', 'io_uring'];
 
 interface IoArgs {
@@ -91,6 +82,8 @@ interface IoArgs {
   direct: boolean;
   /** -t unsafe: flushes stop short of the storage. */
   noFlush: boolean;
+  /** -t writethrough / directsync: each write flushed before it completes. */
+  writethrough: boolean;
   aio: string;
   /** -U: QEMU allows it on read-only images only. */
   forceShare: boolean;
@@ -103,7 +96,7 @@ interface IoArgs {
 
 /** Parses blocktab io's options with the shared getopt; returns an exit code on error or --help. */
 function parseArgs(args: string[], output: IoOutput): IoArgs | number {
-  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, aio: 'threads', forceShare: false, snapshot: false, imageOpts: false };
+  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, writethrough: false, aio: 'threads', forceShare: false, snapshot: false, imageOpts: false };
   const { events, operands } = getopt([PROGNAME, ...args], SHORT_OPTS, LONG_OPTS);
   for (const ev of events) {
     if (ev.kind === 'error') {
@@ -119,9 +112,9 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
       case 'c': res.cmds.push(arg); break;
       case 'f': res.format = arg; break;
       case 'r': res.readOnly = true; break;
-      case 'n': Object.assign(res, CACHE_MODES.none); break;
+      case 'n': Object.assign(res, parseCacheMode('none')); break;
       case 't': {
-        const mode = CACHE_MODES[arg];
+        const mode = parseCacheMode(arg);
         if (!mode) {
           output.err(`${PROGNAME}: Invalid cache option: ${arg}\n`);
           return 1;
@@ -282,6 +275,7 @@ class CliIoHost implements IoHost {
       throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");
     }
     const blk = new BlockBackend(root, { copyOnRead: req.copyOnRead === true });
+    blk.writeCacheEnabled = !(req.writethrough ?? this.args.writethrough);
     if (temp) this.temps.set(blk, temp);
     return blk;
   }

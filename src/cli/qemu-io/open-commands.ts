@@ -6,6 +6,7 @@
 import { EINVAL, handleOpts, type CmdInfo, type OpenRequest } from './commands.js';
 import { BlockError } from '../../block/errors.js';
 import { parseKeyValueList } from '../../block/options-tree.js';
+import { bdrvReopen } from '../../block/reopen.js';
 
 /** QEMU's QemuOpts syntax (options-tree's parser, bare words as booleans); an error is returned as its message. */
 export function parseKeyValues(text: string, implied?: string): Record<string, string> | string {
@@ -17,7 +18,19 @@ export function parseKeyValues(text: string, implied?: string): Record<string, s
   }
 }
 
-const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
+
+/** QEMU's bdrv_parse_cache_mode: the host cache bypassed, flushes skipped, the write cache off. */
+export function parseCacheMode(mode: string): { direct: boolean; noFlush: boolean; writethrough: boolean } | undefined {
+  switch (mode) {
+    case 'off':
+    case 'none': return { direct: true, noFlush: false, writethrough: false };
+    case 'directsync': return { direct: true, noFlush: false, writethrough: true };
+    case 'writeback': return { direct: false, noFlush: false, writethrough: false };
+    case 'unsafe': return { direct: false, noFlush: true, writethrough: false };
+    case 'writethrough': return { direct: false, noFlush: false, writethrough: true };
+    default: return undefined;
+  }
+}
 
 const openCmd: CmdInfo = {
   name: 'open',
@@ -49,12 +62,16 @@ const openCmd: CmdInfo = {
         case 's': req.snapshot = true; break;
         case 'r': req.readOnly = true; break;
         case 'C': req.copyOnRead = true; break;
-        case 't':
-          if (!CACHE_MODES.includes(arg!)) {
+        case 'n': req.writethrough = false; break;
+        case 't': {
+          const mode = parseCacheMode(arg!);
+          if (!mode) {
             s.report(`Invalid cache option: ${arg}`);
             return EINVAL;
           }
+          req.writethrough = mode.writethrough;
           break;
+        }
         case 'd':
           if (!['ignore', 'off', 'unmap', 'on'].includes(arg!)) {
             s.report(`Invalid discard option: ${arg}`);
@@ -110,6 +127,86 @@ const closeCmd: CmdInfo = {
     const blk = s.blk!;
     s.blk = null;
     await s.host?.close(blk);
+    return 0;
+  },
+};
+
+const reopenCmd: CmdInfo = {
+  name: 'reopen',
+  argmin: 0,
+  argmax: -1,
+  args: '[(-r|-w)] [-c cache] [-o options]',
+  oneline: 'reopens an image with new options',
+  help:
+    '\n Changes the open options of an already opened image\n\n Example:\n' +
+    " 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 image\n\n" +
+    ' -r, -- Reopen the image read-only\n' +
+    ' -w, -- Reopen the image read-write\n' +
+    ' -c, -- Change the cache mode to the given value\n' +
+    " -o, -- Changes block driver options (cf. 'open' command)\n\n",
+  opts: 'c:o:rw',
+  async run(s, argv, parsed) {
+    const blk = s.blk!;
+    const bs = s.root;
+    let readOnly: boolean | undefined;
+    let cache: ReturnType<typeof parseCacheMode>;
+    const options: Record<string, string> = {};
+    const stop = handleOpts(s, this, parsed.events, (c, arg) => {
+      switch (c) {
+        case 'c':
+          cache = parseCacheMode(arg!);
+          if (!cache) {
+            s.report(`Invalid cache option: ${arg}`);
+            return EINVAL;
+          }
+          break;
+        case 'o': {
+          const kv = parseKeyValues(arg!);
+          if (typeof kv === 'string') {
+            s.report(kv);
+            return EINVAL;
+          }
+          Object.assign(options, kv);
+          break;
+        }
+        case 'r':
+        case 'w':
+          if (readOnly !== undefined) {
+            s.report('Only one -r/-w option may be given');
+            return EINVAL;
+          }
+          readOnly = c === 'r';
+          break;
+      }
+      return undefined;
+    });
+    if (stop !== undefined) return stop;
+    if (parsed.operands.length > 0) return s.usage(this);
+    // As qemu-io's reopen_f: -r/-w and -c stand for the options they set, and may not be given twice.
+    if (options['read-only'] !== undefined) {
+      if (readOnly !== undefined) {
+        s.report("Cannot set both -r/-w and 'read-only'");
+        return EINVAL;
+      }
+    } else {
+      options['read-only'] = (readOnly ?? bs.readOnly) ? 'on' : 'off';
+    }
+    if (options['cache.direct'] !== undefined || options['cache.no-flush'] !== undefined) {
+      if (cache) {
+        s.report('Cannot set both -c and the cache options');
+        return EINVAL;
+      }
+    } else {
+      options['cache.no-flush'] = (cache ? cache.noFlush : bs.noFlush) ? 'on' : 'off';
+    }
+    try {
+      await bdrvReopen(bs, options);
+    } catch (e) {
+      if (!(e instanceof BlockError)) throw e;
+      s.report(e.message);
+      return EINVAL;
+    }
+    if (cache) blk.writeCacheEnabled = !cache.writethrough;
     return 0;
   },
 };
@@ -170,4 +267,4 @@ const sleepCmd: CmdInfo = {
   },
 };
 
-export const OPEN_COMMANDS: CmdInfo[] = [abortCmd, closeCmd, openCmd, sigraiseCmd, sleepCmd];
+export const OPEN_COMMANDS: CmdInfo[] = [abortCmd, closeCmd, openCmd, reopenCmd, sigraiseCmd, sleepCmd];

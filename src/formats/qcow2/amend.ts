@@ -189,6 +189,7 @@ async function downgrade(bs: BlockNode, s: Qcow2State): Promise<void> {
   }
   await expandZeroClusters(bs, s);
   h.compatibleFeatures = 0n;
+  s.useLazyRefcounts = false;
   h.autoclearFeatures = 0n;
   h.incompatibleFeatures = 0n;
   h.compressionType = QCOW2_COMPRESSION_TYPE_ZLIB;
@@ -264,6 +265,7 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
     } else {
       h.compatibleFeatures |= QCOW2_COMPAT_LAZY_REFCOUNTS;
     }
+    s.useLazyRefcounts = lazy;
     await updateHeader(s);
   }
   if (o.size !== undefined && o.size !== bs.totalBytes) await bdrvTruncate(bs, o.size, false, 'off');

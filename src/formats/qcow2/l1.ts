@@ -18,6 +18,12 @@
  *   5. lazy refcounts: the dirty bit is cleared last
  * A crash anywhere leaves tables that point only at clusters with a refcount,
  * so at worst clusters leak.
+ *
+ * With lazy refcounts and the dirty bit set, a plain flush (`keepLazy`: the
+ * driver's flush, a FUA write) writes only the tables, as QEMU's
+ * qcow2_write_caches: refcounts stay in the cache and the dirty bit on disk
+ * until the node closes or goes read-only, and a crash in between leaves
+ * refcounts that the next read/write open rebuilds.
  */
 import { QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2 } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
@@ -54,10 +60,10 @@ function l2Dirty(s: Qcow2State): boolean {
   return s.l2Cache.hasDirty();
 }
 
-/** Writes the dirty L2 slices after the refcounts they depend on. */
-async function flushL2(s: Qcow2State): Promise<void> {
+/** Writes the dirty L2 slices after the refcounts they depend on (lazily: without them). */
+async function flushL2(s: Qcow2State, lazy = false): Promise<void> {
   if (!l2Dirty(s)) return;
-  await flushRefcounts(s);
+  if (!lazy) await flushRefcounts(s);
   await syncAll(s);
   await s.l2Cache.flushDirty(async (offset, data) => {
     await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, offset, data.length);
@@ -87,8 +93,13 @@ async function writeL1Dirty(s: Qcow2State): Promise<void> {
 }
 
 /** Writes every cached metadata change in crash-safe order (see the file comment). */
-export async function flushMetadata(s: Qcow2State): Promise<void> {
+export async function flushMetadata(s: Qcow2State, opts: { keepLazy?: boolean } = {}): Promise<void> {
   const rw = s.rw;
+  if (opts.keepLazy && rw.dirtyBitSet) {
+    await flushL2(s, true);
+    await writeL1Dirty(s);
+    return;
+  }
   const l1 = rw.l1DirtyFrom < rw.l1DirtyTo;
   if (l2Dirty(s) || l1 || rw.deferredFrees.length || refcountsPending(s)) {
     await flushRefcounts(s);
@@ -118,6 +129,8 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
   }
   const cs = s.clusterSize;
   const table = await allocateClusters(s, 1);
+  // The table's own refcount goes to disk before the table, lazy refcounts or not (QEMU's l2_allocate).
+  if (s.rw.dirtyBitSet) await flushRefcounts(s);
   const buf = allocBuffer(cs);
   try {
     if (old) {

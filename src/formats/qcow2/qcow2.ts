@@ -34,6 +34,7 @@
 import { parseOverlapCheck, setOverlapCheck } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import { qemuStrtosz } from '../../block/options.js';
+import { optBool, type OptionsTree } from '../../block/options-tree.js';
 import type { BlockDriver, DriverInfo } from '../../block/driver.js';
 import { BlockNode } from '../../block/node.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
@@ -63,6 +64,7 @@ import {
   QCOW2_INCOMPAT_DATA_FILE,
   QCOW2_INCOMPAT_DIRTY,
   QCOW2_INCOMPAT_EXTL2,
+  type Qcow2Header,
   V3_MIN_HEADER_LENGTH,
 } from './header.js';
 import { sizeToL1, validateHeader } from './validate.js';
@@ -119,6 +121,15 @@ function optionInt(bs: BlockNode, options: Record<string, unknown>, key: string)
   return n;
 }
 
+/** The `lazy-refcounts` option, by default the header's bit (QEMU's qcow2_update_options_prepare). */
+function lazyRefcountsOption(options: Record<string, unknown>, h: Qcow2Header, image: string): boolean {
+  const lazy = optBool(options as OptionsTree, 'lazy-refcounts') ?? (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n;
+  if (lazy && h.version < 3) {
+    throw new BlockError('EINVAL', `${image}: Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level`);
+  }
+  return lazy;
+}
+
 /** Slice size and slice count of the L2 cache, as QEMU's read_cache_sizes. */
 export function l2CacheGeometry(
   bs: BlockNode,
@@ -161,7 +172,9 @@ export function l2CacheGeometry(
 async function repairDirty(bs: BlockNode, s: Qcow2State): Promise<void> {
   // Loaded on demand: check.ts is large and only a dirty image needs it at open.
   const mod = await import('./check.js');
-  await mod.checkImage(bs, { fix: { leaks: true, errors: true } });
+  const res = await mod.checkImage(bs, { fix: { leaks: true, errors: true } });
+  // QEMU's check prints what it finds and repairs on stderr, at open too.
+  for (const m of res.messages) s.warn?.(m);
   dropRefcountCache(s);
   s.l2Cache.clear();
   await clearDirtyBit(s);
@@ -248,6 +261,7 @@ export const qcow2Driver: BlockDriver = {
       bitmaps: [],
       bitmapsLoaded: false,
       metadataPreallocation: undefined,
+      useLazyRefcounts: lazyRefcountsOption(options, h, image),
       rw: newRwState(clusterSize),
     };
     // Opened for a repair: only the repair writes until it clears the bit (checkImage).
@@ -312,6 +326,16 @@ export const qcow2Driver: BlockDriver = {
     }
   },
 
+  async reopenOptions(bs, options, { check }) {
+    const s = bs.state<Qcow2State>();
+    if (options['lazy-refcounts'] === undefined) return;
+    const lazy = lazyRefcountsOption({ ...bs.options, ...options }, s.header, bs.filename);
+    if (check) return;
+    // As qcow2_update_options_commit: refcounts that stop being lazy are written and the image marked clean.
+    if (s.useLazyRefcounts && !lazy && !bs.readOnly) await withLock(s, () => flushMetadata(s));
+    s.useLazyRefcounts = lazy;
+  },
+
   canStoreNewDirtyBitmap(bs, name, granularity) {
     qcow2CanStoreNewBitmap(bs, bs.state<Qcow2State>(), name, granularity);
   },
@@ -355,7 +379,7 @@ export const qcow2Driver: BlockDriver = {
 
   async flush(bs) {
     const s = bs.state<Qcow2State>();
-    await withLock(s, () => flushMetadata(s));
+    await withLock(s, () => flushMetadata(s, { keepLazy: true }));
   },
 
   async truncate(bs, size, _exact, prealloc) {

@@ -53,6 +53,12 @@ export interface Qcow2State {
   bitmapsLoaded: boolean;
   /** QEMU's metadata_preallocation heuristic, computed on the first block-status call. */
   metadataPreallocation: boolean | undefined;
+  /**
+   * Refcount updates are postponed (QEMU's use_lazy_refcounts): the header's
+   * lazy-refcounts bit unless the `lazy-refcounts` option says otherwise.
+   * While the dirty bit is set, a flush writes the tables but not the refcounts.
+   */
+  useLazyRefcounts: boolean;
   /** Write-path state (refcount cache, allocation hints, ordering flags). */
   rw: Qcow2RwState;
   /** Data encryption (crypto.ts), absent for a plain image. */

@@ -34,7 +34,7 @@ import type { WriteFlags, PreallocMode } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
-import { QCOW2_AUTOCLEAR_BITMAPS, QCOW2_AUTOCLEAR_DATA_FILE_RAW, QCOW2_COMPAT_LAZY_REFCOUNTS } from './header.js';
+import { QCOW2_AUTOCLEAR_BITMAPS, QCOW2_AUTOCLEAR_DATA_FILE_RAW } from './header.js';
 import { sizeToL1 } from './validate.js';
 import { compressCluster } from './compressed.js';
 import {
@@ -109,7 +109,7 @@ async function checkHostAligned(s: Qcow2State, host: number, guest: number): Pro
 export async function prepareWrite(s: Qcow2State): Promise<void> {
   checkNotCorrupt(s);
   await prepareHeader(s);
-  if (s.header.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) await setDirtyBit(s);
+  if (s.useLazyRefcounts) await setDirtyBit(s);
 }
 
 /** Clears the autoclear bits we do not maintain, once (QEMU does it when it opens an image read-write). */
@@ -130,11 +130,11 @@ export async function prepareHeader(s: Qcow2State): Promise<void> {
 /** After a request: keep the number of dirty L2 slices bounded. */
 export async function afterWrite(s: Qcow2State, flags: WriteFlags = {}): Promise<void> {
   if (flags.fua) {
-    await flushMetadata(s);
+    await flushMetadata(s, { keepLazy: true });
     if (s.dataFile !== s.file) await bdrvFlush(s.dataFile);
     await syncFile(s);
   } else if (s.l2Cache.size > s.l2Cache.capacity) {
-    await flushMetadata(s);
+    await flushMetadata(s, { keepLazy: true });
   }
 }
 
