@@ -6,9 +6,11 @@
  *
  * As QEMU, the copy is made in whole clusters of the top layer (a 4 KiB read
  * copies its 64 KiB qcow2 cluster), only for ranges the top does not hold
- * itself, and only for data found in a layer from the top's backing node
- * down to `bottom` inclusive (the filter's `bottom` option; the whole chain
- * without it). The copy is a copyOnRead write: what the guest sees does not
+ * itself; with a `bottom` (the filter's option) only for data found in a
+ * layer from the top's backing node down to `bottom` inclusive, without one
+ * for every such range, zeros read from no layer included (as QEMU's
+ * BDRV_REQ_COPY_ON_READ: a -C read of an image with no backing file
+ * allocates zero clusters). The copy is a copyOnRead write: what the guest sees does not
  * change, so dirty bitmaps and wr_highest_offset skip it. All-zero data is
  * written as zeroes.
  */
@@ -27,7 +29,7 @@ const MAX_COPY = 1024 * 1024;
  */
 export async function copyOnReadPread(top: BlockNode, bottom: BlockNode | null, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
   const below = top.cowNode();
-  if (!below || top.readOnly || bytes === 0) return bdrvPread(top, offset, bytes, buf);
+  if ((bottom && !below) || top.readOnly || bytes === 0) return bdrvPread(top, offset, bytes, buf);
   const cluster = Math.max(top.driver.getDriverInfo?.(top)?.clusterSize ?? 0, top.limits.requestAlignment, 1);
   const start = offset - (offset % cluster);
   const end = Math.min(Math.ceil((offset + bytes) / cluster) * cluster, top.totalBytes);
@@ -36,10 +38,13 @@ export async function copyOnReadPread(top: BlockNode, bottom: BlockNode | null, 
     const own = await isAllocated(top, pos, want);
     let n = Math.max(1, Math.min(own.pnum, want));
     let copy = false;
-    if (!own.allocated) {
+    if (!own.allocated && bottom && below) {
       const above = await isAllocatedAbove(below, bottom, true, pos, n);
       n = Math.max(1, Math.min(above.pnum, n));
       copy = above.allocated;
+    } else if (!own.allocated) {
+      // Without a bottom every range the top lacks is copied, zeros from no layer at all included (iotest 197).
+      copy = true;
     }
     const lo = Math.max(pos, offset);
     const hi = Math.min(pos + n, offset + bytes);

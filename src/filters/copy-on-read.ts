@@ -27,6 +27,8 @@ export const copyOnReadDriver: BlockDriver = {
   supportsCompressedWrites: true,
   blockdevOptions: { file: 'BlockdevRef', '*bottom': 'str' },
   async open(bs, options) {
+    // The filter writes what it copies into its child: a read-only one cannot work (QEMU's permission error).
+    if (bs.readOnly) throw new BlockError('EPERM', 'Block node is read-only');
     let bottom: BlockNode | null = null;
     const name = options.bottom;
     if (typeof name === 'string') {

@@ -101,6 +101,10 @@ export interface OpenRequest {
   snapshot: boolean;
   /** -o key=value options (driver=, file.filename=, …), or --image-opts' whole string. */
   options: Record<string, string>;
+  /** -C: reads copy what they find in the backing chain into the image (QEMU's BDRV_O_COPY_ON_READ). */
+  copyOnRead?: boolean;
+  /** -d: the discard mode (unmap, the default, lets discards reach the storage). */
+  discard?: string;
 }
 
 /** The host side of a session: opening and closing images by name, which needs file access. */

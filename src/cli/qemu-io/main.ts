@@ -96,13 +96,17 @@ interface IoArgs {
   forceShare: boolean;
   /** -s: writes go to a temporary overlay. */
   snapshot: boolean;
+  /** -C: copy-on-read. */
+  copyOnRead: boolean;
+  /** -d: discard mode. */
+  discard?: string;
   /** --image-opts: the operand is key=value options, not a file name. */
   imageOpts: boolean;
 }
 
 /** Parses blocktab io's options with the shared getopt; returns an exit code on error or --help. */
 function parseArgs(args: string[], output: IoOutput): IoArgs | number {
-  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, aio: 'threads', forceShare: false, snapshot: false, imageOpts: false };
+  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, aio: 'threads', forceShare: false, snapshot: false, copyOnRead: false, imageOpts: false };
   const { events, operands } = getopt([PROGNAME, ...args], SHORT_OPTS, LONG_OPTS);
   for (const ev of events) {
     if (ev.kind === 'error') {
@@ -153,8 +157,10 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
           return 1;
         }
         break;
-      // Copy-on-read, discard mode and tracing change nothing observable here.
-      case 'C': case 'd': case 'T': break;
+      case 'C': res.copyOnRead = true; break;
+      case 'd': res.discard = arg; break;
+      // Tracing changes nothing observable here.
+      case 'T': break;
     }
   }
   if (operands.length > 1) {
@@ -275,7 +281,14 @@ class CliIoHost implements IoHost {
       }
     }
     if (this.args.noFlush) for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.noFlush = true;
-    const blk = new BlockBackend(root);
+    // qemu-io opens with BDRV_O_UNMAP (discards reach the storage) unless discard=ignore was asked for.
+    const discard = typeof tree.discard === 'string' ? tree.discard : (req.discard ?? 'unmap');
+    if (discard === 'unmap' || discard === 'on') for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.unmap = true;
+    if (req.copyOnRead && root.readOnly) {
+      await closeNode(root);
+      throw new Error("Can't use copy-on-read on read-only device");
+    }
+    const blk = new BlockBackend(root, { copyOnRead: req.copyOnRead });
     if (temp) this.temps.set(blk, temp);
     return blk;
   }
@@ -343,7 +356,7 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
         options = kv;
         name = undefined;
       } else if (parsed.format) options.driver = parsed.format;
-      blk = await host.open(name, { readOnly: parsed.readOnly, snapshot: parsed.snapshot, options });
+      blk = await host.open(name, { readOnly: parsed.readOnly, snapshot: parsed.snapshot, options, copyOnRead: parsed.copyOnRead, discard: parsed.discard });
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       output.err(`${PROGNAME}: can't open${parsed.imageOpts ? '' : ` device ${parsed.file}`}: ${msg}\n`);

@@ -48,6 +48,7 @@ const openCmd: CmdInfo = {
       switch (c) {
         case 's': req.snapshot = true; break;
         case 'r': req.readOnly = true; break;
+        case 'C': req.copyOnRead = true; break;
         case 't':
           if (!CACHE_MODES.includes(arg!)) {
             s.report(`Invalid cache option: ${arg}`);
@@ -59,6 +60,7 @@ const openCmd: CmdInfo = {
             s.report(`Invalid discard option: ${arg}`);
             return EINVAL;
           }
+          req.discard = arg;
           break;
         case 'i':
           if (!['threads', 'native', 'io_uring'].includes(arg!)) {

@@ -1,0 +1,146 @@
+/**
+ * What QEMU's iotests found in the file protocol and qemu-io's open flags
+ * (issue 19, raw 150 171 197 215 253), each against qemu-img / qemu-io 7.2
+ * on twin images:
+ * - 150, 253: growing an empty host file allocates its first block (file-posix's
+ *   allocate_first_block), so a new raw image maps 4 KiB of data.
+ * - 171: qemu-io opens with discard=unmap: a discard punches a hole in the
+ *   host file (reads as zeros, maps as a hole); qemu-img's opens do not.
+ * - 253: cache.direct=on aligns a host file's requests, so a data extent at an
+ *   unaligned end of file maps as a whole sector.
+ * - 197: qemu-io -C copies what reads find in the backing file into the
+ *   image, and is refused on a read-only open.
+ * - 215: a read-only copy-on-read filter is refused.
+ */
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { blocktab, qemuImg, tmpDir } from '../helpers/qemu.js';
+import { runIo } from '../../src/cli/qemu-io/main.js';
+
+const dir = tmpDir('blocktab-iot-raw-');
+let seq = 0;
+const twin = (ext: string) => {
+  const n = ++seq;
+  return [path.join(dir, `${n}-qemu.${ext}`), path.join(dir, `${n}-ours.${ext}`)] as const;
+};
+
+const timing = (t: string) => t.replace(/^(.*, \d+ ops); .* \(.*\/sec and .* ops\/sec\)$/gm, '$1; <timing>');
+
+async function ours(args: string[]): Promise<{ status: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const status = await runIo(['-t', 'writeback', ...args], { out: (t) => (stdout += t), err: (t) => (stderr += t) }, Readable.from([]));
+  return { status, stdout, stderr };
+}
+
+/** qemu-io on `a`, blocktab io on `b`: same output (timings aside), same status. */
+async function sameIo(a: string, b: string, args: (img: string) => string[]): Promise<string> {
+  const r = spawnSync('qemu-io', ['-t', 'writeback', ...args(a)], { encoding: 'utf8' });
+  const o = await ours(args(b));
+  expect(timing(o.stdout).replaceAll(b, a)).toBe(timing(r.stdout));
+  expect(o.stderr.replaceAll(b, a)).toBe(r.stderr);
+  expect(o.status).toBe(r.status);
+  return r.stdout;
+}
+
+/** qemu-img map --output=json of both files (each the same tool), offsets included. */
+function sameMap(a: string, b: string, args: string[] = ['-f', 'raw']): string {
+  const q = qemuImg(['map', '--output=json', ...args, a]);
+  expect(qemuImg(['map', '--output=json', ...args, b])).toBe(q);
+  return q;
+}
+
+const cmds = (...c: string[]) => c.flatMap((x) => ['-c', x]);
+
+describe('raw images on host files (150, 253)', () => {
+  it('blocktab create allocates the first block as qemu-img create does, 4 KiB or one sector', () => {
+    for (const size of ['8k', '1023']) {
+      const [a, b] = twin('raw');
+      qemuImg(['create', '-q', '-f', 'raw', a, size]);
+      expect(blocktab(['create', '-q', '-f', 'raw', b, size]).status).toBe(0);
+      expect(fs.statSync(b).size).toBe(fs.statSync(a).size);
+      const map = sameMap(a, b);
+      if (size !== '1023') expect(map).toContain('"start": 0, "length": 4096, "depth": 0, "present": true, "zero": false, "data": true');
+    }
+  });
+
+  it('cache.direct=on maps a data extent at an unaligned end of file as whole sectors (253)', async () => {
+    const [a, b] = twin('raw');
+    for (const f of [a, b]) qemuImg(['create', '-q', '-f', 'raw', f, `${(1 << 20) - 1}`]);
+    await sameIo(a, b, (img) => ['-f', 'raw', ...cmds(`write ${(1 << 20) - 65536} 65535`), img]);
+    for (const f of [a, b]) fs.truncateSync(f, (1 << 20) - 1);
+    const opts = (f: string) => `driver=raw,file.driver=file,file.filename=${f},cache.direct=on`;
+    const q = qemuImg(['map', '--output=json', '--image-opts', opts(a)]);
+    const o = blocktab(['map', '--output=json', '--image-opts', opts(b)]);
+    expect(o.stdout.replaceAll(b, a)).toBe(q);
+    expect(q).toContain('"start": 983040, "length": 65536');
+    // Without cache.direct the tail past the end of file is its own zero extent (221).
+    const plain = blocktab(['map', '--output=json', '-f', 'raw', b]).stdout.replaceAll(b, a);
+    expect(plain).toBe(qemuImg(['map', '--output=json', '-f', 'raw', a]));
+    expect(plain).toContain('"start": 983040, "length": 65535');
+  });
+});
+
+describe('qemu-io discards punch holes in the host file (171)', () => {
+  it('through raw, and through raw with an offset and size, as qemu-io', async () => {
+    const [a, b] = twin('raw');
+    for (const f of [a, b]) {
+      qemuImg(['create', '-q', '-f', 'raw', f, '64k']);
+      spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 10 0 64k', f]);
+    }
+    const out = await sameIo(a, b, (img) => ['-f', 'raw', ...cmds('discard 4096 8192', 'read -v 4094 4', 'read -P 0 4096 8192', 'map'), img]);
+    expect(out).toContain('00000ffe:  0a 0a 00 00');
+    sameMap(a, b);
+    const opts = (f: string) => `driver=raw,offset=16384,size=8192,file.filename=${f}`;
+    await sameIo(a, b, (img) => ['--image-opts', ...cmds('discard 0 512', 'read -v 510 4', 'discard 8190 2', 'read -v 8190 2'), opts(img)]);
+    sameMap(a, b);
+  });
+
+  it('qemu-img opens without unmap: its discards leave the file as it was (rebase/convert keep data)', async () => {
+    const [, b] = twin('raw');
+    qemuImg(['create', '-q', '-f', 'raw', b, '64k']);
+    spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 10 0 64k', b]);
+    // discard=ignore (qemu-io -d ignore) leaves the data.
+    await ours(['-d', 'ignore', '-f', 'raw', ...cmds('discard 0 64k'), b]);
+    const opts = `driver=raw,discard=ignore,file.filename=${b}`;
+    const o = await ours(['--image-opts', ...cmds('discard 0 64k', 'read -P 10 0 64k'), opts]);
+    expect(o.stdout).not.toContain('Pattern verification failed');
+    expect(fs.readFileSync(b).every((x) => x === 10)).toBe(true);
+  });
+});
+
+describe('copy-on-read from qemu-io (197, 215)', () => {
+  function chain(): readonly [string, string] {
+    const [a, b] = twin('qcow2');
+    for (const f of [a, b]) {
+      qemuImg(['create', '-q', '-f', 'qcow2', `${f}.base`, '4M']);
+      spawnSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 55 1M 64k', `${f}.base`]);
+      qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', `${f}.base`, f]);
+    }
+    return [a, b];
+  }
+
+  it('-C reads copy the backing data into the image, cluster by cluster (197)', async () => {
+    const [a, b] = chain();
+    await sameIo(a, b, (img) => ['-f', 'qcow2', '-C', ...cmds('read -P 55 1M 4k', 'read -P 0 0 512'), img]);
+    qemuImg(['rebase', '-u', '-b', '', '-f', 'qcow2', a]);
+    qemuImg(['rebase', '-u', '-b', '', '-f', 'qcow2', b]);
+    const map = await sameIo(a, b, (img) => ['-f', 'qcow2', ...cmds('map'), img]);
+    expect(map).toContain('64 KiB (0x10000) bytes     allocated at offset 1 MiB (0x100000)');
+    expect(qemuImg(['compare', '-f', 'qcow2', '-F', 'qcow2', a, b])).toContain('Images are identical');
+  });
+
+  it("-C with -r is refused with qemu-io's words (197)", async () => {
+    const [a, b] = chain();
+    const r = await sameIo(a, b, (img) => ['-f', 'qcow2', '-C', '-r', img]);
+    expect(r).toBe('');
+  });
+
+  it('a read-only copy-on-read filter is refused: Block node is read-only (215)', async () => {
+    const [a, b] = chain();
+    await sameIo(a, b, (img) => cmds(`open -r -o driver=copy-on-read,file.driver=qcow2 ${img}`));
+  });
+});
