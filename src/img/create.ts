@@ -84,7 +84,8 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
     if (!req.unsafe) {
       let bs: BlockNode | undefined;
       try {
-        bs = await openImage(storage, storage.resolve(filename, backingFile), { format: backingFmt, readOnly: true, backing: false });
+        // Only its size is wanted: opened without I/O (QEMU's BDRV_O_NO_IO), so an encrypted backing file needs no key (189, 198).
+        bs = await openImage(storage, storage.resolve(filename, backingFile), { format: backingFmt, readOnly: true, backing: false, driverOptions: { noIo: true } });
       } catch (e) {
         const why = e instanceof Error ? e.message : String(e);
         throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${filename}: ${why}\nCould not open backing image.`, { cause: e });

@@ -1,6 +1,6 @@
 /**
  * What QEMU's iotests found in the file protocol and qemu-io's open flags
- * (issue 19, raw 150 171 197 215 253), each against qemu-img / qemu-io 7.2
+ * (issue 19, raw 150 171 197 215 253, qcow2 189 198), each against qemu-img / qemu-io 7.2
  * on twin images:
  * - 150, 253: growing an empty host file allocates its first block (file-posix's
  *   allocate_first_block), so a new raw image maps 4 KiB of data.
@@ -17,7 +17,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { blocktab, qemuImg, tmpDir } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgCreateLuks, tmpDir } from '../helpers/qemu.js';
 import { runIo } from '../../src/cli/qemu-io/main.js';
 
 const dir = tmpDir('blocktab-iot-raw-');
@@ -142,5 +142,26 @@ describe('copy-on-read from qemu-io (197, 215)', () => {
   it('a read-only copy-on-read filter is refused: Block node is read-only (215)', async () => {
     const [a, b] = chain();
     await sameIo(a, b, (img) => cmds(`open -r -o driver=copy-on-read,file.driver=qcow2 ${img}`));
+  });
+});
+
+describe('create over an encrypted backing file (189, 198)', () => {
+  it("needs only the new image's key: the backing file is opened for its size without I/O, as qemu-img", () => {
+    const base = path.join(dir, 'enc-base.qcow2');
+    const sec0 = 'secret,id=sec0,data=12345678';
+    const sec1 = 'secret,id=sec1,data=abcdefgh';
+    qemuImgCreateLuks(['create', '-q', '--object', sec0, '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', base, '1M']);
+    const top = path.join(dir, 'enc-top.qcow2');
+    const args = (f: string) => ['create', '--object', sec1, '-f', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=sec1,encrypt.iter-time=10', '-b', base, '-F', 'qcow2', f];
+    const twinTop = path.join(dir, 'enc-top-qemu.qcow2');
+    const q = qemuImgCreateLuks(args(twinTop));
+    const o = blocktab(args(top));
+    expect(o.stderr).toBe('');
+    expect(o.stdout.replaceAll(top, twinTop)).toBe(q);
+    // QEMU opens the pair with both keys.
+    const spec = `driver=qcow2,file.filename=${top},encrypt.key-secret=sec1,backing.encrypt.key-secret=sec0`;
+    const r = spawnSync('qemu-io', ['--object', sec0, '--object', sec1, '--image-opts', '-c', 'read -P 0 0 1M', spec], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('read 1048576/1048576 bytes at offset 0');
   });
 });
