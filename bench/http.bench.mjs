@@ -2,23 +2,31 @@
 // The http protocol over loopback with injected latency (2 ms per request):
 //  - sequential read of a whole image through the protocol (adaptive read-ahead,
 //    parallel requests) vs one bare fetch of the whole file, same server, same run
-//    (aim ≥ 0.8× of the bare fetch's throughput);
+//    (aim ≥ 0.8× of the bare fetch's throughput). In Node the protocol sends its
+//    requests with node:http (keep-alive), as the CLI does; the baseline is the
+//    global fetch, as the issue names it;
 //  - random 4 KiB reads: requests sent, peak requests in flight, cache hit rate;
 //  - the attach adapters' round trips vs a direct BlockBackend read: the plain
 //    device, v86's buffer (get with a callback), and the synchronous channel
 //    (a worker thread blocked in readSync while this thread serves the disk).
-// BENCH_HTTP_MIB sets the image size (default 256; the issue's figure is 1024).
+// The server runs in a child process, so it shares neither the event loop nor
+// the CPU-time figure with the client. Runs alternate (bare, protocol, bare, …)
+// so machine noise hits both alike; the figures are medians.
+// BENCH_HTTP_MIB sets the image size (default 256; the issue's figure is 1024),
+// BENCH_HTTP_RUNS the runs of each (default 5).
 // Needs `npm run build` first (uses dist/).
-import * as http from 'node:http';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { fork } from 'node:child_process';
 import { bench, MiB, root, scratchDir } from './lib.mjs';
 
+// dist/node.js installs the node:http transport, as the CLI's entry does.
+const lib = await import(path.join(root, 'dist/node.js'));
 const { HttpStorage, httpStats } = await import(path.join(root, 'dist/protocols/http.js'));
-const lib = await import(path.join(root, 'dist/index.js'));
 const { bdrvPread, BlockBackend, MemoryStorage, MemoryFile, openImage, attachBackend, V86Buffer, serveSyncAccess } = lib;
 
 const SIZE = Number(process.env.BENCH_HTTP_MIB ?? 256) * MiB;
+const RUNS = Number(process.env.BENCH_HTTP_RUNS ?? 5);
 const LATENCY = 2;
 const dir = scratchDir();
 const file = path.join(dir, 'disk.raw');
@@ -30,23 +38,15 @@ const file = path.join(dir, 'disk.raw');
   fs.closeSync(fd);
 }
 
-const fd = fs.openSync(file, 'r');
-const server = http.createServer((req, res) => {
-  setTimeout(() => {
-    const size = SIZE;
-    if (req.method === 'HEAD') return res.writeHead(200, { 'Content-Length': size, ETag: '"v1"' }).end();
-    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
-    const [s, e] = m ? [Number(m[1]), Math.min(size - 1, m[2] ? Number(m[2]) : size - 1)] : [0, size - 1];
-    res.writeHead(m ? 206 : 200, { 'Content-Length': e - s + 1, ETag: '"v1"', ...(m ? { 'Content-Range': `bytes ${s}-${e}/${size}` } : {}) });
-    // One file descriptor for every request: the protocol's many ranged GETs and the bare fetch's one GET
-    // then cost the server the same per byte (no open/close per request that the bare fetch never pays).
-    fs.createReadStream('', { fd, start: s, end: e, highWaterMark: MiB, autoClose: false }).pipe(res);
-  }, LATENCY);
+// The server: bench/http-server.mjs in a child process; it answers with its port.
+const server = fork(path.join(root, 'bench/http-server.mjs'), [file, String(LATENCY)], { stdio: 'inherit' });
+const port = await new Promise((resolve, reject) => {
+  server.once('message', resolve);
+  server.once('error', reject);
 });
-await new Promise((r) => server.listen(0, '127.0.0.1', r));
-const url = `http://127.0.0.1:${server.address().port}/disk.raw`;
+const url = `http://127.0.0.1:${port}/disk.raw`;
 
-// CPU time of this process (client and in-process server) since `c0`: on a loaded machine wall time says little.
+// CPU time of this process (the client only) since `c0`: on a loaded machine wall time says little.
 const cpuMs = (c0) => {
   const u = process.cpuUsage(c0);
   return (u.user + u.system) / 1000;
@@ -74,33 +74,36 @@ async function protocolRead() {
 
 const bare = [];
 const ours = [];
-for (let i = 0; i < 3; i++) {
+await bareFetch(); // warm-up: connections, JIT
+await protocolRead();
+for (let i = 0; i < RUNS; i++) {
   bare.push(await bareFetch());
   ours.push(await protocolRead());
 }
-const bestBare = Math.min(...bare.map((b) => b.ms));
-const best = ours.reduce((a, b) => (a.ms < b.ms ? a : b));
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const mbps = (ms) => +(SIZE / MiB / (ms / 1000)).toFixed(1);
+// Ratios of run pairs (each protocol run against the bare run just before it), then their median.
+const pairRatio = median(ours.map((o, i) => bare[i].ms / o.ms));
 bench({
-  name: `http sequential read ${SIZE / MiB} MiB, ${LATENCY} ms latency (throughput)`,
-  value: mbps(best.ms),
+  name: `http sequential read ${SIZE / MiB} MiB, ${LATENCY} ms latency (throughput, median of ${RUNS})`,
+  value: mbps(median(ours.map((o) => o.ms))),
   unit: 'MiB/s',
-  baseline: mbps(bestBare),
-  ratio: +(bestBare / best.ms).toFixed(2),
+  baseline: mbps(median(bare.map((b) => b.ms))),
+  ratio: +pairRatio.toFixed(2),
   aim: '>=0.8',
 });
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const cpuOurs = median(ours.map((o) => o.cpu));
 const cpuBare = median(bare.map((b) => b.cpu));
 bench({
-  name: `http sequential read ${SIZE / MiB} MiB: CPU time, median of ${ours.length} (process incl. the test server)`,
+  name: `http sequential read ${SIZE / MiB} MiB: client CPU time, median of ${RUNS} (server in another process)`,
   value: +cpuOurs.toFixed(0),
   unit: 'ms',
   baseline: +cpuBare.toFixed(0),
   ratio: +(cpuOurs / cpuBare).toFixed(2),
   aim: 'reported',
 });
-bench({ name: 'http sequential read: requests / peak in flight', value: best.stats.requests, unit: 'requests', baseline: null, ratio: null, aim: `peak ${best.stats.peakInflight}` });
+const last = ours[ours.length - 1].stats;
+bench({ name: 'http sequential read: requests / peak in flight', value: last.requests, unit: 'requests', baseline: null, ratio: null, aim: `peak ${last.peakInflight}` });
 
 // Random 4 KiB reads over the first 64 MiB (a working set twice the default 32 MiB cache).
 {
@@ -124,8 +127,7 @@ bench({ name: 'http sequential read: requests / peak in flight', value: best.sta
   bench({ name: 'http random 4 KiB reads: cache hit rate', value: +(s.cacheHits / (s.cacheHits + s.blocksFetched)).toFixed(3), unit: 'fraction', baseline: null, ratio: null, aim: `${s.requests} requests, peak ${s.peakInflight} in flight` });
   void buf;
 }
-server.close();
-fs.closeSync(fd);
+server.kill();
 
 // Attach adapter round trip vs a direct BlockBackend read (64 KiB reads from a memory raw image).
 {

@@ -6,6 +6,8 @@ import { nodeInflateExact } from './codecs/inflate-node.js';
 import { installBzip2 } from './codecs/bzip2.js';
 import { installDeflatePool } from './codecs/deflate-pool.js';
 import { createNodeDeflatePool } from './codecs/deflate-pool-node.js';
+import { setDefaultHttpTransport } from './protocols/http.js';
+import { nodeHttpTransport } from './protocols/http-node.js';
 
 // node:zlib loads on first use: it pulls in the whole streams stack, ~20 ms of every start-up.
 type Zlib = typeof import('node:zlib');
@@ -27,5 +29,9 @@ installBzip2(async (input, outLength) => {
   return (await bzip2).decompress(input, outLength);
 });
 
+// http(s) images: node:http with keep-alive connections rather than the global fetch (see http-node.ts).
+setDefaultHttpTransport(nodeHttpTransport);
+
 export * from './index.js';
+export { nodeHttpTransport } from './protocols/http-node.js';
 export { FileStorage, fileDriver } from './protocols/file.js';

@@ -127,27 +127,32 @@ export class BlockAcctStats {
     return { bytes, type, startNs: this.clock.nowNs() };
   }
 
-  private oneIo(c: AcctCookie, failed: boolean): void {
+  /**
+   * Accounts one request that started at `startNs` (this clock) and ends now:
+   * the request path calls it with the start time it read itself, so no
+   * cookie is allocated per request.
+   */
+  finish(type: AcctType, bytes: number, startNs: number, failed: boolean): void {
     const t = this.clock.nowNs();
-    const latency = Math.max(0, t - c.startNs);
-    if (failed) this.failedOps[c.type]++;
+    const latency = t > startNs ? t - startNs : 0;
+    if (failed) this.failedOps[type]++;
     else {
-      this.bytes[c.type] += c.bytes;
-      this.ops[c.type]++;
+      this.bytes[type] += bytes;
+      this.ops[type]++;
     }
     if (!failed || this.accountFailed) {
-      this.totalTimeNs[c.type] += latency;
+      this.totalTimeNs[type] += latency;
       this.lastAccessTimeNs = t;
-      if (c.type !== 'unmap') for (const i of this.intervals) i.latency[c.type].account(latency);
+      if (type !== 'unmap' && this.intervals.length > 0) for (const i of this.intervals) i.latency[type].account(latency);
     }
   }
 
   done(c: AcctCookie): void {
-    this.oneIo(c, false);
+    this.finish(c.type, c.bytes, c.startNs, false);
   }
 
   failed(c: AcctCookie): void {
-    this.oneIo(c, true);
+    this.finish(c.type, c.bytes, c.startNs, true);
   }
 
   /** A request refused before it reached the block layer (out of bounds, bad arguments). */

@@ -188,21 +188,22 @@ export class BlockBackend {
   private async request(type: AcctType, bytes: number, opts: RequestOptions, policy: 'read' | 'write' | null, op: () => Promise<void>): Promise<void> {
     if (this.stopped) await new Promise<void>((r) => this.waiters.push(r));
     // The issuer's clock starts before throttling, as a device's block_acct_start comes before the request: waits count as latency.
-    const cookie = opts.account ? this.stats.start(bytes, type) : undefined;
-    if (this.throttle && type !== 'flush') {
+    // A number, not a cookie object: nothing is allocated per request for the statistics.
+    const account = opts.account === true;
+    const startNs = account ? this.stats.clock.nowNs() : 0;
+    if (this.throttle !== null && type !== 'flush') {
       // One clock read serves both when they share the clock.
-      const now = cookie && this.throttle.group.clock === this.stats.clock ? cookie.startNs : undefined;
-      const wait = this.throttle.intercept(bytes, type !== 'read', now);
+      const wait = this.throttle.intercept(bytes, type !== 'read', account && this.throttle.group.clock === this.stats.clock ? startNs : undefined);
       if (wait) await wait;
     }
     for (;;) {
       try {
         await op();
-        if (cookie) this.stats.done(cookie);
+        if (account) this.stats.finish(type, bytes, startNs, false);
         return;
       } catch (e) {
         if (policy === null || !opts.errorPolicy) {
-          if (cookie) this.stats.failed(cookie);
+          if (account) this.stats.finish(type, bytes, startNs, true);
           throw e;
         }
         const action = this.errorAction(policy === 'write', e);
@@ -212,11 +213,11 @@ export class BlockBackend {
         }
         this.hooks.ioError?.({ backend: this, operation: policy, action, error: e });
         if (action === 'ignore') {
-          if (cookie) this.stats.done(cookie);
+          if (account) this.stats.finish(type, bytes, startNs, false);
           return;
         }
         if (action === 'report') {
-          if (cookie) this.stats.failed(cookie);
+          if (account) this.stats.finish(type, bytes, startNs, true);
           throw e;
         }
         // stop: wait for resume, then retry the request.

@@ -11,7 +11,8 @@ export interface Clock {
   sleepNs(ns: number): Promise<void>;
 }
 
-const perfNow = (): number => (typeof performance !== 'undefined' ? performance.now() : Date.now());
+// Bound once: the request path reads the clock twice per accounted request, and the lookup showed in profiles.
+const perfNow: () => number = typeof performance !== 'undefined' ? performance.now.bind(performance) : Date.now;
 
 /** The host's monotonic clock. */
 export const realClock: Clock = {

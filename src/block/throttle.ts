@@ -107,17 +107,27 @@ export function checkConfig(cfg: ThrottleConfig): void {
   }
 }
 
-/** The throttling state one group shares: its configuration and the time buckets last leaked. */
+/**
+ * The throttling state one group shares: its configuration and the time
+ * buckets last leaked. The live numbers (limits and levels per bucket, by
+ * index in BUCKETS) sit in Float64Arrays: every request leaks, checks and
+ * pours, and doubles in plain object fields cost a boxed number per write.
+ */
 export class ThrottleState {
   cfg: ThrottleConfig = emptyConfig();
   /** Whether any limit is set (kept with the configuration: the request path asks every time). */
   enabled = false;
-  /** The buckets with a limit, per direction (total ones included): the only ones leak and wait look at. */
-  private active: [LeakyBucket[], LeakyBucket[]] = [[], []];
+  private readonly avg = new Float64Array(BUCKETS.length);
+  private readonly max = new Float64Array(BUCKETS.length);
+  private readonly burstLength = new Float64Array(BUCKETS.length);
+  private readonly level = new Float64Array(BUCKETS.length);
+  private readonly burstLevel = new Float64Array(BUCKETS.length);
+  /** Indexes of the buckets with a limit, per direction (total ones included): the only ones leak and wait look at. */
+  private active: [number[], number[]] = [[], []];
   /** Per direction, the active buckets that count bytes and those that count operations. */
-  private activeBytes: [LeakyBucket[], LeakyBucket[]] = [[], []];
-  private activeOps: [LeakyBucket[], LeakyBucket[]] = [[], []];
-  private activeAll: LeakyBucket[] = [];
+  private activeBytes: [number[], number[]] = [[], []];
+  private activeOps: [number[], number[]] = [[], []];
+  private activeAll: number[] = [];
   private previousLeak: number;
 
   constructor(readonly clock: Clock) {
@@ -128,15 +138,20 @@ export class ThrottleState {
   configure(cfg: ThrottleConfig): void {
     this.leak();
     this.cfg = cloneConfig(cfg);
-    for (const n of BUCKETS) {
-      this.cfg.buckets[n].level = 0;
-      this.cfg.buckets[n].burstLevel = 0;
-    }
+    BUCKETS.forEach((n, i) => {
+      const b = this.cfg.buckets[n];
+      b.level = 0;
+      b.burstLevel = 0;
+      this.avg[i] = b.avg;
+      this.max[i] = b.max;
+      this.burstLength[i] = b.burstLength;
+      this.level[i] = 0;
+      this.burstLevel[i] = 0;
+    });
     this.enabled = throttleEnabled(this.cfg);
-    const b = this.cfg.buckets;
-    const pick = (names: BucketName[]) => names.map((n) => b[n]).filter((k) => k.avg > 0);
+    const pick = (names: BucketName[]) => names.map((n) => BUCKETS.indexOf(n)).filter((i) => this.avg[i]! > 0);
     this.active = [pick(['bps-total', 'iops-total', 'bps-read', 'iops-read']), pick(['bps-total', 'iops-total', 'bps-write', 'iops-write'])];
-    this.activeAll = BUCKETS.map((n) => b[n]).filter((k) => k.avg > 0);
+    this.activeAll = pick([...BUCKETS]);
     this.activeBytes = [pick(['bps-total', 'bps-read']), pick(['bps-total', 'bps-write'])];
     this.activeOps = [pick(['iops-total', 'iops-read']), pick(['iops-total', 'iops-write'])];
   }
@@ -146,28 +161,33 @@ export class ThrottleState {
     const delta = Math.max(0, now - this.previousLeak);
     this.previousLeak = now;
     if (delta === 0) return;
-    for (const b of this.activeAll) {
-      b.level = Math.max(b.level - (b.avg * delta) / 1e9, 0);
-      if (b.burstLength > 1 && b.max) b.burstLevel = Math.max(b.burstLevel - (b.max * delta) / 1e9, 0);
+    const all = this.activeAll;
+    for (let k = 0; k < all.length; k++) {
+      const i = all[k]!;
+      this.level[i] = Math.max(this.level[i]! - (this.avg[i]! * delta) / 1e9, 0);
+      if (this.burstLength[i]! > 1 && this.max[i]) this.burstLevel[i] = Math.max(this.burstLevel[i]! - (this.max[i]! * delta) / 1e9, 0);
     }
   }
 
-  private static bucketWait(b: LeakyBucket): number {
-    if (!b.avg) return 0;
+  private bucketWait(i: number): number {
+    const avg = this.avg[i]!;
+    if (!avg) return 0;
+    const max = this.max[i]!;
+    const burstLength = this.burstLength[i]!;
     let size: number;
     let burstSize: number;
-    if (!b.max) {
-      size = b.avg / 10;
+    if (!max) {
+      size = avg / 10;
       burstSize = 0;
     } else {
-      size = b.max * b.burstLength;
-      burstSize = b.max / 10;
+      size = max * burstLength;
+      burstSize = max / 10;
     }
-    const extra = b.level - size;
-    if (extra > 0) return Math.ceil((extra / b.avg) * 1e9);
-    if (b.burstLength > 1) {
-      const burstExtra = b.burstLevel - burstSize;
-      if (burstExtra > 0) return Math.ceil((burstExtra / b.max) * 1e9);
+    const extra = this.level[i]! - size;
+    if (extra > 0) return Math.ceil((extra / avg) * 1e9);
+    if (burstLength > 1) {
+      const burstExtra = this.burstLevel[i]! - burstSize;
+      if (burstExtra > 0) return Math.ceil((burstExtra / max) * 1e9);
     }
     return 0;
   }
@@ -176,8 +196,9 @@ export class ThrottleState {
   computeWait(isWrite: boolean, now?: number): number {
     this.leak(now);
     let wait = 0;
-    for (const b of this.active[isWrite ? 1 : 0]) {
-      const w = ThrottleState.bucketWait(b);
+    const active = this.active[isWrite ? 1 : 0];
+    for (let k = 0; k < active.length; k++) {
+      const w = this.bucketWait(active[k]!);
       if (w > wait) wait = w;
     }
     return wait;
@@ -187,13 +208,17 @@ export class ThrottleState {
   account(isWrite: boolean, bytes: number): void {
     const d = isWrite ? 1 : 0;
     const units = this.cfg.opSize && bytes > this.cfg.opSize ? bytes / this.cfg.opSize : 1;
-    for (const b of this.activeBytes[d]) {
-      b.level += bytes;
-      if (b.burstLength > 1) b.burstLevel += bytes;
+    const byBytes = this.activeBytes[d];
+    for (let k = 0; k < byBytes.length; k++) {
+      const i = byBytes[k]!;
+      this.level[i]! += bytes;
+      if (this.burstLength[i]! > 1) this.burstLevel[i]! += bytes;
     }
-    for (const b of this.activeOps[d]) {
-      b.level += units;
-      if (b.burstLength > 1) b.burstLevel += units;
+    const byOps = this.activeOps[d];
+    for (let k = 0; k < byOps.length; k++) {
+      const i = byOps[k]!;
+      this.level[i]! += units;
+      if (this.burstLength[i]! > 1) this.burstLevel[i]! += units;
     }
   }
 }

@@ -65,8 +65,13 @@ export interface HttpOptions {
   headers?: Record<string, string>;
   /** Persistent block store (kept across sessions); none by default. */
   store?: HttpBlockStore;
-  /** The fetch to use (tests, proxies); globalThis.fetch by default. */
+  /** The fetch to use (tests, proxies); globalThis.fetch by default. Giving one selects the fetch transport. */
   fetch?: typeof fetch;
+  /**
+   * How requests are sent: fetch by default (browsers); the Node entry installs
+   * one over node:http with keep-alive connections (`setDefaultHttpTransport`).
+   */
+  transport?: HttpTransport;
   /** The page's origin, for CORS explanations (location.origin by default; none in Node). */
   pageOrigin?: string;
 }
@@ -81,8 +86,115 @@ interface Resolved {
   timeoutMs: number;
   headers: Record<string, string>;
   store: HttpBlockStore | undefined;
-  fetch: typeof fetch;
+  transport: HttpTransport;
   pageOrigin: string | undefined;
+}
+
+/** One request as the protocol sends it. */
+export interface HttpRequestInit {
+  method: 'GET' | 'HEAD';
+  headers: Record<string, string>;
+  /** Abort the whole exchange (body included) after this many ms; 0 for never. A timeout rejects with an error named 'TimeoutError'. */
+  timeoutMs: number;
+}
+
+/** A response: status and headers at once, the body read on demand. */
+export interface HttpReply {
+  status: number;
+  statusText: string;
+  /** A response header by lower-case name; null when absent (or hidden from the page by CORS). */
+  header(name: string): string | null;
+  /**
+   * Reads the whole body into `parts`, filled in order (the cache blocks it
+   * becomes, so no body buffer is allocated or copied): resolves with the
+   * body's length, or with -1 when the server sent more than the parts hold
+   * (the rest is dropped). Rejects when the connection breaks or times out.
+   */
+  readInto(parts: Uint8Array[]): Promise<number>;
+  /** Drops the body without reading it (a 100 GiB whole file must never be drained); harmless once read. */
+  cancel(): void;
+}
+
+/** Where a body's chunks go: the parts of `readInto`, filled in order. */
+export class BodySink {
+  private part = 0;
+  private at = 0;
+  /** Bytes received so far. */
+  length = 0;
+  constructor(private readonly parts: Uint8Array[]) {}
+
+  /** Copies a chunk in; false (nothing more taken) when the parts cannot hold it. */
+  push(chunk: Uint8Array): boolean {
+    let from = 0;
+    while (from < chunk.length) {
+      const p = this.parts[this.part];
+      if (!p) return false;
+      const n = Math.min(chunk.length - from, p.length - this.at);
+      p.set(from === 0 && n === chunk.length ? chunk : chunk.subarray(from, from + n), this.at);
+      from += n;
+      this.at += n;
+      this.length += n;
+      if (this.at === p.length) {
+        this.part++;
+        this.at = 0;
+      }
+    }
+    return true;
+  }
+}
+
+/**
+ * Sends one request. Rejects on network failures as fetch does (a TypeError
+ * for what a page cannot tell from a CORS refusal, 'TimeoutError' on timeout).
+ */
+export type HttpTransport = (url: string, init: HttpRequestInit) => Promise<HttpReply>;
+
+/** The transport over fetch (browsers, and Node when none was installed). */
+export function fetchTransport(f: typeof fetch = globalThis.fetch.bind(globalThis)): HttpTransport {
+  return async (url, init) => {
+    const res = await f(url, {
+      method: init.method,
+      // The block cache is ours: the browser's HTTP cache may hold the file
+      // gzip-encoded (fetched whole before), and Chrome answers a range
+      // over such an entry with the whole body.
+      cache: 'no-store',
+      headers: init.headers,
+      ...(init.timeoutMs > 0 ? { signal: AbortSignal.timeout(init.timeoutMs) } : {}),
+    });
+    let done = false;
+    return {
+      status: res.status,
+      statusText: res.statusText,
+      header: (name) => res.headers.get(name),
+      cancel() {
+        if (done) return;
+        done = true;
+        res.body?.cancel().catch(() => {});
+      },
+      // The chunks land in place: fetch's arrayBuffer() gathers and copies them, which costs more than the network on loopback.
+      async readInto(parts) {
+        done = true;
+        if (!res.body) return 0;
+        const reader = res.body.getReader();
+        const sink = new BodySink(parts);
+        for (;;) {
+          const { done: end, value } = await reader.read();
+          if (end) return sink.length;
+          if (!sink.push(value)) {
+            void reader.cancel().catch(() => {});
+            return -1;
+          }
+        }
+      },
+    };
+  };
+}
+
+let defaultTransport: HttpTransport | undefined;
+
+/** Makes `t` the transport of http storages that name neither a fetch nor a transport (the Node entry installs node:http's). */
+export function setDefaultHttpTransport(t: HttpTransport | undefined): void {
+  defaultTransport = t;
 }
 
 /** What identifies one version of the remote file. */
@@ -127,6 +239,12 @@ interface HttpState {
   queue: (() => void)[];
   stats: HttpStats;
   storeWrites: Set<Promise<void>>;
+  /**
+   * Evicted cache blocks, reused for the next bodies: a long sequential read
+   * then allocates (and page-faults, and collects) nothing per request. Only
+   * without a persistent store, whose writes may still hold an evicted block.
+   */
+  spare: Uint8Array[] | null;
 }
 
 const DEFAULTS = {
@@ -160,12 +278,12 @@ function resolveOptions(o: HttpOptions): Resolved {
     timeoutMs: Math.max(0, o.timeoutMs ?? DEFAULTS.timeoutMs),
     headers: o.headers ?? {},
     store: o.store,
-    fetch: o.fetch ?? globalThis.fetch.bind(globalThis),
+    transport: o.transport ?? (o.fetch ? fetchTransport(o.fetch) : (defaultTransport ?? fetchTransport())),
     pageOrigin: o.pageOrigin ?? (globalThis as { location?: { origin?: string } }).location?.origin,
   };
 }
 
-function statusError(url: string, res: Response, what: string): BlockError {
+function statusError(url: string, res: HttpReply, what: string): BlockError {
   if (res.status === 404 || res.status === 410) {
     return new BlockError('ENOENT', `${url}: No such file or directory (HTTP ${res.status})`);
   }
@@ -180,8 +298,8 @@ function statusError(url: string, res: Response, what: string): BlockError {
 }
 
 /** Drops a response body we do not want, without reading it. */
-function discard(res: Response): void {
-  res.body?.cancel().catch(() => {});
+function discard(res: HttpReply): void {
+  res.cancel();
 }
 
 function ignoresRange(url: string): BlockError {
@@ -214,8 +332,8 @@ function parseContentRange(v: string | null): { start: number; end: number; size
 }
 
 /** A 206 whose Content-Range the page cannot see: in a browser that is a CORS header missing on the server. */
-function badContentRange(s: HttpState, asked: string, res: Response): BlockError {
-  const v = res.headers.get('content-range');
+function badContentRange(s: HttpState, asked: string, res: HttpReply): BlockError {
+  const v = res.header('content-range');
   if (v === null && crossOrigin(s, s.url)) {
     return new BlockError(
       'EIO',
@@ -254,9 +372,9 @@ class Transient extends Error {}
  */
 async function request<T>(
   s: HttpState,
-  init: RequestInit,
+  init: { method?: 'HEAD'; headers?: Record<string, string> },
   what: string,
-  use: (res: Response) => Promise<T>,
+  use: (res: HttpReply) => Promise<T>,
 ): Promise<T> {
   const { url } = s;
   for (let attempt = 0; ; attempt++) {
@@ -267,16 +385,12 @@ async function request<T>(
     await acquire(s);
     try {
       s.stats.requests++;
-      let res: Response;
+      let res: HttpReply;
       try {
-        res = await s.opts.fetch(url, {
-          // The block cache is ours: the browser's HTTP cache may hold the file
-          // gzip-encoded (fetched whole before), and Chrome answers a range
-          // over such an entry with the whole body.
-          cache: 'no-store',
-          ...init,
-          headers: { ...s.opts.headers, ...(init.headers as Record<string, string>) },
-          ...(s.opts.timeoutMs > 0 ? { signal: AbortSignal.timeout(s.opts.timeoutMs) } : {}),
+        res = await s.opts.transport(url, {
+          method: init.method ?? 'GET',
+          headers: init.headers ? { ...s.opts.headers, ...init.headers } : s.opts.headers,
+          timeoutMs: s.opts.timeoutMs,
         });
       } catch (e) {
         if (attempt < s.opts.retries) continue;
@@ -292,6 +406,9 @@ async function request<T>(
         if (!(e instanceof Transient)) throw e;
         if (attempt < s.opts.retries) continue;
         throw networkError(s, what, e, attempt);
+      } finally {
+        // A body nobody read (an error thrown before it) must not hold the connection.
+        res.cancel();
       }
     } finally {
       release(s);
@@ -312,12 +429,12 @@ function networkError(s: HttpState, what: string, e: unknown, attempt: number): 
   return new BlockError('EIO', msg, { cause: e });
 }
 
-function validatorOf(res: Response): Validator {
-  return { etag: res.headers.get('etag'), lastModified: res.headers.get('last-modified') };
+function validatorOf(res: HttpReply): Validator {
+  return { etag: res.header('etag'), lastModified: res.header('last-modified') };
 }
 
 /** Refuses a response from another version of the file than the one opened. */
-function checkSame(s: HttpState, res: Response, total: number): void {
+function checkSame(s: HttpState, res: HttpReply, total: number): void {
   const v = validatorOf(res);
   const old = s.validator;
   let why: string | null = null;
@@ -338,8 +455,8 @@ function checkSame(s: HttpState, res: Response, total: number): void {
 async function probeSize(s: HttpState): Promise<void> {
   const headDone = await request(s, { method: 'HEAD' }, 'HEAD', async (head) => {
     if (head.status === 404 || head.status === 410) throw statusError(s.url, head, 'HEAD');
-    const len = head.headers.get('content-length');
-    if (head.ok && len !== null && /^\d+$/.test(len) && head.headers.get('content-encoding') === null) {
+    const len = head.header('content-length');
+    if (head.status >= 200 && head.status < 300 && len !== null && /^\d+$/.test(len) && head.header('content-encoding') === null) {
       s.size = Number(len);
       s.validator = validatorOf(head);
       return true;
@@ -351,7 +468,7 @@ async function probeSize(s: HttpState): Promise<void> {
   const end = s.opts.blockSize - 1;
   await request(s, { headers: { Range: `bytes=0-${end}` } }, 'read', async (res) => {
     if (res.status === 416) {
-      const cr = parseContentRange(res.headers.get('content-range'));
+      const cr = parseContentRange(res.header('content-range'));
       discard(res);
       if (cr && Number.isFinite(cr.size)) {
         s.size = cr.size;
@@ -368,18 +485,18 @@ async function probeSize(s: HttpState): Promise<void> {
       discard(res);
       throw statusError(s.url, res, 'read');
     }
-    const cr = parseContentRange(res.headers.get('content-range'));
+    const cr = parseContentRange(res.header('content-range'));
     if (!cr || !Number.isFinite(cr.size) || cr.start !== 0) {
       discard(res);
       throw badContentRange(s, `0-${end}`, res);
     }
     s.size = cr.size;
     s.validator = validatorOf(res);
-    const body = await readBody(res, Math.min(s.opts.blockSize, s.size));
-    if (body.length === Math.min(s.opts.blockSize, s.size) && body.length > 0) {
+    const want = Math.min(s.opts.blockSize, s.size);
+    const blk = new Uint8Array(s.opts.blockSize);
+    const n = await readBody(res, [blk], want);
+    if (n === want && n > 0) {
       // The first block is a whole cache block (or the whole file): keep it, probing reads it next.
-      const blk = new Uint8Array(s.opts.blockSize);
-      blk.set(body);
       insert(s, 0, blk);
       persist(s, 0, blk);
     }
@@ -387,32 +504,27 @@ async function probeSize(s: HttpState): Promise<void> {
 }
 
 /**
- * Reads a body of `expected` bytes straight into one buffer: the chunks land
- * in place (fetch's arrayBuffer() gathers and copies them, which costs more
- * than the network on loopback). A body of another length is a Transient
- * failure (cut short) or an error (too long).
+ * Reads a body of `expected` bytes into `parts`; returns its length. A body
+ * of another length is a Transient failure (cut short) or an error (too long).
  */
-async function readBody(res: Response, expected: number): Promise<Uint8Array> {
-  const out = new Uint8Array(expected);
-  let n = 0;
+async function readBody(res: HttpReply, parts: Uint8Array[], expected: number): Promise<number> {
+  let n: number;
   try {
-    if (!res.body) return out.subarray(0, 0);
-    const reader = res.body.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (n + value.length > expected) {
-        void reader.cancel().catch(() => {});
-        throw new BlockError('EIO', `the server sent more than the ${expected} bytes asked for`);
-      }
-      out.set(value, n);
-      n += value.length;
-    }
+    n = await res.readInto(parts);
   } catch (e) {
-    if (e instanceof BlockError) throw e;
     throw new Transient(`the connection broke while reading the body: ${(e as Error)?.message ?? e}`, { cause: e });
   }
-  return n === expected ? out : out.subarray(0, n);
+  if (n < 0 || n > expected) throw new BlockError('EIO', `the server sent more than the ${expected} bytes asked for`);
+  return n;
+}
+
+/** A block buffer for a body: a spare one when there is, else a new one. */
+function takeBlock(s: HttpState): Uint8Array {
+  return s.spare?.pop() ?? new Uint8Array(s.opts.blockSize);
+}
+
+function giveBack(s: HttpState, blk: Uint8Array): void {
+  if (s.spare && s.spare.length < s.opts.cacheBlocks / 2) s.spare.push(blk);
 }
 
 function insert(s: HttpState, index: number, blk: Uint8Array): void {
@@ -420,7 +532,9 @@ function insert(s: HttpState, index: number, blk: Uint8Array): void {
   s.cache.set(index, blk);
   while (s.cache.size > s.opts.cacheBlocks) {
     const oldest = s.cache.keys().next().value as number;
+    const old = s.cache.get(oldest)!;
     s.cache.delete(oldest);
+    giveBack(s, old);
   }
 }
 
@@ -458,7 +572,12 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
   }
   const start = first * bsz;
   const end = Math.min((last + 1) * bsz, s.size) - 1;
-  const body = await request(s, { headers: { Range: `bytes=${start}-${end}` } }, `read at ${hex(start)}`, async (res) => {
+  const blocks = Array.from({ length: last - first + 1 }, () => takeBlock(s));
+  // The last part ends where the body should, so a longer body overflows the parts.
+  const parts = blocks.slice();
+  const lastLen = end + 1 - last * bsz;
+  if (lastLen < bsz) parts[parts.length - 1] = blocks[blocks.length - 1]!.subarray(0, lastLen);
+  await request(s, { headers: { Range: `bytes=${start}-${end}` } }, `read at ${hex(start)}`, async (res) => {
     if (res.status === 200) {
       discard(res);
       throw ignoresRange(s.url);
@@ -467,30 +586,27 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
       discard(res);
       throw statusError(s.url, res, `read of bytes ${start}-${end}`);
     }
-    const cr = parseContentRange(res.headers.get('content-range'));
+    const cr = parseContentRange(res.header('content-range'));
     checkSame(s, res, cr ? cr.size : NaN);
     if (!cr || cr.start !== start || cr.end !== end) {
       discard(res);
       throw badContentRange(s, `${start}-${end}`, res);
     }
-    const b = await readBody(res, end - start + 1);
-    s.stats.bytesFetched += b.length;
-    if (b.length !== end - start + 1) {
-      throw new Transient(`short response at ${hex(start)}: ${b.length} of ${end - start + 1} bytes`);
+    const n = await readBody(res, parts, end - start + 1);
+    s.stats.bytesFetched += n;
+    if (n !== end - start + 1) {
+      throw new Transient(`short response at ${hex(start)}: ${n} of ${end - start + 1} bytes`);
     }
-    return b;
+  }).catch((e: unknown) => {
+    for (const b of blocks) giveBack(s, b);
+    throw e;
   });
   s.stats.blocksFetched += last - first + 1;
+  // The file's last block may be short: the rest of its buffer (maybe a reused one) reads as zeros.
+  const tail = (end + 1) % bsz;
+  if (tail !== 0) blocks[blocks.length - 1]!.fill(0, tail);
   for (let i = first; i <= last; i++) {
-    const o = (i - first) * bsz;
-    const n = Math.min(bsz, body.length - o);
-    // Full blocks are views of the response (no copy); the file's last, short block is padded.
-    let blk: Uint8Array;
-    if (n === bsz) blk = body.subarray(o, o + bsz);
-    else {
-      blk = new Uint8Array(bsz);
-      blk.set(body.subarray(o, o + n));
-    }
+    const blk = blocks[i - first]!;
     insert(s, i, blk);
     persist(s, i, blk);
   }
@@ -608,6 +724,7 @@ export const httpDriver: BlockDriver = {
       queue: [],
       stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, bytesFetched: 0, peakInflight: 0 },
       storeWrites: new Set(),
+      spare: opts.store ? null : [],
     };
     bs.opaque = s;
     await probeSize(s);

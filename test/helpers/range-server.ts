@@ -32,6 +32,8 @@ export interface RangeServer {
   bodyBytesSent(): number;
   /** Most requests being answered at once. */
   peakInflight(): number;
+  /** Resolves once no request is being answered (every response finished or its connection closed). */
+  idle(): Promise<void>;
   /** Delay before each answer, in ms (0 by default). */
   setLatency(ms: number): void;
   /** The next `count` requests (HEAD or GET) meet `fault`. */
@@ -49,6 +51,7 @@ export async function startRangeServer(dir: string): Promise<RangeServer> {
   let latency = 0;
   let inflight = 0;
   let peak = 0;
+  const idleWaiters: (() => void)[] = [];
   const faults: Fault[] = [];
   /** Version per file, bumped by replace(): part of the ETag and the Last-Modified. */
   const versions = new Map<string, number>();
@@ -144,7 +147,9 @@ export async function startRangeServer(dir: string): Promise<RangeServer> {
   const server = http.createServer((req, res) => {
     inflight++;
     peak = Math.max(peak, inflight);
-    res.on('close', () => inflight--);
+    res.on('close', () => {
+      if (--inflight === 0) for (const w of idleWaiters.splice(0)) w();
+    });
     if (latency > 0) setTimeout(() => answer(req, res), latency);
     else answer(req, res);
   });
@@ -155,6 +160,7 @@ export async function startRangeServer(dir: string): Promise<RangeServer> {
     log,
     bodyBytesSent: () => sent,
     peakInflight: () => peak,
+    idle: () => (inflight === 0 ? Promise.resolve() : new Promise<void>((r) => idleWaiters.push(r))),
     setLatency: (ms) => (latency = ms),
     injectFaults: (count, fault) => {
       for (let i = 0; i < count; i++) faults.push(fault);

@@ -1,20 +1,26 @@
 // The http protocol's failure handling against the loopback Range server with
 // injected faults: retries with backoff, a changed remote image refused, S3-style
 // presigned URLs, bounded parallel requests, the persistent block store, CORS
-// explanations. Everything is judged by counting requests, never by time.
+// explanations. Everything is judged by counting requests, never by time. Both
+// transports (the global fetch, node:http with keep-alive) meet every fault.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tmpDir, seededBytes } from '../helpers/qemu.js';
 import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
-import { HttpStorage, httpStats, type HttpBlockStore, type HttpOptions } from '../../src/protocols/http.js';
+import { HttpStorage, httpStats, fetchTransport, type HttpBlockStore, type HttpOptions } from '../../src/protocols/http.js';
+import { nodeHttpTransport } from '../../src/protocols/http-node.js';
 import { bdrvPread, BlockError, type BlockNode } from '../../src/index.js';
 
 let server: RangeServer;
 let dir: string;
 const SIZE = 300_001;
 const data = seededBytes(SIZE, 11);
-const opts: HttpOptions = { blockSize: 4096, cacheBytes: 256 * 1024, maxReadAhead: 16 * 1024, retryDelayMs: 1 };
+const baseOpts: HttpOptions = { blockSize: 4096, cacheBytes: 256 * 1024, maxReadAhead: 16 * 1024, retryDelayMs: 1 };
+const TRANSPORTS = [
+  { name: 'fetch', transport: fetchTransport() },
+  { name: 'node:http', transport: nodeHttpTransport },
+];
 
 beforeAll(async () => {
   dir = tmpDir();
@@ -40,7 +46,8 @@ async function failure(p: Promise<unknown>): Promise<BlockError> {
   return e as BlockError;
 }
 
-describe('http protocol under faults', () => {
+describe.each(TRANSPORTS)('http protocol under faults ($name)', ({ transport }) => {
+  const opts: HttpOptions = { ...baseOpts, transport };
   it('retries 5xx, dropped connections and bodies cut short, then gives up with the status', async () => {
     const bs = await new HttpStorage(server.baseUrl, opts).openProtocol('disk.raw', { readOnly: true });
     server.injectFaults(2, { kind: 'status', status: 503 });
@@ -141,7 +148,7 @@ describe('http protocol under faults', () => {
     const failing = (async () => {
       throw new TypeError('Failed to fetch');
     }) as typeof fetch;
-    const st = new HttpStorage(server.baseUrl, { ...opts, retries: 1, fetch: failing, pageOrigin: 'https://app.example' });
+    const st = new HttpStorage(server.baseUrl, { ...opts, transport: undefined, retries: 1, fetch: failing, pageOrigin: 'https://app.example' });
     const e = await failure(st.openProtocol('disk.raw', { readOnly: true }));
     expect(e.message).toMatch(/Failed to fetch.*CORS.*Access-Control-Allow-Origin.*Range.*Content-Range/);
     // Hidden Content-Range (no Access-Control-Expose-Headers) is named as a CORS problem too.
@@ -151,7 +158,7 @@ describe('http protocol under faults', () => {
       h.delete('content-range');
       return new Response(r.body, { status: r.status, headers: h });
     }) as typeof fetch;
-    const st2 = new HttpStorage(server.baseUrl, { ...opts, fetch: hiding, pageOrigin: 'https://app.example' });
+    const st2 = new HttpStorage(server.baseUrl, { ...opts, transport: undefined, fetch: hiding, pageOrigin: 'https://app.example' });
     const bs = await st2.openProtocol('disk.raw', { readOnly: true });
     const e2 = await failure(read(bs, 0, 10));
     expect(e2.message).toMatch(/Content-Range header is hidden from this page by CORS/);
