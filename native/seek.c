@@ -7,10 +7,15 @@
  * or -2 for any other failure (the file system does not support it), which
  * the TypeScript side treats as "unknown".
  *
+ * punchHole(fd, offset, length) deallocates a range with fallocate(2)
+ * (PUNCH_HOLE | KEEP_SIZE), as QEMU's file-posix does for a discard: it
+ * returns 0, or -errno (EOPNOTSUPP where the file system cannot).
+ *
  * Offsets travel as doubles: they are below 2^53, which JS numbers hold exactly.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <node_api.h>
 
@@ -40,12 +45,35 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
   return do_seek(env, info, SEEK_HOLE);
 }
 
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t fd = -1;
+  double off = 0, len = 0;
+  napi_value result;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_double(env, argv[1], &off) != napi_ok ||
+      napi_get_value_double(env, argv[2], &len) != napi_ok) {
+    napi_create_double(env, -EINVAL, &result);
+    return result;
+  }
+#ifdef FALLOC_FL_PUNCH_HOLE
+  int r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+  napi_create_double(env, r == 0 ? 0 : -errno, &result);
+#else
+  napi_create_double(env, -EOPNOTSUPP, &result);
+#endif
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 2, props);
+  napi_define_properties(env, exports, 3, props);
   return exports;
 }
 

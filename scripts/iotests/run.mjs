@@ -35,6 +35,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync, chmodSync, lstatSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseTap } from './tap.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const work = process.env.IOTESTS_DIR ?? join(root, 'build', 'iotests');
@@ -210,12 +211,7 @@ function runCheck(src, which, fmt, tests, jobs) {
   delete env.CI; // check's output does not depend on it; keep the tests' environment plain
   const r = run(join(buildIotests, 'check'), [`-${fmt}`, '-tap', '-j', String(jobs), ...tests], { cwd: buildIotests, env });
   writeFileSync(join(buildIotests, 'check.log'), `${r.stdout}\n${r.stderr}`);
-  const results = new Map();
-  for (const line of r.stdout.split('\n')) {
-    const m = /^(not ok|ok) \S+ (\S+)(?: # SKIP (.*))?/.exec(line);
-    if (!m) continue;
-    results.set(m[2], m[3] !== undefined ? 'skip' : m[1] === 'ok' ? 'pass' : 'fail');
-  }
+  const results = parseTap(r.stdout);
   if (results.size === 0) throw new Error(`check printed no results:\n${r.stdout.slice(-2000)}\n${r.stderr.slice(-2000)}`);
   return { results, dir: buildIotests, log: r.stdout };
 }

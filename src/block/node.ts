@@ -75,6 +75,12 @@ export class BlockNode {
    * stop short of the storage (format drivers still write their cached metadata).
    */
   noFlush = false;
+  /**
+   * QEMU's BDRV_O_UNMAP (discard=unmap; qemu-io's default): a discard that
+   * reaches a protocol node deallocates the storage. Without it a protocol
+   * node takes discards as a no-op, as QEMU's default discard=ignore does.
+   */
+  unmap = false;
   /** End of the highest write, write-zeroes or discard that reached this node (QEMU's wr_highest_offset, for query-blockstats). */
   wrHighestOffset = 0;
   /** Dirty bitmaps recording writes to this node (src/block/dirty-bitmap.ts). */

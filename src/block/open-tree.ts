@@ -92,6 +92,11 @@ async function openNode(
   // A name given beside `file.*` options is the file's (qemu-io -o file.align=… NAME).
   if (isTree(child) && childTree.filename === undefined && typeof t.filename === 'string') childTree = { filename: t.filename, ...childTree };
   if (!isTree(child) && typeof child !== 'string') throw new BlockError('EINVAL', `Invalid parameter type for '${childKey}', expected: dict or string`);
+  // cache.direct is inherited by the child unless it sets its own, as QEMU's cache options are.
+  const direct = isTree(t.cache) ? t.cache.direct : undefined;
+  if (direct !== undefined && !(isTree(childTree.cache) && childTree.cache.direct !== undefined)) {
+    childTree = { ...childTree, cache: { ...(isTree(childTree.cache) ? childTree.cache : {}), direct } };
+  }
   const childNode = await openNode(ctx, childTree, 'child', readOnly, top, false);
 
   const driverOptions: Record<string, unknown> = {};
@@ -186,6 +191,10 @@ async function openProtocolNode(ctx: OpenContext, driver: string, t: OptionsTree
   try {
     const bs = await ctx.storage.openProtocol(filename, { readOnly });
     if (typeof t['node-name'] === 'string') nameNode(bs, t['node-name']);
+    // O_DIRECT (cache.direct=on) makes a host file's requests sector-aligned (QEMU probes at least 512).
+    if (bs.driver.name === 'file' && isTree(t.cache) && optBool(t.cache, 'direct')) {
+      bs.limits = { ...bs.limits, requestAlignment: Math.max(bs.limits.requestAlignment, 512) };
+    }
     return bs;
   } catch (e) {
     if (e instanceof BlockError) throw e;

@@ -1,7 +1,8 @@
 /** `blocktab commit`: qemu-img commit's options and its "Image committed." line. */
 import { commitImage } from '../img/commit.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
-import { storage } from './open.js';
+import { openForCli, storage } from './open.js';
+import { imageSpec } from './objects.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
 
@@ -22,8 +23,13 @@ export async function runCommit(args: string[], out: Output): Promise<number> {
   const quiet = flag(p, 'quiet');
   const progress = new Progress(flag(p, 'progress') && !quiet, out.stdout);
   progress.set(0);
+  const name = p.positionals[0]!;
+  // --image-opts and json: names (keys, nested drivers) open through the options tree (iotest 198).
+  const spec = imageSpec(name);
+  const top = spec.tree.filename === name && Object.keys(spec.tree).length === 1 ? undefined : await openForCli(name, { readOnly: false, format: str(p, 'format') });
   await commitImage(storage, {
-    filename: p.positionals[0]!,
+    top,
+    filename: spec.filename,
     format: str(p, 'format'),
     base: str(p, 'base'),
     drop: flag(p, 'drop'),

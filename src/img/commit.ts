@@ -24,6 +24,8 @@ export interface CommitRequest {
   /** -d: do not empty the top image. */
   drop?: boolean;
   onProgress?: ProgressFn;
+  /** The top image already opened (an options tree: --image-opts, json:); commitImage closes it. */
+  top?: BlockNode;
 }
 
 /**
@@ -48,7 +50,7 @@ export function findBackingImage(storage: Storage, top: BlockNode, name: string)
 }
 
 export async function commitImage(storage: Storage, req: CommitRequest): Promise<void> {
-  const top = await openImage(storage, req.filename, { format: req.format, readOnly: false });
+  const top = req.top ?? (await openImage(storage, req.filename, { format: req.format, readOnly: false }));
   let restore: (() => Promise<void>) | undefined;
   try {
     const below = top.cowNode();

@@ -90,10 +90,11 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
     if (!req.unsafe) {
       let bs: BlockNode | undefined;
       try {
-        // A json:{…} backing name stands for options (QEMU's bdrv_open of the name).
+        // A json:{…} backing name stands for options (QEMU's bdrv_open of the name). Only its size is
+        // wanted: a file name is opened without I/O (QEMU's BDRV_O_NO_IO), so an encrypted backing file needs no key (189, 198).
         bs = backingFile.startsWith('json:')
           ? await openTree(storage, parseJsonName(backingFile), { format: backingFmt, readOnly: true, backing: false })
-          : await openImage(storage, storage.resolve(filename, backingFile), { format: backingFmt, readOnly: true, backing: false });
+          : await openImage(storage, storage.resolve(filename, backingFile), { format: backingFmt, readOnly: true, backing: false, driverOptions: { noIo: true } });
       } catch (e) {
         const why = e instanceof Error ? e.message : String(e);
         throw new BlockError(e instanceof BlockError ? e.code : 'EIO', `${filename}: ${why}\nCould not open backing image.`, { cause: e });

@@ -21,7 +21,7 @@ import { registerDriver, type BlockDriver } from '../block/driver.js';
 import { BlockNode } from '../block/node.js';
 import { pathCombine, type Storage } from '../block/open.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../block/status.js';
-import { seekData, seekHole } from './seek-hole.js';
+import { punchHole, seekData, seekHole } from './seek-hole.js';
 
 /** Requests from this size up run in libuv's thread pool (see above). */
 const ASYNC_MIN_BYTES = 256 * 1024;
@@ -39,10 +39,25 @@ interface FileState {
   size: number;
   /** Written or resized since the last flush (QEMU's write_gen ahead of flushed_gen): a flush with nothing to sync is a no-op, so a node on /dev/null closes cleanly. */
   unflushed: boolean;
+  /** Discards passed to the host that it did / did not carry out (query-blockstats). */
+  discardOk: number;
+  discardFailed: number;
+  discardBytes: number;
 }
 
 /** QEMU keeps a node's length in 512-byte sectors, rounded up. */
 const sectorLength = (bytes: number): number => Math.ceil(bytes / 512) * 512;
+
+/**
+ * QEMU's file-posix writes zeros over the first block when a truncate grows an
+ * empty file (to help O_DIRECT alignment probing later): 4 KiB, or one sector
+ * for files under 4 KiB. qemu-img map and info of a new raw image show it as
+ * data (iotests 150, 253), and a discard punches it out again (221).
+ */
+function allocateFirstBlock(fd: number, size: number): void {
+  const n = size < 4096 ? 512 : 4096;
+  fs.writeSync(fd, new Uint8Array(n), 0, n, 0);
+}
 
 function st(bs: BlockNode): FileState {
   return bs.state<FileState>();
@@ -52,10 +67,13 @@ export const fileDriver: BlockDriver = {
   name: 'file',
   kind: 'protocol',
   protocolName: 'file',
-  // QEMU's file-posix counts discards passed to the host; this driver passes none (no pdiscard), so none succeed or fail.
+  // QEMU's file-posix counts the discards it passes to the host (only nodes opened with unmap pass any).
   // file-posix answers bdrv_get_info (nothing in it), so QEMU shows a protocol node's dirty-flag as false.
   getDriverInfo: () => ({}),
-  getStatsSpecific: () => ({ driver: 'file', 'discard-nb-ok': 0, 'discard-nb-failed': 0, 'discard-bytes-ok': 0 }),
+  getStatsSpecific: (bs) => {
+    const s = st(bs);
+    return { driver: 'file', 'discard-nb-ok': s?.discardOk ?? 0, 'discard-nb-failed': s?.discardFailed ?? 0, 'discard-bytes-ok': s?.discardBytes ?? 0 };
+  },
   async open(bs) {
     let fd: number;
     try {
@@ -68,7 +86,7 @@ export const fileDriver: BlockDriver = {
       fs.closeSync(fd);
       throw new BlockError('EINVAL', `Could not open '${bs.filename}': Is a directory`);
     }
-    bs.opaque = { fd, size: stat.size, unflushed: false } satisfies FileState;
+    bs.opaque = { fd, size: stat.size, unflushed: false, discardOk: 0, discardFailed: 0, discardBytes: 0 } satisfies FileState;
     bs.totalBytes = sectorLength(stat.size);
   },
   async close(bs) {
@@ -113,6 +131,23 @@ export const fileDriver: BlockDriver = {
     s.unflushed = true;
     if (offset + bytes > s.size) bs.totalBytes = sectorLength((s.size = offset + bytes));
   },
+  /**
+   * A discard punches a hole (the range then reads as zeros and maps as a
+   * hole, iotest 171), only on a node opened with unmap, as QEMU's
+   * bdrv_co_pdiscard drops discards without BDRV_O_UNMAP. Where the host
+   * cannot punch holes the discard is a no-op: it is a hint.
+   */
+  async pdiscard(bs, offset, bytes) {
+    if (!bs.unmap) return;
+    const s = st(bs);
+    const end = Math.min(offset + bytes, s.size);
+    if (end <= offset) return;
+    if (punchHole(s.fd, offset, end - offset)) {
+      s.discardOk++;
+      s.discardBytes += end - offset;
+      s.unflushed = true;
+    } else s.discardFailed++;
+  },
   async flush(bs) {
     const s = st(bs);
     if (!s.unflushed) return;
@@ -129,6 +164,7 @@ export const fileDriver: BlockDriver = {
     s.unflushed = true;
     try {
       fs.ftruncateSync(s.fd, size);
+      if (prealloc === 'off' && old === 0 && size > 0) allocateFirstBlock(s.fd, size);
       // falloc and full allocate the new area; Node has no fallocate(2), so both write zeros (what full does in QEMU).
       if ((prealloc === 'falloc' || prealloc === 'full') && size > old) {
         const zeros = new Uint8Array(Math.min(1 << 20, size - old));
@@ -162,7 +198,11 @@ export const fileDriver: BlockDriver = {
     }
     const hole = seekHole(s.fd, offset);
     const end = hole === undefined || hole < 0 ? s.size : hole;
-    return { status: data, pnum: Math.min(bytes, Math.max(end - offset, 1)), map: offset, file: bs };
+    // A data extent ending at an unaligned end of file covers the whole last aligned block (with
+    // cache.direct, requests are sector-aligned; iotest 253), as QEMU may not return partial blocks.
+    const align = bs.limits.requestAlignment;
+    const pnum = Math.max(end - offset, 1);
+    return { status: data, pnum: Math.min(bytes, Math.ceil(pnum / align) * align), map: offset, file: bs };
   },
 };
 

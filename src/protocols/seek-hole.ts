@@ -3,7 +3,8 @@
  *
  * Node's fs has no lseek, so holes in host files are invisible to it. A tiny
  * optional N-API addon (native/seek.c, built by node-gyp into
- * native/build/Release/seek.node) provides the two calls. When it is absent or
+ * native/build/Release/seek.node) provides the two calls, and fallocate's
+ * hole punching for discards. When it is absent or
  * the host file system does not support them, these return undefined
  * ("unknown") and the file protocol reports every byte as data, which is
  * always correct, only less precise than QEMU's file-posix.
@@ -13,6 +14,8 @@ import { createRequire } from 'node:module';
 interface SeekAddon {
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
+  /** Absent from addons built before it was added. */
+  punchHole?(fd: number, offset: number, length: number): number;
 }
 
 function loadAddon(): SeekAddon | undefined {
@@ -44,6 +47,17 @@ export function seekHole(fd: number, offset: number): number | undefined {
   if (!addon) return undefined;
   const r = addon.seekHole(fd, offset);
   return r < 0 ? undefined : r;
+}
+
+/**
+ * Deallocates [offset, offset + length) of the host file, keeping its size
+ * (fallocate PUNCH_HOLE): true when done, false when the addon or the file
+ * system cannot (a discard is a hint, so the caller carries on).
+ */
+export function punchHole(fd: number, offset: number, length: number): boolean {
+  const addon = getAddon();
+  if (!addon?.punchHole) return false;
+  return addon.punchHole(fd, offset, length) === 0;
 }
 
 /** Whether hole detection is available (for tests and `--version` style reports). */

@@ -106,6 +106,8 @@ export interface OpenRequest {
   options: Record<string, string>;
   /** -t writethrough / directsync: every write is flushed before it completes (the write cache off). */
   writethrough?: boolean;
+  /** -d: the discard mode (unmap, the default, lets discards reach the storage). */
+  discard?: string;
 }
 
 /** The host side of a session: opening and closing images by name, which needs file access. */

@@ -89,14 +89,17 @@ interface IoArgs {
   forceShare: boolean;
   /** -s: writes go to a temporary overlay. */
   snapshot: boolean;
-  copyOnRead?: boolean;
+  /** -C: copy-on-read. */
+  copyOnRead: boolean;
+  /** -d: discard mode. */
+  discard?: string;
   /** --image-opts: the operand is key=value options, not a file name. */
   imageOpts: boolean;
 }
 
 /** Parses blocktab io's options with the shared getopt; returns an exit code on error or --help. */
 function parseArgs(args: string[], output: IoOutput): IoArgs | number {
-  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, writethrough: false, aio: 'threads', forceShare: false, snapshot: false, imageOpts: false };
+  const res: IoArgs = { readOnly: false, cmds: [], direct: false, noFlush: false, writethrough: false, aio: 'threads', forceShare: false, snapshot: false, copyOnRead: false, imageOpts: false };
   const { events, operands } = getopt([PROGNAME, ...args], SHORT_OPTS, LONG_OPTS);
   for (const ev of events) {
     if (ev.kind === 'error') {
@@ -148,8 +151,9 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
         }
         break;
       case 'C': res.copyOnRead = true; break;
-      // Discard mode and tracing change nothing observable here.
-      case 'd': case 'T': break;
+      case 'd': res.discard = arg; break;
+      // Tracing changes nothing observable here.
+      case 'T': break;
     }
   }
   if (operands.length > 1) {
@@ -270,6 +274,9 @@ class CliIoHost implements IoHost {
       }
     }
     if (this.args.noFlush) for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.noFlush = true;
+    // qemu-io opens with BDRV_O_UNMAP (discards reach the storage) unless discard=ignore was asked for.
+    const discard = typeof tree.discard === 'string' ? tree.discard : (req.discard ?? 'unmap');
+    if (discard === 'unmap' || discard === 'on') for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.unmap = true;
     if (req.copyOnRead && root.readOnly) {
       await closeNode(root);
       throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");
@@ -343,7 +350,7 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
         options = kv;
         name = undefined;
       } else if (parsed.format) options.driver = parsed.format;
-      blk = await host.open(name, { readOnly: parsed.readOnly, snapshot: parsed.snapshot, copyOnRead: parsed.copyOnRead, options });
+      blk = await host.open(name, { readOnly: parsed.readOnly, snapshot: parsed.snapshot, options, copyOnRead: parsed.copyOnRead, discard: parsed.discard });
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
       output.err(`${PROGNAME}: can't open${parsed.imageOpts ? '' : ` device ${parsed.file}`}: ${msg}\n`);

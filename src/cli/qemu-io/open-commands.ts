@@ -77,6 +77,7 @@ const openCmd: CmdInfo = {
             s.report(`Invalid discard option: ${arg}`);
             return EINVAL;
           }
+          req.discard = arg;
           break;
         case 'i':
           if (!['threads', 'native', 'io_uring'].includes(arg!)) {

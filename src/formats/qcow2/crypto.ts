@@ -53,7 +53,8 @@ export async function openQcow2Crypto(file: BlockNode, h: Qcow2Header, image: st
   let password: Uint8Array | undefined;
   if (typeof secretId !== 'string') {
     if (!options.noIo) throw new BlockError('EINVAL', `${image}: Parameter 'encrypt.key-secret' is required for cipher`);
-  } else {
+  } else if (!options.noIo) {
+    // Opened without I/O (info, create's look at a backing file) QEMU does not resolve the secret either (198).
     password = lookupSecret(secretId);
     if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
   }
