@@ -196,22 +196,24 @@ export abstract class EngineGraph extends EngineEvents {
   }
 
   /**
-   * QEMU's bdrv_lookup_bs: a device name or a node-name. A miss is
-   * DeviceNotFound (QEMU 7.2 replies GenericError for node lookups; the class
-   * lets clients tell "no such node" from other failures without parsing text).
+   * QEMU's bdrv_lookup_bs: a device name or a node-name (the same name for
+   * both unless `what` is 'node'). A miss is QEMU 7.2's GenericError, with
+   * code ENOENT so callers of the typed API can still tell it apart.
    */
   lookup(name: string, what: 'device-or-node' | 'node' = 'device-or-node', message?: string): BlockNode {
-    const dev = what === 'device-or-node' ? this.devices.get(name) : undefined;
+    return what === 'node' ? this.lookupBs(undefined, name, message) : this.lookupBs(name, name, message);
+  }
+
+  /** bdrv_lookup_bs(device, node_name): the device's medium first, then the node; either may be absent. */
+  lookupBs(device: string | undefined, nodeName: string | undefined, message?: string): BlockNode {
+    const dev = device !== undefined ? this.devices.get(device) : undefined;
     if (dev) {
-      if (!dev.backend.hasMedium) throw genericError(`Device '${name}' has no medium`, 'ENOMEDIUM');
+      if (!dev.backend.hasMedium) throw genericError(`Device '${device}' has no medium`, 'ENOMEDIUM');
       return dev.backend.root;
     }
-    const bs = this.nodes.get(name);
+    const bs = nodeName !== undefined ? this.nodes.get(nodeName) : undefined;
     if (bs) return bs;
-    throw new QmpError(
-      'DeviceNotFound',
-      message ?? (what === 'node' ? `Cannot find node ${name}` : `Cannot find device=${name} nor node_name=${name}`),
-    );
+    throw new QmpError('GenericError', message ?? `Cannot find device='${device ?? ''}' nor node-name='${nodeName ?? ''}'`, 'ENOENT');
   }
 
   /** Every use of `bs` (QEMU's bs->parents): the devices on it and its parents' edges, with what each takes and shares. */

@@ -161,12 +161,15 @@ export function normalizeTranscript(run: MonitorRun, dir: string): unknown {
   }));
 }
 
-/** blocktab returns HMP output as the reply; QEMU prints it and returns "". Moved to `text` to compare. */
+/**
+ * blocktab returns HMP output as the reply; QEMU prints qemu-io's output and returns "". Moved to `text` to
+ * compare. HMP's own errors ("Error: …") are QEMU's reply too, and stay.
+ */
 export function hmpTextToStdout(run: MonitorRun): MonitorRun {
   for (const s of run.steps) {
     if (!s.input.includes('human-monitor-command')) continue;
     for (const r of s.replies as { return?: unknown }[]) {
-      if (typeof r.return === 'string') {
+      if (typeof r.return === 'string' && !r.return.startsWith('Error: ')) {
         s.text += r.return;
         r.return = '';
       }

@@ -28,7 +28,8 @@ async function qemuIo(engine: Engine, words: string[]): Promise<string> {
   if (device === undefined || cmd === undefined) throw genericError('Parameter \'device\' is missing');
   let text = '';
   const io = engine.device(device) ?? (engine.findNode(device) ? engine.ioTarget(device) : undefined);
-  if (!io) throw genericError(`Device '${device}' not found`);
+  // HMP reports a failed command in its output, as QEMU's hmp_handle_error: "Error: …".
+  if (!io) return `Error: Cannot find device='' nor node-name='${device}'\r\n`;
   const session = new QemuIoSession(io.backend, { out: (t) => (text += t), err: (t) => (text += t) }, 'qemu-io');
   await session.command(cmd);
   return text;

@@ -219,7 +219,7 @@ export const blockdevCommands: QmpCommandTable = {
     async run(engine, args) {
       const name = args['node-name'] as string;
       const bs = engine.findNode(name);
-      if (!bs) throw new QmpError('DeviceNotFound', `Failed to find node with node-name='${name}'`);
+      if (!bs) throw genericError(`Failed to find node with node-name='${name}'`, 'ENOENT');
       if (engine.deviceOf(bs) !== undefined) throw genericError(`Node ${name} is in use`, 'EBUSY');
       if (!engine.isMonitorOwned(bs)) throw genericError(`Node ${name} is not owned by the monitor`, 'EBUSY');
       if (bs.parents.length > 0) throw genericError(`Block device ${name} is in use`, 'EBUSY');

@@ -193,7 +193,10 @@ export const jobCommands: QmpCommandTable = {
       const top = engine.lookup(device);
       const id = (args['job-id'] as string | undefined) ?? device;
       if (args.base !== undefined && args['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be specified at the same time");
-      if (args.bottom !== undefined) throw genericError("'bottom' is not supported here", 'ENOTSUP');
+      if (args.bottom !== undefined) {
+        engine.lookup(args.bottom as string, 'node');
+        throw genericError("'bottom' is not supported here", 'ENOTSUP');
+      }
       checkOnError(args['on-error']);
       let base: BlockNode | null = null;
       if (args['base-node'] !== undefined) base = engine.lookup(args['base-node'] as string, 'node');

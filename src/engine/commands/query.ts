@@ -41,12 +41,10 @@ export const queryCommands: QmpCommandTable = {
     async run(engine, args) {
       const device = args.device as string | undefined;
       const nodeName = args['node-name'] as string | undefined;
-      let bs = device !== undefined ? engine.device(device)?.backend.root : undefined;
-      if (!bs && nodeName !== undefined) bs = engine.findNode(nodeName);
-      if (!bs) throw new QmpError('DeviceNotFound', `Cannot find device=${device ?? ''} nor node_name=${nodeName ?? ''}`);
+      const bs = engine.lookupBs(device, nodeName);
       const size = args.size as number;
       if (size < 0) throw genericError(`Parameter 'size' expects a >0 size`);
-      if (bs.readOnly) throw genericError('Block node is read-only', 'EPERM');
+      if (bs.readOnly) throw genericError('Image is read-only', 'EPERM');
       await bdrvTruncate(bs, size, false, 'off');
       truncateDirtyBitmaps(bs, size);
     },
