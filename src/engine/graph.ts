@@ -17,7 +17,7 @@ import { realClock, type Clock } from '../block/clock.js';
 import { ThrottleGroups } from '../block/throttle-group.js';
 import type { BackendOptions, IoErrorReport } from '../block/backend.js';
 import { PERM_CONSISTENT_READ, PERM_WRITE, type ChildRole } from '../block/child.js';
-import { childPerms, cumulative, permConflict, PERM_ALL, type NodeUse, type PermParent } from '../block/permissions.js';
+import { childPerms, cumulative, permConflict, usesConflict, PERM_ALL, type NodeUse, type PermPair, type PermParent } from '../block/permissions.js';
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
@@ -72,6 +72,8 @@ export abstract class EngineGraph extends EngineEvents {
   protected readonly devices = new Map<string, IoTarget>();
   /** Nodes opened as a device's medium (-drive, change-medium): closed when the device lets go of them. */
   protected readonly mediumOf = new Map<BlockNode, string>();
+  /** Uses that are neither edges nor devices (a job's children and backends), newest first, by node. */
+  private readonly otherUses = new Map<BlockNode, NodeUse[]>();
   /** Anonymous backends for I/O addressed to a node-name (like qemu-io on a node); not "users" of the node. */
   protected readonly nodeIo = new Map<BlockNode, IoTarget>();
 
@@ -216,19 +218,63 @@ export abstract class EngineGraph extends EngineEvents {
     throw new QmpError('GenericError', message ?? `Cannot find device='${device ?? ''}' nor node-name='${nodeName ?? ''}'`, 'ENOENT');
   }
 
-  /** Every use of `bs` (QEMU's bs->parents): the devices on it and its parents' edges, with what each takes and shares. */
+  /**
+   * Every use of `bs` (QEMU's bs->parents): jobs' uses, its parents' edges
+   * and the devices on it, with what each takes and shares. A parent's edge
+   * takes what the parent's own users need, passed down through filters.
+   */
   usesOf(bs: BlockNode): NodeUse[] {
-    const out: NodeUse[] = [];
-    // Newest first, as QEMU inserts parents at the head of the list.
+    // Newest first, as QEMU inserts parents at the head of the list (jobs come after the edges they work on).
+    const out: NodeUse[] = [...(this.otherUses.get(bs) ?? [])];
     for (const e of [...bs.parents].reverse()) {
-      out.push({ who: `node '${this.nameOf(e.parent)}'`, role: e.name, ...childPerms(e.parent, e.role, cumulative(this.usesOf(e.parent))) });
+      out.push({ who: `node '${this.nameOf(e.parent)}'`, role: e.name, key: e, ...childPerms(e.parent, e.role, cumulative(this.usesOf(e.parent))) });
     }
     for (const [name, d] of this.devices) {
       if (!d.backend.hasMedium || d.backend.root !== bs) continue;
       // A -drive backend without a device model: reads, writes when writable, shares everything (QEMU's blk_new_open).
-      out.push({ who: `block device '${name}'`, role: 'root', perm: PERM_CONSISTENT_READ | (bs.readOnly ? 0 : PERM_WRITE), shared: PERM_ALL });
+      out.push({ who: `block device '${name}'`, role: 'root', backend: true, perm: PERM_CONSISTENT_READ | (bs.readOnly ? 0 : PERM_WRITE), shared: PERM_ALL });
     }
     return out;
+  }
+
+  /** Adds a use that is no edge or device (a job's); returns what removes it. */
+  addUse(bs: BlockNode, use: NodeUse): () => void {
+    const list = this.otherUses.get(bs) ?? [];
+    list.unshift(use);
+    this.otherUses.set(bs, list);
+    return () => {
+      const at = list.indexOf(use);
+      if (at >= 0) list.splice(at, 1);
+      if (list.length === 0 && this.otherUses.get(bs) === list) this.otherUses.delete(bs);
+    };
+  }
+
+  /**
+   * Refuses a new use of `bs` (a temporary backend that wants to write)
+   * when it conflicts with bs's users, or when what bs then needs of its
+   * children conflicts further down (QEMU's permission update, which passes
+   * a filter's users' needs on to the node below it).
+   */
+  checkAddedUse(bs: BlockNode, added: NodeUse): void {
+    const existing = this.usesOf(bs);
+    const conflict = permConflict(this.nameOf(bs), existing, added);
+    if (conflict) throw genericError(conflict, 'EPERM');
+    this.checkChildren(bs, cumulative(existing), cumulative([added, ...existing]));
+  }
+
+  /** After bs's users went from `before` to `after`: each child whose edge now takes or shares otherwise must still agree with its other users. */
+  private checkChildren(bs: BlockNode, before: PermPair, after: PermPair): void {
+    for (const c of [bs.file, bs.backing, bs.dataFile]) {
+      if (!c) continue;
+      const was = childPerms(bs, c.role, before);
+      const now = childPerms(bs, c.role, after);
+      if (was.perm === now.perm && was.shared === now.shared) continue;
+      const uses = this.usesOf(c.node);
+      const updated = uses.map((u) => (u.key === c ? { ...u, ...now } : u));
+      const conflict = usesConflict(this.nameOf(c.node), updated);
+      if (conflict) throw genericError(conflict, 'EPERM');
+      this.checkChildren(c.node, cumulative(uses), cumulative(updated));
+    }
   }
 
   /**

@@ -157,7 +157,7 @@ export function normalizeTranscript(run: MonitorRun, dir: string): unknown {
     input: s.input.split(dir).join('$DIR'),
     replies: walk(s.replies),
     events: walk(s.events),
-    text: s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME').split(dir).join('$DIR'),
+    text: walk(s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME')),
   }));
 }
 

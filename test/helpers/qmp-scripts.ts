@@ -13,7 +13,7 @@
  * graph as it found it, so any subset runs on the group's start state:
  * a `-drive if=none,id=d0` on d0.qcow2 and a `-blockdev` node n0 (file
  * node n0f) on n0.qcow2, both 1 MiB qcow2 images, and t.qcow2 / u.qcow2
- * (1 MiB qcow2) for scripts that add them.
+ * (4 MiB qcow2, u full of data) for scripts that add them.
  */
 
 export interface ScriptLine {
@@ -56,10 +56,10 @@ export const browserSetup: ScriptLine[] = [
   L('blockdev-add', { driver: 'qcow2', 'node-name': 'n0', file: { driver: 'file', 'node-name': 'n0f', filename: '$DIR/n0.qcow2' } }),
 ];
 
-/** 1 MiB qcow2 images every group directory holds. */
-export const GROUP_IMAGES = ['d0.qcow2', 'n0.qcow2', 't.qcow2', 'u.qcow2'];
-/** qemu-io commands run on an image after it is made. */
-export const GROUP_DATA: Record<string, string> = { 'u.qcow2': 'write -P 7 0 1M' };
+/** The qcow2 images every group directory holds, by size. */
+export const GROUP_IMAGES: Record<string, string> = { 'd0.qcow2': '1M', 'n0.qcow2': '1M', 't.qcow2': '4M', 'u.qcow2': '4M' };
+/** qemu-io commands run on an image after it is made: u is full, so a job from it at 1 byte/s outlives a script. */
+export const GROUP_DATA: Record<string, string> = { 'u.qcow2': 'write -P 7 0 4M' };
 
 const NOPE = 'nope';
 
@@ -233,12 +233,14 @@ export const jobScripts: QmpScript[] = [
   s('a duplicate job id and a bad one', ['blockdev-backup', 'job-dismiss'], [
     L('blockdev-create', { 'job-id': 'c', options: { driver: 'file', filename: '$DIR/new.img', size: 0 } }, 5),
     addQcow2('t', 't.qcow2'),
-    L('blockdev-backup', { 'job-id': 'c', device: 'n0', target: 't', sync: 'full' }),
-    L('blockdev-backup', { 'job-id': '1j', device: 'n0', target: 't', sync: 'full' }),
+    addQcow2('u', 'u.qcow2'),
+    L('blockdev-backup', { 'job-id': 'c', device: 'u', target: 't', sync: 'full' }),
+    L('blockdev-backup', { 'job-id': '1j', device: 'u', target: 't', sync: 'full' }),
     L('block-stream', { 'job-id': 'c', device: 'n0' }),
     L('query-jobs'),
     L('job-dismiss', { id: 'c' }, 1),
     del('t'),
+    del('u'),
   ], true),
 ];
 
@@ -299,6 +301,68 @@ export const monitorScripts: QmpScript[] = [
   ], true),
 ];
 
+const hmpIo = (dev: string, cmd: string) => L('human-monitor-command', { 'command-line': `qemu-io ${dev} "${cmd}"` });
+const withUT = (lines: ScriptLine[]): ScriptLine[] => [addQcow2('u', 'u.qcow2'), addQcow2('t', 't.qcow2'), ...lines, del('t'), del('u')];
+/** A mirror from u that stays ready (and holds its nodes) until cancelled: created, running, ready, BLOCK_JOB_READY. */
+const mirrorReady = (target: string) => L('blockdev-mirror', { 'job-id': 'j', device: 'u', target, sync: 'full' }, 4);
+/** Cancelling a ready mirror completes it without a switch: waiting, pending, BLOCK_JOB_COMPLETED, concluded, null. */
+const cancelReady = L('job-cancel', { id: 'j' }, 5);
+
+export const permissionScripts: QmpScript[] = [
+  s('mirror: no other writer on its target', ['blockdev-mirror'], withUT([
+    mirrorReady('t'),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't' }),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't', 'read-only': true }),
+    hmpIo('t', 'write 0 512'),
+    L('blockdev-del', { 'node-name': 't' }),
+    L('block_resize', { 'node-name': 't', size: 8388608 }),
+    cancelReady,
+  ])),
+  s('mirror: its source is neither resized nor deleted', ['blockdev-mirror'], withUT([
+    mirrorReady('t'),
+    L('blockdev-del', { 'node-name': 'u' }),
+    L('block_resize', { 'node-name': 'u', size: 8388608 }),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'z', file: 'u' }),
+    L('blockdev-add', { driver: 'copy-on-read', 'node-name': 'c', file: 'u' }),
+    del('c'),
+    cancelReady,
+  ])),
+  s('a filter passes its users\' needs down: a mirror target under copy-on-read', ['blockdev-mirror', 'blockdev-add'], withUT([
+    L('blockdev-add', { driver: 'copy-on-read', 'node-name': 'c', file: 't' }),
+    mirrorReady('c'),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't' }),
+    L('blockdev-add', { driver: 'raw', 'node-name': 'x', file: 't' }),
+    hmpIo('x', 'write 0 512'),
+    del('x'),
+    cancelReady,
+    del('c'),
+  ])),
+  s('backup: no other writer on its source or target', ['blockdev-backup'], withUT([
+    // sync=none copies only what the guest overwrites: the job runs until cancelled.
+    L('blockdev-backup', { 'job-id': 'j', device: 'u', target: 't', sync: 'none' }, 2),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't' }),
+    L('blockdev-del', { 'node-name': 't' }),
+    L('blockdev-del', { 'node-name': 'u' }),
+    hmpIo('u', 'write 0 512'),
+    hmpIo('t', 'read 0 512'),
+    L('job-cancel', { id: 'j' }, 4),
+  ])),
+  s('stream: the nodes it copies from', ['block-stream', 'block-commit'], [
+    addQcow2('u', 'u.qcow2'),
+    addQcow2('t', 't.qcow2', { backing: 'u' }),
+    // Without auto-finalize the job waits in pending, still holding its nodes.
+    L('block-stream', { 'job-id': 'j', device: 't', 'auto-finalize': false }, 5),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 'u' }),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 'uf' }),
+    L('blockdev-del', { 'node-name': 'u' }),
+    L('block_resize', { 'node-name': 'u', size: 8388608 }),
+    L('block-commit', { 'job-id': 'k', device: 't' }),
+    L('job-finalize', { id: 'j' }, 3),
+    del('t'),
+    del('u'),
+  ]),
+];
+
 /** The groups, each run in one QEMU process and one blocktab process. */
 export const scriptGroups: Record<string, QmpScript[]> = {
   graph: graphScripts,
@@ -307,4 +371,5 @@ export const scriptGroups: Record<string, QmpScript[]> = {
   jobs: jobScripts,
   media: mediaScripts,
   monitor: monitorScripts,
+  permissions: permissionScripts,
 };
