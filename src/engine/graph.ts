@@ -24,8 +24,21 @@ const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 /** QEMU keeps node names in a 32-byte array. */
 const MAX_NODE_NAME = 31;
 
+/**
+ * A device model with removable media and a tray (QEMU's ide-cd): its qdev
+ * id, whether the tray is open, whether the guest locked it. Devices
+ * without one behave as QEMU's `-drive if=none`: no tray, media swapped at once.
+ */
+export interface TrayModel {
+  id: string;
+  open: boolean;
+  locked: boolean;
+}
+
 /** A device or a node's anonymous backend the engine does I/O through; its statistics live on the backend. */
 export class IoTarget {
+  /** The device model attached to a named device, if any (see TrayModel). */
+  model?: TrayModel;
   constructor(readonly backend: BlockBackend) {}
 }
 
@@ -379,6 +392,29 @@ export abstract class EngineGraph extends EngineEvents {
     const blk = this.makeBackend(bs, { ...opts, name });
     this.devices.set(name, new IoTarget(blk));
     return blk;
+  }
+
+  /**
+   * Attaches a device model with a tray (QEMU's `-device ide-cd,drive=NAME,id=ID`)
+   * to a named device: blockdev-open-tray and -close-tray move its tray
+   * (DEVICE_TRAY_MOVED), media go in and out only while it is open, and
+   * `id` names it in the media commands.
+   */
+  attachTrayDevice(name: string, id: string): void {
+    const dev = this.devices.get(name);
+    if (!dev) throw new QmpError('DeviceNotFound', `Device '${name}' not found`);
+    if (!NAME_RE.test(id)) throw genericError(`Invalid device id: '${id}'`);
+    if (dev.model) throw genericError(`Drive '${name}' is already in use by a device`, 'EBUSY');
+    if ([...this.devices.values()].some((d) => d.model?.id === id)) throw genericError(`Duplicate device ID '${id}'`);
+    dev.model = { id, open: false, locked: false };
+    // The device model reports I/O status (QEMU's ide-cd enables it).
+    dev.backend.iostatusEnabled = true;
+  }
+
+  /** The named device a device model's qdev id belongs to. */
+  deviceByModelId(id: string): string | undefined {
+    for (const [name, d] of this.devices) if (d.model?.id === id) return name;
+    return undefined;
   }
 
   /** Removes a device (and then its node, if the monitor owns it and nothing else uses it) or deletes a node. */

@@ -28,6 +28,9 @@ export interface MonitorRun {
 }
 
 /**
+ * `opts.qemuArgs` go to QEMU only (a later `-machine pc -S` for a device
+ * model that needs a bus).
+ *
  * Sends each input line and waits for `replies` replies to it (1 by
  * default; 0 for a partial line, n for n objects on one line) and, with
  * `events`, until that many events arrived too (a job's status changes
@@ -38,11 +41,11 @@ export async function runMonitor(
   which: 'qemu' | 'blocktab',
   options: string[],
   lines: { line: string; replies?: number; events?: number }[],
-  opts: { cwd?: string } = {},
+  opts: { cwd?: string; qemuArgs?: string[] } = {},
 ): Promise<MonitorRun> {
   const [cmd, args] =
     which === 'qemu'
-      ? ['qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', 'stdio', ...options]]
+      ? ['qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', 'stdio', ...(opts.qemuArgs ?? []), ...options]]
       : [process.execPath, [cliEntry, 'qmp', ...options]];
   const p = spawn(cmd, args, { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';

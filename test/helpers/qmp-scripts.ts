@@ -38,6 +38,7 @@ const fileNode = (name: string, img: string) => ({ driver: 'file', 'node-name': 
 const addQcow2 = (name: string, img: string, extra: Record<string, unknown> = {}) =>
   L('blockdev-add', { driver: 'qcow2', 'node-name': name, file: fileNode(name, img), ...extra });
 const del = (name: string) => L('blockdev-del', { 'node-name': name });
+const human = (dev: string, cmd: string) => L('human-monitor-command', { 'command-line': `qemu-io ${dev} "${cmd}"` });
 
 const s = (name: string, covers: string[], lines: ScriptLine[], browser = false): QmpScript => ({ name, covers, lines, browser });
 
@@ -301,19 +302,18 @@ export const monitorScripts: QmpScript[] = [
   ], true),
 ];
 
-const hmpIo = (dev: string, cmd: string) => L('human-monitor-command', { 'command-line': `qemu-io ${dev} "${cmd}"` });
 const withUT = (lines: ScriptLine[]): ScriptLine[] => [addQcow2('u', 'u.qcow2'), addQcow2('t', 't.qcow2'), ...lines, del('t'), del('u')];
 /** A mirror from u that stays ready (and holds its nodes) until cancelled: created, running, ready, BLOCK_JOB_READY. */
 const mirrorReady = (target: string) => L('blockdev-mirror', { 'job-id': 'j', device: 'u', target, sync: 'full' }, 4);
-/** Cancelling a ready mirror completes it without a switch: waiting, pending, BLOCK_JOB_COMPLETED, concluded, null. */
-const cancelReady = L('job-cancel', { id: 'j' }, 5);
+/** Cancelling a ready mirror: aborting, BLOCK_JOB_CANCELLED, concluded, null. */
+const cancelReady = L('job-cancel', { id: 'j' }, 4);
 
 export const permissionScripts: QmpScript[] = [
   s('mirror: no other writer on its target', ['blockdev-mirror'], withUT([
     mirrorReady('t'),
     L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't' }),
     L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't', 'read-only': true }),
-    hmpIo('t', 'write 0 512'),
+    human('t', 'write 0 512'),
     L('blockdev-del', { 'node-name': 't' }),
     L('block_resize', { 'node-name': 't', size: 8388608 }),
     cancelReady,
@@ -332,7 +332,7 @@ export const permissionScripts: QmpScript[] = [
     mirrorReady('c'),
     L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't' }),
     L('blockdev-add', { driver: 'raw', 'node-name': 'x', file: 't' }),
-    hmpIo('x', 'write 0 512'),
+    human('x', 'write 0 512'),
     del('x'),
     cancelReady,
     del('c'),
@@ -343,8 +343,8 @@ export const permissionScripts: QmpScript[] = [
     L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't' }),
     L('blockdev-del', { 'node-name': 't' }),
     L('blockdev-del', { 'node-name': 'u' }),
-    hmpIo('u', 'write 0 512'),
-    hmpIo('t', 'read 0 512'),
+    human('u', 'write 0 512'),
+    human('t', 'read 0 512'),
     L('job-cancel', { id: 'j' }, 4),
   ])),
   s('stream: the nodes it copies from', ['block-stream', 'block-commit'], [
@@ -363,6 +363,54 @@ export const permissionScripts: QmpScript[] = [
   ]),
 ];
 
+/** d0 back in the closed tray, as the group started (DEVICE_TRAY_MOVED once, for the close). */
+const reinsertD0 = L('blockdev-change-medium', { id: 'cd0', filename: '$DIR/d0.qcow2', format: 'qcow2' }, 1);
+
+/** A CD drive model on d0 (`-device ide-cd`): its tray moves, with DEVICE_TRAY_MOVED. QEMU needs `-machine pc` (and -S: no guest runs). */
+export const trayScripts: QmpScript[] = [
+  s('blockdev-open-tray / -close-tray move the tray', ['blockdev-open-tray', 'blockdev-close-tray'], [
+    L('blockdev-open-tray', { device: 'd0' }, 1),
+    L('blockdev-open-tray', { id: 'cd0' }),
+    L('query-block'),
+    L('blockdev-close-tray', { id: 'cd0' }, 1),
+    L('blockdev-close-tray', { device: 'd0' }),
+    L('query-block'),
+  ]),
+  s('eject opens the tray and takes the medium out', ['eject'], [
+    L('eject', { id: 'cd0' }, 1),
+    L('eject', { device: 'd0' }),
+    L('query-block'),
+    human('d0', 'read 0 512'),
+    reinsertD0,
+  ]),
+  s('blockdev-remove-medium / -insert-medium want the tray open', ['blockdev-remove-medium', 'blockdev-insert-medium'], [
+    L('blockdev-remove-medium', { id: 'cd0' }),
+    L('blockdev-insert-medium', { id: 'cd0', 'node-name': 'n0' }),
+    L('blockdev-open-tray', { id: 'cd0' }, 1),
+    L('blockdev-insert-medium', { id: 'cd0', 'node-name': 'n0' }),
+    L('blockdev-remove-medium', { id: 'cd0' }),
+    L('blockdev-remove-medium', { id: 'cd0' }),
+    L('blockdev-insert-medium', { id: 'cd0', 'node-name': NOPE }),
+    L('blockdev-insert-medium', { id: 'cd0', 'node-name': 'n0' }),
+    L('blockdev-insert-medium', { id: 'cd0', 'node-name': 'n0' }),
+    L('query-block'),
+    L('blockdev-remove-medium', { id: 'cd0' }),
+    reinsertD0,
+  ]),
+  s('blockdev-change-medium opens the tray, swaps the medium and closes it', ['blockdev-change-medium'], [
+    L('blockdev-change-medium', { device: 'd0', filename: '$DIR/nonexistent.qcow2', format: 'qcow2' }),
+    L('blockdev-change-medium', { id: 'cd0', filename: '$DIR/t.qcow2', format: 'qcow2', 'read-only-mode': 'read-only' }, 2),
+    L('query-block'),
+    L('blockdev-change-medium', { device: 'd0', filename: '$DIR/d0.qcow2', format: 'qcow2', 'read-only-mode': 'read-write' }, 2),
+    L('query-block'),
+  ]),
+];
+
+/** Command-line additions per group: to both monitors, and to QEMU alone. */
+export const groupExtras: Record<string, { options: string[]; qemuArgs: string[] }> = {
+  tray: { options: ['-device', 'ide-cd,drive=d0,id=cd0'], qemuArgs: ['-machine', 'pc', '-S'] },
+};
+
 /** The groups, each run in one QEMU process and one blocktab process. */
 export const scriptGroups: Record<string, QmpScript[]> = {
   graph: graphScripts,
@@ -372,4 +420,5 @@ export const scriptGroups: Record<string, QmpScript[]> = {
   media: mediaScripts,
   monitor: monitorScripts,
   permissions: permissionScripts,
+  tray: trayScripts,
 };
