@@ -41,7 +41,7 @@ export async function runMonitor(
   which: 'qemu' | 'blocktab',
   options: string[],
   lines: { line: string; replies?: number; events?: number }[],
-  opts: { cwd?: string; qemuArgs?: string[] } = {},
+  opts: { cwd?: string; qemuArgs?: string[]; eventTimeoutMs?: number } = {},
 ): Promise<MonitorRun> {
   const [cmd, args] =
     which === 'qemu'
@@ -89,8 +89,8 @@ export async function runMonitor(
     if (process.env.QMP_TRACE) console.log(which, line.slice(0, 150));
     p.stdin.write(line + "\n");
     while (step.replies.length < replies || step.events.length < events) {
-      // Replies always come; events a side does not send are waited for 5 s at most (the transcripts then differ).
-      const l = await next(step.replies.length < replies ? undefined : 5000);
+      // Replies always come; events a side does not send are waited for 5 s at most (eventTimeoutMs; the transcripts then differ).
+      const l = await next(step.replies.length < replies ? undefined : (opts.eventTimeoutMs ?? 5000));
       if (l === undefined) break;
       let m: Record<string, unknown>;
       try {

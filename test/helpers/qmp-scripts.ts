@@ -100,6 +100,12 @@ export const graphScripts: QmpScript[] = [
     L('block_resize', { size: 1048576 }),
     L('block_resize', { 'node-name': 'n0', size: 1048576 }),
   ], true),
+  s('blockdev-add: a node name that is a device id, too long, malformed', ['blockdev-add'], [
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'd0', file: fileNode('x', 't.qcow2') }),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'a'.repeat(32), file: fileNode('x', 't.qcow2') }),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': '1a', file: fileNode('x', 't.qcow2') }),
+    L('query-named-block-nodes', { flat: true }),
+  ], true),
   s('query-named-block-nodes, query-block, query-blockstats', ['query-named-block-nodes', 'query-block', 'query-blockstats'], [
     L('query-named-block-nodes'),
     L('query-block'),
@@ -169,6 +175,16 @@ export const snapshotScripts: QmpScript[] = [
     L('blockdev-snapshot-delete-internal-sync', { device: 'n0', name: NOPE }),
     L('blockdev-snapshot-delete-internal-sync', { device: 'n0' }),
     L('blockdev-snapshot-delete-internal-sync', { device: 'n0', id: NOPE, name: NOPE }),
+  ], true),
+  s('transaction: bitmap add and clear together', ['transaction'], [
+    L('transaction', {
+      actions: [
+        { type: 'block-dirty-bitmap-add', data: { node: 'n0', name: 'ta', granularity: 65536 } },
+        { type: 'block-dirty-bitmap-clear', data: { node: 'n0', name: 'ta' } },
+      ],
+    }),
+    L('x-debug-block-dirty-bitmap-sha256', { node: 'n0', name: 'ta' }),
+    L('block-dirty-bitmap-remove', { node: 'n0', name: 'ta' }),
   ], true),
   s('transaction: an action on a missing node aborts the rest', ['transaction'], [
     L('transaction', {
@@ -245,6 +261,22 @@ export const jobScripts: QmpScript[] = [
   ], true),
 ];
 
+export const runningJobScripts: QmpScript[] = [
+  s('query-block-jobs and query-jobs show a ready mirror; verbs it refuses', ['query-block-jobs', 'query-jobs', 'job-finalize', 'job-dismiss'], [
+    addQcow2('u', 'u.qcow2'),
+    addQcow2('t', 't.qcow2'),
+    L('blockdev-mirror', { 'job-id': 'j', device: 'u', target: 't', sync: 'full' }, 4),
+    L('query-block-jobs'),
+    L('query-jobs'),
+    L('job-finalize', { id: 'j' }),
+    L('job-dismiss', { id: 'j' }),
+    L('block-job-set-speed', { device: 'j', speed: -1 }),
+    L('job-cancel', { id: 'j' }, 4),
+    del('t'),
+    del('u'),
+  ], true),
+];
+
 export const mediaScripts: QmpScript[] = [
   s('blockdev-open-tray / -close-tray: missing device and id', ['blockdev-open-tray', 'blockdev-close-tray'], [
     L('blockdev-open-tray', { device: NOPE }),
@@ -273,6 +305,12 @@ export const monitorScripts: QmpScript[] = [
     L('block_set_io_throttle', { device: NOPE, bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 }),
     L('block_set_io_throttle', { id: NOPE, bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 }),
     L('block_set_io_throttle', { device: 'n0', bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 }),
+  ]),
+  s('block_set_io_throttle on a device: limits in query-block, then off', ['block_set_io_throttle', 'query-block'], [
+    L('block_set_io_throttle', { device: 'd0', bps: 1000000, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 500, group: 'tg' }),
+    L('query-block'),
+    L('block_set_io_throttle', { device: 'd0', bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 }),
+    L('query-block'),
   ]),
   s('object-add / object-del: missing and duplicate objects', ['object-add', 'object-del'], [
     L('object-del', { id: NOPE }),
@@ -416,7 +454,7 @@ export const scriptGroups: Record<string, QmpScript[]> = {
   graph: graphScripts,
   bitmaps: bitmapScripts,
   snapshots: snapshotScripts,
-  jobs: jobScripts,
+  jobs: [...jobScripts, ...runningJobScripts],
   media: mediaScripts,
   monitor: monitorScripts,
   permissions: permissionScripts,
