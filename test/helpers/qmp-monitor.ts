@@ -10,6 +10,7 @@
 import { spawn } from 'node:child_process';
 import * as readline from 'node:readline';
 import { cliEntry } from './qemu.js';
+import { transcriptMasker } from './qmp-normalize.js';
 
 export interface MonitorStep {
   input: string;
@@ -126,41 +127,17 @@ export async function runMonitor(
   return { greeting, steps, exitCode, raw };
 }
 
-const TIME_KEY = /(_time_ns|_latency_ns|_queue_depth)$/;
-
 /**
- * Masks what differs legitimately: auto-generated node names (#blockNNN →
- * #block1, #block2… in order of appearance), the temp directories, time
- * measurements (kept as "time"), the version, qemu-io's timing line.
+ * Masks what differs legitimately (qmp-normalize.ts: generated node names,
+ * the temp directory, time measurements, the version) and qemu-io's timing line.
  */
 export function normalizeTranscript(run: MonitorRun, dir: string): unknown {
-  const names = new Map<string, string>();
-  const walk = (v: unknown, key?: string): unknown => {
-    if (typeof v === 'string') {
-      let s = v.split(dir).join('$DIR');
-      s = s.replace(/#block\d+/g, (n) => {
-        if (!names.has(n)) names.set(n, `#block${names.size + 1}`);
-        return names.get(n)!;
-      });
-      return s;
-    }
-    if (typeof v === 'number' && key !== undefined && (TIME_KEY.test(key) || key === 'idle_time_ns')) return 'time';
-    if (Array.isArray(v)) return v.map((x) => walk(x));
-    if (v && typeof v === 'object') {
-      const o: Record<string, unknown> = {};
-      for (const k of Object.keys(v).sort()) {
-        if (k === 'version' || k === 'package' || k === 'micro') continue;
-        o[k] = walk((v as Record<string, unknown>)[k], k);
-      }
-      return o;
-    }
-    return v;
-  };
+  const mask = transcriptMasker(dir);
   return run.steps.map((s) => ({
     input: s.input.split(dir).join('$DIR'),
-    replies: walk(s.replies),
-    events: walk(s.events),
-    text: walk(s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME')),
+    replies: mask(s.replies),
+    events: mask(s.events),
+    text: mask(s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME')),
   }));
 }
 

@@ -73,7 +73,7 @@ export const graphScripts: QmpScript[] = [
     L('blockdev-add', { 'node-name': 'x' }),
     L('blockdev-add', { driver: 'file', 'node-name': 'x', filename: '$DIR/nonexistent.qcow2' }),
   ], true),
-  s('blockdev-add then blockdev-del', ['blockdev-add', 'blockdev-del'], [addQcow2('t', 't.qcow2'), L('query-named-block-nodes', { flat: true }), del('t'), del('tf')], true),
+  s('blockdev-add then blockdev-del', ['blockdev-add', 'blockdev-del'], [addQcow2('t', 't.qcow2'), L('query-named-block-nodes', { flat: true }), del('t'), del('tf')]),
   s('blockdev-del: missing, in use, a device root', ['blockdev-del'], [
     del(NOPE),
     del('n0f'),
@@ -105,7 +105,7 @@ export const graphScripts: QmpScript[] = [
     L('blockdev-add', { driver: 'qcow2', 'node-name': 'a'.repeat(32), file: fileNode('x', 't.qcow2') }),
     L('blockdev-add', { driver: 'qcow2', 'node-name': '1a', file: fileNode('x', 't.qcow2') }),
     L('query-named-block-nodes', { flat: true }),
-  ], true),
+  ]),
   s('query-named-block-nodes, query-block, query-blockstats', ['query-named-block-nodes', 'query-block', 'query-blockstats'], [
     L('query-named-block-nodes'),
     L('query-block'),
@@ -127,7 +127,7 @@ export const bitmapScripts: QmpScript[] = [
     L('block-dirty-bitmap-remove', { node: NOPE, name: 'b' }),
     L('block-dirty-bitmap-remove', { node: 'n0', name: NOPE }),
     L('block-dirty-bitmap-remove', { node: 'd0', name: NOPE }),
-  ], true),
+  ]),
   s('block-dirty-bitmap-clear: missing node and bitmap', ['block-dirty-bitmap-clear'], [
     L('block-dirty-bitmap-clear', { node: NOPE, name: 'b' }),
     L('block-dirty-bitmap-clear', { node: 'n0', name: NOPE }),
@@ -449,14 +449,12 @@ export const groupExtras: Record<string, { options: string[]; qemuArgs: string[]
   tray: { options: ['-device', 'ide-cd,drive=d0,id=cd0'], qemuArgs: ['-machine', 'pc', '-S'] },
 };
 
-/** The groups, each run in one QEMU process and one blocktab process. */
+/**
+ * The groups, each run in one QEMU process and one blocktab process (a
+ * process pair costs seconds on a loaded machine, so every script that can
+ * share the default command line shares one).
+ */
 export const scriptGroups: Record<string, QmpScript[]> = {
-  graph: graphScripts,
-  bitmaps: bitmapScripts,
-  snapshots: snapshotScripts,
-  jobs: [...jobScripts, ...runningJobScripts],
-  media: mediaScripts,
-  monitor: monitorScripts,
-  permissions: permissionScripts,
+  main: [...graphScripts, ...bitmapScripts, ...snapshotScripts, ...jobScripts, ...runningJobScripts, ...mediaScripts, ...monitorScripts, ...permissionScripts],
   tray: trayScripts,
 };

@@ -21,6 +21,7 @@ import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { haveQemuSystem } from '../helpers/qmp.js';
 import { hmpTextToStdout, normalizeTranscript, runMonitor } from '../helpers/qmp-monitor.js';
 import { GROUP_DATA, GROUP_IMAGES, groupExtras, groupOptions, scriptGroups, type QmpScript } from '../helpers/qmp-scripts.js';
+import { maskSnapshotTimes } from '../helpers/qmp-normalize.js';
 import { qmpCommands } from '../../src/engine/commands/index.js';
 
 const RECORDING = path.join(import.meta.dirname, '../fixtures/qmp-scripts.json');
@@ -44,15 +45,6 @@ function dropDrainPauses(steps: Step[]): Step[] {
     st.events = out;
   }
   return steps;
-}
-
-/** A snapshot's date and VM clock differ run to run (QEMU's VM clock runs; blocktab has none): kept as "time". */
-function maskSnapshotTimes(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(maskSnapshotTimes);
-  if (v && typeof v === 'object') {
-    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, /^(date|vm-clock)-n?sec$/.test(k) ? 'time' : maskSnapshotTimes(x)]));
-  }
-  return v;
 }
 
 type Step = { input: string; replies: unknown; events: unknown; text: string };
