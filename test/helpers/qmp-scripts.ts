@@ -28,7 +28,10 @@ export interface QmpScript {
   /** The commands the script is about (for the coverage count). */
   covers: string[];
   lines: ScriptLine[];
-  /** Runs through the worker's Engine.execute too (no -drive devices, no HMP, no host-only files). */
+  /**
+   * Runs through the worker's Engine.execute too: no -drive device, no HMP or monitor negotiation, no reply
+   * that names the storage driver.
+   */
   browser?: boolean;
 }
 
@@ -337,7 +340,7 @@ export const monitorScripts: QmpScript[] = [
     L('query-commands', { nope: 1 }),
     L('qmp_capabilities'),
     L(NOPE),
-  ], true),
+  ]),
 ];
 
 const withUT = (lines: ScriptLine[]): ScriptLine[] => [addQcow2('u', 'u.qcow2'), addQcow2('t', 't.qcow2'), ...lines, del('t'), del('u')];
