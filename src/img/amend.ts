@@ -29,7 +29,7 @@ export function parseAmendOptions(format: string, texts: string[]): OptionValues
 }
 
 /** Applies parsed amend options to an opened, writable image (with its backing chain). */
-export async function amendImage(bs: BlockNode, values: OptionValues): Promise<void> {
+export async function amendImage(bs: BlockNode, values: OptionValues, force = false): Promise<void> {
   const drv = amendableDriver(bs.driver.name);
-  await drv.amend!(bs, values);
+  await drv.amend!(bs, values, force);
 }
