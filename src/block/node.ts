@@ -31,6 +31,11 @@ export const DEFAULT_MAX_TRANSFER = 16 * 1024 * 1024;
 
 let nodeCounter = 0;
 
+/** The next generated node name ("#blockNNN"), for nodes QEMU would create that blocktab does not (a job's filter node). */
+export function generatedNodeName(): string {
+  return `#block${String(++nodeCounter).padStart(3, '0')}`;
+}
+
 export class BlockNode {
   /** Unique name in the graph (QEMU's node-name); generated as "#blockNNN" (three digits at least, as QEMU) unless given. */
   readonly nodeName: string;
@@ -96,7 +101,7 @@ export class BlockNode {
     this.filename = filename;
     this.options = options;
     this.readOnly = options.readOnly === true;
-    this.nodeName = nodeName ?? `#block${String(++nodeCounter).padStart(3, '0')}`;
+    this.nodeName = nodeName ?? generatedNodeName();
   }
 
   /** The driver's private state, typed by the caller (each driver knows its own). */

@@ -30,6 +30,12 @@ export interface NodeUse extends PermPair {
   who: string;
   /** 'file', 'backing', 'root'… */
   role: string;
+  /** What the use is (an edge, a job's use): lets a permission update find its own entry. */
+  key?: object;
+  /** A BlockBackend's use (a device, a job's target backend): blockdev-del says "in use". */
+  backend?: boolean;
+  /** The child edge of a node a job inserts (backup's copy-before-write filter): a reference that keeps blockdev-del off. */
+  filterEdge?: boolean;
 }
 
 const NAMES: [number, string][] = [
@@ -82,14 +88,30 @@ export function cumulative(uses: PermPair[]): PermPair {
   return { perm, shared };
 }
 
+const conflictMessage = (nodeName: string, req: NodeUse, uns: NodeUse, bits: number) =>
+  `Permission conflict on node '${nodeName}': permissions '${permNames(bits)}' are both required by ${req.who} (uses node '${nodeName}' as '${req.role}' child) and unshared by ${uns.who} (uses node '${nodeName}' as '${uns.role}' child).`;
+
+/**
+ * The error for a node whose users (newest first) do not agree, or null: QEMU's
+ * bdrv_parent_perms_conflict, every pair (a, b) in list order, "b requires
+ * what a does not share". Used after one user's permissions changed.
+ */
+export function usesConflict(nodeName: string, uses: NodeUse[]): string | null {
+  for (const a of uses) {
+    for (const b of uses) {
+      if (a !== b && b.perm & ~a.shared) return conflictMessage(nodeName, b, a, b.perm & ~a.shared);
+    }
+  }
+  return null;
+}
+
 /**
  * The error for adding `added` to a node that `existing` already use, or
  * null when they agree (QEMU's bdrv_parent_perms_conflict). `existing`
  * is newest first, as QEMU's parent list.
  */
 export function permConflict(nodeName: string, existing: NodeUse[], added: NodeUse): string | null {
-  const say = (req: NodeUse, uns: NodeUse, bits: number) =>
-    `Permission conflict on node '${nodeName}': permissions '${permNames(bits)}' are both required by ${req.who} (uses node '${nodeName}' as '${req.role}' child) and unshared by ${uns.who} (uses node '${nodeName}' as '${uns.role}' child).`;
+  const say = (req: NodeUse, uns: NodeUse, bits: number) => conflictMessage(nodeName, req, uns, bits);
   // QEMU walks pairs (a, b) in list order, the new use first: first what the new use does not share, then what it takes.
   for (const e of existing) if (e.perm & ~added.shared) return say(e, added, e.perm & ~added.shared);
   for (const e of existing) if (added.perm & ~e.shared) return say(added, e, added.perm & ~e.shared);

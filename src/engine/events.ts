@@ -13,6 +13,9 @@ export interface QmpEvent {
 }
 export type EventListener = (event: QmpEvent) => void;
 
+/** Events QEMU sends without a `data` member (the engine gives them an empty one). */
+export const EVENTS_WITHOUT_DATA: ReadonlySet<string> = new Set(['STOP', 'RESUME', 'POWERDOWN']);
+
 export class EngineEvents {
   private readonly listeners = new Set<EventListener>();
 

@@ -17,15 +17,28 @@ import { realClock, type Clock } from '../block/clock.js';
 import { ThrottleGroups } from '../block/throttle-group.js';
 import type { BackendOptions, IoErrorReport } from '../block/backend.js';
 import { PERM_CONSISTENT_READ, PERM_WRITE, type ChildRole } from '../block/child.js';
-import { childPerms, cumulative, permConflict, PERM_ALL, type NodeUse, type PermParent } from '../block/permissions.js';
+import { childPerms, cumulative, permConflict, usesConflict, PERM_ALL, type NodeUse, type PermPair, type PermParent } from '../block/permissions.js';
 
 /** QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
 const NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 /** QEMU keeps node names in a 32-byte array. */
 const MAX_NODE_NAME = 31;
 
+/**
+ * A device model with removable media and a tray (QEMU's ide-cd): its qdev
+ * id, whether the tray is open, whether the guest locked it. Devices
+ * without one behave as QEMU's `-drive if=none`: no tray, media swapped at once.
+ */
+export interface TrayModel {
+  id: string;
+  open: boolean;
+  locked: boolean;
+}
+
 /** A device or a node's anonymous backend the engine does I/O through; its statistics live on the backend. */
 export class IoTarget {
+  /** The device model attached to a named device, if any (see TrayModel). */
+  model?: TrayModel;
   constructor(readonly backend: BlockBackend) {}
 }
 
@@ -72,6 +85,8 @@ export abstract class EngineGraph extends EngineEvents {
   protected readonly devices = new Map<string, IoTarget>();
   /** Nodes opened as a device's medium (-drive, change-medium): closed when the device lets go of them. */
   protected readonly mediumOf = new Map<BlockNode, string>();
+  /** Uses that are neither edges nor devices (a job's children and backends), newest first, by node. */
+  private readonly otherUses = new Map<BlockNode, NodeUse[]>();
   /** Anonymous backends for I/O addressed to a node-name (like qemu-io on a node); not "users" of the node. */
   protected readonly nodeIo = new Map<BlockNode, IoTarget>();
 
@@ -196,37 +211,83 @@ export abstract class EngineGraph extends EngineEvents {
   }
 
   /**
-   * QEMU's bdrv_lookup_bs: a device name or a node-name. A miss is
-   * DeviceNotFound (QEMU 7.2 replies GenericError for node lookups; the class
-   * lets clients tell "no such node" from other failures without parsing text).
+   * QEMU's bdrv_lookup_bs: a device name or a node-name (the same name for
+   * both unless `what` is 'node'). A miss is QEMU 7.2's GenericError, with
+   * code ENOENT so callers of the typed API can still tell it apart.
    */
   lookup(name: string, what: 'device-or-node' | 'node' = 'device-or-node', message?: string): BlockNode {
-    const dev = what === 'device-or-node' ? this.devices.get(name) : undefined;
-    if (dev) {
-      if (!dev.backend.hasMedium) throw genericError(`Device '${name}' has no medium`, 'ENOMEDIUM');
-      return dev.backend.root;
-    }
-    const bs = this.nodes.get(name);
-    if (bs) return bs;
-    throw new QmpError(
-      'DeviceNotFound',
-      message ?? (what === 'node' ? `Cannot find node ${name}` : `Cannot find device=${name} nor node_name=${name}`),
-    );
+    return what === 'node' ? this.lookupBs(undefined, name, message) : this.lookupBs(name, name, message);
   }
 
-  /** Every use of `bs` (QEMU's bs->parents): the devices on it and its parents' edges, with what each takes and shares. */
+  /** bdrv_lookup_bs(device, node_name): the device's medium first, then the node; either may be absent. */
+  lookupBs(device: string | undefined, nodeName: string | undefined, message?: string): BlockNode {
+    const dev = device !== undefined ? this.devices.get(device) : undefined;
+    if (dev) {
+      if (!dev.backend.hasMedium) throw genericError(`Device '${device}' has no medium`, 'ENOMEDIUM');
+      return dev.backend.root;
+    }
+    const bs = nodeName !== undefined ? this.nodes.get(nodeName) : undefined;
+    if (bs) return bs;
+    throw new QmpError('GenericError', message ?? `Cannot find device='${device ?? ''}' nor node-name='${nodeName ?? ''}'`, 'ENOENT');
+  }
+
+  /**
+   * Every use of `bs` (QEMU's bs->parents): jobs' uses, its parents' edges
+   * and the devices on it, with what each takes and shares. A parent's edge
+   * takes what the parent's own users need, passed down through filters.
+   */
   usesOf(bs: BlockNode): NodeUse[] {
-    const out: NodeUse[] = [];
-    // Newest first, as QEMU inserts parents at the head of the list.
+    // Newest first, as QEMU inserts parents at the head of the list (jobs come after the edges they work on).
+    const out: NodeUse[] = [...(this.otherUses.get(bs) ?? [])];
     for (const e of [...bs.parents].reverse()) {
-      out.push({ who: `node '${this.nameOf(e.parent)}'`, role: e.name, ...childPerms(e.parent, e.role, cumulative(this.usesOf(e.parent))) });
+      out.push({ who: `node '${this.nameOf(e.parent)}'`, role: e.name, key: e, ...childPerms(e.parent, e.role, cumulative(this.usesOf(e.parent))) });
     }
     for (const [name, d] of this.devices) {
       if (!d.backend.hasMedium || d.backend.root !== bs) continue;
       // A -drive backend without a device model: reads, writes when writable, shares everything (QEMU's blk_new_open).
-      out.push({ who: `block device '${name}'`, role: 'root', perm: PERM_CONSISTENT_READ | (bs.readOnly ? 0 : PERM_WRITE), shared: PERM_ALL });
+      out.push({ who: `block device '${name}'`, role: 'root', backend: true, perm: PERM_CONSISTENT_READ | (bs.readOnly ? 0 : PERM_WRITE), shared: PERM_ALL });
     }
     return out;
+  }
+
+  /** Adds a use that is no edge or device (a job's); returns what removes it. */
+  addUse(bs: BlockNode, use: NodeUse): () => void {
+    const list = this.otherUses.get(bs) ?? [];
+    list.unshift(use);
+    this.otherUses.set(bs, list);
+    return () => {
+      const at = list.indexOf(use);
+      if (at >= 0) list.splice(at, 1);
+      if (list.length === 0 && this.otherUses.get(bs) === list) this.otherUses.delete(bs);
+    };
+  }
+
+  /**
+   * Refuses a new use of `bs` (a temporary backend that wants to write)
+   * when it conflicts with bs's users, or when what bs then needs of its
+   * children conflicts further down (QEMU's permission update, which passes
+   * a filter's users' needs on to the node below it).
+   */
+  checkAddedUse(bs: BlockNode, added: NodeUse): void {
+    const existing = this.usesOf(bs);
+    const conflict = permConflict(this.nameOf(bs), existing, added);
+    if (conflict) throw genericError(conflict, 'EPERM');
+    this.checkChildren(bs, cumulative(existing), cumulative([added, ...existing]));
+  }
+
+  /** After bs's users went from `before` to `after`: each child whose edge now takes or shares otherwise must still agree with its other users. */
+  private checkChildren(bs: BlockNode, before: PermPair, after: PermPair): void {
+    for (const c of [bs.file, bs.backing, bs.dataFile]) {
+      if (!c) continue;
+      const was = childPerms(bs, c.role, before);
+      const now = childPerms(bs, c.role, after);
+      if (was.perm === now.perm && was.shared === now.shared) continue;
+      const uses = this.usesOf(c.node);
+      const updated = uses.map((u) => (u.key === c ? { ...u, ...now } : u));
+      const conflict = usesConflict(this.nameOf(c.node), updated);
+      if (conflict) throw genericError(conflict, 'EPERM');
+      this.checkChildren(c.node, cumulative(uses), cumulative(updated));
+    }
   }
 
   /**
@@ -331,6 +392,29 @@ export abstract class EngineGraph extends EngineEvents {
     const blk = this.makeBackend(bs, { ...opts, name });
     this.devices.set(name, new IoTarget(blk));
     return blk;
+  }
+
+  /**
+   * Attaches a device model with a tray (QEMU's `-device ide-cd,drive=NAME,id=ID`)
+   * to a named device: blockdev-open-tray and -close-tray move its tray
+   * (DEVICE_TRAY_MOVED), media go in and out only while it is open, and
+   * `id` names it in the media commands.
+   */
+  attachTrayDevice(name: string, id: string): void {
+    const dev = this.devices.get(name);
+    if (!dev) throw new QmpError('DeviceNotFound', `Device '${name}' not found`);
+    if (!NAME_RE.test(id)) throw genericError(`Invalid device id: '${id}'`);
+    if (dev.model) throw genericError(`Drive '${name}' is already in use by a device`, 'EBUSY');
+    if ([...this.devices.values()].some((d) => d.model?.id === id)) throw genericError(`Duplicate device ID '${id}'`);
+    dev.model = { id, open: false, locked: false };
+    // The device model reports I/O status (QEMU's ide-cd enables it).
+    dev.backend.iostatusEnabled = true;
+  }
+
+  /** The named device a device model's qdev id belongs to. */
+  deviceByModelId(id: string): string | undefined {
+    for (const [name, d] of this.devices) if (d.model?.id === id) return name;
+    return undefined;
   }
 
   /** Removes a device (and then its node, if the monitor owns it and nothing else uses it) or deletes a node. */

@@ -45,6 +45,9 @@ export interface BlockInfo {
   locked: boolean;
   inserted?: BlockDeviceInfo;
   'io-status'?: 'ok' | 'failed' | 'nospace';
+  /** The device model's qdev id and its tray (a device with a TrayModel). */
+  qdev?: string;
+  tray_open?: boolean;
 }
 
 export interface BlockDeviceStats {
@@ -174,6 +177,11 @@ export async function blockInfo(engine: Engine, name: string, dev: IoTarget): Pr
   const info: BlockInfo = { device: name, type: 'unknown', removable: true, locked: false };
   if (dev.backend.hasMedium) info.inserted = { ...(await blockDeviceInfo(engine, dev.backend.root, false)), ...throttleInfo(dev.backend) };
   if (dev.backend.iostatusEnabled) info['io-status'] = dev.backend.iostatus;
+  if (dev.model) {
+    info.qdev = dev.model.id;
+    info.tray_open = dev.model.open;
+    info.locked = dev.model.locked;
+  }
   return info;
 }
 

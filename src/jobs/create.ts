@@ -11,8 +11,12 @@ export const createJobType = registerJobType<{ work: () => Promise<void> }>({
   driver: ({ work }) => ({
     async run(job) {
       job.total = 1;
-      await work();
-      job.progress(1, 0);
+      // QEMU counts the one step done whether or not the work succeeded.
+      try {
+        await work();
+      } finally {
+        job.progress(1, 0);
+      }
     },
   }),
 });

@@ -10,6 +10,7 @@
 import { spawn } from 'node:child_process';
 import * as readline from 'node:readline';
 import { cliEntry } from './qemu.js';
+import { transcriptMasker } from './qmp-normalize.js';
 
 export interface MonitorStep {
   input: string;
@@ -28,6 +29,9 @@ export interface MonitorRun {
 }
 
 /**
+ * `opts.qemuArgs` go to QEMU only (a later `-machine pc -S` for a device
+ * model that needs a bus).
+ *
  * Sends each input line and waits for `replies` replies to it (1 by
  * default; 0 for a partial line, n for n objects on one line) and, with
  * `events`, until that many events arrived too (a job's status changes
@@ -38,11 +42,11 @@ export async function runMonitor(
   which: 'qemu' | 'blocktab',
   options: string[],
   lines: { line: string; replies?: number; events?: number }[],
-  opts: { cwd?: string } = {},
+  opts: { cwd?: string; qemuArgs?: string[]; eventTimeoutMs?: number } = {},
 ): Promise<MonitorRun> {
   const [cmd, args] =
     which === 'qemu'
-      ? ['qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', 'stdio', ...options]]
+      ? ['qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none', '-qmp', 'stdio', ...(opts.qemuArgs ?? []), ...options]]
       : [process.execPath, [cliEntry, 'qmp', ...options]];
   const p = spawn(cmd, args, { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
@@ -86,8 +90,8 @@ export async function runMonitor(
     if (process.env.QMP_TRACE) console.log(which, line.slice(0, 150));
     p.stdin.write(line + "\n");
     while (step.replies.length < replies || step.events.length < events) {
-      // Replies always come; events a side does not send are waited for 5 s at most (the transcripts then differ).
-      const l = await next(step.replies.length < replies ? undefined : 5000);
+      // Replies always come; events a side does not send are waited for 5 s at most (eventTimeoutMs; the transcripts then differ).
+      const l = await next(step.replies.length < replies ? undefined : (opts.eventTimeoutMs ?? 5000));
       if (l === undefined) break;
       let m: Record<string, unknown>;
       try {
@@ -123,50 +127,29 @@ export async function runMonitor(
   return { greeting, steps, exitCode, raw };
 }
 
-const TIME_KEY = /(_time_ns|_latency_ns|_queue_depth)$/;
-
 /**
- * Masks what differs legitimately: auto-generated node names (#blockNNN →
- * #block1, #block2… in order of appearance), the temp directories, time
- * measurements (kept as "time"), the version, qemu-io's timing line.
+ * Masks what differs legitimately (qmp-normalize.ts: generated node names,
+ * the temp directory, time measurements, the version) and qemu-io's timing line.
  */
 export function normalizeTranscript(run: MonitorRun, dir: string): unknown {
-  const names = new Map<string, string>();
-  const walk = (v: unknown, key?: string): unknown => {
-    if (typeof v === 'string') {
-      let s = v.split(dir).join('$DIR');
-      s = s.replace(/#block\d+/g, (n) => {
-        if (!names.has(n)) names.set(n, `#block${names.size + 1}`);
-        return names.get(n)!;
-      });
-      return s;
-    }
-    if (typeof v === 'number' && key !== undefined && (TIME_KEY.test(key) || key === 'idle_time_ns')) return 'time';
-    if (Array.isArray(v)) return v.map((x) => walk(x));
-    if (v && typeof v === 'object') {
-      const o: Record<string, unknown> = {};
-      for (const k of Object.keys(v).sort()) {
-        if (k === 'version' || k === 'package' || k === 'micro') continue;
-        o[k] = walk((v as Record<string, unknown>)[k], k);
-      }
-      return o;
-    }
-    return v;
-  };
+  const mask = transcriptMasker(dir);
   return run.steps.map((s) => ({
     input: s.input.split(dir).join('$DIR'),
-    replies: walk(s.replies),
-    events: walk(s.events),
-    text: s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME').split(dir).join('$DIR'),
+    replies: mask(s.replies),
+    events: mask(s.events),
+    text: mask(s.text.replace(/; [\d.]+ sec \([^)]*\)/g, '; TIME')),
   }));
 }
 
-/** blocktab returns HMP output as the reply; QEMU prints it and returns "". Moved to `text` to compare. */
+/**
+ * blocktab returns HMP output as the reply; QEMU prints qemu-io's output and returns "". Moved to `text` to
+ * compare. HMP's own errors ("Error: …") are QEMU's reply too, and stay.
+ */
 export function hmpTextToStdout(run: MonitorRun): MonitorRun {
   for (const s of run.steps) {
     if (!s.input.includes('human-monitor-command')) continue;
     for (const r of s.replies as { return?: unknown }[]) {
-      if (typeof r.return === 'string') {
+      if (typeof r.return === 'string' && !r.return.startsWith('Error: ')) {
         s.text += r.return;
         r.return = '';
       }

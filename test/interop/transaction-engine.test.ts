@@ -33,7 +33,7 @@ describe('engine snapshot commands', () => {
     const reply = (await e.execute('blockdev-snapshot-delete-internal-sync', { device: 'drive0', name: 'snap1' })) as Record<string, unknown>;
     expect(reply).toMatchObject({ id: '2', name: 'snap1', 'vm-state-size': 0, 'vm-clock-sec': 0, 'vm-clock-nsec': 0 });
     await expect(e.execute('blockdev-snapshot-delete-internal-sync', { device: 'drive0', name: 'nope' })).rejects.toThrow(
-      "Snapshot with id '' and name 'nope' does not exist on device 'drive0'",
+      "Snapshot with id 'null' and name 'nope' does not exist on device 'drive0'",
     );
     await e.dispose();
     expect(qemuImg(['snapshot', '-l', img])).toMatch(/1\s+snap0/);

@@ -63,18 +63,18 @@ describe('execute: errors keep QMP class, description and BlockError code', () =
     }
   });
 
-  it('a missing node or device is DeviceNotFound (code ENOENT)', async () => {
+  it('a missing node is GenericError with QEMU 7.2\'s words, code ENOENT', async () => {
     const { engine } = engineWith();
     const cases: [string, unknown, string][] = [
       ['blockdev-del', { 'node-name': 'ghost' }, "Failed to find node with node-name='ghost'"],
-      ['block_resize', { 'node-name': 'ghost', size: 1024 }, 'Cannot find device= nor node_name=ghost'],
-      ['block-dirty-bitmap-add', { node: 'ghost', name: 'b' }, 'Cannot find device=ghost nor node_name=ghost'],
+      ['block_resize', { 'node-name': 'ghost', size: 1024 }, "Cannot find device='' nor node-name='ghost'"],
+      ['block-dirty-bitmap-add', { node: 'ghost', name: 'b' }, "Cannot find device='ghost' nor node-name='ghost'"],
       ['block-dirty-bitmap-clear', { node: 'ghost', name: 'b' }, "Node 'ghost' not found"],
-      ['blockdev-add', { driver: 'raw', 'node-name': 'n', file: 'ghost' }, 'Cannot find device=ghost nor node_name=ghost'],
+      ['blockdev-add', { driver: 'raw', 'node-name': 'n', file: 'ghost' }, "Cannot find device='ghost' nor node-name='ghost'"],
     ];
     for (const [cmd, args, desc] of cases) {
       const e = await qmpFailure(engine.execute(cmd, args));
-      expect(e.toQmp(), cmd).toEqual({ class: 'DeviceNotFound', desc });
+      expect(e.toQmp(), cmd).toEqual({ class: 'GenericError', desc });
       expect(e.code).toBe('ENOENT');
     }
   });
@@ -245,7 +245,7 @@ describe('block_resize, dirty bitmaps, query-block, query-blockstats, events', (
     const { engine } = engineWith({ 'r.img': seededBytes(512, 9) });
     await engine.execute('blockdev-add', { driver: 'raw', 'node-name': 'r', 'read-only': true, file: { driver: 'memory', filename: 'r.img' } });
     const e = await qmpFailure(engine.execute('block_resize', { 'node-name': 'r', size: 1024 }));
-    expect(e.toQmp()).toEqual({ class: 'GenericError', desc: 'Block node is read-only' });
+    expect(e.toQmp()).toEqual({ class: 'GenericError', desc: 'Image is read-only' });
     expect(engine.size('r')).toBe(512);
   });
 

@@ -11,6 +11,11 @@ import type { Engine } from '../../engine/engine.js';
 import { genericError } from '../../engine/qmp-error.js';
 import { QemuIoSession } from '../qemu-io/commands.js';
 import type { QmpCommand } from '../../engine/commands/types.js';
+import { PERM_RESIZE, PERM_WRITE } from '../../block/child.js';
+import { PERM_ALL } from '../../block/permissions.js';
+
+/** qemu-io's commands that take the write permission (its `perm` member). */
+const WRITE_COMMANDS = /^(write|writev|aio_write|discard|aio_discard)\b/;
 
 /** Splits an HMP command line: words, and "quoted strings" as one word. */
 function hmpWords(line: string): string[] {
@@ -27,8 +32,21 @@ async function qemuIo(engine: Engine, words: string[]): Promise<string> {
   const cmd = words[i + 1];
   if (device === undefined || cmd === undefined) throw genericError('Parameter \'device\' is missing');
   let text = '';
-  const io = engine.device(device) ?? (engine.findNode(device) ? engine.ioTarget(device) : undefined);
-  if (!io) throw genericError(`Device '${device}' not found`);
+  const dev = engine.device(device);
+  const bs = dev ? undefined : engine.findNode(device);
+  // HMP reports a failed command in its output, as QEMU's hmp_handle_error: "Error: …".
+  if (!dev && !bs) return `Error: Cannot find device='' nor node-name='${device}'\r\n`;
+  // On a node, qemu-io's temporary backend asks for write (or resize) before a command that needs it, as QEMU's
+  // qemu-io does; a conflict is reported in the output.
+  const perm = WRITE_COMMANDS.test(cmd) ? PERM_WRITE : /^truncate\b/.test(cmd) ? PERM_RESIZE : 0;
+  if (bs && perm) {
+    try {
+      engine.checkAddedUse(bs, { who: 'an unnamed block device', role: 'root', perm, shared: PERM_ALL });
+    } catch (e) {
+      return `${e instanceof Error ? e.message : String(e)}\r\n`;
+    }
+  }
+  const io = dev ?? engine.ioTarget(device);
   const session = new QemuIoSession(io.backend, { out: (t) => (text += t), err: (t) => (text += t) }, 'qemu-io');
   await session.command(cmd);
   return text;

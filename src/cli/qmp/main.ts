@@ -12,6 +12,8 @@
  *   discard, throttling.* and the legacy bps/iops names, stats-intervals.N,
  *   stats-account-invalid, stats-account-failed, backing (off: no chain).
  * - `--object throttle-group,id=ID,limits.bps-total=N,…` (and `secret`).
+ * - `--device ide-cd,drive=NAME,id=ID`: a CD drive model on a --drive, with a
+ *   tray (DEVICE_TRAY_MOVED); QEMU needs `-machine pc` for it.
  *
  * The monitor ends on `quit` (SHUTDOWN, then exit 0) or at the end of its
  * input; either way every image is flushed and closed first.
@@ -28,7 +30,7 @@ import { QmpMonitor } from './monitor.js';
 import { humanMonitorCommand } from './hmp.js';
 import type { Output } from '../main.js';
 
-const USAGE = `usage: blocktab qmp [--blockdev OPTIONS]... [--drive OPTIONS]... [--object OPTIONS]...
+const USAGE = `usage: blocktab qmp [--blockdev OPTIONS]... [--drive OPTIONS]... [--object OPTIONS]... [--device ide-cd,drive=NAME,id=ID]...
 A QMP monitor on stdin/stdout, as qemu-system-x86_64 -machine none -nodefaults -qmp stdio.
 `;
 
@@ -156,18 +158,29 @@ async function addObject(engine: Engine, text: string): Promise<void> {
   await engine.execute('object-add', { 'qom-type': type, ...keyvalToDict(comma < 0 ? '' : text.slice(comma + 1)) });
 }
 
+/** `--device ide-cd,drive=NAME,id=ID`: a CD drive model with a tray on a -drive (QEMU needs a machine with an IDE bus for it). */
+function addDevice(engine: Engine, text: string): void {
+  const kv = parseKeyValues(text, 'driver');
+  if (typeof kv === 'string') throw new UsageError(kv);
+  if (kv.driver !== 'ide-cd') throw new UsageError(`--device ${kv.driver ?? ''}: only ide-cd (a drive with a tray) is modelled`);
+  if (kv.drive === undefined || kv.id === undefined) throw new UsageError('--device ide-cd needs drive=NAME and id=ID');
+  engine.attachTrayDevice(kv.drive, kv.id);
+}
+
+type OptionKind = 'blockdev' | 'drive' | 'object' | 'device';
+
 /** The options in the order QEMU applies its command line. */
-function parseOptions(args: string[]): { kind: 'blockdev' | 'drive' | 'object'; value: string }[] {
-  const out: { kind: 'blockdev' | 'drive' | 'object'; value: string }[] = [];
+function parseOptions(args: string[]): { kind: OptionKind; value: string }[] {
+  const out: { kind: OptionKind; value: string }[] = [];
   for (let i = 0; i < args.length; i++) {
-    const m = /^--?(blockdev|drive|object)(?:=(.*))?$/.exec(args[i]!);
+    const m = /^--?(blockdev|drive|object|device)(?:=(.*))?$/.exec(args[i]!);
     if (!m) throw new UsageError(`Invalid option '${args[i]}'\n${USAGE}`);
     const value = m[2] ?? args[++i];
     if (value === undefined) throw new UsageError(`option '--${m[1]}' requires an argument`);
-    out.push({ kind: m[1] as 'blockdev' | 'drive' | 'object', value });
+    out.push({ kind: m[1] as OptionKind, value });
   }
-  // QEMU's order: objects, then every -blockdev, then every -drive (each kind in command-line order).
-  const rank = { object: 0, blockdev: 1, drive: 2 };
+  // QEMU's order: objects, then every -blockdev, then every -drive, then the devices (each kind in command-line order).
+  const rank = { object: 0, blockdev: 1, drive: 2, device: 3 };
   return out.sort((a, b) => rank[a.kind] - rank[b.kind]);
 }
 
@@ -184,6 +197,7 @@ export async function runQmp(args: string[], out: Output): Promise<number> {
       try {
         if (o.kind === 'blockdev') await engine.execute('blockdev-add', o.value.trimStart().startsWith('{') ? JSON.parse(o.value) : keyvalToDict(o.value));
         else if (o.kind === 'drive') await addDrive(engine, o.value);
+        else if (o.kind === 'device') addDevice(engine, o.value);
         else await addObject(engine, o.value);
       } catch (e) {
         if (e instanceof UsageError) throw e;

@@ -8,6 +8,7 @@
  * command causes while it runs come before its reply, as QEMU's do.
  */
 import type { Engine } from '../../engine/engine.js';
+import { EVENTS_WITHOUT_DATA } from '../../engine/events.js';
 import { QmpError, toQmpError } from '../../engine/qmp-error.js';
 import { checkArgs } from '../../engine/qapi-args.js';
 import { QMP_QEMU_VERSION } from '../../engine/commands/runstate.js';
@@ -15,8 +16,6 @@ import { JsonSplitter, parseQmpJson, toQmpJson, type WireItem } from './wire.js'
 
 type Reply = { return: unknown; id?: unknown } | { error: { class: string; desc: string }; id?: unknown };
 
-/** Events QEMU sends without a `data` member. */
-const NO_DATA = new Set(['STOP', 'RESUME', 'POWERDOWN']);
 
 const MEMBERS = new Set(['execute', 'exec-oob', 'arguments', 'id', 'control']);
 
@@ -33,7 +32,7 @@ export class QmpMonitor {
     private readonly write: (line: string) => void,
     version = QMP_QEMU_VERSION,
   ) {
-    this.off = engine.onEvent((e) => this.write(toQmpJson({ timestamp: e.timestamp, event: e.event, data: NO_DATA.has(e.event) ? undefined : e.data })));
+    this.off = engine.onEvent((e) => this.write(toQmpJson({ timestamp: e.timestamp, event: e.event, data: EVENTS_WITHOUT_DATA.has(e.event) ? undefined : e.data })));
     this.write(toQmpJson({ QMP: { version: { qemu: version.qemu, package: version.package }, capabilities: ['oob'] } }));
   }
 

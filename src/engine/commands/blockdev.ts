@@ -17,8 +17,9 @@ import type { BlockNode } from '../../block/node.js';
 import { openFormatOn, openImage, type Storage } from '../../block/open.js';
 import type { Engine } from '../engine.js';
 import { checkArgs, isDict, type ArgSpec, type Args } from '../qapi-args.js';
-import { genericError, QmpError } from '../qmp-error.js';
+import { genericError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
+import { checkNotInJob } from './jobs.js';
 
 /** Members every driver takes (QAPI BlockdevOptions' base). */
 export const BLOCKDEV_BASE: ArgSpec = {
@@ -219,8 +220,11 @@ export const blockdevCommands: QmpCommandTable = {
     async run(engine, args) {
       const name = args['node-name'] as string;
       const bs = engine.findNode(name);
-      if (!bs) throw new QmpError('DeviceNotFound', `Failed to find node with node-name='${name}'`);
-      if (engine.deviceOf(bs) !== undefined) throw genericError(`Node ${name} is in use`, 'EBUSY');
+      if (!bs) throw genericError(`Failed to find node with node-name='${name}'`, 'ENOENT');
+      // QEMU's order: a BlockBackend on it (a device, a job's target), a job's op blocker, then ownership and other users.
+      if (engine.deviceOf(bs) !== undefined || engine.usesOf(bs).some((u) => u.backend)) throw genericError(`Node ${name} is in use`, 'EBUSY');
+      if (engine.usesOf(bs).some((u) => u.filterEdge)) throw genericError(`Block device ${name} is in use`, 'EBUSY');
+      checkNotInJob(engine, bs);
       if (!engine.isMonitorOwned(bs)) throw genericError(`Node ${name} is not owned by the monitor`, 'EBUSY');
       if (bs.parents.length > 0) throw genericError(`Block device ${name} is in use`, 'EBUSY');
       await engine.closeTree(bs);

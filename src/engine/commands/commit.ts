@@ -23,7 +23,7 @@ import type { ActiveCommitOptions } from '../../jobs/active-commit.js';
 import type { Args } from '../qapi-args.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
-import { checkNotInJob, checkOnError, startJob } from './jobs.js';
+import { checkNotInJob, checkOnError, hasJobFilter, startJob } from './jobs.js';
 import type { QmpCommandTable } from './types.js';
 
 /** The node in `top`'s chain whose backing is `bs` (QEMU's bdrv_find_overlay). */
@@ -176,6 +176,8 @@ export const commitCommands: QmpCommandTable = {
       } catch {
         throw new QmpError('DeviceNotFound', `Device '${device}' not found`);
       }
+      // QEMU's qmp_get_root_bs: a node under another (or under a job's filter) cannot be committed from.
+      if (root.parents.length > 0 || hasJobFilter(engine, root)) throw genericError('Need a root block node');
       if (args.top !== undefined && args['top-node'] !== undefined) throw genericError("'top' and 'top-node' cannot be specified at the same time");
       if (args.base !== undefined && args['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be specified at the same time");
       let top: BlockNode | undefined = root;

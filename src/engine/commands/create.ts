@@ -63,7 +63,7 @@ function qapiSpec(members: QapiMember[]): ArgSpec {
 /** A protocol node to write the image into: an existing node, or one opened for the job (closed after it). */
 async function protocolNode(engine: Engine, ref: string | Args, what: string): Promise<{ bs: BlockNode; temporary: boolean }> {
   if (typeof ref === 'string') {
-    const bs = engine.lookup(ref, 'node');
+    const bs = engine.lookup(ref);
     if (bs.driver.kind !== 'protocol') throw genericError(`'${what}' must be a protocol node (node '${ref}' is ${bs.driver.name})`);
     if (bs.readOnly) throw genericError(`Block node '${ref}' is read-only`, 'EROFS');
     // QEMU's permission system: the create job needs write and resize, which a format node on top shares with nobody.
@@ -145,6 +145,8 @@ function plan(engine: Engine, o: Args): () => Promise<void> {
     const prealloc = (o.preallocation as PreallocMode | undefined) ?? 'off';
     return () => createOnStorage(storage, o.filename as string, o.size as number, prealloc);
   }
+  // A name that is no driver at all fails QAPI's check of the union's discriminator (named without its path, as QEMU 7.2).
+  if (!drv) throw genericError(`Parameter 'driver' does not accept value '${driver}'`);
   throw genericError(`Driver '${driver}' does not support blockdev-create`, 'ENOTSUP');
 }
 

@@ -19,6 +19,8 @@ import '../../jobs/index.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
+import type { NodeUse } from '../../block/permissions.js';
+import { PERM_CONSISTENT_READ, PERM_WRITE_UNCHANGED } from '../../block/child.js';
 
 interface Running {
   job: Job;
@@ -67,12 +69,16 @@ export function engineJobs(engine: Engine): Job[] {
  * cannot be the subject of another one ("Node … is busy").
  */
 export function checkNotInJob(engine: Engine, bs: BlockNode): void {
+  const job = blockingJob(engine, bs);
+  if (job) throw genericError(`Node '${engine.deviceOf(bs) ?? engine.nameOf(bs)}' is busy: block device is in use by block job: ${job.type}`, 'EBUSY');
+}
+
+/** The running job whose op blockers cover `bs` (QEMU's bdrv_op_is_blocked), if any. */
+export function blockingJob(engine: Engine, bs: BlockNode): Job | undefined {
   for (const r of jobsOf(engine).values()) {
-    if (r.job.status !== 'concluded' && r.job.status !== 'null' && r.nodes.includes(bs)) {
-      const name = engine.deviceOf(bs) ?? engine.nameOf(bs);
-      throw genericError(`Node '${name}' is busy: block device is in use by block job: ${r.job.type}`, 'EBUSY');
-    }
+    if (r.job.status !== 'concluded' && r.job.status !== 'null' && r.nodes.includes(bs)) return r.job;
   }
+  return undefined;
 }
 
 /** Whether a running job has its filter node above `bs` (QEMU's mirror and backup insert one), so `bs` is no root node. */
@@ -104,6 +110,8 @@ export interface StartJobOptions<O> {
   nodes?: BlockNode[];
   /** The node QEMU's version of the job puts a filter above (see hasJobFilter). */
   filtered?: BlockNode;
+  /** What the job takes and shares on the nodes it uses (QEMU's job children and backends), held until it concludes. */
+  uses?: { node: BlockNode; use: NodeUse }[];
 }
 
 /**
@@ -121,6 +129,7 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
   checkNewJobId(engine, o.id);
   if (o.speed !== undefined && o.speed < 0) throw genericError("Parameter 'speed' expects a non-negative value");
   const driver = desc.driver(o.options);
+  let releaseUses: (() => void)[] = [];
   const blockJobData = (j: Job) => ({ type: j.type, device: o.device, len: j.total, offset: j.current, speed: j.speed });
   const block = desc.blockJob;
   const job = new Job(o.id, desc.qapiType ?? desc.type, {
@@ -130,6 +139,8 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
     readyPhase: desc.readyPhase,
     events: {
       status: (j) => {
+        // The job lets go of its nodes as it concludes (QEMU drops its children and backends in clean-up).
+        if (j.status === 'concluded' || j.status === 'null') for (const release of releaseUses.splice(0)) release();
         engine.emit('JOB_STATUS_CHANGE', { id: j.id, status: j.status });
         if (j.status === 'null') jobsOf(engine).delete(j.id);
       },
@@ -142,6 +153,7 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
     },
   });
   const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [], filtered: o.filtered };
+  releaseUses = (o.uses ?? []).map(({ node, use }) => engine.addUse(node, use));
   jobsOf(engine).set(o.id, entry);
   // Failures surface through the events and query-jobs, not as an unhandled rejection.
   entry.done = job.start(driver).catch(() => {});
@@ -193,7 +205,10 @@ export const jobCommands: QmpCommandTable = {
       const top = engine.lookup(device);
       const id = (args['job-id'] as string | undefined) ?? device;
       if (args.base !== undefined && args['base-node'] !== undefined) throw genericError("'base' and 'base-node' cannot be specified at the same time");
-      if (args.bottom !== undefined) throw genericError("'bottom' is not supported here", 'ENOTSUP');
+      if (args.bottom !== undefined) {
+        engine.lookup(args.bottom as string, 'node');
+        throw genericError("'bottom' is not supported here", 'ENOTSUP');
+      }
       checkOnError(args['on-error']);
       let base: BlockNode | null = null;
       if (args['base-node'] !== undefined) base = engine.lookup(args['base-node'] as string, 'node');
@@ -207,12 +222,16 @@ export const jobCommands: QmpCommandTable = {
       for (let n: BlockNode | null = top; n && n !== base; n = n.cowNode()) nodes.push(n);
       startJob(engine, {
         nodes,
+        // QEMU 7.2's stream puts a copy-on-read filter above the top while it runs.
+        filtered: top,
         id,
         type: 'stream',
         device: id,
         speed: args.speed as number | undefined,
         autoFinalize: args['auto-finalize'] as boolean | undefined,
         autoDismiss: args['auto-dismiss'] as boolean | undefined,
+        // QEMU 7.2's stream: each node it copies from (below the top, down to base) lets others read and write unchanged data only.
+        uses: nodes.slice(1).map((node) => ({ node, use: { who: `stream job '${id}'`, role: 'intermediate node', perm: 0, shared: PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED } })),
         options: {
           top,
           base,

@@ -12,7 +12,9 @@
  * entered, then paused until the drain ends), so its first events are
  * created, running, paused, running; `startDrained` gives the same.
  */
-import type { BlockNode } from '../../block/node.js';
+import { generatedNodeName, type BlockNode } from '../../block/node.js';
+import { PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../../block/child.js';
+import { PERM_ALL } from '../../block/permissions.js';
 import { openImage, type Storage } from '../../block/open.js';
 import { defaultBitmapGranularity, lookupDirtyBitmap, checkDirtyBitmap, type BdrvDirtyBitmap } from '../../block/dirty-bitmap.js';
 import { createImage, planCreate } from '../../img/create.js';
@@ -175,7 +177,15 @@ function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
       await engine.closeTree(target);
     },
   };
-  startJob(engine, jobStart('mirror', args, id, bs, target, options));
+  startJob(engine, {
+    ...jobStart('mirror', args, id, bs, target, options),
+    uses: [
+      // QEMU 7.2's mirror: its 'source' child (with the mirror_top filter's reads) lets others read and write but not resize;
+      // its target backend writes and lets others only write unchanged data.
+      { node: bs, use: { who: `mirror job '${id}'`, role: 'source', perm: PERM_CONSISTENT_READ, shared: PERM_CONSISTENT_READ | PERM_WRITE | PERM_WRITE_UNCHANGED } },
+      { node: target, use: { who: 'an unnamed block device', role: 'root', backend: true, perm: PERM_WRITE, shared: PERM_WRITE_UNCHANGED } },
+    ],
+  });
 }
 
 /** What startJob gets for a mirror or backup of `bs` into `target` (the job's common arguments from `args`). */
@@ -291,7 +301,16 @@ function prepareBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockN
       await engine.closeTree(target);
     },
   };
-  const start = jobStart('backup', args, id, bs, target, options);
+  // QEMU 7.2's backup puts a copy-before-write filter (a generated node name) on the source: it lets nobody else
+  // write or resize the source, writes the target, and lets others do anything to the target but resize it.
+  const cbw = `node '${(args['filter-node-name'] as string | undefined) ?? generatedNodeName()}'`;
+  const start: StartJobOptions<BackupOptions> = {
+    ...jobStart('backup', args, id, bs, target, options),
+    uses: [
+      { node: bs, use: { who: cbw, role: 'file', filterEdge: true, perm: 0, shared: PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED } },
+      { node: target, use: { who: cbw, role: 'target', perm: PERM_WRITE, shared: PERM_ALL & ~PERM_RESIZE } },
+    ],
+  };
   // The job id is checked now, so a transaction fails in prepare.
   checkNewJobId(engine, id);
   return () => startDrained(startJob(engine, start));

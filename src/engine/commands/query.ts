@@ -1,7 +1,8 @@
 /** query-named-block-nodes, query-block, query-blockstats, query-commands, block_resize. */
 import { bdrvTruncate } from '../../block/io.js';
 import { truncateDirtyBitmaps } from '../../block/dirty-bitmap.js';
-import { QmpError, genericError } from '../qmp-error.js';
+import { genericError } from '../qmp-error.js';
+import { blockingJob } from './jobs.js';
 import { blockDeviceInfo, blockInfo, blockStats } from '../query.js';
 import type { QmpCommandTable } from './types.js';
 
@@ -41,12 +42,12 @@ export const queryCommands: QmpCommandTable = {
     async run(engine, args) {
       const device = args.device as string | undefined;
       const nodeName = args['node-name'] as string | undefined;
-      let bs = device !== undefined ? engine.device(device)?.backend.root : undefined;
-      if (!bs && nodeName !== undefined) bs = engine.findNode(nodeName);
-      if (!bs) throw new QmpError('DeviceNotFound', `Cannot find device=${device ?? ''} nor node_name=${nodeName ?? ''}`);
+      const bs = engine.lookupBs(device, nodeName);
+      // QEMU's op blocker for resizing, which names the `device` argument (absent: "(null)").
+      if (blockingJob(engine, bs)) throw genericError(`Device '${device ?? '(null)'}' is in use`, 'EBUSY');
       const size = args.size as number;
       if (size < 0) throw genericError(`Parameter 'size' expects a >0 size`);
-      if (bs.readOnly) throw genericError('Block node is read-only', 'EPERM');
+      if (bs.readOnly) throw genericError('Image is read-only', 'EPERM');
       await bdrvTruncate(bs, size, false, 'off');
       truncateDirtyBitmaps(bs, size);
     },

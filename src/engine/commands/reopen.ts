@@ -47,6 +47,7 @@ function planReopen(engine: Engine, o: Args, prefix: string): ReopenPlan {
   let fileToo = false;
   if (!protocol) {
     const f = o.file;
+    if (typeof f === 'string') engine.lookup(f, 'node');
     if (isDict(f) || (bs.file && f !== engine.nameOf(bs.file.node))) throw genericError("Cannot change the option 'file'");
     fileToo = o['read-only'] !== undefined && bs.file !== null;
   }
@@ -58,8 +59,7 @@ function planReopen(engine: Engine, o: Args, prefix: string): ReopenPlan {
     } else if (b === null) {
       backing = bs.backing ? null : undefined;
     } else if (typeof b === 'string') {
-      const nb = engine.findNode(b);
-      if (!nb) throw genericError(`Cannot find device='${b}' nor node-name='${b}'`);
+      const nb = engine.lookup(b, 'node');
       if (reaches(nb, bs)) throw genericError(`Making '${b}' a backing child of '${name}' would create a cycle`);
       backing = nb === bs.backing?.node ? undefined : nb;
     } else {

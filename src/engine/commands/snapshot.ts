@@ -39,10 +39,13 @@ function externalAction(engine: Engine, args: Args): TransactionAction {
   const mode = (args.mode as string | undefined) ?? 'absolute-paths';
   return {
     async prepare() {
-      if (device === undefined && nodeName === undefined) throw new QmpError('DeviceNotFound', 'Cannot find device= nor node_name=');
-      const old = engine.lookup(device ?? nodeName!, device !== undefined ? 'device-or-node' : 'node');
+      const old = engine.lookupBs(device, nodeName);
       const snapNodeName = args['snapshot-node-name'] as string | undefined;
-      if (snapNodeName !== undefined) engine.checkNewNodeName(snapNodeName);
+      if (nodeName !== undefined && snapNodeName === undefined) throw genericError('New overlay node-name missing');
+      if (snapNodeName !== undefined) {
+        if (engine.findNode(snapNodeName) || engine.device(snapNodeName)) throw genericError('New overlay node-name already in use');
+        engine.checkNewNodeName(snapNodeName);
+      }
       if (old.readOnly) throw genericError(`Device '${device ?? nodeName}' is read only`, 'EROFS');
       const storage = storageFor(engine, old);
       if (mode === 'absolute-paths') {
@@ -131,7 +134,12 @@ export const snapshotCommands: QmpCommandTable = {
       if (id === undefined && name === undefined) throw genericError('Name or id must be provided');
       if (bs.readOnly) throw genericError(`Device '${device}' is read only`, 'EROFS');
       const sn = listSnapshots(bs).find((s) => (id === undefined || s.id === id) && (name === undefined || s.name === name));
-      if (!sn) throw genericError(`Snapshot with id '${id ?? ''}' and name '${name ?? ''}' does not exist on device '${device}'`, 'ENOENT');
+      if (!sn)
+        throw genericError(
+        // QEMU 7.2 prints an absent id or name as 'null'.
+        `Snapshot with id '${id ?? 'null'}' and name '${name ?? 'null'}' does not exist on device '${device}'`,
+        'ENOENT',
+      );
       try {
         await deleteSnapshot(bs, sn.id, sn.name);
       } catch (e) {

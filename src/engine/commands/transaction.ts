@@ -76,7 +76,7 @@ export const transactionCommands: QmpCommandTable = {
       // Every action's arguments are checked before any of them runs.
       const actions = list.map((x, i) => {
         const f = ACTIONS[x.type];
-        if (!f) throw genericError(`Parameter 'actions[${i}].type' does not accept value '${x.type}'`);
+        if (!f) throw genericError(`Parameter 'type' does not accept value '${x.type}'`);
         return f.make(engine, checkArgs(f.args, x.data, `actions[${i}].data.`));
       });
       await runTransaction(actions);

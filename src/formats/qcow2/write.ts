@@ -627,7 +627,8 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
   if (s.snapshots.length && s.header.version < 3) throw new BlockError('ENOTSUP', `${s.image}: Can't resize a v2 image which has snapshots`);
   const cs = s.clusterSize;
   const old = s.header.size;
-  if (size === old) return;
+  // QEMU writes the header's size field even when it does not change (a write the file node's statistics show).
+  if (size === old) return writeHeaderSize(s, size);
   // Stored bitmaps follow the disk only when they are in memory and usable (they are stored at the new size on close).
   qcow2TruncateBitmapsCheck(bs, s);
   if (size > old) {
