@@ -239,7 +239,7 @@ export class Engine extends EngineDispatch {
   /** qemu-img measure: for a new image of `size` bytes, or for what `image` holds. */
   async measure(opts: EngineMeasureOptions): Promise<MeasureResult> {
     const { image, format = 'qcow2' } = opts;
-    const plan = planMeasure(format, optionStrings(opts.options) ?? []);
+    const plan = await planMeasure(format, optionStrings(opts.options) ?? []);
     if (!image) return measureImage(plan, undefined, opts.size ?? 0);
     return this.withImage(image, (bs) => measureImage(plan, bs));
   }

@@ -87,6 +87,7 @@ import {
 } from './bat.js';
 import { findActiveSequence, MAX_REPLAY_LOG_BYTES, VHDX_LOG_MIN_SIZE, type LogSequence } from './log.js';
 import { VHDX_CREATE_OPTS, vhdxCreateImage } from './create-options.js';
+import { vhdxProbe } from './probe.js';
 
 export interface VhdxState {
   image: string;
@@ -405,7 +406,7 @@ export const vhdxDriver: BlockDriver = {
   createOptions: VHDX_CREATE_OPTS,
   create: vhdxCreateImage,
 
-  probe: (head) => (isVhdxSignature(head) ? 100 : 0),
+  probe: vhdxProbe,
 
   async open(bs, options) {
     const file = bs.file!.node;
