@@ -36,7 +36,7 @@ export async function runAmend(args: string[], out: Output): Promise<number> {
   try {
     bs = await openForCli(p.positionals[0]!, { format, readOnly: !!opts.some(isHelpOption) });
     if (opts.some(isHelpOption)) return help(bs.driver.name);
-    await amendImage(bs, parseAmendOptions(bs.driver.name, opts));
+    await amendImage(bs, await parseAmendOptions(bs.driver.name, opts));
   } finally {
     if (bs) await closeNode(bs);
   }
