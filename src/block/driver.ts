@@ -471,6 +471,11 @@ export function findDriver(name: string): BlockDriver | undefined {
   return e.driver;
 }
 
+/** Whether driver `name`'s module is loaded (tests check that opening one format loads no other). */
+export function isDriverLoaded(name: string): boolean {
+  return drivers.get(name)?.driver !== undefined;
+}
+
 /** The descriptor of driver `name` (loaded or not), or undefined. */
 export function driverInfo(name: string): DriverDescriptor | undefined {
   return drivers.get(name)?.desc;
