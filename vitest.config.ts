@@ -1,3 +1,6 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { defineConfig } from 'vitest/config';
 import { playwright } from '@vitest/browser-playwright';
 import { tabCommands } from './test/browser/tab-commands.js';
@@ -18,6 +21,15 @@ const chromium = playwright({
     ],
   },
 });
+
+// Every test's scratch folder (test/helpers/qemu.ts tmpDir) goes under one folder per run,
+// removed when vitest's main process exits: workers are stopped without running their own exit
+// hooks, which left hundreds of MiB per run in the temp directory.
+if (!process.env.BLOCKTAB_TEST_TMP) {
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'blocktab-run-'));
+  process.env.BLOCKTAB_TEST_TMP = runDir;
+  process.once('exit', () => fs.rmSync(runDir, { recursive: true, force: true }));
+}
 
 // One config, several projects: Node unit tests, qemu-img differential tests,
 // real-browser tests, and (as they land) app end-to-end tests.

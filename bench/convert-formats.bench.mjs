@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// blocktab vs qemu-img: convert vmdk->raw and vhdx->raw of a 1 GiB image with
-// half of it allocated (512 MiB random data in 64 MiB runs, holes between),
+// blocktab vs qemu-img: convert vmdk->raw, vhdx->raw and vdi->qcow2 of a 1 GiB
+// image with half of it allocated (512 MiB random data in 64 MiB runs, holes between),
 // made by qemu-img from a raw source. Wall time of each tool, the ratio, and
-// blocktab's peak RSS; outputs are checked against the source with qemu-img compare.
+// blocktab's peak RSS; outputs are checked against the source with qemu-img compare
+// (and qemu-img check for qcow2).
 // Needs `npm run build:ts` first (bench/run.mjs's npm script does it).
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -24,20 +25,32 @@ try {
   fs.ftruncateSync(fd, 1024 * MiB);
   fs.closeSync(fd);
 
-  for (const [fmt, opts] of [['vmdk', []], ['vmdk', ['-o', 'subformat=streamOptimized']], ['vhdx', []]]) {
+  const cases = [
+    ['vmdk', [], 'raw'],
+    ['vmdk', ['-o', 'subformat=streamOptimized'], 'raw'],
+    ['vhdx', [], 'raw'],
+    ['vdi', [], 'qcow2'],
+  ];
+  for (const [fmt, opts, outFmt] of cases) {
     const label = opts.length ? `${fmt} (${opts[1]})` : fmt;
     spawnSync('qemu-img', ['convert', '-f', 'raw', '-O', fmt, ...opts, 'src.raw', `img.${fmt}`], { cwd: dir });
-    const args = (out) => ['convert', '-f', fmt, '-O', 'raw', `img.${fmt}`, out];
-    runQemu(dir, args('q.raw')); // warms the page cache for both
+    const args = (out) => ['convert', '-f', fmt, '-O', outFmt, `img.${fmt}`, out];
+    const q0 = `q.${outFmt}`;
+    const b0 = `b.${outFmt}`;
+    runQemu(dir, args(q0)); // warms the page cache for both
     const [q, b] = interleaved(3, [
-      { output: path.join(dir, 'q.raw'), run: () => runQemu(dir, args('q.raw')) },
-      { output: path.join(dir, 'b.raw'), run: () => runBlocktab(dir, args('b.raw')) },
+      { output: path.join(dir, q0), run: () => runQemu(dir, args(q0)) },
+      { output: path.join(dir, b0), run: () => runBlocktab(dir, args(b0)) },
     ]);
-    const c = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', 'src.raw', 'b.raw'], { cwd: dir, encoding: 'utf8' });
-    if (c.status !== 0) throw new Error(`${label}: blocktab's raw differs from the source: ${c.stdout}${c.stderr}`);
-    bench(ratioLine(`convert ${label}->raw 1 GiB half allocated (wall)`, b, q, '<=1.2x qemu-img'));
-    bench({ name: `convert ${label}->raw 1 GiB (peak RSS)`, value: +(b.rss / MiB).toFixed(1), unit: 'MiB', baseline: null, ratio: null, aim: '<200 MiB' });
-    for (const f of ['q.raw', 'b.raw', `img.${fmt}`]) fs.rmSync(path.join(dir, f), { force: true });
+    const c = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', outFmt, 'src.raw', b0], { cwd: dir, encoding: 'utf8' });
+    if (c.status !== 0) throw new Error(`${label}: blocktab's ${outFmt} differs from the source: ${c.stdout}${c.stderr}`);
+    if (outFmt === 'qcow2') {
+      const k = spawnSync('qemu-img', ['check', b0], { cwd: dir, encoding: 'utf8' });
+      if (k.status !== 0) throw new Error(`${label}: blocktab's ${outFmt} fails qemu-img check: ${k.stdout}${k.stderr}`);
+    }
+    bench(ratioLine(`convert ${label}->${outFmt} 1 GiB half allocated (wall)`, b, q, '<=1.2x qemu-img'));
+    bench({ name: `convert ${label}->${outFmt} 1 GiB (peak RSS)`, value: +(b.rss / MiB).toFixed(1), unit: 'MiB', baseline: null, ratio: null, aim: '<200 MiB' });
+    for (const f of [q0, b0, `img.${fmt}`]) fs.rmSync(path.join(dir, f), { force: true });
   }
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });

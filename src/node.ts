@@ -2,6 +2,7 @@
 import { createRequire } from 'node:module';
 import { installDeflateRaw4k, installDeflateZlib } from './codecs/deflate.js';
 import { installInflateExact } from './codecs/zlib-exact.js';
+import { nodeInflateExact } from './codecs/inflate-node.js';
 import { installBzip2 } from './codecs/bzip2.js';
 import { installDeflatePool } from './codecs/deflate-pool.js';
 import { createNodeDeflatePool } from './codecs/deflate-pool-node.js';
@@ -15,21 +16,8 @@ installDeflateRaw4k((input) => zlib().deflateRawSync(input, { windowBits: 12, le
 installDeflatePool(createNodeDeflatePool());
 // stream-optimized vmdk grains: zlib streams at zlib's default level.
 installDeflateZlib((input) => zlib().deflateSync(input));
-// zlib streams (dmg and cloop chunks, vmdk grains): Node's C zlib, bounded by the chunk size like the pako path.
-installInflateExact((input, out) => {
-  let got: Buffer;
-  try {
-    // One output chunk of the expected size: no concatenation of 16 KiB pieces.
-    got = zlib().inflateSync(input, { maxOutputLength: out.length, chunkSize: out.length + 64 });
-  } catch (e) {
-    const err = e as { code?: string; message?: string };
-    if (err.code === 'ERR_BUFFER_TOO_LARGE') return `the stream inflates to more than ${out.length} bytes`;
-    return `the stream does not inflate (${err.message})`;
-  }
-  if (got.length !== out.length) return `the stream inflates to ${got.length} bytes, not ${out.length}`;
-  out.set(got);
-  return null;
-});
+// zlib streams (dmg and cloop chunks, vmdk grains): Node's C zlib through one reused handle, bounded by the chunk size like the pako path.
+installInflateExact(nodeInflateExact(zlib));
 
 // dmg bzip2 chunks: libbzip2 as wasm, loaded on the first bzip2 chunk (its loader needs node:fs).
 type Bzip2 = { decompress(src: Uint8Array, destSize: number): Uint8Array };

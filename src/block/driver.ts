@@ -367,9 +367,11 @@ export interface BlockDriver {
    * writable and opened with its backing chain; `values` were parsed against
    * `createOptions` + `amendOptions` and hold only names from `amendOptions`
    * (the caller refuses creation-only options). The driver refuses the
-   * values it cannot apply, before changing anything.
+   * values it cannot apply, before changing anything. `force` is qemu-img
+   * amend's --force (allows what would lose data, e.g. erasing the last
+   * LUKS key slot).
    */
-  amend?(bs: BlockNode, values: OptionValues): Promise<void>;
+  amend?(bs: BlockNode, values: OptionValues, force?: boolean): Promise<void>;
 
   /**
    * Drops every allocation so the whole image reads through to its backing

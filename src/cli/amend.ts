@@ -1,4 +1,4 @@
-/** `blocktab amend`: qemu-img amend -o OPTIONS, for formats whose driver amends (qcow2). */
+/** `blocktab amend`: qemu-img amend -o OPTIONS, for formats whose driver amends (qcow2, luks). */
 import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { amendableDriver, amendImage, parseAmendOptions } from '../img/amend.js';
@@ -36,7 +36,7 @@ export async function runAmend(args: string[], out: Output): Promise<number> {
   try {
     bs = await openForCli(p.positionals[0]!, { format, readOnly: !!opts.some(isHelpOption) });
     if (opts.some(isHelpOption)) return help(bs.driver.name);
-    await amendImage(bs, await parseAmendOptions(bs.driver.name, opts));
+    await amendImage(bs, await parseAmendOptions(bs.driver.name, opts), !!p.values.force);
   } finally {
     if (bs) await closeNode(bs);
   }

@@ -14,6 +14,7 @@ import { openForCli, storage } from './open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
 import { progName } from './progname.js';
+import { optimizeLater } from './tier-up.js';
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
@@ -50,6 +51,7 @@ function noFlush(target: BlockNode, cache: string): void {
 }
 
 export async function runConvert(args: string[], out: Output): Promise<number> {
+  optimizeLater();
   const p = parseCommand('convert', args, {
     format: { type: 'string', short: 'f' },
     'output-format': { type: 'string', short: 'O' },

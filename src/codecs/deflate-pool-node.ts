@@ -8,7 +8,9 @@
  *
  * Memory: clusters travel through SharedArrayBuffer regions that are reused
  * (one per batch in flight, up to KEPT_BYTES kept for later batches), not as
- * a transferred buffer per cluster; the pool reuses the input copies
+ * a transferred buffer per cluster; each worker deflates every cluster with
+ * one zlib handle (reset between streams, the same bytes as a fresh
+ * deflateRawSync) straight into the region; the pool reuses the input copies
  * (`reusesInputs`); a stream longer than the caller's limit (a cluster qcow2
  * writes uncompressed) is not copied back; and the worker asks V8 for a
  * young-generation collection after each batch. Without these, every cluster
@@ -39,26 +41,64 @@ const KEPT_BYTES = 16 * 1024 * 1024;
  */
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
-const { deflateRawSync } = require('node:zlib');
+const zlib = require('node:zlib');
 require('node:v8').setFlagsFromString('--expose-gc');
 const collect = require('node:vm').runInNewContext('gc');
+const OPTS = { windowBits: 12, level: 6, memLevel: 9 };
+// One deflate handle for every cluster (reset between streams), writing straight into the shared
+// region: a new zlib stream per cluster allocated ~300 KiB of C heap and an output Buffer each time.
+let stream, handle, state, zerr;
+function reusable() {
+  if (handle !== undefined) return handle;
+  stream = new zlib.DeflateRaw(OPTS);
+  const h = stream._handle;
+  if (!h || typeof h.writeSync !== 'function' || typeof h.reset !== 'function' || !(stream._writeState instanceof Uint32Array)) {
+    stream.close();
+    return (handle = null);
+  }
+  h.onerror = (message) => { zerr = message; };
+  state = stream._writeState;
+  return (handle = h);
+}
+/** Deflates src[at, at + len) into dst at outAt: the stream's length, or -1 when longer than limit (limit < 0: none). */
+function deflateInto(src, at, len, dst, outAt, limit) {
+  const room = dst.length - outAt;
+  const h = reusable();
+  if (h === null) {
+    const z = zlib.deflateRawSync(src.subarray(at, at + len), OPTS);
+    if (limit >= 0 && z.length > limit) return -1;
+    if (z.length > room) throw new Error('compressed stream larger than its bound');
+    dst.set(z, outAt);
+    return z.length;
+  }
+  const avail = limit >= 0 ? Math.min(limit + 1, room) : room;
+  zerr = undefined;
+  h.writeSync(zlib.constants.Z_FINISH, src, at, len, dst, outAt, avail);
+  const left = state[0];
+  try {
+    h.reset();
+  } catch (e) {
+    stream.close();
+    handle = undefined;
+  }
+  if (zerr !== undefined) throw new Error(zerr);
+  // With Z_FINISH deflate stops with output room left only at the stream's end.
+  if (left === 0) {
+    if (limit >= 0 && avail === limit + 1) return -1;
+    throw new Error('compressed stream larger than its bound');
+  }
+  return avail - left;
+}
 parentPort.on('message', ({ id, lens, limits, inp, out }) => {
   try {
     const src = new Uint8Array(inp), dst = new Uint8Array(out);
     const outLens = [];
     let at = 0, outAt = 0;
     for (const len of lens) {
-      const z = deflateRawSync(src.subarray(at, at + len), { windowBits: 12, level: 6, memLevel: 9 });
-      const limit = limits[outLens.length];
+      const n = deflateInto(src, at, len, dst, outAt, limits[outLens.length]);
       at += len;
-      if (limit >= 0 && z.length > limit) {
-        outLens.push(-1);
-        continue;
-      }
-      if (outAt + z.length > dst.length) throw new Error('compressed stream larger than its bound');
-      dst.set(z, outAt);
-      outAt += z.length;
-      outLens.push(z.length);
+      outLens.push(n);
+      if (n >= 0) outAt += n;
     }
     parentPort.postMessage({ id, outLens });
   } catch (e) {

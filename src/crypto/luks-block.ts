@@ -88,22 +88,38 @@ export function luksCheckHeader(buf: Uint8Array, what: string): LuksVolume {
   return { header: h, slots };
 }
 
-/** The payload cipher of `v`, unlocked with `password`; EPERM (QEMU's message) when no slot opens. */
-export async function luksUnlock(v: LuksVolume, read: LuksAreaReader, password: Uint8Array, image: string): Promise<XtsPlain64> {
+/**
+ * The master key slot `index` holds for `password`, or null when the slot
+ * is inactive or the password does not open it (QEMU's load_key).
+ */
+export async function luksLoadKey(v: LuksVolume, read: LuksAreaReader, index: number, password: Uint8Array): Promise<Uint8Array | null> {
   const { afMerge, pbkdf2, XtsPlain64 } = await import('./luks-crypto.js');
   const h = v.header;
+  const slot = v.slots[index]!;
+  if (slot.active !== LUKS_KEY_ENABLED) return null;
   const hash = h.hash_spec as LuksHash;
-  for (const slot of v.slots) {
-    if (slot.active !== LUKS_KEY_ENABLED) continue;
-    const slotKey = await pbkdf2(hash, password, slot.salt, slot.iterations, h.key_bytes);
-    const material = new Uint8Array(Math.ceil((h.key_bytes * slot.stripes) / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE);
-    await read(slot.key_material_offset * LUKS_SECTOR_SIZE, material.length, material);
-    new XtsPlain64(slotKey).decrypt(material, 0);
-    const masterKey = afMerge(material, h.key_bytes, slot.stripes, hash);
-    const digest = await pbkdf2(hash, masterKey, h.mk_digest_salt, h.mk_digest_iter, LUKS_DIGEST_SIZE);
-    if (digest.every((b, k) => b === h.mk_digest[k])) return new XtsPlain64(masterKey);
+  const slotKey = await pbkdf2(hash, password, slot.salt, slot.iterations, h.key_bytes);
+  const material = new Uint8Array(Math.ceil((h.key_bytes * slot.stripes) / LUKS_SECTOR_SIZE) * LUKS_SECTOR_SIZE);
+  await read(slot.key_material_offset * LUKS_SECTOR_SIZE, material.length, material);
+  new XtsPlain64(slotKey).decrypt(material, 0);
+  const masterKey = afMerge(material, h.key_bytes, slot.stripes, hash);
+  const digest = await pbkdf2(hash, masterKey, h.mk_digest_salt, h.mk_digest_iter, LUKS_DIGEST_SIZE);
+  return digest.every((b, k) => b === h.mk_digest[k]) ? masterKey : null;
+}
+
+/** The master key from the first active slot `password` opens; EPERM (QEMU's message) when none does. */
+export async function luksFindKey(v: LuksVolume, read: LuksAreaReader, password: Uint8Array, image: string): Promise<Uint8Array> {
+  for (let i = 0; i < v.slots.length; i++) {
+    const key = await luksLoadKey(v, read, i, password);
+    if (key) return key;
   }
   throw new BlockError('EPERM', `${image}: Invalid password, cannot unlock any keyslot`);
+}
+
+/** The payload cipher of `v`, unlocked with `password`; EPERM (QEMU's message) when no slot opens. */
+export async function luksUnlock(v: LuksVolume, read: LuksAreaReader, password: Uint8Array, image: string): Promise<XtsPlain64> {
+  const { XtsPlain64 } = await import('./luks-crypto.js');
+  return new XtsPlain64(await luksFindKey(v, read, password, image));
 }
 
 /** QEMU's QCryptoBlockInfoLUKS fields in its order, after the `format` key when `format` is given (qcow2's encrypt block). */

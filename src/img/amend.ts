@@ -30,7 +30,7 @@ export async function parseAmendOptions(format: string, texts: string[]): Promis
 }
 
 /** Applies parsed amend options to an opened, writable image (with its backing chain). */
-export async function amendImage(bs: BlockNode, values: OptionValues): Promise<void> {
+export async function amendImage(bs: BlockNode, values: OptionValues, force = false): Promise<void> {
   const drv = amendableDriver(bs.driver.name);
-  await drv.amend!(bs, values);
+  await drv.amend!(bs, values, force);
 }

@@ -1,13 +1,17 @@
 /**
  * qemu-img commit as a function: the chain of `filename` is opened, the base
  * (the immediate backing file, or the image named by `base`, found in the
- * chain as QEMU's bdrv_find_backing_image does) is opened again read-write,
- * and the commit job copies what lies above it. With `base` given, or with
+ * chain as QEMU's bdrv_find_backing_image does) is reopened read-write in
+ * place (its protocol node first; read-only again afterwards), and the commit
+ * job copies what lies above it. Reopening rather than opening the base a
+ * second time matters where a second handle is refused (OPFS locks). With `base` given, or with
  * `drop`, the top image keeps its data (qemu-img: "-b implies -d").
  */
 import { BlockError, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { closeNode, openImage, type Storage } from '../block/open.js';
+import { bdrvFlush } from '../block/io.js';
+import { reopenReadOnly } from '../block/reopen.js';
 import { Job } from '../jobs/job.js';
 import { runCommit } from '../jobs/commit.js';
 import type { ProgressFn } from './convert.js';
@@ -36,7 +40,7 @@ export function findBackingImage(storage: Storage, top: BlockNode, name: string)
 
 export async function commitImage(storage: Storage, req: CommitRequest): Promise<void> {
   const top = await openImage(storage, req.filename, { format: req.format, readOnly: false });
-  let baseRw: BlockNode | undefined;
+  let restore: (() => Promise<void>) | undefined;
   try {
     const below = top.cowNode();
     if (!below) throw new BlockError('EINVAL', 'Image does not have a backing file');
@@ -47,17 +51,49 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
       base = found;
     }
     try {
-      baseRw = await openImage(storage, base.filename, { format: base.driver.name, readOnly: false, backing: false });
+      restore = await reopenWritableInPlace(base);
     } catch (e) {
       const why = e instanceof Error ? e.message : String(e);
       throw new BlockError(isBlockError(e) ? e.code : 'EIO', `Could not reopen '${base.filename}' read-write: ${why}`, { cause: e });
     }
     const job = new Job('commit', 'commit', (j) => req.onProgress?.(j.current, j.total));
     job.total = top.totalBytes;
-    await job.start((j) => runCommit(j, top, { base, baseWritable: baseRw!, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
+    await job.start((j) => runCommit(j, top, { base, baseWritable: base, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
     req.onProgress?.(job.total, job.total);
   } finally {
-    if (baseRw) await closeNode(baseRw);
-    await closeNode(top);
+    try {
+      await restore?.();
+    } finally {
+      await closeNode(top);
+    }
   }
+}
+
+/**
+ * Makes `base` and the children it writes through (file, data file)
+ * read-write, children first; the returned function flushes and puts every
+ * one back as it was, parents first. A refused step undoes the ones before it.
+ */
+async function reopenWritableInPlace(base: BlockNode): Promise<() => Promise<void>> {
+  const layers = [base.file?.node, base.dataFile?.node, base].filter((n): n is BlockNode => n !== undefined && n.readOnly);
+  const done: BlockNode[] = [];
+  const putBack = async () => {
+    for (const n of [...done].reverse()) await reopenReadOnly(n, true);
+  };
+  try {
+    for (const n of layers) {
+      await reopenReadOnly(n, false);
+      done.push(n);
+    }
+  } catch (e) {
+    await putBack();
+    throw e;
+  }
+  return async () => {
+    try {
+      await bdrvFlush(base);
+    } finally {
+      await putBack();
+    }
+  };
 }

@@ -60,6 +60,21 @@ interface OpfsState {
   h: SyncAccessHandle;
   size: number;
   lock?: ImageLock;
+  /** The Web Locks name of the image; absent when the open took no lock (force-share, or no Web Locks here). */
+  lockKey?: string;
+}
+
+/** QEMU's lock-failure wording, naming the image; `shared` for a reader's lock. */
+function lockBusy(name: string, shared: boolean): BlockError {
+  return new BlockError(
+    'EBUSY',
+    `${name}: Failed to get ${shared ? 'shared ' : ''}"write" lock: image in use (another tab or worker has it open; open it read-only with force-share to look anyway)`,
+  );
+}
+
+/** The Web Locks name of an OPFS image. */
+function lockKeyOf(name: string): string {
+  return `blocktab:opfs:${name}`;
 }
 
 /** Maps a DOMException from OPFS to a BlockError that names the image and says what was refused. */
@@ -100,7 +115,7 @@ export const opfsDriver: BlockDriver = {
     const h = bs.options.opfsHandle as SyncAccessHandle | undefined;
     if (!h) throw new BlockError('ENOENT', `Could not open '${bs.filename}': No such file or directory`);
     const size = h.getSize();
-    bs.opaque = { h, size, lock: bs.options.opfsLock as ImageLock | undefined } satisfies OpfsState;
+    bs.opaque = { h, size, lock: bs.options.opfsLock as ImageLock | undefined, lockKey: bs.options.opfsLockKey as string | undefined } satisfies OpfsState;
     bs.totalBytes = size;
   },
   async close(bs) {
@@ -110,6 +125,23 @@ export const opfsDriver: BlockDriver = {
     } finally {
       await s.lock?.release();
     }
+  },
+  /**
+   * Read-only <-> read-write in place (QEMU's reopen of an image it already
+   * has open): the handle is shared-mode already, so only the lock changes,
+   * shared -> exclusive or back. A refused upgrade takes the shared lock again.
+   */
+  async reopen(bs, readOnly) {
+    const s = bs.state<OpfsState>();
+    if (!s.lockKey) {
+      if (!readOnly) throw new BlockError('EINVAL', `${bs.filename}: opened without an image lock (force-share=on, or a browser without Web Locks), so it cannot be reopened read-write`);
+      return;
+    }
+    await s.lock?.release();
+    s.lock = (await tryLockImage(s.lockKey, !readOnly)) ?? undefined;
+    if (s.lock || readOnly) return;
+    s.lock = (await tryLockImage(s.lockKey, false)) ?? undefined;
+    throw lockBusy(bs.filename, false);
   },
   async preadv(bs, offset, bytes, buf) {
     const s = bs.state<OpfsState>();
@@ -230,13 +262,8 @@ export class OpfsStorage implements Storage {
       if (!readOnly) throw new BlockError('EINVAL', `${name}: force-share=on can only be used with read-only images`);
       return undefined;
     }
-    const lock = await tryLockImage(`blocktab:opfs:${name}`, !readOnly);
-    if (!lock) {
-      throw new BlockError(
-        'EBUSY',
-        `${name}: Failed to get ${readOnly ? 'shared ' : ''}"write" lock: image in use (another tab or worker has it open; open it read-only with force-share to look anyway)`,
-      );
-    }
+    const lock = await tryLockImage(lockKeyOf(name), !readOnly);
+    if (!lock) throw lockBusy(name, readOnly);
     return lock;
   }
 
@@ -247,7 +274,8 @@ export class OpfsStorage implements Storage {
     try {
       h = await this.syncHandle(name, fh, options.readOnly);
       if (!options.readOnly) void requestPersistence();
-      const bs = new BlockNode(opfsDriver, name, { readOnly: options.readOnly, opfsHandle: h, opfsLock: lock });
+      const opfsLockKey = lock && hasWebLocks() ? lockKeyOf(name) : undefined;
+      const bs = new BlockNode(opfsDriver, name, { readOnly: options.readOnly, opfsHandle: h, opfsLock: lock, opfsLockKey });
       await opfsDriver.open(bs, bs.options);
       return bs;
     } catch (e) {

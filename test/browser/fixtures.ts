@@ -25,7 +25,7 @@ export const CONFORMANCE_DIR = 'conf/';
 export interface InteropImage {
   /** Path below the base URL ("chain/top.qcow2"). */
   name: string;
-  format: 'raw' | 'qcow2';
+  format: 'raw' | 'qcow2' | 'dmg';
   /** Other files the image needs (its backing chain), in the same tree. */
   needs: string[];
   /** Virtual size and SHA-256 of `qemu-img convert -O raw`. */
@@ -38,6 +38,8 @@ export interface StorageServerInfo {
   images: InteropImage[];
   /** A qcow2 overlay whose backing file is an absolute http URL on the server, and its expected content. */
   remoteOverlay: InteropImage;
+  /** A DMG with bzip2 (UDBZ) chunks, built from the specification; its hash is of the builder's disk bytes. */
+  bzip2Dmg: InteropImage;
 }
 
 declare module 'vitest' {

@@ -10,6 +10,8 @@ import * as path from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { startRangeServer } from './range-server.js';
+import { buildDmg } from '../helpers/readonly-images.js';
+import { seededBytes } from '../helpers/random.js';
 import { conformanceFiles, CONFORMANCE_DIR, type InteropImage, type StorageServerInfo } from './fixtures.js';
 import { startWorkloadServer } from './workload-server.js';
 
@@ -64,10 +66,20 @@ export default async function setup(project: TestProject): Promise<() => Promise
     { name: 'chain/sub/top.qcow2', format: 'qcow2', needs: ['chain/base.qcow2'] },
   ].map((i) => ({ ...i, ...rawHash(dir, i.name, i.format) }) as InteropImage);
 
+  // dmg with bzip2 chunks (Debian's qemu-img 7.2 has no dmg-bz2 module: the expected bytes are the builder's).
+  fs.mkdirSync(at('dmg'), { recursive: true });
+  const text = new TextEncoder().encode('bzip2 chunk in a browser '.repeat(4000)).subarray(0, 160 * 512);
+  const dmg = buildDmg({
+    partitions: [[{ kind: 'bzip2', sectors: 160, data: text }, { kind: 'zero', sectors: 24 }, { kind: 'bzip2', sectors: 40, data: seededBytes(40 * 512, 77) }]],
+  });
+  fs.writeFileSync(at('dmg/udbz.dmg'), dmg.image);
+  const bzip2Dmg: InteropImage = { name: 'dmg/udbz.dmg', format: 'dmg', needs: [], virtualSize: dmg.disk.length, sha256: createHash('sha256').update(dmg.disk).digest('hex') };
+
   const info: StorageServerInfo = {
     baseUrl: server.baseUrl,
     images,
     remoteOverlay: { name: 'remote/overlay.qcow2', format: 'qcow2', needs: [], ...overlayHash },
+    bzip2Dmg,
   };
   project.provide('storageServer', info);
   // The workload tests' endpoint: qemu-img check / qemu-io replay / qemu-img compare of images the page sends.

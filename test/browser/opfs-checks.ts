@@ -5,7 +5,9 @@
  */
 import { OpfsStorage, type SyncAccessHandle } from '../../src/protocols/opfs.js';
 import { bdrvGetLength, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../src/block/io.js';
-import { closeNode } from '../../src/block/open.js';
+import { closeNode, openImage } from '../../src/block/open.js';
+import { createImage, planCreate } from '../../src/img/create.js';
+import { commitImage } from '../../src/img/commit.js';
 import { equal, rejects, sameBytes } from './assert.js';
 import { seededBytes } from './fixtures.js';
 
@@ -53,6 +55,30 @@ export function opfsChecks(freshDir: () => Promise<FileSystemDirectoryHandle>): 
         await rejects(st.openProtocol('base.img', { readOnly: false }), 'EBUSY', /image in use/, 'writer while readers have it');
         await closeNode(r1);
         await closeNode(r2);
+      },
+    },
+    {
+      name: 'opfs: commit of an image file reopens its base read-write in place; a reader elsewhere refuses the upgrade',
+      async run() {
+        const st = new OpfsStorage(await freshDir());
+        await createImage(st, await planCreate(st, { filename: 'base.qcow2', format: 'qcow2', size: 1 << 20 }));
+        await createImage(st, await planCreate(st, { filename: 'top.qcow2', format: 'qcow2', size: 1 << 20, backingFile: 'base.qcow2', backingFormat: 'qcow2' }));
+        const data = seededBytes(70000, 9);
+        const top = await openImage(st, 'top.qcow2', { readOnly: false });
+        await bdrvPwrite(top, 4096, data.length, data);
+        await closeNode(top);
+        // Someone else reading the base: the commit's upgrade to a writer is refused and nothing changes.
+        const reader = await st.openProtocol('base.qcow2', { readOnly: true });
+        await rejects(commitImage(st, { filename: 'top.qcow2' }), 'EBUSY', /Could not reopen 'base\.qcow2' read-write: .*Failed to get "write" lock/, 'commit while the base is read elsewhere');
+        await closeNode(reader);
+        await commitImage(st, { filename: 'top.qcow2' });
+        const base = await openImage(st, 'base.qcow2', { readOnly: true });
+        const out = new Uint8Array(data.length);
+        await bdrvPread(base, 4096, data.length, out);
+        sameBytes(out, data, 'committed data in the base');
+        await closeNode(base);
+        // Every lock went back: the base opens read-write again.
+        await closeNode(await st.openProtocol('base.qcow2', { readOnly: false }));
       },
     },
     {

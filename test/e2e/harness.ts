@@ -48,9 +48,14 @@ export async function startApp(): Promise<App> {
   execFileSync(process.execPath, [path.join(repoRoot, 'scripts/make-demo-image.mjs')], { stdio: ['ignore', 'ignore', 'inherit'] });
   const dir = tmpDir('blocktab-e2e-');
   const port = await freePort();
-  // The production build: what users get (worker bundle, wasm asset, public/ demo), in this file's temp dir.
-  const outDir = path.join(dir, 'dist-app');
-  await build({ root: repoRoot, logLevel: 'error', build: { outDir, emptyOutDir: true } });
+  // The production build: what users get (worker bundle, wasm asset, public/ demo). One build per
+  // vitest run, shared by the e2e files (they run one after another), in the run's scratch folder.
+  const outDir = path.join(process.env.BLOCKTAB_TEST_TMP ?? dir, 'dist-app');
+  const built = path.join(outDir, '.built');
+  if (!fs.existsSync(built)) {
+    await build({ root: repoRoot, logLevel: 'error', build: { outDir, emptyOutDir: true } });
+    fs.writeFileSync(built, '');
+  }
   const vite: PreviewServer = await preview({ root: repoRoot, logLevel: 'error', build: { outDir }, preview: { host: '127.0.0.1', port, strictPort: true } });
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',

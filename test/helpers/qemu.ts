@@ -13,9 +13,15 @@ export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)
 const tmpDirs = new Set<string>();
 let cleanupHooked = false;
 
-/** A fresh temporary directory, removed at process exit (one exit hook for all of them). */
+/**
+ * A fresh temporary directory, removed at process exit (one exit hook for all of them).
+ * Under vitest it lives in the run's own folder (BLOCKTAB_TEST_TMP, made by vitest.config.ts),
+ * which the main process removes when it exits: a worker vitest kills never runs its exit hook.
+ */
 export function tmpDir(prefix = 'blocktab-'): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const base = process.env.BLOCKTAB_TEST_TMP ?? os.tmpdir();
+  fs.mkdirSync(base, { recursive: true });
+  const d = fs.mkdtempSync(path.join(base, prefix));
   tmpDirs.add(d);
   if (!cleanupHooked) {
     cleanupHooked = true;

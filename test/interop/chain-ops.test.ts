@@ -11,6 +11,7 @@ import { Job } from '../../src/jobs/job.js';
 import { runStream } from '../../src/jobs/stream.js';
 import { commitImage } from '../../src/img/commit.js';
 import type { Storage } from '../../src/block/open.js';
+import type { BlockDriver } from '../../src/block/driver.js';
 import { BlockError } from '../../src/block/errors.js';
 import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
 
@@ -148,14 +149,21 @@ describe('commit', () => {
     const nope = blocktab(['commit', '-b', 'nope', p('top.qcow2')]);
     expect(nope.status).toBe(1);
     expect(nope.stderr).toContain(`Did not find 'nope' in the backing chain of '${p('top.qcow2')}'`);
-    // A storage that refuses to open mid read-write (as a read-only file would).
+    // A storage whose mid file cannot become writable (as a read-only file would refuse): open read-write and reopen are refused.
     const fsStorage = new FileStorage();
     const ro: Storage = {
       name: 'ro',
       resolve: (a, b) => fsStorage.resolve(a, b),
-      openProtocol: (name, o) => {
-        if (name.endsWith('mid.qcow2') && !o.readOnly) return Promise.reject(new BlockError('EACCES', `${name}: Permission denied`));
-        return fsStorage.openProtocol(name, o);
+      openProtocol: async (name, o) => {
+        if (name.endsWith('mid.qcow2') && !o.readOnly) throw new BlockError('EACCES', `${name}: Permission denied`);
+        const node = await fsStorage.openProtocol(name, o);
+        if (name.endsWith('mid.qcow2')) {
+          const refuse: BlockDriver['reopen'] = async (_bs, readOnly) => {
+            if (!readOnly) throw new BlockError('EACCES', `${name}: Permission denied`);
+          };
+          (node as { driver: BlockDriver }).driver = { ...node.driver, reopen: refuse };
+        }
+        return node;
       },
     };
     await expect(commitImage(ro, { filename: p('top.qcow2') })).rejects.toThrow(/Could not reopen .*mid\.qcow2' read-write/);

@@ -2,9 +2,10 @@
  * Decompressors for DMG chunk types, one registry entry per EntryType.
  *
  * zlib (UDZO) uses inflateExact (pako, or Node's zlib); bzip2 (UDBZ) uses
- * the decompressor the host installs (Node: libbzip2 as wasm, which stops
- * with an error when a chunk would inflate past its sector count, so output
- * is bounded); without one, bzip2 chunks are ENOTSUP like lzfse.
+ * src/codecs/bzip2.ts's decompressor (Node: libbzip2 as wasm; elsewhere, the
+ * browser's worker included, the TypeScript decoder), which stops with an
+ * error when a chunk would inflate past its sector count, so output is
+ * bounded; a host that removes it gets ENOTSUP for bzip2 chunks, like lzfse.
  * No maintained npm package decodes LZFSE (ULFO) or ADC (UDCO): their
  * entries have no decompressor and reads of such chunks fail with ENOTSUP.
  * (Debian's qemu-img 7.2 is built without its dmg-bz2 and dmg-lzfse modules

@@ -15,12 +15,12 @@
  * writes around unaligned requests). Only the aes / xts-plain64
  * combination with sha1, sha256 or sha512 is read; others are ENOTSUP.
  * Resizing moves the end of the file, as QEMU's block_crypto_co_truncate.
- * Creation: create.ts.
+ * Creation: create.ts. Key-slot amend: src/crypto/luks-amend.ts.
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
+import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { BDRV_BLOCK_DATA } from '../../block/status.js';
 import { lookupSecret } from '../../block/secrets.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
@@ -28,6 +28,7 @@ import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { LUKS_CREATE_OPTS, luksCreateImage, luksCreateOptions, luksMeasure } from './create.js';
 import { LUKS_HEADER, LUKS_HEADER_SIZE, LUKS_SECTOR_SIZE, type LuksHeader, type LuksKeySlot } from '../../crypto/luks-header.js';
 import { luksCheckHeader, luksInfo, luksUnlock, type XtsPlain64 } from '../../crypto/luks-block.js';
+import { luksAmend, luksAmendOptions, luksAmendParams } from '../../crypto/luks-amend.js';
 import { luksProbe } from './probe.js';
 
 interface LuksState {
@@ -36,6 +37,8 @@ interface LuksState {
   payloadOffset: number;
   /** The payload cipher, or null when opened for metadata only (no key). */
   xts: XtsPlain64 | null;
+  /** The `key-secret` id the image was opened with (amend recovers the master key with it). */
+  secretId: string | undefined;
 }
 
 /** Bytes encrypted per write to the file (QEMU's BLOCK_CRYPTO_MAX_IO_SIZE bounce buffer). */
@@ -79,7 +82,7 @@ export const luksDriver: BlockDriver = {
       if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
       xts = await luksUnlock(v, (off, n, b) => bdrvPread(file, off, n, b), password, image);
     }
-    bs.opaque = { header: h, slots, payloadOffset, xts } satisfies LuksState;
+    bs.opaque = { header: h, slots, payloadOffset, xts, secretId: typeof secretId === 'string' ? secretId : undefined } satisfies LuksState;
     // Whole sectors, as QEMU counts a node's length: a tail shorter than a sector reads as if zero-padded.
     bs.totalBytes = roundToSector(fileSize - payloadOffset);
     bs.encrypted = true;
@@ -123,6 +126,27 @@ export const luksDriver: BlockDriver = {
   },
 
   getDriverInfo: () => ({}),
+
+  // qemu-img amend -o state=active|inactive,... (src/crypto/luks-amend.ts).
+  amendOptions: luksAmendOptions(),
+  async amend(bs, values, force = false) {
+    const s = bs.state<LuksState>();
+    if (bs.readOnly) throw new BlockError('EROFS', `${bs.filename}: cannot amend an image opened read-only`);
+    const file = bs.file!.node;
+    const params = luksAmendParams((name) => values.get(name));
+    await luksAmend(
+      {
+        volume: s,
+        io: { read: (off, n, b) => bdrvPread(file, off, n, b), write: (off, n, b) => bdrvPwrite(file, off, n, b) },
+        openSecret: s.secretId,
+        lookupSecret,
+        force,
+        image: bs.filename,
+      },
+      params,
+    );
+    await bdrvFlush(file);
+  },
 
   // qemu-img create -f luks, convert -O luks (create.ts).
   createOptions: LUKS_CREATE_OPTS,

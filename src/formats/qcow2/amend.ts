@@ -1,10 +1,11 @@
 /**
  * qemu-img amend for qcow2 (QEMU's qcow2_amend_options), on an opened,
  * writable node: compat upgrade (0.10 → 1.1) and downgrade (1.1 → 0.10, zero
- * clusters expanded as qcow2_expand_zero_clusters), lazy_refcounts on/off,
+ * clusters expanded as qcow2_expand_zero_clusters), LUKS key slots
+ * (encrypt.*, src/crypto/luks-amend.ts), lazy_refcounts on/off,
  * refcount_bits (qcow2_change_refcount_order) and size.
  *
- * Steps run in QEMU's order: upgrade, refcount width, lazy refcounts, size,
+ * Steps run in QEMU's order: upgrade, key slots, refcount width, lazy refcounts, size,
  * downgrade last (it may fail on features v2 cannot express). Every step
  * leaves a valid image: new refcount structures are written past the end of
  * the file and flushed before one header write switches to them; zero
@@ -41,8 +42,13 @@ import {
   writeL2Entry,
 } from './l2-entry.js';
 import { refcountLimit } from './refcount-codec.js';
+import { luksAreaIo, QCOW_CRYPT_LUKS } from './crypto.js';
+import { luksAmend, luksAmendParams } from '../../crypto/luks-amend.js';
+import { lookupSecret } from '../../block/secrets.js';
 
 export interface Qcow2AmendOptions {
+  /** The encrypt.* options, names without the prefix (LUKS key-slot changes). */
+  encrypt?: Map<string, string>;
   version?: 2 | 3;
   lazyRefcounts?: boolean;
   refcountBits?: number;
@@ -210,10 +216,23 @@ async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
   return false;
 }
 
+/** LUKS key-slot changes in the header area the crypto header extension names (src/crypto/luks-amend.ts). */
+async function amendEncryption(s: Qcow2State, values: Map<string, string>, force: boolean): Promise<void> {
+  const c = s.crypto!;
+  const params = luksAmendParams((name) => values.get(name));
+  await luksAmend({ volume: c.luks!, io: luksAreaIo(s.file, c.area!, s.image), openSecret: c.secretId, lookupSecret, force, image: s.image }, params);
+  await bdrvFlush(s.file);
+}
+
 /** Applies `o` to the opened qcow2 node `bs` (read-write). Messages are QEMU's. */
-export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions): Promise<void> {
+export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = false): Promise<void> {
   const s = bs.state<Qcow2State>();
   if (bs.readOnly) fail(`${s.image}: cannot amend an image opened read-only`, 'EINVAL');
+  // QEMU's table lists encrypt.* first, so these come before the other options' checks.
+  if (o.encrypt) {
+    if (!s.crypto) fail("Can't amend encryption options - encryption not present");
+    if (s.crypto.method !== QCOW_CRYPT_LUKS) fail('Only LUKS encryption options can be amended', 'ENOTSUP');
+  }
   const h = s.header;
   const oldVersion = h.version;
   const newVersion = o.version ?? oldVersion;
@@ -235,6 +254,7 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions): Promise<v
 
   await flushMetadata(s);
   if (newVersion > oldVersion) await upgrade(s);
+  if (o.encrypt) await amendEncryption(s, o.encrypt, force);
   if (newOrder !== h.refcountOrder) await changeRefcountOrder(s, newOrder);
   if (lazy !== hadLazy) {
     if (!lazy) {

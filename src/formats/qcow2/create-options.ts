@@ -13,6 +13,7 @@ import { createQcow2, validateQcow2CreateOptions, type Qcow2CreateOptions } from
 import { amendQcow2, type Qcow2AmendOptions } from './amend.js';
 import { lookupSecret } from '../../block/secrets.js';
 import { luksBuildArea, luksCreateParams } from '../../crypto/luks-block.js';
+import { luksAmendOptions } from '../../crypto/luks-amend.js';
 
 const PREALLOC_MODES: readonly PreallocMode[] = ['off', 'metadata', 'falloc', 'full'];
 
@@ -46,10 +47,7 @@ export const QCOW2_AMEND_OPTS: readonly OptionDesc[] = [
   ...QCOW2_CREATE_OPTS.filter((o) =>
     ['size', 'compat', 'backing_file', 'backing_fmt', 'data_file', 'data_file_raw', 'lazy_refcounts', 'refcount_bits', 'encrypt.iter-time'].includes(o.name),
   ),
-  { name: 'encrypt.keyslot', type: 'num', help: 'Select a single keyslot to modify explicitly' },
-  { name: 'encrypt.new-secret', type: 'str', help: 'New secret to set in the matching keyslots. Empty string to erase' },
-  { name: 'encrypt.old-secret', type: 'str', help: 'Select all keyslots that match this password' },
-  { name: 'encrypt.state', type: 'str', help: 'Select new state of affected keyslots (active/inactive)' },
+  ...luksAmendOptions('encrypt.').filter((o) => o.name !== 'encrypt.iter-time'),
 ];
 
 /** compat=0.10|v2 → 2, 1.1|v3 → 3; `bad` makes the caller's message for anything else. */
@@ -137,8 +135,9 @@ export async function qcow2CreateImage(file: BlockNode, req: ImageCreateRequest)
 
 /** The typed amend options from values the caller checked against QCOW2_AMEND_OPTS (qcow2_amend_options' messages). */
 export function qcow2AmendOptionsFromValues(values: OptionValues): Qcow2AmendOptions {
-  if ([...values.keys()].some((k) => k.startsWith('encrypt.'))) throw new BlockError('ENOTSUP', 'encrypted qcow2 images are not supported');
   const o: Qcow2AmendOptions = {};
+  const encrypt = new Map([...values].filter(([k]) => k.startsWith('encrypt.')).map(([k, v]) => [k.slice('encrypt.'.length), v]));
+  if (encrypt.size) o.encrypt = encrypt;
   o.version = parseCompat(values.get('compat'), (v) => new BlockError('EINVAL', `Unknown compatibility level ${v}`));
   if (o.version === undefined) delete o.version;
   if (values.has('backing_file') || values.has('backing_fmt')) {
@@ -154,6 +153,6 @@ export function qcow2AmendOptionsFromValues(values: OptionValues): Qcow2AmendOpt
 }
 
 /** The driver's `amend` hook. */
-export async function qcow2AmendImage(bs: BlockNode, values: OptionValues): Promise<void> {
-  await amendQcow2(bs, qcow2AmendOptionsFromValues(values));
+export async function qcow2AmendImage(bs: BlockNode, values: OptionValues, force = false): Promise<void> {
+  await amendQcow2(bs, qcow2AmendOptionsFromValues(values), force);
 }

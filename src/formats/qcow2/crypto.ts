@@ -14,10 +14,11 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvPread } from '../../block/io.js';
+import { bdrvPread, bdrvPwrite } from '../../block/io.js';
 import { lookupSecret } from '../../block/secrets.js';
 import { LUKS_HEADER_SIZE } from '../../crypto/luks-header.js';
 import { luksCheckHeader, luksInfo, luksUnlock, type LuksVolume } from '../../crypto/luks-block.js';
+import type { LuksAreaIo } from '../../crypto/luks-amend.js';
 import { findExtension, QCOW2_EXT_MAGIC_CRYPTO_HEADER, type Qcow2Header } from './header.js';
 
 export const QCOW_CRYPT_NONE = 0;
@@ -41,6 +42,8 @@ export interface Qcow2Crypto {
   luks?: LuksVolume;
   /** Host range of the LUKS header area (luks only). */
   area?: { offset: number; length: number };
+  /** The `encrypt.key-secret` id the image was opened with (amend recovers the master key with it). */
+  secretId?: string;
 }
 
 /** Reads the header's encryption: null for a plain image. Unlocks with `encrypt.key-secret` unless `noIo`. */
@@ -70,17 +73,33 @@ export async function openQcow2Crypto(file: BlockNode, h: Qcow2Header, image: st
   const buf = new Uint8Array(LUKS_HEADER_SIZE);
   await bdrvPread(file, ext.offset, buf.length, buf);
   const luks = luksCheckHeader(buf, `${image}: luks header in the crypto header extension's clusters (0x${ext.offset.toString(16)}):`);
-  const read = async (off: number, n: number, b: Uint8Array) => {
-    if (off + n > ext.length) throw new BlockError('ECORRUPT', `${image}: luks key material at 0x${off.toString(16)} (${n} bytes) is past the crypto header's ${ext.length} bytes`);
-    await bdrvPread(file, ext.offset + off, n, b);
-  };
-  const cipher = password ? await luksUnlock(luks, read, password, image) : null;
-  return { method: QCOW_CRYPT_LUKS, cipher, physical: true, luks, area: { offset: ext.offset, length: ext.length } };
+  const cipher = password ? await luksUnlock(luks, luksAreaIo(file, ext, image).read, password, image) : null;
+  return { method: QCOW_CRYPT_LUKS, cipher, physical: true, luks, area: { offset: ext.offset, length: ext.length }, ...(typeof secretId === 'string' ? { secretId } : {}) };
 }
 
 function cipherOf(c: Qcow2Crypto, image: string): SectorCipher {
   if (!c.cipher) throw new BlockError('EACCES', `${image}: the image was opened without its key ('encrypt.key-secret')`);
   return c.cipher;
+}
+
+/**
+ * Reads and writes inside the LUKS header area (QEMU's
+ * qcow2_crypto_hdr_read_func / write_func), never past its length.
+ */
+export function luksAreaIo(file: BlockNode, area: { offset: number; length: number }, image: string): LuksAreaIo {
+  const check = (off: number, n: number) => {
+    if (off + n > area.length) throw new BlockError('ECORRUPT', `${image}: luks key material at 0x${off.toString(16)} (${n} bytes) is past the crypto header's ${area.length} bytes`);
+  };
+  return {
+    read: async (off, n, b) => {
+      check(off, n);
+      await bdrvPread(file, area.offset + off, n, b);
+    },
+    write: async (off, n, b) => {
+      check(off, n);
+      await bdrvPwrite(file, area.offset + off, n, b);
+    },
+  };
 }
 
 /** Decrypts `buf` in place: guest bytes at `guest`, stored at host `host` (both sector-aligned). */

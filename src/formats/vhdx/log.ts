@@ -19,6 +19,9 @@
  * sequence number, writes every descriptor in order, extends the file to
  * LastFileOffset and empties the log (LogGuid zero in both headers). A read-
  * only open of an image that needs a replay is refused, as in QEMU.
+ *
+ * Writing: serializeLogEntry makes the one-entry sequence a metadata update
+ * goes through (vhdx.ts logWriteAndFlush, QEMU's vhdx_log_write).
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { vhdxChecksum } from './crc32c.js';
@@ -265,4 +268,69 @@ export function findActiveSequence(log: Uint8Array, logGuid: string, where: stri
     if (wrapped || read <= tail) break;
   }
   return best ? { entries: best.entries } : null;
+}
+
+/** A new log entry: what QEMU's vhdx_log_write puts in the log for one metadata update. */
+export interface NewLogEntry {
+  sequenceNumber: bigint;
+  logGuid: string;
+  /** Log offset of the oldest entry of the sequence (this one: each update is its own sequence). */
+  tail: number;
+  /** The file's length when the entry is written (FlushedFileOffset and LastFileOffset). */
+  fileLength: number;
+  /** Whole 4 KiB target sectors, in order: the update merged into what the file holds. */
+  sectors: { fileOffset: number; data: Uint8Array }[];
+}
+
+/**
+ * Serializes `e` as one log entry: the header and a data descriptor per
+ * sector (descriptorSectors of them), then one data sector each (the
+ * target's bytes 8..4091; its first 8 and last 4 bytes go in the
+ * descriptor), the CRC-32C over the whole entry last.
+ */
+export function serializeLogEntry(e: NewLogEntry): Uint8Array {
+  const descSectors = descriptorSectors(e.sectors.length);
+  const total = (descSectors + e.sectors.length) * VHDX_LOG_SECTOR_SIZE;
+  const buf = new Uint8Array(total);
+  serializeLogEntryHeader(
+    {
+      signature: VHDX_LOG_SIGNATURE,
+      checksum: 0,
+      entryLength: total,
+      tail: e.tail,
+      sequenceNumber: e.sequenceNumber,
+      descriptorCount: e.sectors.length,
+      logGuid: e.logGuid,
+      flushedFileOffset: e.fileLength,
+      lastFileOffset: e.fileLength,
+    },
+    buf,
+    0,
+  );
+  e.sectors.forEach((s, i) => {
+    serializeLogDescriptor(
+      {
+        signature: VHDX_LOG_DESC_SIGNATURE,
+        trailingBytes: s.data.subarray(4092, 4096),
+        leadingBytes: s.data.subarray(0, 8),
+        zeroLength: 0,
+        fileOffset: s.fileOffset,
+        sequenceNumber: e.sequenceNumber,
+      },
+      buf,
+      VHDX_LOG_HDR_SIZE + i * VHDX_LOG_DESC_SIZE,
+    );
+    serializeLogDataSector(
+      {
+        dataSignature: VHDX_LOG_DATA_SIGNATURE,
+        sequenceHigh: Number(e.sequenceNumber >> 32n),
+        data: s.data.subarray(8, 4092),
+        sequenceLow: Number(e.sequenceNumber & 0xffffffffn),
+      },
+      buf,
+      (descSectors + i) * VHDX_LOG_SECTOR_SIZE,
+    );
+  });
+  new DataView(buf.buffer).setUint32(4, vhdxChecksum(buf, 4), true);
+  return buf;
 }

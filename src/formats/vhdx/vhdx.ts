@@ -10,6 +10,9 @@
  * page 83 data, parent locator), then the BAT, whose present blocks must lie
  * inside the file and outside every region.
  *
+ * Writes: a new payload block's BAT entry reaches the file through the log
+ * (logWriteAndFlush), as QEMU's vhdx_log_write_and_flush.
+ *
  * Reads go block by block through the BAT. Differencing images (HasParent),
  * which QEMU cannot open or create, are read here (a read/write open is
  * refused with QEMU's "Operation not supported"): a partially present block consults
@@ -85,7 +88,17 @@ import {
   VHDX_MAX_IMAGE_SIZE,
   VHDX_MAX_SECTORS_PER_BLOCK,
 } from './bat.js';
-import { findActiveSequence, MAX_REPLAY_LOG_BYTES, VHDX_LOG_MIN_SIZE, type LogSequence } from './log.js';
+import {
+  descriptorSectors,
+  findActiveSequence,
+  MAX_REPLAY_LOG_BYTES,
+  parseLogEntryHeader,
+  serializeLogEntry,
+  VHDX_LOG_MIN_SIZE,
+  VHDX_LOG_SECTOR_SIZE,
+  type LogSequence,
+  type NewLogEntry,
+} from './log.js';
 import { VHDX_CREATE_OPTS, vhdxCreateImage } from './create-options.js';
 import { vhdxProbe } from './probe.js';
 
@@ -114,6 +127,8 @@ export interface VhdxState {
   bitmaps: Map<number, Uint8Array>;
   /** Cleared by the first guest-visible write, which gets a new DataWriteGuid (QEMU's first_visible_write). */
   firstVisibleWrite: boolean;
+  /** The SequenceNumber of the next log entry (QEMU's log.sequence: 1, or one past a replayed sequence; +1 per entry). */
+  logSequence: bigint;
 }
 
 /** The largest BAT we hold in memory (a 64 TiB disk of 1 MiB blocks needs 512 MiB; QEMU holds it too). */
@@ -203,6 +218,7 @@ async function parseLog(bs: BlockNode, s: VhdxState): Promise<void> {
   }
   await replayLog(bs, s, seq);
   s.logReplayedOnOpen = true;
+  s.logSequence = seq.entries.at(-1)!.header.sequenceNumber + 1n;
 }
 
 /** Writes every descriptor of the sequence, extends the file, flushes, then empties the log. */
@@ -238,6 +254,47 @@ async function replayLog(bs: BlockNode, s: VhdxState, seq: LogSequence): Promise
   }
   await bdrvFlush(file);
   await updateHeaders(bs, s, ZERO_GUID);
+}
+
+/**
+ * QEMU's vhdx_log_write_and_flush: a metadata update (`data` for the file at
+ * `offset`) reaches the file through the log. In order, each step made
+ * stable before the next: what the update depends on (new payload blocks);
+ * both headers naming a new LogGuid; one log entry at the start of the log
+ * (each update is a sequence of its own, the log being emptied after each)
+ * holding the update's whole 4 KiB sectors, merged with the file's bytes
+ * where the update covers part of one; then the entry is applied as a
+ * replay applies it, and both headers clear the LogGuid. A crash before the
+ * LogGuid is cleared leaves a log that the next read/write open (ours or
+ * QEMU's) replays.
+ */
+async function logWriteAndFlush(bs: BlockNode, s: VhdxState, offset: number, data: Uint8Array): Promise<void> {
+  const file = bs.file!.node;
+  const h = s.headers[s.currentHeader]!;
+  const where = `${s.image}: log at ${hex(h.logOffset)}`;
+  await bdrvFlush(file);
+  if (h.logGuid !== ZERO_GUID) throw new BlockError('ENOTSUP', `${where}: the log is not empty, so the update at ${hex(offset)} cannot be logged`);
+  const first = Math.floor(offset / VHDX_LOG_SECTOR_SIZE) * VHDX_LOG_SECTOR_SIZE;
+  const end = offset + data.length;
+  const sectors: NewLogEntry['sectors'] = [];
+  for (let at = first; at < end; at += VHDX_LOG_SECTOR_SIZE) {
+    const sector = new Uint8Array(VHDX_LOG_SECTOR_SIZE);
+    const from = Math.max(at, offset);
+    const to = Math.min(at + VHDX_LOG_SECTOR_SIZE, end);
+    if (from > at || to < at + VHDX_LOG_SECTOR_SIZE) await bdrvPread(file, at, VHDX_LOG_SECTOR_SIZE, sector);
+    sector.set(data.subarray(from - offset, to - offset), from - at);
+    sectors.push({ fileOffset: at, data: sector });
+  }
+  const entryBytes = (descriptorSectors(sectors.length) + sectors.length) * VHDX_LOG_SECTOR_SIZE;
+  if (entryBytes > h.logLength) throw new BlockError('EINVAL', `${where}: an update of ${data.length} bytes at ${hex(offset)} needs ${entryBytes} bytes, more than the log's ${h.logLength}`);
+  const logGuid = randomGuid();
+  await updateHeaders(bs, s, logGuid);
+  const entry = serializeLogEntry({ sequenceNumber: s.logSequence, logGuid, tail: 0, fileLength: file.totalBytes, sectors });
+  await bdrvPwrite(file, h.logOffset, entry.length, entry);
+  s.logSequence++;
+  await bdrvFlush(file);
+  const header = parseLogEntryHeader(entry, 0, where);
+  await replayLog(bs, s, { entries: [{ at: 0, header, writes: sectors.map((x) => ({ fileOffset: x.fileOffset, data: x.data, zeroLength: 0 })) }] });
 }
 
 async function readRegionTable(bs: BlockNode, s: VhdxState): Promise<{ bat: { fileOffset: number; length: number }; metadata: { fileOffset: number; length: number } }> {
@@ -435,6 +492,7 @@ export const vhdxDriver: BlockDriver = {
       logReplayedOnOpen: false,
       bitmaps: new Map(),
       firstVisibleWrite: true,
+      logSequence: 1n,
     };
     const h = headers[current]!;
     regionRegister(s, h.logOffset, h.logLength, 'log');
@@ -496,8 +554,8 @@ export const vhdxDriver: BlockDriver = {
   /**
    * Writes guest data. A block without data gets a new one at the end of the
    * file (1 MiB aligned, zero-filled by growing the file); the data goes in
-   * first and the BAT entry after it, so a crash can only leak a block. QEMU
-   * passes BAT updates through the log; we write the 8-byte entry in place.
+   * first and the BAT entry after it, through the log as QEMU does
+   * (logWriteAndFlush), so a crash can only leak a block.
    */
   async pwritev(bs, offset, bytes, buf) {
     const s = bs.state<VhdxState>();
@@ -525,8 +583,7 @@ export const vhdxDriver: BlockDriver = {
         await bdrvTruncate(file, host + s.blockSize);
         await bdrvPwrite(file, host + inBlock, n, buf.subarray(done, done + n));
         serializeBatEntry({ state: PAYLOAD_BLOCK_FULLY_PRESENT, fileOffset: host }, s.bat, idx);
-        await bdrvFlush(file);
-        await bdrvPwrite(file, s.batOffset + idx * 8, 8, s.bat.subarray(idx * 8, idx * 8 + 8));
+        await logWriteAndFlush(bs, s, s.batOffset + idx * 8, s.bat.subarray(idx * 8, idx * 8 + 8));
         done += n;
         continue;
       }

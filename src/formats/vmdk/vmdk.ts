@@ -27,7 +27,7 @@ import { closeNode, openOwnedFile } from '../../block/open.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { DESCRIPTOR_FILE_CREATE_TYPES, MAX_DESCRIPTOR_BYTES, parseDescriptor, type Descriptor } from './descriptor.js';
-import { allocateGrain, writeCompressedGrain, flatExtent, grainRun, loadGrainTable, openSparseExtent, readCompressedGrain, readData, setGrainTableEntry, type VmdkExtent } from './extent.js';
+import { allocateGrain, writeCompressedGrain, flatExtent, grainRun, loadGrainTable, openSparseExtent, readCompressedGrain, readCompressedGrains, readData, setGrainTableEntry, type VmdkExtent } from './extent.js';
 import { VMDK_GTE_ZEROED } from './sparse-header.js';
 import { SECTOR_SIZE, VMDK3_MAGIC, VMDK4_MAGIC } from './sparse-header.js';
 import { VMDK_CREATE_OPTS, vmdkCreateImage, vmdkOptionsFromValues } from './create-options.js';
@@ -217,13 +217,18 @@ export const vmdkDriver: BlockDriver = {
       const extStart = (ext.endSector - ext.sectors) * SECTOR_SIZE;
       const n0 = Math.min(bytes - done, ext.endSector * SECTOR_SIZE - off);
       const run = await grainRun(ext, off - extStart, n0);
-      const n = run.bytes;
+      let n = run.bytes;
       const out = buf.subarray(done, done + n);
       switch (run.kind) {
         case 'data':
           await readData(ext, run.host, n, out);
           break;
         case 'compressed': {
+          if (run.inGrain === 0 && n === ext.clusterSectors * SECTOR_SIZE && ext.lastGrain?.host !== run.host) {
+            // Whole grains: read together and inflated in place.
+            n = await readCompressedGrains(ext, off - extStart, run.host, buf.subarray(done, done + n0));
+            break;
+          }
           const grain = await readCompressedGrain(ext, run.host);
           if (run.inGrain + n > grain.length) {
             throw new BlockError('EIO', `${ext.file.filename}: compressed grain at 0x${run.host.toString(16)} decompresses to ${grain.length} bytes, fewer than the ${run.inGrain + n} read`);
