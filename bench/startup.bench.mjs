@@ -10,9 +10,9 @@ import { bench, cliEntry, interleaved, scratchDir } from './lib.mjs';
 
 const dir = scratchDir();
 
-function timed(cmd, args) {
+function timed(cmd, args, env = process.env) {
   const t0 = performance.now();
-  const r = spawnSync(cmd, args, { cwd: dir, encoding: 'utf8' });
+  const r = spawnSync(cmd, args, { cwd: dir, encoding: 'utf8', env });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
   return { ms, stdout: r.stdout };
@@ -24,16 +24,20 @@ try {
   const a = timed(process.execPath, [cliEntry, ...info]).stdout;
   const b = timed('qemu-img', info).stdout;
   if (a !== b) throw new Error(`info outputs differ:\n${a}\n---\n${b}`);
-  const [node, v, qv, i, qi] = interleaved(7, [
+  // The first run above wrote the compile cache (src/cli/compile-cache.ts); `cold` is info without it.
+  const noCache = { ...process.env, NODE_DISABLE_COMPILE_CACHE: '1' };
+  const [node, v, qv, i, qi, cold] = interleaved(7, [
     { run: () => timed(process.execPath, ['-e', '0']) },
     { run: () => timed(process.execPath, [cliEntry, '--version']) },
     { run: () => timed('qemu-img', ['--version']) },
     { run: () => timed(process.execPath, [cliEntry, ...info]) },
     { run: () => timed('qemu-img', info) },
+    { run: () => timed(process.execPath, [cliEntry, ...info], noCache) },
   ]);
   const line = (name, r, q) => ({ name, value: Math.round(r.ms), unit: 'ms', baseline: Math.round(q.ms), ratio: +(r.ms / q.ms).toFixed(2), aim: '<=150 ms' });
   bench(line('blocktab --version (wall, baseline qemu-img --version)', v, qv));
   bench(line('blocktab info, 64 MiB qcow2 (wall, baseline qemu-img info)', i, qi));
+  bench(line('blocktab info without the compile cache (wall, baseline qemu-img info)', cold, qi));
   bench({ name: 'node -e 0 (the floor under every blocktab figure)', value: Math.round(node.ms), unit: 'ms', baseline: null, ratio: null, aim: null });
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });

@@ -412,47 +412,128 @@ export interface DriverInfo {
 }
 
 // ---------------------------------------------------------------- registry
+//
+// The registry holds a light descriptor per driver (name, kind, probe) and
+// the driver itself once its module is loaded. Formats register lazily
+// (src/formats/<name>/index.ts: the descriptor and a `load` that imports the
+// driver module), so a process compiles only the formats it opens: the CLI's
+// start-up parses qcow2 for `info disk.qcow2`, not vmdk, vhdx and the rest.
+// Lookups by name are therefore async (`loadDriver`); `findDriver` is the
+// synchronous lookup for code that runs after a load (an open node's image
+// options, the engine's schema checks once `loadDrivers` ran).
 
-const drivers = new Map<string, BlockDriver>();
+/** What the registry knows of a driver before its module is loaded. */
+export interface DriverDescriptor {
+  readonly name: string;
+  readonly kind: DriverKind;
+  /** As BlockDriver.probe: needs only the image's first bytes and its name. */
+  probe?(head: Uint8Array, filename: string): number;
+}
 
-/** Registers a driver under its name (and protocol name). Later registrations replace earlier ones. */
+/** A driver registered by descriptor: `load` imports its module (once, on first use). */
+export interface LazyDriver extends DriverDescriptor {
+  load(): Promise<BlockDriver>;
+}
+
+interface DriverEntry {
+  desc: DriverDescriptor;
+  driver?: BlockDriver;
+  load?: () => Promise<BlockDriver>;
+  loading?: Promise<BlockDriver>;
+}
+
+const drivers = new Map<string, DriverEntry>();
+
+/** Registers a loaded driver under its name. Later registrations replace earlier ones. */
 export function registerDriver(drv: BlockDriver): void {
-  drivers.set(drv.name, drv);
+  drivers.set(drv.name, { desc: drv, driver: drv });
 }
 
+/** Registers a driver by descriptor; its module loads on the first `loadDriver` of its name. */
+export function registerLazyDriver(lazy: LazyDriver): void {
+  const { load, ...desc } = lazy;
+  drivers.set(lazy.name, { desc, load });
+}
+
+/**
+ * The driver `name`, loading its module if it is not loaded yet; undefined
+ * when no driver of that name is registered.
+ */
+export async function loadDriver(name: string): Promise<BlockDriver | undefined> {
+  const e = drivers.get(name);
+  if (!e) return undefined;
+  if (e.driver) return e.driver;
+  e.loading ??= e.load!().then((drv) => {
+    if (drv.name !== e.desc.name || drv.kind !== e.desc.kind || drv.probe !== e.desc.probe) {
+      throw new Error(`driver '${name}': the loaded module does not match its registered descriptor (name, kind, probe)`);
+    }
+    // A registration made meanwhile wins (registerDriver replaces).
+    if (drivers.get(name) === e) e.driver = drv;
+    return drv;
+  });
+  return e.loading;
+}
+
+/** Loads every registered driver (of `kind`) and returns them. */
+export async function loadDrivers(kind?: DriverKind): Promise<BlockDriver[]> {
+  const names = listDrivers(kind).map((d) => d.name);
+  const out = await Promise.all(names.map((n) => loadDriver(n)));
+  return out.filter((d): d is BlockDriver => d !== undefined);
+}
+
+/**
+ * The loaded driver `name`, or undefined when no driver has that name.
+ * Synchronous: a registered driver whose module is not loaded yet is a bug
+ * in the caller (it should `await loadDriver(name)` first), so it throws.
+ */
 export function findDriver(name: string): BlockDriver | undefined {
-  return drivers.get(name);
+  const e = drivers.get(name);
+  if (!e) return undefined;
+  if (!e.driver) throw new Error(`driver '${name}' is registered but not loaded yet: await loadDriver('${name}') before looking it up`);
+  return e.driver;
 }
 
-export function listDrivers(kind?: DriverKind): BlockDriver[] {
-  return [...drivers.values()].filter((d) => kind === undefined || d.kind === kind);
+/** Whether driver `name`'s module is loaded (tests check that opening one format loads no other). */
+export function isDriverLoaded(name: string): boolean {
+  return drivers.get(name)?.driver !== undefined;
+}
+
+/** The descriptor of driver `name` (loaded or not), or undefined. */
+export function driverInfo(name: string): DriverDescriptor | undefined {
+  return drivers.get(name)?.desc;
+}
+
+/** Descriptors of the registered drivers (of `kind`), loaded or not, in registration order. */
+export function listDrivers(kind?: DriverKind): DriverDescriptor[] {
+  return [...drivers.values()].map((e) => e.desc).filter((d) => kind === undefined || d.kind === kind);
 }
 
 /** Bytes of an image's head that probing looks at (as QEMU's BLOCK_PROBE_BUF_SIZE). */
 export const PROBE_BUF_SIZE = 2048;
 
 /**
- * Picks the format driver with the highest probe score. Raw scores 1 and is
- * the fallback; `guessed` tells the caller the answer is only a fallback, so it
- * can warn and restrict writes to the first sector, as QEMU does.
+ * Picks the format driver with the highest probe score (descriptors probe:
+ * nothing is loaded). Raw scores 1 and is the fallback; `guessed` tells the
+ * caller the answer is only a fallback, so it can warn and restrict writes to
+ * the first sector, as QEMU does.
  */
-export function probeFormat(head: Uint8Array, filename: string): { driver: BlockDriver; guessed: boolean } {
-  let best: BlockDriver | undefined;
+export function probeFormat(head: Uint8Array, filename: string): { driver: DriverDescriptor; guessed: boolean } {
+  let best: DriverDescriptor | undefined;
   let bestScore = 0;
-  for (const drv of drivers.values()) {
-    if (drv.kind !== 'format' || !drv.probe) continue;
+  for (const { desc } of drivers.values()) {
+    if (desc.kind !== 'format' || !desc.probe) continue;
     let score = 0;
     try {
-      score = drv.probe(head, filename);
+      score = desc.probe(head, filename);
     } catch {
       score = 0;
     }
     if (score > bestScore) {
-      best = drv;
+      best = desc;
       bestScore = score;
     }
   }
-  const raw = drivers.get('raw');
+  const raw = drivers.get('raw')?.desc;
   if (!best || best === raw) {
     if (!raw) throw new Error('raw driver is not registered');
     return { driver: raw, guessed: true };

@@ -14,7 +14,7 @@
  * file the image names is opened as usual.
  */
 import { BlockError } from './errors.js';
-import { findDriver } from './driver.js';
+import { loadDriver } from './driver.js';
 import { closeNode, openFormatOn, openHeaderBacking, setOptionsNameOpener, type OpenContext, type Storage } from './open.js';
 import { isTree, optBool, parseJsonName, parseProtocolFilename, type OptionsTree } from './options-tree.js';
 import { BlockNode } from './node.js';
@@ -73,7 +73,7 @@ async function openNode(
   const t = expandFilename(format ? { ...tree, driver: format } : tree, pos);
   const readOnly = optBool(t, 'read-only') ?? inheritedReadOnly;
   const driverName = typeof t.driver === 'string' ? t.driver : undefined;
-  const drv = driverName !== undefined ? findDriver(driverName) : undefined;
+  const drv = driverName !== undefined ? await loadDriver(driverName) : undefined;
   if (driverName !== undefined && !drv && !HOST_PROTOCOLS.has(driverName)) {
     throw new BlockError('EINVAL', `Unknown driver '${driverName}'`);
   }
@@ -177,7 +177,7 @@ function nameNode(bs: BlockNode, name: string): void {
 }
 
 async function openProtocolNode(ctx: OpenContext, driver: string, t: OptionsTree, readOnly: boolean): Promise<BlockNode> {
-  const drv = findDriver(driver);
+  const drv = await loadDriver(driver);
   if (drv?.standalone) {
     // A protocol with no storage behind it (null-co): its options are all it needs.
     const name = typeof t.filename === 'string' ? t.filename : `${driver}://`;

@@ -13,7 +13,7 @@
  * chain cannot hang or exhaust memory.
  */
 import { BlockError, describeCode, fromHostError } from './errors.js';
-import { findDriver, probeFormat, PROBE_BUF_SIZE, type OpenOptions } from './driver.js';
+import { loadDriver, probeFormat, PROBE_BUF_SIZE, type OpenOptions } from './driver.js';
 import { BlockNode } from './node.js';
 import { bdrvFlush, bdrvPread } from './io.js';
 import type { ChildRole } from './child.js';
@@ -133,7 +133,7 @@ export async function openFormatOn(
     driverName = probed.driver.name;
     guessed = probed.guessed;
   }
-  const drv = findDriver(driverName);
+  const drv = await loadDriver(driverName);
   if (!drv || drv.kind === 'protocol') {
     throw new BlockError('EINVAL', `Unknown driver '${driverName}'`);
   }

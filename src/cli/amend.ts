@@ -2,7 +2,7 @@
 import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { amendableDriver, amendImage, parseAmendOptions } from '../img/amend.js';
-import { isHelpOption, optionsHelp } from '../img/options.js';
+import { isHelpOption, loadFormat, optionsHelp } from '../img/options.js';
 import { parseCommand, str, UsageError } from './args.js';
 import { openForCli } from './open.js';
 import type { Output } from './main.js';
@@ -27,13 +27,16 @@ export async function runAmend(args: string[], out: Output): Promise<number> {
     return 0;
   };
   const format = str(p, 'format');
-  if (opts.some(isHelpOption) && format !== undefined) return help(format);
+  if (opts.some(isHelpOption) && format !== undefined) {
+    await loadFormat(format);
+    return help(format);
+  }
   if (p.positionals.length !== 1) throw new UsageError(p.positionals.length ? `Unexpected argument: ${p.positionals[1]}` : 'Expecting one image file name');
   let bs: BlockNode | undefined;
   try {
     bs = await openForCli(p.positionals[0]!, { format, readOnly: !!opts.some(isHelpOption) });
     if (opts.some(isHelpOption)) return help(bs.driver.name);
-    await amendImage(bs, parseAmendOptions(bs.driver.name, opts), !!p.values.force);
+    await amendImage(bs, await parseAmendOptions(bs.driver.name, opts), !!p.values.force);
   } finally {
     if (bs) await closeNode(bs);
   }

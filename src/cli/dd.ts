@@ -17,7 +17,7 @@ import { bdrvGetLength, bdrvPread, bdrvPwrite } from '../block/io.js';
 import { allocBuffer, freeBuffer } from '../block/buffers.js';
 import { BlockError, describeCode, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import { findDriver } from '../block/driver.js';
+import { driverInfo } from '../block/driver.js';
 import { flag, parseCommand, str } from './args.js';
 import { openForCli, storage } from './open.js';
 import { progName } from './progname.js';
@@ -90,7 +90,7 @@ export async function runDd(args: string[], out: Output): Promise<number> {
     // -U: blocktab takes no image locks, so there is nothing to share.
     void flag(p, 'force-share');
     src = await openForCli(o.input, { format: str(p, 'format') });
-    if (findDriver(outFmt)?.kind !== 'format') throw new DdError(['Unknown file format']);
+    if (driverInfo(outFmt)?.kind !== 'format') throw new DdError(['Unknown file format']);
     const length = BigInt(await bdrvGetLength(src));
     const bs = o.bs;
     let size = length;

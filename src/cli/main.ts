@@ -164,7 +164,8 @@ function isEntry(): boolean {
   }
 }
 
-if (isEntry()) {
+/** Runs the process's command line (the CLI started as a program: this file, or the bundle's entry src/cli/bin.ts). */
+export function runAsEntry(): void {
   const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s) };
   // Invoked as qemu-io, the whole command line is qemu-io's.
   const argv = invokedAs() === 'qemu-io' ? ['io', ...process.argv.slice(2)] : process.argv.slice(2);
@@ -178,3 +179,5 @@ if (isEntry()) {
     },
   );
 }
+
+if (isEntry()) runAsEntry();

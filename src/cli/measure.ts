@@ -29,7 +29,7 @@ export async function runMeasure(args: string[], out: Output): Promise<number> {
   if (filename !== undefined && size !== undefined) throw new UsageError('--size N cannot be used together with a filename.');
   if (filename === undefined && size === undefined) throw new UsageError('Either --size N or one filename must be specified.');
   if (str(p, 'snapshot') !== undefined) throw new BlockError('ENOTSUP', 'measure: -l (snapshots) is not supported yet');
-  const plan = planMeasure(str(p, 'output-format') ?? 'raw', (p.values.options as string[] | undefined) ?? []);
+  const plan = await planMeasure(str(p, 'output-format') ?? 'raw', (p.values.options as string[] | undefined) ?? []);
 
   let bs: BlockNode | undefined;
   let result: MeasureResult;

@@ -9,6 +9,7 @@ import { QmpError, toQmpError } from './qmp-error.js';
 import { qmpCommands, type QmpCommand } from './commands/index.js';
 import type { Engine } from './engine.js';
 import { EngineGraph, type EngineGraphOptions } from './graph.js';
+import { loadDrivers } from '../block/driver.js';
 
 export abstract class EngineDispatch extends EngineGraph {
   /** The command table; `registerCommand` adds to it. */
@@ -31,6 +32,9 @@ export abstract class EngineDispatch extends EngineGraph {
     const cmd = this.commands.get(command);
     if (!cmd) throw new QmpError('CommandNotFound', `The command ${command} has not been found`);
     try {
+      // Commands check driver names and options synchronously (blockdev-add's
+      // schema, blockdev-create's branches): every driver module is loaded first.
+      await loadDrivers();
       const checked = checkArgs(cmd.args, args, '', cmd.openArgs === true);
       const ret = await cmd.run(this as unknown as Engine, checked);
       return ret === undefined ? {} : ret;

@@ -239,7 +239,7 @@ export class Engine extends EngineDispatch {
   /** qemu-img measure: for a new image of `size` bytes, or for what `image` holds. */
   async measure(opts: EngineMeasureOptions): Promise<MeasureResult> {
     const { image, format = 'qcow2' } = opts;
-    const plan = planMeasure(format, optionStrings(opts.options) ?? []);
+    const plan = await planMeasure(format, optionStrings(opts.options) ?? []);
     if (!image) return measureImage(plan, undefined, opts.size ?? 0);
     return this.withImage(image, (bs) => measureImage(plan, bs));
   }
@@ -374,7 +374,7 @@ export class Engine extends EngineDispatch {
 
   /** qemu-img amend -o: options as strings ("compat=0.10") or a record, for formats that amend (qcow2). */
   async amend(image: ImageRef, options: string[] | Record<string, string | number | boolean>): Promise<void> {
-    await this.withImage(image, async (bs) => amendImage(bs, parseAmendOptions(bs.driver.name, optionStrings(options) ?? [])), { writable: true, backing: true });
+    await this.withImage(image, async (bs) => amendImage(bs, await parseAmendOptions(bs.driver.name, optionStrings(options) ?? [])), { writable: true, backing: true });
   }
 
   /** Writes zeros at `offset` of a device or node (qemu-io's write -z; `unmap` lets the format deallocate). */

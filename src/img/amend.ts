@@ -7,9 +7,9 @@
 import { BlockError } from '../block/errors.js';
 import type { BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
-import { appendOptionLists, formatDriver, parseOptions, type OptionDesc, type OptionValues } from './options.js';
+import { appendOptionLists, formatDriver, loadFormat, parseOptions, type OptionDesc, type OptionValues } from './options.js';
 
-/** The driver of a format that amends, or qemu-img's message. */
+/** The driver of a format that amends (loaded: see loadFormat), or qemu-img's message. */
 export function amendableDriver(format: string): BlockDriver & { amendOptions: readonly OptionDesc[] } {
   const drv = formatDriver(format);
   if (!drv.amend || !drv.amendOptions) throw new BlockError('ENOTSUP', `Format driver '${format}' does not support option amendment`);
@@ -17,7 +17,8 @@ export function amendableDriver(format: string): BlockDriver & { amendOptions: r
 }
 
 /** Parses amend options for `format` with qemu-img's messages. */
-export function parseAmendOptions(format: string, texts: string[]): OptionValues {
+export async function parseAmendOptions(format: string, texts: string[]): Promise<OptionValues> {
+  await loadFormat(format);
   const drv = amendableDriver(format);
   const values = parseOptions(appendOptionLists(drv.createOptions ?? [], drv.amendOptions), texts);
   for (const name of values.keys()) {

@@ -28,7 +28,7 @@ import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/sta
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
-import { createOptionList, formatDriver, optBool, parseOptions, setOption } from './options.js';
+import { createOptionList, formatDriver, loadFormat, optBool, parseOptions, setOption } from './options.js';
 
 export interface ConvertOptions {
   /**
@@ -141,6 +141,7 @@ const fail = (msg: string, code: BlockErrorCode = 'EINVAL'): never => {
 export async function createConvertTarget(storage: Storage, req: ConvertTargetRequest): Promise<ConvertTarget> {
   const { filename, size } = req;
   const format = req.format ?? 'raw';
+  await loadFormat(format);
   // Option errors come without the file name, as qemu-img's qemu_opts_do_parse.
   const list = createOptionList(format);
   const values = parseOptions(list, req.options ?? []);

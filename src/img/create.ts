@@ -15,7 +15,7 @@ import { parseJsonName } from '../block/options-tree.js';
 import type { BlockNode } from '../block/node.js';
 import type { ImageCreateRequest } from '../block/driver.js';
 import { bdrvFlush } from '../block/io.js';
-import { createOptionList, creatableDriver, parseOptions, printOptions, setOption, type OptionDesc, type OptionValues } from './options.js';
+import { createOptionList, creatableDriver, loadFormat, parseOptions, printOptions, setOption, type OptionDesc, type OptionValues } from './options.js';
 
 export interface CreateRequest {
   filename: string;
@@ -49,6 +49,7 @@ function prefixed(filename: string, e: unknown): BlockError {
 /** Parses and checks what bdrv_img_create checks before printing the "Formatting" line. */
 export async function planCreate(storage: Storage, req: CreateRequest): Promise<CreatePlan> {
   const { filename, format } = req;
+  await loadFormat(format);
   let list: OptionDesc[];
   try {
     list = createOptionList(format);
@@ -119,6 +120,7 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
 export async function createImage(storage: Storage, plan: CreatePlan): Promise<void> {
   const { filename, values } = plan;
   if (!storage.createFile) throw new BlockError('ENOTSUP', `${filename}: ${storage.name} storage cannot create files`);
+  await loadFormat(plan.format);
   const drv = creatableDriver(plan.format);
   if (!drv.create) throw new BlockError('ENOTSUP', `${filename}: Format driver '${plan.format}' does not support image creation`);
   if (!Number.isSafeInteger(plan.size) && !drv.createChecksSize) {

@@ -5,7 +5,7 @@
  * size, or for what an opened input image holds.
  */
 import { BlockError } from '../block/errors.js';
-import { findDriver, type BlockDriver, type MeasureResult } from '../block/driver.js';
+import { loadDriver, type BlockDriver, type MeasureResult } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
 import { appendOptionLists, parseOptions, PROTOCOL_CREATE_OPTS, type OptionValues } from '../block/options.js';
 
@@ -17,8 +17,8 @@ export interface MeasurePlan {
 }
 
 /** Checks the output format and parses -o, with qemu-img's messages (before any input is opened). */
-export function planMeasure(format: string, options: readonly string[] = []): MeasurePlan {
-  const driver = findDriver(format);
+export async function planMeasure(format: string, options: readonly string[] = []): Promise<MeasurePlan> {
+  const driver = await loadDriver(format);
   if (driver?.kind !== 'format') throw new BlockError('EINVAL', `Unknown file format '${format}'`);
   if (!driver.measure) throw new BlockError('ENOTSUP', `Block driver '${format}' does not support size measurement`);
   const list = appendOptionLists(driver.createOptions ?? [], PROTOCOL_CREATE_OPTS);

@@ -6,7 +6,7 @@
  * qemu-img's commands.
  */
 import { BlockError } from '../block/errors.js';
-import { findDriver, type BlockDriver } from '../block/driver.js';
+import { findDriver, loadDriver, type BlockDriver } from '../block/driver.js';
 import { appendOptionLists, PROTOCOL_CREATE_OPTS, type OptionDesc } from '../block/options.js';
 
 export {
@@ -25,7 +25,16 @@ export {
   type OptionValues,
 } from '../block/options.js';
 
-/** The registered format driver `format`, or qemu-img's "Unknown file format". */
+/**
+ * Loads the driver of `format` (format drivers load on first use, see
+ * src/block/driver.ts), so the synchronous lookups below find it. An
+ * unknown name is left for them to refuse with qemu-img's message.
+ */
+export async function loadFormat(format: string): Promise<void> {
+  await loadDriver(format);
+}
+
+/** The registered format driver `format` (loaded: see loadFormat), or qemu-img's "Unknown file format". */
 export function formatDriver(format: string): BlockDriver {
   const drv = findDriver(format);
   if (!drv || drv.kind !== 'format') throw new BlockError('EINVAL', `Unknown file format '${format}'`);

@@ -11,7 +11,7 @@
  */
 import * as Comlink from 'comlink';
 import type { Engine, EngineCreateOptions, EngineMeasureOptions, EngineOpenOptions, ImageRef, ConvertTarget, QmpEvent, SnapshotOp } from '../engine/engine.js';
-import { listDrivers, type PreallocMode } from '../block/driver.js';
+import { loadDrivers, type PreallocMode } from '../block/driver.js';
 import type { ConvertOptions } from '../img/convert.js';
 import type { CompareOptions } from '../img/compare.js';
 import type { MapOptions } from '../img/map.js';
@@ -109,7 +109,7 @@ export function createWorkerApi(engine: Engine, options: WorkerApiOptions = {}) 
     ready: async (): Promise<WorkerReady> => ({
       ...((await options.ready) ?? { wasm: false }),
       storages: [...engine.storages.keys()],
-      targetFormats: targetFormats(),
+      targetFormats: await targetFormats(),
     }),
 
     execute: (command: string, args?: Record<string, unknown>): Promise<unknown> => engine.execute(command, args),
@@ -289,11 +289,12 @@ export interface TargetFormat {
 
 /**
  * The registered format drivers that can create images, from the driver
- * registry; not those whose creation needs a secret (luks's key-secret):
- * the app has no way to define one yet.
+ * registry (loaded here: the app offers every format); not those whose
+ * creation needs a secret (luks's key-secret): the app has no way to define
+ * one yet.
  */
-function targetFormats(): TargetFormat[] {
-  return listDrivers('format')
+async function targetFormats(): Promise<TargetFormat[]> {
+  return (await loadDrivers('format'))
     .filter((d) => d.create && d.createOptions && !d.createOptions.some((o) => o.name === 'key-secret'))
     .map((d) => ({ name: d.name, options: d.createOptions!.map((o) => ({ name: o.name, help: o.help, ...(o.def !== undefined ? { def: o.def } : {}) })) }));
 }

@@ -3,13 +3,13 @@
 // OPFS runs the same checks in its worker (opfs.test.ts).
 import { describe, inject, it } from 'vitest';
 import '../../src/browser.js';
-import { findDriver } from '../../src/block/driver.js';
+import { driverInfo } from '../../src/block/driver.js';
 import { HttpStorage } from '../../src/protocols/http.js';
 import { interopChecks } from './interop-checks.js';
 import type { StorageFactory } from './conformance.js';
 import { blobFactory, idbFactory, memoryFactory } from './factories.js';
 
-const hasQcow2 = findDriver('qcow2') !== undefined;
+const hasQcow2 = driverInfo('qcow2') !== undefined;
 
 const httpImages: StorageFactory = {
   name: 'http',

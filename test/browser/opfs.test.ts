@@ -4,7 +4,7 @@
 // writer of an image gets EBUSY across workers.
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import * as Comlink from 'comlink';
-import { findDriver } from '../../src/browser.js';
+import { driverInfo } from '../../src/browser.js';
 import { OpfsStorage } from '../../src/protocols/opfs.js';
 import { BlockError } from '../../src/block/errors.js';
 import type { OpfsWorkerApi } from './opfs-worker.js';
@@ -21,7 +21,7 @@ afterAll(() => {
   b.worker.terminate();
 });
 const names = await a.api.names();
-const hasQcow2 = findDriver('qcow2') !== undefined;
+const hasQcow2 = driverInfo('qcow2') !== undefined;
 
 describe('opfs (in a dedicated worker)', () => {
   for (const name of names) {

@@ -20,7 +20,7 @@
  */
 import { expect } from 'vitest';
 import { BlockError } from '../../src/block/errors.js';
-import { findDriver, listDrivers, type BlockDriver } from '../../src/block/driver.js';
+import { findDriver, loadDrivers, type BlockDriver } from '../../src/block/driver.js';
 import type { BlockNode } from '../../src/block/node.js';
 import { bdrvFlush, bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../../src/block/io.js';
 import { closeNode, openImage, type Storage } from '../../src/block/open.js';
@@ -55,8 +55,8 @@ export interface FormatCase {
  * which also needs a secret to create): the model starts from zeros. luks has
  * its own differential suite (test/interop/formats-luks-write.test.ts).
  */
-export function writableFormatDrivers(): BlockDriver[] {
-  return listDrivers('format').filter((d) => d.create !== undefined && d.pwritev !== undefined && d.hasZeroInit !== false);
+export async function writableFormatDrivers(): Promise<BlockDriver[]> {
+  return (await loadDrivers('format')).filter((d) => d.create !== undefined && d.pwritev !== undefined && d.hasZeroInit !== false);
 }
 
 /** The guest's bytes as they must read. */
@@ -156,7 +156,7 @@ async function reopen(storage: Storage, bs: BlockNode, format: string): Promise<
   return openImage(storage, name, { format, readOnly: false });
 }
 
-/** The cases for format driver `format` (registered, with create and pwritev). */
+/** The cases for format driver `format` (registered and loaded, with create and pwritev). */
 export function formatConformance(format: string, env: FormatEnv): FormatCase[] {
   const drv = findDriver(format);
   if (!drv || drv.kind !== 'format' || !drv.create || !drv.pwritev) throw new Error(`${format} is not a registered writable format driver`);

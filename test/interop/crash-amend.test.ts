@@ -70,7 +70,7 @@ async function amendSweep(
   expectAfter: Partial<Header>,
   views: { snapshots?: string[] } = {},
 ): Promise<{ total: number; cuts: number }> {
-  const o = parseAmendOptions('qcow2', [opts]);
+  const o = await parseAmendOptions('qcow2', [opts]);
   let before!: Buffer;
   const snaps = new Map<string, Buffer>();
   const res = await sweep(

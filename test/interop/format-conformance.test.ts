@@ -14,7 +14,7 @@ import { formatConformance, writableFormatDrivers } from '../helpers/format-conf
 import { qemuImgRun, tmpDir } from '../helpers/qemu.js';
 
 const dir = tmpDir('blocktab-format-conformance-');
-const drivers = writableFormatDrivers();
+const drivers = await writableFormatDrivers();
 
 it('the registry offers the writable formats this suite must cover (qcow2 and raw at least)', () => {
   expect(drivers.map((d) => d.name)).toEqual(expect.arrayContaining(['qcow2', 'raw']));

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { BlockError, MemoryStorage } from '../../src/node.js';
 import { FileStorage } from '../../src/protocols/file.js';
 import { Engine, QmpError, type BlockDeviceInfo, type QmpEvent } from '../../src/engine/index.js';
-import { findDriver } from '../../src/block/driver.js';
+import { driverInfo } from '../../src/block/driver.js';
 import { qemuImg, qemuIo, seededBytes, tmpDir } from '../helpers/qemu.js';
 
 function engineWith(files: Record<string, Uint8Array> = {}): { engine: Engine; mem: MemoryStorage } {
@@ -28,7 +28,7 @@ async function qmpFailure(p: Promise<unknown>): Promise<QmpError> {
   return e as QmpError;
 }
 
-const hasQcow2 = findDriver('qcow2') !== undefined;
+const hasQcow2 = driverInfo('qcow2') !== undefined;
 
 describe('execute: errors keep QMP class, description and BlockError code', () => {
   it('an unknown command is CommandNotFound', async () => {

@@ -6,11 +6,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MemoryStorage } from '../../src/node.js';
 import { FileStorage } from '../../src/protocols/file.js';
-import { findDriver } from '../../src/block/driver.js';
+import { driverInfo } from '../../src/block/driver.js';
 import { Engine } from '../../src/engine/index.js';
 import { qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
 
-const hasQcow2 = findDriver('qcow2') !== undefined;
+const hasQcow2 = driverInfo('qcow2') !== undefined;
 const newEngine = () => new Engine({ storages: { file: new FileStorage(), memory: new MemoryStorage() } });
 
 function makeImages(): { dir: string; raw: string; qcow2: string } {

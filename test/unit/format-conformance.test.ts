@@ -9,7 +9,7 @@ import '../../src/drivers.js';
 import { MemoryStorage } from '../../src/protocols/memory.js';
 import { formatConformance, writableFormatDrivers } from '../helpers/format-conformance.js';
 
-const drivers = writableFormatDrivers();
+const drivers = await writableFormatDrivers();
 
 it('the registry offers the writable formats this suite must cover (qcow2 and raw at least)', () => {
   expect(drivers.map((d) => d.name)).toEqual(expect.arrayContaining(['qcow2', 'raw']));

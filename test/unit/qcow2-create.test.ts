@@ -13,7 +13,10 @@ import { parseHeader } from '../../src/formats/qcow2/header.js';
 import { createImage, planCreate } from '../../src/img/create.js';
 import { checkImage } from '../../src/formats/qcow2/check.js';
 import { createQcow2, validateQcow2CreateOptions } from '../../src/formats/qcow2/create.js';
-import { createOptionList, isHelpOption, optionsHelp, parseOptions, printOptions, qemuStrtosz } from '../../src/img/options.js';
+import { createOptionList, isHelpOption, loadFormat, optionsHelp, parseOptions, printOptions, qemuStrtosz } from '../../src/img/options.js';
+
+// Format drivers load on first use; the option tables below are read synchronously.
+await loadFormat('qcow2');
 
 describe('qemu_strtosz', () => {
   it.each([

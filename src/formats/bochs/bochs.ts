@@ -28,6 +28,7 @@ import {
   parseBochsHeader,
   parseCatalog,
 } from './header.js';
+import { bochsProbe } from './probe.js';
 
 const SECTOR = 512;
 
@@ -52,10 +53,7 @@ export const bochsDriver: BlockDriver = {
   name: 'bochs',
   kind: 'format',
 
-  probe(head) {
-    if (head.length < BOCHS_HEADER_SIZE) return 0;
-    return isBochsGrowing(parseBochsHeader(head)) ? 100 : 0;
-  },
+  probe: bochsProbe,
 
   async open(bs) {
     requireReadOnly(bs, 'bochs');

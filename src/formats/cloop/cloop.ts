@@ -24,10 +24,10 @@ import {
   CLOOP_MAX_BLOCK_SIZE,
   CLOOP_MAX_OFFSETS_BYTES,
   CLOOP_OFFSETS_START,
-  CLOOP_PREAMBLE_V2,
   parseOffsets,
   preambleVersion,
 } from './header.js';
+import { cloopProbe } from './probe.js';
 
 interface CloopState {
   blockSize: number;
@@ -57,12 +57,7 @@ export const cloopDriver: BlockDriver = {
   name: 'cloop',
   kind: 'format',
 
-  probe(head) {
-    if (head.length === 0) return 0;
-    const n = Math.min(CLOOP_PREAMBLE_V2.length, head.length);
-    for (let i = 0; i < n; i++) if (head[i] !== CLOOP_PREAMBLE_V2.charCodeAt(i)) return 0;
-    return 2;
-  },
+  probe: cloopProbe,
 
   async open(bs) {
     requireReadOnly(bs, 'cloop');

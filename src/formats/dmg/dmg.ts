@@ -51,6 +51,7 @@ import { plistDataElements } from './plist.js';
 import { parseRsrcResources } from './rsrc.js';
 import { crc32OfField, masterChecksum, UDIF_CHECKSUM_CRC32 } from './udif-checksum.js';
 import { chunkCodec } from './chunk-codecs.js';
+import { dmgProbe } from './probe.js';
 
 const SECTOR = 512;
 /** QEMU's DMG_LENGTHS_MAX: the largest chunk in the data fork. */
@@ -242,9 +243,7 @@ export const dmgDriver: BlockDriver = {
   name: 'dmg',
   kind: 'format',
 
-  probe(_head, filename) {
-    return filename.length > 4 && filename.endsWith('.dmg') ? 2 : 0;
-  },
+  probe: dmgProbe,
 
   async open(bs) {
     requireReadOnly(bs, 'dmg');

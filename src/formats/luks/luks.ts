@@ -26,9 +26,10 @@ import { lookupSecret } from '../../block/secrets.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { LUKS_CREATE_OPTS, luksCreateImage, luksCreateOptions, luksMeasure } from './create.js';
-import { hasLuksMagic, LUKS_HEADER, LUKS_HEADER_SIZE, LUKS_SECTOR_SIZE, type LuksHeader, type LuksKeySlot } from '../../crypto/luks-header.js';
+import { LUKS_HEADER, LUKS_HEADER_SIZE, LUKS_SECTOR_SIZE, type LuksHeader, type LuksKeySlot } from '../../crypto/luks-header.js';
 import { luksCheckHeader, luksInfo, luksUnlock, type XtsPlain64 } from '../../crypto/luks-block.js';
 import { luksAmend, luksAmendOptions, luksAmendParams } from '../../crypto/luks-amend.js';
+import { luksProbe } from './probe.js';
 
 interface LuksState {
   header: LuksHeader;
@@ -56,9 +57,7 @@ export const luksDriver: BlockDriver = {
   // A new image's payload is unwritten ciphertext: it reads as noise, not zeros.
   hasZeroInit: false,
 
-  probe(head) {
-    return hasLuksMagic(head) && head.length >= 8 && head[6] === 0 && head[7] === 1 ? 100 : 0;
-  },
+  probe: luksProbe,
 
   async open(bs, options) {
     const image = bs.filename;

@@ -1,9 +1,10 @@
 /**
- * The parallels format's entry: registers its driver. Code outside
- * src/formats/parallels/ reaches it only through the driver registry
- * (src/block/driver.ts); src/drivers.ts imports this file.
+ * The parallels format's entry: registers its driver by descriptor (name, kind,
+ * probe); the driver module (parallels.ts) loads on the first open or create of
+ * the format. Code outside src/formats/parallels/ reaches parallels only through the
+ * driver registry (src/block/driver.ts); src/drivers.ts imports this file.
  */
-import { registerDriver } from '../../block/driver.js';
-import { parallelsDriver } from './parallels.js';
+import { registerLazyDriver } from '../../block/driver.js';
+import { parallelsProbe } from './probe.js';
 
-registerDriver(parallelsDriver);
+registerLazyDriver({ name: 'parallels', kind: 'format', probe: parallelsProbe, load: () => import('./parallels.js').then((m) => m.parallelsDriver) });

@@ -35,6 +35,7 @@ import {
   serializeParallelsBat,
   serializeParallelsInuse,
 } from './header.js';
+import { parallelsProbe } from './probe.js';
 
 const SECTOR = 512;
 
@@ -68,11 +69,7 @@ export const parallelsDriver: BlockDriver = {
   kind: 'format',
   supportsBacking: true,
 
-  probe(head) {
-    if (head.length < PARALLELS_HEADER_BYTES) return 0;
-    const h = parseParallelsHeader(head);
-    return (h.magic === HEADER_MAGIC || h.magic === HEADER_MAGIC2) && h.version === HEADER_VERSION ? 100 : 0;
-  },
+  probe: parallelsProbe,
 
   async open(bs, options) {
     const file = bs.file!.node;

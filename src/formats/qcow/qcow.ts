@@ -31,6 +31,7 @@ import {
   type QcowHeader,
   type QcowL2Entry,
 } from './header.js';
+import { qcowProbe } from './probe.js';
 
 const L2_CACHE_TABLES = 16;
 const MAX_BACKING_NAME = 1023;
@@ -97,11 +98,7 @@ export const qcowDriver: BlockDriver = {
   kind: 'format',
   supportsBacking: true,
 
-  probe(head) {
-    if (head.length < QCOW1_HEADER_BYTES) return 0;
-    const dv = view(head);
-    return dv.getUint32(0) === QCOW1_MAGIC && dv.getUint32(4) === QCOW1_VERSION ? 100 : 0;
-  },
+  probe: qcowProbe,
 
   async open(bs) {
     const file = bs.file!.node;

@@ -50,11 +50,9 @@ import {
 } from '../../block/status.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import {
-  be,
   findExtension,
   headerClusterBytes,
   parseHeader,
-  QCOW_MAGIC,
   QCOW2_AUTOCLEAR_DATA_FILE_RAW,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
   QCOW2_COMPRESSION_TYPE_ZSTD,
@@ -95,6 +93,7 @@ import {
   L2_ZERO_ALLOC,
   L2_ZERO_PLAIN,
 } from './l2-scan.js';
+import { qcow2Probe } from './probe.js';
 
 export type { Qcow2State } from './state.js';
 
@@ -202,10 +201,7 @@ export const qcow2Driver: BlockDriver = {
     '*cache-clean-interval': 'int',
   },
 
-  probe(head) {
-    if (head.length < 8) return 0;
-    return be.u32(head, 0) === QCOW_MAGIC && be.u32(head, 4) >= 2 ? 100 : 0;
-  },
+  probe: qcow2Probe,
 
   async open(bs, options) {
     const file = bs.file!.node;

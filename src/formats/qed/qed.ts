@@ -44,6 +44,7 @@ import {
   serializeQedTable,
   type QedHeader,
 } from './header.js';
+import { qedProbe } from './probe.js';
 
 /** Backing file names longer than this are refused (QEMU's PATH_MAX-sized buffer). */
 const QED_MAX_BACKING_NAME = 1023;
@@ -188,11 +189,7 @@ export const qedDriver: BlockDriver = {
   createOptions: QED_CREATE_OPTS,
   create: qedCreateImage,
 
-  probe(head) {
-    if (head.length < QED_HEADER_BYTES) return 0;
-    const magic = (head[0]! | (head[1]! << 8) | (head[2]! << 16) | (head[3]! << 24)) >>> 0;
-    return magic === QED_MAGIC ? 100 : 0;
-  },
+  probe: qedProbe,
 
   async open(bs, options) {
     const file = bs.file!.node;

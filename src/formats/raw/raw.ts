@@ -19,6 +19,7 @@ import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, b
 import { blkdbgEvent } from '../../block/debug-event.js';
 import { BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RAW } from '../../block/status.js';
 import { RAW_CREATE_OPTS, rawCreate, rawMeasure } from './create.js';
+import { rawProbe } from './probe.js';
 
 interface RawState {
   offset: number;
@@ -77,7 +78,7 @@ export const rawDriver: BlockDriver = {
   name: 'raw',
   kind: 'format',
   blockdevOptions: { file: 'BlockdevRef', '*offset': 'int', '*size': 'int' },
-  probe: () => 1,
+  probe: rawProbe,
   async open(bs, options) {
     const offset = toInt(options.offset, 'offset', bs) ?? 0;
     const size = toInt(options.size, 'size', bs);

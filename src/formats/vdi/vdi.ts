@@ -42,6 +42,7 @@ import {
   vdiIsAllocated,
   type VdiHeader,
 } from './header.js';
+import { vdiProbe } from './probe.js';
 
 interface VdiState {
   image: string;
@@ -108,11 +109,7 @@ export const vdiDriver: BlockDriver = {
   createOptions: VDI_CREATE_OPTS,
   create: vdiCreateImage,
 
-  probe(head) {
-    if (head.length < VDI_HEADER_BYTES) return 0;
-    const sig = (head[64]! | (head[65]! << 8) | (head[66]! << 16) | (head[67]! << 24)) >>> 0;
-    return sig === VDI_SIGNATURE ? 100 : 0;
-  },
+  probe: vdiProbe,
 
   async open(bs) {
     const file = bs.file!.node;

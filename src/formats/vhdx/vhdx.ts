@@ -100,6 +100,7 @@ import {
   type NewLogEntry,
 } from './log.js';
 import { VHDX_CREATE_OPTS, vhdxCreateImage } from './create-options.js';
+import { vhdxProbe } from './probe.js';
 
 export interface VhdxState {
   image: string;
@@ -462,7 +463,7 @@ export const vhdxDriver: BlockDriver = {
   createOptions: VHDX_CREATE_OPTS,
   create: vhdxCreateImage,
 
-  probe: (head) => (isVhdxSignature(head) ? 100 : 0),
+  probe: vhdxProbe,
 
   async open(bs, options) {
     const file = bs.file!.node;

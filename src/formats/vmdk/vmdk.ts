@@ -31,6 +31,7 @@ import { allocateGrain, writeCompressedGrain, flatExtent, grainRun, loadGrainTab
 import { VMDK_GTE_ZEROED } from './sparse-header.js';
 import { SECTOR_SIZE, VMDK3_MAGIC, VMDK4_MAGIC } from './sparse-header.js';
 import { VMDK_CREATE_OPTS, vmdkCreateImage, vmdkOptionsFromValues } from './create-options.js';
+import { vmdkProbe } from './probe.js';
 
 /** Bytes of descriptor QEMU reads for CID, parentCID and parentFileNameHint. */
 const DESC_SIZE = 20 * SECTOR_SIZE;
@@ -61,40 +62,6 @@ async function readText(file: BlockNode, offset: number, max: number): Promise<s
   const buf = new Uint8Array(n);
   if (n) await bdrvPread(file, offset, n, buf);
   return decodeText(buf);
-}
-
-/** QEMU's probe: a sparse magic, or a text file whose first non-comment, non-blank line is `version=1|2|3`. */
-export function vmdkProbe(head: Uint8Array): number {
-  if (head.length < 4) return 0;
-  const magic = ((head[0]! << 24) | (head[1]! << 16) | (head[2]! << 8) | head[3]!) >>> 0;
-  if (magic === VMDK3_MAGIC || magic === VMDK4_MAGIC) return 100;
-  let p = 0;
-  const end = head.length;
-  const startsWith = (s: string) => {
-    if (end - p < s.length) return false;
-    for (let i = 0; i < s.length; i++) if (head[p + i] !== s.charCodeAt(i)) return false;
-    return true;
-  };
-  while (p < end) {
-    const c = head[p];
-    if (c === 0x23) {
-      while (p < end && head[p] !== 0x0a) p++;
-      p++;
-      continue;
-    }
-    if (c === 0x20) {
-      while (p < end && head[p] === 0x20) p++;
-      if (p < end && head[p] === 0x0d) p++;
-      if (p === end || head[p] !== 0x0a) return 0;
-      p++;
-      continue;
-    }
-    for (const v of ['1', '2', '3']) {
-      if (startsWith(`version=${v}\n`) || startsWith(`version=${v}\r\n`)) return 100;
-    }
-    return 0;
-  }
-  return 0;
 }
 
 /** Opens the extents a descriptor file lists, in order, with QEMU's rules. */
@@ -175,7 +142,7 @@ export const vmdkDriver: BlockDriver = {
   create: vmdkCreateImage,
   checkCreate: (req) => void vmdkOptionsFromValues(req.values),
 
-  probe: (head) => vmdkProbe(head),
+  probe: vmdkProbe,
 
   async open(bs, _options) {
     const file = bs.file!.node;

@@ -36,6 +36,7 @@ import {
   type VhdFooter,
 } from './footer.js';
 import { VHD_MAX_SECTORS, vpcVirtualSectors } from './geometry.js';
+import { vpcProbe } from './probe.js';
 
 interface VpcState {
   image: string;
@@ -75,9 +76,7 @@ export const vpcDriver: BlockDriver = {
   createOptions: VPC_CREATE_OPTS,
   create: vpcCreateImage,
 
-  probe(head) {
-    return head.length >= 8 && String.fromCharCode(...head.subarray(0, 8)) === 'conectix' ? 100 : 0;
-  },
+  probe: vpcProbe,
 
   async open(bs, options) {
     const file = bs.file!.node;

@@ -1,0 +1,82 @@
+/**
+ * The bundled CLI's compile cache (src/cli/compile-cache.ts): a second run
+ * uses the data the first wrote (accepted by V8, so not rewritten); data V8
+ * rejects is replaced; a cache that cannot be written, a temporary folder
+ * others may write, and NODE_DISABLE_COMPILE_CACHE all leave no cache and
+ * the same output. Every run's output is compared with qemu-img's.
+ */
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { cliEntry, qemuImg, tmpDir } from '../helpers/qemu.js';
+
+const dir = tmpDir('blocktab-ccache-');
+qemuImg(['create', '-q', '-f', 'qcow2', path.join(dir, 'a.qcow2'), '64M']);
+const want = qemuImg(['info', 'a.qcow2'], { cwd: dir });
+
+/** `blocktab info a.qcow2` with only the given environment for the cache (HOME, XDG_CACHE_HOME, TMPDIR unset otherwise). */
+function info(env: Record<string, string>): string {
+  const base = { ...process.env };
+  for (const k of ['HOME', 'XDG_CACHE_HOME', 'TMPDIR', 'NODE_DISABLE_COMPILE_CACHE', 'NODE_COMPILE_CACHE']) delete base[k];
+  const r = spawnSync(process.execPath, [cliEntry, 'info', 'a.qcow2'], { cwd: dir, env: { ...base, ...env }, encoding: 'utf8' });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return r.stdout;
+}
+
+/** Every file under `d`, with its bytes. */
+function files(d: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  if (!fs.existsSync(d)) return out;
+  for (const e of fs.readdirSync(d, { recursive: true, withFileTypes: true })) {
+    if (e.isFile()) out.set(path.join(e.parentPath, e.name), fs.readFileSync(path.join(e.parentPath, e.name)));
+  }
+  return out;
+}
+
+// Node 22+ keeps its own cache (module.enableCompileCache) in the same folder, in its own layout: these checks are for ours.
+const ourCache = !(await import('node:module')).default.hasOwnProperty('enableCompileCache');
+
+describe.runIf(ourCache)('compile cache', () => {
+  it('is written by the first run, used as it is by the second, and replaced when V8 rejects it', () => {
+    const xdg = path.join(dir, 'xdg');
+    expect(info({ XDG_CACHE_HOME: xdg })).toBe(want);
+    const first = files(xdg);
+    expect(first.size).toBeGreaterThan(3);
+    for (const f of first.keys()) expect(f).toMatch(/\/blocktab\/v8-[^/]+\/[^/]+\.js\.\d+\.cache$/);
+    expect(info({ XDG_CACHE_HOME: xdg })).toBe(want);
+    expect(files(xdg)).toEqual(first);
+    // Garbage in one entry: rejected, the output is the same, the entry is written again.
+    const [victim, good] = [...first].sort((a, b) => b[1].length - a[1].length)[0]!;
+    fs.writeFileSync(victim, Buffer.alloc(good.length, 0x5a));
+    expect(info({ XDG_CACHE_HOME: xdg })).toBe(want);
+    const again = files(xdg).get(victim)!;
+    expect(again.equals(Buffer.alloc(good.length, 0x5a))).toBe(false);
+  });
+
+  it('falls back to a private folder in TMPDIR, and never reads one others may write', () => {
+    const tmp = path.join(dir, 'tmp');
+    fs.mkdirSync(tmp);
+    const uid = process.getuid!();
+    expect(info({ TMPDIR: tmp })).toBe(want);
+    const own = path.join(tmp, `blocktab-compile-cache-${uid}`);
+    expect(fs.statSync(own).mode & 0o777).toBe(0o700);
+    expect(files(own).size).toBeGreaterThan(3);
+
+    const shared = path.join(dir, 'shared');
+    fs.mkdirSync(path.join(shared, `blocktab-compile-cache-${uid}`), { recursive: true });
+    fs.chmodSync(path.join(shared, `blocktab-compile-cache-${uid}`), 0o777);
+    expect(info({ TMPDIR: shared })).toBe(want);
+    expect(files(shared).size).toBe(0);
+  });
+
+  it('a cache that cannot be written, or NODE_DISABLE_COMPILE_CACHE, changes nothing but speed', () => {
+    const blocker = path.join(dir, 'not-a-dir');
+    fs.writeFileSync(blocker, '');
+    expect(info({ XDG_CACHE_HOME: blocker, TMPDIR: blocker })).toBe(want);
+    const xdg = path.join(dir, 'disabled');
+    expect(info({ XDG_CACHE_HOME: xdg, NODE_DISABLE_COMPILE_CACHE: '1' })).toBe(want);
+    expect(files(xdg).size).toBe(0);
+  });
+});
