@@ -3,7 +3,7 @@
  * commands. The opening itself is the host's (it needs file access); this
  * module parses the options as qemu-io does and reports as it does.
  */
-import { EINVAL, handleOpts, type CmdInfo, type OpenRequest } from './commands.js';
+import { EINVAL, handleOpts, type CmdInfo, type OpenRequest, type QemuIoSession } from './commands.js';
 import { BlockError } from '../../block/errors.js';
 import { parseKeyValueList } from '../../block/options-tree.js';
 import { bdrvReopen } from '../../block/reopen.js';
@@ -18,6 +18,16 @@ export function parseKeyValues(text: string, implied?: string): Record<string, s
   }
 }
 
+/** An `-o` argument of open/reopen merged into `into`; EINVAL, reported, when it does not parse. */
+function addOptions(s: QemuIoSession, arg: string, into: Record<string, string>): number | undefined {
+  const kv = parseKeyValues(arg);
+  if (typeof kv === 'string') {
+    s.report(kv);
+    return EINVAL;
+  }
+  Object.assign(into, kv);
+  return undefined;
+}
 
 /** QEMU's bdrv_parse_cache_mode: the host cache bypassed, flushes skipped, the write cache off. */
 export function parseCacheMode(mode: string): { direct: boolean; noFlush: boolean; writethrough: boolean } | undefined {
@@ -85,15 +95,8 @@ const openCmd: CmdInfo = {
             return EINVAL;
           }
           break;
-        case 'o': {
-          const kv = parseKeyValues(arg!);
-          if (typeof kv === 'string') {
-            s.report(kv);
-            return EINVAL;
-          }
-          Object.assign(req.options, kv);
-          break;
-        }
+        case 'o':
+          return addOptions(s, arg!, req.options);
       }
       return undefined;
     });
@@ -161,15 +164,8 @@ const reopenCmd: CmdInfo = {
             return EINVAL;
           }
           break;
-        case 'o': {
-          const kv = parseKeyValues(arg!);
-          if (typeof kv === 'string') {
-            s.report(kv);
-            return EINVAL;
-          }
-          Object.assign(options, kv);
-          break;
-        }
+        case 'o':
+          return addOptions(s, arg!, options);
         case 'r':
         case 'w':
           if (readOnly !== undefined) {
