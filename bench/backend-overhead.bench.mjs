@@ -9,7 +9,7 @@
 // turns). A figure is the median over the rounds of the per-round ratio.
 // BENCH_BACKEND_ROUNDS (default 15) and BENCH_BACKEND_N (requests per run,
 // default 50000) set the size. Needs `npm run build` (reads dist/).
-import { bench } from './lib.mjs';
+import { bench, cpuMs, median } from './lib.mjs';
 
 const { MemoryStorage } = await import('../dist/node.js');
 const { Engine } = await import('../dist/engine/index.js');
@@ -34,8 +34,7 @@ const offsets = Array.from({ length: N }, () => ((seed = (seed * 1103515245 + 12
 async function run(blk, opts) {
   const c0 = process.cpuUsage();
   for (const off of offsets) await blk.read(off, 4096, buf, opts);
-  const c = process.cpuUsage(c0);
-  return (c.user + c.system) / 1000;
+  return cpuMs(c0);
 }
 
 const contenders = [
@@ -52,7 +51,6 @@ for (let round = 0; round < ROUNDS; round++) {
     ms[name].push(await run(blk, opts));
   }
 }
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const line = (name, key, baseKey, aim) => {
   const ratio = median(ms[key].map((v, i) => ms[baseKey][i] / v));
   const rate = (xs) => +((N / median(xs)) * 1000).toFixed(0);

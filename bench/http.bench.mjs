@@ -18,7 +18,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fork } from 'node:child_process';
-import { bench, MiB, root, scratchDir } from './lib.mjs';
+import { bench, cpuMs, median, MiB, root, scratchDir } from './lib.mjs';
 
 // dist/node.js installs the node:http transport, as the CLI's entry does.
 const lib = await import(path.join(root, 'dist/node.js'));
@@ -47,10 +47,6 @@ const port = await new Promise((resolve, reject) => {
 const url = `http://127.0.0.1:${port}/disk.raw`;
 
 // CPU time of this process (the client only) since `c0`: on a loaded machine wall time says little.
-const cpuMs = (c0) => {
-  const u = process.cpuUsage(c0);
-  return (u.user + u.system) / 1000;
-};
 
 async function bareFetch() {
   const t0 = performance.now();
@@ -80,7 +76,6 @@ for (let i = 0; i < RUNS; i++) {
   bare.push(await bareFetch());
   ours.push(await protocolRead());
 }
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const mbps = (ms) => +(SIZE / MiB / (ms / 1000)).toFixed(1);
 // Ratios of run pairs (each protocol run against the bare run just before it), then their median.
 const pairRatio = median(ours.map((o, i) => bare[i].ms / o.ms));

@@ -22,6 +22,15 @@ export function bench(line) {
   console.log('BENCH ' + JSON.stringify(line));
 }
 
+/** The median of a list of numbers (the upper one of the middle two for an even count). */
+export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/** This process's CPU time (user + system) since `c0` (a process.cpuUsage() reading), in ms. */
+export function cpuMs(c0) {
+  const u = process.cpuUsage(c0);
+  return (u.user + u.system) / 1000;
+}
+
 /** Runs blocktab's main() in a child; returns wall ms and the child's peak RSS in bytes. */
 export function runBlocktab(dir, args) {
   const code = `

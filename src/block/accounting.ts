@@ -151,10 +151,6 @@ export class BlockAcctStats {
     this.finish(c.type, c.bytes, c.startNs, false);
   }
 
-  failed(c: AcctCookie): void {
-    this.finish(c.type, c.bytes, c.startNs, true);
-  }
-
   /** A request refused before it reached the block layer (out of bounds, bad arguments). */
   invalid(type: AcctType): void {
     this.invalidOps[type]++;

@@ -76,9 +76,14 @@ export function openContext(bs: BlockNode): OpenContext | undefined {
   return contexts.get(bs);
 }
 
+/** Whether a name starts with a URL scheme or protocol prefix (`https:`, `opfs:`, `json:`…). */
+export function hasProtocol(name: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:/i.test(name);
+}
+
 /** Joins a relative reference to the directory of `from`, as QEMU's path_combine (no normalisation beyond that). */
 export function pathCombine(from: string, reference: string): string {
-  if (reference === '' || reference.startsWith('/') || /^[a-z][a-z0-9+.-]*:/i.test(reference)) return reference;
+  if (reference === '' || reference.startsWith('/') || hasProtocol(reference)) return reference;
   const slash = from.lastIndexOf('/');
   return slash < 0 ? reference : from.slice(0, slash + 1) + reference;
 }

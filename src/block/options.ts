@@ -45,12 +45,11 @@ const UINT64_LIMIT = 1n << 64n;
  * come back as they are, for the caller's out-of-range message.
  */
 export function qemuStrtosz(text: string): bigint | undefined {
-  const m = /^[ \t\n\v\f\r]*\+?(?:0[xX]([0-9a-fA-F]+)|(\d+)(\.\d*(?:[eE][+-]?\d+)?)?)([bBkKmMgGtTpPeE]?)$/.exec(text);
+  const m = /^[ \t\n\v\f\r]*\+?(?:0[xX]([0-9a-fA-F]+)|(\d+)(\.\d*)?)([bBkKmMgGtTpPeE]?)$/.exec(text);
   if (!m) return undefined;
   const mul = 1n << BigInt(m[4] ? 'bkmgtpe'.indexOf(m[4].toLowerCase()) * 10 : 0);
   if (m[1] !== undefined) return BigInt('0x' + m[1]) * mul;
   const frac = m[3];
-  if (frac !== undefined && /[eE]/.test(frac)) return undefined; // an exponent makes the whole text invalid
   // The fraction as a 0.64 fixed-point number, as the double it parses to ("." alone is zero).
   const f = frac && frac.length > 1 ? Number('0' + frac) : 0;
   // A fraction that rounds up to 1.0 does not fit the 64 fraction bits and wraps to 0, as in QEMU on x86.

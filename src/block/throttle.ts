@@ -30,8 +30,6 @@ export interface LeakyBucket {
   max: number;
   /** How long (seconds) the burst rate may be held. */
   burstLength: number;
-  level: number;
-  burstLevel: number;
 }
 
 export interface ThrottleConfig {
@@ -45,7 +43,7 @@ export type ThrottleLimits = Partial<Record<string, number>>;
 
 export function emptyConfig(): ThrottleConfig {
   const b = {} as Record<BucketName, LeakyBucket>;
-  for (const n of BUCKETS) b[n] = { avg: 0, max: 0, burstLength: 1, level: 0, burstLevel: 0 };
+  for (const n of BUCKETS) b[n] = { avg: 0, max: 0, burstLength: 1 };
   return { buckets: b, opSize: 0 };
 }
 
@@ -140,8 +138,6 @@ export class ThrottleState {
     this.cfg = cloneConfig(cfg);
     BUCKETS.forEach((n, i) => {
       const b = this.cfg.buckets[n];
-      b.level = 0;
-      b.burstLevel = 0;
       this.avg[i] = b.avg;
       this.max[i] = b.max;
       this.burstLength[i] = b.burstLength;

@@ -4,7 +4,7 @@
  * target creation live in img/convert.ts.
  */
 import { convert, convertTotalBytes, createConvertTarget, MAX_BUFFER, MAX_PARALLEL, type ConvertOptions } from '../img/convert.js';
-import { createOptionList, formatCreateOptions, isHelpOption, loadFormat, optionsHelp, qemuStrtosz } from '../img/options.js';
+import { createOptionsHelp, isHelpOption, qemuStrtosz } from '../img/options.js';
 import { closeNode } from '../block/open.js';
 import { checkBitmapTarget, checkConvertBitmaps, copyBitmaps } from '../img/bitmap.js';
 import { BlockError } from '../block/errors.js';
@@ -102,8 +102,7 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   const outFmt = str(p, 'output-format') ?? 'raw';
   const dst = p.positionals.length >= 2 ? p.positionals[p.positionals.length - 1] : undefined;
   if (opts.some(isHelpOption)) {
-    await loadFormat(outFmt);
-    out.stdout(dst !== undefined ? optionsHelp(createOptionList(outFmt)) : optionsHelp(formatCreateOptions(outFmt), outFmt));
+    out.stdout(await createOptionsHelp(outFmt, dst !== undefined));
     return 0;
   }
   if (dst === undefined) throw new UsageError('Must specify image file name');

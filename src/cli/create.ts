@@ -1,7 +1,7 @@
 /** `blocktab create`: qemu-img create's options, output line and messages. */
 import { BlockError, isBlockError } from '../block/errors.js';
 import { createImage, planCreate } from '../img/create.js';
-import { createOptionList, formatCreateOptions, isHelpOption, loadFormat, optionsHelp } from '../img/options.js';
+import { createOptionsHelp, isHelpOption } from '../img/options.js';
 import { flag, parseCommand, parseImageSizeArg, str, UsageError } from './args.js';
 import { storage } from './open.js';
 import type { Output } from './main.js';
@@ -20,8 +20,7 @@ export async function runCreate(args: string[], out: Output): Promise<number> {
   const format = str(p, 'format') ?? 'raw';
   const opts = (p.values.options as string[] | undefined) ?? [];
   if (opts.some(isHelpOption)) {
-    await loadFormat(format);
-    out.stdout(p.positionals.length ? optionsHelp(createOptionList(format)) : optionsHelp(formatCreateOptions(format), format));
+    out.stdout(await createOptionsHelp(format, p.positionals.length > 0));
     return 0;
   }
   if (p.positionals.length < 1) throw new UsageError('Expecting image file name');

@@ -96,14 +96,14 @@ export async function runDd(args: string[], out: Output): Promise<number> {
     let size = length;
     if (o.count !== undefined && o.count <= INT64_MAX / bs && o.count * bs < size) size = o.count * bs;
     const skipPastEnd = o.skip !== undefined && (o.skip > INT64_MAX / bs || size < bs * o.skip);
-    const start = o.skip === undefined || skipPastEnd ? (skipPastEnd ? size : 0n) : o.skip * bs;
+    const start = skipPastEnd ? size : (o.skip ?? 0n) * bs;
     const made = await createConvertTarget(storage, {
       filename: o.output,
       format: outFmt,
       options: [],
       compressed: false,
       sourceCount: 1,
-      size: Number(skipPastEnd ? 0n : size - start),
+      size: Number(size - start),
     }).catch((e: unknown) => {
       const msg = e instanceof Error ? e.message : String(e);
       // createConvertTarget words creation failures for convert; dd's wording is its own.

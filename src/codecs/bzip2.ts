@@ -16,9 +16,9 @@ const builtin: Bzip2Decompress = async (input, outLength) => (await import('./bz
 
 let impl: Bzip2Decompress | null = builtin;
 
-/** Installs the host's decompressor; null removes any (bzip2 chunks are then ENOTSUP), undefined restores the built-in one. */
-export function installBzip2(fn: Bzip2Decompress | null | undefined): void {
-  impl = fn === undefined ? builtin : fn;
+/** Installs the host's decompressor; null removes any (bzip2 chunks are then ENOTSUP). */
+export function installBzip2(fn: Bzip2Decompress | null): void {
+  impl = fn;
 }
 
 /** The installed decompressor, or null when the host has none. */

@@ -9,7 +9,7 @@
  */
 import { unsafe } from '@noble/ciphers/aes.js';
 
-export const QCOW_AES_SECTOR_SIZE = 512;
+const QCOW_AES_SECTOR_SIZE = 512;
 
 /** The AES-128 key of a legacy qcow image from its password. */
 export function qcowAesKey(password: Uint8Array): Uint8Array {

@@ -18,15 +18,13 @@
  * Erasing the last active slot (which loses the data for good) needs
  * `force`.
  */
-import { BlockError, hex } from '../block/errors.js';
+import { BlockError } from '../block/errors.js';
 import type { OptionDesc } from '../block/options.js';
-import { luksFindKey, luksLoadKey, type LuksAreaReader, type LuksHash, type LuksVolume } from './luks-block.js';
+import { DEFAULT_ITER_TIME, luksFindKey, luksLoadKey, MIN_ITERS, slotWhere, UINT32_MAX, type LuksAreaReader, type LuksHash, type LuksVolume } from './luks-block.js';
 import {
   LUKS_HEADER_SIZE,
   LUKS_KEY_DISABLED,
   LUKS_KEY_ENABLED,
-  LUKS_KEY_SLOT,
-  LUKS_KEY_SLOT_OFFSET,
   LUKS_NUM_KEY_SLOTS,
   LUKS_SECTOR_SIZE,
   LUKS_STRIPES,
@@ -57,9 +55,6 @@ export interface LuksAmendParams {
 
 /** QEMU's QCRYPTO_BLOCK_LUKS_ERASE_ITERATIONS: passes of random bytes over erased key material. */
 const ERASE_ITERATIONS = 40;
-const DEFAULT_ITER_TIME = 2000;
-const MIN_SLOT_ITERS = 1000;
-const UINT32_MAX = 0xffffffff;
 
 function optNum(get: (name: string) => string | undefined, name: string): number | undefined {
   const v = get(name);
@@ -120,7 +115,7 @@ async function storeHeader(c: LuksAmendContext): Promise<void> {
 function materialBytes(c: LuksAmendContext, i: number): number {
   const { header: h, slots } = c.volume;
   const s = slots[i]!;
-  const where = `${c.image}: luks key slot ${i} at ${hex(LUKS_KEY_SLOT_OFFSET + i * LUKS_KEY_SLOT.size)}`;
+  const where = `${c.image}: luks ${slotWhere(i)}`;
   if (s.stripes !== LUKS_STRIPES) throw new BlockError('ECORRUPT', `${where} is corrupted (stripes ${s.stripes} != ${LUKS_STRIPES})`);
   const bytes = h.key_bytes * s.stripes;
   if (s.key_material_offset * LUKS_SECTOR_SIZE < LUKS_HEADER_SIZE || s.key_material_offset * LUKS_SECTOR_SIZE + bytes > h.payload_offset * LUKS_SECTOR_SIZE) {
@@ -142,7 +137,7 @@ async function storeKey(c: LuksAmendContext, i: number, password: Uint8Array, ma
   if (perSecond > Number.MAX_SAFE_INTEGER / Math.max(iterTime, 1) || iterTime >= 2 ** 53) throw fail(`PBKDF iterations ${perSecond} too large to scale`);
   const iters = Math.floor((perSecond * iterTime) / 1000);
   if (iters > UINT32_MAX) throw fail(`PBKDF iterations ${iters} larger than ${UINT32_MAX}`);
-  const iterations = Math.max(iters, MIN_SLOT_ITERS);
+  const iterations = Math.max(iters, MIN_ITERS);
   const slotKey = await pbkdf2(hash, password, salt, iterations, h.key_bytes);
   const material = afSplit(masterKey, slot.stripes, hash);
   new XtsPlain64(slotKey).encrypt(material, 0);

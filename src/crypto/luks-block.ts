@@ -58,7 +58,7 @@ export interface LuksVolume {
   slots: LuksKeySlot[];
 }
 
-function slotWhere(i: number): string {
+export function slotWhere(i: number): string {
   return `key slot ${i} at ${hex(LUKS_KEY_SLOT_OFFSET + i * LUKS_KEY_SLOT.size)}`;
 }
 
@@ -153,8 +153,10 @@ export const HASH_ALGS = ['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512',
 /** QEMU's QCRYPTO_BLOCK_LUKS_KEY_SLOT_OFFSET: key material starts at 4 KiB and each area is a multiple of it. */
 const KEY_SLOT_AREA_ALIGN = 4096 / LUKS_SECTOR_SIZE;
 /** QEMU's QCRYPTO_BLOCK_LUKS_MIN_SLOT_KEY_ITERS and ..._MIN_MASTER_KEY_ITERS. */
-const MIN_ITERS = 1000;
-const UINT32_MAX = 0xffffffff;
+export const MIN_ITERS = 1000;
+export const UINT32_MAX = 0xffffffff;
+/** QEMU's default iter-time: milliseconds of PBKDF2 per key slot. */
+export const DEFAULT_ITER_TIME = 2000;
 
 export interface LuksCreateParams {
   password: Uint8Array;
@@ -196,7 +198,7 @@ export function luksCreateParams(get: (name: string) => string | undefined, look
   }
   if (!isLuksHash(hash)) throw new BlockError('ENOTSUP', `hash ${hash} is not supported (sha1, sha256 or sha512 is)`);
   const it = get('iter-time');
-  const iterTime = it === undefined ? 2000 : Number(it);
+  const iterTime = it === undefined ? DEFAULT_ITER_TIME : Number(it);
   if (!Number.isSafeInteger(iterTime) || iterTime < 0) throw new BlockError('EINVAL', "Parameter 'iter-time' expects a number");
   return {
     password,

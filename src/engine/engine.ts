@@ -342,7 +342,7 @@ export class Engine extends EngineDispatch {
     const w = await reopenWritable(this, base, overlayOf(top, base)!);
     const job = new Job('commit', 'commit', (j) => onProgress?.(j.current, j.total));
     try {
-      await job.start((j) => runCommit(j, top, { base: w.node, baseWritable: w.node, keepTop: opts.drop === true || opts.base !== undefined }));
+      await job.start((j) => runCommit(j, top, { base: w.node, keepTop: opts.drop === true || opts.base !== undefined }));
     } finally {
       await w.release();
     }

@@ -24,7 +24,7 @@ import { BlockError, hex, type BlockErrorCode } from '../block/errors.js';
 import { registerDriver, type BlockDriver, type WriteFlags } from '../block/driver.js';
 import { BlockNode } from '../block/node.js';
 import { bdrvGetLength, bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
-import { filterPassThrough } from './pass-through.js';
+import { filterFile, filterPassThrough } from './pass-through.js';
 import type { Storage } from '../block/open.js';
 
 export type FaultOp = 'read' | 'write' | 'flush';
@@ -81,10 +81,6 @@ function st(bs: BlockNode): FaultState {
   return bs.state<FaultState>();
 }
 
-function file(bs: BlockNode): BlockNode {
-  return bs.file!.node;
-}
-
 /** How often each rule fired, across every node sharing the plan. */
 const fired = new WeakMap<FaultRule, number>();
 
@@ -118,7 +114,7 @@ function admitWrite(bs: BlockNode, offset: number, bytes: number): 'pass' | 'dro
   }
   checkRules(bs, 'write', offset, bytes);
   if (dropWritesAfter !== undefined && n > dropWritesAfter) {
-    if (s.volatileLength === undefined) s.volatileLength = file(bs).totalBytes;
+    if (s.volatileLength === undefined) s.volatileLength = filterFile(bs).totalBytes;
     s.counters.dropped++;
     return 'drop';
   }
@@ -155,14 +151,14 @@ export const faultDriver: BlockDriver = {
     const plan = (options.faultPlan as FaultPlan | undefined) ?? {};
     const counters = (options.faultCounters as FaultCounters | undefined) ?? newCounters();
     bs.opaque = { plan, counters, overlay: [], volatileLength: undefined } satisfies FaultState;
-    bs.totalBytes = file(bs).totalBytes;
-    bs.limits = { ...file(bs).limits };
+    bs.totalBytes = filterFile(bs).totalBytes;
+    bs.limits = { ...filterFile(bs).limits };
   },
   async preadv(bs, offset, bytes, buf) {
     const s = st(bs);
     s.counters.reads++;
     checkRules(bs, 'read', offset, bytes);
-    await bdrvPread(file(bs), offset, bytes, buf);
+    await bdrvPread(filterFile(bs), offset, bytes, buf);
     if (s.volatileLength !== undefined) applyOverlay(s, offset, bytes, buf);
   },
   async pwritev(bs, offset, bytes, buf, flags: WriteFlags) {
@@ -172,8 +168,8 @@ export const faultDriver: BlockDriver = {
       growVolatile(s, offset + bytes, bs);
       return;
     }
-    await bdrvPwrite(file(bs), offset, bytes, buf, flags);
-    bs.totalBytes = Math.max(bs.totalBytes, file(bs).totalBytes);
+    await bdrvPwrite(filterFile(bs), offset, bytes, buf, flags);
+    bs.totalBytes = Math.max(bs.totalBytes, filterFile(bs).totalBytes);
   },
   async pwriteZeroes(bs, offset, bytes, flags) {
     const s = st(bs);
@@ -182,13 +178,13 @@ export const faultDriver: BlockDriver = {
       growVolatile(s, offset + bytes, bs);
       return;
     }
-    await bdrvPwriteZeroes(file(bs), offset, bytes, flags);
-    bs.totalBytes = Math.max(bs.totalBytes, file(bs).totalBytes);
+    await bdrvPwriteZeroes(filterFile(bs), offset, bytes, flags);
+    bs.totalBytes = Math.max(bs.totalBytes, filterFile(bs).totalBytes);
   },
   async pdiscard(bs, offset, bytes) {
     // A lost discard leaves the old data, which a discard may do anyway: nothing to keep.
     if (admitWrite(bs, offset, bytes) === 'drop') return;
-    await bdrvPdiscard(file(bs), offset, bytes);
+    await bdrvPdiscard(filterFile(bs), offset, bytes);
   },
   async flush(bs) {
     const s = st(bs);
@@ -205,13 +201,13 @@ export const faultDriver: BlockDriver = {
       bs.totalBytes = size;
       return;
     }
-    await bdrvTruncate(file(bs), size, exact, prealloc);
-    bs.totalBytes = file(bs).totalBytes;
+    await bdrvTruncate(filterFile(bs), size, exact, prealloc);
+    bs.totalBytes = filterFile(bs).totalBytes;
   },
   async getLength(bs) {
     const s = st(bs);
     if (s.volatileLength !== undefined) return s.volatileLength;
-    return bdrvGetLength(file(bs));
+    return bdrvGetLength(filterFile(bs));
   },
   getAllocatedFileSize: filterPassThrough.getAllocatedFileSize,
 };

@@ -9,7 +9,7 @@
  */
 import { BlockError, describeCode, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import { closeNode, openImage, type Storage } from '../block/open.js';
+import { closeNode, hasProtocol, openImage, type Storage } from '../block/open.js';
 import { bdrvFlush } from '../block/io.js';
 import { bdrvReopen } from '../block/reopen.js';
 import { Job } from '../jobs/job.js';
@@ -35,12 +35,11 @@ export interface CommitRequest {
  * made absolute where the storage can; names with a protocol compare as given.
  */
 export function findBackingImage(storage: Storage, top: BlockNode, name: string): BlockNode | undefined {
-  const hasProtocol = (f: string | null): boolean => f !== null && /^[a-z][a-z0-9+.-]*:/i.test(f);
   const canonical = (f: string): string => storage.absolute?.(f) ?? f;
   for (let n: BlockNode | null = top; n; n = n.cowNode()) {
     const b = n.cowNode();
     if (!b) break;
-    if (hasProtocol(name) || hasProtocol(n.backingFile)) {
+    if (hasProtocol(name) || (n.backingFile !== null && hasProtocol(n.backingFile))) {
       if (n.backingFile === name || b.filename === name) return b;
     } else if (canonical(storage.resolve(n.filename, name)) === canonical(b.filename)) {
       return b;
@@ -70,7 +69,7 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
     const job = new Job('commit', 'commit', (j) => req.onProgress?.(j.current, j.total));
     job.total = top.totalBytes;
     try {
-      await job.start((j) => runCommit(j, top, { base, baseWritable: base, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
+      await job.start((j) => runCommit(j, top, { base, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
     } catch (e) {
       // qemu-img reports the job's errno alone (run_block_job's "Block job failed").
       if (!isBlockError(e)) throw e;

@@ -7,7 +7,7 @@
  */
 import { BlockError } from '../block/errors.js';
 import { findDriver, loadDriver, type BlockDriver } from '../block/driver.js';
-import { appendOptionLists, PROTOCOL_CREATE_OPTS, type OptionDesc } from '../block/options.js';
+import { appendOptionLists, optionsHelp, PROTOCOL_CREATE_OPTS, type OptionDesc } from '../block/options.js';
 
 export {
   appendOptionLists,
@@ -56,4 +56,10 @@ export function formatCreateOptions(format: string): readonly OptionDesc[] {
 /** The format's options followed by the storage's (what create parses against). */
 export function createOptionList(format: string): OptionDesc[] {
   return appendOptionLists(formatCreateOptions(format), PROTOCOL_CREATE_OPTS);
+}
+
+/** qemu-img's `-o help` for create and convert: with an image name the storage's options too, without one the format's alone. */
+export async function createOptionsHelp(format: string, withFile: boolean): Promise<string> {
+  await loadFormat(format);
+  return withFile ? optionsHelp(createOptionList(format)) : optionsHelp(formatCreateOptions(format), format);
 }

@@ -2,8 +2,7 @@
  * The commit job (QEMU's block/commit.c, as qemu-img commit runs it): data
  * allocated in the layers above `base` is copied into `base`, then the top
  * image is emptied (QEMU's bdrv_make_empty) unless the caller keeps it.
- * Base is written through a writable node of the base image (`baseWritable`),
- * which must be the same image as `base` in top's chain.
+ * The caller makes `base` writable first (reopened in place).
  */
 import { BlockError } from '../block/errors.js';
 import { bdrvFlush, bdrvMakeEmpty, bdrvTruncate } from '../block/io.js';
@@ -14,10 +13,8 @@ import type { Job, JobDriver } from './job.js';
 import { registerJobType } from './registry.js';
 
 export interface CommitOptions {
-  /** The base image as it sits in top's chain (the copy stops there). */
+  /** The base image as it sits in top's chain (the copy stops there), already writable. */
   base: BlockNode;
-  /** A writable node on the base image. */
-  baseWritable: BlockNode;
   /** Keep the top image's data (qemu-img commit -d). */
   keepTop?: boolean;
   /**
@@ -29,18 +26,18 @@ export interface CommitOptions {
 }
 
 export async function runCommit(job: Job, top: BlockNode, o: CommitOptions): Promise<void> {
-  if (o.baseWritable.readOnly) throw new BlockError('EPERM', `${o.baseWritable.filename}: the base image is read-only`);
+  if (o.base.readOnly) throw new BlockError('EPERM', `${o.base.filename}: the base image is read-only`);
   const size = top.totalBytes;
   // QEMU grows a smaller base to the top's size before copying.
-  if (o.baseWritable.totalBytes < size) await bdrvTruncate(o.baseWritable, size, false, 'off');
+  if (o.base.totalBytes < size) await bdrvTruncate(o.base, size, false, 'off');
   const allocatedIn = o.zeroUnmap
     ? async (off: number, n: number) => {
         const st = await blockStatusAbove(top, o.base, true, off, n);
         return { allocated: (st.status & BDRV_BLOCK_ALLOCATED) !== 0, pnum: st.pnum, zero: (st.status & BDRV_BLOCK_ZERO) !== 0 };
       }
     : (off: number, n: number) => isAllocatedAbove(top, o.base, false, off, n);
-  await copyAllocated(job, size, allocatedIn, top, o.baseWritable);
-  await bdrvFlush(o.baseWritable);
+  await copyAllocated(job, size, allocatedIn, top, o.base);
+  await bdrvFlush(o.base);
   // QEMU's bdrv_make_empty, through the request path so the top image's dirty bitmaps see it.
   if (!o.keepTop) await bdrvMakeEmpty(top);
 }
@@ -64,7 +61,7 @@ export function commitDriver(o: CommitJobOptions): JobDriver {
   return {
     async run(job) {
       held = o.acquireBase ? await o.acquireBase() : { node: o.base, release: () => bdrvFlush(o.base) };
-      await runCommit(job, o.top, { base: held.node, baseWritable: held.node, keepTop: o.keepTop });
+      await runCommit(job, o.top, { base: held.node, keepTop: o.keepTop });
     },
     async prepare() {
       await o.prepare?.(held!.node);

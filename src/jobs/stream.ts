@@ -10,6 +10,7 @@ import { bdrvFlush } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { closeNode } from '../block/open.js';
 import { isAllocated, isAllocatedAbove } from '../block/status.js';
+import { isBelow } from '../block/copy-on-read.js';
 import { copyAllocated } from './copy-range.js';
 import type { Job, JobDriver } from './job.js';
 import { registerJobType } from './registry.js';
@@ -38,10 +39,8 @@ export function streamDriver(top: BlockNode, o: StreamOptions): JobDriver {
   if (top.readOnly) throw new BlockError('EPERM', `${top.filename}: the image is read-only`);
   const below = top.cowNode();
   const base = o.base;
-  if (base) {
-    let found = false;
-    for (let n = below; n; n = n.cowNode()) if (n === base) found = true;
-    if (!found) throw new BlockError('EINVAL', `${base.filename}: not in the backing chain of ${top.filename}`);
+  if (base && !isBelow(top, base)) {
+    throw new BlockError('EINVAL', `${base.filename}: not in the backing chain of ${top.filename}`);
   }
   const ref = base ? backingNameOf(top, base)! : undefined;
   if (!top.driver.changeBackingFile) throw new BlockError('ENOTSUP', `${top.filename}: the ${top.driver.name} format has no backing file to change`);

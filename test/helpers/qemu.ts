@@ -44,11 +44,9 @@ export function qemuImg(args: string[], opts: { cwd?: string } = {}): string {
  * happens now and then on machines with a coarse clock.
  */
 export function qemuImgCreateLuks(args: string[], opts: { cwd?: string } = {}): string {
-  for (let attempt = 1; ; attempt++) {
-    const r = spawnSync('qemu-img', args, { cwd: opts.cwd, encoding: 'utf8' });
-    if (r.status === 0) return r.stdout;
-    if (!/Unable to get accurate CPU usage/.test(r.stderr) || attempt === 10) throw new Error(`qemu-img ${args.join(' ')}: ${r.stderr}`);
-  }
+  const r = qemuImgRunLuks(args, opts);
+  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
 }
 
 /** qemuImgRun for commands that time PBKDF2 (LUKS create, measure): tried again while qemu-img cannot read the CPU clock well enough. */

@@ -7,14 +7,14 @@ import '../../src/drivers.js';
 import { MemoryStorage } from '../../src/protocols/memory.js';
 import { createImage, planCreate } from '../../src/img/create.js';
 import { closeNode, openImage } from '../../src/block/open.js';
-import { bdrvPwrite, bdrvPwriteZeroes } from '../../src/block/io.js';
+import { bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../../src/block/io.js';
+import { rebaseImage } from '../../src/img/rebase.js';
 import { commitImage } from '../../src/img/commit.js';
 import { check, guest } from '../helpers/qcow2-check.js';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { FileStorage } from '../../src/protocols/file.js';
 import { blockStatus, BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO } from '../../src/block/status.js';
-import { bdrvPread } from '../../src/block/io.js';
 import { tmpDir } from '../helpers/qemu.js';
 import { BlockBackend } from '../../src/block/backend.js';
 import { openTree } from '../../src/block/open-tree.js';
@@ -116,7 +116,6 @@ describe('qcow2 virtual size too large to open (054)', () => {
 
 describe('rebase onto a backing file from no old backing (252)', () => {
   it('writes the old zeros as zero clusters where the new backing has data, as qemu-img 7.2', async () => {
-    const { rebaseImage } = await import('../../src/img/rebase.js');
     const st = new MemoryStorage();
     const cs = 65536;
     await qcow2(st, 'a.qcow2', 2 * cs);
@@ -155,7 +154,6 @@ describe('qcow2 preallocation=falloc on the host file system (243)', () => {
 
 describe('qcow2 discard frees clusters for the next allocation (250)', () => {
   it('a write after a discard in the same session reuses the discarded host clusters, as QEMU', async () => {
-    const { bdrvPdiscard } = await import('../../src/block/io.js');
     const st = new MemoryStorage();
     const cs = 65536;
     await qcow2(st, 'a.qcow2', 4 << 20);

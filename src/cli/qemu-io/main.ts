@@ -273,10 +273,13 @@ class CliIoHost implements IoHost {
         throw e;
       }
     }
-    if (this.args.noFlush) for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.noFlush = true;
     // qemu-io opens with BDRV_O_UNMAP (discards reach the storage) unless discard=ignore was asked for.
     const discard = typeof tree.discard === 'string' ? tree.discard : (req.discard ?? 'unmap');
-    if (discard === 'unmap' || discard === 'on') for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) n.unmap = true;
+    const unmap = discard === 'unmap' || discard === 'on';
+    for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) {
+      if (this.args.noFlush) n.noFlush = true;
+      if (unmap) n.unmap = true;
+    }
     if (req.copyOnRead && root.readOnly) {
       await closeNode(root);
       throw new BlockError('EINVAL', "Can't use copy-on-read on read-only device");

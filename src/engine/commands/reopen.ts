@@ -11,6 +11,7 @@
  * before any changes, so a refused list changes nothing.
  */
 import type { BlockNode } from '../../block/node.js';
+import { isBelow } from '../../block/copy-on-read.js';
 import { reopenReadOnly } from '../../block/reopen.js';
 import type { Engine } from '../engine.js';
 import { checkArgs, isDict, type Args } from '../qapi-args.js';
@@ -128,9 +129,7 @@ export const reopenCommands: QmpCommandTable = {
       const image = engine.findNode(name);
       if (!image) throw genericError(`Cannot find device='' nor node-name='${name}'`);
       if (!image.cowNode()) throw genericError('not allowing backing file change on an image without a backing file');
-      let inChain = false;
-      for (let n: BlockNode | null = top; n; n = n.cowNode()) if (n === image) inChain = true;
-      if (!inChain) throw genericError(`'${args.device as string}' and image file are not in the same chain`);
+      if (image !== top && !isBelow(top, image)) throw genericError(`'${args.device as string}' and image file are not in the same chain`);
       const change = image.driver.changeBackingFile;
       if (!change) throw genericError(`Could not change the backing file to '${args['backing-file']}': the ${image.driver.name} format has none`, 'ENOTSUP');
       const wasReadOnly = image.readOnly;

@@ -78,10 +78,10 @@ export function serializeParallelsInuse(inuse: number): Uint8Array {
   return b;
 }
 
-/** BAT entries [first, first + count) as stored at 64 + first * 4. */
-export function serializeParallelsBat(bat: Uint32Array, first: number, count: number): Uint8Array {
-  const b = new Uint8Array(count * 4);
+/** The BAT as stored at offset 64. */
+export function serializeParallelsBat(bat: Uint32Array): Uint8Array {
+  const b = new Uint8Array(bat.length * 4);
   const dv = view(b);
-  for (let i = 0; i < count; i++) dv.setUint32(i * 4, bat[first + i]!, true);
+  for (let i = 0; i < bat.length; i++) dv.setUint32(i * 4, bat[i]!, true);
   return b;
 }

@@ -17,7 +17,7 @@
  * data end found at open — the highest BAT entry plus a cluster, or the
  * header's data_off — even when a repair moved the last cluster since.
  */
-import { BlockError } from '../../block/errors.js';
+import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvGetLength, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
@@ -104,7 +104,7 @@ export const parallelsDriver: BlockDriver = {
     if (!bs.readOnly && options['check'] !== true && dataEnd > fileSectors) {
       const i = bat.findIndex((b) => b * offMultiplier + h.tracks === dataEnd);
       throw bad(
-        `parallels BAT entry ${i} at 0x${(PARALLELS_HEADER_BYTES + i * 4).toString(16)} points past the end of the file (sector ${dataEnd - h.tracks} of ${fileSectors}); cannot be opened read/write, run 'qemu-img check -r all'`,
+        `parallels BAT entry ${i} at ${hex(PARALLELS_HEADER_BYTES + i * 4)} points past the end of the file (sector ${dataEnd - h.tracks} of ${fileSectors}); cannot be opened read/write, run 'qemu-img check -r all'`,
         'EACCES',
       );
     }
@@ -166,7 +166,7 @@ export const parallelsDriver: BlockDriver = {
   async check(bs, fix) {
     const s = st(bs);
     const r = parallelsCheck(s, fix);
-    if (r.batFixed) await bdrvPwrite(s.file, PARALLELS_HEADER_BYTES, s.bat.length * 4, serializeParallelsBat(s.bat, 0, s.bat.length));
+    if (r.batFixed) await bdrvPwrite(s.file, PARALLELS_HEADER_BYTES, s.bat.length * 4, serializeParallelsBat(s.bat));
     if (fix.leaks && r.leaks) {
       await bdrvTruncate(s.file, r.imageEndOffset!, true);
       r.leaksFixed += r.leaks;

@@ -163,10 +163,10 @@ function withBitmapsExtension(h: Qcow2Header, ext: Extract<HeaderExtension, { ty
  * Loads the directory's bitmaps into the node (QEMU's
  * qcow2_load_dirty_bitmaps). Throws, naming the image and the bitmap, when
  * a table or its data is unusable; then no bitmap stays on the node.
+ * `writable`: load as a read-write open does (bitmaps marked in use).
  */
-export async function qcow2LoadBitmaps(bs: BlockNode, s: Qcow2State): Promise<void> {
+export async function qcow2LoadBitmaps(bs: BlockNode, s: Qcow2State, writable = !bs.readOnly): Promise<void> {
   const ext = findExtension(s.header, QCOW2_EXT_MAGIC_BITMAPS);
-  const writable = !bs.readOnly;
   if (hasStaleBitmapsExtension(s.header)) {
     // QEMU's warning on every open of such an image (its qcow2_read_extensions).
     s.warn?.(
@@ -241,14 +241,9 @@ export async function qcow2ReopenBitmapsRw(bs: BlockNode, s: Qcow2State): Promis
   const ext = findExtension(s.header, QCOW2_EXT_MAGIC_BITMAPS);
   const loaded = s.bitmaps.map((e) => findDirtyBitmap(bs, e.name));
   if (!ext || !s.bitmaps.length || loaded.some((b) => !b)) {
-    // Nothing loaded read-only: load as a read-write open does (with the node already writable for it).
+    // Nothing loaded read-only: load as a read-write open does.
     for (const b of loaded) if (b) releaseDirtyBitmap(bs, b);
-    bs.readOnly = false;
-    try {
-      await qcow2LoadBitmaps(bs, s);
-    } finally {
-      bs.readOnly = true;
-    }
+    await qcow2LoadBitmaps(bs, s, true);
     return;
   }
   const flags = s.bitmaps.map((e, i) => (loaded[i]!.inconsistent ? e.flags : e.flags | BME_FLAG_IN_USE));

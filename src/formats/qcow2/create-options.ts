@@ -63,7 +63,7 @@ function encrypted(values: OptionValues): boolean {
 }
 
 /** encryption=on / encrypt.format=aes|luks, checked as qcow2_co_create_opts: the crypt method, or undefined. */
-export function qcow2EncryptFormat(values: OptionValues): 'aes' | 'luks' | undefined {
+function qcow2EncryptFormat(values: OptionValues): 'aes' | 'luks' | undefined {
   if (!encrypted(values)) return undefined;
   const format = values.get('encrypt.format') ?? 'aes';
   if (format !== 'aes' && format !== 'luks') throw new BlockError('EINVAL', `Parameter 'encrypt.format' does not accept value '${format}'`);

@@ -12,7 +12,7 @@
  * comes from the `encrypt.key-secret` option (a secret registered by id);
  * without one only `info` (no I/O) opens the image, as QEMU.
  */
-import { BlockError } from '../../block/errors.js';
+import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
 import { lookupSecret } from '../../block/secrets.js';
@@ -21,7 +21,7 @@ import { luksCheckHeader, luksInfo, luksUnlock, type LuksVolume } from '../../cr
 import type { LuksAreaIo } from '../../crypto/luks-amend.js';
 import { findExtension, QCOW2_EXT_MAGIC_CRYPTO_HEADER, type Qcow2Header } from './header.js';
 
-export const QCOW_CRYPT_NONE = 0;
+const QCOW_CRYPT_NONE = 0;
 export const QCOW_CRYPT_AES = 1;
 export const QCOW_CRYPT_LUKS = 2;
 /** Bytes per encrypted unit (QEMU's qcrypto sector size for both formats). */
@@ -69,11 +69,11 @@ export async function openQcow2Crypto(file: BlockNode, h: Qcow2Header, image: st
   const ext = findExtension(h, QCOW2_EXT_MAGIC_CRYPTO_HEADER)!;
   const fileSize = file.totalBytes;
   if (ext.length < LUKS_HEADER_SIZE || ext.offset + ext.length > fileSize) {
-    throw new BlockError('ECORRUPT', `${image}: crypto header extension: the LUKS header at 0x${ext.offset.toString(16)} (${ext.length} bytes) is not inside the file (${fileSize} bytes)`);
+    throw new BlockError('ECORRUPT', `${image}: crypto header extension: the LUKS header at ${hex(ext.offset)} (${ext.length} bytes) is not inside the file (${fileSize} bytes)`);
   }
   const buf = new Uint8Array(LUKS_HEADER_SIZE);
   await bdrvPread(file, ext.offset, buf.length, buf);
-  const luks = luksCheckHeader(buf, `${image}: luks header in the crypto header extension's clusters (0x${ext.offset.toString(16)}):`);
+  const luks = luksCheckHeader(buf, `${image}: luks header in the crypto header extension's clusters (${hex(ext.offset)}):`);
   const cipher = password ? await luksUnlock(luks, luksAreaIo(file, ext, image).read, password, image) : null;
   return { method: QCOW_CRYPT_LUKS, cipher, physical: true, luks, area: { offset: ext.offset, length: ext.length }, ...(typeof secretId === 'string' ? { secretId } : {}) };
 }
@@ -89,7 +89,7 @@ function cipherOf(c: Qcow2Crypto, image: string): SectorCipher {
  */
 export function luksAreaIo(file: BlockNode, area: { offset: number; length: number }, image: string): LuksAreaIo {
   const check = (off: number, n: number) => {
-    if (off + n > area.length) throw new BlockError('ECORRUPT', `${image}: luks key material at 0x${off.toString(16)} (${n} bytes) is past the crypto header's ${area.length} bytes`);
+    if (off + n > area.length) throw new BlockError('ECORRUPT', `${image}: luks key material at ${hex(off)} (${n} bytes) is past the crypto header's ${area.length} bytes`);
   };
   return {
     read: async (off, n, b) => {

@@ -102,7 +102,7 @@ export const DEFAULT_L2_CACHE_MAX_SIZE = 32 * 1024 * 1024;
 /** QEMU's MIN_L2_CACHE_SIZE, in clusters. */
 export const MIN_L2_CACHE_CLUSTERS = 2;
 /** QEMU's MIN_REFCOUNT_CACHE_SIZE, in clusters: what cache-size leaves the refcount cache at least. */
-export const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
+const MIN_REFCOUNT_CACHE_CLUSTERS = 4;
 
 /** The driver state of an open qcow2 node (for the write path, snapshot and check code). */
 export function qcow2State(bs: BlockNode): Qcow2State {

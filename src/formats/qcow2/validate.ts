@@ -78,7 +78,7 @@ export function validateHeader(h: Qcow2Header, image: string, fileSize: number, 
   if (cryptoExt && h.cryptMethod !== 2) fail('EINVAL', image, 'CRYPTO header extension only expected with LUKS encryption method');
   if (!cryptoExt && h.cryptMethod === 2) fail('EINVAL', image, 'Missing CRYPTO header for crypt method 2');
   if (cryptoExt && (cryptoExt.offset % clusterSize !== 0 || cryptoExt.offset === 0)) {
-    fail('EINVAL', image, `Invalid encryption header offset 0x${cryptoExt.offset.toString(16)} (crypto header extension)`);
+    fail('EINVAL', image, `Invalid encryption header offset ${hex(cryptoExt.offset)} (crypto header extension)`);
   }
   if (h.compressionType !== QCOW2_COMPRESSION_TYPE_ZLIB && h.compressionType !== QCOW2_COMPRESSION_TYPE_ZSTD) {
     fail('ENOTSUP', image, `qcow2: unknown compression type: ${h.compressionType} (compression_type at 0x68)`);

@@ -89,7 +89,6 @@ import {
   VHDX_MAX_SECTORS_PER_BLOCK,
 } from './bat.js';
 import {
-  descriptorSectors,
   findActiveSequence,
   MAX_REPLAY_LOG_BYTES,
   parseLogEntryHeader,
@@ -285,11 +284,10 @@ async function logWriteAndFlush(bs: BlockNode, s: VhdxState, offset: number, dat
     sector.set(data.subarray(from - offset, to - offset), from - at);
     sectors.push({ fileOffset: at, data: sector });
   }
-  const entryBytes = (descriptorSectors(sectors.length) + sectors.length) * VHDX_LOG_SECTOR_SIZE;
-  if (entryBytes > h.logLength) throw new BlockError('EINVAL', `${where}: an update of ${data.length} bytes at ${hex(offset)} needs ${entryBytes} bytes, more than the log's ${h.logLength}`);
   const logGuid = randomGuid();
-  await updateHeaders(bs, s, logGuid);
   const entry = serializeLogEntry({ sequenceNumber: s.logSequence, logGuid, tail: 0, fileLength: file.totalBytes, sectors });
+  if (entry.length > h.logLength) throw new BlockError('EINVAL', `${where}: an update of ${data.length} bytes at ${hex(offset)} needs ${entry.length} bytes, more than the log's ${h.logLength}`);
+  await updateHeaders(bs, s, logGuid);
   await bdrvPwrite(file, h.logOffset, entry.length, entry);
   s.logSequence++;
   await bdrvFlush(file);

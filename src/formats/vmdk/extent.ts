@@ -228,14 +228,20 @@ export async function openSparseExtent(file: BlockNode, head: Uint8Array, type: 
   return { extent: await finishSparse(ext, l1Size, name) };
 }
 
-export async function loadGrainTable(ext: VmdkExtent, l2Sector: number): Promise<Uint32Array> {
-  const hit = ext.l2Cache.get(l2Sector);
-  if (hit) {
+/** The cached grain table at `l2Sector`, made the most recently used (the last one set already is), or undefined. */
+function cachedGrainTable(ext: VmdkExtent, l2Sector: number): Uint32Array | undefined {
+  const table = ext.l2Cache.get(l2Sector);
+  if (table && ext.l2Recent !== l2Sector) {
     ext.l2Cache.delete(l2Sector);
-    ext.l2Cache.set(l2Sector, hit);
+    ext.l2Cache.set(l2Sector, table);
     ext.l2Recent = l2Sector;
-    return hit;
   }
+  return table;
+}
+
+export async function loadGrainTable(ext: VmdkExtent, l2Sector: number): Promise<Uint32Array> {
+  const hit = cachedGrainTable(ext, l2Sector);
+  if (hit) return hit;
   const at = l2Sector * SECTOR_SIZE;
   const bytes = ext.l2Size * 4;
   if (at + bytes > ext.file.totalBytes) {
@@ -295,13 +301,8 @@ function grainTableSector(ext: VmdkExtent, sector: number): number {
 function lookupGrain(ext: VmdkExtent, sector: number, inGrain: number, bytes: number): GrainRun | undefined {
   const l2Sector = grainTableSector(ext, sector);
   if (l2Sector === 0) return { kind: 'unallocated', bytes, host: 0, inGrain };
-  const table = ext.l2Cache.get(l2Sector);
+  const table = cachedGrainTable(ext, l2Sector);
   if (!table) return undefined;
-  if (ext.l2Recent !== l2Sector) {
-    ext.l2Cache.delete(l2Sector);
-    ext.l2Cache.set(l2Sector, table);
-    ext.l2Recent = l2Sector;
-  }
   const l2Index = Math.floor(sector / ext.clusterSectors) % ext.l2Size;
   const gte = table[l2Index]!;
   if (ext.hasZeroGrain && gte === VMDK_GTE_ZEROED) return { kind: 'zero', bytes, host: 0, inGrain };
