@@ -199,14 +199,25 @@ describe('cloop: bad input', () => {
   it('block_size not a multiple of 512', () => openFails('cloop', cloop({ head: (h) => void (h.block_size = 1000) }), 'EINVAL', /block_size 1000 at 0x80 must be a multiple of 512/));
   it('block_size zero', () => openFails('cloop', cloop({ head: (h) => void (h.block_size = 0) }), 'EINVAL', /block_size at 0x80 cannot be zero/));
   it('absurd block_size', () => openFails('cloop', cloop({ head: (h) => void (h.block_size = 0xfffffe00) }), 'EINVAL', /must be 64 MB or less/));
-  it('absurd num_blocks (offset table over 512 MiB)', () =>
-    openFails('cloop', cloop({ head: (h) => void (h.num_blocks = 0x7fffffff) }), 'EINVAL', /num_blocks 2147483647 at 0x84 needs too many offsets/));
+  // iotest 075 pokes these; the checks come in QEMU's order, each naming its entry and offset.
+  it('num_blocks whose table size overflows 32 bits (075)', () =>
+    openFails('cloop', cloop({ head: (h) => void (h.num_blocks = 0xffffffff) }), 'EINVAL', /num_blocks 4294967295 at 0x84 must be 536870911 or less/));
+  it('absurd num_blocks (offset table over 512 MiB, 075)', () =>
+    openFails('cloop', cloop({ head: (h) => void (h.num_blocks = 0x04000001) }), 'EINVAL', /num_blocks 67108865 at 0x84 needs too many offsets/));
   it('offset table past the end of the file', () =>
     openFails('cloop', cloop({ head: (h) => void (h.num_blocks = 1000000) }), 'ECORRUPT', /offset table at 0x88 .* runs past the end of the file/));
   it('offsets going backwards', () =>
     openFails('cloop', cloop({ offsets: (o) => void (o[3] = o[1]! - 1) }), 'ECORRUPT', /entry 3 at 0xa0: offsets not monotonically increasing/));
-  it('offset beyond the end of the file', () =>
-    openFails('cloop', cloop({ offsets: (o) => void (o[5] = 2 ** 40) }), 'ECORRUPT', /entry 5 at 0xb0: offset 0x10000000000 is past the end of the file/));
+  it('offsets going backwards at index 1, entry 0 past the end of the file (075): the order is reported', () =>
+    openFails('cloop', cloop({ offsets: (o) => ((o[0] = 0xffffffff), (o[1] = 0xfffe0000)) }), 'ECORRUPT', /entry 1 at 0x90: offsets not monotonically increasing/));
+  it('compressed block over 128 MiB at index 1, entry 1 past the end of the file (075): the size is reported', () =>
+    openFails('cloop', cloop({ offsets: (o) => ((o[0] = 0), (o[1] = 2 ** 63)) }), 'ECORRUPT', /entry 1 at 0x90: invalid compressed block size/));
+  it('last offset beyond the end of the file: open as QEMU does, EIO when that block is read', async () => {
+    const { bs } = await openOk('cloop', cloop({ offsets: (o) => void (o[5] = o[4]! + 100000) }));
+    await bdrvPread(bs, 0, 4 * 4096, new Uint8Array(4 * 4096));
+    await readFails(bs, 4 * 4096, S, 'EIO', /offset table entry 5 at 0xb0: block 4 at 0x[0-9a-f]+ \(100000 bytes\) runs past the end of the file/);
+    await closeNode(bs);
+  });
   it('cloop V4.0 preamble: not supported', () =>
     openFails('cloop', cloop({ head: (h) => void (h.preamble = new TextEncoder().encode('#!/bin/sh\n#V4.0 Format\n')) }), 'ENOTSUP', /V4\.0/, false));
   it('block that inflates short of block_size: EIO on read', async () => {

@@ -4,9 +4,10 @@
  * Probe: the V2.0 preamble scores 2 (just above raw), as in QEMU. Open checks
  * QEMU's limits before allocating anything (block_size a non-zero multiple of
  * 512 and at most 64 MiB, the offset table at most 512 MiB and inside the
- * file, offsets never going backwards, no compressed block over 128 MiB) and
- * also refuses offsets past the end of the file, which QEMU would only notice
- * as a failed inflate. Reads inflate one block at a time into a one-block
+ * file, offsets never going backwards, no compressed block over 128 MiB), in
+ * QEMU's order. A block whose offsets point past the end of the file fails
+ * when it is read (QEMU reads zeros there and fails to inflate), with an
+ * error naming the offset-table entry. Reads inflate one block at a time into a one-block
  * cache (chunk-cache.ts), so memory stays at one block plus one compressed
  * block. QEMU has no block-status callback for cloop, so every range is
  * reported as data, which is what `qemu-img map` prints.
@@ -22,6 +23,7 @@ import { inflateExact } from '../../codecs/zlib-exact.js';
 import {
   CLOOP_HEAD,
   CLOOP_MAX_BLOCK_SIZE,
+  CLOOP_MAX_NUM_BLOCKS,
   CLOOP_MAX_OFFSETS_BYTES,
   CLOOP_OFFSETS_START,
   parseOffsets,
@@ -45,6 +47,11 @@ function corrupt(image: string, what: string): BlockError {
 async function readBlock(bs: BlockNode, s: CloopState, block: number): Promise<Uint8Array> {
   const start = s.offsets[block]!;
   const bytes = s.offsets[block + 1]! - start;
+  const end = bs.file!.node.totalBytes;
+  if (start + bytes > end) {
+    const entry = start > end ? block : block + 1;
+    throw new BlockError('EIO', `${bs.filename}: cloop offset table entry ${entry} at ${hex(CLOOP_OFFSETS_START + entry * 8)}: block ${block} at ${hex(start)} (${bytes} bytes) runs past the end of the file (${end} bytes)`);
+  }
   const compressed = new Uint8Array(bytes);
   await bdrvPread(bs.file!.node, start, bytes, compressed);
   const out = new Uint8Array(s.blockSize);
@@ -81,6 +88,9 @@ export const cloopDriver: BlockDriver = {
     if (h.block_size > CLOOP_MAX_BLOCK_SIZE) {
       throw new BlockError('EINVAL', `${image}: cloop header: block_size ${h.block_size} at ${at('block_size')} must be ${CLOOP_MAX_BLOCK_SIZE >> 20} MB or less`);
     }
+    if (h.num_blocks > CLOOP_MAX_NUM_BLOCKS) {
+      throw new BlockError('EINVAL', `${image}: cloop header: num_blocks ${h.num_blocks} at ${at('num_blocks')} must be ${CLOOP_MAX_NUM_BLOCKS} or less`);
+    }
     const tableBytes = (h.num_blocks + 1) * 8;
     if (tableBytes > CLOOP_MAX_OFFSETS_BYTES) {
       throw new BlockError('EINVAL', `${image}: cloop header: num_blocks ${h.num_blocks} at ${at('num_blocks')} needs too many offsets, try increasing block size`);
@@ -91,12 +101,11 @@ export const cloopDriver: BlockDriver = {
     const tbuf = new Uint8Array(tableBytes);
     await bdrvPread(file, CLOOP_OFFSETS_START, tableBytes, tbuf);
     const offsets = parseOffsets(tbuf, h.num_blocks + 1);
-    for (let i = 0; i <= h.num_blocks; i++) {
+    // QEMU's order: each entry against the one before it (never going back, no
+    // compressed block over 128 MiB); an offset past the end of the file is only
+    // found when that block is read, as QEMU reads zeros there and fails to inflate.
+    for (let i = 1; i <= h.num_blocks; i++) {
       const where = hex(CLOOP_OFFSETS_START + i * 8);
-      if (offsets[i]! > fileSize) {
-        throw corrupt(image, `offset table entry ${i} at ${where}: offset ${hex(offsets[i]!)} is past the end of the file (${fileSize} bytes)`);
-      }
-      if (i === 0) continue;
       if (offsets[i]! < offsets[i - 1]!) {
         throw corrupt(image, `offset table entry ${i} at ${where}: offsets not monotonically increasing (${hex(offsets[i]!)} < ${hex(offsets[i - 1]!)})`);
       }

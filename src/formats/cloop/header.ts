@@ -17,6 +17,8 @@ export const CLOOP_PREAMBLE_V2 = '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$
 export const CLOOP_PREAMBLE_SIZE = 128;
 /** QEMU's MAX_BLOCK_SIZE: the largest block_size (and half the largest compressed block). */
 export const CLOOP_MAX_BLOCK_SIZE = 64 * 1024 * 1024;
+/** The most blocks whose (num_blocks + 1) * 8 table size fits in 32 bits, QEMU's cap on num_blocks. */
+export const CLOOP_MAX_NUM_BLOCKS = Math.floor((0xffffffff - 1) / 8);
 /** QEMU's cap on the offset table (512 MiB, enough for 16 TiB at 256 KiB blocks). */
 export const CLOOP_MAX_OFFSETS_BYTES = 512 * 1024 * 1024;
 
