@@ -151,7 +151,10 @@ export async function createImage(storage: Storage, plan: CreatePlan): Promise<v
       return bs;
     },
     async openImage(name, format) {
-      const bs = await openImage(storage, storage.resolve(filename, name), { format, readOnly: true, backing: false });
+      // A json:{…} name stands for options, as for the backing size above (vmdk's parent CID, 020).
+      const bs = name.startsWith('json:')
+        ? await openTree(storage, parseJsonName(name), { format, readOnly: true, backing: false })
+        : await openImage(storage, storage.resolve(filename, name), { format, readOnly: true, backing: false });
       opened.push(bs);
       return bs;
     },

@@ -39,7 +39,14 @@ export async function runCommit(job: Job, top: BlockNode, o: CommitOptions): Pro
   await copyAllocated(job, size, allocatedIn, top, o.base);
   await bdrvFlush(o.base);
   // QEMU's bdrv_make_empty, through the request path so the top image's dirty bitmaps see it.
-  if (!o.keepTop) await bdrvMakeEmpty(top);
+  // qemu-img commit ignores ENOTSUP there: a format that cannot be emptied (vmdk, vpc, vdi) keeps its data (020).
+  if (!o.keepTop) {
+    try {
+      await bdrvMakeEmpty(top);
+    } catch (e) {
+      if (!(e instanceof BlockError && e.code === 'ENOTSUP')) throw e;
+    }
+  }
 }
 
 export interface CommitJobOptions {

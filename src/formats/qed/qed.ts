@@ -22,6 +22,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import { readStructure } from '../on-disk.js';
 import { QED_CREATE_OPTS, qedCreateImage } from './create.js';
@@ -248,8 +249,10 @@ export const qedDriver: BlockDriver = {
     while (done < bytes) {
       const run = await findCluster(s, offset + done, bytes - done);
       const out = buf.subarray(done, done + run.bytes);
-      if (run.type === CLUSTER_FOUND) await bdrvPread(s.file, run.host, run.bytes, out);
-      else if (run.type === CLUSTER_ZERO) out.fill(0);
+      if (run.type === CLUSTER_FOUND) {
+        await bdrvDebugEvent(s.file, 'read_aio');
+        await bdrvPread(s.file, run.host, run.bytes, out);
+      } else if (run.type === CLUSTER_ZERO) out.fill(0);
       else await readBacking(bs, offset + done, run.bytes, out);
       done += run.bytes;
     }
@@ -387,6 +390,7 @@ async function qedCheck(s: QedState, fix: boolean): Promise<CheckResult> {
 async function writeRun(bs: BlockNode, s: QedState, pos: number, len: number, data: Uint8Array): Promise<number> {
   const run = await findCluster(s, pos, len);
   if (run.type === CLUSTER_FOUND) {
+    await bdrvDebugEvent(s.file, 'write_aio');
     await bdrvPwrite(s.file, run.host, run.bytes, data.subarray(0, run.bytes));
     return run.bytes;
   }
@@ -403,6 +407,8 @@ async function writeRun(bs: BlockNode, s: QedState, pos: number, len: number, da
   }
   buf.set(data.subarray(0, run.bytes), pos - start);
   const host = s.fileSize;
+  // The guest's data goes out with the copied-in rest of its clusters: QEMU's data write event (blkdebug's write_aio, 020).
+  await bdrvDebugEvent(s.file, 'write_aio');
   await bdrvPwrite(s.file, host, buf.length, buf);
   s.fileSize += buf.length;
   for (let i = 0; i < clusters; i++) s.grown.set(host + i * cs, start + i * cs);

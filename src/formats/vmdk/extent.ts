@@ -15,6 +15,7 @@ import { deflateZlib } from '../../codecs/deflate.js';
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import {
   MARKER_END_OF_STREAM,
@@ -323,6 +324,7 @@ export async function readData(ext: VmdkExtent, host: number, bytes: number, buf
     throw new BlockError('EIO', `${ext.file.filename}: grain data at ${hex(host)} (${bytes} bytes) runs past the end of the file (${len} bytes)`);
   }
   const have = Math.max(0, Math.min(bytes, len - host));
+  await bdrvDebugEvent(ext.file, 'read_aio');
   if (have > 0) await bdrvPread(ext.file, host, have, buf.subarray(0, have));
   if (have < bytes) buf.fill(0, have, bytes);
 }
@@ -434,6 +436,8 @@ export async function allocateGrain(
   ext.nextClusterSector += ext.clusterSectors;
   const grain = new Uint8Array(grainBytes);
   await fill(Math.floor(rel / grainBytes) * grainBytes, grain, zeroed);
+  // The guest's data goes out with the grain's copied-in rest: QEMU's data write event (blkdebug's write_aio, 020).
+  await bdrvDebugEvent(ext.file, 'write_aio');
   await bdrvPwrite(ext.file, newSector * SECTOR_SIZE, grainBytes, grain);
   await setGrainTableEntry(ext, l1Index, l2Sector, l2Index, newSector);
   return newSector * SECTOR_SIZE;

@@ -23,6 +23,7 @@ import { BlockError } from '../../block/errors.js';
 import { type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { closeNode, openOwnedFile } from '../../block/open.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
@@ -280,6 +281,7 @@ export const vmdkDriver: BlockDriver = {
         continue;
       }
       if (ext.flat) {
+        await bdrvDebugEvent(ext.file, 'write_aio');
         await bdrvPwrite(ext.file, ext.flatStartOffset + rel, left, buf.subarray(done, done + left));
         done += left;
         continue;
@@ -298,7 +300,10 @@ export const vmdkDriver: BlockDriver = {
         }
         grain.set(data, inGrain);
       });
-      if (!fresh) await bdrvPwrite(ext.file, host + inGrain, n, data);
+      if (!fresh) {
+        await bdrvDebugEvent(ext.file, 'write_aio');
+        await bdrvPwrite(ext.file, host + inGrain, n, data);
+      }
       done += n;
     }
   },

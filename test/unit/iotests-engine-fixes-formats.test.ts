@@ -1,0 +1,77 @@
+/**
+ * Engine behaviours QEMU's iotests found for the formats besides qcow2 and
+ * raw (vmdk, vpc, vdi, vhdx, qed; issue 19), each reproduced on images made
+ * here and named after the iotest.
+ */
+import { describe, expect, it } from 'vitest';
+import '../../src/drivers.js';
+import * as path from 'node:path';
+import { createImage, planCreate } from '../../src/img/create.js';
+import { closeNode, openImage } from '../../src/block/open.js';
+import { bdrvPread, bdrvPwrite } from '../../src/block/io.js';
+import { openTree } from '../../src/block/open-tree.js';
+import { commitImage } from '../../src/img/commit.js';
+import { FileStorage } from '../../src/protocols/file.js';
+import { tmpDir } from '../helpers/qemu.js';
+
+const MIB = 1 << 20;
+
+async function readByte(st: FileStorage, filename: string, format: string, offset: number): Promise<number> {
+  const bs = await openImage(st, filename, { format, readOnly: true });
+  try {
+    const b = new Uint8Array(512);
+    await bdrvPread(bs, offset, 512, b);
+    return b[0]!;
+  } finally {
+    await closeNode(bs);
+  }
+}
+
+describe('qemu-img commit for formats that cannot be emptied (020)', () => {
+  it('vmdk: the data reaches the base and the top keeps its own (make_empty is ENOTSUP, which qemu-img ignores)', async () => {
+    const dir = tmpDir('blocktab-020-');
+    const st = new FileStorage();
+    const base = path.join(dir, 't.vmdk.base');
+    const top = path.join(dir, 't.vmdk');
+    await createImage(st, await planCreate(st, { filename: base, format: 'vmdk', size: 6 * 1024 * MIB, options: ['zeroed_grain=on'] }));
+    await createImage(st, await planCreate(st, { filename: top, format: 'vmdk', size: 6 * 1024 * MIB, backingFile: base, backingFormat: 'vmdk', options: ['zeroed_grain=on'] }));
+    const t = await openImage(st, top, { format: 'vmdk', readOnly: false });
+    await bdrvPwrite(t, 4 * 1024 * MIB + 65536, 65536, new Uint8Array(65536).fill(4));
+    await closeNode(t);
+    await commitImage(st, { filename: top });
+    expect(await readByte(st, base, 'vmdk', 4 * 1024 * MIB + 65536)).toBe(4);
+    expect(await readByte(st, top, 'vmdk', 4 * 1024 * MIB + 65536)).toBe(4);
+  });
+});
+
+describe.each(['vmdk', 'qed'])('%s: blkdebug sees the data writes and reads (020)', (format) => {
+  it('create -b json:{…} opens the name as options, and commit fails with the error blkdebug injects on write_aio', async () => {
+    const dir = tmpDir('blocktab-020-');
+    const st = new FileStorage();
+    const base = path.join(dir, `t.${format}.base`);
+    const top = path.join(dir, `t.${format}`);
+    await createImage(st, await planCreate(st, { filename: base, format, size: MIB }));
+    const backing = `json:{'driver': '${format}', 'file': { 'driver': 'blkdebug', 'inject-error': [{ 'event': 'write_aio', 'errno': 28, 'once': true }], 'image': { 'driver': 'file', 'filename': '${base}' }}}`;
+    await createImage(st, await planCreate(st, { filename: top, format, backingFile: backing, backingFormat: format }));
+    const t = await openImage(st, top, { format, readOnly: false });
+    await bdrvPwrite(t, 0, 65536, new Uint8Array(65536).fill(3));
+    await closeNode(t);
+    await expect(commitImage(st, { filename: top })).rejects.toThrow('Block job failed: No space left on device');
+  });
+
+  it('a read of allocated data raises read_aio', async () => {
+    const dir = tmpDir('blocktab-020-');
+    const st = new FileStorage();
+    const img = path.join(dir, `t.${format}`);
+    await createImage(st, await planCreate(st, { filename: img, format, size: MIB }));
+    const w = await openImage(st, img, { format, readOnly: false });
+    await bdrvPwrite(w, 0, 65536, new Uint8Array(65536).fill(3));
+    await closeNode(w);
+    const bs = await openTree(st, { driver: format, file: { driver: 'blkdebug', 'inject-error': [{ event: 'read_aio', errno: '5' }], image: { driver: 'file', filename: img } } }, { readOnly: true });
+    try {
+      await expect(bdrvPread(bs, 0, 512, new Uint8Array(512))).rejects.toMatchObject({ code: 'EIO' });
+    } finally {
+      await closeNode(bs);
+    }
+  });
+});
