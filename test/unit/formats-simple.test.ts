@@ -7,6 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { BlockError, MemoryStorage, openImage, closeNode, bdrvPread, bdrvPwrite, blockStatus, BDRV_BLOCK_ZERO } from '../../src/index.js';
+import { BDRV_BLOCK_DATA } from '../../src/block/status.js';
 import { createVdi } from '../../src/formats/vdi/create.js';
 import { createVpc } from '../../src/formats/vpc/create.js';
 import { createQed } from '../../src/formats/qed/create.js';
@@ -133,12 +134,32 @@ describe('VHD geometry', () => {
 });
 
 describe('bad headers: one BlockError naming image, structure and offset', () => {
-  it('vdi: block map beyond the end of the file', async () => {
+  it('vdi: a block map past the end of the file reads as zeros there (entry 0), as QEMU reads it (084)', async () => {
     const st = await make((f) => createVdi(f, { size: 5 * MiB }));
     patch(st, 340, le32(0x7000000));
-    const e = await openErr(st, 'vdi');
-    expect(e.code).toBe('ECORRUPT');
-    expect(e.message).toContain('VDI block map at 0x7000000');
+    const bs = await openImage(st, 'img', { format: 'vdi', readOnly: true });
+    try {
+      const status = await blockStatus(bs, false, 0, 5 * MiB);
+      // Every entry reads as 0: block 0 of the data area, as QEMU's zero-filled read of the map gives.
+      expect(status.status & BDRV_BLOCK_DATA).toBe(BDRV_BLOCK_DATA);
+      expect(status.map).toBe(parseVdiHeader(st.get('img')!.subarray(0, 512)).offsetData);
+      expect(status.pnum).toBe(MiB);
+    } finally {
+      await closeNode(bs);
+    }
+  });
+  it('vdi: the largest size QEMU takes (512 TiB - 128 MiB) opens from a 1 KiB file, the 2 GiB map past its end unread (084)', async () => {
+    const st = await make((f) => createVdi(f, { size: 64 * MiB }));
+    patch(st, 368, [0x00, 0x00, 0x00, 0xf8, 0xff, 0xff, 0x01, 0x00]);
+    patch(st, 384, le32(0x1fffff80));
+    const bs = await openImage(st, 'img', { format: 'vdi', readOnly: true });
+    try {
+      expect(bs.totalBytes).toBe(562949819203584);
+      // An entry far past the file reads as 0 (block 0), as QEMU's zero-filled map does.
+      expect((await blockStatus(bs, false, 500 * 2 ** 40, MiB)).status & BDRV_BLOCK_DATA).toBe(BDRV_BLOCK_DATA);
+    } finally {
+      await closeNode(bs);
+    }
   });
   it('vdi: a block map entry outside the image fails the read, not the process', async () => {
     const st = await make((f) => createVdi(f, { size: 5 * MiB }));

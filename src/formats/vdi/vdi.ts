@@ -27,9 +27,7 @@ import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOC
 import { checkDataInFile, readStructure } from '../on-disk.js';
 import { VDI_CREATE_OPTS, vdiCreateImage } from './create.js';
 import {
-  parseVdiBlockMap,
   parseVdiHeader,
-  serializeVdiBlockMap,
   serializeVdiHeader,
   VDI_BLOCKS_IN_IMAGE_MAX,
   VDI_DEFAULT_BLOCK_SIZE,
@@ -43,13 +41,14 @@ import {
   type VdiHeader,
 } from './header.js';
 import { vdiProbe } from './probe.js';
+import { VdiBlockMap } from './block-map.js';
 
 interface VdiState {
   image: string;
   file: BlockNode;
   header: VdiHeader;
   blockSize: number;
-  bmap: Uint32Array;
+  bmap: VdiBlockMap;
   /** Serializes allocating writes (header and block map updates). */
   lock: Promise<void>;
 }
@@ -120,13 +119,15 @@ export const vdiDriver: BlockDriver = {
     const diskSize = Math.ceil(header.diskSize / VDI_SECTOR_SIZE) * VDI_SECTOR_SIZE;
     // Only the entries that cover the disk are used; reading those bounds memory by the disk size and the file.
     const entries = Math.min(header.blocksInImage, Math.ceil(diskSize / header.blockSize));
-    const raw = await readStructure(file, image, 'VDI block map', header.offsetBmap, entries * 4);
+    // QEMU reads a map that runs past the end of the file as zeros there; only the part inside the file is read.
+    const inFile = Math.max(0, Math.min(entries * 4, Math.floor((file.totalBytes - header.offsetBmap) / 4) * 4));
+    const raw = inFile ? await readStructure(file, image, 'VDI block map', header.offsetBmap, inFile) : new Uint8Array(0);
     bs.opaque = {
       image,
       file,
       header,
       blockSize: header.blockSize,
-      bmap: parseVdiBlockMap(raw, entries),
+      bmap: new VdiBlockMap(raw, entries),
       lock: Promise.resolve(),
     } satisfies VdiState;
     bs.totalBytes = diskSize;
@@ -140,7 +141,7 @@ export const vdiDriver: BlockDriver = {
       const index = Math.floor(off / s.blockSize);
       const inBlock = off % s.blockSize;
       const n = Math.min(bytes - done, s.blockSize - inBlock);
-      const entry = s.bmap[index]!;
+      const entry = s.bmap.get(index)!;
       const out = buf.subarray(done, done + n);
       if (!vdiIsAllocated(entry)) {
         out.fill(0);
@@ -157,15 +158,15 @@ export const vdiDriver: BlockDriver = {
     const s = st(bs);
     const index = Math.floor(offset / s.blockSize);
     const inBlock = offset % s.blockSize;
-    const entry = s.bmap[index]!;
+    const entry = s.bmap.get(index)!;
     // Runs of blocks with the same answer are merged (qemu-img map merges them too).
     let pnum = Math.min(bytes, s.blockSize - inBlock);
     if (!vdiIsAllocated(entry)) {
-      for (let i = index + 1; pnum < bytes && !vdiIsAllocated(s.bmap[i]!); i++) pnum = Math.min(bytes, pnum + s.blockSize);
+      for (let i = index + 1; pnum < bytes && !vdiIsAllocated(s.bmap.get(i)!); i++) pnum = Math.min(bytes, pnum + s.blockSize);
       return { status: BDRV_BLOCK_ZERO, pnum };
     }
     const map = hostOffset(s, index, entry, inBlock);
-    for (let i = index + 1, e = entry + 1; pnum < bytes && s.bmap[i] === e && e < s.header.blocksInImage; i++, e++) {
+    for (let i = index + 1, e = entry + 1; pnum < bytes && s.bmap.get(i) === e && e < s.header.blocksInImage; i++, e++) {
       pnum = Math.min(bytes, pnum + s.blockSize);
     }
     const recurse = s.header.imageType === VDI_TYPE_STATIC ? BDRV_BLOCK_RECURSE : 0;
@@ -197,7 +198,7 @@ function vdiCheck(s: VdiState): CheckResult {
   const owner = new Map<number, number>();
   let allocated = 0;
   for (let block = 0; block < s.bmap.length; block++) {
-    const entry = s.bmap[block]!;
+    const entry = s.bmap.get(block)!;
     if (!vdiIsAllocated(entry)) continue;
     if (entry >= s.header.blocksInImage) {
       r.messages.push(`ERROR: block index ${block} too large, is ${entry}`);
@@ -230,7 +231,7 @@ async function vdiWrite(s: VdiState, offset: number, bytes: number, buf: Uint8Ar
       const inBlock = off % s.blockSize;
       const n = Math.min(bytes - done, s.blockSize - inBlock);
       const data = buf.subarray(done, done + n);
-      let entry = s.bmap[index]!;
+      let entry = s.bmap.get(index)!;
       if (vdiIsAllocated(entry)) {
         const host = hostOffset(s, index, entry, inBlock);
         // A block past the end of the file (a crafted data offset) would grow the file to it: refused.
@@ -250,7 +251,7 @@ async function vdiWrite(s: VdiState, offset: number, bytes: number, buf: Uint8Ar
         const block = new Uint8Array(s.blockSize);
         block.set(data, inBlock);
         await bdrvPwrite(s.file, s.header.offsetData + entry * s.blockSize, s.blockSize, block);
-        s.bmap[index] = entry;
+        s.bmap.set(index, entry);
         s.header.blocksAllocated++;
         if (first < 0) first = index;
         last = index;
@@ -261,7 +262,7 @@ async function vdiWrite(s: VdiState, offset: number, bytes: number, buf: Uint8Ar
     if (first >= 0) {
       await bdrvPwrite(s.file, 0, VDI_HEADER_BYTES, serializeVdiHeader(s.header));
       const count = last - first + 1;
-      await bdrvPwrite(s.file, s.header.offsetBmap + first * 4, count * 4, serializeVdiBlockMap(s.bmap, first, count));
+      await bdrvPwrite(s.file, s.header.offsetBmap + first * 4, count * 4, s.bmap.serialize(first, count));
     }
   }
 }
