@@ -11,6 +11,7 @@ import { closeNode, openImage } from '../../src/block/open.js';
 import { bdrvPread, bdrvPwrite } from '../../src/block/io.js';
 import { openTree } from '../../src/block/open-tree.js';
 import { commitImage } from '../../src/img/commit.js';
+import { rebaseImage } from '../../src/img/rebase.js';
 import { FileStorage } from '../../src/protocols/file.js';
 import { tmpDir } from '../helpers/qemu.js';
 
@@ -73,5 +74,39 @@ describe.each(['vmdk', 'qed'])('%s: blkdebug sees the data writes and reads (020
     } finally {
       await closeNode(bs);
     }
+  });
+});
+
+describe('qed: qemu-img rebase changes the backing file in the header (050)', () => {
+  it('the new name and format are written after the header and read back; the guest still sees the data of the old chain', async () => {
+    const dir = tmpDir('blocktab-050-');
+    const st = new FileStorage();
+    const [old, neu, top] = ['t.qed.old', 't.qed.new', 't.qed'].map((n) => path.join(dir, n)) as [string, string, string];
+    for (const [f, fill] of [[old, 0x40], [neu, 0x5a]] as const) {
+      await createImage(st, await planCreate(st, { filename: f, format: 'qed', size: 10 * MIB }));
+      const bs = await openImage(st, f, { format: 'qed', readOnly: false });
+      await bdrvPwrite(bs, 0, MIB, new Uint8Array(MIB).fill(fill));
+      await closeNode(bs);
+    }
+    await createImage(st, await planCreate(st, { filename: top, format: 'qed', size: 10 * MIB, backingFile: old, backingFormat: 'qed' }));
+    await rebaseImage(st, { filename: top, backing: neu, backingFormat: 'qed' });
+    const bs = await openImage(st, top, { format: 'qed', readOnly: true });
+    try {
+      expect(bs.backingFile).toBe(neu);
+      const b = new Uint8Array(512);
+      await bdrvPread(bs, 0, 512, b);
+      expect(b[0]).toBe(0x40);
+    } finally {
+      await closeNode(bs);
+    }
+    // A raw backing file is marked as not to be probed; removing the backing file clears both features.
+    await rebaseImage(st, { filename: top, backing: neu, backingFormat: 'raw', unsafe: true });
+    const raw = await openImage(st, top, { format: 'qed', readOnly: true, backing: false });
+    expect(raw.backingFormat).toBe('raw');
+    await closeNode(raw);
+    await rebaseImage(st, { filename: top, backing: '', unsafe: true });
+    const none = await openImage(st, top, { format: 'qed', readOnly: true });
+    expect(none.backingFile).toBe(null);
+    await closeNode(none);
   });
 });
