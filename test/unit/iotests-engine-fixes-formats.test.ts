@@ -110,3 +110,19 @@ describe('qed: qemu-img rebase changes the backing file in the header (050)', ()
     await closeNode(none);
   });
 });
+
+describe('vmdk: flat subformats refuse what only sparse extents hold (059)', () => {
+  it.each(['monolithicFlat', 'twoGbMaxExtentFlat'])('%s with zeroed_grain=on, or with a backing file, fails in QEMU words', async (subformat) => {
+    const dir = tmpDir('blocktab-059-');
+    const st = new FileStorage();
+    const img = path.join(dir, 't.vmdk');
+    await expect(createImage(st, await planCreate(st, { filename: img, format: 'vmdk', size: 2048 * MIB, options: [`subformat=${subformat},zeroed_grain=on`] }))).rejects.toThrow(
+      `${img}: Flat image can't enable zeroed grain`,
+    );
+    const base = path.join(dir, 'b.vmdk');
+    await createImage(st, await planCreate(st, { filename: base, format: 'vmdk', size: MIB }));
+    await expect(createImage(st, await planCreate(st, { filename: img, format: 'vmdk', backingFile: base, backingFormat: 'vmdk', options: [`subformat=${subformat}`] }))).rejects.toThrow(
+      `${img}: Flat image can't have backing file`,
+    );
+  });
+});

@@ -190,6 +190,10 @@ export async function createVmdkOn(file: BlockNode, filename: string, size: numb
   const subformat = opts.subformat ?? 'monolithicSparse';
   const adapterType = opts.adapterType ?? 'ide';
   if (!['ide', 'lsilogic', 'buslogic', 'legacyESX'].includes(adapterType)) throw new BlockError('EINVAL', `Invalid adapter type '${adapterType}'. Allowed values: ide, buslogic, lsilogic, legacyESX`);
+  const flat = subformat === 'monolithicFlat' || subformat === 'twoGbMaxExtentFlat';
+  // QEMU's words (059): a flat extent has neither grain tables for a parent nor zeroed grains.
+  if (flat && opts.backingFile !== undefined) throw new BlockError('ENOTSUP', `${filename}: Flat image can't have backing file`);
+  if (flat && opts.zeroedGrain) throw new BlockError('ENOTSUP', `${filename}: Flat image can't enable zeroed grain`);
   if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('EINVAL', `${filename}: invalid size ${size}`);
   size = Math.ceil(size / SECTOR_SIZE) * SECTOR_SIZE;
   if (subformat !== 'monolithicFlat' && size / SECTOR_SIZE > 0xffffffff * GRANULARITY) throw new BlockError('EFBIG', `${filename}: size ${size} is too large for a sparse VMDK`);
