@@ -123,6 +123,23 @@ export class BodySink {
   length = 0;
   constructor(private readonly parts: Uint8Array[]) {}
 
+  /** The free room of the current part, at most `max` bytes: a view to read into (see `advance`); null when the parts are full. */
+  room(max: number): Uint8Array | null {
+    const p = this.parts[this.part];
+    if (!p || max <= 0) return null;
+    return p.subarray(this.at, Math.min(p.length, this.at + max));
+  }
+
+  /** Counts `n` bytes written into the last view `room` gave. */
+  advance(n: number): void {
+    this.at += n;
+    this.length += n;
+    if (this.at === this.parts[this.part]!.length) {
+      this.part++;
+      this.at = 0;
+    }
+  }
+
   /** Copies a chunk in; false (nothing more taken) when the parts cannot hold it. */
   push(chunk: Uint8Array): boolean {
     let from = 0;

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { tmpDir, seededBytes } from '../helpers/qemu.js';
 import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
 import { HttpStorage, httpStats, fetchTransport, type HttpBlockStore, type HttpOptions } from '../../src/protocols/http.js';
-import { nodeHttpTransport } from '../../src/protocols/http-node.js';
+import { nodeHttpTransport, nodeHttpModuleTransport } from '../../src/protocols/http-node.js';
 import { bdrvPread, BlockError, type BlockNode } from '../../src/index.js';
 
 let server: RangeServer;
@@ -19,7 +19,8 @@ const data = seededBytes(SIZE, 11);
 const baseOpts: HttpOptions = { blockSize: 4096, cacheBytes: 256 * 1024, maxReadAhead: 16 * 1024, retryDelayMs: 1 };
 const TRANSPORTS = [
   { name: 'fetch', transport: fetchTransport() },
-  { name: 'node:http', transport: nodeHttpTransport },
+  { name: 'node (plain http: http-wire)', transport: nodeHttpTransport },
+  { name: 'node:http', transport: nodeHttpModuleTransport },
 ];
 
 beforeAll(async () => {
