@@ -51,9 +51,9 @@ export interface HttpOptions {
   blockSize?: number;
   /** Read cache capacity in bytes (default 32 MiB). */
   cacheBytes?: number;
-  /** Largest read-ahead window in bytes (default 4 MiB). */
+  /** Largest read-ahead window in bytes (default 8 MiB; at most a third of the cache is used). */
   maxReadAhead?: number;
-  /** Requests in flight at most (default 4). */
+  /** Requests in flight at most (default 6, as browsers' connections per origin). */
   maxInflight?: number;
   /** Retries of a request after 5xx, 429, timeouts and network errors (default 4). */
   retries?: number;
@@ -267,8 +267,8 @@ interface HttpState {
 const DEFAULTS = {
   blockSize: 64 * 1024,
   cacheBytes: 32 * 1024 * 1024,
-  maxReadAhead: 4 * 1024 * 1024,
-  maxInflight: 4,
+  maxReadAhead: 8 * 1024 * 1024,
+  maxInflight: 6,
   retries: 4,
   retryDelayMs: 100,
   timeoutMs: 30_000,
@@ -649,14 +649,19 @@ async function fromStore(s: HttpState, first: number, last: number): Promise<boo
   return found;
 }
 
+/** Blocks per request of a long run: a quarter of the read-ahead window, at least 1 MiB. */
+function pieceBlocks(s: HttpState): number {
+  return Math.max(1, Math.floor(Math.max(1024 * 1024, s.opts.maxReadAhead / 4) / s.opts.blockSize));
+}
+
 /** Sends one ranged GET per piece of the runs; blocks being fetched are in `inflight` so other readers wait for them. */
 function startFetches(s: HttpState, runs: [number, number][]): Promise<void>[] {
-  // A long run is split so its pieces go out in parallel (bounded by maxInflight).
-  const piece = Math.max(1, Math.floor(Math.max(1024 * 1024, s.opts.maxReadAhead / 4) / s.opts.blockSize));
+  // A long run is split so its pieces go out in parallel (bounded by maxInflight), at multiples of the piece size so they stay whole.
+  const piece = pieceBlocks(s);
   const started: Promise<void>[] = [];
   for (const [a0, b0] of runs) {
-    for (let a = a0; a <= b0; a += piece) {
-      const b = Math.min(b0, a + piece - 1);
+    for (let a = a0, b: number; a <= b0; a = b + 1) {
+      b = Math.min(b0, (Math.floor(a / piece) + 1) * piece - 1);
       const p = fetchBlocks(s, a, b);
       const settled = p.then(
         () => {},
@@ -691,8 +696,9 @@ function missingRuns(s: HttpState, first: number, last: number): [number, number
  * Makes blocks [first, last] present, and starts read-ahead of the next
  * `readAheadBlocks` blocks in the background (not awaited: the caller gets its
  * data while the next blocks are on their way). When less than half a window
- * lies ready ahead of the reader, one whole window more goes out, so a stream
- * of small sequential reads sends a few large requests, not one per read.
+ * lies ready ahead of the reader, one whole window more goes out (ending on a
+ * piece boundary, so its requests are whole pieces), so a stream of small
+ * sequential reads sends a few large requests, not one per read.
  */
 async function ensureBlocks(s: HttpState, first: number, last: number, readAheadBlocks: number): Promise<void> {
   const lastBlock = Math.max(0, Math.ceil(s.size / s.opts.blockSize) - 1);
@@ -712,7 +718,13 @@ async function ensureBlocks(s: HttpState, first: number, last: number, readAhead
     // Blocks right after the request already here or on their way; when fewer than half a window, one more window goes out.
     let present = 0;
     while (last + 1 + present <= lastBlock && (s.cache.has(last + 1 + present) || s.inflight.has(last + 1 + present))) present++;
-    if (present * 2 < readAheadBlocks) ahead = missingRuns(s, last + 1 + present, Math.min(lastBlock, last + present + readAheadBlocks));
+    if (present * 2 < readAheadBlocks) {
+      const piece = pieceBlocks(s);
+      let end = last + present + readAheadBlocks;
+      const aligned = Math.floor((end + 1) / piece) * piece - 1;
+      if (aligned > last + present) end = aligned;
+      ahead = missingRuns(s, last + 1 + present, Math.min(lastBlock, end));
+    }
   }
   waits.push(...startFetches(s, runs));
   for (const p of startFetches(s, ahead)) p.catch(() => {});
@@ -746,9 +758,9 @@ export const httpDriver: BlockDriver = {
     bs.opaque = s;
     await probeSize(s);
     bs.totalBytes = s.size;
-    // One request never holds more than half the cache, so a read's own blocks are never evicted before it copies them.
-    const half = Math.max(opts.blockSize, Math.floor((opts.cacheBlocks * opts.blockSize) / 2 / opts.blockSize) * opts.blockSize);
-    bs.limits = { requestAlignment: 1, maxTransfer: Math.min(bs.limits.maxTransfer, half) };
+    // One request never holds more than a quarter of the cache (read-ahead, at most a third, keeps up to half a window more), so a read's own blocks are never evicted before it copies them.
+    const quarter = Math.max(opts.blockSize, Math.floor(opts.cacheBlocks / 4) * opts.blockSize);
+    bs.limits = { requestAlignment: 1, maxTransfer: Math.min(bs.limits.maxTransfer, quarter) };
   },
   async close(bs) {
     const s = bs.state<HttpState>();
@@ -771,8 +783,9 @@ export const httpDriver: BlockDriver = {
     const first = Math.floor(offset / bsz);
     const last = Math.floor((offset + have - 1) / bsz);
     for (let attempt = 0; ; attempt++) {
-      // Read-ahead is bounded to a quarter of the cache, so with the request (at most half) it never evicts the request's own blocks.
-      await ensureBlocks(s, first, last, Math.min(Math.floor(s.window / bsz), Math.floor(s.opts.cacheBlocks / 4)));
+      // The window is bounded to a third of the cache: with what it keeps ahead (up to one and a half windows) and the request
+      // (at most a quarter), the request's own blocks are never evicted.
+      await ensureBlocks(s, first, last, Math.min(Math.floor(s.window / bsz), Math.floor(s.opts.cacheBlocks / 3)));
       // Copy out; a block evicted meanwhile by a concurrent request is fetched again.
       let missing = false;
       for (let i = first; i <= last && !missing; i++) {

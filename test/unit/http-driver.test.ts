@@ -66,7 +66,7 @@ describe.each(TRANSPORTS)('http protocol ($name)', ({ transport }) => {
   });
 
   it('serves repeated reads from the cache and batches sequential reads with growing read-ahead', async () => {
-    // Read-ahead is capped at a quarter of the cache: 1 MiB of cache lets the 32 KiB cap apply.
+    // Read-ahead is capped at a third of the cache: 1 MiB of cache lets the 32 KiB cap apply.
     const st = new HttpStorage(server.baseUrl, { ...opts, cacheBytes: 1024 * 1024 });
     const bs = await st.openProtocol('disk.raw', { readOnly: true });
     const before = httpRequestCount(bs);
