@@ -233,6 +233,8 @@ export interface HttpStats {
   bytesFetched: number;
   /** Most requests in flight at once. */
   peakInflight: number;
+  /** Blocks of blocksFetched read straight into a caller's buffer, around the cache. */
+  blocksBypassed: number;
 }
 
 /** httpStats' answer: the counters and the requests running now. */
@@ -594,6 +596,27 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
   const parts = blocks.slice();
   const lastLen = end + 1 - last * bsz;
   if (lastLen < bsz) parts[parts.length - 1] = blocks[blocks.length - 1]!.subarray(0, lastLen);
+  await getRange(s, start, end, parts).catch((e: unknown) => {
+    for (const b of blocks) giveBack(s, b);
+    throw e;
+  });
+  s.stats.blocksFetched += last - first + 1;
+  // The file's last block may be short: the rest of its buffer (maybe a reused one) reads as zeros.
+  const tail = (end + 1) % bsz;
+  if (tail !== 0) blocks[blocks.length - 1]!.fill(0, tail);
+  for (let i = first; i <= last; i++) {
+    const blk = blocks[i - first]!;
+    insert(s, i, blk);
+    persist(s, i, blk);
+  }
+}
+
+/**
+ * One ranged GET of bytes [start, end] into `parts` (which hold exactly that
+ * many bytes), with retries; the answer must be a 206 of this version of the
+ * file with exactly that range.
+ */
+async function getRange(s: HttpState, start: number, end: number, parts: Uint8Array[]): Promise<void> {
   await request(s, { headers: { Range: `bytes=${start}-${end}` } }, `read at ${hex(start)}`, async (res) => {
     if (res.status === 200) {
       discard(res);
@@ -614,18 +637,67 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
     if (n !== end - start + 1) {
       throw new Transient(`short response at ${hex(start)}: ${n} of ${end - start + 1} bytes`);
     }
-  }).catch((e: unknown) => {
-    for (const b of blocks) giveBack(s, b);
-    throw e;
   });
-  s.stats.blocksFetched += last - first + 1;
-  // The file's last block may be short: the rest of its buffer (maybe a reused one) reads as zeros.
-  const tail = (end + 1) % bsz;
-  if (tail !== 0) blocks[blocks.length - 1]!.fill(0, tail);
-  for (let i = first; i <= last; i++) {
-    const blk = blocks[i - first]!;
-    insert(s, i, blk);
-    persist(s, i, blk);
+}
+
+/** Whole blocks a read must cover, all missing, to go around the cache (see `bypassRun`). */
+const BYPASS_MIN_BLOCKS = 4;
+
+/**
+ * The whole blocks [a, b] inside the read [offset, offset + bytes) when every
+ * one of them is neither cached nor being fetched and there are at least
+ * BYPASS_MIN_BLOCKS of them: such a read gets their bytes straight into the
+ * caller's buffer (no cache block, no copy). Not with a persistent store,
+ * which the blocks must reach (and which may already hold them).
+ */
+function bypassRun(s: HttpState, offset: number, bytes: number): [number, number] | null {
+  if (s.opts.store) return null;
+  const bsz = s.opts.blockSize;
+  const a = Math.ceil(offset / bsz);
+  const b = Math.floor((offset + bytes) / bsz) - 1;
+  if (b - a + 1 < BYPASS_MIN_BLOCKS) return null;
+  for (let i = a; i <= b; i++) if (s.cache.has(i) || s.inflight.has(i)) return null;
+  return [a, b];
+}
+
+/** Reads blocks [a, b] into `into` (their bytes, from block a's start) with one request per piece, in parallel. */
+async function fetchAround(s: HttpState, a: number, b: number, into: Uint8Array): Promise<void> {
+  const bsz = s.opts.blockSize;
+  const piece = pieceBlocks(s);
+  const gets: Promise<void>[] = [];
+  for (let x = a, y: number; x <= b; x = y + 1) {
+    y = Math.min(b, (Math.floor(x / piece) + 1) * piece - 1);
+    gets.push(getRange(s, x * bsz, (y + 1) * bsz - 1, [into.subarray((x - a) * bsz, (y + 1 - a) * bsz)]));
+  }
+  await Promise.all(gets);
+  s.stats.blocksFetched += b - a + 1;
+  s.stats.blocksBypassed += b - a + 1;
+}
+
+/** Reads [offset, offset + bytes) of the file through the cache into `buf`, starting read-ahead of `readAheadBlocks` after it. */
+async function readCached(s: HttpState, offset: number, bytes: number, buf: Uint8Array, readAheadBlocks: number): Promise<void> {
+  const bsz = s.opts.blockSize;
+  const first = Math.floor(offset / bsz);
+  const last = Math.floor((offset + bytes - 1) / bsz);
+  for (let attempt = 0; ; attempt++) {
+    await ensureBlocks(s, first, last, readAheadBlocks);
+    // Copy out; a block evicted meanwhile by a concurrent request is fetched again.
+    let missing = false;
+    for (let i = first; i <= last && !missing; i++) {
+      const blk = s.cache.get(i);
+      if (!blk) missing = true;
+    }
+    if (missing && attempt < 3) continue;
+    for (let i = first; i <= last; i++) {
+      const blk = s.cache.get(i);
+      if (!blk) throw new BlockError('EIO', `${s.url}: read cache too small for concurrent reads at ${hex(offset)}`);
+      const bStart = i * bsz;
+      const from = Math.max(offset, bStart);
+      const to = Math.min(offset + bytes, bStart + bsz);
+      buf.set(blk.subarray(from - bStart, to - bStart), from - offset);
+      insert(s, i, blk);
+    }
+    return;
   }
 }
 
@@ -751,7 +823,7 @@ export const httpDriver: BlockDriver = {
       window: 0,
       running: 0,
       queue: [],
-      stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, bytesFetched: 0, peakInflight: 0 },
+      stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, bytesFetched: 0, peakInflight: 0, blocksBypassed: 0 },
       storeWrites: new Set(),
       spare: opts.store ? null : [],
     };
@@ -780,30 +852,21 @@ export const httpDriver: BlockDriver = {
     // Sequential access doubles the read-ahead window (from one block) up to the cap; a seek resets it.
     s.window = offset === s.lastEnd ? Math.min(Math.max(s.window * 2, bsz), s.opts.maxReadAhead) : 0;
     s.lastEnd = offset + have;
-    const first = Math.floor(offset / bsz);
-    const last = Math.floor((offset + have - 1) / bsz);
-    for (let attempt = 0; ; attempt++) {
-      // The window is bounded to a third of the cache: with what it keeps ahead (up to one and a half windows) and the request
-      // (at most a quarter), the request's own blocks are never evicted.
-      await ensureBlocks(s, first, last, Math.min(Math.floor(s.window / bsz), Math.floor(s.opts.cacheBlocks / 3)));
-      // Copy out; a block evicted meanwhile by a concurrent request is fetched again.
-      let missing = false;
-      for (let i = first; i <= last && !missing; i++) {
-        const blk = s.cache.get(i);
-        if (!blk) missing = true;
-      }
-      if (missing && attempt < 3) continue;
-      for (let i = first; i <= last; i++) {
-        const blk = s.cache.get(i);
-        if (!blk) throw new BlockError('EIO', `${s.url}: read cache too small for concurrent reads at ${hex(offset)}`);
-        const bStart = i * bsz;
-        const from = Math.max(offset, bStart);
-        const to = Math.min(offset + have, bStart + bsz);
-        buf.set(blk.subarray(from - bStart, to - bStart), from - offset);
-        insert(s, i, blk);
-      }
-      return;
-    }
+    // The window is bounded to a third of the cache: with what it keeps ahead (up to one and a half windows) and the request
+    // (at most a quarter), the request's own blocks are never evicted.
+    const ahead = Math.min(Math.floor(s.window / bsz), Math.floor(s.opts.cacheBlocks / 3));
+    const around = bypassRun(s, offset, have);
+    if (!around) return readCached(s, offset, have, buf, ahead);
+    // Whole missing blocks come straight into buf; the partial blocks at either edge go through the cache, and read-ahead
+    // starts after the read as usual.
+    const [a, b] = around;
+    const head = a * bsz - offset;
+    const tail = offset + have - (b + 1) * bsz;
+    await Promise.all([
+      fetchAround(s, a, b, buf.subarray(head, head + (b + 1 - a) * bsz)),
+      head > 0 ? readCached(s, offset, head, buf, 0) : undefined,
+      tail > 0 ? readCached(s, (b + 1) * bsz, tail, buf.subarray(have - tail), ahead) : ensureBlocks(s, b + 1, b, ahead),
+    ]);
   },
   async getLength(bs) {
     return bs.state<HttpState>().size;
