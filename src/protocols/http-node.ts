@@ -16,7 +16,7 @@
 import { createRequire } from 'node:module';
 import type * as Http from 'node:http';
 import { BodySink, type HttpReply, type HttpRequestInit, type HttpTransport } from './http.js';
-import { wireRequest } from './http-wire.js';
+import { wireRequest, timeoutError, DRAIN_LIMIT } from './http-wire.js';
 
 type Mods = { http: typeof Http; https: typeof import('node:https') };
 let mods: Mods | undefined;
@@ -32,14 +32,6 @@ function load(): { mods: Mods; agents: { http: Http.Agent; https: Http.Agent } }
   return { mods, agents };
 }
 
-function timeoutError(ms: number): Error {
-  const e = new Error(`The operation was aborted due to timeout (${ms} ms)`);
-  e.name = 'TimeoutError';
-  return e;
-}
-
-/** Bodies up to this size are read to their end when dropped, so the connection can be reused; larger ones close it. */
-const DRAIN_LIMIT = 64 * 1024;
 
 function send(url: string, init: HttpRequestInit): Promise<HttpReply> {
   const { mods, agents } = load();

@@ -30,7 +30,7 @@ const READ_BUFFER = 256 * 1024;
 /** Longest response head accepted. */
 const MAX_HEAD = 64 * 1024;
 /** Bodies with at most this much left are read to their end when dropped, so the connection can be reused; larger ones close it. */
-const DRAIN_LIMIT = 64 * 1024;
+export const DRAIN_LIMIT = 64 * 1024;
 /** Idle connections kept per origin. */
 const MAX_IDLE = 16;
 
@@ -39,7 +39,8 @@ const idle = new Map<string, Conn[]>();
 
 type Framing = { kind: 'none' } | { kind: 'length'; left: number } | { kind: 'chunked' } | { kind: 'close' };
 
-function timeoutError(ms: number): Error {
+/** The error a timed-out request fails with (named as fetch's AbortSignal.timeout names it). */
+export function timeoutError(ms: number): Error {
   const e = new Error(`The operation was aborted due to timeout (${ms} ms)`);
   e.name = 'TimeoutError';
   return e;

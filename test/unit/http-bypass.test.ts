@@ -8,8 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tmpDir, seededBytes } from '../helpers/qemu.js';
 import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
-import { HttpStorage, httpStats, fetchTransport, type HttpBlockStore, type HttpOptions } from '../../src/protocols/http.js';
-import { nodeHttpTransport, nodeHttpModuleTransport } from '../../src/protocols/http-node.js';
+import { HttpStorage, httpStats, type HttpBlockStore, type HttpOptions } from '../../src/protocols/http.js';
+import { HTTP_TRANSPORTS as TRANSPORTS } from '../helpers/http-transports.js';
 import { bdrvPread, BlockError, type BlockNode } from '../../src/index.js';
 
 let server: RangeServer;
@@ -20,11 +20,6 @@ const data = seededBytes(SIZE, 23);
 // maxReadAhead 0: only the reads themselves send requests, so the counters below are exact.
 // A 1 MiB cache: one read may hold a quarter of it (64 blocks), so the block layer does not split the reads below.
 const baseOpts: HttpOptions = { blockSize: B, cacheBytes: 1024 * 1024, maxReadAhead: 0, retryDelayMs: 1 };
-const TRANSPORTS = [
-  { name: 'fetch', transport: fetchTransport() },
-  { name: 'node (plain http: http-wire)', transport: nodeHttpTransport },
-  { name: 'node:http', transport: nodeHttpModuleTransport },
-];
 
 beforeAll(async () => {
   dir = tmpDir();

@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tmpDir, seededBytes } from '../helpers/qemu.js';
 import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
-import { HttpStorage, httpRequestCount, fetchTransport } from '../../src/protocols/http.js';
-import { nodeHttpTransport, nodeHttpModuleTransport } from '../../src/protocols/http-node.js';
+import { HttpStorage, httpRequestCount } from '../../src/protocols/http.js';
+import { HTTP_TRANSPORTS as TRANSPORTS } from '../helpers/http-transports.js';
 import { bdrvPread, bdrvPwrite, openImage, BlockError } from '../../src/index.js';
 
 let server: RangeServer;
@@ -27,11 +27,6 @@ beforeAll(async () => {
 afterAll(() => server.close());
 
 const baseOpts = { blockSize: 4096, cacheBytes: 64 * 1024, maxReadAhead: 32 * 1024, retryDelayMs: 1 };
-const TRANSPORTS = [
-  { name: 'fetch', transport: fetchTransport() },
-  { name: 'node (plain http: http-wire)', transport: nodeHttpTransport },
-  { name: 'node:http', transport: nodeHttpModuleTransport },
-];
 
 async function expectCode(p: Promise<unknown>, code: string, re: RegExp): Promise<void> {
   const e = await p.then(
