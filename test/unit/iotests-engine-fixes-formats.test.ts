@@ -8,7 +8,7 @@ import '../../src/drivers.js';
 import * as path from 'node:path';
 import { createImage, planCreate } from '../../src/img/create.js';
 import { closeNode, openImage } from '../../src/block/open.js';
-import { bdrvPread, bdrvPwrite } from '../../src/block/io.js';
+import { bdrvPread, bdrvPwrite, bdrvTruncate } from '../../src/block/io.js';
 import { openTree } from '../../src/block/open-tree.js';
 import { commitImage } from '../../src/img/commit.js';
 import { rebaseImage } from '../../src/img/rebase.js';
@@ -124,5 +124,37 @@ describe('vmdk: flat subformats refuse what only sparse extents hold (059)', () 
     await expect(createImage(st, await planCreate(st, { filename: img, format: 'vmdk', backingFile: base, backingFormat: 'vmdk', options: [`subformat=${subformat}`] }))).rejects.toThrow(
       `${img}: Flat image can't have backing file`,
     );
+  });
+});
+
+describe('qed: resize grows the image in the header (025, 048)', () => {
+  it('grows, keeps the data, reads zeros in the new part, and refuses to shrink or preallocate as QEMU does', async () => {
+    const dir = tmpDir('blocktab-025-');
+    const st = new FileStorage();
+    const img = path.join(dir, 't.qed');
+    await createImage(st, await planCreate(st, { filename: img, format: 'qed', size: 128 * MIB }));
+    const bs = await openImage(st, img, { format: 'qed', readOnly: false });
+    try {
+      await bdrvPwrite(bs, 128 * MIB - 512, 512, new Uint8Array(512).fill(7));
+      await bdrvTruncate(bs, 384 * MIB);
+      await expect(bdrvTruncate(bs, 256 * MIB)).rejects.toThrow('Shrinking images is currently not supported');
+      await expect(bdrvTruncate(bs, 512 * MIB, false, 'full')).rejects.toThrow("Unsupported preallocation mode 'full'");
+      await bdrvPwrite(bs, 300 * MIB, 512, new Uint8Array(512).fill(9));
+    } finally {
+      await closeNode(bs);
+    }
+    const ro = await openImage(st, img, { format: 'qed', readOnly: true });
+    try {
+      expect(ro.totalBytes).toBe(384 * MIB);
+      const b = new Uint8Array(512);
+      await bdrvPread(ro, 128 * MIB - 512, 512, b);
+      expect(b[0]).toBe(7);
+      await bdrvPread(ro, 300 * MIB, 512, b);
+      expect(b[0]).toBe(9);
+      await bdrvPread(ro, 200 * MIB, 512, b);
+      expect(b.every((x) => x === 0)).toBe(true);
+    } finally {
+      await closeNode(ro);
+    }
   });
 });

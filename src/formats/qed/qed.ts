@@ -303,6 +303,21 @@ export const qedDriver: BlockDriver = {
     });
   },
 
+  // QEMU's QED resize (025, 048): grow only, preallocation off, the new size in the header.
+  async truncate(bs, size, _exact, prealloc) {
+    const s = st(bs);
+    if (prealloc !== 'off') throw new BlockError('ENOTSUP', `Unsupported preallocation mode '${prealloc}'`);
+    if (size % 512 || size > qedMaxImageSize(s.header.clusterSize, s.header.tableSize)) throw new BlockError('EINVAL', 'Invalid image size specified');
+    if (size < s.header.imageSize) throw new BlockError('ENOTSUP', 'Shrinking images is currently not supported');
+    await locked(s, async () => {
+      const next = { ...s.header, imageSize: size };
+      await bdrvPwrite(s.file, 0, QED_HEADER_BYTES, serializeQedHeader(next));
+      await bdrvFlush(s.file);
+      s.header = next;
+      bs.totalBytes = size;
+    });
+  },
+
   changeBackingFile(bs, backingFile, backingFormat) {
     return locked(st(bs), () => qedChangeBackingFile(bs, st(bs), backingFile, backingFormat));
   },
