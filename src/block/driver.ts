@@ -231,7 +231,12 @@ export interface BlockDriver {
    */
   pwriteZeroes?(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags): Promise<void>;
 
-  /** Hints that the range is no longer needed. Advisory: may do nothing. */
+  /**
+   * Hints that the range is no longer needed. Advisory: may do nothing, or
+   * throw ENOTSUP. A range not aligned to `limits.pdiscardAlignment` is
+   * smaller than it and crosses no boundary of it (the core's head and tail
+   * pieces); a range on the alignment is at most `limits.maxPdiscard`.
+   */
   pdiscard?(bs: BlockNode, offset: number, bytes: number): Promise<void>;
 
   /** Makes every completed write stable. The core flushes children afterwards. */

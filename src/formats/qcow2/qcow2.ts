@@ -363,6 +363,9 @@ export const qcow2Driver: BlockDriver = {
 
   async pdiscard(bs, offset, bytes) {
     const s = bs.state<Qcow2State>();
+    // A piece of a cluster is ignored, except the whole partial cluster at the end of an unaligned image.
+    const cs = s.clusterSize;
+    if (offset % cs !== 0 || (bytes % cs !== 0 && offset + bytes !== bs.totalBytes)) return;
     await withLock(s, async () => {
       await prepareWrite(s);
       await qcow2DiscardRange(bs, s, offset, bytes, false);
