@@ -65,3 +65,22 @@ describe('convert -l: the source as an internal snapshot shows it (029)', () => 
     expect([two.status, two.stderr.split('\n')[0]]).toEqual([twoWant.status, twoWant.stderr.split('\n')[0]]);
   });
 });
+
+describe('compare through blkdebug (074)', () => {
+  it("a read error names the image as given, and a size difference still warns after it, as qemu-img", async () => {
+    const conf = path.join(dir, 'cmp-blkdebug.conf');
+    fs.writeFileSync(conf, '[inject-error]\nevent = "read_aio"\nerrno = "5"\nonce ="off"\n');
+    const a = path.join(dir, 'cmp-a.qcow2');
+    const b = path.join(dir, 'cmp-b.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', a, '64M']);
+    qemuIo(a, ['write -P 102 512 512'], 'qcow2');
+    for (const size of ['64M', '0']) {
+      qemuImg(['create', '-q', '-f', 'qcow2', b, size]);
+      const args = ['compare', `blkdebug:${conf}:${a}`, b];
+      const o = await bt(args);
+      const t = qemuImgRun(args);
+      expect(t.status).toBe(4);
+      expect([o.status, o.stderr, o.stdout]).toEqual([t.status, t.stderr, t.stdout]);
+    }
+  });
+});
