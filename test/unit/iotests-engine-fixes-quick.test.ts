@@ -6,7 +6,9 @@ import { describe, expect, it } from 'vitest';
 import '../../src/drivers.js';
 import { MemoryStorage } from '../../src/protocols/memory.js';
 import { createImage, planCreate } from '../../src/img/create.js';
-import { closeNode } from '../../src/block/open.js';
+import { closeNode, openImage } from '../../src/block/open.js';
+import { imgSnapshot, listSnapshots } from '../../src/img/snapshot.js';
+import { checkNode } from '../../src/img/check.js';
 import { openTree } from '../../src/block/open-tree.js';
 import { bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../../src/block/io.js';
 import { registerDriver, type BlockDriver } from '../../src/block/driver.js';
@@ -153,6 +155,40 @@ describe('discard and write-zeroes with limits that are not powers of two (204, 
         at += p.bytes;
       }
       expect(at).toBe(offset + bytes);
+    }
+  });
+});
+
+// ------------------------------------------------------------ 217
+
+describe("snapshot delete's failure path (217)", () => {
+  it('a file that fails once the old table is freed: the free is reported, the delete fails naming the L1 table, and only leaks are left', async () => {
+    const st = new MemoryStorage();
+    await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size: 64 * MIB }));
+    const plain = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(plain, 0, 65536, new Uint8Array(65536).fill(1));
+    await imgSnapshot(plain, 'create', 'foo');
+    await closeNode(plain);
+
+    const warnings: string[] = [];
+    const tree = {
+      driver: 'qcow2',
+      file: { driver: 'blkdebug', 'inject-error': [{ event: 'cluster_free', errno: '5' }], image: { driver: 'file', filename: 'a.qcow2' } },
+    };
+    const bs = await openTree(st, tree, { readOnly: false, warn: (m) => warnings.push(m) });
+    const err = await imgSnapshot(bs, 'delete', 'foo').catch((e: unknown) => e);
+    await closeNode(bs).catch(() => {});
+    expect((err as Error).message).toBe("Could not delete snapshot 'foo': Failed to free the cluster and L1 table: Input/output error");
+    expect(warnings).toContain('qcow2_free_clusters failed: Input/output error');
+
+    const after = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true });
+    try {
+      // The header no longer names the snapshot; its clusters are leaked, nothing is corrupt.
+      expect(listSnapshots(after)).toEqual([]);
+      const c = (await checkNode(after, 'a.qcow2', { leaks: false, errors: false })).check;
+      expect([c.corruptions ?? 0, c.leaks]).toEqual([0, 4]);
+    } finally {
+      await closeNode(after);
     }
   });
 });
