@@ -58,7 +58,7 @@ export class WasmRefcounts {
     const sizes = [ST_BYTES, length * width, markBytes * 2];
     const addrs: number[] = [];
     for (const n of sizes) {
-      const a = n ? arena.alloc(n) : 0;
+      const a = n ? arena.allocZeroed(n, s.u8) : 0;
       if (a < 0) {
         for (const b of addrs) if (b) arena.release(b);
         return null;
@@ -66,9 +66,6 @@ export class WasmRefcounts {
       addrs.push(a);
     }
     const buf = s.memory.buffer;
-    s.u8.fill(0, addrs[0]!, addrs[0]! + ST_BYTES);
-    s.u8.fill(0, addrs[1]!, addrs[1]! + sizes[1]!);
-    if (markBytes) s.u8.fill(0, addrs[2]!, addrs[2]! + sizes[2]!);
     const counts = width === 1 ? new Uint8Array(buf, addrs[1], length) : width === 2 ? new Uint16Array(buf, addrs[1], length) : new Uint32Array(buf, addrs[1], length);
     const marks = markBytes ? new Uint8Array(buf, addrs[2], markBytes * 2) : null;
     return new WasmRefcounts(s, addrs, counts, marks, addrs[0]!);

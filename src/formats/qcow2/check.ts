@@ -34,6 +34,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import type { CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
+import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { be, findExtension, QCOW2_EXT_MAGIC_BITMAPS, QCOW2_EXT_MAGIC_CRYPTO_HEADER, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
 import {
   ALL_SUBCLUSTERS,
@@ -191,6 +192,74 @@ class Counts {
   }
 }
 
+/**
+ * Metadata read ahead: a run of clusters that follow each other in the file
+ * (the L2 tables or refcount blocks of a preallocated image) is read in one
+ * request into one buffer (from the arena, so the kernels read it in place),
+ * and each cluster of the run is a view into it. The bytes are trusted only
+ * while the check wrote nothing since they were read.
+ */
+class ReadAhead {
+  private readonly buf: Uint8Array;
+  private start = -1;
+  private end = -1;
+  private writes = -1;
+  /** At most this many clusters per request. */
+  readonly cap: number;
+
+  constructor(
+    private readonly s: Qcow2State,
+    private readonly log: CheckLog,
+  ) {
+    this.cap = Math.max(1, Math.floor(READ_AHEAD_BYTES / s.clusterSize));
+    this.buf = allocBuffer(this.cap * s.clusterSize);
+  }
+
+  /**
+   * The cluster at `off`, which starts a run of `run` clusters (at most
+   * `cap`, all inside the file; 0 when `off` is not such a cluster: then
+   * exactly one cluster is read, as a plain read would).
+   */
+  async cluster(off: number, run: number): Promise<Uint8Array> {
+    const cs = this.s.clusterSize;
+    if (off >= this.start && off + cs <= this.end && this.writes === this.log.writes && (off - this.start) % cs === 0) {
+      return this.buf.subarray(off - this.start, off - this.start + cs);
+    }
+    const len = Math.max(1, Math.min(run, this.cap)) * cs;
+    this.start = this.end = -1;
+    try {
+      await bdrvPread(this.s.file, off, len, this.buf.subarray(0, len));
+    } catch (e) {
+      if (len === cs) throw e;
+      // The run failed as a whole: the one cluster alone, so an error is the one a plain read would meet.
+      await bdrvPread(this.s.file, off, cs, this.buf.subarray(0, cs));
+      return this.buf.subarray(0, cs);
+    }
+    if (len > cs) {
+      this.start = off;
+      this.end = off + len;
+      this.writes = this.log.writes;
+    }
+    return this.buf.subarray(0, cs);
+  }
+
+  release(): void {
+    freeBuffer(this.buf);
+  }
+}
+
+/** Bytes of metadata read per request when tables follow each other. */
+const READ_AHEAD_BYTES = 4 << 20;
+
+/** How many clusters from `first` follow each other in the file: at[j] for j >= first must be first's + (j - first) clusters, inside the file. */
+function contiguousRun(at: (j: number) => number, first: number, count: number, cap: number, cs: number, fileLen: number): number {
+  const off = at(first);
+  if (off === 0 || off % cs !== 0) return 0;
+  let m = 0;
+  while (m < cap && first + m < count && at(first + m) === off + m * cs && off + (m + 1) * cs <= fileLen) m++;
+  return m;
+}
+
 /** The refcounts stored on disk: the table, and the blocks read through a small cache that repairs write through. */
 class DiskRefcounts {
   table: Float64Array = new Float64Array(0);
@@ -228,7 +297,7 @@ class DiskRefcounts {
       this.rawLow[i] = lo;
       if (this.table[i]! % s.clusterSize !== 0) this.hasUnaligned = true;
     }
-    this.blocks.clear();
+    this.release();
   }
 
   /**
@@ -245,10 +314,35 @@ class DiskRefcounts {
       b = this.blocks.get(oldest);
       this.blocks.delete(oldest);
     }
-    b ??= new Uint8Array(this.s.clusterSize);
+    b ??= allocBuffer(this.s.clusterSize);
     await bdrvPread(this.s.file, offset, this.s.clusterSize, b);
     this.blocks.set(offset, b);
     return b;
+  }
+
+  /** Caches the bytes of the block at aligned `offset` (a copy, unless `bytes` is the cached block itself). */
+  adopt(offset: number, bytes: Uint8Array): void {
+    const b = this.blocks.get(offset);
+    if (b === bytes) return;
+    if (b) {
+      b.set(bytes);
+      return;
+    }
+    let slot: Uint8Array | undefined;
+    if (this.blocks.size >= this.capacity) {
+      const oldest = this.blocks.keys().next().value as number;
+      slot = this.blocks.get(oldest);
+      this.blocks.delete(oldest);
+    }
+    slot ??= allocBuffer(this.s.clusterSize);
+    slot.set(bytes);
+    this.blocks.set(offset, slot);
+  }
+
+  /** Returns the cached blocks' buffers (they may come from the arena). */
+  release(): void {
+    for (const b of this.blocks.values()) freeBuffer(b);
+    this.blocks.clear();
   }
 
   /**
@@ -378,10 +472,9 @@ const L2_ZERO_ALLOC = 2;
 const L2_NORMAL = 3;
 const L2_UNALLOCATED = 4;
 
-/** check_refcounts_l2: reads the table at `l2Offset` into `table` and counts it. */
+/** check_refcounts_l2: counts the table at `l2Offset`, read into `table`, and writes back what it repaired. */
 async function checkL2(c: Ctx, l2Offset: number, flags: number, table: Uint8Array, pass: CopiedPass | undefined): Promise<void> {
   const { s } = c;
-  await bdrvPread(s.file, l2Offset, s.clusterSize, table);
   if (countL2(c, table, flags, pass)) {
     c.log.writes++;
     await bdrvPwrite(s.file, l2Offset, s.clusterSize, table);
@@ -599,7 +692,18 @@ async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number):
   await bdrvPread(s.file, l1Offset, l1.length, l1);
   const pass = flags & CHECK_FRAG_INFO ? startCopiedPass(c, l1, l1Size) : undefined;
   if (pass) c.copiedPass = pass;
-  const table = new Uint8Array(s.clusterSize);
+  const ahead = new ReadAhead(s, c.log);
+  try {
+    await walkL1(c, l1, l1Size, flags, pass, ahead);
+  } finally {
+    ahead.release();
+  }
+}
+
+/** check_refcounts_l1's loop over the entries (L2 tables read ahead in runs). */
+async function walkL1(c: Ctx, l1: Uint8Array, l1Size: number, flags: number, pass: CopiedPass | undefined, ahead: ReadAhead): Promise<void> {
+  const { s, res } = c;
+  const l1Offset = (j: number) => entryOffset(entryHi(l1, j * 8), entryLo(l1, j * 8));
   for (let i = 0; i < l1Size; i++) {
     const hi = entryHi(l1, i * 8);
     const lo = entryLo(l1, i * 8);
@@ -614,6 +718,7 @@ async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number):
       res.messages.push(`ERROR l2_offset=${l2.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
       res.corruptions++;
     }
+    const table = await ahead.cluster(l2, contiguousRun(l1Offset, i, l1Size, ahead.cap, s.clusterSize, s.file.totalBytes));
     await checkL2(c, l2, flags, table, pass);
   }
 }
@@ -763,6 +868,20 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
   const cmp: Comparison = { rebuild: false, highest: 0, leaksFixed: 0, corruptionsFixed: 0 };
   // nbClusters is a counts.n, which never exceeds the counter array (Counts.grow).
   const n = Math.min(Math.max(nbClusters, 0), c.counts.a.length);
+  const ahead = new ReadAhead(s, c.log);
+  try {
+    await compareBlocks(c, fix, n, cmp, ahead);
+  } finally {
+    ahead.release();
+  }
+  return { rebuild: cmp.rebuild, highest: cmp.highest };
+}
+
+/** compareRefcounts' walk over the refcount blocks of clusters [0, n) (blocks not cached are read ahead in runs). */
+async function compareBlocks(c: Ctx, fix: CheckFix, n: number, cmp: Comparison, ahead: ReadAhead): Promise<void> {
+  const { s, res, disk } = c;
+  const per = disk.perBlock;
+  const at = (j: number) => disk.table[j]!;
   for (let i = 0, base = 0; base < n; i++, base += per) {
     const end = Math.min(base + per, n);
     const off = i < disk.table.length ? disk.table[i]! : 0;
@@ -770,7 +889,7 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
     if (off !== 0) {
       try {
         if (off % s.clusterSize !== 0) throw await disk.unaligned(i);
-        blk = await disk.block(off);
+        blk = disk.cachedBlock(i) ?? (await ahead.cluster(off, contiguousRun(at, i, disk.table.length, ahead.cap, s.clusterSize, s.file.totalBytes)));
       } catch (e) {
         // Every cluster of the block fails as QEMU's qcow2_get_refcount would.
         const why = e instanceof Error ? e.message : String(e);
@@ -785,6 +904,8 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
     compareBlock(c, fix, blk, base, end, cmp);
     if (cmp.leaksFixed || cmp.corruptionsFixed) {
       c.log.writes++;
+      // Later lookups see the repaired block even when the write fails (as a refcount cache would).
+      disk.adopt(off, blk!);
       try {
         await bdrvPwrite(s.file, off, s.clusterSize, blk!);
         res.leaksFixed += cmp.leaksFixed;
@@ -796,7 +917,6 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
       }
     }
   }
-  return { rebuild: cmp.rebuild, highest: cmp.highest };
 }
 
 /**
@@ -950,6 +1070,7 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
     return await compareAndRepair(bs, s, fix, res, disk, log, { bs, s, res, counts: newCounts(nbClusters), fix, hasDataFile, disk, log }, newCounts);
   } finally {
     for (const k of held) k.release();
+    disk.release();
   }
 }
 
