@@ -102,10 +102,40 @@ const specArb = fc.record({
   entries: fc.array(fc.record({ kind: fc.constantFrom(...kinds), cluster: fc.integer({ min: 1, max: 300 }) }), { minLength: 1, maxLength: 200 }),
 });
 
+/**
+ * Tables made of runs of contiguous clusters (as a preallocated image has,
+ * which the wasm kernel takes eight at a time), each run all COPIED or all
+ * not, with single entries of other kinds dropped in.
+ */
+const runSpecArb = fc
+  .record({
+    clusterBits: fc.constantFrom(9, 16),
+    extended: fc.boolean(),
+    runs: fc.array(
+      fc.record({
+        start: fc.integer({ min: 1, max: 250 }),
+        length: fc.integer({ min: 1, max: 40 }),
+        copied: fc.boolean(),
+        odd: fc.option(fc.record({ at: fc.nat(), kind: fc.constantFrom(...(['unalloc', 'compressed', 'reserved', 'unaligned', 'zero-alloc', 'past-end'] as Kind[])) })),
+      }),
+      { minLength: 1, maxLength: 12 },
+    ),
+  })
+  .map(({ clusterBits, extended, runs }) => {
+    const entries: Spec['entries'] = [];
+    for (const r of runs) {
+      for (let j = 0; j < r.length; j++) {
+        const odd = r.odd && r.odd.at % r.length === j ? r.odd.kind : null;
+        entries.push({ kind: odd ?? (r.copied ? 'plain-copied' : 'plain'), cluster: Math.min(r.start + j, 310) });
+      }
+    }
+    return { clusterBits, extended, entries };
+  });
+
 describe('qcow2 check kernels: wasm and JS agree', () => {
   it('counting L2 tables: the same stops, counts, marks and fragmentation, and the stops are the non-plain entries', () => {
     fc.assert(
-      fc.property(specArb, fc.constantFrom(0xff, 0xffff, 0xffffffff), (spec, max) => {
+      fc.property(fc.oneof(specArb, runSpecArb), fc.constantFrom(0xff, 0xffff, 0xffffffff), (spec, max) => {
         const limit = 320;
         const bytes = buildTable(spec, limit);
         const n = spec.entries.length;
@@ -133,8 +163,22 @@ describe('qcow2 check kernels: wasm and JS agree', () => {
           j.free();
         }
       }),
-      { numRuns: 150, seed: 1123 },
+      { numRuns: 300, seed: 1123 },
     );
+  });
+
+  it('eight contiguous entries on counters at the 16-bit maximum are left to the caller one by one', () => {
+    for (const useWasm of [true, false]) {
+      const t = new RefTally(40, 0xffff, true, useWasm);
+      t.counts[12] = 0xffff;
+      const table = new Uint8Array(8 * 16);
+      const dv = new DataView(table.buffer);
+      for (let i = 0; i < 16; i++) dv.setBigUint64(i * 8, COPIED | (BigInt(8 + i) << 16n));
+      expect(drive(t, useWasm ? inWasm(table) : table, 16, 16, false, 0xffff, 40)).toEqual([4]);
+      expect(Array.from(t.counts.subarray(8, 24))).toEqual([1, 1, 1, 1, 0xffff, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+      expect([t.st.allocated, t.st.fragmented, t.st.next]).toEqual([15, 1, 24 << 16]);
+      t.free();
+    }
   });
 
   it('a count at the maximum is left to the caller (overflow), in both', () => {
