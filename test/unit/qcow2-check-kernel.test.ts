@@ -255,6 +255,19 @@ describe('qcow2 check kernels: wasm and JS agree', () => {
     );
   });
 
+  it('counters and marks start at zero on arena memory used before (fresh memory is not cleared again)', () => {
+    const p = wasmBufferProvider()!;
+    const dirty = Array.from({ length: 8 }, () => p.alloc(1 << 16));
+    for (const b of dirty) b.fill(0xff);
+    for (const b of dirty) p.free(b);
+    const t = new RefTally(40000, 0xffff, true, true);
+    expect(t.wasm).toBe(true);
+    expect(t.counts.every((v) => v === 0)).toBe(true);
+    expect(t.marks!.every((v) => v === 0)).toBe(true);
+    expect([t.st.next, t.st.allocated, t.st.fragmented, t.st.highest, t.st.marksBad]).toEqual([0, 0, 0, 0, false]);
+    t.free();
+  });
+
   it('a missing block (all refcounts 0) contradicts a COPIED mark', () => {
     for (const useWasm of [true, false]) {
       const t = new RefTally(100, 0xffff, true, useWasm);
