@@ -23,7 +23,7 @@ import type { ActiveCommitOptions } from '../../jobs/active-commit.js';
 import type { Args } from '../qapi-args.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
-import { checkNotInJob, checkOnError, hasJobFilter, startJob } from './jobs.js';
+import { checkNotInJob, checkOnError, filterAbove, hasJobFilter, startJob } from './jobs.js';
 import { PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../../block/child.js';
 import { PERM_ALL, type NodeUse } from '../../block/permissions.js';
 import type { QmpCommandTable } from './types.js';
@@ -171,9 +171,8 @@ function startActiveCommit(engine: Engine, args: Args, device: string, top: Bloc
   startJob(engine, {
     nodes,
     uses,
-    // Its mirror_top filter sits above the top: the top is no root node while it runs.
-    filtered: top,
-    filter: { driver: 'mirror_top', child: top, name: args['filter-node-name'] as string | undefined },
+    // Its mirror_top filter sits above the top.
+    ...filterAbove('mirror_top', top, args),
     id,
     type: 'active-commit',
     device: id,

@@ -17,6 +17,7 @@ import { Job } from '../../jobs/job.js';
 import { jobType } from '../../jobs/registry.js';
 import '../../jobs/index.js';
 import type { Engine } from '../engine.js';
+import type { Args } from '../qapi-args.js';
 import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
 import type { NodeUse } from '../../block/permissions.js';
@@ -111,6 +112,11 @@ export function hasJobFilter(engine: Engine, bs: BlockNode): boolean {
     if (r.filtered === bs && r.job.status !== 'concluded' && r.job.status !== 'null') return true;
   }
   return false;
+}
+
+/** A job QEMU runs under a `driver` filter above `child`: the node query-named-block-nodes shows, and `child` no root node. */
+export function filterAbove(driver: JobFilter['driver'], child: BlockNode, args: Args): { filtered: BlockNode; filter: JobFilter } {
+  return { filtered: child, filter: { driver, child, name: args['filter-node-name'] as string | undefined } };
 }
 
 /** The filter nodes of the jobs that have not concluded, each with its creation stamp (see EngineGraph.createdAt). */
@@ -260,8 +266,7 @@ export const jobCommands: QmpCommandTable = {
       startJob(engine, {
         nodes,
         // QEMU 7.2's stream puts a copy-on-read filter above the top while it runs.
-        filtered: top,
-        filter: { driver: 'copy-on-read', child: top, name: args['filter-node-name'] as string | undefined },
+        ...filterAbove('copy-on-read', top, args),
         id,
         type: 'stream',
         device: id,

@@ -24,7 +24,7 @@ import { BACKUP_CLUSTER_SIZE_DEFAULT, type BackupOptions, type BackupSyncMode, t
 import type { Engine } from '../engine.js';
 import type { Args } from '../qapi-args.js';
 import { genericError } from '../qmp-error.js';
-import { checkNewJobId, checkNotInJob, hasJobFilter, startJob, type StartJobOptions } from './jobs.js';
+import { checkNewJobId, checkNotInJob, filterAbove, hasJobFilter, startJob, type StartJobOptions } from './jobs.js';
 import type { TransactionAction } from '../../block/transaction.js';
 import type { QmpCommandTable } from './types.js';
 
@@ -179,7 +179,7 @@ function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
   };
   startJob(engine, {
     ...jobStart('mirror', args, id, bs, target, options),
-    filter: { driver: 'mirror_top', child: bs, name: args['filter-node-name'] as string | undefined },
+    ...filterAbove('mirror_top', bs, args),
     uses: [
       // QEMU 7.2's mirror: its 'source' child (with the mirror_top filter's reads) lets others read and write but not resize;
       // its target backend writes and lets others only write unchanged data.
