@@ -14,7 +14,7 @@ import { openForCli, storage } from './open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
 import { progName } from './progname.js';
-import { optimizeLater } from './tier-up.js';
+import { optimizeAsUsual, optimizeLater } from './tier-up.js';
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
@@ -158,6 +158,7 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
       await closeNode(target);
     }
     for (const s of sources) await closeNode(s);
+    optimizeAsUsual();
   }
   return 0;
 }
