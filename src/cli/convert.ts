@@ -15,7 +15,7 @@ import { Progress } from './progress.js';
 import type { Output } from './main.js';
 import { progName } from './progname.js';
 import { snapshotLoadTmp } from '../img/snapshot.js';
-import { optimizeLater } from './tier-up.js';
+import { optimizeAsUsual, optimizeLater } from './tier-up.js';
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
@@ -187,6 +187,7 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
       await closeNode(target);
     }
     for (const s of sources) await closeNode(s);
+    optimizeAsUsual();
   }
   return 0;
 }
