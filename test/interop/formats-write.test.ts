@@ -1,7 +1,8 @@
 /**
  * Images blocktab creates and writes (vdi static and dynamic, vpc dynamic and
- * fixed with and without force_size, qed with and without a backing file)
- * pass `qemu-img check` where qemu-img checks the format (vdi, qed) and
+ * fixed with and without force_size, qed and qcow with and without a backing
+ * file, parallels with two cluster sizes)
+ * pass `qemu-img check` where qemu-img checks the format (vdi, qed, parallels) and
  * compare equal with `qemu-img compare` to a raw file holding the same
  * writes. Freshly created images get the same virtual size, cluster size and
  * map from qemu-img as the images qemu-img creates with the same options.
@@ -13,6 +14,8 @@ import { FileStorage, openImage, closeNode, bdrvPwrite, bdrvPread, type BlockNod
 import { createVdi } from '../../src/formats/vdi/create.js';
 import { createVpc } from '../../src/formats/vpc/create.js';
 import { createQed } from '../../src/formats/qed/create.js';
+import { createQcow } from '../../src/formats/qcow/create.js';
+import { createParallels } from '../../src/formats/parallels/create.js';
 import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { rng, seededBytes } from '../helpers/random.js';
 
@@ -67,6 +70,31 @@ const cases: WriteCase[] = [
       b.fill(0x5b, 0, 3 * MiB);
       return b;
     },
+    checked: true,
+  },
+  { name: 'qcow', format: 'qcow', size: 9 * MiB + 512, qemuOpts: [], create: (f, size) => createQcow(f, { size }), checked: false },
+  {
+    name: 'qcow over a raw backing file (512-byte clusters)',
+    format: 'qcow',
+    size: 6 * MiB,
+    qemuOpts: ['-b', 'base.raw', '-F', 'raw'],
+    create: (f, size) => createQcow(f, { size, backingFile: 'base.raw' }),
+    backing: (dir, size) => {
+      qemuImg(['create', '-q', '-f', 'raw', path.join(dir, 'base.raw'), String(size - MiB)]);
+      qemuIo(path.join(dir, 'base.raw'), ['write -P 0x5c 0 3M'], 'raw');
+      const b = new Uint8Array(size);
+      b.fill(0x5c, 0, 3 * MiB);
+      return b;
+    },
+    checked: false,
+  },
+  { name: 'parallels', format: 'parallels', size: 9 * MiB + 512, qemuOpts: [], create: (f, size) => createParallels(f, { size }), checked: true },
+  {
+    name: 'parallels 64 KiB clusters',
+    format: 'parallels',
+    size: 7 * MiB,
+    qemuOpts: ['-o', 'cluster_size=64k'],
+    create: (f, size) => createParallels(f, { size, clusterSize: 65536 }),
     checked: true,
   },
 ];
@@ -153,6 +181,9 @@ describe('create -f and convert -O through the CLI (the driver create hook)', ()
     ['vpc', ['-o', 'force_size=on']],
     ['qed', []],
     ['qed', ['-o', 'cluster_size=4096,table_size=2']],
+    ['qcow', []],
+    ['parallels', []],
+    ['parallels', ['-o', 'cluster_size=4k']],
   ];
   for (const [fmt, opts] of targets) {
     it(`${fmt} ${opts.join(' ')}`, () => {
@@ -164,7 +195,7 @@ describe('create -f and convert -O through the CLI (the driver create hook)', ()
       expect(conv.status).toBe(0);
       const cmp = qemuImgRun(['compare', '-f', 'qcow2', '-F', fmt, 'src.qcow2', `out.${fmt}`], { cwd: dir });
       expect(cmp.stdout).toMatch(/Images are identical\.\n$/);
-      if (fmt !== 'vpc') expect(qemuImgRun(['check', '-f', fmt, `out.${fmt}`], { cwd: dir }).status).toBe(0);
+      if (fmt !== 'vpc' && fmt !== 'qcow') expect(qemuImgRun(['check', '-f', fmt, `out.${fmt}`], { cwd: dir }).status).toBe(0);
 
       const ours = blocktab(['create', '-f', fmt, ...opts, 'ours', '10M'], { cwd: dir });
       const theirs = qemuImgRun(['create', '-f', fmt, ...opts, 'theirs', '10M'], { cwd: dir });

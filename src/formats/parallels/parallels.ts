@@ -19,9 +19,10 @@
  *
  * Writes (QEMU's allocate_clusters): a run of unallocated clusters gets as
  * many new clusters at the data end; when they do not fit in the file, the
- * file first grows by them plus `prealloc-size` (default 128 MiB) of zeros
- * (`prealloc-mode` falloc writes zeros, truncate extends the file; both
- * read as zeros), which close cuts again. With a backing file the new
+ * file first grows by them plus `prealloc-size` (default 128 MiB; memory
+ * storage holds it for real, so small images in a browser may want less),
+ * through the file's truncate (`prealloc-mode` is checked and kept; both
+ * modes read as zeros), which close cuts again. With a backing file the new
  * clusters are first filled from it. Beyond QEMU, which writes the BAT at
  * flush time, the new BAT entries are written right after the data, and a
  * new cluster lying in file space not known to be zero (space leaked past
@@ -263,9 +264,10 @@ async function allocateClusters(bs: BlockNode, s: ParallelsState, sector: number
   const fileSectors = Math.floor((await bdrvGetLength(s.file)) / SECTOR);
   if (start + space > fileSectors) {
     const grow = space + s.preallocSize;
-    if (s.preallocMode === 'truncate') await bdrvTruncate(s.file, (start + grow) * SECTOR);
-    else await bdrvPwriteZeroes(s.file, start * SECTOR, grow * SECTOR);
-    s.zeroFrom = Math.min(s.zeroFrom, start);
+    // Space past the old end reads as zeros either way; what lay between the data end and it is zeroed below when used.
+    // Both modes extend the file sparsely: blocktab's file protocol has no fallocate (its falloc writes every zero).
+    await bdrvTruncate(s.file, (start + grow) * SECTOR);
+    s.zeroFrom = Math.min(s.zeroFrom, fileSectors);
   }
   if (bs.backing) {
     const cow = new Uint8Array(space * SECTOR);
