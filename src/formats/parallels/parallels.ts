@@ -33,6 +33,7 @@ import { type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvGetLength, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate, readBacking } from '../../block/io.js';
 import { parseOptionSize } from '../../block/options.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
 import { checkDataInFile, readStructure } from '../on-disk.js';
 import {
@@ -294,6 +295,7 @@ async function parallelsWrite(bs: BlockNode, s: ParallelsState, offset: number, 
     if (host * SECTOR + n > s.file.totalBytes && host * SECTOR >= s.file.totalBytes) {
       throw new BlockError('ECORRUPT', `${s.image}: parallels BAT entry ${Math.floor(sector / s.tracks)} points past the end of the file (sector ${host})`);
     }
+    await bdrvDebugEvent(s.file, 'write_aio');
     await bdrvPwrite(s.file, host * SECTOR, n, buf.subarray(done, done + n));
     done += n;
   }

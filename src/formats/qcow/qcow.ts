@@ -32,6 +32,7 @@ import { type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvGetLength, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
 import { deflateRaw4k } from '../../codecs/deflate.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
 import { checkDataInFile, readStructure, view } from '../on-disk.js';
 import {
@@ -85,6 +86,7 @@ async function l2Table(s: QcowState, offset: number): Promise<{ l2Offset: number
   let dv = s.l2Cache.get(l2Offset);
   if (!dv) {
     const what = `qcow L2 table (L1 entry ${l1Index} at ${hex(s.header.l1TableOffset + l1Index * 8)})`;
+    await bdrvDebugEvent(s.file, 'l2_load');
     dv = view(await readStructure(s.file, s.image, what, l2Offset, s.l2Size * 8));
     cacheL2(s, l2Offset, dv);
   }
@@ -117,7 +119,9 @@ async function l2TableForWrite(s: QcowState, offset: number): Promise<{ l2Offset
   const l2Offset = await clusterAlignedEnd(s);
   const table = new Uint8Array(s.l2Size * 8);
   s.l1[l1Index] = l2Offset;
+  await bdrvDebugEvent(s.file, 'l1_update');
   await bdrvPwrite(s.file, s.header.l1TableOffset + l1Index * 8, 8, serializeQcowL1([l2Offset]));
+  await bdrvDebugEvent(s.file, 'l2_load');
   await bdrvPwrite(s.file, l2Offset, table.length, table);
   const dv = view(table);
   cacheL2(s, l2Offset, dv);
@@ -156,6 +160,7 @@ async function clusterForWrite(bs: BlockNode, s: QcowState, offset: number, n: n
     }
     return e.offset;
   }
+  await bdrvDebugEvent(s.file, 'cluster_alloc');
   const start = offset - (offset % s.clusterSize);
   let fill: Uint8Array | undefined;
   if (n < s.clusterSize) {
@@ -176,6 +181,7 @@ async function clusterForWrite(bs: BlockNode, s: QcowState, offset: number, n: n
   } else {
     await bdrvTruncate(s.file, host + s.clusterSize);
   }
+  await bdrvDebugEvent(s.file, 'l2_update');
   await setL2Entry(s, t, offset, { kind: 'normal', offset: host });
   return host;
 }
@@ -188,6 +194,7 @@ async function qcowWrite(bs: BlockNode, s: QcowState, offset: number, bytes: num
     const n = inCluster(s, off, bytes - done);
     const inCl = off % s.clusterSize;
     const host = await clusterForWrite(bs, s, off, n);
+    await bdrvDebugEvent(s.file, 'write_aio');
     await bdrvPwrite(s.file, host + inCl, n, buf.subarray(done, done + n));
     done += n;
   }
@@ -214,6 +221,8 @@ async function qcowWriteCompressed(bs: BlockNode, s: QcowState, offset: number, 
   const t = await l2TableForWrite(s, offset);
   // Appended where the file ends, unaligned; an earlier cluster of this guest offset is left behind (qcow counts no references).
   const host = await bdrvGetLength(s.file);
+  await bdrvDebugEvent(s.file, 'l2_update_compressed');
+  await bdrvDebugEvent(s.file, 'write_compressed');
   await bdrvPwrite(s.file, host, out.length, out);
   await setL2Entry(s, t, offset, { kind: 'compressed', offset: host, size: out.length });
 }
@@ -331,6 +340,7 @@ export const qcowDriver: BlockDriver = {
       } else if (e.kind === 'normal') {
         const host = e.offset + (off % s.clusterSize);
         checkDataInFile(s.file, s.image, 'qcow data cluster', off, host, n);
+        await bdrvDebugEvent(s.file, 'read_aio');
         await bdrvPread(s.file, host, n, out);
       } else {
         await readCompressed(s, off, e, out);
