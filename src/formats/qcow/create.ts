@@ -5,14 +5,17 @@
  * gets 512-byte clusters and 4096-entry L2 tables (so a sector write never
  * has to copy a cluster), one without gets 4 KiB clusters and 512-entry
  * tables. qcow cannot store a backing format (one given must at least name
- * a known format) and its AES encryption is refused here.
+ * a known format). Encryption (`encryption=on` or `encrypt.format=aes`, with
+ * `encrypt.key-secret` naming a secret) only sets crypt_method: the key is
+ * the password itself, nothing more is stored.
  */
 import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { driverInfo, type ImageCreateRequest } from '../../block/driver.js';
 import { optBool, type OptionDesc } from '../../block/options.js';
 import { bdrvPwrite } from '../../block/io.js';
-import { QCOW1_CRYPT_NONE, QCOW1_HEADER_BYTES, QCOW1_MAGIC, QCOW1_VERSION, serializeQcowHeader } from './header.js';
+import { lookupSecret } from '../../block/secrets.js';
+import { QCOW1_CRYPT_AES, QCOW1_CRYPT_NONE, QCOW1_HEADER_BYTES, QCOW1_MAGIC, QCOW1_VERSION, serializeQcowHeader } from './header.js';
 
 const SECTOR = 512;
 
@@ -20,6 +23,8 @@ export interface QcowCreateOptions {
   /** Virtual size in bytes (> 0). */
   size: number;
   backingFile?: string;
+  /** Legacy AES encryption (crypt_method 1). */
+  encrypted?: boolean;
 }
 
 /** Writes a new qcow image into the empty protocol node `file`. */
@@ -41,7 +46,7 @@ export async function createQcow(file: BlockNode, o: QcowCreateOptions): Promise
     size: o.size,
     clusterBits,
     l2Bits,
-    cryptMethod: QCOW1_CRYPT_NONE,
+    cryptMethod: o.encrypted ? QCOW1_CRYPT_AES : QCOW1_CRYPT_NONE,
     l1TableOffset: headerSize,
   });
   await bdrvPwrite(file, 0, header.length, header);
@@ -65,10 +70,13 @@ export async function qcowCreateImage(file: BlockNode, req: ImageCreateRequest):
   const fmt = req.values.get('backing_fmt');
   if (fmt !== undefined && !driverInfo(fmt)) throw new BlockError('EINVAL', `unrecognized backing format '${fmt}'`);
   const encrypt = req.values.get('encrypt.format');
-  if (optBool(req.values, 'encryption') === true || (encrypt !== undefined && encrypt !== '')) {
+  const encrypted = optBool(req.values, 'encryption') === true || encrypt !== undefined;
+  if (encrypted) {
     if (encrypt !== undefined && encrypt !== 'aes') throw new BlockError('EINVAL', `Unsupported encryption format`);
-    throw new BlockError('ENOTSUP', 'qcow (v1) AES encryption is not supported: it is insecure and deprecated (use qcow2 or luks with encrypt.format=luks)');
+    const secretId = req.values.get('encrypt.key-secret');
+    if (secretId === undefined) throw new BlockError('EINVAL', `Parameter 'encrypt.key-secret' is required for cipher`);
+    if (!lookupSecret(secretId)) throw new BlockError('EINVAL', `No secret with id '${secretId}'`);
   }
   const size = req.origin === 'qemu-img' ? Math.ceil(req.size / SECTOR) * SECTOR : req.size;
-  return createQcow(file, { size, backingFile: req.values.get('backing_file') });
+  return createQcow(file, { size, backingFile: req.values.get('backing_file'), encrypted });
 }

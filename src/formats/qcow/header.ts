@@ -27,6 +27,7 @@ export const QCOW1_MAGIC = 0x514649fb;
 export const QCOW1_VERSION = 1;
 export const QCOW1_HEADER_BYTES = 48;
 export const QCOW1_CRYPT_NONE = 0;
+export const QCOW1_CRYPT_AES = 1;
 /** Bit 63 of an L2 entry: the cluster is compressed. */
 const QCOW1_OFLAG_COMPRESSED = 2 ** 63;
 

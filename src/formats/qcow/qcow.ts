@@ -12,7 +12,11 @@
  * or nothing for an unallocated cluster. Beyond QEMU, every L2 table and data
  * cluster is checked against the end of the file before it is read, so a
  * broken image fails with one clear error instead of reading zeros.
- * Encrypted (AES) images are refused.
+ * Encrypted images (the legacy "aes": AES-128-CBC per 512-byte sector, IV
+ * from the guest sector number, src/crypto/aes-cbc.ts) open with the
+ * `encrypt.key-secret` option, as QEMU's; compressed clusters are never
+ * encrypted. A new cluster of an encrypted image is written whole, its
+ * other sectors encrypted zeros (or the backing file's data), as QEMU does.
  *
  * Writes (QEMU's get_cluster_offset with allocation): a missing L2 table is
  * placed at the end of the file rounded up to a cluster, zeroed, and its L1
@@ -33,11 +37,14 @@ import type { BlockNode } from '../../block/node.js';
 import { bdrvGetLength, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
 import { deflateRaw4k } from '../../codecs/deflate.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
+import { lookupSecret } from '../../block/secrets.js';
+import type { AesCbcPlain64 } from '../../crypto/aes-cbc.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
 import { checkDataInFile, readStructure, view } from '../on-disk.js';
 import {
   parseQcowHeader,
   parseQcowL2Entry,
+  QCOW1_CRYPT_AES,
   QCOW1_CRYPT_NONE,
   QCOW1_HEADER_BYTES,
   QCOW1_MAGIC,
@@ -67,6 +74,15 @@ interface QcowState {
   cached: Uint8Array;
   /** Serializes allocating writes (L1, L2 and file end updates). */
   lock: Promise<void>;
+  /** The cipher of an encrypted image (undefined: plain, or opened without I/O). */
+  cipher?: AesCbcPlain64;
+}
+
+const SECTOR = 512;
+
+function cipherOf(s: QcowState): AesCbcPlain64 {
+  if (!s.cipher) throw new BlockError('EACCES', `${s.image}: the image was opened without its key ('encrypt.key-secret')`);
+  return s.cipher;
 }
 
 function st(bs: BlockNode): QcowState {
@@ -172,11 +188,14 @@ async function clusterForWrite(bs: BlockNode, s: QcowState, offset: number, n: n
       await readBacking(bs, start, fill.length, fill);
       if (fill.every((b) => b === 0)) fill = undefined;
     }
+    // Encrypted zeros are not zeros: the sectors around the write are stored encrypted.
+    if (s.header.cryptMethod === QCOW1_CRYPT_AES) fill ??= new Uint8Array(s.clusterSize);
   }
   const host = await clusterAlignedEnd(s);
   if (fill) {
     const whole = new Uint8Array(s.clusterSize);
     whole.set(fill);
+    if (s.header.cryptMethod === QCOW1_CRYPT_AES) cipherOf(s).encrypt(whole, start / SECTOR);
     await bdrvPwrite(s.file, host, s.clusterSize, whole);
   } else {
     await bdrvTruncate(s.file, host + s.clusterSize);
@@ -194,8 +213,13 @@ async function qcowWrite(bs: BlockNode, s: QcowState, offset: number, bytes: num
     const n = inCluster(s, off, bytes - done);
     const inCl = off % s.clusterSize;
     const host = await clusterForWrite(bs, s, off, n);
+    let data = buf.subarray(done, done + n);
+    if (s.header.cryptMethod === QCOW1_CRYPT_AES) {
+      data = data.slice();
+      cipherOf(s).encrypt(data, off / SECTOR);
+    }
     await bdrvDebugEvent(s.file, 'write_aio');
-    await bdrvPwrite(s.file, host + inCl, n, buf.subarray(done, done + n));
+    await bdrvPwrite(s.file, host + inCl, n, data);
     done += n;
   }
 }
@@ -265,7 +289,7 @@ export const qcowDriver: BlockDriver = {
     return qcowCompress(st(bs), data);
   },
 
-  async open(bs) {
+  async open(bs, options) {
     const file = bs.file!.node;
     const image = bs.filename;
     const h = parseQcowHeader(await readStructure(file, image, 'qcow header', 0, QCOW1_HEADER_BYTES));
@@ -278,7 +302,20 @@ export const qcowDriver: BlockDriver = {
     if (h.size <= 1) throw bad('Image size is too small (must be at least 2 bytes)');
     if (h.clusterBits < 9 || h.clusterBits > 16) throw bad(`Cluster size must be between 512 and 64k (cluster_bits ${h.clusterBits} in the qcow header)`);
     if (h.l2Bits < 6 || h.l2Bits > 13) throw bad(`L2 table size must be between 512 and 64k (l2_bits ${h.l2Bits} in the qcow header)`);
-    if (h.cryptMethod !== QCOW1_CRYPT_NONE) throw bad(`encrypted qcow images are not supported (crypt_method ${h.cryptMethod})`, 'ENOTSUP');
+    if (h.cryptMethod !== QCOW1_CRYPT_NONE && h.cryptMethod !== QCOW1_CRYPT_AES) throw bad(`invalid encryption method in qcow header (crypt_method ${h.cryptMethod})`);
+    let cipher: AesCbcPlain64 | undefined;
+    if (h.cryptMethod === QCOW1_CRYPT_AES) {
+      const secretId = options['encrypt.key-secret'];
+      if (typeof secretId !== 'string') {
+        if (!options.noIo) throw bad(`Parameter 'encrypt.key-secret' is required for cipher`);
+      } else {
+        const password = lookupSecret(secretId);
+        if (!password) throw bad(`No secret with id '${secretId}'`);
+        const { AesCbcPlain64: Cipher, qcowAesKey } = await import('../../crypto/aes-cbc.js');
+        cipher = new Cipher(qcowAesKey(password));
+      }
+      bs.encrypted = true;
+    }
     const shift = 2 ** (h.clusterBits + h.l2Bits);
     if (h.size > Number.MAX_SAFE_INTEGER - shift) throw bad(`Image too large (size ${h.size} in the qcow header)`);
     const l1Size = Math.ceil(h.size / shift);
@@ -304,6 +341,7 @@ export const qcowDriver: BlockDriver = {
       cachedOffset: -1,
       cached: new Uint8Array(0),
       lock: Promise.resolve(),
+      ...(cipher ? { cipher } : {}),
     } satisfies QcowState;
     bs.totalBytes = Math.floor(h.size / 512) * 512;
     bs.limits = { ...bs.limits, requestAlignment: 512 };
@@ -342,6 +380,7 @@ export const qcowDriver: BlockDriver = {
         checkDataInFile(s.file, s.image, 'qcow data cluster', off, host, n);
         await bdrvDebugEvent(s.file, 'read_aio');
         await bdrvPread(s.file, host, n, out);
+        if (s.header.cryptMethod === QCOW1_CRYPT_AES) cipherOf(s).decrypt(out, off / SECTOR);
       } else {
         await readCompressed(s, off, e, out);
       }
@@ -363,6 +402,8 @@ export const qcowDriver: BlockDriver = {
     }
     if (first.kind === 'unallocated') return { status: 0, pnum };
     if (first.kind === 'compressed') return { status: BDRV_BLOCK_DATA | BDRV_BLOCK_COMPRESSED, pnum };
+    // The host bytes of an encrypted image are not the guest's: no offset to read them at (as QEMU).
+    if (s.header.cryptMethod === QCOW1_CRYPT_AES) return { status: BDRV_BLOCK_DATA, pnum };
     return { status: BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID, pnum, map: host, file: s.file };
   },
 
