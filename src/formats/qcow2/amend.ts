@@ -27,7 +27,6 @@ import {
 } from './header.js';
 import { allocateClusters, dropRefcountCache, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata } from './l1.js';
-import { checkImage } from './check.js';
 import { MAX_COUNTED_CLUSTERS, writeRefcountStructure } from './repair-refcounts.js';
 import type { Qcow2State } from './state.js';
 import {
@@ -260,6 +259,8 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
   if (lazy !== hadLazy) {
     if (!lazy) {
       // Refcounts must be exact before they stop being lazy (qcow2_mark_clean repairs a dirty image).
+      // Loaded on demand, like the driver's check callback, so opening an image does not load the checker.
+      const { checkImage } = await import('./check.js');
       await checkImage(bs, { fix: { leaks: true, errors: true } });
       h.compatibleFeatures &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
     } else {

@@ -424,7 +424,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
       await writeReftableEntry(s, index, b * cs);
       table[index] = b * cs;
       cacheNewRefblock(s, b * cs, block);
-      addMetadata(s, b * cs, cs);
+      addMetadata(s, b * cs, cs, QCOW2_OL_REFCOUNT_BLOCK);
       s.rw.freeClusterIndex = Math.max(s.rw.freeClusterIndex, b + 1);
       return;
     }
@@ -443,7 +443,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
     await writeReftableEntry(s, index, off);
     table[index] = off;
     cacheNewRefblock(s, off, block);
-    addMetadata(s, off, cs);
+    addMetadata(s, off, cs, QCOW2_OL_REFCOUNT_BLOCK);
   } finally {
     freeBuffer(block);
   }
