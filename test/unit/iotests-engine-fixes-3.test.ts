@@ -16,6 +16,7 @@ import { bdrvPwrite } from '../../src/block/io.js';
 import { registerSecret, removeSecret } from '../../src/block/secrets.js';
 import { BlockError } from '../../src/block/errors.js';
 import { runIo } from '../../src/cli/qemu-io/main.js';
+import { parseProtocolFilename } from '../../src/block/options-tree.js';
 import { check } from '../helpers/qcow2-check.js';
 import { tmpDir } from '../helpers/qemu.js';
 
@@ -107,5 +108,21 @@ describe('qemu-io -s stacks the temporary overlay on the node already open (052)
     const q = spawnSync('qemu-io', ['--object', 'secret,id=sec0,data=123456', '--image-opts', '-c', 'read -P 5 0 1M', opts], { encoding: 'utf8' });
     expect(q.stdout).toMatch(/^read 1048576\/1048576 bytes at offset 0\n/);
     expect(fs.readdirSync(dir)).toEqual(['t.luks']);
+  });
+});
+
+describe('file: names with colons (126)', () => {
+  it('create makes the file the rest of a file: name names, colons and all, and opens it by that name', async () => {
+    const dir = tmpDir('blocktab-126-');
+    const st = new FileStorage();
+    await createImage(st, await planCreate(st, { filename: `file:${dir}/a:b.qcow2`, format: 'qcow2', size: 1 << 20 }));
+    expect(fs.readdirSync(dir)).toEqual(['a:b.qcow2']);
+    await closeNode(await openImage(st, `file:${dir}/a:b.qcow2`, { format: 'qcow2' }));
+  });
+
+  it('a relative path that would read as a protocol is named ./path, as QEMU names it', () => {
+    expect(parseProtocolFilename('file:image:top.qcow2')).toEqual({ driver: 'file', filename: './image:top.qcow2' });
+    expect(parseProtocolFilename('file:/d/image:top.qcow2')).toEqual({ driver: 'file', filename: '/d/image:top.qcow2' });
+    expect(parseProtocolFilename('file:dir/image:top.qcow2')).toEqual({ driver: 'file', filename: 'dir/image:top.qcow2' });
   });
 });
