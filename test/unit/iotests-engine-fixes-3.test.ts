@@ -126,3 +126,27 @@ describe('file: names with colons (126)', () => {
     expect(parseProtocolFilename('file:dir/image:top.qcow2')).toEqual({ driver: 'file', filename: 'dir/image:top.qcow2' });
   });
 });
+
+describe('a node opened with a key secret is named by its options (198)', () => {
+  it('info shows json:{…} with the secret option for an encrypted qcow2, the file name for other options', async () => {
+    const { imageInfo } = await import('../../src/img/info.js');
+    const { openTree } = await import('../../src/block/open-tree.js');
+    const st = new MemoryStorage();
+    registerSecret('sec198', '123456');
+    try {
+      await createImage(st, await planCreate(st, { filename: 'e.qcow2', format: 'qcow2', size: 1 << 20, options: ['encrypt.format=luks', 'encrypt.key-secret=sec198', 'encrypt.iter-time=10'] }));
+      await createImage(st, await planCreate(st, { filename: 'p.qcow2', format: 'qcow2', size: 1 << 20 }));
+      const e = await openTree(st, { driver: 'qcow2', file: { filename: 'e.qcow2' }, 'encrypt.key-secret': 'sec198' }, { readOnly: true });
+      const p = await openTree(st, { driver: 'qcow2', file: { filename: 'p.qcow2' }, 'lazy-refcounts': 'on' }, { readOnly: true });
+      try {
+        expect((await imageInfo(e)).filename).toBe('json:{"driver": "qcow2", "encrypt.key-secret": "sec198", "file": {"driver": "memory", "filename": "e.qcow2"}}');
+        expect((await imageInfo(p)).filename).toBe('p.qcow2');
+      } finally {
+        await closeNode(e);
+        await closeNode(p);
+      }
+    } finally {
+      removeSecret('sec198');
+    }
+  });
+});

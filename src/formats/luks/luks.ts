@@ -53,6 +53,7 @@ function cipher(bs: BlockNode, s: LuksState): XtsPlain64 {
 
 export const luksDriver: BlockDriver = {
   name: 'luks',
+  strongRuntimeOpts: ['key-secret'],
   kind: 'format',
   // A new image's payload is unwritten ciphertext: it reads as noise, not zeros.
   hasZeroInit: false,
