@@ -16,6 +16,7 @@
 import { createRequire } from 'node:module';
 import type * as Http from 'node:http';
 import { BodySink, type HttpReply, type HttpRequestInit, type HttpTransport } from './http.js';
+import { wireRequest, timeoutError, DRAIN_LIMIT } from './http-wire.js';
 
 type Mods = { http: typeof Http; https: typeof import('node:https') };
 let mods: Mods | undefined;
@@ -31,14 +32,6 @@ function load(): { mods: Mods; agents: { http: Http.Agent; https: Http.Agent } }
   return { mods, agents };
 }
 
-function timeoutError(ms: number): Error {
-  const e = new Error(`The operation was aborted due to timeout (${ms} ms)`);
-  e.name = 'TimeoutError';
-  return e;
-}
-
-/** Bodies up to this size are read to their end when dropped, so the connection can be reused; larger ones close it. */
-const DRAIN_LIMIT = 64 * 1024;
 
 function send(url: string, init: HttpRequestInit): Promise<HttpReply> {
   const { mods, agents } = load();
@@ -126,5 +119,13 @@ function send(url: string, init: HttpRequestInit): Promise<HttpReply> {
   });
 }
 
-/** The transport over node:http / node:https (one keep-alive agent each, shared by every storage). */
-export const nodeHttpTransport: HttpTransport = send;
+/** node:http / node:https for every URL (one keep-alive agent each, shared by every storage); https URLs always take it. */
+export const nodeHttpModuleTransport: HttpTransport = send;
+
+/**
+ * The Node transport: plain http through the small client of http-wire.ts
+ * (the socket's bytes copied once, into the caller's parts), https and URLs
+ * with credentials in them through node:https / node:http.
+ */
+export const nodeHttpTransport: HttpTransport = (url, init) =>
+  url.startsWith('http:') && !/^http:\/\/[^/?#]*@/.test(url) ? wireRequest(url, init) : send(url, init);

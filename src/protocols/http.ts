@@ -51,9 +51,9 @@ export interface HttpOptions {
   blockSize?: number;
   /** Read cache capacity in bytes (default 32 MiB). */
   cacheBytes?: number;
-  /** Largest read-ahead window in bytes (default 4 MiB). */
+  /** Largest read-ahead window in bytes (default 8 MiB; at most a third of the cache is used). */
   maxReadAhead?: number;
-  /** Requests in flight at most (default 4). */
+  /** Requests in flight at most (default 6, as browsers' connections per origin). */
   maxInflight?: number;
   /** Retries of a request after 5xx, 429, timeouts and network errors (default 4). */
   retries?: number;
@@ -122,6 +122,23 @@ export class BodySink {
   /** Bytes received so far. */
   length = 0;
   constructor(private readonly parts: Uint8Array[]) {}
+
+  /** The free room of the current part, at most `max` bytes: a view to read into (see `advance`); null when the parts are full. */
+  room(max: number): Uint8Array | null {
+    const p = this.parts[this.part];
+    if (!p || max <= 0) return null;
+    return p.subarray(this.at, Math.min(p.length, this.at + max));
+  }
+
+  /** Counts `n` bytes written into the last view `room` gave. */
+  advance(n: number): void {
+    this.at += n;
+    this.length += n;
+    if (this.at === this.parts[this.part]!.length) {
+      this.part++;
+      this.at = 0;
+    }
+  }
 
   /** Copies a chunk in; false (nothing more taken) when the parts cannot hold it. */
   push(chunk: Uint8Array): boolean {
@@ -216,6 +233,8 @@ export interface HttpStats {
   bytesFetched: number;
   /** Most requests in flight at once. */
   peakInflight: number;
+  /** Blocks of blocksFetched read straight into a caller's buffer, around the cache. */
+  blocksBypassed: number;
 }
 
 /** httpStats' answer: the counters and the requests running now. */
@@ -250,8 +269,8 @@ interface HttpState {
 const DEFAULTS = {
   blockSize: 64 * 1024,
   cacheBytes: 32 * 1024 * 1024,
-  maxReadAhead: 4 * 1024 * 1024,
-  maxInflight: 4,
+  maxReadAhead: 8 * 1024 * 1024,
+  maxInflight: 6,
   retries: 4,
   retryDelayMs: 100,
   timeoutMs: 30_000,
@@ -577,6 +596,27 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
   const parts = blocks.slice();
   const lastLen = end + 1 - last * bsz;
   if (lastLen < bsz) parts[parts.length - 1] = blocks[blocks.length - 1]!.subarray(0, lastLen);
+  await getRange(s, start, end, parts).catch((e: unknown) => {
+    for (const b of blocks) giveBack(s, b);
+    throw e;
+  });
+  s.stats.blocksFetched += last - first + 1;
+  // The file's last block may be short: the rest of its buffer (maybe a reused one) reads as zeros.
+  const tail = (end + 1) % bsz;
+  if (tail !== 0) blocks[blocks.length - 1]!.fill(0, tail);
+  for (let i = first; i <= last; i++) {
+    const blk = blocks[i - first]!;
+    insert(s, i, blk);
+    persist(s, i, blk);
+  }
+}
+
+/**
+ * One ranged GET of bytes [start, end] into `parts` (which hold exactly that
+ * many bytes), with retries; the answer must be a 206 of this version of the
+ * file with exactly that range.
+ */
+async function getRange(s: HttpState, start: number, end: number, parts: Uint8Array[]): Promise<void> {
   await request(s, { headers: { Range: `bytes=${start}-${end}` } }, `read at ${hex(start)}`, async (res) => {
     if (res.status === 200) {
       discard(res);
@@ -597,18 +637,67 @@ async function fetchBlocks(s: HttpState, first: number, last: number): Promise<v
     if (n !== end - start + 1) {
       throw new Transient(`short response at ${hex(start)}: ${n} of ${end - start + 1} bytes`);
     }
-  }).catch((e: unknown) => {
-    for (const b of blocks) giveBack(s, b);
-    throw e;
   });
-  s.stats.blocksFetched += last - first + 1;
-  // The file's last block may be short: the rest of its buffer (maybe a reused one) reads as zeros.
-  const tail = (end + 1) % bsz;
-  if (tail !== 0) blocks[blocks.length - 1]!.fill(0, tail);
-  for (let i = first; i <= last; i++) {
-    const blk = blocks[i - first]!;
-    insert(s, i, blk);
-    persist(s, i, blk);
+}
+
+/** Whole blocks a read must cover, all missing, to go around the cache (see `bypassRun`). */
+const BYPASS_MIN_BLOCKS = 4;
+
+/**
+ * The whole blocks [a, b] inside the read [offset, offset + bytes) when every
+ * one of them is neither cached nor being fetched and there are at least
+ * BYPASS_MIN_BLOCKS of them: such a read gets their bytes straight into the
+ * caller's buffer (no cache block, no copy). Not with a persistent store,
+ * which the blocks must reach (and which may already hold them).
+ */
+function bypassRun(s: HttpState, offset: number, bytes: number): [number, number] | null {
+  if (s.opts.store) return null;
+  const bsz = s.opts.blockSize;
+  const a = Math.ceil(offset / bsz);
+  const b = Math.floor((offset + bytes) / bsz) - 1;
+  if (b - a + 1 < BYPASS_MIN_BLOCKS) return null;
+  for (let i = a; i <= b; i++) if (s.cache.has(i) || s.inflight.has(i)) return null;
+  return [a, b];
+}
+
+/** Reads blocks [a, b] into `into` (their bytes, from block a's start) with one request per piece, in parallel. */
+async function fetchAround(s: HttpState, a: number, b: number, into: Uint8Array): Promise<void> {
+  const bsz = s.opts.blockSize;
+  const piece = pieceBlocks(s);
+  const gets: Promise<void>[] = [];
+  for (let x = a, y: number; x <= b; x = y + 1) {
+    y = Math.min(b, (Math.floor(x / piece) + 1) * piece - 1);
+    gets.push(getRange(s, x * bsz, (y + 1) * bsz - 1, [into.subarray((x - a) * bsz, (y + 1 - a) * bsz)]));
+  }
+  await Promise.all(gets);
+  s.stats.blocksFetched += b - a + 1;
+  s.stats.blocksBypassed += b - a + 1;
+}
+
+/** Reads [offset, offset + bytes) of the file through the cache into `buf`, starting read-ahead of `readAheadBlocks` after it. */
+async function readCached(s: HttpState, offset: number, bytes: number, buf: Uint8Array, readAheadBlocks: number): Promise<void> {
+  const bsz = s.opts.blockSize;
+  const first = Math.floor(offset / bsz);
+  const last = Math.floor((offset + bytes - 1) / bsz);
+  for (let attempt = 0; ; attempt++) {
+    await ensureBlocks(s, first, last, readAheadBlocks);
+    // Copy out; a block evicted meanwhile by a concurrent request is fetched again.
+    let missing = false;
+    for (let i = first; i <= last && !missing; i++) {
+      const blk = s.cache.get(i);
+      if (!blk) missing = true;
+    }
+    if (missing && attempt < 3) continue;
+    for (let i = first; i <= last; i++) {
+      const blk = s.cache.get(i);
+      if (!blk) throw new BlockError('EIO', `${s.url}: read cache too small for concurrent reads at ${hex(offset)}`);
+      const bStart = i * bsz;
+      const from = Math.max(offset, bStart);
+      const to = Math.min(offset + bytes, bStart + bsz);
+      buf.set(blk.subarray(from - bStart, to - bStart), from - offset);
+      insert(s, i, blk);
+    }
+    return;
   }
 }
 
@@ -632,14 +721,19 @@ async function fromStore(s: HttpState, first: number, last: number): Promise<boo
   return found;
 }
 
+/** Blocks per request of a long run: a quarter of the read-ahead window, at least 1 MiB. */
+function pieceBlocks(s: HttpState): number {
+  return Math.max(1, Math.floor(Math.max(1024 * 1024, s.opts.maxReadAhead / 4) / s.opts.blockSize));
+}
+
 /** Sends one ranged GET per piece of the runs; blocks being fetched are in `inflight` so other readers wait for them. */
 function startFetches(s: HttpState, runs: [number, number][]): Promise<void>[] {
-  // A long run is split so its pieces go out in parallel (bounded by maxInflight).
-  const piece = Math.max(1, Math.floor(Math.max(1024 * 1024, s.opts.maxReadAhead / 4) / s.opts.blockSize));
+  // A long run is split so its pieces go out in parallel (bounded by maxInflight), at multiples of the piece size so they stay whole.
+  const piece = pieceBlocks(s);
   const started: Promise<void>[] = [];
   for (const [a0, b0] of runs) {
-    for (let a = a0; a <= b0; a += piece) {
-      const b = Math.min(b0, a + piece - 1);
+    for (let a = a0, b: number; a <= b0; a = b + 1) {
+      b = Math.min(b0, (Math.floor(a / piece) + 1) * piece - 1);
       const p = fetchBlocks(s, a, b);
       const settled = p.then(
         () => {},
@@ -674,8 +768,9 @@ function missingRuns(s: HttpState, first: number, last: number): [number, number
  * Makes blocks [first, last] present, and starts read-ahead of the next
  * `readAheadBlocks` blocks in the background (not awaited: the caller gets its
  * data while the next blocks are on their way). When less than half a window
- * lies ready ahead of the reader, one whole window more goes out, so a stream
- * of small sequential reads sends a few large requests, not one per read.
+ * lies ready ahead of the reader, one whole window more goes out (ending on a
+ * piece boundary, so its requests are whole pieces), so a stream of small
+ * sequential reads sends a few large requests, not one per read.
  */
 async function ensureBlocks(s: HttpState, first: number, last: number, readAheadBlocks: number): Promise<void> {
   const lastBlock = Math.max(0, Math.ceil(s.size / s.opts.blockSize) - 1);
@@ -695,7 +790,13 @@ async function ensureBlocks(s: HttpState, first: number, last: number, readAhead
     // Blocks right after the request already here or on their way; when fewer than half a window, one more window goes out.
     let present = 0;
     while (last + 1 + present <= lastBlock && (s.cache.has(last + 1 + present) || s.inflight.has(last + 1 + present))) present++;
-    if (present * 2 < readAheadBlocks) ahead = missingRuns(s, last + 1 + present, Math.min(lastBlock, last + present + readAheadBlocks));
+    if (present * 2 < readAheadBlocks) {
+      const piece = pieceBlocks(s);
+      let end = last + present + readAheadBlocks;
+      const aligned = Math.floor((end + 1) / piece) * piece - 1;
+      if (aligned > last + present) end = aligned;
+      ahead = missingRuns(s, last + 1 + present, Math.min(lastBlock, end));
+    }
   }
   waits.push(...startFetches(s, runs));
   for (const p of startFetches(s, ahead)) p.catch(() => {});
@@ -722,16 +823,16 @@ export const httpDriver: BlockDriver = {
       window: 0,
       running: 0,
       queue: [],
-      stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, bytesFetched: 0, peakInflight: 0 },
+      stats: { requests: 0, retries: 0, cacheHits: 0, storeHits: 0, blocksFetched: 0, bytesFetched: 0, peakInflight: 0, blocksBypassed: 0 },
       storeWrites: new Set(),
       spare: opts.store ? null : [],
     };
     bs.opaque = s;
     await probeSize(s);
     bs.totalBytes = s.size;
-    // One request never holds more than half the cache, so a read's own blocks are never evicted before it copies them.
-    const half = Math.max(opts.blockSize, Math.floor((opts.cacheBlocks * opts.blockSize) / 2 / opts.blockSize) * opts.blockSize);
-    bs.limits = { requestAlignment: 1, maxTransfer: Math.min(bs.limits.maxTransfer, half) };
+    // One request never holds more than a quarter of the cache (read-ahead, at most a third, keeps up to half a window more), so a read's own blocks are never evicted before it copies them.
+    const quarter = Math.max(opts.blockSize, Math.floor(opts.cacheBlocks / 4) * opts.blockSize);
+    bs.limits = { requestAlignment: 1, maxTransfer: Math.min(bs.limits.maxTransfer, quarter) };
   },
   async close(bs) {
     const s = bs.state<HttpState>();
@@ -751,29 +852,21 @@ export const httpDriver: BlockDriver = {
     // Sequential access doubles the read-ahead window (from one block) up to the cap; a seek resets it.
     s.window = offset === s.lastEnd ? Math.min(Math.max(s.window * 2, bsz), s.opts.maxReadAhead) : 0;
     s.lastEnd = offset + have;
-    const first = Math.floor(offset / bsz);
-    const last = Math.floor((offset + have - 1) / bsz);
-    for (let attempt = 0; ; attempt++) {
-      // Read-ahead is bounded to a quarter of the cache, so with the request (at most half) it never evicts the request's own blocks.
-      await ensureBlocks(s, first, last, Math.min(Math.floor(s.window / bsz), Math.floor(s.opts.cacheBlocks / 4)));
-      // Copy out; a block evicted meanwhile by a concurrent request is fetched again.
-      let missing = false;
-      for (let i = first; i <= last && !missing; i++) {
-        const blk = s.cache.get(i);
-        if (!blk) missing = true;
-      }
-      if (missing && attempt < 3) continue;
-      for (let i = first; i <= last; i++) {
-        const blk = s.cache.get(i);
-        if (!blk) throw new BlockError('EIO', `${s.url}: read cache too small for concurrent reads at ${hex(offset)}`);
-        const bStart = i * bsz;
-        const from = Math.max(offset, bStart);
-        const to = Math.min(offset + have, bStart + bsz);
-        buf.set(blk.subarray(from - bStart, to - bStart), from - offset);
-        insert(s, i, blk);
-      }
-      return;
-    }
+    // The window is bounded to a third of the cache: with what it keeps ahead (up to one and a half windows) and the request
+    // (at most a quarter), the request's own blocks are never evicted.
+    const ahead = Math.min(Math.floor(s.window / bsz), Math.floor(s.opts.cacheBlocks / 3));
+    const around = bypassRun(s, offset, have);
+    if (!around) return readCached(s, offset, have, buf, ahead);
+    // Whole missing blocks come straight into buf; the partial blocks at either edge go through the cache, and read-ahead
+    // starts after the read as usual.
+    const [a, b] = around;
+    const head = a * bsz - offset;
+    const tail = offset + have - (b + 1) * bsz;
+    await Promise.all([
+      fetchAround(s, a, b, buf.subarray(head, head + (b + 1 - a) * bsz)),
+      head > 0 ? readCached(s, offset, head, buf, 0) : undefined,
+      tail > 0 ? readCached(s, (b + 1) * bsz, tail, buf.subarray(have - tail), ahead) : ensureBlocks(s, b + 1, b, ahead),
+    ]);
   },
   async getLength(bs) {
     return bs.state<HttpState>().size;

@@ -58,6 +58,8 @@ export async function startRangeServer(dir: string): Promise<RangeServer> {
   const epoch = Date.UTC(2024, 0, 1);
 
   const answer = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    // A request whose client gave up during the injected latency (a timeout test) must not take a fault meant for a later one.
+    if (req.socket.destroyed) return void res.destroy();
     const url = new URL(req.url ?? '/', 'http://x');
     let rel = decodeURIComponent(url.pathname).replace(/^\/+/, '');
     let mode = 'normal';

@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tmpDir, seededBytes } from '../helpers/qemu.js';
 import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
-import { HttpStorage, httpRequestCount, fetchTransport } from '../../src/protocols/http.js';
-import { nodeHttpTransport } from '../../src/protocols/http-node.js';
+import { HttpStorage, httpRequestCount } from '../../src/protocols/http.js';
+import { HTTP_TRANSPORTS as TRANSPORTS } from '../helpers/http-transports.js';
 import { bdrvPread, bdrvPwrite, openImage, BlockError } from '../../src/index.js';
 
 let server: RangeServer;
@@ -27,10 +27,6 @@ beforeAll(async () => {
 afterAll(() => server.close());
 
 const baseOpts = { blockSize: 4096, cacheBytes: 64 * 1024, maxReadAhead: 32 * 1024, retryDelayMs: 1 };
-const TRANSPORTS = [
-  { name: 'fetch', transport: fetchTransport() },
-  { name: 'node:http', transport: nodeHttpTransport },
-];
 
 async function expectCode(p: Promise<unknown>, code: string, re: RegExp): Promise<void> {
   const e = await p.then(
@@ -65,7 +61,7 @@ describe.each(TRANSPORTS)('http protocol ($name)', ({ transport }) => {
   });
 
   it('serves repeated reads from the cache and batches sequential reads with growing read-ahead', async () => {
-    // Read-ahead is capped at a quarter of the cache: 1 MiB of cache lets the 32 KiB cap apply.
+    // Read-ahead is capped at a third of the cache: 1 MiB of cache lets the 32 KiB cap apply.
     const st = new HttpStorage(server.baseUrl, { ...opts, cacheBytes: 1024 * 1024 });
     const bs = await st.openProtocol('disk.raw', { readOnly: true });
     const before = httpRequestCount(bs);

@@ -8,8 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { tmpDir, seededBytes } from '../helpers/qemu.js';
 import { startRangeServer, type RangeServer } from '../helpers/range-server.js';
-import { HttpStorage, httpStats, fetchTransport, type HttpBlockStore, type HttpOptions } from '../../src/protocols/http.js';
-import { nodeHttpTransport } from '../../src/protocols/http-node.js';
+import { HttpStorage, httpStats, type HttpBlockStore, type HttpOptions } from '../../src/protocols/http.js';
+import { HTTP_TRANSPORTS as TRANSPORTS } from '../helpers/http-transports.js';
 import { bdrvPread, BlockError, type BlockNode } from '../../src/index.js';
 
 let server: RangeServer;
@@ -17,10 +17,6 @@ let dir: string;
 const SIZE = 300_001;
 const data = seededBytes(SIZE, 11);
 const baseOpts: HttpOptions = { blockSize: 4096, cacheBytes: 256 * 1024, maxReadAhead: 16 * 1024, retryDelayMs: 1 };
-const TRANSPORTS = [
-  { name: 'fetch', transport: fetchTransport() },
-  { name: 'node:http', transport: nodeHttpTransport },
-];
 
 beforeAll(async () => {
   dir = tmpDir();
