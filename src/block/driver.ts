@@ -140,6 +140,12 @@ export interface BlockDriver {
 
   /** The format keeps a backing file (qcow2 does, raw does not). */
   readonly supportsBacking?: boolean;
+  /**
+   * Open options that change what the node reads (QEMU's strong runtime
+   * options, a key secret): a node opened with one is named by its json:
+   * options, as the filename alone would not open it the same way.
+   */
+  readonly strongRuntimeOpts?: readonly string[];
   /** pwritev accepts `{ compressed: true }` (qcow2); elsewhere such writes fail with ENOTSUP, as in QEMU. */
   readonly supportsCompressedWrites?: boolean;
   /**

@@ -43,7 +43,7 @@ import {
 import { refcountLimit } from './refcount-codec.js';
 import { luksAreaIo, QCOW_CRYPT_LUKS } from './crypto.js';
 import { luksAmend, luksAmendParams } from '../../crypto/luks-amend.js';
-import { lookupSecret } from '../../block/secrets.js';
+import { lookupSecretUtf8 } from '../../block/secrets.js';
 
 export interface Qcow2AmendOptions {
   /** The encrypt.* options, names without the prefix (LUKS key-slot changes). */
@@ -220,7 +220,7 @@ async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
 async function amendEncryption(s: Qcow2State, values: Map<string, string>, force: boolean): Promise<void> {
   const c = s.crypto!;
   const params = luksAmendParams((name) => values.get(name));
-  await luksAmend({ volume: c.luks!, io: luksAreaIo(s.file, c.area!, s.image), openSecret: c.secretId, lookupSecret, force, image: s.image }, params);
+  await luksAmend({ volume: c.luks!, io: luksAreaIo(s.file, c.area!, s.image), openSecret: c.secretId, lookupSecret: lookupSecretUtf8, force, image: s.image }, params);
   await bdrvFlush(s.file);
 }
 

@@ -181,6 +181,7 @@ async function repairDirty(bs: BlockNode, s: Qcow2State): Promise<void> {
 
 export const qcow2Driver: BlockDriver = {
   name: 'qcow2',
+  strongRuntimeOpts: ['encrypt.key-secret'],
   kind: 'format',
   supportsBacking: true,
   supportsCompressedWrites: true,
