@@ -159,8 +159,11 @@ export interface BlockDriver {
    * False when a newly created image does not read as zeros (QEMU's
    * bdrv_has_zero_init answering 0: luks, whose fresh payload decrypts to
    * noise), so convert writes zeros instead of skipping them. Default true.
+   * A function answers for one open image (qcow2: an encrypted image with
+   * preallocated metadata reads as noise too); the static `false` says no
+   * image of the format ever does.
    */
-  readonly hasZeroInit?: boolean;
+  readonly hasZeroInit?: boolean | ((bs: BlockNode) => boolean);
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
   /**
@@ -456,6 +459,12 @@ interface DriverEntry {
 const drivers = new Map<string, DriverEntry>();
 
 /** Registers a loaded driver under its name. Later registrations replace earlier ones. */
+/** QEMU's bdrv_has_zero_init for an open image: whether its unwritten space reads as zeros. */
+export function hasZeroInit(bs: BlockNode): boolean {
+  const z = bs.driver.hasZeroInit;
+  return typeof z === 'function' ? z(bs) : z !== false;
+}
+
 export function registerDriver(drv: BlockDriver): void {
   drivers.set(drv.name, { desc: drv, driver: drv });
 }

@@ -23,6 +23,7 @@
  */
 import { BlockError, type BlockErrorCode } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
+import { hasZeroInit } from '../block/driver.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
@@ -211,8 +212,8 @@ export async function createConvertTarget(storage: Storage, req: ConvertTargetRe
     options: {
       compressed: req.compressed,
       targetHasBacking: hasBacking,
-      // qcow2 and raw files read as zeros when new (bdrv_has_zero_init), unless a backing file shows through.
-      targetHasZeroInit: !hasBacking && target.driver.hasZeroInit !== false,
+      // New images read as zeros (bdrv_has_zero_init) unless a backing file shows through or the driver says otherwise.
+      targetHasZeroInit: !hasBacking && hasZeroInit(target),
       targetBackingBytes: target.cowNode()?.totalBytes,
     },
   };

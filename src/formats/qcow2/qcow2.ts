@@ -185,6 +185,12 @@ export const qcow2Driver: BlockDriver = {
   kind: 'format',
   supportsBacking: true,
   supportsCompressedWrites: true,
+  // As qcow2_has_zero_init: preallocated metadata (the first L1 entry set) in an encrypted image maps clusters whose
+  // bytes decrypt to noise; without encryption they read as the file does, and a new file reads as zeros.
+  hasZeroInit: (bs) => {
+    const s = bs.state<Qcow2State>();
+    return !(s.crypto && s.l1Table.length >= 8 && s.l1Table.subarray(0, 8).some((b) => b !== 0));
+  },
   compressCluster: (bs, data) => qcow2CompressCluster(bs.state<Qcow2State>(), data),
   // QAPI BlockdevOptionsQcow2 (the members blockdev-add accepts).
   blockdevOptions: {
