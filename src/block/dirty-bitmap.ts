@@ -19,8 +19,6 @@ import { BlockError } from './errors.js';
 import type { BlockNode, WriteObserver } from './node.js';
 import { HBitmap, type DirtyArea } from '../wasm/hbitmap.js';
 import { WasmError } from '../wasm/errors.js';
-import { sha256 } from '@noble/hashes/sha2.js';
-import { bytesToHex } from '@noble/hashes/utils.js';
 
 /**
  * Runs an HBitmap operation that user input can reach, turning the wasm
@@ -101,11 +99,13 @@ export class BdrvDirtyBitmap {
   /**
    * SHA-256 of the bitmap's bits serialized as QEMU lays out its last hbitmap
    * level (little-endian 64-bit words, bit n = chunk n): what
-   * x-debug-block-dirty-bitmap-sha256 answers.
+   * x-debug-block-dirty-bitmap-sha256 answers. The hash library loads on
+   * first use (only this debugging command needs it, not start-up).
    */
-  sha256(): string {
+  async sha256(): Promise<string> {
     const buf = new Uint8Array(this.bitmap.serializationSize(0, this.size));
     if (buf.length) this.bitmap.serializePart(buf, 0, this.size);
+    const [{ sha256 }, { bytesToHex }] = await Promise.all([import('@noble/hashes/sha2.js'), import('@noble/hashes/utils.js')]);
     return bytesToHex(sha256(buf));
   }
   info(): DirtyBitmapInfo {

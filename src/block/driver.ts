@@ -140,6 +140,12 @@ export interface BlockDriver {
 
   /** The format keeps a backing file (qcow2 does, raw does not). */
   readonly supportsBacking?: boolean;
+  /**
+   * Open options that change what the node reads (QEMU's strong runtime
+   * options, a key secret): a node opened with one is named by its json:
+   * options, as the filename alone would not open it the same way.
+   */
+  readonly strongRuntimeOpts?: readonly string[];
   /** pwritev accepts `{ compressed: true }` (qcow2); elsewhere such writes fail with ENOTSUP, as in QEMU. */
   readonly supportsCompressedWrites?: boolean;
   /**
@@ -153,8 +159,11 @@ export interface BlockDriver {
    * False when a newly created image does not read as zeros (QEMU's
    * bdrv_has_zero_init answering 0: luks, whose fresh payload decrypts to
    * noise), so convert writes zeros instead of skipping them. Default true.
+   * A function answers for one open image (qcow2: an encrypted image with
+   * preallocated metadata reads as noise too); the static `false` says no
+   * image of the format ever does.
    */
-  readonly hasZeroInit?: boolean;
+  readonly hasZeroInit?: boolean | ((bs: BlockNode) => boolean);
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
   /**
@@ -231,7 +240,12 @@ export interface BlockDriver {
    */
   pwriteZeroes?(bs: BlockNode, offset: number, bytes: number, flags: WriteFlags): Promise<void>;
 
-  /** Hints that the range is no longer needed. Advisory: may do nothing. */
+  /**
+   * Hints that the range is no longer needed. Advisory: may do nothing, or
+   * throw ENOTSUP. A range not aligned to `limits.pdiscardAlignment` is
+   * smaller than it and crosses no boundary of it (the core's head and tail
+   * pieces); a range on the alignment is at most `limits.maxPdiscard`.
+   */
   pdiscard?(bs: BlockNode, offset: number, bytes: number): Promise<void>;
 
   /** Makes every completed write stable. The core flushes children afterwards. */
@@ -445,6 +459,12 @@ interface DriverEntry {
 const drivers = new Map<string, DriverEntry>();
 
 /** Registers a loaded driver under its name. Later registrations replace earlier ones. */
+/** QEMU's bdrv_has_zero_init for an open image: whether its unwritten space reads as zeros. */
+export function hasZeroInit(bs: BlockNode): boolean {
+  const z = bs.driver.hasZeroInit;
+  return typeof z === 'function' ? z(bs) : z !== false;
+}
+
 export function registerDriver(drv: BlockDriver): void {
   drivers.set(drv.name, { desc: drv, driver: drv });
 }

@@ -19,6 +19,7 @@ import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
 import { truncateDirtyBitmaps } from './dirty-bitmap.js';
 import { afterWrite, beforeWrite, hasAfterWriteHooks, hasBeforeWriteHooks } from './before-write.js';
 import { bdrvDebugEvent, type BlkdebugEvent } from './debug-event.js';
+import { alignDown, discardPieces } from './request-split.js';
 
 /** What every write that landed tells the node: its dirty bitmaps, and the highest offset written. */
 /** Raises a debug event on `bs` (see debug-event.ts); no await at all unless a driver listens. */
@@ -321,11 +322,12 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
     let done = false;
     if (drv.pwriteZeroes) {
       try {
-        const max = bs.limits.maxTransfer;
+        const max = Math.min(bs.limits.maxTransfer, bs.limits.maxPwriteZeroes || Infinity);
+        const chunk = Math.max(alignDown(max, align), align);
         await trackedWrite(bs, headEnd, tailStart, false, async () => {
           await debugEvent(bs, 'pwritev_zero');
           for (let o = headEnd; o < tailStart; ) {
-            const n = Math.min(tailStart - o, Math.max(max - (max % align), align));
+            const n = Math.min(tailStart - o, chunk);
             await drv.pwriteZeroes!(bs, o, n, driverFlags(flags));
             o += n;
           }
@@ -344,20 +346,35 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
   if (!flags.copyOnRead && hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }
 
-/** Discards the range where the driver can; a hint, so unsupported means "done". */
+/**
+ * Discards the range where the driver can; a hint, so unsupported means
+ * "done". The range is cut as QEMU cuts it (request-split.ts): pieces up to
+ * the discard alignment, aligned chunks of at most `limits.maxPdiscard`, and
+ * the tail; each piece goes to the driver, which may ignore a piece that is
+ * not aligned (a filter passes it on, so the node below can still drop the
+ * part that is aligned for it). ENOTSUP from the driver is ignored.
+ */
 export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number): Promise<void> {
   checkRange(bs, offset, bytes, 'discard');
   checkWritable(bs, 'discard');
   checkInside(bs, offset, bytes, 'discard');
   if (bytes === 0 || !bs.driver.pdiscard) return;
   if (hasBeforeWriteHooks(bs)) await beforeWrite(bs, offset, bytes);
-  const align = Math.max(bs.limits.pdiscardAlignment ?? 1, bs.limits.requestAlignment);
-  const start = Math.ceil(offset / align) * align;
+  const req = bs.limits.requestAlignment;
+  const align = Math.max(bs.limits.pdiscardAlignment ?? 1, req);
   const end = Math.min(offset + bytes, bs.totalBytes);
-  // A discard may cover the image's last, partial block.
-  const alignedEnd = end === bs.totalBytes && bs.driver.kind !== 'protocol' ? end : end - (end % align);
   const drv = bs.driver;
-  if (alignedEnd > start) await trackedWrite(bs, start, alignedEnd, false, () => drv.pdiscard!(bs, start, alignedEnd - start));
+  if (end > offset) {
+    await trackedWrite(bs, offset, end, false, async () => {
+      for (const p of discardPieces(offset, end - offset, align, req, bs.limits.maxPdiscard ?? 0)) {
+        try {
+          await drv.pdiscard!(bs, p.offset, p.bytes);
+        } catch (e) {
+          if (!(e instanceof BlockError && e.code === 'ENOTSUP')) throw e;
+        }
+      }
+    });
+  }
   writeFinished(bs, offset, bytes, {});
   if (hasAfterWriteHooks(bs)) await afterWrite(bs, offset, bytes);
 }

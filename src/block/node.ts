@@ -19,6 +19,10 @@ export interface BlockLimits {
   pwriteZeroesAlignment?: number;
   /** Alignment discards need to take effect (defaults to requestAlignment). */
   pdiscardAlignment?: number;
+  /** Largest write-zeroes the driver takes at once (bytes; unset: no limit). */
+  maxPwriteZeroes?: number;
+  /** Largest discard the driver takes at once (bytes; unset: no limit). */
+  maxPdiscard?: number;
 }
 
 /** What the write path tells about every write that lands (dirty bitmaps implement it). */

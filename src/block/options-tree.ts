@@ -224,6 +224,12 @@ export function parseProtocolFilename(filename: string): OptionsTree | undefined
   for (const drv of ['null-co', 'null-aio']) {
     if (filename.startsWith(`${drv}://`)) return { driver: drv, filename };
   }
-  if (filename.startsWith('file:')) return { driver: 'file', filename: filename.slice('file:'.length) };
+  if (filename.startsWith('file:')) {
+    // A path that would itself read as a protocol prefix gets "./", as QEMU names such a file (126).
+    const path = filename.slice('file:'.length);
+    const colon = path.indexOf(':');
+    const slash = path.indexOf('/');
+    return { driver: 'file', filename: colon >= 0 && (slash < 0 || colon < slash) ? `./${path}` : path };
+  }
   return undefined;
 }

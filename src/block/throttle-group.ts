@@ -88,8 +88,7 @@ export class ThrottleGroup {
     if (!this.state.enabled) return undefined;
     const d: Dir = isWrite ? 1 : 0;
     // A timer is armed whenever requests queue, so an unarmed timer means nothing waits in this direction.
-    if (!this.timerArmed[d] && this.state.computeWait(isWrite, nowNs) === 0) {
-      this.state.account(isWrite, bytes);
+    if (!this.timerArmed[d] && this.state.pourIfFree(isWrite, bytes, nowNs ?? this.clock.nowNs())) {
       m.released[d]++;
       this.lastTurn[d] = m;
       return undefined;

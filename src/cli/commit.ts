@@ -3,6 +3,7 @@ import { commitImage } from '../img/commit.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
 import { openForCli, storage } from './open.js';
 import { imageSpec } from './objects.js';
+import { hasProtocol } from '../block/open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
 
@@ -26,7 +27,9 @@ export async function runCommit(args: string[], out: Output): Promise<number> {
   const name = p.positionals[0]!;
   // --image-opts and json: names (keys, nested drivers) open through the options tree (iotest 198).
   const spec = imageSpec(name);
-  const top = spec.tree.filename === name && Object.keys(spec.tree).length === 1 ? undefined : await openForCli(name, { readOnly: false, format: str(p, 'format') });
+  // A protocol prefix (blkdebug:conf:file, iotest 098) opens as the CLI opens it, with the filter under the format.
+  const plain = spec.tree.filename === name && Object.keys(spec.tree).length === 1 && !hasProtocol(name);
+  const top = plain ? undefined : await openForCli(name, { readOnly: false, format: str(p, 'format') });
   await commitImage(storage, {
     top,
     filename: spec.filename,

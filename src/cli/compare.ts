@@ -4,6 +4,7 @@ import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { flag, parseCommand, str, UsageError } from './args.js';
 import { openForCli } from './open.js';
+import { progName } from './progname.js';
 import { Progress } from './progress.js';
 import { type Output, CliError } from './main.js';
 
@@ -35,7 +36,7 @@ export async function runCompare(args: string[], out: Output): Promise<number> {
     }
     progress.set(0);
     let last = 0;
-    const r = await compareImages(a, b, { strict: flag(p, 'strict') }, (done, total) => {
+    const r = await compareImages(a, b, { strict: flag(p, 'strict'), names: [p.positionals[0]!, p.positionals[1]!] }, (done, total) => {
       progress.add(((done - last) / total) * 100);
       last = done;
     });
@@ -55,7 +56,10 @@ export async function runCompare(args: string[], out: Output): Promise<number> {
         say(`Strict mode: Offset ${r.offset} block status mismatch!\n`);
         return 1;
       case 'error':
-        throw new CliError(r.exitCode, r.message);
+        // qemu-img's warning goes to its buffered stdout, so it shows after the error.
+        out.stderr(`${progName()}: ${r.message}\n`);
+        if (r.sizeMismatch) say('Warning: Image size mismatch!\n');
+        return r.exitCode;
     }
     return 2;
   } catch (e) {

@@ -28,6 +28,7 @@ import Module, { createRequire } from 'node:module';
 import * as vm from 'node:vm';
 import * as path from 'node:path';
 import * as os from 'node:os';
+import { underUsualFlags } from './tier-up.js';
 
 // require, not import: the ESM facade of node:fs loads the streams stack (see src/protocols/node-fs.ts).
 const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs');
@@ -128,7 +129,8 @@ export function installCompileCache(bundleDir: string): void {
       // not cached yet
     }
     const source = M.wrap(content.startsWith('#!') ? '//' + content : content);
-    const script = new vm.Script(source, { filename, cachedData });
+    // V8 checks the data against its flags (tier-up.ts may have changed one meanwhile).
+    const script = underUsualFlags(() => new vm.Script(source, { filename, cachedData }));
     if (!cachedData || script.cachedDataRejected) pending.push({ script, file });
     const fn = script.runInThisContext() as (exports: unknown, require: NodeJS.Require, module: CompiledModule, filename: string, dirname: string) => unknown;
     return fn.call(this.exports, this.exports, createRequire(filename), this, filename, path.dirname(filename));

@@ -14,7 +14,8 @@ import { openForCli, storage } from './open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
 import { progName } from './progname.js';
-import { optimizeLater } from './tier-up.js';
+import { snapshotLoadTmp } from '../img/snapshot.js';
+import { optimizeAsUsual, optimizeLater } from './tier-up.js';
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
@@ -50,6 +51,22 @@ function noFlush(target: BlockNode, cache: string): void {
   visit(target);
 }
 
+/**
+ * `-l` (or the older `-s`): a snapshot name or id, or `snapshot.id=ID,snapshot.name=NAME`
+ * (qemu-img's internal snapshot options; the id is looked up first when both are given).
+ */
+function parseSnapshotParam(text: string | undefined): string | undefined {
+  if (text === undefined || !text.startsWith('snapshot.')) return text;
+  const fields = new Map<string, string>();
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=');
+    const key = eq < 0 ? part : part.slice(0, eq);
+    if (key !== 'snapshot.id' && key !== 'snapshot.name') throw new UsageError(`Invalid parameter '${key}'\nFailed in parsing snapshot param '${text}'`);
+    fields.set(key, eq < 0 ? 'on' : part.slice(eq + 1));
+  }
+  return fields.get('snapshot.id') ?? fields.get('snapshot.name');
+}
+
 export async function runConvert(args: string[], out: Output): Promise<number> {
   optimizeLater();
   const p = parseCommand('convert', args, {
@@ -72,6 +89,8 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
     'target-is-zero': { type: 'boolean' },
     bitmaps: { type: 'boolean' },
     'skip-broken-bitmaps': { type: 'boolean' },
+    snapshot: { type: 'string', short: 'l' },
+    'snapshot-name': { type: 'string', short: 's' },
     help: { type: 'boolean', short: 'h' },
   });
   const sparseText = str(p, 'sparse');
@@ -113,11 +132,21 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   const backingFormat = str(p, 'backing-format');
   const showProgress = flag(p, 'progress') && !flag(p, 'quiet');
   const srcNames = p.positionals.slice(0, -1);
+  const snapshot = parseSnapshotParam(str(p, 'snapshot') ?? str(p, 'snapshot-name'));
+  if (srcNames.length > 1 && snapshot !== undefined) throw new UsageError('No support for concatenating multiple snapshot');
 
   const sources: BlockNode[] = [];
   let target: BlockNode | undefined;
   try {
     for (const name of srcNames) sources.push(await openForCli(name, { format: str(p, 'format') }));
+    if (snapshot !== undefined) {
+      try {
+        await snapshotLoadTmp(sources[0]!, snapshot);
+      } catch (e) {
+        if (!(e instanceof BlockError)) throw e;
+        throw new BlockError(e.code, `Failed to load snapshot: ${e.message}`);
+      }
+    }
     const bitmaps = flag(p, 'bitmaps');
     if (flag(p, 'skip-broken-bitmaps') && !bitmaps) throw new UsageError('--skip-broken-bitmaps requires --bitmaps');
     if (bitmaps) checkConvertBitmaps(sources, flag(p, 'skip-broken-bitmaps'));
@@ -158,6 +187,7 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
       await closeNode(target);
     }
     for (const s of sources) await closeNode(s);
+    optimizeAsUsual();
   }
   return 0;
 }

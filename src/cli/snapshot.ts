@@ -28,6 +28,7 @@ export async function runSnapshot(args: string[], out: Output): Promise<number> 
   const action = actions[0] ?? 'list';
   const readOnly = action === 'list';
   const bs = await openForCli(filename, { format: str(p, 'format'), readOnly, backing: false });
+  let failed = false;
   try {
     if (action === 'list') {
       const list = listSnapshots(bs);
@@ -41,9 +42,13 @@ export async function runSnapshot(args: string[], out: Output): Promise<number> 
       }
       return 0;
     }
+    failed = true;
     await imgSnapshot(bs, action, str(p, action)!);
+    failed = false;
     return 0;
   } finally {
-    await closeNode(bs);
+    // The operation's error is the one to report: closing a node whose file fails fails too (iotest 217).
+    if (failed) await closeNode(bs).catch(() => {});
+    else await closeNode(bs);
   }
 }

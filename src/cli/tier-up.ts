@@ -14,21 +14,54 @@
  *
  * The flag is process-wide and only changes when code is optimized, never
  * what it does. It is set when a command that copies starts, before its
- * code runs hot.
+ * code runs hot, and set back when the copy ends. V8 stamps a hash of its
+ * flags into code-cache data and refuses data whose hash is not the current
+ * one, so the CLI's code cache (compile-cache.ts) loads chunks under the
+ * default budget (`underUsualFlags`) and writes its data at exit, after the
+ * budget is back: otherwise the chunks a convert loads (format drivers,
+ * codecs) and those it writes were refused and compiled again at every start.
+ * A budget given on Node's command line is left alone.
  */
 import { createRequire } from 'node:module';
 
-/** The default budget (V8 11–12) times 8. */
-const INTERRUPT_BUDGET = 8 * 67584;
+/** The default budget (V8 11–12). */
+const DEFAULT_BUDGET = 67584;
 
-let done = false;
+let raised = false;
 
-export function optimizeLater(): void {
-  if (done) return;
-  done = true;
+function setBudget(budget: number): boolean {
   try {
-    (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString(`--interrupt-budget=${INTERRUPT_BUDGET}`);
+    (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString(`--interrupt-budget=${budget}`);
+    return true;
   } catch {
     // Not Node's V8 (or flags are locked): keep the defaults.
+    return false;
   }
+}
+
+/** Whether Node was started with its own budget (command line or NODE_OPTIONS). */
+const userBudget = (): boolean => [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((a) => a.includes('interrupt-budget') || a.includes('interrupt_budget'));
+
+/** Raises the budget 8 times, until `optimizeAsUsual`. */
+export function optimizeLater(): void {
+  if (raised || userBudget()) return;
+  raised = setBudget(8 * DEFAULT_BUDGET);
+}
+
+/** Runs `compile` under the default budget (see above). */
+export function underUsualFlags<T>(compile: () => T): T {
+  if (!raised) return compile();
+  setBudget(DEFAULT_BUDGET);
+  try {
+    return compile();
+  } finally {
+    setBudget(8 * DEFAULT_BUDGET);
+  }
+}
+
+/** Back to V8's default budget (and flag hash), so the code cache written at exit matches the next start-up's. */
+export function optimizeAsUsual(): void {
+  if (!raised) return;
+  raised = false;
+  setBudget(DEFAULT_BUDGET);
 }

@@ -293,12 +293,11 @@ export abstract class EngineGraph extends EngineEvents {
   /**
    * Refuses to make `child` the `role` child of `parent` (a node about to be
    * opened, which has no users yet) when that use conflicts with the child's
-   * users, with QEMU's message.
+   * users, or what the child then needs of its own children conflicts
+   * further down (a reader over a layer a commit removes), with QEMU's message.
    */
   checkNewUse(child: BlockNode, parent: PermParent, parentName: string, role: ChildRole): void {
-    const use: NodeUse = { who: `node '${parentName}'`, role, ...childPerms(parent, role, cumulative([])) };
-    const conflict = permConflict(this.nameOf(child), this.usesOf(child), use);
-    if (conflict) throw genericError(conflict, 'EPERM');
+    this.checkAddedUse(child, { who: `node '${parentName}'`, role, ...childPerms(parent, role, cumulative([])) });
   }
 
   /** Checks a user-chosen node-name as QEMU's bdrv_assign_node_name does. */
@@ -315,6 +314,20 @@ export abstract class EngineGraph extends EngineEvents {
    * nodes are created before their name is known); `owned` makes it
    * monitor-owned.
    */
+  /** Creation order of nodes (and of the job filter nodes query-named-block-nodes shows): QEMU lists newest first. */
+  private createdCount = 0;
+  private readonly created = new WeakMap<object, number>();
+
+  /** Stamps `o` as created now (see createdAt). */
+  stampCreated(o: object): void {
+    this.created.set(o, ++this.createdCount);
+  }
+
+  /** When `o` was created, relative to the other stamped nodes (0: never stamped). */
+  createdAt(o: object): number {
+    return this.created.get(o) ?? 0;
+  }
+
   adopt(bs: BlockNode, storage: Storage | undefined, opts: { name?: string; owned?: boolean } = {}): void {
     // In the order QEMU creates nodes: a node's file first, then the node, then its backing chain.
     const visit = (n: BlockNode, name?: string) => {
@@ -323,6 +336,7 @@ export abstract class EngineGraph extends EngineEvents {
       const nn = name ?? n.nodeName;
       this.nodes.set(nn, n);
       this.names.set(n, nn);
+      this.stampCreated(n);
       if (n.backing) visit(n.backing.node);
     };
     visit(bs, opts.name);

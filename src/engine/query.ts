@@ -13,6 +13,7 @@ import type { Engine, IoTarget } from './engine.js';
 import type { BlockBackend } from '../block/backend.js';
 import type { AcctType, BlockDeviceTimedStats } from '../block/accounting.js';
 import { limitsFromConfig } from '../block/throttle.js';
+import type { JobFilterNode } from './commands/jobs.js';
 
 /** QAPI ImageInfo with its recursive `backing-image`. */
 export type QmpImageInfo = ImageInfo & { 'backing-image'?: QmpImageInfo };
@@ -101,11 +102,19 @@ function present<T extends object>(o: T): T {
  * the nested levels — which is why QEMU 7.2 reports backing_file_depth 0 for
  * every node when asked with flat=true: it counts while it nests.
  */
-export async function imageInfoTree(bs: BlockNode, flat: boolean): Promise<{ info: QmpImageInfo; depth: number }> {
+export async function imageInfoTree(bs: BlockNode, flat: boolean, filters: readonly JobFilterNode[] = []): Promise<{ info: QmpImageInfo; depth: number }> {
   const top = present(await imageInfo(bs)) as QmpImageInfo;
   let depth = 0;
   let at = top;
-  for (let n = flat ? null : bs.cowNode(); n; n = n.cowNode()) {
+  for (let prev = bs, n = flat ? null : bs.cowNode(); n; prev = n, n = n.cowNode()) {
+    // A job's filter between two layers (commit_top) is a level of its own, as in QEMU's chain.
+    const f = filters.find((x) => x.overlay === prev && x.child === n);
+    if (f) {
+      const level = await filterImageInfo(f);
+      at['backing-image'] = level;
+      at = level;
+      depth++;
+    }
     const next = present(await imageInfo(n)) as QmpImageInfo;
     at['backing-image'] = next;
     at = next;
@@ -114,9 +123,55 @@ export async function imageInfoTree(bs: BlockNode, flat: boolean): Promise<{ inf
   return { info: top, depth };
 }
 
-/** QEMU's bdrv_block_device_info. */
-export async function blockDeviceInfo(engine: Engine, bs: BlockNode, flat: boolean): Promise<BlockDeviceInfo> {
-  const { info: image, depth } = await imageInfoTree(bs, flat);
+/** A job filter's ImageInfo: its child's sizes and driver answers under the filter's format, as QEMU's filters pass them on. */
+async function filterImageInfo(f: JobFilterNode): Promise<QmpImageInfo> {
+  const c = await imageInfo(f.child);
+  return present({
+    filename: displayFilename(f.child),
+    format: f.driver,
+    'dirty-flag': c['dirty-flag'],
+    'actual-size': c['actual-size'],
+    'virtual-size': c['virtual-size'],
+    'cluster-size': c['cluster-size'],
+  }) as QmpImageInfo;
+}
+
+/** BlockDeviceInfo of a job's filter node (query-named-block-nodes): its child's name, below it the child's chain. */
+export async function jobFilterDeviceInfo(f: JobFilterNode, flat: boolean, filters: readonly JobFilterNode[]): Promise<BlockDeviceInfo> {
+  const image = await filterImageInfo(f);
+  let depth = 0;
+  if (!flat) {
+    const below = await imageInfoTree(f.child, false, filters);
+    image['backing-image'] = below.info;
+    depth = below.depth + 1;
+  }
+  return {
+    file: displayFilename(f.child),
+    'node-name': f.name,
+    ro: f.readOnly,
+    drv: f.driver,
+    backing_file_depth: depth,
+    encrypted: false,
+    detect_zeroes: 'off',
+    bps: 0,
+    bps_rd: 0,
+    bps_wr: 0,
+    iops: 0,
+    iops_rd: 0,
+    iops_wr: 0,
+    image,
+    cache: { writeback: true, direct: false, 'no-flush': false },
+    write_threshold: 0,
+  };
+}
+
+/**
+ * QEMU's bdrv_block_device_info. `filters`: the job filter nodes to show as
+ * levels of the chain (query-named-block-nodes; query-block skips them, as
+ * QEMU skips implicit filters there).
+ */
+export async function blockDeviceInfo(engine: Engine, bs: BlockNode, flat: boolean, filters: readonly JobFilterNode[] = []): Promise<BlockDeviceInfo> {
+  const { info: image, depth } = await imageInfoTree(bs, flat, filters);
   // QEMU's bdrv_cow_bs: a filter's child is not a backing file.
   const backing = bs.driver.kind === 'filter' ? null : bs.cowNode();
   const bitmaps = listDirtyBitmaps(bs).map((b) => b.info());

@@ -197,15 +197,17 @@ function applyLimits(bs: BlockNode, o: OptionsTree): void {
   }
   const maxTransfer = checkLimit(optSize(o, 'max-transfer'), 'max-transfer', Math.max(align, 512));
   const optWriteZero = checkLimit(optSize(o, 'opt-write-zero'), 'opt-write-zero', Math.max(align, 1));
-  checkLimit(optSize(o, 'max-write-zero'), 'max-write-zero', Math.max(optWriteZero, align, 1));
+  const maxWriteZero = checkLimit(optSize(o, 'max-write-zero'), 'max-write-zero', Math.max(optWriteZero, align, 1));
   const optDiscard = checkLimit(optSize(o, 'opt-discard'), 'opt-discard', Math.max(align, 1));
-  checkLimit(optSize(o, 'max-discard'), 'max-discard', Math.max(optDiscard, align, 1));
+  const maxDiscard = checkLimit(optSize(o, 'max-discard'), 'max-discard', Math.max(optDiscard, align, 1));
   const below = bs.file!.node.limits;
   bs.limits = {
     requestAlignment: align || below.requestAlignment,
     maxTransfer: maxTransfer || below.maxTransfer,
     pwriteZeroesAlignment: optWriteZero || undefined,
     pdiscardAlignment: optDiscard || undefined,
+    maxPwriteZeroes: maxWriteZero || undefined,
+    maxPdiscard: maxDiscard || undefined,
   };
 }
 
@@ -334,8 +336,13 @@ export const blkdebugDriver: BlockDriver & DebugEventDriver = {
     bs.totalBytes = Math.max(bs.totalBytes, file(bs).totalBytes);
   },
   async pdiscard(bs, offset, bytes) {
+    // Every piece passes through (the node below may act on part of a small one); a piece as large as the
+    // alignment must lie on it, or the block layer cut the request wrongly.
     const align = Math.max(bs.limits.requestAlignment, bs.limits.pdiscardAlignment ?? 1);
-    if (bytes < align) return;
+    const max = bs.limits.maxPdiscard;
+    if ((bytes >= align && (offset % align !== 0 || bytes % align !== 0)) || (max && bytes > max)) {
+      throw new BlockError('EINVAL', `${bs.filename}: discard at ${offset} (+${bytes} bytes) breaks the limits (alignment ${align}, max ${max ?? 'none'})`);
+    }
     ruleCheck(bs, offset, bytes, 'discard');
     await bdrvPdiscard(file(bs), offset, bytes);
   },

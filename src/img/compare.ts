@@ -14,6 +14,8 @@ import { BlockError } from '../block/errors.js';
 export interface CompareOptions {
   /** qemu-img -s: sizes and block status must match too. */
   strict?: boolean;
+  /** The names errors give the two images (qemu-img names them as its arguments); default: the nodes' file names. */
+  names?: [string, string];
 }
 
 export type CompareResult =
@@ -22,7 +24,7 @@ export type CompareResult =
   | { kind: 'strict-size-mismatch' }
   | { kind: 'strict-status-mismatch'; offset: number }
   /** qemu-img's exit code 3 (status failed) or 4 (read failed), with its message. */
-  | { kind: 'error'; exitCode: 3 | 4; message: string };
+  | { kind: 'error'; exitCode: 3 | 4; message: string; sizeMismatch: boolean };
 
 /** qemu-img's IO_BUF_SIZE: the largest range read at once. */
 const IO_BUF_SIZE = 2 * 1024 * 1024;
@@ -72,11 +74,14 @@ export async function compareImages(
   const buf2 = allocBuffer(IO_BUF_SIZE);
   onProgress?.(0, progressBase);
 
+  const nameOf = (bs: BlockNode) => opts.names?.[bs === a ? 0 : 1] ?? bs.filename;
+  // Set once the common part is done: qemu-img has printed its size warning by then, errors or not.
+  let pastCommon = false;
   const status = async (bs: BlockNode, offset: number, bytes: number) => {
     try {
       return await blockStatusAbove(bs, null, true, offset, bytes);
     } catch (e) {
-      throw new CompareFailure(3, `Sector allocation test failed for ${bs.filename}`, e);
+      throw new CompareFailure(3, `Sector allocation test failed for ${nameOf(bs)}`, e);
     }
   };
   const read = async (bs: BlockNode, offset: number, bytes: number, buf: Uint8Array) => {
@@ -84,7 +89,7 @@ export async function compareImages(
       await bdrvPread(bs, offset, bytes, buf);
     } catch (e) {
       const why = e instanceof BlockError ? e.message : String(e);
-      throw new CompareFailure(4, `Error while reading offset ${offset} of ${bs.filename}: ${why}`, e);
+      throw new CompareFailure(4, `Error while reading offset ${offset} of ${nameOf(bs)}: ${why}`, e);
     }
   };
   /** Reads [offset, offset+bytes) of bs; the offset of its first non-zero sector or -1. */
@@ -123,6 +128,7 @@ export async function compareImages(
     }
 
     if (size1 !== size2) {
+      pastCommon = true;
       const over = size1 > size2 ? a : b;
       while (offset < progressBase) {
         const s = await status(over, offset, progressBase - offset);
@@ -138,7 +144,7 @@ export async function compareImages(
     }
     return { kind: 'identical', sizeMismatch: size1 !== size2 };
   } catch (e) {
-    if (e instanceof CompareFailure) return { kind: 'error', exitCode: e.exitCode, message: e.message };
+    if (e instanceof CompareFailure) return { kind: 'error', exitCode: e.exitCode, message: e.message, sizeMismatch: pastCommon };
     throw e;
   } finally {
     freeBuffer(buf1);

@@ -79,6 +79,7 @@ function qdictText(v: unknown): string {
 function nodeOptions(bs: BlockNode): Record<string, unknown> {
   if (bs.driver.kind === 'protocol' || !bs.file) return { driver: bs.driver.name, filename: bs.filename };
   const o: Record<string, unknown> = { driver: bs.driver.name, file: nodeOptions(bs.file.node) };
+  for (const k of bs.driver.strongRuntimeOpts ?? []) if (bs.options[k] !== undefined) o[k] = bs.options[k];
   const backing = bs.driver.kind === 'filter' ? null : bs.backing?.node;
   if (backing && backing.filename !== (bs.autoBackingFile ?? bs.backingFile)) o.backing = nodeOptions(backing);
   // The header names a backing file the node goes without (blockdev-reopen's backing: null).
@@ -89,12 +90,13 @@ function nodeOptions(bs: BlockNode): Record<string, unknown> {
 /**
  * The name QEMU shows for a node: its filename, or the `json:` options that
  * open it when the filename alone would not (a filter; a format whose backing
- * node is not the one its header names).
+ * node is not the one its header names; a key secret given to open it, 198).
  */
 export function displayFilename(bs: BlockNode): string {
   if (bs.driver.kind === 'protocol' || !bs.file) return bs.filename;
   const o = nodeOptions(bs);
-  return bs.driver.kind === 'filter' || 'backing' in o ? `json:${qdictText(o)}` : bs.filename;
+  const strong = bs.driver.strongRuntimeOpts?.some((k) => k in o);
+  return bs.driver.kind === 'filter' || 'backing' in o || strong ? `json:${qdictText(o)}` : bs.filename;
 }
 
 /** Information about `bs` alone (its backing chain is not visited). */

@@ -208,11 +208,17 @@ export const fileDriver: BlockDriver = {
 
 registerDriver(fileDriver);
 
+/** A name's host path: QEMU's `file:` protocol prefix says the rest is a path even with colons in it (126). */
+function hostPath(filename: string): string {
+  return filename.startsWith('file:') ? filename.slice('file:'.length) : filename;
+}
+
 /** The host file system as a Storage: names are host paths. */
 export class FileStorage implements Storage {
   readonly name = 'file';
 
   async openProtocol(filename: string, options: { readOnly: boolean; create?: boolean }): Promise<BlockNode> {
+    filename = hostPath(filename);
     if (options.create && !fs.existsSync(filename)) fs.writeFileSync(filename, new Uint8Array(0));
     const bs = new BlockNode(fileDriver, filename, { readOnly: options.readOnly });
     await fileDriver.open(bs, bs.options);
@@ -220,13 +226,13 @@ export class FileStorage implements Storage {
   }
   async createFile(filename: string): Promise<void> {
     try {
-      fs.writeFileSync(filename, new Uint8Array(0));
+      fs.writeFileSync(hostPath(filename), new Uint8Array(0));
     } catch (e) {
       throw fromHostError(e, `Could not create '${filename}'`);
     }
   }
   async removeFile(filename: string): Promise<void> {
-    fs.rmSync(filename, { force: true });
+    fs.rmSync(hostPath(filename), { force: true });
   }
   resolve(from: string, reference: string): string {
     return pathCombine(from, reference);

@@ -32,6 +32,8 @@ export class BuddyArena {
   private readonly freeLists: Set<number>[] = [];
   private readonly live = new Map<number, number>();
   private usedBytes = 0;
+  /** Arena offset past every byte ever handed out: above it memory is as the module started, zero. */
+  private highWater = 0;
 
   constructor(base: number, bytes: number) {
     if ((bytes & (bytes - 1)) !== 0 || bytes < 1 << MIN_ORDER) throw new WasmError('EINVAL', `arena: size ${bytes} is not a power of two`);
@@ -59,7 +61,21 @@ export class BuddyArena {
     }
     this.live.set(off, order);
     this.usedBytes += 2 ** order;
+    this.highWater = Math.max(this.highWater, off + 2 ** order);
     return this.base + off;
+  }
+
+  /**
+   * alloc, with the first `bytes` bytes zero: only the part that was handed
+   * out before is cleared (`mem` is the whole memory), so a large table in
+   * fresh memory costs no pass over it.
+   */
+  allocZeroed(bytes: number, mem: Uint8Array): number {
+    const hw = this.highWater;
+    const addr = this.alloc(bytes);
+    const off = addr - this.base;
+    if (addr >= 0 && off < hw) mem.fill(0, addr, addr + Math.min(bytes, hw - off));
+    return addr;
   }
 
   /** Returns a block obtained from `alloc`. */

@@ -11,5 +11,6 @@ export { wasmArena, wasmBufferProvider, type WasmBufferProvider } from './provid
 export { wasmBufferIsZero } from './zero.js';
 export { bufferIsZeroJs } from './zero-js.js';
 export { wasmL2ScanRun, wasmL2EntryKind } from './l2-scan.js';
+export { WasmRefcounts, type CountCells, type CountMasks } from './refcount.js';
 export { HBitmap, HBitmapIter, HBITMAP_MAX_BITS, type DirtyArea, type HBitmapOptions } from './hbitmap.js';
 export { WasmError, type WasmErrorCode } from './errors.js';

@@ -24,6 +24,11 @@ export interface WasmExports {
   bufferIsZero(ptr: number, len: number): number;
   l2EntryKind(ptr: number, index: number, extended: number): number;
   l2ScanRun(ptr: number, start: number, end: number, extended: number, clusterBits: number, matchCopied: number): number;
+  refCountTable(
+    ptr: number, from: number, n: number, stride: number, skipMask: bigint, rejectMask: bigint, offsetMask: bigint, flagBit: bigint,
+    clusterBits: number, counts: number, width: number, max: number, limit: bigint, frag: number, marks: number, markBytes: number, st: number,
+  ): number;
+  refCompareBlock(blk: number, from: number, n: number, bits: number, counts: number, width: number, base: bigint, marks: number, markBytes: number, st: number): number;
   hbBytes(nbits: number): number;
   hbInit(hdr: number, nbits: number): void;
   hbCount(hdr: number): number;

@@ -13,7 +13,8 @@
  * graph as it found it, so any subset runs on the group's start state:
  * a `-drive if=none,id=d0` on d0.qcow2 and a `-blockdev` node n0 (file
  * node n0f) on n0.qcow2, both 1 MiB qcow2 images, and t.qcow2 / u.qcow2
- * (4 MiB qcow2, u full of data) for scripts that add them.
+ * (4 MiB qcow2, u full of data) and v.qcow2 (4 MiB, a commit's base) for
+ * scripts that add them.
  */
 
 export interface ScriptLine {
@@ -61,7 +62,7 @@ export const browserSetup: ScriptLine[] = [
 ];
 
 /** The qcow2 images every group directory holds, by size. */
-export const GROUP_IMAGES: Record<string, string> = { 'd0.qcow2': '1M', 'n0.qcow2': '1M', 't.qcow2': '4M', 'u.qcow2': '4M' };
+export const GROUP_IMAGES: Record<string, string> = { 'd0.qcow2': '1M', 'n0.qcow2': '1M', 't.qcow2': '4M', 'u.qcow2': '4M', 'v.qcow2': '4M' };
 /** qemu-io commands run on an image after it is made: u is full, so a job from it at 1 byte/s outlives a script. */
 export const GROUP_DATA: Record<string, string> = { 'u.qcow2': 'write -P 7 0 4M' };
 
@@ -404,6 +405,72 @@ export const permissionScripts: QmpScript[] = [
   ]),
 ];
 
+/** A chain t → u → v (v the base, u full of data) for the commit scripts; `chainDel` takes it away again. */
+const chainVUT = [addQcow2('v', 'v.qcow2'), addQcow2('u', 'u.qcow2', { backing: 'v' }), addQcow2('t', 't.qcow2', { backing: 'u' })];
+const chainDel = [del('t'), del('u'), del('v')];
+/** What every job on the chain refuses alike: deleting or resizing its nodes, another job on its root. */
+const chainBusy = [
+  L('blockdev-del', { 'node-name': 'v' }),
+  L('blockdev-del', { 'node-name': 'u' }),
+  L('blockdev-del', { 'node-name': 't' }),
+  L('block_resize', { 'node-name': 'v', size: 8388608 }),
+  L('block_resize', { 'node-name': 'u', size: 8388608 }),
+  L('block_resize', { 'node-name': 't', size: 8388608 }),
+  L('block-commit', { 'job-id': 'k', device: 't' }),
+  L('block-stream', { 'job-id': 'k', device: 't' }),
+];
+
+export const jobNodeScripts: QmpScript[] = [
+  s('query-named-block-nodes: the filter nodes of mirror, backup and stream, while they run', ['query-named-block-nodes', 'blockdev-mirror', 'blockdev-backup', 'block-stream'], withUT([
+    mirrorReady('t'),
+    L('query-named-block-nodes'),
+    cancelReady,
+    L('blockdev-backup', { 'job-id': 'j', device: 'u', target: 't', sync: 'none', 'filter-node-name': 'cbw' }, 2),
+    L('query-named-block-nodes', { flat: true }),
+    L('job-cancel', { id: 'j' }, 4),
+    L('query-named-block-nodes', { flat: true }),
+    del('t'),
+    addQcow2('t', 't.qcow2', { backing: 'u' }),
+    L('block-stream', { 'job-id': 'j', device: 't', 'auto-finalize': false }, 5),
+    L('query-named-block-nodes'),
+    L('job-cancel', { id: 'j' }, 4),
+  ])),
+  s('commit: base written by the job alone, the layers it removes read by nobody else', ['block-commit'], [
+    ...chainVUT,
+    // Without auto-finalize the job waits in pending (created, running, waiting, pending, BLOCK_JOB_PENDING), holding its nodes.
+    L('block-commit', { 'job-id': 'j', device: 't', 'top-node': 'u', 'base-node': 'v', 'auto-finalize': false }, 5),
+    // Its commit_top filter between t and u, a level of t's chain.
+    L('query-named-block-nodes'),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 'u', 'read-only': true }),
+    L('blockdev-add', { driver: 'copy-on-read', 'node-name': 'x', file: 'u' }),
+    del('x'),
+    human('v', 'write 0 512'),
+    human('v', 'read 0 512'),
+    L('blockdev-add', { driver: 'raw', 'node-name': 'x', file: 'v' }),
+    human('x', 'write 0 512'),
+    del('x'),
+    ...chainBusy,
+    L('job-cancel', { id: 'j' }, 4),
+    ...chainDel,
+  ]),
+  s('active commit: base is its target, others may read and write it; the layers between read by nobody else', ['block-commit'], [
+    ...chainVUT,
+    // created, running, ready, BLOCK_JOB_READY; it holds its nodes until cancelled.
+    L('block-commit', { 'job-id': 'j', device: 't' }, 4),
+    // Its mirror_top filter above t.
+    L('query-named-block-nodes', { flat: true }),
+    L('blockdev-add', { driver: 'raw', 'node-name': 'x', file: 'v' }),
+    human('x', 'write 0 512'),
+    del('x'),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 'u', 'read-only': true }),
+    human('u', 'read 0 512'),
+    L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 't', 'read-only': true }),
+    ...chainBusy,
+    cancelReady,
+    ...chainDel,
+  ]),
+];
+
 /** d0 back in the closed tray, as the group started (DEVICE_TRAY_MOVED once, for the close). */
 const reinsertD0 = L('blockdev-change-medium', { id: 'cd0', filename: '$DIR/d0.qcow2', format: 'qcow2' }, 1);
 
@@ -458,6 +525,8 @@ export const groupExtras: Record<string, { options: string[]; qemuArgs: string[]
  * share the default command line shares one).
  */
 export const scriptGroups: Record<string, QmpScript[]> = {
-  main: [...graphScripts, ...bitmapScripts, ...snapshotScripts, ...jobScripts, ...runningJobScripts, ...mediaScripts, ...monitorScripts, ...permissionScripts],
+  // The job scripts that list nodes come first: later scripts write t and d0, whose host allocation (actual-size)
+  // then differs by a few KiB between QEMU's qcow2 and blocktab's.
+  main: [...jobNodeScripts, ...graphScripts, ...bitmapScripts, ...snapshotScripts, ...jobScripts, ...runningJobScripts, ...mediaScripts, ...monitorScripts, ...permissionScripts],
   tray: trayScripts,
 };

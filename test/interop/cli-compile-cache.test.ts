@@ -55,6 +55,25 @@ describe.runIf(ourCache)('compile cache', () => {
     expect(again.equals(Buffer.alloc(good.length, 0x5a))).toBe(false);
   });
 
+  it('convert, which raises V8\'s tier-up budget while it copies, leaves data the next convert accepts', () => {
+    const xdg = path.join(dir, 'xdg-convert');
+    const base = { ...process.env };
+    for (const k of ['HOME', 'TMPDIR', 'NODE_DISABLE_COMPILE_CACHE', 'NODE_COMPILE_CACHE', 'NODE_OPTIONS']) delete base[k];
+    const convert = (out: string) => {
+      const r = spawnSync(process.execPath, [cliEntry, 'convert', '-O', 'raw', 'a.qcow2', out], { cwd: dir, env: { ...base, XDG_CACHE_HOME: xdg }, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(qemuImg(['compare', '-q', '-F', 'raw', 'a.qcow2', out], { cwd: dir })).toBe('');
+      fs.rmSync(path.join(dir, out));
+    };
+    convert('c1.raw');
+    const first = files(xdg);
+    expect([...first.keys()].some((f) => /\/convert-[^/]+\.js\.\d+\.cache$/.test(f))).toBe(true);
+    // Data made under other V8 flags would be rejected and written again (other bytes).
+    convert('c2.raw');
+    expect(files(xdg)).toEqual(first);
+  });
+
   it('falls back to a private folder in TMPDIR, and never reads one others may write', () => {
     const tmp = path.join(dir, 'tmp');
     fs.mkdirSync(tmp);

@@ -88,6 +88,19 @@ describe('encrypted qcow2 against QEMU', () => {
       const cmp = qemuImgRun(['compare', '--object', SECRET, '--image-opts', spec(img), `driver=raw,file.filename=${src}`]);
       expect(cmp.stdout).toBe('Images are identical.\n');
     });
+
+    it(`${f.name}: convert to an encrypted target with preallocated metadata writes the zeros (iotest 188)`, () => {
+      // Its clusters are mapped from the start and decrypt to noise, so the source's holes must be written.
+      const src = path.join(dir, `p-${f.name}.raw`);
+      const img = path.join(dir, `p-${f.name}.qcow2`);
+      qemuImg(['create', '-q', '-f', 'raw', src, '1M']);
+      execFileSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x33 64k 64k', src]);
+      const r = blocktab(['convert', '--object', SECRET, '-O', 'qcow2', '-o', `${f.opts},preallocation=metadata`, src, img]);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const cmp = qemuImgRun(['compare', '--object', SECRET, '--image-opts', spec(img), `driver=raw,file.filename=${src}`]);
+      expect(cmp.stdout).toBe('Images are identical.\n');
+    });
   }
 
   it("QEMU's messages for a missing key and a wrong password (luks)", () => {

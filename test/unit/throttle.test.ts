@@ -9,7 +9,7 @@ import { MemoryStorage } from '../../src/node.js';
 import { Engine } from '../../src/engine/index.js';
 import { VirtualClock } from '../../src/block/clock.js';
 import { ThrottleGroup } from '../../src/block/throttle-group.js';
-import { checkConfig, configFromLimits, type ThrottleLimits } from '../../src/block/throttle.js';
+import { ThrottleState, checkConfig, configFromLimits, type ThrottleLimits } from '../../src/block/throttle.js';
 
 const SEC = 1e9;
 
@@ -108,6 +108,49 @@ describe('throttle groups (virtual clock)', () => {
     await clock.advance(0);
     expect(done.length).toBe(10);
   });
+});
+
+describe('the request path\'s one-pass check (pourIfFree)', () => {
+  // The fast path must decide and pour exactly as computeWait() === 0 then account() do, whatever the limits.
+  const configs: ThrottleLimits[] = [
+    { 'bps-total': 1e6 },
+    { 'iops-total': 50, 'bps-total': 3e5 },
+    { 'bps-read': 2e5, 'bps-write': 1e5, 'iops-read': 40, 'iops-write': 20, 'iops-size': 8192 },
+    { 'bps-total': 1e5, 'bps-total-max': 1e6, 'bps-total-max-length': 3, 'iops-total': 100, 'iops-total-max': 400, 'iops-total-max-length': 2 },
+    { 'iops-write': 10, 'iops-write-max': 30, 'iops-write-max-length': 5, 'iops-size': 4096 },
+  ];
+  for (const [n, limits] of configs.entries()) {
+    it(`decides and pours as computeWait + account do (config ${n})`, () => {
+      const cfg = configFromLimits(limits);
+      checkConfig(cfg);
+      const clock = new VirtualClock();
+      const slow = new ThrottleState(clock);
+      const fast = new ThrottleState(clock);
+      slow.configure(cfg);
+      fast.configure(cfg);
+      let seed = 7 + n;
+      const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+      let now = clock.nowNs();
+      let went = 0;
+      let waited = 0;
+      for (let i = 0; i < 1500; i++) {
+        now += Math.floor(rnd() * rnd() * 20_000_000);
+        const isWrite = rnd() < 0.5;
+        const bytes = 512 * (1 + Math.floor(rnd() * 64));
+        const expected = slow.computeWait(isWrite, now) === 0;
+        if (expected) slow.account(isWrite, bytes);
+        expect(fast.pourIfFree(isWrite, bytes, now)).toBe(expected);
+        if (expected) went++;
+        else waited++;
+        // Same levels: both directions would wait alike from here.
+        expect(fast.computeWait(false, now)).toBe(slow.computeWait(false, now));
+        expect(fast.computeWait(true, now)).toBe(slow.computeWait(true, now));
+      }
+      // The sequence exercised both answers.
+      expect(went).toBeGreaterThan(100);
+      expect(waited).toBeGreaterThan(100);
+    });
+  }
 });
 
 describe('throttling through the engine', () => {

@@ -264,9 +264,14 @@ class CliIoHost implements IoHost {
         const size = await new BlockBackend(root).getLength();
         const plan = await planCreate(this.storage, { filename: temp, format: 'qcow2', size, backingFile: resolvePath(root.filename), backingFormat: root.driver.name });
         await createImage(this.storage, plan);
-        await closeNode(root);
-        root = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, warn: (m) => this.output.err(warnLine(m)) });
+        // The overlay's backing is the node already open, with the options it was opened with
+        // (a luks key-secret, json: children): QEMU's temporary snapshot stacks on the open node.
+        const overlay = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, backing: false, warn: (m) => this.output.err(warnLine(m)) });
+        overlay.attach(root, 'backing');
+        overlay.autoBackingFile = root.filename;
+        root = overlay;
       } catch (e) {
+        await closeNode(root);
         try {
           fs.unlinkSync(temp);
         } catch {}

@@ -23,7 +23,9 @@ import type { ActiveCommitOptions } from '../../jobs/active-commit.js';
 import type { Args } from '../qapi-args.js';
 import type { Engine } from '../engine.js';
 import { genericError, QmpError } from '../qmp-error.js';
-import { checkNotInJob, checkOnError, hasJobFilter, startJob } from './jobs.js';
+import { checkNotInJob, checkOnError, filterAbove, hasJobFilter, startJob } from './jobs.js';
+import { PERM_CONSISTENT_READ, PERM_RESIZE, PERM_WRITE, PERM_WRITE_UNCHANGED } from '../../block/child.js';
+import { PERM_ALL, type NodeUse } from '../../block/permissions.js';
 import type { QmpCommandTable } from './types.js';
 
 /** The node in `top`'s chain whose backing is `bs` (QEMU's bdrv_find_overlay). */
@@ -110,6 +112,16 @@ function intermediateCommit(engine: Engine, overlay: BlockNode, top: BlockNode, 
   };
 }
 
+/** QEMU 7.2's commit jobs: each node the commit removes from the chain lets others write but not read consistently. */
+const intermediateUse = (id: string): NodeUse => ({ who: `commit job '${id}'`, role: 'intermediate node', perm: 0, shared: PERM_WRITE | PERM_WRITE_UNCHANGED });
+
+/** The nodes strictly between `top` and `base` in top's chain, top included. */
+function between(top: BlockNode, base: BlockNode): BlockNode[] {
+  const out: BlockNode[] = [];
+  for (let n: BlockNode | null = top; n && n !== base; n = n.cowNode()) out.push(n);
+  return out;
+}
+
 /**
  * Active commit: the top is the device's root, so the job copies, goes
  * ready, mirrors the device's writes into base, and job-complete pivots the
@@ -139,8 +151,28 @@ function startActiveCommit(engine: Engine, args: Args, device: string, top: Bloc
     },
   };
   const id = (args['job-id'] as string | undefined) ?? device;
+  // QEMU 7.2 runs it as a mirror into a backing node: the source as a mirror's (with its mirror_top filter's reads),
+  // the layers in between as a commit's, and a target backend on base that also lets others read and write it
+  // (resize only when base is the smaller).
+  const uses: { node: BlockNode; use: NodeUse }[] = [
+    { node: top, use: { who: `commit job '${id}'`, role: 'source', perm: PERM_CONSISTENT_READ, shared: PERM_CONSISTENT_READ | PERM_WRITE | PERM_WRITE_UNCHANGED } },
+    ...between(top, base).slice(1).map((node) => ({ node, use: intermediateUse(id) })),
+    {
+      node: base,
+      use: {
+        who: 'an unnamed block device',
+        role: 'root',
+        backend: true,
+        perm: PERM_WRITE | (top.totalBytes > base.totalBytes ? PERM_RESIZE : 0),
+        shared: PERM_CONSISTENT_READ | PERM_WRITE | PERM_WRITE_UNCHANGED,
+      },
+    },
+  ];
   startJob(engine, {
     nodes,
+    uses,
+    // Its mirror_top filter sits above the top.
+    ...filterAbove('mirror_top', top, args),
     id,
     type: 'active-commit',
     device: id,
@@ -209,15 +241,28 @@ export const commitCommands: QmpCommandTable = {
       if (overlay.readOnly) throw genericError(`Block node '${engine.nameOf(overlay)}' is read-only: cannot change its backing file`, 'EROFS');
       if (!overlay.driver.changeBackingFile) throw genericError(`The ${overlay.driver.name} format of '${engine.nameOf(overlay)}' cannot change its backing file`, 'ENOTSUP');
       checkOnError(args['on-error']);
-      const nodes: BlockNode[] = [];
+      // QEMU's op blockers: the job's main node (the root), the layers it removes, and base.
+      const nodes: BlockNode[] = [root];
       for (let n: BlockNode | null = top; n; n = n.cowNode()) {
         checkNotInJob(engine, n);
         nodes.push(n);
         if (n === base) break;
       }
       const id = (args['job-id'] as string | undefined) ?? device;
+      // QEMU 7.2's commit: the layers it removes (see intermediateUse); a backend on base that writes and resizes it
+      // and lets others only read it; a backend on top that takes nothing (but makes blockdev-del say "in use").
+      const uses: { node: BlockNode; use: NodeUse }[] = [
+        ...between(top, base).map((node) => ({ node, use: intermediateUse(id) })),
+        { node: base, use: { who: 'an unnamed block device', role: 'root', backend: true, perm: PERM_CONSISTENT_READ | PERM_WRITE | PERM_RESIZE, shared: PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED } },
+        { node: top, use: { who: 'an unnamed block device', role: 'root', backend: true, perm: 0, shared: PERM_ALL } },
+      ];
       startJob(engine, {
         nodes,
+        uses,
+        // The job holds the root as its main node: no root node for another commit while it runs.
+        filtered: root,
+        // QEMU's commit_top filter sits between top and its overlay.
+        filter: { driver: 'commit_top', child: top, readOnly: true, overlay, name: args['filter-node-name'] as string | undefined },
         id,
         type: 'commit',
         device: id,

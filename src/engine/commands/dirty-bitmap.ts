@@ -50,8 +50,8 @@ export const dirtyBitmapCommands: QmpCommandTable = {
   // QEMU's debugging aid that its iotests compare bitmaps with: the hash of the bits.
   'x-debug-block-dirty-bitmap-sha256': {
     args: NODE_AND_NAME,
-    run(engine, args) {
-      return { sha256: lookupDirtyBitmap(nodeOf(engine, args.node as string), args.name as string).sha256() };
+    async run(engine, args) {
+      return { sha256: await lookupDirtyBitmap(nodeOf(engine, args.node as string), args.name as string).sha256() };
     },
   },
   'block-dirty-bitmap-merge': {

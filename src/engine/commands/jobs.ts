@@ -17,9 +17,11 @@ import { Job } from '../../jobs/job.js';
 import { jobType } from '../../jobs/registry.js';
 import '../../jobs/index.js';
 import type { Engine } from '../engine.js';
+import type { Args } from '../qapi-args.js';
 import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
 import type { NodeUse } from '../../block/permissions.js';
+import { generatedNodeName } from '../../block/node.js';
 import { PERM_CONSISTENT_READ, PERM_WRITE_UNCHANGED } from '../../block/child.js';
 
 interface Running {
@@ -29,9 +31,32 @@ interface Running {
   done: Promise<void>;
   /** Nodes the job works on; other block jobs may not use them until it concluded (QEMU's op blockers). */
   nodes: BlockNode[];
-  /** The node QEMU puts the job's filter above (mirror_top, copy-before-write): it is no root node while the job runs. */
+  /** A node the job makes no root node while it runs: QEMU puts the job's filter above it (mirror_top, copy-before-write), or holds it as the job's main node (commit). */
   filtered?: BlockNode;
+  /** The filter node QEMU's version of the job inserts, as query-named-block-nodes shows it. */
+  filter?: JobFilterNode;
 }
+
+/**
+ * A filter node QEMU 7.2 inserts while a job runs (mirror_top for mirror and
+ * active commit, commit_top for commit, copy-before-write for backup,
+ * copy-on-read for stream). blocktab's jobs do their work without one; the
+ * engine only reports it, under QEMU's name for it, in query-named-block-nodes.
+ */
+export interface JobFilter {
+  /** QEMU's driver name. */
+  driver: 'mirror_top' | 'commit_top' | 'copy-before-write' | 'copy-on-read';
+  /** The node it sits on. */
+  child: BlockNode;
+  /** filter-node-name, else a generated "#blockNNN" name. */
+  name?: string;
+  /** commit_top is opened read-only. */
+  readOnly?: boolean;
+  /** The node whose chain passes through the filter on its way to `child` (commit: the overlay of top). */
+  overlay?: BlockNode;
+}
+
+export type JobFilterNode = Required<Omit<JobFilter, 'overlay'>> & Pick<JobFilter, 'overlay'>;
 
 const registry = new WeakMap<Engine, Map<string, Running>>();
 function jobsOf(engine: Engine): Map<string, Running> {
@@ -89,6 +114,18 @@ export function hasJobFilter(engine: Engine, bs: BlockNode): boolean {
   return false;
 }
 
+/** A job QEMU runs under a `driver` filter above `child`: the node query-named-block-nodes shows, and `child` no root node. */
+export function filterAbove(driver: JobFilter['driver'], child: BlockNode, args: Args): { filtered: BlockNode; filter: JobFilter } {
+  return { filtered: child, filter: { driver, child, name: args['filter-node-name'] as string | undefined } };
+}
+
+/** The filter nodes of the jobs that have not concluded, each with its creation stamp (see EngineGraph.createdAt). */
+export function jobFilterNodes(engine: Engine): JobFilterNode[] {
+  const out: JobFilterNode[] = [];
+  for (const r of jobsOf(engine).values()) if (r.filter && r.job.status !== 'concluded' && r.job.status !== 'null') out.push(r.filter);
+  return out;
+}
+
 /** QEMU's id_wellformed. */
 const ID_RE = /^[A-Za-z][A-Za-z0-9_.-]*$/;
 
@@ -108,8 +145,10 @@ export interface StartJobOptions<O> {
   speed?: number;
   /** Nodes the job works on (blocked for other block jobs while it runs). */
   nodes?: BlockNode[];
-  /** The node QEMU's version of the job puts a filter above (see hasJobFilter). */
+  /** The node QEMU's version of the job puts a filter above, or holds as its main node (see hasJobFilter). */
   filtered?: BlockNode;
+  /** The filter node QEMU's version of the job inserts (reported by query-named-block-nodes until the job concludes). */
+  filter?: JobFilter;
   /** What the job takes and shares on the nodes it uses (QEMU's job children and backends), held until it concludes. */
   uses?: { node: BlockNode; use: NodeUse }[];
 }
@@ -153,6 +192,10 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
     },
   });
   const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [], filtered: o.filtered };
+  if (o.filter) {
+    entry.filter = { readOnly: false, ...o.filter, name: o.filter.name ?? generatedNodeName() };
+    engine.stampCreated(entry.filter);
+  }
   releaseUses = (o.uses ?? []).map(({ node, use }) => engine.addUse(node, use));
   jobsOf(engine).set(o.id, entry);
   // Failures surface through the events and query-jobs, not as an unhandled rejection.
@@ -223,7 +266,7 @@ export const jobCommands: QmpCommandTable = {
       startJob(engine, {
         nodes,
         // QEMU 7.2's stream puts a copy-on-read filter above the top while it runs.
-        filtered: top,
+        ...filterAbove('copy-on-read', top, args),
         id,
         type: 'stream',
         device: id,

@@ -24,7 +24,7 @@ import { BACKUP_CLUSTER_SIZE_DEFAULT, type BackupOptions, type BackupSyncMode, t
 import type { Engine } from '../engine.js';
 import type { Args } from '../qapi-args.js';
 import { genericError } from '../qmp-error.js';
-import { checkNewJobId, checkNotInJob, hasJobFilter, startJob, type StartJobOptions } from './jobs.js';
+import { checkNewJobId, checkNotInJob, filterAbove, hasJobFilter, startJob, type StartJobOptions } from './jobs.js';
 import type { TransactionAction } from '../../block/transaction.js';
 import type { QmpCommandTable } from './types.js';
 
@@ -179,6 +179,7 @@ function startMirror(engine: Engine, args: Args, m: MirrorArgs): void {
   };
   startJob(engine, {
     ...jobStart('mirror', args, id, bs, target, options),
+    ...filterAbove('mirror_top', bs, args),
     uses: [
       // QEMU 7.2's mirror: its 'source' child (with the mirror_top filter's reads) lets others read and write but not resize;
       // its target backend writes and lets others only write unchanged data.
@@ -303,9 +304,11 @@ function prepareBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockN
   };
   // QEMU 7.2's backup puts a copy-before-write filter (a generated node name) on the source: it lets nobody else
   // write or resize the source, writes the target, and lets others do anything to the target but resize it.
-  const cbw = `node '${(args['filter-node-name'] as string | undefined) ?? generatedNodeName()}'`;
+  const cbwName = (args['filter-node-name'] as string | undefined) ?? generatedNodeName();
+  const cbw = `node '${cbwName}'`;
   const start: StartJobOptions<BackupOptions> = {
     ...jobStart('backup', args, id, bs, target, options),
+    filter: { driver: 'copy-before-write', child: bs, name: cbwName },
     uses: [
       { node: bs, use: { who: cbw, role: 'file', filterEdge: true, perm: 0, shared: PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED } },
       { node: target, use: { who: cbw, role: 'target', perm: PERM_WRITE, shared: PERM_ALL & ~PERM_RESIZE } },

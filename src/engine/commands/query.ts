@@ -2,8 +2,9 @@
 import { bdrvTruncate } from '../../block/io.js';
 import { truncateDirtyBitmaps } from '../../block/dirty-bitmap.js';
 import { genericError } from '../qmp-error.js';
-import { blockingJob } from './jobs.js';
-import { blockDeviceInfo, blockInfo, blockStats } from '../query.js';
+import { blockingJob, jobFilterNodes, type JobFilterNode } from './jobs.js';
+import { blockDeviceInfo, blockInfo, blockStats, jobFilterDeviceInfo } from '../query.js';
+import { BlockNode } from '../../block/node.js';
 import type { QmpCommandTable } from './types.js';
 
 export const queryCommands: QmpCommandTable = {
@@ -11,9 +12,12 @@ export const queryCommands: QmpCommandTable = {
     args: { '*flat': 'bool' },
     async run(engine, args) {
       const flat = args.flat === true;
+      const filters = jobFilterNodes(engine);
+      // Newest first, as QEMU 7.2 lists them (it prepends each node to the reply); running jobs' filter nodes among them.
+      const all: (BlockNode | JobFilterNode)[] = [...engine.allNodes(), ...filters];
+      all.sort((a, b) => engine.createdAt(b) - engine.createdAt(a));
       const out = [];
-      // Newest first, as QEMU 7.2 lists them (it prepends each node to the reply).
-      for (const bs of engine.allNodes().reverse()) out.push(await blockDeviceInfo(engine, bs, flat));
+      for (const n of all) out.push(n instanceof BlockNode ? await blockDeviceInfo(engine, n, flat, filters) : await jobFilterDeviceInfo(n, flat, filters));
       return out;
     },
   },

@@ -22,7 +22,7 @@ import type { ImageCreateRequest, MeasureResult, PreallocMode } from '../../bloc
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import type { OptionDesc, OptionValues } from '../../block/options.js';
-import { lookupSecret } from '../../block/secrets.js';
+import { lookupSecret, lookupSecretUtf8 } from '../../block/secrets.js';
 import { LUKS_HEADER_SIZE, LUKS_SECTOR_SIZE, parseLuks } from '../../crypto/luks-header.js';
 import { CIPHER_ALGS, CIPHER_MODES, HASH_ALGS, IVGEN_ALGS, luksAreaBytes, luksBuildArea, luksCreateParams, type LuksCreateParams } from '../../crypto/luks-block.js';
 
@@ -45,8 +45,8 @@ export interface LuksCreateOptions extends LuksCreateParams {
 }
 
 /** The request's options checked as QEMU checks them; ENOTSUP for what QEMU makes but blocktab cannot read. */
-export function luksCreateOptions(req: ImageCreateRequest): LuksCreateOptions {
-  const params = luksCreateParams((name) => req.values.get(name), lookupSecret);
+export function luksCreateOptions(req: ImageCreateRequest, lookup = lookupSecret): LuksCreateOptions {
+  const params = luksCreateParams((name) => req.values.get(name), lookup);
   let prealloc = req.values.get('preallocation') ?? 'off';
   if (!['off', 'metadata', 'falloc', 'full'].includes(prealloc)) throw new BlockError('EINVAL', `invalid parameter value: ${prealloc}`);
   // QEMU's luks has no metadata to preallocate: metadata means off.
@@ -79,5 +79,6 @@ export async function createLuks(file: BlockNode, o: LuksCreateOptions): Promise
 
 /** The driver's `create` hook (qemu-img create -f luks, convert -O luks, blockdev-create). */
 export async function luksCreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
-  await createLuks(file, luksCreateOptions(req));
+  // The passphrase is read as UTF-8 only now, with the file made: QEMU removes the file, even one that was there (282).
+  await createLuks(file, luksCreateOptions(req, lookupSecretUtf8));
 }

@@ -22,7 +22,7 @@ import { type BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { BDRV_BLOCK_DATA } from '../../block/status.js';
-import { lookupSecret } from '../../block/secrets.js';
+import { lookupSecretUtf8 } from '../../block/secrets.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { LUKS_CREATE_OPTS, luksCreateImage, luksCreateOptions, luksMeasure } from './create.js';
@@ -53,6 +53,7 @@ function cipher(bs: BlockNode, s: LuksState): XtsPlain64 {
 
 export const luksDriver: BlockDriver = {
   name: 'luks',
+  strongRuntimeOpts: ['key-secret'],
   kind: 'format',
   // A new image's payload is unwritten ciphertext: it reads as noise, not zeros.
   hasZeroInit: false,
@@ -78,7 +79,7 @@ export const luksDriver: BlockDriver = {
     if (typeof secretId !== 'string') {
       if (!options.noIo) throw new BlockError('EINVAL', `${image}: Parameter 'key-secret' is required for cipher`);
     } else {
-      const password = lookupSecret(secretId);
+      const password = lookupSecretUtf8(secretId);
       if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
       xts = await luksUnlock(v, (off, n, b) => bdrvPread(file, off, n, b), password, image);
     }
@@ -139,7 +140,7 @@ export const luksDriver: BlockDriver = {
         volume: s,
         io: { read: (off, n, b) => bdrvPread(file, off, n, b), write: (off, n, b) => bdrvPwrite(file, off, n, b) },
         openSecret: s.secretId,
-        lookupSecret,
+        lookupSecret: lookupSecretUtf8,
         force,
         image: bs.filename,
       },

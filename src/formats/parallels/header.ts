@@ -1,7 +1,7 @@
 /**
  * The Parallels disk image header and block allocation table (BAT): one
- * parser each; the header's `inuse` field and the BAT have one serializer
- * each (an image opened read/write for `check -r`). Field names as QEMU's block/parallels.c and
+ * parser and one serializer each (the `inuse` field alone also has one: an
+ * image opened read/write marks it). Field names as QEMU's block/parallels.c and
  * docs/interop/parallels.txt.
  *
  * Header (little-endian, 64 bytes):
@@ -22,7 +22,7 @@
  * (unallocated) or the cluster's position — in sectors for the old magic,
  * in clusters (× tracks sectors) for the new one.
  */
-import { u64le, view } from '../on-disk.js';
+import { setU64le, u64le, view } from '../on-disk.js';
 
 /** Byte offset of the header's `inuse` field. */
 export const PARALLELS_INUSE_OFFSET = 44;
@@ -64,6 +64,23 @@ export function parseParallelsHeader(b: Uint8Array): ParallelsHeader {
   };
 }
 
+export function serializeParallelsHeader(h: ParallelsHeader): Uint8Array {
+  const b = new Uint8Array(PARALLELS_HEADER_BYTES);
+  const dv = view(b);
+  for (let i = 0; i < 16; i++) b[i] = h.magic.charCodeAt(i) & 0xff;
+  dv.setUint32(16, h.version, true);
+  dv.setUint32(20, h.heads, true);
+  dv.setUint32(24, h.cylinders, true);
+  dv.setUint32(28, h.tracks, true);
+  dv.setUint32(32, h.batEntries, true);
+  setU64le(dv, 36, h.nbSectors);
+  dv.setUint32(44, h.inuse, true);
+  dv.setUint32(48, h.dataOff, true);
+  dv.setUint32(52, h.flags, true);
+  setU64le(dv, 56, h.extOff);
+  return b;
+}
+
 export function parseParallelsBat(b: Uint8Array, entries: number): Uint32Array {
   const dv = view(b);
   const out = new Uint32Array(entries);
@@ -78,10 +95,10 @@ export function serializeParallelsInuse(inuse: number): Uint8Array {
   return b;
 }
 
-/** The BAT as stored at offset 64. */
-export function serializeParallelsBat(bat: Uint32Array): Uint8Array {
-  const b = new Uint8Array(bat.length * 4);
+/** The BAT (entries `first` .. `first + count - 1`, default all) as stored at offset 64 + first × 4. */
+export function serializeParallelsBat(bat: Uint32Array, first = 0, count = bat.length - first): Uint8Array {
+  const b = new Uint8Array(count * 4);
   const dv = view(b);
-  for (let i = 0; i < bat.length; i++) dv.setUint32(i * 4, bat[i]!, true);
+  for (let i = 0; i < count; i++) dv.setUint32(i * 4, bat[first + i]!, true);
   return b;
 }

@@ -1,6 +1,6 @@
 /**
  * The `parallels` format driver (Parallels / Virtuozzo expandable images):
- * read, and `check -r` repairs.
+ * read, write, create, and `check -r` repairs.
  *
  * Clusters of `tracks` sectors are found through the BAT (header.ts). As
  * QEMU's block/parallels.c: open checks the version and magic, refuses zero
@@ -16,11 +16,24 @@
  * header in use, close clears the mark and cuts (or extends) the file to the
  * data end found at open — the highest BAT entry plus a cluster, or the
  * header's data_off — even when a repair moved the last cluster since.
+ *
+ * Writes (QEMU's allocate_clusters): a run of unallocated clusters gets as
+ * many new clusters at the data end; when they do not fit in the file, the
+ * file first grows by them plus `prealloc-size` (default 128 MiB; memory
+ * storage holds it for real, so small images in a browser may want less),
+ * through the file's truncate (`prealloc-mode` is checked and kept; both
+ * modes read as zeros), which close cuts again. With a backing file the new
+ * clusters are first filled from it. Beyond QEMU, which writes the BAT at
+ * flush time, the new BAT entries are written right after the data, and a
+ * new cluster lying in file space not known to be zero (space leaked past
+ * the data end) is zeroed first instead of showing stale bytes.
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
-import { bdrvFlush, bdrvGetLength, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
+import { bdrvFlush, bdrvGetLength, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate, readBacking } from '../../block/io.js';
+import { parseOptionSize } from '../../block/options.js';
+import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID } from '../../block/status.js';
 import { checkDataInFile, readStructure } from '../on-disk.js';
 import {
@@ -36,6 +49,7 @@ import {
   serializeParallelsInuse,
 } from './header.js';
 import { parallelsProbe } from './probe.js';
+import { PARALLELS_CREATE_OPTS, parallelsCreateImage } from './create.js';
 
 const SECTOR = 512;
 
@@ -49,8 +63,30 @@ interface ParallelsState {
   bat: Uint32Array;
   /** The header's inuse field says the image was not closed cleanly. */
   headerUnclean: boolean;
-  /** QEMU's data_end, in sectors: where close cuts the file of a read/write open. */
+  /** QEMU's data_end, in sectors: where close cuts the file of a read/write open, and where new clusters go. */
   dataEnd: number;
+  /** Sectors from here to the end of the file read as zeros (space this open preallocated, or none). */
+  zeroFrom: number;
+  /** Preallocation on growth, in sectors (at least a cluster), and how. */
+  preallocSize: number;
+  preallocMode: 'falloc' | 'truncate';
+  /** Serializes allocating writes. */
+  lock: Promise<void>;
+}
+
+const PREALLOC_MODES = ['falloc', 'truncate'] as const;
+const DEFAULT_PREALLOC_SIZE = 128 * 1024 * 1024;
+
+/** The runtime option `name` (a size) as given to open: a number, or text as QemuOpts reads it. */
+function sizeOption(image: string, options: Record<string, unknown>, name: string, def: number): number {
+  const v = options[name];
+  if (v === undefined) return def;
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0) return v;
+  try {
+    return Number(parseOptionSize(name, String(v)));
+  } catch (e) {
+    throw new BlockError('EINVAL', `${image}: ${e instanceof Error ? e.message : String(e)}`);
+  }
 }
 
 function st(bs: BlockNode): ParallelsState {
@@ -68,6 +104,10 @@ export const parallelsDriver: BlockDriver = {
   name: 'parallels',
   kind: 'format',
   supportsBacking: true,
+  createOptions: PARALLELS_CREATE_OPTS,
+  create: parallelsCreateImage,
+  // QAPI BlockdevOptionsParallels has no members of its own; the runtime options are QemuOpts ones.
+  blockdevOptions: { file: 'BlockdevRef', '*backing': 'BlockdevRefOrNull', '*prealloc-mode': 'str', '*prealloc-size': 'any' },
 
   probe: parallelsProbe,
 
@@ -108,7 +148,22 @@ export const parallelsDriver: BlockDriver = {
         'EACCES',
       );
     }
-    bs.opaque = { image, file, tracks: h.tracks, offMultiplier, bat, headerUnclean: h.inuse === HEADER_INUSE_MAGIC, dataEnd } satisfies ParallelsState;
+    const preallocSize = Math.max(h.tracks, Math.floor(sizeOption(image, options, 'prealloc-size', DEFAULT_PREALLOC_SIZE) / SECTOR));
+    const mode = options['prealloc-mode'] ?? 'falloc';
+    if (!PREALLOC_MODES.includes(mode as (typeof PREALLOC_MODES)[number])) throw bad(`Parameter 'prealloc-mode' does not accept value '${String(mode)}'`);
+    bs.opaque = {
+      image,
+      file,
+      tracks: h.tracks,
+      offMultiplier,
+      bat,
+      headerUnclean: h.inuse === HEADER_INUSE_MAGIC,
+      dataEnd,
+      zeroFrom: fileSectors,
+      preallocSize,
+      preallocMode: mode as (typeof PREALLOC_MODES)[number],
+      lock: Promise.resolve(),
+    } satisfies ParallelsState;
     bs.totalBytes = sectors * SECTOR;
     bs.limits = { ...bs.limits, requestAlignment: SECTOR };
     if (!bs.readOnly) {
@@ -140,6 +195,13 @@ export const parallelsDriver: BlockDriver = {
       }
       done += n;
     }
+  },
+
+  async pwritev(bs, offset, bytes, buf) {
+    const s = st(bs);
+    const next = s.lock.then(() => parallelsWrite(bs, s, offset, bytes, buf));
+    s.lock = next.catch(() => {});
+    return next;
   },
 
   async blockStatus(bs, _wantZero, offset, bytes) {
@@ -175,6 +237,69 @@ export const parallelsDriver: BlockDriver = {
     return r;
   },
 };
+
+/**
+ * Host sector for guest `sector` and the sectors (at most `left`) that follow
+ * it there, allocating a run of unallocated clusters as the module comment says.
+ */
+async function allocateClusters(bs: BlockNode, s: ParallelsState, sector: number, left: number): Promise<{ host: number; count: number }> {
+  const index = Math.floor(sector / s.tracks);
+  let count = Math.min(left, s.tracks - (sector % s.tracks));
+  const host = seekToSector(s, sector);
+  if (host >= 0) {
+    // Allocated: the whole run of clusters that are contiguous in the file.
+    while (count < left) {
+      const next = seekToSector(s, sector + count);
+      if (next !== host + count) break;
+      count += Math.min(left - count, s.tracks);
+    }
+    return { host, count };
+  }
+  while (count < left && seekToSector(s, sector + count) < 0) count += Math.min(left - count, s.tracks);
+  const toAllocate = Math.ceil((sector + count) / s.tracks) - index;
+  const space = toAllocate * s.tracks;
+  const start = s.dataEnd;
+  if (start % s.offMultiplier !== 0 || (start + space) / s.offMultiplier > 0xffffffff) {
+    throw new BlockError('ECORRUPT', `${s.image}: parallels data end (sector ${start}) cannot be stored in a BAT entry`);
+  }
+  const fileSectors = Math.floor((await bdrvGetLength(s.file)) / SECTOR);
+  if (start + space > fileSectors) {
+    const grow = space + s.preallocSize;
+    // Space past the old end reads as zeros either way; what lay between the data end and it is zeroed below when used.
+    // Both modes extend the file sparsely: blocktab's file protocol has no fallocate (its falloc writes every zero).
+    await bdrvTruncate(s.file, (start + grow) * SECTOR);
+    s.zeroFrom = Math.min(s.zeroFrom, fileSectors);
+  }
+  if (bs.backing) {
+    const cow = new Uint8Array(space * SECTOR);
+    const from = index * s.tracks * SECTOR;
+    await readBacking(bs, from, Math.min(cow.length, bs.totalBytes - from), cow.subarray(0, Math.min(cow.length, bs.totalBytes - from)));
+    await bdrvPwrite(s.file, start * SECTOR, cow.length, cow);
+  } else if (start < s.zeroFrom) {
+    await bdrvPwriteZeroes(s.file, start * SECTOR, Math.min(space, s.zeroFrom - start) * SECTOR);
+  }
+  for (let i = 0; i < toAllocate; i++) {
+    s.bat[index + i] = s.dataEnd / s.offMultiplier;
+    s.dataEnd += s.tracks;
+  }
+  await bdrvPwrite(s.file, PARALLELS_HEADER_BYTES + index * 4, toAllocate * 4, serializeParallelsBat(s.bat, index, toAllocate));
+  return { host: start + (sector % s.tracks), count };
+}
+
+async function parallelsWrite(bs: BlockNode, s: ParallelsState, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes) {
+    const sector = (offset + done) / SECTOR;
+    const { host, count } = await allocateClusters(bs, s, sector, (bytes - done) / SECTOR);
+    const n = count * SECTOR;
+    if (host * SECTOR + n > s.file.totalBytes && host * SECTOR >= s.file.totalBytes) {
+      throw new BlockError('ECORRUPT', `${s.image}: parallels BAT entry ${Math.floor(sector / s.tracks)} points past the end of the file (sector ${host})`);
+    }
+    await bdrvDebugEvent(s.file, 'write_aio');
+    await bdrvPwrite(s.file, host * SECTOR, n, buf.subarray(done, done + n));
+    done += n;
+  }
+}
 
 /**
  * QEMU 7.2's parallels_co_check: an unclean header and clusters starting

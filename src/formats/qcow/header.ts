@@ -1,6 +1,6 @@
 /**
- * The qcow (version 1) header and tables: one parser each (the format is
- * read-only here). Field names as QEMU's block/qcow.c QCowHeader.
+ * The qcow (version 1) header and tables: one parser and one serializer
+ * each. Field names as QEMU's block/qcow.c QCowHeader.
  *
  * Header (big-endian, 48 bytes):
  *
@@ -21,12 +21,15 @@
  * compressed cluster: bits 0 .. 62-cluster_bits hold its offset and the
  * cluster_bits bits above them its compressed size in bytes (raw deflate).
  */
-import { u64be, view } from '../on-disk.js';
+import { setU64be, u64be, view } from '../on-disk.js';
 
 export const QCOW1_MAGIC = 0x514649fb;
 export const QCOW1_VERSION = 1;
 export const QCOW1_HEADER_BYTES = 48;
 export const QCOW1_CRYPT_NONE = 0;
+export const QCOW1_CRYPT_AES = 1;
+/** Bit 63 of an L2 entry: the cluster is compressed. */
+const QCOW1_OFLAG_COMPRESSED = 2 ** 63;
 
 export interface QcowHeader {
   magic: number;
@@ -57,6 +60,30 @@ export function parseQcowHeader(b: Uint8Array): QcowHeader {
   };
 }
 
+export function serializeQcowHeader(h: QcowHeader): Uint8Array {
+  const b = new Uint8Array(QCOW1_HEADER_BYTES);
+  const dv = view(b);
+  dv.setUint32(0, h.magic);
+  dv.setUint32(4, h.version);
+  setU64be(dv, 8, h.backingFileOffset);
+  dv.setUint32(16, h.backingFileSize);
+  dv.setUint32(20, h.mtime);
+  setU64be(dv, 24, h.size);
+  b[32] = h.clusterBits;
+  b[33] = h.l2Bits;
+  dv.setUint32(36, h.cryptMethod);
+  setU64be(dv, 40, h.l1TableOffset);
+  return b;
+}
+
+/** An L1 table (or part of one) as stored: big-endian u64 L2 table offsets. */
+export function serializeQcowL1(l1: ArrayLike<number>): Uint8Array {
+  const b = new Uint8Array(l1.length * 8);
+  const dv = view(b);
+  for (let i = 0; i < l1.length; i++) setU64be(dv, i * 8, l1[i]!);
+  return b;
+}
+
 /** One L2 entry, decoded. */
 export type QcowL2Entry =
   | { kind: 'unallocated' }
@@ -77,4 +104,20 @@ export function parseQcowL2Entry(hi: number, lo: number, clusterBits: number): Q
     return { kind: 'compressed', offset, size };
   }
   return { kind: 'normal', offset: hi * 0x100000000 + (lo >>> 0) };
+}
+
+/** One L2 entry as stored (8 bytes, big-endian). Compressed: size in the cluster_bits bits above the offset's 63 - cluster_bits bits. */
+export function serializeQcowL2Entry(e: QcowL2Entry, clusterBits: number): Uint8Array {
+  const b = new Uint8Array(8);
+  if (e.kind === 'unallocated') return b;
+  const dv = view(b);
+  if (e.kind === 'normal') {
+    setU64be(dv, 0, e.offset);
+    return b;
+  }
+  const offsetBitsHi = 63 - clusterBits - 32;
+  const hi = Math.floor(e.offset / 0x100000000);
+  dv.setUint32(0, (QCOW1_OFLAG_COMPRESSED / 0x100000000 + e.size * 2 ** offsetBitsHi + hi) >>> 0);
+  dv.setUint32(4, e.offset % 0x100000000);
+  return b;
 }

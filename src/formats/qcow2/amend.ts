@@ -27,7 +27,6 @@ import {
 } from './header.js';
 import { allocateClusters, dropRefcountCache, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata } from './l1.js';
-import { checkImage } from './check.js';
 import { MAX_COUNTED_CLUSTERS, writeRefcountStructure } from './repair-refcounts.js';
 import type { Qcow2State } from './state.js';
 import {
@@ -44,7 +43,7 @@ import {
 import { refcountLimit } from './refcount-codec.js';
 import { luksAreaIo, QCOW_CRYPT_LUKS } from './crypto.js';
 import { luksAmend, luksAmendParams } from '../../crypto/luks-amend.js';
-import { lookupSecret } from '../../block/secrets.js';
+import { lookupSecretUtf8 } from '../../block/secrets.js';
 
 export interface Qcow2AmendOptions {
   /** The encrypt.* options, names without the prefix (LUKS key-slot changes). */
@@ -221,7 +220,7 @@ async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
 async function amendEncryption(s: Qcow2State, values: Map<string, string>, force: boolean): Promise<void> {
   const c = s.crypto!;
   const params = luksAmendParams((name) => values.get(name));
-  await luksAmend({ volume: c.luks!, io: luksAreaIo(s.file, c.area!, s.image), openSecret: c.secretId, lookupSecret, force, image: s.image }, params);
+  await luksAmend({ volume: c.luks!, io: luksAreaIo(s.file, c.area!, s.image), openSecret: c.secretId, lookupSecret: lookupSecretUtf8, force, image: s.image }, params);
   await bdrvFlush(s.file);
 }
 
@@ -260,6 +259,8 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
   if (lazy !== hadLazy) {
     if (!lazy) {
       // Refcounts must be exact before they stop being lazy (qcow2_mark_clean repairs a dirty image).
+      // Loaded on demand, like the driver's check callback, so opening an image does not load the checker.
+      const { checkImage } = await import('./check.js');
       await checkImage(bs, { fix: { leaks: true, errors: true } });
       h.compatibleFeatures &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
     } else {

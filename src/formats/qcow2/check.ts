@@ -34,6 +34,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import type { CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
+import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { be, findExtension, QCOW2_EXT_MAGIC_BITMAPS, QCOW2_EXT_MAGIC_CRYPTO_HEADER, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
 import {
   ALL_SUBCLUSTERS,
@@ -55,6 +56,8 @@ import {
   withCopied,
   writeL2Entry,
 } from './l2-entry.js';
+import { l2CountMasks, RefTally, type CountMasks } from './check-kernel.js';
+import type { CountCells } from '../../wasm/refcount.js';
 import { getRefcountEntry, reftableEntryOffset, reftableEntryReserved, setRefcountEntry } from './refcount-codec.js';
 import { dropRefcountCache } from './refcount.js';
 import { MAX_COUNTED_CLUSTERS, maxRefcount, writeRefcountStructure } from './repair-refcounts.js';
@@ -130,7 +133,7 @@ interface CheckLog {
   writes: number;
 }
 
-type CountArray = Uint8Array | Uint16Array | Uint32Array;
+type CountArray = CountCells;
 
 /**
  * In-memory reference counts, one per host cluster (QEMU's refcount "imrt").
@@ -144,34 +147,117 @@ type CountArray = Uint8Array | Uint16Array | Uint32Array;
  * qcow2_inc_refcounts_imrt does with its refcount_bits-wide table. With the
  * default 16 bits a 1 TiB image costs 32 MiB. The array is sized once from
  * the file, with one cluster to spare: a reference may end at most inside
- * the cluster past the end of the file (incRefcounts).
+ * the cluster past the end of the file (incRefcounts). It lives in a
+ * RefTally (check-kernel.ts), in wasm memory when it can, with the marks of
+ * the COPIED check; `release` returns that memory.
  */
 class Counts {
-  a: CountArray;
+  tally: RefTally;
   n: number;
   /** Largest count (the refcount width's maximum, at most 2^32 - 1). */
   readonly max: number;
-  constructor(n: number, refcountOrder: number) {
+  constructor(
+    n: number,
+    refcountOrder: number,
+    private readonly withMarks: boolean,
+  ) {
     this.n = n;
     this.max = Math.min(maxRefcount(refcountOrder), 0xffffffff);
-    this.a = newCountArray(this.max, n + 1);
+    this.tally = new RefTally(n + 1, this.max, withMarks);
+  }
+  get a(): CountArray {
+    return this.tally.counts;
   }
   grow(n: number): void {
     if (n > MAX_COUNTED_CLUSTERS) throw new BlockError('EFBIG', `refcount array for ${n} clusters is too large to check (at most ${MAX_COUNTED_CLUSTERS})`);
     if (n > this.n) this.n = n;
     if (n <= this.a.length) return;
     // Only a repair that extends the file (a refcount block outside it) gets here.
-    const b = newCountArray(this.max, n + 1);
-    b.set(this.a);
-    this.a = b;
+    const old = this.tally;
+    const t = new RefTally(n + 1, this.max, this.withMarks);
+    t.counts.set(old.counts);
+    if (old.marks && t.marks) {
+      t.marks.set(old.marks.subarray(0, old.markBytes), 0);
+      t.marks.set(old.marks.subarray(old.markBytes), t.markBytes);
+    }
+    Object.assign(t.st, { next: old.st.next, allocated: old.st.allocated, fragmented: old.st.fragmented, highest: old.st.highest, marksBad: old.st.marksBad });
+    old.free();
+    this.tally = t;
   }
   get(k: number): number {
     return k < this.a.length ? this.a[k]! : 0;
   }
+  release(): void {
+    this.tally.free();
+  }
 }
 
-function newCountArray(max: number, length: number): CountArray {
-  return max <= 0xff ? new Uint8Array(length) : max <= 0xffff ? new Uint16Array(length) : new Uint32Array(length);
+/**
+ * Metadata read ahead: a run of clusters that follow each other in the file
+ * (the L2 tables or refcount blocks of a preallocated image) is read in one
+ * request into one buffer (from the arena, so the kernels read it in place),
+ * and each cluster of the run is a view into it. The bytes are trusted only
+ * while the check wrote nothing since they were read.
+ */
+class ReadAhead {
+  private readonly buf: Uint8Array;
+  private start = -1;
+  private end = -1;
+  private writes = -1;
+  /** At most this many clusters per request. */
+  readonly cap: number;
+
+  constructor(
+    private readonly s: Qcow2State,
+    private readonly log: CheckLog,
+  ) {
+    this.cap = Math.max(1, Math.floor(READ_AHEAD_BYTES / s.clusterSize));
+    this.buf = allocBuffer(this.cap * s.clusterSize);
+  }
+
+  /**
+   * The cluster at `off`, which starts a run of `run` clusters (at most
+   * `cap`, all inside the file; 0 when `off` is not such a cluster: then
+   * exactly one cluster is read, as a plain read would).
+   */
+  async cluster(off: number, run: number): Promise<Uint8Array> {
+    const cs = this.s.clusterSize;
+    if (off >= this.start && off + cs <= this.end && this.writes === this.log.writes && (off - this.start) % cs === 0) {
+      return this.buf.subarray(off - this.start, off - this.start + cs);
+    }
+    const len = Math.max(1, Math.min(run, this.cap)) * cs;
+    this.start = this.end = -1;
+    try {
+      await bdrvPread(this.s.file, off, len, this.buf.subarray(0, len));
+    } catch (e) {
+      if (len === cs) throw e;
+      // The run failed as a whole: the one cluster alone, so an error is the one a plain read would meet.
+      await bdrvPread(this.s.file, off, cs, this.buf.subarray(0, cs));
+      return this.buf.subarray(0, cs);
+    }
+    if (len > cs) {
+      this.start = off;
+      this.end = off + len;
+      this.writes = this.log.writes;
+    }
+    return this.buf.subarray(0, cs);
+  }
+
+  release(): void {
+    freeBuffer(this.buf);
+  }
+}
+
+/** Bytes of metadata read per request when tables follow each other. */
+const READ_AHEAD_BYTES = 4 << 20;
+
+/** How many clusters from `first` follow each other in the file: at[j] for j >= first must be first's + (j - first) clusters, inside the file. */
+function contiguousRun(at: (j: number) => number, first: number, count: number, cap: number, cs: number, fileLen: number): number {
+  const off = at(first);
+  if (off === 0 || off % cs !== 0) return 0;
+  let m = 0;
+  while (m < cap && first + m < count && at(first + m) === off + m * cs && off + (m + 1) * cs <= fileLen) m++;
+  return m;
 }
 
 /** The refcounts stored on disk: the table, and the blocks read through a small cache that repairs write through. */
@@ -211,7 +297,7 @@ class DiskRefcounts {
       this.rawLow[i] = lo;
       if (this.table[i]! % s.clusterSize !== 0) this.hasUnaligned = true;
     }
-    this.blocks.clear();
+    this.release();
   }
 
   /**
@@ -228,10 +314,35 @@ class DiskRefcounts {
       b = this.blocks.get(oldest);
       this.blocks.delete(oldest);
     }
-    b ??= new Uint8Array(this.s.clusterSize);
+    b ??= allocBuffer(this.s.clusterSize);
     await bdrvPread(this.s.file, offset, this.s.clusterSize, b);
     this.blocks.set(offset, b);
     return b;
+  }
+
+  /** Caches the bytes of the block at aligned `offset` (a copy, unless `bytes` is the cached block itself). */
+  adopt(offset: number, bytes: Uint8Array): void {
+    const b = this.blocks.get(offset);
+    if (b === bytes) return;
+    if (b) {
+      b.set(bytes);
+      return;
+    }
+    let slot: Uint8Array | undefined;
+    if (this.blocks.size >= this.capacity) {
+      const oldest = this.blocks.keys().next().value as number;
+      slot = this.blocks.get(oldest);
+      this.blocks.delete(oldest);
+    }
+    slot ??= allocBuffer(this.s.clusterSize);
+    slot.set(bytes);
+    this.blocks.set(offset, slot);
+  }
+
+  /** Returns the cached blocks' buffers (they may come from the arena). */
+  release(): void {
+    for (const b of this.blocks.values()) freeBuffer(b);
+    this.blocks.clear();
   }
 
   /**
@@ -297,14 +408,18 @@ interface CopiedFinding {
 }
 
 /**
- * check_oflag_copied's L2 half, computed while the counting pass has each
- * active L2 table in memory: per L1 index, the entries it would report.
- * Valid while the check wrote nothing since the pass started (`writes`), as
- * then the tables and refcounts it would read later are the same bytes.
+ * check_oflag_copied's L2 half, prepared while the counting pass has each
+ * active L2 table in memory: every active entry with an offset marks its
+ * cluster (check-kernel.ts), and the comparison with the stored refcounts
+ * tells whether any mark contradicts its refcount. When none does and the
+ * check wrote nothing since the pass started (`writes`), no entry has a
+ * COPIED finding and the tables need not be read again; otherwise they are,
+ * as QEMU does. `unsure`: some entry could not be marked (its cluster lies
+ * past what the comparison covers).
  */
 interface CopiedPass {
   writes: number;
-  findings: Map<number, CopiedFinding[]>;
+  unsure: boolean;
 }
 
 interface Ctx {
@@ -317,6 +432,8 @@ interface Ctx {
   disk: DiskRefcounts;
   log: CheckLog;
   copiedPass?: CopiedPass;
+  /** The plain-entry masks of this image's L2 tables (computed once). */
+  masks?: CountMasks;
   /** A bitmap table failed to load: after the comparison the check fails with EINVAL, as QEMU's does. */
   bitmapTableFailed?: boolean;
 }
@@ -349,20 +466,16 @@ function incRefcounts(c: Ctx, offset: number, size: number): void {
   }
 }
 
-/** Bits of `hi` that make an entry other than a plain (possibly COPIED) cluster: compressed or reserved. */
-const NOT_PLAIN_HI = L2E_RESERVED_HI | QCOW_OFLAG_COMPRESSED;
-
 const L2_COMPRESSED = 0;
 const L2_ZERO_PLAIN = 1;
 const L2_ZERO_ALLOC = 2;
 const L2_NORMAL = 3;
 const L2_UNALLOCATED = 4;
 
-/** check_refcounts_l2: reads the table at `l2Offset` into `table` and counts it. */
-async function checkL2(c: Ctx, l2Offset: number, flags: number, table: Uint8Array): Promise<void> {
+/** check_refcounts_l2: counts the table at `l2Offset`, read into `table`, and writes back what it repaired. */
+async function checkL2(c: Ctx, l2Offset: number, flags: number, table: Uint8Array, pass: CopiedPass | undefined): Promise<void> {
   const { s } = c;
-  await bdrvPread(s.file, l2Offset, s.clusterSize, table);
-  if (countL2(c, table, flags)) {
+  if (countL2(c, table, flags, pass)) {
     c.log.writes++;
     await bdrvPwrite(s.file, l2Offset, s.clusterSize, table);
     s.l2Cache.invalidate(l2Offset, s.clusterSize);
@@ -372,131 +485,123 @@ async function checkL2(c: Ctx, l2Offset: number, flags: number, table: Uint8Arra
 /**
  * check_refcounts_l2's walk over a table in memory, synchronous: each
  * entry is checked and its clusters counted. Returns whether entries were
- * repaired in `table` (it must be written back).
+ * repaired in `table` (it must be written back). The kernel
+ * (check-kernel.ts) takes the plain entries; each entry it stops at goes
+ * through countEntry with QEMU's full rules. With `pass`, every active
+ * entry with an offset is marked for the COPIED check.
  */
-function countL2(c: Ctx, table: Uint8Array, flags: number): boolean {
+function countL2(c: Ctx, table: Uint8Array, flags: number, pass: CopiedPass | undefined): boolean {
   const { s, res, counts } = c;
-  const ext = s.extendedL2;
-  const eb = s.l2EntryBytes;
-  const cs = s.clusterSize;
-  const fileLen = s.file.totalBytes;
-  const max = counts.max;
   const frag = (flags & CHECK_FRAG_INFO) !== 0;
-  const dv = new DataView(table.buffer, table.byteOffset, table.byteLength);
-  // The common entry, a normal cluster: no flag but COPIED, no reserved bit, cluster aligned.
-  const plainMask = ext ? (cs - 1) & ~1 : cs - 1;
-  const cb = s.clusterBits;
-  const clustersPer4G = 2 ** (32 - cb);
-  let a = counts.a;
-  let nextContiguous = 0;
+  const n = s.l2Size;
+  const limit = Math.ceil(s.file.totalBytes / s.clusterSize);
+  const masks = (c.masks ??= l2CountMasks(s.clusterBits, s.extendedL2));
+  const st = counts.tally.st;
+  st.next = 0;
+  st.allocated = 0;
+  st.fragmented = 0;
   let dirty = false;
-  let allocated = 0;
-  let fragmented = 0;
-  let compressedClusters = 0;
-  for (let i = 0; i < s.l2Size; i++) {
-    const p = i * eb;
-    let hi = dv.getUint32(p);
-    const lo = dv.getUint32(p + 4);
-    const bmHi = ext ? dv.getUint32(p + 8) : 0;
-    const bmLo = ext ? dv.getUint32(p + 12) : 0;
-    // Unallocated with an empty allocation bitmap: nothing to count or report.
-    if ((hi | lo | bmLo) === 0) continue;
-    if ((hi & NOT_PLAIN_HI) === 0 && (lo & plainMask) === 0 && entryHasOffset(hi, lo) && (bmHi & bmLo) === 0) {
-      // The general path below, for this case, in integer arithmetic.
-      const offset = entryOffset(hi, lo);
-      if (frag) {
-        allocated++;
-        if (nextContiguous && offset !== nextContiguous) fragmented++;
-        nextContiguous = offset + cs;
-      }
-      if (c.hasDataFile) continue;
-      if (offset < fileLen) {
-        const k = entryClusterIndex(hi, lo, cb);
-        const v = a[k]!;
-        if (v < max) {
-          a[k] = v + 1;
-          continue;
-        }
-      }
-      incRefcounts(c, offset, cs);
-      a = counts.a;
-      continue;
+  for (let i = 0; i < n; i++) {
+    if (!c.hasDataFile) {
+      i = counts.tally.countTable(table, i, n, masks, counts.max, limit, frag, pass !== undefined);
+      if (i >= n) break;
     }
-    const compressed = (hi & QCOW_OFLAG_COMPRESSED) !== 0;
-    const offset = entryOffset(hi, lo);
-    let type: number;
-    if (compressed) type = L2_COMPRESSED;
-    else if (lo & QCOW_OFLAG_ZERO && !ext) type = offset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
-    else if (!offset) type = c.hasDataFile && hi & QCOW_OFLAG_COPIED ? L2_NORMAL : L2_UNALLOCATED;
-    else type = L2_NORMAL;
-
-    if (type !== L2_COMPRESSED && (hi & L2E_RESERVED_HI || lo & L2E_RESERVED_LO)) {
-      res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
-      res.corruptions++;
-    }
-    if (type === L2_NORMAL || type === L2_ZERO_ALLOC) {
-      if ((bmHi & bmLo) !== 0) {
-        res.corruptions++;
-        res.messages.push(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
-      }
-      if (offset % cs !== 0) {
-        res.corruptions++;
-        const containsData = ext ? bmLo !== 0 : !(lo & QCOW_OFLAG_ZERO);
-        if (!containsData) {
-          res.messages.push(`${c.fix.errors ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
-          if (c.fix.errors) {
-            // fix_l2_entry_by_zero: the entry becomes a plain zero cluster.
-            writeL2Entry(table, i, ext, ext ? { hi: 0, lo: 0, zero: ALL_SUBCLUSTERS, alloc: 0 } : { hi: 0, lo: QCOW_OFLAG_ZERO, zero: 0, alloc: 0 });
-            dirty = true;
-            res.corruptions--;
-            res.corruptionsFixed++;
-            continue;
-          }
-        } else {
-          res.messages.push(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
-        }
-      }
-      if (frag) {
-        allocated++;
-        if (nextContiguous && offset !== nextContiguous) fragmented++;
-        nextContiguous = offset + cs;
-      }
-      if (c.hasDataFile) continue;
-      incRefcounts(c, offset, cs);
-      a = counts.a;
-    } else if (type === L2_COMPRESSED) {
-      const d = parseCompressedDescriptor(hi, lo, s.clusterBits);
-      if (hi & QCOW_OFLAG_COPIED) {
-        res.messages.push(`ERROR: coffset=${hex(d.coffset)}: copied flag must never be set for compressed clusters`);
-        hi = withCopied(hi, false);
-        res.corruptions++;
-      }
-      if (c.hasDataFile) {
-        res.messages.push(`ERROR compressed cluster ${i} with data file, entry=${hex(hi * 0x100000000 + (lo >>> 0))}`);
-        res.corruptions++;
-        continue;
-      }
-      if (bmHi || bmLo) {
-        res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=${hex(hi * 0x100000000 + (lo >>> 0))}`);
-        res.corruptions++;
-        continue;
-      }
-      incRefcounts(c, d.coffset, d.csize);
-      a = counts.a;
-      if (frag) {
-        allocated++;
-        compressedClusters++;
-        fragmented++;
-      }
-    } else if (type === L2_UNALLOCATED && bmLo !== 0) {
-      res.corruptions++;
-      res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation map');
-    }
+    if (countEntry(c, table, i, frag, pass)) dirty = true;
   }
-  res.allocatedClusters += allocated;
-  res.fragmentedClusters += fragmented;
-  res.compressedClusters += compressedClusters;
+  // A grown counter array carries the state over.
+  const end = counts.tally.st;
+  res.allocatedClusters += end.allocated;
+  res.fragmentedClusters += end.fragmented;
   return dirty;
+}
+
+/** check_refcounts_l2 for entry `i` of `table`; returns whether it repaired the entry. */
+function countEntry(c: Ctx, table: Uint8Array, i: number, frag: boolean, pass: CopiedPass | undefined): boolean {
+  const { s, res } = c;
+  const ext = s.extendedL2;
+  const p = i * s.l2EntryBytes;
+  const cs = s.clusterSize;
+  let hi = be.u32(table, p);
+  const lo = be.u32(table, p + 4);
+  const bmHi = ext ? be.u32(table, p + 8) : 0;
+  const bmLo = ext ? be.u32(table, p + 12) : 0;
+  // Unallocated with an empty allocation bitmap: nothing to count or report.
+  if ((hi | lo | bmLo) === 0) return false;
+  const compressed = (hi & QCOW_OFLAG_COMPRESSED) !== 0;
+  const offset = entryOffset(hi, lo);
+  if (pass && offset && !compressed) {
+    // Marked before counting can grow the array; a cluster past what the comparison covers leaves the pass unsure.
+    const k = entryClusterIndex(hi, lo, s.clusterBits);
+    if (k >= c.counts.n || !c.counts.tally.mark(k, (hi & QCOW_OFLAG_COPIED) !== 0)) pass.unsure = true;
+  }
+  let type: number;
+  if (compressed) type = L2_COMPRESSED;
+  else if (lo & QCOW_OFLAG_ZERO && !ext) type = offset ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
+  else if (!offset) type = c.hasDataFile && hi & QCOW_OFLAG_COPIED ? L2_NORMAL : L2_UNALLOCATED;
+  else type = L2_NORMAL;
+
+  if (type !== L2_COMPRESSED && (hi & L2E_RESERVED_HI || lo & L2E_RESERVED_LO)) {
+    res.messages.push(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
+    res.corruptions++;
+  }
+  if (type === L2_NORMAL || type === L2_ZERO_ALLOC) {
+    if ((bmHi & bmLo) !== 0) {
+      res.corruptions++;
+      res.messages.push(`ERROR offset=${offset.toString(16)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+    }
+    if (offset % cs !== 0) {
+      res.corruptions++;
+      const containsData = ext ? bmLo !== 0 : !(lo & QCOW_OFLAG_ZERO);
+      if (!containsData) {
+        res.messages.push(`${c.fix.errors ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
+        if (c.fix.errors) {
+          // fix_l2_entry_by_zero: the entry becomes a plain zero cluster.
+          writeL2Entry(table, i, ext, ext ? { hi: 0, lo: 0, zero: ALL_SUBCLUSTERS, alloc: 0 } : { hi: 0, lo: QCOW_OFLAG_ZERO, zero: 0, alloc: 0 });
+          res.corruptions--;
+          res.corruptionsFixed++;
+          return true;
+        }
+      } else {
+        res.messages.push(`ERROR offset=${offset.toString(16)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+      }
+    }
+    if (frag) {
+      const st = c.counts.tally.st;
+      st.allocated++;
+      if (st.next && offset !== st.next) st.fragmented++;
+      st.next = offset + cs;
+    }
+    if (c.hasDataFile) return false;
+    incRefcounts(c, offset, cs);
+  } else if (type === L2_COMPRESSED) {
+    const d = parseCompressedDescriptor(hi, lo, s.clusterBits);
+    if (hi & QCOW_OFLAG_COPIED) {
+      res.messages.push(`ERROR: coffset=${hex(d.coffset)}: copied flag must never be set for compressed clusters`);
+      hi = withCopied(hi, false);
+      res.corruptions++;
+    }
+    if (c.hasDataFile) {
+      res.messages.push(`ERROR compressed cluster ${i} with data file, entry=${hex(hi * 0x100000000 + (lo >>> 0))}`);
+      res.corruptions++;
+      return false;
+    }
+    if (bmHi || bmLo) {
+      res.messages.push(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=${hex(hi * 0x100000000 + (lo >>> 0))}`);
+      res.corruptions++;
+      return false;
+    }
+    incRefcounts(c, d.coffset, d.csize);
+    if (frag) {
+      const st = c.counts.tally.st;
+      st.allocated++;
+      st.fragmented++;
+      res.compressedClusters++;
+    }
+  } else if (type === L2_UNALLOCATED && bmLo !== 0) {
+    res.corruptions++;
+    res.messages.push('ERROR: Unallocated cluster has non-zero subcluster allocation map');
+  }
+  return false;
 }
 
 /**
@@ -572,9 +677,10 @@ function scanCopied(c: Ctx, table: Uint8Array, from: number, out: CopiedFinding[
  */
 function startCopiedPass(c: Ctx, l1: Uint8Array, l1Size: number): CopiedPass | undefined {
   const { s } = c;
-  if (c.disk.hasUnaligned || s.l1Size !== l1Size || s.l1Table.length < l1.length) return undefined;
+  if (c.disk.hasUnaligned || c.hasDataFile || !c.counts.tally.marks) return undefined;
+  if (s.l1Size !== l1Size || s.l1Table.length < l1.length) return undefined;
   for (let i = 0; i < l1.length; i++) if (s.l1Table[i] !== l1[i]) return undefined;
-  return { writes: c.log.writes, findings: new Map() };
+  return { writes: c.log.writes, unsure: false };
 }
 
 /** check_refcounts_l1 (the active table also gathers its COPIED findings while each L2 table is in memory). */
@@ -586,7 +692,18 @@ async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number):
   await bdrvPread(s.file, l1Offset, l1.length, l1);
   const pass = flags & CHECK_FRAG_INFO ? startCopiedPass(c, l1, l1Size) : undefined;
   if (pass) c.copiedPass = pass;
-  const table = new Uint8Array(s.clusterSize);
+  const ahead = new ReadAhead(s, c.log);
+  try {
+    await walkL1(c, l1, l1Size, flags, pass, ahead);
+  } finally {
+    ahead.release();
+  }
+}
+
+/** check_refcounts_l1's loop over the entries (L2 tables read ahead in runs). */
+async function walkL1(c: Ctx, l1: Uint8Array, l1Size: number, flags: number, pass: CopiedPass | undefined, ahead: ReadAhead): Promise<void> {
+  const { s, res } = c;
+  const l1Offset = (j: number) => entryOffset(entryHi(l1, j * 8), entryLo(l1, j * 8));
   for (let i = 0; i < l1Size; i++) {
     const hi = entryHi(l1, i * 8);
     const lo = entryLo(l1, i * 8);
@@ -601,11 +718,8 @@ async function checkL1(c: Ctx, l1Offset: number, l1Size: number, flags: number):
       res.messages.push(`ERROR l2_offset=${l2.toString(16)}: Table is not cluster aligned; L1 entry corrupted`);
       res.corruptions++;
     }
-    await checkL2(c, l2, flags, table);
-    if (pass && l2 && pass.writes === c.log.writes) {
-      const found = await copiedFindings(c, table);
-      if (found.length) pass.findings.set(i, found);
-    }
+    const table = await ahead.cluster(l2, contiguousRun(l1Offset, i, l1Size, ahead.cap, s.clusterSize, s.file.totalBytes));
+    await checkL2(c, l2, flags, table, pass);
   }
 }
 
@@ -754,6 +868,20 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
   const cmp: Comparison = { rebuild: false, highest: 0, leaksFixed: 0, corruptionsFixed: 0 };
   // nbClusters is a counts.n, which never exceeds the counter array (Counts.grow).
   const n = Math.min(Math.max(nbClusters, 0), c.counts.a.length);
+  const ahead = new ReadAhead(s, c.log);
+  try {
+    await compareBlocks(c, fix, n, cmp, ahead);
+  } finally {
+    ahead.release();
+  }
+  return { rebuild: cmp.rebuild, highest: cmp.highest };
+}
+
+/** compareRefcounts' walk over the refcount blocks of clusters [0, n) (blocks not cached are read ahead in runs). */
+async function compareBlocks(c: Ctx, fix: CheckFix, n: number, cmp: Comparison, ahead: ReadAhead): Promise<void> {
+  const { s, res, disk } = c;
+  const per = disk.perBlock;
+  const at = (j: number) => disk.table[j]!;
   for (let i = 0, base = 0; base < n; i++, base += per) {
     const end = Math.min(base + per, n);
     const off = i < disk.table.length ? disk.table[i]! : 0;
@@ -761,12 +889,13 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
     if (off !== 0) {
       try {
         if (off % s.clusterSize !== 0) throw await disk.unaligned(i);
-        blk = await disk.block(off);
+        blk = disk.cachedBlock(i) ?? (await ahead.cluster(off, contiguousRun(at, i, disk.table.length, ahead.cap, s.clusterSize, s.file.totalBytes)));
       } catch (e) {
         // Every cluster of the block fails as QEMU's qcow2_get_refcount would.
         const why = e instanceof Error ? e.message : String(e);
         for (let k = base; k < end; k++) res.messages.push(`Can't get refcount for cluster ${k}: ${why}`);
         res.checkErrors += end - base;
+        if (c.copiedPass) c.copiedPass.unsure = true;
         continue;
       }
     }
@@ -775,6 +904,8 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
     compareBlock(c, fix, blk, base, end, cmp);
     if (cmp.leaksFixed || cmp.corruptionsFixed) {
       c.log.writes++;
+      // Later lookups see the repaired block even when the write fails (as a refcount cache would).
+      disk.adopt(off, blk!);
       try {
         await bdrvPwrite(s.file, off, s.clusterSize, blk!);
         res.leaksFixed += cmp.leaksFixed;
@@ -786,47 +917,43 @@ async function compareRefcounts(c: Ctx, fix: CheckFix, nbClusters: number): Prom
       }
     }
   }
-  return { rebuild: cmp.rebuild, highest: cmp.highest };
 }
 
-/** compareRefcounts' loop over clusters [base, end), whose refcounts are in `blk` (null: no block, all 0). */
+/**
+ * compareRefcounts' loop over clusters [base, end), whose refcounts are in
+ * `blk` (null: no block, all 0). The kernel (check-kernel.ts) runs up to
+ * each difference, which is reported and repaired here. It also checks the
+ * COPIED marks against the stored refcounts.
+ */
 function compareBlock(c: Ctx, fix: CheckFix, blk: Uint8Array | null, base: number, end: number, cmp: Comparison): void {
   const { s, res } = c;
-  const a = c.counts.a;
+  const tally = c.counts.tally;
+  const a = tally.counts;
   const bits = s.refcountBits;
   const limit = maxRefcount(s.header.refcountOrder);
-  let highest = cmp.highest;
-  let k = base;
-  if (blk && bits === 16 && a instanceof Uint16Array) {
-    // The default width, where stored and counted usually agree: one tight loop up to the first difference.
-    for (; k < end; k++) {
-      const i = (k - base) * 2;
-      const stored = (blk[i]! << 8) | blk[i + 1]!;
-      if (stored !== a[k]) break;
-      if (stored > 0) highest = k;
-    }
-  }
-  for (; k < end; k++) {
-    const stored = blk ? getRefcountEntry(blk, bits, k - base) : 0;
+  const n = end - base;
+  tally.st.highest = cmp.highest;
+  for (let j = 0; j < n; j++) {
+    j = tally.compareBlock(blk, j, n, bits, base, true);
+    if (j >= n) break;
+    const k = base + j;
+    const stored = blk ? getRefcountEntry(blk, bits, j) : 0;
     const counted = a[k]!;
-    if (stored === counted) {
-      if (stored > 0) highest = k;
-      continue;
-    }
-    highest = k;
+    tally.checkMarks(k, stored);
+    tally.st.highest = k;
     if (stored === 0) cmp.rebuild = true;
     const repairing = stored !== 0 && (stored > counted ? fix.leaks : fix.errors);
     res.messages.push(`${repairing ? 'Repairing' : stored < counted ? 'ERROR' : 'Leaked'} cluster ${k} refcount=${stored} reference=${counted}`);
     // A count above the width's maximum cannot be stored (then it counts as not fixed).
     if (repairing && counted <= limit) {
       // A non-zero stored refcount means the block exists: set it there.
-      setRefcountEntry(blk!, bits, k - base, counted);
+      setRefcountEntry(blk!, bits, j, counted);
       if (stored > counted) cmp.leaksFixed++;
       else cmp.corruptionsFixed++;
     } else if (stored < counted) res.corruptions++;
     else res.leaks++;
   }
-  cmp.highest = highest;
+  cmp.highest = tally.st.highest;
 }
 
 /** check_oflag_copied: COPIED exactly where the refcount is 1 (active L1 and its L2 tables). */
@@ -860,8 +987,8 @@ async function checkOflagCopied(c: Ctx, fix: CheckFix): Promise<void> {
     }
     let found: CopiedFinding[];
     let read = false;
-    if (pass && pass.writes === c.log.writes) {
-      found = pass.findings.get(i) ?? [];
+    if (pass && pass.writes === c.log.writes && !pass.unsure && !c.counts.tally.st.marksBad) {
+      found = [];
     } else {
       await bdrvPread(s.file, l2, s.clusterSize, table);
       read = true;
@@ -932,9 +1059,35 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
   const disk = new DiskRefcounts(s, log);
   await disk.load();
   const order = s.header.refcountOrder;
-  let c: Ctx = { bs, s, res, counts: new Counts(nbClusters, order), fix, hasDataFile, disk, log };
+  // The counters may live in wasm memory: every Counts made here is released at the end.
+  const held: Counts[] = [];
+  const newCounts = (n: number): Counts => {
+    const k = new Counts(n, order, true);
+    held.push(k);
+    return k;
+  };
+  try {
+    return await compareAndRepair(bs, s, fix, res, disk, log, { bs, s, res, counts: newCounts(nbClusters), fix, hasDataFile, disk, log }, newCounts);
+  } finally {
+    for (const k of held) k.release();
+    disk.release();
+  }
+}
+
+/** qcow2_check_refcounts once the structures are loaded: count, compare, repair, COPIED. */
+async function compareAndRepair(
+  bs: BlockNode,
+  s: Qcow2State,
+  fix: CheckFix,
+  res: Res,
+  disk: DiskRefcounts,
+  log: CheckLog,
+  c: Ctx,
+  newCounts: (n: number) => Counts,
+): Promise<Res> {
+  const cs = s.clusterSize;
   let rebuild = await calculateRefcounts(c);
-  nbClusters = c.counts.n;
+  const nbClusters = c.counts.n;
   const preCompare: Res = { ...res, messages: [] };
   const noFix = { leaks: false, errors: false };
   let cmp = await compareRefcounts(c, noFix, nbClusters);
@@ -951,7 +1104,7 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
     await disk.load();
     // Count again: the new refcount structures are referenced by the header now.
     const again = newRes();
-    c = { ...c, res: again, counts: new Counts(Math.ceil(s.file.totalBytes / cs), order) };
+    c = { ...c, res: again, counts: newCounts(Math.ceil(s.file.totalBytes / cs)) };
     log.messages = again.messages;
     await calculateRefcounts(c);
     // Clusters the old structures used are leaked now; QEMU frees them here and does not count them as fixed.

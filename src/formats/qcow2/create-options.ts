@@ -11,7 +11,7 @@ import type { ImageCreateRequest, PreallocMode } from '../../block/driver.js';
 import { optBool, optNumber, type OptionDesc, type OptionValues } from '../../block/options.js';
 import { createQcow2, validateQcow2CreateOptions, type Qcow2CreateOptions } from './create.js';
 import { amendQcow2, type Qcow2AmendOptions } from './amend.js';
-import { lookupSecret } from '../../block/secrets.js';
+import { lookupSecretUtf8 } from '../../block/secrets.js';
 import { luksBuildArea, luksCreateParams } from '../../crypto/luks-block.js';
 import { luksAmendOptions } from '../../crypto/luks-amend.js';
 
@@ -81,10 +81,10 @@ async function qcow2Encryption(values: OptionValues): Promise<Qcow2CreateOptions
   if (format === 'aes') {
     const id = get('key-secret');
     if (id === undefined) throw new BlockError('EINVAL', "Parameter 'encrypt.key-secret' is required for cipher");
-    if (!lookupSecret(id)) throw new BlockError('EINVAL', `No secret with id '${id}'`);
+    if (!lookupSecretUtf8(id)) throw new BlockError('EINVAL', `No secret with id '${id}'`);
     return { method: 1 };
   }
-  return { method: 2, area: await luksBuildArea(luksCreateParams(get, lookupSecret, 'encrypt.key-secret')) };
+  return { method: 2, area: await luksBuildArea(luksCreateParams(get, lookupSecretUtf8, 'encrypt.key-secret')) };
 }
 
 /** The typed qcow2 options from parsed creation values (QAPI's enum checks, QEMU's messages). */

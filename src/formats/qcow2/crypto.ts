@@ -15,7 +15,7 @@
 import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
-import { lookupSecret } from '../../block/secrets.js';
+import { lookupSecretUtf8 } from '../../block/secrets.js';
 import { LUKS_HEADER_SIZE } from '../../crypto/luks-header.js';
 import { luksCheckHeader, luksInfo, luksUnlock, type LuksVolume } from '../../crypto/luks-block.js';
 import type { LuksAreaIo } from '../../crypto/luks-amend.js';
@@ -55,7 +55,7 @@ export async function openQcow2Crypto(file: BlockNode, h: Qcow2Header, image: st
     if (!options.noIo) throw new BlockError('EINVAL', `${image}: Parameter 'encrypt.key-secret' is required for cipher`);
   } else if (!options.noIo) {
     // Opened without I/O (info, create's look at a backing file) QEMU does not resolve the secret either (198).
-    password = lookupSecret(secretId);
+    password = lookupSecretUtf8(secretId);
     if (!password) throw new BlockError('EINVAL', `${image}: No secret with id '${secretId}'`);
   }
   if (h.cryptMethod === QCOW_CRYPT_AES) {

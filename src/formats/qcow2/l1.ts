@@ -148,7 +148,7 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
   } finally {
     freeBuffer(buf);
   }
-  addMetadata(s, table, cs);
+  addMetadata(s, table, cs, QCOW2_OL_ACTIVE_L2);
   setL1Entry(s, l1Index, table, true);
   if (old) freeClustersDeferred(s, old, cs, true);
   return table;

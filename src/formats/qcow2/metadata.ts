@@ -17,7 +17,21 @@ import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
 import { encodeHeaderFields, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, type HeaderField, type Qcow2Header } from './header.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { l1Offset, type Qcow2State } from './state.js';
-import { checkMetadataOverlap, ensureRefcountTable, overlapName, QCOW2_OL_BITMAP_DIRECTORY, QCOW2_OL_INACTIVE_L2 } from './overlap.js';
+import {
+  checkMetadataOverlap,
+  ensureRefcountTable,
+  overlapCheckOf,
+  overlapName,
+  QCOW2_OL_ACTIVE_L1,
+  QCOW2_OL_ACTIVE_L2,
+  QCOW2_OL_BITMAP_DIRECTORY,
+  QCOW2_OL_INACTIVE_L1,
+  QCOW2_OL_INACTIVE_L2,
+  QCOW2_OL_MAIN_HEADER,
+  QCOW2_OL_REFCOUNT_BLOCK,
+  QCOW2_OL_REFCOUNT_TABLE,
+  QCOW2_OL_SNAPSHOT_TABLE,
+} from './overlap.js';
 
 /** Runs `fn` after every earlier modifying request of the node finished (QEMU's s->lock). */
 export function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
@@ -105,47 +119,70 @@ export async function clearDirtyBit(s: Qcow2State): Promise<void> {
 
 // ------------------------------------------------------------------ overlap
 
-function addRange(set: Set<number>, s: Qcow2State, offset: number, bytes: number): void {
+function addRange(map: Map<number, number>, s: Qcow2State, offset: number, bytes: number, kind: number): void {
   if (bytes <= 0) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
-  for (let c = first; c <= last; c++) set.add(c);
+  for (let c = first; c <= last; c++) map.set(c, (map.get(c) ?? 0) | kind);
 }
 
-function buildMetaClusters(s: Qcow2State): Set<number> {
-  const set = new Set<number>();
+/**
+ * Every cluster of metadata with its kinds, except the two kinds it does not
+ * follow (the bitmap directory and inactive L2 tables, checked on each
+ * write). A superset is harmless: a write on a listed cluster gets the full
+ * check of the listed kinds, which gives the exact answer.
+ */
+function buildMetaClusters(s: Qcow2State): Map<number, number> {
+  const map = new Map<number, number>();
   const h = s.header;
-  set.add(0);
-  addRange(set, s, h.l1TableOffset, s.l1Size * 8);
-  addRange(set, s, h.refcountTableOffset, h.refcountTableClusters * s.clusterSize);
-  for (const off of s.refcountTable ?? []) if (off) set.add(off / s.clusterSize);
+  const cs = s.clusterSize;
+  map.set(0, QCOW2_OL_MAIN_HEADER);
+  addRange(map, s, h.l1TableOffset, s.l1Size * 8, QCOW2_OL_ACTIVE_L1);
+  addRange(map, s, h.refcountTableOffset, h.refcountTableClusters * cs, QCOW2_OL_REFCOUNT_TABLE);
+  for (const off of s.refcountTable ?? []) if (off) addRange(map, s, off, cs, QCOW2_OL_REFCOUNT_BLOCK);
   for (let i = 0; i < s.l1Size; i++) {
     const off = l1Offset(s, i);
-    if (off) set.add(Math.floor(off / s.clusterSize));
+    if (off) addRange(map, s, off, cs, QCOW2_OL_ACTIVE_L2);
   }
-  if (h.nbSnapshots) addRange(set, s, h.snapshotsOffset, serializeSnapshotTable(s.snapshots).length);
-  for (const sn of s.snapshots) addRange(set, s, sn.l1TableOffset, sn.l1Size * 8);
-  return set;
+  if (h.nbSnapshots) addRange(map, s, h.snapshotsOffset, serializeSnapshotTable(s.snapshots).length, QCOW2_OL_SNAPSHOT_TABLE);
+  for (const sn of s.snapshots) addRange(map, s, sn.l1TableOffset, sn.l1Size * 8, QCOW2_OL_INACTIVE_L1);
+  return map;
 }
 
-/** Records that [offset, offset + bytes) now holds metadata. */
-export function addMetadata(s: Qcow2State, offset: number, bytes: number): void {
-  if (s.rw.metaClusters) addRange(s.rw.metaClusters, s, offset, bytes);
+/** Records that [offset, offset + bytes) now holds metadata of `kind` (a QCOW2_OL_* bit). */
+export function addMetadata(s: Qcow2State, offset: number, bytes: number, kind: number): void {
+  if (s.rw.metaClusters) addRange(s.rw.metaClusters, s, offset, bytes, kind);
 }
 
 /** Records that [offset, offset + bytes) no longer holds metadata. */
 export function removeMetadata(s: Qcow2State, offset: number, bytes: number): void {
-  const set = s.rw.metaClusters;
-  if (!set || bytes <= 0) return;
+  const map = s.rw.metaClusters;
+  if (!map || bytes <= 0) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
-  for (let c = first; c <= last; c++) set.delete(c);
+  for (let c = first; c <= last; c++) map.delete(c);
 }
 
-/** Forgets the set (after the tables moved); the next check rebuilds it. */
+/** Forgets the map (after the tables moved); the next check rebuilds it. */
 export function invalidateMetadata(s: Qcow2State): void {
   s.rw.metaClusters = null;
 }
+
+/** The kinds of metadata the map lists on the clusters of [offset, offset + bytes), building it first if needed. */
+async function metadataKindsAt(s: Qcow2State, offset: number, bytes: number): Promise<number> {
+  if (!s.rw.metaClusters) await ensureRefcountTable(s);
+  const map = (s.rw.metaClusters ??= buildMetaClusters(s));
+  const first = Math.floor(offset / s.clusterSize);
+  const last = Math.floor((offset + bytes - 1) / s.clusterSize);
+  let kinds = 0;
+  // A write spans few clusters; a huge one is checked against the map's entries instead.
+  if (last - first < map.size) for (let c = first; c <= last; c++) kinds |= map.get(c) ?? 0;
+  else for (const [c, k] of map) if (c >= first && c <= last) kinds |= k;
+  return kinds;
+}
+
+/** The kinds the map does not follow: every write checks them. */
+const UNTRACKED_KINDS = QCOW2_OL_BITMAP_DIRECTORY | QCOW2_OL_INACTIVE_L2;
 
 /**
  * Refuses a data write to the image file over metadata. `node` is where the
@@ -153,15 +190,7 @@ export function invalidateMetadata(s: Qcow2State): void {
  */
 export async function checkDataOverlap(s: Qcow2State, offset: number, bytes: number): Promise<void> {
   if (s.dataFile !== s.file || bytes <= 0) return;
-  if (!s.rw.metaClusters) await ensureRefcountTable(s);
-  const set = (s.rw.metaClusters ??= buildMetaClusters(s));
-  const first = Math.floor(offset / s.clusterSize);
-  const last = Math.floor((offset + bytes - 1) / s.clusterSize);
-  let inSet = false;
-  for (let c = first; c <= last && !inSet; c++) inSet = set.has(c);
-  // The set covers every kind but the bitmap directory and inactive L2 tables: a miss needs only those two.
-  const ign = inSet ? 0 : ~(QCOW2_OL_BITMAP_DIRECTORY | QCOW2_OL_INACTIVE_L2);
-  await preWriteOverlapCheck(s, ign, offset, bytes);
+  await preWriteOverlapCheck(s, 0, offset, bytes);
 }
 
 /**
@@ -171,6 +200,10 @@ export async function checkDataOverlap(s: Qcow2State, offset: number, bytes: num
  * being written). The image is marked corrupt and the error thrown.
  */
 export async function preWriteOverlapCheck(s: Qcow2State, ign: number, offset: number, bytes: number): Promise<void> {
-  const bit = await checkMetadataOverlap(s, ign, offset, bytes);
+  if (bytes <= 0 || !(overlapCheckOf(s) & ~ign)) return;
+  // Only the kinds the map lists on these clusters (and the two it does not follow) can overlap:
+  // the scans of the L1 and refcount tables run only when the write lands on such a cluster.
+  const kinds = (await metadataKindsAt(s, offset, bytes)) | UNTRACKED_KINDS;
+  const bit = await checkMetadataOverlap(s, ign | ~kinds, offset, bytes);
   if (bit) throw await markCorrupt(s, `Preventing invalid write on metadata (overlaps with ${overlapName(bit)})`);
 }

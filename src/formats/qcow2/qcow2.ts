@@ -181,9 +181,16 @@ async function repairDirty(bs: BlockNode, s: Qcow2State): Promise<void> {
 
 export const qcow2Driver: BlockDriver = {
   name: 'qcow2',
+  strongRuntimeOpts: ['encrypt.key-secret'],
   kind: 'format',
   supportsBacking: true,
   supportsCompressedWrites: true,
+  // As qcow2_has_zero_init: preallocated metadata (the first L1 entry set) in an encrypted image maps clusters whose
+  // bytes decrypt to noise; without encryption they read as the file does, and a new file reads as zeros.
+  hasZeroInit: (bs) => {
+    const s = bs.state<Qcow2State>();
+    return !(s.crypto && s.l1Table.length >= 8 && s.l1Table.subarray(0, 8).some((b) => b !== 0));
+  },
   compressCluster: (bs, data) => qcow2CompressCluster(bs.state<Qcow2State>(), data),
   // QAPI BlockdevOptionsQcow2 (the members blockdev-add accepts).
   blockdevOptions: {
@@ -363,6 +370,9 @@ export const qcow2Driver: BlockDriver = {
 
   async pdiscard(bs, offset, bytes) {
     const s = bs.state<Qcow2State>();
+    // A piece of a cluster is ignored, except the whole partial cluster at the end of an unaligned image.
+    const cs = s.clusterSize;
+    if (offset % cs !== 0 || (bytes % cs !== 0 && offset + bytes !== bs.totalBytes)) return;
     await withLock(s, async () => {
       await prepareWrite(s);
       await qcow2DiscardRange(bs, s, offset, bytes, false);

@@ -330,9 +330,9 @@ export async function allocateClusters(s: Qcow2State, n: number): Promise<number
     s.rw.freeClusterIndex = c + n;
     const made = await ensureRefblocks(s, c, n);
     if (made >= 0) {
-      // QEMU's update_refcount undoes the part of the run it had counted (blocks that existed), which
-      // brings the hint back to the run's start; a run whose first block was missing starts after the new block.
-      if (Math.floor(c / per) < made) s.rw.freeClusterIndex = Math.min(s.rw.freeClusterIndex, c);
+      // As QEMU's update_refcount after a new refcount block, the search restarts at the run's start:
+      // the run is taken again when the block landed elsewhere, so no hole is left before the block (121).
+      s.rw.freeClusterIndex = Math.min(s.rw.freeClusterIndex, c);
       continue;
     }
     await updateRefcount(s, c * s.clusterSize, n * s.clusterSize, 1);
@@ -424,7 +424,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
       await writeReftableEntry(s, index, b * cs);
       table[index] = b * cs;
       cacheNewRefblock(s, b * cs, block);
-      addMetadata(s, b * cs, cs);
+      addMetadata(s, b * cs, cs, QCOW2_OL_REFCOUNT_BLOCK);
       s.rw.freeClusterIndex = Math.max(s.rw.freeClusterIndex, b + 1);
       return;
     }
@@ -443,7 +443,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
     await writeReftableEntry(s, index, off);
     table[index] = off;
     cacheNewRefblock(s, off, block);
-    addMetadata(s, off, cs);
+    addMetadata(s, off, cs, QCOW2_OL_REFCOUNT_BLOCK);
   } finally {
     freeBuffer(block);
   }

@@ -95,8 +95,8 @@ export interface Qcow2RwState {
   /** Dirty range of the in-memory L1 table, in entries ([from, to), empty when from >= to). */
   l1DirtyFrom: number;
   l1DirtyTo: number;
-  /** Host cluster indexes holding metadata (overlap checks); rebuilt lazily when null. */
-  metaClusters: Set<number> | null;
+  /** Host cluster index → the overlap kinds (QCOW2_OL_* bits) of the metadata it holds; rebuilt lazily when null. */
+  metaClusters: Map<number, number> | null;
   /** Tail of the request queue: modifying requests run one at a time (QEMU's s->lock). */
   lock: Promise<void>;
   /** Set once an inconsistency was found: every later write fails with EIO. */
