@@ -421,6 +421,8 @@ export type PreallocMode = 'off' | 'metadata' | 'falloc' | 'full';
 
 export interface DriverInfo {
   clusterSize?: number;
+  /** Every write must be a whole compressed cluster (a streamOptimized vmdk): convert then copies as with -c. */
+  needsCompressedWrites?: boolean;
   isDirty?: boolean;
   vmStateOffset?: number;
 }

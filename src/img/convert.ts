@@ -334,7 +334,8 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   const minSparse = opts.minSparse ?? 4096;
   const withBacking = opts.targetHasBacking === true;
   const zeroInit = minSparse > 0 && !withBacking && opts.targetHasZeroInit === true;
-  const compressed = opts.compressed === true;
+  // As img_convert: a target that takes only whole compressed clusters (needs_compressed_writes) is copied as with -c.
+  const compressed = opts.compressed === true || target.driver.getDriverInfo?.(target)?.needsCompressedWrites === true;
   const src = new Sources(sources);
   const total = src.total;
   if (target.totalBytes < total) throw new BlockError('EINVAL', 'output file is smaller than input file');

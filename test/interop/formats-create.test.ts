@@ -220,3 +220,29 @@ describe('convert -O vmdk|vhdx from a qcow2 with data, zeros and holes', () => {
     });
   }
 });
+
+describe('convert to a vmdk that takes whole compressed grains (needs_compressed_writes, iotest 059)', () => {
+  // 4 KiB source clusters put several data runs in one 64 KiB grain; a grain of a streamOptimized vmdk is written once.
+  const src = path.join(dir, 'small-clusters.qcow2');
+  qemuImg(['create', '-f', 'qcow2', '-o', 'cluster_size=4096', src, '1G']);
+  qemuIo(src, ['write -P 0xa 0 512', 'write -P 0xb 10240 512', 'write -P 0xc 70000 30000'], 'qcow2');
+
+  const cases: Array<{ args: string[]; label: string }> = [
+    { label: '-o subformat=streamOptimized', args: ['-O', 'vmdk', '-o', 'subformat=streamOptimized'] },
+    { label: '-c -O vmdk (monolithicSparse: a compressed write is a plain one)', args: ['-c', '-O', 'vmdk'] },
+    { label: '-c -O vmdk -o subformat=streamOptimized', args: ['-c', '-O', 'vmdk', '-o', 'subformat=streamOptimized'] },
+  ];
+  for (const c of cases) {
+    it(c.label, async () => {
+      const name = `small${++n}.vmdk`;
+      const args = ['convert', ...c.args, src, name];
+      const o = await bt(args, ours);
+      expect({ status: o.status, stderr: o.stderr }).toEqual({ status: 0, stderr: '' });
+      expectCheckClean(ours, name);
+      const cmp = qemuImgRun(['compare', '-f', 'qcow2', '-F', 'vmdk', src, name], { cwd: ours });
+      expect({ status: cmp.status, stdout: cmp.stdout }).toEqual({ status: 0, stdout: 'Images are identical.\n' });
+      expect(qemuImgRun(args, { cwd: theirs }).status).toBe(0);
+      expect(info(ours, name)).toEqual(info(theirs, name));
+    });
+  }
+});

@@ -138,6 +138,8 @@ function checkParentCid(bs: BlockNode, s: VmdkState): void {
 export const vmdkDriver: BlockDriver = {
   name: 'vmdk',
   kind: 'format',
+  // As QEMU's vmdk_co_pwritev_compressed: a compressed write is a plain write, which a streamOptimized extent compresses.
+  supportsCompressedWrites: true,
   supportsBacking: true,
   createOptions: VMDK_CREATE_OPTS,
   create: vmdkCreateImage,
@@ -432,7 +434,11 @@ export const vmdkDriver: BlockDriver = {
     const [first] = s.extents;
     // QEMU reports no cluster size when the extents differ in kind, or when they are flat.
     const same = s.extents.every((e) => e.flat === first!.flat && e.compressed === first!.compressed && (e.flat || e.clusterSectors === first!.clusterSectors));
-    return { clusterSize: same && !first!.flat ? first!.clusterSectors * SECTOR_SIZE : undefined, isDirty: false };
+    return {
+      clusterSize: same && !first!.flat ? first!.clusterSectors * SECTOR_SIZE : undefined,
+      isDirty: false,
+      needsCompressedWrites: first!.compressed,
+    };
   },
 };
 
