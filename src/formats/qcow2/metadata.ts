@@ -120,7 +120,9 @@ export async function clearDirtyBit(s: Qcow2State): Promise<void> {
 // ------------------------------------------------------------------ overlap
 
 function addRange(map: Map<number, number>, s: Qcow2State, offset: number, bytes: number, kind: number): void {
-  if (bytes <= 0) return;
+  // A corrupt entry may point past 2^53, where cluster numbers stop being exact (the loop would never end);
+  // no write reaches there, so there is nothing to guard.
+  if (bytes <= 0 || !Number.isSafeInteger(offset + bytes)) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
   for (let c = first; c <= last; c++) map.set(c, (map.get(c) ?? 0) | kind);
@@ -157,7 +159,7 @@ export function addMetadata(s: Qcow2State, offset: number, bytes: number, kind: 
 /** Records that [offset, offset + bytes) no longer holds metadata. */
 export function removeMetadata(s: Qcow2State, offset: number, bytes: number): void {
   const map = s.rw.metaClusters;
-  if (!map || bytes <= 0) return;
+  if (!map || bytes <= 0 || !Number.isSafeInteger(offset + bytes)) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
   for (let c = first; c <= last; c++) map.delete(c);

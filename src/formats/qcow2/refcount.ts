@@ -429,7 +429,9 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
       return;
     }
     const off = await allocateClusters(s, 1);
-    if (table[index] !== 0) {
+    // That allocation may have made this block already, or grown (replaced) the table: look again.
+    const now = await loadRefcountTable(s);
+    if (now[index] !== 0) {
       // Allocating our own block's refcount already created this one.
       await updateRefcount(s, off, cs, -1);
       return;
@@ -441,7 +443,7 @@ async function allocRefblock(s: Qcow2State, index: number): Promise<void> {
     await flushRefcounts(s);
     await syncFile(s);
     await writeReftableEntry(s, index, off);
-    table[index] = off;
+    now[index] = off;
     cacheNewRefblock(s, off, block);
     addMetadata(s, off, cs, QCOW2_OL_REFCOUNT_BLOCK);
   } finally {
