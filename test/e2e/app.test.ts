@@ -99,9 +99,9 @@ describe('the blocktab web app', () => {
     await page.locator('#image-title', { hasText: 'demo.qcow2' }).waitFor();
     const offered = await page.locator('#convert-format option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
     expect(offered[0]).toBe('raw');
-    expect([...offered].sort()).toEqual(['qcow2', 'qed', 'raw', 'vdi', 'vhdx', 'vmdk', 'vpc']);
+    expect([...offered].sort()).toEqual(['parallels', 'qcow', 'qcow2', 'qed', 'raw', 'vdi', 'vhdx', 'vmdk', 'vpc']);
     await page.selectOption('#convert-dest', 'download');
-    for (const [format, ext] of [['vmdk', 'vmdk'], ['vhdx', 'vhdx'], ['vpc', 'vhd'], ['vdi', 'vdi'], ['qed', 'qed']] as const) {
+    for (const [format, ext] of [['vmdk', 'vmdk'], ['vhdx', 'vhdx'], ['vpc', 'vhd'], ['vdi', 'vdi'], ['qed', 'qed'], ['qcow', 'qcow'], ['parallels', 'hdd']] as const) {
       await page.selectOption('#convert-format', format);
       expect(await page.inputValue('#convert-name')).toBe(`demo.${ext}`);
       if (format === 'vmdk') await page.fill('#convert-options', 'subformat=streamOptimized');
