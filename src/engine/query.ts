@@ -15,6 +15,9 @@ import type { AcctType, BlockDeviceTimedStats } from '../block/accounting.js';
 import { limitsFromConfig } from '../block/throttle.js';
 import type { JobFilterNode } from './commands/jobs.js';
 
+/** The throttle limits of a node no throttle group holds (BlockDeviceInfo's bps…iops_wr), as QEMU reports them. */
+const UNTHROTTLED = { bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 } as const;
+
 /** QAPI ImageInfo with its recursive `backing-image`. */
 export type QmpImageInfo = ImageInfo & { 'backing-image'?: QmpImageInfo };
 
@@ -153,12 +156,7 @@ export async function jobFilterDeviceInfo(f: JobFilterNode, flat: boolean, filte
     backing_file_depth: depth,
     encrypted: false,
     detect_zeroes: 'off',
-    bps: 0,
-    bps_rd: 0,
-    bps_wr: 0,
-    iops: 0,
-    iops_rd: 0,
-    iops_wr: 0,
+    ...UNTHROTTLED,
     image,
     cache: { writeback: true, direct: false, 'no-flush': false },
     write_threshold: 0,
@@ -184,12 +182,7 @@ export async function blockDeviceInfo(engine: Engine, bs: BlockNode, flat: boole
     backing_file_depth: depth,
     encrypted: false,
     detect_zeroes: bs.detectZeroes,
-    bps: 0,
-    bps_rd: 0,
-    bps_wr: 0,
-    iops: 0,
-    iops_rd: 0,
-    iops_wr: 0,
+    ...UNTHROTTLED,
     image,
     // Cache modes are accepted and ignored; this is what QEMU reports for its default (writeback, no O_DIRECT).
     cache: { writeback: true, direct: false, 'no-flush': false },

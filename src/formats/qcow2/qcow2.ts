@@ -78,7 +78,7 @@ import { qcow2Measure } from './measure.js';
 import { qcow2MakeEmpty } from './make-empty.js';
 import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-directory.js';
 import { qcow2BitmapsReadOnly, qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2ReopenBitmapsRw, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
-import { newRwState, type Qcow2State } from './state.js';
+import { l1Offset, newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { cryptoInfo, openQcow2Crypto, QCOW2_CRYPT_SECTOR } from './crypto.js';
 import { dropRefcountCache } from './refcount.js';
@@ -189,7 +189,7 @@ export const qcow2Driver: BlockDriver = {
   // bytes decrypt to noise; without encryption they read as the file does, and a new file reads as zeros.
   hasZeroInit: (bs) => {
     const s = bs.state<Qcow2State>();
-    return !(s.crypto && s.l1Table.length >= 8 && s.l1Table.subarray(0, 8).some((b) => b !== 0));
+    return !(s.crypto && s.l1Size > 0 && l1Offset(s, 0) !== 0);
   },
   compressCluster: (bs, data) => qcow2CompressCluster(bs.state<Qcow2State>(), data),
   // QAPI BlockdevOptionsQcow2 (the members blockdev-add accepts).
