@@ -26,7 +26,7 @@ import type { BlockNode } from '../block/node.js';
 import { hasZeroInit, writesInPlace } from '../block/driver.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
-import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
+import { allocBuffer, bufferIsZero, freeBuffer, zeroRunEnd } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
 import { createOptionList, formatDriver, loadFormat, optBool, parseOptions, setOption } from './options.js';
@@ -474,10 +474,12 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
         turns.start(jobs[0]!.pos, bytes);
         const reqs = jobs.flatMap((j, i) => stepWrites(j, runs[i]!));
         if (turns.overlapped) {
-          // In place: every write of the step is issued before the turn passes on.
-          const writes = reqs.map((req) => req());
+          // In place: the turn passes on once the step's first write is issued; its other writes
+          // (a step cut by zero blocks) follow one by one, so each step has one write in flight.
+          const first = reqs.length > 0 ? reqs[0]!() : undefined;
           turns.issued();
-          await Promise.all(writes);
+          await first;
+          for (let k = 1; k < reqs.length; k++) await reqs[k]!();
         } else {
           for (const req of reqs) await req();
         }
@@ -528,7 +530,7 @@ class WriteTurns {
   written = 0;
   /** End of the prefix whose writes are issued (in order). */
   private issuedEnd = 0;
-  /** The step between `start` and `issued`: its turn passes on once its writes are issued. */
+  /** The step between `start` and `issued`: the next turn comes once its first write is issued. */
   private issuing = 0;
   private running = 0;
   private waiters = new Map<number, { resolve: () => void; reject: (e: unknown) => void }>();
@@ -539,7 +541,7 @@ class WriteTurns {
     private readonly inFlight: number,
   ) {}
 
-  /** Steps may overlap (see above): `issued` must follow `start` once the step's writes are started. */
+  /** Steps may overlap (see above): `issued` must follow `start` once the step's first write is started. */
   get overlapped(): boolean {
     return this.inOrder && this.inFlight > 1;
   }
@@ -560,7 +562,7 @@ class WriteTurns {
     }
   }
 
-  /** The overlapped step that last started has all its writes issued: the next step may have its turn. */
+  /** The overlapped step that last started has its first write issued: the next step may have its turn. */
   issued(): void {
     this.issuedEnd = this.issuing;
     this.wake();
@@ -607,13 +609,14 @@ function sparseRuns(data: Uint8Array, offset: number, minSparse: number): Run[] 
   const len = data.length;
   // A step of written zeros is common (a zero-filled region of a raw file): one scan decides it.
   if (data[0] === 0 && data[len - 1] === 0 && bufferIsZero(data)) return [{ start: 0, end: len, zero: true }];
-  // Runs of same-kind blocks; the scan for a run's end is a plain loop (no modulo per block), since
+  // Runs of same-kind blocks: the first block may start off the guest's block grid (a step at an odd
+  // offset); from there the run's end is found in one call (the wasm kernel on a step's buffer), since
   // most steps are one run.
   const runs: Run[] = [];
   for (let start = 0; start < len; ) {
     const firstEnd = Math.min(len, start + minSparse - ((offset + start) % minSparse));
     const zero = blockIsZero(data, start, firstEnd);
-    const end = runEnd(data, firstEnd, minSparse, zero);
+    const end = zeroRunEnd(data, firstEnd, minSparse, zero);
     runs.push({ start, end, zero });
     start = end;
   }
@@ -623,23 +626,4 @@ function sparseRuns(data: Uint8Array, offset: number, minSparse: number): Run[] 
 /** Whether data[start, end) is all zeros; a block whose first or last byte is set needs no call into the zero scan (most data blocks). */
 function blockIsZero(data: Uint8Array, start: number, end: number): boolean {
   return data[start] === 0 && data[end - 1] === 0 && bufferIsZero(data.subarray(start, end));
-}
-
-/** End of the run that continues at `from` (a block boundary) with blocks of `minSparse` bytes as zero, or not, as `zero` says. */
-function runEnd(data: Uint8Array, from: number, minSparse: number, zero: boolean): number {
-  const len = data.length;
-  let end = from;
-  while (end < len) {
-    // A block whose first byte is set continues a data run without a call (random data: every block),
-    // which keeps the scan cheap while V8 still interprets it (tier-up.ts delays optimising).
-    if (!zero && data[end] !== 0) {
-      end += minSparse;
-      continue;
-    }
-    const next = Math.min(len, end + minSparse);
-    if (blockIsZero(data, end, next) !== zero) break;
-    end = next;
-  }
-  // The last block may be shorter than minSparse.
-  return Math.min(end, len);
 }
