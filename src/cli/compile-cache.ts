@@ -157,6 +157,7 @@ export function installCompileCache(bundleDir: string): void {
     try {
       fs.mkdirSync(where, { recursive: true, mode: 0o700 });
       removeStale(where, bundleDir);
+      removeStale(path.dirname(where), bundleDir, true); // entries of the layout before commandKey
       for (const { script, file } of pending) {
         const tmp = `${file}.${process.pid}.tmp`;
         fs.writeFileSync(tmp, script.createCachedData());
@@ -168,10 +169,10 @@ export function installCompileCache(bundleDir: string): void {
   });
 }
 
-/** Removes the entries of chunks that are no longer in the bundle (an older build's). */
-function removeStale(where: string, bundleDir: string): void {
+/** Removes the entries of chunks that are no longer in the bundle (an older build's), or every entry (`all`). */
+function removeStale(where: string, bundleDir: string, all = false): void {
   for (const name of fs.readdirSync(where)) {
     const m = /^(.+)\.\d+\.cache(\.\d+\.tmp)?$/.exec(name);
-    if (m && !fs.existsSync(path.join(bundleDir, m[1]!))) fs.rmSync(path.join(where, name), { force: true });
+    if (m && (all || !fs.existsSync(path.join(bundleDir, m[1]!)))) fs.rmSync(path.join(where, name), { force: true });
   }
 }
