@@ -164,6 +164,20 @@ export interface BlockDriver {
    * image of the format ever does.
    */
   readonly hasZeroInit?: boolean | ((bs: BlockNode) => boolean);
+  /**
+   * The driver's children are a list under this option (quorum's
+   * `children`), not one `file`: the opener opens each entry as an image
+   * (a dict, probed unless it names a driver) and attaches it with role
+   * `data`, named `<option>.N`, before calling `open`.
+   */
+  readonly childList?: string;
+  /**
+   * QEMU's bdrv_dirname for this node: the directory that relative names
+   * stored in images above it resolve against. Drivers with no single
+   * directory below them (quorum) throw, with QEMU's text. Without it the
+   * core asks the file child, or takes a protocol node's filename.
+   */
+  dirname?(bs: BlockNode): string;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
   /**

@@ -19,12 +19,12 @@
  * Module map: sparse-header.ts (binary headers, markers), descriptor.ts
  * (descriptor text), extent.ts (extent model, grain lookup and reads).
  */
-import { BlockError } from '../../block/errors.js';
+import { BlockError, wrapError } from '../../block/errors.js';
 import { type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
-import { closeNode, openOwnedFile } from '../../block/open.js';
+import { bdrvDirname, closeNode, openOwnedFile } from '../../block/open.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { DESCRIPTOR_FILE_CREATE_TYPES, MAX_DESCRIPTOR_BYTES, parseDescriptor, type Descriptor } from './descriptor.js';
@@ -70,6 +70,15 @@ async function openDescriptorExtents(bs: BlockNode, desc: Descriptor, owned: Blo
   const extents: VmdkExtent[] = [];
   for (const line of desc.extents) {
     if (line.type === 'SESPARSE') throw new BlockError('ENOTSUP', `${bs.filename}: seSparse extents are not supported: ${line.line}`);
+    if (!line.fileName.startsWith('/')) {
+      // A relative extent name needs the descriptor's directory, which a quorum below does not have.
+      try {
+        bdrvDirname(bs.file!.node);
+      } catch (e) {
+        if (e instanceof BlockError) throw wrapError(e, `Cannot use relative paths with VMDK descriptor file '${bs.file!.node.filename}': `);
+        throw e;
+      }
+    }
     const node = await openOwnedFile(bs, line.fileName);
     owned.push(node);
     if (line.type === 'FLAT' || line.type === 'VMFS') {
