@@ -85,9 +85,10 @@ export interface GrainMarker {
 
 /**
  * A u64 field. Past 2^53 it is refused here, except with `approximate`
- * (capacity, grainSize): then the nearest double is returned, so the open
+ * (capacity, grainSize, gdOffset): then the nearest double is returned, so the open
  * can run QEMU's checks in QEMU's order ("Invalid granularity", "L1 size too
- * big") on it; the extent refuses any value that is not exact afterwards.
+ * big") on it; the extent refuses any value that is not exact afterwards
+ * (capacity) or that lies past the end of the file (the grain directory).
  */
 function u64(dv: DataView, at: number, image: string, field: string, allowAtEnd = false, approximate = false): number {
   const lo = dv.getUint32(at, true);
@@ -121,7 +122,7 @@ export function parseSparseExtentHeader(buf: Uint8Array, image: string): SparseE
     descriptorSize: u64(dv, 36, image, 'descriptorSize'),
     numGTEsPerGT: dv.getUint32(44, true),
     rgdOffset: u64(dv, 48, image, 'rgdOffset'),
-    gdOffset: u64(dv, 56, image, 'gdOffset', true),
+    gdOffset: u64(dv, 56, image, 'gdOffset', true, true),
     overHead: u64(dv, 64, image, 'overHead'),
     uncleanShutdown: dv.getUint8(72),
     compressAlgorithm: dv.getUint16(77, true),

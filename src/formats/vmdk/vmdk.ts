@@ -456,13 +456,16 @@ async function updateCid(bs: BlockNode, s: VmdkState): Promise<void> {
   if (s.cidUpdated) return;
   s.cidUpdated = true;
   const file = bs.file!.node;
-  const text = await readText(file, s.descOffset, DESC_SIZE);
+  // A descriptor file is read whole (QEMU: up to 16 MiB); an embedded one is DESC_SIZE bytes. A text cut short
+  // and written back one character longer would lose the character at the cut (iotest 059's 500-extent descriptor).
+  if (s.descOffset === 0 && file.totalBytes > 16 * 1024 * 1024) throw new BlockError('EFBIG', `${bs.filename}: VMDK description file too big (${file.totalBytes} bytes)`, { qemuMessage: 'VMDK description file too big' });
+  const text = await readText(file, s.descOffset, s.descOffset === 0 ? file.totalBytes : DESC_SIZE);
   const end = text.indexOf('\0') >= 0 ? text.indexOf('\0') : text.length;
   const body = text.slice(0, end);
   const m = /^CID=[0-9a-fA-F]*$/m.exec(body);
   if (!m) throw new BlockError('EINVAL', `${bs.filename}: the descriptor at 0x${s.descOffset.toString(16)} has no CID line to update`);
   const cid = (Math.random() * 0x100000000) >>> 0;
-  const line = `CID=${cid.toString(16).padStart(8, '0')}`;
+  const line = `CID=${cid.toString(16)}`; // unpadded, as QEMU's vmdk_write_cid
   let next = body.slice(0, m.index) + line + body.slice(m.index + m[0].length);
   if (next.length < body.length) next = next + '\n'.repeat(body.length - next.length);
   const bytes = new Uint8Array(next.length);
