@@ -316,6 +316,14 @@ export const quorumDriver: BlockDriver = {
     return pnumData ? { status: BDRV_BLOCK_DATA, pnum: pnumData } : { status: BDRV_BLOCK_ZERO, pnum: pnumZero };
   },
 
+  /** What the children take, summed (QEMU's bdrv_sum_allocated_file_size); unknown when one child cannot say. */
+  async getAllocatedFileSize(bs) {
+    const size = async (n: BlockNode): Promise<number | undefined> =>
+      n.driver.getAllocatedFileSize ? n.driver.getAllocatedFileSize(n) : n.file ? size(n.file.node) : undefined;
+    const sizes = await Promise.all(kids(bs).map(size));
+    return sizes.some((n) => n === undefined) ? undefined : sizes.reduce((a: number, b) => a + b!, 0);
+  },
+
   dirname() {
     throw new BlockError('EINVAL', 'Cannot generate a base directory for quorum nodes');
   },
