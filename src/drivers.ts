@@ -21,3 +21,4 @@ import './filters/throttle.js';
 import './filters/blkdebug.js';
 import './protocols/null.js';
 import './filters/copy-on-read.js';
+import './filters/quorum.js';

@@ -165,6 +165,20 @@ export interface BlockDriver {
    */
   readonly hasZeroInit?: boolean | ((bs: BlockNode) => boolean);
   /**
+   * The driver's children are a list under this option (quorum's
+   * `children`), not one `file`: the opener opens each entry as an image
+   * (a dict, probed unless it names a driver) and attaches it with role
+   * `data`, named `<option>.N`, before calling `open`.
+   */
+  readonly childList?: string;
+  /**
+   * QEMU's bdrv_dirname for this node: the directory that relative names
+   * stored in images above it resolve against. Drivers with no single
+   * directory below them (quorum) throw, with QEMU's text. Without it the
+   * core asks the file child, or takes a protocol node's filename.
+   */
+  dirname?(bs: BlockNode): string;
+  /**
    * Every write lands at its own offset (of the node, or of its `file` child
    * shifted by a fixed amount) and allocates nothing whose place depends on
    * the order of writes: raw, and protocols over plain storage. Writes to

@@ -5,6 +5,17 @@
  * failure, used by the CLI for exit codes and by the worker boundary to
  * re-create the error) and a message that names the image, the structure and
  * the offset, e.g. "disk.qcow2: L2 table at 0x30200 is not cluster-aligned".
+ *
+ * Two wordings. Where QEMU's tools print a fixed text of their own for the
+ * same failure ("Catalog size is too large", "QED table offset is invalid"),
+ * the error carries both: `detail`, ours with the structure and the offset,
+ * and `qemuMessage`, QEMU's words. Which one is the error's `message` is a
+ * process-wide choice made once at start-up (setErrorWording): the CLI
+ * invoked as `qemu-img` / `qemu-io` speaks QEMU's words, because scripts
+ * written for QEMU compare its output; `blocktab`, the engine, the worker and
+ * the web app keep the detailed text. Choosing at construction (rather than
+ * at every print) means the many places that prefix or wrap a message keep
+ * working unchanged; use `wrapError` to add context so both texts survive.
  */
 
 export type BlockErrorCode =
@@ -25,14 +36,51 @@ export type BlockErrorCode =
   | 'ENOMEM'
   | 'ENOMEDIUM';
 
+export type ErrorWording = 'detailed' | 'qemu';
+
+let wording: ErrorWording = 'detailed';
+
+/** Which text new BlockErrors take as their message (see the top of this file). The CLI sets it once. */
+export function setErrorWording(w: ErrorWording): void {
+  wording = w;
+}
+
+export function errorWording(): ErrorWording {
+  return wording;
+}
+
+export interface BlockErrorOptions {
+  cause?: unknown;
+  /** QEMU's text for the same failure, word for word, when it differs from ours (which names structure and offset). */
+  qemuMessage?: string;
+}
+
 export class BlockError extends Error {
   override readonly name = 'BlockError';
   readonly code: BlockErrorCode;
+  /** blocktab's own text: names the image, the structure and the offset. */
+  readonly detail: string;
+  /** QEMU's wording, where it has a text of its own for this failure. */
+  readonly qemuMessage?: string;
 
-  constructor(code: BlockErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(code: BlockErrorCode, message: string, options?: BlockErrorOptions) {
+    const qemu = options?.qemuMessage;
+    super(wording === 'qemu' && qemu !== undefined ? qemu : message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
+    this.detail = message;
+    if (qemu !== undefined) this.qemuMessage = qemu;
   }
+}
+
+/**
+ * A new error that puts `prefix` before `e`'s text, in both wordings
+ * ("Could not open backing file: " + …), keeping its code unless given.
+ */
+export function wrapError(e: BlockError, prefix: string, code: BlockErrorCode = e.code): BlockError {
+  return new BlockError(code, prefix + e.detail, {
+    cause: e,
+    ...(e.qemuMessage !== undefined ? { qemuMessage: prefix + e.qemuMessage } : {}),
+  });
 }
 
 export function isBlockError(e: unknown): e is BlockError {

@@ -23,9 +23,7 @@ export interface ExternalSnapshot {
 function replaceNode(from: BlockNode, to: BlockNode, backends: BlockBackend[]): void {
   for (const edge of [...from.parents]) {
     if (edge.parent === to) continue;
-    const parent = edge.parent;
-    parent.detach(edge.role);
-    parent.attach(to, edge.role, edge.name);
+    edge.parent.replaceChild(edge, to);
   }
   for (const b of backends) if (b.root === from) b.root = to;
 }

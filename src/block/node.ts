@@ -4,7 +4,8 @@
  * A node has a driver, the driver's private state (`opaque`), a size, request
  * limits and up to three children: `file` (where a format's bytes live),
  * `backing` (the image below it in a chain) and `dataFile` (qcow2's external
- * data file). Nodes are created by src/block/open.ts; the request functions
+ * data file); a driver with a list of children (quorum) has `dataChildren`
+ * instead of a file. Nodes are created by src/block/open.ts; the request functions
  * that drivers and users call live in src/block/io.ts.
  */
 import type { BlockDriver } from './driver.js';
@@ -56,6 +57,8 @@ export class BlockNode {
   file: BdrvChild | null = null;
   backing: BdrvChild | null = null;
   dataFile: BdrvChild | null = null;
+  /** Children in a list, role `data` (quorum's `children.N`), in order. */
+  readonly dataChildren: BdrvChild[] = [];
 
   /** Backing file name exactly as stored in the image (formats with backing only). */
   backingFile: string | null = null;
@@ -120,12 +123,46 @@ export class BlockNode {
     child.parents.push(edge);
     if (role === 'file') this.file = edge;
     else if (role === 'backing') this.backing = edge;
+    else if (role === 'data') this.dataChildren.push(edge);
     else this.dataFile = edge;
     return edge;
   }
 
-  /** Removes the edge for `role` (the child node is not closed). */
-  detach(role: ChildRole): BlockNode | null {
+  /** Points the edge `edge` of this node at `to` instead (same role, name and place), as QEMU's bdrv_replace_child. */
+  replaceChild(edge: BdrvChild, to: BlockNode): BdrvChild {
+    if (edge.role !== 'data') {
+      this.detach(edge.role);
+      return this.attach(to, edge.role, edge.name);
+    }
+    const at = this.dataChildren.indexOf(edge);
+    const i = edge.node.parents.indexOf(edge);
+    if (i >= 0) edge.node.parents.splice(i, 1);
+    const fresh = this.attach(to, 'data', edge.name);
+    this.dataChildren.pop();
+    this.dataChildren.splice(at, 1, fresh);
+    return fresh;
+  }
+
+  /** Every child edge: file, backing, data file, then the data children in order. */
+  children(): BdrvChild[] {
+    const out: BdrvChild[] = [];
+    for (const c of [this.file, this.backing, this.dataFile]) if (c) out.push(c);
+    return out.concat(this.dataChildren);
+  }
+
+  /** Removes the data children's edges (the nodes are not closed) and returns their nodes. */
+  detachDataChildren(): BlockNode[] {
+    const nodes = this.dataChildren.map((edge) => {
+      const i = edge.node.parents.indexOf(edge);
+      if (i >= 0) edge.node.parents.splice(i, 1);
+      return edge.node;
+    });
+    this.dataChildren.length = 0;
+    return nodes;
+  }
+
+  /** Removes the edge for `role` (the child node is not closed); `data` children go with detachDataChildren. */
+  detach(role: Exclude<ChildRole, 'data'>): BlockNode | null {
     const edge = role === 'file' ? this.file : role === 'backing' ? this.backing : this.dataFile;
     if (!edge) return null;
     const i = edge.node.parents.indexOf(edge);

@@ -14,9 +14,9 @@
  * file the image names is opened as usual.
  */
 import { BlockError } from './errors.js';
-import { loadDriver } from './driver.js';
+import { loadDriver, type BlockDriver } from './driver.js';
 import { closeNode, openFormatOn, openHeaderBacking, setOptionsNameOpener, type OpenContext, type Storage } from './open.js';
-import { isTree, optBool, parseJsonName, parseProtocolFilename, type OptionsTree } from './options-tree.js';
+import { isTree, optBool, parseJsonName, parseProtocolFilename, qdictText, type OptionsTree } from './options-tree.js';
 import { BlockNode } from './node.js';
 
 export interface OpenTreeOptions {
@@ -81,6 +81,7 @@ async function openNode(
   // A leaf: a protocol named, or a bare file name at a child position.
   const isProtocol = drv ? drv.kind === 'protocol' : HOST_PROTOCOLS.has(driverName ?? '') || (driverName === undefined && pos === 'child');
   if (isProtocol) return openProtocolNode(ctx, driverName ?? 'file', t, readOnly);
+  if (drv?.childList) return openListNode(ctx, drv, t, readOnly, top);
 
   // A format or filter (or a format to probe): its child first.
   const childKey = driverName === 'blkdebug' ? 'image' : 'file';
@@ -135,6 +136,58 @@ async function openNode(
     if (bs.driver.supportsBacking) await openBackingOf(ctx, bs, t, top);
   } catch (e) {
     await closeNode(bs);
+    throw e;
+  }
+  return bs;
+}
+
+/**
+ * The entries of a list option (`children`): an array, or a dict whose keys
+ * are exactly 0..n-1 (--image-opts' `children.0.…`); absent, none.
+ */
+function listEntries(v: unknown, key: string): unknown[] {
+  if (v === undefined) return [];
+  if (Array.isArray(v)) return v;
+  if (isTree(v)) {
+    const keys = Object.keys(v);
+    if (keys.every((k) => /^\d+$/.test(k) && Number(k) < keys.length)) return keys.map((_, i) => v[String(i)]);
+  }
+  throw new BlockError('EINVAL', `Option ${key} is not a valid array`);
+}
+
+/**
+ * A node whose children are a list (quorum): each entry opens as an image
+ * (its format probed unless named) and is attached as `<key>.N`, role
+ * `data`; then the driver opens on top. The node's name is its json:
+ * options, as QEMU names a node no plain file name reopens.
+ */
+async function openListNode(ctx: OpenContext, drv: BlockDriver, t: OptionsTree, readOnly: boolean, top: OpenTreeOptions): Promise<BlockNode> {
+  const key = drv.childList!;
+  const entries = listEntries(t[key], key);
+  const children: BlockNode[] = [];
+  try {
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
+      if (typeof e === 'string') throw new BlockError('ENOENT', `Cannot find device='${e}' nor node-name='${e}'`);
+      if (!isTree(e)) throw new BlockError('EINVAL', `Invalid parameter type for '${key}.${i}', expected: dict`);
+      children.push(await openNode(ctx, e, 'image', readOnly, { ...top, format: undefined }, false));
+    }
+  } catch (e) {
+    for (const c of children) await closeNode(c);
+    throw e;
+  }
+  const driverOptions: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(t)) if (!GENERIC.has(k) && k !== key) driverOptions[k] = v;
+  const opts = { ...driverOptions, readOnly };
+  const named: Record<string, unknown> = { driver: drv.name, [key]: entries };
+  for (const k of drv.strongRuntimeOpts ?? []) if (t[k] !== undefined) named[k] = t[k];
+  const bs = new BlockNode(drv, `json:${qdictText(named)}`, opts, typeof t['node-name'] === 'string' ? t['node-name'] : undefined);
+  children.forEach((c, i) => bs.attach(c, 'data', `${key}.${i}`));
+  try {
+    await drv.open(bs, opts);
+  } catch (e) {
+    bs.closed = true;
+    for (const c of bs.detachDataChildren()) await closeNode(c);
     throw e;
   }
   return bs;

@@ -235,6 +235,21 @@ async function openBacking(ctx: OpenContext, bs: BlockNode, chain: string[], bac
 }
 
 /**
+ * QEMU's bdrv_dirname: the directory relative names stored in `bs` resolve
+ * against (the part of its innermost file's name up to the last slash).
+ * Throws, with QEMU's text, where no single directory exists (a quorum below).
+ */
+export function bdrvDirname(bs: BlockNode): string {
+  for (let n = bs; ; n = n.file.node) {
+    if (n.driver.dirname) return n.driver.dirname(n);
+    if (!n.file) {
+      if (n.driver.kind !== 'protocol') throw new BlockError('EINVAL', `Cannot generate a base directory for ${n.driver.name} nodes`);
+      return n.filename.slice(0, n.filename.lastIndexOf('/') + 1);
+    }
+  }
+}
+
+/**
  * Opens a file that `bs` refers to (an external data file) through the same
  * storage, as a protocol node attached under `role`.
  */
@@ -277,6 +292,7 @@ export async function closeNode(bs: BlockNode, keep?: (child: BlockNode) => bool
       const child = bs.detach(role);
       if (child && !keep?.(child)) await closeNode(child, keep);
     }
+    for (const child of bs.detachDataChildren()) if (!keep?.(child)) await closeNode(child, keep);
   }
 }
 

@@ -100,6 +100,16 @@ function listify(v: OptionValue): OptionValue {
   return v;
 }
 
+/** QEMU's JSON text of options (a `json:` name): sorted keys, ", " and ": " between members. */
+export function qdictText(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(qdictText).join(', ')}]`;
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}: ${qdictText(o[k])}`).join(', ')}}`;
+  }
+  return JSON.stringify(v);
+}
+
 /** Merges `b` into `a` (b wins), dict by dict: `-o` options on top of a json: name's. */
 export function mergeTrees(a: OptionsTree, b: OptionsTree): OptionsTree {
   const out: OptionsTree = { ...a };

@@ -7,7 +7,7 @@
  */
 import { fs } from '../protocols/node-fs.js';
 import { fileURLToPath } from 'node:url';
-import { isBlockError } from '../block/errors.js';
+import { isBlockError, setErrorWording } from '../block/errors.js';
 import { listDrivers } from '../block/driver.js';
 import { ReportsError, UsageError } from './args.js';
 import { takeObjectOptions } from './objects.js';
@@ -167,6 +167,8 @@ function isEntry(): boolean {
 /** Runs the process's command line (the CLI started as a program: this file, or the bundle's entry src/cli/bin.ts). */
 export function runAsEntry(): void {
   const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s) };
+  // Invoked as qemu-img or qemu-io, errors speak QEMU's words where it has its own (src/block/errors.ts).
+  if (invokedAs() !== 'blocktab') setErrorWording('qemu');
   // Invoked as qemu-io, the whole command line is qemu-io's.
   const argv = invokedAs() === 'qemu-io' ? ['io', ...process.argv.slice(2)] : process.argv.slice(2);
   main(argv, out).then(

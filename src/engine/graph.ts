@@ -277,8 +277,7 @@ export abstract class EngineGraph extends EngineEvents {
 
   /** After bs's users went from `before` to `after`: each child whose edge now takes or shares otherwise must still agree with its other users. */
   private checkChildren(bs: BlockNode, before: PermPair, after: PermPair): void {
-    for (const c of [bs.file, bs.backing, bs.dataFile]) {
-      if (!c) continue;
+    for (const c of bs.children()) {
       const was = childPerms(bs, c.role, before);
       const now = childPerms(bs, c.role, after);
       if (was.perm === now.perm && was.shared === now.shared) continue;
@@ -332,7 +331,7 @@ export abstract class EngineGraph extends EngineEvents {
     // In the order QEMU creates nodes: a node's file first, then the node, then its backing chain.
     const visit = (n: BlockNode, name?: string) => {
       if (this.names.has(n)) return;
-      for (const c of [n.file, n.dataFile]) if (c) visit(c.node);
+      for (const c of [n.file, n.dataFile, ...n.dataChildren]) if (c) visit(c.node);
       const nn = name ?? n.nodeName;
       this.nodes.set(nn, n);
       this.names.set(n, nn);
@@ -354,7 +353,7 @@ export abstract class EngineGraph extends EngineEvents {
     const walk = (n: BlockNode) => {
       if (all.includes(n)) return;
       all.push(n);
-      for (const c of [n.file, n.backing, n.dataFile]) if (c) walk(c.node);
+      for (const c of n.children()) walk(c.node);
     };
     walk(bs);
     try {

@@ -8,5 +8,5 @@ import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 
 export function requireReadOnly(bs: BlockNode, format: string): void {
-  if (!bs.readOnly) throw new BlockError('EACCES', `${bs.filename}: Image is read-only (${format} images can only be read)`);
+  if (!bs.readOnly) throw new BlockError('EACCES', `${bs.filename}: Image is read-only (${format} images can only be read)`, { qemuMessage: 'Image is read-only' });
 }

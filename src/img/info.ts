@@ -4,7 +4,8 @@
  * `--output=json` is a straight serialisation (src/img/qobject.ts).
  */
 import type { BlockNode } from '../block/node.js';
-import { pathCombine } from '../block/open.js';
+import { bdrvDirname, hasProtocol } from '../block/open.js';
+import { qdictText } from '../block/options-tree.js';
 import type { QDict } from './qobject.js';
 import type { SnapshotInfo } from '../block/info.js';
 
@@ -61,15 +62,6 @@ export async function allocatedFileSize(bs: BlockNode): Promise<number | undefin
   return allocatedFileSize(bs.file.node);
 }
 
-/** QEMU's JSON text of options: sorted keys, ", " and ": " between members. */
-function qdictText(v: unknown): string {
-  if (v && typeof v === 'object') {
-    const o = v as Record<string, unknown>;
-    return `{${Object.keys(o).sort().map((k) => `${JSON.stringify(k)}: ${qdictText(o[k])}`).join(', ')}}`;
-  }
-  return JSON.stringify(v);
-}
-
 /**
  * The options that would open `bs` again (the part of QEMU's
  * bdrv_refresh_filename that blocktab's graphs need): a protocol node's
@@ -77,6 +69,12 @@ function qdictText(v: unknown): string {
  * names, a filter's file.
  */
 function nodeOptions(bs: BlockNode): Record<string, unknown> {
+  if (bs.dataChildren.length > 0) {
+    // A list of children (quorum): its strong options and every child's.
+    const o: Record<string, unknown> = { driver: bs.driver.name, children: bs.dataChildren.map((c) => nodeOptions(c.node)) };
+    for (const k of bs.driver.strongRuntimeOpts ?? []) if (bs.options[k] !== undefined) o[k] = bs.options[k];
+    return o;
+  }
   if (bs.driver.kind === 'protocol' || !bs.file) return { driver: bs.driver.name, filename: bs.filename };
   const o: Record<string, unknown> = { driver: bs.driver.name, file: nodeOptions(bs.file.node) };
   for (const k of bs.driver.strongRuntimeOpts ?? []) if (bs.options[k] !== undefined) o[k] = bs.options[k];
@@ -93,10 +91,44 @@ function nodeOptions(bs: BlockNode): Record<string, unknown> {
  * node is not the one its header names; a key secret given to open it, 198).
  */
 export function displayFilename(bs: BlockNode): string {
+  if (bs.dataChildren.length > 0) return `json:${qdictText(nodeOptions(bs))}`;
   if (bs.driver.kind === 'protocol' || !bs.file) return bs.filename;
   const o = nodeOptions(bs);
   const strong = bs.driver.strongRuntimeOpts?.some((k) => k in o);
-  return bs.driver.kind === 'filter' || 'backing' in o || strong ? `json:${qdictText(o)}` : bs.filename;
+  return bs.driver.kind === 'filter' || 'backing' in o || strong || !reconstructable(bs.file.node) ? `json:${qdictText(o)}` : bs.filename;
+}
+
+/**
+ * Whether a plain name opens `bs` as it is (QEMU's exact_filename is set):
+ * a protocol node; blkdebug with no options but a config file; a filter or
+ * format without strong options over such a node. A quorum never is. A
+ * format over a node that is not has only a json:{…} name too.
+ */
+function reconstructable(bs: BlockNode): boolean {
+  if (bs.dataChildren.length > 0) return false;
+  if (bs.driver.kind === 'protocol' || !bs.file) return true;
+  if (bs.driver.name === 'blkdebug' && Object.keys(bs.options).some((k) => BLKDEBUG_STRONG.test(k))) return false;
+  if (bs.driver.strongRuntimeOpts?.some((k) => bs.options[k] !== undefined)) return false;
+  return reconstructable(bs.file.node);
+}
+
+/** blkdebug's options that change what it does (QEMU's blkdebug_refresh_filename keeps a plain name only without them). */
+const BLKDEBUG_STRONG = /^(inject-error|set-state|align|max-transfer|opt-write-zero|max-write-zero|opt-discard|max-discard|take-child-perms|unshare-child-perms)(\.|$)/;
+
+/**
+ * The backing file name resolved against the image's directory (QEMU's
+ * bdrv_get_full_backing_filename), or undefined where the image has no
+ * single directory (a quorum below it): info then says "cannot determine
+ * actual path".
+ */
+function fullBackingFilename(bs: BlockNode, backing: string): string | undefined {
+  if (bs.fullBackingFilename) return bs.fullBackingFilename;
+  if (backing === '' || backing.startsWith('/') || hasProtocol(backing)) return backing;
+  try {
+    return bdrvDirname(bs) + backing;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Information about `bs` alone (its backing chain is not visited). */
@@ -118,7 +150,8 @@ export async function imageInfo(bs: BlockNode): Promise<ImageInfo> {
   };
   if (bs.backingFile) {
     info['backing-filename'] = bs.backingFile;
-    info['full-backing-filename'] = bs.fullBackingFilename ?? pathCombine(bs.filename, bs.backingFile);
+    const full = fullBackingFilename(bs, bs.backingFile);
+    if (full !== undefined) info['full-backing-filename'] = full;
     if (bs.backingFormat) info['backing-filename-format'] = bs.backingFormat;
   }
   const snaps = drv.listSnapshots?.(bs) ?? [];

@@ -250,7 +250,8 @@ describe('bochs: bad input', () => {
   it('extent size not a power of two', () => openFails('bochs', bochs({ header: (h) => void (h.extent = 3072) }), 'EINVAL', /not a power of two/));
   it('extent size too large', () => openFails('bochs', bochs({ header: (h) => void (h.extent = 0x1000000) }), 'EINVAL', /is too large/));
   it('catalog too small for the disk size', () => openFails('bochs', bochs({ header: (h) => void (h.disk = 2 ** 40) }), 'EINVAL', /too small for this disk size/));
-  it('absurd disk size', () => openFails('bochs', bochs({ header: (h) => void (h.disk = 2 ** 62) }), 'EFBIG', /disk size .* at 0x58 is too large/));
+  // QEMU's order: no catalog (at most 1M entries of 8 MiB) covers a disk past 2^53, so the catalog check answers first.
+  it('absurd disk size', () => openFails('bochs', bochs({ header: (h) => void (h.disk = 2 ** 62) }), 'EINVAL', /catalog size \d+ at 0x48 is too small for this disk size/));
   it('bitmap too small for the extent', () => openFails('bochs', bochs({ header: (h) => void (h.bitmap = 0) }), 'EINVAL', /bitmap size 0 at 0x4c/));
   it('catalog past the end of the file', () => openFails('bochs', bochs({ header: (h) => void (h.header = 1 << 20) }), 'ECORRUPT', /catalog at 0x100000 .* runs past the end/));
   it('catalog entry pointing past the end of the file', () =>

@@ -97,8 +97,7 @@ function replaceNode(engine: Engine, from: BlockNode, to: BlockNode): void {
   }
   for (const edge of [...from.parents]) {
     if (edge.parent === to) continue;
-    edge.parent.detach(edge.role);
-    edge.parent.attach(to, edge.role);
+    edge.parent.replaceChild(edge, to);
   }
 }
 

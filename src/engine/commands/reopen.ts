@@ -32,7 +32,7 @@ interface ReopenPlan {
 /** Whether `bs` is `from` or below it (backing, file and data-file edges). */
 function reaches(from: BlockNode, bs: BlockNode): boolean {
   if (from === bs) return true;
-  return [from.file, from.backing, from.dataFile].some((c) => c !== null && reaches(c.node, bs));
+  return from.children().some((c) => reaches(c.node, bs));
 }
 
 function planReopen(engine: Engine, o: Args, prefix: string): ReopenPlan {

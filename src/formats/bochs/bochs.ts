@@ -60,26 +60,46 @@ export const bochsDriver: BlockDriver = {
     const image = bs.filename;
     const file = bs.file!.node;
     const fileSize = file.totalBytes;
-    if (fileSize < BOCHS_HEADER_SIZE) throw new BlockError('EINVAL', `${image}: Image not in Bochs format (the file is shorter than the ${BOCHS_HEADER_SIZE}-byte header)`);
+    if (fileSize < BOCHS_HEADER_SIZE) throw new BlockError('EINVAL', `${image}: Image not in Bochs format (the file is shorter than the ${BOCHS_HEADER_SIZE}-byte header)`, {
+        qemuMessage: 'Image not in Bochs format',
+      });
     const hbuf = new Uint8Array(BOCHS_HEADER_SIZE);
     await bdrvPread(file, 0, hbuf.length, hbuf);
     const h = parseBochsHeader(hbuf);
-    if (!isBochsGrowing(h)) throw new BlockError('EINVAL', `${image}: Image not in Bochs format (header at 0x0)`);
+    if (!isBochsGrowing(h)) throw new BlockError('EINVAL', `${image}: Image not in Bochs format (header at 0x0)`, { qemuMessage: 'Image not in Bochs format' });
     const st = bochsHeaderStruct(h.version);
     const at = (f: 'catalog' | 'bitmap' | 'extent' | 'header' | 'disk') => hex(st.offsetOf(f));
 
+    // QEMU's order and texts (qemuMessage); ours name the field and its offset.
     const totalSectors = Math.floor(h.disk / SECTOR);
+    if (h.catalog > BOCHS_MAX_CATALOG) {
+      throw new BlockError('EFBIG', `${image}: bochs header: catalog size ${h.catalog} at ${at('catalog')} is too large (at most ${BOCHS_MAX_CATALOG} entries)`, {
+        qemuMessage: 'Catalog size is too large',
+      });
+    }
+    if (h.extent < SECTOR) {
+      throw new BlockError('EINVAL', `${image}: bochs header: extent size ${h.extent} at ${at('extent')} must be at least 512`, {
+        qemuMessage: 'Extent size must be at least 512',
+      });
+    }
+    if (h.extent & (h.extent - 1)) {
+      throw new BlockError('EINVAL', `${image}: bochs header: extent size ${h.extent} at ${at('extent')} is not a power of two`, {
+        qemuMessage: `Extent size ${h.extent} is not a power of two`,
+      });
+    }
+    if (h.extent > BOCHS_MAX_EXTENT) {
+      throw new BlockError('EINVAL', `${image}: bochs header: extent size ${h.extent} at ${at('extent')} is too large`, {
+        qemuMessage: `Extent size ${h.extent} is too large`,
+      });
+    }
+    if (h.catalog < Math.ceil(totalSectors / (h.extent / SECTOR))) {
+      throw new BlockError('EINVAL', `${image}: bochs header: catalog size ${h.catalog} at ${at('catalog')} is too small for this disk size (${h.disk} bytes)`, {
+        qemuMessage: 'Catalog size is too small for this disk size',
+      });
+    }
+    // Unreachable after the catalog check (1M entries of 8 MiB extents stay far below 2^53), kept as the bound JS numbers need.
     if (totalSectors * SECTOR > Number.MAX_SAFE_INTEGER) {
       throw new BlockError('EFBIG', `${image}: bochs header: disk size ${h.disk} at ${at('disk')} is too large`);
-    }
-    if (h.catalog > BOCHS_MAX_CATALOG) {
-      throw new BlockError('EFBIG', `${image}: bochs header: catalog size ${h.catalog} at ${at('catalog')} is too large (at most ${BOCHS_MAX_CATALOG} entries)`);
-    }
-    if (h.extent < SECTOR) throw new BlockError('EINVAL', `${image}: bochs header: extent size ${h.extent} at ${at('extent')} must be at least 512`);
-    if (h.extent & (h.extent - 1)) throw new BlockError('EINVAL', `${image}: bochs header: extent size ${h.extent} at ${at('extent')} is not a power of two`);
-    if (h.extent > BOCHS_MAX_EXTENT) throw new BlockError('EINVAL', `${image}: bochs header: extent size ${h.extent} at ${at('extent')} is too large`);
-    if (h.catalog < Math.ceil(totalSectors / (h.extent / SECTOR))) {
-      throw new BlockError('EINVAL', `${image}: bochs header: catalog size ${h.catalog} at ${at('catalog')} is too small for this disk size (${h.disk} bytes)`);
     }
     const sectorsPerExtent = h.extent / SECTOR;
     if (h.bitmap * 8 < sectorsPerExtent || h.bitmap > h.extent) {

@@ -40,8 +40,8 @@ interface CloopState {
 
 const SECTOR = 512;
 
-function corrupt(image: string, what: string): BlockError {
-  return new BlockError('ECORRUPT', `${image}: cloop ${what}`);
+function corrupt(image: string, what: string, qemuMessage?: string): BlockError {
+  return new BlockError('ECORRUPT', `${image}: cloop ${what}`, qemuMessage === undefined ? undefined : { qemuMessage });
 }
 
 async function readBlock(bs: BlockNode, s: CloopState, block: number): Promise<Uint8Array> {
@@ -81,19 +81,29 @@ export const cloopDriver: BlockDriver = {
       throw new BlockError('ENOTSUP', `${image}: cloop ${version} images are not supported (only V2.0, as QEMU)`);
     }
     const at = (f: 'block_size' | 'num_blocks') => hex(CLOOP_HEAD.offsetOf(f));
-    if (h.block_size === 0) throw new BlockError('EINVAL', `${image}: cloop header: block_size at ${at('block_size')} cannot be zero`);
+    if (h.block_size === 0) throw new BlockError('EINVAL', `${image}: cloop header: block_size at ${at('block_size')} cannot be zero`, {
+        qemuMessage: 'block_size cannot be zero',
+      });
     if (h.block_size % SECTOR) {
-      throw new BlockError('EINVAL', `${image}: cloop header: block_size ${h.block_size} at ${at('block_size')} must be a multiple of 512`);
+      throw new BlockError('EINVAL', `${image}: cloop header: block_size ${h.block_size} at ${at('block_size')} must be a multiple of 512`, {
+        qemuMessage: `block_size ${h.block_size} must be a multiple of 512`,
+      });
     }
     if (h.block_size > CLOOP_MAX_BLOCK_SIZE) {
-      throw new BlockError('EINVAL', `${image}: cloop header: block_size ${h.block_size} at ${at('block_size')} must be ${CLOOP_MAX_BLOCK_SIZE >> 20} MB or less`);
+      throw new BlockError('EINVAL', `${image}: cloop header: block_size ${h.block_size} at ${at('block_size')} must be ${CLOOP_MAX_BLOCK_SIZE >> 20} MB or less`, {
+        qemuMessage: `block_size ${h.block_size} must be ${CLOOP_MAX_BLOCK_SIZE >> 20} MB or less`,
+      });
     }
     if (h.num_blocks > CLOOP_MAX_NUM_BLOCKS) {
-      throw new BlockError('EINVAL', `${image}: cloop header: num_blocks ${h.num_blocks} at ${at('num_blocks')} must be ${CLOOP_MAX_NUM_BLOCKS} or less`);
+      throw new BlockError('EINVAL', `${image}: cloop header: num_blocks ${h.num_blocks} at ${at('num_blocks')} must be ${CLOOP_MAX_NUM_BLOCKS} or less`, {
+        qemuMessage: `n_blocks ${h.num_blocks} must be ${CLOOP_MAX_NUM_BLOCKS} or less`,
+      });
     }
     const tableBytes = (h.num_blocks + 1) * 8;
     if (tableBytes > CLOOP_MAX_OFFSETS_BYTES) {
-      throw new BlockError('EINVAL', `${image}: cloop header: num_blocks ${h.num_blocks} at ${at('num_blocks')} needs too many offsets, try increasing block size`);
+      throw new BlockError('EINVAL', `${image}: cloop header: num_blocks ${h.num_blocks} at ${at('num_blocks')} needs too many offsets, try increasing block size`, {
+        qemuMessage: 'image requires too many offsets, try increasing block size',
+      });
     }
     if (CLOOP_OFFSETS_START + tableBytes > fileSize) {
       throw corrupt(image, `offset table at ${hex(CLOOP_OFFSETS_START)} (${h.num_blocks + 1} entries) runs past the end of the file (${fileSize} bytes)`);
@@ -107,10 +117,18 @@ export const cloopDriver: BlockDriver = {
     for (let i = 1; i <= h.num_blocks; i++) {
       const where = hex(CLOOP_OFFSETS_START + i * 8);
       if (offsets[i]! < offsets[i - 1]!) {
-        throw corrupt(image, `offset table entry ${i} at ${where}: offsets not monotonically increasing (${hex(offsets[i]!)} < ${hex(offsets[i - 1]!)})`);
+        throw corrupt(
+          image,
+          `offset table entry ${i} at ${where}: offsets not monotonically increasing (${hex(offsets[i]!)} < ${hex(offsets[i - 1]!)})`,
+          `offsets not monotonically increasing at index ${i}, image file is corrupt`,
+        );
       }
       if (offsets[i]! - offsets[i - 1]! > 2 * CLOOP_MAX_BLOCK_SIZE) {
-        throw corrupt(image, `offset table entry ${i} at ${where}: invalid compressed block size ${offsets[i]! - offsets[i - 1]!}`);
+        throw corrupt(
+          image,
+          `offset table entry ${i} at ${where}: invalid compressed block size ${offsets[i]! - offsets[i - 1]!}`,
+          `invalid compressed block size at index ${i}, image file is corrupt`,
+        );
       }
     }
     bs.opaque = { blockSize: h.block_size, numBlocks: h.num_blocks, offsets, cache: new ChunkCache() } satisfies CloopState;

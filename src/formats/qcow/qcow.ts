@@ -293,16 +293,20 @@ export const qcowDriver: BlockDriver = {
     const file = bs.file!.node;
     const image = bs.filename;
     const h = parseQcowHeader(await readStructure(file, image, 'qcow header', 0, QCOW1_HEADER_BYTES));
-    const bad = (why: string, code: 'EINVAL' | 'ENOTSUP' | 'EFBIG' = 'EINVAL') => new BlockError(code, `${image}: ${why}`);
+    // QEMU's order of checks; qemuMessage is its text where ours adds the field's value.
+    const bad = (why: string, qemuMessage?: string, code: 'EINVAL' | 'ENOTSUP' | 'EFBIG' = 'EINVAL') =>
+      new BlockError(code, `${image}: ${why}`, qemuMessage === undefined ? undefined : { qemuMessage });
     if (h.magic !== QCOW1_MAGIC) throw bad('Image not in qcow format');
     if (h.version !== QCOW1_VERSION) {
       const hint = h.version === 2 || h.version === 3 ? " (try the 'qcow2' driver instead)" : '';
-      throw bad(`qcow (v1) does not support qcow version ${h.version}${hint}`, 'ENOTSUP');
+      throw bad(`qcow (v1) does not support qcow version ${h.version}${hint}`, undefined, 'ENOTSUP');
     }
     if (h.size <= 1) throw bad('Image size is too small (must be at least 2 bytes)');
-    if (h.clusterBits < 9 || h.clusterBits > 16) throw bad(`Cluster size must be between 512 and 64k (cluster_bits ${h.clusterBits} in the qcow header)`);
-    if (h.l2Bits < 6 || h.l2Bits > 13) throw bad(`L2 table size must be between 512 and 64k (l2_bits ${h.l2Bits} in the qcow header)`);
-    if (h.cryptMethod !== QCOW1_CRYPT_NONE && h.cryptMethod !== QCOW1_CRYPT_AES) throw bad(`invalid encryption method in qcow header (crypt_method ${h.cryptMethod})`);
+    if (h.clusterBits < 9 || h.clusterBits > 16) throw bad(`Cluster size must be between 512 and 64k (cluster_bits ${h.clusterBits} in the qcow header)`, 'Cluster size must be between 512 and 64k');
+    if (h.l2Bits < 6 || h.l2Bits > 13) throw bad(`L2 table size must be between 512 and 64k (l2_bits ${h.l2Bits} in the qcow header)`, 'L2 table size must be between 512 and 64k');
+    if (h.cryptMethod !== QCOW1_CRYPT_NONE && h.cryptMethod !== QCOW1_CRYPT_AES) {
+      throw bad(`invalid encryption method in qcow header (crypt_method ${h.cryptMethod})`, 'invalid encryption method in qcow header');
+    }
     let cipher: AesCbcPlain64 | undefined;
     if (h.cryptMethod === QCOW1_CRYPT_AES) {
       const secretId = options['encrypt.key-secret'];
@@ -317,14 +321,16 @@ export const qcowDriver: BlockDriver = {
       bs.encrypted = true;
     }
     const shift = 2 ** (h.clusterBits + h.l2Bits);
-    if (h.size > Number.MAX_SAFE_INTEGER - shift) throw bad(`Image too large (size ${h.size} in the qcow header)`);
+    if (h.size > Number.MAX_SAFE_INTEGER - shift) throw bad(`Image too large (size ${h.size} in the qcow header)`, 'Image too large');
     const l1Size = Math.ceil(h.size / shift);
-    if (l1Size > 0x7fffffff / 8) throw bad(`Image too large (size ${h.size} in the qcow header)`);
+    if (l1Size > 0x7fffffff / 8) throw bad(`Image too large (size ${h.size} in the qcow header)`, 'Image too large');
     const l1Raw = view(await readStructure(file, image, 'qcow L1 table', h.l1TableOffset, l1Size * 8));
     const l1 = new Float64Array(l1Size);
     for (let i = 0; i < l1Size; i++) l1[i] = l1Raw.getUint32(i * 8) * 0x100000000 + l1Raw.getUint32(i * 8 + 4);
     if (h.backingFileOffset !== 0) {
-      if (h.backingFileSize > MAX_BACKING_NAME) throw bad(`Backing file name too long (${h.backingFileSize} bytes at ${hex(h.backingFileOffset)})`);
+      if (h.backingFileSize > MAX_BACKING_NAME) {
+        throw bad(`Backing file name too long (${h.backingFileSize} bytes at ${hex(h.backingFileOffset)})`, 'Backing file name too long');
+      }
       const name = await readStructure(file, image, 'qcow backing file name', h.backingFileOffset, h.backingFileSize);
       bs.backingFile = new TextDecoder().decode(name);
       bs.backingFormat = null;

@@ -137,22 +137,30 @@ function tableOffsetOk(s: QedState, offset: number): boolean {
 }
 
 function validateHeader(image: string, h: QedHeader): void {
-  const bad = (what: string, code: 'EINVAL' | 'ENOTSUP' = 'EINVAL') => new BlockError(code, `${image}: ${what}`);
+  // QEMU's order of checks; qemuMessage is its text where it words the failure without the value.
+  const bad = (what: string, qemuMessage?: string, code: 'EINVAL' | 'ENOTSUP' = 'EINVAL') =>
+    new BlockError(code, `${image}: ${what}`, qemuMessage === undefined ? undefined : { qemuMessage });
   if (h.magic !== QED_MAGIC) throw bad('Image not in QED format');
   if (h.features & ~QED_FEATURE_MASK || h.features > 0xffffffff) {
-    throw bad(`Unsupported QED features: ${(h.features - (h.features & QED_FEATURE_MASK)).toString(16)}`, 'ENOTSUP');
+    throw bad(`Unsupported QED features: ${(h.features - (h.features & QED_FEATURE_MASK)).toString(16)}`, undefined, 'ENOTSUP');
   }
   if (!isPow2(h.clusterSize) || h.clusterSize < QED_MIN_CLUSTER_SIZE || h.clusterSize > QED_MAX_CLUSTER_SIZE) {
-    throw bad(`invalid QED cluster size ${h.clusterSize} in the header (a power of two from ${QED_MIN_CLUSTER_SIZE} to ${QED_MAX_CLUSTER_SIZE})`);
+    throw bad(`invalid QED cluster size ${h.clusterSize} in the header (a power of two from ${QED_MIN_CLUSTER_SIZE} to ${QED_MAX_CLUSTER_SIZE})`, 'QED cluster size is invalid');
   }
   if (!isPow2(h.tableSize) || h.tableSize < QED_MIN_TABLE_SIZE || h.tableSize > QED_MAX_TABLE_SIZE) {
-    throw bad(`invalid QED table size ${h.tableSize} in the header (a power of two from ${QED_MIN_TABLE_SIZE} to ${QED_MAX_TABLE_SIZE} clusters)`);
+    throw bad(`invalid QED table size ${h.tableSize} in the header (a power of two from ${QED_MIN_TABLE_SIZE} to ${QED_MAX_TABLE_SIZE} clusters)`, 'QED table size is invalid');
   }
   const max = qedMaxImageSize(h.clusterSize, h.tableSize);
   if (h.imageSize % 512 || h.imageSize > max) {
-    throw bad(`invalid QED image size ${h.imageSize} in the header (a multiple of 512 up to ${max})`);
+    throw bad(`invalid QED image size ${h.imageSize} in the header (a multiple of 512 up to ${max})`, 'QED image size is invalid');
   }
-  if (h.headerSize === 0 || h.headerSize > 0xffffffff / h.clusterSize) throw bad(`invalid QED header size ${h.headerSize} clusters`);
+}
+
+/** After the L1 table offset check, as QEMU: the header size in bytes must fit 32 bits (and, ours, not be 0). */
+function validateHeaderSize(image: string, h: QedHeader): void {
+  if (h.headerSize === 0 || h.headerSize > 0xffffffff / h.clusterSize) {
+    throw new BlockError('EINVAL', `${image}: invalid QED header size ${h.headerSize} clusters`, h.headerSize === 0 ? undefined : { qemuMessage: 'QED header size is too large' });
+  }
 }
 
 async function loadL2(s: QedState, l2Offset: number, l1Index: number): Promise<Float64Array> {
@@ -246,12 +254,16 @@ export const qedDriver: BlockDriver = {
       throw new BlockError(
         'ECORRUPT',
         `${image}: invalid QED L1 table offset ${hex(header.l1TableOffset)} (${header.tableSize} clusters of ${cs} bytes; the header area ends at ${hex(header.headerSize * cs)}, the file at ${hex(s.fileSize)})`,
+        { qemuMessage: 'QED table offset is invalid' },
       );
     }
+    validateHeaderSize(image, header);
     if (header.features & QED_F_BACKING_FILE) {
       const { backingFilenameOffset: off, backingFilenameSize: n } = header;
       if (off + n > cs * header.headerSize) {
-        throw new BlockError('ECORRUPT', `${image}: QED backing file name at ${hex(off)} (${n} bytes) lies outside the header area`);
+        throw new BlockError('ECORRUPT', `${image}: QED backing file name at ${hex(off)} (${n} bytes) lies outside the header area`, {
+          qemuMessage: 'QED backing filename offset is invalid',
+        });
       }
       if (n > QED_MAX_BACKING_NAME) throw new BlockError('EINVAL', `${image}: QED backing file name at ${hex(off)} is too long (${n} bytes)`);
       const name = await readStructure(file, image, 'QED backing file name', off, n);

@@ -76,12 +76,12 @@ export function parseDescriptor(text: string, where: string): Descriptor {
       const sectors = Number(sectorsText);
       let offset = offsetText === undefined ? -1 : Number(offsetText);
       if (type === 'FLAT') {
-        if (offsetText === undefined || offset < 0) throw new BlockError('EINVAL', `${where}: Invalid extent line: ${line}`);
+        if (offsetText === undefined || offset < 0) throw new BlockError('EINVAL', `${where}: Invalid extent line: ${line}`, { qemuMessage: `Invalid extent line: ${line}` });
       } else if (type === 'VMFS') {
-        if (offsetText !== undefined) throw new BlockError('EINVAL', `${where}: Invalid extent line: ${line}`);
+        if (offsetText !== undefined) throw new BlockError('EINVAL', `${where}: Invalid extent line: ${line}`, { qemuMessage: `Invalid extent line: ${line}` });
         offset = 0;
       } else if (offsetText !== undefined) {
-        throw new BlockError('EINVAL', `${where}: Invalid extent line: ${line}`);
+        throw new BlockError('EINVAL', `${where}: Invalid extent line: ${line}`, { qemuMessage: `Invalid extent line: ${line}` });
       }
       if (!(sectors > 0) || !EXTENT_TYPES.includes(type!)) continue;
       if (!Number.isSafeInteger(sectors * 512) || !Number.isSafeInteger(Math.max(offset, 0) * 512)) {

@@ -123,9 +123,16 @@ export function flatExtent(file: BlockNode, sectors: number, offset: number, typ
 
 /** Checks QEMU's limits (vmdk_add_extent) and reads the grain directory. */
 async function finishSparse(ext: VmdkExtent, l1Size: number, name: string): Promise<VmdkExtent> {
-  if (ext.clusterSectors > MAX_CLUSTER_SECTORS) throw new BlockError('EFBIG', `${name}: Invalid granularity, image may be corrupt (grain of ${ext.clusterSectors} sectors)`);
-  if (l1Size > MAX_L1_ENTRIES) throw new BlockError('EFBIG', `${name}: L1 size too big (grain directory of ${l1Size} entries)`);
-  if (!Number.isSafeInteger(ext.sectors * SECTOR_SIZE)) throw new BlockError('EFBIG', `${name}: capacity of ${ext.sectors} sectors is too large`);
+  if (ext.clusterSectors > MAX_CLUSTER_SECTORS) {
+    throw new BlockError('EFBIG', `${name}: Invalid granularity, image may be corrupt (grain of ${ext.clusterSectors} sectors)`, {
+      qemuMessage: 'Invalid granularity, image may be corrupt',
+    });
+  }
+  if (l1Size > MAX_L1_ENTRIES) {
+    throw new BlockError('EFBIG', `${name}: L1 size too big (grain directory of ${l1Size} entries)`, { qemuMessage: 'L1 size too big' });
+  }
+  // The header's capacity and grainSize may be approximate past 2^53 (sparse-header.ts): refused here.
+  if (!Number.isSafeInteger(ext.sectors) || !Number.isSafeInteger(ext.sectors * SECTOR_SIZE)) throw new BlockError('EFBIG', `${name}: capacity of ${ext.sectors} sectors is too large`);
   const bytes = l1Size * 4;
   const fileLen = ext.file.totalBytes;
   if (bytes > 0 && (ext.l1TableOffset >= fileLen || ext.l1TableOffset + bytes > fileLen)) {
@@ -203,7 +210,9 @@ export async function openSparseExtent(file: BlockNode, head: Uint8Array, type: 
   const compressed = h.compressAlgorithm === VMDK4_COMPRESSION_DEFLATE;
   if (h.version > 3) throw new BlockError('ENOTSUP', `${name}: Unsupported VMDK version ${h.version}`);
   if (h.version === 3 && !readOnly && !compressed) throw new BlockError('EINVAL', `${name}: VMDK version 3 must be read only`);
-  if (h.numGTEsPerGT > 512) throw new BlockError('EINVAL', `${name}: L2 table size too big (numGTEsPerGT ${h.numGTEsPerGT} in the header at 0x0)`);
+  if (h.numGTEsPerGT > 512) {
+    throw new BlockError('EINVAL', `${name}: L2 table size too big (numGTEsPerGT ${h.numGTEsPerGT} in the header at 0x0)`, { qemuMessage: 'L2 table size too big' });
+  }
   const l1EntrySectors = h.numGTEsPerGT * h.grainSize;
   if (l1EntrySectors === 0) throw new BlockError('EINVAL', `${name}: L1 entry size is invalid (numGTEsPerGT ${h.numGTEsPerGT}, grainSize ${h.grainSize})`);
   if (h.gdOffset < 0) throw new BlockError('EINVAL', `${name}: grain directory offset in the footer is still 'at end'`);

@@ -83,11 +83,18 @@ export interface GrainMarker {
   type: number;
 }
 
-function u64(dv: DataView, at: number, image: string, field: string, allowAtEnd = false): number {
+/**
+ * A u64 field. Past 2^53 it is refused here, except with `approximate`
+ * (capacity, grainSize, gdOffset): then the nearest double is returned, so the open
+ * can run QEMU's checks in QEMU's order ("Invalid granularity", "L1 size too
+ * big") on it; the extent refuses any value that is not exact afterwards
+ * (capacity) or that lies past the end of the file (the grain directory).
+ */
+function u64(dv: DataView, at: number, image: string, field: string, allowAtEnd = false, approximate = false): number {
   const lo = dv.getUint32(at, true);
   const hi = dv.getUint32(at + 4, true);
   if (allowAtEnd && hi === 0xffffffff && lo === 0xffffffff) return VMDK4_GD_AT_END;
-  if (hi >= 0x200000) throw new BlockError('EINVAL', `${image}: VMDK header field ${field} at ${hex(at)} is too large (${hex(hi)}${lo.toString(16).padStart(8, '0')})`);
+  if (hi >= 0x200000 && !approximate) throw new BlockError('EINVAL', `${image}: VMDK header field ${field} at ${hex(at)} is too large (${hex(hi)}${lo.toString(16).padStart(8, '0')})`);
   return hi * 0x100000000 + lo;
 }
 
@@ -109,13 +116,13 @@ export function parseSparseExtentHeader(buf: Uint8Array, image: string): SparseE
     magicNumber: dv.getUint32(0, false),
     version: dv.getUint32(4, true),
     flags: dv.getUint32(8, true),
-    capacity: u64(dv, 12, image, 'capacity'),
-    grainSize: u64(dv, 20, image, 'grainSize'),
+    capacity: u64(dv, 12, image, 'capacity', false, true),
+    grainSize: u64(dv, 20, image, 'grainSize', false, true),
     descriptorOffset: u64(dv, 28, image, 'descriptorOffset'),
     descriptorSize: u64(dv, 36, image, 'descriptorSize'),
     numGTEsPerGT: dv.getUint32(44, true),
     rgdOffset: u64(dv, 48, image, 'rgdOffset'),
-    gdOffset: u64(dv, 56, image, 'gdOffset', true),
+    gdOffset: u64(dv, 56, image, 'gdOffset', true, true),
     overHead: u64(dv, 64, image, 'overHead'),
     uncleanShutdown: dv.getUint8(72),
     compressAlgorithm: dv.getUint16(77, true),

@@ -19,12 +19,12 @@
  * Module map: sparse-header.ts (binary headers, markers), descriptor.ts
  * (descriptor text), extent.ts (extent model, grain lookup and reads).
  */
-import { BlockError } from '../../block/errors.js';
+import { BlockError, wrapError } from '../../block/errors.js';
 import { type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
-import { closeNode, openOwnedFile } from '../../block/open.js';
+import { bdrvDirname, closeNode, openOwnedFile } from '../../block/open.js';
 import { BDRV_BLOCK_COMPRESSED, BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
 import type { ImageInfoSpecific } from '../../block/info.js';
 import { DESCRIPTOR_FILE_CREATE_TYPES, MAX_DESCRIPTOR_BYTES, parseDescriptor, type Descriptor } from './descriptor.js';
@@ -70,6 +70,15 @@ async function openDescriptorExtents(bs: BlockNode, desc: Descriptor, owned: Blo
   const extents: VmdkExtent[] = [];
   for (const line of desc.extents) {
     if (line.type === 'SESPARSE') throw new BlockError('ENOTSUP', `${bs.filename}: seSparse extents are not supported: ${line.line}`);
+    if (!line.fileName.startsWith('/')) {
+      // A relative extent name needs the descriptor's directory, which a quorum below does not have.
+      try {
+        bdrvDirname(bs.file!.node);
+      } catch (e) {
+        if (e instanceof BlockError) throw wrapError(e, `Cannot use relative paths with VMDK descriptor file '${bs.file!.node.filename}': `);
+        throw e;
+      }
+    }
     const node = await openOwnedFile(bs, line.fileName);
     owned.push(node);
     if (line.type === 'FLAT' || line.type === 'VMFS') {
@@ -447,13 +456,16 @@ async function updateCid(bs: BlockNode, s: VmdkState): Promise<void> {
   if (s.cidUpdated) return;
   s.cidUpdated = true;
   const file = bs.file!.node;
-  const text = await readText(file, s.descOffset, DESC_SIZE);
+  // A descriptor file is read whole (QEMU: up to 16 MiB); an embedded one is DESC_SIZE bytes. A text cut short
+  // and written back one character longer would lose the character at the cut (iotest 059's 500-extent descriptor).
+  if (s.descOffset === 0 && file.totalBytes > 16 * 1024 * 1024) throw new BlockError('EFBIG', `${bs.filename}: VMDK description file too big (${file.totalBytes} bytes)`, { qemuMessage: 'VMDK description file too big' });
+  const text = await readText(file, s.descOffset, s.descOffset === 0 ? file.totalBytes : DESC_SIZE);
   const end = text.indexOf('\0') >= 0 ? text.indexOf('\0') : text.length;
   const body = text.slice(0, end);
   const m = /^CID=[0-9a-fA-F]*$/m.exec(body);
   if (!m) throw new BlockError('EINVAL', `${bs.filename}: the descriptor at 0x${s.descOffset.toString(16)} has no CID line to update`);
   const cid = (Math.random() * 0x100000000) >>> 0;
-  const line = `CID=${cid.toString(16).padStart(8, '0')}`;
+  const line = `CID=${cid.toString(16)}`; // unpadded, as QEMU's vmdk_write_cid
   let next = body.slice(0, m.index) + line + body.slice(m.index + m[0].length);
   if (next.length < body.length) next = next + '\n'.repeat(body.length - next.length);
   const bytes = new Uint8Array(next.length);
