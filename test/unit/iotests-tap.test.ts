@@ -17,4 +17,8 @@ describe('iotests runner: check TAP verdicts', () => {
     const r: Map<string, string> = parseTap('# running bochs 008# running bochs 001\n\nok bochs 008 # SKIP not suitable for this image format: bochs\n# running bochs 009\nok bochs 001\n');
     expect(Object.fromEntries(r)).toEqual({ '008': 'skip', '001': 'pass' });
   });
+  it('verdicts of parallel tests run together are each read (raw 033 and 063 under -j 2)', () => {
+    const r: Map<string, string> = parseTap('# running raw 033\nok raw 052\n# running raw 063\nok raw 033ok raw 063\nok raw 174 # SKIPnot ok raw 178\n');
+    expect(Object.fromEntries(r)).toEqual({ '052': 'pass', '033': 'pass', '063': 'pass', '174': 'skip', '178': 'fail' });
+  });
 });
