@@ -127,6 +127,9 @@ export interface ImageCreateRequest {
 export type QapiMemberType = 'str' | 'int' | 'bool' | 'any' | 'BlockdevRef' | 'BlockdevRefOrNull' | { enum: readonly string[] };
 
 /** qemu-img measure's answer (QAPI BlockMeasureInfo). */
+/** Progress of an amend (QEMU's BlockDriverAmendStatusCB): `offset` units of `total` done. */
+export type AmendStatus = (offset: number, total: number) => void;
+
 export interface MeasureResult {
   required: number;
   fullyAllocated: number;
@@ -415,9 +418,10 @@ export interface BlockDriver {
    * (the caller refuses creation-only options). The driver refuses the
    * values it cannot apply, before changing anything. `force` is qemu-img
    * amend's --force (allows what would lose data, e.g. erasing the last
-   * LUKS key slot).
+   * LUKS key slot). `status` hears how far the work went (`offset` of
+   * `total` units; qemu-img amend -p prints it).
    */
-  amend?(bs: BlockNode, values: OptionValues, force?: boolean): Promise<void>;
+  amend?(bs: BlockNode, values: OptionValues, force?: boolean, status?: AmendStatus): Promise<void>;
 
   /**
    * Drops every allocation so the whole image reads through to its backing

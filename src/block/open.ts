@@ -251,13 +251,24 @@ export function bdrvDirname(bs: BlockNode): string {
 
 /**
  * Opens a file that `bs` refers to (an external data file) through the same
- * storage, as a protocol node attached under `role`.
+ * storage, as a protocol node attached under `role`. QEMU opens the name as
+ * written (a relative name from the working directory); a name not found
+ * that way is looked for beside the image, where blocktab used to make them,
+ * and a miss reports the name as written, as QEMU does.
  */
 export async function openFileChild(bs: BlockNode, reference: string, role: ChildRole): Promise<BlockNode> {
   const ctx = contexts.get(bs);
   if (!ctx) throw new BlockError('EINVAL', `${bs.filename}: no storage to open '${reference}' from`);
-  const resolved = ctx.storage.resolve(bs.filename, reference);
-  const node = await openProtocol(ctx.storage, resolved, bs.readOnly);
+  let node: BlockNode;
+  try {
+    node = await openProtocol(ctx.storage, reference, bs.readOnly);
+  } catch (e) {
+    const beside = ctx.storage.resolve(bs.filename, reference);
+    if (!(e instanceof BlockError) || e.code !== 'ENOENT' || beside === reference) throw e;
+    node = await openProtocol(ctx.storage, beside, bs.readOnly).catch(() => {
+      throw e;
+    });
+  }
   bs.attach(node, role);
   return node;
 }

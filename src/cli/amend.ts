@@ -3,7 +3,8 @@ import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { amendableDriver, amendImage, parseAmendOptions } from '../img/amend.js';
 import { isHelpOption, loadFormat, optionsHelp } from '../img/options.js';
-import { parseCommand, str, UsageError } from './args.js';
+import { flag, parseCommand, str, UsageError } from './args.js';
+import { Progress } from './progress.js';
 import { openForCli } from './open.js';
 import type { Output } from './main.js';
 
@@ -36,7 +37,16 @@ export async function runAmend(args: string[], out: Output): Promise<number> {
   try {
     bs = await openForCli(p.positionals[0]!, { format, readOnly: !!opts.some(isHelpOption) });
     if (opts.some(isHelpOption)) return help(bs.driver.name);
-    await amendImage(bs, await parseAmendOptions(bs.driver.name, opts), !!p.values.force);
+    const values = await parseAmendOptions(bs.driver.name, opts);
+    // qemu-img amend -p: 0 first, the driver's steps, 100 when done.
+    const progress = new Progress(flag(p, 'progress') && !flag(p, 'quiet'), (s) => out.stdout(s));
+    progress.set(0);
+    try {
+      await amendImage(bs, values, !!p.values.force, (offset, total) => progress.set((100 * offset) / total));
+    } finally {
+      progress.set(100);
+      progress.end();
+    }
   } finally {
     if (bs) await closeNode(bs);
   }

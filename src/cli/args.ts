@@ -32,7 +32,7 @@ export interface Parsed {
 
 export function parseCommand(cmd: string, args: string[], options: OptionSpec): Parsed {
   try {
-    const { values, positionals, tokens } = parseArgs({ args, options, allowPositionals: true, strict: true, tokens: true });
+    const { values, positionals, tokens } = parseArgs({ args: joinOptionValues(args, options), options, allowPositionals: true, strict: true, tokens: true });
     const opts = tokens.flatMap((t) => (t.kind === 'option' ? [{ name: t.name, value: t.value }] : []));
     return { values: values as Parsed['values'], positionals, tokens: opts };
   } catch (e) {
@@ -47,6 +47,56 @@ export function parseCommand(cmd: string, args: string[], options: OptionSpec): 
     }
     throw new UsageError(`${cmd}: ${err.message ?? String(e)}`);
   }
+}
+
+/**
+ * getopt hands an option that takes a value the next argument whatever it
+ * looks like (`--size -1`, `-l -x`); parseArgs refuses one that starts with a
+ * dash. Such pairs are joined as `--name=value` before parsing.
+ */
+function joinOptionValues(args: string[], options: OptionSpec): string[] {
+  const byShort = new Map<string, string>();
+  for (const [name, o] of Object.entries(options)) if (o.short) byShort.set(o.short, name);
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') {
+      out.push(...args.slice(i));
+      break;
+    }
+    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : /^-[^-]$/.test(a) ? byShort.get(a[1]!) : undefined;
+    const next = args[i + 1];
+    if (name !== undefined && options[name]?.type === 'string' && next !== undefined && next.startsWith('-')) {
+      out.push(`--${name}=${next}`);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
+/** qemu-img's is_valid_option_list: not empty, no leading comma, no unpaired (unescaped) trailing comma. */
+export function isValidOptionList(list: string): boolean {
+  if (list === '' || list.startsWith(',')) return false;
+  const trailing = list.length - list.replace(/,+$/, '').length;
+  return trailing % 2 === 0;
+}
+
+/**
+ * `-l` (or the older `-s`): a snapshot name or id, or `snapshot.id=ID,snapshot.name=NAME`
+ * (qemu-img's internal snapshot options; the id is looked up first when both are given).
+ */
+export function parseSnapshotParam(text: string | undefined): string | undefined {
+  if (text === undefined || !text.startsWith('snapshot.')) return text;
+  const fields = new Map<string, string>();
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=');
+    const key = eq < 0 ? part : part.slice(0, eq);
+    if (key !== 'snapshot.id' && key !== 'snapshot.name') throw new ReportsError([`Invalid parameter '${key}'`, `Failed in parsing snapshot param '${text}'`]);
+    fields.set(key, eq < 0 ? 'on' : part.slice(eq + 1));
+  }
+  return fields.get('snapshot.id') ?? fields.get('snapshot.name');
 }
 
 /** Last value of a string option given once or more (qemu-img: the last one wins). */

@@ -9,7 +9,7 @@ import { closeNode } from '../block/open.js';
 import { checkBitmapTarget, checkConvertBitmaps, copyBitmaps } from '../img/bitmap.js';
 import { BlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import { flag, parseCommand, str, UsageError } from './args.js';
+import { flag, parseCommand, parseSnapshotParam, str, UsageError } from './args.js';
 import { openForCli, storage } from './open.js';
 import { Progress } from './progress.js';
 import type { Output } from './main.js';
@@ -49,22 +49,6 @@ function noFlush(target: BlockNode, cache: string): void {
     visit(n.dataFile?.node);
   };
   visit(target);
-}
-
-/**
- * `-l` (or the older `-s`): a snapshot name or id, or `snapshot.id=ID,snapshot.name=NAME`
- * (qemu-img's internal snapshot options; the id is looked up first when both are given).
- */
-function parseSnapshotParam(text: string | undefined): string | undefined {
-  if (text === undefined || !text.startsWith('snapshot.')) return text;
-  const fields = new Map<string, string>();
-  for (const part of text.split(',')) {
-    const eq = part.indexOf('=');
-    const key = eq < 0 ? part : part.slice(0, eq);
-    if (key !== 'snapshot.id' && key !== 'snapshot.name') throw new UsageError(`Invalid parameter '${key}'\nFailed in parsing snapshot param '${text}'`);
-    fields.set(key, eq < 0 ? 'on' : part.slice(eq + 1));
-  }
-  return fields.get('snapshot.id') ?? fields.get('snapshot.name');
 }
 
 export async function runConvert(args: string[], out: Output): Promise<number> {

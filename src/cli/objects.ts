@@ -25,6 +25,11 @@ function parseKeyValues(text: string): Record<string, string> {
   }
 }
 
+/** Whether the command's arguments held `--image-opts` (taken out by takeObjectOptions). */
+export function imageOptsGiven(): boolean {
+  return imageOpts;
+}
+
 /** Defines one `--object` (qemu-img's and qemu-io's). */
 export function defineObject(text: string): void {
   // "secret,id=...": the first element names the type unless it is a key=value itself (qom-type=...).

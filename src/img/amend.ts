@@ -5,7 +5,7 @@
  * cannot amend.
  */
 import { BlockError } from '../block/errors.js';
-import type { BlockDriver } from '../block/driver.js';
+import type { AmendStatus, BlockDriver } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
 import { appendOptionLists, formatDriver, loadFormat, parseOptions, type OptionDesc, type OptionValues } from './options.js';
 
@@ -30,7 +30,7 @@ export async function parseAmendOptions(format: string, texts: string[]): Promis
 }
 
 /** Applies parsed amend options to an opened, writable image (with its backing chain). */
-export async function amendImage(bs: BlockNode, values: OptionValues, force = false): Promise<void> {
+export async function amendImage(bs: BlockNode, values: OptionValues, force = false, status?: AmendStatus): Promise<void> {
   const drv = amendableDriver(bs.driver.name);
-  await drv.amend!(bs, values, force);
+  await drv.amend!(bs, values, force, status);
 }

@@ -13,9 +13,12 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
+import type { AmendStatus } from '../../block/driver.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import {
+  QCOW2_AUTOCLEAR_DATA_FILE_RAW,
   QCOW2_COMPAT_LAZY_REFCOUNTS,
+  QCOW2_EXT_MAGIC_DATA_FILE,
   QCOW2_COMPRESSION_TYPE_ZLIB,
   QCOW2_EXT_MAGIC_BITMAPS,
   QCOW2_EXT_MAGIC_FEATURE_TABLE,
@@ -52,6 +55,12 @@ export interface Qcow2AmendOptions {
   lazyRefcounts?: boolean;
   refcountBits?: number;
   size?: number;
+  /** backing_file / backing_fmt as given (null: not given); amend only accepts the ones the image has. */
+  backing?: { file: string | null; format: string | null };
+  /** data_file: the external data file's new name in the header ('' drops the name). */
+  dataFile?: string;
+  /** data_file_raw: may be cleared, not set on an existing image. */
+  dataFileRaw?: boolean;
 }
 
 function fail(msg: string, code: 'EINVAL' | 'ENOTSUP' = 'EINVAL'): never {
@@ -115,69 +124,80 @@ async function changeRefcountOrder(s: Qcow2State, order: number): Promise<void> 
  * zeros are stable before the L2 table points at them; the old clusters'
  * refcounts drop only after the L2 table stopped pointing at them.
  */
-async function expandZeroClusters(bs: BlockNode, s: Qcow2State): Promise<void> {
+async function expandZeroClusters(bs: BlockNode, s: Qcow2State, status?: AmendStatus): Promise<void> {
   const cs = s.clusterSize;
   const l1s: Array<{ offset: number; size: number }> = [{ offset: s.header.l1TableOffset, size: s.l1Size }];
   for (const sn of s.snapshots) l1s.push({ offset: sn.l1TableOffset, size: sn.l1Size });
+  // Progress counts L1 entries, allocated or not, over every table.
+  const l1Entries = l1s.reduce((n, t) => n + t.size, 0);
+  let visited = 0;
   const seen = new Set<number>();
   const zeros = new Uint8Array(cs);
   const l2 = new Uint8Array(cs);
+  /** One L1 entry's L2 table (each table once): its zero clusters get data. */
+  const expandEntry = async (l2Off: number): Promise<void> => {
+    if (!l2Off || seen.has(l2Off)) return;
+    seen.add(l2Off);
+    await bdrvPread(s.file, l2Off, cs, l2);
+    const l2Refcount = await getRefcount(s, l2Off / cs);
+    const copied = l2Refcount === 1;
+    let dirty = false;
+    /** Clusters this L2 table stops pointing at: their refcounts drop by l2Refcount after it is written. */
+    const released: number[] = [];
+    for (let j = 0; j < s.l2Size; j++) {
+      // A downgrade target has no extended L2 (v2 cannot express it): 8-byte entries.
+      const e = readL2Entry(l2, j, false);
+      if (l2EntryIsCompressed(e) || !l2EntryIsZero(e)) continue;
+      const host = l2EntryHost(e);
+      let target: number;
+      if (!host && !bs.backing) {
+        // Not backed: an unallocated cluster reads as zeros too.
+        writeL2Entry(l2, j, false, emptyL2Entry());
+        dirty = true;
+        continue;
+      }
+      if (host && (await getRefcount(s, host / cs)) === l2Refcount) {
+        target = host;
+      } else {
+        target = await allocateClusters(s, 1);
+        if (l2Refcount > 1) await updateRefcount(s, target, cs, l2Refcount - 1);
+        if (host) released.push(host);
+      }
+      await bdrvPwrite(s.file, target, cs, zeros);
+      writeL2Entry(l2, j, false, standardL2Entry(target, copied));
+      dirty = true;
+    }
+    if (!dirty) return;
+    await flushRefcounts(s);
+    await bdrvFlush(s.file);
+    await bdrvPwrite(s.file, l2Off, cs, l2);
+    s.l2Cache.invalidate(l2Off, cs);
+    if (released.length) {
+      await bdrvFlush(s.file);
+      for (const host of released) await updateRefcount(s, host, cs, -l2Refcount);
+      await flushRefcounts(s);
+    }
+  };
   for (const { offset, size } of l1s) {
     const l1 = new Uint8Array(size * 8);
     await bdrvPread(s.file, offset, l1.length, l1);
     for (let i = 0; i < size; i++) {
-      const l2Off = l1EntryOffset(l1, i);
-      if (!l2Off || seen.has(l2Off)) continue;
-      seen.add(l2Off);
-      await bdrvPread(s.file, l2Off, cs, l2);
-      const l2Refcount = await getRefcount(s, l2Off / cs);
-      const copied = l2Refcount === 1;
-      let dirty = false;
-      /** Clusters this L2 table stops pointing at: their refcounts drop by l2Refcount after it is written. */
-      const released: number[] = [];
-      for (let j = 0; j < s.l2Size; j++) {
-        // A downgrade target has no extended L2 (v2 cannot express it): 8-byte entries.
-        const e = readL2Entry(l2, j, false);
-        if (l2EntryIsCompressed(e) || !l2EntryIsZero(e)) continue;
-        const host = l2EntryHost(e);
-        let target: number;
-        if (!host && !bs.backing) {
-          // Not backed: an unallocated cluster reads as zeros too.
-          writeL2Entry(l2, j, false, emptyL2Entry());
-          dirty = true;
-          continue;
-        }
-        if (host && (await getRefcount(s, host / cs)) === l2Refcount) {
-          target = host;
-        } else {
-          target = await allocateClusters(s, 1);
-          if (l2Refcount > 1) await updateRefcount(s, target, cs, l2Refcount - 1);
-          if (host) released.push(host);
-        }
-        await bdrvPwrite(s.file, target, cs, zeros);
-        writeL2Entry(l2, j, false, standardL2Entry(target, copied));
-        dirty = true;
-      }
-      if (!dirty) continue;
-      await flushRefcounts(s);
-      await bdrvFlush(s.file);
-      await bdrvPwrite(s.file, l2Off, cs, l2);
-      s.l2Cache.invalidate(l2Off, cs);
-      if (released.length) {
-        await bdrvFlush(s.file);
-        for (const host of released) await updateRefcount(s, host, cs, -l2Refcount);
-        await flushRefcounts(s);
-      }
+      await expandEntry(l1EntryOffset(l1, i));
+      status?.(++visited, l1Entries);
     }
   }
   await bdrvFlush(s.file);
 }
 
 /** qcow2_downgrade */
-async function downgrade(bs: BlockNode, s: Qcow2State): Promise<void> {
+async function downgrade(bs: BlockNode, s: Qcow2State, status?: AmendStatus): Promise<void> {
   const h = s.header;
   if (h.refcountOrder !== 4) fail('compat=0.10 requires refcount_bits=16', 'ENOTSUP');
   if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) fail('Cannot downgrade an image with a data file', 'ENOTSUP');
+  // v2 readers may not know a snapshot's own disk size or a VM state past 4 GiB: the table would lie to them.
+  if (s.snapshots.some((sn) => sn.vmStateSize > 0xffffffff || sn.diskSize !== bs.totalBytes)) {
+    fail('Internal snapshots prevent downgrade of image', 'ENOTSUP');
+  }
   const other = h.incompatibleFeatures & ~QCOW2_INCOMPAT_COMPRESSION;
   if (other) fail(`Cannot downgrade an image with incompatible features 0x${other.toString(16)} set`, 'ENOTSUP');
   if (s.bitmaps.length || h.extensions.some((e) => e.type === QCOW2_EXT_MAGIC_BITMAPS)) {
@@ -186,7 +206,7 @@ async function downgrade(bs: BlockNode, s: Qcow2State): Promise<void> {
   if (h.compressionType !== QCOW2_COMPRESSION_TYPE_ZLIB && (await hasCompressedClusters(s))) {
     fail(`Cannot downgrade an image with incompatible features 0x${QCOW2_INCOMPAT_COMPRESSION.toString(16)} set`, 'ENOTSUP');
   }
-  await expandZeroClusters(bs, s);
+  await expandZeroClusters(bs, s, status);
   h.compatibleFeatures = 0n;
   s.useLazyRefcounts = false;
   h.autoclearFeatures = 0n;
@@ -225,7 +245,7 @@ async function amendEncryption(s: Qcow2State, values: Map<string, string>, force
 }
 
 /** Applies `o` to the opened qcow2 node `bs` (read-write). Messages are QEMU's. */
-export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = false): Promise<void> {
+export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = false, status?: AmendStatus): Promise<void> {
   const s = bs.state<Qcow2State>();
   if (bs.readOnly) fail(`${s.image}: cannot amend an image opened read-only`, 'EINVAL');
   // QEMU's table lists encrypt.* first, so these come before the other options' checks.
@@ -248,6 +268,13 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
   if (o.refcountBits !== undefined && newVersion < 3 && newOrder !== 4) {
     fail('Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)');
   }
+  const hasDataFile = (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) !== 0n;
+  if (o.dataFile !== undefined && !hasDataFile) fail('data-file can only be set for images that use an external data file');
+  const dataFileRaw = o.dataFileRaw ?? s.dataFileRaw;
+  if (dataFileRaw && !s.dataFileRaw) fail('data-file-raw cannot be set on existing images');
+  if (o.backing && (o.backing.file !== bs.backingFile || o.backing.format !== bs.backingFormat)) {
+    fail("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
+  }
   const hadLazy = (h.compatibleFeatures & QCOW2_COMPAT_LAZY_REFCOUNTS) !== 0n;
   // Only a change is checked: a downgrade drops lazy refcounts with the other compatible features.
   if (lazy && !hadLazy && newVersion < 3) fail('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
@@ -269,7 +296,18 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
     s.useLazyRefcounts = lazy;
     await updateHeader(s);
   }
+  if (o.dataFile !== undefined || dataFileRaw !== s.dataFileRaw) {
+    if (o.dataFile !== undefined) {
+      h.extensions = h.extensions.filter((e) => e.type !== QCOW2_EXT_MAGIC_DATA_FILE);
+      if (o.dataFile !== '') h.extensions.push({ type: QCOW2_EXT_MAGIC_DATA_FILE, dataFile: o.dataFile });
+      s.imageDataFile = o.dataFile === '' ? null : o.dataFile;
+    }
+    if (dataFileRaw) h.autoclearFeatures |= QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    else h.autoclearFeatures &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    s.dataFileRaw = dataFileRaw;
+    await updateHeader(s);
+  }
   if (o.size !== undefined && o.size !== bs.totalBytes) await bdrvTruncate(bs, o.size, false, 'off');
-  if (newVersion < oldVersion) await downgrade(bs, s);
+  if (newVersion < oldVersion) await downgrade(bs, s, status);
   await flushMetadata(s);
 }

@@ -7,12 +7,12 @@
  */
 import { BlockError } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
-import type { ImageCreateRequest, PreallocMode } from '../../block/driver.js';
+import type { AmendStatus, ImageCreateRequest, PreallocMode } from '../../block/driver.js';
 import { optBool, optNumber, type OptionDesc, type OptionValues } from '../../block/options.js';
 import { createQcow2, validateQcow2CreateOptions, type Qcow2CreateOptions } from './create.js';
 import { amendQcow2, type Qcow2AmendOptions } from './amend.js';
 import { lookupSecretUtf8 } from '../../block/secrets.js';
-import { luksBuildArea, luksCreateParams } from '../../crypto/luks-block.js';
+import { luksAreaBytes, luksBuildArea, luksCreateParams } from '../../crypto/luks-block.js';
 import { luksAmendOptions } from '../../crypto/luks-amend.js';
 
 const PREALLOC_MODES: readonly PreallocMode[] = ['off', 'metadata', 'falloc', 'full'];
@@ -87,6 +87,16 @@ async function qcow2Encryption(values: OptionValues): Promise<Qcow2CreateOptions
   return { method: 2, area: await luksBuildArea(luksCreateParams(get, lookupSecretUtf8, 'encrypt.key-secret')) };
 }
 
+/**
+ * Bytes of the LUKS header area encrypt.format=luks puts in a new image (0
+ * without it), as qcow2_measure asks for it: the options and the secret are
+ * checked as create checks them, no key is derived.
+ */
+export function qcow2LuksAreaBytes(values: OptionValues): number {
+  if (qcow2EncryptFormat(values) !== 'luks') return 0;
+  return luksAreaBytes(luksCreateParams((name) => values.get(`encrypt.${name}`), lookupSecretUtf8, 'encrypt.key-secret').keyBytes);
+}
+
 /** The typed qcow2 options from parsed creation values (QAPI's enum checks, QEMU's messages). */
 export function qcow2OptionsFromValues(values: OptionValues, size: number, origin: ImageCreateRequest['origin'] = 'qemu-img'): Qcow2CreateOptions {
   if (origin === 'blockdev-create') {
@@ -141,11 +151,10 @@ export function qcow2AmendOptionsFromValues(values: OptionValues): Qcow2AmendOpt
   o.version = parseCompat(values.get('compat'), (v) => new BlockError('EINVAL', `Unknown compatibility level ${v}`));
   if (o.version === undefined) delete o.version;
   if (values.has('backing_file') || values.has('backing_fmt')) {
-    throw new BlockError('ENOTSUP', "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.");
+    o.backing = { file: values.get('backing_file') ?? null, format: values.get('backing_fmt') ?? null };
   }
-  if (values.has('data_file') || values.has('data_file_raw')) {
-    throw new BlockError('ENOTSUP', 'data-file can only be set for images that use an external data file');
-  }
+  if (values.has('data_file')) o.dataFile = values.get('data_file')!;
+  if (values.has('data_file_raw')) o.dataFileRaw = optBool(values, 'data_file_raw');
   o.lazyRefcounts = optBool(values, 'lazy_refcounts');
   o.refcountBits = optNumber(values, 'refcount_bits');
   if (values.has('size')) o.size = Number(values.get('size'));
@@ -153,6 +162,6 @@ export function qcow2AmendOptionsFromValues(values: OptionValues): Qcow2AmendOpt
 }
 
 /** The driver's `amend` hook. */
-export async function qcow2AmendImage(bs: BlockNode, values: OptionValues, force = false): Promise<void> {
-  await amendQcow2(bs, qcow2AmendOptionsFromValues(values), force);
+export async function qcow2AmendImage(bs: BlockNode, values: OptionValues, force = false, status?: AmendStatus): Promise<void> {
+  await amendQcow2(bs, qcow2AmendOptionsFromValues(values), force, status);
 }

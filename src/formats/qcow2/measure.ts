@@ -19,6 +19,7 @@ import type { BlockNode } from '../../block/node.js';
 import { optBool, optNumber, type OptionValues } from '../../block/options.js';
 import { BDRV_BLOCK_ALLOCATED, BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../../block/status.js';
 import type { Qcow2State } from './state.js';
+import { qcow2LuksAreaBytes } from './create-options.js';
 
 export interface Qcow2MeasureOptions {
   /** Virtual size in bytes (`size`); ignored when an input image is given. */
@@ -33,6 +34,8 @@ export interface Qcow2MeasureOptions {
   compat?: string;
   /** The new image gets a backing file: every cluster of the input counts as required. */
   backingFile?: boolean;
+  /** Bytes of a LUKS header area (encrypt.format=luks); whole clusters of it count in both sizes. */
+  luksAreaBytes?: number;
 }
 
 /** What measure needs to know about an input image. */
@@ -150,7 +153,8 @@ export function measureQcow2(opts: Qcow2MeasureOptions, input?: MeasureInput): M
   }
   if (opts.preallocation === 'full' || opts.preallocation === 'falloc') required = virtualSize;
 
-  const fully = qcow2PreallocSize(virtualSize, clusterSize, refcountOrder, extendedL2);
+  const luks = roundUp(BigInt(opts.luksAreaBytes ?? 0), clusterSize);
+  const fully = qcow2PreallocSize(virtualSize, clusterSize, refcountOrder, extendedL2) + luks;
   const res: MeasureResult = { required: toNumber(fully - virtualSize + required), fullyAllocated: toNumber(fully) };
   if (version >= 3 && input && input.bitmapsSize !== undefined) res.bitmaps = input.bitmapsSize;
   return res;
@@ -210,6 +214,7 @@ export async function qcow2Measure(values: OptionValues, input: BlockNode | unde
     preallocation: prealloc as Qcow2MeasureOptions['preallocation'],
     compat: values.get('compat'),
     backingFile: values.has('backing_file'),
+    luksAreaBytes: qcow2LuksAreaBytes(values),
   };
   if (!input) return measureQcow2(opts);
   return measureQcow2(opts, { size: input.totalBytes, dataRanges: await collectDataRanges(input), bitmapsSize: bitmapsSize(input, cs) });

@@ -282,7 +282,7 @@ export const qcow2Driver: BlockDriver = {
       bs.attach(dataFileOption, 'data-file');
     } else if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) {
       const name = (typeof dataFileOption === 'string' ? dataFileOption : undefined) ?? s.imageDataFile;
-      if (!name) throw new BlockError('EINVAL', `${image}: 'data-file' is required for this image (external data file bit set, no data file name extension)`);
+      if (!name) throw new BlockError('EINVAL', "'data-file' is required for this image");
       s.dataFile = await openFileChild(bs, name, 'data-file');
     } else if (dataFileOption !== undefined) {
       throw new BlockError('EINVAL', `${image}: 'data-file' can only be set for images with an external data file`);

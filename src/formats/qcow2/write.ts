@@ -627,7 +627,7 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
   if (prealloc !== 'off') throw new BlockError('ENOTSUP', `${s.image}: Preallocation mode '${prealloc}' is not supported when resizing qcow2 images`);
   if (size % 512 !== 0) throw new BlockError('EINVAL', `${s.image}: The new size must be a multiple of 512`);
   // v3 snapshots record their own disk size, so the active image may change size under them (as QEMU >= 5.0).
-  if (s.snapshots.length && s.header.version < 3) throw new BlockError('ENOTSUP', `${s.image}: Can't resize a v2 image which has snapshots`);
+  if (s.snapshots.length && s.header.version < 3) throw new BlockError('ENOTSUP', "Can't resize a v2 image which has snapshots");
   const cs = s.clusterSize;
   const old = s.header.size;
   // QEMU writes the header's size field even when it does not change (a write the file node's statistics show).
