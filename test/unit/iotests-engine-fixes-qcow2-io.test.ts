@@ -12,6 +12,11 @@ import { imgBitmap } from '../../src/img/bitmap.js';
 import { measureImage, planMeasure } from '../../src/img/measure.js';
 import { checkNode } from '../../src/img/check.js';
 import { listDirtyBitmaps } from '../../src/block/dirty-bitmap.js';
+import { openTree } from '../../src/block/open-tree.js';
+import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../../src/block/io.js';
+import { registerDriver, type BlockDriver } from '../../src/block/driver.js';
+import type { BlockNode } from '../../src/block/node.js';
+import { filterFile, filterPassThrough } from '../../src/filters/pass-through.js';
 
 const KIB = 1024;
 const MIB = 1024 * KIB;
@@ -78,3 +83,85 @@ describe('dirty bitmaps of huge images (190)', () => {
     }
   });
 });
+
+// ------------------------------------------------------------ 066
+
+interface Req {
+  offset: number;
+  bytes: number;
+}
+
+/** A filter under the format that records the writes it is handed. */
+const recordWritesDriver: BlockDriver = {
+  name: 'test-record-writes',
+  kind: 'filter',
+  async open(bs) {
+    bs.opaque = [] satisfies Req[];
+    bs.totalBytes = filterFile(bs).totalBytes;
+  },
+  async preadv(bs, offset, bytes, buf) {
+    await bdrvPread(filterFile(bs), offset, bytes, buf);
+  },
+  async pwritev(bs, offset, bytes, buf, flags) {
+    (bs.opaque as Req[]).push({ offset, bytes });
+    await bdrvPwrite(filterFile(bs), offset, bytes, buf, flags);
+    bs.totalBytes = filterFile(bs).totalBytes;
+  },
+  ...filterPassThrough,
+};
+registerDriver(recordWritesDriver);
+
+const CS = 64 * KIB;
+
+/** 066's image: three data clusters, the middle one then a preallocated zero cluster; the qcow2 node over a recorder. */
+async function dataZeroData(): Promise<{ st: MemoryStorage; bs: BlockNode; seen: Req[]; host0: number }> {
+  const st = new MemoryStorage();
+  await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size: 3 * CS }));
+  const bs = await openTree(st, { driver: 'qcow2', file: { driver: 'test-record-writes', file: { driver: 'file', filename: 'a.qcow2' } } });
+  const seen = bs.file!.node.opaque as Req[];
+  await bdrvPwrite(bs, 0, 3 * CS, new Uint8Array(3 * CS).fill(42));
+  const host0 = seen.find((r) => r.bytes === 3 * CS)!.offset;
+  await bdrvPwriteZeroes(bs, CS, CS, {});
+  seen.length = 0;
+  return { st, bs, seen, host0 };
+}
+
+describe('writes over data and preallocated zero clusters (066)', () => {
+  it('data / preallocated zero / data at consecutive host offsets is one request to the file, and the zero cluster holds data again', async () => {
+    const { bs, seen, host0 } = await dataZeroData();
+    try {
+      expect(await firstOther(bs, CS, 2 * CS, 0)).toBe(-1);
+      await bdrvPwrite(bs, 0, 3 * CS, new Uint8Array(3 * CS).fill(7));
+      expect(seen).toEqual([{ offset: host0, bytes: 3 * CS }]);
+      expect(await firstOther(bs, 0, 3 * CS, 7)).toBe(-1);
+    } finally {
+      await closeNode(bs);
+    }
+  });
+
+  it('a write ending inside the zero cluster writes it whole (zeros after the data), still as one request', async () => {
+    const { st, bs, seen, host0 } = await dataZeroData();
+    await bdrvPwrite(bs, 16 * KIB, CS, new Uint8Array(CS).fill(9));
+    expect(seen).toEqual([{ offset: host0 + 16 * KIB, bytes: 2 * CS - 16 * KIB }]);
+    await closeNode(bs);
+    const again = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true });
+    try {
+      expect(await firstOther(again, 0, 16 * KIB, 42)).toBe(-1);
+      expect(await firstOther(again, 16 * KIB, 16 * KIB + CS, 9)).toBe(-1);
+      expect(await firstOther(again, 16 * KIB + CS, 2 * CS, 0)).toBe(-1);
+      expect(await firstOther(again, 2 * CS, 3 * CS, 42)).toBe(-1);
+      const c = (await checkNode(again, 'a.qcow2', { leaks: false, errors: false })).check;
+      expect([c.corruptions ?? 0, c.leaks ?? 0]).toEqual([0, 0]);
+    } finally {
+      await closeNode(again);
+    }
+  });
+});
+
+/** The first offset in [from, to) whose byte is not `value`, or -1. */
+async function firstOther(bs: BlockNode, from: number, to: number, value: number): Promise<number> {
+  const buf = new Uint8Array(to - from);
+  await bdrvPread(bs, from, buf.length, buf);
+  const i = buf.findIndex((b) => b !== value);
+  return i < 0 ? -1 : from + i;
+}

@@ -302,18 +302,40 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
       const e0 = readL2Entry(d, idx0, ext);
       const cls = classify(s, e0, ...touched(0));
       let n = 1;
-      if (cls === 'inPlace') {
+      if (cls === 'inPlace' || (cls === 'reuse' && !ext)) {
+        // A run of clusters this image owns (COPIED) at consecutive host offsets is one request to the file, as QEMU's
+        // host-contiguous runs: data clusters written in place and preallocated zero clusters alike (066).
         const h0 = l2EntryHost(e0);
         await checkHostAligned(s, h0, off);
+        const kinds: Cls[] = [cls];
         while (n < maxClusters) {
           const e = readL2Entry(d, idx0 + n, ext);
-          if (classify(s, e, ...touched(n)) !== 'inPlace' || l2EntryHost(e) !== h0 + n * cs) break;
+          const k = classify(s, e, ...touched(n));
+          if ((k !== 'inPlace' && (k !== 'reuse' || ext)) || l2EntryHost(e) !== h0 + n * cs) break;
+          kinds.push(k);
           n++;
         }
         const len = Math.min(remaining, n * cs - first);
-        await checkDataOverlap(s, h0 + first, len);
-        await bdrvDebugEvent(s.file, 'write_aio');
-        await writeData(s, off, h0 + first, buf.subarray(done, done + len));
+        const data = buf.subarray(done, done + len);
+        if (!kinds.includes('reuse')) {
+          await checkDataOverlap(s, h0 + first, len);
+          await bdrvDebugEvent(s.file, 'write_aio');
+          await writeData(s, off, h0 + first, data);
+        } else {
+          // A zero cluster is written whole: its untouched ends read as zeros now and are completed from that.
+          const guest0 = off - first;
+          const regionStart = kinds[0] === 'reuse' ? guest0 : off;
+          const end = off + len;
+          const regionEnd = kinds[n - 1] === 'reuse' ? guest0 + Math.ceil((first + len) / cs) * cs : end;
+          await writeCompleted(bs, s, regionStart, regionEnd, off, data, h0 + (regionStart - guest0));
+          for (let j = 0; j < n; j++) {
+            if (kinds[j] !== 'reuse') continue;
+            const e = readL2Entry(d, idx0 + j, ext);
+            e.lo = (e.lo & ~QCOW_OFLAG_ZERO) >>> 0;
+            writeL2Entry(d, idx0 + j, ext, e);
+          }
+          s.l2Cache.markDirty(slice);
+        }
         done += len;
       } else if (cls === 'reuse') {
         const len = Math.min(remaining, cs - first);
