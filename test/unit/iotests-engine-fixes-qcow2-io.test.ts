@@ -13,7 +13,7 @@ import { measureImage, planMeasure } from '../../src/img/measure.js';
 import { checkNode } from '../../src/img/check.js';
 import { listDirtyBitmaps } from '../../src/block/dirty-bitmap.js';
 import { openTree } from '../../src/block/open-tree.js';
-import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../../src/block/io.js';
+import { bdrvPdiscard, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../../src/block/io.js';
 import { registerDriver, type BlockDriver } from '../../src/block/driver.js';
 import type { BlockNode } from '../../src/block/node.js';
 import { filterFile, filterPassThrough } from '../../src/filters/pass-through.js';
@@ -107,9 +107,15 @@ const recordWritesDriver: BlockDriver = {
     await bdrvPwrite(filterFile(bs), offset, bytes, buf, flags);
     bs.totalBytes = filterFile(bs).totalBytes;
   },
+  async pdiscard(bs, offset, bytes) {
+    discardsSeen.push({ offset, bytes });
+    await bdrvPdiscard(filterFile(bs), offset, bytes);
+  },
   ...filterPassThrough,
 };
 registerDriver(recordWritesDriver);
+/** Discards the recorder was handed (tests clear it). */
+const discardsSeen: Req[] = [];
 
 const CS = 64 * KIB;
 
@@ -165,3 +171,75 @@ async function firstOther(bs: BlockNode, from: number, to: number, value: number
   const i = buf.findIndex((b) => b !== value);
   return i < 0 ? -1 : from + i;
 }
+
+// ------------------------------------------------------------ 250
+
+/** A 16-cluster image (1 MiB clusters) fully written, over the recorder; `opts` are qcow2 options. */
+async function written(opts: Record<string, unknown> = {}): Promise<{ bs: BlockNode; host: (guest: number) => number }> {
+  const st = new MemoryStorage();
+  await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size: 16 * MIB, options: ['cluster_size=1M'] }));
+  const bs = await openTree(st, { driver: 'qcow2', ...opts, file: { driver: 'test-record-writes', file: { driver: 'file', filename: 'a.qcow2' } } });
+  const seen = bs.file!.node.opaque as Req[];
+  await bdrvPwrite(bs, 0, 16 * MIB, new Uint8Array(16 * MIB).fill(5));
+  const base = seen.find((r) => r.bytes === 16 * MIB)!.offset;
+  discardsSeen.length = 0;
+  return { bs, host: (g) => base + g };
+}
+
+/** Flushes (freed clusters are released once the tables that dropped them are on disk) and returns the discards seen. */
+async function discardsAfterFlush(bs: BlockNode): Promise<Req[]> {
+  const { bdrvFlush } = await import('../../src/block/io.js');
+  await bdrvFlush(bs);
+  return [...discardsSeen];
+}
+
+describe('freed qcow2 clusters passed down to the file as discards (250)', () => {
+  it('a guest discard reaches the file, merged into one run, only when the node has discard=unmap (pass-discard-request follows it)', async () => {
+    const a = await written();
+    try {
+      await bdrvPdiscard(a.bs, 2 * MIB, 3 * MIB);
+      expect(await discardsAfterFlush(a.bs)).toEqual([]);
+      a.bs.unmap = true;
+      await bdrvPdiscard(a.bs, 8 * MIB, 3 * MIB);
+      expect(await discardsAfterFlush(a.bs)).toEqual([{ offset: a.host(8 * MIB), bytes: 3 * MIB }]);
+    } finally {
+      await closeNode(a.bs);
+    }
+  });
+
+  it('pass-discard-request=off keeps guest discards from the file even with discard=unmap; on passes them without it', async () => {
+    const off = await written({ 'pass-discard-request': false });
+    try {
+      off.bs.unmap = true;
+      await bdrvPdiscard(off.bs, 0, MIB);
+      expect(await discardsAfterFlush(off.bs)).toEqual([]);
+    } finally {
+      await closeNode(off.bs);
+    }
+    const on = await written({ 'pass-discard-request': true });
+    try {
+      await bdrvPwriteZeroes(on.bs, 4 * MIB, 2 * MIB, { mayUnmap: true });
+      expect(await discardsAfterFlush(on.bs)).toEqual([{ offset: on.host(4 * MIB), bytes: 2 * MIB }]);
+    } finally {
+      await closeNode(on.bs);
+    }
+  });
+
+  it('shrinking always discards the cropped clusters and cuts the file after its last used cluster; overwriting frees nothing', async () => {
+    const a = await written();
+    try {
+      const fileBefore = a.bs.file!.node.totalBytes;
+      await bdrvTruncate(a.bs, 5 * MIB);
+      // The cropped clusters are at the file's end: discarded, then the file is cut after guest 5M's cluster.
+      expect(discardsSeen).toEqual([{ offset: a.host(5 * MIB), bytes: 11 * MIB }]);
+      expect(a.bs.file!.node.totalBytes).toBe(a.host(5 * MIB));
+      expect(a.bs.file!.node.totalBytes).toBeLessThan(fileBefore);
+      expect(await firstOther(a.bs, 0, 5 * MIB, 5)).toBe(-1);
+      discardsSeen.length = 0;
+      await bdrvPwrite(a.bs, 0, MIB, new Uint8Array(MIB).fill(6));
+      expect(await discardsAfterFlush(a.bs)).toEqual([]);
+    } finally {
+      await closeNode(a.bs);
+    }
+  });
+});

@@ -13,7 +13,8 @@ export async function qcow2MakeEmpty(bs: BlockNode): Promise<void> {
   const s = bs.state<Qcow2State>();
   await withLock(s, async () => {
     await prepareWrite(s);
-    if (bs.totalBytes > 0) await qcow2DiscardRange(bs, s, 0, bs.totalBytes, true);
+    // As QEMU's qcow2_make_empty, the freed clusters count as a snapshot's (pass-discard-snapshot).
+    if (bs.totalBytes > 0) await qcow2DiscardRange(bs, s, 0, bs.totalBytes, true, 'snapshot');
     await flushMetadata(s);
   });
 }
