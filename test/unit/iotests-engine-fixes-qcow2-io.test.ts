@@ -243,3 +243,57 @@ describe('freed qcow2 clusters passed down to the file as discards (250)', () =>
     }
   });
 });
+
+// ------------------------------------------------------------ 098
+
+describe("qcow2's make-empty rebuilds the image from nothing (098)", () => {
+  async function topWithData(st: MemoryStorage): Promise<void> {
+    await createImage(st, await planCreate(st, { filename: 'b.qcow2', format: 'qcow2', size: 64 * MIB }));
+    await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size: 64 * MIB, backingFile: 'b.qcow2', backingFormat: 'qcow2' }));
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(bs, 0, 64 * KIB, new Uint8Array(64 * KIB).fill(3));
+    await closeNode(bs);
+  }
+
+  it('an emptied image is header, refcount table, refcount block and L1 table, nothing leaked, reading through to the backing file', async () => {
+    const st = new MemoryStorage();
+    await topWithData(st);
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    await bs.driver.makeEmpty!(bs);
+    // 64 MiB at 64 KiB clusters: one L1 cluster, so the file is four clusters.
+    expect(bs.file!.node.totalBytes).toBe(4 * CS);
+    await closeNode(bs);
+    const again = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true });
+    try {
+      expect(await firstOther(again, 0, 64 * KIB, 0)).toBe(-1);
+      const c = (await checkNode(again, 'a.qcow2', { leaks: false, errors: false })).check;
+      expect([c.corruptions ?? 0, c.leaks ?? 0]).toEqual([0, 0]);
+    } finally {
+      await closeNode(again);
+    }
+  });
+
+  it.each(['l1_update', 'empty_image_prepare', 'reftable_update', 'refblock_alloc'])(
+    'an error at %s fails the make-empty, leaves the dirty bit, and the next writable open repairs the image',
+    async (event) => {
+      const st = new MemoryStorage();
+      await topWithData(st);
+      const bs = await openTree(st, {
+        driver: 'qcow2',
+        file: { driver: 'blkdebug', 'inject-error': [{ event, errno: '5' }], image: { driver: 'file', filename: 'a.qcow2' } },
+      });
+      const err = await bs.driver.makeEmpty!(bs).catch((e: unknown) => e);
+      await closeNode(bs).catch(() => {});
+      expect((err as Error).message).toMatch(/Input\/output error/);
+      const repaired = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+      await closeNode(repaired);
+      const after = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: true });
+      try {
+        const c = (await checkNode(after, 'a.qcow2', { leaks: false, errors: false })).check;
+        expect([c.corruptions ?? 0, c.leaks ?? 0]).toEqual([0, 0]);
+      } finally {
+        await closeNode(after);
+      }
+    },
+  );
+});
