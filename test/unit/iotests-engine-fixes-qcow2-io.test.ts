@@ -297,3 +297,35 @@ describe("qcow2's make-empty rebuilds the image from nothing (098)", () => {
     },
   );
 });
+
+// ------------------------------------------------------------ raw 171
+
+describe("raw's offset and size change at a reopen (171)", () => {
+  it('reopen -o offset=1536,size=1024 moves the window; a window past the file or of odd size is refused with QEMU words and changes nothing', async () => {
+    const { bdrvReopen } = await import('../../src/block/reopen.js');
+    const st = new MemoryStorage();
+    await createImage(st, await planCreate(st, { filename: 'r.raw', format: 'raw', size: 4096 }));
+    const bs = await openTree(st, { driver: 'raw', offset: 512, size: 512, file: { driver: 'file', filename: 'r.raw' } });
+    try {
+      await bdrvReopen(bs, { offset: 1536, size: 1024 });
+      expect(bs.totalBytes).toBe(1024);
+      await bdrvPwrite(bs, 0, 1024, new Uint8Array(1024).fill(10));
+      await expect(bdrvPwrite(bs, 1023, 2, new Uint8Array(2))).rejects.toThrow();
+      await expect(bdrvReopen(bs, { offset: 3584 })).rejects.toThrow(
+        'The sum of offset (3584) and size (1024) has to be smaller or equal to the  actual size of the containing file (4096)',
+      );
+      await expect(bdrvReopen(bs, { size: 1000 })).rejects.toThrow('Specified size is not multiple of 512');
+      expect(bs.totalBytes).toBe(1024);
+    } finally {
+      await closeNode(bs);
+    }
+    const whole = await openImage(st, 'r.raw', { format: 'raw', readOnly: true });
+    try {
+      expect(await firstOther(whole, 0, 1536, 0)).toBe(-1);
+      expect(await firstOther(whole, 1536, 2560, 10)).toBe(-1);
+      expect(await firstOther(whole, 2560, 4096, 0)).toBe(-1);
+    } finally {
+      await closeNode(whole);
+    }
+  });
+});
