@@ -442,7 +442,13 @@ export async function bdrvMakeEmpty(bs: BlockNode): Promise<void> {
   checkRange(bs, 0, bs.totalBytes, 'make-empty');
   checkWritable(bs, 'make-empty');
   if (!bs.driver.makeEmpty) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} format cannot be emptied`);
-  await bs.driver.makeEmpty(bs);
+  try {
+    await bs.driver.makeEmpty(bs);
+  } catch (e) {
+    // QEMU's bdrv_make_empty names the node (098: "Failed to empty blkdebug:…: Input/output error").
+    if (!(e instanceof BlockError) || e.code === 'ENOTSUP') throw e;
+    throw new BlockError(e.code, `Failed to empty ${bs.filename}: ${e.message}`, { cause: e });
+  }
   if (bs.totalBytes > 0) bs.dirtyBitmaps?.markDirty(0, bs.totalBytes);
   await bdrvFlush(bs);
 }
