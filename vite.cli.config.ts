@@ -17,6 +17,42 @@
  * itself) stay external; the pure-JS codecs are bundled in.
  */
 import { defineConfig, type Plugin } from 'vite';
+import { chmodSync } from 'node:fs';
+import { join } from 'node:path';
+
+/**
+ * The first lines of dist/bin/blocktab.js: a POSIX shell script that is also
+ * JavaScript. Run as a program (the package's bin, the iotests' qemu-img and
+ * qemu-io links) the kernel hands it to /bin/sh, which execs node on the
+ * same file with the same argv[1] (so the link name still picks the tool);
+ * `node dist/bin/blocktab.js` skips the `#!` line and reads line 2 as a
+ * string and a comment. The shell's one job is NODE_EXTRA_CA_CERTS: Node 20
+ * parses those certificates, and with them its whole bundled root store,
+ * before any JavaScript runs (OpenSSL 3 makes that slow: 5x the instructions
+ * of a bare `node -e 0`, nodejs/node#40524), though a command only needs them
+ * for an https:// image. The launcher hands the variable over under another
+ * name; src/cli/bin.ts puts it back and src/protocols/http-node.ts adds the
+ * certificates to its https agent. Left alone when NODE_OPTIONS picks a CA
+ * store (--use-openssl-ca and the like), whose meaning only Node knows.
+ */
+export const LAUNCHER = [
+  '#!/bin/sh',
+  `":" //; case "$NODE_OPTIONS" in *-ca*) ;; *) if [ -n "$NODE_EXTRA_CA_CERTS" ]; then BLOCKTAB_EXTRA_CA_CERTS=$NODE_EXTRA_CA_CERTS; export BLOCKTAB_EXTRA_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi;; esac; exec node "$0" "$@"`,
+].join('\n');
+
+/** Replaces the entry's `#!/usr/bin/env node` line with LAUNCHER and makes the file executable. */
+function launcher(): Plugin {
+  return {
+    name: 'blocktab-launcher',
+    // After minification (which would drop line 2's comment).
+    generateBundle(_options, bundle) {
+      for (const item of Object.values(bundle)) if (item.type === 'chunk' && item.isEntry) item.code = `${LAUNCHER}\n${item.code.replace(/^#![^\n]*\n/, '')}`;
+    },
+    writeBundle(options, bundle) {
+      for (const item of Object.values(bundle)) if (item.type === 'chunk' && item.isEntry) chmodSync(join(options.dir!, item.fileName), 0o755);
+    },
+  };
+}
 
 /**
  * dist/bin/package.json: the bundle's .js files are CommonJS, whatever the
@@ -38,7 +74,7 @@ function commonJsFolder(): Plugin {
 export default defineConfig({
   logLevel: 'warn',
   publicDir: false,
-  plugins: [commonJsFolder()],
+  plugins: [commonJsFolder(), launcher()],
   build: {
     ssr: 'src/cli/bin.ts',
     outDir: 'dist/bin',

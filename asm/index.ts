@@ -2,7 +2,7 @@
 // Memory is imported (env.memory) and never grows; the JS side (src/wasm/)
 // owns the layout and passes addresses. No AssemblyScript runtime
 // allocation happens here, so the stub runtime never touches the heap.
-export { bufferIsZero } from './zero';
+export { bufferIsZero, blockRunEnd } from './zero';
 export { l2EntryKind, l2ScanRun } from './l2-scan';
 export { refCountTable, refCompareBlock } from './refcount';
 export {

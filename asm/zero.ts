@@ -34,3 +34,22 @@ export function bufferIsZero(ptr: usize, len: usize): bool {
   acc = v128.or(acc, v128.load(end - 16));
   return !v128.any_true(acc);
 }
+
+// End of the run of `block`-byte blocks that starts at byte `from` of
+// [ptr, ptr + len) and whose blocks are all zero (`zero`) or all not: the
+// offset of the first block of the other kind, or len (the last block may be
+// shorter). One call per convert step instead of one per block; a data block
+// whose first byte is set is decided without a scan.
+export function blockRunEnd(ptr: usize, len: usize, from: usize, block: usize, zero: bool): usize {
+  let end = from;
+  while (end < len) {
+    const next = min(len, end + block);
+    if (!zero && load<u8>(ptr + end) != 0) {
+      end = next;
+      continue;
+    }
+    if (bufferIsZero(ptr + end, next - end) != zero) break;
+    end = next;
+  }
+  return end;
+}

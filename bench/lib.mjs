@@ -1,17 +1,16 @@
-// Helpers shared by the benchmarks: run blocktab's CLI main() in a child and
+// Helpers shared by the benchmarks: run blocktab's CLI (its bin) in a child and
 // qemu-img as a process, time both, keep the best of a few runs, print
 // `BENCH {json}` lines. Everything runs in a scratch directory `dir`.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const MiB = 1024 * 1024;
 /** The CLI as installed: package.json's bin (the bundle `npm run build` makes in dist/bin/). */
 export const cliEntry = path.join(root, JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).bin.blocktab);
-const mainUrl = pathToFileURL(cliEntry).href;
 
 /** A fresh scratch directory for one bench file. */
 export function scratchDir() {
@@ -31,21 +30,20 @@ export function cpuMs(c0) {
   return (u.user + u.system) / 1000;
 }
 
-/** Runs blocktab's main() in a child; returns wall ms and the child's peak RSS in bytes. */
+/** GNU time, for a child's peak RSS (Node's spawnSync reports none); without it RSS figures are NaN. */
+const gnuTime = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
+
+/**
+ * Runs blocktab as a user does (package.json's bin run as a program: the
+ * launcher, then the bundle); returns wall ms and the child's peak RSS in
+ * bytes. BENCH_NODE_ARGS (node flags) runs `node <flags> <bin>` instead.
+ */
 export function runBlocktab(dir, args) {
-  const code = `
-    const { main } = await import(${JSON.stringify(mainUrl)});
-    const out = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s) };
-    const rc = await main(${JSON.stringify(args)}, out);
-    process.stderr.write('MAXRSS ' + process.resourceUsage().maxRSS + '\\n');
-    process.exitCode = rc;`;
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const argv = nodeArgs.length ? [process.execPath, ...nodeArgs, cliEntry, ...args] : [cliEntry, ...args];
+  const [cmd, ...rest] = gnuTime ? [gnuTime, '-f', 'MAXRSS %M', ...argv] : argv;
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), '--input-type=module', '-e', code], {
-    cwd: dir,
-    encoding: 'utf8',
-    maxBuffer: 1 << 30,
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const r = spawnSync(cmd, rest, { cwd: dir, encoding: 'utf8', maxBuffer: 1 << 30, stdio: ['ignore', 'ignore', 'pipe'] });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`blocktab ${args.join(' ')} failed: ${r.stderr}`);
   const kb = Number(/MAXRSS (\d+)/.exec(r.stderr)?.[1] ?? NaN);
@@ -55,7 +53,9 @@ export function runBlocktab(dir, args) {
 /** Runs qemu-img; returns wall ms. */
 export function runQemu(dir, args) {
   const t0 = performance.now();
-  const r = spawnSync('qemu-img', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', maxBuffer: 1 << 30 });
+  // Under GNU time as blocktab runs (runBlocktab), so both pay the same wrapper.
+  const [cmd, ...rest] = gnuTime ? [gnuTime, '-f', '', 'qemu-img', ...args] : ['qemu-img', ...args];
+  const r = spawnSync(cmd, rest, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8', maxBuffer: 1 << 30 });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed: ${r.stderr}`);
   return ms;

@@ -197,10 +197,12 @@ export class BlockBackend {
     // A number, not a cookie object: nothing is allocated per request for the statistics.
     const account = opts.account === true;
     const startNs = account ? this.stats.clock.nowNs() : 0;
-    if (this.throttle !== null && type !== 'flush') {
+    const throttle = this.throttle;
+    if (throttle !== null && type !== 'flush') {
       // One clock read serves both when they share the clock.
-      const wait = this.throttle.intercept(bytes, type !== 'read', account && this.throttle.group.clock === this.stats.clock ? startNs : undefined);
-      if (wait) await wait;
+      const group = throttle.group;
+      const wait = group.intercept(throttle, bytes, type !== 'read', account && group.clock === this.stats.clock ? startNs : undefined);
+      if (wait !== undefined) await wait;
     }
     for (;;) {
       try {

@@ -9,7 +9,7 @@
  * into wasm memory first.
  */
 
-import { bufferIsZeroJs } from '../wasm/zero-js.js';
+import { blockRunEndJs, bufferIsZeroJs } from '../wasm/zero-js.js';
 
 export interface BufferProvider {
   /** A buffer of exactly `bytes` bytes; contents undefined. */
@@ -18,12 +18,19 @@ export interface BufferProvider {
   free(buf: Uint8Array): void;
   /** True when every byte of `buf` is zero (QEMU's buffer_is_zero). */
   isZero(buf: Uint8Array): boolean;
+  /**
+   * End of the run of `block`-byte blocks of `buf` starting at `from` whose
+   * all-zero test is `zero`: where the first block of the other kind starts,
+   * or buf.length (the last block may be shorter).
+   */
+  runEnd(buf: Uint8Array, from: number, block: number, zero: boolean): number;
 }
 
 const plainProvider: BufferProvider = {
   alloc: (bytes) => new Uint8Array(bytes),
   free: () => {},
   isZero: bufferIsZeroJs,
+  runEnd: blockRunEndJs,
 };
 
 let provider: BufferProvider = plainProvider;
@@ -42,6 +49,11 @@ export function freeBuffer(buf: Uint8Array): void {
 
 export function bufferIsZero(buf: Uint8Array): boolean {
   return provider.isZero(buf);
+}
+
+/** See BufferProvider.runEnd: with -S, how far a convert step's zero (or data) blocks go. */
+export function zeroRunEnd(buf: Uint8Array, from: number, block: number, zero: boolean): number {
+  return provider.runEnd(buf, from, block, zero);
 }
 
 /** The plain JS zero test, exported as the reference the wasm kernel is tested against. */

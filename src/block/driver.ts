@@ -164,6 +164,14 @@ export interface BlockDriver {
    * image of the format ever does.
    */
   readonly hasZeroInit?: boolean | ((bs: BlockNode) => boolean);
+  /**
+   * Every write lands at its own offset (of the node, or of its `file` child
+   * shifted by a fixed amount) and allocates nothing whose place depends on
+   * the order of writes: raw, and protocols over plain storage. Writes to
+   * such a node may overlap in time without changing the result, so convert
+   * has the next step's write in flight before the previous one ends.
+   */
+  readonly writesInPlace?: boolean;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
   /**
@@ -465,6 +473,17 @@ const drivers = new Map<string, DriverEntry>();
 export function hasZeroInit(bs: BlockNode): boolean {
   const z = bs.driver.hasZeroInit;
   return typeof z === 'function' ? z(bs) : z !== false;
+}
+
+/**
+ * Whether writes to `bs` land in place all the way down (the node's driver
+ * and every `file` child below it say `writesInPlace`; no backing file).
+ */
+export function writesInPlace(bs: BlockNode): boolean {
+  for (let n: BlockNode | undefined = bs; n; n = n.file?.node) {
+    if (n.driver.writesInPlace !== true || n.backing) return false;
+  }
+  return true;
 }
 
 export function registerDriver(drv: BlockDriver): void {

@@ -165,9 +165,12 @@ function normalise(d: OptionDesc, value: string): string {
     case 'bool':
       parseBool(d.name, value);
       return value;
-    case 'num':
-      if (!/^(0x[0-9a-f]+|0[0-7]*|[1-9]\d*)$/i.test(value)) throw new BlockError('EINVAL', `Parameter '${d.name}' expects a number`);
+    case 'num': {
+      const m = /^([+-]?)(0x[0-9a-f]+|0[0-7]*|[1-9]\d*)$/i.exec(value);
+      if (!m) throw new BlockError('EINVAL', `Parameter '${d.name}' expects a number`);
+      // Kept as typed (the Formatting line prints it so); optNumber reads the sign as strtoull does.
       return value;
+    }
     case 'size': {
       return parseOptionSize(d.name, value).toString();
     }
@@ -224,5 +227,9 @@ export function optBool(values: OptionValues, name: string): boolean | undefined
 export function optNumber(values: OptionValues, name: string): number | undefined {
   const v = values.get(name);
   if (v === undefined) return undefined;
-  return /^0[0-7]+$/.test(v) ? parseInt(v, 8) : Number(v);
+  const m = /^([+-]?)(.*)$/.exec(v)!;
+  const digits = m[2]!;
+  const n = /^0[0-7]+$/.test(digits) ? parseInt(digits, 8) : Number(digits);
+  // qemu_strtou64 is strtoull: a '-' negates modulo 2^64, so QEMU 7.2 reads refcount_bits=-1 as 2^64-1 (iotest 112).
+  return m[1] === '-' && n !== 0 ? 2 ** 64 - n : n;
 }

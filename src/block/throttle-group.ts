@@ -83,7 +83,10 @@ export class ThrottleGroup {
     }
   }
 
-  /** `nowNs`: the group's clock, when the caller has just read it (saves a clock read per request). */
+  /**
+   * `nowNs`: the group's clock, when the caller has just read it (the backend shares its accounting start, saving a
+   * clock read per request). Undefined when the request goes now: no promise is made on that path.
+   */
   intercept(m: ThrottleGroupMember, bytes: number, isWrite: boolean, nowNs?: number): Promise<void> | undefined {
     if (!this.state.enabled) return undefined;
     const d: Dir = isWrite ? 1 : 0;

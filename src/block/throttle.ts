@@ -133,6 +133,27 @@ export class ThrottleState {
   /** Per direction, for each active bucket in `active` order: 1 when it counts bytes, 0 when it counts operations. */
   private activeIsBytes: [Uint8Array, Uint8Array] = [new Uint8Array(0), new Uint8Array(0)];
   private previousLeak: number;
+  /**
+   * The idle fast path ("the limits cannot bite"). From `drainedAt` on, every
+   * bucket has leaked empty for sure, so a request goes at once and leaves
+   * only its own pour behind. That state is kept in three numbers instead of
+   * the level arrays: when `lazyDir` is 0 or 1, the levels are those of one
+   * request poured at `previousLeak` in that direction (`lazyBytes` into the
+   * bytes buckets, `lazyUnits` into the ops buckets), every other level 0.
+   * `materialize` writes them out before anything reads the arrays.
+   * `drainedAt` is Infinity while the levels may hold more than that.
+   */
+  private drainedAt = -Infinity;
+  private lazyDir = -1;
+  private lazyBytes = 0;
+  private lazyUnits = 0;
+  /** Per direction, the largest ns per unit among the active bytes buckets and among the ops buckets (1e9 / avg). */
+  private readonly nsPerByte = new Float64Array(2);
+  private readonly nsPerOp = new Float64Array(2);
+  /** Requests that went by the idle fast path (tests check it is taken). */
+  drainedPours = 0;
+  /** cfg.opSize, at hand for the fast path. */
+  private opSize = 0;
 
   constructor(readonly clock: Clock) {
     this.previousLeak = clock.nowNs();
@@ -161,10 +182,61 @@ export class ThrottleState {
     this.activeOps = [pick(['iops-total', 'iops-read']), pick(['iops-total', 'iops-write'])];
     const isBytes = (idx: number[]) => Uint8Array.from(idx, (i) => (BUCKETS[i]!.startsWith('bps') ? 1 : 0));
     this.activeIsBytes = [isBytes(this.active[0]), isBytes(this.active[1])];
+    // The slowest leak among the buckets (burst buckets included) that a pour in the direction fills.
+    const slowest = (idx: number[]) => idx.reduce((ns, i) => Math.max(ns, 1e9 / this.avg[i]!, this.hasBurst[i] ? 1e9 / this.max[i]! : 0), 0);
+    for (const d of [0, 1]) {
+      this.nsPerByte[d] = slowest(this.activeBytes[d]!);
+      this.nsPerOp[d] = slowest(this.activeOps[d]!);
+    }
+    this.opSize = this.cfg.opSize;
+    // Every level was just set to 0.
+    this.lazyDir = -1;
+    this.drainedAt = -Infinity;
+  }
+
+  /** Writes the idle fast path's levels into the arrays; from here the arrays are the truth until the next drained pour. */
+  private materialize(): void {
+    this.drainedAt = Infinity;
+    const d = this.lazyDir;
+    if (d < 0) return;
+    this.lazyDir = -1;
+    const all = this.activeAll;
+    for (let k = 0; k < all.length; k++) {
+      this.level[all[k]!] = 0;
+      this.burstLevel[all[k]!] = 0;
+    }
+    const active = this.active[d]!;
+    const isBytes = this.activeIsBytes[d]!;
+    for (let k = 0; k < active.length; k++) {
+      const i = active[k]!;
+      const u = isBytes[k] ? this.lazyBytes : this.lazyUnits;
+      this.level[i] = u;
+      if (this.hasBurst[i]) this.burstLevel[i] = u;
+    }
+  }
+
+  /**
+   * Pours one request into empty buckets at `now`: kept as the lazy state,
+   * with the time from which its pour has leaked away. The margin (a
+   * millionth of a millionth, plus 1 ns) covers the rounding of the leak's
+   * own arithmetic, so from `drainedAt` on the step-by-step leak gives 0 too.
+   */
+  private pourDrained(d: number, bytes: number, now: number): void {
+    const opSize = this.opSize;
+    const units = opSize !== 0 && bytes > opSize ? bytes / opSize : 1;
+    this.previousLeak = now;
+    this.lazyDir = d;
+    this.lazyBytes = bytes;
+    this.lazyUnits = units;
+    const byBytes = bytes * this.nsPerByte[d]!;
+    const byOps = units * this.nsPerOp[d]!;
+    this.drainedAt = now + (byBytes > byOps ? byBytes : byOps) * (1 + 1e-9) + 1;
+    this.drainedPours++;
   }
 
   /** Empties every bucket by what leaked since the last call (`now` when the caller has just read the clock). */
   private leak(now = this.clock.nowNs()): void {
+    this.materialize();
     const delta = Math.max(0, now - this.previousLeak);
     this.previousLeak = now;
     if (delta === 0) return;
@@ -219,21 +291,44 @@ export class ThrottleState {
    * (test/unit/throttle.test.ts compares the two on random sequences).
    */
   pourIfFree(isWrite: boolean, bytes: number, now: number): boolean {
+    // Idle: every bucket is empty by now, so nothing can make the request wait. Kept small: it inlines into the caller.
+    if (now >= this.drainedAt) {
+      this.pourDrained(isWrite ? 1 : 0, bytes, now);
+      return true;
+    }
+    return this.pourChecked(isWrite, bytes, now);
+  }
+
+  /** pourIfFree when the buckets may hold something: leak, check and pour, step by step. */
+  private pourChecked(isWrite: boolean, bytes: number, now: number): boolean {
+    const d = isWrite ? 1 : 0;
+    this.materialize();
     const delta = now - this.previousLeak;
+    this.previousLeak = now;
     if (delta > 0) {
-      this.previousLeak = now;
+      let empty = true;
       const all = this.activeAll;
       for (let k = 0; k < all.length; k++) {
         const i = all[k]!;
         const l = this.level[i]! - (this.avg[i]! * delta) / 1e9;
-        this.level[i] = l > 0 ? l : 0;
+        if (l > 0) {
+          this.level[i] = l;
+          empty = false;
+        } else this.level[i] = 0;
         if (this.hasBurst[i]) {
           const bl = this.burstLevel[i]! - (this.max[i]! * delta) / 1e9;
-          this.burstLevel[i] = bl > 0 ? bl : 0;
+          if (bl > 0) {
+            this.burstLevel[i] = bl;
+            empty = false;
+          } else this.burstLevel[i] = 0;
         }
       }
-    } else this.previousLeak = now;
-    const d = isWrite ? 1 : 0;
+      // Everything leaked away: the same request on empty buckets, and back on the fast path.
+      if (empty) {
+        this.pourDrained(d, bytes, now);
+        return true;
+      }
+    }
     const active = this.active[d];
     for (let k = 0; k < active.length; k++) {
       const i = active[k]!;
@@ -258,6 +353,7 @@ export class ThrottleState {
 
   /** Pours a request that goes now into the buckets. */
   account(isWrite: boolean, bytes: number): void {
+    this.materialize();
     const d = isWrite ? 1 : 0;
     const units = this.cfg.opSize && bytes > this.cfg.opSize ? bytes / this.cfg.opSize : 1;
     const byBytes = this.activeBytes[d];

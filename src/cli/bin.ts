@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
- * The bundled CLI's entry (dist/bin/blocktab.js, the package's bin): turns on
- * the compile cache (compile-cache.ts) before anything else is loaded, then
- * loads main.ts's chunk and runs the command line. It imports nothing of
+ * The bundled CLI's entry (dist/bin/blocktab.js, the package's bin, whose
+ * first lines are a shell launcher: vite.cli.config.ts): turns on the compile
+ * cache (compile-cache.ts) before anything else is loaded, then loads
+ * main.ts's chunk and runs the command line. It imports nothing of
  * blocktab's statically, so every chunk of the engine comes through the cache.
  */
 import { createRequire } from 'node:module';
@@ -13,6 +14,22 @@ import type { Output } from './main.js';
 
 const self = fileURLToPath(import.meta.url);
 installCompileCache(path.dirname(self));
+takeDeferredExtraCaCerts();
+
+/**
+ * The launcher (vite.cli.config.ts) kept NODE_EXTRA_CA_CERTS from Node's
+ * start-up: put it back for whatever this process starts, and leave its path
+ * where the https transport (src/protocols/http-node.ts, same symbol) adds
+ * the certificates to its agent.
+ */
+function takeDeferredExtraCaCerts(): void {
+  const file = process.env.BLOCKTAB_EXTRA_CA_CERTS;
+  if (file === undefined) return;
+  delete process.env.BLOCKTAB_EXTRA_CA_CERTS;
+  if (process.env.NODE_EXTRA_CA_CERTS !== undefined) return; // a node started some other way loaded its own
+  process.env.NODE_EXTRA_CA_CERTS = file;
+  (globalThis as Record<symbol, unknown>)[Symbol.for('blocktab.deferredExtraCaCerts')] = file;
+}
 
 /** src/cli/main.ts's main(), for programs that import the bin (bench/lib.mjs). */
 export async function main(argv: string[], out: Output): Promise<number> {

@@ -18,7 +18,8 @@
  * Where: $XDG_CACHE_HOME/blocktab (else ~/.cache/blocktab), or when that
  * cannot be made, a directory of this user's under os.tmpdir() that nobody
  * else can write (cached bytecode runs as code: a directory others can
- * write is never read). One subdirectory per V8 version and bundle folder;
+ * write is never read). One subdirectory per V8 version and bundle folder,
+ * and in it one per command (commandKey);
  * chunk names carry a content hash and entries are keyed by source length as
  * well, and writing new entries removes those of chunks that are gone.
  * Any failure (no home, read-only or full disk) only means no cache, never
@@ -84,6 +85,20 @@ function fnv1a(s: string): string {
   return h.toString(16).padStart(8, '0');
 }
 
+/**
+ * The command this run serves (qemu-img's subcommand; `io` for qemu-io): each
+ * has its own entries. An entry holds the functions the run that wrote it
+ * compiled, and V8 keeps accepted data as it is, so a chunk first cached by
+ * `info` (qcow2's driver, say) left every later convert compiling the read and
+ * copy paths again (a small convert: 264 M instructions against 249 M with
+ * convert's own entries).
+ */
+export function commandKey(argv: readonly string[] = process.argv): string {
+  if (path.basename(argv[1] ?? '') === 'qemu-io') return 'io';
+  const cmd = argv[2] ?? '';
+  return /^[a-z][a-z-]{0,15}$/.test(cmd) ? cmd : 'other';
+}
+
 let installed = false;
 
 /**
@@ -111,7 +126,7 @@ export function installCompileCache(bundleDir: string): void {
   const cacheDir = (): string | null => {
     if (dir === undefined) {
       const root = compileCacheRoot();
-      dir = root ? path.join(root, `v8-${process.versions.v8}-${process.arch}-${fnv1a(bundleDir)}`) : null;
+      dir = root ? path.join(root, `v8-${process.versions.v8}-${process.arch}-${fnv1a(bundleDir)}`, commandKey()) : null;
     }
     return dir;
   };
@@ -142,6 +157,7 @@ export function installCompileCache(bundleDir: string): void {
     try {
       fs.mkdirSync(where, { recursive: true, mode: 0o700 });
       removeStale(where, bundleDir);
+      removeStale(path.dirname(where), bundleDir, true); // entries of the layout before commandKey
       for (const { script, file } of pending) {
         const tmp = `${file}.${process.pid}.tmp`;
         fs.writeFileSync(tmp, script.createCachedData());
@@ -153,10 +169,10 @@ export function installCompileCache(bundleDir: string): void {
   });
 }
 
-/** Removes the entries of chunks that are no longer in the bundle (an older build's). */
-function removeStale(where: string, bundleDir: string): void {
+/** Removes the entries of chunks that are no longer in the bundle (an older build's), or every entry (`all`). */
+function removeStale(where: string, bundleDir: string, all = false): void {
   for (const name of fs.readdirSync(where)) {
     const m = /^(.+)\.\d+\.cache(\.\d+\.tmp)?$/.exec(name);
-    if (m && !fs.existsSync(path.join(bundleDir, m[1]!))) fs.rmSync(path.join(where, name), { force: true });
+    if (m && (all || !fs.existsSync(path.join(bundleDir, m[1]!)))) fs.rmSync(path.join(where, name), { force: true });
   }
 }

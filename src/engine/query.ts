@@ -286,15 +286,33 @@ function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockSt
   return s;
 }
 
-/** query-blockstats: per device, or with `queryNodes` per node. */
-export function blockStats(engine: Engine, queryNodes: boolean): BlockStats[] {
-  // Oldest first here; query-named-block-nodes lists them newest first (QEMU 7.2 builds that list by prepending).
-  if (queryNodes) return engine.allNodes().map((bs) => nodeStats(engine, bs, false));
+/**
+ * A running job's filter node (QEMU's bdrv_query_bds_stats on mirror_top, commit_top, …): no counters of its own
+ * (nothing is accounted on it, no driver-specific stats), its filtered child as `parent`.
+ */
+function jobFilterStats(engine: Engine, f: JobFilterNode): BlockStats {
+  return { 'node-name': f.name, stats: deviceStats(undefined, undefined, false), parent: nodeStats(engine, f.child, false) };
+}
+
+/** query-blockstats: per device, or with `queryNodes` per node (`filters`: the running jobs' filter nodes, listed among them). */
+export function blockStats(engine: Engine, queryNodes: boolean, filters: readonly JobFilterNode[] = []): BlockStats[] {
+  // Oldest first here, filter nodes included (QEMU 7.2 walks its list of named nodes); query-named-block-nodes lists
+  // them newest first (QEMU builds that list by prepending).
+  if (queryNodes) {
+    const all: (BlockNode | JobFilterNode)[] = [...engine.allNodes(), ...filters];
+    all.sort((a, b) => engine.createdAt(a) - engine.createdAt(b));
+    return all.map((n) => (filters.includes(n as JobFilterNode) ? jobFilterStats(engine, n as JobFilterNode) : nodeStats(engine, n as BlockNode, false)));
+  }
   return engine.deviceNames().map((name) => {
     const dev = engine.device(name)!;
     // An empty device still has its backend's counters (QEMU: no node-name, no wr_highest_offset).
     if (!dev.backend.hasMedium) return { device: name, stats: { ...deviceStats(dev.backend, undefined, true), wr_highest_offset: 0 } };
     const root = nodeStats(engine, dev.backend.root, true);
+    // A job's filter above the device's node, named by the user: QEMU's device-level stats stop at it (its filtered
+    // child both its parent and its backing); an implicit one is skipped. Nothing writes through blocktab's filters,
+    // so the filter's wr_highest_offset is 0.
+    const explicit = filters.find((f) => !f.implicit && f.child === dev.backend.root && !f.overlay);
+    if (explicit) return { device: name, 'node-name': explicit.name, stats: deviceStats(dev.backend, undefined, true), parent: root, backing: root };
     return present({ device: name, 'node-name': root['node-name'], stats: deviceStats(dev.backend, dev.backend.root, true), parent: root.parent, backing: root.backing });
   });
 }

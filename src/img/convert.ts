@@ -23,10 +23,10 @@
  */
 import { BlockError, type BlockErrorCode } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import { hasZeroInit } from '../block/driver.js';
+import { hasZeroInit, writesInPlace } from '../block/driver.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
-import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
+import { allocBuffer, bufferIsZero, freeBuffer, zeroRunEnd } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
 import { createOptionList, formatDriver, loadFormat, optBool, parseOptions, setOption } from './options.js';
@@ -92,6 +92,13 @@ export const MAX_PARALLEL = 16;
  * messages); 256 KiB ones save no more memory and cost more.
  */
 const COMPRESS_BATCH_BYTES = 512 * 1024;
+/**
+ * In-order writes in flight on a target whose writes land in place: the
+ * running one and the next, queued behind it in the host (a buffered write
+ * holds the file's lock, so more would only take thread-pool threads that
+ * the reads ahead need).
+ */
+const WRITES_IN_FLIGHT_IN_PLACE = 2;
 /** qemu-img's MAX_BUF_SECTORS: the largest read buffer and -S value. */
 export const MAX_BUFFER = 16 * 1024 * 1024;
 /** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
@@ -294,6 +301,19 @@ interface Step {
   bytes: number;
 }
 
+/** A step being copied: its buffer and, with -c, its compressed cluster (null: does not shrink). */
+interface Job extends Step {
+  view: Uint8Array;
+  packed: Uint8Array | null | undefined;
+}
+
+/** A run of same-kind blocks in a step's data: [start, end) of its buffer, all zeros or not. */
+interface Run {
+  start: number;
+  end: number;
+  zero: boolean;
+}
+
 /** Walks the sources' runs the way convert_iteration_sectors cuts them. */
 class Planner {
   private statusEnd = 0;
@@ -357,7 +377,11 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   const flags = compressed ? { compressed: true } : {};
   const signal = opts.signal;
   const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
-  const turns = new WriteTurns(opts.outOfOrder !== true);
+  // A target whose writes land in place (raw on a host file) takes the next step's write while one is
+  // still running: the host serialises them, and the main thread's turn-around between two steps
+  // is no longer a gap in the write stream. Elsewhere (qcow2 allocates clusters in write order)
+  // one write at a time, as qemu-img.
+  const turns = new WriteTurns(opts.outOfOrder !== true, !compressed && writesInPlace(target) ? WRITES_IN_FLIGHT_IN_PLACE : 1);
   // With -c a step is one cluster: a worker takes several at once, so compressing them is one trip to a pool.
   const batch = compressed ? Math.max(1, Math.floor(COMPRESS_BATCH_BYTES / bufSize)) : 1;
   let yielded = Date.now();
@@ -391,6 +415,33 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   });
 
   /**
+   * The requests that write one step, in order: its data (only its
+   * non-zero blocks, `runs`, with -S), or zeros where the target does not
+   * read as zeros already.
+   */
+  const stepWrites = (j: Job, runs: Run[] | null): (() => Promise<void>)[] => {
+    const { pos, bytes: n, view } = j;
+    if (runs) {
+      const reqs: (() => Promise<void>)[] = [];
+      for (const { start, end, zero } of runs) {
+        if (!zero) reqs.push(() => bdrvPwrite(target, pos + start, end - start, view.subarray(start, end)));
+        else if (!zeroInit) reqs.push(() => writeZeroes(target, pos + start, end - start));
+      }
+      return reqs;
+    }
+    const writeFlags = j.packed === undefined ? flags : { ...flags, precompressed: j.packed };
+    if (j.kind === Kind.Data) {
+      if (minSparse === 0 || !bufferIsZero(view)) return [() => bdrvPwrite(target, pos, n, view, writeFlags)];
+    } else if (j.kind === Kind.Zero && minSparse === 0) {
+      // -S 0: zeros are written as data, so the target is fully allocated.
+      return [() => bdrvPwrite(target, pos, n, view, writeFlags)];
+    }
+    // Zeros (read as data and found all zero, or a zero run): nothing to write where the target reads as zeros.
+    if (j.kind !== Kind.Backing && !zeroInit) return [() => writeZeroes(target, pos, n)];
+    return [];
+  };
+
+  /**
    * One of qemu-img's convert coroutines: take a step (with -c, up to
    * `batch` one-cluster steps), read it, compress it, wait for its turn,
    * write it.
@@ -401,7 +452,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
       for (;;) {
         const steps = await take();
         if (!steps) return;
-        const jobs = steps.map((st, i) => ({ ...st, view: buf.subarray(i * bufSize, i * bufSize + Math.min(st.bytes, bufSize)), packed: undefined as Uint8Array | null | undefined }));
+        const jobs: Job[] = steps.map((st, i) => ({ ...st, view: buf.subarray(i * bufSize, i * bufSize + Math.min(st.bytes, bufSize)), packed: undefined }));
         for (const j of jobs) {
           if (j.kind === Kind.Data) await src.read(j.pos, j.bytes, j.view);
           else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
@@ -416,26 +467,23 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
             }),
           );
         }
+        // Where a data step's zero blocks are is found before its turn, off the write stream's path.
+        const runs = jobs.map((j) => (j.kind === Kind.Data && minSparse > 0 && !compressed ? sparseRuns(j.view, j.pos, minSparse) : null));
+        const bytes = jobs.reduce((n, j) => n + j.bytes, 0);
         await turns.wait(jobs[0]!.pos);
-        let bytes = 0;
-        for (const j of jobs) {
-          const { pos, bytes: n, view } = j;
-          const writeFlags = j.packed === undefined ? flags : { ...flags, precompressed: j.packed };
-          let kind = j.kind;
-          if (kind === Kind.Data) {
-            if (minSparse === 0) await bdrvPwrite(target, pos, n, view, writeFlags);
-            else if (!compressed) await writeSparse(target, pos, view, minSparse, zeroInit);
-            else if (!bufferIsZero(view)) await bdrvPwrite(target, pos, n, view, writeFlags);
-            else kind = Kind.Zero;
-          } else if (kind === Kind.Zero && minSparse === 0) {
-            // -S 0: zeros are written as data, so the target is fully allocated.
-            await bdrvPwrite(target, pos, n, view, writeFlags);
-            kind = Kind.Backing;
-          }
-          if (kind === Kind.Zero && !zeroInit) await writeZeroes(target, pos, n);
-          bytes += n;
+        turns.start(jobs[0]!.pos, bytes);
+        const reqs = jobs.flatMap((j, i) => stepWrites(j, runs[i]!));
+        if (turns.overlapped) {
+          // In place: the turn passes on once the step's first write is issued; its other writes
+          // (a step cut by zero blocks) follow one by one, so each step has one write in flight.
+          const first = reqs.length > 0 ? reqs[0]!() : undefined;
+          turns.issued();
+          await first;
+          for (let k = 1; k < reqs.length; k++) await reqs[k]!();
+        } else {
+          for (const req of reqs) await req();
         }
-        turns.done(jobs[0]!.pos, bytes);
+        turns.done(bytes);
         done += bytes;
         onProgress?.(done, total);
       }
@@ -471,32 +519,60 @@ function serialise<T>(fn: () => Promise<T>): () => Promise<T> {
  * (the default), a worker writes its step only once every step before it is
  * written, so the target's layout is the one a sequential copy makes; with
  * -W any worker writes as soon as its data is ready.
+ *
+ * With `inFlight` above 1 (a target whose writes land in place) a step's
+ * turn comes once the steps before it are issued, not written, and at most
+ * `inFlight` steps' writes run at once: the next write waits in the host
+ * rather than for the main thread to see the previous one end.
  */
 class WriteTurns {
-  /** End of the written prefix (in order). */
+  /** Bytes written so far (in order: the written prefix, up to the steps still in flight). */
   written = 0;
+  /** End of the prefix whose writes are issued (in order). */
+  private issuedEnd = 0;
+  /** The step between `start` and `issued`: the next turn comes once its first write is issued. */
+  private issuing = 0;
+  private running = 0;
   private waiters = new Map<number, { resolve: () => void; reject: (e: unknown) => void }>();
   private failed: { e: unknown } | undefined;
 
-  constructor(private readonly inOrder: boolean) {}
+  constructor(
+    private readonly inOrder: boolean,
+    private readonly inFlight: number,
+  ) {}
+
+  /** Steps may overlap (see above): `issued` must follow `start` once the step's first write is started. */
+  get overlapped(): boolean {
+    return this.inOrder && this.inFlight > 1;
+  }
 
   wait(pos: number): Promise<void> {
     if (this.failed) return Promise.reject(this.failed.e);
-    if (!this.inOrder || pos === this.written) return Promise.resolve();
+    if (!this.inOrder || this.ready(pos)) return Promise.resolve();
     return new Promise((resolve, reject) => this.waiters.set(pos, { resolve, reject }));
   }
 
-  done(pos: number, bytes: number): void {
-    if (!this.inOrder) {
-      this.written += bytes;
-      return;
+  /** The step at `pos` (`bytes` long) had its turn and starts writing. */
+  start(pos: number, bytes: number): void {
+    this.running++;
+    if (this.overlapped) {
+      this.issuing = pos + bytes;
+    } else if (this.inOrder) {
+      this.issuedEnd = pos + bytes;
     }
-    this.written = pos + bytes;
-    const next = this.waiters.get(this.written);
-    if (next) {
-      this.waiters.delete(this.written);
-      next.resolve();
-    }
+  }
+
+  /** The overlapped step that last started has its first write issued: the next step may have its turn. */
+  issued(): void {
+    this.issuedEnd = this.issuing;
+    this.wake();
+  }
+
+  /** A step's writes are done. */
+  done(bytes: number): void {
+    this.running--;
+    this.written += bytes;
+    this.wake();
   }
 
   /** A worker failed: nobody waits for a turn that will not come. */
@@ -504,6 +580,18 @@ class WriteTurns {
     this.failed ??= { e };
     for (const w of this.waiters.values()) w.reject(e);
     this.waiters.clear();
+  }
+
+  private ready(pos: number): boolean {
+    return pos === this.issuedEnd && this.issuing <= pos && this.running < this.inFlight;
+  }
+
+  private wake(): void {
+    const next = this.waiters.get(this.issuedEnd);
+    if (next && this.ready(this.issuedEnd)) {
+      this.waiters.delete(this.issuedEnd);
+      next.resolve();
+    }
   }
 }
 
@@ -513,41 +601,29 @@ async function writeZeroes(target: BlockNode, offset: number, bytes: number): Pr
 }
 
 /**
- * Writes `data` at `offset`, leaving out (or, without zero-init, zero-writing)
- * every all-zero block of `minSparse` bytes, aligned to guest offsets.
+ * The runs of `data` (guest offset `offset`) to write and to leave out with
+ * -S `minSparse`: every all-zero block of `minSparse` bytes, aligned to guest
+ * offsets, is a zero run.
  */
-async function writeSparse(target: BlockNode, offset: number, data: Uint8Array, minSparse: number, zeroInit: boolean): Promise<void> {
-  // A step of written zeros is common (a zero-filled region of a raw file): one scan decides it.
-  if (bufferIsZero(data)) {
-    if (!zeroInit) await writeZeroes(target, offset, data.length);
-    return;
-  }
-  // Runs of same-kind blocks become one request each; the scan for a run's end is a plain
-  // synchronous loop (no await, no modulo per block), since most steps are one run.
+function sparseRuns(data: Uint8Array, offset: number, minSparse: number): Run[] {
   const len = data.length;
+  // A step of written zeros is common (a zero-filled region of a raw file): one scan decides it.
+  if (data[0] === 0 && data[len - 1] === 0 && bufferIsZero(data)) return [{ start: 0, end: len, zero: true }];
+  // Runs of same-kind blocks: the first block may start off the guest's block grid (a step at an odd
+  // offset); from there the run's end is found in one call (the wasm kernel on a step's buffer), since
+  // most steps are one run.
+  const runs: Run[] = [];
   for (let start = 0; start < len; ) {
     const firstEnd = Math.min(len, start + minSparse - ((offset + start) % minSparse));
     const zero = blockIsZero(data, start, firstEnd);
-    const end = runEnd(data, firstEnd, minSparse, zero);
-    if (!zero) await bdrvPwrite(target, offset + start, end - start, data.subarray(start, end));
-    else if (!zeroInit) await writeZeroes(target, offset + start, end - start);
+    const end = zeroRunEnd(data, firstEnd, minSparse, zero);
+    runs.push({ start, end, zero });
     start = end;
   }
+  return runs;
 }
 
 /** Whether data[start, end) is all zeros; a block whose first or last byte is set needs no call into the zero scan (most data blocks). */
 function blockIsZero(data: Uint8Array, start: number, end: number): boolean {
   return data[start] === 0 && data[end - 1] === 0 && bufferIsZero(data.subarray(start, end));
-}
-
-/** End of the run that continues at `from` (a block boundary) with blocks of `minSparse` bytes as zero, or not, as `zero` says. */
-function runEnd(data: Uint8Array, from: number, minSparse: number, zero: boolean): number {
-  const len = data.length;
-  let end = from;
-  while (end < len) {
-    const next = Math.min(len, end + minSparse);
-    if (blockIsZero(data, end, next) !== zero) break;
-    end = next;
-  }
-  return end;
 }

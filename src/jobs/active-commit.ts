@@ -16,7 +16,8 @@ import { addWriteObserver, BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { isAllocatedAbove } from '../block/status.js';
-import { copyAllocated, JOB_CHUNK } from './copy-range.js';
+import { JOB_CHUNK } from './copy-range.js';
+import { MIRROR_DEFAULT_BUF_SIZE } from './mirror.js';
 import type { Job, JobDriver } from './job.js';
 import { registerJobType } from './registry.js';
 
@@ -43,28 +44,49 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
   let completeRequested = false;
   let pivoted = false;
 
-  /** Copies every tracked range from top (its guest view) into base. */
-  const drain = async (job: Job): Promise<void> => {
-    const buf = allocBuffer(JOB_CHUNK);
-    try {
-      for (;;) {
-        const area = tracker!.nextDirtyArea(0, tracker!.size, JOB_CHUNK);
-        if (!area) return;
-        tracker!.bitmap.reset(area.offset, area.bytes);
-        job.total += area.bytes;
-        const chunk = buf.subarray(0, area.bytes);
+  /** Copies what top's chain holds above base in [offset, offset + bytes) into base (unallocated pieces stay). */
+  const copyRun = async (job: Job, offset: number, bytes: number, buf: Uint8Array): Promise<void> => {
+    for (let off = offset; off < offset + bytes; ) {
+      const want = Math.min(JOB_CHUNK, offset + bytes - off);
+      const { allocated, pnum } = await isAllocatedAbove(o.top, held!.node, false, off, want);
+      const n = Math.max(1, Math.min(pnum, want));
+      if (allocated) {
+        const chunk = buf.subarray(0, n);
         try {
-          await bdrvPread(o.top, area.offset, area.bytes, chunk);
+          await bdrvPread(o.top, off, n, chunk);
         } catch (e) {
           throw job.ioError('read', e);
         }
         try {
-          await bdrvPwrite(held!.node, area.offset, area.bytes, chunk);
+          await bdrvPwrite(held!.node, off, n, chunk);
         } catch (e) {
           throw job.ioError('write', e);
         }
-        job.progress(area.bytes);
+      }
+      off += n;
+    }
+  };
+
+  /**
+   * Copies the tracked ranges until none is left, as QEMU's mirror iterates:
+   * each round takes the next run of consecutive dirty chunks (up to the
+   * mirror's buf-size, 16 MiB), copies it, counts it as progress, and sleeps
+   * what the speed limit asks before the next round — so at speed 1 the job
+   * has copied its first run and stays running, as QEMU's does. The job's
+   * total is what was copied plus what is still dirty (QEMU's len).
+   */
+  const drain = async (job: Job): Promise<void> => {
+    const buf = allocBuffer(JOB_CHUNK);
+    try {
+      for (let from = 0; ; ) {
         await job.rateLimitSleep();
+        const area = tracker!.nextDirtyArea(from, tracker!.size, MIRROR_DEFAULT_BUF_SIZE) ?? tracker!.nextDirtyArea(0, tracker!.size, MIRROR_DEFAULT_BUF_SIZE);
+        if (!area) return;
+        tracker!.bitmap.reset(area.offset, area.bytes);
+        await copyRun(job, area.offset, area.bytes, buf);
+        job.progress(area.bytes);
+        job.total = job.current + tracker!.count();
+        from = area.offset + area.bytes;
       }
     } finally {
       freeBuffer(buf);
@@ -84,8 +106,15 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
           if (end > offset) t.set(offset, end - offset);
         },
       });
-      // The bulk copy: what top's chain holds above base.
-      await copyAllocated(job, size, (off, n) => isAllocatedAbove(o.top, o.base, false, off, n), o.top, held.node);
+      // The bulk copy: what top's chain holds above base, marked dirty (QEMU's mirror_dirty_init), then drained.
+      // Base as the chain has it now: acquireBase may have opened it again as a fresh node.
+      for (let off = 0; off < size; ) {
+        const { allocated, pnum } = await isAllocatedAbove(o.top, held!.node, false, off, Math.min(size - off, 1 << 30));
+        const n = Math.max(1, pnum);
+        if (allocated) t.set(off, n);
+        off += n;
+      }
+      job.total = tracker.count();
       await drain(job);
       await bdrvFlush(held.node);
       job.transitionToReady();

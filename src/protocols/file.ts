@@ -67,6 +67,7 @@ export const fileDriver: BlockDriver = {
   name: 'file',
   kind: 'protocol',
   protocolName: 'file',
+  writesInPlace: true,
   // QEMU's file-posix counts the discards it passes to the host (only nodes opened with unmap pass any).
   // file-posix answers bdrv_get_info (nothing in it), so QEMU shows a protocol node's dirty-flag as false.
   getDriverInfo: () => ({}),

@@ -28,10 +28,29 @@ function load(): { mods: Mods; agents: { http: Http.Agent; https: Http.Agent } }
     mods = { http: req('node:http') as typeof Http, https: req('node:https') as typeof import('node:https') };
   }
   // Idle sockets are unref'd by the agent: a CLI run ends without closing them.
-  agents ??= { http: new mods.http.Agent({ keepAlive: true }), https: new mods.https.Agent({ keepAlive: true }) };
+  agents ??= { http: new mods.http.Agent({ keepAlive: true }), https: new mods.https.Agent({ keepAlive: true, ...deferredCa() }) };
   return { mods, agents };
 }
 
+/**
+ * NODE_EXTRA_CA_CERTS that the CLI's launcher kept from Node's start-up
+ * (vite.cli.config.ts; src/cli/bin.ts leaves the path under this symbol):
+ * the https agent trusts them on top of Node's bundled roots, as Node would
+ * have. An unreadable file is ignored with Node's warning.
+ */
+function deferredCa(): { ca?: string[] } {
+  const file = (globalThis as Record<symbol, unknown>)[Symbol.for('blocktab.deferredExtraCaCerts')];
+  if (typeof file !== 'string') return {};
+  const req = createRequire(import.meta.url);
+  const tls = req('node:tls') as typeof import('node:tls');
+  try {
+    const extra = (req('node:fs') as typeof import('node:fs')).readFileSync(file, 'latin1');
+    return { ca: [...tls.rootCertificates, extra] };
+  } catch (e) {
+    process.emitWarning(`Ignoring extra certs from \`${file}\`, load failed: ${e instanceof Error ? e.message : String(e)}`);
+    return {};
+  }
+}
 
 function send(url: string, init: HttpRequestInit): Promise<HttpReply> {
   const { mods, agents } = load();

@@ -43,6 +43,7 @@ export const memoryDriver: BlockDriver = {
   name: 'memory',
   kind: 'protocol',
   protocolName: 'memory',
+  writesInPlace: true,
   async open(bs) {
     const f = bs.options.memoryFile as MemoryFile | undefined;
     if (!f) throw new BlockError('ENOENT', `Could not open '${bs.filename}': No such file or directory`);

@@ -8,8 +8,8 @@
  */
 export { initWasm, wasmReady, onWasmReady, type InitWasmOptions } from './module.js';
 export { wasmArena, wasmBufferProvider, type WasmBufferProvider } from './provider.js';
-export { wasmBufferIsZero } from './zero.js';
-export { bufferIsZeroJs } from './zero-js.js';
+export { wasmBufferIsZero, wasmBlockRunEnd } from './zero.js';
+export { bufferIsZeroJs, blockRunEndJs } from './zero-js.js';
 export { wasmL2ScanRun, wasmL2EntryKind } from './l2-scan.js';
 export { WasmRefcounts, type CountCells, type CountMasks } from './refcount.js';
 export { HBitmap, HBitmapIter, HBITMAP_MAX_BITS, type DirtyArea, type HBitmapOptions } from './hbitmap.js';

@@ -22,6 +22,7 @@ import { WasmError } from './errors.js';
 export interface WasmExports {
   heapBase(): number;
   bufferIsZero(ptr: number, len: number): number;
+  blockRunEnd(ptr: number, len: number, from: number, block: number, zero: number): number;
   l2EntryKind(ptr: number, index: number, extended: number): number;
   l2ScanRun(ptr: number, start: number, end: number, extended: number, clusterBits: number, matchCopied: number): number;
   refCountTable(

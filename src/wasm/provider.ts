@@ -11,13 +11,14 @@
  */
 import { BuddyArena } from './arena.js';
 import { ARENA_BASE, wasmState, type WasmState } from './module.js';
-import { wasmBufferIsZero } from './zero.js';
+import { wasmBlockRunEnd, wasmBufferIsZero } from './zero.js';
 
 /** What block/buffers.ts calls a BufferProvider (declared here so wasm/ imports nothing outside itself). */
 export interface WasmBufferProvider {
   alloc(bytes: number): Uint8Array;
   free(buf: Uint8Array): void;
   isZero(buf: Uint8Array): boolean;
+  runEnd(buf: Uint8Array, from: number, block: number, zero: boolean): number;
 }
 
 let arena: BuddyArena | null = null;
@@ -41,6 +42,7 @@ export function arenaProvider(s: WasmState, a: BuddyArena): WasmBufferProvider {
       if (buf.buffer === s.memory.buffer) a.release(buf.byteOffset);
     },
     isZero: wasmBufferIsZero,
+    runEnd: wasmBlockRunEnd,
   };
 }
 

@@ -21,3 +21,25 @@ export function bufferIsZeroJs(buf: Uint8Array): boolean {
   for (; i < n; i++) if (buf[i] !== 0) return false;
   return true;
 }
+
+/**
+ * End of the run of `block`-byte blocks starting at `from` whose zero test
+ * (bufferIsZeroJs) is `zero`: the offset of the first block of the other
+ * kind, or buf.length (the last block may be shorter). The reference for the
+ * wasm kernel and the fallback without it.
+ */
+export function blockRunEndJs(buf: Uint8Array, from: number, block: number, zero: boolean): number {
+  const len = buf.length;
+  let end = from;
+  while (end < len) {
+    const next = Math.min(len, end + block);
+    // A data block whose first byte is set needs no scan.
+    if (!zero && buf[end] !== 0) {
+      end = next;
+      continue;
+    }
+    if (bufferIsZeroJs(buf.subarray(end, next)) !== zero) break;
+    end = next;
+  }
+  return end;
+}

@@ -10,7 +10,7 @@
  * amortise. The first 256 bytes are always tested in JS first, so non-zero
  * data (the common case) returns before anything is copied.
  */
-import { bufferIsZeroJs } from './zero-js.js';
+import { blockRunEndJs, bufferIsZeroJs } from './zero-js.js';
 import { SCRATCH_BASE, SCRATCH_BYTES, wasmState } from './module.js';
 
 /** Below this a foreign buffer is tested in JS: staging would not pay for itself. */
@@ -29,4 +29,14 @@ export function wasmBufferIsZero(buf: Uint8Array): boolean {
     if (s.exports.bufferIsZero(SCRATCH_BASE, k) === 0) return false;
   }
   return true;
+}
+
+/**
+ * blockRunEndJs's answer (see zero-js.ts), from the kernel in one call for a
+ * view into wasm memory (a convert step's buffer), else from the JS loop.
+ */
+export function wasmBlockRunEnd(buf: Uint8Array, from: number, block: number, zero: boolean): number {
+  const s = wasmState();
+  if (!s || buf.buffer !== s.memory.buffer || block < 1) return blockRunEndJs(buf, from, block, zero);
+  return s.exports.blockRunEnd(buf.byteOffset, buf.length, from, block, zero ? 1 : 0);
 }

@@ -125,18 +125,18 @@ async function verify(name: ScenarioName, dir: string, prepared: GuestWrite[], s
   if (s.finished?.startsWith('failed')) bad.push(`${at}: the operation ${s.finished}`);
   /**
    * Our check and qemu-img's, then the writes and snapshots that must be
-   * there. Snapshot create and delete have one known window (see
-   * src/formats/qcow2/snapshot.ts; QEMU has the same): a refcount and an
-   * active L2 entry's COPIED flag that disagree, which qemu-img reports as
-   * "ERROR OFLAG_COPIED data cluster"; the snapshot operation may leave
-   * exactly that, counted apart, and nothing else.
+   * there. Snapshot create and delete have QEMU's known windows (see
+   * src/formats/qcow2/snapshot.ts): a refcount and an active L1 or L2
+   * entry's COPIED flag that disagree, which qemu-img reports as "ERROR
+   * OFLAG_COPIED data cluster" or "... L2 cluster"; the snapshot operation
+   * may leave exactly that, counted apart, and nothing else.
    */
   const inspect = async (file: string, writes: GuestWrite[], opts: { qemu: boolean; backing?: boolean }) => {
     let window = 0;
     if (opts.qemu) {
       const v = await qemuCheck(`${dir}/${file}`);
       const errors = (v.checkText ?? '').split('\n').filter((l) => l.startsWith('ERROR'));
-      const copied = errors.filter((l) => /^ERROR OFLAG_COPIED data cluster: .* refcount=[12]$/.test(l));
+      const copied = errors.filter((l) => /^ERROR OFLAG_COPIED (data|L2) cluster: .* refcount=[12]$/.test(l));
       if (name === 'snapshot' && copied.length > 0 && copied.length === errors.length && v.check['check-errors'] === 0) window = (v.check.corruptions as number | undefined) ?? copied.length;
       else if (![0, 3].includes(v.checkStatus) || v.check.corruptions !== undefined) bad.push(`${at}: ${file}: qemu-img check ${v.checkStatus} ${v.checkText ?? JSON.stringify(v.check)}`);
     }

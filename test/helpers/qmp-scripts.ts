@@ -421,26 +421,42 @@ const chainBusy = [
 ];
 
 export const jobNodeScripts: QmpScript[] = [
-  s('query-named-block-nodes: the filter nodes of mirror, backup and stream, while they run', ['query-named-block-nodes', 'blockdev-mirror', 'blockdev-backup', 'block-stream'], withUT([
+  s('query-named-block-nodes, query-blockstats: the filter nodes of mirror, backup and stream, while they run', ['query-named-block-nodes', 'query-blockstats', 'blockdev-mirror', 'blockdev-backup', 'block-stream'], withUT([
     mirrorReady('t'),
     L('query-named-block-nodes'),
+    L('query-blockstats', { 'query-nodes': true }),
     cancelReady,
     L('blockdev-backup', { 'job-id': 'j', device: 'u', target: 't', sync: 'none', 'filter-node-name': 'cbw' }, 2),
     L('query-named-block-nodes', { flat: true }),
+    L('query-blockstats', { 'query-nodes': true }),
     L('job-cancel', { id: 'j' }, 4),
     L('query-named-block-nodes', { flat: true }),
+    L('query-blockstats', { 'query-nodes': true }),
     del('t'),
     addQcow2('t', 't.qcow2', { backing: 'u' }),
     L('block-stream', { 'job-id': 'j', device: 't', 'auto-finalize': false }, 5),
     L('query-named-block-nodes'),
+    L('query-blockstats', { 'query-nodes': true }),
     L('job-cancel', { id: 'j' }, 4),
   ])),
+  s('query-blockstats: a job filter above a device\'s node shows at device level when named, not when implicit', ['query-blockstats', 'blockdev-mirror'], [
+    // sync none copies nothing: ready at once (created, running, ready, BLOCK_JOB_READY), n0 left as it was.
+    L('blockdev-mirror', { 'job-id': 'j', device: 'd0', target: 'n0', sync: 'none', 'filter-node-name': 'mt' }, 4),
+    L('query-blockstats'),
+    L('query-blockstats', { 'query-nodes': true }),
+    cancelReady,
+    L('blockdev-mirror', { 'job-id': 'j', device: 'd0', target: 'n0', sync: 'none' }, 4),
+    L('query-blockstats'),
+    cancelReady,
+    L('query-blockstats'),
+  ]),
   s('commit: base written by the job alone, the layers it removes read by nobody else', ['block-commit'], [
     ...chainVUT,
     // Without auto-finalize the job waits in pending (created, running, waiting, pending, BLOCK_JOB_PENDING), holding its nodes.
     L('block-commit', { 'job-id': 'j', device: 't', 'top-node': 'u', 'base-node': 'v', 'auto-finalize': false }, 5),
     // Its commit_top filter between t and u, a level of t's chain.
     L('query-named-block-nodes'),
+    L('query-blockstats', { 'query-nodes': true }),
     L('blockdev-add', { driver: 'qcow2', 'node-name': 'x', file: 'u', 'read-only': true }),
     L('blockdev-add', { driver: 'copy-on-read', 'node-name': 'x', file: 'u' }),
     del('x'),
@@ -459,6 +475,7 @@ export const jobNodeScripts: QmpScript[] = [
     L('block-commit', { 'job-id': 'j', device: 't' }, 4),
     // Its mirror_top filter above t.
     L('query-named-block-nodes', { flat: true }),
+    L('query-blockstats', { 'query-nodes': true }),
     L('blockdev-add', { driver: 'raw', 'node-name': 'x', file: 'v' }),
     human('x', 'write 0 512'),
     del('x'),

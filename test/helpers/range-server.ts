@@ -18,6 +18,7 @@
  * Anything that is not a file answers 404.
  */
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -45,7 +46,8 @@ export interface RangeServer {
 
 const MODES = /^(norange|nohead|error|nocors|noetag|presigned)\/(.*)$/;
 
-export async function startRangeServer(dir: string): Promise<RangeServer> {
+/** `tls`: serve https:// with this key and certificate (PEM) instead of http://. */
+export async function startRangeServer(dir: string, tls?: { key: string; cert: string }): Promise<RangeServer> {
   const log: string[] = [];
   let sent = 0;
   let latency = 0;
@@ -146,7 +148,7 @@ export async function startRangeServer(dir: string): Promise<RangeServer> {
     stream(start, end);
   };
 
-  const server = http.createServer((req, res) => {
+  const server = (tls ? https.createServer.bind(null, tls) : http.createServer)((req: http.IncomingMessage, res: http.ServerResponse) => {
     inflight++;
     peak = Math.max(peak, inflight);
     res.on('close', () => {
@@ -158,7 +160,7 @@ export async function startRangeServer(dir: string): Promise<RangeServer> {
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   return {
-    baseUrl: `http://127.0.0.1:${port}/`,
+    baseUrl: `${tls ? 'https' : 'http'}://127.0.0.1:${port}/`,
     log,
     bodyBytesSent: () => sent,
     peakInflight: () => peak,

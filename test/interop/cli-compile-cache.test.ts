@@ -44,7 +44,7 @@ describe.runIf(ourCache)('compile cache', () => {
     expect(info({ XDG_CACHE_HOME: xdg })).toBe(want);
     const first = files(xdg);
     expect(first.size).toBeGreaterThan(3);
-    for (const f of first.keys()) expect(f).toMatch(/\/blocktab\/v8-[^/]+\/[^/]+\.js\.\d+\.cache$/);
+    for (const f of first.keys()) expect(f).toMatch(/\/blocktab\/v8-[^/]+\/info\/[^/]+\.js\.\d+\.cache$/);
     expect(info({ XDG_CACHE_HOME: xdg })).toBe(want);
     expect(files(xdg)).toEqual(first);
     // Garbage in one entry: rejected, the output is the same, the entry is written again.
@@ -66,8 +66,14 @@ describe.runIf(ourCache)('compile cache', () => {
       expect(qemuImg(['compare', '-q', '-F', 'raw', 'a.qcow2', out], { cwd: dir })).toBe('');
       fs.rmSync(path.join(dir, out));
     };
+    // An info first: its entries (qcow2's driver among them) are not the ones a convert reads.
+    const r = spawnSync(process.execPath, [cliEntry, 'info', 'a.qcow2'], { cwd: dir, env: { ...base, XDG_CACHE_HOME: xdg }, encoding: 'utf8' });
+    expect(r.stdout).toBe(want);
+    const infoEntries = files(xdg);
     convert('c1.raw');
     const first = files(xdg);
+    for (const [f, bytes] of infoEntries) expect(first.get(f)).toEqual(bytes);
+    expect([...first.keys()].some((f) => /\/convert\/qcow2-[^/]+\.js\.\d+\.cache$/.test(f))).toBe(true);
     expect([...first.keys()].some((f) => /\/convert-[^/]+\.js\.\d+\.cache$/.test(f))).toBe(true);
     // Data made under other V8 flags would be rejected and written again (other bytes).
     convert('c2.raw');

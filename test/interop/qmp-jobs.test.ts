@@ -89,6 +89,15 @@ function script(dir: string): QmpCommandLine[] {
     x('block-commit', { 'job-id': 'c1', device: 'ctop', 'top-node': 'cmid', 'base-node': 'cbase', 'auto-dismiss': false }),
     x('query-jobs'),
     x('job-dismiss', { id: 'c1' }),
+    // active commit (QEMU runs it as a mirror) throttled: len is what lies above base (top's 64 KiB, mid's 1 MiB),
+    // offset its first run of dirty chunks (top's); running, not ready, while the speed limit sleeps
+    add(dir, 'abase'),
+    add(dir, 'amid', 'abase'),
+    add(dir, 'atop', 'amid'),
+    x('block-commit', { 'job-id': 'a1', device: 'atop', speed: 1 }),
+    x('query-block-jobs'),
+    x('job-cancel', { id: 'a1' }),
+    x('query-jobs'),
     // unknown jobs
     x('block-job-cancel', { device: 'nojob' }),
     x('job-cancel', { id: 'nojob' }),

@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { deflateRawSync } from 'node:zlib';
-import { MemoryStorage, openImage, BlockError } from '../../src/index.js';
+import { MemoryStorage, openImage, BlockError, bdrvPread } from '../../src/index.js';
+import { createImage, planCreate } from '../../src/img/create.js';
 import { convert } from '../../src/img/convert.js';
 import { faultyStorage } from '../../src/filters/fault.js';
 import { createNodeDeflatePool } from '../../src/codecs/deflate-pool-node.js';
@@ -44,6 +45,44 @@ describe('convert with requests in flight', () => {
       const to = await openImage(st, 'dst.raw', { format: 'raw' });
       await convert([from], to, { parallel });
       expect(Buffer.from(st.get('dst.raw')!).equals(Buffer.from(src))).toBe(true);
+    }
+  }, 30_000);
+
+  it('has two writes in flight on a target whose writes land in place, one on qcow2, and copies the same bytes', async () => {
+    const st = new MemoryStorage();
+    const src = new Uint8Array(16 * MiB).map((_, i) => (i >> 12) % 5 === 0 ? 0 : (i * 7) & 0xff);
+    st.put('src.raw', src);
+    st.put('dst.raw', new Uint8Array(src.length));
+    const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
+    const raw = await openImage(st, 'dst.raw', { format: 'raw' });
+    // Every write of the memory protocol takes a few ms: count how many run at once.
+    const drv = raw.file!.node.driver as { pwritev: NonNullable<typeof raw.driver.pwritev> };
+    const plain = drv.pwritev;
+    let running = 0;
+    let most = 0;
+    drv.pwritev = async (...args) => {
+      most = Math.max(most, ++running);
+      await new Promise((r) => setTimeout(r, 3));
+      try {
+        return await plain(...args);
+      } finally {
+        running--;
+      }
+    };
+    try {
+      await convert([from], raw, { parallel: 8, targetHasZeroInit: true });
+      expect(most).toBe(2);
+      expect(Buffer.from(st.get('dst.raw')!).equals(Buffer.from(src))).toBe(true);
+      most = 0;
+      await createImage(st, await planCreate(st, { filename: 'dst.qcow2', format: 'qcow2', size: src.length }));
+      const q = await openImage(st, 'dst.qcow2', { format: 'qcow2' });
+      await convert([from], q, { parallel: 8, targetHasZeroInit: true });
+      expect(most).toBe(1);
+      const back = new Uint8Array(src.length);
+      await bdrvPread(q, 0, src.length, back);
+      expect(Buffer.from(back).equals(Buffer.from(src))).toBe(true);
+    } finally {
+      drv.pwritev = plain;
     }
   }, 30_000);
 

@@ -185,8 +185,68 @@ describe("snapshot delete's failure path (217)", () => {
     try {
       // The header no longer names the snapshot; its clusters are leaked, nothing is corrupt.
       expect(listSnapshots(after)).toEqual([]);
-      const c = (await checkNode(after, 'a.qcow2', { leaks: false, errors: false })).check;
-      expect([c.corruptions ?? 0, c.leaks]).toEqual([0, 4]);
+      const run = await checkNode(after, 'a.qcow2', { leaks: false, errors: false });
+      expect([run.check.corruptions ?? 0, run.check.leaks]).toEqual([0, 4]);
+      // QEMU's cluster numbers (217.out): the shared L2 table and data keep their second reference,
+      // the snapshot's L1 copy (6) and the old snapshot table (7) are left with no reference.
+      expect(run.messages.filter((m) => m.startsWith('Leaked'))).toEqual([
+        'Leaked cluster 4 refcount=2 reference=1',
+        'Leaked cluster 5 refcount=2 reference=1',
+        'Leaked cluster 6 refcount=1 reference=0',
+        'Leaked cluster 7 refcount=1 reference=0',
+      ]);
+    } finally {
+      await closeNode(after);
+    }
+  });
+});
+
+describe('snapshot create shares the active tables, as QEMU lays them out (217, 080, 112)', () => {
+  it('only the L1 table is copied; the L2 table and data get a second reference; the next write copies the L2 table', async () => {
+    const st = new MemoryStorage();
+    await createImage(st, await planCreate(st, { filename: 'a.qcow2', format: 'qcow2', size: 64 * MIB }));
+    const bs = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(bs, 0, 65536, new Uint8Array(65536).fill(1));
+    await imgSnapshot(bs, 'create', 'foo');
+    await closeNode(bs);
+    const cs = 65536;
+    const file = await openImage(st, 'a.qcow2', { format: 'raw', readOnly: true });
+    const u64 = async (off: number) => {
+      const b = new Uint8Array(8);
+      await bdrvPread(file, off, 8, b);
+      return new DataView(b.buffer).getBigUint64(0);
+    };
+    const refcount = async (cluster: number) => {
+      const b = new Uint8Array(2);
+      await bdrvPread(file, 2 * cs + cluster * 2, 2, b);
+      return (b[0]! << 8) | b[1]!;
+    };
+    const COPIED = 1n << 63n;
+    try {
+      // Header: the active L1 stays at cluster 3; the snapshot table went to cluster 7.
+      expect(await u64(40)).toBe(BigInt(3 * cs));
+      expect(await u64(64)).toBe(BigInt(7 * cs));
+      // The snapshot's L1 is a copy at cluster 6, naming the same L2 table (cluster 4).
+      expect(await u64(7 * cs)).toBe(BigInt(6 * cs));
+      expect((await u64(6 * cs)) & ~COPIED).toBe(BigInt(4 * cs));
+      // Shared: refcount 2 and no COPIED, on the L1 entry and on the data entry.
+      expect([await refcount(4), await refcount(5), await refcount(6), await refcount(7)]).toEqual([2, 2, 1, 1]);
+      expect(await u64(3 * cs)).toBe(BigInt(4 * cs));
+      expect(await u64(4 * cs)).toBe(BigInt(5 * cs));
+    } finally {
+      await closeNode(file);
+    }
+    const again = await openImage(st, 'a.qcow2', { format: 'qcow2', readOnly: false });
+    await bdrvPwrite(again, 0, 512, new Uint8Array(512).fill(2));
+    await closeNode(again);
+    const after = await openImage(st, 'a.qcow2', { format: 'raw', readOnly: true });
+    try {
+      const b = new Uint8Array(8);
+      await bdrvPread(after, 3 * cs, 8, b);
+      // The write copied the L2 table to cluster 8 (owned: COPIED) and the data cluster to 9.
+      expect(new DataView(b.buffer).getBigUint64(0)).toBe(COPIED | BigInt(8 * cs));
+      await bdrvPread(after, 8 * cs, 8, b);
+      expect(new DataView(b.buffer).getBigUint64(0)).toBe(COPIED | BigInt(9 * cs));
     } finally {
       await closeNode(after);
     }

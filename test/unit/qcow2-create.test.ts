@@ -13,7 +13,7 @@ import { parseHeader } from '../../src/formats/qcow2/header.js';
 import { createImage, planCreate } from '../../src/img/create.js';
 import { checkImage } from '../../src/formats/qcow2/check.js';
 import { createQcow2, validateQcow2CreateOptions } from '../../src/formats/qcow2/create.js';
-import { createOptionList, isHelpOption, loadFormat, optionsHelp, parseOptions, printOptions, qemuStrtosz } from '../../src/img/options.js';
+import { createOptionList, isHelpOption, loadFormat, optionsHelp, optNumber, parseOptions, printOptions, qemuStrtosz } from '../../src/img/options.js';
 
 // Format drivers load on first use; the option tables below are read synchronously.
 await loadFormat('qcow2');
@@ -64,6 +64,15 @@ describe('-o option strings', () => {
     expect(() => parseOptions(list, ['lazy_refcounts=maybe'])).toThrow("Parameter 'lazy_refcounts' expects 'on' or 'off'");
     expect(() => parseOptions(list, ['refcount_bits=08'])).toThrow("Parameter 'refcount_bits' expects a number");
     expect(() => parseOptions(list, ['size=abc'])).toThrow("Parameter 'size' expects a non-negative number below 2^64");
+  });
+  it("reads a negative number as strtoull does, modulo 2^64 (iotest 112: refcount_bits=-1 is refused as too wide, after the Formatting line)", () => {
+    const bits = (t: string) => optNumber(parseOptions(list, [`refcount_bits=${t}`]), 'refcount_bits');
+    expect(parseOptions(list, ['refcount_bits=-1']).get('refcount_bits')).toBe('-1');
+    expect(bits('-1')).toBe(2 ** 64);
+    expect(bits('-0')).toBe(0);
+    expect(bits('+16')).toBe(16);
+    expect(bits('020')).toBe(16);
+    expect(bits('0x10')).toBe(16);
   });
   it('recognises help and lists options sorted', () => {
     expect(isHelpOption('help')).toBe(true);

@@ -120,7 +120,8 @@ describe('the request path\'s one-pass check (pourIfFree)', () => {
     { 'iops-write': 10, 'iops-write-max': 30, 'iops-write-max-length': 5, 'iops-size': 4096 },
   ];
   for (const [n, limits] of configs.entries()) {
-    it(`decides and pours as computeWait + account do (config ${n})`, () => {
+    for (const compareEvery of [1, 9]) {
+    it(`decides and pours as computeWait + account do (config ${n}, levels compared every ${compareEvery} requests)`, () => {
       const cfg = configFromLimits(limits);
       checkConfig(cfg);
       const clock = new VirtualClock();
@@ -134,7 +135,8 @@ describe('the request path\'s one-pass check (pourIfFree)', () => {
       let went = 0;
       let waited = 0;
       for (let i = 0; i < 1500; i++) {
-        now += Math.floor(rnd() * rnd() * 20_000_000);
+        // Mostly close together (the limits bite), with idle pauses that let every bucket leak empty.
+        now += rnd() < 0.08 ? 3_000_000_000 : Math.floor(rnd() * rnd() * 20_000_000);
         const isWrite = rnd() < 0.5;
         const bytes = 512 * (1 + Math.floor(rnd() * 64));
         const expected = slow.computeWait(isWrite, now) === 0;
@@ -142,15 +144,46 @@ describe('the request path\'s one-pass check (pourIfFree)', () => {
         expect(fast.pourIfFree(isWrite, bytes, now)).toBe(expected);
         if (expected) went++;
         else waited++;
-        // Same levels: both directions would wait alike from here.
-        expect(fast.computeWait(false, now)).toBe(slow.computeWait(false, now));
-        expect(fast.computeWait(true, now)).toBe(slow.computeWait(true, now));
+        // Same levels: both directions would wait alike from here. Reading them ends the idle fast path's
+        // lazy state, so the second run reads them seldom and lets runs of drained pours go unobserved between.
+        if (i % compareEvery === 0) {
+          expect(fast.computeWait(false, now)).toBe(slow.computeWait(false, now));
+          expect(fast.computeWait(true, now)).toBe(slow.computeWait(true, now));
+        }
       }
-      // The sequence exercised both answers.
+      // The sequence exercised both answers, and the idle fast path (buckets leaked empty).
       expect(went).toBeGreaterThan(100);
       expect(waited).toBeGreaterThan(100);
+      expect(fast.drainedPours).toBeGreaterThan(20);
     });
+    }
   }
+
+  it('an idle group pours by the fast path and still limits when requests come close together', () => {
+    // Limits that never bite at one request per millisecond; a burst of back-to-back requests then waits.
+    const cfg = configFromLimits({ 'bps-total': 4096 * 1000, 'iops-total': 1000 });
+    const clock = new VirtualClock();
+    const slow = new ThrottleState(clock);
+    const fast = new ThrottleState(clock);
+    slow.configure(cfg);
+    fast.configure(cfg);
+    let now = clock.nowNs();
+    const step = (gap: number) => {
+      now += gap;
+      const expected = slow.computeWait(false, now) === 0;
+      if (expected) slow.account(false, 4096);
+      expect(fast.pourIfFree(false, 4096, now)).toBe(expected);
+      return expected;
+    };
+    for (let i = 0; i < 200; i++) expect(step(1_000_001)).toBe(true);
+    expect(fast.drainedPours).toBe(200);
+    let went = 0;
+    for (let i = 0; i < 400; i++) if (step(100)) went++;
+    // A tenth of a second of iops: 100 requests fill the bucket, then each waits for the leak.
+    expect(went).toBeGreaterThanOrEqual(100);
+    expect(went).toBeLessThan(110);
+    expect(fast.computeWait(false, now)).toBe(slow.computeWait(false, now));
+  });
 });
 
 describe('throttling through the engine', () => {

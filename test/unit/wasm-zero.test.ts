@@ -1,8 +1,8 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { wasmBufferIsZero, wasmReady } from '../../src/wasm/index.js';
+import { blockRunEndJs, wasmBlockRunEnd, wasmBufferIsZero, wasmReady } from '../../src/wasm/index.js';
 import { initWasm } from '../../src/runtime.js';
-import { allocBuffer, bufferIsZero, bufferIsZeroReference, freeBuffer } from '../../src/block/buffers.js';
+import { allocBuffer, bufferIsZero, bufferIsZeroReference, freeBuffer, zeroRunEnd } from '../../src/block/buffers.js';
 
 beforeAll(async () => {
   await initWasm();
@@ -106,5 +106,60 @@ describe('wasm zero detection (buffer_is_zero)', () => {
       buf[p] = 0;
     }
     expect(wasmBufferIsZero(buf)).toBe(true);
+  });
+});
+
+describe('run of zero / data blocks (convert -S)', () => {
+  /** The model: block by block with the reference zero test. */
+  function modelRunEnd(buf: Uint8Array, from: number, block: number, zero: boolean): number {
+    let end = from;
+    while (end < buf.length) {
+      const next = Math.min(buf.length, end + block);
+      if (bufferIsZeroReference(buf.subarray(end, next)) !== zero) return end;
+      end = next;
+    }
+    return buf.length;
+  }
+
+  it('the kernel, the JS loop and the provider agree with the model on random block patterns', () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(512, 4096, 8192),
+        fc.array(fc.constantFrom('zero', 'data', 'late', 'last'), { minLength: 1, maxLength: 24 }),
+        fc.integer({ min: 0, max: 4095 }),
+        fc.integer({ min: 0, max: 3 }),
+        fc.boolean(),
+        (block, kinds, tail, startBlock, zero) => {
+          // Blocks: all zeros, data from the first byte, data whose first byte is zero (a set byte inside), data only in the last byte.
+          const len = kinds.length * block + (tail % block);
+          const { view, block: backing } = wasmView(len, 0);
+          backing[len] = 0xff;
+          kinds.forEach((k, i) => {
+            const at = i * block;
+            if (k === 'data') view[at] = 1 + (i % 255);
+            else if (k === 'late') view[at + 1 + ((i * 37) % (block - 1))] = 7;
+            else if (k === 'last') view[at + block - 1] = 9;
+          });
+          const from = Math.min(len, startBlock * block);
+          const want = modelRunEnd(view, from, block, zero);
+          expect(wasmBlockRunEnd(view, from, block, zero)).toBe(want);
+          expect(blockRunEndJs(view, from, block, zero)).toBe(want);
+          expect(zeroRunEnd(view, from, block, zero)).toBe(want);
+          // A buffer outside wasm memory takes the JS loop, same answer.
+          expect(wasmBlockRunEnd(view.slice(), from, block, zero)).toBe(want);
+          freeBuffer(backing);
+        },
+      ),
+      { numRuns: 400 },
+    );
+  });
+
+  it('a short last block counts as a block of its own', () => {
+    const { view, block } = wasmView(4096 + 100, 0);
+    expect(wasmBlockRunEnd(view, 0, 4096, true)).toBe(4196);
+    view[4096 + 99] = 1;
+    expect(wasmBlockRunEnd(view, 0, 4096, true)).toBe(4096);
+    expect(wasmBlockRunEnd(view, 4096, 4096, false)).toBe(4196);
+    freeBuffer(block);
   });
 });

@@ -56,7 +56,14 @@ export interface JobFilter {
   overlay?: BlockNode;
 }
 
-export type JobFilterNode = Required<Omit<JobFilter, 'overlay'>> & Pick<JobFilter, 'overlay'>;
+export type JobFilterNode = Required<Omit<JobFilter, 'overlay'>> &
+  Pick<JobFilter, 'overlay'> & {
+    /**
+     * QEMU's implicit filter: inserted without a filter-node-name (backup names its copy-before-write itself, so
+     * that one never is). Device-level queries look through implicit filters and show explicit ones.
+     */
+    implicit: boolean;
+  };
 
 const registry = new WeakMap<Engine, Map<string, Running>>();
 function jobsOf(engine: Engine): Map<string, Running> {
@@ -193,7 +200,7 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
   });
   const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [], filtered: o.filtered };
   if (o.filter) {
-    entry.filter = { readOnly: false, ...o.filter, name: o.filter.name ?? generatedNodeName() };
+    entry.filter = { readOnly: false, ...o.filter, name: o.filter.name ?? generatedNodeName(), implicit: o.filter.name === undefined };
     engine.stampCreated(entry.filter);
   }
   releaseUses = (o.uses ?? []).map(({ node, use }) => engine.addUse(node, use));

@@ -33,7 +33,7 @@ export const queryCommands: QmpCommandTable = {
 
   'query-blockstats': {
     args: { '*query-nodes': 'bool' },
-    run: (engine, args) => blockStats(engine, args['query-nodes'] === true),
+    run: (engine, args) => blockStats(engine, args['query-nodes'] === true, jobFilterNodes(engine)),
   },
 
   'query-commands': {

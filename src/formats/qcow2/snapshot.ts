@@ -1,50 +1,50 @@
 /**
  * qcow2 internal snapshots: create, apply (revert) and delete (QEMU's
- * block/qcow2-snapshot.c), with the refcount model QEMU uses: an L2 table's
- * refcount is the number of L1 tables naming it, a data cluster's is the
- * number of (L1 table, L2 entry) paths reaching it, and COPIED is set on an
- * active L1/L2 entry exactly when that refcount is 1.
+ * block/qcow2-snapshot.c), with QEMU's refcount model and QEMU's layout: an
+ * L2 table's refcount is the number of L1 tables naming it, a data cluster's
+ * is the number of (L1 table, L2 entry) paths reaching it, and COPIED is set
+ * on an L1/L2 entry exactly when that refcount is 1.
  *
- * Crash safety. QEMU bumps refcounts and clears COPIED in the active tables
- * in place. We never modify the tables the header currently points at:
- *   create  the old active L1 (with its L2 tables) becomes the snapshot's L1
- *           as it is; the new active L1 points at private copies of those L2
- *           tables with COPIED cleared on data entries (their data now has two
- *           paths); data refcounts +1, copies and the new L1 written and
- *           flushed, then ONE header write switches l1_size, l1_table_offset,
- *           nb_snapshots and snapshots_offset (bytes 36..71, one sector).
- *   apply   the new active L1 points at private copies of the snapshot's L2
- *           tables (data +1, COPIED cleared), then one header write switches
- *           size and the L1 (bytes 24..47), then the old active's references
- *           are dropped. A crash anywhere leaves at worst leaked clusters.
- * Create and delete cannot avoid one window, because a data cluster's
- * refcount (in a refcount block) and the COPIED flag of its active L2 entry
- * (in an L2 table or behind the header switch) must change together and
- * live in different sectors. Create bumps refcounts before the switch, so a
- * crash in between leaves "refcount 2, COPIED set" on the still-active old
- * tables; delete drops refcounts before setting COPIED, leaving "refcount 1,
- * COPIED clear". qemu-img check reports both as OFLAG_COPIED errors (QEMU's
- * own create and delete have the same windows), and both are safe: no
- * snapshot references the cluster in the first case, and in the second a
- * later write merely copies the cluster instead of overwriting it in place.
+ * The one pass every operation is built from is QEMU's
+ * qcow2_update_snapshot_refcount (updateSnapshotRefcount below): for one L1
+ * table, add -1, 0 or +1 to everything it reaches and recompute COPIED in
+ * its L2 tables in place (through the L2 cache) and in the L1 table.
+ *   create  a copy of the active L1 (as it is, COPIED bits included) goes to
+ *           new clusters; the active tables get +1 (their L2 tables become
+ *           shared, COPIED clears, the next guest write copies the L2 table);
+ *           then the new snapshot table, the header switch, the old table freed.
+ *   apply   the snapshot's tables +1; the snapshot's L1 overwrites the active
+ *           L1 in place; the old active tables -1; then COPIED recomputed.
+ *   delete  the snapshot table without it and the header switch first; then
+ *           the snapshot's tables -1, its L1 freed, COPIED recomputed.
+ * Cluster numbers and their order are QEMU's, so `qemu-img check` (leaks
+ * after a failure included), `map` and the metadata bytes come out the same.
  *
- * Cost of the copies: one cluster per allocated L2 table (QEMU rewrites the
- * same tables in place, so the I/O is the same; the file holds the extra
- * tables until the snapshot is deleted). The active image then owns its L2
- * tables (COPIED on the L1 entries), so later guest writes need no L2 COW.
+ * Crash safety. Each step's refcounts are written before the tables naming
+ * them (flushMetadata's order), and the header names a snapshot only after
+ * its refcounts are stable, so a crash leaks at worst, with two kinds of
+ * COPIED windows that qemu-img check reports and that are harmless:
+ * "refcount 2, COPIED set" in create before the header switch (no snapshot
+ * references the cluster yet), and "refcount 1, COPIED clear" after a
+ * decrement in apply and delete (a write then merely copies the cluster).
+ * One deviation from QEMU, for safety only: apply writes the snapshot's L1
+ * entries into the active L1 with COPIED clear (QEMU writes them as last
+ * read, and a COPIED bit there on a shared L2 table would let a write after a
+ * crash modify the snapshot's table in place); the final COPIED pass sets the
+ * same bits QEMU ends with.
  */
 
 import { BlockError, describeCode, hex } from '../../block/errors.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 import type { BlockNode } from '../../block/node.js';
-import { allocBuffer, freeBuffer } from '../../block/buffers.js';
-import { bdrvPread, bdrvPwrite } from '../../block/io.js';
-import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE, sizeToL1 } from './validate.js';
+import { bdrvPdiscard, bdrvPread, bdrvPwrite } from '../../block/io.js';
+import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
 import { serializeSnapshotTable, type Qcow2Snapshot } from './snapshot-table.js';
 import { allocateClusters, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
-import { flushMetadata, setL1Entry } from './l1.js';
-import { checkNotCorrupt, invalidateMetadata, preWriteOverlapCheck, syncFile, withLock, writeHeaderFields } from './metadata.js';
-import { prepareWrite } from './write.js';
+import { flushMetadata, growL1 } from './l1.js';
+import { QCOW2_OL_ACTIVE_L1 } from './overlap.js';
+import { checkNotCorrupt, invalidateMetadata, markCorrupt, preWriteOverlapCheck, removeMetadata, syncFile, withLock, writeHeaderFields } from './metadata.js';
+import { prepareWrite, qcow2Truncate } from './write.js';
 import {
   compressedAt,
   copiedAt,
@@ -117,10 +117,78 @@ function checkSupported(bs: BlockNode, s: Qcow2State, what: string): void {
 
 // ------------------------------------------------------------ refcounts
 
-/** Per-cluster refcount deltas, applied in runs. */
+/**
+ * Offset for `bytes` of new metadata (QEMU's qcow2_alloc_clusters): whole
+ * clusters with refcount 1, or, for 0 bytes, the free-cluster hint with
+ * nothing allocated (an empty snapshot table's offset is that hint in QEMU).
+ */
+async function allocMeta(s: Qcow2State, bytes: number): Promise<number> {
+  if (bytes > 0) return allocateClusters(s, Math.ceil(bytes / s.clusterSize));
+  await bdrvDebugEvent(s.file, 'cluster_alloc');
+  return s.rw.freeClusterIndex * s.clusterSize;
+}
+
+/**
+ * QEMU's qcow2_free_clusters as the snapshot code uses it: a failure is
+ * reported and the operation goes on (the clusters leak). The refcounts are
+ * written at once, so a failing file says so here (iotest 217).
+ */
+async function freeClusters(s: Qcow2State, offset: number, bytes: number): Promise<void> {
+  if (bytes <= 0) return;
+  await bdrvDebugEvent(s.file, 'cluster_free');
+  try {
+    await updateRefcount(s, offset, bytes, -1);
+    await flushRefcounts(s);
+    const freed = new FreedClusters(s.clusterSize);
+    const first = Math.floor(offset / s.clusterSize);
+    await freed.noteIfFree(s, first, Math.floor((offset + bytes - 1) / s.clusterSize) - first + 1);
+    await freed.discard(s);
+  } catch (e) {
+    if (!(e instanceof BlockError)) throw e;
+    s.warn?.(`qcow2_free_clusters failed: ${describeCode(e.code)}`);
+  }
+}
+
+/**
+ * Clusters whose refcount dropped to 0, passed down to the file as discards
+ * once the pass is done (QEMU's pass-discard-snapshot, on by default: the
+ * freed clusters read as zeros, as in QEMU's files). A discard is a hint:
+ * failures are ignored, as QEMU's qcow2_process_discards ignores them.
+ */
+class FreedClusters {
+  private readonly runs: [number, number][] = [];
+  constructor(private readonly clusterSize: number) {}
+
+  async noteIfFree(s: Qcow2State, first: number, count: number): Promise<void> {
+    for (let c = first; c < first + count; c++) {
+      if ((await getRefcount(s, c)) !== 0) continue;
+      const last = this.runs[this.runs.length - 1];
+      if (last && last[1] === c) last[1] = c + 1;
+      else this.runs.push([c, c + 1]);
+    }
+  }
+
+  async discard(s: Qcow2State): Promise<void> {
+    const cs = this.clusterSize;
+    for (const [a, b] of this.runs.splice(0)) {
+      const end = Math.min(b * cs, s.file.totalBytes);
+      if (end <= a * cs) continue;
+      try {
+        await bdrvPdiscard(s.file, a * cs, end - a * cs);
+      } catch (e) {
+        if (!(e instanceof BlockError)) throw e;
+      }
+    }
+  }
+}
+
+/** Per-cluster refcount deltas of one L2 slice, applied in ascending runs. */
 class RefDeltas {
   private readonly m = new Map<number, number>();
-  constructor(private readonly clusterSize: number) {}
+  constructor(
+    private readonly clusterSize: number,
+    private readonly freed: FreedClusters,
+  ) {}
 
   /** Every cluster [offset, offset + bytes) touches gets `delta`. */
   add(offset: number, bytes: number, delta: number): void {
@@ -136,6 +204,7 @@ class RefDeltas {
       let j = i + 1;
       while (j < keys.length && keys[j] === keys[j - 1]! + 1 && this.m.get(keys[j]!) === d) j++;
       if (d !== 0) await updateRefcount(s, keys[i]! * this.clusterSize, (j - i) * this.clusterSize, d);
+      if (d < 0) await this.freed.noteIfFree(s, keys[i]!, j - i);
       i = j;
     }
     this.m.clear();
@@ -143,113 +212,118 @@ class RefDeltas {
 }
 
 /**
- * Adds `delta` for every data cluster the L2 table `t` (one whole table)
- * references: normal and zero-allocated clusters, and the bytes of compressed
- * clusters. With `clearCopied`, also clears COPIED on those entries in `t`.
+ * QEMU's qcow2_update_snapshot_refcount for the L1 table `l1` (l1Size
+ * entries, stored at `l1TableOffset`): adds `addend` to the refcount of every
+ * L2 table and data cluster it reaches, sets COPIED on its L2 entries and in
+ * `l1` exactly where the refcount is now 1, and writes the L2 changes. With
+ * addend >= 0 a changed `l1` is written back in place (a table to be dropped
+ * is not). L2 tables whose refcount drops to 0 leave the cache unwritten.
  */
-function countL2(s: Qcow2State, t: Uint8Array, deltas: RefDeltas, delta: number, clearCopied: boolean, tableOffset: number): void {
+async function updateSnapshotRefcount(s: Qcow2State, l1: Uint8Array, l1Size: number, addend: -1 | 0 | 1, l1TableOffset: number): Promise<void> {
+  const cs = s.clusterSize;
   const stride = s.l2EntryBytes;
-  for (let j = 0; j < s.l2Size; j++) {
-    const p = j * stride;
-    if (compressedAt(t, p)) {
-      const { coffset, csize } = parseCompressedDescriptor(entryHi(t, p), entryLo(t, p), s.clusterBits);
-      deltas.add(coffset, csize, delta);
-      continue;
+  const sliceBytes = s.l2Cache.entrySize;
+  const perSlice = sliceBytes / stride;
+  const freed = new FreedClusters(cs);
+  const deltas = new RefDeltas(cs, freed);
+  let l1Modified = false;
+  for (let i = 0; i < l1Size; i++) {
+    const l2 = l1EntryOffset(l1, i);
+    if (!l2) continue;
+    if (l2 % cs !== 0) throw await markCorrupt(s, `L2 table offset ${hex(l2)} unaligned (L1 index: ${hex(i)})`);
+    for (let at = 0; at < cs; at += sliceBytes) {
+      const slice = await s.l2Cache.acquire(l2 + at);
+      try {
+        const d = slice.data;
+        // Refcounts first (one batch per slice), then COPIED from the new counts.
+        if (addend !== 0) {
+          for (let j = 0; j < perSlice; j++) {
+            const p = j * stride;
+            if (compressedAt(d, p)) {
+              const { coffset, csize } = parseCompressedDescriptor(entryHi(d, p), entryLo(d, p), s.clusterBits);
+              deltas.add(coffset, csize, addend);
+              continue;
+            }
+            const host = l2HostOffset(d, j, s.extendedL2);
+            if (host === 0) continue;
+            if (host % cs !== 0) {
+              throw await markCorrupt(s, `Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${hex(l2)}, L2 index: ${hex(at / stride + j)})`);
+            }
+            deltas.add(host, cs, addend);
+          }
+          await deltas.apply(s);
+        }
+        let dirty = false;
+        for (let j = 0; j < perSlice; j++) {
+          const p = j * stride;
+          let want = false;
+          if (!compressedAt(d, p)) {
+            const host = l2HostOffset(d, j, s.extendedL2);
+            if (host !== 0) {
+              if (host % cs !== 0) {
+                throw await markCorrupt(s, `Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${hex(l2)}, L2 index: ${hex(at / stride + j)})`);
+              }
+              want = (await getRefcount(s, host / cs)) === 1;
+            }
+          }
+          if (want !== copiedAt(d, p)) {
+            setCopiedAt(d, p, want);
+            dirty = true;
+          }
+        }
+        if (dirty) s.l2Cache.markDirty(slice);
+      } finally {
+        s.l2Cache.release(slice);
+      }
     }
-    const host = l2HostOffset(t, j, s.extendedL2);
-    if (host === 0) continue;
-    if (host % s.clusterSize !== 0) {
-      fail('ECORRUPT', s, `Cluster allocation offset ${hex(host)} unaligned (L2 table at ${hex(tableOffset)}, index ${j})`);
+    if (addend !== 0) await updateRefcount(s, l2, cs, addend);
+    const rc = await getRefcount(s, l2 / cs);
+    if (rc === 0) {
+      // Freed: its cached slices must never be written over whatever the cluster holds next.
+      s.l2Cache.invalidate(l2, cs);
+      removeMetadata(s, l2, cs);
+      await freed.noteIfFree(s, l2 / cs, 1);
     }
-    deltas.add(host, s.clusterSize, delta);
-    if (clearCopied) setCopiedAt(t, p, false);
+    if ((rc === 1) !== l1EntryCopied(l1, i)) {
+      putL1Entry(l1, i, l2, rc === 1);
+      l1Modified = true;
+    }
+    // Bounded memory on large images: dirty slices go out in the usual order (refcounts first).
+    if (s.l2Cache.size > s.l2Cache.capacity) await flushMetadata(s);
   }
-}
-
-/** Reads the L2 table at `offset` (a whole cluster) from the image file, checked against the file. */
-async function readL2(s: Qcow2State, offset: number, into: Uint8Array, l1Index: number): Promise<void> {
-  if (offset % s.clusterSize !== 0) fail('ECORRUPT', s, `L2 table offset ${hex(offset)} unaligned (L1 index ${hex(l1Index)})`);
-  if (offset + s.clusterSize > s.file.totalBytes) {
-    fail('ECORRUPT', s, `L2 table at ${hex(offset)} (L1 index ${hex(l1Index)}) extends beyond the end of the file`);
+  await flushMetadata(s);
+  await freed.discard(s);
+  if (addend >= 0 && l1Modified && l1Size > 0) {
+    await bdrvPwrite(s.file, l1TableOffset, l1Size * 8, l1.subarray(0, l1Size * 8));
+    await syncFile(s);
   }
-  await bdrvPread(s.file, offset, s.clusterSize, into);
 }
 
 /**
- * Builds a new active L1 table of `newSize` entries whose L2 tables are
- * private copies of the ones `src` (srcSize entries) names: each copy gets
- * refcount 1 (COPIED in the L1), its data clusters +1 with COPIED cleared.
- * Returns the table (not yet written).
+ * QEMU's qcow2_write_snapshots: the table `list` goes to new clusters, then
+ * one header write switches nb_snapshots and snapshots_offset, then the old
+ * table is freed (a failure there only leaks it).
  */
-async function copyTablesForActive(s: Qcow2State, src: Uint8Array, srcSize: number, newSize: number): Promise<Uint8Array> {
-  const cs = s.clusterSize;
-  const l1 = new Uint8Array(newSize * 8);
-  const deltas = new RefDeltas(cs);
-  const t = allocBuffer(cs);
-  try {
-    for (let i = 0; i < srcSize; i++) {
-      const off = l1EntryOffset(src, i);
-      if (!off) continue;
-      await readL2(s, off, t, i);
-      countL2(s, t, deltas, 1, true, off);
-      const copy = await allocateClusters(s, 1);
-      await preWriteOverlapCheck(s, 0, copy, cs);
-      await bdrvPwrite(s.file, copy, cs, t);
-      putL1Entry(l1, i, copy, true);
-    }
-  } finally {
-    freeBuffer(t);
-  }
-  await deltas.apply(s);
-  return l1;
-}
-
-/** Drops one reference of the L1 table `l1` (l1Size entries): its L2 tables and their data (QEMU's addend -1). */
-async function releaseL1(s: Qcow2State, l1: Uint8Array, l1Size: number): Promise<void> {
-  const cs = s.clusterSize;
-  const deltas = new RefDeltas(cs);
-  const t = allocBuffer(cs);
-  try {
-    for (let i = 0; i < l1Size; i++) {
-      const off = l1EntryOffset(l1, i);
-      if (!off) continue;
-      await readL2(s, off, t, i);
-      countL2(s, t, deltas, -1, false, off);
-      deltas.add(off, cs, -1);
-    }
-  } finally {
-    freeBuffer(t);
-  }
-  await deltas.apply(s);
-}
-
-/** Writes `table` (l1Size entries) into new clusters; returns the offset (0 for an empty table). */
-async function writeNewL1(s: Qcow2State, table: Uint8Array): Promise<number> {
-  if (table.length === 0) return 0;
-  const cs = s.clusterSize;
-  const off = await allocateClusters(s, Math.ceil(table.length / cs));
-  await preWriteOverlapCheck(s, 0, off, table.length);
-  await bdrvPwrite(s.file, off, table.length, table);
-  return off;
-}
-
-/** Writes the snapshot table into new clusters (QEMU's qcow2_write_snapshots, before the header switch). */
-async function writeNewTable(s: Qcow2State, list: Qcow2Snapshot[]): Promise<{ offset: number; size: number }> {
-  if (list.length === 0) return { offset: 0, size: 0 };
+async function writeSnapshots(s: Qcow2State, list: Qcow2Snapshot[]): Promise<void> {
   const size = snapshotTableSize(list);
-  if (size > QCOW_MAX_SNAPSHOTS_SIZE) {
-    fail('EFBIG', s, `Snapshot table too large: ${size} bytes, at most ${QCOW_MAX_SNAPSHOTS_SIZE}`);
+  if (size > QCOW_MAX_SNAPSHOTS_SIZE) fail('EFBIG', s, `Snapshot table too large: ${size} bytes, at most ${QCOW_MAX_SNAPSHOTS_SIZE}`);
+  const offset = await allocMeta(s, size);
+  await flushRefcounts(s);
+  if (size > 0) {
+    await preWriteOverlapCheck(s, 0, offset, size);
+    await bdrvPwrite(s.file, offset, size, serializeSnapshotTable(list).subarray(0, size));
   }
-  const bytes = serializeSnapshotTable(list);
-  const offset = await allocateClusters(s, Math.ceil(size / s.clusterSize));
-  await preWriteOverlapCheck(s, 0, offset, size);
-  await bdrvPwrite(s.file, offset, size, bytes.subarray(0, size));
-  return { offset, size };
-}
-
-/** Frees the clusters of the current snapshot table (after the header stopped naming it). */
-async function freeOldTable(s: Qcow2State, offset: number, size: number): Promise<void> {
-  if (size > 0) await updateRefcount(s, offset, size, -1);
+  await flushRefcounts(s);
+  await syncFile(s);
+  const h = s.header;
+  await writeHeaderFields(s, ['nbSnapshots', 'snapshotsOffset'], { ...h, nbSnapshots: list.length, snapshotsOffset: offset });
+  await syncFile(s);
+  const old = { offset: h.snapshotsOffset, size: snapshotTableSize(s.snapshots) };
+  h.nbSnapshots = list.length;
+  h.snapshotsOffset = offset;
+  s.snapshots = list;
+  invalidateMetadata(s);
+  await freeClusters(s, old.offset, old.size);
 }
 
 /** Common start of every operation: caches written, so tables on disk are current. */
@@ -260,8 +334,8 @@ async function begin(s: Qcow2State): Promise<void> {
 
 /** Common end: refcount changes made stable, caches forget the moved tables. */
 async function finish(s: Qcow2State): Promise<void> {
+  await flushMetadata(s);
   await flushRefcounts(s);
-  s.l2Cache.clear();
   invalidateMetadata(s);
 }
 
@@ -294,29 +368,16 @@ export async function qcow2CreateSnapshot(bs: BlockNode, s: Qcow2State, req: New
 
   await withLock(s, async () => {
     await begin(s);
-    const h = s.header;
-    sn.l1TableOffset = h.l1TableOffset;
+    const bytes = s.l1Size * 8;
     sn.l1Size = s.l1Size;
-    const newL1 = await copyTablesForActive(s, s.l1Table, s.l1Size, s.l1Size);
-    const l1Offset = await writeNewL1(s, newL1);
-    const oldTable = { offset: h.snapshotsOffset, size: snapshotTableSize(s.snapshots) };
-    const table = await writeNewTable(s, list);
-    // Refcounts, copies, L1 and table stable before the header names them.
-    await flushRefcounts(s);
-    await syncFile(s);
-    await writeHeaderFields(s, ['l1TableOffset', 'nbSnapshots', 'snapshotsOffset'], {
-      ...h,
-      l1TableOffset: l1Offset,
-      nbSnapshots: list.length,
-      snapshotsOffset: table.offset,
-    });
-    await syncFile(s);
-    s.l1Table = newL1;
-    h.l1TableOffset = l1Offset;
-    h.nbSnapshots = list.length;
-    h.snapshotsOffset = table.offset;
-    s.snapshots = list;
-    await freeOldTable(s, oldTable.offset, oldTable.size);
+    sn.l1TableOffset = await allocMeta(s, bytes);
+    if (bytes > 0) {
+      await preWriteOverlapCheck(s, 0, sn.l1TableOffset, bytes);
+      await bdrvPwrite(s.file, sn.l1TableOffset, bytes, s.l1Table.slice(0, bytes));
+    }
+    // Refcounts up and COPIED cleared, stable before the snapshot table names the copy.
+    await updateSnapshotRefcount(s, s.l1Table, s.l1Size, 1, s.header.l1TableOffset);
+    await writeSnapshots(s, list);
     await finish(s);
   });
   return sn;
@@ -330,38 +391,56 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
   const i = findSnapshotByIdOrName(s.snapshots, idOrName);
   if (i < 0) fail('ENOENT', s, `snapshot '${idOrName}' not found`);
   const sn = s.snapshots[i]!;
-  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
+  validateSnapshotL1(s, sn);
   if (sn.diskSize !== bs.totalBytes && s.bitmaps.length) {
     fail('ENOTSUP', s, `Can't resize an image with persistent dirty bitmaps (snapshot '${sn.name}' has another disk size)`);
   }
   await withLock(s, async () => {
     await begin(s);
-    const h = s.header;
-    const snL1 = new Uint8Array(sn.l1Size * 8);
-    if (snL1.length) await bdrvPread(s.file, sn.l1TableOffset, snL1.length, snL1);
-    const newSize = Math.max(s.l1Size, sn.l1Size, sizeToL1(h, sn.diskSize));
-    const newL1 = await copyTablesForActive(s, snL1, sn.l1Size, newSize);
-    const l1Offset = await writeNewL1(s, newL1);
-    await flushRefcounts(s);
-    await syncFile(s);
-    await writeHeaderFields(s, ['size', 'l1Size', 'l1TableOffset'], { ...h, size: sn.diskSize, l1Size: newSize, l1TableOffset: l1Offset });
-    await syncFile(s);
-    const oldL1 = s.l1Table;
-    const oldSize = s.l1Size;
-    const oldOffset = h.l1TableOffset;
-    s.l1Table = newL1;
-    s.l1Size = newSize;
-    h.l1Size = newSize;
-    h.l1TableOffset = l1Offset;
-    h.size = sn.diskSize;
-    bs.totalBytes = sn.diskSize;
-    s.rw.l1DirtyFrom = s.rw.l1DirtyTo = 0;
+    if (sn.diskSize !== bs.totalBytes) {
+      await qcow2Truncate(bs, s, sn.diskSize, 'off');
+      await flushMetadata(s);
+    }
+    await growL1(s, sn.l1Size, true);
+    const bytes = s.l1Size * 8;
+    const snL1 = new Uint8Array(bytes);
+    if (sn.l1Size) await bdrvPread(s.file, sn.l1TableOffset, sn.l1Size * 8, snL1.subarray(0, sn.l1Size * 8));
+    await updateSnapshotRefcount(s, snL1.slice(), sn.l1Size, 1, sn.l1TableOffset);
+    // The snapshot's tables are shared from here on: no COPIED in the active L1 until recomputed (file comment).
+    for (let k = 0; k < s.l1Size; k++) {
+      const off = l1EntryOffset(snL1, k);
+      if (off) putL1Entry(snL1, k, off, false);
+    }
+    if (bytes > 0) {
+      await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L1, s.header.l1TableOffset, bytes);
+      await bdrvPwrite(s.file, s.header.l1TableOffset, bytes, snL1);
+      await syncFile(s);
+    }
     // The old active tables are unreferenced now: a crash from here on only leaks.
-    await releaseL1(s, oldL1, oldSize);
-    if (oldSize > 0) await updateRefcount(s, oldOffset, oldSize * 8, -1);
+    let failed: unknown;
+    try {
+      await updateSnapshotRefcount(s, s.l1Table, s.l1Size, -1, s.header.l1TableOffset);
+    } catch (e) {
+      failed = e;
+    }
+    s.l1Table.set(snL1);
+    s.rw.l1DirtyFrom = s.rw.l1DirtyTo = 0;
+    if (failed) throw failed;
+    await updateSnapshotRefcount(s, s.l1Table, s.l1Size, 0, s.header.l1TableOffset);
     await finish(s);
   });
   return sn;
+}
+
+/** QEMU's qcow2_validate_table for a snapshot's L1 table, before it is used. */
+function validateSnapshotL1(s: Qcow2State, sn: Qcow2Snapshot): void {
+  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
+  if (sn.l1TableOffset % s.clusterSize !== 0) {
+    fail('EINVAL', s, `Snapshot L1 table offset invalid: ${hex(sn.l1TableOffset)} is not cluster-aligned (snapshot '${sn.name}')`);
+  }
+  if (sn.l1Size > 0 && sn.l1TableOffset + sn.l1Size * 8 > s.file.totalBytes) {
+    fail('EINVAL', s, `Snapshot L1 table at ${hex(sn.l1TableOffset)} (snapshot '${sn.name}') extends beyond the end of the file`);
+  }
 }
 
 // ------------------------------------------------------------- load tmp
@@ -396,75 +475,28 @@ export async function qcow2DeleteSnapshot(bs: BlockNode, s: Qcow2State, id: stri
   const i = findSnapshot(s.snapshots, id, name);
   if (i < 0) fail('ENOENT', s, `Can't find the snapshot (id ${id ?? '(any)'}, name ${name ?? '(any)'})`);
   const sn = s.snapshots[i]!;
+  validateSnapshotL1(s, sn);
   const list = s.snapshots.filter((_, k) => k !== i);
   await withLock(s, async () => {
     await begin(s);
-    const h = s.header;
-    const oldTable = { offset: h.snapshotsOffset, size: snapshotTableSize(s.snapshots) };
-    const table = await writeNewTable(s, list);
-    await flushRefcounts(s);
-    await syncFile(s);
-    await writeHeaderFields(s, ['nbSnapshots', 'snapshotsOffset'], { ...h, nbSnapshots: list.length, snapshotsOffset: table.offset });
-    await syncFile(s);
-    h.nbSnapshots = list.length;
-    h.snapshotsOffset = table.offset;
-    s.snapshots = list;
-    invalidateMetadata(s);
-    // The snapshot is gone from the header: a failure from here on only leaks clusters. As QEMU's
-    // qcow2_free_clusters, a failed free of the old table is reported and the deletion goes on; the
-    // freed refcounts are written at once, so a failing file says so here (iotest 217).
-    await bdrvDebugEvent(s.file, 'cluster_free');
-    try {
-      await freeOldTable(s, oldTable.offset, oldTable.size);
-      await flushRefcounts(s);
-    } catch (e) {
-      if (!(e instanceof BlockError)) throw e;
-      s.warn?.(`qcow2_free_clusters failed: ${describeCode(e.code)}`);
-    }
+    await writeSnapshots(s, list);
+    // The snapshot is gone from the header: a failure from here on only leaks clusters.
     try {
       const snL1 = new Uint8Array(sn.l1Size * 8);
       if (snL1.length) await bdrvPread(s.file, sn.l1TableOffset, snL1.length, snL1);
-      await releaseL1(s, snL1, sn.l1Size);
-      if (sn.l1Size > 0) await updateRefcount(s, sn.l1TableOffset, sn.l1Size * 8, -1);
-      await flushRefcounts(s);
+      await updateSnapshotRefcount(s, snL1, sn.l1Size, -1, sn.l1TableOffset);
     } catch (e) {
       if (!(e instanceof BlockError)) throw e;
       throw new BlockError(e.code, `Failed to free the cluster and L1 table: ${describeCode(e.code)}`, { cause: e });
     }
-    await updateActiveCopied(s);
-    await flushMetadata(s);
+    await freeClusters(s, sn.l1TableOffset, sn.l1Size * 8);
+    try {
+      await updateSnapshotRefcount(s, s.l1Table, s.l1Size, 0, s.header.l1TableOffset);
+    } catch (e) {
+      if (!(e instanceof BlockError)) throw e;
+      throw new BlockError(e.code, `Failed to update snapshot status in disk: ${describeCode(e.code)}`, { cause: e });
+    }
     await finish(s);
   });
   return sn;
-}
-
-/** Recomputes COPIED on the active L1 and L2 entries from the refcounts (QEMU's addend-0 pass). */
-async function updateActiveCopied(s: Qcow2State): Promise<void> {
-  const stride = s.l2EntryBytes;
-  const sliceBytes = s.l2Cache.entrySize;
-  for (let i = 0; i < s.l1Size; i++) {
-    const off = l1EntryOffset(s.l1Table, i);
-    if (!off) continue;
-    const tableOwned = (await getRefcount(s, off / s.clusterSize)) === 1;
-    if (tableOwned !== l1EntryCopied(s.l1Table, i)) setL1Entry(s, i, off, tableOwned);
-    // Data of a shared table has more than one path: only owned tables can hold refcount-1 data.
-    for (let at = 0; at < s.clusterSize; at += sliceBytes) {
-      const slice = await s.l2Cache.acquire(off + at);
-      try {
-        const d = slice.data;
-        for (let j = 0; j < sliceBytes / stride; j++) {
-          const p = j * stride;
-          if (compressedAt(d, p)) continue;
-          const host = l2HostOffset(d, j, s.extendedL2);
-          if (host === 0) continue;
-          const want = tableOwned && (await getRefcount(s, Math.floor(host / s.clusterSize))) === 1;
-          if (want === copiedAt(d, p)) continue;
-          setCopiedAt(d, p, want);
-          s.l2Cache.markDirty(slice);
-        }
-      } finally {
-        s.l2Cache.release(slice);
-      }
-    }
-  }
 }

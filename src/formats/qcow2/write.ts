@@ -56,7 +56,7 @@ import {
   writeL2Entry,
   type L2Entry,
 } from './l2-entry.js';
-import { allocateBytes, allocateClusters, freeClustersDeferred, getRefcount } from './refcount.js';
+import { allocateBytes, allocateClusters, freeClustersDeferred, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
 import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
 import { qcow2Read } from './read.js';
@@ -423,15 +423,18 @@ async function writeOneCompressed(s: Qcow2State, off: number, packed: Uint8Array
       throw new BlockError('EIO', `${s.image}: compressed write at guest offset ${hex(off)}: the cluster is already allocated (compressed data cannot overwrite it)`);
     }
     const coffset = await allocateBytes(s, packed.length);
-    await checkDataOverlap(s, coffset, packed.length);
-    await bdrvDebugEvent(s.file, 'write_compressed');
-    await bdrvPwrite(s.file, coffset, packed.length, packed);
     let e: { hi: number; lo: number };
     try {
       e = encodeCompressedEntry(coffset, packed.length, s.clusterBits);
     } catch (err) {
+      // As QEMU's qcow2_alloc_bytes, an offset the entry cannot hold fails before any data is written
+      // (the bytes are given back: nothing leaks, the file grows by no data, iotest 220).
+      await updateRefcount(s, coffset, packed.length, -1);
       throw new BlockError('EFBIG', `${s.image}: compressed cluster at host offset ${hex(coffset)} (${packed.length} bytes) cannot be described by an L2 entry with ${s.clusterSize}-byte clusters`, { cause: err });
     }
+    await checkDataOverlap(s, coffset, packed.length);
+    await bdrvDebugEvent(s.file, 'write_compressed');
+    await bdrvPwrite(s.file, coffset, packed.length, packed);
     const { hi, lo } = e;
     writeL2Entry(slice.data, idx, ext, { hi, lo, zero: 0, alloc: 0 });
     s.l2Cache.markDirty(slice);

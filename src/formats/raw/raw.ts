@@ -78,6 +78,8 @@ export const rawDriver: BlockDriver = {
   name: 'raw',
   kind: 'format',
   blockdevOptions: { file: 'BlockdevRef', '*offset': 'int', '*size': 'int' },
+  // Guest offset + the fixed `offset` option: the order of writes never matters.
+  writesInPlace: true,
   probe: rawProbe,
   async open(bs, options) {
     const offset = toInt(options.offset, 'offset', bs) ?? 0;

@@ -529,23 +529,40 @@ export const vhdxDriver: BlockDriver = {
     if (!bs.readOnly && options['check'] !== true) await updateHeaders(bs, s, null);
   },
 
+  /**
+   * Consecutive runs of one kind are served together: blocks that lie one
+   * after the other in the file are one read, absent blocks one fill, parent
+   * ranges one backing read (a converted image's 1 MiB blocks are one pread
+   * per request, not one per block).
+   */
   async preadv(bs, offset, bytes, buf) {
     const s = bs.state<VhdxState>();
     const file = bs.file!.node;
+    let run: Run | null = null;
     for (let done = 0; done < bytes; ) {
-      const run = await blockRun(bs, s, offset + done, bytes - done);
-      const out = buf.subarray(done, done + run.bytes);
-      if (run.kind === 'data') {
-        if (run.host + run.bytes > file.totalBytes) {
-          throw new BlockError('EIO', `${s.image}: payload data at ${hex(run.host)} (${run.bytes} bytes) runs past the end of the file (${file.totalBytes} bytes)`);
+      const cur: Run = run ?? (await blockRun(bs, s, offset + done, bytes - done));
+      run = null;
+      let n = cur.bytes;
+      while (done + n < bytes) {
+        const next = await blockRun(bs, s, offset + done + n, bytes - done - n);
+        if (next.kind !== cur.kind || (cur.kind === 'data' && next.host !== cur.host + n)) {
+          run = next;
+          break;
         }
-        await bdrvPread(file, run.host, run.bytes, out);
-      } else if (run.kind === 'parent') {
-        await readBacking(bs, offset + done, run.bytes, out);
+        n += next.bytes;
+      }
+      const out = buf.subarray(done, done + n);
+      if (cur.kind === 'data') {
+        if (cur.host + n > file.totalBytes) {
+          throw new BlockError('EIO', `${s.image}: payload data at ${hex(cur.host)} (${n} bytes) runs past the end of the file (${file.totalBytes} bytes)`);
+        }
+        await bdrvPread(file, cur.host, n, out);
+      } else if (cur.kind === 'parent') {
+        await readBacking(bs, offset + done, n, out);
       } else {
         out.fill(0);
       }
-      done += run.bytes;
+      done += n;
     }
   },
 
