@@ -436,13 +436,21 @@ export async function bdrvGetLength(bs: BlockNode): Promise<number> {
 /**
  * Empties the image (QEMU's bdrv_make_empty): every cluster dropped, so the
  * node reads through to its backing file. Like any write it is reported to
- * the node's dirty bitmaps (the whole disk changed), then flushed.
+ * the node's dirty bitmaps (the whole disk changed), then flushed. A failure
+ * names the image as `name` (default: the node's file name; qemu-img passes
+ * the name it was given, as QEMU's filename of a blkdebug: image).
  */
-export async function bdrvMakeEmpty(bs: BlockNode): Promise<void> {
+export async function bdrvMakeEmpty(bs: BlockNode, name = bs.filename): Promise<void> {
   checkRange(bs, 0, bs.totalBytes, 'make-empty');
   checkWritable(bs, 'make-empty');
   if (!bs.driver.makeEmpty) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} format cannot be emptied`);
-  await bs.driver.makeEmpty(bs);
+  try {
+    await bs.driver.makeEmpty(bs);
+  } catch (e) {
+    // QEMU's bdrv_make_empty names the node (098: "Failed to empty blkdebug:…: Input/output error").
+    if (!(e instanceof BlockError) || e.code === 'ENOTSUP') throw e;
+    throw new BlockError(e.code, `Failed to empty ${name}: ${e.message}`, { cause: e });
+  }
   if (bs.totalBytes > 0) bs.dirtyBitmaps?.markDirty(0, bs.totalBytes);
   await bdrvFlush(bs);
 }

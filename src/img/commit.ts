@@ -10,7 +10,7 @@
 import { BlockError, describeCode, isBlockError } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { closeNode, hasProtocol, openImage, type Storage } from '../block/open.js';
-import { bdrvFlush } from '../block/io.js';
+import { bdrvFlush, bdrvMakeEmpty } from '../block/io.js';
 import { bdrvReopen } from '../block/reopen.js';
 import { Job } from '../jobs/job.js';
 import { runCommit } from '../jobs/commit.js';
@@ -51,6 +51,7 @@ export function findBackingImage(storage: Storage, top: BlockNode, name: string)
 export async function commitImage(storage: Storage, req: CommitRequest): Promise<void> {
   const top = req.top ?? (await openImage(storage, req.filename, { format: req.format, readOnly: false }));
   let restore: (() => Promise<void>) | undefined;
+  let failed = false;
   try {
     const below = top.cowNode();
     if (!below) throw new BlockError('EINVAL', 'Image does not have a backing file');
@@ -69,18 +70,33 @@ export async function commitImage(storage: Storage, req: CommitRequest): Promise
     const job = new Job('commit', 'commit', (j) => req.onProgress?.(j.current, j.total));
     job.total = top.totalBytes;
     try {
-      await job.start((j) => runCommit(j, top, { base, keepTop: req.drop === true || req.base !== undefined, zeroUnmap: true }));
+      await job.start((j) => runCommit(j, top, { base, keepTop: true, zeroUnmap: true }));
     } catch (e) {
       // qemu-img reports the job's errno alone (run_block_job's "Block job failed").
       if (!isBlockError(e)) throw e;
       throw new BlockError(e.code, `Block job failed: ${describeCode(e.code)}`, { cause: e });
     }
     req.onProgress?.(job.total, job.total);
+    // As qemu-img, the top is emptied after the job, its failure reported as bdrv_make_empty words it (098);
+    // a format that cannot be emptied (vmdk, vpc, vdi) keeps its data (020).
+    if (req.drop !== true && req.base === undefined) {
+      try {
+        await bdrvMakeEmpty(top, req.filename);
+      } catch (e) {
+        if (!(e instanceof BlockError && e.code === 'ENOTSUP')) throw e;
+      }
+    }
+  } catch (e) {
+    failed = true;
+    throw e;
   } finally {
     try {
       await restore?.();
     } finally {
-      await closeNode(top);
+      // After a failure the image may refuse its close-time writes (an emptying that failed half-way): the first error is the one reported.
+      await closeNode(top).catch((e: unknown) => {
+        if (!failed) throw e;
+      });
     }
   }
 }

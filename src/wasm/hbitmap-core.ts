@@ -17,7 +17,7 @@ export interface HBitmapCore {
   /** First clear bit in [start, end), or -1. */
   nextZero(start: number, end: number): number;
   /** Fills `out` with set bits from [start, end) in order; returns how many. */
-  collect(start: number, end: number, out: Uint32Array): number;
+  collect(start: number, end: number, out: Uint32Array | Float64Array): number;
   /** this |= src when src is the same kind of core with the same nbits; false otherwise (caller merges generically). */
   mergeFrom(src: HBitmapCore): boolean;
   /** A new core of `nbits` bits holding this one's first bits (this one is left as is). */

@@ -128,7 +128,7 @@ export class JsHBitmapCore implements HBitmapCore {
     return bit < end ? bit : -1;
   }
 
-  collect(start: number, end: number, out: Uint32Array): number {
+  collect(start: number, end: number, out: Uint32Array | Float64Array): number {
     let n = 0;
     let pos = start;
     const l0 = this.levels[0]!;

@@ -20,9 +20,14 @@ import { JsHBitmapCore } from './hbitmap-js.js';
 import { SCRATCH_BASE, SCRATCH_BYTES, wasmState, type WasmState } from './module.js';
 import { wasmArena } from './provider.js';
 import type { BuddyArena } from './arena.js';
+import { ChunkedHBitmapCore, SEGMENT_BITS } from './hbitmap-chunked.js';
 
-/** Largest bitmap (bits): indices cross the wasm boundary as i32. */
-export const HBITMAP_MAX_BITS = 2 ** 31 - 64;
+/**
+ * Largest bitmap (bits): bit numbers stay exact doubles. One core holds at
+ * most SEGMENT_BITS (indices cross the wasm boundary as i32); larger bitmaps
+ * are sparse runs of cores (hbitmap-chunked.ts).
+ */
+export const HBITMAP_MAX_BITS = 2 ** 53;
 
 // Frees a wasm core whose HBitmap was dropped without free().
 const finalizer =
@@ -83,7 +88,7 @@ class WasmHBitmapCore implements HBitmapCore {
   nextZero(start: number, end: number): number {
     return this.s.exports.hbNextZero(this.live(), start, end);
   }
-  collect(start: number, end: number, out: Uint32Array): number {
+  collect(start: number, end: number, out: Uint32Array | Float64Array): number {
     const max = Math.min(out.length, SCRATCH_BYTES >>> 2);
     const n = this.s.exports.hbCollect(this.live(), start, end, SCRATCH_BASE, max);
     out.set(new Uint32Array(this.s.memory.buffer, SCRATCH_BASE, n));
@@ -134,13 +139,28 @@ class WasmHBitmapCore implements HBitmapCore {
   }
 }
 
-function newCore(nbits: number, prefer: 'wasm' | 'js'): HBitmapCore {
+function newFlatCore(nbits: number, prefer: 'wasm' | 'js'): HBitmapCore {
   return (prefer === 'wasm' ? WasmHBitmapCore.create(nbits) : null) ?? new JsHBitmapCore(nbits);
+}
+
+function newCore(nbits: number, prefer: 'wasm' | 'js', seg: number): HBitmapCore {
+  if (nbits <= seg) return newFlatCore(nbits, prefer);
+  return new ChunkedHBitmapCore(nbits, (n) => newFlatCore(n, prefer), prefer, seg);
+}
+
+/** `core` resized to nbits, crossing between one core and segments as the size needs. */
+function resizeCore(core: HBitmapCore, nbits: number, prefer: 'wasm' | 'js', seg: number): HBitmapCore {
+  if (core instanceof ChunkedHBitmapCore || nbits <= seg) return core.resized(nbits);
+  const next = new ChunkedHBitmapCore(nbits, (n) => newFlatCore(n, prefer), prefer, seg);
+  if (core.count() > 0) next.adopt(0, core.resized(seg));
+  return next;
 }
 
 export interface HBitmapOptions {
   /** 'js' forces the JS core (tests compare both); default: wasm when loaded and the arena has room. */
   backend?: 'wasm' | 'js';
+  /** Bits one core holds before the bitmap is cut into sparse segments (default SEGMENT_BITS; a multiple of 64). */
+  segmentBits?: number;
 }
 
 /** A dirty run found by nextDirtyArea. */
@@ -156,6 +176,8 @@ export class HBitmap {
   readonly granularity: number;
   private core: HBitmapCore;
   private readonly scale: number;
+  private readonly prefer: 'wasm' | 'js';
+  private readonly seg: number;
 
   constructor(size: number, granularity: number, opts: HBitmapOptions = {}) {
     if (!Number.isSafeInteger(size) || size < 0) throw new WasmError('EINVAL', `hbitmap: invalid size ${size}`);
@@ -165,7 +187,9 @@ export class HBitmap {
     this.sizeItems = size;
     this.granularity = granularity;
     this.scale = 2 ** granularity;
-    this.core = newCore(this.bitsFor(size), opts.backend ?? 'wasm');
+    this.prefer = opts.backend ?? 'wasm';
+    this.seg = opts.segmentBits ?? SEGMENT_BITS;
+    this.core = newCore(this.bitsFor(size), this.prefer, this.seg);
   }
 
   private bitsFor(size: number): number {
@@ -292,7 +316,7 @@ export class HBitmap {
     if (!Number.isSafeInteger(size) || size < 0) throw new WasmError('EINVAL', `hbitmap: invalid size ${size}`);
     const nbits = this.bitsFor(size);
     if (nbits !== this.core.nbits) {
-      const next = this.core.resized(nbits);
+      const next = resizeCore(this.core, nbits, this.prefer, this.seg);
       this.core.free();
       this.core = next;
     }
@@ -345,7 +369,7 @@ const ITER_BATCH = 256;
 
 export class HBitmapIter {
   private readonly core: HBitmapCore;
-  private readonly batch = new Uint32Array(ITER_BATCH);
+  private readonly batch = new Float64Array(ITER_BATCH);
   private n = 0;
   private i = 0;
   private pos: number;

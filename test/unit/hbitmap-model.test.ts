@@ -49,13 +49,13 @@ class Flat {
   }
 }
 
-function runOps(backend: 'wasm' | 'js', seed: number, ops: number, maxSize: number): void {
+function runOps(backend: 'wasm' | 'js', seed: number, ops: number, maxSize: number, segmentBits?: number): void {
   const r = rng(seed);
   const int = (n: number) => Math.floor(r() * n);
   const g = [0, 1, 3, 6, 9][int(5)]!;
   const gran = 2 ** g;
   let size = 1 + int(maxSize);
-  const hb = new HBitmap(size, g, { backend });
+  const hb = new HBitmap(size, g, { backend, segmentBits });
   expect(hb.backend).toBe(backend);
   const model = new Flat(size, gran);
   // A second bitmap for merges, with the same or a coarser granularity.
@@ -105,7 +105,7 @@ function runOps(backend: 'wasm' | 'js', seed: number, ops: number, maxSize: numb
       } else if (k < 97) {
         // merge another random bitmap of the same size (same or different granularity and core)
         const g2 = r() < 0.6 ? g : [0, 2, 9][int(3)]!;
-        const other = new HBitmap(size, g2, { backend: r() < 0.5 ? backend : backend === 'wasm' ? 'js' : 'wasm' });
+        const other = new HBitmap(size, g2, { backend: r() < 0.5 ? backend : backend === 'wasm' ? 'js' : 'wasm', segmentBits: r() < 0.5 ? segmentBits : undefined });
         const gran2 = 2 ** g2;
         for (let j = 0; j < 5; j++) {
           const [s, c] = pick();
@@ -132,7 +132,7 @@ function runOps(backend: 'wasm' | 'js', seed: number, ops: number, maxSize: numb
           const want = firstBit + i < model.bits.length ? model.bits[firstBit + i]! : 0;
           if (((buf[i >> 3]! >> (i & 7)) & 1) !== want) throw new Error(`serialized bit ${i} of [${s}, +${c}) is wrong`);
         }
-        const copy = new HBitmap(size, g, { backend });
+        const copy = new HBitmap(size, g, { backend, segmentBits });
         copy.deserializePart(buf, s, c);
         const back = new Uint8Array(buf.length);
         copy.serializePart(back, s, c);
@@ -177,4 +177,17 @@ describe.each(['wasm', 'js'] as const)('HBitmap (%s core) against a flat bit arr
       { numRuns: 3 },
     );
   }, 60_000);
+});
+
+// iotest 190: bitmaps past one core's 2^31 bits are sparse runs of cores.
+// The same random sequences with tiny segments cross segment bounds often.
+describe.each(['wasm', 'js'] as const)('HBitmap cut into segments (%s cores) against a flat bit array', (backend) => {
+  it('agrees with the model with segments of 64 to 512 bits', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 2 ** 31 - 1 }), fc.constantFrom(64, 128, 512), (seed, seg) => {
+        runOps(backend, seed, 3000, 6000, seg);
+      }),
+      { numRuns: 12 },
+    );
+  });
 });

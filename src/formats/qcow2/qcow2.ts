@@ -265,6 +265,12 @@ export const qcow2Driver: BlockDriver = {
       bitmapsLoaded: false,
       metadataPreallocation: undefined,
       useLazyRefcounts: lazyRefcountsOption(options, h, image),
+      passDiscard: {
+        request: optBool(options as OptionsTree, 'pass-discard-request') ?? null,
+        snapshot: optBool(options as OptionsTree, 'pass-discard-snapshot') ?? true,
+        other: optBool(options as OptionsTree, 'pass-discard-other') ?? false,
+      },
+      nodeUnmap: () => bs.unmap,
       rw: newRwState(clusterSize),
     };
     // Opened for a repair: only the repair writes until it clears the bit (checkImage).
@@ -288,6 +294,9 @@ export const qcow2Driver: BlockDriver = {
       throw new BlockError('EINVAL', `${image}: 'data-file' can only be set for images with an external data file`);
     }
 
+    // As QEMU's inherited child options: a format's files take discards (discard=unmap); the format decides what to pass.
+    file.unmap = true;
+    s.dataFile.unmap = true;
     s.crypto = await openQcow2Crypto(file, h, image, options);
     bs.opaque = s;
     setOverlapCheck(s, parseOverlapCheck(image, options));

@@ -35,12 +35,15 @@
  *    nothing on disk references any more. The write path uses
  *    freeClustersDeferred instead.
  *  - A cluster whose refcount reaches 0 becomes allocatable again
- *    (free-cluster hint lowered); freed clusters are not discarded.
+ *    (free-cluster hint lowered). When the free's type passes discards
+ *    (state.ts passDiscard), the cluster is queued and the queue, merged into
+ *    runs, is passed down to the file as discards at the end of the update
+ *    or of a batch (applyDeferredFrees), as QEMU's qcow2_process_discards.
  */
 import { QCOW2_OL_REFCOUNT_BLOCK, QCOW2_OL_REFCOUNT_TABLE } from './overlap.js';
 import { BlockError, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
-import { bdrvPread, bdrvPwrite } from '../../block/io.js';
+import { bdrvPdiscard, bdrvPread, bdrvPwrite } from '../../block/io.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 import {
   countNonzeroRefcounts,
@@ -56,7 +59,7 @@ import {
 export { getRefcountEntry, setRefcountEntry } from './refcount-codec.js';
 import { QCOW_MAX_REFTABLE_SIZE } from './validate.js';
 import { invalidateMetadata, markCorrupt, preWriteOverlapCheck, removeMetadata, addMetadata, syncFile, writeHeaderFields } from './metadata.js';
-import type { Qcow2State, RefblockEntry } from './state.js';
+import type { Qcow2DiscardType, Qcow2State, RefblockEntry } from './state.js';
 
 /** Offsets of the refcount blocks (0 = unallocated), decoded by refcount-codec.ts. */
 export async function loadRefcountTable(s: Qcow2State): Promise<Float64Array> {
@@ -269,8 +272,9 @@ async function findFreeRun(s: Qcow2State, n: number): Promise<number> {
  * blocks (and grow the table) as needed; a decrement below 0 or an increment
  * past refcount_bits marks the image corrupt / fails.
  */
-export async function updateRefcount(s: Qcow2State, offset: number, bytes: number, delta: number): Promise<void> {
+export async function updateRefcount(s: Qcow2State, offset: number, bytes: number, delta: number, type: Qcow2DiscardType = 'never'): Promise<void> {
   if (bytes <= 0 || delta === 0) return;
+  const pass = delta < 0 && passesDiscard(s, type);
   const per = refblockEntries(s);
   const bits = s.refcountBits;
   const max = refcountMax(s);
@@ -295,9 +299,56 @@ export async function updateRefcount(s: Qcow2State, offset: number, bytes: numbe
       if (v === 0) {
         if (c < s.rw.freeClusterIndex) s.rw.freeClusterIndex = c;
         if (s.rw.freeByteOffset && Math.floor(s.rw.freeByteOffset / s.clusterSize) === c) s.rw.freeByteOffset = 0;
+        if (pass) queueDiscard(s, c * s.clusterSize, s.clusterSize);
       }
     }
     e.dirty = true;
+  }
+  if (!s.rw.cacheDiscards) await processDiscards(s);
+}
+
+/** Whether clusters freed for `type` reach the file as discards (QEMU's discard_passthrough). */
+export function passesDiscard(s: Qcow2State, type: Qcow2DiscardType): boolean {
+  switch (type) {
+    case 'never':
+      return false;
+    case 'always':
+      return true;
+    case 'request':
+      return s.passDiscard.request ?? s.nodeUnmap();
+    default:
+      return s.passDiscard[type];
+  }
+}
+
+/** Adds a freed host range to the discard queue, merged with the runs it touches. */
+function queueDiscard(s: Qcow2State, offset: number, bytes: number): void {
+  const q = s.rw.discards;
+  let start = offset;
+  let end = offset + bytes;
+  for (let i = q.length - 1; i >= 0; i--) {
+    const d = q[i]!;
+    if (d.offset > end || d.offset + d.bytes < start) continue;
+    start = Math.min(start, d.offset);
+    end = Math.max(end, d.offset + d.bytes);
+    q.splice(i, 1);
+  }
+  q.push({ offset: start, bytes: end - start });
+}
+
+/** Passes the queued ranges down as discards; a discard is a hint, so its failure is ignored (as QEMU). */
+export async function processDiscards(s: Qcow2State): Promise<void> {
+  const q = s.rw.discards;
+  if (!q.length) return;
+  s.rw.discards = [];
+  for (const d of q) {
+    const end = Math.min(d.offset + d.bytes, s.file.totalBytes);
+    if (end <= d.offset) continue;
+    try {
+      await bdrvPdiscard(s.file, d.offset, end - d.offset);
+    } catch {
+      // The clusters are free whether or not the file dropped their data.
+    }
   }
 }
 
@@ -322,6 +373,8 @@ async function ensureRefblocks(s: Qcow2State, c: number, n: number): Promise<num
 export async function allocateClusters(s: Qcow2State, n: number): Promise<number> {
   if (!Number.isSafeInteger(n) || n < 1) throw new BlockError('EINVAL', `${s.image}: cannot allocate ${n} clusters`);
   const per = refblockEntries(s);
+  // Clusters still queued for a discard must not be handed out (and then lose their new data).
+  await processDiscards(s);
   for (;;) {
     await bdrvDebugEvent(s.file, 'cluster_alloc');
     const c = await findFreeRun(s, n);
@@ -374,22 +427,32 @@ export async function allocateBytes(s: Qcow2State, size: number): Promise<number
 }
 
 /** Queues a decrement for clusters a not-yet-stable table stopped referencing (see the file comment). */
-export function freeClustersDeferred(s: Qcow2State, offset: number, bytes: number, l2Table = false): void {
-  if (bytes > 0) s.rw.deferredFrees.push({ offset, bytes, l2Table });
+export function freeClustersDeferred(s: Qcow2State, offset: number, bytes: number, l2Table = false, type: Qcow2DiscardType = 'other'): void {
+  if (bytes > 0) s.rw.deferredFrees.push({ offset, bytes, l2Table, type });
 }
 
 /** Performs the queued decrements; the caller has made the tables that dropped them stable. */
 export async function applyDeferredFrees(s: Qcow2State): Promise<void> {
   const list = s.rw.deferredFrees;
   s.rw.deferredFrees = [];
-  for (const f of list) {
-    await bdrvDebugEvent(s.file, 'cluster_free');
-    await updateRefcount(s, f.offset, f.bytes, -1);
-    if (f.l2Table && (await getRefcount(s, Math.floor(f.offset / s.clusterSize))) === 0) {
-      s.l2Cache.invalidate(f.offset, s.clusterSize);
-      removeMetadata(s, f.offset, s.clusterSize);
+  const outer = s.rw.cacheDiscards;
+  s.rw.cacheDiscards = true;
+  try {
+    for (const f of list) {
+      await bdrvDebugEvent(s.file, 'cluster_free');
+      await updateRefcount(s, f.offset, f.bytes, -1, f.type);
+      if (f.l2Table && (await getRefcount(s, Math.floor(f.offset / s.clusterSize))) === 0) {
+        s.l2Cache.invalidate(f.offset, s.clusterSize);
+        removeMetadata(s, f.offset, s.clusterSize);
+      }
     }
+  } catch (e) {
+    s.rw.discards = [];
+    throw e;
+  } finally {
+    s.rw.cacheDiscards = outer;
   }
+  if (!outer) await processDiscards(s);
 }
 
 // ------------------------------------------------- refcount block allocation

@@ -59,11 +59,23 @@ export interface Qcow2State {
    * While the dirty bit is set, a flush writes the tables but not the refcounts.
    */
   useLazyRefcounts: boolean;
+  /**
+   * Which freed clusters are passed down to the file as discards (QEMU's
+   * discard_passthrough): 'always' ones are, 'never' ones are not; the
+   * pass-discard-request/-snapshot/-other options decide the rest
+   * (request: null follows the node's discard=unmap, as QEMU's BDRV_O_UNMAP default).
+   */
+  passDiscard: { request: boolean | null; snapshot: boolean; other: boolean };
+  /** The node's discard=unmap (QEMU's BDRV_O_UNMAP), read when a freed cluster of type 'request' is queued. */
+  nodeUnmap: () => boolean;
   /** Write-path state (refcount cache, allocation hints, ordering flags). */
   rw: Qcow2RwState;
   /** Data encryption (crypto.ts), absent for a plain image. */
   crypto?: Qcow2Crypto | null;
 }
+
+/** Why clusters are freed, which decides whether the file hears of it (QEMU's enum qcow2_discard_type). */
+export type Qcow2DiscardType = 'never' | 'always' | 'request' | 'snapshot' | 'other';
 
 /** One cached refcount block (a whole cluster). */
 export interface RefblockEntry {
@@ -89,7 +101,11 @@ export interface Qcow2RwState {
    * yet stable on disk: their refcounts drop only after those tables are
    * flushed, so a crash cannot leave a table pointing at a reused cluster.
    */
-  deferredFrees: { offset: number; bytes: number; l2Table: boolean }[];
+  deferredFrees: { offset: number; bytes: number; l2Table: boolean; type: Qcow2DiscardType }[];
+  /** Freed host ranges to pass down as discards, merged when adjacent (QEMU's s->discards). */
+  discards: { offset: number; bytes: number }[];
+  /** While set, queued discards wait (QEMU's cache_discards): a batch of frees is passed down at its end. */
+  cacheDiscards: boolean;
   /** Refcount-side writes (blocks, table entries) not yet followed by a file flush. */
   refcountsUnsynced: boolean;
   /** Dirty range of the in-memory L1 table, in entries ([from, to), empty when from >= to). */
@@ -120,6 +136,8 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     freeClusterIndex: 0,
     freeByteOffset: 0,
     deferredFrees: [],
+    discards: [],
+    cacheDiscards: false,
     refcountsUnsynced: false,
     l1DirtyFrom: 0,
     l1DirtyTo: 0,

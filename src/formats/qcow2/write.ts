@@ -32,7 +32,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import type { WriteFlags, PreallocMode } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
-import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
+import { bdrvFlush, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { QCOW2_AUTOCLEAR_BITMAPS, QCOW2_AUTOCLEAR_DATA_FILE_RAW } from './header.js';
 import { sizeToL1 } from './validate.js';
@@ -56,7 +56,7 @@ import {
   writeL2Entry,
   type L2Entry,
 } from './l2-entry.js';
-import { allocateBytes, allocateClusters, freeClustersDeferred, updateRefcount } from './refcount.js';
+import { allocateBytes, allocateClusters, freeClustersDeferred, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
 import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
 import { qcow2Read } from './read.js';
@@ -64,7 +64,7 @@ import { mapRun } from './cluster-map.js';
 import { qcow2TruncateBitmapsCheck } from './bitmaps.js';
 import { L2_UNALLOCATED, L2_UNALLOCATED_ALLOC, L2_ZERO_ALLOC, L2_ZERO_PLAIN } from './l2-scan.js';
 import { blockStatusAbove, BDRV_BLOCK_ZERO } from '../../block/status.js';
-import { l1Offset, type Qcow2State } from './state.js';
+import { l1Offset, type Qcow2DiscardType, type Qcow2State } from './state.js';
 import type { L2Slice } from './l2-cache.js';
 import { encryptData } from './crypto.js';
 
@@ -77,14 +77,14 @@ function hasHost(s: Qcow2State, e: L2Entry): boolean {
 }
 
 /** Queues the release of what an old entry referenced (nothing for data-file clusters). */
-function freeOld(s: Qcow2State, e: L2Entry): void {
+function freeOld(s: Qcow2State, e: L2Entry, type: Qcow2DiscardType): void {
   if (s.dataFile !== s.file) return;
   if (l2EntryIsCompressed(e)) {
     const { coffset, csize } = parseCompressedDescriptor(e.hi, e.lo, s.clusterBits);
     const start = coffset - (coffset % QCOW2_COMPRESSED_SECTOR_SIZE);
-    freeClustersDeferred(s, start, csize + (coffset - start));
+    freeClustersDeferred(s, start, csize + (coffset - start), false, type);
   } else if (l2EntryHost(e) !== 0) {
-    freeClustersDeferred(s, l2EntryHost(e), s.clusterSize);
+    freeClustersDeferred(s, l2EntryHost(e), s.clusterSize, false, type);
   }
 }
 
@@ -246,7 +246,7 @@ async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: nu
       e.zero = l2EntryIsCompressed(old) ? 0 : (old.zero & ~m) >>> 0;
     }
     writeL2Entry(d, idx0 + j, ext, e);
-    freeOld(s, old);
+    freeOld(s, old, 'never');
   }
   s.l2Cache.markDirty(slice);
 }
@@ -302,18 +302,40 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
       const e0 = readL2Entry(d, idx0, ext);
       const cls = classify(s, e0, ...touched(0));
       let n = 1;
-      if (cls === 'inPlace') {
+      if (cls === 'inPlace' || (cls === 'reuse' && !ext)) {
+        // A run of clusters this image owns (COPIED) at consecutive host offsets is one request to the file, as QEMU's
+        // host-contiguous runs: data clusters written in place and preallocated zero clusters alike (066).
         const h0 = l2EntryHost(e0);
         await checkHostAligned(s, h0, off);
+        const kinds: Cls[] = [cls];
         while (n < maxClusters) {
           const e = readL2Entry(d, idx0 + n, ext);
-          if (classify(s, e, ...touched(n)) !== 'inPlace' || l2EntryHost(e) !== h0 + n * cs) break;
+          const k = classify(s, e, ...touched(n));
+          if ((k !== 'inPlace' && (k !== 'reuse' || ext)) || l2EntryHost(e) !== h0 + n * cs) break;
+          kinds.push(k);
           n++;
         }
         const len = Math.min(remaining, n * cs - first);
-        await checkDataOverlap(s, h0 + first, len);
-        await bdrvDebugEvent(s.file, 'write_aio');
-        await writeData(s, off, h0 + first, buf.subarray(done, done + len));
+        const data = buf.subarray(done, done + len);
+        if (!kinds.includes('reuse')) {
+          await checkDataOverlap(s, h0 + first, len);
+          await bdrvDebugEvent(s.file, 'write_aio');
+          await writeData(s, off, h0 + first, data);
+        } else {
+          // A zero cluster is written whole: its untouched ends read as zeros now and are completed from that.
+          const guest0 = off - first;
+          const regionStart = kinds[0] === 'reuse' ? guest0 : off;
+          const end = off + len;
+          const regionEnd = kinds[n - 1] === 'reuse' ? guest0 + Math.ceil((first + len) / cs) * cs : end;
+          await writeCompleted(bs, s, regionStart, regionEnd, off, data, h0 + (regionStart - guest0));
+          for (let j = 0; j < n; j++) {
+            if (kinds[j] !== 'reuse') continue;
+            const e = readL2Entry(d, idx0 + j, ext);
+            e.lo = (e.lo & ~QCOW_OFLAG_ZERO) >>> 0;
+            writeL2Entry(d, idx0 + j, ext, e);
+          }
+          s.l2Cache.markDirty(slice);
+        }
         done += len;
       } else if (cls === 'reuse') {
         const len = Math.min(remaining, cs - first);
@@ -503,7 +525,7 @@ export async function qcow2ZeroRange(bs: BlockNode, s: Qcow2State, offset: numbe
     }
     if (sameL2Entry(n, e)) return false;
     writeL2Entry(d, idx, ext, n);
-    if (unmap) freeOld(s, e);
+    if (unmap) freeOld(s, e, 'request');
     return true;
   });
 }
@@ -515,7 +537,14 @@ export async function qcow2ZeroRange(bs: BlockNode, s: Qcow2State, offset: numbe
  * nothing happens when a backing file would show through. With
  * `full` (shrinking) the entries are simply cleared.
  */
-export async function qcow2DiscardRange(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, full: boolean): Promise<void> {
+export async function qcow2DiscardRange(
+  bs: BlockNode,
+  s: Qcow2State,
+  offset: number,
+  bytes: number,
+  full: boolean,
+  type: Qcow2DiscardType = full ? 'always' : 'request',
+): Promise<void> {
   const ext = s.extendedL2;
   const backing = bs.cowNode() !== null;
   // A compat 0.10 image cannot hide its backing file without writing data: QEMU 7.2 leaves it alone.
@@ -532,7 +561,7 @@ export async function qcow2DiscardRange(bs: BlockNode, s: Qcow2State, offset: nu
     }
     if (sameL2Entry(n, e)) return false;
     writeL2Entry(d, idx, ext, n);
-    if (allocated) freeOld(s, e);
+    if (allocated) freeOld(s, e, type);
     return true;
   });
 }
@@ -655,7 +684,26 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
     const off = l1Offset(s, i);
     if (!off) continue;
     setL1Entry(s, i, 0, false);
-    freeClustersDeferred(s, off, cs, true);
+    freeClustersDeferred(s, off, cs, true, 'always');
   }
   await flushMetadata(s);
+  await trimFileTail(s);
+}
+
+/**
+ * After a shrink, as QEMU's qcow2_co_truncate: the file is cut after the last
+ * cluster still in use. A failure only warns (the image is consistent either way).
+ */
+async function trimFileTail(s: Qcow2State): Promise<void> {
+  const cs = s.clusterSize;
+  const fileSize = s.file.totalBytes;
+  let last = Math.ceil(fileSize / cs) - 1;
+  while (last >= 0 && (await getRefcount(s, last)) === 0) last--;
+  const end = (last + 1) * cs;
+  if (end >= fileSize) return;
+  try {
+    await bdrvTruncate(s.file, end, false, 'off');
+  } catch (e) {
+    s.warn?.(`Failed to truncate the tail of the image: ${(e as Error).message}`);
+  }
 }

@@ -95,6 +95,26 @@ export const rawDriver: BlockDriver = {
     // (so its read-modify-write, and the debug events around it, happen there).
     bs.limits = { ...file(bs).limits, requestAlignment: 1 };
   },
+  /** QEMU's raw_reopen_prepare/commit: `offset` and `size` may change (171); a key not given keeps its value. */
+  async reopenOptions(bs, options, { check }) {
+    if (options.offset === undefined && options.size === undefined) return;
+    const s = st(bs);
+    const offset = options.offset !== undefined ? toInt(options.offset, 'offset', bs)! : s.offset;
+    const size = options.size !== undefined ? toInt(options.size, 'size', bs) : s.size;
+    const real = await bdrvGetLength(file(bs));
+    if (offset > real) throw new BlockError('EINVAL', `Offset (${offset}) cannot be greater than size of the containing file (${real})`);
+    if (size !== undefined && real - offset < size) {
+      throw new BlockError(
+        'EINVAL',
+        `The sum of offset (${offset}) and size (${size}) has to be smaller or equal to the  actual size of the containing file (${real})`,
+      );
+    }
+    if (size !== undefined && size % 512 !== 0) throw new BlockError('EINVAL', 'Specified size is not multiple of 512');
+    if (check) return;
+    s.offset = offset;
+    s.size = size;
+    bs.totalBytes = size ?? real - offset;
+  },
   async preadv(bs, offset, bytes, buf) {
     await blkdbgEvent(bs.file, 'read_aio');
     await bdrvPread(file(bs), offset + st(bs).offset, bytes, buf);
