@@ -135,6 +135,12 @@ export interface MeasureResult {
   fullyAllocated: number;
   /** Bytes the input's persistent bitmaps need in the new image (formats that can carry them). */
   bitmaps?: number;
+  /**
+   * The figures are exact even past 2^53 (a double then holds them only when
+   * the format's arithmetic cannot round, as raw's sector rounding of an exact
+   * size); without it the CLI refuses results past 2^53 rather than print them rounded.
+   */
+  exact?: boolean;
 }
 
 export interface BlockDriver {

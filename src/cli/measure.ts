@@ -3,7 +3,7 @@ import { BlockError } from '../block/errors.js';
 import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { measureImage, planMeasure, type MeasureResult } from '../img/measure.js';
-import { toJsonPretty } from '../img/qobject.js';
+import { exactInteger, toJsonPretty } from '../img/qobject.js';
 import { isValidOptionList, outputFormat, parseCommand, parseImageSizeArg, parseSnapshotParam, str, UsageError } from './args.js';
 import { snapshotLoadTmp } from '../img/snapshot.js';
 import { imageOptsGiven } from './objects.js';
@@ -49,14 +49,14 @@ export async function runMeasure(args: string[], out: Output): Promise<number> {
   } finally {
     if (bs) await closeNode(bs);
   }
-  if (!Number.isSafeInteger(result.required) || !Number.isSafeInteger(result.fullyAllocated)) {
+  if (!result.exact && (!Number.isSafeInteger(result.required) || !Number.isSafeInteger(result.fullyAllocated))) {
     throw new BlockError('EFBIG', `The measured size is too large (blocktab handles sizes below 2^53 bytes)`);
   }
   if (fmt === 'json') {
     // QAPI BlockMeasureInfo: required, fully-allocated, bitmaps (printed in QDict order).
     out.stdout(toJsonPretty({ required: result.required, 'fully-allocated': result.fullyAllocated, bitmaps: result.bitmaps }) + '\n');
   } else {
-    out.stdout(`required size: ${result.required}\nfully allocated size: ${result.fullyAllocated}\n`);
+    out.stdout(`required size: ${exactInteger(result.required)}\nfully allocated size: ${exactInteger(result.fullyAllocated)}\n`);
     if (result.bitmaps !== undefined) out.stdout(`bitmaps size: ${result.bitmaps}\n`);
   }
   return 0;
@@ -75,7 +75,8 @@ async function loadSnapshot(bs: BlockNode, idOrName: string): Promise<void> {
 /**
  * measure --size: qemu-img's size text. Sizes past 2^53 are taken when a
  * double holds them exactly (the format refuses most for its table limits,
- * and a result past 2^53 is refused above rather than printed rounded).
+ * and a result past 2^53 is refused above rather than printed rounded, unless
+ * the format says its figures are exact, as raw's are).
  */
 function measureSize(text: string): number {
   const v = parseImageSizeArg(text);

@@ -62,7 +62,7 @@ function quote(s: string): string {
 export function toJsonPretty(v: QValue, indent = 0): string {
   const pad = (n: number) => ' '.repeat(n * 4);
   if (typeof v === 'string') return quote(v);
-  if (typeof v === 'number') return Number.isInteger(v) ? v.toString() : formatDouble(v);
+  if (typeof v === 'number') return Number.isInteger(v) ? exactInteger(v) : formatDouble(v);
   if (typeof v === 'boolean') return v ? 'true' : 'false';
   if (Array.isArray(v)) {
     if (v.length === 0) return '[]';
@@ -71,6 +71,15 @@ export function toJsonPretty(v: QValue, indent = 0): string {
   const keys = qdictKeys(v);
   if (keys.length === 0) return '{}';
   return '{' + keys.map((k) => '\n' + pad(indent + 1) + quote(k) + ': ' + toJsonPretty(v[k]!, indent + 1)).join(',') + '\n' + pad(indent) + '}';
+}
+
+/**
+ * An integer's digits, exact past 2^53 too: a double holding an integer that
+ * large is printed as the integer it is (8070450532247928832), not as the
+ * shortest text that reads back to it (8070450532247929000).
+ */
+export function exactInteger(v: number): string {
+  return Number.isSafeInteger(v) ? v.toString() : BigInt(v).toString();
 }
 
 /** QEMU prints doubles with %.17g and trims; none of qemu-img's info fields are doubles, so this is only a fallback. */
@@ -97,5 +106,5 @@ export function dumpHuman(v: QValue, indent: number): string {
       })
       .join('');
   }
-  return `${typeof v === 'number' && !Number.isInteger(v) ? formatDouble(v) : String(v)}\n`;
+  return `${typeof v === 'number' ? (Number.isInteger(v) ? exactInteger(v) : formatDouble(v)) : String(v)}\n`;
 }

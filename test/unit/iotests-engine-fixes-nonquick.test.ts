@@ -40,6 +40,20 @@ describe('qemu-img measure checks its arguments in qemu-img\'s order (178)', () 
     });
   }
 
+  // raw's figures past 2^53 are exact (sector rounding of an exact size): printed as the integers they are.
+  for (const size of ['7E', '9007199254740994', '4611686018427387904']) {
+    for (const fmt of ['human', 'json']) {
+      it(`-O raw --size ${size} --output=${fmt} prints qemu-img's figures`, async () => {
+        const args = ['measure', '-O', 'raw', '--size', size, `--output=${fmt}`];
+        const q = qemuImgRun(args);
+        const ours = await run(args);
+        expect(ours.stderr).toBe('');
+        expect(ours.code).toBe(q.status);
+        expect(ours.stdout).toBe(q.stdout);
+      });
+    }
+  }
+
   it('two filenames and --image-opts without one', async () => {
     const d = tmpDir();
     const img = path.join(d, 'a.qcow2');

@@ -50,10 +50,15 @@ async function writeZeros(bs: BlockNode, size: number): Promise<void> {
   }
 }
 
-/** `qemu-img measure -O raw`: the size rounded to sectors, or the input's length as it is. */
+/**
+ * `qemu-img measure -O raw`: the size rounded to sectors, or the input's length
+ * as it is. Exact past 2^53 too: rounding an exact double up to a multiple of
+ * 512 is exact (a double that large has an ulp of 2 or more, a power of two: at
+ * most 512 and the multiple is representable, or more and it is one already).
+ */
 export function measureRaw(opts: { size?: number }, input?: { size: number }): MeasureResult {
   const required = input ? input.size : roundToSector(opts.size ?? 0);
-  return { required, fullyAllocated: required };
+  return { required, fullyAllocated: required, exact: true };
 }
 
 /** The driver's `measure` hook. */
