@@ -53,6 +53,12 @@ export interface BlockErrorOptions {
   cause?: unknown;
   /** QEMU's text for the same failure, word for word, when it differs from ours (which names structure and offset). */
   qemuMessage?: string;
+  /**
+   * qemu-img prints this error without a final newline: its last line is an
+   * error_append_hint QEMU wrote without one ("Detected format of qcow.").
+   * Only in QEMU's wording; blocktab's ends its lines.
+   */
+  qemuUnterminated?: boolean;
 }
 
 export class BlockError extends Error {
@@ -62,6 +68,8 @@ export class BlockError extends Error {
   readonly detail: string;
   /** QEMU's wording, where it has a text of its own for this failure. */
   readonly qemuMessage?: string;
+  /** The message is printed without a final newline (QEMU's wording of a hint QEMU leaves unterminated). */
+  readonly unterminated: boolean;
 
   constructor(code: BlockErrorCode, message: string, options?: BlockErrorOptions) {
     const qemu = options?.qemuMessage;
@@ -69,6 +77,7 @@ export class BlockError extends Error {
     this.code = code;
     this.detail = message;
     if (qemu !== undefined) this.qemuMessage = qemu;
+    this.unterminated = wording === 'qemu' && options?.qemuUnterminated === true;
   }
 }
 
@@ -80,6 +89,7 @@ export function wrapError(e: BlockError, prefix: string, code: BlockErrorCode = 
   return new BlockError(code, prefix + e.detail, {
     cause: e,
     ...(e.qemuMessage !== undefined ? { qemuMessage: prefix + e.qemuMessage } : {}),
+    ...(e.unterminated ? { qemuUnterminated: true } : {}),
   });
 }
 

@@ -151,7 +151,8 @@ export async function main(argv: string[], out: Output): Promise<number> {
     const known = e instanceof CliError || e instanceof UsageError || isBlockError(e);
     // A known error's further lines are QEMU's hints (error_append_hint), which qemu-img prints after the message.
     if (e instanceof ReportsError) for (const line of e.reports) out.stderr(`${progName()}: ${line}\n`);
-    else out.stderr(known ? `${progName()}: ${msg}\n` : `${progName()}: internal error: ${msg}`.split('\n')[0] + '\n');
+    else if (known) out.stderr(`${progName()}: ${msg}${isBlockError(e) && e.unterminated ? '' : '\n'}`);
+    else out.stderr(`${progName()}: internal error: ${msg}`.split('\n')[0] + '\n');
     return code;
   }
 }

@@ -79,8 +79,8 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
   }
   const backingFile = values.get('backing_file');
   const backingFmt = values.get('backing_fmt');
-  const fail = (msg: string): never => {
-    throw new BlockError('EINVAL', `${filename}: ${msg}`);
+  const fail = (msg: string, options?: { qemuUnterminated?: boolean }): never => {
+    throw new BlockError('EINVAL', `${filename}: ${msg}`, options?.qemuUnterminated ? { qemuMessage: `${filename}: ${msg}`, qemuUnterminated: true } : undefined);
   };
 
   let size = values.has('size') ? Number(values.get('size')) : -1;
@@ -102,7 +102,8 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
       }
       try {
         // qemu-img 7.2 probes the format to name it, then refuses: the format must be given.
-        if (backingFmt === undefined) fail(`Backing file specified without backing format\nDetected format of ${bs.driver.name}.`);
+        // QEMU's hint has no final newline, so qemu-img's output runs on into what follows.
+        if (backingFmt === undefined) fail(`Backing file specified without backing format\nDetected format of ${bs.driver.name}.`, { qemuUnterminated: true });
         if (size === -1) {
           size = bs.totalBytes;
           setOption(list, values, 'size', String(size));

@@ -65,10 +65,19 @@ export const QCOW_CREATE_OPTS: readonly OptionDesc[] = [
   { name: 'encrypt.key-secret', type: 'str', help: 'ID of the secret that provides the AES encryption key', qapi: false },
 ];
 
-/** The driver's `create` hook (qemu-img create -f qcow, convert -O qcow). */
-export async function qcowCreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
+/**
+ * What QEMU's qcow_co_create_opts checks before it makes the file: qcow
+ * cannot store a backing format, but one that names no driver is refused,
+ * and an existing file is left as it was.
+ */
+export function checkQcowCreate(req: ImageCreateRequest): void {
   const fmt = req.values.get('backing_fmt');
   if (fmt !== undefined && !driverInfo(fmt)) throw new BlockError('EINVAL', `unrecognized backing format '${fmt}'`);
+}
+
+/** The driver's `create` hook (qemu-img create -f qcow, convert -O qcow). */
+export async function qcowCreateImage(file: BlockNode, req: ImageCreateRequest): Promise<void> {
+  checkQcowCreate(req);
   const encrypt = req.values.get('encrypt.format');
   const encrypted = optBool(req.values, 'encryption') === true || encrypt !== undefined;
   if (encrypted) {

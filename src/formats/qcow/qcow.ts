@@ -55,7 +55,7 @@ import {
   type QcowL2Entry,
 } from './header.js';
 import { qcowProbe } from './probe.js';
-import { QCOW_CREATE_OPTS, qcowCreateImage } from './create.js';
+import { checkQcowCreate, QCOW_CREATE_OPTS, qcowCreateImage } from './create.js';
 
 const L2_CACHE_TABLES = 16;
 const MAX_BACKING_NAME = 1023;
@@ -281,6 +281,7 @@ export const qcowDriver: BlockDriver = {
   supportsBacking: true,
   supportsCompressedWrites: true,
   createOptions: QCOW_CREATE_OPTS,
+  checkCreate: checkQcowCreate,
   create: qcowCreateImage,
 
   probe: qcowProbe,

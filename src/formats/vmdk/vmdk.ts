@@ -476,7 +476,7 @@ async function updateCid(bs: BlockNode, s: VmdkState): Promise<void> {
 
 function checkCreateType(image: string, desc: Descriptor): string {
   const ct = desc.createType;
-  if (ct === undefined) throw new BlockError('EINVAL', `${image}: invalid VMDK image descriptor (no createType)`);
+  if (ct === undefined) throw new BlockError('EINVAL', `${image}: invalid VMDK image descriptor (no createType)`, { qemuMessage: 'invalid VMDK image descriptor' });
   if (!DESCRIPTOR_FILE_CREATE_TYPES.includes(ct)) throw new BlockError('ENOTSUP', `${image}: Unsupported image type '${ct}'`);
   return ct;
 }
