@@ -155,6 +155,13 @@ export interface BlockDriver {
    * options, as the filename alone would not open it the same way.
    */
   readonly strongRuntimeOpts?: readonly string[];
+  /**
+   * For drivers whose options that change what the node does are not a fixed
+   * list (blkdebug's `inject-error.N.*`, …): false when `options` hold one,
+   * so a plain file name would not open the node the same way (QEMU's
+   * exact_filename left empty by the driver's refresh_filename).
+   */
+  hasExactFilename?(options: Readonly<Record<string, unknown>>): boolean;
   /** pwritev accepts `{ compressed: true }` (qcow2); elsewhere such writes fail with ENOTSUP, as in QEMU. */
   readonly supportsCompressedWrites?: boolean;
   /**

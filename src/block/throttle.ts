@@ -152,7 +152,7 @@ export class ThrottleState {
   private readonly nsPerOp = new Float64Array(2);
   /** Requests that went by the idle fast path (tests check it is taken). */
   drainedPours = 0;
-  /** cfg.opSize, at hand for the fast path. */
+  /** cfg.opSize, at hand for the request path (unitsOf). */
   private opSize = 0;
 
   constructor(readonly clock: Clock) {
@@ -194,6 +194,12 @@ export class ThrottleState {
     this.drainedAt = -Infinity;
   }
 
+  /** What a request of `bytes` counts in the ops buckets: one, or its size in iops-size units when larger. */
+  private unitsOf(bytes: number): number {
+    const opSize = this.opSize;
+    return opSize !== 0 && bytes > opSize ? bytes / opSize : 1;
+  }
+
   /** Writes the idle fast path's levels into the arrays; from here the arrays are the truth until the next drained pour. */
   private materialize(): void {
     this.drainedAt = Infinity;
@@ -222,8 +228,7 @@ export class ThrottleState {
    * own arithmetic, so from `drainedAt` on the step-by-step leak gives 0 too.
    */
   private pourDrained(d: number, bytes: number, now: number): void {
-    const opSize = this.opSize;
-    const units = opSize !== 0 && bytes > opSize ? bytes / opSize : 1;
+    const units = this.unitsOf(bytes);
     this.previousLeak = now;
     this.lazyDir = d;
     this.lazyBytes = bytes;
@@ -339,8 +344,7 @@ export class ThrottleState {
         if (burstExtra > 0 && Math.ceil((burstExtra / this.max[i]!) * 1e9) > 0) return false;
       }
     }
-    const opSize = this.cfg.opSize;
-    const units = opSize && bytes > opSize ? bytes / opSize : 1;
+    const units = this.unitsOf(bytes);
     const isBytes = this.activeIsBytes[d];
     for (let k = 0; k < active.length; k++) {
       const i = active[k]!;
@@ -355,7 +359,7 @@ export class ThrottleState {
   account(isWrite: boolean, bytes: number): void {
     this.materialize();
     const d = isWrite ? 1 : 0;
-    const units = this.cfg.opSize && bytes > this.cfg.opSize ? bytes / this.cfg.opSize : 1;
+    const units = this.unitsOf(bytes);
     const byBytes = this.activeBytes[d];
     for (let k = 0; k < byBytes.length; k++) {
       const i = byBytes[k]!;

@@ -303,10 +303,14 @@ function resume(s: BlkdebugState, r: Suspended): void {
   r.resume();
 }
 
+/** Options that change what blkdebug does (QEMU's blkdebug_refresh_filename keeps a plain name only without them). */
+const STRONG_OPTIONS = /^(inject-error|set-state|align|max-transfer|opt-write-zero|max-write-zero|opt-discard|max-discard|take-child-perms|unshare-child-perms)(\.|$)/;
+
 export const blkdebugDriver: BlockDriver & DebugEventDriver = {
   name: 'blkdebug',
   kind: 'filter',
   ...debugHooks,
+  hasExactFilename: (options) => !Object.keys(options).some((k) => STRONG_OPTIONS.test(k)),
   async open(bs, options) {
     const o = options as OptionsTree;
     const s: BlkdebugState = { state: 1, rules: new Map(), active: [], suspended: [], print: debugMessage };

@@ -80,7 +80,7 @@ export async function planCreate(storage: Storage, req: CreateRequest): Promise<
   const backingFile = values.get('backing_file');
   const backingFmt = values.get('backing_fmt');
   const fail = (msg: string, options?: { qemuUnterminated?: boolean }): never => {
-    throw new BlockError('EINVAL', `${filename}: ${msg}`, options?.qemuUnterminated ? { qemuMessage: `${filename}: ${msg}`, qemuUnterminated: true } : undefined);
+    throw new BlockError('EINVAL', `${filename}: ${msg}`, options);
   };
 
   let size = values.has('size') ? Number(values.get('size')) : -1;

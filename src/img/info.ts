@@ -100,20 +100,18 @@ export function displayFilename(bs: BlockNode): string {
 
 /**
  * Whether a plain name opens `bs` as it is (QEMU's exact_filename is set):
- * a protocol node; blkdebug with no options but a config file; a filter or
- * format without strong options over such a node. A quorum never is. A
- * format over a node that is not has only a json:{…} name too.
+ * a protocol node; a filter or format whose driver's own check passes
+ * (hasExactFilename: blkdebug without options but a config file) and that
+ * has no strong options, over such a node. A quorum never is. A format over
+ * a node that is not has only a json:{…} name too.
  */
 function reconstructable(bs: BlockNode): boolean {
   if (bs.dataChildren.length > 0) return false;
   if (bs.driver.kind === 'protocol' || !bs.file) return true;
-  if (bs.driver.name === 'blkdebug' && Object.keys(bs.options).some((k) => BLKDEBUG_STRONG.test(k))) return false;
+  if (bs.driver.hasExactFilename?.(bs.options) === false) return false;
   if (bs.driver.strongRuntimeOpts?.some((k) => bs.options[k] !== undefined)) return false;
   return reconstructable(bs.file.node);
 }
-
-/** blkdebug's options that change what it does (QEMU's blkdebug_refresh_filename keeps a plain name only without them). */
-const BLKDEBUG_STRONG = /^(inject-error|set-state|align|max-transfer|opt-write-zero|max-write-zero|opt-discard|max-discard|take-child-perms|unshare-child-perms)(\.|$)/;
 
 /**
  * The backing file name resolved against the image's directory (QEMU's

@@ -143,15 +143,18 @@ function newFlatCore(nbits: number, prefer: 'wasm' | 'js'): HBitmapCore {
   return (prefer === 'wasm' ? WasmHBitmapCore.create(nbits) : null) ?? new JsHBitmapCore(nbits);
 }
 
-function newCore(nbits: number, prefer: 'wasm' | 'js', seg: number): HBitmapCore {
-  if (nbits <= seg) return newFlatCore(nbits, prefer);
+function newChunkedCore(nbits: number, prefer: 'wasm' | 'js', seg: number): ChunkedHBitmapCore {
   return new ChunkedHBitmapCore(nbits, (n) => newFlatCore(n, prefer), prefer, seg);
+}
+
+function newCore(nbits: number, prefer: 'wasm' | 'js', seg: number): HBitmapCore {
+  return nbits <= seg ? newFlatCore(nbits, prefer) : newChunkedCore(nbits, prefer, seg);
 }
 
 /** `core` resized to nbits, crossing between one core and segments as the size needs. */
 function resizeCore(core: HBitmapCore, nbits: number, prefer: 'wasm' | 'js', seg: number): HBitmapCore {
   if (core instanceof ChunkedHBitmapCore || nbits <= seg) return core.resized(nbits);
-  const next = new ChunkedHBitmapCore(nbits, (n) => newFlatCore(n, prefer), prefer, seg);
+  const next = newChunkedCore(nbits, prefer, seg);
   if (core.count() > 0) next.adopt(0, core.resized(seg));
   return next;
 }
