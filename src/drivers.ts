@@ -22,3 +22,4 @@ import './filters/blkdebug.js';
 import './protocols/null.js';
 import './filters/copy-on-read.js';
 import './filters/quorum.js';
+import './filters/compress.js';
