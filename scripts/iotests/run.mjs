@@ -28,6 +28,12 @@
  *   --baseline-only only run (and cache) the QEMU baseline
  *   -j N            parallel jobs for check (default 2)
  *   --json F        also write the per-test results to F
+ *   --test-dir D    scratch images under D (check's TEST_DIR; default: the
+ *                   run's own scratch dir under IOTESTS_DIR). For tests that
+ *                   need a file system allowing huge sparse files, which ext4
+ *                   refuses (qcow2 220's 513 TiB file): e.g. /dev/shm. The
+ *                   QEMU baseline of such a run is cached apart, as a test
+ *                   check did not run on one file system may run on another.
  * Exit status: 0 when every selected test that passes with QEMU passes with
  * blocktab (or, with --blocktab-only, every selected test passes), else 1.
  */
@@ -43,7 +49,7 @@ const FORMATS = ['raw', 'bochs', 'cloop', 'parallels', 'qcow', 'qcow2', 'qed', '
 
 // ------------------------------------------------------------------ options
 function parseArgs(argv) {
-  const o = { fmt: 'qcow2', group: undefined, sample: undefined, seed: 1, jobs: 2, tests: [], blocktabOnly: false, baselineOnly: false, json: undefined, testsFrom: undefined };
+  const o = { fmt: 'qcow2', group: undefined, sample: undefined, seed: 1, jobs: 2, tests: [], blocktabOnly: false, baselineOnly: false, json: undefined, testsFrom: undefined, testDir: undefined };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -59,6 +65,7 @@ function parseArgs(argv) {
     else if (a === '--baseline-only') o.baselineOnly = true;
     else if (a === '--json') o.json = next();
     else if (a === '--tests-from') o.testsFrom = next();
+    else if (a === '--test-dir') o.testDir = resolve(next());
     else if (a === '-h' || a === '--help') {
       process.stdout.write(readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0].replace(/^#!.*\n\/\*\*\n/, '').replace(/^ \* ?/gm, ''));
       process.exit(0);
@@ -193,7 +200,7 @@ function toolDir(which) {
 }
 
 /** Runs QEMU's check with `tools` for `tests`, in a build-like tree of its own; returns name → 'pass'|'fail'|'skip'. */
-function runCheck(src, which, fmt, tests, jobs) {
+function runCheck(src, which, fmt, tests, jobs, testDir) {
   const tools = toolDir(which);
   const buildIotests = join(work, `run-${which}-${fmt}`, 'tests', 'qemu-iotests');
   rmSync(join(work, `run-${which}-${fmt}`), { recursive: true, force: true });
@@ -206,8 +213,12 @@ function runCheck(src, which, fmt, tests, jobs) {
     QEMU_IO_PROG: tools.io,
     QEMU_NBD_PROG: '/usr/bin/qemu-nbd',
     QSD_PROG: '/usr/bin/qemu-storage-daemon',
-    TEST_DIR: join(buildIotests, 'scratch'),
+    TEST_DIR: testDir ? join(testDir, `iotests-${which}-${fmt}`) : join(buildIotests, 'scratch'),
   };
+  if (testDir) {
+    rmSync(env.TEST_DIR, { recursive: true, force: true });
+    mkdirSync(env.TEST_DIR, { recursive: true });
+  }
   delete env.CI; // check's output does not depend on it; keep the tests' environment plain
   const r = run(join(buildIotests, 'check'), [`-${fmt}`, '-tap', '-j', String(jobs), ...tests], { cwd: buildIotests, env });
   writeFileSync(join(buildIotests, 'check.log'), `${r.stdout}\n${r.stderr}`);
@@ -234,12 +245,13 @@ function main() {
 
   let qemu;
   if (!o.blocktabOnly) {
-    const cacheFile = join(work, `baseline-${o.fmt}-${version}.json`);
+    const where = o.testDir ? `@${o.testDir.replace(/[^\w.-]+/g, '_')}` : '';
+    const cacheFile = join(work, `baseline-${o.fmt}-${version}${where}.json`);
     const cache = existsSync(cacheFile) ? JSON.parse(readFileSync(cacheFile, 'utf8')) : {};
     const missing = names.filter((n) => !(n in cache));
     if (missing.length) {
       process.stderr.write(`iotests: running ${missing.length} tests with QEMU ${version} (cached afterwards)\n`);
-      const { results } = runCheck(src, 'qemu', o.fmt, missing, o.jobs);
+      const { results } = runCheck(src, 'qemu', o.fmt, missing, o.jobs, o.testDir);
       for (const n of missing) cache[n] = results.get(n) ?? 'fail';
       writeFileSync(cacheFile, JSON.stringify(cache, null, 1));
     }
@@ -252,7 +264,7 @@ function main() {
   }
   const considered = qemu ? names.filter((n) => qemu.get(n) === 'pass') : names;
   process.stderr.write(`iotests: running ${considered.length} tests with blocktab\n`);
-  const { results: ours, dir, log } = considered.length ? runCheck(src, 'blocktab', o.fmt, considered, o.jobs) : { results: new Map(), dir: '', log: '' };
+  const { results: ours, dir, log } = considered.length ? runCheck(src, 'blocktab', o.fmt, considered, o.jobs, o.testDir) : { results: new Map(), dir: '', log: '' };
   const passed = considered.filter((n) => ours.get(n) === 'pass');
   // "not run" is check's own verdict (a test's requirement this machine lacks): neither a pass nor a failure.
   const notRun = considered.filter((n) => ours.get(n) === 'skip');
@@ -270,7 +282,8 @@ function main() {
   }
   lines.push(`  with blocktab: ${passed.length} of ${considered.length} pass`);
   if (notRun.length) lines.push(`  not run here (check's verdict): ${notRun.join(' ')}`);
-  if (failed.length) lines.push(`  fail with blocktab: ${failed.join(' ')}`, `  (diffs: ${dir}/scratch/TEST/TEST.out.bad; check's output: ${dir}/check.log)`);
+  const scratch = o.testDir ? join(o.testDir, `iotests-blocktab-${o.fmt}`) : `${dir}/scratch`;
+  if (failed.length) lines.push(`  fail with blocktab: ${failed.join(' ')}`, `  (diffs: ${scratch}/TEST/TEST.out.bad; check's output: ${dir}/check.log)`);
   // check's own words on each failure (TAP lines and their comments).
   if (failed.length) lines.push(...log.split('\n').filter((l) => failed.some((n) => l.includes(` ${n}`)) || l.startsWith('#')).map((l) => `  | ${l}`));
   process.stdout.write(lines.join('\n') + '\n');

@@ -63,6 +63,9 @@ function widthFor(max: number): 1 | 2 | 4 {
   return max <= 0xff ? 1 : max <= 0xffff ? 2 : 4;
 }
 
+/** Bytes per counter of a tally whose largest count is `max`. */
+export const counterWidth = widthFor;
+
 /**
  * Counters (one per host cluster) and the COPIED marks, in wasm memory when
  * the module is loaded and the arena has room, else plain arrays; the same

@@ -14,7 +14,7 @@
  * The messages and the counting rules are QEMU's, so `qemu-img check` and
  * `blocktab check` agree on the numbers and the exit code. Memory is one
  * counter per host cluster of the file, as wide as the image's refcounts
- * (bounded, see MAX_COUNTED_CLUSTERS); metadata is read straight from the
+ * (bounded, see maxCheckedClusters); metadata is read straight from the
  * file, as QEMU's check does, after the node's caches were written back.
  *
  * Speed: each L2 table and each refcount block is read once per pass and
@@ -56,7 +56,7 @@ import {
   withCopied,
   writeL2Entry,
 } from './l2-entry.js';
-import { l2CountMasks, RefTally, type CountMasks } from './check-kernel.js';
+import { counterWidth, l2CountMasks, RefTally, type CountMasks } from './check-kernel.js';
 import type { CountCells } from '../../wasm/refcount.js';
 import { getRefcountEntry, reftableEntryOffset, reftableEntryReserved, setRefcountEntry } from './refcount-codec.js';
 import { dropRefcountCache } from './refcount.js';
@@ -151,6 +151,21 @@ type CountArray = CountCells;
  * RefTally (check-kernel.ts), in wasm memory when it can, with the marks of
  * the COPIED check; `release` returns that memory.
  */
+/** QEMU's check refuses files of more clusters than an int holds (-EFBIG). */
+const QEMU_MAX_CHECKED_CLUSTERS = 2 ** 31 - 1;
+/** Bytes of counters a check may hold: the bound on its memory, whatever the width. */
+const MAX_COUNTER_BYTES = MAX_COUNTED_CLUSTERS * 4;
+
+/**
+ * The most host clusters a check counts when the largest refcount is `max`:
+ * as many counters as fit MAX_COUNTER_BYTES at their width (1, 2 or 4 bytes),
+ * and never more than QEMU's check takes. Narrow refcounts reach further
+ * (iotest 220: 2^28 clusters of 1-bit refcounts, 256 MiB of counters).
+ */
+export function maxCheckedClusters(max: number): number {
+  return Math.min(QEMU_MAX_CHECKED_CLUSTERS, Math.floor(MAX_COUNTER_BYTES / counterWidth(max)));
+}
+
 class Counts {
   tally: RefTally;
   n: number;
@@ -165,11 +180,15 @@ class Counts {
     this.max = Math.min(maxRefcount(refcountOrder), 0xffffffff);
     this.tally = new RefTally(n + 1, this.max, withMarks);
   }
+  /** The most clusters this check counts (maxCheckedClusters for its width). */
+  get cap(): number {
+    return maxCheckedClusters(this.max);
+  }
   get a(): CountArray {
     return this.tally.counts;
   }
   grow(n: number): void {
-    if (n > MAX_COUNTED_CLUSTERS) throw new BlockError('EFBIG', `refcount array for ${n} clusters is too large to check (at most ${MAX_COUNTED_CLUSTERS})`);
+    if (n > this.cap) throw new BlockError('EFBIG', `refcount array for ${n} clusters is too large to check (at most ${this.cap})`);
     if (n > this.n) this.n = n;
     if (n <= this.a.length) return;
     // Only a repair that extends the file (a refcount block outside it) gets here.
@@ -788,7 +807,7 @@ async function checkRefblocks(c: Ctx): Promise<boolean> {
       res.messages.push(`${fix.errors ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
       if (fix.errors) {
         // As QEMU: the file grows to hold the block (it reads as zeros, so the rebuild follows).
-        if (offset + cs > Number.MAX_SAFE_INTEGER || cluster >= MAX_COUNTED_CLUSTERS) {
+        if (offset + cs > Number.MAX_SAFE_INTEGER || cluster >= c.counts.cap) {
           rebuild = true;
           res.messages.push('ERROR could not resize image: Invalid argument');
           continue;
@@ -1048,9 +1067,10 @@ async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Prom
   let res = newRes();
   const cs = s.clusterSize;
   let nbClusters = Math.ceil(s.file.totalBytes / cs);
-  if (nbClusters > MAX_COUNTED_CLUSTERS) {
+  const cap = maxCheckedClusters(Math.min(maxRefcount(s.header.refcountOrder), 0xffffffff));
+  if (nbClusters > cap) {
     res.checkErrors++;
-    res.messages.push(`ERROR: the image file has ${nbClusters} clusters; blocktab checks at most ${MAX_COUNTED_CLUSTERS}`);
+    res.messages.push(`ERROR: the image file has ${nbClusters} clusters; blocktab checks at most ${cap} with ${1 << s.header.refcountOrder}-bit refcounts`);
     return res;
   }
   res.totalClusters = Math.ceil(s.header.size / cs);
