@@ -358,7 +358,8 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   checkRange(bs, offset, bytes, 'discard');
   checkWritable(bs, 'discard');
   checkInside(bs, offset, bytes, 'discard');
-  if (bytes === 0 || !bs.driver.pdiscard) return;
+  // A node without discard=unmap drops the request whole: nothing below it sees it (QEMU's BDRV_O_UNMAP).
+  if (bytes === 0 || !bs.unmap || !bs.driver.pdiscard) return;
   if (hasBeforeWriteHooks(bs)) await beforeWrite(bs, offset, bytes);
   const req = bs.limits.requestAlignment;
   const align = Math.max(bs.limits.pdiscardAlignment ?? 1, req);

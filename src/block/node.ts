@@ -88,11 +88,14 @@ export class BlockNode {
    */
   noFlush = false;
   /**
-   * QEMU's BDRV_O_UNMAP (discard=unmap; qemu-io's default): a discard that
-   * reaches a protocol node deallocates the storage. Without it a protocol
-   * node takes discards as a no-op, as QEMU's default discard=ignore does.
+   * QEMU's BDRV_O_UNMAP (discard=unmap): without it a discard that reaches
+   * this node is dropped here, before the driver and the nodes below see it
+   * (QEMU's bdrv_co_pdiscard); with it a protocol node deallocates the
+   * storage. On by default, as QEMU defaults every child to discard=unmap;
+   * the opener of a top node turns it off where QEMU's would (qemu-io's
+   * `-d ignore`, blockdev-add without discard=unmap).
    */
-  unmap = false;
+  unmap = true;
   /** End of the highest write, write-zeroes or discard that reached this node (QEMU's wr_highest_offset, for query-blockstats). */
   wrHighestOffset = 0;
   /** Dirty bitmaps recording writes to this node (src/block/dirty-bitmap.ts). */

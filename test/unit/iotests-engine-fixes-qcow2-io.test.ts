@@ -197,6 +197,8 @@ describe('freed qcow2 clusters passed down to the file as discards (250)', () =>
   it('a guest discard reaches the file, merged into one run, only when the node has discard=unmap (pass-discard-request follows it)', async () => {
     const a = await written();
     try {
+      // The opener decides the top node's setting (openImage leaves it on; qemu-img's and blockdev-add's default is off).
+      a.bs.unmap = false;
       await bdrvPdiscard(a.bs, 2 * MIB, 3 * MIB);
       expect(await discardsAfterFlush(a.bs)).toEqual([]);
       a.bs.unmap = true;

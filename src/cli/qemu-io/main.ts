@@ -281,9 +281,10 @@ class CliIoHost implements IoHost {
     // qemu-io opens with BDRV_O_UNMAP (discards reach the storage) unless discard=ignore was asked for.
     const discard = typeof tree.discard === 'string' ? tree.discard : (req.discard ?? 'unmap');
     const unmap = discard === 'unmap' || discard === 'on';
+    // Only the top node's setting is the user's: the nodes below keep QEMU's default for children (unmap).
+    root.unmap = unmap;
     for (let n: BlockNode | null = root; n; n = n.file?.node ?? null) {
       if (this.args.noFlush) n.noFlush = true;
-      if (unmap) n.unmap = true;
     }
     if (req.copyOnRead && root.readOnly) {
       await closeNode(root);

@@ -115,6 +115,16 @@ async function openHeaderBacking(bs: BlockNode, storage: Storage): Promise<Block
   return backing;
 }
 
+/**
+ * QEMU's BDRV_O_UNMAP for a node blockdev-add opens: its `discard` option,
+ * else off for the top node (QAPI's default, ignore) and on for a nested
+ * child (QEMU's inherited default for children).
+ */
+function discardUnmap(args: Args, prefix: string): boolean {
+  const d = args.discard as string | undefined;
+  return d === undefined ? prefix !== '' : d === 'unmap';
+}
+
 /** Opens one BlockdevOptions dict (recursively for nested children); the node is in the registry when it returns. */
 async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inherited): Promise<BlockNode> {
   checkArgs(BLOCKDEV_BASE, args, prefix, true);
@@ -137,6 +147,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
     const storage = storageFor(engine, driver)!;
     const bs = await openProtocolNode(storage, (args.filename ?? args.url) as string, here);
     bs.detectZeroes = detectZeroes;
+    bs.unmap = discardUnmap(args, prefix);
     engine.adopt(bs, storage, { name: nodeName });
     return bs;
   }
@@ -199,6 +210,7 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
     throw e;
   }
   bs.detectZeroes = detectZeroes;
+  bs.unmap = discardUnmap(args, prefix);
   engine.adopt(bs, storage);
   if (headerBacking) engine.adopt(headerBacking, storage);
   return bs;

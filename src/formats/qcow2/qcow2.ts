@@ -294,9 +294,6 @@ export const qcow2Driver: BlockDriver = {
       throw new BlockError('EINVAL', `${image}: 'data-file' can only be set for images with an external data file`);
     }
 
-    // As QEMU's inherited child options: a format's files take discards (discard=unmap); the format decides what to pass.
-    file.unmap = true;
-    s.dataFile.unmap = true;
     s.crypto = await openQcow2Crypto(file, h, image, options);
     bs.opaque = s;
     setOverlapCheck(s, parseOverlapCheck(image, options));
