@@ -243,6 +243,7 @@ export const quorumDriver: BlockDriver = {
   name: 'quorum',
   kind: 'filter',
   childList: 'children',
+  blockdevOptions: { children: 'any', 'vote-threshold': 'int', '*blkverify': 'bool', '*rewrite-corrupted': 'bool', '*read-pattern': { enum: ['quorum', 'fifo'] } },
   strongRuntimeOpts: ['vote-threshold', 'blkverify', 'rewrite-corrupted', 'read-pattern'],
 
   async open(bs, options) {

@@ -12,8 +12,9 @@
  * never probed: `driver` is required, as in QEMU.
  */
 import { BlockError } from '../../block/errors.js';
-import { findDriver } from '../../block/driver.js';
-import type { BlockNode } from '../../block/node.js';
+import { findDriver, type BlockDriver } from '../../block/driver.js';
+import { BlockNode } from '../../block/node.js';
+import { qdictText } from '../../block/options-tree.js';
 import { openFormatOn, openImage, type Storage } from '../../block/open.js';
 import type { Engine } from '../engine.js';
 import { checkArgs, isDict, type ArgSpec, type Args } from '../qapi-args.js';
@@ -152,6 +153,9 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
     return bs;
   }
 
+  const listDriver = findDriver(driver);
+  if (listDriver?.childList) return openListBlockdev(engine, listDriver, args, prefix, here, detectZeroes);
+
   // A format node: first its file child, referenced or opened here.
   const fileRef = args.file as string | Args;
   let file: BlockNode;
@@ -213,6 +217,57 @@ async function openBlockdev(engine: Engine, args: Args, prefix: string, inh: Inh
   bs.unmap = discardUnmap(args, prefix);
   engine.adopt(bs, storage);
   if (headerBacking) engine.adopt(headerBacking, storage);
+  return bs;
+}
+
+/**
+ * A node whose children are a list (quorum's `children`): each entry a node
+ * name or a nested BlockdevOptions dict, attached as data children
+ * `children.N`. Its events (QUORUM_REPORT_BAD, QUORUM_FAILURE) go out on the
+ * engine's event channel, as QEMU's monitor sends them.
+ */
+async function openListBlockdev(engine: Engine, drv: BlockDriver, args: Args, prefix: string, here: Inherited, detectZeroes: BlockNode['detectZeroes']): Promise<BlockNode> {
+  const key = drv.childList!;
+  const entries = args[key];
+  if (!Array.isArray(entries)) throw genericError(`Invalid parameter type for '${prefix}${key}', expected: array`);
+  const children: BlockNode[] = [];
+  const ours: BlockNode[] = [];
+  try {
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i] as unknown;
+      if (typeof e === 'string') children.push(engine.lookup(e));
+      else if (isDict(e)) {
+        const c = await openBlockdev(engine, e as Args, `${prefix}${key}.${i}.`, here);
+        ours.push(c);
+        children.push(c);
+      } else throw genericError(`Invalid parameter type for '${prefix}${key}.${i}', expected: dict`);
+    }
+  } catch (e) {
+    for (const c of ours) await engine.closeTree(c);
+    throw e;
+  }
+  const driverOptions: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(args)) if (!NOT_DRIVER_OPTIONS.has(k) && k !== key) driverOptions[k] = v;
+  driverOptions.quorumEvents = (event: string, data: Record<string, unknown>) => engine.emit(event, data);
+  const opts = { ...driverOptions, readOnly: here.readOnly };
+  const named: Record<string, unknown> = { driver: drv.name, [key]: children.map((c) => c.filename) };
+  for (const k of drv.strongRuntimeOpts ?? []) if (args[k] !== undefined) named[k] = args[k];
+  const nodeName = args['node-name'] as string | undefined;
+  const bs = new BlockNode(drv, `json:${qdictText(named)}`, opts, nodeName);
+  children.forEach((c, i) => bs.attach(c, 'data', `${key}.${i}`));
+  try {
+    await drv.open(bs, opts);
+  } catch (e) {
+    bs.closed = true;
+    bs.detachDataChildren();
+    for (const c of ours) await engine.closeTree(c);
+    throw e;
+  }
+  bs.detectZeroes = detectZeroes;
+  bs.unmap = discardUnmap(args, prefix);
+  const storage = children.map((c) => engine.storageOf(c)).find((x) => x);
+  if (!storage) throw genericError(`Node '${engine.nameOf(children[0]!)}' has no storage to open images from`);
+  engine.adopt(bs, storage);
   return bs;
 }
 
