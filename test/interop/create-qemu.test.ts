@@ -195,3 +195,29 @@ describe("create: sizes as qemu-img reads them (iotest 049)", () => {
     }
   });
 });
+
+describe('info of an image with an external data file (opened for metadata only)', () => {
+  it('does not open the data file: a missing one gives the same info as qemu-img, other commands refuse', async () => {
+    const sub = path.join(dir, 'df');
+    fs.mkdirSync(sub);
+    const img = path.join(sub, 'a.qcow2');
+    qemuImg(['create', '-f', 'qcow2', '-o', 'data_file=a.data', img, '1M'], { cwd: sub });
+    qemuImg(['create', '-f', 'qcow2', '-o', 'data_file=b.data', path.join(sub, 'b.qcow2'), '1M'], { cwd: sub });
+    fs.unlinkSync(path.join(sub, 'a.data'));
+    for (const args of [['info', img], ['info', '--output=json', img]]) {
+      const t = qemuImgRun(args, { cwd: sub });
+      const o = await bt(args);
+      expect(t.status).toBe(0);
+      expect(o.stderr).toBe('');
+      expect(o.status).toBe(0);
+      expect(o.stdout).toBe(t.stdout);
+    }
+    // A data file that exists is not touched by info either: the same answer with it in place.
+    const withFile = await bt(['info', '--output=json', path.join(sub, 'b.qcow2')]);
+    expect(withFile.stdout).toBe(qemuImgRun(['info', '--output=json', path.join(sub, 'b.qcow2')], { cwd: sub }).stdout);
+    // Commands that read still need it.
+    const map = await bt(['map', img]);
+    expect(map.status).toBe(1);
+    expect(map.stderr).toContain("Could not open 'a.data'");
+  });
+});
