@@ -186,6 +186,7 @@ export function removeMetadata(s: Qcow2State, offset: number, bytes: number): vo
 /** Forgets the map (after the tables moved); the next check rebuilds it. */
 export function invalidateMetadata(s: Qcow2State): void {
   s.rw.metaClusters = null;
+  s.rw.l2InPlaceChecked.clear();
 }
 
 /** The kinds of metadata the map lists on the clusters of [offset, offset + bytes), building it first if needed. */

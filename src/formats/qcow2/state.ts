@@ -131,6 +131,8 @@ export interface Qcow2RwState {
   dirtyBitSet: boolean;
   /** The header was prepared for writing (autoclear bits cleared). */
   headerPrepared: boolean;
+  /** L2 tables (host offsets) a write may change in place, checked once against the other metadata. */
+  l2InPlaceChecked: Set<number>;
 }
 
 /** Guest [start, end) whose new host clusters are being written (see Qcow2RwState.allocs). */
@@ -161,6 +163,7 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     unusable: false,
     dirtyBitSet: false,
     headerPrepared: false,
+    l2InPlaceChecked: new Set(),
   };
 }
 
