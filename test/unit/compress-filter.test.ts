@@ -89,3 +89,52 @@ describe('discard=unmap per node', () => {
     }
   });
 });
+
+describe('qcow2 compressed cluster whose descriptor runs past the end of the file (iotest 214)', () => {
+  it('reads the bytes past the end as zeros: the stream still decompresses; a stream wholly past the end fails with EIO', async () => {
+    const st = new MemoryStorage();
+    await image(st, 'p.qcow2', 4 * CS);
+    const data = new Uint8Array(CS).map((_, k) => (k >> 4) % 7);
+    const q = await openImage(st, 'p.qcow2', {});
+    await bdrvPwrite(q, 0, CS, data, { compressed: true });
+    await closeNode(q);
+    // The L2 entry of guest cluster 0: raise its sector count to the field's maximum (bits 54..61 with 64 KiB clusters).
+    let raw = await openImage(st, 'p.qcow2', { format: 'raw' });
+    const u64 = async (o: number): Promise<bigint> => {
+      const b = new Uint8Array(8);
+      await bdrvPread(raw, o, 8, b);
+      return new DataView(b.buffer).getBigUint64(0);
+    };
+    const put = async (o: number, v: bigint): Promise<void> => {
+      const b = new Uint8Array(8);
+      new DataView(b.buffer).setBigUint64(0, v);
+      await bdrvPwrite(raw, o, 8, b);
+    };
+    const l2 = Number((await u64(Number(await u64(40)))) & 0x00fffffffffffe00n);
+    const entry = await u64(l2);
+    expect(entry >> 62n).toBe(1n); // compressed
+    const coffset = Number(entry & ((1n << 54n) - 1n));
+    await put(l2, (entry & ~(0xffn << 54n)) | (0xffn << 54n));
+    const fileEnd = raw.totalBytes;
+    expect(coffset + 256 * 512).toBeGreaterThan(fileEnd);
+    await closeNode(raw);
+    const q2 = await openImage(st, 'p.qcow2', {});
+    try {
+      const got = new Uint8Array(CS);
+      await bdrvPread(q2, 0, CS, got);
+      expect(Buffer.compare(got, data)).toBe(0);
+    } finally {
+      await closeNode(q2);
+    }
+    // Now point the entry past the end of the file: nothing there to decompress.
+    raw = await openImage(st, 'p.qcow2', { format: 'raw' });
+    await put(l2, (entry & ~((1n << 54n) - 1n)) | BigInt(fileEnd + 4 * CS));
+    await closeNode(raw);
+    const q3 = await openImage(st, 'p.qcow2', {});
+    try {
+      await expect(bdrvPread(q3, 0, CS, new Uint8Array(CS))).rejects.toThrow(/could not decompress .*past the end of the file/);
+    } finally {
+      await closeNode(q3);
+    }
+  });
+});
