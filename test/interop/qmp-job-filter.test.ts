@@ -29,7 +29,7 @@ function makeImages(d: string): void {
   qemuImg(['create', '-q', '-f', 'qcow2', path.join(d, 'src.qcow2'), '64M']);
   // 40 MiB of data: a full mirror's first run is 16 MiB of it.
   qemuIo(path.join(d, 'src.qcow2'), ['write -P 1 0 40M'], 'qcow2');
-  for (const t of ['t1', 't2']) qemuImg(['create', '-q', '-f', 'qcow2', path.join(d, `${t}.qcow2`), '64M']);
+  for (const t of ['t1', 't2', 't3']) qemuImg(['create', '-q', '-f', 'qcow2', path.join(d, `${t}.qcow2`), '64M']);
 }
 
 function script(d: string) {
@@ -50,6 +50,11 @@ function script(d: string) {
     L(j('human-monitor-command', { 'command-line': 'qemu-io d0 "write -P 8 60M 4k"' })),
     L(j('query-blockstats')),
     L(j('query-block')),
+    L(j('block-job-cancel', { device: 'm2' }), 4),
+    L(target('t3')),
+    // write-blocking: QEMU's bitmap does not record (the job marks and clears it around each guest write).
+    L(j('blockdev-mirror', { 'job-id': 'm3', device: 'd0', target: 't3', sync: 'full', speed: 1, 'buf-size': 4 * 1024 * 1024, 'copy-mode': 'write-blocking' }), 2),
+    L(j('query-named-block-nodes', { flat: true }), 0, SETTLE_MS),
     L(j('quit'), 1),
   ];
 }
@@ -72,7 +77,7 @@ describe.runIf(haveQemuSystem())('a mirror filter and throttled mirror progress,
     const b = noActualSize(normalizeTranscript(theirs, dirs.qemu));
     // At quit QEMU drains every node before cancelling its jobs, so a job first pauses and resumes; blocktab cancels
     // without a drain. That pair is dropped from QEMU's quit step; the cancel's own events must match.
-    const quit = (b as any)[15] as { events: { event: string; data?: { status?: string } }[] };
+    const quit = (b as any)[19] as { events: { event: string; data?: { status?: string } }[] };
     const drained = quit.events.findIndex((e) => e.data?.status === 'paused');
     if (drained >= 0 && quit.events[drained + 1]?.data?.status === 'running') quit.events.splice(drained, 2);
     for (let i = 0; i < b.length; i++) expect({ i, ...a[i] }).toEqual({ i, ...b[i] });
@@ -90,5 +95,7 @@ describe.runIf(haveQemuSystem())('a mirror filter and throttled mirror progress,
     // marked again; under a named filter, the filter is what query-block shows, without bitmaps.
     expect(ret(14)[0].inserted['dirty-bitmaps']).toEqual([{ count: 60 * 1024 * 1024, granularity: 65536, recording: true, busy: false, persistent: false }]);
     expect(ret(7)[0].inserted['dirty-bitmaps']).toBeUndefined();
+    const src = (ret(18) as any[]).find((n) => n.drv === 'qcow2' && String(n['node-name']).startsWith('#') && n.file.endsWith('src.qcow2'));
+    expect(src['dirty-bitmaps']).toEqual([{ count: 60 * 1024 * 1024, granularity: 65536, recording: false, busy: false, persistent: false }]);
   }, 60_000);
 });
