@@ -38,9 +38,9 @@ export const BITMAP_MAX_NAME_SIZE = 1023;
 export const BITMAP_MIN_GRANULARITY = 512;
 export const BITMAP_MAX_GRANULARITY = 2 ** 31;
 
-/** The user-visible facts about a bitmap, as QEMU's BlockDirtyInfo (query-block "dirty-bitmaps"). */
+/** The user-visible facts about a bitmap, as QEMU's BlockDirtyInfo (query-block "dirty-bitmaps"); no name for a job's own. */
 export interface DirtyBitmapInfo {
-  name: string;
+  name?: string;
   count: number;
   granularity: number;
   recording: boolean;
@@ -49,8 +49,13 @@ export interface DirtyBitmapInfo {
   inconsistent?: boolean;
 }
 
+/** Creation order of every bitmap, so a node's named and job-owned bitmaps list newest first together. */
+let bitmapSeq = 0;
+
 export class BdrvDirtyBitmap {
+  /** '' for a job's own bitmap (QEMU's unnamed bitmaps), never a user's. */
   name: string;
+  readonly seq = ++bitmapSeq;
   readonly bitmap: HBitmap;
   disabled = false;
   busy = false;
@@ -110,7 +115,7 @@ export class BdrvDirtyBitmap {
   }
   info(): DirtyBitmapInfo {
     const info: DirtyBitmapInfo = {
-      name: this.name,
+      ...(this.name ? { name: this.name } : {}),
       count: this.count(),
       granularity: this.granularity,
       recording: !this.disabled,
@@ -131,6 +136,11 @@ export class DirtyBitmapList implements WriteObserver {
   private readonly chained: WriteObserver | null;
   /** Unnamed observers of the node's writes (a job tracking what changes while it runs); not bitmaps users see. */
   readonly observers = new Set<WriteObserver>();
+  /**
+   * Jobs' own unnamed bitmaps (a mirror's): listed among the node's dirty bitmaps, as QEMU's query-block shows
+   * them, but unreachable by name, never stored nor released with the node; their job records into them.
+   */
+  readonly shown = new Set<BdrvDirtyBitmap>();
 
   constructor(bs: BlockNode, chained: WriteObserver | null) {
     this.bs = bs;
@@ -163,6 +173,23 @@ export function addWriteObserver(bs: BlockNode, observer: WriteObserver): () => 
   const list = listOf(bs);
   list.observers.add(observer);
   return () => list.observers.delete(observer);
+}
+
+/**
+ * Lists a job's own unnamed bitmap among the node's dirty bitmaps (query-block, query-named-block-nodes) while the
+ * job runs, as QEMU lists a mirror's; returns the function that takes it off. The job keeps recording into it.
+ */
+export function showJobDirtyBitmap(bs: BlockNode, bm: BdrvDirtyBitmap): () => void {
+  const list = listOf(bs);
+  list.shown.add(bm);
+  return () => list.shown.delete(bm);
+}
+
+/** What query-block shows of a node's dirty bitmaps: the named ones and the jobs' own, newest first (QEMU's order). */
+export function dirtyBitmapInfos(bs: BlockNode): DirtyBitmapInfo[] {
+  if (!(bs.dirtyBitmaps instanceof DirtyBitmapList)) return [];
+  const all = [...bs.dirtyBitmaps.bitmaps, ...bs.dirtyBitmaps.shown].sort((a, b) => b.seq - a.seq);
+  return all.map((b) => b.info());
 }
 
 function bitmapsOf(bs: BlockNode): BdrvDirtyBitmap[] {

@@ -7,7 +7,7 @@
  * unchanged.
  */
 import type { BlockNode } from '../block/node.js';
-import { listDirtyBitmaps, type DirtyBitmapInfo } from '../block/dirty-bitmap.js';
+import { dirtyBitmapInfos, type DirtyBitmapInfo } from '../block/dirty-bitmap.js';
 import { displayFilename, imageInfo, type ImageInfo } from '../img/info.js';
 import type { Engine, IoTarget } from './engine.js';
 import type { BlockBackend } from '../block/backend.js';
@@ -172,7 +172,7 @@ export async function blockDeviceInfo(engine: Engine, bs: BlockNode, flat: boole
   const { info: image, depth } = await imageInfoTree(bs, flat, filters);
   // QEMU's bdrv_cow_bs: a filter's child is not a backing file.
   const backing = bs.driver.kind === 'filter' ? null : bs.cowNode();
-  const bitmaps = listDirtyBitmaps(bs).map((b) => b.info());
+  const bitmaps = dirtyBitmapInfos(bs);
   const info: BlockDeviceInfo = {
     file: displayFilename(bs),
     'node-name': engine.nameOf(bs),

@@ -12,7 +12,7 @@
  * again and is copied in a later round.
  */
 import { allocBuffer, freeBuffer } from '../block/buffers.js';
-import { addWriteObserver, BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
+import { addWriteObserver, BdrvDirtyBitmap, showJobDirtyBitmap } from '../block/dirty-bitmap.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { isAllocatedAbove } from '../block/status.js';
@@ -41,6 +41,7 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
   let held: { node: BlockNode; release(): Promise<void> } | undefined;
   let tracker: BdrvDirtyBitmap | undefined;
   let stopTracking: (() => void) | undefined;
+  let unshow: (() => void) | undefined;
   let completeRequested = false;
   let pivoted = false;
 
@@ -99,6 +100,8 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
       const size = o.top.totalBytes;
       if (held.node.totalBytes < size) await bdrvTruncate(held.node, size, false, 'off');
       tracker = new BdrvDirtyBitmap('', size, TRACK_GRANULARITY);
+      // Listed among top's dirty bitmaps, unnamed, as QEMU's mirror lists its own.
+      unshow = showJobDirtyBitmap(o.top, tracker);
       const t = tracker.bitmap;
       stopTracking = addWriteObserver(o.top, {
         markDirty(offset, bytes) {
@@ -134,6 +137,7 @@ export function activeCommitDriver(o: ActiveCommitOptions): JobDriver {
     },
     async clean() {
       stopTracking?.();
+      unshow?.();
       tracker?.bitmap.free();
       if (held && !pivoted) await held.release();
     },

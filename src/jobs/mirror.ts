@@ -2,7 +2,8 @@
  * The mirror job (QEMU's block/mirror.c, drive-mirror / blockdev-mirror):
  * copies a source node to a target while the source keeps taking writes.
  *
- * A private dirty bitmap at the job's granularity drives everything. It
+ * The job's own unnamed dirty bitmap at its granularity drives everything
+ * (query-block lists it on the source, as QEMU's; no command reaches it). It
  * starts with what `sync` asks for — `full`: the whole disk (or only what
  * the source's chain holds, when the target is known to read as zeros),
  * `top`: what the top layer holds above its backing file, `none`: nothing —
@@ -25,7 +26,7 @@
  */
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { addAfterWriteHook } from '../block/before-write.js';
-import { addWriteObserver, BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
+import { addWriteObserver, BdrvDirtyBitmap, showJobDirtyBitmap } from '../block/dirty-bitmap.js';
 import { BlockError } from '../block/errors.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
@@ -79,6 +80,7 @@ function alignOut(offset: number, bytes: number, g: number): { offset: number; b
 export function mirrorDriver(o: MirrorOptions): JobDriver {
   let dirty: BdrvDirtyBitmap | undefined;
   let stopTracking: (() => void) | undefined;
+  let unshow: (() => void) | undefined;
   let completeRequested = false;
   let pivoted = false;
   let stopActive: (() => void) | undefined;
@@ -234,6 +236,10 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
         await bdrvTruncate(o.target, size, false, 'off');
       }
       dirty = new BdrvDirtyBitmap('', size, o.granularity);
+      // QEMU lists it among the source's dirty bitmaps, unnamed; in write-blocking mode as not recording (there the
+      // job marks and clears it itself around each guest write, as the observer and after-write hook do here).
+      dirty.disabled = o.copyMode === 'write-blocking';
+      unshow = showJobDirtyBitmap(o.source, dirty);
       const bm = dirty.bitmap;
       stopTracking = addWriteObserver(o.source, {
         markDirty(offset, bytes) {
@@ -254,7 +260,6 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
             bm.reset(a.offset, n);
             const buf = allocBuffer(n);
             try {
-              // A failed copy never fails the guest's write: the chunks stay dirty and the background copy meets the error.
               // A failed copy never fails the guest's write: the chunks stay dirty and the background copy meets the error.
               if (!(await copyRun(job, a.offset, n, buf).catch(() => (bm.set(a.offset, n), false)))) return;
               // QEMU counts these copies in the job's progress (checked over QMP).
@@ -298,6 +303,7 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
       stopActive?.();
       await waitInFlight(0, Infinity);
       stopTracking?.();
+      unshow?.();
       dirty?.bitmap.free();
       await o.release?.(pivoted);
     },

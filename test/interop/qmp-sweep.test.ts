@@ -49,7 +49,7 @@ function dropDrainPauses(steps: Step[]): Step[] {
 
 /**
  * QEMU's jobs keep internal dirty bitmaps, anonymous (block-copy's on a backup's source, copy-before-write's two on
- * its filter node); blocktab's jobs track their progress otherwise. A user's bitmap always has a name: only the
+ * its filter node); blocktab lists a mirror's as QEMU (test/interop/qmp-job-filter.test.ts), not yet a backup's. A user's bitmap always has a name: only the
  * anonymous ones are dropped, on both sides.
  */
 function dropAnonymousBitmaps(v: unknown): unknown {
