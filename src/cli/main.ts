@@ -98,14 +98,28 @@ function version(): string {
 const KERNEL_COMMANDS = new Set(['convert', 'compare', 'map', 'check', 'commit', 'rebase', 'measure', 'io']);
 
 /**
+ * The arena a command gets (src/wasm/module.ts). V8 counts the whole wasm
+ * memory as external memory the moment it is made, and past 64 MiB of that
+ * it starts a major GC at once: about 30 M instructions of every command
+ * that loaded the kernels with the default 256 MiB arena. A convert's
+ * pipeline peaks near 16 MiB of buffers (2 MiB steps, the writes in flight,
+ * table slices), so 32 MiB keeps the memory under V8's limit; check's
+ * reference counts of a large image (2 bytes a cluster, two mark bitmaps)
+ * need the big arena, and pay the GC. A request the arena cannot meet gets a
+ * plain buffer: a smaller arena costs speed at worst, never correctness.
+ */
+const SMALL_ARENA_BYTES = 32 * 1024 * 1024;
+const ARENA_BYTES: Record<string, number | undefined> = { check: 256 * 1024 * 1024 };
+
+/**
  * Loads the kernels from build/blocktab.wasm (two levels above this file, in
  * dist/cli/ as in src/cli/). Everything has a JS fallback, so a missing file
  * costs speed, not correctness; say so once when debugging.
  */
-async function loadKernels(): Promise<void> {
+async function loadKernels(cmd: string): Promise<void> {
   try {
     const { initWasm } = await import('../runtime.js'); // also installs the arena as the buffer provider
-    await initWasm({ bytes: fs.readFileSync(new URL('../../build/blocktab.wasm', import.meta.url)) });
+    await initWasm({ bytes: fs.readFileSync(new URL('../../build/blocktab.wasm', import.meta.url)), arenaBytes: ARENA_BYTES[cmd] ?? SMALL_ARENA_BYTES });
   } catch (e) {
     if (process.env.BLOCKTAB_DEBUG) process.stderr.write(`${progName()}: note: wasm kernels not loaded (${String(e)}); using JS fallbacks\n`);
   }
@@ -129,16 +143,16 @@ export async function main(argv: string[], out: Output): Promise<number> {
     // The engine loads only for a command: --version and --help stay cheap.
     await import('../node.js'); // Node's drivers and C zlib for compressed writes
     if (cmd === 'qmp') {
-      await loadKernels();
+      await loadKernels(cmd);
       const m = await import('./qmp/main.js');
       return await m.runQmp(rest, out);
     }
     if (cmd === 'io' || !load) {
-      await loadKernels(); // qemu-io's writes go through detect-zeroes
+      await loadKernels('io'); // qemu-io's writes go through detect-zeroes
       const m = await import('./qemu-io/main.js');
       return await m.runIo(rest);
     }
-    if (KERNEL_COMMANDS.has(cmd)) await loadKernels();
+    if (KERNEL_COMMANDS.has(cmd)) await loadKernels(cmd);
     if (rest.includes('--help') || rest.includes('-h')) {
       out.stdout(HELP);
       return 0;

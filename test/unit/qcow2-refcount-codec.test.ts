@@ -156,3 +156,61 @@ describe('refcount blocks qemu-img writes', () => {
     });
   }
 });
+
+describe('decoding a whole table and counting a whole block', () => {
+  // decodeReftable skips the zero tail 4 KiB at a time and countNonzeroRefcounts
+  // reads whole-byte widths through typed views: both against entry-by-entry models,
+  // with entries at slice edges, tables not a multiple of 4 KiB, and blocks at
+  // unaligned offsets.
+  const tableSizes = [8, 4096, 4104, 65536, 3 * 65536 + 8];
+  it('decodeReftable equals reftableEntryAt of every entry', async () => {
+    const { initWasm } = await import('../../src/runtime.js');
+    const { allocBuffer, freeBuffer } = await import('../../src/block/buffers.js');
+    for (const inWasm of [false, true]) {
+      if (inWasm) await initWasm();
+      fc.assert(
+        fc.property(
+          fc.constantFrom(...tableSizes),
+          fc.array(fc.tuple(fc.double({ min: 0, max: 1, noNaN: true, maxExcluded: true }), fc.integer({ min: 1, max: 2 ** 20 })), { maxLength: 6 }),
+          fc.constantFrom(0, 511, 512, 513),
+          (bytes, picks, edge) => {
+            const raw = inWasm ? allocBuffer(bytes) : new Uint8Array(bytes);
+            try {
+              raw.fill(0);
+              const n = bytes / 8;
+              for (const [r, cluster] of picks) putReftableEntry(raw, Math.floor(r * n), cluster * 65536);
+              if (edge < n) putReftableEntry(raw, edge, 0x10000);
+              const want = Array.from({ length: n }, (_, i) => reftableEntryAt(raw, i));
+              expect([...decodeReftable(raw)]).toEqual(want);
+            } finally {
+              if (inWasm) freeBuffer(raw);
+            }
+          },
+        ),
+        { numRuns: 60 },
+      );
+    }
+  });
+
+  it('countNonzeroRefcounts equals a count of getRefcountEntry, aligned or not', () => {
+    fc.assert(
+      fc.property(
+        fc.constantFrom(...WIDTHS),
+        fc.constantFrom(0, 1, 4, 8),
+        fc.array(fc.tuple(fc.nat(1023), fc.nat(7)), { maxLength: 40 }),
+        fc.nat(1024),
+        (width, shift, bytes, limitPick) => {
+          const backing = new Uint8Array(4096 + 8);
+          const block = backing.subarray(shift, shift + 4096);
+          for (const [p, bit] of bytes) block[p] = block[p]! | (1 << bit);
+          const per = refcountsPerBlock(4096, width);
+          const limit = Math.min(per, limitPick * 32);
+          let want = 0;
+          for (let i = 0; i < limit; i++) if (getRefcountEntry(block, width, i) !== 0) want++;
+          expect(countNonzeroRefcounts(block, width, limit)).toBe(want);
+        },
+      ),
+      { numRuns: 400 },
+    );
+  });
+});

@@ -22,6 +22,7 @@
  * `overlap-check.<kind>=on|off` that override the template.
  */
 import { BlockError } from '../../block/errors.js';
+import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread } from '../../block/io.js';
 import { QCOW2_EXT_MAGIC_BITMAPS } from './header.js';
 import { decodeReftable } from './refcount-codec.js';
@@ -102,9 +103,13 @@ export function overlapCheckOf(s: Qcow2State): number {
 /** Loads the refcount table when the write path has not yet (refcount blocks are a checked kind). */
 export async function ensureRefcountTable(s: Qcow2State): Promise<void> {
   if (s.refcountTable) return;
-  const raw = new Uint8Array(s.header.refcountTableClusters * s.clusterSize);
-  await bdrvPread(s.file, s.header.refcountTableOffset, raw.length, raw);
-  s.refcountTable = decodeReftable(raw);
+  const raw = allocBuffer(s.header.refcountTableClusters * s.clusterSize);
+  try {
+    await bdrvPread(s.file, s.header.refcountTableOffset, raw.length, raw);
+    s.refcountTable = decodeReftable(raw);
+  } finally {
+    freeBuffer(raw);
+  }
 }
 
 const within = (offset: number, bytes: number, start: number, size: number) => size > 0 && offset < start + size && start < offset + bytes;

@@ -25,6 +25,7 @@
  * A 64-bit refcount is read as a number; values above 2^53 are not exact,
  * which is why refcountLimit caps the largest refcount this code writes.
  */
+import { bufferIsZero } from '../../block/buffers.js';
 import { be } from './header.js';
 
 /** Offset of a refcount block from its table entry's halves (reserved bits 0..8 dropped). */
@@ -47,10 +48,24 @@ export function putReftableEntry(table: Uint8Array, i: number, offset: number): 
   be.put64(table, i * 8, offset);
 }
 
-/** Decodes a raw refcount table into block offsets (0 = no block). */
+/**
+ * Decodes a raw refcount table into block offsets (0 = no block). A table is
+ * sized for growth, so its tail is mostly empty (a small image's 64 KiB table
+ * has one entry in 8192): the zero test finds the tail 4 KiB at a time
+ * (in place when `raw` came from allocBuffer), and only the entries before it
+ * are decoded. Every qcow2 block-status caller decodes the table once
+ * (detectMetadataPreallocation), before the first copy is compiled.
+ */
 export function decodeReftable(raw: Uint8Array): Float64Array {
-  const table = new Float64Array(Math.floor(raw.length / 8));
-  for (let i = 0; i < table.length; i++) table[i] = reftableEntryAt(raw, i);
+  const n = Math.floor(raw.length / 8);
+  const table = new Float64Array(n);
+  let used = n * 8;
+  while (used > 0) {
+    const from = Math.max(0, used - 4096);
+    if (!bufferIsZero(raw.subarray(from, used))) break;
+    used = from;
+  }
+  for (let i = 0, end = Math.ceil(used / 8); i < end; i++) table[i] = reftableEntryAt(raw, i);
   return table;
 }
 
@@ -103,19 +118,23 @@ export function setRefcountEntry(block: Uint8Array, bits: number, i: number, v: 
   block[p] = (block[p]! & ~mask) | ((v << (bit & 7)) & mask);
 }
 
-/** Counts the nonzero entries among the first `limit` of a refcount block. */
+/**
+ * Counts the nonzero entries among the first `limit` of a refcount block.
+ * Whole-byte widths test each entry as one typed-array element (whether an
+ * entry is zero does not depend on byte order), so the loop stays short in
+ * the interpreter, where it runs at a convert's first block-status call.
+ */
 export function countNonzeroRefcounts(block: Uint8Array, bits: number, limit: number): number {
   let n = 0;
-  if (bits >= 8) {
-    const w = bits / 8;
-    for (let i = 0; i < limit; i++) {
-      const p = i * w;
-      for (let k = 0; k < w; k++) {
-        if (block[p + k] !== 0) {
-          n++;
-          break;
-        }
-      }
+  if (bits >= 8 && (block.byteOffset & 7) === 0) {
+    const width = Math.min(bits, 32) / 8;
+    const step = bits / 8 / width; // elements per entry: 2 for 64-bit entries, else 1
+    const count = Math.floor(block.length / width);
+    const v = width === 1 ? block : width === 2 ? new Uint16Array(block.buffer, block.byteOffset, count) : new Uint32Array(block.buffer, block.byteOffset, count);
+    if (step === 1) {
+      for (let i = 0; i < limit; i++) if (v[i] !== 0) n++;
+    } else {
+      for (let i = 0; i < limit; i++) if ((v[2 * i]! | v[2 * i + 1]!) !== 0) n++;
     }
     return n;
   }

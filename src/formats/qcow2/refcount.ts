@@ -66,10 +66,14 @@ export async function loadRefcountTable(s: Qcow2State): Promise<Float64Array> {
   if (s.refcountTable) return s.refcountTable;
   const h = s.header;
   const bytes = h.refcountTableClusters * s.clusterSize;
-  const raw = new Uint8Array(bytes);
-  await bdrvDebugEvent(s.file, 'reftable_load');
-  await bdrvPread(s.file, h.refcountTableOffset, bytes, raw);
-  s.refcountTable = decodeReftable(raw);
+  const raw = allocBuffer(bytes); // in wasm memory when it fits: decodeReftable's zero test of the tail runs in place
+  try {
+    await bdrvDebugEvent(s.file, 'reftable_load');
+    await bdrvPread(s.file, h.refcountTableOffset, bytes, raw);
+    s.refcountTable = decodeReftable(raw);
+  } finally {
+    freeBuffer(raw);
+  }
   return s.refcountTable;
 }
 
