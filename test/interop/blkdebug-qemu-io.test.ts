@@ -95,6 +95,35 @@ describe('blkdebug against qemu-io', () => {
     ]);
   });
 
+  // iotest 077: requests that overlap a read-modify-write cycle wait for it, in QEMU's order of completions.
+  it('serialises overlapping read-modify-writes at breakpoints in the order QEMU completes them (077)', async () => {
+    const opts = (img: string) => ['--image-opts', `driver=raw,file.driver=blkdebug,file.align=4096,file.image.filename=${img}`];
+    // Chained: seven sector writes queue behind a cycle held after its tail read; a tail-only write and an aligned one.
+    await compare('raw', [], (img) => [
+      ...cmds(
+        'break pwritev_rmw_after_tail A', 'aio_write -P 10 0x5000 0x200', 'wait_break A',
+        ...[11, 12, 13, 14, 15, 16, 17].map((p, i) => `aio_write -P ${p} ${0x5200 + i * 0x200} 0x200`),
+        'sleep 10', 'resume A', 'aio_flush',
+        'break pwritev_rmw_tail B', 'aio_write -P 20 0xe000 0x1800', 'wait_break B', 'aio_write -P 21 0xf000 0xc00', 'aio_write -P 22 0xf000 0x1000', 'resume B', 'aio_flush',
+        'read -P 10 0x5000 0x200', 'read -P 17 0x5e00 0x200', 'read -P 20 0xe000 0x1000', 'read -P 22 0xf000 0x1000',
+      ),
+      ...opts(img),
+    ]);
+    // Two held cycles around one aligned write that overlaps both; then a cycle waiting behind a held aligned write.
+    await compare('raw', [], (img) => [
+      ...cmds(
+        'break pwritev_rmw_after_tail A', 'aio_write -P 10 0x8000 0x200', 'wait_break A',
+        'break pwritev_rmw_after_head B', 'aio_write -P 10 0x9e00 0x200', 'wait_break B',
+        'aio_write -P 11 0x8800 0x1000', 'resume B', 'sleep 10', 'resume A', 'aio_flush',
+        'break pwritev A', 'aio_write -P 10 0x10000 0x800', 'wait_break A',
+        'break pwritev_rmw_after_tail B', 'aio_write -P 11 0x10000 0x400',
+        'break pwritev_done C', 'resume A', 'wait_break C', 'resume C', 'sleep 10', 'wait_break B', 'resume B', 'aio_flush',
+        'read -P 11 0x8800 0x1000', 'read -P 0 0x9800 0x600', 'read -P 11 0x10000 0x400', 'read -P 10 0x10400 0x400',
+      ),
+      ...opts(img),
+    ]);
+  });
+
   it('opens null-co through json: and image-opts trees', async () => {
     await compare('raw', [], () => [...cmds('read -v 0 32', 'write 0 4k', 'length'), json({ driver: 'raw', file: { driver: 'null-co', size: 65536, 'read-zeroes': true } })]);
     await compare('raw', [], () => [...cmds('read -P 0 1k 4k', 'length'), '--image-opts', 'driver=null-co,size=1M,read-zeroes=on']);
