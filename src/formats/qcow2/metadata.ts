@@ -14,6 +14,7 @@
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
+import { notifyRequestWaiting } from '../../block/debug-event.js';
 import { encodeHeaderFields, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, type HeaderField, type Qcow2Header } from './header.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { l1Offset, type Qcow2State } from './state.js';
@@ -38,7 +39,12 @@ export function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
   const prev = s.rw.lock;
   let release!: () => void;
   s.rw.lock = new Promise<void>((r) => (release = r));
-  return prev.then(fn).finally(release);
+  // A request that queues behind another cannot go on by itself (an aio command that started it returns).
+  if (s.rw.lockQueued++ > 0) notifyRequestWaiting();
+  return prev.then(fn).finally(() => {
+    s.rw.lockQueued--;
+    release();
+  });
 }
 
 /** Makes every write to the image file so far stable (bdrv_flush of bs->file). */

@@ -115,6 +115,8 @@ export interface Qcow2RwState {
   metaClusters: Map<number, number> | null;
   /** Tail of the request queue: modifying requests run one at a time (QEMU's s->lock). */
   lock: Promise<void>;
+  /** Requests holding or queued for `lock`: one that finds it above zero waits. */
+  lockQueued: number;
   /** Set once an inconsistency was found: every later write fails with EIO. */
   corrupt: boolean;
   /**
@@ -143,6 +145,7 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     l1DirtyTo: 0,
     metaClusters: null,
     lock: Promise.resolve(),
+    lockQueued: 0,
     corrupt: false,
     unusable: false,
     dirtyBitSet: false,
