@@ -102,3 +102,28 @@ describe('iotest 046: copy-on-write allocations at breakpoints', () => {
     }
   });
 });
+
+// iotest 026: which events a write raises decides where an injected error lands.
+describe('iotest 026: a new L2 table is not loaded back', () => {
+  it('the write that allocates an L2 table raises no l2_load; the next open loads it (and fails there)', async () => {
+    const st = new MemoryStorage();
+    await createImage(st, await planCreate(st, { filename: 't.qcow2', format: 'qcow2', size: 64 * MIB, clusterSize: 1024 }));
+    const open = () =>
+      openTree(st, {
+        driver: 'qcow2',
+        file: { driver: 'blkdebug', 'inject-error': [{ event: 'l2_load', errno: '5', once: true }], image: { driver: 'file', filename: 't.qcow2' } },
+      });
+    let bs = await open();
+    try {
+      await write(bs, 0, 128 * KIB, 7);
+    } finally {
+      await closeNode(bs);
+    }
+    bs = await open();
+    try {
+      await expect(write(bs, 0, 128 * KIB, 8)).rejects.toThrow(/Input\/output error/);
+    } finally {
+      await closeNode(bs);
+    }
+  });
+});
