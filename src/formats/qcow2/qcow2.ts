@@ -94,6 +94,7 @@ import {
   L2_ZERO_PLAIN,
 } from './l2-scan.js';
 import { qcow2Probe } from './probe.js';
+import { unopenedDataFile } from './unopened-data-file.js';
 
 export type { Qcow2State } from './state.js';
 
@@ -288,8 +289,10 @@ export const qcow2Driver: BlockDriver = {
       bs.attach(dataFileOption, 'data-file');
     } else if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) {
       const name = (typeof dataFileOption === 'string' ? dataFileOption : undefined) ?? s.imageDataFile;
-      if (!name) throw new BlockError('EINVAL', "'data-file' is required for this image");
-      s.dataFile = await openFileChild(bs, name, 'data-file');
+      // Opened for metadata only (qemu-img info): the data file is not opened, as QEMU (BDRV_O_NO_IO).
+      if (options.noIo) s.dataFile = unopenedDataFile(name ?? '');
+      else if (!name) throw new BlockError('EINVAL', "'data-file' is required for this image");
+      else s.dataFile = await openFileChild(bs, name, 'data-file');
     } else if (dataFileOption !== undefined) {
       throw new BlockError('EINVAL', `${image}: 'data-file' can only be set for images with an external data file`);
     }
