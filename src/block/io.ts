@@ -109,9 +109,16 @@ function waitFor(r: Tracked): Promise<void> {
   return new Promise<void>((wake) => (r.waiters ??= []).push(wake));
 }
 
-/** Waits until no request in flight conflicts with `self` (QEMU's bdrv_wait_serialising_requests). */
-async function waitSerialising(t: TrackedSet, self: Tracked): Promise<void> {
-  if (t.serialising === 0) return;
+/**
+ * Whether `self` must wait for a request in flight (QEMU's
+ * bdrv_wait_serialising_requests); callers then `await waitConflicts`. Asked
+ * first so a request with nothing to wait for goes on in the same turn.
+ */
+function mustWait(t: TrackedSet, self: Tracked): boolean {
+  return t.serialising !== 0 && findConflict(t, self, self.start, self.end) !== undefined;
+}
+
+async function waitConflicts(t: TrackedSet, self: Tracked): Promise<void> {
   for (let c = findConflict(t, self, self.start, self.end); c; c = findConflict(t, self, self.start, self.end)) {
     self.waitingFor = c;
     await waitFor(c);
@@ -121,7 +128,7 @@ async function waitSerialising(t: TrackedSet, self: Tracked): Promise<void> {
 
 /**
  * Runs the write `fn` as a tracked request over [start, end), serialising or
- * not; `fn` gets the request to wait with (waitSerialising) right before it
+ * not; `fn` gets the request to wait with (mustWait / waitConflicts) right before it
  * reads or writes, as QEMU's request path does before each step.
  */
 async function trackedWrite<T>(bs: BlockNode, start: number, end: number, serialising: boolean, fn: (t: TrackedSet, me: Tracked) => Promise<T>): Promise<T> {
@@ -130,7 +137,7 @@ async function trackedWrite<T>(bs: BlockNode, start: number, end: number, serial
   t.reqs.add(me);
   if (serialising) t.serialising++;
   try {
-    if (serialising) await waitSerialising(t, me);
+    if (serialising && mustWait(t, me)) await waitConflicts(t, me);
     return await fn(t, me);
   } finally {
     t.reqs.delete(me);
@@ -278,7 +285,7 @@ async function pwrite(
   const alignedEnd = Math.ceil(end / align) * align;
   if (start === offset && alignedEnd === end) {
     await trackedWrite(bs, offset, end, false, async (t, me) => {
-      await waitSerialising(t, me);
+      if (mustWait(t, me)) await waitConflicts(t, me);
       await writeAligned(bs, offset, bytes, data, flags);
     });
   } else {
@@ -295,19 +302,19 @@ async function pwrite(
           const n = merged ? len : align;
           if (head) await debugEvent(bs, 'pwritev_rmw_head');
           if (merged && tail) await debugEvent(bs, 'pwritev_rmw_tail');
-          await waitSerialising(t, me);
+          if (mustWait(t, me)) await waitConflicts(t, me);
           await readAligned(bs, start, n, bounce.subarray(0, n));
           if (head) await debugEvent(bs, 'pwritev_rmw_after_head');
           if (merged && tail) await debugEvent(bs, 'pwritev_rmw_after_tail');
         }
         if (tail && !merged) {
           await debugEvent(bs, 'pwritev_rmw_tail');
-          await waitSerialising(t, me);
+          if (mustWait(t, me)) await waitConflicts(t, me);
           await readAligned(bs, alignedEnd - align, align, bounce.subarray(len - align, len));
           await debugEvent(bs, 'pwritev_rmw_after_tail');
         }
         bounce.set(data, head);
-        await waitSerialising(t, me);
+        if (mustWait(t, me)) await waitConflicts(t, me);
         await writeAligned(bs, start, len, bounce, flags);
       } finally {
         freeBuffer(bounce);
@@ -358,7 +365,7 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
         const max = Math.min(bs.limits.maxTransfer, bs.limits.maxPwriteZeroes || Infinity);
         const chunk = Math.max(alignDown(max, align), align);
         await trackedWrite(bs, headEnd, tailStart, false, async (t, me) => {
-          await waitSerialising(t, me);
+          if (mustWait(t, me)) await waitConflicts(t, me);
           await debugEvent(bs, 'pwritev_zero');
           for (let o = headEnd; o < tailStart; ) {
             const n = Math.min(tailStart - o, chunk);
@@ -400,7 +407,7 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   const drv = bs.driver;
   if (end > offset) {
     await trackedWrite(bs, offset, end, false, async (t, me) => {
-      await waitSerialising(t, me);
+      if (mustWait(t, me)) await waitConflicts(t, me);
       for (const p of discardPieces(offset, end - offset, align, req, bs.limits.maxPdiscard ?? 0)) {
         try {
           await drv.pdiscard!(bs, p.offset, p.bytes);
