@@ -114,16 +114,27 @@ export function notifyRequestSuspended(): void {
 }
 
 /**
- * Runs `request` until it completes or a breakpoint holds a request
- * (qemu-io's aio commands return once their request is submitted; a held
- * request completes later, after `resume`). Resolves to true when the
- * request is still running.
+ * Called by the request path when a request must wait for another one in
+ * flight (a serialising read-modify-write, a cluster allocation): like a
+ * held request, it cannot go on by itself, so an aio command returns.
  */
-export async function untilDoneOrSuspended(request: Promise<unknown>): Promise<boolean> {
+export function notifyRequestWaiting(): void {
+  if (suspendWatchers.size) notifyRequestSuspended();
+}
+
+/**
+ * Runs `request` until it completes, a breakpoint holds a request or a
+ * request waits for another one (qemu-io's aio commands return once their
+ * request is submitted and yields; a held request completes later, after
+ * `resume`). Resolves to true when the request is still running.
+ */
+export async function untilDoneOrSuspended(request: Promise<unknown> | (() => Promise<unknown>)): Promise<boolean> {
   let watcher!: () => void;
   const suspended = new Promise<boolean>((r) => suspendWatchers.add((watcher = () => r(true))));
   try {
-    return await Promise.race([request.then(() => false), suspended]);
+    // Given a function, the request starts with the watcher in place: it may yield before its first await.
+    const running = typeof request === 'function' ? request() : request;
+    return await Promise.race([running.then(() => false), suspended]);
   } finally {
     suspendWatchers.delete(watcher);
   }

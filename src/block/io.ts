@@ -18,7 +18,7 @@ import type { BlockNode } from './node.js';
 import { allocBuffer, bufferIsZero, freeBuffer } from './buffers.js';
 import { truncateDirtyBitmaps } from './dirty-bitmap.js';
 import { afterWrite, beforeWrite, hasAfterWriteHooks, hasBeforeWriteHooks } from './before-write.js';
-import { bdrvDebugEvent, type BlkdebugEvent } from './debug-event.js';
+import { bdrvDebugEvent, notifyRequestWaiting, type BlkdebugEvent } from './debug-event.js';
 import { alignDown, discardPieces } from './request-split.js';
 
 /** What every write that landed tells the node: its dirty bitmaps, and the highest offset written. */
@@ -60,22 +60,28 @@ function checkWritable(bs: BlockNode, what: string): void {
 // ------------------------------------------------------------ tracked requests
 
 /**
- * A write in flight (QEMU's BdrvTrackedRequest). Read-modify-write cycles are
- * serialising: they wait for every overlapping write in flight, and every
- * request that overlaps them waits until they end. Without the second half,
- * an aligned write landing between a cycle's read and its write-back would be
- * undone by the cycle's stale copy of the block.
+ * A write in flight (QEMU's BdrvTrackedRequest), listed from the moment it
+ * starts, before it waits for anything. A request that widens to the
+ * alignment for a read-modify-write cycle is serialising: it waits for every
+ * overlapping request in flight, and every request that overlaps it waits
+ * until it ends. Without the second half, an aligned write landing between a
+ * cycle's read and its write-back would be undone by the cycle's stale copy
+ * of the block. A request that is itself waiting (`waitingFor`) is passed
+ * over: it will wait for the newcomer when it wakes, and waiting for it
+ * could close a cycle (QEMU's rule against deadlock).
  */
 interface Tracked {
   start: number;
   end: number;
   serialising: boolean;
-  done: Promise<void>;
+  waitingFor: Tracked | null;
+  /** Wakes the requests waiting for this one; made only when one waits. */
+  waiters: (() => void)[] | null;
 }
 
 interface TrackedSet {
   reqs: Set<Tracked>;
-  /** Serialising requests in `reqs`: reads look only when there is one. */
+  /** Serialising requests in `reqs`: the others look only when there is one. */
   serialising: number;
 }
 
@@ -87,42 +93,66 @@ function trackedSet(bs: BlockNode): TrackedSet {
   return t;
 }
 
-/** A request in flight that [start, end) must wait for, if any. */
-function findConflict(t: TrackedSet, start: number, end: number, serialising: boolean): Tracked | undefined {
-  if (!serialising && t.serialising === 0) return undefined;
+/** The first request in flight that `self` (or a read of [start, end) when self is null) must wait for. */
+function findConflict(t: TrackedSet, self: Tracked | null, start: number, end: number): Tracked | undefined {
+  const serialising = self?.serialising === true;
   for (const r of t.reqs) {
-    if ((serialising || r.serialising) && r.start < end && start < r.end) return r;
+    if (r === self || (!r.serialising && !serialising)) continue;
+    if (r.start < end && start < r.end && !r.waitingFor) return r;
   }
   return undefined;
 }
 
+function waitFor(r: Tracked): Promise<void> {
+  // The caller's request cannot go on: an aio command that started it returns now (qemu-io's coroutine yields).
+  notifyRequestWaiting();
+  return new Promise<void>((wake) => (r.waiters ??= []).push(wake));
+}
+
 /**
- * Runs the write `fn` as a tracked request over [start, end): it first waits
- * for the requests it conflicts with (see Tracked), and is visible to later
- * ones until it ends.
+ * Whether `self` must wait for a request in flight (QEMU's
+ * bdrv_wait_serialising_requests); callers then `await waitConflicts`. Asked
+ * first so a request with nothing to wait for goes on in the same turn.
  */
-async function trackedWrite<T>(bs: BlockNode, start: number, end: number, serialising: boolean, fn: () => Promise<T>): Promise<T> {
-  const t = trackedSet(bs);
-  // Check and register in the same turn: no await between the last check and the add.
-  for (let c = findConflict(t, start, end, serialising); c; c = findConflict(t, start, end, serialising)) await c.done;
-  let release!: () => void;
-  const me: Tracked = { start, end, serialising, done: new Promise<void>((r) => (release = r)) };
-  t.reqs.add(me);
-  if (serialising) t.serialising++;
-  try {
-    return await fn();
-  } finally {
-    t.reqs.delete(me);
-    if (serialising) t.serialising--;
-    release();
+function mustWait(t: TrackedSet, self: Tracked): boolean {
+  return t.serialising !== 0 && findConflict(t, self, self.start, self.end) !== undefined;
+}
+
+async function waitConflicts(t: TrackedSet, self: Tracked): Promise<void> {
+  for (let c = findConflict(t, self, self.start, self.end); c; c = findConflict(t, self, self.start, self.end)) {
+    self.waitingFor = c;
+    await waitFor(c);
+    self.waitingFor = null;
   }
 }
 
-/** Reads wait for overlapping read-modify-write cycles, so they never see a block half merged. */
+/**
+ * Runs the write `fn` as a tracked request over [start, end), serialising or
+ * not; `fn` gets the request to wait with (mustWait / waitConflicts) right before it
+ * reads or writes, as QEMU's request path does before each step.
+ */
+async function trackedWrite<T>(bs: BlockNode, start: number, end: number, serialising: boolean, fn: (t: TrackedSet, me: Tracked) => Promise<T>): Promise<T> {
+  const t = trackedSet(bs);
+  const me: Tracked = { start, end, serialising, waitingFor: null, waiters: null };
+  t.reqs.add(me);
+  if (serialising) t.serialising++;
+  try {
+    if (serialising && mustWait(t, me)) await waitConflicts(t, me);
+    return await fn(t, me);
+  } finally {
+    t.reqs.delete(me);
+    if (serialising) t.serialising--;
+    // As QEMU's woken coroutines, the waiters run once this request's caller has seen it complete.
+    const waiters = me.waiters;
+    if (waiters) setTimeout(() => waiters.forEach((wake) => wake()), 0);
+  }
+}
+
+/** Reads wait for overlapping serialising requests, so they never see a block half merged. */
 async function waitForSerialising(bs: BlockNode, start: number, end: number): Promise<void> {
   const t = trackedRequests.get(bs);
-  if (!t) return;
-  for (let c = findConflict(t, start, end, false); c; c = findConflict(t, start, end, false)) await c.done;
+  if (!t || t.serialising === 0) return;
+  for (let c = findConflict(t, null, start, end); c; c = findConflict(t, null, start, end)) await waitFor(c);
 }
 
 // ------------------------------------------------------------------ reads
@@ -254,27 +284,37 @@ async function pwrite(
   const end = offset + bytes;
   const alignedEnd = Math.ceil(end / align) * align;
   if (start === offset && alignedEnd === end) {
-    await trackedWrite(bs, offset, end, false, () => writeAligned(bs, offset, bytes, data, flags));
+    await trackedWrite(bs, offset, end, false, async (t, me) => {
+      if (mustWait(t, me)) await waitConflicts(t, me);
+      await writeAligned(bs, offset, bytes, data, flags);
+    });
   } else {
-    await trackedWrite(bs, start, alignedEnd, true, async () => {
+    await trackedWrite(bs, start, alignedEnd, true, async (t, me) => {
       const len = alignedEnd - start;
       const bounce = allocBuffer(len);
       try {
-        // Only the head and tail blocks need their old contents; one read when they are all there is (QEMU's merged padding reads).
+        // Only the head and tail blocks need their old contents; one read when they are all there is
+        // (QEMU's merged padding reads), which raises the events of both ends it pads.
         const head = offset - start;
         const tail = alignedEnd - end;
         const merged = len === (len > align && head && tail ? 2 * align : align);
         if (head || merged) {
-          await debugEvent(bs, 'pwritev_rmw_head');
-          await readAligned(bs, start, merged ? len : align, bounce.subarray(0, merged ? len : align));
-          await debugEvent(bs, 'pwritev_rmw_after_head');
+          const n = merged ? len : align;
+          if (head) await debugEvent(bs, 'pwritev_rmw_head');
+          if (merged && tail) await debugEvent(bs, 'pwritev_rmw_tail');
+          if (mustWait(t, me)) await waitConflicts(t, me);
+          await readAligned(bs, start, n, bounce.subarray(0, n));
+          if (head) await debugEvent(bs, 'pwritev_rmw_after_head');
+          if (merged && tail) await debugEvent(bs, 'pwritev_rmw_after_tail');
         }
         if (tail && !merged) {
           await debugEvent(bs, 'pwritev_rmw_tail');
+          if (mustWait(t, me)) await waitConflicts(t, me);
           await readAligned(bs, alignedEnd - align, align, bounce.subarray(len - align, len));
           await debugEvent(bs, 'pwritev_rmw_after_tail');
         }
-        bounce.set(data, offset - start);
+        bounce.set(data, head);
+        if (mustWait(t, me)) await waitConflicts(t, me);
         await writeAligned(bs, start, len, bounce, flags);
       } finally {
         freeBuffer(bounce);
@@ -324,7 +364,8 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
       try {
         const max = Math.min(bs.limits.maxTransfer, bs.limits.maxPwriteZeroes || Infinity);
         const chunk = Math.max(alignDown(max, align), align);
-        await trackedWrite(bs, headEnd, tailStart, false, async () => {
+        await trackedWrite(bs, headEnd, tailStart, false, async (t, me) => {
+          if (mustWait(t, me)) await waitConflicts(t, me);
           await debugEvent(bs, 'pwritev_zero');
           for (let o = headEnd; o < tailStart; ) {
             const n = Math.min(tailStart - o, chunk);
@@ -366,7 +407,8 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   const end = Math.min(offset + bytes, bs.totalBytes);
   const drv = bs.driver;
   if (end > offset) {
-    await trackedWrite(bs, offset, end, false, async () => {
+    await trackedWrite(bs, offset, end, false, async (t, me) => {
+      if (mustWait(t, me)) await waitConflicts(t, me);
       for (const p of discardPieces(offset, end - offset, align, req, bs.limits.maxPdiscard ?? 0)) {
         try {
           await drv.pdiscard!(bs, p.offset, p.bytes);

@@ -152,6 +152,8 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
     await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, table, cs);
     await bdrvDebugEvent(s.file, 'l2_alloc_write');
     await bdrvPwrite(s.file, table, cs, buf);
+    // The write that follows finds the new table cached, as QEMU's: no l2_load for a table just made.
+    s.l2Cache.seed(table, buf);
   } finally {
     freeBuffer(buf);
   }

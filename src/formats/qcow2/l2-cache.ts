@@ -105,6 +105,26 @@ export class L2Cache {
     }
   }
 
+  /**
+   * Caches the slices of a table the caller has just written whole (a new L2
+   * table, QEMU's qcow2_cache_get_empty): using them loads nothing. A slice
+   * already cached (a reused cluster) takes the new bytes.
+   */
+  seed(tableOffset: number, table: Uint8Array): void {
+    for (let o = 0; o < table.length; o += this.entrySize) {
+      const bytes = table.subarray(o, o + this.entrySize);
+      const hit = this.slices.get(tableOffset + o);
+      if (hit) {
+        hit.data.set(bytes);
+        continue;
+      }
+      const data = this.spare.pop() ?? allocBuffer(this.entrySize);
+      data.set(bytes);
+      this.slices.set(tableOffset + o, { offset: tableOffset + o, data, pins: 0, dirty: false });
+    }
+    if (this.slices.size > this.capacity) this.evict();
+  }
+
   /** Drops the slices of [offset, offset + bytes) (a freed or rewritten L2 table). */
   invalidate(offset: number, bytes: number): void {
     for (const [k, s] of this.slices) {

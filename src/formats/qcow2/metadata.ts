@@ -14,6 +14,7 @@
  */
 import { BlockError, hex } from '../../block/errors.js';
 import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
+import { notifyRequestWaiting } from '../../block/debug-event.js';
 import { encodeHeaderFields, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, type HeaderField, type Qcow2Header } from './header.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
 import { l1Offset, type Qcow2State } from './state.js';
@@ -51,11 +52,18 @@ export function withLockInflight<T>(s: Qcow2State, fn: () => Promise<T>): Promis
   const prev = s.rw.lock;
   let release!: () => void;
   s.rw.lock = new Promise<void>((r) => (release = r));
-  return prev.then(fn).finally(release);
+  // A request that queues behind another cannot go on by itself (an aio command that started it returns).
+  if (s.rw.lockQueued++ > 0) notifyRequestWaiting();
+  return prev.then(fn).finally(() => {
+    s.rw.lockQueued--;
+    release();
+  });
 }
 
 /** Waits until no allocating write is in flight (called under the lock, so no new one starts). */
 export async function drainAllocs(s: Qcow2State): Promise<void> {
+  // Waiting for another request's data (held at a breakpoint, say): the aio command that started this one returns.
+  if (s.rw.allocs.size) notifyRequestWaiting();
   while (s.rw.allocs.size) await Promise.all([...s.rw.allocs].map((a) => a.done));
 }
 

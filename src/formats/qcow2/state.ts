@@ -115,6 +115,8 @@ export interface Qcow2RwState {
   metaClusters: Map<number, number> | null;
   /** Tail of the request queue: modifying requests run one at a time (QEMU's s->lock). */
   lock: Promise<void>;
+  /** Requests holding or queued for `lock`: one that finds it above zero waits. */
+  lockQueued: number;
   /**
    * Fresh clusters whose data write runs outside the lock (alloc-in-flight.ts,
    * QEMU's s->cluster_allocs): reserved, their L2 entries not yet set.
@@ -158,6 +160,7 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     l1DirtyTo: 0,
     metaClusters: null,
     lock: Promise.resolve(),
+    lockQueued: 0,
     allocs: new Set(),
     corrupt: false,
     unusable: false,

@@ -190,13 +190,18 @@ async function writeCompleted(
   const bounce = allocBuffer(len);
   try {
     // Without a backing file the rest of the cluster is zeros: QEMU zeroes it on the file (cluster_alloc_space) and writes
-    // the data as a plain write; here one write carries both, announced by the same events. Else a copy-on-write.
+    // the data as a plain write; here one write carries both, announced by the same events. Else a copy-on-write with
+    // QEMU's events: one cow_read per region read (both ends in one read when the data between is at most 16 KiB),
+    // then write_aio and cow_write for the single write of regions and data.
     const zeroCow = !bs.backing;
-    await bdrvDebugEvent(s.file, zeroCow ? 'cluster_alloc_space' : 'cow_read');
+    const mergedReads = head > 0 && tail > 0 && data.length <= 16384;
+    if (zeroCow || mergedReads || head) await bdrvDebugEvent(s.file, zeroCow ? 'cluster_alloc_space' : 'cow_read');
     if (head) await readCurrent(bs, s, regionStart, bounce.subarray(0, head));
     bounce.set(data, head);
+    if (tail && !zeroCow && !mergedReads) await bdrvDebugEvent(s.file, 'cow_read');
     if (tail) await readCurrent(bs, s, dataStart + data.length, bounce.subarray(len - tail));
-    await bdrvDebugEvent(s.file, zeroCow ? 'write_aio' : 'cow_write');
+    await bdrvDebugEvent(s.file, 'write_aio');
+    if (!zeroCow) await bdrvDebugEvent(s.file, 'cow_write');
     await writeData(s, regionStart, hostStart, bounce.subarray(0, len));
   } finally {
     freeBuffer(bounce);
