@@ -148,3 +148,41 @@ describe('refcounts past 2^53 and the refcount width change (112)', () => {
     expect(fs.readFileSync(b).subarray(0, 104)).toEqual(before.subarray(0, 104));
   });
 });
+
+describe('amend compat=1.1 rewrites old snapshot entries with the extra data version 3 needs (261)', () => {
+  it("entries without extra data get vm_state_size_large, disk_size and icount as qemu-img's amend writes them", async () => {
+    const d = tmpDir();
+    const a = path.join(d, 'a.qcow2');
+    const b = path.join(d, 'b.qcow2');
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', a, '64M']);
+    qemuIo(a, ['write 0 64k'], 'qcow2');
+    qemuImg(['snapshot', '-c', 'sn0', a]);
+    // Rewrite the one entry as an old writer did: extra_data_size 0, then id and name.
+    const img = fs.readFileSync(a);
+    const tableAt = Number(img.readBigUInt64BE(64));
+    const idSize = img.readUInt16BE(tableAt + 12);
+    const nameSize = img.readUInt16BE(tableAt + 14);
+    const extra = img.readUInt32BE(tableAt + 36);
+    const idName = Buffer.from(img.subarray(tableAt + 40 + extra, tableAt + 40 + extra + idSize + nameSize));
+    img.writeUInt32BE(0, tableAt + 36);
+    img.fill(0, tableAt + 40, tableAt + 40 + extra + idSize + nameSize);
+    idName.copy(img, tableAt + 40);
+    fs.writeFileSync(a, img);
+    fs.copyFileSync(a, b);
+    qemuImg(['amend', '-o', 'compat=1.1', a]);
+    const ours = await run(['amend', '-o', 'compat=1.1', b]);
+    expect(ours.stderr).toBe('');
+    expect(ours.code).toBe(0);
+    const info = (f: string) => qemuImg(['info', '-U', f]).replace(f, 'IMG').replace(/^disk size: .*$/m, '');
+    expect(info(b)).toBe(info(a));
+    // The entry as qemu-img wrote it: 24 bytes of extra data (icount unknown: all ones), byte for byte.
+    const entry = (f: string): Buffer => {
+      const x = fs.readFileSync(f);
+      const at = Number(x.readBigUInt64BE(64));
+      return x.subarray(at, at + 40 + x.readUInt32BE(at + 36) + x.readUInt16BE(at + 12) + x.readUInt16BE(at + 14));
+    };
+    expect(entry(b).readUInt32BE(36)).toBe(24);
+    expect(entry(b)).toEqual(entry(a));
+    expect(qemuImgRun(['check', b]).status).toBe(0);
+  });
+});

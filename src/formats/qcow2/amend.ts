@@ -30,6 +30,7 @@ import {
 } from './header.js';
 import { allocateClusters, copyRefblock, dropRefcountCache, flushRefcounts, getRefcount, loadRefcountTable, refblockEntries, updateRefcount } from './refcount.js';
 import { flushMetadata } from './l1.js';
+import { qcow2RewriteSnapshotTable } from './snapshot.js';
 import type { Qcow2State } from './state.js';
 import {
   emptyL2Entry,
@@ -77,6 +78,8 @@ async function updateHeader(s: Qcow2State): Promise<void> {
 async function upgrade(s: Qcow2State, status?: AmendStatus): Promise<void> {
   const h = s.header;
   status?.(0, 2);
+  // Version 3 entries carry vm_state_size_large and disk_size: older entries are rewritten with them.
+  if (s.snapshots.some((sn) => sn.extraDataSize < 16)) await qcow2RewriteSnapshotTable(s);
   status?.(1, 2);
   h.version = 3;
   h.headerLength = V3_HEADER_LENGTH;
