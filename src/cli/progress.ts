@@ -31,11 +31,26 @@ export class Progress {
     this.current = current;
     if (current > this.lastPrint + this.minSkip || current < this.lastPrint - this.minSkip || current === 100 || current === 0) {
       this.lastPrint = current;
-      this.write(`    (${current.toFixed(2)}/100%)\r`);
+      this.write(`    (${fixed2(current)}/100%)\r`);
     }
   }
 
   end(): void {
     if (this.enabled) this.write('\n');
   }
+}
+
+/**
+ * printf's "%.2f": the exact binary value rounded, a tie (3.125) to even as
+ * glibc does ("3.12"), where toFixed rounds ties up.
+ */
+export function fixed2(v: number): string {
+  const exact = v.toFixed(60);
+  const dot = exact.indexOf('.');
+  if (exact[dot + 3] === '5' && /^0*$/.test(exact.slice(dot + 4))) {
+    const down = exact.slice(0, dot + 3);
+    const last = Number(exact[dot + 2]);
+    if (last % 2 === 0) return down;
+  }
+  return v.toFixed(2);
 }

@@ -28,9 +28,9 @@ import {
   serializeHeader,
   V3_HEADER_LENGTH,
 } from './header.js';
-import { allocateClusters, dropRefcountCache, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
+import { allocateClusters, copyRefblock, dropRefcountCache, flushRefcounts, getRefcount, loadRefcountTable, refblockEntries, updateRefcount } from './refcount.js';
 import { flushMetadata } from './l1.js';
-import { MAX_COUNTED_CLUSTERS, writeRefcountStructure } from './repair-refcounts.js';
+import { qcow2RewriteSnapshotTable } from './snapshot.js';
 import type { Qcow2State } from './state.js';
 import {
   emptyL2Entry,
@@ -43,7 +43,8 @@ import {
   standardL2Entry,
   writeL2Entry,
 } from './l2-entry.js';
-import { refcountLimit } from './refcount-codec.js';
+import { getRefcountEntry, putReftableEntry, refcountsPerBlock, setRefcountEntry } from './refcount-codec.js';
+import { QCOW_MAX_REFTABLE_SIZE } from './validate.js';
 import { luksAreaIo, QCOW_CRYPT_LUKS } from './crypto.js';
 import { luksAmend, luksAmendParams } from '../../crypto/luks-amend.js';
 import { lookupSecretUtf8 } from '../../block/secrets.js';
@@ -74,8 +75,12 @@ async function updateHeader(s: Qcow2State): Promise<void> {
   await bdrvFlush(s.file);
 }
 
-async function upgrade(s: Qcow2State): Promise<void> {
+async function upgrade(s: Qcow2State, status?: AmendStatus): Promise<void> {
   const h = s.header;
+  status?.(0, 2);
+  // Version 3 entries carry vm_state_size_large and disk_size: older entries are rewritten with them.
+  if (s.snapshots.some((sn) => sn.extraDataSize < 16)) await qcow2RewriteSnapshotTable(s);
+  status?.(1, 2);
   h.version = 3;
   h.headerLength = V3_HEADER_LENGTH;
   h.headerTail = new Uint8Array(V3_HEADER_LENGTH - 105);
@@ -84,33 +89,162 @@ async function upgrade(s: Qcow2State): Promise<void> {
     h.extensions.push({ type: QCOW2_EXT_MAGIC_FEATURE_TABLE, features: [...QEMU_FEATURE_TABLE] });
   }
   await updateHeader(s);
+  status?.(2, 2);
 }
 
-/** qcow2_change_refcount_order: new structures of the new width past the end of the file, then the header. */
-async function changeRefcountOrder(s: Qcow2State, order: number): Promise<void> {
+/**
+ * qcow2_change_refcount_order, as QEMU walks it: walks over the current
+ * refcount table allocate (in the current structures) a block for every
+ * range of the new width that holds a nonzero refcount, then the new table,
+ * until a walk allocates nothing more; one last walk writes the new blocks,
+ * then the new table, and one header write switches to them. The old blocks
+ * and table are freed afterwards, in the new structures. A crash before the
+ * header write leaves the old image with leaked clusters, after it the new
+ * one with the old structures leaked. Progress counts walks of the old table
+ * (QEMU's: the total grows when allocations force another walk).
+ */
+async function changeRefcountOrder(s: Qcow2State, order: number, status?: AmendStatus): Promise<void> {
   const cs = s.clusterSize;
-  const nb = Math.ceil(s.file.totalBytes / cs);
-  if (nb > MAX_COUNTED_CLUSTERS) fail(`${s.image}: too many clusters (${nb}) to change the refcount width`, 'ENOTSUP');
-  const counts = new Uint32Array(nb);
-  const max = refcountLimit(1 << order);
-  for (let c = 0; c < nb; c++) {
-    const v = await getRefcount(s, c);
-    if (v > max) fail(`Cannot decrease refcount entry width to ${1 << order} bits: Cluster at offset 0x${(c * cs).toString(16)} has a refcount of ${v}`);
-    counts[c] = v;
+  const oldBits = s.refcountBits;
+  const newBits = 1 << order;
+  const newPer = refcountsPerBlock(cs, newBits);
+  const newTable: number[] = [];
+  let newTableOffset = 0;
+  let newTableBytes = 0;
+  const oldBlock = new Uint8Array(cs);
+  const newBlock = new Uint8Array(cs);
+  /** One walk over the current table; `write`: fill and write the new blocks, else allocate them. True when it allocated. */
+  const walk = async (index: number, total: number, write: boolean): Promise<boolean> => {
+    let allocated = false;
+    let newIndex = 0;
+    let used = 0;
+    let empty = true;
+    const finish = async (): Promise<void> => {
+      if (write) {
+        const off = newTable[newIndex] ?? 0;
+        if (off) await bdrvPwrite(s.file, off, cs, newBlock);
+        newBlock.fill(0);
+      } else if (!empty) {
+        if (newIndex >= newTable.length) {
+          const size = Math.ceil((newIndex + 1) / (cs / 8)) * (cs / 8);
+          if (size > QCOW_MAX_REFTABLE_SIZE / 8) {
+            fail('This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting', 'ENOTSUP');
+          }
+          while (newTable.length < size) newTable.push(0);
+        }
+        if (!newTable[newIndex]) {
+          newTable[newIndex] = await allocateClusters(s, 1);
+          allocated = true;
+        }
+      }
+      newIndex++;
+      used = 0;
+      empty = true;
+    };
+    const oldPer = refblockEntries(s);
+    let size = (await loadRefcountTable(s)).length;
+    for (let i = 0; i < size; i++) {
+      status?.(index * size + i, total * size);
+      const data = await copyRefblock(s, i, oldBlock);
+      if (!data) {
+        // No block: every refcount is 0, taken a new block's worth at a time.
+        for (let left = oldPer; left > 0; ) {
+          if (used >= newPer) await finish();
+          const take = Math.min(left, newPer - used);
+          used += take;
+          left -= take;
+        }
+        size = (await loadRefcountTable(s)).length;
+        continue;
+      }
+      for (let j = 0; j < oldPer; j++) {
+        if (used >= newPer) await finish();
+        const v = getRefcountEntry(data, oldBits, j);
+        if (newBits < 64 && v >= 2 ** newBits) {
+          fail(`Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset 0x${((i * oldPer + j) * cs).toString(16)} has a refcount of ${v}`);
+        }
+        if (write) setRefcountEntry(newBlock, newBits, used, v);
+        used++;
+        if (v) empty = false;
+      }
+      // An allocation may have grown the current table.
+      size = (await loadRefcountTable(s)).length;
+    }
+    if (used > 0) await finish();
+    status?.((index + 1) * size, total * size);
+    return allocated;
+  };
+  try {
+    let walkIndex = 0;
+    let again: boolean;
+    do {
+      // At least this walk, the one that finds nothing new and the one that writes.
+      again = await walk(walkIndex, Math.max(walkIndex + 2, 3), false);
+      walkIndex++;
+      if (again) {
+        if (newTableOffset) await updateRefcount(s, newTableOffset, newTableBytes, -1);
+        newTableBytes = newTable.length * 8;
+        newTableOffset = 0;
+        newTableOffset = await allocateClusters(s, newTableBytes / cs);
+      }
+    } while (again);
+    await walk(walkIndex, walkIndex + 1, true);
+    const raw = new Uint8Array(newTableBytes);
+    newTable.forEach((off, i) => putReftableEntry(raw, i, off));
+    await bdrvPwrite(s.file, newTableOffset, raw.length, raw);
+    // The current structures count the new ones; both are stable before the header names the new table.
+    await flushRefcounts(s);
+    await bdrvFlush(s.file);
+  } catch (e) {
+    // As QEMU: what this change allocated goes back (leaked at worst when that fails too).
+    try {
+      for (const off of newTable) if (off) await updateRefcount(s, off, cs, -1, 'other');
+      if (newTableOffset) await updateRefcount(s, newTableOffset, newTableBytes, -1, 'other');
+      await flushRefcounts(s);
+    } catch {
+      // The first error is the one to report.
+    }
+    throw e;
   }
-  // The old structures are unreferenced once the header points at the new ones.
-  const oldTable = s.header.refcountTableOffset / cs;
-  for (let c = oldTable; c < oldTable + s.header.refcountTableClusters; c++) if (c < nb) counts[c] = 0;
-  const table = s.refcountTable ?? new Float64Array(0);
-  for (const off of table) if (off && off / cs < nb) counts[off / cs] = 0;
-  const rs = await writeRefcountStructure(s.file, counts, cs, order, nb);
-  await bdrvFlush(s.file);
+  const oldTable = Array.from(await loadRefcountTable(s));
+  const oldTableOffset = s.header.refcountTableOffset;
+  const oldTableBytes = s.header.refcountTableClusters * cs;
   s.header.refcountOrder = order;
-  s.header.refcountTableOffset = rs.tableOffset;
-  s.header.refcountTableClusters = rs.tableClusters;
+  s.header.refcountTableOffset = newTableOffset;
+  s.header.refcountTableClusters = newTableBytes / cs;
   await updateHeader(s);
-  s.refcountBits = 1 << order;
   dropRefcountCache(s);
+  s.refcountBits = newBits;
+  for (const off of oldTable) if (off) await updateRefcount(s, off, cs, -1, 'other');
+  await updateRefcount(s, oldTableOffset, oldTableBytes, -1, 'other');
+  await flushRefcounts(s);
+}
+
+/**
+ * QEMU's qcow2_amend_helper_cb: one progress over the amend's operations
+ * (version change, key slots, refcount width), each reporting its own
+ * offset of its own total; the work of operations not begun yet is
+ * projected from the ones done so far.
+ */
+function amendProgress(status: AmendStatus | undefined, totalOperations: number): (op: string) => AmendStatus | undefined {
+  if (!status || totalOperations === 0) return () => undefined;
+  let last: string | null = null;
+  let completed = 0;
+  let offsetCompleted = 0;
+  let lastWork = 0;
+  return (op) => (offset, work) => {
+    if (op !== last) {
+      if (last !== null) {
+        offsetCompleted += lastWork;
+        completed++;
+      }
+      last = op;
+    }
+    lastWork = work;
+    const current = offsetCompleted + work;
+    const projected = Math.floor((current * (totalOperations - completed - 1)) / (completed + 1));
+    status(offsetCompleted + offset, current + projected);
+  };
 }
 
 /**
@@ -280,9 +414,10 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
   if (lazy && !hadLazy && newVersion < 3) fail('Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)');
 
   await flushMetadata(s);
-  if (newVersion > oldVersion) await upgrade(s);
+  const progress = amendProgress(status, (newVersion !== oldVersion ? 1 : 0) + (newOrder !== h.refcountOrder ? 1 : 0) + (o.encrypt ? 1 : 0));
+  if (newVersion > oldVersion) await upgrade(s, progress('upgrade'));
   if (o.encrypt) await amendEncryption(s, o.encrypt, force);
-  if (newOrder !== h.refcountOrder) await changeRefcountOrder(s, newOrder);
+  if (newOrder !== h.refcountOrder) await changeRefcountOrder(s, newOrder, progress('refcount-order'));
   if (lazy !== hadLazy) {
     if (!lazy) {
       // Refcounts must be exact before they stop being lazy (qcow2_mark_clean repairs a dirty image).
@@ -308,6 +443,6 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
     await updateHeader(s);
   }
   if (o.size !== undefined && o.size !== bs.totalBytes) await bdrvTruncate(bs, o.size, false, 'off');
-  if (newVersion < oldVersion) await downgrade(bs, s, status);
+  if (newVersion < oldVersion) await downgrade(bs, s, progress('downgrade'));
   await flushMetadata(s);
 }

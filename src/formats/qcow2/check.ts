@@ -58,7 +58,7 @@ import {
 } from './l2-entry.js';
 import { counterWidth, l2CountMasks, RefTally, type CountMasks } from './check-kernel.js';
 import type { CountCells } from '../../wasm/refcount.js';
-import { getRefcountEntry, reftableEntryOffset, reftableEntryReserved, setRefcountEntry } from './refcount-codec.js';
+import { getRefcountEntry, refcountEntryText, reftableEntryOffset, reftableEntryReserved, setRefcountEntry } from './refcount-codec.js';
 import { dropRefcountCache } from './refcount.js';
 import { MAX_COUNTED_CLUSTERS, maxRefcount, writeRefcountStructure } from './repair-refcounts.js';
 import { QCOW_MAX_L1_SIZE } from './validate.js';
@@ -962,7 +962,7 @@ function compareBlock(c: Ctx, fix: CheckFix, blk: Uint8Array | null, base: numbe
     tally.st.highest = k;
     if (stored === 0) cmp.rebuild = true;
     const repairing = stored !== 0 && (stored > counted ? fix.leaks : fix.errors);
-    res.messages.push(`${repairing ? 'Repairing' : stored < counted ? 'ERROR' : 'Leaked'} cluster ${k} refcount=${stored} reference=${counted}`);
+    res.messages.push(`${repairing ? 'Repairing' : stored < counted ? 'ERROR' : 'Leaked'} cluster ${k} refcount=${blk ? refcountEntryText(blk, bits, j) : 0} reference=${counted}`);
     // A count above the width's maximum cannot be stored (then it counts as not fixed).
     if (repairing && counted <= limit) {
       // A non-zero stored refcount means the block exists: set it there.

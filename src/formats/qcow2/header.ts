@@ -186,8 +186,9 @@ function cString(b: Uint8Array): string {
   return utf8.decode(nul < 0 ? b : b.subarray(0, nul));
 }
 
-function err(code: 'EINVAL' | 'ENOTSUP' | 'ENOSPC', image: string, what: string, offset: number): BlockError {
-  return new BlockError(code, `${image}: qcow2 header: ${what} at ${hex(offset)}`);
+/** A header error in our words; `qemu`: QEMU's fixed text for the same failure (errors.ts). */
+function err(code: 'EINVAL' | 'ENOTSUP' | 'ENOSPC', image: string, what: string, offset: number, qemu?: string): BlockError {
+  return new BlockError(code, `${image}: qcow2 header: ${what} at ${hex(offset)}`, qemu === undefined ? undefined : { qemuMessage: qemu });
 }
 
 // -------------------------------------------------------------------- parse
@@ -212,7 +213,7 @@ export function parseHeader(buf: Uint8Array, image: string): Qcow2Header {
     throw new BlockError('EINVAL', `${image}: qcow2 header truncated: the file has ${buf.length} bytes, the header needs ${V2_HEADER_LENGTH} at 0x0`);
   }
   const magic = u32(buf, 0);
-  if (magic !== QCOW_MAGIC) throw err('EINVAL', image, `Image is not in qcow2 format (magic ${hex(magic)})`, 0);
+  if (magic !== QCOW_MAGIC) throw err('EINVAL', image, `Image is not in qcow2 format (magic ${hex(magic)})`, 0, 'Image is not in qcow2 format');
   const version = u32(buf, 4);
   if (version !== 2 && version !== 3) throw err('ENOTSUP', image, `Unsupported qcow2 version ${version}`, 4);
   const clusterBits = u32(buf, 20);
@@ -255,8 +256,8 @@ export function parseHeader(buf: Uint8Array, image: string): Qcow2Header {
     h.autoclearFeatures = u64n(buf, 88);
     h.refcountOrder = u32(buf, 96);
     h.headerLength = u32(buf, 100);
-    if (h.headerLength < V3_MIN_HEADER_LENGTH) throw err('EINVAL', image, `qcow2 header too short (header_length ${h.headerLength} < ${V3_MIN_HEADER_LENGTH})`, 100);
-    if (h.headerLength > clusterSize) throw err('EINVAL', image, `qcow2 header exceeds cluster size (header_length ${h.headerLength} > ${clusterSize})`, 100);
+    if (h.headerLength < V3_MIN_HEADER_LENGTH) throw err('EINVAL', image, `qcow2 header too short (header_length ${h.headerLength} < ${V3_MIN_HEADER_LENGTH})`, 100, 'qcow2 header too short');
+    if (h.headerLength > clusterSize) throw err('EINVAL', image, `qcow2 header exceeds cluster size (header_length ${h.headerLength} > ${clusterSize})`, 100, 'qcow2 header exceeds cluster size');
     if (h.headerLength > buf.length) {
       throw new BlockError('EINVAL', `${image}: qcow2 header truncated: header_length is ${h.headerLength} but the file has ${buf.length} bytes at 0x64`);
     }
@@ -266,19 +267,23 @@ export function parseHeader(buf: Uint8Array, image: string): Qcow2Header {
     }
   }
   if (h.refcountOrder > 6) throw err('EINVAL', image, `Reference count entry width too large; may not exceed 64 bits (refcount_order ${h.refcountOrder})`, 96);
-  if (h.backingFileOffset > clusterSize) throw err('EINVAL', image, `Invalid backing file offset ${hex(h.backingFileOffset)} (beyond the header cluster)`, 8);
+  if (h.backingFileOffset > clusterSize) throw err('EINVAL', image, `Invalid backing file offset ${hex(h.backingFileOffset)} (beyond the header cluster)`, 8, 'Invalid backing file offset');
 
-  // Extensions run up to the backing file name, or to the end of the header cluster.
-  const extEnd = Math.min(h.backingFileOffset || clusterSize, buf.length);
+  // Extensions run up to the backing file name, or to the end of the header cluster. QEMU reads
+  // one more extension header while it starts before that end (bytes past the file read as zeros,
+  // an end marker) and refuses one that does not fit; none is needed when the space ends exactly.
+  const extEnd = h.backingFileOffset || clusterSize;
   let p = h.headerLength;
-  for (;;) {
-    if (p + 8 > extEnd) {
-      // QEMU tolerates a header without an end marker when the space runs out.
-      break;
-    }
+  while (p < extEnd) {
+    if (p + 8 > buf.length) break;
     const type = u32(buf, p);
     const len = u32(buf, p + 4);
-    if (len > extEnd - p - 8) throw err('EINVAL', image, `Header extension ${hex(type)} too large (${len} bytes)`, p);
+    if (p + 8 > extEnd || len > extEnd - p - 8) {
+      throw err('EINVAL', image, `Header extension ${hex(type)} too large (${len} bytes)`, p, 'Header extension too large');
+    }
+    if (p + 8 + len > buf.length) {
+      throw new BlockError('EINVAL', `${image}: qcow2 header truncated: header extension ${hex(type)} at ${hex(p)} is past the end of the file`);
+    }
     const data = buf.subarray(p + 8, p + 8 + len);
     if (type === QCOW2_EXT_MAGIC_END) break;
     h.extensions.push(parseExtension(type, data, image, p));
@@ -288,7 +293,7 @@ export function parseHeader(buf: Uint8Array, image: string): Qcow2Header {
   if (h.backingFileOffset !== 0) {
     const len = h.backingFileSize;
     if (len > Math.min(MAX_BACKING_FILE_NAME, clusterSize - h.backingFileOffset)) {
-      throw err('EINVAL', image, `Backing file name too long (${len} bytes)`, 16);
+      throw err('EINVAL', image, `Backing file name too long (${len} bytes)`, 16, 'Backing file name too long');
     }
     if (h.backingFileOffset + len > buf.length) {
       throw new BlockError('EINVAL', `${image}: qcow2 header truncated: backing file name at ${hex(h.backingFileOffset)} is past the end of the file`);

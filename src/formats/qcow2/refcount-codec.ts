@@ -95,6 +95,12 @@ export function getRefcountEntry(block: Uint8Array, bits: number, i: number): nu
   return (block[bit >>> 3]! >>> (bit & 7)) & ((1 << bits) - 1);
 }
 
+/** Entry `i` as decimal text, exact for 64-bit entries past 2^53 too (check prints the stored value). */
+export function refcountEntryText(block: Uint8Array, bits: number, i: number): string {
+  if (bits !== 64) return String(getRefcountEntry(block, bits, i));
+  return ((BigInt(be.u32(block, i * 8)) << 32n) | BigInt(be.u32(block, i * 8 + 4))).toString();
+}
+
 /** Sets entry `i` of a refcount block to `v` (0 <= v <= refcountLimit(bits)); neighbours are kept. */
 export function setRefcountEntry(block: Uint8Array, bits: number, i: number, v: number): void {
   switch (bits) {

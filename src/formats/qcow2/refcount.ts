@@ -232,6 +232,17 @@ export function dropRefcountCache(s: Qcow2State): void {
 
 // -------------------------------------------------------------- reading
 
+/**
+ * A copy of refcount block `i` of the current table as it stands in the cache
+ * (null: no block, every refcount 0). For walks that allocate while they read.
+ */
+export async function copyRefblock(s: Qcow2State, i: number, into: Uint8Array): Promise<Uint8Array | null> {
+  const table = await loadRefcountTable(s);
+  if (i >= table.length || table[i] === 0) return null;
+  into.set((await loadRefblock(s, table[i]!, i)).data);
+  return into;
+}
+
 /** Refcount of host cluster index `cluster` (0 past the refcount table's reach). */
 export async function getRefcount(s: Qcow2State, cluster: number): Promise<number> {
   const table = await loadRefcountTable(s);

@@ -326,6 +326,17 @@ async function writeSnapshots(s: Qcow2State, list: Qcow2Snapshot[]): Promise<voi
   await freeClusters(s, old.offset, old.size);
 }
 
+/**
+ * Rewrites the snapshot table as it stands (qcow2_write_snapshots): every
+ * entry then has at least the 24 bytes of extra data version 3 requires
+ * (vm_state_size_large, disk_size, icount), as amend's upgrade needs.
+ */
+export async function qcow2RewriteSnapshotTable(s: Qcow2State): Promise<void> {
+  await begin(s);
+  await writeSnapshots(s, s.snapshots.map((sn) => ({ ...sn, extraDataSize: Math.max(sn.extraDataSize, 24) })));
+  await finish(s);
+}
+
 /** Common start of every operation: caches written, so tables on disk are current. */
 async function begin(s: Qcow2State): Promise<void> {
   await prepareWrite(s);

@@ -48,13 +48,32 @@ export function sizeToL1(h: Qcow2Header, size: number): number {
 }
 
 /**
- * A table at `offset` of `bytes` must be cluster-aligned and lie inside the
- * file (QEMU's validate_table_offset plus the end-of-file check).
+ * QEMU's qcow2_validate_table, with its words as the QEMU wording: at most
+ * `max` bytes of `entryLen`-byte entries ("<table> too large", ours adds `tooLarge`), an offset
+ * that is cluster-aligned and leaves the table below 2^63 ("<table> offset
+ * invalid"). Then ours: the table must lie inside the file (`fileSize`;
+ * undefined skips it).
  */
-function checkTable(image: string, what: string, offset: number, bytes: number, clusterSize: number, fileSize: number, code: BlockErrorCode = 'EINVAL'): void {
-  if (offset % clusterSize !== 0) fail(code, image, `${what} offset invalid: ${hex(offset)} is not cluster-aligned`);
-  if (offset + bytes > fileSize) {
-    fail(code, image, `${what} at ${hex(offset)} (${bytes} bytes) extends beyond the end of the file (${fileSize} bytes)`);
+function checkTable(
+  image: string,
+  what: string,
+  offset: number,
+  entries: number,
+  entryLen: number,
+  max: number,
+  clusterSize: number,
+  fileSize: number | undefined,
+  tooLarge: string,
+): void {
+  if (entries > Math.floor(max / entryLen)) {
+    throw new BlockError('EFBIG', `${image}: ${what} too large${tooLarge}`, { qemuMessage: `${what} too large` });
+  }
+  const bytes = entries * entryLen;
+  const invalid = `${what} offset invalid`;
+  if (offset % clusterSize !== 0) throw new BlockError('EINVAL', `${image}: ${invalid}: ${hex(offset)} is not cluster-aligned`, { qemuMessage: invalid });
+  if (2 ** 63 - bytes < offset) throw new BlockError('EINVAL', `${image}: ${invalid}: ${hex(offset)} + ${bytes} bytes passes 2^63`, { qemuMessage: invalid });
+  if (fileSize !== undefined && bytes > 0 && offset + bytes > fileSize) {
+    fail('EINVAL', image, `${what} at ${hex(offset)} (${bytes} bytes) extends beyond the end of the file (${fileSize} bytes)`);
   }
 }
 
@@ -97,25 +116,45 @@ export function validateHeader(h: Qcow2Header, image: string, fileSize: number, 
     // QEMU refuses data-file-raw without a data file.
     fail('EINVAL', image, 'data-file-raw requires a data file (autoclear_features at 0x58)');
   }
+  // Refcount table, snapshot table, active L1 table: QEMU's order.
+  checkTable(
+    image,
+    'Reference count table',
+    h.refcountTableOffset,
+    h.refcountTableClusters,
+    clusterSize,
+    QCOW_MAX_REFTABLE_SIZE,
+    clusterSize,
+    fileSize,
+    ` (${h.refcountTableClusters} clusters at 0x38, at most ${QCOW_MAX_REFTABLE_SIZE / clusterSize})`,
+  );
+  // The snapshot table's entries have variable size; the exact bound is checked while reading it.
+  checkTable(
+    image,
+    'Snapshot table',
+    h.snapshotsOffset,
+    h.nbSnapshots,
+    SNAPSHOT_HEADER_SIZE,
+    SNAPSHOT_HEADER_SIZE * QCOW_MAX_SNAPSHOTS,
+    clusterSize,
+    h.nbSnapshots > 0 ? fileSize : undefined,
+    `: too many snapshots (nb_snapshots ${h.nbSnapshots} at 0x3c, at most ${QCOW_MAX_SNAPSHOTS})`,
+  );
+  checkTable(
+    image,
+    'Active L1 table',
+    h.l1TableOffset,
+    h.l1Size,
+    8,
+    QCOW_MAX_L1_SIZE,
+    clusterSize,
+    h.l1Size > 0 ? fileSize : undefined,
+    ` (l1_size ${h.l1Size} at 0x24, at most ${QCOW_MAX_L1_SIZE / 8})`,
+  );
   // QEMU's words (its test 054 prints them): a size whose L1 index passes INT_MAX, or one past exact JS arithmetic.
   if (h.size > Number.MAX_SAFE_INTEGER - clusterSize || sizeToL1(h, h.size) > 2 ** 31 - 1) fail('EFBIG', image, 'Image is too big');
-
-  // Refcount table.
-  if (h.refcountTableClusters > QCOW_MAX_REFTABLE_SIZE / clusterSize) {
-    fail('EINVAL', image, `Reference count table too large (${h.refcountTableClusters} clusters at 0x38, at most ${QCOW_MAX_REFTABLE_SIZE / clusterSize})`);
-  }
-  checkTable(image, 'Reference count table', h.refcountTableOffset, h.refcountTableClusters * clusterSize, clusterSize, fileSize);
-
-  // Snapshot table (its entries have variable size; the exact bound is checked while reading it).
-  if (h.nbSnapshots > QCOW_MAX_SNAPSHOTS) fail('EINVAL', image, `Snapshot table too large: too many snapshots (nb_snapshots ${h.nbSnapshots} at 0x3c, at most ${QCOW_MAX_SNAPSHOTS})`);
-  if (h.nbSnapshots > 0) {
-    checkTable(image, 'Snapshot table', h.snapshotsOffset, h.nbSnapshots * SNAPSHOT_HEADER_SIZE, clusterSize, fileSize);
-  }
-
-  // Active L1 table.
-  if (h.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', image, `Active L1 table too large (l1_size ${h.l1Size} at 0x24, at most ${QCOW_MAX_L1_SIZE / 8})`);
   const need = sizeToL1(h, h.size);
-  if (h.l1Size < need) fail('EINVAL', image, `L1 table is too small (l1_size ${h.l1Size} at 0x24, the virtual size needs ${need})`);
-  if (h.l1Size > 0) checkTable(image, 'Active L1 table', h.l1TableOffset, h.l1Size * 8, clusterSize, fileSize);
-  else if (h.l1TableOffset % clusterSize !== 0) fail('EINVAL', image, `Active L1 table offset invalid: ${hex(h.l1TableOffset)} is not cluster-aligned`);
+  if (h.l1Size < need) {
+    throw new BlockError('EINVAL', `${image}: L1 table is too small (l1_size ${h.l1Size} at 0x24, the virtual size needs ${need})`, { qemuMessage: 'L1 table is too small' });
+  }
 }
