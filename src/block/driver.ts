@@ -81,6 +81,12 @@ export interface CheckResult {
   messages: string[];
 }
 
+/**
+ * A check message starting with this is an error report (QEMU's
+ * error_report): the CLI prints the tool's name and ': ' in its place.
+ */
+export const CHECK_REPORT_MARK = '\u0001';
+
 /** What a format's `create` is given (the arguments of QEMU's bdrv_co_create_opts). */
 export interface ImageCreateRequest {
   /** The new image's name as the caller spelled it: for messages, and names the image stores are relative to it. */

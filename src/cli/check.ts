@@ -8,6 +8,13 @@ import { CliError } from './main.js';
 import { flag, outputFormat, parseCommand, str, UsageError } from './args.js';
 import { openForCli } from './open.js';
 import type { Output } from './main.js';
+import { CHECK_REPORT_MARK } from '../block/driver.js';
+import { progName } from './progname.js';
+
+/** A check message as qemu-img prints it: an error report starts with the tool's name. */
+function reportLine(m: string): string {
+  return (m.startsWith(CHECK_REPORT_MARK) ? `${progName()}: ${m.slice(CHECK_REPORT_MARK.length)}` : m) + '\n';
+}
 
 export async function runCheck(args: string[], out: Output): Promise<number> {
   const p = parseCommand('check', args, {
@@ -35,8 +42,9 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
   const repairing = fix.leaks || fix.errors;
   let bs: BlockNode | undefined;
   try {
-    // 'check': a repair may open an image with the corrupt bit read/write (QEMU's BDRV_O_CHECK).
-    bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false, driverOptions: repairing ? { check: true } : undefined });
+    // 'check' (QEMU's BDRV_O_CHECK): a repair may open an image with the corrupt bit read/write, and the
+    // check reads the snapshot table itself.
+    bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false, driverOptions: { check: true } });
     let run;
     try {
       run = await checkNode(bs, filename, fix);
@@ -45,18 +53,18 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
       // The check stopped: its messages, then qemu-img's "Check failed: <reason>".
       const msgs = (e as { checkMessages?: string[] }).checkMessages;
       if (msgs) {
-        for (const m of msgs) out.stderr(m + '\n');
+        for (const m of msgs) out.stderr(reportLine(m));
         throw new CliError(1, `Check failed: ${(e as Error).message}`);
       }
       throw e;
     }
-    for (const m of run.messages) out.stderr(m + '\n');
+    for (const m of run.messages) out.stderr(reportLine(m));
     if (run.repaired && fmt === 'human' && !quiet) {
       out.stdout(
         `The following inconsistencies were found and repaired:\n\n    ${run.repaired.leaks} leaked clusters\n    ${run.repaired.corruptions} corruptions\n\nDouble checking the fixed image now...\n`,
       );
     }
-    for (const m of run.recheckMessages) out.stderr(m + '\n');
+    for (const m of run.recheckMessages) out.stderr(reportLine(m));
     if (!quiet) out.stdout(fmt === 'json' ? toJsonPretty(run.check) + '\n' : humanImageCheck(run.check));
     if (run.check['check-errors']) throw new CliError(1, 'Check failed');
     return checkExitCode(run.check);

@@ -66,6 +66,7 @@ import { flushMetadata } from './l1.js';
 import { writeHeaderFields, writeIncompatibleFeatures } from './metadata.js';
 import type { Qcow2State } from './state.js';
 import { prepareHeader } from './write.js';
+import { checkFixSnapshotTable, checkReadSnapshotTable, SnapshotCheckFailed, type SnapshotCheckRes } from './check-snapshots.js';
 
 /**
  * The check stopped (QEMU's check returning -errno): qemu-img prints the
@@ -744,6 +745,7 @@ async function walkL1(c: Ctx, l1: Uint8Array, l1Size: number, flags: number, pas
 
 /** Bytes of the snapshot table as stored (entries padded to 8). */
 function snapshotsSize(s: Qcow2State): number {
+  if (s.snapshotsSize !== undefined) return s.snapshotsSize;
   const enc = new TextEncoder();
   let n = 0;
   for (const sn of s.snapshots) {
@@ -1172,8 +1174,15 @@ export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promis
   // A repair opens the image read-write, which drops the autoclear bits nobody maintains (qemu-img check -r).
   if (repairing) await prepareHeader(s);
   let res: Res;
+  let snap: SnapshotCheckRes | undefined;
   try {
+    snap = await checkReadSnapshotTable(s, fix.errors);
     res = await checkRefcounts(bs, s, fix);
+  } catch (e) {
+    if (e instanceof SnapshotCheckFailed) throw new CheckFailed(e.code, e.res.messages);
+    // The table's lines came first (qcow2_add_check_result).
+    if (e instanceof CheckFailed && snap) e.checkMessages.unshift(...snap.messages);
+    throw e;
   } finally {
     if (repairing) {
       await bdrvFlush(s.file);
@@ -1181,6 +1190,16 @@ export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promis
       s.l2Cache.clear();
     }
   }
+  try {
+    await checkFixSnapshotTable(s, snap, fix.errors);
+  } catch (e) {
+    if (e instanceof SnapshotCheckFailed) throw new CheckFailed(e.code, [...e.res.messages, ...res.messages]);
+    throw e;
+  }
+  res.messages.unshift(...snap.messages);
+  res.corruptions += snap.corruptions;
+  res.corruptionsFixed += snap.corruptionsFixed;
+  res.checkErrors += snap.checkErrors;
   if (repairing && res.checkErrors === 0 && res.corruptions === 0) {
     // qcow2_mark_clean + qcow2_mark_consistent: dirty and corrupt bits cleared.
     const h = s.header;

@@ -69,7 +69,7 @@ import { sizeToL1, validateHeader } from './validate.js';
 import { L2Cache } from './l2-cache.js';
 import { makeSliceLoader, mapRun } from './cluster-map.js';
 import { detectMetadataPreallocation } from './refcount.js';
-import { readSnapshotTable, snapshotInfo } from './snapshot-table.js';
+import { readSnapshotEntries, snapshotInfo } from './snapshot-table.js';
 import { qcow2ApplySnapshot, qcow2CreateSnapshot, qcow2DeleteSnapshot, qcow2SnapshotLoadTmp } from './snapshot.js';
 import { qcow2ChangeBackingFile } from './change-backing.js';
 import { QCOW2_AMEND_OPTS, QCOW2_CREATE_OPTS, qcow2AmendImage, qcow2CreateImage, qcow2OptionsFromValues } from './create-options.js';
@@ -231,7 +231,7 @@ export const qcow2Driver: BlockDriver = {
     const h = parseHeader(buf, image);
     // qemu-img check -r opens a corrupt image read/write to repair it (QEMU's BDRV_O_CHECK): option 'check'.
     const forCheck = options['check'] === true;
-    validateHeader(h, image, fileSize, !bs.readOnly && !forCheck);
+    validateHeader(h, image, fileSize, !bs.readOnly && !forCheck, forCheck);
 
     const clusterBits = h.clusterBits;
     const clusterSize = 2 ** clusterBits;
@@ -281,7 +281,12 @@ export const qcow2Driver: BlockDriver = {
     if (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) s.rw.corrupt = true;
     s.l2Cache = new L2Cache(geo.entrySize, geo.slices, makeSliceLoader(s));
 
-    s.snapshots = await readSnapshotTable(file, h, image);
+    // Opened for qemu-img check: the check reads the table itself (check-snapshots.ts), so a broken one can be repaired.
+    if (!forCheck) {
+      const table = await readSnapshotEntries(file, h, image, h.nbSnapshots, undefined);
+      s.snapshots = table.snapshots;
+      s.snapshotsSize = table.size;
+    }
     s.bitmaps = await readBitmapDirectory(file, h, image);
 
     // A name, or a node the options tree opened (a filter over the data file).

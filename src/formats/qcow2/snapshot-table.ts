@@ -1,6 +1,6 @@
 /**
- * The internal snapshot table: parse (now) and serialize (for the snapshot
- * code later), in one place.
+ * The internal snapshot table: parse (at open, and as qemu-img check reads
+ * it) and serialize, in one place.
  *
  * Entry layout (big-endian, each entry padded to 8 bytes):
  *   0  l1_table_offset  u64      24 vm_clock_nsec   u64
@@ -44,61 +44,133 @@ const dec = new TextDecoder();
 const enc = new TextEncoder();
 
 /**
+ * How qemu-img check reads the table (QEMU's qcow2_check_read_snapshot_table
+ * around qcow2_do_read_snapshots): L1 fields are left to the refcount check,
+ * and under `fix` the entries QEMU cannot keep are dropped with its messages:
+ * extra data past QCOW_MAX_SNAPSHOT_EXTRA_DATA is cut to that size, and the
+ * entries from the one that makes the table pass QCOW_MAX_SNAPSHOTS_SIZE on
+ * are discarded (their clusters leak, which the refcount check repairs).
+ */
+export interface SnapshotTableCheck {
+  fix: boolean;
+  /** Lines printed to stderr as the reading goes ("Discarding ..."). */
+  messages: string[];
+  /** Entries dropped because the table was too big (qcow2's nb_clusters_reduced). */
+  nbReduced: number;
+  /** Entries whose extra data was cut. */
+  extraDropped: number;
+}
+
+export interface SnapshotTableRead {
+  snapshots: Qcow2Snapshot[];
+  /** Bytes from snapshots_offset to the end of the last entry kept, as on disk (QEMU's snapshots_size). */
+  size: number;
+}
+
+/**
  * Reads and checks the table of `h` from `file`. Every size is bounded by
  * QEMU's limits before anything is allocated from it.
  */
 export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string): Promise<Qcow2Snapshot[]> {
+  return (await readSnapshotEntries(file, h, image, h.nbSnapshots, undefined)).snapshots;
+}
+
+/** The first `count` entries of the table; `check` given: qemu-img check's reading (see SnapshotTableCheck). */
+export async function readSnapshotEntries(file: BlockNode, h: Qcow2Header, image: string, count: number, check: SnapshotTableCheck | undefined): Promise<SnapshotTableRead> {
   const out: Qcow2Snapshot[] = [];
   const clusterSize = 2 ** h.clusterBits;
   const fileSize = file.totalBytes;
+  const fix = check?.fix === true;
   let pos = h.snapshotsOffset;
+  // Sum of the entries as they will be written (cut extra data counts as cut), QEMU's table_length.
+  let tableLength = 0;
+  // End of the last entry kept (its name), QEMU's offset before the next entry's rounding.
+  let lastEnd = h.snapshotsOffset;
   const head = new Uint8Array(SNAPSHOT_HEADER_SIZE);
-  for (let i = 0; i < h.nbSnapshots; i++) {
+  for (let i = 0; i < count; i++) {
     const at = pos;
-    const fail = (msg: string, code: 'EINVAL' | 'EFBIG' = 'EINVAL'): never => {
-      throw new BlockError(code, `${image}: snapshot table entry ${i} at ${hex(at)}: ${msg}`);
+    const fail = (msg: string, code: 'EINVAL' | 'EFBIG' = 'EINVAL', qemuMessage?: string): never => {
+      throw new BlockError(code, `${image}: snapshot table entry ${i} at ${hex(at)}: ${msg}`, qemuMessage === undefined ? undefined : { qemuMessage });
     };
-    if (pos + SNAPSHOT_HEADER_SIZE - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
-    if (pos + SNAPSHOT_HEADER_SIZE > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
-    await bdrvPread(file, pos, SNAPSHOT_HEADER_SIZE, head);
+    // qemu-img check reads past the end of the file as zeros, as QEMU's block layer does.
+    const read = check ? (at0: number, n: number, into: Uint8Array) => readZeroPadded(file, at0, n, into) : (at0: number, n: number, into: Uint8Array) => bdrvPread(file, at0, n, into);
+    if (!check && pos + SNAPSHOT_HEADER_SIZE > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
+    await read(pos, SNAPSHOT_HEADER_SIZE, head);
     const idSize = be.u16(head, 12);
     const nameSize = be.u16(head, 14);
     const extraSize = be.u32(head, 36);
-    if (extraSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) fail(`Too much extra metadata in snapshot table entry (${extraSize} bytes)`, 'EFBIG');
-    const bodyBytes = extraSize + idSize + nameSize;
-    const entryEnd = pos + SNAPSHOT_HEADER_SIZE + bodyBytes;
-    if (entryEnd - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
-    if (entryEnd > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
-    const body = new Uint8Array(bodyBytes);
-    await bdrvPread(file, pos + SNAPSHOT_HEADER_SIZE, bodyBytes, body);
+    let keptExtra = extraSize;
+    if (extraSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
+      if (!fix) {
+        const hint = 'You can force-remove this extra metadata with qemu-img check -r all';
+        fail(`Too much extra metadata in snapshot table entry (${extraSize} bytes)\n${hint}`, 'EFBIG', `Too much extra metadata in snapshot table entry ${i}\n${hint}`);
+      }
+      check!.messages.push(`Discarding too much extra metadata in snapshot table entry ${i} (${extraSize} > ${QCOW_MAX_SNAPSHOT_EXTRA_DATA})`);
+      check!.extraDropped++;
+      keptExtra = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
+    }
+    const entryEnd = pos + SNAPSHOT_HEADER_SIZE + extraSize + idSize + nameSize;
+    tableLength = Math.ceil(tableLength / 8) * 8 + SNAPSHOT_HEADER_SIZE + keptExtra + idSize + nameSize;
+    if (tableLength > QCOW_MAX_SNAPSHOTS_SIZE || entryEnd - h.snapshotsOffset > 0x7fffffff) {
+      const left = h.nbSnapshots - i;
+      if (!fix) {
+        const hint = `You can force-remove all ${left} overhanging snapshots with qemu-img check -r all`;
+        fail(`Snapshot table exceeds the maximum size (${QCOW_MAX_SNAPSHOTS_SIZE} bytes)\n${hint}`, 'EFBIG', `Snapshot table is too big\n${hint}`);
+      }
+      check!.messages.push(`Discarding ${left} overhanging snapshots (snapshot table is too big)`);
+      check!.nbReduced += left;
+      return { snapshots: out, size: lastEnd - h.snapshotsOffset };
+    }
+    if (!check && entryEnd > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
+    // Known and kept extra data, then id and name after the whole extra data as stored.
+    const body = new Uint8Array(keptExtra + idSize + nameSize);
+    if (keptExtra) await read(pos + SNAPSHOT_HEADER_SIZE, keptExtra, body);
+    if (idSize + nameSize) await read(pos + SNAPSHOT_HEADER_SIZE + extraSize, idSize + nameSize, body.subarray(keptExtra));
 
     const vmState32 = be.u32(head, 32);
     const sn: Qcow2Snapshot = {
       l1TableOffset: be.u64(head, 0),
       l1Size: be.u32(head, 8),
-      idStr: dec.decode(body.subarray(extraSize, extraSize + idSize)),
-      name: dec.decode(body.subarray(extraSize + idSize, bodyBytes)),
+      idStr: cString(body.subarray(keptExtra, keptExtra + idSize)),
+      name: cString(body.subarray(keptExtra + idSize)),
       dateSec: be.u32(head, 16),
       dateNsec: be.u32(head, 20),
       vmClockNsec: be.u64(head, 24),
-      vmStateSize: extraSize >= 8 ? be.u64(body, 0) : vmState32,
-      diskSize: extraSize >= 16 ? be.u64(body, 8) : h.size,
+      vmStateSize: keptExtra >= 8 ? be.u64(body, 0) : vmState32,
+      diskSize: keptExtra >= 16 ? be.u64(body, 8) : h.size,
       icount: undefined,
-      extraDataTail: body.slice(Math.min(extraSize, 24), extraSize),
-      extraDataSize: extraSize,
+      extraDataTail: body.slice(Math.min(keptExtra, 24), keptExtra),
+      extraDataSize: keptExtra,
     };
-    if (extraSize >= 24) {
+    if (keptExtra >= 24) {
       const hi = be.u32(body, 16);
       const lo = be.u32(body, 20);
       sn.icount = hi === 0xffffffff && lo === 0xffffffff ? undefined : be.u64(body, 16);
     }
-    if (sn.l1TableOffset % clusterSize !== 0) fail(`Snapshot L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`);
-    if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail(`Snapshot L1 table too large (${sn.l1Size} entries)`, 'EFBIG');
-    if (sn.l1TableOffset + sn.l1Size * 8 > fileSize) fail(`Snapshot L1 table at ${hex(sn.l1TableOffset)} extends beyond the end of the file`);
+    // qemu-img check reports broken L1 fields itself (calculate_refcounts), as QEMU's check does.
+    if (!check) {
+      if (sn.l1TableOffset % clusterSize !== 0) fail(`Snapshot L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`);
+      if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail(`Snapshot L1 table too large (${sn.l1Size} entries)`, 'EFBIG');
+      if (sn.l1TableOffset + sn.l1Size * 8 > fileSize) fail(`Snapshot L1 table at ${hex(sn.l1TableOffset)} extends beyond the end of the file`);
+    }
     out.push(sn);
+    lastEnd = entryEnd;
     pos = entryEnd + ((8 - (entryEnd % 8)) % 8);
   }
-  return out;
+  return { snapshots: out, size: lastEnd - h.snapshotsOffset };
+}
+
+/** id and name are C strings to QEMU: they end at the first NUL byte. */
+function cString(b: Uint8Array): string {
+  const nul = b.indexOf(0);
+  return dec.decode(nul < 0 ? b : b.subarray(0, nul));
+}
+
+/** Reads what the file has of [at, at+n) into `into`; the rest stays zero. */
+async function readZeroPadded(file: BlockNode, at: number, n: number, into: Uint8Array): Promise<void> {
+  const have = Math.max(0, Math.min(n, file.totalBytes - at));
+  if (have) await bdrvPread(file, at, have, into);
+  into.fill(0, have, n);
 }
 
 /** Serializes the table (entries padded to 8 bytes), as the snapshot code will write it. */

@@ -318,10 +318,11 @@ async function writeSnapshots(s: Qcow2State, list: Qcow2Snapshot[]): Promise<voi
   const h = s.header;
   await writeHeaderFields(s, ['nbSnapshots', 'snapshotsOffset'], { ...h, nbSnapshots: list.length, snapshotsOffset: offset });
   await syncFile(s);
-  const old = { offset: h.snapshotsOffset, size: snapshotTableSize(s.snapshots) };
+  const old = { offset: h.snapshotsOffset, size: s.snapshotsSize ?? snapshotTableSize(s.snapshots) };
   h.nbSnapshots = list.length;
   h.snapshotsOffset = offset;
   s.snapshots = list;
+  s.snapshotsSize = undefined;
   invalidateMetadata(s);
   await freeClusters(s, old.offset, old.size);
 }

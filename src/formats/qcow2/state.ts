@@ -43,6 +43,12 @@ export interface Qcow2State {
   /** Refcount table (refcount block offsets), loaded on first use. */
   refcountTable: Float64Array | null;
   snapshots: Qcow2Snapshot[];
+  /**
+   * Bytes the table takes on disk when that is not what `snapshots` would
+   * serialize to (qemu-img check read entries whose extra data it cut), so
+   * the refcount check counts and the next table write frees what is there.
+   */
+  snapshotsSize?: number;
   /** The bitmap directory as it is on disk (empty without a valid bitmaps extension). */
   bitmaps: Qcow2BitmapEntry[];
   /**
