@@ -49,6 +49,24 @@ function peek(file: string, offset: number, n: number): Buffer {
 }
 const snapshotsOffset = (f: string) => Number(peek(f, 64, 8).readBigUInt64BE());
 
+/** Each entry's extra_data_size, extra data, id and name as the table stores them. */
+function tableEntries(f: string): string[] {
+  const n = peek(f, 60, 4).readUInt32BE();
+  let at = snapshotsOffset(f);
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const head = peek(f, at, 40);
+    const extra = head.readUInt32BE(36);
+    const ids = head.readUInt16BE(12);
+    const names = head.readUInt16BE(14);
+    const body = peek(f, at + 40, extra + ids + names);
+    out.push(`${extra} ${body.subarray(0, extra).toString('hex')} ${body.subarray(extra, extra + ids).toString()} ${body.subarray(extra + ids).toString()}`);
+    const l = 40 + extra + ids + names;
+    at += l + ((8 - (l % 8)) % 8);
+  }
+  return out;
+}
+
 /** 64 MiB v3 image with guest data and two snapshots (QEMU writes 24 bytes of extra data per entry). */
 function base(f: string): void {
   qemuImg(['create', '-q', '-f', 'qcow2', f, '64M']);
@@ -146,6 +164,7 @@ describe('qcow2 iotest 261: check reads and repairs the snapshot table as QEMU',
       // qemu-img itself finds ours clean, with the same snapshots and data.
       expect(qemuImgRun(['check', ours]).status).toBe(0);
       expect(peek(ours, 60, 4).equals(peek(theirs, 60, 4))).toBe(true);
+      expect(tableEntries(ours)).toEqual(tableEntries(theirs));
       const list = (f: string) => execFileSync('qemu-img', ['snapshot', '-l', f], { encoding: 'utf8', maxBuffer: 1 << 28 }).replace(/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g, 'DATE').replaceAll(f, 'IMG');
       expect(list(ours)).toBe(list(theirs));
       expect(qemuImgRun(['compare', '-f', 'qcow2', '-F', 'qcow2', ours, theirs]).status).toBe(0);
