@@ -49,7 +49,6 @@ const enc = new TextEncoder();
  */
 export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string): Promise<Qcow2Snapshot[]> {
   const out: Qcow2Snapshot[] = [];
-  const clusterSize = 2 ** h.clusterBits;
   const fileSize = file.totalBytes;
   let pos = h.snapshotsOffset;
   const head = new Uint8Array(SNAPSHOT_HEADER_SIZE);
@@ -92,9 +91,9 @@ export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: 
       const lo = be.u32(body, 20);
       sn.icount = hi === 0xffffffff && lo === 0xffffffff ? undefined : be.u64(body, 16);
     }
-    if (sn.l1TableOffset % clusterSize !== 0) fail(`Snapshot L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`);
-    if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail(`Snapshot L1 table too large (${sn.l1Size} entries)`, 'EFBIG');
-    if (sn.l1TableOffset + sn.l1Size * 8 > fileSize) fail(`Snapshot L1 table at ${hex(sn.l1TableOffset)} extends beyond the end of the file`);
+    // A bad L1 table of one snapshot does not keep the image from opening (QEMU's
+    // qcow2_read_snapshots does not look at it): every use checks it first
+    // (validateSnapshotL1), and check reports it.
     out.push(sn);
     pos = entryEnd + ((8 - (entryEnd % 8)) % 8);
   }
@@ -151,4 +150,25 @@ export function snapshotInfo(sn: Qcow2Snapshot): SnapshotInfo {
     icount: sn.icount,
     diskSize: sn.diskSize,
   };
+}
+
+/**
+ * QEMU's qcow2_validate_table for a snapshot's L1 table, before anything reads
+ * it or writes from it: not too large, cluster-aligned, and (blocktab's own
+ * check, which QEMU leaves to the short read) within the file. Throws with
+ * QEMU's text ("Snapshot L1 table offset invalid") as qemuMessage.
+ */
+export function validateSnapshotL1(sn: Qcow2Snapshot, clusterSize: number, fileSize: number, image: string): void {
+  const what = `${image}: snapshot ${sn.idStr} ('${sn.name}')`;
+  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) {
+    throw new BlockError('EFBIG', `${what}: L1 table too large (${sn.l1Size} entries)`, { qemuMessage: 'Snapshot L1 table too large' });
+  }
+  if (sn.l1TableOffset % clusterSize !== 0) {
+    throw new BlockError('EINVAL', `${what}: L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`, {
+      qemuMessage: 'Snapshot L1 table offset invalid',
+    });
+  }
+  if (sn.l1Size > 0 && sn.l1TableOffset + sn.l1Size * 8 > fileSize) {
+    throw new BlockError('EINVAL', `${what}: L1 table at ${hex(sn.l1TableOffset)} (${sn.l1Size * 8} bytes) extends beyond the end of the file (${fileSize} bytes)`);
+  }
 }

@@ -39,7 +39,7 @@ import { bdrvDebugEvent } from '../../block/debug-event.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPdiscard, bdrvPread, bdrvPwrite } from '../../block/io.js';
 import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
-import { serializeSnapshotTable, type Qcow2Snapshot } from './snapshot-table.js';
+import { serializeSnapshotTable, validateSnapshotL1 as validateL1, type Qcow2Snapshot } from './snapshot-table.js';
 import { allocateClusters, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, growL1 } from './l1.js';
 import { QCOW2_OL_ACTIVE_L1 } from './overlap.js';
@@ -402,7 +402,13 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
   const i = findSnapshotByIdOrName(s.snapshots, idOrName);
   if (i < 0) fail('ENOENT', s, `snapshot '${idOrName}' not found`);
   const sn = s.snapshots[i]!;
-  validateSnapshotL1(s, sn);
+  try {
+    validateSnapshotL1(s, sn);
+  } catch (e) {
+    // QEMU's qcow2_snapshot_goto reports the table's text, then fails with its errno only.
+    if (e instanceof BlockError) s.warn?.(e.message, 'report');
+    throw e;
+  }
   if (sn.diskSize !== bs.totalBytes && s.bitmaps.length) {
     fail('ENOTSUP', s, `Can't resize an image with persistent dirty bitmaps (snapshot '${sn.name}' has another disk size)`);
   }
@@ -445,13 +451,7 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
 
 /** QEMU's qcow2_validate_table for a snapshot's L1 table, before it is used. */
 function validateSnapshotL1(s: Qcow2State, sn: Qcow2Snapshot): void {
-  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
-  if (sn.l1TableOffset % s.clusterSize !== 0) {
-    fail('EINVAL', s, `Snapshot L1 table offset invalid: ${hex(sn.l1TableOffset)} is not cluster-aligned (snapshot '${sn.name}')`);
-  }
-  if (sn.l1Size > 0 && sn.l1TableOffset + sn.l1Size * 8 > s.file.totalBytes) {
-    fail('EINVAL', s, `Snapshot L1 table at ${hex(sn.l1TableOffset)} (snapshot '${sn.name}') extends beyond the end of the file`);
-  }
+  validateL1(sn, s.clusterSize, s.file.totalBytes, s.image);
 }
 
 // ------------------------------------------------------------- load tmp
@@ -466,10 +466,7 @@ export async function qcow2SnapshotLoadTmp(bs: BlockNode, s: Qcow2State, idOrNam
   const i = findSnapshotByIdOrName(s.snapshots, idOrName);
   if (i < 0) fail('ENOENT', s, `snapshot '${idOrName}' not found`);
   const sn = s.snapshots[i]!;
-  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
-  if (sn.l1Size > 0 && (sn.l1TableOffset % s.clusterSize !== 0 || sn.l1TableOffset + sn.l1Size * 8 > s.file.totalBytes)) {
-    fail('ECORRUPT', s, `Snapshot '${sn.name}' L1 table at ${hex(sn.l1TableOffset)} is unaligned or beyond the end of the file`);
-  }
+  validateSnapshotL1(s, sn);
   const l1 = new Uint8Array(sn.l1Size * 8);
   if (l1.length) await bdrvPread(s.file, sn.l1TableOffset, l1.length, l1);
   s.l1Table = l1;

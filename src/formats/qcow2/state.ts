@@ -14,7 +14,7 @@ export interface Qcow2State {
   /** Image name for messages. */
   image: string;
   /** Where QEMU's stderr lines about the image go (the corruption notice); the opener's warn. */
-  warn?: (message: string) => void;
+  warn?: (message: string, kind?: 'report') => void;
   header: Qcow2Header;
   clusterBits: number;
   clusterSize: number;
