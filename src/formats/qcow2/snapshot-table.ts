@@ -45,9 +45,12 @@ const enc = new TextEncoder();
 
 /**
  * Reads and checks the table of `h` from `file`. Every size is bounded by
- * QEMU's limits before anything is allocated from it.
+ * QEMU's limits before anything is allocated from it. What lies past the end
+ * of the file reads as zeros, as in QEMU (a zero entry is a valid, empty one);
+ * `status.pastEof` then says so, and the snapshot code refuses to write from
+ * such a table.
  */
-export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string): Promise<Qcow2Snapshot[]> {
+export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string, status?: { pastEof: boolean }): Promise<Qcow2Snapshot[]> {
   const out: Qcow2Snapshot[] = [];
   const fileSize = file.totalBytes;
   let pos = h.snapshotsOffset;
@@ -58,8 +61,7 @@ export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: 
       throw new BlockError(code, `${image}: snapshot table entry ${i} at ${hex(at)}: ${msg}`);
     };
     if (pos + SNAPSHOT_HEADER_SIZE - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
-    if (pos + SNAPSHOT_HEADER_SIZE > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
-    await bdrvPread(file, pos, SNAPSHOT_HEADER_SIZE, head);
+    await readZeroPastEof(file, pos, head, status);
     const idSize = be.u16(head, 12);
     const nameSize = be.u16(head, 14);
     const extraSize = be.u32(head, 36);
@@ -67,9 +69,8 @@ export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: 
     const bodyBytes = extraSize + idSize + nameSize;
     const entryEnd = pos + SNAPSHOT_HEADER_SIZE + bodyBytes;
     if (entryEnd - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
-    if (entryEnd > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
     const body = new Uint8Array(bodyBytes);
-    await bdrvPread(file, pos + SNAPSHOT_HEADER_SIZE, bodyBytes, body);
+    await readZeroPastEof(file, pos + SNAPSHOT_HEADER_SIZE, body, status);
 
     const vmState32 = be.u32(head, 32);
     const sn: Qcow2Snapshot = {
@@ -98,6 +99,16 @@ export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: 
     pos = entryEnd + ((8 - (entryEnd % 8)) % 8);
   }
   return out;
+}
+
+/** Reads `buf.length` bytes at `offset`; the part past the end of the file is zeros (and noted in `status`). */
+async function readZeroPastEof(file: BlockNode, offset: number, buf: Uint8Array, status?: { pastEof: boolean }): Promise<void> {
+  const inFile = Math.max(0, Math.min(buf.length, file.totalBytes - offset));
+  if (inFile > 0) await bdrvPread(file, offset, inFile, buf.subarray(0, inFile));
+  if (inFile < buf.length) {
+    buf.fill(0, inFile);
+    if (status) status.pastEof = true;
+  }
 }
 
 /** Serializes the table (entries padded to 8 bytes), as the snapshot code will write it. */

@@ -115,6 +115,13 @@ function checkSupported(bs: BlockNode, s: Qcow2State, what: string): void {
   checkNotCorrupt(s);
 }
 
+/** Nothing is written from a snapshot table that was partly read as zeros past the end of the file (state.ts). */
+function refuseTablePastEof(s: Qcow2State, what: string): void {
+  if (s.snapshotTablePastEof) {
+    fail('EINVAL', s, `cannot ${what}: the snapshot table at ${hex(s.header.snapshotsOffset)} extends beyond the end of the file (${s.file.totalBytes} bytes)`);
+  }
+}
+
 // ------------------------------------------------------------ refcounts
 
 /**
@@ -332,6 +339,7 @@ async function writeSnapshots(s: Qcow2State, list: Qcow2Snapshot[]): Promise<voi
  * (vm_state_size_large, disk_size, icount), as amend's upgrade needs.
  */
 export async function qcow2RewriteSnapshotTable(s: Qcow2State): Promise<void> {
+  refuseTablePastEof(s, 'rewrite the snapshot table');
   await begin(s);
   await writeSnapshots(s, s.snapshots.map((sn) => ({ ...sn, extraDataSize: Math.max(sn.extraDataSize, 24) })));
   await finish(s);
@@ -356,6 +364,7 @@ async function finish(s: Qcow2State): Promise<void> {
 export async function qcow2CreateSnapshot(bs: BlockNode, s: Qcow2State, req: NewSnapshot): Promise<Qcow2Snapshot> {
   checkSupported(bs, s, 'create');
   if (s.snapshots.length >= QCOW_MAX_SNAPSHOTS) fail('EFBIG', s, `Too many snapshots (at most ${QCOW_MAX_SNAPSHOTS})`);
+  refuseTablePastEof(s, 'create a snapshot');
   const nameBytes = enc.encode(req.name).length;
   if (nameBytes > 0xffff) fail('EINVAL', s, `snapshot name too long (${nameBytes} bytes)`);
   const now = Date.now();
@@ -409,6 +418,7 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
     if (e instanceof BlockError) s.warn?.(e.message, 'report');
     throw e;
   }
+  refuseTablePastEof(s, 'apply a snapshot');
   if (sn.diskSize !== bs.totalBytes && s.bitmaps.length) {
     fail('ENOTSUP', s, `Can't resize an image with persistent dirty bitmaps (snapshot '${sn.name}' has another disk size)`);
   }
@@ -484,6 +494,7 @@ export async function qcow2DeleteSnapshot(bs: BlockNode, s: Qcow2State, id: stri
   if (i < 0) fail('ENOENT', s, `Can't find the snapshot (id ${id ?? '(any)'}, name ${name ?? '(any)'})`);
   const sn = s.snapshots[i]!;
   validateSnapshotL1(s, sn);
+  refuseTablePastEof(s, 'delete a snapshot');
   const list = s.snapshots.filter((_, k) => k !== i);
   await withLock(s, async () => {
     await begin(s);
