@@ -158,3 +158,37 @@ describe('a snapshot table past the end of the file (080)', () => {
     expect(fs.readFileSync(img).equals(before)).toBe(true);
   });
 });
+
+describe('a snapshot of an L2 entry far past the refcount table (080)', () => {
+  /** A 64M image with one written cluster, then L2 entry 0 set to `entry`. */
+  function imageWithL2Entry(d: string, name: string, entry: string): string {
+    const img = path.join(d, name);
+    qemuImg(['create', '-q', '-f', 'qcow2', img, '64M']);
+    qemuIo(img, ['write 0 512']);
+    const buf = fs.readFileSync(img);
+    const l1 = Number(buf.readBigUInt64BE(40));
+    const l2 = Number(buf.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+    poke(img, l2, entry);
+    return img;
+  }
+  for (const c of [
+    { name: 'a new refcount block would be needed: -11 (EAGAIN) as qemu-img', entry: '800000ffffff0000' },
+    { name: 'the refcount table cannot grow that far: -27 (EFBIG) as qemu-img', entry: 'bfffffffffff0000' },
+  ]) {
+    it(c.name, async () => {
+      const d = tmpDir();
+      const theirs = imageWithL2Entry(d, 'q.qcow2', c.entry);
+      const ours = imageWithL2Entry(d, 'o.qcow2', c.entry);
+      const q = qemuImgRun(['snapshot', '-c', 'test', theirs]);
+      setErrorWording('qemu');
+      const o = await run(['snapshot', '-c', 'test', ours]);
+      setErrorWording('detailed');
+      expect(q.status).not.toBe(0);
+      expect(o.code).toBe(q.status);
+      expect(messages(o.stderr)).toEqual(messages(q.stderr.replaceAll(theirs, ours)));
+      // No snapshot was recorded, and the guest still reads.
+      const list = await run(['snapshot', '-l', ours]);
+      expect(list.stdout).toBe('');
+    });
+  }
+});

@@ -38,9 +38,9 @@ import { BlockError, describeCode, hex } from '../../block/errors.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPdiscard, bdrvPread, bdrvPwrite } from '../../block/io.js';
-import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
+import { QCOW_MAX_REFTABLE_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
 import { serializeSnapshotTable, validateSnapshotL1 as validateL1, type Qcow2Snapshot } from './snapshot-table.js';
-import { allocateClusters, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
+import { allocateClusters, flushRefcounts, getRefcount, loadRefcountTable, refblockEntries, updateRefcount } from './refcount.js';
 import { flushMetadata, growL1 } from './l1.js';
 import { QCOW2_OL_ACTIVE_L1 } from './overlap.js';
 import { checkNotCorrupt, invalidateMetadata, markCorrupt, preWriteOverlapCheck, removeMetadata, syncFile, withLock, writeHeaderFields } from './metadata.js';
@@ -226,6 +226,24 @@ class RefDeltas {
  * addend >= 0 a changed `l1` is written back in place (a table to be dropped
  * is not). L2 tables whose refcount drops to 0 leave the cache unwritten.
  */
+/**
+ * A data cluster that a new reference would need a new refcount block for
+ * (it lies past every cluster the refcount table covers: a corrupt L2 entry).
+ * QEMU's update_refcount then makes the block, hooks it up and gives up with
+ * EAGAIN (its allocator's "search again"), which the snapshot code reports as
+ * such. blocktab gives the same errno without writing the block; a refcount
+ * table that cannot grow that far is left to updateRefcount (EFBIG, as QEMU).
+ */
+function refuseMissingRefblock(s: Qcow2State, table: Float64Array, host: number, l2: number, index: number): void {
+  const block = Math.floor(host / s.clusterSize / refblockEntries(s));
+  if (block < table.length && table[block]) return;
+  if (block * 8 >= QCOW_MAX_REFTABLE_SIZE) return;
+  throw new BlockError(
+    'EAGAIN',
+    `${s.image}: data cluster ${hex(host)} (L2 table at ${hex(l2)}, index ${hex(index)}) has no refcount block; refusing to create one for a new reference`,
+  );
+}
+
 async function updateSnapshotRefcount(s: Qcow2State, l1: Uint8Array, l1Size: number, addend: -1 | 0 | 1, l1TableOffset: number): Promise<void> {
   const cs = s.clusterSize;
   const stride = s.l2EntryBytes;
@@ -256,6 +274,7 @@ async function updateSnapshotRefcount(s: Qcow2State, l1: Uint8Array, l1Size: num
             if (host % cs !== 0) {
               throw await markCorrupt(s, `Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${hex(l2)}, L2 index: ${hex(at / stride + j)})`);
             }
+            if (addend > 0) refuseMissingRefblock(s, s.refcountTable ?? (await loadRefcountTable(s)), host, l2, at / stride + j);
             deltas.add(host, cs, addend);
           }
           await deltas.apply(s);
