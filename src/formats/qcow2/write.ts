@@ -57,7 +57,7 @@ import {
   writeL2Entry,
   type L2Entry,
 } from './l2-entry.js';
-import { allocateBytes, allocateClusters, freeClustersDeferred, getRefcount, updateRefcount } from './refcount.js';
+import { allocateBytes, allocateClusters, deferredFreesRelease, freeClustersDeferred, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
 import { altHex, checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
 import { qcow2Read } from './read.js';
@@ -247,6 +247,9 @@ async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: nu
   const regionStart = guest0 + (ext ? r0[0] * scs : 0);
   const regionEnd = guest0 + (n - 1) * cs + (ext ? rn[1] * scs : cs);
 
+  // Clusters an earlier write let go are free again before this allocation, as in QEMU (which frees them at once and
+  // orders the refcount write after the L2 table's); here the tables are made stable first, then the frees applied.
+  if (s.dataFile === s.file && !s.rw.dirtyBitSet && (await deferredFreesRelease(s))) await flushMetadata(s);
   const host = s.dataFile !== s.file ? guest0 : await allocateClusters(s, n);
   await writeCompleted(bs, s, regionStart, regionEnd, off, data, host + (regionStart - guest0));
 
