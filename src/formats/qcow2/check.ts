@@ -37,7 +37,6 @@ import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.j
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { be, findExtension, QCOW2_EXT_MAGIC_BITMAPS, QCOW2_EXT_MAGIC_CRYPTO_HEADER, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
 import {
-  ALL_SUBCLUSTERS,
   entryClusterIndex,
   entryHasOffset,
   entryHi,
