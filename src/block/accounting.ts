@@ -36,8 +36,8 @@ class TimedAverage {
     this.start = clock.nowNs();
   }
 
-  private roll(): void {
-    const now = this.clock.nowNs();
+  /** `now`: this clock's time, when the caller has just read it (a request's end serves its windows too). */
+  private roll(now = this.clock.nowNs()): void {
     if (now - this.start < this.periodNs) return;
     // Windows are aligned on the period, as QEMU's expiration times are.
     this.start += Math.floor((now - this.start) / this.periodNs) * this.periodNs;
@@ -47,8 +47,8 @@ class TimedAverage {
     this.max = 0;
   }
 
-  account(v: number): void {
-    this.roll();
+  account(v: number, now: number): void {
+    this.roll(now);
     this.count++;
     this.sum += v;
     if (v < this.min) this.min = v;
@@ -143,7 +143,7 @@ export class BlockAcctStats {
     if (!failed || this.accountFailed) {
       this.totalTimeNs[type] += latency;
       this.lastAccessTimeNs = t;
-      if (type !== 'unmap' && this.intervals.length > 0) for (const i of this.intervals) i.latency[type].account(latency);
+      if (type !== 'unmap' && this.intervals.length > 0) for (const i of this.intervals) i.latency[type].account(latency, t);
     }
   }
 

@@ -202,6 +202,14 @@ export interface BlockDriver {
    * has the next step's write in flight before the previous one ends.
    */
   readonly writesInPlace?: boolean;
+  /**
+   * Writes may overlap in time and still give the result of the same writes
+   * one at a time in call order: the node places each write (allocates its
+   * clusters) in the order the calls arrive, before its data moves (qcow2).
+   * Convert then has the next step's writes issued while one step's data is
+   * still being written, once every write of that step is issued.
+   */
+  readonly allocatesInCallOrder?: boolean;
   /** Protocol drivers: `open` takes a filename rather than a `file` child. */
   readonly protocolName?: string;
   /**
@@ -515,6 +523,18 @@ export function writesInPlace(bs: BlockNode): boolean {
     if (n.driver.writesInPlace !== true || n.backing) return false;
   }
   return true;
+}
+
+/**
+ * Whether writes to `bs` may overlap in time (no backing file, every `file`
+ * child below it `writesInPlace`): 'in-place' when `bs` itself writes in
+ * place, 'call-order' when it allocates in call order, else null.
+ */
+export function overlappingWrites(bs: BlockNode): 'in-place' | 'call-order' | null {
+  const below = bs.file?.node;
+  if (bs.backing || (below && !writesInPlace(below))) return null;
+  if (bs.driver.writesInPlace === true) return 'in-place';
+  return bs.driver.allocatesInCallOrder === true ? 'call-order' : null;
 }
 
 export function registerDriver(drv: BlockDriver): void {

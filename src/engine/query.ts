@@ -220,10 +220,19 @@ function throttleInfo(blk: BlockBackend): Record<string, unknown> {
   return out;
 }
 
-/** QEMU's bdrv_query_info for a device. A backend with no device model is removable, as QEMU's -drive if=none. */
-export async function blockInfo(engine: Engine, name: string, dev: IoTarget): Promise<BlockInfo> {
+/**
+ * QEMU's bdrv_query_info for a device. A backend with no device model is removable, as QEMU's -drive if=none.
+ * `filters`: the running jobs' filter nodes. A filter the user named above the device's node is what QEMU shows as
+ * inserted (its child's image as its backing-image); implicit ones are skipped, as QEMU's bdrv_skip_implicit_filters.
+ */
+export async function blockInfo(engine: Engine, name: string, dev: IoTarget, filters: readonly JobFilterNode[] = []): Promise<BlockInfo> {
   const info: BlockInfo = { device: name, type: 'unknown', removable: true, locked: false };
-  if (dev.backend.hasMedium) info.inserted = { ...(await blockDeviceInfo(engine, dev.backend.root, false)), ...throttleInfo(dev.backend) };
+  if (dev.backend.hasMedium) {
+    const named = filters.filter((f) => !f.implicit);
+    const explicit = named.find((f) => f.child === dev.backend.root && !f.overlay);
+    const inserted = explicit ? await jobFilterDeviceInfo(explicit, false, named) : await blockDeviceInfo(engine, dev.backend.root, false);
+    info.inserted = { ...inserted, ...throttleInfo(dev.backend) };
+  }
   if (dev.backend.iostatusEnabled) info['io-status'] = dev.backend.iostatus;
   if (dev.model) {
     info.qdev = dev.model.id;
@@ -288,10 +297,11 @@ function nodeStats(engine: Engine, bs: BlockNode, deviceLevel: boolean): BlockSt
 
 /**
  * A running job's filter node (QEMU's bdrv_query_bds_stats on mirror_top, commit_top, …): no counters of its own
- * (nothing is accounted on it, no driver-specific stats), its filtered child as `parent`.
+ * (nothing is accounted on it, no driver-specific stats) but the highest write that passed it, its filtered child as
+ * `parent`.
  */
 function jobFilterStats(engine: Engine, f: JobFilterNode): BlockStats {
-  return { 'node-name': f.name, stats: deviceStats(undefined, undefined, false), parent: nodeStats(engine, f.child, false) };
+  return { 'node-name': f.name, stats: { ...deviceStats(undefined, undefined, false), wr_highest_offset: f.wrHighestOffset }, parent: nodeStats(engine, f.child, false) };
 }
 
 /** query-blockstats: per device, or with `queryNodes` per node (`filters`: the running jobs' filter nodes, listed among them). */
@@ -310,9 +320,12 @@ export function blockStats(engine: Engine, queryNodes: boolean, filters: readonl
     const root = nodeStats(engine, dev.backend.root, true);
     // A job's filter above the device's node, named by the user: QEMU's device-level stats stop at it (its filtered
     // child both its parent and its backing); an implicit one is skipped. Nothing writes through blocktab's filters,
-    // so the filter's wr_highest_offset is 0.
+    // so the filter's wr_highest_offset is what reached its child since the filter was inserted.
     const explicit = filters.find((f) => !f.implicit && f.child === dev.backend.root && !f.overlay);
-    if (explicit) return { device: name, 'node-name': explicit.name, stats: deviceStats(dev.backend, undefined, true), parent: root, backing: root };
+    if (explicit) {
+      const stats = { ...deviceStats(dev.backend, undefined, true), wr_highest_offset: explicit.wrHighestOffset };
+      return { device: name, 'node-name': explicit.name, stats, parent: root, backing: root };
+    }
     return present({ device: name, 'node-name': root['node-name'], stats: deviceStats(dev.backend, dev.backend.root, true), parent: root.parent, backing: root.backing });
   });
 }

@@ -23,7 +23,7 @@
  */
 import { BlockError, type BlockErrorCode } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
-import { hasZeroInit, writesInPlace } from '../block/driver.js';
+import { hasZeroInit, overlappingWrites } from '../block/driver.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
 import { allocBuffer, bufferIsZero, freeBuffer, zeroRunEnd } from '../block/buffers.js';
@@ -99,6 +99,12 @@ const COMPRESS_BATCH_BYTES = 512 * 1024;
  * the reads ahead need).
  */
 const WRITES_IN_FLIGHT_IN_PLACE = 2;
+/**
+ * Steps with writes in flight on a target that allocates in call order: a
+ * qcow2 step's data waits in the host while the next step reserves its
+ * clusters.
+ */
+const WRITES_IN_FLIGHT_CALL_ORDER = 2;
 /** qemu-img's MAX_BUF_SECTORS: the largest read buffer and -S value. */
 export const MAX_BUFFER = 16 * 1024 * 1024;
 /** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
@@ -379,9 +385,11 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
   // A target whose writes land in place (raw on a host file) takes the next step's write while one is
   // still running: the host serialises them, and the main thread's turn-around between two steps
-  // is no longer a gap in the write stream. Elsewhere (qcow2 allocates clusters in write order)
-  // one write at a time, as qemu-img.
-  const turns = new WriteTurns(opts.outOfOrder !== true, !compressed && writesInPlace(target) ? WRITES_IN_FLIGHT_IN_PLACE : 1);
+  // is no longer a gap in the write stream. A target that allocates in call order (qcow2) takes the
+  // next step's writes once all of this step's are issued (their clusters are then reserved in guest
+  // order). Elsewhere one write at a time, as qemu-img.
+  const overlap = compressed ? null : overlappingWrites(target);
+  const turns = new WriteTurns(opts.outOfOrder !== true, overlap === 'in-place' ? WRITES_IN_FLIGHT_IN_PLACE : overlap === 'call-order' ? WRITES_IN_FLIGHT_CALL_ORDER : 1);
   // With -c a step is one cluster: a worker takes several at once, so compressing them is one trip to a pool.
   const batch = compressed ? Math.max(1, Math.floor(COMPRESS_BATCH_BYTES / bufSize)) : 1;
   let yielded = Date.now();
@@ -476,10 +484,14 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
         if (turns.overlapped) {
           // In place: the turn passes on once the step's first write is issued; its other writes
           // (a step cut by zero blocks) follow one by one, so each step has one write in flight.
-          const first = reqs.length > 0 ? reqs[0]!() : undefined;
-          turns.issued();
-          await first;
-          for (let k = 1; k < reqs.length; k++) await reqs[k]!();
+          // In call order: once its last write is issued, so the next step's writes come after all of them.
+          const passAt = overlap === 'in-place' ? 0 : reqs.length - 1;
+          if (reqs.length === 0) turns.issued();
+          for (let k = 0; k < reqs.length; k++) {
+            const p = reqs[k]!();
+            if (k === passAt) turns.issued();
+            await p;
+          }
         } else {
           for (const req of reqs) await req();
         }

@@ -134,13 +134,14 @@ export async function createImage(storage: Storage, plan: CreatePlan): Promise<v
     size: plan.size,
     values,
     origin: 'qemu-img',
-    // Further files the image names (qcow2's data_file) are made beside it, as qemu-img does.
+    // A further file the image names (qcow2's data_file) is made by its name as written, relative
+    // to the working directory as qemu-img makes it (not beside the image): that is where QEMU
+    // looks for it first when it opens the image.
     async openFile(option) {
       const name = values.get(option);
       if (name === undefined) throw new BlockError('EINVAL', `option '${option}' names no file`);
-      const resolved = storage.resolve(filename, name);
-      await storage.createFile!(resolved);
-      const bs = await storage.openProtocol(resolved, { readOnly: false });
+      await storage.createFile!(name);
+      const bs = await storage.openProtocol(name, { readOnly: false });
       opened.push(bs);
       return bs;
     },

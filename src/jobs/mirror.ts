@@ -35,8 +35,9 @@ import { registerJobType } from './registry.js';
 
 export type MirrorSyncMode = 'full' | 'top' | 'none';
 
-/** QEMU's mirror default buf-size (16 MiB) and the largest run one copy moves. */
+/** QEMU's mirror default buf-size (16 MiB): what one throttled iteration copies at most. */
 export const MIRROR_DEFAULT_BUF_SIZE = 16 * 1024 * 1024;
+/** The largest piece one copy moves (a buffer's size). */
 const MAX_RUN = 4 * 1024 * 1024;
 /** How long a ready job with nothing to copy waits before it looks again (QEMU's SLICE_TIME). */
 const IDLE_NS = 100_000_000;
@@ -149,6 +150,40 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
   };
 
   /**
+   * One iteration under a speed limit, as QEMU's mirror_iteration: the run of
+   * consecutive dirty chunks from the next dirty one (wrapping to the start),
+   * up to buf-size (16 MiB by default), copied piece by piece (each at most a
+   * buffer's worth, counted as progress when done) before the one sleep the
+   * speed limit asks. So at speed 1 the first query-block-jobs shows the whole
+   * first run copied, as QEMU's does. Returns where the next iteration looks,
+   * or -1 when nothing is dirty or a piece failed under an error policy (the
+   * rest of the run is marked dirty again).
+   */
+  const throttledIteration = async (job: Job, from: number, buf: Uint8Array): Promise<number> => {
+    const span = Math.max(o.granularity, o.bufSize ?? MIRROR_DEFAULT_BUF_SIZE);
+    let area = dirty!.nextDirtyArea(from, dirty!.size, span);
+    if (!area && from > 0) area = dirty!.nextDirtyArea(0, dirty!.size, span);
+    if (!area) return -1;
+    const a = alignOut(area.offset, area.bytes, o.granularity);
+    const end = Math.min(a.offset + a.bytes, dirty!.size);
+    // Cleared before the reads: a guest write landing meanwhile marks its chunks again.
+    dirty!.bitmap.reset(a.offset, end - a.offset);
+    for (let off = a.offset; off < end; ) {
+      const bytes = Math.min(run, end - off);
+      const ok = await exclusive(off, off + bytes, () => copyRun(job, off, bytes, buf));
+      if (!ok) {
+        if (off + bytes < end) dirty!.bitmap.set(off + bytes, end - off - bytes);
+        job.total = job.current + dirty!.count();
+        return -1;
+      }
+      job.progress(bytes);
+      job.total = job.current + dirty!.count();
+      off += bytes;
+    }
+    return end >= dirty!.size ? 0 : end;
+  };
+
+  /**
    * Copies dirty runs until the bitmap is empty (or the job is cancelled,
    * paused by an error, or an ignored error recurs). Unthrottled, up to
    * `bufs.length` runs are in flight at once (QEMU's buf-size bounds them).
@@ -157,8 +192,14 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
     let from = 0;
     for (;;) {
       await job.rateLimitSleep();
+      if (job.speed) {
+        const next = await throttledIteration(job, from, bufs[0]!);
+        if (next < 0) return;
+        from = next;
+        continue;
+      }
       const runs: { offset: number; bytes: number }[] = [];
-      for (let wrapped = false; runs.length < (job.speed ? 1 : bufs.length); ) {
+      for (let wrapped = false; runs.length < bufs.length; ) {
         let area = dirty!.nextDirtyArea(from, dirty!.size, run);
         if (!area && from > 0 && !wrapped) {
           wrapped = true;
@@ -198,8 +239,9 @@ export function mirrorDriver(o: MirrorOptions): JobDriver {
         markDirty(offset, bytes) {
           const end = Math.min(offset + bytes, bm.size);
           if (end > offset) bm.set(offset, end - offset);
-          // A ready job idling for its next look starts copying at once.
-          job.kick();
+          // A ready job idling for its next look starts copying at once; a sleep the speed limit asked for is not cut
+          // short (QEMU's guest writes do not enter a throttled mirror: query-block-jobs shows the same offset).
+          if (job.status === 'ready') job.kick();
         },
       });
       if (o.copyMode === 'write-blocking') {

@@ -36,12 +36,12 @@ export interface MonitorRun {
  * default; 0 for a partial line, n for n objects on one line) and, with
  * `events`, until that many events arrived too (a job's status changes
  * after the command's reply): no fixed waits, so both sides attribute each
- * event to the command that caused it.
+ * event to the command that caused it. `delayMs` waits before sending a line.
  */
 export async function runMonitor(
   which: 'qemu' | 'blocktab',
   options: string[],
-  lines: { line: string; replies?: number; events?: number }[],
+  lines: { line: string; replies?: number; events?: number; delayMs?: number }[],
   opts: { cwd?: string; qemuArgs?: string[]; eventTimeoutMs?: number } = {},
 ): Promise<MonitorRun> {
   const [cmd, args] =
@@ -85,7 +85,9 @@ export async function runMonitor(
   if (first === undefined) throw new Error(`${which} exited before its greeting: ${stderr}`);
   const greeting = JSON.parse(first) as unknown;
   const steps: MonitorStep[] = [];
-  for (const { line, replies = 1, events = 0 } of lines) {
+  for (const { line, replies = 1, events = 0, delayMs = 0 } of lines) {
+    // A pause before the line (a throttled job's first iteration to finish: its copy has no event to wait for).
+    if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
     const step: MonitorStep = { input: line, replies: [], events: [], text: '', timestamps: [] };
     if (process.env.QMP_TRACE) console.log(which, line.slice(0, 150));
     p.stdin.write(line + "\n");

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { qemuImg, qemuImgRun, tmpDir } from '../helpers/qemu.js';
+import { blocktab, qemuImg, qemuImgRun, qemuIo, tmpDir } from '../helpers/qemu.js';
 import { main } from '../../src/cli/main.js';
 
 const dir = tmpDir('create-qemu-');
@@ -39,14 +39,16 @@ fs.mkdirSync(path.join(dir, 't'));
 let n = 0;
 /**
  * Creates twins with the same names in two directories (dir/o ours, dir/t
- * qemu-img's, run there so relative data file names land beside the image).
+ * qemu-img's), each tool run in its directory so relative data file names land beside the image.
  */
 async function twins(args: string[], size?: string) {
   const id = ++n;
   const ours = path.join(dir, 'o', `img${id}`);
   const theirs = path.join(dir, 't', `img${id}`);
   const a = args.map((x) => x.replace('{id}', String(id)));
-  const o = await bt(['create', ...a, ours, ...(size ? [size] : [])]);
+  // A relative data file name is made from the working directory (as qemu-img): run the built CLI there.
+  const argv = ['create', ...a, ours, ...(size ? [size] : [])];
+  const o = a.some((x) => x.includes('data_file')) ? blocktab(argv, { cwd: path.join(dir, 'o') }) : await bt(argv);
   const t = qemuImgRun(['create', ...a, theirs, ...(size ? [size] : [])], { cwd: path.join(dir, 't') });
   return { ours, theirs, o, t };
 }
@@ -193,5 +195,49 @@ describe("create: sizes as qemu-img reads them (iotest 049)", () => {
       expect(same(o.stderr, '')).toBe(same(t.stderr, ''));
       expect(o.stdout).toBe(t.stdout);
     }
+  });
+});
+
+describe('info of an image with an external data file (opened for metadata only)', () => {
+  it('does not open the data file: a missing one gives the same info as qemu-img, other commands refuse', async () => {
+    const sub = path.join(dir, 'df');
+    fs.mkdirSync(sub);
+    const img = path.join(sub, 'a.qcow2');
+    qemuImg(['create', '-f', 'qcow2', '-o', 'data_file=a.data', img, '1M'], { cwd: sub });
+    qemuImg(['create', '-f', 'qcow2', '-o', 'data_file=b.data', path.join(sub, 'b.qcow2'), '1M'], { cwd: sub });
+    fs.unlinkSync(path.join(sub, 'a.data'));
+    for (const args of [['info', img], ['info', '--output=json', img]]) {
+      const t = qemuImgRun(args, { cwd: sub });
+      const o = await bt(args);
+      expect(t.status).toBe(0);
+      expect(o.stderr).toBe('');
+      expect(o.status).toBe(0);
+      expect(o.stdout).toBe(t.stdout);
+    }
+    // A data file that exists is not touched by info either: the same answer with it in place.
+    const withFile = await bt(['info', '--output=json', path.join(sub, 'b.qcow2')]);
+    expect(withFile.stdout).toBe(qemuImgRun(['info', '--output=json', path.join(sub, 'b.qcow2')], { cwd: sub }).stdout);
+    // Commands that read still need it.
+    const map = await bt(['map', img]);
+    expect(map.status).toBe(1);
+    expect(map.stderr).toContain("Could not open 'a.data'");
+  });
+});
+
+describe('create: a relative data file name', () => {
+  it('is made from the working directory, where qemu-io then finds it', () => {
+    const top = path.join(dir, 'cwd');
+    fs.mkdirSync(path.join(top, 'o', 'sub'), { recursive: true });
+    fs.mkdirSync(path.join(top, 't', 'sub'), { recursive: true });
+    const o = blocktab(['create', '-f', 'qcow2', '-o', 'data_file=d.raw', 'sub/a.qcow2', '1M'], { cwd: path.join(top, 'o') });
+    const t = qemuImgRun(['create', '-f', 'qcow2', '-o', 'data_file=d.raw', 'sub/a.qcow2', '1M'], { cwd: path.join(top, 't') });
+    expect(o.stdout).toBe(t.stdout);
+    expect(o.status).toBe(0);
+    for (const side of ['o', 't']) {
+      expect(fs.existsSync(path.join(top, side, 'd.raw'))).toBe(true);
+      expect(fs.existsSync(path.join(top, side, 'sub', 'd.raw'))).toBe(false);
+    }
+    expect(sameBytes(path.join(top, 'o', 'sub', 'a.qcow2'), path.join(top, 't', 'sub', 'a.qcow2'))).toBe(true);
+    expect(qemuIo('sub/a.qcow2', ['write -P 7 0 4k'], 'qcow2', { cwd: path.join(top, 'o') })).toContain('wrote 4096/4096');
   });
 });

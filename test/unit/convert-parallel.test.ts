@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { deflateRawSync } from 'node:zlib';
 import { MemoryStorage, openImage, BlockError, bdrvPread } from '../../src/index.js';
+import { closeNode } from '../../src/block/open.js';
 import { createImage, planCreate } from '../../src/img/create.js';
 import { convert } from '../../src/img/convert.js';
 import { faultyStorage } from '../../src/filters/fault.js';
@@ -48,7 +49,7 @@ describe('convert with requests in flight', () => {
     }
   }, 30_000);
 
-  it('has two writes in flight on a target whose writes land in place, one on qcow2, and copies the same bytes', async () => {
+  it('has two writes in flight on a target whose writes land in place, one on qcow2 when steps end mid-cluster, and copies the same bytes', async () => {
     const st = new MemoryStorage();
     const src = new Uint8Array(16 * MiB).map((_, i) => (i >> 12) % 5 === 0 ? 0 : (i * 7) & 0xff);
     st.put('src.raw', src);
@@ -84,6 +85,49 @@ describe('convert with requests in flight', () => {
     } finally {
       drv.pwritev = plain;
     }
+  }, 30_000);
+
+  it('has two steps in flight on a fresh qcow2 target (whole clusters) and lays it out as one request at a time does', async () => {
+    const st = new MemoryStorage();
+    // Whole 64 KiB clusters of data and of zeros, so every data write is of fresh whole clusters.
+    const src = new Uint8Array(24 * MiB).map((_, i) => ((i >> 16) % 7 === 3 ? 0 : ((i * 13) >> 3) & 0xff));
+    st.put('src.raw', src);
+    const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
+    const images: Uint8Array[] = [];
+    for (const parallel of [1, 8]) {
+      const name = `dst${parallel}.qcow2`;
+      await createImage(st, await planCreate(st, { filename: name, format: 'qcow2', size: src.length }));
+      const q = await openImage(st, name, { format: 'qcow2' });
+      // Writes of the image file take an uneven few ms, so data writes end out of order.
+      const drv = q.file!.node.driver as { pwritev: NonNullable<typeof q.driver.pwritev> };
+      const plain = drv.pwritev;
+      let running = 0;
+      let most = 0;
+      let k = 0;
+      drv.pwritev = async (...args) => {
+        most = Math.max(most, ++running);
+        await new Promise((r) => setTimeout(r, 1 + ((k++ * 5) % 7)));
+        try {
+          return await plain(...args);
+        } finally {
+          running--;
+        }
+      };
+      try {
+        await convert([from], q, { parallel, targetHasZeroInit: true });
+        await closeNode(q);
+      } finally {
+        drv.pwritev = plain;
+      }
+      expect(most).toBe(parallel === 1 ? 1 : 2);
+      images.push(st.get(name)!.slice());
+      const back = new Uint8Array(src.length);
+      const again = await openImage(st, name, { format: 'qcow2', readOnly: true });
+      await bdrvPread(again, 0, src.length, back);
+      await closeNode(again);
+      expect(Buffer.from(back).equals(Buffer.from(src))).toBe(true);
+    }
+    expect(Buffer.from(images[1]!).equals(Buffer.from(images[0]!))).toBe(true);
   }, 30_000);
 
   it('refuses 0 or 17 requests in flight', async () => {

@@ -96,6 +96,13 @@ const dataIntoRefblock = (f: string) => {
   poke(f, L2, be64(COPIED, RB));
 };
 
+// An L1 entry (COPIED) names the refcount table's cluster as its L2 table, whose entries then point at
+// the refcount block: a write there copies the cluster and must change the "L2 table" in place.
+const l2IntoRefTable = (f: string) => {
+  qemuIo(f, ['write -P 1 0 64k'], 'qcow2');
+  poke(f, L1, be64(COPIED, RT));
+};
+
 describe('qcow2 overlap checks (iotests 060)', { timeout: 60_000 }, () => {
   it('L2 reference into L1: refused as an active L1 overlap, corrupt bit set, still readable read-only', async () => {
     const c = craft(l2IntoL1);
@@ -111,7 +118,9 @@ describe('qcow2 overlap checks (iotests 060)', { timeout: 60_000 }, () => {
   it('blocktab io prints what qemu-io prints: the corruption notice once on stderr, then "No medium found" for every later request', async () => {
     const { runIo } = await import('../../src/cli/qemu-io/main.js');
     const { Readable } = await import('node:stream');
-    for (const make of [l2IntoL1, dataIntoRefblock]) {
+    // l2IntoRefTable: the write fails at once, as qemu-io's, though the L2 table is written back only later
+    // (before, blocktab reported the writes done and lost them when the write-back was refused at close).
+    for (const make of [l2IntoL1, dataIntoRefblock, l2IntoRefTable]) {
       const c = craft(make);
       const cmds = ['write -P 0x2a 0 512', 'write -P 0x2a 0 512', 'read 0 512'].flatMap((x) => ['-c', x]);
       const q = spawnSync('qemu-io', [...cmds, c.theirs], { encoding: 'utf8' });

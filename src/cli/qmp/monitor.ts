@@ -12,6 +12,7 @@ import { EVENTS_WITHOUT_DATA } from '../../engine/events.js';
 import { QmpError, toQmpError } from '../../engine/qmp-error.js';
 import { checkArgs } from '../../engine/qapi-args.js';
 import { QMP_QEMU_VERSION } from '../../engine/commands/runstate.js';
+import { cancelAllJobs } from '../../engine/commands/jobs.js';
 import { JsonSplitter, parseQmpJson, toQmpJson, type WireItem } from './wire.js';
 
 type Reply = { return: unknown; id?: unknown } | { error: { class: string; desc: string }; id?: unknown };
@@ -42,9 +43,10 @@ export class QmpMonitor {
     return this.chain;
   }
 
-  /** Waits for queued commands, then stops listening for events. */
+  /** Waits for queued commands, cancels the jobs still running (their events still go out, as QEMU's at quit), then stops listening for events. */
   async close(): Promise<void> {
     await this.chain;
+    await cancelAllJobs(this.engine);
     this.off();
   }
 

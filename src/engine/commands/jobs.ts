@@ -22,6 +22,7 @@ import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
 import type { NodeUse } from '../../block/permissions.js';
 import { generatedNodeName } from '../../block/node.js';
+import { addWriteObserver } from '../../block/dirty-bitmap.js';
 import { PERM_CONSISTENT_READ, PERM_WRITE_UNCHANGED } from '../../block/child.js';
 
 interface Running {
@@ -63,6 +64,12 @@ export type JobFilterNode = Required<Omit<JobFilter, 'overlay'>> &
      * that one never is). Device-level queries look through implicit filters and show explicit ones.
      */
     implicit: boolean;
+    /**
+     * QEMU's wr_highest_offset of the filter node: the end of the highest write that passed through it. blocktab's
+     * writes go to the child directly; every write that reaches the child while the filter sits above it would have
+     * passed through it (the job's own copy-on-read writes do not count on the child either).
+     */
+    wrHighestOffset: number;
   };
 
 const registry = new WeakMap<Engine, Map<string, Running>>();
@@ -89,6 +96,17 @@ function findBlockJob(engine: Engine, device: string): Running {
 /** Waits until a job started by block-stream, block-commit or blockdev-create concluded (for the typed API and tests). */
 export function jobDone(engine: Engine, id: string): Promise<void> {
   return findJob(engine, id).done;
+}
+
+/**
+ * Cancels every job that has not concluded, forcibly, and waits until each
+ * did (QEMU's job_cancel_sync_all when it quits): a job sleeping under a speed
+ * limit does not keep the monitor from ending.
+ */
+export async function cancelAllJobs(engine: Engine): Promise<void> {
+  const running = [...jobsOf(engine).values()].filter((r) => r.job.status !== 'concluded' && r.job.status !== 'null');
+  for (const r of running) r.job.cancel(true);
+  await Promise.all(running.map((r) => r.done.catch(() => undefined)));
 }
 
 /** The engine's jobs, in start order (query-jobs' order). */
@@ -198,15 +216,25 @@ export function startJob<O>(engine: Engine, o: StartJobOptions<O>): Job {
       ioError: block ? (_j, operation, _e, action) => engine.emit('BLOCK_JOB_ERROR', { device: o.device, operation, action }) : undefined,
     },
   });
+  let stopFilterCount: (() => void) | undefined;
   const entry: Running = { job, device: o.device, blockJob: block, done: Promise.resolve(), nodes: o.nodes ?? [], filtered: o.filtered };
   if (o.filter) {
-    entry.filter = { readOnly: false, ...o.filter, name: o.filter.name ?? generatedNodeName(), implicit: o.filter.name === undefined };
-    engine.stampCreated(entry.filter);
+    const f: JobFilterNode = { readOnly: false, ...o.filter, name: o.filter.name ?? generatedNodeName(), implicit: o.filter.name === undefined, wrHighestOffset: 0 };
+    entry.filter = f;
+    engine.stampCreated(f);
+    stopFilterCount = addWriteObserver(f.child, {
+      markDirty(offset, bytes) {
+        if (offset + bytes > f.wrHighestOffset) f.wrHighestOffset = offset + bytes;
+      },
+    });
   }
   releaseUses = (o.uses ?? []).map(({ node, use }) => engine.addUse(node, use));
   jobsOf(engine).set(o.id, entry);
   // Failures surface through the events and query-jobs, not as an unhandled rejection.
-  entry.done = job.start(driver).catch(() => {});
+  entry.done = job
+    .start(driver)
+    .catch(() => {})
+    .finally(() => stopFilterCount?.());
   return job;
 }
 

@@ -26,7 +26,8 @@ export const queryCommands: QmpCommandTable = {
     args: {},
     async run(engine) {
       const out = [];
-      for (const name of engine.deviceNames()) out.push(await blockInfo(engine, name, engine.device(name)!));
+      const filters = jobFilterNodes(engine);
+      for (const name of engine.deviceNames()) out.push(await blockInfo(engine, name, engine.device(name)!, filters));
       return out;
     },
   },

@@ -125,6 +125,13 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
     if (old % s.clusterSize !== 0) {
       throw await markCorrupt(s, `L2 table offset ${hex(old)} unaligned (L1 index ${hex(l1Index)})`);
     }
+    // The table will be written back later (at a flush or eviction): check now, once per table, that
+    // it is not other metadata, so the write that would change it fails at once (and reports it)
+    // rather than report success and lose its mapping when the write-back is refused.
+    if (!s.rw.l2InPlaceChecked.has(old)) {
+      await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, old, s.clusterSize);
+      s.rw.l2InPlaceChecked.add(old);
+    }
     return old;
   }
   const cs = s.clusterSize;

@@ -33,12 +33,30 @@ import {
   QCOW2_OL_SNAPSHOT_TABLE,
 } from './overlap.js';
 
-/** Runs `fn` after every earlier modifying request of the node finished (QEMU's s->lock). */
+/**
+ * Runs `fn` after every earlier modifying request of the node finished (QEMU's
+ * s->lock), allocating writes whose data is still in flight included: their
+ * L2 entries are in place before `fn` runs (alloc-in-flight.ts).
+ */
 export function withLock<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
+  return withLockInflight(s, () => (s.rw.allocs.size ? drainAllocs(s).then(fn) : fn()));
+}
+
+/**
+ * The lock alone: `fn` runs while other requests' fresh clusters may still be
+ * in flight (their L2 entries not yet set). Only for alloc-in-flight.ts, whose
+ * requests touch nothing but their own clusters' entries.
+ */
+export function withLockInflight<T>(s: Qcow2State, fn: () => Promise<T>): Promise<T> {
   const prev = s.rw.lock;
   let release!: () => void;
   s.rw.lock = new Promise<void>((r) => (release = r));
   return prev.then(fn).finally(release);
+}
+
+/** Waits until no allocating write is in flight (called under the lock, so no new one starts). */
+export async function drainAllocs(s: Qcow2State): Promise<void> {
+  while (s.rw.allocs.size) await Promise.all([...s.rw.allocs].map((a) => a.done));
 }
 
 /** Makes every write to the image file so far stable (bdrv_flush of bs->file). */
@@ -187,6 +205,7 @@ export function removeMetadata(s: Qcow2State, offset: number, bytes: number): vo
 /** Forgets the map (after the tables moved); the next check rebuilds it. */
 export function invalidateMetadata(s: Qcow2State): void {
   s.rw.metaClusters = null;
+  s.rw.l2InPlaceChecked.clear();
 }
 
 /** The kinds of metadata the map lists on the clusters of [offset, offset + bytes), building it first if needed. */

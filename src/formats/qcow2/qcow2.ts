@@ -84,6 +84,7 @@ import { cryptoInfo, openQcow2Crypto, QCOW2_CRYPT_SECTOR } from './crypto.js';
 import { dropRefcountCache } from './refcount.js';
 import { flushMetadata } from './l1.js';
 import { checkUsable, clearDirtyBit, withLock } from './metadata.js';
+import { qcow2WriteMaybeInflight } from './alloc-in-flight.js';
 import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed, qcow2CompressCluster } from './write.js';
 import {
   L2_COMPRESSED,
@@ -94,6 +95,7 @@ import {
   L2_ZERO_PLAIN,
 } from './l2-scan.js';
 import { qcow2Probe } from './probe.js';
+import { unopenedDataFile } from './unopened-data-file.js';
 
 export type { Qcow2State } from './state.js';
 
@@ -185,6 +187,8 @@ export const qcow2Driver: BlockDriver = {
   kind: 'format',
   supportsBacking: true,
   supportsCompressedWrites: true,
+  // Whole fresh clusters are reserved under the lock in call order, their data written after it (alloc-in-flight.ts).
+  allocatesInCallOrder: true,
   // As qcow2_has_zero_init: preallocated metadata (the first L1 entry set) in an encrypted image maps clusters whose
   // bytes decrypt to noise; without encryption they read as the file does, and a new file reads as zeros.
   hasZeroInit: (bs) => {
@@ -288,8 +292,10 @@ export const qcow2Driver: BlockDriver = {
       bs.attach(dataFileOption, 'data-file');
     } else if (h.incompatibleFeatures & QCOW2_INCOMPAT_DATA_FILE) {
       const name = (typeof dataFileOption === 'string' ? dataFileOption : undefined) ?? s.imageDataFile;
-      if (!name) throw new BlockError('EINVAL', "'data-file' is required for this image");
-      s.dataFile = await openFileChild(bs, name, 'data-file');
+      // Opened for metadata only (qemu-img info): the data file is not opened, as QEMU (BDRV_O_NO_IO).
+      if (options.noIo) s.dataFile = unopenedDataFile(name ?? '');
+      else if (!name) throw new BlockError('EINVAL', "'data-file' is required for this image");
+      else s.dataFile = await openFileChild(bs, name, 'data-file');
     } else if (dataFileOption !== undefined) {
       throw new BlockError('EINVAL', `${image}: 'data-file' can only be set for images with an external data file`);
     }
@@ -360,10 +366,10 @@ export const qcow2Driver: BlockDriver = {
 
   async pwritev(bs, offset, bytes, buf, flags) {
     const s = bs.state<Qcow2State>();
+    if (!flags.compressed) return qcow2WriteMaybeInflight(bs, s, offset, bytes, buf, flags);
     await withLock(s, async () => {
       await prepareWrite(s);
-      if (flags.compressed) await qcow2WriteCompressed(bs, s, offset, bytes, buf, flags.precompressed);
-      else await qcow2Write(bs, s, offset, bytes, buf);
+      await qcow2WriteCompressed(bs, s, offset, bytes, buf, flags.precompressed);
       await afterWrite(s, flags);
     });
   },

@@ -115,6 +115,11 @@ export interface Qcow2RwState {
   metaClusters: Map<number, number> | null;
   /** Tail of the request queue: modifying requests run one at a time (QEMU's s->lock). */
   lock: Promise<void>;
+  /**
+   * Fresh clusters whose data write runs outside the lock (alloc-in-flight.ts,
+   * QEMU's s->cluster_allocs): reserved, their L2 entries not yet set.
+   */
+  allocs: Set<InflightAlloc>;
   /** Set once an inconsistency was found: every later write fails with EIO. */
   corrupt: boolean;
   /**
@@ -128,6 +133,16 @@ export interface Qcow2RwState {
   dirtyBitSet: boolean;
   /** The header was prepared for writing (autoclear bits cleared). */
   headerPrepared: boolean;
+  /** L2 tables (host offsets) a write may change in place, checked once against the other metadata. */
+  l2InPlaceChecked: Set<number>;
+}
+
+/** Guest [start, end) whose new host clusters are being written (see Qcow2RwState.allocs). */
+export interface InflightAlloc {
+  readonly start: number;
+  readonly end: number;
+  /** Settles once the L2 entries point at the data (or the write failed). */
+  readonly done: Promise<void>;
 }
 
 export function newRwState(clusterSize: number): Qcow2RwState {
@@ -145,11 +160,13 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     l1DirtyTo: 0,
     metaClusters: null,
     lock: Promise.resolve(),
+    allocs: new Set(),
     corrupt: false,
     unusable: false,
     signaledCorruption: false,
     dirtyBitSet: false,
     headerPrepared: false,
+    l2InPlaceChecked: new Set(),
   };
 }
 

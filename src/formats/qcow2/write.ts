@@ -72,7 +72,7 @@ import { encryptData } from './crypto.js';
 // ----------------------------------------------------------- L2 entries
 
 /** Whether the entry has a host cluster (with an external data file, offset 0 counts when COPIED). */
-function hasHost(s: Qcow2State, e: L2Entry): boolean {
+export function hasHost(s: Qcow2State, e: L2Entry): boolean {
   if (l2EntryIsCompressed(e)) return false;
   return l2EntryHost(e) !== 0 || (s.dataFile !== s.file && l2EntryIsCopied(e));
 }
@@ -98,7 +98,7 @@ function classify(s: Qcow2State, e: L2Entry, a: number, b: number): Cls {
   return (e.alloc & m) === m ? 'inPlace' : 'reuse';
 }
 
-async function checkHostAligned(s: Qcow2State, host: number, guest: number): Promise<void> {
+export async function checkHostAligned(s: Qcow2State, host: number, guest: number): Promise<void> {
   if (host % s.clusterSize !== 0) {
     throw await markCorrupt(s, `Cluster allocation offset ${hex(host)} unaligned (guest offset ${hex(guest)})`);
   }
@@ -155,7 +155,7 @@ export async function afterWrite(s: Qcow2State, flags: WriteFlags = {}): Promise
 // ----------------------------------------------------------------- writes
 
 /** Writes guest bytes `data` (at guest `guest`) to host `host` of the data file, encrypted in a bounce buffer when the image is. */
-async function writeData(s: Qcow2State, guest: number, host: number, data: Uint8Array): Promise<void> {
+export async function writeData(s: Qcow2State, guest: number, host: number, data: Uint8Array): Promise<void> {
   if (!s.crypto) {
     await bdrvPwrite(s.dataFile, host, data.length, data);
     return;
