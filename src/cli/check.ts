@@ -59,12 +59,14 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
       throw e;
     }
     for (const m of run.messages) out.stderr(reportLine(m));
+    // qemu-img prints the repair summary with printf to a stdout that is a pipe in every script (fully buffered), and
+    // the double check's findings to unbuffered stderr: they come out first (271).
+    for (const m of run.recheckMessages) out.stderr(reportLine(m));
     if (run.repaired && fmt === 'human' && !quiet) {
       out.stdout(
         `The following inconsistencies were found and repaired:\n\n    ${run.repaired.leaks} leaked clusters\n    ${run.repaired.corruptions} corruptions\n\nDouble checking the fixed image now...\n`,
       );
     }
-    for (const m of run.recheckMessages) out.stderr(reportLine(m));
     if (!quiet) out.stdout(fmt === 'json' ? toJsonPretty(run.check) + '\n' : humanImageCheck(run.check));
     if (run.check['check-errors']) throw new CliError(1, 'Check failed');
     return checkExitCode(run.check);

@@ -283,9 +283,11 @@ export const qcow2Driver: BlockDriver = {
 
     // Opened for qemu-img check: the check reads the table itself (check-snapshots.ts), so a broken one can be repaired.
     if (!forCheck) {
-      const table = await readSnapshotEntries(file, h, image, h.nbSnapshots, undefined);
+      const status = { pastEof: false };
+      const table = await readSnapshotEntries(file, h, image, h.nbSnapshots, undefined, status);
       s.snapshots = table.snapshots;
       s.snapshotsSize = table.size;
+      if (status.pastEof) s.snapshotTablePastEof = true;
     }
     s.bitmaps = await readBitmapDirectory(file, h, image);
 

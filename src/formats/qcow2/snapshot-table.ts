@@ -14,7 +14,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { bdrvPread } from '../../block/io.js';
 import type { SnapshotInfo } from '../../block/info.js';
 import { be, type Qcow2Header } from './header.js';
-import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
+import { QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
 import type { BlockNode } from '../../block/node.js';
 
 /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA. */
@@ -69,17 +69,25 @@ export interface SnapshotTableRead {
 
 /**
  * Reads and checks the table of `h` from `file`. Every size is bounded by
- * QEMU's limits before anything is allocated from it.
+ * QEMU's limits before anything is allocated from it. What lies past the end
+ * of the file reads as zeros, as in QEMU (a zero entry is a valid, empty one);
+ * `status.pastEof` then says so, and the snapshot code refuses to write from
+ * such a table.
  */
-export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string): Promise<Qcow2Snapshot[]> {
-  return (await readSnapshotEntries(file, h, image, h.nbSnapshots, undefined)).snapshots;
+export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string, status?: { pastEof: boolean }): Promise<Qcow2Snapshot[]> {
+  return (await readSnapshotEntries(file, h, image, h.nbSnapshots, undefined, status)).snapshots;
 }
 
 /** The first `count` entries of the table; `check` given: qemu-img check's reading (see SnapshotTableCheck). */
-export async function readSnapshotEntries(file: BlockNode, h: Qcow2Header, image: string, count: number, check: SnapshotTableCheck | undefined): Promise<SnapshotTableRead> {
+export async function readSnapshotEntries(
+  file: BlockNode,
+  h: Qcow2Header,
+  image: string,
+  count: number,
+  check: SnapshotTableCheck | undefined,
+  status?: { pastEof: boolean },
+): Promise<SnapshotTableRead> {
   const out: Qcow2Snapshot[] = [];
-  const clusterSize = 2 ** h.clusterBits;
-  const fileSize = file.totalBytes;
   const fix = check?.fix === true;
   let pos = h.snapshotsOffset;
   // Sum of the entries as they will be written (cut extra data counts as cut), QEMU's table_length.
@@ -92,9 +100,8 @@ export async function readSnapshotEntries(file: BlockNode, h: Qcow2Header, image
     const fail = (msg: string, code: 'EINVAL' | 'EFBIG' = 'EINVAL', qemuMessage?: string): never => {
       throw new BlockError(code, `${image}: snapshot table entry ${i} at ${hex(at)}: ${msg}`, qemuMessage === undefined ? undefined : { qemuMessage });
     };
-    // qemu-img check reads past the end of the file as zeros, as QEMU's block layer does.
-    const read = check ? (at0: number, n: number, into: Uint8Array) => readZeroPadded(file, at0, n, into) : (at0: number, n: number, into: Uint8Array) => bdrvPread(file, at0, n, into);
-    if (!check && pos + SNAPSHOT_HEADER_SIZE > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
+    // Past the end of the file reads as zeros, as QEMU's block layer does.
+    const read = (at0: number, n: number, into: Uint8Array) => readZeroPastEof(file, at0, into.subarray(0, n), status);
     await read(pos, SNAPSHOT_HEADER_SIZE, head);
     const idSize = be.u16(head, 12);
     const nameSize = be.u16(head, 14);
@@ -121,7 +128,6 @@ export async function readSnapshotEntries(file: BlockNode, h: Qcow2Header, image
       check!.nbReduced += left;
       return { snapshots: out, size: lastEnd - h.snapshotsOffset };
     }
-    if (!check && entryEnd > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
     // Known and kept extra data, then id and name after the whole extra data as stored.
     const body = new Uint8Array(keptExtra + idSize + nameSize);
     if (keptExtra) await read(pos + SNAPSHOT_HEADER_SIZE, keptExtra, body);
@@ -147,12 +153,9 @@ export async function readSnapshotEntries(file: BlockNode, h: Qcow2Header, image
       const lo = be.u32(body, 20);
       sn.icount = hi === 0xffffffff && lo === 0xffffffff ? undefined : be.u64(body, 16);
     }
-    // qemu-img check reports broken L1 fields itself (calculate_refcounts), as QEMU's check does.
-    if (!check) {
-      if (sn.l1TableOffset % clusterSize !== 0) fail(`Snapshot L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`);
-      if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail(`Snapshot L1 table too large (${sn.l1Size} entries)`, 'EFBIG');
-      if (sn.l1TableOffset + sn.l1Size * 8 > fileSize) fail(`Snapshot L1 table at ${hex(sn.l1TableOffset)} extends beyond the end of the file`);
-    }
+    // A bad L1 table of one snapshot does not keep the image from opening (QEMU's
+    // qcow2_read_snapshots does not look at it): every use checks it first
+    // (validateSnapshotL1), and check reports it.
     out.push(sn);
     lastEnd = entryEnd;
     pos = entryEnd + ((8 - (entryEnd % 8)) % 8);
@@ -166,11 +169,14 @@ function cString(b: Uint8Array): string {
   return dec.decode(nul < 0 ? b : b.subarray(0, nul));
 }
 
-/** Reads what the file has of [at, at+n) into `into`; the rest stays zero. */
-async function readZeroPadded(file: BlockNode, at: number, n: number, into: Uint8Array): Promise<void> {
-  const have = Math.max(0, Math.min(n, file.totalBytes - at));
-  if (have) await bdrvPread(file, at, have, into);
-  into.fill(0, have, n);
+/** Reads `buf.length` bytes at `offset`; the part past the end of the file is zeros (and noted in `status`). */
+async function readZeroPastEof(file: BlockNode, offset: number, buf: Uint8Array, status?: { pastEof: boolean }): Promise<void> {
+  const inFile = Math.max(0, Math.min(buf.length, file.totalBytes - offset));
+  if (inFile > 0) await bdrvPread(file, offset, inFile, buf.subarray(0, inFile));
+  if (inFile < buf.length) {
+    buf.fill(0, inFile);
+    if (status) status.pastEof = true;
+  }
 }
 
 /** Serializes the table (entries padded to 8 bytes), as the snapshot code will write it. */

@@ -14,7 +14,7 @@ export interface Qcow2State {
   /** Image name for messages. */
   image: string;
   /** Where QEMU's stderr lines about the image go (the corruption notice); the opener's warn. */
-  warn?: (message: string) => void;
+  warn?: (message: string, kind?: 'report') => void;
   header: Qcow2Header;
   clusterBits: number;
   clusterSize: number;
@@ -49,6 +49,12 @@ export interface Qcow2State {
    * the refcount check counts and the next table write frees what is there.
    */
   snapshotsSize?: number;
+  /**
+   * Part of the snapshot table lies past the end of the file and was read as
+   * zeros, as QEMU reads it: fine for reading, but nothing may rewrite the
+   * table or act on its entries (snapshot.ts refuses).
+   */
+  snapshotTablePastEof?: boolean;
   /** The bitmap directory as it is on disk (empty without a valid bitmaps extension). */
   bitmaps: Qcow2BitmapEntry[];
   /**
@@ -135,6 +141,8 @@ export interface Qcow2RwState {
    * which drops the node's driver): every later request fails with ENOMEDIUM.
    */
   unusable: boolean;
+  /** A non-fatal corruption was reported (QEMU's signaled_corruption): later ones are quiet. */
+  signaledCorruption: boolean;
   /** The header's dirty bit is set on disk by us (lazy refcounts). */
   dirtyBitSet: boolean;
   /** The header was prepared for writing (autoclear bits cleared). */
@@ -170,6 +178,7 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     allocs: new Set(),
     corrupt: false,
     unusable: false,
+    signaledCorruption: false,
     dirtyBitSet: false,
     headerPrepared: false,
     l2InPlaceChecked: new Set(),
