@@ -14,7 +14,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { bdrvPread } from '../../block/io.js';
 import type { SnapshotInfo } from '../../block/info.js';
 import { be, type Qcow2Header } from './header.js';
-import { QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
+import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
 import type { BlockNode } from '../../block/node.js';
 
 /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA. */
@@ -229,4 +229,25 @@ export function snapshotInfo(sn: Qcow2Snapshot): SnapshotInfo {
     icount: sn.icount,
     diskSize: sn.diskSize,
   };
+}
+
+/**
+ * QEMU's qcow2_validate_table for a snapshot's L1 table, before anything reads
+ * it or writes from it: not too large, cluster-aligned, and (blocktab's own
+ * check, which QEMU leaves to the short read) within the file. Throws with
+ * QEMU's text ("Snapshot L1 table offset invalid") as qemuMessage.
+ */
+export function validateSnapshotL1(sn: Qcow2Snapshot, clusterSize: number, fileSize: number, image: string): void {
+  const what = `${image}: snapshot ${sn.idStr} ('${sn.name}')`;
+  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) {
+    throw new BlockError('EFBIG', `${what}: L1 table too large (${sn.l1Size} entries)`, { qemuMessage: 'Snapshot L1 table too large' });
+  }
+  if (sn.l1TableOffset % clusterSize !== 0) {
+    throw new BlockError('EINVAL', `${what}: L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`, {
+      qemuMessage: 'Snapshot L1 table offset invalid',
+    });
+  }
+  if (sn.l1Size > 0 && sn.l1TableOffset + sn.l1Size * 8 > fileSize) {
+    throw new BlockError('EINVAL', `${what}: L1 table at ${hex(sn.l1TableOffset)} (${sn.l1Size * 8} bytes) extends beyond the end of the file (${fileSize} bytes)`);
+  }
 }
