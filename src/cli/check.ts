@@ -1,5 +1,5 @@
 /** `blocktab check`: qemu-img check's options, output and exit codes (0, 1, 2, 3, 63). */
-import { isBlockError } from '../block/errors.js';
+import { CheckFailedError, isBlockError } from '../block/errors.js';
 import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { checkExitCode, checkNode, humanImageCheck } from '../img/check.js';
@@ -38,25 +38,34 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
     // 'check': a repair may open an image with the corrupt bit read/write (QEMU's BDRV_O_CHECK).
     bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false, driverOptions: repairing ? { check: true } : undefined });
     let run;
+    // The check's lines go out as they are found (an image can make millions: none is kept), in
+    // writes of up to 64 KiB, flushed before anything else is printed so the order stays qemu-img's.
+    let pending = '';
+    const flush = () => {
+      if (pending) out.stderr(pending);
+      pending = '';
+    };
     try {
-      run = await checkNode(bs, filename, fix);
+      run = await checkNode(bs, filename, fix, {
+        line: (m) => {
+          pending += m + '\n';
+          if (pending.length >= 65536) flush();
+        },
+        repaired: (r) => {
+          flush();
+          if (fmt === 'human' && !quiet) {
+            out.stdout(`The following inconsistencies were found and repaired:\n\n    ${r.leaks} leaked clusters\n    ${r.corruptions} corruptions\n\nDouble checking the fixed image now...\n`);
+          }
+        },
+      });
     } catch (e) {
+      flush();
       if (isBlockError(e) && e.code === 'ENOTSUP' && e.message === 'This image format does not support checks') throw new CliError(63, e.message);
-      // The check stopped: its messages, then qemu-img's "Check failed: <reason>".
-      const msgs = (e as { checkMessages?: string[] }).checkMessages;
-      if (msgs) {
-        for (const m of msgs) out.stderr(m + '\n');
-        throw new CliError(1, `Check failed: ${(e as Error).message}`);
-      }
+      // The check stopped: after its lines, qemu-img's "Check failed: <reason>".
+      if (e instanceof CheckFailedError) throw new CliError(1, `Check failed: ${e.message}`);
       throw e;
     }
-    for (const m of run.messages) out.stderr(m + '\n');
-    if (run.repaired && fmt === 'human' && !quiet) {
-      out.stdout(
-        `The following inconsistencies were found and repaired:\n\n    ${run.repaired.leaks} leaked clusters\n    ${run.repaired.corruptions} corruptions\n\nDouble checking the fixed image now...\n`,
-      );
-    }
-    for (const m of run.recheckMessages) out.stderr(m + '\n');
+    flush();
     if (!quiet) out.stdout(fmt === 'json' ? toJsonPretty(run.check) + '\n' : humanImageCheck(run.check));
     if (run.check['check-errors']) throw new CliError(1, 'Check failed');
     return checkExitCode(run.check);
