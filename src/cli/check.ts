@@ -39,7 +39,7 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
     bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false, driverOptions: repairing ? { check: true } : undefined });
     let run;
     // The check's lines go out as they are found (an image can make millions: none is kept), in
-    // writes of up to 64 KiB, flushed before anything else is printed so the order stays qemu-img's.
+    // writes of up to 64 KiB, flushed before anything else is printed.
     let pending = '';
     const flush = () => {
       if (pending) out.stderr(pending);
@@ -51,12 +51,6 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
           pending += m + '\n';
           if (pending.length >= 65536) flush();
         },
-        repaired: (r) => {
-          flush();
-          if (fmt === 'human' && !quiet) {
-            out.stdout(`The following inconsistencies were found and repaired:\n\n    ${r.leaks} leaked clusters\n    ${r.corruptions} corruptions\n\nDouble checking the fixed image now...\n`);
-          }
-        },
       });
     } catch (e) {
       flush();
@@ -66,6 +60,13 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
       throw e;
     }
     flush();
+    // qemu-img prints the repair summary with printf to a stdout that is a pipe in every script (fully buffered), and
+    // the double check's findings to unbuffered stderr: they come out first (271).
+    if (run.repaired && fmt === 'human' && !quiet) {
+      out.stdout(
+        `The following inconsistencies were found and repaired:\n\n    ${run.repaired.leaks} leaked clusters\n    ${run.repaired.corruptions} corruptions\n\nDouble checking the fixed image now...\n`,
+      );
+    }
     if (!quiet) out.stdout(fmt === 'json' ? toJsonPretty(run.check) + '\n' : humanImageCheck(run.check));
     if (run.check['check-errors']) throw new CliError(1, 'Check failed');
     return checkExitCode(run.check);

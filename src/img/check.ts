@@ -34,8 +34,6 @@ export interface CheckRun {
 export interface CheckOutput {
   /** Each line of the first check and then of the second (stderr in qemu-img), as it is found. */
   line: CheckReport;
-  /** Between the two checks of a repair: what the first fixed. */
-  repaired?(r: { leaks: number; corruptions: number }): void;
 }
 
 /** Output nobody reads (the engine returns only the ImageCheck). */
@@ -75,7 +73,6 @@ export async function checkNode(bs: BlockNode, filename: string, fix: { leaks: b
   const run: CheckRun = { check: toImageCheck(first, filename, bs.driver.name) };
   if (first.corruptionsFixed || first.leaksFixed) {
     run.repaired = { leaks: first.leaksFixed, corruptions: first.corruptionsFixed };
-    out.repaired?.(run.repaired);
     const second = await runFormatCheck(bs, { leaks: false, errors: false }, out.line);
     run.check = toImageCheck({ ...second, leaksFixed: first.leaksFixed, corruptionsFixed: first.corruptionsFixed }, filename, bs.driver.name);
   }

@@ -37,7 +37,6 @@ import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.j
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { be, findExtension, QCOW2_EXT_MAGIC_BITMAPS, QCOW2_EXT_MAGIC_CRYPTO_HEADER, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, QCOW2_INCOMPAT_DATA_FILE } from './header.js';
 import {
-  ALL_SUBCLUSTERS,
   entryClusterIndex,
   entryHasOffset,
   entryHi,
@@ -586,8 +585,9 @@ function countEntry(c: Ctx, table: Uint8Array, i: number, frag: boolean, pass: C
       if (!containsData) {
         res.messages.push(`${c.fix.errors ? 'Repairing' : 'ERROR'} offset=${offset.toString(16)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`);
         if (c.fix.errors) {
-          // fix_l2_entry_by_zero: the entry becomes a plain zero cluster.
-          writeL2Entry(table, i, ext, ext ? { hi: 0, lo: 0, zero: ALL_SUBCLUSTERS, alloc: 0 } : { hi: 0, lo: QCOW_OFLAG_ZERO, zero: 0, alloc: 0 });
+          // fix_l2_entry_by_zero: the entry loses its offset; with extended L2 allocated subclusters become zero and
+          // the others keep their state (an unallocated one still shows the backing file, 271).
+          writeL2Entry(table, i, ext, ext ? { hi: 0, lo: 0, zero: (bmHi | bmLo) >>> 0, alloc: 0 } : { hi: 0, lo: QCOW_OFLAG_ZERO, zero: 0, alloc: 0 });
           res.corruptions--;
           res.corruptionsFixed++;
           return true;

@@ -36,6 +36,7 @@ import {
   type CompressedDescriptor,
 } from './l2-entry.js';
 import { l1Offset, type Qcow2State } from './state.js';
+import { altHex, signalCorruption } from './metadata.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 
 /** QEMU's QCow2SubclusterType, with the L2_* values of l2-scan.ts. */
@@ -114,10 +115,11 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
   try {
     const data = slice.data;
     const kind = l2EntryKind(data, idx, ext);
-    const entryAt = () => `L2 table at ${hex(l2Offset)}, index ${hex(sliceIndex * s.l2SliceSize + idx)}`;
-    const hostOf = (): number => {
+    // QEMU's notices name the table and the entry's index in its slice (qcow2_get_host_offset).
+    const entryAt = () => `L2 offset: ${hex(l2Offset)}, L2 index: ${altHex(idx)}`;
+    const hostOf = async (): Promise<number> => {
       const h = l2HostOffset(data, idx, ext);
-      if (h % cs !== 0) throw corrupt(s, `Cluster allocation offset ${hex(h)} unaligned (${entryAt()}, guest offset ${hex(offset)})`);
+      if (h % cs !== 0) throw await signalCorruption(s, `Cluster allocation offset ${hex(h)} unaligned (${entryAt()})`);
       return h;
     };
 
@@ -151,7 +153,8 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
       const allocBits = l2AllocBitmap(data, idx);
       const offsetSet = hostZeroAllocated || entryHasOffset(entryHi(data, p), entryLo(data, p));
       if ((zeroBits & allocBits) !== 0 || (!offsetSet && allocBits !== 0)) {
-        throw corrupt(s, `Invalid cluster entry found (${entryAt()}, guest offset ${hex(offset)})`);
+        // QEMU's read path words it with two spaces before the parenthesis.
+        throw await signalCorruption(s, `Invalid cluster entry found  (${entryAt()})`);
       }
       const typeOf = (sc: number): SubclusterType => {
         if ((zeroBits >>> sc) & 1) return offsetSet ? L2_ZERO_ALLOC : L2_ZERO_PLAIN;
@@ -163,7 +166,7 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
       let sc = first + 1;
       while (sc < 32 && sc * s.subclusterSize < inCluster + bytes && typeOf(sc) === t) sc++;
       const run = Math.min(bytes, sc * s.subclusterSize - inCluster);
-      const host = hasHost(t) ? hostOf() + inCluster : 0;
+      const host = hasHost(t) ? (await hostOf()) + inCluster : 0;
       return { type: t, bytes: run, host, toSliceEnd: false };
     }
 
@@ -171,7 +174,7 @@ async function mapPiece(s: Qcow2State, offset: number, bytes: number): Promise<P
     const end = Math.min(s.l2SliceSize, idx + wanted);
     const n = l2FindRun(data, idx, end, ext, s.clusterBits, false);
     const type = kind as SubclusterType;
-    const host = hasHost(type) ? hostOf() + inCluster : 0;
+    const host = hasHost(type) ? (await hostOf()) + inCluster : 0;
     return { type, bytes: Math.min(bytes, n * cs - inCluster), host, toSliceEnd: idx + n === s.l2SliceSize };
   } finally {
     s.l2Cache.release(slice);

@@ -265,6 +265,17 @@ export function l2EntryIsZero(e: L2Entry): boolean {
   return (e.lo & QCOW_OFLAG_ZERO) !== 0;
 }
 
+/**
+ * Whether an extended entry's bitmap is invalid (QEMU's
+ * QCOW2_SUBCLUSTER_INVALID): a subcluster both zero and allocated, or
+ * allocation bits on a cluster with no host offset (`hasHost`). A compressed
+ * entry's bitmap is unused and never invalid.
+ */
+export function l2BitmapInvalid(e: L2Entry, hasHost: boolean): boolean {
+  if (l2EntryIsCompressed(e)) return false;
+  return hasHost ? (e.zero & e.alloc) !== 0 : e.alloc !== 0;
+}
+
 /** Subclusters [a, b) as a bitmap half (0 when b <= a). */
 export function subclusterMask(a: number, b: number): number {
   if (b <= a) return 0;

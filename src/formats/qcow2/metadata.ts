@@ -106,6 +106,25 @@ export async function markCorrupt(s: Qcow2State, what: string): Promise<BlockErr
 }
 
 /**
+ * QEMU's qcow2_signal_corruption(fatal=true) for a problem a request found:
+ * fatal (markCorrupt) when the image is writable; on a read-only image the
+ * notice says "Image is corrupt" once and the request fails with EIO.
+ */
+export async function signalCorruption(s: Qcow2State, what: string): Promise<BlockError> {
+  if (!s.file.readOnly) return markCorrupt(s, what);
+  if (!s.rw.signaledCorruption) {
+    s.rw.signaledCorruption = true;
+    s.warn?.(`qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`);
+  }
+  return new BlockError('EIO', `${s.image}: image is corrupt: ${what}`);
+}
+
+/** printf's %#x: "0" for zero, else 0x and the hex digits (QEMU's corruption notices). */
+export function altHex(n: number): string {
+  return n === 0 ? '0' : hex(n);
+}
+
+/**
  * Writes header fields `fields` as `h` has them (default: the in-memory
  * header) in one request; header.ts encodes them. The caller flushes and,
  * when `h` is not `s.header`, adopts the new values once the write is stable.

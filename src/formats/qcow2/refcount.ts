@@ -446,6 +446,21 @@ export function freeClustersDeferred(s: Qcow2State, offset: number, bytes: numbe
   if (bytes > 0) s.rw.deferredFrees.push({ offset, bytes, l2Table, type });
 }
 
+/**
+ * Whether a queued decrement would free a host cluster (its refcount is 1):
+ * QEMU frees at once, so its next allocation may reuse the cluster (271).
+ */
+export async function deferredFreesRelease(s: Qcow2State): Promise<boolean> {
+  const cs = s.clusterSize;
+  // Several queued decrements may hit one cluster (compressed clusters share host clusters).
+  const pending = new Map<number, number>();
+  for (const f of s.rw.deferredFrees) {
+    for (let c = Math.floor(f.offset / cs); c * cs < f.offset + f.bytes; c++) pending.set(c, (pending.get(c) ?? 0) + 1);
+  }
+  for (const [c, n] of pending) if ((await getRefcount(s, c)) <= n) return true;
+  return false;
+}
+
 /** Performs the queued decrements; the caller has made the tables that dropped them stable. */
 export async function applyDeferredFrees(s: Qcow2State): Promise<void> {
   const list = s.rw.deferredFrees;

@@ -129,6 +129,8 @@ export interface Qcow2RwState {
    * which drops the node's driver): every later request fails with ENOMEDIUM.
    */
   unusable: boolean;
+  /** A non-fatal corruption was reported (QEMU's signaled_corruption): later ones are quiet. */
+  signaledCorruption: boolean;
   /** The header's dirty bit is set on disk by us (lazy refcounts). */
   dirtyBitSet: boolean;
   /** The header was prepared for writing (autoclear bits cleared). */
@@ -164,6 +166,7 @@ export function newRwState(clusterSize: number): Qcow2RwState {
     allocs: new Set(),
     corrupt: false,
     unusable: false,
+    signaledCorruption: false,
     dirtyBitSet: false,
     headerPrepared: false,
     l2InPlaceChecked: new Set(),

@@ -42,6 +42,7 @@ import {
   emptyL2Entry,
   encodeCompressedEntry,
   entryHasOffset,
+  l2BitmapInvalid,
   l2EntryHost,
   l2EntryIsCompressed,
   l2EntryIsCopied,
@@ -56,9 +57,9 @@ import {
   writeL2Entry,
   type L2Entry,
 } from './l2-entry.js';
-import { allocateBytes, allocateClusters, freeClustersDeferred, getRefcount, updateRefcount } from './refcount.js';
+import { allocateBytes, allocateClusters, deferredFreesRelease, freeClustersDeferred, getRefcount, updateRefcount } from './refcount.js';
 import { flushMetadata, getL2ForWrite, growL1, setL1Entry } from './l1.js';
-import { checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
+import { altHex, checkDataOverlap, checkNotCorrupt, markCorrupt, setDirtyBit, syncFile, writeAutoclearFeatures, writeHeaderFields } from './metadata.js';
 import { qcow2Read } from './read.js';
 import { mapRun } from './cluster-map.js';
 import { qcow2TruncateBitmapsCheck } from './bitmaps.js';
@@ -100,6 +101,19 @@ function classify(s: Qcow2State, e: L2Entry, a: number, b: number): Cls {
 export async function checkHostAligned(s: Qcow2State, host: number, guest: number): Promise<void> {
   if (host % s.clusterSize !== 0) {
     throw await markCorrupt(s, `Cluster allocation offset ${hex(host)} unaligned (guest offset ${hex(guest)})`);
+  }
+}
+
+/**
+ * Every cluster a write touches must have a valid bitmap before anything is
+ * written (QEMU's calculate_l2_meta); else the image is marked corrupt.
+ */
+async function checkBitmapsValid(s: Qcow2State, d: Uint8Array, l2Off: number, idx0: number, n: number): Promise<void> {
+  for (let j = 0; j < n; j++) {
+    const e = readL2Entry(d, idx0 + j, true);
+    if (l2BitmapInvalid(e, hasHost(s, e))) {
+      throw await markCorrupt(s, `Invalid cluster entry found (L2 offset: ${hex(l2Off)}, L2 index: ${altHex(idx0 + j)})`);
+    }
   }
 }
 
@@ -238,6 +252,9 @@ async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: nu
   const regionStart = guest0 + (ext ? r0[0] * scs : 0);
   const regionEnd = guest0 + (n - 1) * cs + (ext ? rn[1] * scs : cs);
 
+  // Clusters an earlier write let go are free again before this allocation, as in QEMU (which frees them at once and
+  // orders the refcount write after the L2 table's); here the tables are made stable first, then the frees applied.
+  if (s.dataFile === s.file && !s.rw.dirtyBitSet && (await deferredFreesRelease(s))) await flushMetadata(s);
   const host = s.dataFile !== s.file ? guest0 : await allocateClusters(s, n);
   await writeCompleted(bs, s, regionStart, regionEnd, off, data, host + (regionStart - guest0));
 
@@ -304,6 +321,7 @@ export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, b
     const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
     try {
       const d = slice.data;
+      if (ext) await checkBitmapsValid(s, d, l2Off, idx0, maxClusters);
       const e0 = readL2Entry(d, idx0, ext);
       const cls = classify(s, e0, ...touched(0));
       let n = 1;
@@ -593,7 +611,8 @@ export async function qcow2PwriteZeroes(bs: BlockNode, s: Qcow2State, offset: nu
   const scs = s.subclusterSize;
   const end = offset + bytes;
   const headEnd = Math.min(end, Math.ceil(offset / scs) * scs);
-  const tailStart = end >= bs.totalBytes ? end : Math.max(headEnd, end - (end % scs));
+  // The generic layer cuts an unaligned tail off even at the image's end (271: a 35k zero write there sets 18 zero bits, not 32).
+  const tailStart = Math.max(headEnd, end - (end % scs));
   const partial = async (a: number, b: number): Promise<void> => {
     const start = a - (a % scs);
     const stop = Math.min(start + scs, bs.totalBytes);
@@ -611,9 +630,18 @@ export async function qcow2PwriteZeroes(bs: BlockNode, s: Qcow2State, offset: nu
     }
     await writeZeroBuffer(bs, s, a, b - a);
   };
+  // A piece that ends the image has nothing after it to check (QEMU's qcow2_co_pwrite_zeroes drops the tail there).
+  const atEnd = async (a: number, b: number): Promise<void> => {
+    try {
+      await qcow2ZeroRange(bs, s, a, b - a, mayUnmap);
+    } catch (e) {
+      if (!(e instanceof BlockError && e.code === 'ENOTSUP')) throw e;
+      await writeZeroBuffer(bs, s, a, b - a);
+    }
+  };
   if (headEnd > offset) await partial(offset, headEnd);
   if (tailStart > headEnd) await qcow2ZeroRange(bs, s, headEnd, tailStart - headEnd, mayUnmap);
-  if (end > tailStart) await partial(tailStart, end);
+  if (end > tailStart) await (end >= bs.totalBytes ? atEnd : partial)(tailStart, end);
 }
 
 /** Explicit zeros over guest [offset, offset + bytes). */
@@ -644,6 +672,56 @@ async function zeroFill(bs: BlockNode, s: Qcow2State, start: number, end: number
   if (end > alignedEnd) await writeZeroBuffer(bs, s, alignedEnd, end - alignedEnd);
 }
 
+/**
+ * Growing with preallocation (QEMU's preallocate_co for 'metadata', the
+ * falloc/full branch of qcow2_co_truncate): every cluster of the new area,
+ * from the one holding the old end, gets a host cluster with COPIED.
+ * 'metadata' keeps clusters that already have one and leaves extended
+ * bitmaps alone (new subclusters are unallocated, reading zeros or the
+ * backing file until zeroFill hides it); falloc/full give every such cluster
+ * a new one, its subclusters all allocated when a backing file must be
+ * hidden. The old end's cluster keeps its bytes below the old size (copied
+ * into a new cluster); the rest of each new cluster is zeros, written when
+ * the cluster lies inside the file, else from growing the file with the mode.
+ */
+async function preallocateGrow(bs: BlockNode, s: Qcow2State, old: number, size: number, prealloc: PreallocMode, hideBacking: boolean): Promise<void> {
+  const cs = s.clusterSize;
+  const ext = s.extendedL2;
+  const data = prealloc !== 'metadata';
+  const start = old - (old % cs);
+  const fileEnd = s.file.totalBytes;
+  let hostEnd = fileEnd;
+  await modifyEntries(s, start, Math.ceil(size / cs) * cs - start, true, async (d, idx, _a, _b, guest) => {
+    const e = readL2Entry(d, idx, ext);
+    if (!data && hasHost(s, e) && l2EntryIsCopied(e)) return false;
+    const host = await allocateClusters(s, 1);
+    const head = Math.max(0, Math.min(old, guest + cs) - guest);
+    if (host < fileEnd || head > 0) {
+      const buf = allocBuffer(cs);
+      try {
+        buf.fill(0);
+        if (head > 0) await readCurrent(bs, s, guest, buf.subarray(0, head));
+        await checkDataOverlap(s, host, cs);
+        await writeData(s, guest, host, buf);
+      } finally {
+        freeBuffer(buf);
+      }
+    }
+    hostEnd = Math.max(hostEnd, host + cs);
+    const n = standardL2Entry(host);
+    if (ext) {
+      // A compressed cluster's bytes were just written out plainly: all of them count.
+      const allocAll = (data && hideBacking) || l2EntryIsCompressed(e);
+      n.alloc = allocAll ? ALL_SUBCLUSTERS : e.alloc;
+      n.zero = allocAll ? 0 : e.zero;
+    }
+    writeL2Entry(d, idx, ext, n);
+    freeOld(s, e, 'never');
+    return true;
+  });
+  if (hostEnd > s.file.totalBytes) await bdrvTruncate(s.file, hostEnd, false, data ? prealloc : 'off');
+}
+
 async function writeHeaderSize(s: Qcow2State, size: number): Promise<void> {
   await writeHeaderFields(s, ['size'], { ...s.header, size });
   await syncFile(s);
@@ -658,12 +736,15 @@ async function writeHeaderSize(s: Qcow2State, size: number): Promise<void> {
  * end and the L2 tables past the new L1 size.
  */
 export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, prealloc: PreallocMode): Promise<void> {
-  if (prealloc !== 'off') throw new BlockError('ENOTSUP', `${s.image}: Preallocation mode '${prealloc}' is not supported when resizing qcow2 images`);
+  if (prealloc !== 'off' && s.dataFile !== s.file) {
+    throw new BlockError('ENOTSUP', `${s.image}: Preallocation mode '${prealloc}' is not supported when resizing qcow2 images with an external data file`);
+  }
   if (size % 512 !== 0) throw new BlockError('EINVAL', `${s.image}: The new size must be a multiple of 512`);
   // v3 snapshots record their own disk size, so the active image may change size under them (as QEMU >= 5.0).
   if (s.snapshots.length && s.header.version < 3) throw new BlockError('ENOTSUP', "Can't resize a v2 image which has snapshots");
   const cs = s.clusterSize;
   const old = s.header.size;
+  if (size < old && prealloc !== 'off') throw new BlockError('ENOTSUP', `${s.image}: Preallocation can't be used for shrinking an image`);
   // QEMU writes the header's size field even when it does not change (a write the file node's statistics show).
   if (size === old) return writeHeaderSize(s, size);
   // Stored bitmaps follow the disk only when they are in memory and usable (they are stored at the new size on close).
@@ -673,7 +754,10 @@ export async function qcow2Truncate(bs: BlockNode, s: Qcow2State, size: number, 
     await writeHeaderSize(s, size);
     bs.totalBytes = size;
     const backing = bs.cowNode();
-    if (backing && backing.totalBytes > old) await zeroFill(bs, s, old, Math.min(size, backing.totalBytes));
+    const hideBacking = backing !== null && backing.totalBytes > old;
+    if (prealloc !== 'off') await preallocateGrow(bs, s, old, size, prealloc, hideBacking);
+    // Data preallocation leaves every new subcluster allocated over zeros when a backing file would show through.
+    if (hideBacking && (prealloc === 'off' || prealloc === 'metadata')) await zeroFill(bs, s, old, Math.min(size, backing.totalBytes));
     return;
   }
   // The size switches first (one sector write): a crash before it leaves the old disk, after it the
