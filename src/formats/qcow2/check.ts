@@ -135,7 +135,7 @@ function hex64(hi: number, lo: number): string {
 }
 
 /**
- * Where the check's messages go (swapped for the recount after a rebuild),
+ * Where the check's lines go (nowhere when qemu-img would not show them),
  * and how many writes it made so far: a finding computed from bytes read
  * earlier is only reused while no write came in between.
  */
