@@ -39,10 +39,11 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
     bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false, driverOptions: repairing ? { check: true } : undefined });
     let run;
     // The check's lines go out as they are found (an image can make millions: none is kept), in
-    // writes of up to 64 KiB, flushed before anything else is printed.
+    // writes of up to 64 KiB that wait for a slow reader, flushed before anything else is printed.
     let pending = '';
+    const write = out.stderrBlocking ?? out.stderr;
     const flush = () => {
-      if (pending) out.stderr(pending);
+      if (pending) write(pending);
       pending = '';
     };
     try {
