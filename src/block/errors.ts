@@ -34,7 +34,8 @@ export type BlockErrorCode =
   | 'ECORRUPT'
   | 'ECANCELED'
   | 'ENOMEM'
-  | 'ENOMEDIUM';
+  | 'ENOMEDIUM'
+  | 'EAGAIN';
 
 export type ErrorWording = 'detailed' | 'qemu';
 
@@ -159,6 +160,8 @@ export function describeCode(code: BlockErrorCode): string {
       return 'Cannot allocate memory';
     case 'ENOMEDIUM':
       return 'No medium found';
+    case 'EAGAIN':
+      return 'Resource temporarily unavailable';
     default:
       return 'Input/output error';
   }

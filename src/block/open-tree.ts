@@ -27,7 +27,7 @@ export interface OpenTreeOptions {
   format?: string;
   /** Extra options for the top node's driver (noIo, check). */
   driverOptions?: Record<string, unknown>;
-  warn?: (message: string) => void;
+  warn?: (message: string, kind?: 'report') => void;
 }
 
 /** Keys every node takes that are the block layer's business, not its driver's. */

@@ -45,8 +45,8 @@ export interface Storage {
 /** How a node was opened; kept on the node so drivers can open sibling files (data files). */
 export interface OpenContext {
   storage: Storage;
-  /** Receives warnings (raw guessed, …) as QEMU prints them. */
-  warn: (message: string) => void;
+  /** Receives warnings (raw guessed, …) as QEMU prints them; 'report' marks an error_report line (the tool's name goes first). */
+  warn: (message: string, kind?: 'report') => void;
 }
 
 export interface OpenImageOptions {
@@ -58,7 +58,7 @@ export interface OpenImageOptions {
   /** Driver options for the format node (raw's offset/size, qcow2's l2-cache-size, …). */
   driverOptions?: Record<string, unknown>;
   /** Receives warnings; by default they are dropped. */
-  warn?: (message: string) => void;
+  warn?: (message: string, kind?: 'report') => void;
   /** Node name for the top node. */
   nodeName?: string;
   /** The backing image's format, overriding the one the image names (QEMU's `backing.driver` option). */

@@ -21,12 +21,14 @@ export function progName(): string {
 /**
  * Where the engine's warnings about an image go in the CLI: standard error,
  * a `warning: ` line prefixed with the tool's name as QEMU's warn_report does
- * (other lines, like qcow2's corruption notice, print as they are).
+ * (other lines, like qcow2's corruption notice, print as they are). A
+ * `report` is QEMU's error_report of a failure the command goes on to report
+ * in its own words: prefixed with the tool's name too.
  */
-export function warnLine(message: string): string {
-  return `${message.startsWith('warning: ') ? `${progName()}: ` : ''}${message}\n`;
+export function warnLine(message: string, kind?: 'report'): string {
+  return `${kind === 'report' || message.startsWith('warning: ') ? `${progName()}: ` : ''}${message}\n`;
 }
 
-export function cliWarn(message: string): void {
-  process.stderr.write(warnLine(message));
+export function cliWarn(message: string, kind?: 'report'): void {
+  process.stderr.write(warnLine(message, kind));
 }

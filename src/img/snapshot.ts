@@ -12,6 +12,7 @@ const ERRNO: Partial<Record<BlockErrorCode, number>> = {
   EPERM: 1,
   ENOENT: 2,
   EIO: 5,
+  EAGAIN: 11,
   ENOMEM: 12,
   EACCES: 13,
   EBUSY: 16,

@@ -157,10 +157,17 @@ describe('qcow2 bad input: each a BlockError naming image, structure and offset'
     poke(f, 60, u32(65537));
     expect((await openErr(f)).message).toMatch(/Snapshot table too large: too many snapshots .* at 0x3c/);
     expect(qemuRefuses(f)).toMatch(/Snapshot table too large/);
+    // A table past the end of the file reads as zeros, as qemu-img reads it (iotest 080); nothing is written from it.
     const g = makeImage();
     poke(g, 60, u32(3));
     poke(g, 64, u64(1 << 30));
-    expect((await openErr(g)).message).toMatch(/Snapshot table at 0x40000000 .*extends beyond the end of the file/);
+    expect(qemuImgRun(['info', g]).status).toBe(0);
+    const bs = await openImage(st, g, { format: 'qcow2', readOnly: false });
+    try {
+      expect(bs.driver.listSnapshots?.(bs)).toHaveLength(3);
+    } finally {
+      await closeNode(bs);
+    }
   });
 
   it('refcount_order above 6', async () => {
@@ -247,8 +254,9 @@ describe('qcow2 bad input: each a BlockError naming image, structure and offset'
     const newHi = (hi & ~0x3fffff) | 0x0; // clear offset bits 32..53
     poke(f, entryAt, [...u32(newHi >>> 0), ...u32(0x40000000)]);
     const err = await readErr(f, 1 << 20, 4096);
-    expect(err.code).toBe('ECORRUPT');
-    expect(err.message).toMatch(/compressed cluster for guest offset 0x100000 at host offset 0x40000000 .*beyond the end of the file/);
+    // As QEMU: bytes past the end of the file read as zeros, which do not decompress (EIO).
+    expect(err.code).toBe('EIO');
+    expect(err.message).toMatch(/cluster for guest offset 0x100000 at host offset 0x40000000 \(\d+ bytes, \d+ of them past the end of the file \(\d+ bytes\)\)/);
   });
 
   it('compressed data that does not decompress', async () => {

@@ -250,7 +250,7 @@ class CliIoHost implements IoHost {
     }
     let root: BlockNode;
     try {
-      root = await openTree(this.storage, tree, { readOnly: readOnly || req.snapshot, warn: (m) => this.output.err(warnLine(m)) });
+      root = await openTree(this.storage, tree, { readOnly: readOnly || req.snapshot, warn: (m, kind) => this.output.err(warnLine(m, kind)) });
     } catch (e) {
       // Driver messages start with the image name; qemu-io's "can't open device NAME: " names it already.
       if (e instanceof Error && path !== undefined && e.message.startsWith(`${path}: `)) e.message = e.message.slice(path.length + 2);
@@ -266,7 +266,7 @@ class CliIoHost implements IoHost {
         await createImage(this.storage, plan);
         // The overlay's backing is the node already open, with the options it was opened with
         // (a luks key-secret, json: children): QEMU's temporary snapshot stacks on the open node.
-        const overlay = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, backing: false, warn: (m) => this.output.err(warnLine(m)) });
+        const overlay = await openImage(this.storage, temp, { format: 'qcow2', readOnly: false, backing: false, warn: (m, kind) => this.output.err(warnLine(m, kind)) });
         overlay.attach(root, 'backing');
         overlay.autoBackingFile = root.filename;
         root = overlay;

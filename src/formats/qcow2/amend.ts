@@ -11,7 +11,7 @@
  * the file and flushed before one header write switches to them; zero
  * clusters get their data (and refcounts) before the L2 entries change.
  */
-import { BlockError } from '../../block/errors.js';
+import { BlockError, describeCode } from '../../block/errors.js';
 import type { BlockNode } from '../../block/node.js';
 import type { AmendStatus } from '../../block/driver.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
@@ -44,6 +44,7 @@ import {
   writeL2Entry,
 } from './l2-entry.js';
 import { getRefcountEntry, putReftableEntry, refcountsPerBlock, setRefcountEntry } from './refcount-codec.js';
+import { validateSnapshotL1 } from './snapshot-table.js';
 import { QCOW_MAX_REFTABLE_SIZE } from './validate.js';
 import { luksAreaIo, QCOW_CRYPT_LUKS } from './crypto.js';
 import { luksAmend, luksAmendParams } from '../../crypto/luks-amend.js';
@@ -312,7 +313,20 @@ async function expandZeroClusters(bs: BlockNode, s: Qcow2State, status?: AmendSt
       await flushRefcounts(s);
     }
   };
-  for (const { offset, size } of l1s) {
+  for (const [k, { offset, size }] of l1s.entries()) {
+    if (k > 0) {
+      // QEMU's expand_zero_clusters checks each snapshot's table as it comes to it, reports its text, fails with the errno.
+      try {
+        validateSnapshotL1(s.snapshots[k - 1]!, cs, s.file.totalBytes, s.image);
+      } catch (e) {
+        if (!(e instanceof BlockError)) throw e;
+        s.warn?.(e.message, 'report');
+        throw new BlockError(e.code, `${s.image}: Failed to turn zero into data clusters: ${describeCode(e.code)}`, {
+          cause: e,
+          qemuMessage: `Failed to turn zero into data clusters: ${describeCode(e.code)}`,
+        });
+      }
+    }
     const l1 = new Uint8Array(size * 8);
     await bdrvPread(s.file, offset, l1.length, l1);
     for (let i = 0; i < size; i++) {
@@ -357,7 +371,9 @@ async function hasCompressedClusters(s: Qcow2State): Promise<boolean> {
   const cs = s.clusterSize;
   const l2 = new Uint8Array(cs);
   const l1s = [{ offset: s.header.l1TableOffset, size: s.l1Size }, ...s.snapshots.map((sn) => ({ offset: sn.l1TableOffset, size: sn.l1Size }))];
-  for (const { offset, size } of l1s) {
+  for (const [k, { offset, size }] of l1s.entries()) {
+    // Each snapshot's table is checked before it is read (nothing is allocated from a bad size).
+    if (k > 0) validateSnapshotL1(s.snapshots[k - 1]!, cs, s.file.totalBytes, s.image);
     const l1 = new Uint8Array(size * 8);
     await bdrvPread(s.file, offset, l1.length, l1);
     for (let i = 0; i < size; i++) {

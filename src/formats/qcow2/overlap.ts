@@ -26,7 +26,7 @@ import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvPread } from '../../block/io.js';
 import { QCOW2_EXT_MAGIC_BITMAPS } from './header.js';
 import { decodeReftable } from './refcount-codec.js';
-import { serializeSnapshotTable } from './snapshot-table.js';
+import { serializeSnapshotTable, validateSnapshotL1 } from './snapshot-table.js';
 import { l1Offset, type Qcow2State } from './state.js';
 import { l1EntryOffset } from './l2-entry.js';
 
@@ -151,8 +151,10 @@ export async function checkMetadataOverlap(s: Qcow2State, ign: number, offset: n
   }
   if (chk & QCOW2_OL_INACTIVE_L2) {
     for (const sn of s.snapshots) {
+      // QEMU's check fails the write when a snapshot's L1 table is invalid (the request cannot be proven safe).
+      validateSnapshotL1(sn, cs, s.file.totalBytes, s.image);
       const l1 = new Uint8Array(sn.l1Size * 8);
-      if (!l1.length || sn.l1TableOffset + l1.length > s.file.totalBytes) continue;
+      if (!l1.length) continue;
       await bdrvPread(s.file, sn.l1TableOffset, l1.length, l1);
       for (let i = 0; i < sn.l1Size; i++) {
         const o = l1EntryOffset(l1, i);

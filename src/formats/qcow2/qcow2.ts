@@ -280,7 +280,9 @@ export const qcow2Driver: BlockDriver = {
     if (h.incompatibleFeatures & QCOW2_INCOMPAT_CORRUPT) s.rw.corrupt = true;
     s.l2Cache = new L2Cache(geo.entrySize, geo.slices, makeSliceLoader(s));
 
-    s.snapshots = await readSnapshotTable(file, h, image);
+    const table = { pastEof: false };
+    s.snapshots = await readSnapshotTable(file, h, image, table);
+    if (table.pastEof) s.snapshotTablePastEof = true;
     s.bitmaps = await readBitmapDirectory(file, h, image);
 
     // A name, or a node the options tree opened (a filter over the data file).

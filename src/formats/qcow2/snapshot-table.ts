@@ -45,11 +45,13 @@ const enc = new TextEncoder();
 
 /**
  * Reads and checks the table of `h` from `file`. Every size is bounded by
- * QEMU's limits before anything is allocated from it.
+ * QEMU's limits before anything is allocated from it. What lies past the end
+ * of the file reads as zeros, as in QEMU (a zero entry is a valid, empty one);
+ * `status.pastEof` then says so, and the snapshot code refuses to write from
+ * such a table.
  */
-export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string): Promise<Qcow2Snapshot[]> {
+export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: string, status?: { pastEof: boolean }): Promise<Qcow2Snapshot[]> {
   const out: Qcow2Snapshot[] = [];
-  const clusterSize = 2 ** h.clusterBits;
   const fileSize = file.totalBytes;
   let pos = h.snapshotsOffset;
   const head = new Uint8Array(SNAPSHOT_HEADER_SIZE);
@@ -59,8 +61,7 @@ export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: 
       throw new BlockError(code, `${image}: snapshot table entry ${i} at ${hex(at)}: ${msg}`);
     };
     if (pos + SNAPSHOT_HEADER_SIZE - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
-    if (pos + SNAPSHOT_HEADER_SIZE > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
-    await bdrvPread(file, pos, SNAPSHOT_HEADER_SIZE, head);
+    await readZeroPastEof(file, pos, head, status);
     const idSize = be.u16(head, 12);
     const nameSize = be.u16(head, 14);
     const extraSize = be.u32(head, 36);
@@ -68,9 +69,8 @@ export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: 
     const bodyBytes = extraSize + idSize + nameSize;
     const entryEnd = pos + SNAPSHOT_HEADER_SIZE + bodyBytes;
     if (entryEnd - h.snapshotsOffset > QCOW_MAX_SNAPSHOTS_SIZE) fail('Snapshot table exceeds the maximum size', 'EFBIG');
-    if (entryEnd > fileSize) fail(`extends beyond the end of the file (${fileSize} bytes)`);
     const body = new Uint8Array(bodyBytes);
-    await bdrvPread(file, pos + SNAPSHOT_HEADER_SIZE, bodyBytes, body);
+    await readZeroPastEof(file, pos + SNAPSHOT_HEADER_SIZE, body, status);
 
     const vmState32 = be.u32(head, 32);
     const sn: Qcow2Snapshot = {
@@ -92,13 +92,23 @@ export async function readSnapshotTable(file: BlockNode, h: Qcow2Header, image: 
       const lo = be.u32(body, 20);
       sn.icount = hi === 0xffffffff && lo === 0xffffffff ? undefined : be.u64(body, 16);
     }
-    if (sn.l1TableOffset % clusterSize !== 0) fail(`Snapshot L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`);
-    if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail(`Snapshot L1 table too large (${sn.l1Size} entries)`, 'EFBIG');
-    if (sn.l1TableOffset + sn.l1Size * 8 > fileSize) fail(`Snapshot L1 table at ${hex(sn.l1TableOffset)} extends beyond the end of the file`);
+    // A bad L1 table of one snapshot does not keep the image from opening (QEMU's
+    // qcow2_read_snapshots does not look at it): every use checks it first
+    // (validateSnapshotL1), and check reports it.
     out.push(sn);
     pos = entryEnd + ((8 - (entryEnd % 8)) % 8);
   }
   return out;
+}
+
+/** Reads `buf.length` bytes at `offset`; the part past the end of the file is zeros (and noted in `status`). */
+async function readZeroPastEof(file: BlockNode, offset: number, buf: Uint8Array, status?: { pastEof: boolean }): Promise<void> {
+  const inFile = Math.max(0, Math.min(buf.length, file.totalBytes - offset));
+  if (inFile > 0) await bdrvPread(file, offset, inFile, buf.subarray(0, inFile));
+  if (inFile < buf.length) {
+    buf.fill(0, inFile);
+    if (status) status.pastEof = true;
+  }
 }
 
 /** Serializes the table (entries padded to 8 bytes), as the snapshot code will write it. */
@@ -151,4 +161,25 @@ export function snapshotInfo(sn: Qcow2Snapshot): SnapshotInfo {
     icount: sn.icount,
     diskSize: sn.diskSize,
   };
+}
+
+/**
+ * QEMU's qcow2_validate_table for a snapshot's L1 table, before anything reads
+ * it or writes from it: not too large, cluster-aligned, and (blocktab's own
+ * check, which QEMU leaves to the short read) within the file. Throws with
+ * QEMU's text ("Snapshot L1 table offset invalid") as qemuMessage.
+ */
+export function validateSnapshotL1(sn: Qcow2Snapshot, clusterSize: number, fileSize: number, image: string): void {
+  const what = `${image}: snapshot ${sn.idStr} ('${sn.name}')`;
+  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) {
+    throw new BlockError('EFBIG', `${what}: L1 table too large (${sn.l1Size} entries)`, { qemuMessage: 'Snapshot L1 table too large' });
+  }
+  if (sn.l1TableOffset % clusterSize !== 0) {
+    throw new BlockError('EINVAL', `${what}: L1 table offset ${hex(sn.l1TableOffset)} is not cluster-aligned`, {
+      qemuMessage: 'Snapshot L1 table offset invalid',
+    });
+  }
+  if (sn.l1Size > 0 && sn.l1TableOffset + sn.l1Size * 8 > fileSize) {
+    throw new BlockError('EINVAL', `${what}: L1 table at ${hex(sn.l1TableOffset)} (${sn.l1Size * 8} bytes) extends beyond the end of the file (${fileSize} bytes)`);
+  }
 }

@@ -38,9 +38,9 @@ import { BlockError, describeCode, hex } from '../../block/errors.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPdiscard, bdrvPread, bdrvPwrite } from '../../block/io.js';
-import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
-import { serializeSnapshotTable, type Qcow2Snapshot } from './snapshot-table.js';
-import { allocateClusters, flushRefcounts, getRefcount, updateRefcount } from './refcount.js';
+import { QCOW_MAX_REFTABLE_SIZE, QCOW_MAX_SNAPSHOTS, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
+import { serializeSnapshotTable, validateSnapshotL1 as validateL1, type Qcow2Snapshot } from './snapshot-table.js';
+import { allocateClusters, flushRefcounts, getRefcount, loadRefcountTable, refblockEntries, updateRefcount } from './refcount.js';
 import { flushMetadata, growL1 } from './l1.js';
 import { QCOW2_OL_ACTIVE_L1 } from './overlap.js';
 import { checkNotCorrupt, invalidateMetadata, markCorrupt, preWriteOverlapCheck, removeMetadata, syncFile, withLock, writeHeaderFields } from './metadata.js';
@@ -113,6 +113,13 @@ function checkSupported(bs: BlockNode, s: Qcow2State, what: string): void {
   // QEMU refuses internal snapshots with an external data file: the data clusters have no refcounts.
   if (s.dataFile !== s.file) fail('ENOTSUP', s, `cannot ${what} a snapshot: internal snapshots are not supported with an external data file`);
   checkNotCorrupt(s);
+}
+
+/** Nothing is written from a snapshot table that was partly read as zeros past the end of the file (state.ts). */
+function refuseTablePastEof(s: Qcow2State, what: string): void {
+  if (s.snapshotTablePastEof) {
+    fail('EINVAL', s, `cannot ${what}: the snapshot table at ${hex(s.header.snapshotsOffset)} extends beyond the end of the file (${s.file.totalBytes} bytes)`);
+  }
 }
 
 // ------------------------------------------------------------ refcounts
@@ -219,6 +226,24 @@ class RefDeltas {
  * addend >= 0 a changed `l1` is written back in place (a table to be dropped
  * is not). L2 tables whose refcount drops to 0 leave the cache unwritten.
  */
+/**
+ * A data cluster that a new reference would need a new refcount block for
+ * (it lies past every cluster the refcount table covers: a corrupt L2 entry).
+ * QEMU's update_refcount then makes the block, hooks it up and gives up with
+ * EAGAIN (its allocator's "search again"), which the snapshot code reports as
+ * such. blocktab gives the same errno without writing the block; a refcount
+ * table that cannot grow that far is left to updateRefcount (EFBIG, as QEMU).
+ */
+function refuseMissingRefblock(s: Qcow2State, table: Float64Array, host: number, l2: number, index: number): void {
+  const block = Math.floor(host / s.clusterSize / refblockEntries(s));
+  if (block < table.length && table[block]) return;
+  if (block * 8 >= QCOW_MAX_REFTABLE_SIZE) return;
+  throw new BlockError(
+    'EAGAIN',
+    `${s.image}: data cluster ${hex(host)} (L2 table at ${hex(l2)}, index ${hex(index)}) has no refcount block; refusing to create one for a new reference`,
+  );
+}
+
 async function updateSnapshotRefcount(s: Qcow2State, l1: Uint8Array, l1Size: number, addend: -1 | 0 | 1, l1TableOffset: number): Promise<void> {
   const cs = s.clusterSize;
   const stride = s.l2EntryBytes;
@@ -249,6 +274,7 @@ async function updateSnapshotRefcount(s: Qcow2State, l1: Uint8Array, l1Size: num
             if (host % cs !== 0) {
               throw await markCorrupt(s, `Cluster allocation offset ${hex(host)} unaligned (L2 offset: ${hex(l2)}, L2 index: ${hex(at / stride + j)})`);
             }
+            if (addend > 0) refuseMissingRefblock(s, s.refcountTable ?? (await loadRefcountTable(s)), host, l2, at / stride + j);
             deltas.add(host, cs, addend);
           }
           await deltas.apply(s);
@@ -332,6 +358,7 @@ async function writeSnapshots(s: Qcow2State, list: Qcow2Snapshot[]): Promise<voi
  * (vm_state_size_large, disk_size, icount), as amend's upgrade needs.
  */
 export async function qcow2RewriteSnapshotTable(s: Qcow2State): Promise<void> {
+  refuseTablePastEof(s, 'rewrite the snapshot table');
   await begin(s);
   await writeSnapshots(s, s.snapshots.map((sn) => ({ ...sn, extraDataSize: Math.max(sn.extraDataSize, 24) })));
   await finish(s);
@@ -356,6 +383,7 @@ async function finish(s: Qcow2State): Promise<void> {
 export async function qcow2CreateSnapshot(bs: BlockNode, s: Qcow2State, req: NewSnapshot): Promise<Qcow2Snapshot> {
   checkSupported(bs, s, 'create');
   if (s.snapshots.length >= QCOW_MAX_SNAPSHOTS) fail('EFBIG', s, `Too many snapshots (at most ${QCOW_MAX_SNAPSHOTS})`);
+  refuseTablePastEof(s, 'create a snapshot');
   const nameBytes = enc.encode(req.name).length;
   if (nameBytes > 0xffff) fail('EINVAL', s, `snapshot name too long (${nameBytes} bytes)`);
   const now = Date.now();
@@ -402,7 +430,14 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
   const i = findSnapshotByIdOrName(s.snapshots, idOrName);
   if (i < 0) fail('ENOENT', s, `snapshot '${idOrName}' not found`);
   const sn = s.snapshots[i]!;
-  validateSnapshotL1(s, sn);
+  try {
+    validateSnapshotL1(s, sn);
+  } catch (e) {
+    // QEMU's qcow2_snapshot_goto reports the table's text, then fails with its errno only.
+    if (e instanceof BlockError) s.warn?.(e.message, 'report');
+    throw e;
+  }
+  refuseTablePastEof(s, 'apply a snapshot');
   if (sn.diskSize !== bs.totalBytes && s.bitmaps.length) {
     fail('ENOTSUP', s, `Can't resize an image with persistent dirty bitmaps (snapshot '${sn.name}' has another disk size)`);
   }
@@ -445,13 +480,7 @@ export async function qcow2ApplySnapshot(bs: BlockNode, s: Qcow2State, idOrName:
 
 /** QEMU's qcow2_validate_table for a snapshot's L1 table, before it is used. */
 function validateSnapshotL1(s: Qcow2State, sn: Qcow2Snapshot): void {
-  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
-  if (sn.l1TableOffset % s.clusterSize !== 0) {
-    fail('EINVAL', s, `Snapshot L1 table offset invalid: ${hex(sn.l1TableOffset)} is not cluster-aligned (snapshot '${sn.name}')`);
-  }
-  if (sn.l1Size > 0 && sn.l1TableOffset + sn.l1Size * 8 > s.file.totalBytes) {
-    fail('EINVAL', s, `Snapshot L1 table at ${hex(sn.l1TableOffset)} (snapshot '${sn.name}') extends beyond the end of the file`);
-  }
+  validateL1(sn, s.clusterSize, s.file.totalBytes, s.image);
 }
 
 // ------------------------------------------------------------- load tmp
@@ -466,10 +495,7 @@ export async function qcow2SnapshotLoadTmp(bs: BlockNode, s: Qcow2State, idOrNam
   const i = findSnapshotByIdOrName(s.snapshots, idOrName);
   if (i < 0) fail('ENOENT', s, `snapshot '${idOrName}' not found`);
   const sn = s.snapshots[i]!;
-  if (sn.l1Size > QCOW_MAX_L1_SIZE / 8) fail('EFBIG', s, `Snapshot L1 table too large (${sn.l1Size} entries)`);
-  if (sn.l1Size > 0 && (sn.l1TableOffset % s.clusterSize !== 0 || sn.l1TableOffset + sn.l1Size * 8 > s.file.totalBytes)) {
-    fail('ECORRUPT', s, `Snapshot '${sn.name}' L1 table at ${hex(sn.l1TableOffset)} is unaligned or beyond the end of the file`);
-  }
+  validateSnapshotL1(s, sn);
   const l1 = new Uint8Array(sn.l1Size * 8);
   if (l1.length) await bdrvPread(s.file, sn.l1TableOffset, l1.length, l1);
   s.l1Table = l1;
@@ -487,6 +513,7 @@ export async function qcow2DeleteSnapshot(bs: BlockNode, s: Qcow2State, id: stri
   if (i < 0) fail('ENOENT', s, `Can't find the snapshot (id ${id ?? '(any)'}, name ${name ?? '(any)'})`);
   const sn = s.snapshots[i]!;
   validateSnapshotL1(s, sn);
+  refuseTablePastEof(s, 'delete a snapshot');
   const list = s.snapshots.filter((_, k) => k !== i);
   await withLock(s, async () => {
     await begin(s);

@@ -14,7 +14,7 @@ export interface Qcow2State {
   /** Image name for messages. */
   image: string;
   /** Where QEMU's stderr lines about the image go (the corruption notice); the opener's warn. */
-  warn?: (message: string) => void;
+  warn?: (message: string, kind?: 'report') => void;
   header: Qcow2Header;
   clusterBits: number;
   clusterSize: number;
@@ -43,6 +43,12 @@ export interface Qcow2State {
   /** Refcount table (refcount block offsets), loaded on first use. */
   refcountTable: Float64Array | null;
   snapshots: Qcow2Snapshot[];
+  /**
+   * Part of the snapshot table lies past the end of the file and was read as
+   * zeros, as QEMU reads it: fine for reading, but nothing may rewrite the
+   * table or act on its entries (snapshot.ts refuses).
+   */
+  snapshotTablePastEof?: boolean;
   /** The bitmap directory as it is on disk (empty without a valid bitmaps extension). */
   bitmaps: Qcow2BitmapEntry[];
   /**
