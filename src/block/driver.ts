@@ -77,13 +77,18 @@ export interface CheckResult {
   allocatedClusters?: number;
   fragmentedClusters?: number;
   compressedClusters?: number;
-  /** Human-readable lines, as qemu-img prints them before the summary. */
-  messages: string[];
 }
 
 /**
- * A check message starting with this is an error report (QEMU's
- * error_report): the CLI prints the tool's name and ': ' in its place.
+ * Where a check's human-readable lines go, one call per line (no newline) in
+ * the order qemu-img prints them on stderr, as the check finds them. A check
+ * keeps none: an image can produce millions (one per leaked cluster).
+ */
+export type CheckReport = (line: string) => void;
+
+/**
+ * A check line starting with this is an error report (QEMU's error_report):
+ * the CLI prints the tool's name and ': ' in its place.
  */
 export const CHECK_REPORT_MARK = '\u0001';
 
@@ -381,9 +386,10 @@ export interface BlockDriver {
    * Consistency check, as `qemu-img check`. With `fix.leaks` / `fix.errors`
    * the node is writable (opened with the `check` option, so a corrupt image
    * still opens) and the driver repairs what it may; otherwise it only reads.
-   * Formats without a check leave this out (qemu-img's exit 63).
+   * Formats without a check leave this out (qemu-img's exit 63). Each line
+   * found goes to `report` at once (also before a failure is thrown).
    */
-  check?(bs: BlockNode, fix: { leaks: boolean; errors: boolean }): Promise<CheckResult>;
+  check?(bs: BlockNode, fix: { leaks: boolean; errors: boolean }, report: CheckReport): Promise<CheckResult>;
 
   /** Rewrites the backing file name and format in the image's metadata. */
   changeBackingFile?(bs: BlockNode, backingFile: string | null, backingFormat: string | null): Promise<void>;

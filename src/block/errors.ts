@@ -166,3 +166,9 @@ export function describeCode(code: BlockErrorCode): string {
       return 'Input/output error';
   }
 }
+
+/**
+ * A format's check stopped (QEMU's check returning -errno): after the lines
+ * it already reported, qemu-img prints "Check failed: <message>" and exits 1.
+ */
+export class CheckFailedError extends BlockError {}

@@ -1,5 +1,5 @@
 /** `blocktab check`: qemu-img check's options, output and exit codes (0, 1, 2, 3, 63). */
-import { isBlockError } from '../block/errors.js';
+import { CheckFailedError, isBlockError } from '../block/errors.js';
 import { closeNode } from '../block/open.js';
 import type { BlockNode } from '../block/node.js';
 import { checkExitCode, checkNode, humanImageCheck } from '../img/check.js';
@@ -11,7 +11,7 @@ import type { Output } from './main.js';
 import { CHECK_REPORT_MARK } from '../block/driver.js';
 import { progName } from './progname.js';
 
-/** A check message as qemu-img prints it: an error report starts with the tool's name. */
+/** A check line as qemu-img prints it: an error report starts with the tool's name. */
 function reportLine(m: string): string {
   return (m.startsWith(CHECK_REPORT_MARK) ? `${progName()}: ${m.slice(CHECK_REPORT_MARK.length)}` : m) + '\n';
 }
@@ -46,22 +46,31 @@ export async function runCheck(args: string[], out: Output): Promise<number> {
     // check reads the snapshot table itself.
     bs = await openForCli(filename, { format: str(p, 'format'), readOnly: !repairing, backing: false, driverOptions: { check: true } });
     let run;
+    // The check's lines go out as they are found (an image can make millions: none is kept), in
+    // writes of up to 64 KiB that wait for a slow reader, flushed before anything else is printed.
+    let pending = '';
+    const write = out.stderrBlocking ?? out.stderr;
+    const flush = () => {
+      if (pending) write(pending);
+      pending = '';
+    };
     try {
-      run = await checkNode(bs, filename, fix);
+      run = await checkNode(bs, filename, fix, {
+        line: (m) => {
+          pending += reportLine(m);
+          if (pending.length >= 65536) flush();
+        },
+      });
     } catch (e) {
+      flush();
       if (isBlockError(e) && e.code === 'ENOTSUP' && e.message === 'This image format does not support checks') throw new CliError(63, e.message);
-      // The check stopped: its messages, then qemu-img's "Check failed: <reason>".
-      const msgs = (e as { checkMessages?: string[] }).checkMessages;
-      if (msgs) {
-        for (const m of msgs) out.stderr(reportLine(m));
-        throw new CliError(1, `Check failed: ${(e as Error).message}`);
-      }
+      // The check stopped: after its lines, qemu-img's "Check failed: <reason>".
+      if (e instanceof CheckFailedError) throw new CliError(1, `Check failed: ${e.message}`);
       throw e;
     }
-    for (const m of run.messages) out.stderr(reportLine(m));
+    flush();
     // qemu-img prints the repair summary with printf to a stdout that is a pipe in every script (fully buffered), and
     // the double check's findings to unbuffered stderr: they come out first (271).
-    for (const m of run.recheckMessages) out.stderr(reportLine(m));
     if (run.repaired && fmt === 'human' && !quiet) {
       out.stdout(
         `The following inconsistencies were found and repaired:\n\n    ${run.repaired.leaks} leaked clusters\n    ${run.repaired.corruptions} corruptions\n\nDouble checking the fixed image now...\n`,

@@ -12,11 +12,14 @@ import { listDrivers } from '../block/driver.js';
 import { ReportsError, UsageError } from './args.js';
 import { takeObjectOptions } from './objects.js';
 import { invokedAs, progName } from './progname.js';
+import { writeStderrBlocking } from './blocking-stderr.js';
 
 /** Where commands write; tests and the top level pass process streams. */
 export interface Output {
   stdout: (s: string) => void;
   stderr: (s: string) => void;
+  /** stderr that waits for a slow reader instead of queueing in memory (the process's; for bulk output). */
+  stderrBlocking?: (s: string) => void;
 }
 
 /** A failure with a specific exit code (compare's 2/3/4). */
@@ -181,7 +184,7 @@ function isEntry(): boolean {
 
 /** Runs the process's command line (the CLI started as a program: this file, or the bundle's entry src/cli/bin.ts). */
 export function runAsEntry(): void {
-  const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s) };
+  const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s), stderrBlocking: writeStderrBlocking };
   // Invoked as qemu-img or qemu-io, errors speak QEMU's words where it has its own (src/block/errors.ts).
   if (invokedAs() !== 'blocktab') setErrorWording('qemu');
   // Invoked as qemu-io, the whole command line is qemu-io's.

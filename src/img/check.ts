@@ -4,7 +4,7 @@
  * qemu-img leaves out when they are zero left out here too.
  */
 import { BlockError } from '../block/errors.js';
-import type { CheckResult } from '../block/driver.js';
+import type { CheckReport, CheckResult } from '../block/driver.js';
 import type { BlockNode } from '../block/node.js';
 import type { QDict } from './qobject.js';
 
@@ -26,16 +26,21 @@ export interface ImageCheck extends QDict {
 export interface CheckRun {
   /** The result qemu-img prints (after a repair: the second check, with the fixed counts of the first). */
   check: ImageCheck;
-  /** Lines the format printed during the first check (stderr in qemu-img). */
-  messages: string[];
-  /** Lines of the second check after a repair. */
-  recheckMessages: string[];
   /** Set when a repair happened: what the first pass fixed. */
   repaired?: { leaks: number; corruptions: number };
 }
 
-async function runFormatCheck(bs: BlockNode, fix: { leaks: boolean; errors: boolean }): Promise<CheckResult> {
-  if (bs.driver.check) return bs.driver.check(bs, fix);
+/** What a check prints while it runs, in qemu-img's order. None of it is kept. */
+export interface CheckOutput {
+  /** Each line of the first check and then of the second (stderr in qemu-img), as it is found. */
+  line: CheckReport;
+}
+
+/** Output nobody reads (the engine returns only the ImageCheck). */
+export const IGNORE_CHECK_OUTPUT: CheckOutput = { line: () => {} };
+
+async function runFormatCheck(bs: BlockNode, fix: { leaks: boolean; errors: boolean }, report: CheckReport): Promise<CheckResult> {
+  if (bs.driver.check) return bs.driver.check(bs, fix, report);
   throw new BlockError('ENOTSUP', 'This image format does not support checks');
 }
 
@@ -58,14 +63,17 @@ function toImageCheck(r: CheckResult, filename: string, format: string): ImageCh
   };
 }
 
-/** img_check: check, and when something was repaired, check again and report that. */
-export async function checkNode(bs: BlockNode, filename: string, fix: { leaks: boolean; errors: boolean }): Promise<CheckRun> {
-  const first = await runFormatCheck(bs, fix);
-  const run: CheckRun = { check: toImageCheck(first, filename, bs.driver.name), messages: first.messages, recheckMessages: [] };
+/**
+ * img_check: check, and when something was repaired, check again and report
+ * that. The lines go to `out` as the checks find them (qemu-img prints them
+ * at once), so memory does not grow with their number.
+ */
+export async function checkNode(bs: BlockNode, filename: string, fix: { leaks: boolean; errors: boolean }, out: CheckOutput = IGNORE_CHECK_OUTPUT): Promise<CheckRun> {
+  const first = await runFormatCheck(bs, fix, out.line);
+  const run: CheckRun = { check: toImageCheck(first, filename, bs.driver.name) };
   if (first.corruptionsFixed || first.leaksFixed) {
-    const second = await runFormatCheck(bs, { leaks: false, errors: false });
-    run.recheckMessages = second.messages;
     run.repaired = { leaks: first.leaksFixed, corruptions: first.corruptionsFixed };
+    const second = await runFormatCheck(bs, { leaks: false, errors: false }, out.line);
     run.check = toImageCheck({ ...second, leaksFixed: first.leaksFixed, corruptionsFixed: first.corruptionsFixed }, filename, bs.driver.name);
   }
   return run;

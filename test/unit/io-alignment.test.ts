@@ -255,7 +255,7 @@ describe('qcow2 on an aligned protocol', () => {
         await bdrvPread(bs, 0, size, out);
         expect(st.violations).toEqual([]);
         expect(Buffer.from(out).equals(Buffer.from(model))).toBe(true);
-        const check = await bs.driver.check!(bs, { leaks: false, errors: false });
+        const check = await bs.driver.check!(bs, { leaks: false, errors: false }, () => {});
         expect(check.corruptions).toBe(0);
         await closeNode(bs);
       });

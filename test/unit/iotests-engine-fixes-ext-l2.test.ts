@@ -164,8 +164,9 @@ describe('check repairs an unaligned entry without allocated subclusters (271)',
       await bdrvPwriteZeroes(bs, 4 * KIB, 2 * KIB);
     });
     poke(st, 't.qcow2', L2 + 6, [2]);
-    const run = await withImage(st, (bs) => checkNode(bs, 't.qcow2', { leaks: true, errors: true }));
-    expect(run.messages[0]).toBe('Repairing offset=50200: Preallocated cluster is not properly aligned; L2 entry corrupted.');
+    const messages: string[] = [];
+    await withImage(st, (bs) => checkNode(bs, 't.qcow2', { leaks: true, errors: true }, { line: (m) => messages.push(m) }));
+    expect(messages[0]).toBe('Repairing offset=50200: Preallocated cluster is not properly aligned; L2 entry corrupted.');
     expect(entry(st, 't.qcow2', 0)).toEqual({ entry: 0n, bitmap: bitmap([], [2]) });
     await withImage(st, async (bs) => {
       const buf = new Uint8Array(128 * KIB);

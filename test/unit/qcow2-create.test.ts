@@ -129,8 +129,9 @@ describe('images created in memory', () => {
       const buf = new Uint8Array(size).fill(0xaa);
       await bdrvPread(bs, 0, size, buf);
       expect(buf.every((b) => b === 0)).toBe(true);
-      const r = await checkImage(bs, { fix: { leaks: false, errors: false } });
-      expect(r.messages).toEqual([]);
+      const messages: string[] = [];
+      const r = await checkImage(bs, { fix: { leaks: false, errors: false }, report: (m) => messages.push(m) });
+      expect(messages).toEqual([]);
       expect({ c: r.corruptions, l: r.leaks, e: r.checkErrors }).toEqual({ c: 0, l: 0, e: 0 });
       if (opts.some((o) => o.includes('preallocation'))) expect(r.allocatedClusters).toBe(r.totalClusters);
     } finally {

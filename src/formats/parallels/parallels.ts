@@ -29,7 +29,7 @@
  * the data end) is zeroed first instead of showing stale bytes.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { type BlockDriver, type CheckResult } from '../../block/driver.js';
+import { type BlockDriver, type CheckReport, type CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvGetLength, bdrvPread, bdrvPwrite, bdrvPwriteZeroes, bdrvTruncate, readBacking } from '../../block/io.js';
 import { parseOptionSize } from '../../block/options.js';
@@ -225,9 +225,9 @@ export const parallelsDriver: BlockDriver = {
     return { status: BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID, pnum, map: start * SECTOR, file: s.file };
   },
 
-  async check(bs, fix) {
+  async check(bs, fix, report) {
     const s = st(bs);
-    const r = parallelsCheck(s, fix);
+    const r = parallelsCheck(s, fix, report);
     if (r.batFixed) await bdrvPwrite(s.file, PARALLELS_HEADER_BYTES, s.bat.length * 4, serializeParallelsBat(s.bat));
     if (fix.leaks && r.leaks) {
       await bdrvTruncate(s.file, r.imageEndOffset!, true);
@@ -309,7 +309,7 @@ async function parallelsWrite(bs: BlockNode, s: ParallelsState, offset: number, 
  * bytes — for an image with no cluster the end is taken as one cluster, as
  * QEMU 7.2 does). The caller writes the BAT and cuts the leak.
  */
-function parallelsCheck(s: ParallelsState, fix: { leaks: boolean; errors: boolean }): CheckResult & { batFixed: boolean } {
+function parallelsCheck(s: ParallelsState, fix: { leaks: boolean; errors: boolean }, report: CheckReport): CheckResult & { batFixed: boolean } {
   const tag = (repair: boolean) => (repair ? 'Repairing' : 'ERROR');
   const r: CheckResult & { batFixed: boolean } = {
     corruptions: 0,
@@ -320,14 +320,13 @@ function parallelsCheck(s: ParallelsState, fix: { leaks: boolean; errors: boolea
     totalClusters: s.bat.length,
     allocatedClusters: 0,
     fragmentedClusters: 0,
-    messages: [],
     batFixed: false,
   };
   // QEMU's bdrv_getlength: the file's length rounded up to a sector.
   const size = Math.ceil(s.file.totalBytes / SECTOR) * SECTOR;
   const clusterSize = s.tracks * SECTOR;
   if (s.headerUnclean) {
-    r.messages.push(`${tag(fix.errors)} image was not closed correctly`);
+    report(`${tag(fix.errors)} image was not closed correctly`);
     r.corruptions++;
     if (fix.errors) {
       // Close writes the clean header.
@@ -345,7 +344,7 @@ function parallelsCheck(s: ParallelsState, fix: { leaks: boolean; errors: boolea
     }
     // Without repair QEMU 7.2 goes on counting the cluster (allocated, image end) after reporting it.
     if (off > size) {
-      r.messages.push(`${tag(fix.errors)} cluster ${i} is outside image`);
+      report(`${tag(fix.errors)} cluster ${i} is outside image`);
       r.corruptions++;
       if (fix.errors) {
         prev = 0;
@@ -362,7 +361,7 @@ function parallelsCheck(s: ParallelsState, fix: { leaks: boolean; errors: boolea
   }
   r.imageEndOffset = high + clusterSize;
   if (size > r.imageEndOffset) {
-    r.messages.push(`${tag(fix.leaks)} space leaked at the end of the image ${size - r.imageEndOffset}`);
+    report(`${tag(fix.leaks)} space leaked at the end of the image ${size - r.imageEndOffset}`);
     r.leaks += Math.ceil((size - r.imageEndOffset) / clusterSize);
   }
   return r;

@@ -439,7 +439,7 @@ export async function amendQcow2(bs: BlockNode, o: Qcow2AmendOptions, force = fa
       // Refcounts must be exact before they stop being lazy (qcow2_mark_clean repairs a dirty image).
       // Loaded on demand, like the driver's check callback, so opening an image does not load the checker.
       const { checkImage } = await import('./check.js');
-      await checkImage(bs, { fix: { leaks: true, errors: true } });
+      await checkImage(bs, { fix: { leaks: true, errors: true }, report: () => {} });
       h.compatibleFeatures &= ~QCOW2_COMPAT_LAZY_REFCOUNTS;
     } else {
       h.compatibleFeatures |= QCOW2_COMPAT_LAZY_REFCOUNTS;

@@ -13,7 +13,7 @@
  * with corruptions is written anew (as every table write: new clusters, one
  * header switch, the old clusters freed).
  */
-import { CHECK_REPORT_MARK } from '../../block/driver.js';
+import { CHECK_REPORT_MARK, type CheckReport } from '../../block/driver.js';
 import { BlockError, describeCode, isBlockError } from '../../block/errors.js';
 import { writeHeaderFields } from './metadata.js';
 import { readSnapshotEntries, type SnapshotTableCheck } from './snapshot-table.js';
@@ -26,15 +26,11 @@ export interface SnapshotCheckRes {
   corruptions: number;
   corruptionsFixed: number;
   checkErrors: number;
-  messages: string[];
 }
 
-/** The check stopped on the table: its messages and the errno QEMU's check returns. */
+/** The check stopped on the table (its lines were reported): the errno QEMU's check returns. */
 export class SnapshotCheckFailed extends Error {
-  constructor(
-    readonly code: 'EIO' | 'EFBIG' | 'EINVAL',
-    readonly res: SnapshotCheckRes,
-  ) {
+  constructor(readonly code: 'EIO' | 'EFBIG' | 'EINVAL') {
     super(code);
   }
 }
@@ -47,28 +43,28 @@ function failCode(e: unknown): 'EIO' | 'EFBIG' | 'EINVAL' {
 }
 
 /** qcow2_check_read_snapshot_table: loads s.snapshots for the refcount check, or throws SnapshotCheckFailed. */
-export async function checkReadSnapshotTable(s: Qcow2State, fixErrors: boolean): Promise<SnapshotCheckRes> {
-  const res: SnapshotCheckRes = { corruptions: 0, corruptionsFixed: 0, checkErrors: 0, messages: [] };
+export async function checkReadSnapshotTable(s: Qcow2State, fixErrors: boolean, report: CheckReport): Promise<SnapshotCheckRes> {
+  const res: SnapshotCheckRes = { corruptions: 0, corruptionsFixed: 0, checkErrors: 0 };
   const h = s.header;
   let nb = h.nbSnapshots;
   let reduced = 0;
   if (nb > QCOW_MAX_SNAPSHOTS && fixErrors) {
-    res.messages.push(`Discarding ${nb - QCOW_MAX_SNAPSHOTS} overhanging snapshots`);
+    report(`Discarding ${nb - QCOW_MAX_SNAPSHOTS} overhanging snapshots`);
     reduced += nb - QCOW_MAX_SNAPSHOTS;
     nb = QCOW_MAX_SNAPSHOTS;
   }
   // qcow2_validate_table on the count and offset (the open skipped it for the check).
   const invalid = (code: 'EFBIG' | 'EINVAL', what: string): never => {
     res.checkErrors++;
-    res.messages.push(`${CHECK_REPORT_MARK}ERROR snapshot table ${what}`);
-    if (nb > QCOW_MAX_SNAPSHOTS) res.messages.push(`You can force-remove all ${nb - QCOW_MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all`);
+    report(`${CHECK_REPORT_MARK}ERROR snapshot table ${what}`);
+    if (nb > QCOW_MAX_SNAPSHOTS) report(`You can force-remove all ${nb - QCOW_MAX_SNAPSHOTS} overhanging snapshots with qemu-img check -r all`);
     s.snapshots = [];
-    throw new SnapshotCheckFailed(code, res);
+    throw new SnapshotCheckFailed(code);
   };
   if (nb > QCOW_MAX_SNAPSHOTS) invalid('EFBIG', 'too large');
   if (h.snapshotsOffset % s.clusterSize !== 0 || 2 ** 63 - nb * SNAPSHOT_HEADER_SIZE < h.snapshotsOffset) invalid('EINVAL', 'offset invalid');
 
-  const chk: SnapshotTableCheck = { fix: fixErrors, messages: res.messages, nbReduced: 0, extraDropped: 0 };
+  const chk: SnapshotTableCheck = { fix: fixErrors, report, nbReduced: 0, extraDropped: 0 };
   let read;
   try {
     read = await readSnapshotEntries(s.file, h, s.image, nb, chk);
@@ -76,9 +72,9 @@ export async function checkReadSnapshotTable(s: Qcow2State, fixErrors: boolean):
     if (!isBlockError(e)) throw e;
     res.checkErrors++;
     // QEMU's text then its hint line, as error_reportf_err prints them.
-    res.messages.push(`${CHECK_REPORT_MARK}ERROR failed to read the snapshot table: ${e.message}`);
+    report(`${CHECK_REPORT_MARK}ERROR failed to read the snapshot table: ${e.message}`);
     s.snapshots = [];
-    throw new SnapshotCheckFailed(failCode(e), res);
+    throw new SnapshotCheckFailed(failCode(e));
   }
   reduced += chk.nbReduced;
   res.corruptions += reduced + chk.extraDropped;
@@ -91,8 +87,8 @@ export async function checkReadSnapshotTable(s: Qcow2State, fixErrors: boolean):
     } catch (e) {
       if (!isBlockError(e)) throw e;
       res.checkErrors++;
-      res.messages.push(`ERROR failed to update the snapshot count in the image header: ${describeCode(e.code)}`);
-      throw new SnapshotCheckFailed(failCode(e), res);
+      report(`ERROR failed to update the snapshot count in the image header: ${describeCode(e.code)}`);
+      throw new SnapshotCheckFailed(failCode(e));
     }
     h.nbSnapshots = read.snapshots.length;
     res.corruptionsFixed += reduced;
@@ -102,7 +98,7 @@ export async function checkReadSnapshotTable(s: Qcow2State, fixErrors: boolean):
     read.snapshots.forEach((sn, i) => {
       if (sn.extraDataSize < V3_MIN_EXTRA_DATA) {
         res.corruptions++;
-        res.messages.push(`${fixErrors ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
+        report(`${fixErrors ? 'Repairing' : 'ERROR'} snapshot table entry ${i} is incomplete`);
       }
     });
   }
@@ -110,15 +106,15 @@ export async function checkReadSnapshotTable(s: Qcow2State, fixErrors: boolean):
 }
 
 /** qcow2_check_fix_snapshot_table: under -r all, a table with corruptions is written anew. */
-export async function checkFixSnapshotTable(s: Qcow2State, res: SnapshotCheckRes, fixErrors: boolean): Promise<void> {
+export async function checkFixSnapshotTable(s: Qcow2State, res: SnapshotCheckRes, fixErrors: boolean, report: CheckReport): Promise<void> {
   if (!res.corruptions || !fixErrors) return;
   try {
     await qcow2RewriteSnapshotTable(s);
   } catch (e) {
     if (!(e instanceof BlockError)) throw e;
     res.checkErrors++;
-    res.messages.push(`ERROR failed to update snapshot table: ${describeCode(e.code)}`);
-    throw new SnapshotCheckFailed(failCode(e), res);
+    report(`ERROR failed to update snapshot table: ${describeCode(e.code)}`);
+    throw new SnapshotCheckFailed(failCode(e));
   }
   res.corruptionsFixed += res.corruptions;
   res.corruptions = 0;

@@ -30,8 +30,8 @@
  * file before the header is switched to it.
  */
 import { bitmapTableEntryProblem, parseBitmapTableEntry } from './bitmap-table.js';
-import { BlockError, hex } from '../../block/errors.js';
-import type { CheckResult } from '../../block/driver.js';
+import { BlockError, CheckFailedError, hex } from '../../block/errors.js';
+import type { CheckReport, CheckResult } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate } from '../../block/io.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
@@ -68,14 +68,11 @@ import { prepareHeader } from './write.js';
 import { checkFixSnapshotTable, checkReadSnapshotTable, SnapshotCheckFailed, type SnapshotCheckRes } from './check-snapshots.js';
 
 /**
- * The check stopped (QEMU's check returning -errno): qemu-img prints the
- * messages so far and "Check failed: <reason>" instead of a summary.
+ * The check stopped (QEMU's check returning -errno): after the lines already
+ * reported qemu-img prints "Check failed: <reason>" instead of a summary.
  */
-export class CheckFailed extends BlockError {
-  constructor(
-    code: 'EIO' | 'EFBIG' | 'EINVAL',
-    readonly checkMessages: string[],
-  ) {
+export class CheckFailed extends CheckFailedError {
+  constructor(code: 'EIO' | 'EFBIG' | 'EINVAL') {
     super(code, code === 'EIO' ? 'Input/output error' : code === 'EINVAL' ? 'Invalid argument' : 'File too large');
   }
 }
@@ -85,7 +82,22 @@ export interface CheckFix {
   errors: boolean;
 }
 
-/** Internal result (QEMU's BdrvCheckResult plus the messages qcow2 prints to stderr). */
+/**
+ * Where the check's lines go: passed on to the caller's CheckReport as they
+ * come, none kept (a leaky image makes one per cluster).
+ */
+interface CheckLines {
+  push(...lines: string[]): void;
+}
+
+function linesTo(report: CheckReport): CheckLines {
+  return { push: (...lines) => lines.forEach((l) => report(l)) };
+}
+
+/** Lines nobody sees (a check whose output qemu-img would not show). */
+const DISCARD: CheckLines = { push: () => {} };
+
+/** Internal result (QEMU's BdrvCheckResult plus where the lines qcow2 prints to stderr go). */
 interface Res {
   corruptions: number;
   leaks: number;
@@ -97,10 +109,10 @@ interface Res {
   allocatedClusters: number;
   fragmentedClusters: number;
   compressedClusters: number;
-  messages: string[];
+  messages: CheckLines;
 }
 
-function newRes(): Res {
+function newRes(messages: CheckLines): Res {
   return {
     corruptions: 0,
     leaks: 0,
@@ -112,7 +124,7 @@ function newRes(): Res {
     allocatedClusters: 0,
     fragmentedClusters: 0,
     compressedClusters: 0,
-    messages: [],
+    messages,
   };
 }
 
@@ -124,12 +136,12 @@ function hex64(hi: number, lo: number): string {
 }
 
 /**
- * Where the check's messages go (swapped for the recount after a rebuild),
+ * Where the check's lines go (nowhere when qemu-img would not show them),
  * and how many writes it made so far: a finding computed from bytes read
  * earlier is only reused while no write came in between.
  */
 interface CheckLog {
-  messages: string[];
+  messages: CheckLines;
   writes: number;
 }
 
@@ -1065,8 +1077,8 @@ async function writeIncompatible(s: Qcow2State): Promise<void> {
 }
 
 /** qcow2_check_refcounts */
-async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix): Promise<Res> {
-  let res = newRes();
+async function checkRefcounts(bs: BlockNode, s: Qcow2State, fix: CheckFix, report: CheckReport): Promise<Res> {
+  let res = newRes(linesTo(report));
   const cs = s.clusterSize;
   let nbClusters = Math.ceil(s.file.totalBytes / cs);
   const cap = maxCheckedClusters(Math.min(maxRefcount(s.header.refcountOrder), 0xffffffff));
@@ -1110,11 +1122,12 @@ async function compareAndRepair(
   const cs = s.clusterSize;
   let rebuild = await calculateRefcounts(c);
   const nbClusters = c.counts.n;
-  const preCompare: Res = { ...res, messages: [] };
+  const preCompare: Res = { ...res };
   const noFix = { leaks: false, errors: false };
-  let cmp = await compareRefcounts(c, noFix, nbClusters);
   // qemu-img's comparison lines go to its buffered stdout, which this failure path never flushes: none are shown.
-  if (c.bitmapTableFailed) throw new CheckFailed('EINVAL', []);
+  if (c.bitmapTableFailed) log.messages = res.messages = DISCARD;
+  let cmp = await compareRefcounts(c, noFix, nbClusters);
+  if (c.bitmapTableFailed) throw new CheckFailed('EINVAL');
   rebuild ||= cmp.rebuild;
   let highest = cmp.highest;
 
@@ -1125,16 +1138,13 @@ async function compareAndRepair(
     await rebuildRefcounts(c);
     await disk.load();
     // Count again: the new refcount structures are referenced by the header now.
-    const again = newRes();
+    const again = newRes(res.messages);
     c = { ...c, res: again, counts: newCounts(Math.ceil(s.file.totalBytes / cs)) };
-    log.messages = again.messages;
     await calculateRefcounts(c);
     // Clusters the old structures used are leaked now; QEMU frees them here and does not count them as fixed.
     const cmp2 = await compareRefcounts(c, { leaks: fix.leaks, errors: false }, c.counts.n);
     if (cmp2.rebuild) res.messages.push('ERROR rebuilt refcount structure is still broken');
     highest = cmp2.highest;
-    res.messages.push(...again.messages);
-    log.messages = res.messages;
     res.corruptions = again.corruptions;
     res.leaks = again.leaks;
     res.checkErrors += again.checkErrors;
@@ -1145,12 +1155,10 @@ async function compareAndRepair(
     if (rebuild) {
       res.messages.push('ERROR need to rebuild refcount structures');
       res.checkErrors++;
-      throw new CheckFailed('EIO', res.messages);
+      throw new CheckFailed('EIO');
     }
     if (res.leaks || res.corruptions) {
-      const messages = res.messages;
-      res = { ...preCompare, messages };
-      log.messages = messages;
+      res = { ...preCompare };
       c.res = res;
       cmp = await compareRefcounts(c, fix, nbClusters);
       highest = cmp.highest;
@@ -1165,7 +1173,7 @@ async function compareAndRepair(
  * Checks (and with `fix` repairs) an opened qcow2 node, as qemu-img check
  * does; the driver's `check` callback. Repair needs the node read-write.
  */
-export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promise<CheckResult> {
+export async function checkImage(bs: BlockNode, opts: { fix: CheckFix; report: CheckReport }): Promise<CheckResult> {
   const s = bs.state<Qcow2State>();
   const fix = opts.fix;
   const repairing = fix.leaks || fix.errors;
@@ -1174,14 +1182,13 @@ export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promis
   // A repair opens the image read-write, which drops the autoclear bits nobody maintains (qemu-img check -r).
   if (repairing) await prepareHeader(s);
   let res: Res;
-  let snap: SnapshotCheckRes | undefined;
+  let snap: SnapshotCheckRes;
   try {
-    snap = await checkReadSnapshotTable(s, fix.errors);
-    res = await checkRefcounts(bs, s, fix);
+    // The snapshot table first: the refcount check counts what it kept.
+    snap = await checkReadSnapshotTable(s, fix.errors, opts.report);
+    res = await checkRefcounts(bs, s, fix, opts.report);
   } catch (e) {
-    if (e instanceof SnapshotCheckFailed) throw new CheckFailed(e.code, e.res.messages);
-    // The table's lines came first (qcow2_add_check_result).
-    if (e instanceof CheckFailed && snap) e.checkMessages.unshift(...snap.messages);
+    if (e instanceof SnapshotCheckFailed) throw new CheckFailed(e.code);
     throw e;
   } finally {
     if (repairing) {
@@ -1191,12 +1198,12 @@ export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promis
     }
   }
   try {
-    await checkFixSnapshotTable(s, snap, fix.errors);
+    await checkFixSnapshotTable(s, snap, fix.errors, opts.report);
   } catch (e) {
-    if (e instanceof SnapshotCheckFailed) throw new CheckFailed(e.code, [...e.res.messages, ...res.messages]);
+    if (e instanceof SnapshotCheckFailed) throw new CheckFailed(e.code);
     throw e;
   }
-  res.messages.unshift(...snap.messages);
+  // qcow2_add_check_result of the table's part.
   res.corruptions += snap.corruptions;
   res.corruptionsFixed += snap.corruptionsFixed;
   res.checkErrors += snap.checkErrors;
@@ -1222,6 +1229,5 @@ export async function checkImage(bs: BlockNode, opts: { fix: CheckFix }): Promis
     allocatedClusters: res.allocatedClusters,
     fragmentedClusters: res.fragmentedClusters,
     compressedClusters: res.compressedClusters,
-    messages: res.messages,
   };
 }

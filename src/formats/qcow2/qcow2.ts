@@ -173,9 +173,8 @@ export function l2CacheGeometry(
 async function repairDirty(bs: BlockNode, s: Qcow2State): Promise<void> {
   // Loaded on demand: check.ts is large and only a dirty image needs it at open.
   const mod = await import('./check.js');
-  const res = await mod.checkImage(bs, { fix: { leaks: true, errors: true } });
   // QEMU's check prints what it finds and repairs on stderr, at open too.
-  for (const m of res.messages) s.warn?.(m);
+  await mod.checkImage(bs, { fix: { leaks: true, errors: true }, report: (m) => s.warn?.(m) });
   dropRefcountCache(s);
   s.l2Cache.clear();
   await clearDirtyBit(s);
@@ -472,7 +471,7 @@ export const qcow2Driver: BlockDriver = {
     return file.driver.getAllocatedFileSize?.(file);
   },
 
-  check: (bs, fix) => import('./check.js').then((m) => m.checkImage(bs, { fix })),
+  check: (bs, fix, report) => import('./check.js').then((m) => m.checkImage(bs, { fix, report })),
 
   getInfo(bs): ImageInfoSpecific {
     const s = bs.state<Qcow2State>();

@@ -53,8 +53,8 @@ const enc = new TextEncoder();
  */
 export interface SnapshotTableCheck {
   fix: boolean;
-  /** Lines printed to stderr as the reading goes ("Discarding ..."). */
-  messages: string[];
+  /** Receives the lines printed to stderr as the reading goes ("Discarding ..."). */
+  report: (line: string) => void;
   /** Entries dropped because the table was too big (qcow2's nb_clusters_reduced). */
   nbReduced: number;
   /** Entries whose extra data was cut. */
@@ -112,7 +112,7 @@ export async function readSnapshotEntries(
         const hint = 'You can force-remove this extra metadata with qemu-img check -r all';
         fail(`Too much extra metadata in snapshot table entry (${extraSize} bytes)\n${hint}`, 'EFBIG', `Too much extra metadata in snapshot table entry ${i}\n${hint}`);
       }
-      check!.messages.push(`Discarding too much extra metadata in snapshot table entry ${i} (${extraSize} > ${QCOW_MAX_SNAPSHOT_EXTRA_DATA})`);
+      check!.report(`Discarding too much extra metadata in snapshot table entry ${i} (${extraSize} > ${QCOW_MAX_SNAPSHOT_EXTRA_DATA})`);
       check!.extraDropped++;
       keptExtra = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
     }
@@ -124,7 +124,7 @@ export async function readSnapshotEntries(
         const hint = `You can force-remove all ${left} overhanging snapshots with qemu-img check -r all`;
         fail(`Snapshot table exceeds the maximum size (${QCOW_MAX_SNAPSHOTS_SIZE} bytes)\n${hint}`, 'EFBIG', `Snapshot table is too big\n${hint}`);
       }
-      check!.messages.push(`Discarding ${left} overhanging snapshots (snapshot table is too big)`);
+      check!.report(`Discarding ${left} overhanging snapshots (snapshot table is too big)`);
       check!.nbReduced += left;
       return { snapshots: out, size: lastEnd - h.snapshotsOffset };
     }

@@ -365,7 +365,6 @@ async function qedCheck(s: QedState, fix: boolean): Promise<CheckResult> {
     totalClusters: Math.ceil(s.header.imageSize / cs),
     allocatedClusters: 0,
     fragmentedClusters: 0,
-    messages: [],
   };
   const nclusters = s.fileSize / cs;
   const used = new Uint8Array(Math.ceil(nclusters / 8));

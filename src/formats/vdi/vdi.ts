@@ -20,7 +20,7 @@
  * that changed — a crash leaves at worst an unreferenced block.
  */
 import { BlockError, hex } from '../../block/errors.js';
-import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
+import { type BlockDriver, type CheckReport, type CheckResult, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite } from '../../block/io.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_RECURSE, BDRV_BLOCK_ZERO } from '../../block/status.js';
@@ -194,9 +194,9 @@ export const vdiDriver: BlockDriver = {
     return { clusterSize: st(bs).blockSize, isDirty: false };
   },
 
-  async check(bs, fix) {
+  async check(bs, fix, report) {
     if (fix.leaks || fix.errors) throw new BlockError('ENOTSUP', 'This image format does not support checks');
-    return vdiCheck(st(bs));
+    return vdiCheck(st(bs), report);
   },
 };
 
@@ -205,28 +205,30 @@ export const vdiDriver: BlockDriver = {
  * image, no block may be used twice, and blocks_allocated must match. (The
  * entries beyond the disk size, which open does not load, are not checked.)
  */
-function vdiCheck(s: VdiState): CheckResult {
-  const r: CheckResult = { corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [] };
-  const owner = new Map<number, number>();
+function vdiCheck(s: VdiState, report: CheckReport): CheckResult {
+  const r: CheckResult = { corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0 };
+  // One bit per block of the image (entries past blocksInImage are refused first): a bounded set, 1/32 of the block map.
+  const used = new Uint8Array(Math.ceil(s.header.blocksInImage / 8));
   let allocated = 0;
   for (let block = 0; block < s.bmap.length; block++) {
     const entry = s.bmap.get(block)!;
     if (!vdiIsAllocated(entry)) continue;
     if (entry >= s.header.blocksInImage) {
-      r.messages.push(`ERROR: block index ${block} too large, is ${entry}`);
+      report(`ERROR: block index ${block} too large, is ${entry}`);
       r.corruptions++;
       continue;
     }
     allocated++;
-    if (owner.has(entry)) {
-      r.messages.push(`ERROR: block index ${owner.get(entry)} also used by ${entry}`);
+    // QEMU's check keeps the entry itself as the block's owner, so both numbers are the entry.
+    if (used[entry >>> 3]! & (1 << (entry & 7))) {
+      report(`ERROR: block index ${entry} also used by ${entry}`);
       r.corruptions++;
     } else {
-      owner.set(entry, entry);
+      used[entry >>> 3]! |= 1 << (entry & 7);
     }
   }
   if (allocated !== s.header.blocksAllocated) {
-    r.messages.push(`ERROR: allocated blocks mismatch, is ${allocated}, should be ${s.header.blocksAllocated}`);
+    report(`ERROR: allocated blocks mismatch, is ${allocated}, should be ${s.header.blocksAllocated}`);
     r.corruptions++;
   }
   return r;

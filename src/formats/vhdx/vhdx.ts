@@ -377,8 +377,13 @@ async function readMetadata(bs: BlockNode, s: VhdxState, region: { fileOffset: n
 }
 
 /** QEMU's vhdx_check_bat_entries: present blocks inside the file and outside every region. Returns error lines. */
-function checkBatEntries(s: VhdxState, fileSize: number, stopAtFirst: boolean): string[] {
-  const errors: string[] = [];
+/** Each bad BAT entry's line goes to `found` (which returns true to stop there); returns how many were found. */
+function checkBatEntries(s: VhdxState, fileSize: number, found: (line: string) => boolean): number {
+  let count = 0;
+  const error = (line: string): boolean => {
+    count++;
+    return found(line);
+  };
   for (let i = 0; i < s.batCount; i++) {
     const e = parseBatEntry(s.bat, i);
     const isBitmap = (i + 1) % (s.chunkRatio + 1) === 0;
@@ -386,22 +391,23 @@ function checkBatEntries(s: VhdxState, fileSize: number, stopAtFirst: boolean): 
     if (!present) continue;
     const block = i - Math.floor(i / (s.chunkRatio + 1));
     const length = isBitmap ? MiB : Math.min(s.blockSize, s.virtualDiskSize - block * s.blockSize);
+    let stop = false;
     if (e.fileOffset > Number.MAX_SAFE_INTEGER - s.blockSize) {
-      errors.push(`VHDX BAT entry ${i} offset overflow.`);
+      stop = error(`VHDX BAT entry ${i} offset overflow.`);
     } else if (e.fileOffset >= fileSize) {
-      errors.push(`VHDX BAT entry ${i} start offset ${e.fileOffset} points after end of file (${fileSize}). Image has probably been truncated.`);
+      stop = error(`VHDX BAT entry ${i} start offset ${e.fileOffset} points after end of file (${fileSize}). Image has probably been truncated.`);
     } else if (e.fileOffset + length > fileSize) {
-      errors.push(`VHDX BAT entry ${i} end offset ${e.fileOffset + length - 1} points after end of file (${fileSize}). Image has probably been truncated.`);
+      stop = error(`VHDX BAT entry ${i} end offset ${e.fileOffset + length - 1} points after end of file (${fileSize}). Image has probably been truncated.`);
     } else if (!isBitmap) {
       try {
         regionCheck(s, e.fileOffset, s.blockSize, `block of BAT entry ${i}`);
       } catch (err) {
-        errors.push((err as Error).message.replace(`${s.image}: `, ''));
+        stop = error((err as Error).message.replace(`${s.image}: `, ''));
       }
     }
-    if (errors.length && stopAtFirst) break;
+    if (stop) break;
   }
-  return errors;
+  return count;
 }
 
 /** The sector bitmap block of a differencing image covering payload block `block`. */
@@ -514,8 +520,9 @@ export const vhdxDriver: BlockDriver = {
     if (batBytes) await bdrvPread(file, bat.fileOffset, batBytes, s.bat);
     // Under qemu-img check the check itself reports bad entries (QEMU's BDRV_O_CHECK).
     if (options['check'] !== true) {
-      const [err] = checkBatEntries(s, file.totalBytes, true);
-      if (err) throw new BlockError('EINVAL', `${image}: ${err}`);
+      let err: string | undefined;
+      checkBatEntries(s, file.totalBytes, (line) => ((err = line), true));
+      if (err !== undefined) throw new BlockError('EINVAL', `${image}: ${err}`);
     }
 
     bs.opaque = s;
@@ -616,16 +623,15 @@ export const vhdxDriver: BlockDriver = {
     return { status: 0, pnum: run.bytes };
   },
 
-  async check(bs): Promise<CheckResult> {
+  async check(bs, _fix, report): Promise<CheckResult> {
     const s = bs.state<VhdxState>();
-    const messages = checkBatEntries(s, bs.file!.node.totalBytes, false);
+    const corruptions = checkBatEntries(s, bs.file!.node.totalBytes, (line) => (report(line), false));
     return {
-      corruptions: messages.length,
+      corruptions,
       leaks: 0,
       checkErrors: 0,
       corruptionsFixed: s.logReplayedOnOpen ? 1 : 0,
       leaksFixed: 0,
-      messages,
     };
   },
 

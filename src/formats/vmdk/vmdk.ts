@@ -19,7 +19,7 @@
  * Module map: sparse-header.ts (binary headers, markers), descriptor.ts
  * (descriptor text), extent.ts (extent model, grain lookup and reads).
  */
-import { BlockError, wrapError } from '../../block/errors.js';
+import { BlockError, CheckFailedError, wrapError } from '../../block/errors.js';
 import { type BlockDriver, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread, bdrvPwrite, readBacking } from '../../block/io.js';
@@ -375,13 +375,12 @@ export const vmdkDriver: BlockDriver = {
    * file. The first that does not stops the check (its line, then "Check
    * failed"); repairs are not supported.
    */
-  async check(bs, fix) {
+  async check(bs, fix, report) {
     if (fix.leaks || fix.errors) throw new BlockError('ENOTSUP', 'This image format does not support checks');
     const s = bs.state<VmdkState>();
     const fail = (line: string, cause: unknown): never => {
-      const e = new BlockError('EINVAL', 'Invalid argument', { cause }) as BlockError & { checkMessages: string[] };
-      e.checkMessages = [line];
-      throw e;
+      report(line);
+      throw new CheckFailedError('EINVAL', 'Invalid argument', { cause });
     };
     for (const ext of s.extents) {
       const start = (ext.endSector - ext.sectors) * SECTOR_SIZE;
@@ -402,7 +401,7 @@ export const vmdkDriver: BlockDriver = {
         }
       }
     }
-    return { corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0, messages: [] };
+    return { corruptions: 0, leaks: 0, checkErrors: 0, corruptionsFixed: 0, leaksFixed: 0 };
   },
 
   async getAllocatedFileSize(bs) {
