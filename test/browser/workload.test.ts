@@ -111,7 +111,8 @@ describe('workloads on OPFS qcow2 images made by the engine, checked by qemu-img
     });
     expect((await client.execute<{ id: string; error?: string }[]>('query-jobs')).find((j) => j.id === 'mkq')!.error).toBeUndefined();
     await client.execute('job-dismiss', { id: 'mkq' });
-    await client.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'a2', file: 'a2-file' });
+    // discard=unmap as the qemu-io twin (QEMU's blockdev-add drops discards without it).
+    await client.execute('blockdev-add', { driver: 'qcow2', 'node-name': 'a2', file: 'a2-file', discard: 'unmap' });
     const ops = seededWorkload(202, 60, size, 32768);
     await apply(client, 'a2', ops);
     await client.execute('blockdev-del', { 'node-name': 'a2' });

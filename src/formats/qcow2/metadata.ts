@@ -164,12 +164,31 @@ export async function clearDirtyBit(s: Qcow2State): Promise<void> {
 
 // ------------------------------------------------------------------ overlap
 
+/**
+ * Metadata ranges too long to list cluster by cluster (a corrupt snapshot's
+ * L1 table may claim 2^31 entries, which QEMU opens): kept as ranges beside
+ * the map, so the map stays bounded by the image's real metadata.
+ */
+interface MetaRange {
+  first: number;
+  last: number;
+  kind: number;
+}
+const bigRanges = new WeakMap<Map<number, number>, MetaRange[]>();
+const BIG_RANGE_CLUSTERS = 4096;
+
 function addRange(map: Map<number, number>, s: Qcow2State, offset: number, bytes: number, kind: number): void {
   // A corrupt entry may point past 2^53, where cluster numbers stop being exact (the loop would never end);
   // no write reaches there, so there is nothing to guard.
   if (bytes <= 0 || !Number.isSafeInteger(offset + bytes)) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
+  if (last - first >= BIG_RANGE_CLUSTERS) {
+    const list = bigRanges.get(map) ?? [];
+    list.push({ first, last, kind });
+    bigRanges.set(map, list);
+    return;
+  }
   for (let c = first; c <= last; c++) map.set(c, (map.get(c) ?? 0) | kind);
 }
 
@@ -207,7 +226,13 @@ export function removeMetadata(s: Qcow2State, offset: number, bytes: number): vo
   if (!map || bytes <= 0 || !Number.isSafeInteger(offset + bytes)) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
-  for (let c = first; c <= last; c++) map.delete(c);
+  const list = bigRanges.get(map);
+  if (list) bigRanges.set(map, list.filter((r) => r.first < first || r.last > last));
+  if (last - first >= map.size) {
+    for (const c of [...map.keys()]) if (c >= first && c <= last) map.delete(c);
+  } else {
+    for (let c = first; c <= last; c++) map.delete(c);
+  }
 }
 
 /** Forgets the map (after the tables moved); the next check rebuilds it. */
@@ -226,6 +251,7 @@ async function metadataKindsAt(s: Qcow2State, offset: number, bytes: number): Pr
   // A write spans few clusters; a huge one is checked against the map's entries instead.
   if (last - first < map.size) for (let c = first; c <= last; c++) kinds |= map.get(c) ?? 0;
   else for (const [c, k] of map) if (c >= first && c <= last) kinds |= k;
+  for (const r of bigRanges.get(map) ?? []) if (r.first <= last && first <= r.last) kinds |= r.kind;
   return kinds;
 }
 
