@@ -17,6 +17,9 @@ import { be, type Qcow2Header } from './header.js';
 import { QCOW_MAX_L1_SIZE, QCOW_MAX_SNAPSHOTS_SIZE, SNAPSHOT_HEADER_SIZE } from './validate.js';
 import type { BlockNode } from '../../block/node.js';
 
+
+/** QEMU reads the snapshot table with a signed 32-bit length: no entry may end 2 GiB or more past its start. */
+const INT32_MAX = 2 ** 31 - 1;
 /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA. */
 export const QCOW_MAX_SNAPSHOT_EXTRA_DATA = 1024;
 
@@ -118,7 +121,7 @@ export async function readSnapshotEntries(
     }
     const entryEnd = pos + SNAPSHOT_HEADER_SIZE + extraSize + idSize + nameSize;
     tableLength = Math.ceil(tableLength / 8) * 8 + SNAPSHOT_HEADER_SIZE + keptExtra + idSize + nameSize;
-    if (tableLength > QCOW_MAX_SNAPSHOTS_SIZE || entryEnd - h.snapshotsOffset > 0x7fffffff) {
+    if (tableLength > QCOW_MAX_SNAPSHOTS_SIZE || entryEnd - h.snapshotsOffset > INT32_MAX) {
       const left = h.nbSnapshots - i;
       if (!fix) {
         const hint = `You can force-remove all ${left} overhanging snapshots with qemu-img check -r all`;
