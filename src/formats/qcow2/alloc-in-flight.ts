@@ -30,9 +30,8 @@ import type { WriteFlags } from '../../block/driver.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { l2EntryIsCompressed, readL2Entry, standardL2Entry, writeL2Entry } from './l2-entry.js';
 import { allocateClusters } from './refcount.js';
-import { getL2ForWrite } from './l1.js';
 import { checkDataOverlap, checkNotCorrupt, drainAllocs, withLockInflight } from './metadata.js';
-import { afterWrite, checkHostAligned, hasHost, prepareWrite, qcow2Write, writeData } from './write.js';
+import { acquireL2SliceForWrite, afterWrite, checkHostAligned, hasHost, prepareWrite, qcow2Write, writeData } from './write.js';
 import type { InflightAlloc, Qcow2State } from './state.js';
 import type { L2Slice } from './l2-cache.js';
 
@@ -82,14 +81,8 @@ function fresh(s: Qcow2State, offset: number, bytes: number, flags: WriteFlags):
 /** Under the lock: reserves host clusters for [offset, offset + bytes) when every cluster is fresh, else null. */
 async function reserve(s: Qcow2State, offset: number, bytes: number): Promise<Reserved | null> {
   const cs = s.clusterSize;
-  const coverage = cs * s.l2Size;
-  const l1Index = Math.floor(offset / coverage);
-  const l2Off = await getL2ForWrite(s, l1Index);
-  const ci = Math.floor((offset - l1Index * coverage) / cs);
-  const sliceIndex = Math.floor(ci / s.l2SliceSize);
-  const idx0 = ci - sliceIndex * s.l2SliceSize;
+  const { slice, idx: idx0 } = await acquireL2SliceForWrite(s, offset);
   const n = bytes / cs;
-  const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
   try {
     for (let j = 0; j < n; j++) {
       const e = readL2Entry(slice.data, idx0 + j, false);

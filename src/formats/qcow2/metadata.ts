@@ -17,7 +17,7 @@ import { bdrvFlush, bdrvPwrite } from '../../block/io.js';
 import { notifyRequestWaiting } from '../../block/debug-event.js';
 import { encodeHeaderFields, QCOW2_INCOMPAT_CORRUPT, QCOW2_INCOMPAT_DIRTY, type HeaderField, type Qcow2Header } from './header.js';
 import { serializeSnapshotTable } from './snapshot-table.js';
-import { l1Offset, type Qcow2State } from './state.js';
+import { l1Offset, type MetaClusters, type Qcow2State } from './state.js';
 import {
   checkMetadataOverlap,
   ensureRefcountTable,
@@ -164,32 +164,19 @@ export async function clearDirtyBit(s: Qcow2State): Promise<void> {
 
 // ------------------------------------------------------------------ overlap
 
-/**
- * Metadata ranges too long to list cluster by cluster (a corrupt snapshot's
- * L1 table may claim 2^31 entries, which QEMU opens): kept as ranges beside
- * the map, so the map stays bounded by the image's real metadata.
- */
-interface MetaRange {
-  first: number;
-  last: number;
-  kind: number;
-}
-const bigRanges = new WeakMap<Map<number, number>, MetaRange[]>();
 const BIG_RANGE_CLUSTERS = 4096;
 
-function addRange(map: Map<number, number>, s: Qcow2State, offset: number, bytes: number, kind: number): void {
+function addRange(m: MetaClusters, s: Qcow2State, offset: number, bytes: number, kind: number): void {
   // A corrupt entry may point past 2^53, where cluster numbers stop being exact (the loop would never end);
   // no write reaches there, so there is nothing to guard.
   if (bytes <= 0 || !Number.isSafeInteger(offset + bytes)) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
   if (last - first >= BIG_RANGE_CLUSTERS) {
-    const list = bigRanges.get(map) ?? [];
-    list.push({ first, last, kind });
-    bigRanges.set(map, list);
+    m.ranges.push({ first, last, kind });
     return;
   }
-  for (let c = first; c <= last; c++) map.set(c, (map.get(c) ?? 0) | kind);
+  for (let c = first; c <= last; c++) m.clusters.set(c, (m.clusters.get(c) ?? 0) | kind);
 }
 
 /**
@@ -198,21 +185,20 @@ function addRange(map: Map<number, number>, s: Qcow2State, offset: number, bytes
  * write). A superset is harmless: a write on a listed cluster gets the full
  * check of the listed kinds, which gives the exact answer.
  */
-function buildMetaClusters(s: Qcow2State): Map<number, number> {
-  const map = new Map<number, number>();
+function buildMetaClusters(s: Qcow2State): MetaClusters {
+  const m: MetaClusters = { clusters: new Map([[0, QCOW2_OL_MAIN_HEADER]]), ranges: [] };
   const h = s.header;
   const cs = s.clusterSize;
-  map.set(0, QCOW2_OL_MAIN_HEADER);
-  addRange(map, s, h.l1TableOffset, s.l1Size * 8, QCOW2_OL_ACTIVE_L1);
-  addRange(map, s, h.refcountTableOffset, h.refcountTableClusters * cs, QCOW2_OL_REFCOUNT_TABLE);
-  for (const off of s.refcountTable ?? []) if (off) addRange(map, s, off, cs, QCOW2_OL_REFCOUNT_BLOCK);
+  addRange(m, s, h.l1TableOffset, s.l1Size * 8, QCOW2_OL_ACTIVE_L1);
+  addRange(m, s, h.refcountTableOffset, h.refcountTableClusters * cs, QCOW2_OL_REFCOUNT_TABLE);
+  for (const off of s.refcountTable ?? []) if (off) addRange(m, s, off, cs, QCOW2_OL_REFCOUNT_BLOCK);
   for (let i = 0; i < s.l1Size; i++) {
     const off = l1Offset(s, i);
-    if (off) addRange(map, s, off, cs, QCOW2_OL_ACTIVE_L2);
+    if (off) addRange(m, s, off, cs, QCOW2_OL_ACTIVE_L2);
   }
-  if (h.nbSnapshots) addRange(map, s, h.snapshotsOffset, serializeSnapshotTable(s.snapshots).length, QCOW2_OL_SNAPSHOT_TABLE);
-  for (const sn of s.snapshots) addRange(map, s, sn.l1TableOffset, sn.l1Size * 8, QCOW2_OL_INACTIVE_L1);
-  return map;
+  if (h.nbSnapshots) addRange(m, s, h.snapshotsOffset, serializeSnapshotTable(s.snapshots).length, QCOW2_OL_SNAPSHOT_TABLE);
+  for (const sn of s.snapshots) addRange(m, s, sn.l1TableOffset, sn.l1Size * 8, QCOW2_OL_INACTIVE_L1);
+  return m;
 }
 
 /** Records that [offset, offset + bytes) now holds metadata of `kind` (a QCOW2_OL_* bit). */
@@ -222,16 +208,15 @@ export function addMetadata(s: Qcow2State, offset: number, bytes: number, kind: 
 
 /** Records that [offset, offset + bytes) no longer holds metadata. */
 export function removeMetadata(s: Qcow2State, offset: number, bytes: number): void {
-  const map = s.rw.metaClusters;
-  if (!map || bytes <= 0 || !Number.isSafeInteger(offset + bytes)) return;
+  const m = s.rw.metaClusters;
+  if (!m || bytes <= 0 || !Number.isSafeInteger(offset + bytes)) return;
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
-  const list = bigRanges.get(map);
-  if (list) bigRanges.set(map, list.filter((r) => r.first < first || r.last > last));
-  if (last - first >= map.size) {
-    for (const c of [...map.keys()]) if (c >= first && c <= last) map.delete(c);
+  m.ranges = m.ranges.filter((r) => r.first < first || r.last > last);
+  if (last - first >= m.clusters.size) {
+    for (const c of [...m.clusters.keys()]) if (c >= first && c <= last) m.clusters.delete(c);
   } else {
-    for (let c = first; c <= last; c++) map.delete(c);
+    for (let c = first; c <= last; c++) m.clusters.delete(c);
   }
 }
 
@@ -244,14 +229,14 @@ export function invalidateMetadata(s: Qcow2State): void {
 /** The kinds of metadata the map lists on the clusters of [offset, offset + bytes), building it first if needed. */
 async function metadataKindsAt(s: Qcow2State, offset: number, bytes: number): Promise<number> {
   if (!s.rw.metaClusters) await ensureRefcountTable(s);
-  const map = (s.rw.metaClusters ??= buildMetaClusters(s));
+  const m = (s.rw.metaClusters ??= buildMetaClusters(s));
   const first = Math.floor(offset / s.clusterSize);
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
   let kinds = 0;
   // A write spans few clusters; a huge one is checked against the map's entries instead.
-  if (last - first < map.size) for (let c = first; c <= last; c++) kinds |= map.get(c) ?? 0;
-  else for (const [c, k] of map) if (c >= first && c <= last) kinds |= k;
-  for (const r of bigRanges.get(map) ?? []) if (r.first <= last && first <= r.last) kinds |= r.kind;
+  if (last - first < m.clusters.size) for (let c = first; c <= last; c++) kinds |= m.clusters.get(c) ?? 0;
+  else for (const [c, k] of m.clusters) if (c >= first && c <= last) kinds |= k;
+  for (const r of m.ranges) if (r.first <= last && first <= r.last) kinds |= r.kind;
   return kinds;
 }
 

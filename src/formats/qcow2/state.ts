@@ -123,8 +123,8 @@ export interface Qcow2RwState {
   /** Dirty range of the in-memory L1 table, in entries ([from, to), empty when from >= to). */
   l1DirtyFrom: number;
   l1DirtyTo: number;
-  /** Host cluster index → the overlap kinds (QCOW2_OL_* bits) of the metadata it holds; rebuilt lazily when null. */
-  metaClusters: Map<number, number> | null;
+  /** Where the metadata lies, for the overlap check; rebuilt lazily when null. */
+  metaClusters: MetaClusters | null;
   /** Tail of the request queue: modifying requests run one at a time (QEMU's s->lock). */
   lock: Promise<void>;
   /** Requests holding or queued for `lock`: one that finds it above zero waits. */
@@ -157,6 +157,17 @@ export interface InflightAlloc {
   readonly end: number;
   /** Settles once the L2 entries point at the data (or the write failed). */
   readonly done: Promise<void>;
+}
+
+/**
+ * Host cluster index → the overlap kinds (QCOW2_OL_* bits) of the metadata it
+ * holds; ranges too long to list cluster by cluster (a corrupt snapshot's L1
+ * table may claim 2^31 entries, which QEMU opens) are kept as ranges, so the
+ * map stays bounded by the image's real metadata.
+ */
+export interface MetaClusters {
+  clusters: Map<number, number>;
+  ranges: { first: number; last: number; kind: number }[];
 }
 
 export function newRwState(clusterSize: number): Qcow2RwState {

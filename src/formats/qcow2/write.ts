@@ -152,6 +152,22 @@ export async function afterWrite(s: Qcow2State, flags: WriteFlags = {}): Promise
   }
 }
 
+/**
+ * The L2 slice holding guest offset `off`'s entry, its table first made
+ * writable (getL2ForWrite), acquired from the cache (the caller releases it),
+ * with the table's offset and the entry's index in the slice.
+ */
+export async function acquireL2SliceForWrite(s: Qcow2State, off: number): Promise<{ slice: L2Slice; l2Off: number; idx: number }> {
+  const cs = s.clusterSize;
+  const coverage = cs * s.l2Size;
+  const l1Index = Math.floor(off / coverage);
+  const l2Off = await getL2ForWrite(s, l1Index);
+  const ci = Math.floor((off - l1Index * coverage) / cs);
+  const sliceIndex = Math.floor(ci / s.l2SliceSize);
+  const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
+  return { slice, l2Off, idx: ci - sliceIndex * s.l2SliceSize };
+}
+
 // ----------------------------------------------------------------- writes
 
 /** Writes guest bytes `data` (at guest `guest`) to host `host` of the data file, encrypted in a bounce buffer when the image is. */
@@ -304,21 +320,15 @@ async function writeReuse(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx: num
 export async function qcow2Write(bs: BlockNode, s: Qcow2State, offset: number, bytes: number, buf: Uint8Array): Promise<void> {
   const cs = s.clusterSize;
   const ext = s.extendedL2;
-  const coverage = cs * s.l2Size;
   let done = 0;
   while (done < bytes) {
     const off = offset + done;
     const remaining = bytes - done;
-    const l1Index = Math.floor(off / coverage);
-    const l2Off = await getL2ForWrite(s, l1Index);
-    const ci = Math.floor((off - l1Index * coverage) / cs);
-    const sliceIndex = Math.floor(ci / s.l2SliceSize);
-    const idx0 = ci - sliceIndex * s.l2SliceSize;
+    const { slice, l2Off, idx: idx0 } = await acquireL2SliceForWrite(s, off);
     const first = off % cs;
     const maxClusters = Math.min(s.l2SliceSize - idx0, Math.ceil((first + remaining) / cs));
     const touched = (j: number): [number, number] => [j === 0 ? first : 0, Math.min(cs, first + remaining - j * cs)];
 
-    const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
     try {
       const d = slice.data;
       if (ext) await checkBitmapsValid(s, d, l2Off, idx0, maxClusters);
@@ -433,13 +443,7 @@ export async function qcow2CompressCluster(s: Qcow2State, data: Uint8Array): Pro
 async function writeOneCompressed(s: Qcow2State, off: number, packed: Uint8Array): Promise<void> {
   const cs = s.clusterSize;
   const ext = s.extendedL2;
-  const coverage = cs * s.l2Size;
-  const l1Index = Math.floor(off / coverage);
-  const l2Off = await getL2ForWrite(s, l1Index);
-  const ci = Math.floor((off - l1Index * coverage) / cs);
-  const sliceIndex = Math.floor(ci / s.l2SliceSize);
-  const idx = ci - sliceIndex * s.l2SliceSize;
-  const slice = await s.l2Cache.acquire(l2Off + sliceIndex * s.l2Cache.entrySize);
+  const { slice, idx } = await acquireL2SliceForWrite(s, off);
   try {
     const old = readL2Entry(slice.data, idx, ext);
     if (entryHasOffset(old.hi, old.lo)) {
