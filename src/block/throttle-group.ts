@@ -96,6 +96,14 @@ export class ThrottleGroup {
       this.lastTurn[d] = m;
       return undefined;
     }
+    return this.enqueue(m, bytes, d);
+  }
+
+  /**
+   * A request that has to wait: queued behind its member's others. A method of its own so that the request path
+   * above captures nothing: a closure there would make every call allocate a context for what it captures.
+   */
+  private enqueue(m: ThrottleGroupMember, bytes: number, d: Dir): Promise<void> {
     return new Promise<void>((resolve) => {
       this.pendingBytes.set(resolve, bytes);
       m.queues[d].push(resolve);
