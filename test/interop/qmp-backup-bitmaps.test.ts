@@ -27,7 +27,7 @@ const j = (execute: string, args?: Record<string, unknown>) => JSON.stringify({ 
 const L = (line: string, events = 0, delayMs = 0) => ({ line, events, delayMs });
 const hmp = (cmd: string) => L(j('human-monitor-command', { 'command-line': `qemu-io d0 "${cmd}"` }));
 /** Long enough for the first 1 MiB run on a loaded machine; both sides then sleep for days (speed 1). */
-const SETTLE_MS = 700;
+const SETTLE_MS = 1200;
 const TARGETS = ['t1', 't2', 't3', 't4', 't5'];
 
 function makeImages(d: string): void {
