@@ -22,6 +22,8 @@ export interface ScriptLine {
   line: string;
   /** Events to wait for after the reply (a job's status changes). */
   events?: number;
+  /** Milliseconds to wait before the line is sent (a throttled job's first run to land). */
+  delayMs?: number;
 }
 
 export interface QmpScript {
@@ -443,7 +445,7 @@ export const jobNodeScripts: QmpScript[] = [
     L('block-dirty-bitmap-add', { node: 'u', name: 'b', granularity: 131072 }),
     // At 1 byte/s the job copies its first run and sleeps: the copy bitmap on u holds the rest.
     L('blockdev-backup', { 'job-id': 'j', device: 'u', target: 't', sync: 'full', bitmap: 'b', 'bitmap-mode': 'on-success', speed: 1 }, 2),
-    L('query-named-block-nodes', { flat: true }),
+    { ...L('query-named-block-nodes', { flat: true }), delayMs: 1200 },
     L('block-dirty-bitmap-remove', { node: 'u', name: 'b' }),
     L('job-cancel', { id: 'j' }, 4),
     L('query-named-block-nodes', { flat: true }),

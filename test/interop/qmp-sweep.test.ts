@@ -69,7 +69,7 @@ async function runGroup(which: 'qemu' | 'blocktab', group: string, scripts: QmpS
   try {
     for (const [img, size] of Object.entries(GROUP_IMAGES)) qemuImg(['create', '-q', '-f', 'qcow2', path.join(dir, img), size]);
     for (const [img, cmd] of Object.entries(GROUP_DATA)) qemuIo(path.join(dir, img), [cmd], 'qcow2');
-    const lines = scripts.flatMap((sc) => sc.lines.map((l) => ({ line: l.line.split('$DIR').join(dir), events: l.events ?? 0 })));
+    const lines = scripts.flatMap((sc) => sc.lines.map((l) => ({ line: l.line.split('$DIR').join(dir), events: l.events ?? 0, delayMs: l.delayMs ?? 0 })));
     lines.push({ line: '{"execute": "quit"}', events: 1 });
     const extra = groupExtras[group] ?? { options: [], qemuArgs: [] };
     let run = await runMonitor(which, [...groupOptions(dir), ...extra.options], [{ line: '{"execute": "qmp_capabilities"}', events: 0 }, ...lines], {
