@@ -16,6 +16,7 @@ import type { Output } from './main.js';
 import { progName } from './progname.js';
 import { snapshotLoadTmp } from '../img/snapshot.js';
 import { optimizeAsUsual, optimizeLater } from './tier-up.js';
+import { adviseBufferMemory } from './buffer-memory.js';
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
@@ -126,6 +127,8 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   const snapshot = parseSnapshotParam(str(p, 'snapshot') ?? str(p, 'snapshot-name'));
   if (srcNames.length > 1 && snapshot !== undefined) throw new UsageError('No support for concatenating multiple snapshot');
 
+  // Before anything is read into the kernels' memory: a 2 MiB range with a page in it takes 4 KiB pages.
+  adviseBufferMemory();
   const sources: BlockNode[] = [];
   let target: BlockNode | undefined;
   try {
