@@ -13,6 +13,8 @@
  * the zero scan's first pass costs nothing extra (measured: 4096 fewer
  * page faults per convert, peak RSS within 2 MiB of before).
  *
+ * src/cli/convert.ts asks for it from 256 MiB of guest data: a small convert
+ * touches a few 4 KiB pages of one buffer, and a fresh 2 MiB page costs more.
  * Advice only: without the native addon, on another OS or with THP off,
  * nothing changes but the speed. The arena is 32 MiB (src/cli/main.ts), so
  * at most that much can be committed, and a convert touches most of what it

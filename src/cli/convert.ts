@@ -60,6 +60,9 @@ function noFlush(target: BlockNode, cache: string): void {
  */
 const TIER_UP_MIN_BYTES = 256 * 1024 * 1024;
 
+/** From this much guest data a convert advises huge pages for its buffers (buffer-memory.ts). */
+const HUGE_PAGES_MIN_BYTES = 256 * 1024 * 1024;
+
 export async function runConvert(args: string[], out: Output): Promise<number> {
   const p = parseCommand('convert', args, {
     format: { type: 'string', short: 'f' },
@@ -127,8 +130,6 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
   const snapshot = parseSnapshotParam(str(p, 'snapshot') ?? str(p, 'snapshot-name'));
   if (srcNames.length > 1 && snapshot !== undefined) throw new UsageError('No support for concatenating multiple snapshot');
 
-  // Before anything is read into the kernels' memory: a 2 MiB range with a page in it takes 4 KiB pages.
-  adviseBufferMemory();
   const sources: BlockNode[] = [];
   let target: BlockNode | undefined;
   try {
@@ -145,6 +146,10 @@ export async function runConvert(args: string[], out: Output): Promise<number> {
     if (flag(p, 'skip-broken-bitmaps') && !bitmaps) throw new UsageError('--skip-broken-bitmaps requires --bitmaps');
     if (bitmaps) checkConvertBitmaps(sources, flag(p, 'skip-broken-bitmaps'));
     const total = convertTotalBytes(sources);
+    // Huge pages pay for a copy that fills its buffers, not for a small one (a fresh 2 MiB page
+    // costs more than the few 4 KiB pages it touches); advised before the target is made,
+    // so before the copy's buffers are touched.
+    if (total >= HUGE_PAGES_MIN_BYTES) adviseBufferMemory();
     const progress = new Progress(showProgress, out.stdout);
     progress.set(0);
     let copyOpts: ConvertOptions;
