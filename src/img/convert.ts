@@ -29,6 +29,7 @@ import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/sta
 import { allocBuffer, bufferIsZero, freeBuffer, zeroRunEnd } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
+import { ZeroScout } from './convert-zero-scout.js';
 import { createOptionList, formatDriver, loadFormat, optBool, parseOptions, setOption } from './options.js';
 
 export interface ConvertOptions {
@@ -305,6 +306,8 @@ interface Step {
   pos: number;
   kind: Kind;
   bytes: number;
+  /** A DATA step the zero scout already read as all zeros: not read again. */
+  knownZero?: boolean;
 }
 
 /** A step being copied: its buffer and, with -c, its compressed cluster (null: does not shrink). */
@@ -396,6 +399,29 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   let nextPos = 0;
   let done = 0;
   let failure: unknown;
+  /** Workers reading or scanning their step (the rest wait for a write turn or write). */
+  let reading = 0;
+  // Where the new target reads as zeros, written zeros ahead of the copy are found while it waits
+  // for its writes (convert-zero-scout.ts); -m 1 keeps one request at a time.
+  const scout =
+    zeroInit && !compressed && parallel > 1
+      ? new ZeroScout(
+          {
+            total,
+            runAt: async (pos) => {
+              const r = await runAt(src, pos, false, -1);
+              return { data: r.kind === Kind.Data, end: r.end };
+            },
+            read: (pos, n, buf) => src.read(pos, n, buf),
+            isZero: bufferIsZero,
+          },
+          bufSize,
+          () => nextPos,
+          () => reading === 0 && failure === undefined && signal?.aborted !== true,
+          allocBuffer,
+          freeBuffer,
+        )
+      : null;
 
   /**
    * The next step to copy, or null at the end: the planner is asked by one
@@ -417,7 +443,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
       let { kind, bytes: n } = step;
       if (minSparse === 0 && kind === Kind.Zero) n = Math.min(n, bufSize);
       nextPos = pos + n;
-      steps.push({ pos, kind, bytes: n });
+      steps.push({ pos, kind, bytes: n, knownZero: kind === Kind.Data && scout !== null && scout.covers(pos, pos + n) });
     }
     return steps.length ? steps : null;
   });
@@ -461,23 +487,33 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
         const steps = await take();
         if (!steps) return;
         const jobs: Job[] = steps.map((st, i) => ({ ...st, view: buf.subarray(i * bufSize, i * bufSize + Math.min(st.bytes, bufSize)), packed: undefined }));
-        for (const j of jobs) {
-          if (j.kind === Kind.Data) await src.read(j.pos, j.bytes, j.view);
-          else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
-        }
-        // Compressed clusters are compressed before the turn, so workers (and a pool's threads) compress in parallel.
-        const compress = compressed ? target.driver.compressCluster : undefined;
-        if (compress) {
-          await Promise.all(
-            jobs.map(async (j) => {
-              const writes = j.kind === Kind.Data ? minSparse === 0 || !bufferIsZero(j.view) : minSparse === 0 && j.kind === Kind.Zero;
-              if (writes) j.packed = await compress(target, j.view);
-            }),
+        let runs: (Run[] | null)[];
+        reading++;
+        try {
+          for (const j of jobs) {
+            if (j.kind === Kind.Data && !j.knownZero) await src.read(j.pos, j.bytes, j.view);
+            else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
+          }
+          // Compressed clusters are compressed before the turn, so workers (and a pool's threads) compress in parallel.
+          const compress = compressed ? target.driver.compressCluster : undefined;
+          if (compress) {
+            await Promise.all(
+              jobs.map(async (j) => {
+                const writes = j.kind === Kind.Data ? minSparse === 0 || !bufferIsZero(j.view) : minSparse === 0 && j.kind === Kind.Zero;
+                if (writes) j.packed = await compress(target, j.view);
+              }),
+            );
+          }
+          // Where a data step's zero blocks are is found before its turn, off the write stream's path.
+          runs = jobs.map((j) =>
+            j.kind !== Kind.Data || minSparse === 0 || compressed ? null : j.knownZero ? [{ start: 0, end: j.bytes, zero: true }] : sparseRuns(j.view, j.pos, minSparse),
           );
+        } finally {
+          reading--;
         }
-        // Where a data step's zero blocks are is found before its turn, off the write stream's path.
-        const runs = jobs.map((j) => (j.kind === Kind.Data && minSparse > 0 && !compressed ? sparseRuns(j.view, j.pos, minSparse) : null));
         const bytes = jobs.reduce((n, j) => n + j.bytes, 0);
+        // Every worker may now be waiting for the writes: the scout reads ahead meanwhile.
+        void scout?.poke();
         await turns.wait(jobs[0]!.pos);
         turns.start(jobs[0]!.pos, bytes);
         const reqs = jobs.flatMap((j, i) => stepWrites(j, runs[i]!));
@@ -508,7 +544,12 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   };
 
   onProgress?.(0, total);
-  await Promise.all(Array.from({ length: parallel }, worker));
+  try {
+    await Promise.all(Array.from({ length: parallel }, worker));
+  } finally {
+    // Its read in flight ends before the caller may close the sources.
+    await scout?.stop();
+  }
   if (failure !== undefined) throw failure;
   // QEMU counts a source's length in whole sectors, its partial last sector
   // zero-padded: a target that does not read as zeros (luks) gets that padding written.
