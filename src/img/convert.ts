@@ -106,6 +106,8 @@ const WRITES_IN_FLIGHT_IN_PLACE = 2;
  * clusters.
  */
 const WRITES_IN_FLIGHT_CALL_ORDER = 2;
+/** Steps read and waiting for their write turn that let the zero read-ahead probe (see convert-zero-scout.ts). */
+const SCOUT_MIN_READY = 2;
 /** qemu-img's MAX_BUF_SECTORS: the largest read buffer and -S value. */
 export const MAX_BUFFER = 16 * 1024 * 1024;
 /** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
@@ -399,8 +401,8 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   let nextPos = 0;
   let done = 0;
   let failure: unknown;
-  /** Workers reading or scanning their step (the rest wait for a write turn or write). */
-  let reading = 0;
+  /** Workers whose step is read and waiting for its write turn. */
+  let waiting = 0;
   // Where the new target reads as zeros, written zeros ahead of the copy are found while it waits
   // for its writes (convert-zero-scout.ts); -m 1 keeps one request at a time.
   const scout =
@@ -417,7 +419,9 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
           },
           bufSize,
           () => nextPos,
-          () => reading === 0 && failure === undefined && signal?.aborted !== true,
+          // Probes only while at least two steps are ready behind the writes in flight, so the
+          // writes never wait for a probe.
+          () => waiting >= SCOUT_MIN_READY && failure === undefined && signal?.aborted !== true,
           allocBuffer,
           freeBuffer,
         )
@@ -487,34 +491,33 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
         const steps = await take();
         if (!steps) return;
         const jobs: Job[] = steps.map((st, i) => ({ ...st, view: buf.subarray(i * bufSize, i * bufSize + Math.min(st.bytes, bufSize)), packed: undefined }));
-        let runs: (Run[] | null)[];
-        reading++;
-        try {
-          for (const j of jobs) {
-            if (j.kind === Kind.Data && !j.knownZero) await src.read(j.pos, j.bytes, j.view);
-            else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
-          }
-          // Compressed clusters are compressed before the turn, so workers (and a pool's threads) compress in parallel.
-          const compress = compressed ? target.driver.compressCluster : undefined;
-          if (compress) {
-            await Promise.all(
-              jobs.map(async (j) => {
-                const writes = j.kind === Kind.Data ? minSparse === 0 || !bufferIsZero(j.view) : minSparse === 0 && j.kind === Kind.Zero;
-                if (writes) j.packed = await compress(target, j.view);
-              }),
-            );
-          }
-          // Where a data step's zero blocks are is found before its turn, off the write stream's path.
-          runs = jobs.map((j) =>
-            j.kind !== Kind.Data || minSparse === 0 || compressed ? null : j.knownZero ? [{ start: 0, end: j.bytes, zero: true }] : sparseRuns(j.view, j.pos, minSparse),
-          );
-        } finally {
-          reading--;
+        for (const j of jobs) {
+          if (j.kind === Kind.Data && !j.knownZero) await src.read(j.pos, j.bytes, j.view);
+          else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
         }
+        // Compressed clusters are compressed before the turn, so workers (and a pool's threads) compress in parallel.
+        const compress = compressed ? target.driver.compressCluster : undefined;
+        if (compress) {
+          await Promise.all(
+            jobs.map(async (j) => {
+              const writes = j.kind === Kind.Data ? minSparse === 0 || !bufferIsZero(j.view) : minSparse === 0 && j.kind === Kind.Zero;
+              if (writes) j.packed = await compress(target, j.view);
+            }),
+          );
+        }
+        // Where a data step's zero blocks are is found before its turn, off the write stream's path.
+        const runs = jobs.map((j) =>
+          j.kind !== Kind.Data || minSparse === 0 || compressed ? null : j.knownZero ? [{ start: 0, end: j.bytes, zero: true }] : sparseRuns(j.view, j.pos, minSparse),
+        );
         const bytes = jobs.reduce((n, j) => n + j.bytes, 0);
-        // Every worker may now be waiting for the writes: the scout reads ahead meanwhile.
+        // One more step ready behind the writes: the scout may read ahead meanwhile.
+        waiting++;
         void scout?.poke();
-        await turns.wait(jobs[0]!.pos);
+        try {
+          await turns.wait(jobs[0]!.pos);
+        } finally {
+          waiting--;
+        }
         turns.start(jobs[0]!.pos, bytes);
         const reqs = jobs.flatMap((j, i) => stepWrites(j, runs[i]!));
         if (turns.overlapped) {
