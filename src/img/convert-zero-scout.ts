@@ -15,13 +15,17 @@
  * buffers costs about log2(n) wasted reads); the workers read it in turn.
  * A jump that lands in zeros may have passed their start: the scout then
  * probes backwards from there (nearest the workers first) until it meets
- * data again, and then goes on forwards.
+ * data again, and then goes on forwards. Once it has wasted more reads than
+ * it found zeros (beyond a small allowance) it stops for the rest of the copy.
  *
  * It never changes what is written: a step is treated as zeros only when
  * every byte of it was read as zero (the sources are read-only during the
  * copy), which is what the workers' own scan would find. Only DATA runs of
  * block status are probed; zero and hole runs cost no read anyway.
  */
+/** Wasted probes allowed before the scout gives up on a source where it wastes more reads than it finds zeros. */
+const WASTE_ALLOWANCE = 16;
+
 /** What the scout needs of the copy: block status, reads and the zero test. */
 export interface ScoutSource {
   readonly total: number;
@@ -171,6 +175,8 @@ export class ZeroScout {
     this.probes++;
     if (!this.src.isZero(view)) {
       this.wasted++;
+      // A source whose zeros come in small pieces costs more reads than it saves: give up.
+      if (this.wasted >= WASTE_ALLOWANCE && this.wasted > this.probes - this.wasted) this.stopped = true;
       return false;
     }
     this.record(pos, pos + n);

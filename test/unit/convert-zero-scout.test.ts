@@ -66,6 +66,13 @@ describe('zero read-ahead (ZeroScout)', () => {
     expect(known).toBe(115);
   });
 
+  it('gives up on a source whose zeros come in pieces too small to pay for the reads', async () => {
+    const { scout, reads } = await scoutAll('DZDDZ'.repeat(200));
+    expect(scout.wasted).toBeGreaterThanOrEqual(16);
+    expect(scout.wasted).toBeLessThanOrEqual(Math.max(16, scout.probes - scout.wasted + 1));
+    expect(reads.length).toBeLessThan(100);
+  });
+
   it('covers a range only when every byte of it lies in known zeros (adjacent probes merged, steps off the probe grid)', async () => {
     const { scout } = await scoutAll('ZZZDZZZ');
     // Steps cut at other offsets than the probes: across the merged first probes, inside one, across the data one.
