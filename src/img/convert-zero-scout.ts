@@ -7,7 +7,8 @@
  * region (a raw image's written zeros) only when its coroutines reach it,
  * after the data before it is written, so a data region followed by zeros
  * ends with a tail of reads and zero scans that write nothing. The scout uses
- * that idle time: while no worker is reading, it reads one buffer ahead of
+ * that idle time: while the copy says it may (convert: at least two steps read
+ * and waiting for their write turn), it reads one buffer at a time ahead of
  * the workers' frontier and scans it. All zero: the range is recorded, and a
  * step wholly inside recorded ranges is not read again (its zero runs are
  * known: the whole step). Data: the read is wasted, and the scout jumps
@@ -64,7 +65,7 @@ export class ZeroScout {
   /**
    * @param bufSize bytes per probe (the copy's step size)
    * @param frontier where the workers' next step starts
-   * @param idle whether the copy is waiting for writes (no worker reading)
+   * @param idle whether the copy is waiting for its writes, so a probe may run
    * @param alloc / free the probe buffer
    */
   constructor(
