@@ -103,6 +103,25 @@ export async function blockStatus(bs: BlockNode, wantZero: boolean, offset: numb
   return { status: status | eof(offset, pnum, total), pnum, map: ans.map, file: ans.file };
 }
 
+/**
+ * The driver's reads-as-zeros hint for [offset, offset + bytes) of `bs` (see
+ * BlockDriver.readsAsZeros), or null when the driver gives none or the range
+ * is past the end. Not block status: for copies (convert), never for `map`.
+ */
+export async function readsAsZeros(bs: BlockNode, offset: number, bytes: number): Promise<{ zero: boolean; pnum: number } | null> {
+  const hint = bs.driver.readsAsZeros;
+  const total = bs.totalBytes;
+  if (!hint || offset >= total || bytes <= 0) return null;
+  bytes = Math.min(bytes, total - offset);
+  const align = bs.limits.requestAlignment;
+  const skew = offset % align;
+  const alignedBytes = Math.min(Math.ceil((offset + bytes) / align) * align, total) - (offset - skew);
+  const ans = await hint(bs, offset - skew, alignedBytes);
+  const pnum = Math.min(ans.pnum - skew, bytes);
+  // An answer that does not reach past the head it was widened by says nothing of `offset`.
+  return pnum > 0 ? { zero: ans.zero, pnum } : null;
+}
+
 function eof(offset: number, pnum: number, total: number): number {
   return offset + pnum >= total ? BDRV_BLOCK_EOF : 0;
 }

@@ -25,7 +25,7 @@ import { BlockError, type BlockErrorCode } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { hasZeroInit, overlappingWrites } from '../block/driver.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
-import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove, readsAsZeros } from '../block/status.js';
 import { allocBuffer, bufferIsZero, freeBuffer, zeroRunEnd } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
@@ -292,11 +292,21 @@ async function runAt(src: Sources, pos: number, withBacking: boolean, backingByt
   if (backingBytes >= 0 && pos < backingBytes) n = Math.min(n, backingBytes - pos);
   const base = withBacking ? node.cowNode() : null;
   const st = await blockStatusAbove(node, base, true, off, n);
-  const pnum = st.pnum > 0 ? st.pnum : n;
+  let pnum = st.pnum > 0 ? st.pnum : n;
   let kind: Kind;
   if (st.status & BDRV_BLOCK_ZERO) kind = postBackingZero ? Kind.Backing : Kind.Zero;
   else if (st.status & BDRV_BLOCK_DATA) kind = Kind.Data;
   else kind = withBacking ? Kind.Backing : Kind.Data;
+  if (kind === Kind.Data) {
+    // Data the driver knows reads as zeros (an absent vhdx block): what qemu-img does with data its
+    // scan finds all zero (a zero write, or none on a zero-initialised target; never left to a backing
+    // file), without reading, filling and scanning it. Data runs end where the hint's answer changes.
+    const hint = await readsAsZeros(node, off, pnum);
+    if (hint) {
+      if (hint.zero) kind = Kind.Zero;
+      pnum = hint.pnum;
+    }
+  }
   return { kind, end: pos + pnum };
 }
 
