@@ -122,6 +122,20 @@ export async function readsAsZeros(bs: BlockNode, offset: number, bytes: number)
   return pnum > 0 ? { zero: ans.zero, pnum } : null;
 }
 
+/**
+ * A readsAsZeros answer for a format whose units (blocks, extents) of `unit`
+ * bytes each read as zeros or not as a whole: `isZero(index)` for the unit
+ * holding `offset`, and for how many bytes (at most `bytes`) the units from
+ * there answer the same.
+ */
+export function zeroRunByUnit(offset: number, bytes: number, unit: number, isZero: (index: number) => boolean): { zero: boolean; pnum: number } {
+  let index = Math.floor(offset / unit);
+  const zero = isZero(index);
+  let pnum = Math.min(bytes, (index + 1) * unit - offset);
+  while (pnum < bytes && isZero(++index) === zero) pnum = Math.min(bytes, pnum + unit);
+  return { zero, pnum };
+}
+
 function eof(offset: number, pnum: number, total: number): number {
   return offset + pnum >= total ? BDRV_BLOCK_EOF : 0;
 }

@@ -30,7 +30,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
-import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO } from '../../block/status.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, zeroRunByUnit } from '../../block/status.js';
 import {
   isVhdxSignature,
   MiB,
@@ -429,9 +429,9 @@ async function sectorBitmap(bs: BlockNode, s: VhdxState, block: number): Promise
   return buf;
 }
 
-/** Whether the payload block holding guest offset `offset` of an image without a parent reads as zeros by its BAT state alone. */
-function payloadReadsAsZeros(s: VhdxState, offset: number): boolean {
-  const state = parseBatEntry(s.bat, payloadIndex(Math.floor(offset / s.blockSize), s.chunkRatio)).state;
+/** Whether payload block `block` of an image without a parent reads as zeros by its BAT state alone. */
+function payloadReadsAsZeros(s: VhdxState, block: number): boolean {
+  const state = parseBatEntry(s.bat, payloadIndex(block, s.chunkRatio)).state;
   return (
     state === PAYLOAD_BLOCK_NOT_PRESENT ||
     state === PAYLOAD_BLOCK_UNDEFINED ||
@@ -649,13 +649,7 @@ export const vhdxDriver: BlockDriver = {
   async readsAsZeros(bs, offset, bytes) {
     const s = bs.state<VhdxState>();
     if (s.params.hasParent) return { zero: false, pnum: bytes };
-    const zero = payloadReadsAsZeros(s, offset);
-    let n = 0;
-    do {
-      const at = offset + n;
-      n += Math.min(bytes - n, s.blockSize - (at % s.blockSize));
-    } while (n < bytes && payloadReadsAsZeros(s, offset + n) === zero);
-    return { zero, pnum: n };
+    return zeroRunByUnit(offset, bytes, s.blockSize, (block) => payloadReadsAsZeros(s, block));
   },
 
   async check(bs, _fix, report): Promise<CheckResult> {
