@@ -4,6 +4,7 @@
 // allocation happens here, so the stub runtime never touches the heap.
 export { bufferIsZero, blockRunEnd } from './zero';
 export { l2EntryKind, l2ScanRun } from './l2-scan';
+export { crc32cUpdate } from './crc32c';
 export { refCountTable, refCompareBlock } from './refcount';
 export {
   hbBytes, hbInit, hbCount, hbGet, hbSet, hbReset, hbResetAll, hbNextDirty, hbNextZero,

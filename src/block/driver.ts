@@ -356,6 +356,23 @@ export interface BlockDriver {
    */
   blockStatus?(bs: BlockNode, wantZero: boolean, offset: number, bytes: number): Promise<BlockStatus>;
 
+  /**
+   * A copy's hint, not block status: whether [offset, offset + bytes) reads
+   * as zeros, for `pnum` bytes (0 < pnum <= bytes). For formats whose QEMU
+   * driver has no block status (vhdx, bochs, dmg: qemu-img map calls every
+   * byte data, and `blockStatus` must say the same) but which know without
+   * reading that a range holds no data (an absent block). Convert asks it
+   * where block status says data, and treats a zero answer as qemu-img
+   * treats a data range its scan found all zero, so the target comes out
+   * the same, without the read, the zero fill and the scan. `zero: true`
+   * only where every byte reads as zero through this node (its backing
+   * chain included); `zero: false` is always a correct answer. Guarantees:
+   * as blockStatus (offset < totalBytes, bytes > 0, inside totalBytes,
+   * offset aligned to requestAlignment). Use it through `readsAsZeros`
+   * (status.ts).
+   */
+  readsAsZeros?(bs: BlockNode, offset: number, bytes: number): Promise<{ zero: boolean; pnum: number }>;
+
   /** Format-specific facts for `info` (qemu-img's "format-specific"). */
   getInfo?(bs: BlockNode): ImageInfoSpecific | undefined;
 

@@ -103,6 +103,39 @@ export async function blockStatus(bs: BlockNode, wantZero: boolean, offset: numb
   return { status: status | eof(offset, pnum, total), pnum, map: ans.map, file: ans.file };
 }
 
+/**
+ * The driver's reads-as-zeros hint for [offset, offset + bytes) of `bs` (see
+ * BlockDriver.readsAsZeros), or null when the driver gives none or the range
+ * is past the end. Not block status: for copies (convert), never for `map`.
+ */
+export async function readsAsZeros(bs: BlockNode, offset: number, bytes: number): Promise<{ zero: boolean; pnum: number } | null> {
+  const hint = bs.driver.readsAsZeros;
+  const total = bs.totalBytes;
+  if (!hint || offset >= total || bytes <= 0) return null;
+  bytes = Math.min(bytes, total - offset);
+  const align = bs.limits.requestAlignment;
+  const skew = offset % align;
+  const alignedBytes = Math.min(Math.ceil((offset + bytes) / align) * align, total) - (offset - skew);
+  const ans = await hint(bs, offset - skew, alignedBytes);
+  const pnum = Math.min(ans.pnum - skew, bytes);
+  // An answer that does not reach past the head it was widened by says nothing of `offset`.
+  return pnum > 0 ? { zero: ans.zero, pnum } : null;
+}
+
+/**
+ * A readsAsZeros answer for a format whose units (blocks, extents) of `unit`
+ * bytes each read as zeros or not as a whole: `isZero(index)` for the unit
+ * holding `offset`, and for how many bytes (at most `bytes`) the units from
+ * there answer the same.
+ */
+export function zeroRunByUnit(offset: number, bytes: number, unit: number, isZero: (index: number) => boolean): { zero: boolean; pnum: number } {
+  let index = Math.floor(offset / unit);
+  const zero = isZero(index);
+  let pnum = Math.min(bytes, (index + 1) * unit - offset);
+  while (pnum < bytes && isZero(++index) === zero) pnum = Math.min(bytes, pnum + unit);
+  return { zero, pnum };
+}
+
 function eof(offset: number, pnum: number, total: number): number {
   return offset + pnum >= total ? BDRV_BLOCK_EOF : 0;
 }

@@ -14,6 +14,10 @@
  *   - DATA is read in large requests and every `minSparse` block of it that is
  *     all zeros is treated as ZERO (-S). minSparse 0 writes every byte as
  *     data, zeros included, so the target ends up fully allocated.
+ *   - DATA that the source's driver knows reads as zeros (its readsAsZeros
+ *     hint: a vhdx's absent blocks, which block status calls data as QEMU's
+ *     driver does) is treated as ZERO without being read: qemu-img reads it
+ *     and its scan finds every block zero, so the target is the same.
  *   - Compressed targets (-c) are written one cluster at a time: a run
  *     shorter than a cluster is widened to the whole cluster and read as data,
  *     and a cluster that is all zeros is not written compressed.
@@ -25,7 +29,7 @@ import { BlockError, type BlockErrorCode } from '../block/errors.js';
 import type { BlockNode } from '../block/node.js';
 import { hasZeroInit, overlappingWrites } from '../block/driver.js';
 import { bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
-import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/status.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove, readsAsZeros } from '../block/status.js';
 import { allocBuffer, bufferIsZero, freeBuffer, zeroRunEnd } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
@@ -295,11 +299,21 @@ async function runAt(src: Sources, pos: number, withBacking: boolean, backingByt
   if (backingBytes >= 0 && pos < backingBytes) n = Math.min(n, backingBytes - pos);
   const base = withBacking ? node.cowNode() : null;
   const st = await blockStatusAbove(node, base, true, off, n);
-  const pnum = st.pnum > 0 ? st.pnum : n;
+  let pnum = st.pnum > 0 ? st.pnum : n;
   let kind: Kind;
   if (st.status & BDRV_BLOCK_ZERO) kind = postBackingZero ? Kind.Backing : Kind.Zero;
   else if (st.status & BDRV_BLOCK_DATA) kind = Kind.Data;
   else kind = withBacking ? Kind.Backing : Kind.Data;
+  if (kind === Kind.Data && node.driver.readsAsZeros) {
+    // Data the driver knows reads as zeros (an absent vhdx block): what qemu-img does with data its
+    // scan finds all zero (a zero write, or none on a zero-initialised target; never left to a backing
+    // file), without reading, filling and scanning it. Data runs end where the hint's answer changes.
+    const hint = await readsAsZeros(node, off, pnum);
+    if (hint) {
+      if (hint.zero) kind = Kind.Zero;
+      pnum = hint.pnum;
+    }
+  }
   return { kind, end: pos + pnum };
 }
 

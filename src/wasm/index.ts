@@ -11,6 +11,7 @@ export { wasmArena, wasmBufferProvider, type WasmBufferProvider } from './provid
 export { wasmBufferIsZero, wasmBlockRunEnd } from './zero.js';
 export { bufferIsZeroJs, blockRunEndJs } from './zero-js.js';
 export { wasmL2ScanRun, wasmL2EntryKind } from './l2-scan.js';
+export { wasmCrc32cUpdate } from './crc32c.js';
 export { WasmRefcounts, type CountCells, type CountMasks } from './refcount.js';
 export { HBitmap, HBitmapIter, HBITMAP_MAX_BITS, type DirtyArea, type HBitmapOptions } from './hbitmap.js';
 export { WasmError, type WasmErrorCode } from './errors.js';

@@ -44,6 +44,7 @@ export interface WasmExports {
   hbCopyPrefix(dst: number, src: number): void;
   hbDeserialize(hdr: number, src: number, firstWord: number, nwords: number): void;
   hbLevel0(hdr: number): number;
+  crc32cUpdate(crc: number, ptr: number, len: number): number;
 }
 
 export const SCRATCH_BASE = 64 * 1024;

@@ -15,7 +15,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvPread } from '../../block/io.js';
-import { BDRV_BLOCK_DATA } from '../../block/status.js';
+import { BDRV_BLOCK_DATA, zeroRunByUnit } from '../../block/status.js';
 import { requireReadOnly } from '../read-only.js';
 import {
   bitmapHas,
@@ -181,6 +181,12 @@ export const bochsDriver: BlockDriver = {
   async blockStatus(_bs, _wantZero, _offset, bytes) {
     // QEMU has no block-status callback for bochs: the generic answer is "data".
     return { status: BDRV_BLOCK_DATA, pnum: bytes };
+  },
+
+  /** Unallocated extents read as zeros: convert need not read them (block status above still says data, as QEMU's). */
+  async readsAsZeros(bs, offset, bytes) {
+    const s = bs.state<BochsState>();
+    return zeroRunByUnit(offset, bytes, s.extentSize, (index) => s.catalog[index] === BOCHS_NOT_ALLOCATED);
   },
 
   async getAllocatedFileSize(bs) {

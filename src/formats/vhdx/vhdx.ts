@@ -30,7 +30,7 @@ import { BlockError, hex } from '../../block/errors.js';
 import { type BlockDriver, type CheckResult, type DriverInfo } from '../../block/driver.js';
 import type { BlockNode } from '../../block/node.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvTruncate, readBacking } from '../../block/io.js';
-import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO } from '../../block/status.js';
+import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, zeroRunByUnit } from '../../block/status.js';
 import {
   isVhdxSignature,
   MiB,
@@ -105,7 +105,12 @@ export interface VhdxState {
   image: string;
   headers: [VhdxHeader | null, VhdxHeader | null];
   currentHeader: 0 | 1;
-  sessionGuid: string;
+  /**
+   * This open's FileWriteGuid, made by the first header update (a read-only
+   * open never needs one, and the first use of the platform's random source
+   * costs a few milliseconds in Node).
+   */
+  sessionGuid: string | null;
   batOffset: number;
   /** The BAT as raw little-endian bytes (bat entries × 8). */
   bat: Uint8Array;
@@ -177,7 +182,7 @@ async function updateHeader(bs: BlockNode, s: VhdxState, logGuid: string | null,
   const next: VhdxHeader = {
     ...active,
     sequenceNumber: active.sequenceNumber + 1n,
-    fileWriteGuid: s.sessionGuid,
+    fileWriteGuid: (s.sessionGuid ??= randomGuid()),
     dataWriteGuid: newDataWriteGuid ? randomGuid() : active.dataWriteGuid,
     logGuid: logGuid ?? active.logGuid,
   };
@@ -424,6 +429,18 @@ async function sectorBitmap(bs: BlockNode, s: VhdxState, block: number): Promise
   return buf;
 }
 
+/** Whether payload block `block` of an image without a parent reads as zeros by its BAT state alone. */
+function payloadReadsAsZeros(s: VhdxState, block: number): boolean {
+  const state = parseBatEntry(s.bat, payloadIndex(block, s.chunkRatio)).state;
+  return (
+    state === PAYLOAD_BLOCK_NOT_PRESENT ||
+    state === PAYLOAD_BLOCK_UNDEFINED ||
+    state === PAYLOAD_BLOCK_UNMAPPED ||
+    state === PAYLOAD_BLOCK_UNMAPPED_V095 ||
+    state === PAYLOAD_BLOCK_ZERO
+  );
+}
+
 type Run = { kind: 'data' | 'zero' | 'parent'; bytes: number; host: number };
 
 /** What [offset, offset + bytes) is, for one payload block at most (and one bitmap state at most). */
@@ -480,7 +497,7 @@ export const vhdxDriver: BlockDriver = {
       image,
       headers,
       currentHeader: current,
-      sessionGuid: randomGuid(),
+      sessionGuid: null,
       batOffset: 0,
       bat: new Uint8Array(0),
       batCount: 0,
@@ -621,6 +638,18 @@ export const vhdxDriver: BlockDriver = {
     if (run.kind === 'data') return { status: BDRV_BLOCK_DATA, pnum: run.bytes };
     if (run.kind === 'zero') return { status: BDRV_BLOCK_ZERO, pnum: run.bytes };
     return { status: 0, pnum: run.bytes };
+  },
+
+  /**
+   * Absent blocks of an image without a parent read as zeros, and so do
+   * blocks in a zero or unmapped state: convert need not read, fill and scan
+   * them (block status above still says data, as QEMU's). A differencing
+   * image's block status is already precise, so it gives no hint.
+   */
+  async readsAsZeros(bs, offset, bytes) {
+    const s = bs.state<VhdxState>();
+    if (s.params.hasParent) return { zero: false, pnum: bytes };
+    return zeroRunByUnit(offset, bytes, s.blockSize, (block) => payloadReadsAsZeros(s, block));
   },
 
   async check(bs, _fix, report): Promise<CheckResult> {
