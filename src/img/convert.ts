@@ -65,7 +65,9 @@ export interface ConvertOptions {
   signal?: { readonly aborted: boolean };
   /**
    * Requests in flight (qemu-img -m, default 8): that many steps are read and
-   * scanned at once while one is written.
+   * scanned at once while one is written. On a target whose writes land in
+   * place (raw on a file) without an explicit `bufferSize`, the same buffer
+   * memory goes to fewer, larger steps (see inPlaceSteps).
    */
   parallel?: number;
   /**
