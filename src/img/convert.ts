@@ -397,6 +397,8 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   // order). Elsewhere one write at a time, as qemu-img.
   const overlap = compressed ? null : overlappingWrites(target);
   let workers = parallel;
+  // Progress is reported in qemu-img's steps even when a step is larger (below).
+  const progressStep = bufSize;
   if (overlap === 'in-place' && opts.bufferSize === undefined) ({ bufSize, workers } = inPlaceSteps(bufSize, parallel));
   const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
   const turns = new WriteTurns(opts.outOfOrder !== true, overlap === 'in-place' ? WRITES_IN_FLIGHT_IN_PLACE : overlap === 'call-order' ? WRITES_IN_FLIGHT_CALL_ORDER : 1);
@@ -506,6 +508,10 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
           for (const req of reqs) await req();
         }
         turns.done(bytes);
+        // A larger data step reports each qemu-img step in it, so `-p` prints qemu-img's lines.
+        if (onProgress && jobs.length === 1 && jobs[0]!.kind === Kind.Data) {
+          for (let k = progressStep; k < bytes; k += progressStep) onProgress(done + k, total);
+        }
         done += bytes;
         onProgress?.(done, total);
       }

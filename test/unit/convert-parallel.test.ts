@@ -122,6 +122,17 @@ describe('convert with requests in flight', () => {
       expect(writes.reduce((t, [, n]) => t + n, 0)).toBe(size - 4096);
       expect(Buffer.from(st.get('dst.raw')!).equals(Buffer.from(src))).toBe(true);
     }
+    // Progress comes in 2 MiB steps as with 2 MiB buffers (qemu-img's -p lines).
+    const seen = async (opts: { bufferSize?: number }) => {
+      st.put('dst.raw', new Uint8Array(size));
+      const raw = await openImage(st, 'dst.raw', { format: 'raw' });
+      const values: number[] = [];
+      await convert([from], raw, { targetHasZeroInit: true, ...opts }, (d) => values.push(d));
+      return values;
+    };
+    const twoMiB = await seen({ bufferSize: 2 * MiB });
+    expect(twoMiB.length).toBeGreaterThan(12);
+    expect(await seen({})).toEqual(twoMiB);
   }, 30_000);
 
   it('has two steps in flight on a fresh qcow2 target (whole clusters) and lays it out as one request at a time does', async () => {
