@@ -1,14 +1,15 @@
 #!/usr/bin/env node
 // blocktab vs qemu-img: convert vmdk->raw, vhdx->raw and vdi->qcow2 of a 1 GiB
 // image with half of it allocated (512 MiB random data in 64 MiB runs, holes between),
-// made by qemu-img from a raw source. Wall time of each tool, the ratio, and
+// made by qemu-img from a raw source. Wall and CPU time of each tool (lib.mjs's
+// copyRounds: interleaved, synced, fastest and median), the ratio, and
 // blocktab's peak RSS; outputs are checked against the source with qemu-img compare
 // (and qemu-img check for qcow2).
 // Needs `npm run build:ts` first (bench/run.mjs's npm script does it).
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MiB, bench, interleaved, ratioLine, runBlocktab, runQemu, scratchDir } from './lib.mjs';
+import { MiB, bench, copyLines, copyRoundCount, copyRounds, describeScratch, runBlocktab, runQemuTimed, scratchDir } from './lib.mjs';
 
 const dir = scratchDir();
 try {
@@ -24,6 +25,7 @@ try {
   }
   fs.ftruncateSync(fd, 1024 * MiB);
   fs.closeSync(fd);
+  describeScratch(dir);
 
   const cases = [
     ['vmdk', [], 'raw'],
@@ -37,10 +39,10 @@ try {
     const args = (out) => ['convert', '-f', fmt, '-O', outFmt, `img.${fmt}`, out];
     const q0 = `q.${outFmt}`;
     const b0 = `b.${outFmt}`;
-    runQemu(dir, args(q0)); // warms the page cache for both
-    const [q, b] = interleaved(3, [
-      { output: path.join(dir, q0), run: () => runQemu(dir, args(q0)) },
-      { output: path.join(dir, b0), run: () => runBlocktab(dir, args(b0)) },
+    const inputs = [path.join(dir, `img.${fmt}`)];
+    const [q, b] = copyRounds(copyRoundCount(), [
+      { output: path.join(dir, q0), inputs, run: () => runQemuTimed(dir, args(q0)) },
+      { output: path.join(dir, b0), inputs, run: () => runBlocktab(dir, args(b0)) },
     ]);
     const c = spawnSync('qemu-img', ['compare', '-f', 'raw', '-F', outFmt, 'src.raw', b0], { cwd: dir, encoding: 'utf8' });
     if (c.status !== 0) throw new Error(`${label}: blocktab's ${outFmt} differs from the source: ${c.stdout}${c.stderr}`);
@@ -48,7 +50,7 @@ try {
       const k = spawnSync('qemu-img', ['check', b0], { cwd: dir, encoding: 'utf8' });
       if (k.status !== 0) throw new Error(`${label}: blocktab's ${outFmt} fails qemu-img check: ${k.stdout}${k.stderr}`);
     }
-    bench(ratioLine(`convert ${label}->${outFmt} 1 GiB half allocated (wall)`, b, q, '<=1.2x qemu-img'));
+    copyLines(`convert ${label}->${outFmt} 1 GiB half allocated`, b, q, '<=1.2x qemu-img');
     bench({ name: `convert ${label}->${outFmt} 1 GiB (peak RSS)`, value: +(b.rss / MiB).toFixed(1), unit: 'MiB', baseline: null, ratio: null, aim: '<200 MiB' });
     for (const f of [q0, b0, `img.${fmt}`]) fs.rmSync(path.join(dir, f), { force: true });
   }

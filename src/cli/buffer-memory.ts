@@ -2,7 +2,8 @@
  * Huge pages for convert's buffers (Node CLI only).
  *
  * A convert reads its data into buffers carved from the wasm kernels' memory
- * (8 steps of 2 MiB in flight: 16 MiB). The first touch of each 4 KiB page
+ * (16 MiB of steps in flight: eight of 2 MiB, or two of 8 MiB on a raw
+ * target, src/img/convert.ts). The first touch of each 4 KiB page
  * of fresh memory is a page fault, twice over here: once when the kernel's
  * read copies into it, once when the zero scan first reads it. On the
  * development VM (which hands freed pages back to its host) that cost

@@ -37,6 +37,20 @@ describe('convert -S (sparse detection)', () => {
     expect(qemuImg(['map', '--output=json', '-f', 'raw', ours])).toBe(qemuImg(['map', '--output=json', '-f', 'raw', theirs]));
   });
 
+  it('qcow2 -> raw: zero blocks at step edges (2 and 8 MiB) and one across a step boundary map as qemu-img maps them', () => {
+    const dir = tmpDir();
+    const data = seededBytes(21 * MiB + 512 * 1024, 11);
+    for (const at of [2 * MiB - 4096, 8 * MiB - 4096, 13 * MiB + 8192, 16 * MiB]) data.fill(0, at, at + (at === 8 * MiB - 4096 ? 8192 : 4096));
+    fs.writeFileSync(path.join(dir, 'src.raw'), data);
+    qemuImg(['convert', '-f', 'raw', '-O', 'qcow2', path.join(dir, 'src.raw'), path.join(dir, 'src.qcow2')]);
+    const ours = path.join(dir, 'ours.raw');
+    const theirs = path.join(dir, 'theirs.raw');
+    expect(blocktab(['convert', '-O', 'raw', path.join(dir, 'src.qcow2'), ours]).status).toBe(0);
+    qemuImg(['convert', '-O', 'raw', path.join(dir, 'src.qcow2'), theirs]);
+    expect(Buffer.compare(fs.readFileSync(ours), data)).toBe(0);
+    expect(qemuImg(['map', '--output=json', '-f', 'raw', ours])).toBe(qemuImg(['map', '--output=json', '-f', 'raw', theirs]));
+  });
+
   it('-S 0 writes every byte, zeros included', () => {
     const dir = tmpDir();
     const src = makeAllocatedZeros(dir);

@@ -87,6 +87,54 @@ describe('convert with requests in flight', () => {
     }
   }, 30_000);
 
+  it('copies in steps of up to 8 MiB (two workers) onto a target whose writes land in place, leaving zero blocks out as 2 MiB steps do', async () => {
+    const st = new MemoryStorage();
+    // Data everywhere but one 4 KiB block inside the second 8 MiB step; the size is not a multiple of a step.
+    const size = 24 * MiB + 64 * 1024;
+    const src = new Uint8Array(size).fill(0x5a);
+    for (let i = 0; i < size; i += 4096) src[i] = ((i >> 12) & 0xff) | 1;
+    const hole = 9 * MiB + 4096;
+    src.fill(0, hole, hole + 4096);
+    st.put('src.raw', src);
+    const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
+    for (const [parallel, largest] of [
+      [8, 8 * MiB],
+      [4, 4 * MiB],
+      [1, 2 * MiB],
+    ] as const) {
+      st.put('dst.raw', new Uint8Array(size));
+      const raw = await openImage(st, 'dst.raw', { format: 'raw' });
+      const drv = raw.file!.node.driver as { pwritev: NonNullable<typeof raw.driver.pwritev> };
+      const plain = drv.pwritev;
+      const writes: [number, number][] = [];
+      drv.pwritev = (bs, offset, bytes, ...rest) => {
+        writes.push([offset, bytes]);
+        return plain(bs, offset, bytes, ...rest);
+      };
+      try {
+        await convert([from], raw, { parallel, targetHasZeroInit: true });
+      } finally {
+        drv.pwritev = plain;
+      }
+      expect(Math.max(...writes.map(([, n]) => n))).toBe(largest);
+      // The zero block is never written; everything else is, once.
+      expect(writes.filter(([o, n]) => o < hole + 4096 && o + n > hole)).toEqual([]);
+      expect(writes.reduce((t, [, n]) => t + n, 0)).toBe(size - 4096);
+      expect(Buffer.from(st.get('dst.raw')!).equals(Buffer.from(src))).toBe(true);
+    }
+    // Progress comes in 2 MiB steps as with 2 MiB buffers (qemu-img's -p lines).
+    const seen = async (opts: { bufferSize?: number }) => {
+      st.put('dst.raw', new Uint8Array(size));
+      const raw = await openImage(st, 'dst.raw', { format: 'raw' });
+      const values: number[] = [];
+      await convert([from], raw, { targetHasZeroInit: true, ...opts }, (d) => values.push(d));
+      return values;
+    };
+    const twoMiB = await seen({ bufferSize: 2 * MiB });
+    expect(twoMiB.length).toBeGreaterThan(12);
+    expect(await seen({})).toEqual(twoMiB);
+  }, 30_000);
+
   it('has two steps in flight on a fresh qcow2 target (whole clusters) and lays it out as one request at a time does', async () => {
     const st = new MemoryStorage();
     // Whole 64 KiB clusters of data and of zeros, so every data write is of fresh whole clusters.
