@@ -328,7 +328,8 @@ export const qcow2Driver: BlockDriver = {
     const s = bs.state<Qcow2State>();
     try {
       if (!s.rw.corrupt) await qcow2StoreBitmaps(bs, s);
-      if (!bs.readOnly) await withLock(s, () => flushForClose(s, (line) => s.warn?.(line, 'report')));
+      // An image made unusable (marked corrupt, a failed make-empty) writes nothing more: QEMU dropped its driver.
+      if (!bs.readOnly && !s.rw.unusable) await withLock(s, () => flushForClose(s, (line) => s.warn?.(line, 'report')));
     } finally {
       s.l2Cache.clear();
       dropRefcountCache(s);
@@ -403,6 +404,7 @@ export const qcow2Driver: BlockDriver = {
 
   async flush(bs) {
     const s = bs.state<Qcow2State>();
+    if (s.rw.unusable) return;
     await withLock(s, () => flushMetadata(s, { keepLazy: true }));
   },
 
