@@ -116,8 +116,8 @@ export async function flushMetadata(s: Qcow2State, opts: { keepLazy?: boolean } 
 
 /**
  * The metadata flush of a close (QEMU's qcow2_inactivate): first the tables
- * (L2 slices after the refcounts they need, the L1 entries, a flush of the
- * file even when nothing was dirty), then the refcount blocks (the deferred
+ * (dirty L2 slices or L1 entries after the refcounts they need, a flush of
+ * the file even when nothing was dirty), then the refcount blocks (the deferred
  * frees applied only when the tables are stable). A failure of either is
  * reported with QEMU's words and the other still tried; the dirty bit is
  * cleared only when both succeeded. Returns whether they did.
@@ -127,10 +127,14 @@ export async function flushForClose(s: Qcow2State, report: (line: string) => voi
   let tables = true;
   let refcounts = true;
   try {
-    await flushRefcounts(s);
-    await syncAll(s);
+    // The refcounts go first only where a table depends on them (QEMU's cache dependency): a refcount
+    // block that cannot be written is reported once, as the refcount cache's failure.
     await flushL2(s);
-    await writeL1Dirty(s);
+    if (rw.l1DirtyFrom < rw.l1DirtyTo) {
+      await flushRefcounts(s);
+      await syncAll(s);
+      await writeL1Dirty(s);
+    }
     await syncFile(s);
   } catch (e) {
     tables = false;
