@@ -214,8 +214,11 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
     // The entry had no COPIED (else no table was allocated); a failed L1 write leaves its sector dirty.
     if (l1Offset(s, l1Index) === table) putL1Entry(s.l1Table, l1Index, old, false);
     s.l2Cache.invalidate(table, cs);
-    removeMetadata(s, table, cs);
-    await updateRefcount(s, table, cs, -1, 'always').catch(() => {});
+    // An image found corrupt on the way (the new table overlapping metadata, say) is left as it is.
+    if (!s.rw.unusable) {
+      removeMetadata(s, table, cs);
+      await updateRefcount(s, table, cs, -1, 'always').catch(() => {});
+    }
     throw e;
   }
   if (old) freeClustersDeferred(s, old, cs, true);
