@@ -11,12 +11,16 @@
  * (PUNCH_HOLE | KEEP_SIZE), as QEMU's file-posix does for a discard: it
  * returns 0, or -errno (EOPNOTSUPP where the file system cannot).
  *
+ * adviseHugePages(arrayBuffer) is the one memory call: see its comment.
+ *
  * Offsets travel as doubles: they are below 2^53, which JS numbers hold exactly.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <node_api.h>
 
 static napi_value do_seek(napi_env env, napi_callback_info info, int whence) {
@@ -67,13 +71,44 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * adviseHugePages(arrayBuffer): asks the kernel to back the buffer's memory
+ * with transparent huge pages (madvise MADV_HUGEPAGE), which the host's THP
+ * mode "madvise" (Debian's default) requires. Only the 2 MiB-aligned part
+ * inside the buffer is advised. Returns the bytes advised (0 when no aligned
+ * 2 MiB lies inside), or -errno.
+ */
+static napi_value advise_huge_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void *data = NULL;
+  size_t len = 0;
+  napi_value result;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_arraybuffer_info(env, argv[0], &data, &len) != napi_ok) {
+    napi_create_double(env, -EINVAL, &result);
+    return result;
+  }
+#ifdef MADV_HUGEPAGE
+  const uintptr_t huge = (uintptr_t)2 << 20;
+  uintptr_t start = ((uintptr_t)data + huge - 1) & ~(huge - 1);
+  uintptr_t end = ((uintptr_t)data + len) & ~(huge - 1);
+  int r = end > start ? madvise((void *)start, end - start, MADV_HUGEPAGE) : 0;
+  napi_create_double(env, r == 0 ? (double)(end > start ? end - start : 0) : -errno, &result);
+#else
+  napi_create_double(env, -EOPNOTSUPP, &result);
+#endif
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"adviseHugePages", NULL, advise_huge_pages, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 3, props);
+  napi_define_properties(env, exports, 4, props);
   return exports;
 }
 

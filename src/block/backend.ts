@@ -199,10 +199,13 @@ export class BlockBackend {
     const startNs = account ? this.stats.clock.nowNs() : 0;
     const throttle = this.throttle;
     if (throttle !== null && type !== 'flush') {
-      // One clock read serves both when they share the clock.
+      // One clock read serves both when they share the clock. The small `admit` answers an idle group's request
+      // (it inlines here); only a request that must wait makes a promise.
       const group = throttle.group;
-      const wait = group.intercept(throttle, bytes, type !== 'read', account && group.clock === this.stats.clock ? startNs : undefined);
-      if (wait !== undefined) await wait;
+      const isWrite = type !== 'read';
+      if (!group.admit(throttle, bytes, isWrite, account && group.clock === this.stats.clock ? startNs : group.clock.nowNs())) {
+        await group.enqueue(throttle, bytes, isWrite);
+      }
     }
     for (;;) {
       try {

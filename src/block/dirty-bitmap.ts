@@ -62,6 +62,11 @@ export class BdrvDirtyBitmap {
   persistent = false;
   readonly = false;
   inconsistent = false;
+  /**
+   * While a backup job syncs from this bitmap (QEMU's frozen bitmap): the unnamed bitmap that records the writes
+   * made meanwhile in its place. This one keeps its bits unchanged until the job gives it the successor's.
+   */
+  successor: BdrvDirtyBitmap | undefined;
 
   constructor(name: string, size: number, granularity: number) {
     this.name = name;
@@ -118,7 +123,8 @@ export class BdrvDirtyBitmap {
       ...(this.name ? { name: this.name } : {}),
       count: this.count(),
       granularity: this.granularity,
-      recording: !this.disabled,
+      // QEMU's bdrv_dirty_bitmap_recording: a frozen bitmap records through its successor.
+      recording: !this.disabled || (this.successor !== undefined && !this.successor.disabled),
       busy: this.busy,
       persistent: this.persistent,
     };
@@ -152,7 +158,7 @@ export class DirtyBitmapList implements WriteObserver {
     for (const o of this.observers) o.markDirty(offset, bytes);
     if (bytes <= 0) return;
     for (const bm of this.bitmaps) {
-      if (bm.disabled) continue;
+      if (bm.disabled || bm.successor) continue;
       // A protocol node grows when written past its end; its bitmaps follow, as QEMU's write_req_finish does.
       if (offset + bytes > bm.size && this.bs.totalBytes > bm.size) bm.bitmap.truncate(this.bs.totalBytes);
       const end = Math.min(offset + bytes, bm.size);

@@ -182,6 +182,26 @@ function isEntry(): boolean {
   }
 }
 
+/**
+ * Commands that leave nothing running once they return (their images closed,
+ * their worker threads ended): the process ends as soon as stdout and stderr
+ * have written what is queued. Node's own end of a process tears the heap and
+ * the wasm memory down page by page first, which a finished copy does not
+ * need: from the target's close to the process's end, 60–104 ms against
+ * 40–52 ms on the loaded development VM (4 GiB raw→qcow2, strace -ttt).
+ */
+const EXITS_WHEN_DONE = new Set(['convert']);
+
+function exitWhenFlushed(): void {
+  let pending = 2;
+  // A write's callback runs once it and everything queued before it is written (a pipe may hold back output).
+  const flushed = () => {
+    if (--pending === 0) process.exit();
+  };
+  process.stdout.write('', flushed);
+  process.stderr.write('', flushed);
+}
+
 /** Runs the process's command line (the CLI started as a program: this file, or the bundle's entry src/cli/bin.ts). */
 export function runAsEntry(): void {
   const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s), stderrBlocking: writeStderrBlocking };
@@ -192,6 +212,7 @@ export function runAsEntry(): void {
   main(argv, out).then(
     (code) => {
       process.exitCode = code;
+      if (EXITS_WHEN_DONE.has(argv[0] ?? '')) exitWhenFlushed();
     },
     (e: unknown) => {
       process.stderr.write(`${progName()}: internal error: ${e instanceof Error ? e.message : String(e)}\n`);

@@ -160,6 +160,7 @@ export async function jobFilterDeviceInfo(f: JobFilterNode, flat: boolean, filte
     image,
     cache: { writeback: true, direct: false, 'no-flush': false },
     write_threshold: 0,
+    ...(f.dirtyBitmaps?.length ? { 'dirty-bitmaps': f.dirtyBitmaps.map((b) => b.info()) } : {}),
   };
 }
 

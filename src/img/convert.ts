@@ -29,6 +29,7 @@ import { BDRV_BLOCK_DATA, BDRV_BLOCK_ZERO, blockStatusAbove } from '../block/sta
 import { allocBuffer, bufferIsZero, freeBuffer, zeroRunEnd } from '../block/buffers.js';
 import { openImage, type Storage } from '../block/open.js';
 import { createImage, planCreate } from './create.js';
+import { ZeroScout } from './convert-zero-scout.js';
 import { createOptionList, formatDriver, loadFormat, optBool, parseOptions, setOption } from './options.js';
 
 export interface ConvertOptions {
@@ -105,6 +106,8 @@ const WRITES_IN_FLIGHT_IN_PLACE = 2;
  * clusters.
  */
 const WRITES_IN_FLIGHT_CALL_ORDER = 2;
+/** Steps read and waiting for their write turn that let the zero read-ahead probe (see convert-zero-scout.ts). */
+const SCOUT_MIN_READY = 2;
 /** qemu-img's MAX_BUF_SECTORS: the largest read buffer and -S value. */
 export const MAX_BUFFER = 16 * 1024 * 1024;
 /** Largest range asked about in one block-status call (BDRV_REQUEST_MAX_BYTES, rounded). */
@@ -305,6 +308,8 @@ interface Step {
   pos: number;
   kind: Kind;
   bytes: number;
+  /** A DATA step the zero scout already read as all zeros: not read again. */
+  knownZero?: boolean;
 }
 
 /** A step being copied: its buffer and, with -c, its compressed cluster (null: does not shrink). */
@@ -396,6 +401,31 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   let nextPos = 0;
   let done = 0;
   let failure: unknown;
+  /** Workers whose step is read and waiting for its write turn. */
+  let waiting = 0;
+  // Where the new target reads as zeros, written zeros ahead of the copy are found while it waits
+  // for its writes (convert-zero-scout.ts); -m 1 keeps one request at a time.
+  const scout =
+    zeroInit && !compressed && parallel > 1
+      ? new ZeroScout(
+          {
+            total,
+            runAt: async (pos) => {
+              const r = await runAt(src, pos, false, -1);
+              return { data: r.kind === Kind.Data, end: r.end };
+            },
+            read: (pos, n, buf) => src.read(pos, n, buf),
+            isZero: bufferIsZero,
+          },
+          bufSize,
+          () => nextPos,
+          // Probes only while at least two steps are ready behind the writes in flight, so the
+          // writes never wait for a probe.
+          () => waiting >= SCOUT_MIN_READY && failure === undefined && signal?.aborted !== true,
+          allocBuffer,
+          freeBuffer,
+        )
+      : null;
 
   /**
    * The next step to copy, or null at the end: the planner is asked by one
@@ -417,7 +447,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
       let { kind, bytes: n } = step;
       if (minSparse === 0 && kind === Kind.Zero) n = Math.min(n, bufSize);
       nextPos = pos + n;
-      steps.push({ pos, kind, bytes: n });
+      steps.push({ pos, kind, bytes: n, knownZero: kind === Kind.Data && scout !== null && scout.covers(pos, pos + n) });
     }
     return steps.length ? steps : null;
   });
@@ -462,7 +492,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
         if (!steps) return;
         const jobs: Job[] = steps.map((st, i) => ({ ...st, view: buf.subarray(i * bufSize, i * bufSize + Math.min(st.bytes, bufSize)), packed: undefined }));
         for (const j of jobs) {
-          if (j.kind === Kind.Data) await src.read(j.pos, j.bytes, j.view);
+          if (j.kind === Kind.Data && !j.knownZero) await src.read(j.pos, j.bytes, j.view);
           else if (j.kind === Kind.Zero && minSparse === 0) j.view.fill(0);
         }
         // Compressed clusters are compressed before the turn, so workers (and a pool's threads) compress in parallel.
@@ -476,9 +506,18 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
           );
         }
         // Where a data step's zero blocks are is found before its turn, off the write stream's path.
-        const runs = jobs.map((j) => (j.kind === Kind.Data && minSparse > 0 && !compressed ? sparseRuns(j.view, j.pos, minSparse) : null));
+        const runs = jobs.map((j) =>
+          j.kind !== Kind.Data || minSparse === 0 || compressed ? null : j.knownZero ? [{ start: 0, end: j.bytes, zero: true }] : sparseRuns(j.view, j.pos, minSparse),
+        );
         const bytes = jobs.reduce((n, j) => n + j.bytes, 0);
-        await turns.wait(jobs[0]!.pos);
+        // One more step ready behind the writes: the scout may read ahead meanwhile.
+        waiting++;
+        void scout?.poke();
+        try {
+          await turns.wait(jobs[0]!.pos);
+        } finally {
+          waiting--;
+        }
         turns.start(jobs[0]!.pos, bytes);
         const reqs = jobs.flatMap((j, i) => stepWrites(j, runs[i]!));
         if (turns.overlapped) {
@@ -508,7 +547,12 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   };
 
   onProgress?.(0, total);
-  await Promise.all(Array.from({ length: parallel }, worker));
+  try {
+    await Promise.all(Array.from({ length: parallel }, worker));
+  } finally {
+    // Its read in flight ends before the caller may close the sources.
+    await scout?.stop();
+  }
   if (failure !== undefined) throw failure;
   // QEMU counts a source's length in whole sectors, its partial last sector
   // zero-padded: a target that does not read as zeros (luks) gets that padding written.

@@ -16,8 +16,15 @@
  * before it is read; the hook waits for the job's copy of a cluster in
  * flight, so the old data is always what lands.
  *
- * With a sync bitmap, the bitmap is busy during the job and a successor
- * records the writes made meanwhile; at the end, as QEMU's
+ * The job's bitmaps are QEMU's, listed where QEMU lists them (query-block,
+ * query-named-block-nodes), unnamed and not recording: the copy bitmap on
+ * the source (block-copy's), and on the copy-before-write filter node the
+ * clusters its hook copied (`done`) and those a reader of the point-in-time
+ * view may read (`access`: all of them, nothing discards through the filter).
+ *
+ * With a sync bitmap, the bitmap is busy and frozen during the job and an
+ * unnamed successor on the source records the writes made meanwhile (if the
+ * bitmap was enabled); at the end, as QEMU's
  * backup_cleanup_sync_bitmap: `on-success` keeps only the successor when
  * the job succeeded (else the bitmap keeps its bits and gains the
  * successor's), `always` keeps the successor plus what was not copied,
@@ -25,12 +32,12 @@
  */
 import { allocBuffer, bufferIsZero, freeBuffer } from '../block/buffers.js';
 import { addBeforeWriteHook } from '../block/before-write.js';
-import { addWriteObserver, type BdrvDirtyBitmap } from '../block/dirty-bitmap.js';
+import { addWriteObserver, BdrvDirtyBitmap, showJobDirtyBitmap } from '../block/dirty-bitmap.js';
 import { BlockError } from '../block/errors.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite, bdrvPwriteZeroes } from '../block/io.js';
 import type { BlockNode } from '../block/node.js';
 import { BDRV_BLOCK_ZERO, blockStatusAbove, isAllocatedAbove } from '../block/status.js';
-import { HBitmap } from '../wasm/hbitmap.js';
+import type { HBitmap } from '../wasm/hbitmap.js';
 import type { Job, JobDriver, JobErrorPolicy } from './job.js';
 import { registerJobType } from './registry.js';
 
@@ -59,6 +66,11 @@ export interface BackupOptions {
   onTargetError?: JobErrorPolicy;
   /** Always, last: releases what the command opened (an implicit target). */
   release?(): Promise<void>;
+  /**
+   * The copy-before-write filter node's own bitmaps (the engine lists them on the node), newest first: the job
+   * fills the list when it starts and empties it when it ends.
+   */
+  filterBitmaps?: BdrvDirtyBitmap[];
   /** Bytes the job read from the source and wrote to the target (benchmarks count them). */
   counters?: { read: number; written: number };
 }
@@ -73,7 +85,11 @@ export function backupDriver(o: BackupOptions): JobDriver {
   const cs = o.clusterSize;
   const size = o.source.totalBytes;
   let copy: HBitmap | undefined;
-  let successor: HBitmap | undefined;
+  let successor: BdrvDirtyBitmap | undefined;
+  /** The filter's record of the clusters its hook copied (QEMU's copy-before-write done_bitmap). */
+  let done: BdrvDirtyBitmap | undefined;
+  /** Bitmaps this job made, freed in clean. */
+  const owned: BdrvDirtyBitmap[] = [];
   const stops: (() => void)[] = [];
   const inFlight = new Set<InFlight>();
   /** A failed copy-before-write fails the job (QEMU's on-cbw-error=break-snapshot), not the guest write. */
@@ -178,23 +194,39 @@ export function backupDriver(o: BackupOptions): JobDriver {
 
   return {
     async run(job) {
-      // The command may hold the job in a drained section for its first moment (QEMU's backup start).
-      await Promise.resolve();
-      await job.pausePoint();
-      if (o.target.totalBytes < size) throw new BlockError('EINVAL', `Source and target image have different sizes`);
-      copy = new HBitmap(size, Math.log2(cs));
+      // Made before the first await, so the command's reply finds them (QEMU makes them with the job), in QEMU's
+      // order: the sync bitmap's successor, block-copy's copy bitmap, the filter's done and access bitmaps.
+      const made = (on: BlockNode | null, granularity: number, disabled: boolean): BdrvDirtyBitmap => {
+        const bm = new BdrvDirtyBitmap('', size, granularity);
+        bm.disabled = disabled;
+        owned.push(bm);
+        if (on) stops.push(showJobDirtyBitmap(on, bm));
+        return bm;
+      };
       if (o.bitmap) {
+        // QEMU's bdrv_dirty_bitmap_create_successor: it records in the bitmap's place, if the bitmap did.
+        const s = (successor = made(o.source, o.bitmap.granularity, o.bitmap.disabled));
         o.bitmap.busy = true;
-        const s = (successor = new HBitmap(size, o.bitmap.bitmap.granularity));
+        o.bitmap.successor = s;
         stops.push(
           addWriteObserver(o.source, {
             markDirty(offset, bytes) {
               const end = Math.min(offset + bytes, s.size);
-              if (end > offset) s.set(offset, end - offset);
+              if (!s.disabled && end > offset) s.bitmap.set(offset, end - offset);
             },
           }),
         );
       }
+      // The job sets and clears it itself: it records no writes.
+      copy = made(o.source, cs, true).bitmap;
+      done = made(null, cs, true);
+      const access = made(null, cs, true);
+      access.bitmap.set(0, size);
+      o.filterBitmaps?.splice(0, Infinity, access, done);
+      // The command may hold the job in a drained section for its first moment (QEMU's backup start).
+      await Promise.resolve();
+      await job.pausePoint();
+      if (o.target.totalBytes < size) throw new BlockError('EINVAL', `Source and target image have different sizes`);
       await initCopyBitmap();
       job.total = copy.count();
       // Copy-before-write: from now on, the old data of a cluster goes to the target before a guest write changes it.
@@ -211,6 +243,8 @@ export function backupDriver(o: BackupOptions): JobDriver {
             try {
               const moved = await copyDirty(start, end, buf0);
               job.current += moved;
+              // The whole aligned range is now as it was at the start on the target, copied now or before.
+              done!.bitmap.set(start, end - start);
             } catch (e) {
               cbwError = e instanceof BlockError ? e : new BlockError('EIO', String(e));
             }
@@ -292,19 +326,19 @@ export function backupDriver(o: BackupOptions): JobDriver {
         const bm = o.bitmap.bitmap;
         const mode = o.bitmapMode ?? 'on-success';
         const ok = success && !job.error;
-        if ((ok || mode === 'always') && mode !== 'never') {
-          // Abdicate: the bitmap becomes its successor (the writes made during the job).
-          bm.resetAll();
-          bm.merge(successor);
-        } // else reclaim: the bitmap kept recording, so it already holds its old bits and the successor's.
+        // Abdicate: the bitmap becomes its successor (the writes made during the job); reclaim: it keeps its bits
+        // and gains the successor's. Its enabled state never changed (a busy bitmap cannot be enabled or disabled).
+        if ((ok || mode === 'always') && mode !== 'never') bm.resetAll();
+        bm.merge(successor.bitmap);
         if (!ok && mode === 'always' && copy) {
           // What was not copied stays dirty.
           for (const a of copy.dirtyAreas(0, size)) bm.set(a.offset, a.bytes);
         }
+        o.bitmap.successor = undefined;
         o.bitmap.busy = false;
-        successor.free();
       }
-      copy?.free();
+      o.filterBitmaps?.splice(0);
+      for (const b of owned.splice(0)) b.bitmap.free();
       await o.release?.();
     },
   };

@@ -4,7 +4,8 @@
  * Node's fs has no lseek, so holes in host files are invisible to it. A tiny
  * optional N-API addon (native/seek.c, built by node-gyp into
  * native/build/Release/seek.node) provides the two calls, and fallocate's
- * hole punching for discards. When it is absent or
+ * hole punching for discards, and the huge-page advice for convert's buffer
+ * memory (src/cli/buffer-memory.ts). When it is absent or
  * the host file system does not support them, these return undefined
  * ("unknown") and the file protocol reports every byte as data, which is
  * always correct, only less precise than QEMU's file-posix.
@@ -16,6 +17,7 @@ interface SeekAddon {
   seekHole(fd: number, offset: number): number;
   /** Absent from addons built before it was added. */
   punchHole?(fd: number, offset: number, length: number): number;
+  adviseHugePages?(buffer: ArrayBuffer): number;
 }
 
 function loadAddon(): SeekAddon | undefined {
@@ -63,4 +65,15 @@ export function punchHole(fd: number, offset: number, length: number): boolean {
 /** Whether hole detection is available (for tests and `--version` style reports). */
 export function seekHoleSupported(): boolean {
   return getAddon() !== undefined;
+}
+
+/**
+ * Asks the host to back `buffer` with transparent huge pages (madvise
+ * MADV_HUGEPAGE on the 2 MiB-aligned part inside it): the bytes advised, 0
+ * when the addon or the host cannot (advice only: memory works the same).
+ */
+export function adviseHugePages(buffer: ArrayBuffer): number {
+  const addon = getAddon();
+  if (!addon?.adviseHugePages) return 0;
+  return Math.max(0, addon.adviseHugePages(buffer));
 }

@@ -22,6 +22,8 @@ export interface ScriptLine {
   line: string;
   /** Events to wait for after the reply (a job's status changes). */
   events?: number;
+  /** Milliseconds to wait before the line is sent (a throttled job's first run to land). */
+  delayMs?: number;
 }
 
 export interface QmpScript {
@@ -438,6 +440,16 @@ export const jobNodeScripts: QmpScript[] = [
     L('query-named-block-nodes'),
     L('query-blockstats', { 'query-nodes': true }),
     L('job-cancel', { id: 'j' }, 4),
+  ])),
+  s('backup with a sync bitmap: the job\'s own unnamed bitmaps and the bitmap\'s successor while it runs, the bitmap after a cancel', ['blockdev-backup', 'block-dirty-bitmap-add', 'query-named-block-nodes'], withUT([
+    L('block-dirty-bitmap-add', { node: 'u', name: 'b', granularity: 131072 }),
+    // At 1 byte/s the job copies its first run and sleeps: the copy bitmap on u holds the rest.
+    L('blockdev-backup', { 'job-id': 'j', device: 'u', target: 't', sync: 'full', bitmap: 'b', 'bitmap-mode': 'on-success', speed: 1 }, 2),
+    { ...L('query-named-block-nodes', { flat: true }), delayMs: 1200 },
+    L('block-dirty-bitmap-remove', { node: 'u', name: 'b' }),
+    L('job-cancel', { id: 'j' }, 4),
+    L('query-named-block-nodes', { flat: true }),
+    L('block-dirty-bitmap-remove', { node: 'u', name: 'b' }),
   ])),
   s('query-blockstats: a job filter above a device\'s node shows at device level when named, not when implicit', ['query-blockstats', 'blockdev-mirror'], [
     // sync none copies nothing: ready at once (created, running, ready, BLOCK_JOB_READY), n0 left as it was.

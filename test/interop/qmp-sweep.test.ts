@@ -48,23 +48,6 @@ function dropDrainPauses(steps: Step[]): Step[] {
 }
 
 /**
- * QEMU's jobs keep internal dirty bitmaps, anonymous (block-copy's on a backup's source, copy-before-write's two on
- * its filter node); blocktab lists a mirror's as QEMU (test/interop/qmp-job-filter.test.ts), not yet a backup's. A user's bitmap always has a name: only the
- * anonymous ones are dropped, on both sides.
- */
-function dropAnonymousBitmaps(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(dropAnonymousBitmaps);
-  if (!v || typeof v !== 'object') return v;
-  const o = Object.fromEntries(Object.entries(v).map(([k, x]) => [k, dropAnonymousBitmaps(x)]));
-  if (Array.isArray(o['dirty-bitmaps'])) {
-    const named = (o['dirty-bitmaps'] as { name?: string }[]).filter((b) => b.name !== undefined);
-    if (named.length > 0) o['dirty-bitmaps'] = named;
-    else delete o['dirty-bitmaps'];
-  }
-  return o;
-}
-
-/**
  * actual-size is the host file's allocated size (st_blocks). Right after a write, ext4 still counts blocks it
  * reserved for delayed allocation, so equal files report sizes 4 KiB apart from run to run. The node lists the job
  * scripts take while a job writes keep it as "allocated" (in the comparison only: the recording keeps QEMU's).
@@ -86,7 +69,7 @@ async function runGroup(which: 'qemu' | 'blocktab', group: string, scripts: QmpS
   try {
     for (const [img, size] of Object.entries(GROUP_IMAGES)) qemuImg(['create', '-q', '-f', 'qcow2', path.join(dir, img), size]);
     for (const [img, cmd] of Object.entries(GROUP_DATA)) qemuIo(path.join(dir, img), [cmd], 'qcow2');
-    const lines = scripts.flatMap((sc) => sc.lines.map((l) => ({ line: l.line.split('$DIR').join(dir), events: l.events ?? 0 })));
+    const lines = scripts.flatMap((sc) => sc.lines.map((l) => ({ line: l.line.split('$DIR').join(dir), events: l.events ?? 0, delayMs: l.delayMs ?? 0 })));
     lines.push({ line: '{"execute": "quit"}', events: 1 });
     const extra = groupExtras[group] ?? { options: [], qemuArgs: [] };
     let run = await runMonitor(which, [...groupOptions(dir), ...extra.options], [{ line: '{"execute": "qmp_capabilities"}', events: 0 }, ...lines], {
@@ -100,7 +83,7 @@ async function runGroup(which: 'qemu' | 'blocktab', group: string, scripts: QmpS
     // A line's expected events all came (a short count would cost a 5 s wait and hide an event that never came).
     const waited = run.steps.flatMap((st, i) => (i > 0 && i <= lines.length && st.events.length < lines[i - 1]!.events ? [{ which, line: st.input, got: st.events.length, want: lines[i - 1]!.events }] : []));
     expect(waited).toEqual([]);
-    const steps = dropDrainPauses((dropAnonymousBitmaps(maskSnapshotTimes(normalizeTranscript(run, dir))) as Step[]).slice(1));
+    const steps = dropDrainPauses((maskSnapshotTimes(normalizeTranscript(run, dir)) as Step[]).slice(1));
     const out: Record<string, Step[]> = {};
     let at = 0;
     for (const sc of scripts) {

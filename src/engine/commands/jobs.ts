@@ -22,7 +22,7 @@ import { genericError, QmpError } from '../qmp-error.js';
 import type { QmpCommandTable } from './types.js';
 import type { NodeUse } from '../../block/permissions.js';
 import { generatedNodeName } from '../../block/node.js';
-import { addWriteObserver } from '../../block/dirty-bitmap.js';
+import { addWriteObserver, type BdrvDirtyBitmap } from '../../block/dirty-bitmap.js';
 import { PERM_CONSISTENT_READ, PERM_WRITE_UNCHANGED } from '../../block/child.js';
 
 interface Running {
@@ -55,10 +55,12 @@ export interface JobFilter {
   readOnly?: boolean;
   /** The node whose chain passes through the filter on its way to `child` (commit: the overlay of top). */
   overlay?: BlockNode;
+  /** The filter node's own bitmaps, newest first, kept by its job (backup's copy-before-write has two). */
+  dirtyBitmaps?: readonly BdrvDirtyBitmap[];
 }
 
-export type JobFilterNode = Required<Omit<JobFilter, 'overlay'>> &
-  Pick<JobFilter, 'overlay'> & {
+export type JobFilterNode = Required<Omit<JobFilter, 'overlay' | 'dirtyBitmaps'>> &
+  Pick<JobFilter, 'overlay' | 'dirtyBitmaps'> & {
     /**
      * QEMU's implicit filter: inserted without a filter-node-name (backup names its copy-before-write itself, so
      * that one never is). Device-level queries look through implicit filters and show explicit ones.

@@ -284,7 +284,9 @@ function prepareBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockN
   checkNotInJob(engine, target);
   if (target.readOnly) throw genericError(`Block node '${engine.nameOf(target)}' is read-only`, 'EROFS');
   const id = (args['job-id'] as string | undefined) ?? engine.deviceOf(bs) ?? engine.nameOf(bs);
+  const filterBitmaps: BdrvDirtyBitmap[] = [];
   const options: BackupOptions = {
+    filterBitmaps,
     source: bs,
     target,
     sync: b.sync,
@@ -307,7 +309,7 @@ function prepareBackup(engine: Engine, args: Args, bs: BlockNode, target: BlockN
   const cbw = `node '${cbwName}'`;
   const start: StartJobOptions<BackupOptions> = {
     ...jobStart('backup', args, id, bs, target, options),
-    filter: { driver: 'copy-before-write', child: bs, name: cbwName },
+    filter: { driver: 'copy-before-write', child: bs, name: cbwName, dirtyBitmaps: filterBitmaps },
     uses: [
       { node: bs, use: { who: cbw, role: 'file', filterEdge: true, perm: 0, shared: PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED } },
       { node: target, use: { who: cbw, role: 'target', perm: PERM_WRITE, shared: PERM_ALL & ~PERM_RESIZE } },
