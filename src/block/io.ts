@@ -233,10 +233,14 @@ async function writeAligned(bs: BlockNode, offset: number, bytes: number, buf: U
   if (!drv.pwritev) throw new BlockError('ENOTSUP', `${bs.filename}: the ${drv.name} driver cannot write`);
   const max = bs.limits.maxTransfer;
   await debugEvent(bs, 'pwritev');
-  for (let done = 0; done < bytes; ) {
-    const n = Math.min(bytes - done, max);
-    await drv.pwritev(bs, offset + done, n, buf.subarray(done, done + n), driverFlags(flags));
-    done += n;
+  try {
+    for (let done = 0; done < bytes; ) {
+      const n = Math.min(bytes - done, max);
+      await drv.pwritev(bs, offset + done, n, buf.subarray(done, done + n), driverFlags(flags));
+      done += n;
+    }
+  } finally {
+    bs.writeGen++;
   }
   await debugEvent(bs, 'pwritev_done');
 }
@@ -367,10 +371,14 @@ export async function bdrvPwriteZeroes(bs: BlockNode, offset: number, bytes: num
         await trackedWrite(bs, headEnd, tailStart, false, async (t, me) => {
           if (mustWait(t, me)) await waitConflicts(t, me);
           await debugEvent(bs, 'pwritev_zero');
-          for (let o = headEnd; o < tailStart; ) {
-            const n = Math.min(tailStart - o, chunk);
-            await drv.pwriteZeroes!(bs, o, n, driverFlags(flags));
-            o += n;
+          try {
+            for (let o = headEnd; o < tailStart; ) {
+              const n = Math.min(tailStart - o, chunk);
+              await drv.pwriteZeroes!(bs, o, n, driverFlags(flags));
+              o += n;
+            }
+          } finally {
+            bs.writeGen++;
           }
         });
         done = true;
@@ -409,12 +417,16 @@ export async function bdrvPdiscard(bs: BlockNode, offset: number, bytes: number)
   if (end > offset) {
     await trackedWrite(bs, offset, end, false, async (t, me) => {
       if (mustWait(t, me)) await waitConflicts(t, me);
-      for (const p of discardPieces(offset, end - offset, align, req, bs.limits.maxPdiscard ?? 0)) {
-        try {
-          await drv.pdiscard!(bs, p.offset, p.bytes);
-        } catch (e) {
-          if (!(e instanceof BlockError && e.code === 'ENOTSUP')) throw e;
+      try {
+        for (const p of discardPieces(offset, end - offset, align, req, bs.limits.maxPdiscard ?? 0)) {
+          try {
+            await drv.pdiscard!(bs, p.offset, p.bytes);
+          } catch (e) {
+            if (!(e instanceof BlockError && e.code === 'ENOTSUP')) throw e;
+          }
         }
+      } finally {
+        bs.writeGen++;
       }
     });
   }
@@ -454,11 +466,17 @@ export async function bdrvLoadVmState(bs: BlockNode, pos: number, bytes: number,
 /** Flushes the node, then the children it writes to (file, data file). */
 export async function bdrvFlush(bs: BlockNode): Promise<void> {
   if (bs.closed) return;
+  const gen = bs.writeGen;
+  // A format driver's flush writes its cached metadata (QEMU's flush_to_os) every time; a filter's or
+  // protocol's reaches the storage (flush_to_disk) only when something was written since the last one.
+  const unwritten = bs.flushedGen === gen;
   if (bs.file && !bs.readOnly) await debugEvent(bs.file.node, 'flush_to_os');
-  if (!bs.readOnly && bs.driver.flush && !(bs.noFlush && bs.driver.kind === 'protocol')) await bs.driver.flush(bs);
-  if (bs.file && !bs.readOnly && !bs.noFlush) await debugEvent(bs.file.node, 'flush_to_disk');
+  const toStorage = bs.driver.kind !== 'format';
+  if (!bs.readOnly && bs.driver.flush && !(bs.noFlush && bs.driver.kind === 'protocol') && !(toStorage && unwritten)) await bs.driver.flush(bs);
+  if (bs.file && !bs.readOnly && !bs.noFlush && !unwritten) await debugEvent(bs.file.node, 'flush_to_disk');
   if (bs.file && !bs.file.node.readOnly) await bdrvFlush(bs.file.node);
   if (bs.dataFile && !bs.dataFile.node.readOnly) await bdrvFlush(bs.dataFile.node);
+  bs.flushedGen = gen;
 }
 
 /** Changes the node's size (QEMU's bdrv_co_truncate). */
@@ -466,7 +484,11 @@ export async function bdrvTruncate(bs: BlockNode, size: number, exact = false, p
   checkRange(bs, size, 0, 'truncate');
   checkWritable(bs, 'truncate');
   if (!bs.driver.truncate) throw new BlockError('ENOTSUP', `${bs.filename}: the ${bs.driver.name} driver cannot resize images`);
-  await bs.driver.truncate(bs, size, exact, prealloc);
+  try {
+    await bs.driver.truncate(bs, size, exact, prealloc);
+  } finally {
+    bs.writeGen++;
+  }
   truncateDirtyBitmaps(bs, size);
 }
 

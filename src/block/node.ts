@@ -88,6 +88,16 @@ export class BlockNode {
    */
   noFlush = false;
   /**
+   * QEMU's write_gen / flushed_gen: every write, write-zeroes, discard or
+   * truncate that reached this node (failed ones too) bumps writeGen; a
+   * flush that succeeds records the generation it started at. A flush with
+   * nothing written since skips the driver's flush to storage (QEMU's
+   * "Check if we really need to flush anything"), so it neither costs an
+   * fsync nor meets an injected flush error.
+   */
+  writeGen = 0;
+  flushedGen = 0;
+  /**
    * QEMU's BDRV_O_UNMAP (discard=unmap): without it a discard that reaches
    * this node is dropped here, before the driver and the nodes below see it
    * (QEMU's bdrv_co_pdiscard); with it a protocol node deallocates the

@@ -294,10 +294,14 @@ export async function closeNode(bs: BlockNode, keep?: (child: BlockNode) => bool
   if (bs.closed) return;
   if (bs.parents.length > 0) return;
   try {
-    if (!bs.readOnly) await bdrvFlush(bs);
+    // As QEMU's bdrv_close, a failed flush does not stop the driver's close (which may report what it
+    // could not write, as qcow2's "Failed to flush the L2 table cache"); the caller still gets the error.
+    let flushError: unknown = null;
+    if (!bs.readOnly) await bdrvFlush(bs).catch((e: unknown) => (flushError = e ?? new Error('flush failed')));
     bs.closed = true;
     await bs.driver.close?.(bs);
     releaseNamedDirtyBitmaps(bs);
+    if (flushError) throw flushError;
   } finally {
     for (const role of ['backing', 'data-file', 'file'] as const) {
       const child = bs.detach(role);

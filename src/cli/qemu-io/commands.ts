@@ -14,7 +14,7 @@ import { BlockError, describeCode, type BlockErrorCode } from '../../block/error
 import type { PreallocMode, WriteFlags } from '../../block/driver.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { isAllocated } from '../../block/status.js';
-import { bdrvLoadVmState, bdrvSaveVmState } from '../../block/io.js';
+import { bdrvFlush, bdrvLoadVmState, bdrvSaveVmState } from '../../block/io.js';
 import type { BlockNode } from '../../block/node.js';
 import { cvtnum, cvtnumError, cvtstr, dumpBuffer, elapsedSince, printReport } from './format.js';
 import { getopt, type GetoptEvent, type GetoptResult } from './getopt.js';
@@ -509,7 +509,12 @@ const writeCmd: CmdInfo = {
       else buf?.fill(pattern);
       const t0 = now();
       try {
-        if (bflag) await bdrvSaveVmState(vmStateRoot(s), offset, count, buf!);
+        if (bflag) {
+          const root = vmStateRoot(s);
+          await bdrvSaveVmState(root, offset, count, buf!);
+          // QEMU's blk_save_vmstate: with the write cache off the state is flushed before the write completes.
+          if (!s.backend.writeCacheEnabled) await bdrvFlush(root);
+        }
         else if (buf) await s.backend.write(offset, count, buf, flags);
         else await s.backend.writeZeroes(offset, count, flags);
       } catch (e) {

@@ -168,27 +168,39 @@ function parseArgs(args: string[], output: IoOutput): IoArgs | number {
   return res;
 }
 
-/** Buffers stdout so a long `read -v` is not thousands of small writes. */
-function processOutput(): IoOutput & { flush(): Promise<void> } {
-  let pending: string[] = [];
-  let size = 0;
-  const drain = (): void => {
-    if (pending.length) process.stdout.write(pending.join(''));
-    pending = [];
-    size = 0;
+/**
+ * qemu-io's stdout as C stdio keeps it: to a terminal, written before anything
+ * on stderr (line-buffered); to a pipe or file, fully buffered in 4096-byte
+ * blocks, so a message on stderr (unbuffered) comes out before the stdout text
+ * not yet filling a block, as qemu-io's close-time "Failed to flush ..."
+ * lines come before its "write failed" in a script's `2>&1`. The buffer is
+ * written at a prompt (qemu-io flushes there), a signal and exit. Whole
+ * blocks are written in batches: only their order against stderr shows.
+ */
+const STDIO_BLOCK = 4096;
+
+function processOutput(stdoutIsTty = process.stdout.isTTY === true): IoOutput & { flush(): Promise<void>; sync(): void } {
+  let pending = '';
+  const write = (n: number): void => {
+    if (n <= 0) return;
+    process.stdout.write(pending.slice(0, n));
+    pending = pending.slice(n);
   };
+  const wholeBlocks = (): number => pending.length - (pending.length % STDIO_BLOCK);
   return {
     out(text) {
-      pending.push(text);
-      size += text.length;
-      if (size > 1 << 16) drain();
+      pending += text;
+      if (pending.length > 1 << 16) write(stdoutIsTty ? pending.length : wholeBlocks());
     },
     err(text) {
-      drain();
+      write(stdoutIsTty ? pending.length : wholeBlocks());
       process.stderr.write(text);
     },
+    sync() {
+      write(pending.length);
+    },
     async flush() {
-      drain();
+      write(pending.length);
       await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
     },
   };
@@ -374,7 +386,11 @@ export async function runIo(args: string[], output: IoOutput & { flush?(): Promi
       status = await runCommands(session, parsed.cmds);
     } else {
       const rl = readline.createInterface({ input, terminal: false, crlfDelay: Infinity });
-      status = await runCommands(session, rl, () => output.out(`${PROGNAME}> `));
+      // qemu-io flushes stdout after its prompt.
+      status = await runCommands(session, rl, () => {
+        output.out(`${PROGNAME}> `);
+        (output as { sync?(): void }).sync?.();
+      });
       rl.close();
     }
   } finally {

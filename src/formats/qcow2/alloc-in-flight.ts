@@ -31,7 +31,7 @@ import { bdrvDebugEvent } from '../../block/debug-event.js';
 import { l2EntryIsCompressed, readL2Entry, standardL2Entry, writeL2Entry } from './l2-entry.js';
 import { allocateClusters } from './refcount.js';
 import { checkDataOverlap, checkNotCorrupt, drainAllocs, withLockInflight } from './metadata.js';
-import { acquireL2SliceForWrite, afterWrite, checkHostAligned, hasHost, prepareWrite, qcow2Write, writeData } from './write.js';
+import { abortAllocation, acquireL2SliceForWrite, afterWrite, checkHostAligned, hasHost, prepareWrite, qcow2Write, writeData } from './write.js';
 import type { InflightAlloc, Qcow2State } from './state.js';
 import type { L2Slice } from './l2-cache.js';
 
@@ -108,9 +108,15 @@ async function reserve(s: Qcow2State, offset: number, bytes: number): Promise<Re
 /** Outside the lock: the data, then (no await between the check and the update) the entries. */
 async function writeReserved(s: Qcow2State, r: Reserved, offset: number, data: Uint8Array): Promise<void> {
   const { slice, idx0, host } = r;
+  let dataFailed = false;
   try {
     await bdrvDebugEvent(s.file, 'write_aio');
-    await writeData(s, offset, host, data);
+    try {
+      await writeData(s, offset, host, data);
+    } catch (e) {
+      dataFailed = true;
+      throw e;
+    }
     // The image may have been found corrupt meanwhile: no entry then (the clusters leak, as on a failed write).
     checkNotCorrupt(s);
     const n = data.length / s.clusterSize;
@@ -120,5 +126,8 @@ async function writeReserved(s: Qcow2State, r: Reserved, offset: number, data: U
     s.l2Cache.release(slice);
     s.rw.allocs.delete(r.alloc);
     r.finish();
+    // No entry will name the clusters: their refcounts drop under the lock (QEMU's qcow2_alloc_cluster_abort),
+    // taken only now that this allocation no longer holds up a request that drains them.
+    if (dataFailed) await withLockInflight(s, () => abortAllocation(s, host, data.length / s.clusterSize));
   }
 }

@@ -26,7 +26,7 @@
  * refcounts that the next read/write open rebuilds.
  */
 import { QCOW2_OL_ACTIVE_L1, QCOW2_OL_ACTIVE_L2 } from './overlap.js';
-import { BlockError, hex } from '../../block/errors.js';
+import { BlockError, describeCode, hex } from '../../block/errors.js';
 import { allocBuffer, freeBuffer } from '../../block/buffers.js';
 import { bdrvFlush, bdrvPread, bdrvPwrite } from '../../block/io.js';
 import { putL1Entry } from './l2-entry.js';
@@ -39,7 +39,7 @@ import {
   refcountsPending,
   updateRefcount,
 } from './refcount.js';
-import { addMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, preWriteOverlapCheck, syncFile, writeHeaderFields } from './metadata.js';
+import { addMetadata, removeMetadata, clearDirtyBit, invalidateMetadata, markCorrupt, preWriteOverlapCheck, syncFile, writeHeaderFields } from './metadata.js';
 import { l1Copied, l1Offset, type Qcow2State } from './state.js';
 import { bdrvDebugEvent } from '../../block/debug-event.js';
 
@@ -115,6 +115,48 @@ export async function flushMetadata(s: Qcow2State, opts: { keepLazy?: boolean } 
 }
 
 /**
+ * The metadata flush of a close (QEMU's qcow2_inactivate): first the tables
+ * (dirty L2 slices or L1 entries after the refcounts they need, a flush of
+ * the file even when nothing was dirty), then the refcount blocks (the deferred
+ * frees applied only when the tables are stable). A failure of either is
+ * reported with QEMU's words and the other still tried; the dirty bit is
+ * cleared only when both succeeded. Returns whether they did.
+ */
+export async function flushForClose(s: Qcow2State, report: (line: string) => void): Promise<boolean> {
+  const rw = s.rw;
+  let tables = true;
+  let refcounts = true;
+  try {
+    // The refcounts go first only where a table depends on them (QEMU's cache dependency): a refcount
+    // block that cannot be written is reported once, as the refcount cache's failure.
+    await flushL2(s);
+    if (rw.l1DirtyFrom < rw.l1DirtyTo) {
+      await flushRefcounts(s);
+      await syncAll(s);
+      await writeL1Dirty(s);
+    }
+    await syncFile(s);
+  } catch (e) {
+    tables = false;
+    report(`Failed to flush the L2 table cache: ${errorText(e)}`);
+  }
+  try {
+    if (tables && rw.deferredFrees.length) await applyDeferredFrees(s);
+    await flushRefcounts(s);
+    await syncFile(s);
+  } catch (e) {
+    refcounts = false;
+    report(`Failed to flush the refcount block cache: ${errorText(e)}`);
+  }
+  if (tables && refcounts && rw.dirtyBitSet) await clearDirtyBit(s);
+  return tables && refcounts;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof BlockError ? describeCode(e.code) : e instanceof Error ? e.message : String(e);
+}
+
+/**
  * Host offset of the L2 table for L1 entry `l1Index`, allocated (or copied
  * from a shared table) so it may be modified: its L1 entry has COPIED.
  */
@@ -136,29 +178,49 @@ export async function getL2ForWrite(s: Qcow2State, l1Index: number): Promise<num
   }
   const cs = s.clusterSize;
   const table = await allocateClusters(s, 1);
-  // The table's own refcount goes to disk before the table, lazy refcounts or not (QEMU's l2_allocate).
-  if (s.rw.dirtyBitSet) await flushRefcounts(s);
-  const buf = allocBuffer(cs);
+  // QEMU's l2_allocate: the table's refcount is made stable first (lazy refcounts or not), then the new
+  // table is written with the other dirty L2 slices and made stable, then its L1 entry is written and
+  // made stable, all before the data the request writes next. If any of it fails the L1 entry keeps its
+  // old value and the new cluster is freed at once (nothing references it), so check finds no leak.
   try {
-    if (old) {
-      if (old % cs !== 0) throw await markCorrupt(s, `L2 table offset ${hex(old)} unaligned (L1 index ${hex(l1Index)})`);
-      // Copy-on-write of a table shared with a snapshot: its cached slices may be newer than the disk.
-      await bdrvDebugEvent(s.file, 'l2_alloc_cow_read');
-      await bdrvPread(s.file, old, cs, buf);
-      await s.l2Cache.copyCached(old, buf);
-    } else {
-      buf.fill(0);
+    await flushRefcounts(s);
+    await syncFile(s);
+    const buf = allocBuffer(cs);
+    try {
+      if (old) {
+        if (old % cs !== 0) throw await markCorrupt(s, `L2 table offset ${hex(old)} unaligned (L1 index ${hex(l1Index)})`);
+        // Copy-on-write of a table shared with a snapshot: its cached slices may be newer than the disk.
+        await bdrvDebugEvent(s.file, 'l2_alloc_cow_read');
+        await bdrvPread(s.file, old, cs, buf);
+        await s.l2Cache.copyCached(old, buf);
+      } else {
+        buf.fill(0);
+      }
+      await bdrvDebugEvent(s.file, 'l2_alloc_write');
+      await flushL2(s);
+      await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, table, cs);
+      await bdrvDebugEvent(s.file, 'l2_update');
+      await bdrvPwrite(s.file, table, cs, buf);
+      await syncFile(s);
+      // The write that follows finds the new table cached, as QEMU's: no l2_load for a table just made.
+      s.l2Cache.seed(table, buf);
+    } finally {
+      freeBuffer(buf);
     }
-    await preWriteOverlapCheck(s, QCOW2_OL_ACTIVE_L2, table, cs);
-    await bdrvDebugEvent(s.file, 'l2_alloc_write');
-    await bdrvPwrite(s.file, table, cs, buf);
-    // The write that follows finds the new table cached, as QEMU's: no l2_load for a table just made.
-    s.l2Cache.seed(table, buf);
-  } finally {
-    freeBuffer(buf);
+    addMetadata(s, table, cs, QCOW2_OL_ACTIVE_L2);
+    setL1Entry(s, l1Index, table, true);
+    await writeL1Dirty(s);
+  } catch (e) {
+    // The entry had no COPIED (else no table was allocated); a failed L1 write leaves its sector dirty.
+    if (l1Offset(s, l1Index) === table) putL1Entry(s.l1Table, l1Index, old, false);
+    s.l2Cache.invalidate(table, cs);
+    // An image found corrupt on the way (the new table overlapping metadata, say) is left as it is.
+    if (!s.rw.unusable) {
+      removeMetadata(s, table, cs);
+      await updateRefcount(s, table, cs, -1, 'always').catch(() => {});
+    }
+    throw e;
   }
-  addMetadata(s, table, cs, QCOW2_OL_ACTIVE_L2);
-  setL1Entry(s, l1Index, table, true);
   if (old) freeClustersDeferred(s, old, cs, true);
   return table;
 }

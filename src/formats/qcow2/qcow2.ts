@@ -82,7 +82,7 @@ import { l1Offset, newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
 import { cryptoInfo, openQcow2Crypto, QCOW2_CRYPT_SECTOR } from './crypto.js';
 import { dropRefcountCache } from './refcount.js';
-import { flushMetadata } from './l1.js';
+import { flushForClose, flushMetadata } from './l1.js';
 import { checkUsable, clearDirtyBit, withLock } from './metadata.js';
 import { qcow2WriteMaybeInflight } from './alloc-in-flight.js';
 import { afterWrite, prepareWrite, qcow2DiscardRange, qcow2Truncate, qcow2PwriteZeroes, qcow2Write, qcow2WriteCompressed, qcow2CompressCluster } from './write.js';
@@ -328,7 +328,8 @@ export const qcow2Driver: BlockDriver = {
     const s = bs.state<Qcow2State>();
     try {
       if (!s.rw.corrupt) await qcow2StoreBitmaps(bs, s);
-      if (!bs.readOnly) await withLock(s, () => flushMetadata(s));
+      // An image made unusable (marked corrupt, a failed make-empty) writes nothing more: QEMU dropped its driver.
+      if (!bs.readOnly && !s.rw.unusable) await withLock(s, () => flushForClose(s, (line) => s.warn?.(line, 'report')));
     } finally {
       s.l2Cache.clear();
       dropRefcountCache(s);
@@ -403,6 +404,7 @@ export const qcow2Driver: BlockDriver = {
 
   async flush(bs) {
     const s = bs.state<Qcow2State>();
+    if (s.rw.unusable) return;
     await withLock(s, () => flushMetadata(s, { keepLazy: true }));
   },
 

@@ -173,7 +173,6 @@ async function loadRefblock(s: Qcow2State, offset: number, index: number): Promi
   }
   const data = allocBuffer(s.clusterSize);
   try {
-    await bdrvDebugEvent(s.file, 'refblock_load');
     await bdrvPread(s.file, offset, s.clusterSize, data);
   } catch (e) {
     freeBuffer(data);
@@ -297,12 +296,17 @@ export async function updateRefcount(s: Qcow2State, offset: number, bytes: numbe
   const last = Math.floor((offset + bytes - 1) / s.clusterSize);
   for (let c = first; c <= last; ) {
     const i = Math.floor(c / per);
+    // QEMU's update_refcount goes through alloc_refcount_block for each block it changes: its events
+    // (refblock_alloc, then refblock_load for a block that exists, cached or not) come before any change.
+    // A lookup (getRefcount) raises neither, as QEMU's qcow2_get_refcount.
+    await bdrvDebugEvent(s.file, 'refblock_alloc');
     let table = await loadRefcountTable(s);
     if (i >= table.length || table[i] === 0) {
       if (delta < 0) throw await markCorrupt(s, `refcount of cluster ${hex(c * s.clusterSize)} would drop below 0 (no refcount block)`);
       await allocRefblock(s, i);
       table = await loadRefcountTable(s);
     }
+    await bdrvDebugEvent(s.file, 'refblock_load');
     const e = await loadRefblock(s, table[i]!, i);
     const end = Math.min(last + 1, (i + 1) * per);
     for (; c < end; c++) {

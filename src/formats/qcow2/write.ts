@@ -272,7 +272,12 @@ async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: nu
   // orders the refcount write after the L2 table's); here the tables are made stable first, then the frees applied.
   if (s.dataFile === s.file && !s.rw.dirtyBitSet && (await deferredFreesRelease(s))) await flushMetadata(s);
   const host = s.dataFile !== s.file ? guest0 : await allocateClusters(s, n);
-  await writeCompleted(bs, s, regionStart, regionEnd, off, data, host + (regionStart - guest0));
+  try {
+    await writeCompleted(bs, s, regionStart, regionEnd, off, data, host + (regionStart - guest0));
+  } catch (e) {
+    await abortAllocation(s, host, n);
+    throw e;
+  }
 
   for (let j = 0; j < n; j++) {
     const old = readL2Entry(d, idx0 + j, ext);
@@ -287,6 +292,17 @@ async function writeAlloc(bs: BlockNode, s: Qcow2State, slice: L2Slice, idx0: nu
     freeOld(s, old, 'never');
   }
   s.l2Cache.markDirty(slice);
+}
+
+/**
+ * QEMU's qcow2_alloc_cluster_abort: the data write into `n` fresh clusters
+ * at `host` failed, so no table references them; their refcounts drop at
+ * once (nothing to order) and a later write may take them again. A failure
+ * here only leaks them.
+ */
+export async function abortAllocation(s: Qcow2State, host: number, n: number): Promise<void> {
+  if (s.dataFile !== s.file) return;
+  await updateRefcount(s, host, n * s.clusterSize, -1, 'never').catch(() => {});
 }
 
 /** Cluster `idx` keeps its host cluster (COPIED) but its entry changes. */
