@@ -141,7 +141,11 @@ describe('convert of a vhdx with absent blocks (reads-as-zeros hint)', () => {
       for (const [off, len] of reads) {
         expect(data.some(([s, e]) => off >= s! && off + len <= e!), `read of ${len} at ${off}`).toBe(true);
       }
-      expect(reads.reduce((n, [, len]) => n + len, 0)).toBe(5 * MiB);
+      // Every data byte is read (the zero read-ahead, convert-zero-scout.ts, may read some twice:
+      // a probe that finds data is read again by the copy).
+      const covered = new Set<number>();
+      for (const [off, len] of reads) for (let at = off; at < off + len; at += 4096) covered.add(at);
+      expect(covered.size * 4096).toBe(5 * MiB);
     } finally {
       await closeNode(to);
       await closeNode(bs);

@@ -131,9 +131,16 @@ describe('fault filter', () => {
     await expect(blk.read(131072 - 511, 512, new Uint8Array(512))).rejects.toMatchObject({ code: 'EIO' });
   });
 
-  it('can fail flushes', async () => {
-    const { blk } = await open({ rules: [{ op: 'flush', code: 'EIO', times: 1 }] });
-    await expect(blk.flush()).rejects.toMatchObject({ code: 'EIO' });
+  it('can fail flushes (a flush reaches it only when something was written since the last good one, as QEMU\'s write_gen)', async () => {
+    const { blk, storage } = await open({ rules: [{ op: 'flush', code: 'EIO', times: 1 }] });
     await blk.flush();
+    expect(storage.counters.flushes).toBe(0);
+    await blk.write(0, 512, new Uint8Array(512).fill(1));
+    await expect(blk.flush()).rejects.toMatchObject({ code: 'EIO' });
+    // The failed flush left the write unflushed: the next one goes down again, and the rule is spent.
+    await blk.flush();
+    expect(storage.counters.flushes).toBe(2);
+    await blk.flush();
+    expect(storage.counters.flushes).toBe(2);
   });
 });
