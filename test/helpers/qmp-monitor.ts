@@ -8,8 +8,9 @@
  * `normalizeTranscript` masks what legitimately differs.
  */
 import { spawn } from 'node:child_process';
+import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { cliEntry } from './qemu.js';
+import { cliEntry, tmpDir } from './qemu.js';
 import { transcriptMasker } from './qmp-normalize.js';
 
 export interface MonitorStep {
@@ -158,4 +159,31 @@ export function hmpTextToStdout(run: MonitorRun): MonitorRun {
     }
   }
   return run;
+}
+
+/**
+ * One script through QEMU and through `blocktab qmp`, each side in a fresh
+ * directory of its own (`${prefix}-q-…`, `${prefix}-b-…`) that `makeImages`
+ * fills, with `-drive` of `image` there as device d0 (`script` gets the
+ * directory). Returns both runs and their normalised transcripts (`a`
+ * blocktab's, `b` QEMU's), HMP text moved as `hmpTextToStdout` does and
+ * `actual-size` masked to its type: the allocated size of a file written a
+ * moment ago differs by the writers' layouts and the filesystem's delayed
+ * allocation, which is never what these tests compare.
+ */
+export async function twinDriveTranscripts(
+  prefix: string,
+  makeImages: (dir: string) => void,
+  image: string,
+  script: (dir: string) => Parameters<typeof runMonitor>[2],
+): Promise<{ ours: MonitorRun; theirs: MonitorRun; a: { replies: unknown[] }[]; b: { replies: unknown[] }[] }> {
+  const dirs = { qemu: tmpDir(`${prefix}-q-`), ours: tmpDir(`${prefix}-b-`) };
+  for (const d of Object.values(dirs)) makeImages(d);
+  const options = (d: string) => ['-drive', `if=none,id=d0,file=${path.join(d, image)},format=qcow2`];
+  const [theirs, ours] = await Promise.all([
+    runMonitor('qemu', options(dirs.qemu), script(dirs.qemu)),
+    runMonitor('blocktab', options(dirs.ours), script(dirs.ours)).then(hmpTextToStdout),
+  ]);
+  const noActualSize = (v: unknown) => JSON.parse(JSON.stringify(v, (k, x: unknown) => (k === 'actual-size' ? typeof x : x))) as { replies: unknown[] }[];
+  return { ours, theirs, a: noActualSize(normalizeTranscript(ours, dirs.ours)), b: noActualSize(normalizeTranscript(theirs, dirs.qemu)) };
 }

@@ -19,9 +19,9 @@
 /* eslint-disable @typescript-eslint/no-explicit-any */
 import { describe, expect, it } from 'vitest';
 import * as path from 'node:path';
-import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { qemuImg, qemuIo } from '../helpers/qemu.js';
 import { haveQemuSystem } from '../helpers/qmp.js';
-import { hmpTextToStdout, normalizeTranscript, runMonitor } from '../helpers/qmp-monitor.js';
+import { twinDriveTranscripts } from '../helpers/qmp-monitor.js';
 
 const j = (execute: string, args?: Record<string, unknown>) => JSON.stringify({ execute, ...(args ? { arguments: args } : {}) });
 const L = (line: string, events = 0, delayMs = 0) => ({ line, events, delayMs });
@@ -96,19 +96,9 @@ function bitmapsOf(reply: any): Record<string, unknown> {
 
 describe.runIf(haveQemuSystem())("a backup job's own dirty bitmaps, against qemu-system-x86_64", () => {
   it('copy bitmap on the source, done and access on the copy-before-write node, the sync bitmap\'s successor', async () => {
-    const dirs = { qemu: tmpDir('qmpbb-q-'), ours: tmpDir('qmpbb-b-') };
-    for (const d of Object.values(dirs)) makeImages(d);
-    const options = (d: string) => ['-drive', `if=none,id=d0,file=${path.join(d, 'top.qcow2')},format=qcow2`];
-    const [theirs, ours] = await Promise.all([
-      runMonitor('qemu', options(dirs.qemu), script(dirs.qemu)),
-      runMonitor('blocktab', options(dirs.ours), script(dirs.ours)).then(hmpTextToStdout),
-    ]);
+    const { ours, theirs, a, b } = await twinDriveTranscripts('qmpbb', makeImages, 'top.qcow2', script);
     expect(ours.exitCode).toBe(0);
     expect(theirs.exitCode).toBe(0);
-    // Allocated sizes of files written a moment ago differ by the writers' layouts and ext4's delayed allocation.
-    const noActualSize = (v: unknown) => JSON.parse(JSON.stringify(v, (k, x: unknown) => (k === 'actual-size' ? typeof x : x))) as { replies: unknown[] }[];
-    const a = noActualSize(normalizeTranscript(ours, dirs.ours));
-    const b = noActualSize(normalizeTranscript(theirs, dirs.qemu));
     // At quit QEMU pauses and resumes nothing here (no job runs): the transcripts compare whole.
     for (let i = 0; i < b.length; i++) expect({ i, ...a[i] }).toEqual({ i, ...b[i] });
     expect(a.length).toBe(b.length);

@@ -16,9 +16,9 @@
 /* eslint-disable @typescript-eslint/no-explicit-any */
 import { describe, expect, it } from 'vitest';
 import * as path from 'node:path';
-import { qemuImg, qemuIo, tmpDir } from '../helpers/qemu.js';
+import { qemuImg, qemuIo } from '../helpers/qemu.js';
 import { haveQemuSystem } from '../helpers/qmp.js';
-import { hmpTextToStdout, normalizeTranscript, runMonitor } from '../helpers/qmp-monitor.js';
+import { twinDriveTranscripts } from '../helpers/qmp-monitor.js';
 
 const j = (execute: string, args?: Record<string, unknown>) => JSON.stringify({ execute, ...(args ? { arguments: args } : {}) });
 const L = (line: string, events = 0, delayMs = 0) => ({ line, events, delayMs });
@@ -61,20 +61,9 @@ function script(d: string) {
 
 describe.runIf(haveQemuSystem())('a mirror filter and throttled mirror progress, against qemu-system-x86_64', () => {
   it('query-block-jobs offsets at speed 1, query-block and query-blockstats with a named and an implicit filter, quit with a sleeping job', async () => {
-    const dirs = { qemu: tmpDir('qmpf-q-'), ours: tmpDir('qmpf-b-') };
-    for (const d of Object.values(dirs)) makeImages(d);
-    const options = (d: string) => ['-drive', `if=none,id=d0,file=${path.join(d, 'src.qcow2')},format=qcow2`];
-    const [theirs, ours] = await Promise.all([
-      runMonitor('qemu', options(dirs.qemu), script(dirs.qemu)),
-      runMonitor('blocktab', options(dirs.ours), script(dirs.ours)).then(hmpTextToStdout),
-    ]);
+    const { ours, theirs, a, b } = await twinDriveTranscripts('qmpf', makeImages, 'src.qcow2', script);
     expect(ours.exitCode).toBe(0);
     expect(theirs.exitCode).toBe(0);
-    // The source file's allocated size after the guest write differs by a few KiB (the qcow2 writer's own layout,
-    // not this test's subject): masked.
-    const noActualSize = (v: unknown) => JSON.parse(JSON.stringify(v, (k, x: unknown) => (k === 'actual-size' ? typeof x : x))) as { replies: unknown[] }[];
-    const a = noActualSize(normalizeTranscript(ours, dirs.ours));
-    const b = noActualSize(normalizeTranscript(theirs, dirs.qemu));
     // At quit QEMU drains every node before cancelling its jobs, so a job first pauses and resumes; blocktab cancels
     // without a drain. That pair is dropped from QEMU's quit step; the cancel's own events must match.
     const quit = (b as any)[19] as { events: { event: string; data?: { status?: string } }[] };

@@ -429,16 +429,23 @@ async function sectorBitmap(bs: BlockNode, s: VhdxState, block: number): Promise
   return buf;
 }
 
-/** Whether payload block `block` of an image without a parent reads as zeros by its BAT state alone. */
-function payloadReadsAsZeros(s: VhdxState, block: number): boolean {
-  const state = parseBatEntry(s.bat, payloadIndex(block, s.chunkRatio)).state;
-  return (
-    state === PAYLOAD_BLOCK_NOT_PRESENT ||
-    state === PAYLOAD_BLOCK_UNDEFINED ||
-    state === PAYLOAD_BLOCK_UNMAPPED ||
-    state === PAYLOAD_BLOCK_UNMAPPED_V095 ||
-    state === PAYLOAD_BLOCK_ZERO
-  );
+/**
+ * Whether a payload block in BAT state `state` reads as zeros by the state
+ * alone (no data of its own in the file): the zero, unmapped and undefined
+ * states, and an absent block where there is no parent to read it from.
+ */
+function stateReadsAsZeros(state: number, hasParent: boolean): boolean {
+  switch (state) {
+    case PAYLOAD_BLOCK_NOT_PRESENT:
+      return !hasParent;
+    case PAYLOAD_BLOCK_UNDEFINED:
+    case PAYLOAD_BLOCK_UNMAPPED:
+    case PAYLOAD_BLOCK_UNMAPPED_V095:
+    case PAYLOAD_BLOCK_ZERO:
+      return true;
+    default:
+      return false;
+  }
 }
 
 type Run = { kind: 'data' | 'zero' | 'parent'; bytes: number; host: number };
@@ -451,16 +458,12 @@ async function blockRun(bs: BlockNode, s: VhdxState, offset: number, bytes: numb
   const idx = payloadIndex(block, s.chunkRatio);
   const e = parseBatEntry(s.bat, idx);
   const diff = s.params.hasParent;
+  if (stateReadsAsZeros(e.state, diff)) return { kind: 'zero', bytes: n, host: 0 };
   switch (e.state) {
     case PAYLOAD_BLOCK_FULLY_PRESENT:
       return { kind: 'data', bytes: n, host: e.fileOffset + inBlock };
     case PAYLOAD_BLOCK_NOT_PRESENT:
-      return { kind: diff ? 'parent' : 'zero', bytes: n, host: 0 };
-    case PAYLOAD_BLOCK_UNDEFINED:
-    case PAYLOAD_BLOCK_UNMAPPED:
-    case PAYLOAD_BLOCK_UNMAPPED_V095:
-    case PAYLOAD_BLOCK_ZERO:
-      return { kind: 'zero', bytes: n, host: 0 };
+      return { kind: 'parent', bytes: n, host: 0 };
     case PAYLOAD_BLOCK_PARTIALLY_PRESENT: {
       if (!diff) break;
       const bitmap = await sectorBitmap(bs, s, block);
@@ -649,7 +652,7 @@ export const vhdxDriver: BlockDriver = {
   async readsAsZeros(bs, offset, bytes) {
     const s = bs.state<VhdxState>();
     if (s.params.hasParent) return { zero: false, pnum: bytes };
-    return zeroRunByUnit(offset, bytes, s.blockSize, (block) => payloadReadsAsZeros(s, block));
+    return zeroRunByUnit(offset, bytes, s.blockSize, (block) => stateReadsAsZeros(parseBatEntry(s.bat, payloadIndex(block, s.chunkRatio)).state, false));
   },
 
   async check(bs, _fix, report): Promise<CheckResult> {
