@@ -2,7 +2,8 @@
 // The WebAssembly kernels against plain-JS baselines measured in the same run
 // (imports dist/: run `npm run build` first). Every figure is a throughput,
 // so ratio = value / baseline and higher is better.
-import { initWasm, HBitmap, wasmL2ScanRun } from '../dist/wasm/index.js';
+import { HBitmap, wasmL2ScanRun } from '../dist/wasm/index.js';
+import { initWasm } from '../dist/runtime.js'; // runtime.js installs the arena as the buffer provider
 import { allocBuffer, freeBuffer, bufferIsZero } from '../dist/block/buffers.js';
 import { l2ScanRun } from '../dist/formats/qcow2/l2-scan.js';
 
