@@ -19,6 +19,7 @@
 import { defineConfig, type Plugin } from 'vite';
 import { chmodSync } from 'node:fs';
 import { join } from 'node:path';
+import { LAUNCHER_RAISED_COMMANDS, RAISED_BUDGET } from './src/cli/tier-up.ts';
 
 /**
  * The first lines of dist/bin/blocktab.js: a POSIX shell script that is also
@@ -34,10 +35,14 @@ import { join } from 'node:path';
  * name; src/cli/bin.ts puts it back and src/protocols/http-node.ts adds the
  * certificates to its https agent. Left alone when NODE_OPTIONS picks a CA
  * store (--use-openssl-ca and the like), whose meaning only Node knows.
+ * Its second job: the commands that copy (src/cli/tier-up.ts's
+ * LAUNCHER_RAISED_COMMANDS) start with V8's raised tier-up budget on Node's
+ * command line (NODE_OPTIONS cannot carry V8 flags).
  */
 export const LAUNCHER = [
   '#!/bin/sh',
-  `":" //; case "$NODE_OPTIONS" in *-ca*) ;; *) if [ -n "$NODE_EXTRA_CA_CERTS" ]; then BLOCKTAB_EXTRA_CA_CERTS=$NODE_EXTRA_CA_CERTS; export BLOCKTAB_EXTRA_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi;; esac; exec node "$0" "$@"`,
+  `":" //; case "$NODE_OPTIONS" in *-ca*) ;; *) if [ -n "$NODE_EXTRA_CA_CERTS" ]; then BLOCKTAB_EXTRA_CA_CERTS=$NODE_EXTRA_CA_CERTS; export BLOCKTAB_EXTRA_CA_CERTS; unset NODE_EXTRA_CA_CERTS; fi;; esac; ` +
+    `case "$1" in ${LAUNCHER_RAISED_COMMANDS.join('|')}) exec node --interrupt-budget=${RAISED_BUDGET} "$0" "$@";; esac; exec node "$0" "$@"`,
 ].join('\n');
 
 /** Replaces the entry's `#!/usr/bin/env node` line with LAUNCHER and makes the file executable. */
@@ -90,6 +95,13 @@ export default defineConfig({
         dynamicImportInCjs: false,
         entryFileNames: 'blocktab.js',
         chunkFileNames: '[name]-[hash].js',
+        codeSplitting: {
+          groups: [
+            { name: 'cli', test: /src[\\/]cli[\\/]main\.ts$/, priority: 3 },
+            { name: 'engine', test: /src[\\/]node\.ts$/, priority: 2 },
+            { name: 'commands', test: /src[\\/](cli|img)[\\/]/, minShareCount: 2, priority: 1 },
+          ],
+        },
         // Less source to decode and scan at every start-up; names kept, so stacks (BLOCKTAB_DEBUG) stay readable.
         minify: { compress: true, mangle: { keepNames: true }, codegen: { removeWhitespace: true } },
       },

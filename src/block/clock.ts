@@ -26,7 +26,12 @@ export interface Clock {
 // its installed headers lack v8-fast-api-calls.h, so no faster addon clock can be built, and an N-API call costs
 // more. A completion's reading reused as the next request's start, or a counter another thread ticks in a
 // SharedArrayBuffer, would report latencies that are not the request's own, unlike QEMU's two CLOCK_MONOTONIC reads.
-const perfNow: () => number = typeof performance !== 'undefined' ? performance.now.bind(performance) : Date.now;
+// Bound at the first reading, not when this module loads: in Node the global `performance` loads perf_hooks on first
+// use (about 1 ms of a CLI start-up), which a command that never reads the clock should not pay.
+let perfNow: () => number = () => {
+  perfNow = typeof performance !== 'undefined' ? performance.now.bind(performance) : Date.now;
+  return perfNow();
+};
 
 /** The host's monotonic clock. */
 export const realClock: Clock = {

@@ -29,7 +29,7 @@ import Module, { createRequire } from 'node:module';
 import * as vm from 'node:vm';
 import * as path from 'node:path';
 import * as os from 'node:os';
-import { underUsualFlags } from './tier-up.js';
+import { flagsKey, underUsualFlags } from './tier-up.js';
 
 // require, not import: the ESM facade of node:fs loads the streams stack (see src/protocols/node-fs.ts).
 const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs');
@@ -126,7 +126,7 @@ export function installCompileCache(bundleDir: string): void {
   const cacheDir = (): string | null => {
     if (dir === undefined) {
       const root = compileCacheRoot();
-      dir = root ? path.join(root, `v8-${process.versions.v8}-${process.arch}-${fnv1a(bundleDir)}`, commandKey()) : null;
+      dir = root ? path.join(root, `v8-${process.versions.v8}-${process.arch}-${fnv1a(bundleDir)}`, commandKey() + flagsKey()) : null;
     }
     return dir;
   };

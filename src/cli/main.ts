@@ -11,7 +11,7 @@ import { isBlockError, setErrorWording } from '../block/errors.js';
 import { listDrivers } from '../block/driver.js';
 import { ReportsError, UsageError } from './args.js';
 import { takeObjectOptions } from './objects.js';
-import { invokedAs, progName } from './progname.js';
+import { invokedAs, progName, warned } from './progname.js';
 import { writeStderrBlocking } from './blocking-stderr.js';
 
 /** Where commands write; tests and the top level pass process streams. */
@@ -192,7 +192,10 @@ function isEntry(): boolean {
  */
 const EXITS_WHEN_DONE = new Set(['convert']);
 
-function exitWhenFlushed(): void {
+function exitWhenFlushed(wrote: boolean): void {
+  // Nothing written through `out`: nothing queued. Asking would only create the two stdio streams (Node makes
+  // them on first use, with the streams stack: about 1.5 ms of a small convert) to learn that.
+  if (!wrote) process.exit();
   let pending = 2;
   // A write's callback runs once it and everything queued before it is written (a pipe may hold back output).
   const flushed = () => {
@@ -204,7 +207,12 @@ function exitWhenFlushed(): void {
 
 /** Runs the process's command line (the CLI started as a program: this file, or the bundle's entry src/cli/bin.ts). */
 export function runAsEntry(): void {
-  const out: Output = { stdout: (s) => void process.stdout.write(s), stderr: (s) => void process.stderr.write(s), stderrBlocking: writeStderrBlocking };
+  let wrote = false;
+  const out: Output = {
+    stdout: (s) => void ((wrote = true), process.stdout.write(s)),
+    stderr: (s) => void ((wrote = true), process.stderr.write(s)),
+    stderrBlocking: (s) => ((wrote = true), writeStderrBlocking(s)),
+  };
   // Invoked as qemu-img or qemu-io, errors speak QEMU's words where it has its own (src/block/errors.ts).
   if (invokedAs() !== 'blocktab') setErrorWording('qemu');
   // Invoked as qemu-io, the whole command line is qemu-io's.
@@ -212,7 +220,7 @@ export function runAsEntry(): void {
   main(argv, out).then(
     (code) => {
       process.exitCode = code;
-      if (EXITS_WHEN_DONE.has(argv[0] ?? '')) exitWhenFlushed();
+      if (EXITS_WHEN_DONE.has(argv[0] ?? '')) exitWhenFlushed(wrote || warned());
     },
     (e: unknown) => {
       process.stderr.write(`${progName()}: internal error: ${e instanceof Error ? e.message : String(e)}\n`);

@@ -29,6 +29,12 @@ export function warnLine(message: string, kind?: 'report'): string {
   return `${kind === 'report' || message.startsWith('warning: ') ? `${progName()}: ` : ''}${message}\n`;
 }
 
+let warnedOnce = false;
+
 export function cliWarn(message: string, kind?: 'report'): void {
+  warnedOnce = true;
   process.stderr.write(warnLine(message, kind));
 }
+
+/** Whether cliWarn wrote anything (main.ts's early exit then waits for standard error). */
+export const warned = (): boolean => warnedOnce;

@@ -80,6 +80,37 @@ describe.runIf(ourCache)('compile cache', () => {
     expect(files(xdg)).toEqual(first);
   });
 
+  it('the launcher starts convert with the raised tier-up budget, whose entries are kept apart and accepted by the next run', () => {
+    const xdg = path.join(dir, 'xdg-launcher');
+    const base = { ...process.env };
+    for (const k of ['HOME', 'TMPDIR', 'NODE_DISABLE_COMPILE_CACHE', 'NODE_COMPILE_CACHE', 'NODE_OPTIONS']) delete base[k];
+    /** Runs `convert` as a user does (the bin as a program: its shell launcher) or with `node` on the bundle. */
+    const convert = (out: string, how: 'launcher' | 'node', nodeFlags: string[] = []) => {
+      const [cmd, args] = how === 'launcher' ? [cliEntry, [] as string[]] : [process.execPath, [...nodeFlags, cliEntry]];
+      const r = spawnSync(cmd, [...args, 'convert', '-O', 'raw', 'a.qcow2', out], { cwd: dir, env: { ...base, XDG_CACHE_HOME: xdg }, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(qemuImg(['compare', '-q', '-F', 'raw', 'a.qcow2', out], { cwd: dir })).toBe('');
+      fs.rmSync(path.join(dir, out));
+    };
+    const entries = (sub: string) => [...files(xdg)].filter(([f]) => f.split(path.sep).includes(sub));
+    convert('l1.raw', 'launcher');
+    const raised = entries('convert+budget540672');
+    expect(raised.length).toBeGreaterThan(2);
+    expect(entries('convert')).toEqual([]);
+    // Made under the launcher's flags, accepted under them: not written again.
+    convert('l2.raw', 'launcher');
+    expect(entries('convert+budget540672')).toEqual(raised);
+    // node on the bundle runs with V8's own budget: its entries are its own, the launcher's untouched.
+    convert('n1.raw', 'node');
+    expect(entries('convert').length).toBeGreaterThan(2);
+    expect(entries('convert+budget540672')).toEqual(raised);
+    // A budget of the user's on Node's command line keeps its own entries too.
+    convert('o1.raw', 'node', ['--interrupt-budget=100000']);
+    expect(entries('convert+budget100000').length).toBeGreaterThan(2);
+    expect(entries('convert+budget540672')).toEqual(raised);
+  });
+
   it('falls back to a private folder in TMPDIR, and never reads one others may write', () => {
     const tmp = path.join(dir, 'tmp');
     fs.mkdirSync(tmp);
