@@ -120,6 +120,17 @@ const WRITES_IN_FLIGHT_IN_PLACE = 1;
  */
 const WRITES_IN_FLIGHT_CALL_ORDER = 2;
 /**
+ * Steps in flight on a target that allocates in call order: the two whose
+ * writes may overlap (WRITES_IN_FLIGHT_CALL_ORDER) and two read ahead. The
+ * target's writes are one stream (the host serialises writes to a file),
+ * several times slower than the reads, so more steps only wait for their
+ * turn, holding buffer memory and thread-pool threads. Measured 2026-12-07
+ * (vdi→qcow2 1 GiB, half allocated, 11 interleaved rounds, caches dropped):
+ * 8 steps 194 ms fastest / 222 median, system time 200 ms; 4 steps 181 /
+ * 192, 170 ms; 3 steps 179 / 198. The target's layout does not depend on it.
+ */
+const CALL_ORDER_STEPS = 4;
+/**
  * Largest step on a target whose writes land in place (see `inPlaceSteps`).
  * Four default steps: with the default -m 8, two workers of 8 MiB, the
  * buffer memory of eight 2 MiB ones.
@@ -426,6 +437,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   // Progress is reported in qemu-img's steps even when a step is larger (below).
   const progressStep = bufSize;
   if (overlap === 'in-place' && opts.bufferSize === undefined) ({ bufSize, workers } = inPlaceSteps(bufSize, parallel));
+  if (overlap === 'call-order') workers = Math.min(workers, CALL_ORDER_STEPS);
   const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
   const turns = new WriteTurns(opts.outOfOrder !== true, overlap === 'in-place' ? WRITES_IN_FLIGHT_IN_PLACE : overlap === 'call-order' ? WRITES_IN_FLIGHT_CALL_ORDER : 1);
   // With -c a step is one cluster: a worker takes several at once, so compressing them is one trip to a pool.
