@@ -178,6 +178,47 @@ describe('convert with requests in flight', () => {
     expect(Buffer.from(images[1]!).equals(Buffer.from(images[0]!))).toBe(true);
   }, 30_000);
 
+  it('reads at most four steps ahead on a qcow2 target (two writing, two read), fewer with a lower -m', async () => {
+    const st = new MemoryStorage();
+    // Data everywhere (no zero read-ahead: the target is not known to read as zeros).
+    const src = new Uint8Array(32 * MiB).map((_, i) => ((i * 13) >> 3) | 1);
+    st.put('src.raw', src);
+    const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
+    const drv = from.file!.node.driver as { preadv: NonNullable<typeof from.driver.preadv> };
+    const plain = drv.preadv;
+    let running = 0;
+    let most = 0;
+    drv.preadv = async (...args) => {
+      most = Math.max(most, ++running);
+      await new Promise((r) => setTimeout(r, 2));
+      try {
+        return await plain(...args);
+      } finally {
+        running--;
+      }
+    };
+    try {
+      for (const [parallel, want] of [
+        [8, 4],
+        [16, 4],
+        [2, 2],
+      ] as const) {
+        most = 0;
+        const name = `m${parallel}.qcow2`;
+        await createImage(st, await planCreate(st, { filename: name, format: 'qcow2', size: src.length }));
+        const q = await openImage(st, name, { format: 'qcow2' });
+        await convert([from], q, { parallel });
+        const back = new Uint8Array(src.length);
+        await bdrvPread(q, 0, src.length, back);
+        await closeNode(q);
+        expect(most).toBe(want);
+        expect(Buffer.from(back).equals(Buffer.from(src))).toBe(true);
+      }
+    } finally {
+      drv.preadv = plain;
+    }
+  }, 30_000);
+
   it('refuses 0 or 17 requests in flight', async () => {
     const st = new MemoryStorage();
     st.put('a.raw', new Uint8Array(4096));
