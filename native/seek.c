@@ -8,8 +8,11 @@
  * the TypeScript side treats as "unknown".
  *
  * punchHole(fd, offset, length) deallocates a range with fallocate(2)
- * (PUNCH_HOLE | KEEP_SIZE), as QEMU's file-posix does for a discard: it
- * returns 0, or -errno (EOPNOTSUPP where the file system cannot).
+ * (PUNCH_HOLE | KEEP_SIZE), as QEMU's file-posix does for a discard and a
+ * write-zeroes that may unmap; zeroRange(fd, offset, length) makes a range
+ * read as zeros keeping its blocks (ZERO_RANGE | KEEP_SIZE), as file-posix
+ * does for a write-zeroes that may not. Both return 0, or -errno
+ * (EOPNOTSUPP where the file system cannot).
  *
  * adviseHugePages(arrayBuffer) is the one memory call: see its comment.
  *
@@ -49,7 +52,8 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
   return do_seek(env, info, SEEK_HOLE);
 }
 
-static napi_value punch_hole(napi_env env, napi_callback_info info) {
+/* fallocate(fd, mode, offset, length): 0, or -errno (EOPNOTSUPP where the mode is unknown here). */
+static napi_value do_fallocate(napi_env env, napi_callback_info info, int mode) {
   size_t argc = 3;
   napi_value argv[3];
   int32_t fd = -1;
@@ -62,13 +66,29 @@ static napi_value punch_hole(napi_env env, napi_callback_info info) {
     napi_create_double(env, -EINVAL, &result);
     return result;
   }
-#ifdef FALLOC_FL_PUNCH_HOLE
-  int r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+  if (mode < 0) {
+    napi_create_double(env, -EOPNOTSUPP, &result);
+    return result;
+  }
+  int r = fallocate(fd, mode, (off_t)off, (off_t)len);
   napi_create_double(env, r == 0 ? 0 : -errno, &result);
-#else
-  napi_create_double(env, -EOPNOTSUPP, &result);
-#endif
   return result;
+}
+
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+#ifdef FALLOC_FL_PUNCH_HOLE
+  return do_fallocate(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+#else
+  return do_fallocate(env, info, -1);
+#endif
+}
+
+static napi_value zero_range(napi_env env, napi_callback_info info) {
+#ifdef FALLOC_FL_ZERO_RANGE
+  return do_fallocate(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
+#else
+  return do_fallocate(env, info, -1);
+#endif
 }
 
 /*
@@ -106,9 +126,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
     {"adviseHugePages", NULL, advise_huge_pages, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 4, props);
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   return exports;
 }
 

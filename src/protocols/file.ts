@@ -21,7 +21,7 @@ import { registerDriver, type BlockDriver } from '../block/driver.js';
 import { BlockNode } from '../block/node.js';
 import { pathCombine, type Storage } from '../block/open.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../block/status.js';
-import { punchHole, seekData, seekHole } from './seek-hole.js';
+import { punchHole, seekData, seekHole, zeroRange } from './seek-hole.js';
 
 /** Requests from this size up run in libuv's thread pool (see above). */
 const ASYNC_MIN_BYTES = 256 * 1024;
@@ -131,6 +131,25 @@ export const fileDriver: BlockDriver = {
     }
     s.unflushed = true;
     if (offset + bytes > s.size) bs.totalBytes = sectorLength((s.size = offset + bytes));
+  },
+  /**
+   * Write-zeroes as QEMU's file-posix: where the request and this node allow
+   * unmapping (a node opened with unmap: qemu-img convert's target, qemu-io's
+   * default), the range is deallocated (fallocate PUNCH_HOLE, as `convert -n`
+   * into an existing raw file leaves its zero ranges); otherwise, or where
+   * punching fails, zeroed in place (ZERO_RANGE: the blocks stay allocated
+   * and read as zeros). Either way the range maps as zeros. ENOTSUP past the
+   * end of the file or where the host cannot (no addon, another file
+   * system): the block layer then writes a buffer of zeros, which also grows
+   * the file.
+   */
+  async pwriteZeroes(bs, offset, bytes, flags) {
+    const s = st(bs);
+    if (offset + bytes > s.size) throw new BlockError('ENOTSUP', `${bs.filename}: write-zeroes past the end of the file`);
+    if (!((flags.mayUnmap && bs.unmap && punchHole(s.fd, offset, bytes)) || zeroRange(s.fd, offset, bytes))) {
+      throw new BlockError('ENOTSUP', `${bs.filename}: the host cannot zero a range in place`);
+    }
+    s.unflushed = true;
   },
   /**
    * A discard punches a hole (the range then reads as zeros and maps as a

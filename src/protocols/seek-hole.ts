@@ -3,8 +3,8 @@
  *
  * Node's fs has no lseek, so holes in host files are invisible to it. A tiny
  * optional N-API addon (native/seek.c, built by node-gyp into
- * native/build/Release/seek.node) provides the two calls, and fallocate's
- * hole punching for discards, and the huge-page advice for convert's buffer
+ * native/build/Release/seek.node) provides the two calls, fallocate's
+ * hole punching and zeroing for discards and write-zeroes, and the huge-page advice for convert's buffer
  * memory (src/cli/buffer-memory.ts). When it is absent or
  * the host file system does not support them, these return undefined
  * ("unknown") and the file protocol reports every byte as data, which is
@@ -17,6 +17,7 @@ interface SeekAddon {
   seekHole(fd: number, offset: number): number;
   /** Absent from addons built before it was added. */
   punchHole?(fd: number, offset: number, length: number): number;
+  zeroRange?(fd: number, offset: number, length: number): number;
   adviseHugePages?(buffer: ArrayBuffer): number;
 }
 
@@ -60,6 +61,17 @@ export function punchHole(fd: number, offset: number, length: number): boolean {
   const addon = getAddon();
   if (!addon?.punchHole) return false;
   return addon.punchHole(fd, offset, length) === 0;
+}
+
+/**
+ * Makes [offset, offset + length) of the host file read as zeros, keeping
+ * its blocks and its size (fallocate ZERO_RANGE): true when done, false
+ * when the addon or the file system cannot (the caller then writes zeros).
+ */
+export function zeroRange(fd: number, offset: number, length: number): boolean {
+  const addon = getAddon();
+  if (!addon?.zeroRange) return false;
+  return addon.zeroRange(fd, offset, length) === 0;
 }
 
 /** Whether hole detection is available (for tests and `--version` style reports). */
