@@ -182,6 +182,8 @@ export interface BlockDriver {
    * may run in parallel; the result goes back in `WriteFlags.precompressed`.
    */
   compressCluster?(bs: BlockNode, data: Uint8Array): Promise<Uint8Array | null>;
+  /** How many compressCluster calls run at once (a compression pool's threads; default: one). */
+  compressThreads?(bs: BlockNode): number;
   /**
    * False when a newly created image does not read as zeros (QEMU's
    * bdrv_has_zero_init answering 0: luks, whose fresh payload decrypts to

@@ -32,6 +32,8 @@ export interface DeflatePool {
    * (qcow2 writes such a cluster uncompressed) spares its copy.
    */
   deflateRaw4k(input: Uint8Array, limit?: number): Promise<Uint8Array | null>;
+  /** How many requests it compresses at once (its workers). */
+  readonly threads: number;
   /** Ends the workers (a later call starts them again). */
   close(): void;
 }
@@ -148,6 +150,7 @@ export function createDeflatePool(spawn: (events: PoolWorkerEvents) => PoolWorke
   };
 
   return {
+    threads: workers,
     deflateRaw4k(input, limit) {
       return new Promise<Uint8Array | null>((resolve, reject) => {
         if (queue.length === 0) queueMicrotask(flush);

@@ -219,6 +219,58 @@ describe('convert with requests in flight', () => {
     }
   }, 30_000);
 
+  it('with -c keeps two batches per compression thread in flight, and writes the same image', async () => {
+    const st = new MemoryStorage();
+    const src = new Uint8Array(12 * MiB).map((_, i) => ((i >> 9) * 7) & 0xff);
+    st.put('src.raw', src);
+    const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
+    const drv = from.file!.node.driver as { preadv: NonNullable<typeof from.driver.preadv> };
+    const plain = drv.preadv;
+    let running = 0;
+    let most = 0;
+    drv.preadv = async (...args) => {
+      most = Math.max(most, ++running);
+      await new Promise((r) => setTimeout(r, 2));
+      try {
+        return await plain(...args);
+      } finally {
+        running--;
+      }
+    };
+    const images: Uint8Array[] = [];
+    try {
+      for (const [threads, want] of [
+        [1, 2],
+        [3, 6],
+      ] as const) {
+        const pool = createNodeDeflatePool(threads);
+        installDeflatePool(pool);
+        try {
+          most = 0;
+          const name = `c${threads}.qcow2`;
+          await createImage(st, await planCreate(st, { filename: name, format: 'qcow2', size: src.length }));
+          const q = await openImage(st, name, { format: 'qcow2' });
+          await convert([from], q, { parallel: 8, compressed: true });
+          await closeNode(q);
+          expect(most).toBe(want);
+          images.push(st.get(name)!.slice());
+        } finally {
+          installDeflatePool(null);
+          pool.close();
+        }
+      }
+    } finally {
+      drv.preadv = plain;
+    }
+    expect(Buffer.from(images[1]!).equals(Buffer.from(images[0]!))).toBe(true);
+    const back = new Uint8Array(src.length);
+    st.put('back.qcow2', images[0]!);
+    const again = await openImage(st, 'back.qcow2', { format: 'qcow2', readOnly: true });
+    await bdrvPread(again, 0, src.length, back);
+    await closeNode(again);
+    expect(Buffer.from(back).equals(Buffer.from(src))).toBe(true);
+  }, 30_000);
+
   it('refuses 0 or 17 requests in flight', async () => {
     const st = new MemoryStorage();
     st.put('a.raw', new Uint8Array(4096));

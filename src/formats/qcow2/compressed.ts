@@ -120,3 +120,8 @@ export async function compressCluster(compressionType: number, input: Uint8Array
 }
 
 const fitting = (out: Uint8Array, limit: number): Uint8Array | null => (out.length <= limit ? out : null);
+
+/** How many clusters compressCluster compresses at once: the deflate pool's threads for zlib, one for zstd. */
+export function compressThreads(compressionType: number): number {
+  return compressionType === QCOW2_COMPRESSION_TYPE_ZSTD ? 1 : (deflatePool()?.threads ?? 1);
+}

@@ -80,6 +80,7 @@ import { BME_FLAG_AUTO, BME_FLAG_IN_USE, readBitmapDirectory } from './bitmap-di
 import { qcow2BitmapsReadOnly, qcow2CanStoreNewBitmap, qcow2LoadBitmaps, qcow2ReopenBitmapsRw, qcow2RemoveBitmap, qcow2StoreBitmaps } from './bitmaps.js';
 import { l1Offset, newRwState, type Qcow2State } from './state.js';
 import { qcow2Read } from './read.js';
+import { compressThreads } from './compressed.js';
 import { cryptoInfo, openQcow2Crypto, QCOW2_CRYPT_SECTOR } from './crypto.js';
 import { dropRefcountCache } from './refcount.js';
 import { flushForClose, flushMetadata } from './l1.js';
@@ -195,6 +196,7 @@ export const qcow2Driver: BlockDriver = {
     return !(s.crypto && s.l1Size > 0 && l1Offset(s, 0) !== 0);
   },
   compressCluster: (bs, data) => qcow2CompressCluster(bs.state<Qcow2State>(), data),
+  compressThreads: (bs) => compressThreads(bs.state<Qcow2State>().header.compressionType),
   // QAPI BlockdevOptionsQcow2 (the members blockdev-add accepts).
   blockdevOptions: {
     file: 'BlockdevRef',
