@@ -16,6 +16,30 @@ import { compressCluster } from '../../src/formats/qcow2/compressed.js';
 
 const MiB = 1024 * 1024;
 
+type AsyncCall = (...args: never[]) => Promise<void>;
+/**
+ * Makes every call of a driver's `method` take `delayMs(call)` ms more
+ * (the memory protocol answers at once) and counts how many run at once:
+ * `most` is the peak since it was last set to 0; `restore` puts the method back.
+ */
+function countInFlight(driver: object, method: 'preadv' | 'pwritev', delayMs: (call: number) => number = () => 2) {
+  const d = driver as Record<string, AsyncCall>;
+  const plain = d[method]!;
+  let running = 0;
+  let calls = 0;
+  const counter = { most: 0, restore: () => void (d[method] = plain) };
+  d[method] = (async (...args: never[]) => {
+    counter.most = Math.max(counter.most, ++running);
+    await new Promise((r) => setTimeout(r, delayMs(calls++)));
+    try {
+      return await plain(...args);
+    } finally {
+      running--;
+    }
+  }) as AsyncCall;
+  return counter;
+}
+
 describe('convert with requests in flight', () => {
   for (const outOfOrder of [false, true]) {
     it(`a read error in the middle fails the copy${outOfOrder ? ' (-W)' : ''}`, async () => {
@@ -57,33 +81,21 @@ describe('convert with requests in flight', () => {
     const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
     const raw = await openImage(st, 'dst.raw', { format: 'raw' });
     // Every write of the memory protocol takes a few ms: count how many run at once.
-    const drv = raw.file!.node.driver as { pwritev: NonNullable<typeof raw.driver.pwritev> };
-    const plain = drv.pwritev;
-    let running = 0;
-    let most = 0;
-    drv.pwritev = async (...args) => {
-      most = Math.max(most, ++running);
-      await new Promise((r) => setTimeout(r, 3));
-      try {
-        return await plain(...args);
-      } finally {
-        running--;
-      }
-    };
+    const writes = countInFlight(raw.file!.node.driver, 'pwritev', () => 3);
     try {
       await convert([from], raw, { parallel: 8, targetHasZeroInit: true });
-      expect(most).toBe(1);
+      expect(writes.most).toBe(1);
       expect(Buffer.from(st.get('dst.raw')!).equals(Buffer.from(src))).toBe(true);
-      most = 0;
+      writes.most = 0;
       await createImage(st, await planCreate(st, { filename: 'dst.qcow2', format: 'qcow2', size: src.length }));
       const q = await openImage(st, 'dst.qcow2', { format: 'qcow2' });
       await convert([from], q, { parallel: 8, targetHasZeroInit: true });
-      expect(most).toBe(1);
+      expect(writes.most).toBe(1);
       const back = new Uint8Array(src.length);
       await bdrvPread(q, 0, src.length, back);
       expect(Buffer.from(back).equals(Buffer.from(src))).toBe(true);
     } finally {
-      drv.pwritev = plain;
+      writes.restore();
     }
   }, 30_000);
 
@@ -147,27 +159,14 @@ describe('convert with requests in flight', () => {
       await createImage(st, await planCreate(st, { filename: name, format: 'qcow2', size: src.length }));
       const q = await openImage(st, name, { format: 'qcow2' });
       // Writes of the image file take an uneven few ms, so data writes end out of order.
-      const drv = q.file!.node.driver as { pwritev: NonNullable<typeof q.driver.pwritev> };
-      const plain = drv.pwritev;
-      let running = 0;
-      let most = 0;
-      let k = 0;
-      drv.pwritev = async (...args) => {
-        most = Math.max(most, ++running);
-        await new Promise((r) => setTimeout(r, 1 + ((k++ * 5) % 7)));
-        try {
-          return await plain(...args);
-        } finally {
-          running--;
-        }
-      };
+      const writes = countInFlight(q.file!.node.driver, 'pwritev', (k) => 1 + ((k * 5) % 7));
       try {
         await convert([from], q, { parallel, targetHasZeroInit: true });
         await closeNode(q);
       } finally {
-        drv.pwritev = plain;
+        writes.restore();
       }
-      expect(most).toBe(parallel === 1 ? 1 : 2);
+      expect(writes.most).toBe(parallel === 1 ? 1 : 2);
       images.push(st.get(name)!.slice());
       const back = new Uint8Array(src.length);
       const again = await openImage(st, name, { format: 'qcow2', readOnly: true });
@@ -184,26 +183,14 @@ describe('convert with requests in flight', () => {
     const src = new Uint8Array(32 * MiB).map((_, i) => ((i * 13) >> 3) | 1);
     st.put('src.raw', src);
     const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
-    const drv = from.file!.node.driver as { preadv: NonNullable<typeof from.driver.preadv> };
-    const plain = drv.preadv;
-    let running = 0;
-    let most = 0;
-    drv.preadv = async (...args) => {
-      most = Math.max(most, ++running);
-      await new Promise((r) => setTimeout(r, 2));
-      try {
-        return await plain(...args);
-      } finally {
-        running--;
-      }
-    };
+    const reads = countInFlight(from.file!.node.driver, 'preadv');
     try {
       for (const [parallel, want] of [
         [8, 4],
         [16, 4],
         [2, 2],
       ] as const) {
-        most = 0;
+        reads.most = 0;
         const name = `m${parallel}.qcow2`;
         await createImage(st, await planCreate(st, { filename: name, format: 'qcow2', size: src.length }));
         const q = await openImage(st, name, { format: 'qcow2' });
@@ -211,11 +198,11 @@ describe('convert with requests in flight', () => {
         const back = new Uint8Array(src.length);
         await bdrvPread(q, 0, src.length, back);
         await closeNode(q);
-        expect(most).toBe(want);
+        expect(reads.most).toBe(want);
         expect(Buffer.from(back).equals(Buffer.from(src))).toBe(true);
       }
     } finally {
-      drv.preadv = plain;
+      reads.restore();
     }
   }, 30_000);
 
@@ -224,19 +211,7 @@ describe('convert with requests in flight', () => {
     const src = new Uint8Array(12 * MiB).map((_, i) => ((i >> 9) * 7) & 0xff);
     st.put('src.raw', src);
     const from = await openImage(st, 'src.raw', { format: 'raw', readOnly: true });
-    const drv = from.file!.node.driver as { preadv: NonNullable<typeof from.driver.preadv> };
-    const plain = drv.preadv;
-    let running = 0;
-    let most = 0;
-    drv.preadv = async (...args) => {
-      most = Math.max(most, ++running);
-      await new Promise((r) => setTimeout(r, 2));
-      try {
-        return await plain(...args);
-      } finally {
-        running--;
-      }
-    };
+    const reads = countInFlight(from.file!.node.driver, 'preadv');
     const images: Uint8Array[] = [];
     try {
       for (const [threads, want] of [
@@ -246,13 +221,13 @@ describe('convert with requests in flight', () => {
         const pool = createNodeDeflatePool(threads);
         installDeflatePool(pool);
         try {
-          most = 0;
+          reads.most = 0;
           const name = `c${threads}.qcow2`;
           await createImage(st, await planCreate(st, { filename: name, format: 'qcow2', size: src.length }));
           const q = await openImage(st, name, { format: 'qcow2' });
           await convert([from], q, { parallel: 8, compressed: true });
           await closeNode(q);
-          expect(most).toBe(want);
+          expect(reads.most).toBe(want);
           images.push(st.get(name)!.slice());
         } finally {
           installDeflatePool(null);
@@ -260,7 +235,7 @@ describe('convert with requests in flight', () => {
         }
       }
     } finally {
-      drv.preadv = plain;
+      reads.restore();
     }
     expect(Buffer.from(images[1]!).equals(Buffer.from(images[0]!))).toBe(true);
     const back = new Uint8Array(src.length);
