@@ -99,13 +99,14 @@ export const MAX_PARALLEL = 16;
  * messages); 256 KiB ones save no more memory and cost more.
  */
 const COMPRESS_BATCH_BYTES = 512 * 1024;
-/*
- * And at most two batches per compression thread are in flight (the
- * driver's compressThreads): more only wait for a thread, each holding its
- * clusters three times. Measured 2026-12-07 (4 GiB raw→qcow2 -c, two
- * threads): four batches instead of eight, peak RSS 122–125 → 118–119 MiB,
- * the same time (5.5–6.0 s).
+/**
+ * With -c, batches in flight per compression thread (the driver's
+ * compressThreads): one compressing, one read and waiting for it. More only
+ * wait for a thread, each holding its clusters three times. Measured
+ * 2026-12-07 (4 GiB raw→qcow2 -c, two threads): four batches instead of
+ * eight, peak RSS 122–125 → 118–119 MiB, the same time (5.5–6.0 s).
  */
+const COMPRESS_BATCHES_PER_THREAD = 2;
 /**
  * In-order writes in flight on a target whose writes land in place: one, as
  * qemu-img. A buffered write holds the file's lock for the whole copy into
@@ -445,8 +446,7 @@ export async function convert(sources: BlockNode[], target: BlockNode, opts: Con
   const progressStep = bufSize;
   if (overlap === 'in-place' && opts.bufferSize === undefined) ({ bufSize, workers } = inPlaceSteps(bufSize, parallel));
   if (overlap === 'call-order') workers = Math.min(workers, CALL_ORDER_STEPS);
-  // With -c, two batches per compression thread: one compressing, one read and waiting for it.
-  if (compressed) workers = Math.min(workers, 2 * Math.max(1, target.driver.compressThreads?.(target) ?? workers));
+  if (compressed) workers = Math.min(workers, COMPRESS_BATCHES_PER_THREAD * Math.max(1, target.driver.compressThreads?.(target) ?? workers));
   const planner = new Planner(src, withBacking, backingBytes, bufSize, clusterSize);
   const turns = new WriteTurns(opts.outOfOrder !== true, overlap === 'in-place' ? WRITES_IN_FLIGHT_IN_PLACE : overlap === 'call-order' ? WRITES_IN_FLIGHT_CALL_ORDER : 1);
   // With -c a step is one cluster: a worker takes several at once, so compressing them is one trip to a pool.

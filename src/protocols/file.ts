@@ -138,7 +138,7 @@ export const fileDriver: BlockDriver = {
    * default), the range is deallocated (fallocate PUNCH_HOLE, as `convert -n`
    * into an existing raw file leaves its zero ranges); otherwise, or where
    * punching fails, zeroed in place (ZERO_RANGE: the blocks stay allocated
-   * and read as zeros). Either way the range maps as zeros. ENOTSUP past the
+   * and read as zeros). ENOTSUP past the
    * end of the file or where the host cannot (no addon, another file
    * system): the block layer then writes a buffer of zeros, which also grows
    * the file.
