@@ -50,8 +50,13 @@ function setBudget(budget: number): boolean {
   }
 }
 
-/** Whether Node was started with its own budget (on its command line: NODE_OPTIONS cannot carry V8 flags). */
-const userBudget = (): boolean => process.execArgv.some((a) => a.includes('interrupt-budget') || a.includes('interrupt_budget'));
+/** The budget given on Node's command line (NODE_OPTIONS cannot carry V8 flags), or undefined. */
+function startBudget(): string | undefined {
+  return /interrupt[-_]budget[= ](\d+)/.exec(process.execArgv.join(' '))?.[1];
+}
+
+/** Whether Node was started with its own budget. */
+const userBudget = (): boolean => startBudget() !== undefined;
 
 /**
  * The budget Node was started with, as a name part for the code cache's
@@ -59,8 +64,8 @@ const userBudget = (): boolean => process.execArgv.some((a) => a.includes('inter
  * another, so runs with and without the launcher's flag keep their own.
  */
 export function flagsKey(): string {
-  const m = /interrupt[-_]budget=(\d+)/.exec(process.execArgv.join(' '));
-  return m ? `+budget${m[1]}` : '';
+  const budget = startBudget();
+  return budget === undefined ? '' : `+budget${budget}`;
 }
 
 /** Raises the budget 8 times, until `optimizeAsUsual`. */

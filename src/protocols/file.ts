@@ -37,8 +37,6 @@ function writeAt(fd: number, buf: Uint8Array, off: number, len: number, pos: num
 interface FileState {
   fd: number;
   size: number;
-  /** Written or resized since the last flush (QEMU's write_gen ahead of flushed_gen): a flush with nothing to sync is a no-op, so a node on /dev/null closes cleanly. */
-  unflushed: boolean;
   /** Discards passed to the host that it did / did not carry out (query-blockstats). */
   discardOk: number;
   discardFailed: number;
@@ -87,7 +85,7 @@ export const fileDriver: BlockDriver = {
       fs.closeSync(fd);
       throw new BlockError('EINVAL', `Could not open '${bs.filename}': Is a directory`);
     }
-    bs.opaque = { fd, size: stat.size, unflushed: false, discardOk: 0, discardFailed: 0, discardBytes: 0 } satisfies FileState;
+    bs.opaque = { fd, size: stat.size, discardOk: 0, discardFailed: 0, discardBytes: 0 } satisfies FileState;
     bs.totalBytes = sectorLength(stat.size);
   },
   async close(bs) {
@@ -129,7 +127,6 @@ export const fileDriver: BlockDriver = {
     } catch (e) {
       throw fromHostError(e, `${bs.filename}: write at offset ${offset} failed`);
     }
-    s.unflushed = true;
     if (offset + bytes > s.size) bs.totalBytes = sectorLength((s.size = offset + bytes));
   },
   /**
@@ -149,7 +146,6 @@ export const fileDriver: BlockDriver = {
     if (!((flags.mayUnmap && bs.unmap && punchHole(s.fd, offset, bytes)) || zeroRange(s.fd, offset, bytes))) {
       throw new BlockError('ENOTSUP', `${bs.filename}: the host cannot zero a range in place`);
     }
-    s.unflushed = true;
   },
   /**
    * A discard punches a hole (the range then reads as zeros and maps as a
@@ -165,15 +161,14 @@ export const fileDriver: BlockDriver = {
     if (punchHole(s.fd, offset, end - offset)) {
       s.discardOk++;
       s.discardBytes += end - offset;
-      s.unflushed = true;
     } else s.discardFailed++;
   },
+  // Called only when something was written since the last flush (block/io.ts's bdrvFlush keeps QEMU's
+  // write and flush generations), so a node on /dev/null that was never written closes cleanly.
   async flush(bs) {
     const s = st(bs);
-    if (!s.unflushed) return;
     try {
       fs.fdatasyncSync(s.fd);
-      s.unflushed = false;
     } catch (e) {
       throw fromHostError(e, `${bs.filename}: flush failed`);
     }
@@ -181,7 +176,6 @@ export const fileDriver: BlockDriver = {
   async truncate(bs, size, _exact, prealloc) {
     const s = st(bs);
     const old = s.size;
-    s.unflushed = true;
     try {
       fs.ftruncateSync(s.fd, size);
       if (prealloc === 'off' && old === 0 && size > 0) allocateFirstBlock(s.fd, size);
