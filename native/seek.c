@@ -11,8 +11,9 @@
  * (PUNCH_HOLE | KEEP_SIZE), as QEMU's file-posix does for a discard and a
  * write-zeroes that may unmap; zeroRange(fd, offset, length) makes a range
  * read as zeros keeping its blocks (ZERO_RANGE | KEEP_SIZE), as file-posix
- * does for a write-zeroes that may not. Both return 0, or -errno
- * (EOPNOTSUPP where the file system cannot).
+ * does for a write-zeroes that may not; allocate(fd, offset, length) gives a
+ * range blocks without changing a byte (KEEP_SIZE), before a large write.
+ * All three return 0, or -errno (EOPNOTSUPP where the file system cannot).
  *
  * adviseHugePages(arrayBuffer) is the one memory call: see its comment.
  *
@@ -75,6 +76,19 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info, int mode) 
   return result;
 }
 
+/*
+ * allocate(fd, offset, length): gives the range blocks without changing a
+ * byte or the file's size (fallocate KEEP_SIZE): holes become allocated
+ * space that reads as zeros, data stays. See src/protocols/file.ts for why.
+ */
+static napi_value allocate(napi_env env, napi_callback_info info) {
+#ifdef FALLOC_FL_KEEP_SIZE
+  return do_fallocate(env, info, FALLOC_FL_KEEP_SIZE);
+#else
+  return do_fallocate(env, info, -1);
+#endif
+}
+
 static napi_value punch_hole(napi_env env, napi_callback_info info) {
 #ifdef FALLOC_FL_PUNCH_HOLE
   return do_fallocate(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
@@ -127,6 +141,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
+    {"allocate", NULL, allocate, NULL, NULL, NULL, napi_default, NULL},
     {"adviseHugePages", NULL, advise_huge_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

@@ -13,6 +13,8 @@
  * formats that read whole clusters. The node's length is the file's rounded
  * up to 512 bytes, as QEMU counts a node's length in sectors (a 320-byte raw
  * image reads and maps as 512 bytes, the tail as a zero hole).
+ *
+ * Large writes on ext4 first give their range blocks (`allocateBeforeWrite`).
  */
 import { fs } from './node-fs.js';
 import * as nodePath from 'node:path';
@@ -21,7 +23,7 @@ import { registerDriver, type BlockDriver } from '../block/driver.js';
 import { BlockNode } from '../block/node.js';
 import { pathCombine, type Storage } from '../block/open.js';
 import { BDRV_BLOCK_DATA, BDRV_BLOCK_OFFSET_VALID, BDRV_BLOCK_ZERO } from '../block/status.js';
-import { punchHole, seekData, seekHole, zeroRange } from './seek-hole.js';
+import { allocateRange, punchHole, seekData, seekHole, zeroRange } from './seek-hole.js';
 
 /** Requests from this size up run in libuv's thread pool (see above). */
 const ASYNC_MIN_BYTES = 256 * 1024;
@@ -34,9 +36,20 @@ function writeAt(fd: number, buf: Uint8Array, off: number, len: number, pos: num
   return new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (e, n) => (e ? reject(e) : resolve(n))));
 }
 
+/**
+ * Writes from this size up allocate their range first, where that pays
+ * (`allocateBeforeWrite`).
+ */
+const ALLOCATE_MIN_BYTES = 1024 * 1024;
+
+/** statfs f_type of ext2/3/4 (linux/magic.h). */
+const EXT4_SUPER_MAGIC = 0xef53;
+
 interface FileState {
   fd: number;
   size: number;
+  /** Whether large writes allocate their range first: undefined until the first one asks. */
+  allocate?: boolean;
   /** Discards passed to the host that it did / did not carry out (query-blockstats). */
   discardOk: number;
   discardFailed: number;
@@ -55,6 +68,35 @@ const sectorLength = (bytes: number): number => Math.ceil(bytes / 512) * 512;
 function allocateFirstBlock(fd: number, size: number): void {
   const n = size < 4096 ? 512 : 4096;
   fs.writeSync(fd, new Uint8Array(n), 0, n, 0);
+}
+
+/**
+ * Before a large write, gives its range blocks (fallocate KEEP_SIZE: no byte
+ * and not the file's size change; holes become allocated space reading as
+ * zeros, which the write then fills). On ext4 a buffered write into a hole
+ * goes through delayed allocation, which reserves and accounts every block
+ * as the page cache takes it; into allocated (unwritten) blocks it only
+ * copies. Measured 2026-12-07 on ext4 (caches dropped, 9 interleaved
+ * rounds): writing 512 MiB in 2 MiB requests took 50–55 ms instead of
+ * 88–92; convert vdi→qcow2 1 GiB (half allocated) 193 → 146 ms fastest,
+ * system time 170 → 130 ms; qcow2→raw 1 GiB 341 → 232 ms; raw→qcow2 4 GiB
+ * 344 → 265 ms. The file ends with the same blocks allocated: only ranges
+ * about to be written are. Elsewhere it does not pay (tmpfs: 165–175 ms
+ * against 191–206, the pages are zeroed first), so it is used on ext4 only,
+ * and stops for a node at the first range the host refuses (no addon, an
+ * ext2/3 file without extents, a full disk: the write then reports it).
+ */
+function allocateBeforeWrite(bs: BlockNode, s: FileState, offset: number, bytes: number): void {
+  s.allocate ??= onExt4(bs.filename);
+  if (s.allocate && !allocateRange(s.fd, offset, bytes)) s.allocate = false;
+}
+
+function onExt4(filename: string): boolean {
+  try {
+    return fs.statfsSync(filename).type === EXT4_SUPER_MAGIC;
+  } catch {
+    return false;
+  }
 }
 
 function st(bs: BlockNode): FileState {
@@ -118,6 +160,7 @@ export const fileDriver: BlockDriver = {
   },
   async pwritev(bs, offset, bytes, buf) {
     const s = st(bs);
+    if (bytes >= ALLOCATE_MIN_BYTES && s.allocate !== false) allocateBeforeWrite(bs, s, offset, bytes);
     try {
       let done = 0;
       const big = bytes >= ASYNC_MIN_BYTES;

@@ -4,7 +4,8 @@
  * Node's fs has no lseek, so holes in host files are invisible to it. A tiny
  * optional N-API addon (native/seek.c, built by node-gyp into
  * native/build/Release/seek.node) provides the two calls, fallocate's
- * hole punching and zeroing for discards and write-zeroes, and the huge-page advice for convert's buffer
+ * hole punching and zeroing for discards and write-zeroes, its allocation
+ * before large writes (src/protocols/file.ts), and the huge-page advice for convert's buffer
  * memory (src/cli/buffer-memory.ts). When it is absent or
  * the host file system does not support them, these return undefined
  * ("unknown") and the file protocol reports every byte as data, which is
@@ -18,6 +19,7 @@ interface SeekAddon {
   /** Absent from addons built before it was added. */
   punchHole?(fd: number, offset: number, length: number): number;
   zeroRange?(fd: number, offset: number, length: number): number;
+  allocate?(fd: number, offset: number, length: number): number;
   adviseHugePages?(buffer: ArrayBuffer): number;
 }
 
@@ -72,6 +74,17 @@ export function zeroRange(fd: number, offset: number, length: number): boolean {
   const addon = getAddon();
   if (!addon?.zeroRange) return false;
   return addon.zeroRange(fd, offset, length) === 0;
+}
+
+/**
+ * Gives [offset, offset + length) of the host file blocks without changing
+ * its bytes or its size (fallocate KEEP_SIZE): true when done, false when
+ * the addon or the file system cannot (the caller carries on without).
+ */
+export function allocateRange(fd: number, offset: number, length: number): boolean {
+  const addon = getAddon();
+  if (!addon?.allocate) return false;
+  return addon.allocate(fd, offset, length) === 0;
 }
 
 /** Whether hole detection is available (for tests and `--version` style reports). */
