@@ -222,8 +222,12 @@ export const fileDriver: BlockDriver = {
     try {
       fs.ftruncateSync(s.fd, size);
       if (prealloc === 'off' && old === 0 && size > 0) allocateFirstBlock(s.fd, size);
-      // falloc and full allocate the new area; Node has no fallocate(2), so both write zeros (what full does in QEMU).
-      if ((prealloc === 'falloc' || prealloc === 'full') && size > old) {
+      // falloc gives the new area blocks that read as zeros, as QEMU's posix_fallocate does (and then, in a
+      // file that was empty, writes its first block: qemu-img map shows it as data, the rest as zeros).
+      // full, or falloc where the host cannot allocate, writes zeros over it (posix_fallocate's own fallback).
+      const allocated = prealloc === 'falloc' && size > old && allocateRange(s.fd, old, size - old);
+      if (allocated && old === 0) allocateFirstBlock(s.fd, size);
+      if ((prealloc === 'falloc' || prealloc === 'full') && size > old && !allocated) {
         const zeros = new Uint8Array(Math.min(1 << 20, size - old));
         for (let at = old; at < size; ) {
           const n = Math.min(zeros.length, size - at);
