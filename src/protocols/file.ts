@@ -76,11 +76,11 @@ function allocateFirstBlock(fd: number, size: number): void {
  * zeros, which the write then fills). On ext4 a buffered write into a hole
  * goes through delayed allocation, which reserves and accounts every block
  * as the page cache takes it; into allocated (unwritten) blocks it only
- * copies. Measured 2026-12-07 on ext4 (caches dropped, 9 interleaved
- * rounds): writing 512 MiB in 2 MiB requests took 50–55 ms instead of
- * 88–92; convert vdi→qcow2 1 GiB (half allocated) 193 → 146 ms fastest,
- * system time 170 → 130 ms; qcow2→raw 1 GiB 341 → 232 ms; raw→qcow2 4 GiB
- * 344 → 265 ms. The file ends with the same blocks allocated: only ranges
+ * copies. Measured 2026-12-07 on ext4: writing 512 MiB in 2 MiB requests
+ * took 50–55 ms instead of 88–92; convert (caches dropped, 9–11 interleaved
+ * rounds, fastest run) vdi→qcow2 1 GiB half allocated 193 → 146 ms, its
+ * system time 170 → 120–130 ms; qcow2→raw 1 GiB 323 → 244 ms; raw→qcow2
+ * 4 GiB 344 → 265 ms. The file ends with the same blocks allocated: only ranges
  * about to be written are. Elsewhere it does not pay (tmpfs: 165–175 ms
  * against 191–206, the pages are zeroed first), so it is used on ext4 only,
  * and stops for a node at the first range the host refuses (no addon, an
