@@ -53,56 +53,30 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
   return do_seek(env, info, SEEK_HOLE);
 }
 
-/* fallocate(fd, mode, offset, length): 0, or -errno (EOPNOTSUPP where the mode is unknown here). */
-static napi_value do_fallocate(napi_env env, napi_callback_info info, int mode) {
+/*
+ * punchHole, zeroRange and allocate: fallocate(fd, mode, offset, length)
+ * with the mode the export carries (its property's data, set in `init`): 0,
+ * or -errno. allocate's mode, KEEP_SIZE alone, gives a range blocks without
+ * changing a byte or the file's size: holes become allocated space that
+ * reads as zeros, data stays (see src/protocols/file.ts for why).
+ */
+static napi_value do_fallocate(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
+  void *mode = NULL;
   int32_t fd = -1;
   double off = 0, len = 0;
   napi_value result;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, &mode) != napi_ok || argc < 3 ||
       napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
       napi_get_value_double(env, argv[1], &off) != napi_ok ||
       napi_get_value_double(env, argv[2], &len) != napi_ok) {
     napi_create_double(env, -EINVAL, &result);
     return result;
   }
-  if (mode < 0) {
-    napi_create_double(env, -EOPNOTSUPP, &result);
-    return result;
-  }
-  int r = fallocate(fd, mode, (off_t)off, (off_t)len);
+  int r = fallocate(fd, (int)(intptr_t)mode, (off_t)off, (off_t)len);
   napi_create_double(env, r == 0 ? 0 : -errno, &result);
   return result;
-}
-
-/*
- * allocate(fd, offset, length): gives the range blocks without changing a
- * byte or the file's size (fallocate KEEP_SIZE): holes become allocated
- * space that reads as zeros, data stays. See src/protocols/file.ts for why.
- */
-static napi_value allocate(napi_env env, napi_callback_info info) {
-#ifdef FALLOC_FL_KEEP_SIZE
-  return do_fallocate(env, info, FALLOC_FL_KEEP_SIZE);
-#else
-  return do_fallocate(env, info, -1);
-#endif
-}
-
-static napi_value punch_hole(napi_env env, napi_callback_info info) {
-#ifdef FALLOC_FL_PUNCH_HOLE
-  return do_fallocate(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
-#else
-  return do_fallocate(env, info, -1);
-#endif
-}
-
-static napi_value zero_range(napi_env env, napi_callback_info info) {
-#ifdef FALLOC_FL_ZERO_RANGE
-  return do_fallocate(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE);
-#else
-  return do_fallocate(env, info, -1);
-#endif
 }
 
 /*
@@ -139,9 +113,9 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
-    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
-    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
-    {"allocate", NULL, allocate, NULL, NULL, NULL, napi_default, NULL},
+    {"punchHole", NULL, do_fallocate, NULL, NULL, NULL, napi_default, (void *)(intptr_t)(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)},
+    {"zeroRange", NULL, do_fallocate, NULL, NULL, NULL, napi_default, (void *)(intptr_t)(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)},
+    {"allocate", NULL, do_fallocate, NULL, NULL, NULL, napi_default, (void *)(intptr_t)FALLOC_FL_KEEP_SIZE},
     {"adviseHugePages", NULL, advise_huge_pages, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);

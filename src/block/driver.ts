@@ -182,7 +182,7 @@ export interface BlockDriver {
    * may run in parallel; the result goes back in `WriteFlags.precompressed`.
    */
   compressCluster?(bs: BlockNode, data: Uint8Array): Promise<Uint8Array | null>;
-  /** How many compressCluster calls run at once (a compression pool's threads; default: one). */
+  /** How many compressCluster calls run at once (a compression pool's threads); absent, convert keeps -m batches in flight. */
   compressThreads?(bs: BlockNode): number;
   /**
    * False when a newly created image does not read as zeros (QEMU's

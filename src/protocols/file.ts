@@ -160,7 +160,7 @@ export const fileDriver: BlockDriver = {
   },
   async pwritev(bs, offset, bytes, buf) {
     const s = st(bs);
-    if (bytes >= ALLOCATE_MIN_BYTES && s.allocate !== false) allocateBeforeWrite(bs, s, offset, bytes);
+    if (bytes >= ALLOCATE_MIN_BYTES) allocateBeforeWrite(bs, s, offset, bytes);
     try {
       let done = 0;
       const big = bytes >= ASYNC_MIN_BYTES;
@@ -225,9 +225,9 @@ export const fileDriver: BlockDriver = {
       // falloc gives the new area blocks that read as zeros, as QEMU's posix_fallocate does (and then, in a
       // file that was empty, writes its first block: qemu-img map shows it as data, the rest as zeros).
       // full, or falloc where the host cannot allocate, writes zeros over it (posix_fallocate's own fallback).
-      const allocated = prealloc === 'falloc' && size > old && allocateRange(s.fd, old, size - old);
-      if (allocated && old === 0) allocateFirstBlock(s.fd, size);
-      if ((prealloc === 'falloc' || prealloc === 'full') && size > old && !allocated) {
+      if (size > old && prealloc === 'falloc' && allocateRange(s.fd, old, size - old)) {
+        if (old === 0) allocateFirstBlock(s.fd, size);
+      } else if (size > old && (prealloc === 'falloc' || prealloc === 'full')) {
         const zeros = new Uint8Array(Math.min(1 << 20, size - old));
         for (let at = old; at < size; ) {
           const n = Math.min(zeros.length, size - at);

@@ -54,15 +54,22 @@ export function seekHole(fd: number, offset: number): number | undefined {
   return r < 0 ? undefined : r;
 }
 
+/** The addon's fallocate calls; an addon built before one was added lacks it. */
+type FallocateCall = 'punchHole' | 'zeroRange' | 'allocate';
+
+/** Runs one of the addon's fallocate calls: true when done, false when the addon or the file system cannot. */
+function fallocateRange(call: FallocateCall, fd: number, offset: number, length: number): boolean {
+  const fallocate = getAddon()?.[call];
+  return fallocate !== undefined && fallocate(fd, offset, length) === 0;
+}
+
 /**
  * Deallocates [offset, offset + length) of the host file, keeping its size
  * (fallocate PUNCH_HOLE): true when done, false when the addon or the file
  * system cannot (a discard is a hint, so the caller carries on).
  */
 export function punchHole(fd: number, offset: number, length: number): boolean {
-  const addon = getAddon();
-  if (!addon?.punchHole) return false;
-  return addon.punchHole(fd, offset, length) === 0;
+  return fallocateRange('punchHole', fd, offset, length);
 }
 
 /**
@@ -71,9 +78,7 @@ export function punchHole(fd: number, offset: number, length: number): boolean {
  * when the addon or the file system cannot (the caller then writes zeros).
  */
 export function zeroRange(fd: number, offset: number, length: number): boolean {
-  const addon = getAddon();
-  if (!addon?.zeroRange) return false;
-  return addon.zeroRange(fd, offset, length) === 0;
+  return fallocateRange('zeroRange', fd, offset, length);
 }
 
 /**
@@ -82,9 +87,7 @@ export function zeroRange(fd: number, offset: number, length: number): boolean {
  * the addon or the file system cannot (the caller carries on without).
  */
 export function allocateRange(fd: number, offset: number, length: number): boolean {
-  const addon = getAddon();
-  if (!addon?.allocate) return false;
-  return addon.allocate(fd, offset, length) === 0;
+  return fallocateRange('allocate', fd, offset, length);
 }
 
 /** Whether hole detection is available (for tests and `--version` style reports). */
